@@ -1,0 +1,313 @@
+"""The resource model: what operators write in YAML, as pydantic models.
+
+These models are the runtime truth. ``schemas/`` is generated from them
+(``wsgate schemas``), and everything downstream (rules, plan, compile, the
+runtime) reads these objects, never raw YAML.
+
+Every resource document has a ``kind`` and a ``name``. Durations are seconds
+(numbers); sizes are bytes. Field descriptions end up in the JSON Schema, so
+editors show them as operators type.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# Names are referred to across files (an API's ports, an application's APIs),
+# so keep them to characters that survive YAML, URLs and log fields untouched.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN, description="A unique name: letters, digits, '.', '_' or '-'.")]
+Seconds = Annotated[float, Field(gt=0, description="A duration in seconds.")]
+PositiveInt = Annotated[int, Field(ge=1)]
+SHA256_PATTERN = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+class Strict(BaseModel):
+    """Base for every config object: unknown fields are errors, not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=False)
+
+
+# --------------------------------------------------------------------- Port
+
+
+class TLSFiles(Strict):
+    cert: str = Field(description="Path to the PEM certificate chain, relative to the file that declares it.")
+    key: str = Field(description="Path to the PEM private key, relative to the file that declares it.")
+
+
+class PortLimits(Strict):
+    handshake_timeout: Seconds = Field(10.0, description="Seconds a client has to complete its HTTP upgrade.")
+    max_connections: PositiveInt | None = Field(
+        None, description="Open client connections this listener accepts at most; none means no listener cap."
+    )
+
+
+class Port(Strict):
+    """A listener: where clients connect."""
+
+    kind: Literal["Port"]
+    name: Name = Field(description="The alias APIs use in their `ports` list.")
+    description: str = ""
+    port: int = Field(ge=1, le=65535, description="TCP port number.")
+    host: str = Field("0.0.0.0", description="Address to bind.")
+    enabled: bool = Field(True, description="A disabled port is not started; APIs on it are unreachable through it.")
+    tls: TLSFiles | None = Field(None, description="Serve wss:// with this certificate and key.")
+    limits: PortLimits = PortLimits()
+
+
+# --------------------------------------------------------------- policies
+
+
+class IdentifyPolicy(Strict):
+    """Identify & authorize application: only applications registered to the API get in (else 401)."""
+
+    type: Literal["identify"]
+    by: list[Literal["api_key", "hostname", "ip"]] = Field(
+        default_factory=lambda: ["api_key"],
+        min_length=1,
+        description="Identifiers tried in order; the first that names a registered application wins.",
+    )
+    api_key_header: bool = Field(True, description="Also accept the key in the `x-Gateway-APIKey` header.")
+    hostname_lookup_timeout: Seconds = Field(2.0, description="Seconds to wait for a reverse DNS lookup.")
+    allow_anonymous: bool = Field(
+        False, description="Let unidentified clients in as the anonymous application instead of refusing with 401."
+    )
+
+
+class ThrottlePolicy(Strict):
+    """Limit active connections; past the limit the upgrade fails with 503."""
+
+    type: Literal["throttle"]
+    max_connections: PositiveInt = Field(description="Active connections allowed.")
+    per: Literal["api", "application"] = Field("api", description="Count per API, or per identified application.")
+    retry_after: PositiveInt = Field(5, description="Seconds sent in the Retry-After header of a 503.")
+
+
+class TransformPolicy(Strict):
+    """Operator code that rewrites or drops messages at one stage."""
+
+    type: Literal["transform"]
+    stage: Literal["client", "server"] = Field(
+        description="`client`: messages from the client to the native server; `server`: the other way."
+    )
+    callable: str = Field(
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$",
+        description="`package.module:function`, importable with the config directory on sys.path.",
+    )
+    messages: Literal["text", "binary", "all"] = Field("all", description="Which message types the transform sees.")
+    on_error: Literal["pass", "drop", "close"] = Field(
+        "close", description="When the callable raises: pass the original, drop the message, or close with 1011."
+    )
+
+
+class LogInvocationPolicy(Strict):
+    """Transaction records of upgrades, messages and closes."""
+
+    type: Literal["log-invocation"]
+    store_client_messages: bool = Field(False, description="Record client→server messages (payload included).")
+    store_server_messages: bool = Field(False, description="Record server→client messages (payload included).")
+    compress: bool = Field(False, description="Store payloads gzip-compressed and base64-encoded.")
+    frequency: Literal["always", "on-failure"] = Field(
+        "always", description="`on-failure` records only refused or failed connections."
+    )
+    file: str | None = Field(None, description="JSON-lines file (relative to the config file); stdout only if unset.")
+    max_file_bytes: PositiveInt = Field(10 * 2**20, description="Rotate the file past this size.")
+    backups: int = Field(5, ge=0, description="Rotated files kept.")
+    max_payload_bytes: PositiveInt = Field(64 * 1024, description="Longer payloads are truncated in the record.")
+
+
+class RoutingPolicy(Strict):
+    """How upgrades reach the native endpoints."""
+
+    type: Literal["routing"]
+    strategy: Literal["straight-through", "round-robin"] = Field(
+        "straight-through", description="`straight-through`: the first endpoint; `round-robin`: rotate over all."
+    )
+
+
+class OriginPolicy(Strict):
+    """Refuse upgrades from browsers on other sites (403): cross-site WebSocket hijacking."""
+
+    type: Literal["origin"]
+    allow: list[str] = Field(
+        min_length=1,
+        description="Allowed Origin values: exact (`https://app.example.com`) or a pattern with `*` in the host "
+        "(`https://*.example.com`).",
+    )
+    allow_missing: bool = Field(False, description="Let in clients that send no Origin header (non-browsers).")
+
+
+Policy = Annotated[
+    Union[IdentifyPolicy, ThrottlePolicy, TransformPolicy, LogInvocationPolicy, RoutingPolicy, OriginPolicy],
+    Field(discriminator="type"),
+]
+
+# Policy types that act on messages; an API with none of them takes the byte relay.
+MESSAGE_STAGE_TYPES = frozenset({"transform"})
+
+
+# ---------------------------------------------------------------------- API
+
+
+class Endpoint(Strict):
+    url: str = Field(description="The native WebSocket endpoint: `ws://` or `wss://` URL.")
+
+
+class UpstreamTLS(Strict):
+    ca_file: str | None = Field(None, description="CA bundle to verify the native server; the system's if unset.")
+    verify: bool = Field(True, description="Turning verification off is logged as a warning at every start.")
+    server_hostname: str | None = Field(None, description="SNI and certificate name, if not the URL's host.")
+
+
+class Upstream(Strict):
+    endpoints: list[Endpoint] = Field(min_length=1, description="Native endpoints; the routing policy picks one.")
+    connect_timeout: Seconds = Field(10.0, description="Seconds to connect and complete the upstream handshake.")
+    tls: UpstreamTLS = UpstreamTLS()
+
+
+class Keepalive(Strict):
+    interval: Seconds | None = Field(20.0, description="Seconds of silence before a ping; null turns pings off.")
+    timeout: Seconds = Field(20.0, description="Seconds to wait for a pong before closing the leg.")
+
+
+class APILimits(Strict):
+    max_message_size: PositiveInt | None = Field(
+        2**20, description="Largest message in bytes; larger ones close the connection with 1009. Null: no limit."
+    )
+    max_queue: PositiveInt = Field(
+        16, description="Messages buffered per direction before the gateway stops reading the sender."
+    )
+    write_buffer: PositiveInt = Field(
+        256 * 1024, description="Bytes buffered toward a slow reader before the gateway stops reading its peer."
+    )
+
+
+class MessageDefinition(Strict):
+    name: str
+    origin: Literal["client", "server"]
+    type: Literal["text", "binary"] = "text"
+    description: str = ""
+    sample: str | None = Field(None, description="A sample payload, for documentation and tests.")
+    json_schema: dict | None = Field(None, alias="schema", description="JSON Schema the payload should follow.")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class API(Strict):
+    """A WebSocket API: a gateway path, the ports it is on, a native endpoint and a policy chain."""
+
+    kind: Literal["API"]
+    name: Name
+    version: str = Field("1.0", description="Version label, shown in logs and the plan.")
+    description: str = ""
+    path: str = Field(pattern=r"^/\S*$", description="Gateway path, e.g. `/websocket/EchoWS/1.0`. Trailing `/` counts.")
+    ports: list[Name] = Field(min_length=1, description="Names of the Ports this API is served on.")
+    upstream: Upstream
+    compression: bool = Field(
+        False, description="Offer permessage-deflate to clients (the gateway then relays message by message)."
+    )
+    keepalive: Keepalive = Keepalive()
+    limits: APILimits = APILimits()
+    messages: list[MessageDefinition] = Field(default_factory=list)
+    policies: list[Policy] = Field(default_factory=list, description="The policy chain, applied in order.")
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_as_text(cls, value: object) -> object:
+        # `version: 1.0` in YAML is a float; operators mean the label "1.0".
+        return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+# -------------------------------------------------------------- Application
+
+
+class EnvKey(Strict):
+    env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Environment variable holding the key.")
+
+
+APIKey = Annotated[
+    Union[str, EnvKey],
+    Field(
+        description="A key in plain text (example only), `sha256:<64 hex digits>` (the hash of the key), "
+        "or `{env: VARIABLE}`."
+    ),
+]
+
+
+class Identifiers(Strict):
+    api_keys: list[APIKey] = Field(default_factory=list)
+    hostnames: list[str] = Field(default_factory=list, description="Client host names (reverse DNS of the peer).")
+    ips: list[str] = Field(default_factory=list, description="Client addresses or CIDR networks.")
+
+
+class Application(Strict):
+    """A consumer of APIs, identified by key, hostname or address."""
+
+    kind: Literal["Application"]
+    name: Name
+    description: str = ""
+    identifiers: Identifiers = Identifiers()
+    apis: list[Name] = Field(default_factory=list, description="Names of the APIs this application may use.")
+
+
+# --------------------------------------------------------------- EchoServer
+
+
+class EchoContext(Strict):
+    path: str = Field(pattern=r"^/\S*$", description="URL context, e.g. `/api/demo/`.")
+    mode: Literal["room", "echo"] = Field(
+        "room", description="`room`: broadcast to every client of the context; `echo`: back to the sender only."
+    )
+    broadcast_time: bool | None = Field(
+        None, description="Send the server time every interval; default: when the path contains `broadcast`."
+    )
+    interval: Seconds = Field(1.0, description="Seconds between server-time messages.")
+    published: bool = Field(True, description="An unpublished context answers 404 until published.")
+
+
+class EchoServer(Strict):
+    """The native demo backend: an echo broadcaster."""
+
+    kind: Literal["EchoServer"]
+    name: Name
+    description: str = ""
+    host: str = "127.0.0.1"
+    port: int = Field(ge=1, le=65535)
+    contexts: list[EchoContext] = Field(min_length=1)
+    control: bool = Field(True, description="Serve `startDemoAPI` / `stopDemoAPI?relativeURI=...` over HTTP.")
+    max_message_size: PositiveInt = 2**20
+    max_queue: PositiveInt = Field(256, description="Messages queued per client before it is closed as too slow.")
+
+
+# ------------------------------------------------------------------ Gateway
+
+
+class Admin(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(9900, ge=0, le=65535)
+    enabled: bool = True
+
+
+class Gateway(Strict):
+    """Process-wide settings; at most one per config."""
+
+    kind: Literal["Gateway"]
+    name: Name
+    admin: Admin = Admin()
+    shutdown_timeout: Seconds = Field(10.0, description="Seconds to wait for connections to close on stop.")
+    drain_grace: Seconds = Field(30.0, description="Seconds a connection of a removed route may finish on reload.")
+    log_format: Literal["json", "console", "auto"] = "auto"
+
+
+Resource = Annotated[Union[Port, API, Application, EchoServer, Gateway], Field(discriminator="kind")]
+KINDS: dict[str, type[BaseModel]] = {
+    "Port": Port,
+    "API": API,
+    "Application": Application,
+    "EchoServer": EchoServer,
+    "Gateway": Gateway,
+}

@@ -1,0 +1,161 @@
+"""The contract between the runtime and the policies.
+
+A policy is built once per compiled route from its validated config model and
+takes part in one or both stages:
+
+- upgrade stage: ``on_upgrade(request, conn)`` returns a :class:`Rejection`
+  (the upgrade fails with that HTTP status) or ``None`` to go on. It may be a
+  coroutine function (hostname lookups are). Resources a policy takes for the
+  connection (a throttle slot) are given back through ``conn.defer(...)``,
+  which the runtime runs exactly once when the connection ends, whatever the
+  stage: refused later in the chain, upstream failure, or a normal close.
+- message stage: ``on_message(message, conn)`` returns the message (maybe a
+  new one), :data:`DROP`, or a :class:`Close`. It may be a coroutine function
+  (operator transforms may be async); the relay awaits only when it must.
+
+Observers (log-invocation) also get ``on_outcome`` (the upgrade's final
+status) and ``on_close`` (code, reason and counters).
+
+Return values are decisions; an exception is a bug: the upgrade gets 500, an
+open connection closes with 1011, and the log names the policy.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Literal, Mapping
+
+Direction = Literal["client", "server"]  # who sent the message
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Refuse the upgrade with this HTTP status; ``reason`` goes into the JSON body and the logs."""
+
+    status: int
+    error: str  # short machine word: "unauthorized", "throttled", "forbidden", ...
+    reason: str  # one sentence for people; never includes credentials
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Close the connection (both legs) with this code and reason."""
+
+    code: int
+    reason: str = ""
+
+
+class _Drop:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "DROP"
+
+
+DROP = _Drop()
+"""Returned by a message-stage policy to swallow a message."""
+
+
+@dataclass(slots=True)
+class Message:
+    direction: Direction
+    is_text: bool
+    payload: str | bytes  # str when is_text, bytes otherwise
+
+
+@dataclass(frozen=True, slots=True)
+class ApplicationRef:
+    """The identified application, as it travels with a connection."""
+
+    name: str
+    identified_by: str  # "api_key", "ip", "hostname" or "anonymous"
+
+
+@dataclass(slots=True)
+class UpgradeRequest:
+    """A read-only view of the client's HTTP upgrade request.
+
+    ``query`` is the parsed query string (every value of every parameter).
+    ``headers`` is a case-insensitive websockets ``Headers``.
+    """
+
+    path: str
+    query: Mapping[str, list[str]]
+    headers: Any  # websockets.datastructures.Headers
+    peer: tuple[str, int]
+    port_name: str
+    secure: bool  # arrived over TLS
+
+
+_connection_ids = itertools.count(1)
+
+
+@dataclass(slots=True)
+class Counters:
+    messages_in: int = 0  # client -> server
+    messages_out: int = 0  # server -> client
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class ConnectionContext:
+    """Everything known about one client connection, from its first byte to its close."""
+
+    api: str
+    api_version: str
+    port_name: str
+    peer: tuple[str, int]
+    path: str
+    id: str = field(default_factory=lambda: f"c{next(_connection_ids)}")
+    application: ApplicationRef | None = None
+    started: float = field(default_factory=time.monotonic)
+    counters: Counters = field(default_factory=Counters)
+    # Request metadata safe to show to transforms and logs (credentials removed).
+    metadata: dict[str, Any] = field(default_factory=dict)
+    _deferred: list[Callable[[], None]] = field(default_factory=list)
+
+    def defer(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once when this connection ends, however it ends."""
+        self._deferred.append(callback)
+
+    def release(self) -> None:
+        """Run the deferred callbacks (idempotent). Called by the runtime only."""
+        callbacks, self._deferred = self._deferred, []
+        for callback in reversed(callbacks):
+            callback()
+
+
+MessageDecision = Message | _Drop | Close
+
+
+class Policy:
+    """Base class: override the hooks a policy takes part in.
+
+    ``message_stages`` names the directions whose messages the policy must
+    see; an API whose chain leaves it empty for every policy is relayed as
+    bytes (the fast path).
+    """
+
+    type: str = ""
+    message_stages: frozenset[Direction] = frozenset()
+
+    def on_upgrade(
+        self, request: UpgradeRequest, conn: ConnectionContext
+    ) -> Rejection | None | Awaitable[Rejection | None]:
+        return None
+
+    def on_message(self, message: Message, conn: ConnectionContext) -> MessageDecision | Awaitable[MessageDecision]:
+        return message
+
+    def on_outcome(self, conn: ConnectionContext, status: int, error: str | None, reason: str | None) -> None:
+        """The upgrade's final answer: 101, or the refusal's status."""
+
+    def on_close(self, conn: ConnectionContext, code: int | None, reason: str) -> None:
+        """The connection ended (after a 101)."""
+
+    def close(self) -> None:
+        """The route this policy belongs to is gone for good (release files, tasks)."""
