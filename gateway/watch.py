@@ -1,0 +1,105 @@
+"""Watch the config tree and ask for reloads: file changes (watchfiles) and SIGHUP.
+
+The watcher only says *when* to reload; what a reload does (load → check →
+compile → swap, or keep the last good config) belongs to the runtime. Every
+trigger leads to a full re-read of the tree, so it does not matter which file
+event we saw: an editor's write-then-rename, a Kubernetes ConfigMap's
+``..data`` symlink swap and a plain write all end the same way. A config equal
+to the running one is recognised by its digest and ignored by the runtime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+from typing import Awaitable, Callable, Sequence
+
+import structlog
+from watchfiles import Change, DefaultFilter, awatch
+
+log = structlog.get_logger("wsgate.watch")
+
+CONFIG_SUFFIXES = (".yaml", ".yml")
+
+
+class ConfigFilter(DefaultFilter):
+    """Pass YAML files and the ConfigMap ``..data`` link; ignore editor swap files and VCS dirs."""
+
+    def __call__(self, change: Change, path: str) -> bool:
+        name = Path(path).name
+        if name == "..data" or name.startswith("..") and name != "..data_tmp":
+            # Kubernetes swaps the `..data` symlink atomically; the timestamped dirs come and go with it.
+            return True
+        return super().__call__(change, path) and (name.endswith(CONFIG_SUFFIXES) or "." not in name)
+
+
+class ConfigWatcher:
+    """Calls ``reload`` (debounced) whenever the tree changes or SIGHUP arrives."""
+
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        reload: Callable[[str], Awaitable[None]],
+        *,
+        debounce_ms: int = 200,
+        force_polling: bool | None = None,
+    ) -> None:
+        self.paths = [Path(p) for p in paths]
+        self._reload = reload
+        self._debounce_ms = debounce_ms
+        self._force_polling = force_polling
+        self._stop = asyncio.Event()
+        self._sighup = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGHUP, self._sighup.set)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals here
+            log.debug("sighup unavailable")
+        self._tasks = [
+            asyncio.create_task(self._watch_files(), name="wsgate-watch-files"),
+            asyncio.create_task(self._watch_sighup(), name="wsgate-watch-sighup"),
+        ]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        self._sighup.set()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def _watch_files(self) -> None:
+        watched = [str(p) for p in self.paths if p.exists()]
+        if not watched:
+            return
+        async for changes in awatch(
+            *watched,
+            watch_filter=ConfigFilter(),
+            debounce=self._debounce_ms,
+            step=20,
+            stop_event=self._stop,
+            force_polling=self._force_polling,
+            recursive=True,
+        ):
+            log.info("config changed", files=sorted({Path(p).name for _, p in changes})[:10])
+            await self._safe_reload("files")
+
+    async def _watch_sighup(self) -> None:
+        while not self._stop.is_set():
+            await self._sighup.wait()
+            self._sighup.clear()
+            if self._stop.is_set():
+                return
+            log.info("sighup received")
+            await self._safe_reload("sighup")
+
+    async def _safe_reload(self, trigger: str) -> None:
+        # A reload that raises is a bug in the runtime; it must not end the watching.
+        try:
+            await self._reload(trigger)
+        except Exception:
+            log.exception("reload crashed", trigger=trigger)
