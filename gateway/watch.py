@@ -28,10 +28,10 @@ class ConfigFilter(DefaultFilter):
 
     def __call__(self, change: Change, path: str) -> bool:
         name = Path(path).name
-        if name == "..data" or name.startswith("..") and name != "..data_tmp":
-            # Kubernetes swaps the `..data` symlink atomically; the timestamped dirs come and go with it.
+        if name.startswith(".."):
+            # Kubernetes swaps the `..data` symlink atomically; timestamped `..2026_...` dirs come and go with it.
             return True
-        return super().__call__(change, path) and (name.endswith(CONFIG_SUFFIXES) or "." not in name)
+        return name.endswith(CONFIG_SUFFIXES) and super().__call__(change, path)
 
 
 class ConfigWatcher:
