@@ -1,0 +1,96 @@
+"""Plain HTTP answers of the echo server: the tutorial's control endpoints and the demo page.
+
+``GET /startDemoAPI`` publishes every configured context, or only the one
+named by ``?relativeURI=/api/demo/``; ``GET /stopDemoAPI`` unpublishes the
+same way (its clients are closed with 1001). Both answer a small JSON body.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+from http import HTTPStatus
+from importlib import resources
+from typing import Any, Callable, Iterable, Mapping
+
+from websockets.datastructures import Headers
+from websockets.http11 import Response
+
+from .rooms import Room, published_paths
+
+START, STOP = "/startDemoAPI", "/stopDemoAPI"
+CONTROL_PATHS = frozenset({START, STOP})
+
+# File name → content type of what the demo page is made of.
+STATIC_FILES = {"demo.html": "text/html; charset=utf-8", "demo.css": "text/css", "demo.js": "text/javascript"}
+PAGE_PATHS = {"/": "demo.html", **{f"/{name}": name for name in STATIC_FILES}}
+
+# The page's inline config block; the server fills in the live contexts.
+CONFIG_MARKER = b'<script id="echo-config" type="application/json">{}</script>'
+
+# The page talks to any ws:// host (the echo server or a gateway) and loads nothing else.
+CSP = "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; base-uri 'none'; form-action 'none'"
+
+
+def response(status: int, body: bytes, content_type: str, extra: Iterable[tuple[str, str]] = ()) -> Response:
+    status = HTTPStatus(status)
+    headers = Headers(
+        [
+            ("Date", email.utils.formatdate(usegmt=True)),
+            ("Connection", "close"),
+            ("Content-Length", str(len(body))),
+            ("Content-Type", content_type),
+            ("Cache-Control", "no-store"),
+            *extra,
+        ]
+    )
+    return Response(status.value, status.phrase, headers, body)
+
+
+def json_response(status: int, payload: Mapping[str, Any]) -> Response:
+    return response(status, json.dumps(payload).encode() + b"\n", "application/json")
+
+
+def load_static() -> dict[str, bytes]:
+    """Read the demo page's files once, from the installed package."""
+    folder = resources.files("echo") / "static"
+    return {name: (folder / name).read_bytes() for name in STATIC_FILES}
+
+
+def page_response(name: str, static: Mapping[str, bytes], rooms: Iterable[Room]) -> Response:
+    body = static[name]
+    if name == "demo.html":
+        contexts = [{"path": r.path, "mode": r.context.mode, "published": r.published} for r in rooms]
+        # "</" inside a <script> block would end it early; "<\/" is the same JSON string.
+        blob = json.dumps({"contexts": contexts}).replace("</", "<\\/").encode()
+        body = body.replace(CONFIG_MARKER, CONFIG_MARKER.replace(b"{}", blob))
+    return response(200, body, STATIC_FILES[name], [("Content-Security-Policy", CSP)])
+
+
+def control_response(
+    path: str,
+    query: Mapping[str, list[str]],
+    rooms: Mapping[str, Room],
+    publish: Callable[[Room], None],
+    unpublish: Callable[[Room], None],
+) -> Response:
+    """Answer ``/startDemoAPI`` or ``/stopDemoAPI``: act on one context or all of them."""
+    wanted = query.get("relativeURI", [])
+    if wanted:
+        uri = wanted[0]
+        if uri not in rooms:
+            return json_response(404, {"error": "unknown context", "relativeURI": uri, "contexts": sorted(rooms)})
+        targets = [rooms[uri]]
+    else:
+        targets = list(rooms.values())
+    act = publish if path == START else unpublish
+    for room in targets:
+        act(room)
+    return json_response(
+        200,
+        {
+            "status": "started" if path == START else "stopped",
+            "contexts": [room.path for room in targets],
+            "published": published_paths(rooms.values()),
+        },
+    )

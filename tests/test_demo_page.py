@@ -1,0 +1,176 @@
+"""The demo page in a real headless Chromium (Debian's package, driven by Playwright)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from pathlib import Path
+from typing import Any, Callable, Coroutine, Iterator, TypeVar
+
+import pytest
+
+from echo.server import EchoService
+from gateway.config.models import EchoServer
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT = float(os.environ.get("WSGATE_TEST_TIMEOUT", "5"))
+SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "demo-page.png"
+VIEWPORT = {"width": 1100, "height": 700}
+
+T = TypeVar("T")
+
+if not os.path.exists(CHROMIUM):
+    pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium package", allow_module_level=True)
+
+from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
+
+
+class LoopThread:
+    """An asyncio loop in a thread, so servers run beside Playwright's synchronous API."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="servers", daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(3 * TIMEOUT)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(TIMEOUT)
+        self.loop.close()
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[LoopThread]:
+    loop = LoopThread()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(scope="module")
+def echo_service(servers: LoopThread) -> Iterator[EchoService]:
+    model = EchoServer(
+        kind="EchoServer",
+        name="demo-backend",
+        port=8765,
+        contexts=[
+            {"path": "/api/demo/"},
+            {"path": "/websocket/demo/"},
+            {"path": "/websocket/demo/broadcast/"},
+            {"path": "/echo/", "mode": "echo"},
+        ],
+    )
+    service = EchoService(model, port=0)
+    servers.run(service.start())
+    yield service
+    servers.run(service.stop())
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def open_demo_page(browser: Browser, echo_service: EchoService) -> Iterator[Callable[..., Page]]:
+    """Open the echo server's demo page; ``ws_url`` goes into the URI field, ``gateway`` into ?gateway=."""
+    pages: list[Page] = []
+
+    def open_page(ws_url: str | None = None, gateway: str | None = None) -> Page:
+        page = browser.new_page(viewport=VIEWPORT)
+        page.set_default_timeout(TIMEOUT * 1000)
+        pages.append(page)
+        query = f"?gateway={gateway}" if gateway else ""
+        page.goto(echo_service.url("/", scheme="http") + query)
+        if ws_url is not None:
+            page.fill("#uri", ws_url)
+        return page
+
+    yield open_page
+    for page in pages:
+        page.close()
+
+
+def connect_as(page: Page, user: str, api_key: str = "") -> None:
+    """Fill user and key, press Connect and wait for the page to say it is connected."""
+    page.fill("#user", user)
+    page.fill("#apikey", api_key)
+    page.click("#connect")
+    expect(page.locator("#state")).to_have_text("connected")
+
+
+def send(page: Page, text: str) -> None:
+    page.fill("#message", text)
+    page.click("#send")
+
+
+def test_demo_page_chats_with_the_echo_backend(open_demo_page: Callable[..., Page], echo_service: EchoService) -> None:
+    """Connected as bob to the prefilled room, 'hello' comes back as 'Message Received from bob: hello'."""
+    page = open_demo_page()
+    expect(page.locator("#uri")).to_have_value(echo_service.url("/api/demo/"))
+    connect_as(page, "bob")
+    send(page, "hello")
+    log = page.locator("#log")
+    expect(log).to_contain_text("→hello")
+    expect(log).to_contain_text("←Message Received from bob: hello")
+    send(page, "how is everyone?")
+    expect(log).to_contain_text("Message Received from bob: how is everyone?")
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT))
+    page.click("#disconnect")
+    expect(log).to_contain_text('closed: code 1000 reason "closed from the demo page"')
+    expect(page.locator("#state")).to_have_text("disconnected")
+
+
+def test_gateway_button_uses_the_gateway_override(open_demo_page: Callable[..., Page]) -> None:
+    """'Use gateway EchoWS' fills the EchoWS URL on the gateway named by ?gateway=."""
+    page = open_demo_page(gateway="ws://127.0.0.1:18082")
+    page.click("#use-gateway")
+    expect(page.locator("#uri")).to_have_value("ws://127.0.0.1:18082/websocket/EchoWS/1.0")
+
+
+def test_refused_upgrade_is_explained(open_demo_page: Callable[..., Page], echo_service: EchoService) -> None:
+    """An upgrade refused with an HTTP error shows the 'refused before opening (close code 1006)' message."""
+    page = open_demo_page(ws_url=echo_service.url("/not-a-context/"))
+    page.fill("#apikey", "secret-key-123")
+    page.click("#connect")
+    log = page.locator("#log")
+    expect(log).to_contain_text("connection refused before opening (close code 1006)")
+    # The key is masked in the log line that names the URL.
+    expect(log).to_contain_text("x-Gateway-APIKey=***")
+    expect(log).not_to_contain_text("secret-key-123")
+    expect(page.locator("#state")).to_have_text("disconnected")
+
+
+def test_unpublished_context_closes_the_page_with_1001(
+    open_demo_page: Callable[..., Page], echo_service: EchoService, servers: LoopThread
+) -> None:
+    """Unpublishing the context the page is on shows the 1001 close and its reason in the log."""
+    page = open_demo_page(ws_url=echo_service.url("/websocket/demo/"))
+    connect_as(page, "carol")
+    room = echo_service.rooms["/websocket/demo/"]
+
+    async def unpublish_and_back() -> None:
+        echo_service.unpublish(room)
+        echo_service.publish(room)
+
+    servers.run(unpublish_and_back())
+    expect(page.locator("#log")).to_contain_text('closed: code 1001 reason "context unpublished"')
