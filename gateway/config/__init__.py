@@ -1,66 +1,115 @@
 """Load and check a config tree: YAML files -> Config, or diagnostics.
 
-PROVISIONAL minimal implementation (no positions, first error wins); the
-config work replaces the internals and keeps the signature of :func:`check`.
+``check()`` is the one path from files to a model that ``validate``, ``plan``,
+``run`` and a reload all take: YAML (with a source map) -> JSON Schema ->
+pydantic models -> cross-resource rules. Every problem of every file is
+reported in one run; the config is returned only when there is no error.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from pydantic import TypeAdapter, ValidationError
-from ruamel.yaml import YAML
-
-from .models import Resource
+from . import rules
+from .diagnostics import Diagnostic, error
+from .document_checks import check_kind, check_lossy_numbers, check_model, check_schema
+from .source import load
 from .tree import Config, Loaded, Location
 
-_resource = TypeAdapter(Resource)
+__all__ = ["CheckResult", "Config", "Diagnostic", "Loaded", "Location", "check"]
 
 
 @dataclass
 class CheckResult:
     config: Config | None
-    diagnostics: list = field(default_factory=list)
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return self.config is not None
 
+    @property
+    def errors(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.is_error]
+
+    @property
+    def warnings(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if not d.is_error]
+
 
 def check(paths: Sequence[str | Path], *, env: Mapping[str, str] | None = None) -> CheckResult:
+    """Check the YAML tree under ``paths``; ``env`` (default: ``os.environ``) resolves `{env: ...}` keys."""
     env = os.environ if env is None else env
-    files: list[Path] = []
     roots = [Path(p) for p in paths] or [Path(".")]
-    for root in roots:
-        if root.is_dir():
-            files += sorted(p for p in root.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
-        else:
-            files.append(root)
-    groups: dict[str, dict] = {"Port": {}, "API": {}, "Application": {}, "EchoServer": {}, "Gateway": {}}
-    yaml = YAML(typ="safe")
-    errors = []
-    for file in files:
-        for doc in yaml.load_all(file.read_text()):
-            if doc is None:
-                continue
-            try:
-                model = _resource.validate_python(doc)
-            except ValidationError as exc:
-                errors.append(f"{file}: {exc}")
-                continue
-            groups[model.kind][model.name] = Loaded(model, Location(str(file), 1, 1), file.parent)
-    if errors:
-        return CheckResult(None, errors)
+    loaded = load(roots)
+    diagnostics = list(loaded.diagnostics)
+    entries: list[rules.Entry] = []
+    known: dict[str, set[str]] = {}
+
+    for doc in loaded.documents:
+        kind, problems = check_kind(doc)
+        diagnostics += problems
+        if kind is None:
+            continue
+        name = doc.data.get("name")
+        if isinstance(name, str):
+            known.setdefault(kind, set()).add(name)
+        diagnostics += check_lossy_numbers(doc, kind, loaded.sources.get(doc.file, []))
+        problems = check_schema(doc, kind)
+        if problems:
+            diagnostics += problems
+            continue
+        model, problems = check_model(doc, kind)
+        diagnostics += problems
+        if model is not None:
+            entries.append(rules.Entry(kind, model.name, model, doc))
+
+    if not loaded.documents and not any(d.is_error for d in diagnostics):
+        diagnostics.append(
+            error(
+                "WSG006",
+                f"no resources found in {', '.join(str(r) for r in roots)}",
+                hint="a config is a directory of *.yaml files, each holding one or more resources",
+            )
+        )
+
+    dirs = [r if r.is_dir() else r.parent for r in roots]
+    diagnostics += rules.run(entries, known=known, env=env, roots=dirs, sources=loaded.sources)
+    diagnostics = _with_source_lines(diagnostics, loaded.sources)
+    diagnostics.sort(key=Diagnostic.sort_key)
+
+    if any(d.is_error for d in diagnostics):
+        return CheckResult(None, diagnostics, loaded.files)
+    return CheckResult(_build(dirs[0], entries), diagnostics, loaded.files)
+
+
+def _with_source_lines(diagnostics: list[Diagnostic], sources: Mapping[str, list[str]]) -> list[Diagnostic]:
+    out = []
+    for d in diagnostics:
+        loc = d.location
+        if loc is not None and d.source_line is None:
+            lines = sources.get(loc.file)
+            if lines and 0 < loc.line <= len(lines):
+                d = dataclasses.replace(d, source_line=lines[loc.line - 1])
+        out.append(d)
+    return out
+
+
+def _build(root: Path, entries: list[rules.Entry]) -> Config:
+    groups: dict[str, dict[str, Loaded]] = {kind: {} for kind in ("Port", "API", "Application", "EchoServer", "Gateway")}
+    for e in entries:
+        groups[e.kind].setdefault(e.name, Loaded(e.model, e.doc.start, e.doc.base_dir))
     gateways = list(groups["Gateway"].values())
-    config = Config(
-        root=roots[0],
+    return Config(
+        root=root,
         ports=groups["Port"],
         apis=groups["API"],
         applications=groups["Application"],
         echo_servers=groups["EchoServer"],
         gateway=gateways[0] if gateways else None,
     )
-    return CheckResult(config, [])

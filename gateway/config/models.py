@@ -52,7 +52,7 @@ class Port(Strict):
     kind: Literal["Port"]
     name: Name = Field(description="The alias APIs use in their `ports` list.")
     description: str = ""
-    port: int = Field(ge=1, le=65535, description="TCP port number.")
+    port: int = Field(ge=0, le=65535, description="TCP port number; 0 lets the system pick a free one (tests).")
     host: str = Field("0.0.0.0", description="Address to bind.")
     enabled: bool = Field(True, description="A disabled port is not started; APIs on it are unreachable through it.")
     tls: TLSFiles | None = Field(None, description="Serve wss:// with this certificate and key.")

@@ -1,0 +1,245 @@
+"""The ``wsgate`` command line: the only place that prints and chooses exit codes.
+
+    wsgate validate [PATH...] [--format text|json|github] [--strict]   0 valid, 1 invalid, 2 usage
+    wsgate plan [PATH] --from OTHER [--format text|json]               0 no changes, 2 changes, 1 error
+    wsgate schemas [--check] [--dir DIR]                               0 fresh/written, 1 stale
+    wsgate run [PATH] [--log-format ...] [--admin HOST:PORT]           the gateway (and echo servers)
+    wsgate echo [PATH]                                                 only the config's echo servers
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Sequence, TextIO
+
+from .config import CheckResult, check
+from .config import diagnostics as diag
+from .config import schema as schemas
+
+EXIT_OK = 0
+EXIT_INVALID = 1
+EXIT_USAGE = 2
+EXIT_PLAN_CHANGES = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors by exception instead of exiting the process."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _UsageError(f"{self.prog}: error: {message}", self.format_usage())
+
+
+class _UsageError(Exception):
+    def __init__(self, message: str, usage: str) -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
+def _address(text: str) -> str:
+    if not re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}", text) or int(text.rsplit(":", 1)[1]) > 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="wsgate", description="A declarative, GitOps-style WebSocket API gateway.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("validate", help="check a config tree and report every problem")
+    p.add_argument("paths", nargs="*", metavar="PATH", default=["."], help="config directories or files (default: .)")
+    p.add_argument("--format", choices=("text", "json", "github"), default="text")
+    p.add_argument("--strict", action="store_true", help="warnings fail too")
+
+    p = sub.add_parser("plan", help="show what changes between a config and another version of it")
+    p.add_argument("path", nargs="?", default=".", metavar="PATH", help="the desired config (default: .)")
+    p.add_argument(
+        "--from", dest="source", required=True, metavar="OTHER",
+        help="the current config: a directory, or a git revision of the repository holding PATH",
+    )
+    p.add_argument("--format", choices=("text", "json"), default="text")
+
+    p = sub.add_parser("schemas", help="regenerate the JSON Schemas in schemas/ from the models")
+    p.add_argument("--check", action="store_true", help="fail if the committed schemas are stale; write nothing")
+    p.add_argument("--dir", type=Path, default=None, help="schema directory (default: the checkout's schemas/)")
+
+    p = sub.add_parser("run", help="check the config, then serve it")
+    p.add_argument("path", nargs="?", default=".", metavar="PATH")
+    p.add_argument("--log-format", choices=("json", "console", "auto"), default=None)
+    p.add_argument("--admin", type=_address, default=None, metavar="HOST:PORT", help="admin endpoint address")
+
+    p = sub.add_parser("echo", help="check the config, then serve only its echo servers")
+    p.add_argument("path", nargs="?", default=".", metavar="PATH")
+    p.add_argument("--log-format", choices=("json", "console", "auto"), default=None)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as exc:
+        sys.stderr.write(exc.usage + str(exc) + "\n")
+        return EXIT_USAGE
+    except SystemExit as exc:  # --help
+        return int(exc.code or 0)
+    handlers = {"validate": cmd_validate, "plan": cmd_plan, "schemas": cmd_schemas, "run": cmd_run, "echo": cmd_echo}
+    return handlers[args.command](args)
+
+
+# --------------------------------------------------------------- validate
+
+
+def _report(result: CheckResult, fmt: str, out: TextIO) -> None:
+    out.write(diag.render(result.diagnostics, fmt))
+    if fmt == "text":
+        n_files = len(result.files)
+        verdict = "valid" if result.ok else "invalid"
+        out.write(f"{verdict}: {diag.summary_line(result.diagnostics)} in {n_files} file{'s' if n_files != 1 else ''}\n")
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    result = check(args.paths)
+    _report(result, args.format, sys.stdout)
+    if not result.ok:
+        return EXIT_INVALID
+    if args.strict and result.warnings:
+        return EXIT_INVALID
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------- plan
+
+
+def _git(cwd: Path, *argv: str, binary: bool = False) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *argv], cwd=cwd, capture_output=True, text=not binary, check=False)
+
+
+def _checkout_revision(path: Path, revision: str, into: Path) -> Path | None:
+    """Extract ``path`` as it was at ``revision`` into ``into``; None when it did not exist then.
+
+    Raises ``LookupError`` when ``path`` is not in a git repository or the revision is unknown.
+    """
+    where = path if path.is_dir() else path.parent
+    top = _git(where, "rev-parse", "--show-toplevel")
+    if top.returncode != 0:
+        raise LookupError(f"{revision!r} is not a directory, and {path} is not inside a git repository")
+    repo = Path(top.stdout.strip())
+    verify = _git(repo, "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}")
+    if verify.returncode != 0:
+        raise LookupError(f"{revision!r} is neither a directory nor a git revision of {repo}")
+    commit = verify.stdout.strip()
+    relative = path.resolve().relative_to(repo.resolve()).as_posix()
+    listing = _git(repo, "ls-tree", "--name-only", commit, "--", relative or ".")
+    if relative not in ("", ".") and not listing.stdout.strip():
+        return None
+    archive = _git(repo, "archive", "--format=tar", commit, "--", relative or ".", binary=True)
+    if archive.returncode != 0:
+        raise LookupError(f"git archive failed: {archive.stderr.decode(errors='replace').strip()}")
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(into, filter="data")
+    return into / relative if relative not in ("", ".") else into
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .plan import diff, render
+
+    desired = check([args.path])
+    if not desired.ok:
+        sys.stderr.write(diag.render(desired.diagnostics, "text"))
+        sys.stderr.write(f"wsgate plan: the desired config {args.path} is invalid; nothing planned\n")
+        return EXIT_INVALID
+    source = Path(args.source)
+    tmp: str | None = None
+    try:
+        if source.is_dir():
+            current_path: Path | None = source
+            label = str(source)
+        else:
+            tmp = tempfile.mkdtemp(prefix="wsgate-plan-")
+            try:
+                current_path = _checkout_revision(Path(args.path), args.source, Path(tmp))
+            except LookupError as exc:
+                sys.stderr.write(f"wsgate plan: {exc}\n")
+                return EXIT_INVALID
+            label = f"{args.source}:{args.path}"
+        current = None
+        if current_path is not None:
+            result = check([current_path])
+            if not result.ok:
+                sys.stderr.write(diag.render(result.diagnostics, "text"))
+                sys.stderr.write(f"wsgate plan: the current config ({label}) is invalid; cannot diff against it\n")
+                return EXIT_INVALID
+            current = result.config
+        plan = diff(current, desired.config)  # type: ignore[arg-type]
+        sys.stdout.write(render(plan, args.format))
+        return EXIT_OK if plan.empty else EXIT_PLAN_CHANGES
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- schemas
+
+
+def cmd_schemas(args: argparse.Namespace) -> int:
+    directory = args.dir or schemas.default_directory()
+    if args.check:
+        stale = schemas.stale(directory)
+        if stale:
+            sys.stderr.write(
+                f"stale schemas in {directory}: {', '.join(stale)}\nrun `wsgate schemas` to regenerate them\n"
+            )
+            return EXIT_INVALID
+        sys.stdout.write(f"schemas in {directory} are up to date\n")
+        return EXIT_OK
+    changed = schemas.write(directory)
+    for path in changed:
+        sys.stdout.write(f"wrote {path}\n")
+    if not changed:
+        sys.stdout.write(f"schemas in {directory} are up to date\n")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------ run, echo
+
+
+def _checked_or_report(path: str) -> CheckResult:
+    """The same check and diagnostics as ``validate``; printed to stderr (stdout may carry logs)."""
+    result = check([path])
+    if result.diagnostics:
+        _report(result, "text", sys.stderr)
+    return result
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    result = _checked_or_report(args.path)
+    if not result.ok:
+        return EXIT_INVALID
+    if args.log_format is not None:
+        from .log import configure_logging
+
+        configure_logging(args.log_format)
+    from . import runtime
+
+    return runtime.run(result.config, args)
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    result = _checked_or_report(args.path)
+    if not result.ok:
+        return EXIT_INVALID
+    from .log import configure_logging
+
+    configure_logging(args.log_format or result.config.settings.log_format)  # type: ignore[union-attr]
+    from echo import server
+
+    return server.run(result.config, args)

@@ -1,0 +1,728 @@
+"""Cross-resource rules: what no single document can show.
+
+Each rule is a small function of the validated resources (with their source
+maps) that returns diagnostics. They run on every document that passed its
+schema and model, even when other documents failed, so one run reports all
+problems; a reference to a resource whose own document is invalid is not
+reported as unknown (its own errors say enough).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import ipaddress
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+from urllib.parse import SplitResult, urlsplit
+
+from .diagnostics import Diagnostic, Related, error, warning
+from .document_checks import did_you_mean, suggestion
+from .models import SHA256_PATTERN, EnvKey
+from .source import Document
+from .tree import Location
+
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "0.0.0.0", "::1", "::", ""})
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
+# Policy types that make no sense twice in one chain (throttle: twice with the same `per`).
+SINGLE_POLICY_TYPES = ("identify", "routing", "origin")
+
+
+@dataclass
+class Entry:
+    """A resource whose document passed its schema and model."""
+
+    kind: str
+    name: str
+    model: Any
+    doc: Document
+
+
+@dataclass
+class RuleContext:
+    entries: list[Entry]
+    known: Mapping[str, set[str]]  # names by kind, including documents that failed their checks
+    env: Mapping[str, str]
+    roots: list[Path]
+    sources: Mapping[str, list[str]]
+    out: list[Diagnostic] = field(default_factory=list)
+
+    def of(self, kind: str) -> list[Entry]:
+        return [e for e in self.entries if e.kind == kind]
+
+    def firsts(self, kind: str) -> dict[str, Entry]:
+        """The first resource of each name (duplicates are reported separately)."""
+        out: dict[str, Entry] = {}
+        for e in self.of(kind):
+            out.setdefault(e.name, e)
+        return out
+
+    def column_of(self, loc: Location, value: str, index: int) -> Location:
+        """The position of ``value[index]`` when the scalar is written plainly or quoted on its line."""
+        lines = self.sources.get(loc.file, [])
+        line = lines[loc.line - 1] if 0 < loc.line <= len(lines) else ""
+        rest = line[loc.col - 1 :]
+        if rest.startswith(value):
+            return Location(loc.file, loc.line, loc.col + index)
+        if rest[:1] in "\"'" and rest[1:].startswith(value):
+            return Location(loc.file, loc.line, loc.col + 1 + index)
+        return loc
+
+
+Rule = Callable[[RuleContext], None]
+RULES: list[Rule] = []
+
+
+def rule(fn: Rule) -> Rule:
+    RULES.append(fn)
+    return fn
+
+
+def run(
+    entries: list[Entry],
+    *,
+    known: Mapping[str, set[str]],
+    env: Mapping[str, str],
+    roots: list[Path],
+    sources: Mapping[str, list[str]],
+) -> list[Diagnostic]:
+    ctx = RuleContext(entries, known, env, roots, sources)
+    for fn in RULES:
+        fn(ctx)
+    return ctx.out
+
+
+# ------------------------------------------------------------------ names
+
+
+@rule
+def duplicate_names(ctx: RuleContext) -> None:
+    first: dict[tuple[str, str], Entry] = {}
+    for e in ctx.entries:
+        key = (e.kind, e.name)
+        if key in first:
+            ctx.out.append(
+                error(
+                    "WSG110",
+                    f"{e.kind} '{e.name}' is defined twice",
+                    e.doc.value_at(("name",)),
+                    related=(Related(first[key].doc.value_at(("name",)), "first defined here"),),
+                    hint="names are unique per kind; rename or delete one of them",
+                )
+            )
+        else:
+            first[key] = e
+
+
+@rule
+def one_gateway(ctx: RuleContext) -> None:
+    gateways = ctx.of("Gateway")
+    for e in gateways[1:]:
+        if e.name == gateways[0].name:
+            continue  # already reported as a duplicate name
+        ctx.out.append(
+            error(
+                "WSG120",
+                f"a second Gateway resource '{e.name}'",
+                e.doc.value_at(("kind",)),
+                related=(Related(gateways[0].doc.value_at(("kind",)), "the first Gateway resource"),),
+                hint="process-wide settings live in one Gateway resource; merge them",
+            )
+        )
+
+
+# ------------------------------------------------------------- references
+
+
+@rule
+def api_port_references(ctx: RuleContext) -> None:
+    ports = ctx.firsts("Port")
+    known = set(ports) | ctx.known.get("Port", set())
+    for e in ctx.of("API"):
+        seen: set[str] = set()
+        for i, name in enumerate(e.model.ports):
+            loc = e.doc.value_at(("ports", i))
+            if name in seen:
+                ctx.out.append(warning("WSG205", f"port '{name}' is listed twice", loc, hint="delete the repetition"))
+                continue
+            seen.add(name)
+            if name not in known:
+                ctx.out.append(
+                    error(
+                        "WSG112",
+                        f"API '{e.name}' refers to an unknown port '{name}'",
+                        loc,
+                        hint=suggestion(name, sorted(known), listing="declared ports") or "declare a Port resource with this name",
+                    )
+                )
+            elif name in ports and not ports[name].model.enabled:
+                ctx.out.append(
+                    warning(
+                        "WSG202",
+                        f"API '{e.name}' is on port '{name}', which is disabled",
+                        loc,
+                        related=(Related(ports[name].doc.value_at(("enabled",)), "disabled here"),),
+                        hint="the API is unreachable through this port; enable it or remove it from `ports`",
+                    )
+                )
+
+
+@rule
+def application_api_references(ctx: RuleContext) -> None:
+    apis = ctx.firsts("API")
+    known = set(apis) | ctx.known.get("API", set())
+    for e in ctx.of("Application"):
+        seen: set[str] = set()
+        for i, name in enumerate(e.model.apis):
+            loc = e.doc.value_at(("apis", i))
+            if name in seen:
+                ctx.out.append(warning("WSG205", f"API '{name}' is listed twice", loc, hint="delete the repetition"))
+                continue
+            seen.add(name)
+            if name not in known:
+                ctx.out.append(
+                    error(
+                        "WSG113",
+                        f"application '{e.name}' is registered to an unknown API '{name}'",
+                        loc,
+                        hint=suggestion(name, sorted(known), listing="declared APIs") or "declare an API with this name",
+                    )
+                )
+
+
+# ------------------------------------------------------------------- APIs
+
+
+@rule
+def api_paths(ctx: RuleContext) -> None:
+    served: dict[tuple[str, str], Entry] = {}
+    for e in ctx.of("API"):
+        path = e.model.path
+        loc = e.doc.value_at(("path",))
+        bad = next((c for c in "?#" if c in path), None)
+        if bad:
+            ctx.out.append(
+                error(
+                    "WSG122",
+                    f"API path contains '{bad}'",
+                    ctx.column_of(loc, path, path.index(bad)),
+                    hint="the path is matched without the query string; remove everything from '" + bad + "' on",
+                )
+            )
+        for port in dict.fromkeys(e.model.ports):
+            key = (port, path)
+            if key in served and served[key].name != e.name:
+                ctx.out.append(
+                    error(
+                        "WSG111",
+                        f"APIs '{served[key].name}' and '{e.name}' are both at {path} on port '{port}'",
+                        loc,
+                        related=(Related(served[key].doc.value_at(("path",)), f"'{served[key].name}' is here"),),
+                        hint="give one of them another path or another port",
+                    )
+                )
+            else:
+                served.setdefault(key, e)
+
+
+def _split(url: str) -> SplitResult | None:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+        return parts
+    except ValueError:
+        return None
+
+
+def _default_port(scheme: str) -> int:
+    return 443 if scheme == "wss" else 80
+
+
+@rule
+def upstream_urls(ctx: RuleContext) -> None:
+    ports = ctx.firsts("Port")
+    echoes = ctx.of("EchoServer")
+    # Routes the gateway serves, by port number: what a loop would hit.
+    routes_by_number: dict[int, dict[str, tuple[str, str]]] = defaultdict(dict)
+    hosts_by_number: dict[int, set[str]] = defaultdict(set)
+    for p in ports.values():
+        hosts_by_number[p.model.port].add(p.model.host)
+    for a in ctx.firsts("API").values():
+        for pname in a.model.ports:
+            if pname in ports:
+                routes_by_number[ports[pname].model.port][a.model.path] = (a.name, pname)
+    for e in ctx.of("API"):
+        for i, endpoint in enumerate(e.model.upstream.endpoints):
+            at = ("upstream", "endpoints", i, "url")
+            loc = e.doc.value_at(at)
+            url = endpoint.url
+            parts = _split(url)
+            if parts is None or not parts.scheme or not parts.hostname:
+                ctx.out.append(
+                    error(
+                        "WSG121",
+                        f"upstream URL {url!r} is not a valid ws:// or wss:// URL",
+                        loc,
+                        hint="write it as ws://host:port/path",
+                    )
+                )
+                continue
+            scheme = parts.scheme.lower()
+            if scheme not in ("ws", "wss"):
+                better = {"http": "ws", "https": "wss"}.get(scheme)
+                ctx.out.append(
+                    error(
+                        "WSG114",
+                        f"upstream scheme '{parts.scheme}' is not ws or wss",
+                        loc,
+                        hint=f"use {better}://{url.split('://', 1)[-1]}" if better else "the native endpoint must be a WebSocket URL",
+                    )
+                )
+                continue
+            if parts.fragment or url.endswith("#"):
+                ctx.out.append(
+                    error(
+                        "WSG121",
+                        "upstream URL has a fragment ('#...')",
+                        ctx.column_of(loc, url, url.index("#")),
+                        hint="WebSocket URLs cannot carry fragments (RFC 6455, 3); remove it",
+                    )
+                )
+            if parts.query:
+                ctx.out.append(
+                    warning(
+                        "WSG207",
+                        "upstream URL has a query string",
+                        ctx.column_of(loc, url, url.index("?")),
+                        hint="it is sent on every upstream connection; make sure it holds no secret and is not "
+                        "meant to come from the client",
+                    )
+                )
+            if scheme == "ws" and e.model.upstream.tls.ca_file is not None and i == 0:
+                ctx.out.append(
+                    warning(
+                        "WSG208",
+                        "upstream TLS settings on a ws:// endpoint are never used",
+                        e.doc.key_at(("upstream", "tls")),
+                        hint="use wss:// or remove `upstream.tls`",
+                    )
+                )
+            upath = parts.path
+            host = (parts.hostname or "").lower()
+            number = parts.port or _default_port(scheme)
+            # A loop: the upstream is one of the gateway's own routes.
+            if number in routes_by_number and (host in LOCAL_HOSTS or host in hosts_by_number[number]):
+                hit = routes_by_number[number].get(upath or "/")
+                if hit is not None:
+                    ctx.out.append(
+                        error(
+                            "WSG119",
+                            f"upstream points back at the gateway's own route {upath} (API '{hit[0]}' on port '{hit[1]}')",
+                            loc,
+                            hint="the native endpoint must be the backend server, not the gateway itself",
+                        )
+                    )
+            # An upstream on a declared echo server must name one of its contexts.
+            for echo in echoes:
+                if echo.model.port != number or not (host in LOCAL_HOSTS or host == echo.model.host.lower()):
+                    continue
+                contexts = [c.path for c in echo.model.contexts]
+                target = upath or "/"
+                if target in contexts:
+                    continue
+                flipped = target[:-1] if target.endswith("/") else target + "/"
+                if flipped in contexts:
+                    # The tutorial's classic deploy-time error: the native URL and the backend's
+                    # context disagree on the trailing '/', and every upgrade gets a 404.
+                    end = url.index(upath) + len(upath) if upath else len(url)
+                    caret = end - 1 if target.endswith("/") else end
+                    summary = (
+                        f"upstream path ends with '/' but echo server '{echo.name}' serves {flipped}"
+                        if target.endswith("/")
+                        else f"upstream path {target} lacks the trailing '/' of echo server '{echo.name}' context {flipped}"
+                    )
+                    ctx.out.append(
+                        error(
+                            "WSG104",
+                            summary,
+                            ctx.column_of(loc, url, caret),
+                            related=(Related(_context_loc(echo, flipped), "the context is declared here"),),
+                            hint=f"write the upstream URL's path as {flipped}",
+                        )
+                    )
+                else:
+                    ctx.out.append(
+                        error(
+                            "WSG127",
+                            f"echo server '{echo.name}' has no context {target}",
+                            loc,
+                            hint=suggestion(target, contexts, listing="its contexts"),
+                        )
+                    )
+
+
+def _context_loc(echo: Entry, path: str) -> Location:
+    for i, c in enumerate(echo.model.contexts):
+        if c.path == path:
+            return echo.doc.value_at(("contexts", i, "path"))
+    return echo.doc.value_at(("contexts",))
+
+
+@rule
+def upstream_tls(ctx: RuleContext) -> None:
+    for e in ctx.of("API"):
+        tls = e.model.upstream.tls
+        if not tls.verify:
+            ctx.out.append(
+                warning(
+                    "WSG206",
+                    f"API '{e.name}' does not verify its upstream's TLS certificate",
+                    e.doc.value_at(("upstream", "tls", "verify")),
+                    hint="anyone on the path can impersonate the native server; set a `ca_file` instead",
+                )
+            )
+        if tls.ca_file is not None:
+            _must_exist(ctx, e, ("upstream", "tls", "ca_file"), tls.ca_file, "CA file")
+        if len(e.model.upstream.endpoints) == 1:
+            for i, p in enumerate(e.model.policies):
+                if p.type == "routing" and p.strategy == "round-robin":
+                    ctx.out.append(
+                        warning(
+                            "WSG209",
+                            "round-robin routing over a single endpoint",
+                            e.doc.value_at(("policies", i, "strategy")),
+                            hint="add endpoints under `upstream.endpoints`, or drop the routing policy",
+                        )
+                    )
+
+
+@rule
+def policy_chains(ctx: RuleContext) -> None:
+    for e in ctx.of("API"):
+        seen: dict[tuple, int] = {}
+        has_identify = False
+        for i, p in enumerate(e.model.policies):
+            if p.type == "identify":
+                has_identify = True
+            key: tuple | None = None
+            if p.type in SINGLE_POLICY_TYPES:
+                key = (p.type,)
+            elif p.type == "throttle":
+                key = (p.type, p.per)
+            if key is None:
+                continue
+            if key in seen:
+                what = f"throttle per {p.per}" if p.type == "throttle" else p.type
+                ctx.out.append(
+                    error(
+                        "WSG123",
+                        f"the chain has {what} twice",
+                        e.doc.value_at(("policies", i, "type")),
+                        related=(Related(e.doc.value_at(("policies", seen[key], "type")), "first one here"),),
+                        hint="keep one and merge their settings",
+                    )
+                )
+            else:
+                seen[key] = i
+        if not has_identify:
+            ctx.out.append(
+                warning(
+                    "WSG201",
+                    f"API '{e.name}' has no identify policy: anyone can connect",
+                    e.doc.key_at(("policies",)) if "policies" in e.doc.data else e.doc.value_at(("name",)),
+                    hint="add `- type: identify` to `policies` (or accept that the API is public)",
+                )
+            )
+
+
+def _config_root_for(ctx: RuleContext, e: Entry) -> Path:
+    declaring = Path(e.doc.file).resolve()
+    for root in ctx.roots:
+        r = root.resolve()
+        if r == declaring.parent or r in declaring.parents:
+            return r
+    return ctx.roots[0].resolve() if ctx.roots else declaring.parent
+
+
+def check_callable(spec: str, root: Path) -> tuple[str, str] | None:
+    """Import ``package.module:function`` with ``root`` on sys.path: None if fine, else (summary, hint).
+
+    The import is isolated: modules loaded from ``root`` are removed again and
+    a same-named module loaded from elsewhere is put back, so checking one
+    config never changes what another config (or the runtime) imports.
+    """
+    module_name, _, attr_path = spec.partition(":")
+    top = module_name.split(".")[0]
+    # Only a module that lives under the root is isolated; `json:loads` or an installed package
+    # imports as usual, so checking never reloads modules the running process already uses.
+    local = (root / f"{top}.py").is_file() or (root / top).is_dir()
+    saved = {n: m for n, m in sys.modules.items() if local and (n == top or n.startswith(top + "."))}
+    foreign = {n: m for n, m in saved.items() if not _under(getattr(m, "__file__", None), root)}
+    for n in foreign:
+        del sys.modules[n]
+    before = set(sys.modules)
+    sys.path.insert(0, str(root))
+    importlib.invalidate_caches()
+    result: tuple[str, str] | None
+    try:
+        module = importlib.import_module(module_name)
+        target: Any = module
+        for part in attr_path.split("."):
+            if not hasattr(target, part):
+                names = [n for n in dir(target) if not n.startswith("_")]
+                best = did_you_mean(part, names)
+                raise _Missing(part, f"did you mean '{best}'?" if best else "")
+            target = getattr(target, part)
+        if not callable(target):
+            result = (f"{spec} is not callable (it is {type(target).__name__})", "point at a function")
+        else:
+            result = None
+    except _Missing as exc:
+        result = (f"module '{module_name}' has no attribute '{exc.args[0]}'", exc.args[1] or "check the function name")
+    except ModuleNotFoundError as exc:
+        result = (
+            f"cannot import module '{module_name}': no module named '{exc.name}'",
+            f"the module must be importable with the config directory {root} on sys.path",
+        )
+    except BaseException as exc:  # operator code may raise anything on import; report, never crash
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        result = (f"importing '{module_name}' raised {type(exc).__name__}: {exc}", "fix the module so it imports cleanly")
+    finally:
+        try:
+            sys.path.remove(str(root))
+        except ValueError:
+            pass
+        for n in set(sys.modules) - before:
+            if (local and (n == top or n.startswith(top + "."))) or _under(
+                getattr(sys.modules.get(n), "__file__", None), root
+            ):
+                sys.modules.pop(n, None)
+        sys.modules.update(foreign)
+    return result
+
+
+class _Missing(Exception):
+    pass
+
+
+def _under(file: str | None, root: Path) -> bool:
+    if not file:
+        return False
+    try:
+        Path(file).resolve().relative_to(root)
+        return True
+    except ValueError:
+        return False
+
+
+@rule
+def transform_callables(ctx: RuleContext) -> None:
+    # Cached per run only: a reload after the operator fixes the module must import it afresh.
+    seen: dict[tuple[Path, str], tuple[str, str] | None] = {}
+    for e in ctx.of("API"):
+        for i, p in enumerate(e.model.policies):
+            if p.type != "transform":
+                continue
+            key = (_config_root_for(ctx, e), p.callable)
+            if key not in seen:
+                seen[key] = check_callable(p.callable, key[0])
+            problem = seen[key]
+            if problem is not None:
+                ctx.out.append(error("WSG117", problem[0], e.doc.value_at(("policies", i, "callable")), hint=problem[1]))
+
+
+# ------------------------------------------------------------- listeners
+
+
+def _must_exist(ctx: RuleContext, e: Entry, at: tuple, relative: str, what: str) -> None:
+    path = Path(relative) if Path(relative).is_absolute() else e.doc.base_dir / relative
+    if not path.is_file():
+        ctx.out.append(
+            error(
+                "WSG118",
+                f"{what} {relative} does not exist" if not path.exists() else f"{what} {relative} is not a file",
+                e.doc.value_at(at),
+                hint=f"relative paths start at the declaring file's directory ({e.doc.base_dir})",
+            )
+        )
+
+
+@rule
+def port_tls_files(ctx: RuleContext) -> None:
+    for e in ctx.of("Port"):
+        if e.model.tls is not None:
+            _must_exist(ctx, e, ("tls", "cert"), e.model.tls.cert, "certificate file")
+            _must_exist(ctx, e, ("tls", "key"), e.model.tls.key, "key file")
+
+
+@rule
+def listener_clashes(ctx: RuleContext) -> None:
+    listeners: list[tuple[int, str, str, Location]] = []
+    for e in ctx.of("Port"):
+        if e.model.enabled:
+            listeners.append((e.model.port, e.model.host, f"Port '{e.name}'", e.doc.value_at(("port",))))
+    for e in ctx.of("EchoServer"):
+        listeners.append((e.model.port, e.model.host, f"EchoServer '{e.name}'", e.doc.value_at(("port",))))
+    for e in ctx.of("Gateway")[:1]:
+        admin = e.model.admin
+        if admin.enabled and admin.port != 0:
+            listeners.append((admin.port, admin.host, f"the admin endpoint of Gateway '{e.name}'", e.doc.value_at(("admin", "port"))))
+    for i, (number, host, label, loc) in enumerate(listeners):
+        if number == 0:
+            continue  # the system picks a free port
+        for other_number, other_host, other_label, other_loc in listeners[:i]:
+            if number != other_number:
+                continue
+            if host == other_host or host in WILDCARD_HOSTS or other_host in WILDCARD_HOSTS:
+                ctx.out.append(
+                    error(
+                        "WSG115",
+                        f"{label} listens on port {number}, which {other_label} already uses",
+                        loc,
+                        related=(Related(other_loc, f"{other_label} is here"),),
+                        hint="two listeners cannot bind the same port; change one port number",
+                    )
+                )
+                break
+
+
+@rule
+def echo_contexts(ctx: RuleContext) -> None:
+    for e in ctx.of("EchoServer"):
+        seen: dict[str, int] = {}
+        for i, c in enumerate(e.model.contexts):
+            if c.path in seen:
+                ctx.out.append(
+                    error(
+                        "WSG124",
+                        f"echo context {c.path} is declared twice",
+                        e.doc.value_at(("contexts", i, "path")),
+                        related=(Related(e.doc.value_at(("contexts", seen[c.path], "path")), "first one here"),),
+                        hint="delete one of them",
+                    )
+                )
+            else:
+                seen[c.path] = i
+
+
+# ----------------------------------------------------------- applications
+
+
+def key_fingerprint(key: str | EnvKey, env: Mapping[str, str]) -> str | None:
+    """A comparable form of a key: its SHA-256, whichever way it is written (None when unknown)."""
+    if isinstance(key, EnvKey):
+        value = env.get(key.env)
+        if value is None:
+            return f"env:{key.env}"
+        return "sha256:" + hashlib.sha256(value.encode()).hexdigest()
+    if key.startswith("sha256:"):
+        return key.lower() if SHA256_PATTERN.match(key.lower()) else None
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+@rule
+def application_keys(ctx: RuleContext) -> None:
+    claimed: dict[str, tuple[str, Location]] = {}
+    for e in ctx.of("Application"):
+        mine: set[str] = set()
+        for i, key in enumerate(e.model.identifiers.api_keys):
+            at = ("identifiers", "api_keys", i)
+            loc = e.doc.value_at(at)
+            if isinstance(key, EnvKey):
+                if key.env not in ctx.env:
+                    ctx.out.append(
+                        warning(
+                            "WSG203",
+                            f"environment variable {key.env} is not set",
+                            e.doc.value_at(at + ("env",)),
+                            hint=f"the key is unusable until the gateway runs with {key.env} set",
+                        )
+                    )
+            elif key.startswith("sha256:") and not SHA256_PATTERN.match(key):
+                ctx.out.append(
+                    error(
+                        "WSG125",
+                        "malformed key hash: expected 'sha256:' and 64 lowercase hex digits",
+                        loc,
+                        hint="compute it with `printf %s 'KEY' | sha256sum`",
+                    )
+                )
+                continue
+            elif not key.startswith("sha256:"):
+                ctx.out.append(
+                    warning(
+                        "WSG200",
+                        "API key in plain text",
+                        loc,
+                        hint="anyone who can read this file can use the key; write `sha256:<hash>` or `{env: VARIABLE}`",
+                    )
+                )
+            fp = key_fingerprint(key, ctx.env)
+            if fp is None:
+                continue
+            if fp in mine:
+                ctx.out.append(warning("WSG205", "the same API key is listed twice", loc, hint="delete the repetition"))
+                continue
+            mine.add(fp)
+            if fp in claimed and claimed[fp][0] != e.name:
+                ctx.out.append(
+                    error(
+                        "WSG116",
+                        f"application '{e.name}' uses an API key that application '{claimed[fp][0]}' also uses",
+                        loc,
+                        related=(Related(claimed[fp][1], f"'{claimed[fp][0]}' claims it here"),),
+                        hint="a key must identify one application; give each its own key",
+                    )
+                )
+            else:
+                claimed.setdefault(fp, (e.name, loc))
+
+
+@rule
+def application_addresses(ctx: RuleContext) -> None:
+    for e in ctx.of("Application"):
+        for i, value in enumerate(e.model.identifiers.ips):
+            try:
+                ipaddress.ip_network(value, strict=False) if "/" in value else ipaddress.ip_address(value)
+            except ValueError:
+                ctx.out.append(
+                    error(
+                        "WSG126",
+                        f"{value!r} is not an IP address or CIDR network",
+                        e.doc.value_at(("identifiers", "ips", i)),
+                        hint="write an address (203.0.113.7) or a network (203.0.113.0/24)",
+                    )
+                )
+
+
+@rule
+def unreachable_applications(ctx: RuleContext) -> None:
+    for e in ctx.of("Application"):
+        ids = e.model.identifiers
+        if not e.model.apis:
+            ctx.out.append(
+                warning(
+                    "WSG204",
+                    f"application '{e.name}' is registered to no API",
+                    e.doc.value_at(("name",)),
+                    hint="add the APIs it may use under `apis:`",
+                )
+            )
+        elif not (ids.api_keys or ids.hostnames or ids.ips):
+            ctx.out.append(
+                warning(
+                    "WSG204",
+                    f"application '{e.name}' has no identifiers and can never be identified",
+                    e.doc.value_at(("name",)),
+                    hint="add `identifiers:` with api_keys, hostnames or ips",
+                )
+            )
+
+
+def all_rules() -> Iterable[Rule]:
+    return tuple(RULES)
+

@@ -1,0 +1,338 @@
+"""Reading YAML: files -> plain documents with a source map.
+
+This is the only module that touches YAML. It composes every document with
+ruamel.yaml (the node graph carries the 1-based line and column of every key
+and value), detects duplicate keys itself (they are a diagnostic with both
+positions, not an exception) and converts the nodes to plain Python data
+(dict, list, str, int, float, bool, None) for the schema and the models.
+
+A syntax error in one document does not hide the other documents of the same
+file: the file is then split at its ``---`` lines and each part is read on its
+own, keeping line numbers.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from .diagnostics import Diagnostic, Related, error
+from .tree import Location
+
+YAML_SUFFIXES = (".yaml", ".yml")
+# Alias expansion can blow a small file up exponentially ("billion laughs"); refuse past this.
+MAX_NODES = 200_000
+MERGE_TAG = "tag:yaml.org,2002:merge"
+_DOC_SEPARATOR = re.compile(r"^---(\s|$)")
+
+PathT = tuple  # a JSON-pointer-like path: ("policies", 0, "type")
+
+
+@dataclass
+class Document:
+    """One YAML document as plain data, with where each of its nodes was written."""
+
+    file: str
+    index: int
+    data: Any
+    base_dir: Path
+    start: Location
+    values: dict[PathT, Location] = field(default_factory=dict)
+    keys: dict[PathT, Location] = field(default_factory=dict)
+
+    def value_at(self, path: Sequence[Any]) -> Location:
+        """The position of the value at ``path``, or of its nearest ancestor that exists."""
+        path = tuple(path)
+        while path:
+            loc = self.values.get(path)
+            if loc is not None:
+                return loc
+            path = path[:-1]
+        return self.values.get((), self.start)
+
+    def key_at(self, path: Sequence[Any]) -> Location:
+        """The position of the mapping key that ends ``path`` (the value's for list items)."""
+        loc = self.keys.get(tuple(path))
+        return loc if loc is not None else self.value_at(path)
+
+
+@dataclass
+class LoadResult:
+    documents: list[Document] = field(default_factory=list)
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    sources: dict[str, list[str]] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+
+
+def find_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[Diagnostic]]:
+    """Every YAML file under ``paths`` (directories walked recursively, sorted), and missing paths."""
+    files: list[Path] = []
+    problems: list[Diagnostic] = []
+    for root in paths:
+        root = Path(root)
+        if root.is_dir():
+            found = sorted(
+                p
+                for p in root.rglob("*")
+                if p.suffix in YAML_SUFFIXES and p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+            )
+            files += found
+        elif root.is_file():
+            files.append(root)
+        else:
+            problems.append(
+                error(
+                    "WSG003",
+                    f"no such file or directory: {root}",
+                    hint="pass the directory that holds the config's YAML files",
+                )
+            )
+    # The same file reached through two arguments is read once.
+    unique: dict[Path, Path] = {}
+    for f in files:
+        unique.setdefault(f.resolve(), f)
+    return list(unique.values()), problems
+
+
+def load(paths: Iterable[str | Path]) -> LoadResult:
+    """Read every YAML file under ``paths`` into documents; problems become diagnostics."""
+    result = LoadResult()
+    files, problems = find_files(paths)
+    result.diagnostics += problems
+    yaml = new_yaml()
+    for path in files:
+        load_file(path, result, yaml)
+    return result
+
+
+def load_file(path: Path, result: LoadResult, yaml: YAML | None = None) -> None:
+    name = str(path)
+    result.files.append(name)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        result.diagnostics.append(error("WSG003", f"cannot read {name}: {exc.strerror or exc}", Location(name, 1, 1)))
+        return
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        result.diagnostics.append(
+            error("WSG003", f"{name} is not UTF-8 text (byte {exc.start})", Location(name, line, 1),
+                  hint="save the file as UTF-8")
+        )
+        return
+    load_text(text, name, path.parent, result, yaml)
+
+
+def new_yaml() -> YAML:
+    # The C parser (ruamel.yaml.clib) composes ~10x faster than the pure one; ruamel falls back by itself.
+    return YAML(typ="safe", pure=False)
+
+
+def load_text(text: str, name: str, base_dir: Path, result: LoadResult, yaml: YAML | None = None) -> None:
+    """Parse one file's text; on a syntax error, retry part by part so other documents still count."""
+    yaml = yaml or new_yaml()
+    result.sources[name] = text.splitlines()
+    reader = _Reader(name, base_dir, yaml)
+    try:
+        docs = reader.read(text, line_offset=0, first_index=0)
+    except YAMLError as exc:
+        docs = None
+        first_error = exc
+    if docs is not None:
+        result.documents += docs
+        result.diagnostics += reader.diagnostics
+        return
+    # Split at document markers and read each part alone (line numbers kept by padding).
+    parts = _split_documents(text)
+    if len(parts) <= 1:
+        result.diagnostics += reader.diagnostics
+        result.diagnostics.append(_syntax_diagnostic(first_error, name, result.sources[name]))
+        return
+    index = 0
+    for offset, chunk in parts:
+        part_reader = _Reader(name, base_dir, yaml)
+        try:
+            docs = part_reader.read(chunk, line_offset=offset, first_index=index)
+        except YAMLError as exc:
+            result.diagnostics += part_reader.diagnostics
+            result.diagnostics.append(_syntax_diagnostic(exc, name, result.sources[name], line_offset=offset))
+            index += 1
+            continue
+        result.documents += docs
+        result.diagnostics += part_reader.diagnostics
+        index += max(len(docs), 1)
+
+
+def _split_documents(text: str) -> list[tuple[int, str]]:
+    lines = text.splitlines(keepends=True)
+    parts: list[tuple[int, str]] = []
+    start = 0
+    for i, line in enumerate(lines):
+        if _DOC_SEPARATOR.match(line) and i > start:
+            parts.append((start, "".join(lines[start:i])))
+            start = i
+    parts.append((start, "".join(lines[start:])))
+    return [(offset, chunk) for offset, chunk in parts if chunk.strip()]
+
+
+def _syntax_diagnostic(exc: YAMLError, name: str, lines: list[str], line_offset: int = 0) -> Diagnostic:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    context_mark = getattr(exc, "context_mark", None)
+    if mark is not None and context_mark is not None and mark.line + line_offset >= len(lines):
+        # "unexpected end of stream" points past the last line; where the construct began is more useful.
+        mark = context_mark
+    if mark is not None:
+        line, col = mark.line + 1 + line_offset, mark.column + 1
+    else:
+        line, col = 1 + line_offset, 1
+    if isinstance(exc, MarkedYAMLError):
+        problem = exc.problem or exc.context or "invalid YAML"
+        context = exc.context if exc.problem and exc.context else ""
+    else:
+        problem, context = str(exc).splitlines()[0] if str(exc) else "invalid YAML", ""
+    problem = " ".join(str(problem).split())
+    source = lines[line - 1] if 0 < line <= len(lines) else ""
+    if "\t" in source[: len(source) - len(source.lstrip())] or "'\\t'" in problem:
+        return error(
+            "WSG004",
+            "tab character in indentation",
+            Location(name, line, col),
+            detail=f"YAML said: {problem}",
+            hint="YAML indents with spaces only; replace the tabs with spaces",
+        )
+    hint = "check the indentation and the quoting around this position"
+    if "mapping values are not allowed" in problem:
+        hint = "a value containing ': ' must be quoted, or a key is indented too far"
+    elif "quoted scalar" in str(context):
+        hint = "a quoted value is never closed; add the closing quote"
+    elif "found undefined alias" in problem or "found undefined anchor" in problem:
+        hint = "define the anchor (&name) before its alias (*name)"
+    return error(
+        "WSG001",
+        f"invalid YAML: {problem}",
+        Location(name, line, col),
+        detail=context,
+        hint=hint,
+    )
+
+
+class _Reader:
+    """Composes documents and converts nodes to plain data, recording positions and duplicate keys."""
+
+    def __init__(self, name: str, base_dir: Path, yaml: YAML) -> None:
+        self.name = name
+        self.base_dir = base_dir
+        self.diagnostics: list[Diagnostic] = []
+        self._yaml = yaml
+        self._constructor = self._yaml.constructor
+        self._offset = 0
+        self._nodes = 0
+
+    def read(self, text: str, *, line_offset: int, first_index: int) -> list[Document]:
+        self._offset = line_offset
+        docs: list[Document] = []
+        index = first_index
+        for root in self._yaml.compose_all(text):
+            if root is None:
+                continue
+            doc = Document(self.name, index, None, self.base_dir, self._loc(root))
+            self._nodes = 0
+            doc.data = self._convert(root, (), doc, set())
+            docs.append(doc)
+            index += 1
+        return docs
+
+    def _loc(self, node: Node) -> Location:
+        mark = node.start_mark
+        return Location(self.name, mark.line + 1 + self._offset, mark.column + 1)
+
+    def _convert(self, node: Node, path: PathT, doc: Document, active: set[int]) -> Any:
+        self._nodes += 1
+        if self._nodes > MAX_NODES:
+            if self._nodes == MAX_NODES + 1:
+                self.diagnostics.append(
+                    error("WSG005", "document too large (aliases expand past 200000 nodes)", self._loc(node),
+                          hint="avoid deeply nested aliases")
+                )
+            return None
+        doc.values.setdefault(path, self._loc(node))
+        if isinstance(node, ScalarNode):
+            return self._scalar(node)
+        if id(node) in active:
+            self.diagnostics.append(error("WSG005", "recursive alias", self._loc(node),
+                                          hint="an alias may not refer to a node that contains it"))
+            return None
+        active.add(id(node))
+        try:
+            if isinstance(node, SequenceNode):
+                return [self._convert(item, path + (i,), doc, active) for i, item in enumerate(node.value)]
+            if isinstance(node, MappingNode):
+                return self._mapping(node, path, doc, active)
+            return None
+        finally:
+            active.discard(id(node))
+
+    def _mapping(self, node: MappingNode, path: PathT, doc: Document, active: set[int]) -> dict:
+        out: dict[str, Any] = {}
+        merged: list[Node] = []
+        for key_node, value_node in node.value:
+            if key_node.tag == MERGE_TAG:
+                merged.append(value_node)
+                continue
+            key = self._key(key_node)
+            key_loc = self._loc(key_node)
+            child = path + (key,)
+            if key in out:
+                first = doc.keys.get(child)
+                self.diagnostics.append(
+                    error(
+                        "WSG002",
+                        f"duplicate key '{key}' in this mapping",
+                        key_loc,
+                        related=(Related(first, "first written here"),) if first else (),
+                        hint="YAML keeps only one of them; delete or merge the duplicate",
+                    )
+                )
+                continue
+            doc.keys[child] = key_loc
+            out[key] = self._convert(value_node, child, doc, active)
+        # `<<: *base` merge keys: explicit keys win over merged ones.
+        for value_node in merged:
+            sources = value_node.value if isinstance(value_node, SequenceNode) else [value_node]
+            for src in sources:
+                if not isinstance(src, MappingNode):
+                    continue
+                for key, value in self._mapping(src, path, Document(self.name, 0, None, self.base_dir, doc.start), active).items():
+                    if key not in out:
+                        out[key] = value
+        return out
+
+    def _key(self, node: Node) -> str:
+        if isinstance(node, ScalarNode):
+            value = self._scalar(node)
+            return value if isinstance(value, str) else str(node.value)
+        # A complex key (`? [a, b]`) never names a field; keep its text so the schema reports it.
+        return f"<{type(node).__name__.replace('Node', '').lower()} key>"
+
+    def _scalar(self, node: ScalarNode) -> Any:
+        try:
+            value = self._constructor.construct_object(node, deep=True)
+        except YAMLError as exc:
+            problem = getattr(exc, "problem", None) or str(exc)
+            self.diagnostics.append(
+                error("WSG001", f"invalid YAML: {' '.join(str(problem).split())}", self._loc(node),
+                      hint="remove the tag or quote the value")
+            )
+            return None
+        except Exception as exc:  # the constructor raises plain errors for some malformed scalars
+            self.diagnostics.append(error("WSG001", f"invalid YAML value: {exc}", self._loc(node)))
+            return None
+        return value

@@ -1,0 +1,69 @@
+"""Logging: structlog to stderr, as JSON lines or for a console, with credentials redacted.
+
+``configure_logging`` is called once per process by the CLI or the runtime.
+Whatever a module logs, values of keys that name credentials (``api_key``,
+``x-gateway-apikey``, ``authorization``, ``password``, ``token``...) are
+replaced before rendering: defence in depth behind the rule that no code logs
+a key in the first place.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from typing import Any, Literal, MutableMapping
+
+import structlog
+
+LogFormat = Literal["json", "console", "auto"]
+REDACTED = "[redacted]"
+_SENSITIVE_KEY = re.compile(
+    r"(api[-_]?key|apikey|x-gateway-apikey|authorization|password|passwd|secret|token|cookie)", re.IGNORECASE
+)
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def _redact_value(key: Any, value: Any) -> Any:
+    if isinstance(key, str) and _SENSITIVE_KEY.search(key):
+        return REDACTED
+    if isinstance(value, dict):
+        return {k: _redact_value(k, v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, tuple) and len(v) == 2 for v in value):
+        # Header lists: [(name, value), ...]
+        return type(value)((k, _redact_value(k, v)) for k, v in value)
+    return value
+
+
+def redact_credentials(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: replace the values of credential-named keys, nested mappings and header lists too."""
+    for key in list(event_dict):
+        if key == "event":
+            continue
+        event_dict[key] = _redact_value(key, event_dict[key])
+    return event_dict
+
+
+def configure_logging(fmt: LogFormat = "auto", level: str = "info") -> None:
+    """Send structlog events to stderr; ``auto`` is console on a terminal, JSON otherwise."""
+    use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        if use_console
+        else structlog.processors.JSONRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            redact_credentials,
+            structlog.processors.StackInfoRenderer(),
+            # The console renderer formats exceptions itself (and warns if they arrive pre-formatted).
+            *(() if use_console else (structlog.processors.format_exc_info,)),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )

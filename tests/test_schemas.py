@@ -1,0 +1,62 @@
+"""The committed JSON Schemas match the models, validate the examples, and catch what editors should flag."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from jsonschema import Draft202012Validator
+
+from gateway.cli import main
+from gateway.config import schema
+from gateway.config.source import load
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMAS = REPO / "schemas"
+
+
+def test_committed_schemas_are_fresh():
+    """`schemas/` equals what the models generate; run `wsgate schemas` when this fails."""
+    assert schema.stale(SCHEMAS) == []
+
+
+def test_one_schema_per_kind_plus_resource():
+    """There is a schema per kind and one for any resource, all valid 2020-12 schemas."""
+    names = sorted(p.name for p in SCHEMAS.glob("*.schema.json"))
+    assert names == sorted(
+        ["api.schema.json", "application.schema.json", "echoserver.schema.json", "gateway.schema.json",
+         "port.schema.json", "resource.schema.json"]
+    )
+    for path in SCHEMAS.glob("*.schema.json"):
+        data = json.loads(path.read_text())
+        assert data["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+        Draft202012Validator.check_schema(data)
+
+
+def test_examples_point_at_their_schema_and_pass_it():
+    """Every example starts with a yaml-language-server line naming an existing schema that accepts it."""
+    resource = Draft202012Validator(json.loads((SCHEMAS / "resource.schema.json").read_text()))
+    for doc in load([REPO / "examples"]).documents:
+        first = Path(doc.file).read_text().splitlines()[0]
+        assert first.startswith("# yaml-language-server: $schema=")
+        target = (Path(doc.file).parent / first.split("=", 1)[1]).resolve()
+        assert target.exists()
+        assert list(Draft202012Validator(json.loads(target.read_text())).iter_errors(doc.data)) == []
+        assert list(resource.iter_errors(doc.data)) == []
+
+
+def test_resource_schema_picks_the_branch_by_kind():
+    """The any-document schema reports the chosen kind's errors only."""
+    validator = Draft202012Validator(json.loads((SCHEMAS / "resource.schema.json").read_text()))
+    errors = list(validator.iter_errors({"kind": "Port", "name": "p", "port": 1, "hots": "x"}))
+    assert [e.validator for e in errors] == ["additionalProperties"]
+
+
+def test_schemas_check_command(tmp_path, capsys):
+    """`wsgate schemas --check` fails on a stale directory; `wsgate schemas` fixes it."""
+    assert main(["schemas", "--check", "--dir", str(tmp_path)]) == 1
+    assert main(["schemas", "--dir", str(tmp_path)]) == 0
+    assert main(["schemas", "--check", "--dir", str(tmp_path)]) == 0
+    (tmp_path / "port.schema.json").write_text("{}")
+    assert main(["schemas", "--check", "--dir", str(tmp_path)]) == 1
+    assert "port.schema.json" in capsys.readouterr().err
