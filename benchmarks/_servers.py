@@ -1,0 +1,239 @@
+"""The processes under test: the echo backend and the gateway, each a child process.
+
+``python benchmarks/_servers.py echo|gateway --report-fd N [...]`` binds port 0,
+writes one JSON line with the ports it really bound to file descriptor ``N`` and
+serves until its stdin closes (the coordinator exited or asked it to stop) or
+it gets SIGTERM/SIGINT. :class:`Child` is the coordinator's side: start, read
+the report with a deadline, stop (gracefully, then harder), read CPU and RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_KIB = 4
+
+
+class ChildError(RuntimeError):
+    """A child process failed to start, report or stop."""
+
+
+class Child:
+    """A server child process: started, reported, measured and always stopped."""
+
+    def __init__(self, role: str, args: list[str], log_file: Path, *, cwd: Path | None = None) -> None:
+        self.role = role
+        self.log_file = log_file
+        read_fd, write_fd = os.pipe()
+        self._log = open(log_file, "ab")
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(HERE / "_servers.py"), role, "--report-fd", str(write_fd), *args],
+                stdin=subprocess.PIPE,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                pass_fds=(write_fd,),
+                cwd=cwd,
+            )
+        finally:
+            os.close(write_fd)
+        self._report_fd = read_fd
+        self.report: dict[str, Any] = {}
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait_report(self, timeout: float) -> dict[str, Any]:
+        """The child's JSON report line; raises with the child's log tail if it dies or stays silent."""
+        deadline = time.monotonic() + timeout
+        data = b""
+        try:
+            while b"\n" not in data:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ChildError(f"{self.role}: no report within {timeout:.0f} s{self._tail()}")
+                ready, _, _ = select.select([self._report_fd], [], [], min(left, 0.5))
+                if ready:
+                    chunk = os.read(self._report_fd, 4096)
+                    if not chunk:
+                        raise ChildError(f"{self.role}: exited before reporting{self._tail()}")
+                    data += chunk
+        finally:
+            os.close(self._report_fd)
+        self.report = json.loads(data.split(b"\n", 1)[0])
+        if "error" in self.report:
+            raise ChildError(f"{self.role}: {self.report['error']}{self._tail()}")
+        return self.report
+
+    def _tail(self) -> str:
+        self._log.flush()
+        try:
+            text = self.log_file.read_text(errors="replace").strip().splitlines()[-15:]
+        except OSError:
+            return ""
+        return ("\n  " + "\n  ".join(text)) if text else ""
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the process so far, from /proc/<pid>/stat."""
+        stat = Path(f"/proc/{self.pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()  # the command name may contain spaces
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime (fields 14, 15)
+
+    def rss_kib(self) -> int:
+        """Resident set size now, from /proc/<pid>/status (VmRSS, KiB)."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise ChildError(f"{self.role}: no VmRSS in /proc/{self.pid}/status")
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """Close stdin (the child's stop signal), then SIGTERM, then SIGKILL, each with a deadline."""
+        if self.proc.poll() is None:
+            try:
+                if self.proc.stdin is not None:
+                    self.proc.stdin.close()
+            except OSError:
+                pass
+            for step, wait in ((None, timeout), (self.proc.terminate, 3.0), (self.proc.kill, 3.0)):
+                if step is not None:
+                    step()
+                try:
+                    self.proc.wait(wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        self._log.close()
+        return self.proc.returncode
+
+
+# ------------------------------------------------------------------ child side
+
+
+def _quiet_logs(level: int = logging.WARNING) -> None:
+    """Keep per-connection log lines off the measured path; warnings still reach the log file."""
+    import structlog
+
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+
+
+def _stop_on_stdin_eof(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    def watch() -> None:
+        try:
+            sys.stdin.buffer.read()
+        finally:
+            loop.call_soon_threadsafe(stop.set)
+
+    threading.Thread(target=watch, name="stdin-eof", daemon=True).start()
+
+
+def _report(fd: int, payload: dict[str, Any]) -> None:
+    os.write(fd, json.dumps(payload).encode() + b"\n")
+    os.close(fd)
+
+
+async def _serve(start, stop_server, fd: int) -> None:  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    _stop_on_stdin_eof(loop, stop)
+    try:
+        report = await start()
+    except Exception as exc:
+        _report(fd, {"error": f"{type(exc).__name__}: {exc}"})
+        raise
+    _report(fd, report)
+    try:
+        await stop.wait()
+    finally:
+        await asyncio.wait_for(stop_server(), 15.0)
+
+
+def _echo_main(args: argparse.Namespace) -> None:
+    from echo.server import EchoService
+    from gateway.config.models import EchoContext, EchoServer
+
+    model = EchoServer(
+        kind="EchoServer",
+        name="bench-echo",
+        host="127.0.0.1",
+        port=1,  # overridden by port=0 below; the model wants a real number
+        contexts=[EchoContext(path="/echo/", mode="echo")],
+        control=False,
+        max_message_size=4 * 2**20,
+    )
+    service = EchoService(model, port=0)
+
+    async def start() -> dict[str, Any]:
+        await service.start()
+        return {"port": service.port}
+
+    asyncio.run(_serve(start, service.stop, args.report_fd))
+
+
+async def _start_gateway(config_dir: Path) -> tuple[Any, dict[str, int]]:
+    """Start the gateway runtime on the generated config; return it and the ports it bound by Port name."""
+    from gateway.config import check
+    from gateway.runtime import Gateway
+
+    result = check([config_dir])
+    if result.config is None:
+        raise RuntimeError(f"the generated config does not check: {result.diagnostics}")
+    # The transform callable is importable with the config directory on sys.path.
+    sys.path.insert(0, str(config_dir))
+    gateway = Gateway(result.config, admin=False, echo=False)
+    await gateway.start()
+    return gateway, {name: port for name, (_, port) in gateway.addresses.items()}
+
+
+def _gateway_main(args: argparse.Namespace) -> None:
+    handle: dict[str, Any] = {}
+
+    async def start() -> dict[str, Any]:
+        runtime, ports = await _start_gateway(Path(args.config))
+        handle["runtime"] = runtime
+        return {"ports": ports}
+
+    async def stop() -> None:
+        runtime = handle.get("runtime")
+        if runtime is not None:
+            await runtime.stop()
+
+    asyncio.run(_serve(start, stop, args.report_fd))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("role", choices=["echo", "gateway"])
+    parser.add_argument("--report-fd", type=int, required=True)
+    parser.add_argument("--config", help="gateway: the generated config directory")
+    parser.add_argument("--log-level", default="warning")
+    args = parser.parse_args(argv)
+    _quiet_logs(getattr(logging, args.log_level.upper()))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the coordinator stops us
+    sys.path.insert(0, str(HERE))
+    if args.role == "echo":
+        _echo_main(args)
+    else:
+        _gateway_main(args)
+
+
+if __name__ == "__main__":
+    main()

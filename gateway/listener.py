@@ -1,0 +1,402 @@
+"""The upgrade stage: one asyncio Protocol per client connection until the relay takes over.
+
+Order (runtime-design.md): read the request head (bounded, within the port's
+handshake timeout) -> route by port and exact path (404) -> a valid WebSocket
+upgrade (426/400) -> the API's policies in chain order (their Rejection) ->
+the upstream handshake (502/504) -> only then 101 to the client. Bytes the
+client sent after its head stay here, unread by anyone, until both
+handshakes succeeded: nothing is smuggled to the upstream ahead of a 101.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+import structlog
+from websockets.exceptions import (
+    InvalidHandshake,
+    InvalidMethod,
+    InvalidProtocol,
+    InvalidUpgrade,
+    RequestLineTooLong,
+    SecurityError,
+)
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+from websockets.http11 import Request
+from websockets.server import ServerProtocol
+
+from .policies.base import ConnectionContext, Rejection, UpgradeRequest
+from .relay.fast import ByteRelay
+from .relay.message import MessageRelay
+from .upstream import UpstreamError, _quiet, connect_upstream, strip_api_key
+
+
+if TYPE_CHECKING:
+    from .routes import CompiledAPI
+
+log = structlog.get_logger("wsgate.listener")
+
+MAX_REQUEST_HEAD = 16 * 1024
+MAX_PIPELINED = 64 * 1024  # bytes read past the head before the 101; more pauses reading
+REASONS = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    426: "Upgrade Required",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+    505: "HTTP Version Not Supported",
+}
+METADATA_HEADERS = ("User-Agent", "Origin")
+
+
+def refusal_bytes(status: int, error: str, reason: str, headers: tuple[tuple[str, str], ...] = ()) -> bytes:
+    """An HTTP refusal: a short JSON body and ``Connection: close``."""
+    body = json.dumps({"error": error, "reason": reason}).encode()
+    lines = [
+        f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+    ]
+    lines += [f"{name}: {value}" for name, value in headers]
+    if status == 426:
+        lines.append("Upgrade: websocket")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+class Connection:
+    """What the runtime tracks about one client connection (stop, admin counts)."""
+
+    __slots__ = ("listener", "port_name", "client", "conn", "route", "relay", "upstream", "task")
+
+    def __init__(self, listener: "PortListener", client: asyncio.Transport) -> None:
+        self.listener = listener  # its count of open connections drops when the runtime untracks this
+        self.port_name = listener.name
+        self.client = client
+        self.conn: ConnectionContext | None = None
+        self.route: CompiledAPI | None = None
+        self.relay: Any = None
+        self.upstream: asyncio.Transport | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def close(self, code: int, reason: str) -> None:
+        """Close a relayed connection with a close frame; drop one still in its upgrade."""
+        if self.relay is not None:
+            self.relay.close(code, reason)
+        else:
+            if self.task is not None:
+                self.task.cancel()
+            self.client.abort()
+
+    def abort(self) -> None:
+        self.client.abort()
+        if self.upstream is not None:
+            self.upstream.abort()
+
+
+class PortListener:
+    """Per-Port settings and the hooks into the runtime the client handshakes need."""
+
+    __slots__ = ("name", "secure", "handshake_timeout", "max_connections", "runtime", "count")
+
+    def __init__(self, name: str, secure: bool, handshake_timeout: float, max_connections: int | None,
+                 runtime: Any) -> None:
+        self.name = name
+        self.secure = secure
+        self.handshake_timeout = handshake_timeout
+        self.max_connections = max_connections
+        self.runtime = runtime  # gateway.runtime.Gateway: .table, .keepalive, .track(), .untrack()
+        self.count = 0
+
+    def protocol_factory(self) -> "ClientHandshake":
+        return ClientHandshake(self)
+
+
+class ClientHandshake(asyncio.Protocol):
+    """Reads and answers one client's upgrade, then hands the transport to a relay."""
+
+    __slots__ = ("listener", "transport", "buffer", "timer", "record", "head_done", "lost")
+
+    def __init__(self, listener: PortListener) -> None:
+        self.listener = listener
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.buffer = bytearray()
+        self.timer: asyncio.TimerHandle | None = None
+        self.record: Connection | None = None
+        self.head_done = False
+        self.lost = False
+
+    # asyncio callbacks ------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        listener = self.listener
+        if listener.max_connections is not None and listener.count >= listener.max_connections:
+            self._refuse_early(503, "unavailable", "too many connections on this port")
+            return
+        listener.count += 1
+        self.record = Connection(listener, self.transport)
+        listener.runtime.track(self.record)
+        self.timer = asyncio.get_running_loop().call_later(listener.handshake_timeout, self._handshake_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        if self.head_done:
+            # Pipelined bytes: kept, never sent before both handshakes succeeded. Reading goes on (bounded)
+            # so that a client leaving during the upgrade is noticed.
+            if len(buffer) > MAX_PIPELINED:
+                self.transport.pause_reading()
+            return
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buffer) > MAX_REQUEST_HEAD:
+                self._refuse_early(431, "request_too_large", "request head too large")
+            return
+        self.head_done = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        end += 4
+        head = bytes(buffer[:end])
+        del buffer[:end]
+        self._handle_head(head)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        record = self.record
+        if record is None or record.relay is not None:
+            return
+        if record.task is not None:
+            record.task.cancel()  # stop policies and the upstream connect; the task releases and untracks
+        else:
+            self.listener.runtime.untrack(record)
+
+    # the upgrade stage --------------------------------------------------------
+    def _handshake_timeout(self) -> None:
+        self.timer = None
+        log.info("upgrade_refused", status=408, reason="handshake timeout", port=self.listener.name,
+                 peer=self._peer()[0])
+        self.transport.abort()
+
+    def _peer(self) -> tuple[str, int]:
+        peer = self.transport.get_extra_info("peername") or ("", 0)
+        return (peer[0], peer[1])
+
+    def _refuse_early(self, status: int, error: str, reason: str, path: str | None = None) -> None:
+        """Refuse before any API is involved (no policies saw the request)."""
+        log.info("upgrade_refused", status=status, error=error, reason=reason, port=self.listener.name,
+                 path=path, peer=self._peer()[0])
+        self.transport.write(refusal_bytes(status, error, reason))
+        self.transport.close()
+
+    def _handle_head(self, head: bytes) -> None:
+        listener = self.listener
+        ws = ServerProtocol(max_size=None, logger=_quiet)
+        ws.receive_data(head)
+        events = ws.events_received()
+        if not events or not isinstance(events[0], Request):
+            if isinstance(ws.handshake_exc, (SecurityError, RequestLineTooLong)):
+                self._refuse_early(431, "request_too_large", "request line or headers too large or too many")
+            else:
+                self._refuse_early(400, "bad_request", "malformed HTTP request")
+            return
+        request: Request = events[0]
+        path, _, query = request.path.partition("?")
+        route = listener.runtime.table.lookup(listener.name, path)
+        if route is None:
+            self._refuse_early(404, "not_found", "no API at this path", path)
+            return
+        if route.api.compression:
+            ws.available_extensions = [ServerPerMessageDeflateFactory()]
+        try:
+            accept, extensions_header, _ = ws.process_request(request)
+        except InvalidUpgrade:
+            self._refuse_early(426, "upgrade_required", "this path serves WebSocket upgrades only", path)
+            return
+        except InvalidMethod:
+            self._refuse_early(405, "method_not_allowed", "WebSocket upgrades use GET", path)
+            return
+        except InvalidProtocol:
+            self._refuse_early(505, "http_version_not_supported", "WebSocket upgrades use HTTP/1.1", path)
+            return
+        except InvalidHandshake as exc:
+            self._refuse_early(400, "bad_request", f"invalid WebSocket handshake: {exc}", path)
+            return
+        peer = self._peer()
+        safe_query = strip_api_key(query)
+        headers = request.headers
+        conn = ConnectionContext(
+            api=route.name,
+            api_version=route.api.version,
+            port_name=listener.name,
+            peer=peer,
+            path=path,
+            metadata={
+                "path": path,
+                "query": safe_query,
+                "peer": peer[0],
+                "secure": listener.secure,
+                "headers": {name: headers[name] for name in METADATA_HEADERS if name in headers},
+            },
+        )
+        upgrade = UpgradeRequest(
+            path=path,
+            query=parse_qs(query, keep_blank_values=True),
+            headers=headers,
+            peer=peer,
+            port_name=listener.name,
+            secure=listener.secure,
+        )
+        record = self.record
+        assert record is not None
+        record.conn = conn
+        record.route = route
+        offered = [p for value in headers.get_all("Sec-WebSocket-Protocol") for p in _tokens(value)]
+        record.task = asyncio.get_running_loop().create_task(
+            self._upgrade(route, conn, upgrade, ws, accept, extensions_header, safe_query, offered)
+        )
+
+    async def _upgrade(self, route: "CompiledAPI", conn: ConnectionContext, upgrade: UpgradeRequest,
+                       ws: ServerProtocol, accept: str, extensions_header: str | None, query: str,
+                       offered: list[str]) -> None:
+        record = self.record
+        assert record is not None
+        relayed = False
+        try:
+            for policy in route.upgrade_policies:
+                try:
+                    decision = policy.on_upgrade(upgrade, conn)
+                    if inspect.isawaitable(decision):
+                        decision = await decision
+                except Exception:
+                    log.error("policy failed", api=conn.api, policy=policy.type, connection=conn.id, exc_info=True)
+                    decision = Rejection(500, "internal_error", f"policy {policy.type} failed")
+                if decision is not None:
+                    self._refuse(route, conn, decision.status, decision.error, decision.reason, decision.headers)
+                    return
+            application = conn.application.name if conn.application else None
+            try:
+                leg = await connect_upstream(
+                    route,
+                    client_headers=upgrade.headers,
+                    query=query,
+                    subprotocols=offered,  # type: ignore[arg-type]
+                    peer_ip=conn.peer[0],
+                    secure=upgrade.secure,
+                    application=application,
+                )
+            except UpstreamError as exc:
+                self._refuse(route, conn, exc.status, exc.error, exc.reason)
+                return
+            if self.lost:
+                leg.transport.abort()
+                self._outcome(route, conn, 499, "client_gone", "client went away during the upgrade")
+                return
+            record.upstream = leg.transport
+            lines = [
+                "HTTP/1.1 101 Switching Protocols",
+                "Upgrade: websocket",
+                "Connection: Upgrade",
+                f"Sec-WebSocket-Accept: {accept}",
+            ]
+            if extensions_header:
+                lines.append(f"Sec-WebSocket-Extensions: {extensions_header}")
+            if leg.subprotocol:
+                lines.append(f"Sec-WebSocket-Protocol: {leg.subprotocol}")
+            self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+            self._outcome(route, conn, 101, None, None)
+            log.info("upgrade_accepted", status=101, api=conn.api, app=application, peer=conn.peer[0],
+                     connection=conn.id, upstream=leg.url, subprotocol=leg.subprotocol)
+            runtime = self.listener.runtime
+            closed = _Closer(runtime, record, route, conn)
+            if route.fast_path and not ws.extensions:
+                relay = ByteRelay(client=self.transport, upstream=leg.transport, client_pending=bytes(self.buffer),
+                                  upstream_pending=leg.pending, route=route, conn=conn, on_closed=closed,
+                                  keepalive=runtime.keepalive)
+            else:
+                relay = MessageRelay(client=self.transport, upstream=leg.transport,
+                                     client_pending=bytes(self.buffer), upstream_pending=leg.pending, route=route,
+                                     conn=conn, on_closed=closed, keepalive=runtime.keepalive,
+                                     client_extensions=ws.extensions)
+            self.buffer = bytearray()
+            record.relay = relay
+            relay.start()  # takes both transports over and resumes reading them
+            relayed = True
+        except asyncio.CancelledError:
+            self._outcome(route, conn, 499, "client_gone", "connection dropped during the upgrade")
+            log.info("upgrade_refused", status=499, error="client_gone", reason="connection dropped during the upgrade",
+                     api=conn.api, peer=conn.peer[0], connection=conn.id)
+        finally:
+            record.task = None
+            if not relayed:
+                conn.release()
+                self.listener.runtime.untrack(record)
+
+    def _refuse(self, route: "CompiledAPI", conn: ConnectionContext, status: int, error: str, reason: str,
+                headers: tuple[tuple[str, str], ...] = ()) -> None:
+        self._outcome(route, conn, status, error, reason)
+        log.info("upgrade_refused", status=status, error=error, reason=reason, api=conn.api,
+                 app=conn.application.name if conn.application else None, peer=conn.peer[0], connection=conn.id)
+        if not self.lost:
+            self.transport.write(refusal_bytes(status, error, reason, headers))
+            self.transport.close()
+
+    @staticmethod
+    def _outcome(route: "CompiledAPI", conn: ConnectionContext, status: int, error: str | None,
+                 reason: str | None) -> None:
+        for policy in route.chain:
+            try:
+                policy.on_outcome(conn, status, error, reason)
+            except Exception:
+                log.error("policy failed", api=conn.api, policy=policy.type, connection=conn.id, exc_info=True)
+
+
+def _tokens(value: str) -> list[str]:
+    return [token.strip() for token in value.split(",") if token.strip()]
+
+
+class _Closer:
+    """The relay's on_closed callback: log, tell the policies, release, untrack — once."""
+
+    __slots__ = ("runtime", "record", "route", "conn")
+
+    def __init__(self, runtime: Any, record: Connection, route: "CompiledAPI", conn: ConnectionContext) -> None:
+        self.runtime = runtime
+        self.record = record
+        self.route = route
+        self.conn = conn
+
+    def __call__(self, code: int | None, reason: str) -> None:
+        if self.record is None:
+            return
+        record, self.record = self.record, None
+        conn = self.conn
+        counters = conn.counters
+        log.info("connection_closed", api=conn.api, app=conn.application.name if conn.application else None,
+                 peer=conn.peer[0], connection=conn.id, code=code, reason=reason,
+                 duration=round(time.monotonic() - conn.started, 3), messages_in=counters.messages_in,
+                 messages_out=counters.messages_out, bytes_in=counters.bytes_in, bytes_out=counters.bytes_out)
+        for policy in self.route.chain:
+            try:
+                policy.on_close(conn, code, reason)
+            except Exception:
+                log.error("policy failed", api=conn.api, policy=policy.type, connection=conn.id, exc_info=True)
+        conn.release()
+        self.runtime.untrack(record)

@@ -1,0 +1,231 @@
+"""The upstream leg of an upgrade: connect, send the handshake, check the 101.
+
+The request carries the client's end-to-end headers and subprotocol offer,
+never its hop-by-hop headers, its Sec-WebSocket-* headers (regenerated) or
+the credentials the gateway consumed. The response head is read raw and only
+the head is parsed; bytes past it are the upstream's first frames and are
+handed to the relay untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Iterable
+
+from websockets.client import ClientProtocol
+from websockets.datastructures import Headers
+from websockets.http11 import Response
+from websockets.typing import Subprotocol
+from websockets.uri import WebSocketURI
+
+from .routes import CompiledAPI
+
+API_KEY_NAME = "x-gateway-apikey"
+MAX_RESPONSE_HEAD = 64 * 1024
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        API_KEY_NAME,
+        # Set by the gateway only; a client must not be able to spoof them.
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-gateway-application",
+    }
+)
+
+# The sans-I/O protocols log at INFO on every open and close; keep that off the hot path.
+_quiet = logging.getLogger("wsgate.wsproto")
+_quiet.setLevel(logging.WARNING)
+
+
+class UpstreamError(Exception):
+    """The upstream did not complete the handshake: the client gets ``status`` (502 or 504)."""
+
+    def __init__(self, status: int, error: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.error = error
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class UpstreamLeg:
+    """A connected upstream after a valid 101."""
+
+    transport: asyncio.Transport
+    pending: bytes  # frames the upstream sent right after its 101
+    subprotocol: Subprotocol | None
+    url: str
+
+
+def strip_api_key(query: str) -> str:
+    """The raw query string minus every ``x-Gateway-APIKey`` parameter (other parameters kept verbatim)."""
+    if not query or API_KEY_NAME not in query.lower():
+        return query
+    from urllib.parse import unquote_plus
+
+    kept = [part for part in query.split("&") if unquote_plus(part.split("=", 1)[0]).lower() != API_KEY_NAME]
+    return "&".join(kept)
+
+
+def forwarded_headers(
+    client_headers: Headers,
+    *,
+    peer_ip: str,
+    secure: bool,
+    application: str | None,
+) -> list[tuple[str, str]]:
+    """The headers the upstream gets from the client's request, plus X-Forwarded-* and the application."""
+    named_in_connection = set()
+    for value in client_headers.get_all("Connection"):
+        named_in_connection.update(token.strip().lower() for token in value.split(","))
+    out: list[tuple[str, str]] = []
+    for name, value in client_headers.raw_items():
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower in named_in_connection or lower.startswith("sec-websocket-"):
+            continue
+        out.append((name, value))
+    prior = ", ".join(client_headers.get_all("X-Forwarded-For"))
+    out.append(("X-Forwarded-For", f"{prior}, {peer_ip}" if prior else peer_ip))
+    out.append(("X-Forwarded-Proto", "wss" if secure else "ws"))
+    host = client_headers.get("Host")
+    if host:
+        out.append(("X-Forwarded-Host", host))
+    if application:
+        out.append(("X-Gateway-Application", application))
+    return out
+
+
+class _HandshakeReader(asyncio.Protocol):
+    """Buffers the upstream's response head; pauses reading once it is complete."""
+
+    __slots__ = ("transport", "buffer", "head", "lost")
+
+    def __init__(self, head: asyncio.Future[tuple[bytes, bytes]]) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.head = head
+        self.lost: asyncio.Future[None] = head.get_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.head.done():
+            self.buffer += data  # past the head: the relay's first bytes
+            return
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end >= 0:
+            end += 4
+            assert self.transport is not None
+            self.transport.pause_reading()
+            self.head.set_result((bytes(self.buffer[:end]), b""))
+            del self.buffer[:end]
+        elif len(self.buffer) > MAX_RESPONSE_HEAD:
+            self.head.set_exception(UpstreamError(502, "bad_gateway", "upstream response head too large"))
+
+    def eof_received(self) -> bool:
+        if not self.head.done():
+            self.head.set_exception(
+                UpstreamError(502, "bad_gateway", "upstream closed the connection without answering the upgrade")
+            )
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.head.done():
+            self.head.set_exception(
+                UpstreamError(502, "bad_gateway", "upstream closed the connection without answering the upgrade")
+            )
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+
+def _status_line(head: bytes) -> tuple[int, str]:
+    line = head.split(b"\r\n", 1)[0].decode("latin-1")
+    parts = line.split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        raise UpstreamError(502, "bad_gateway", "upstream sent an invalid HTTP response")
+    return int(parts[1]), parts[2] if len(parts) > 2 else ""
+
+
+async def connect_upstream(
+    route: CompiledAPI,
+    *,
+    client_headers: Headers,
+    query: str,
+    subprotocols: Iterable[Subprotocol],
+    peer_ip: str,
+    secure: bool,
+    application: str | None,
+) -> UpstreamLeg:
+    """Open the upstream connection and complete its handshake within the API's connect timeout.
+
+    Raises :class:`UpstreamError` (502 refused or invalid answer, 504 timeout).
+    """
+    uri: WebSocketURI = route.pick_endpoint()
+    upstream = route.api.upstream
+    offer = list(subprotocols)
+    protocol = ClientProtocol(uri, subprotocols=offer or None, extensions=None, max_size=None, logger=_quiet)
+    request = protocol.connect()
+    if query:
+        base = request.path
+        request.path = f"{base}&{query}" if "?" in base else f"{base}?{query}"
+    for name, value in forwarded_headers(client_headers, peer_ip=peer_ip, secure=secure, application=application):
+        request.headers[name] = value
+
+    loop = asyncio.get_running_loop()
+    head_future: asyncio.Future[tuple[bytes, bytes]] = loop.create_future()
+    reader = _HandshakeReader(head_future)
+    transport: asyncio.Transport | None = None
+    url = f"{'wss' if uri.secure else 'ws'}://{uri.host}:{uri.port}{uri.resource_name}"
+    try:
+        async with asyncio.timeout(upstream.connect_timeout):
+            try:
+                if uri.secure:
+                    transport, _ = await loop.create_connection(
+                        lambda: reader,
+                        uri.host,
+                        uri.port,
+                        ssl=route.ssl_context,
+                        server_hostname=upstream.tls.server_hostname or uri.host,
+                    )
+                else:
+                    transport, _ = await loop.create_connection(lambda: reader, uri.host, uri.port)
+            except OSError as exc:  # refused, unreachable, TLS verification failure (ssl.SSLError is an OSError)
+                raise UpstreamError(502, "bad_gateway", f"upstream connection failed: {exc.__class__.__name__}") from exc
+            transport.write(request.serialize())
+            head, _ = await head_future
+    except BaseException as exc:  # timeout, refusal, or the client went away (cancelled): drop the upstream
+        if transport is not None:
+            transport.abort()
+        if isinstance(exc, TimeoutError):
+            raise UpstreamError(504, "gateway_timeout", "upstream did not complete the handshake in time") from exc
+        raise
+
+    status, phrase = _status_line(head)
+    if status != 101:
+        transport.abort()
+        raise UpstreamError(502, "bad_gateway", f"upstream answered {status} {phrase}".rstrip())
+    protocol.receive_data(head)
+    events = protocol.events_received()
+    if protocol.handshake_exc is not None or not events or not isinstance(events[0], Response):
+        transport.abort()
+        detail = protocol.handshake_exc or "no response"
+        raise UpstreamError(502, "bad_gateway", f"upstream sent an invalid 101: {detail}")
+    return UpstreamLeg(transport, bytes(reader.buffer), protocol.subprotocol, url)

@@ -1,0 +1,239 @@
+"""Helpers for proxy tests: a gateway and backends on 127.0.0.1 port 0, from YAML text.
+
+Typical use, inside a plain sync test::
+
+    async def scenario():
+        async with echo_backend() as backend:
+            config = write_config(tmp_path, PORT + api_yaml("Echo", "/echo", backend.url("/echo/")))
+            async with running_gateway(config) as gw:
+                async with connect(gw_url(gw, "/echo")) as ws:
+                    ...
+    run(scenario())
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import textwrap
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request
+
+from echo.server import EchoService
+from gateway.config import check
+from gateway.config.models import EchoContext, EchoServer
+from gateway.config.tree import Config
+from gateway.runtime import Gateway
+
+T = TypeVar("T")
+
+# One timeout unit for every wait in proxy tests; scale it on slow machines.
+TIMEOUT = float(os.environ.get("WSGATE_TEST_TIMEOUT", "10"))
+
+PORT = """\
+kind: Port
+name: default
+port: 0
+host: 127.0.0.1
+"""
+
+
+def run(coro: Awaitable[T], timeout: float = 3 * TIMEOUT) -> T:
+    """Run one test scenario in a fresh event loop, with a deadline."""
+
+    async def bounded() -> T:
+        async with asyncio.timeout(timeout):
+            return await coro
+
+    return asyncio.run(bounded())
+
+
+def api_yaml(name: str, path: str, *urls: str, extra: str = "", ports: str = "[default]") -> str:
+    """An API document; ``extra`` is YAML appended at the top level (policies, limits, ...)."""
+    endpoints = "\n".join(f"    - url: {url}" for url in urls)
+    text = f"---\nkind: API\nname: {name}\npath: {path}\nports: {ports}\nupstream:\n  endpoints:\n{endpoints}\n"
+    if extra:
+        text += textwrap.dedent(extra).strip("\n") + "\n"
+    return text
+
+
+def write_config(tmp_path: Path, *documents: str, name: str = "gateway.yaml") -> Config:
+    """Write YAML documents to one file under ``tmp_path/config`` and check it; fail loudly on diagnostics."""
+    root = tmp_path / "config"
+    root.mkdir(exist_ok=True)
+    text = "".join(doc if doc.startswith("---") else "---\n" + doc for doc in documents)
+    (root / name).write_text(text)
+    result = check([root])
+    assert result.config is not None, f"config does not check: {result.diagnostics}"
+    return result.config
+
+
+@asynccontextmanager
+async def running_gateway(config: Config, **kwargs: Any) -> AsyncIterator[Gateway]:
+    """A started gateway (admin on a free loopback port, no echo servers unless asked); stopped after."""
+    kwargs.setdefault("admin", ("127.0.0.1", 0))
+    kwargs.setdefault("echo", False)
+    gateway = Gateway(config, **kwargs)
+    await gateway.start()
+    try:
+        yield gateway
+    finally:
+        await gateway.stop()
+
+
+def gw_url(gateway: Gateway, path: str, port: str = "default", scheme: str = "ws") -> str:
+    host, number = gateway.addresses[port]
+    return f"{scheme}://{host}:{number}{path}"
+
+
+@asynccontextmanager
+async def echo_backend(*paths: str) -> AsyncIterator[EchoService]:
+    """The project's echo server on a free port; contexts in ``echo`` mode (default: ``/echo/``)."""
+    contexts = [EchoContext(path=p, mode="echo") for p in (paths or ("/echo/",))]
+    service = EchoService(EchoServer(kind="EchoServer", name="test-echo", port=1, contexts=contexts), port=0)
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.stop()
+
+
+@dataclass
+class Recorder:
+    """What a recording backend saw: request paths and headers, and closes of its connections."""
+
+    url: str = ""
+    requests: list[Request] = field(default_factory=list)
+    closes: list[tuple[int | None, str | None]] = field(default_factory=list)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+    connected: asyncio.Event = field(default_factory=asyncio.Event)
+    connections: list[ServerConnection] = field(default_factory=list)
+
+    @property
+    def headers(self) -> Headers:
+        return self.requests[-1].headers
+
+
+@asynccontextmanager
+async def recording_backend(
+    handler: Callable[[ServerConnection], Awaitable[None]] | None = None,
+    subprotocols: list[str] | None = None,
+    ssl: Any = None,
+) -> AsyncIterator[Recorder]:
+    """A websockets server that records each handshake request; echoes unless given a handler."""
+    recorder = Recorder()
+
+    def process_request(connection: ServerConnection, request: Request) -> None:
+        recorder.requests.append(request)
+
+    async def echo(ws: ServerConnection) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    async def handle(ws: ServerConnection) -> None:
+        recorder.connections.append(ws)
+        recorder.connected.set()
+        try:
+            await (handler or echo)(ws)
+        except Exception:
+            pass
+        finally:
+            await ws.wait_closed()
+            recorder.closes.append((ws.close_code, ws.close_reason))
+            recorder.closed.set()
+
+    async with serve(handle, "127.0.0.1", 0, process_request=process_request, subprotocols=subprotocols,
+                     compression=None, ssl=ssl) as server:
+        port = server.sockets[0].getsockname()[1]
+        recorder.url = f"{'wss' if ssl else 'ws'}://{'localhost' if ssl else '127.0.0.1'}:{port}"
+        yield recorder
+
+
+@asynccontextmanager
+async def raw_backend(respond: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+                      ) -> AsyncIterator[tuple[str, list[bytes]]]:
+    """A TCP server running ``respond`` per connection; yields (ws:// base URL, every byte chunk it received)."""
+    received: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await respond(_Recording(reader, received), writer)  # type: ignore[arg-type]
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"ws://127.0.0.1:{port}", received
+    finally:
+        server.close()
+
+
+class _Recording:
+    """A StreamReader wrapper that keeps every chunk read (to assert what reached the backend)."""
+
+    def __init__(self, reader: asyncio.StreamReader, received: list[bytes]) -> None:
+        self._reader = reader
+        self._received = received
+
+    async def read(self, n: int = -1) -> bytes:
+        data = await self._reader.read(n)
+        self._received.append(data)
+        return data
+
+    async def readuntil(self, separator: bytes = b"\n") -> bytes:
+        data = await self._reader.readuntil(separator)
+        self._received.append(data)
+        return data
+
+
+@dataclass
+class HTTPResponse:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+async def http_request(url: str, request: bytes | None = None, path: str = "/", ssl: Any = None) -> HTTPResponse:
+    """Send one raw HTTP request (default: a plain GET of ``path``) and read the response until close."""
+    scheme, _, rest = url.partition("://")
+    hostport = rest.split("/", 1)[0]
+    host, _, port = hostport.rpartition(":")
+    reader, writer = await asyncio.open_connection(host, int(port), ssl=ssl)
+    if request is None:
+        request = f"GET {path} HTTP/1.1\r\nHost: {hostport}\r\n\r\n".encode()
+    writer.write(request)
+    data = await reader.read()  # until the server closes
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return HTTPResponse(int(lines[0].split(" ")[1]), headers, body)
+
+
+def upgrade_request(path: str, host: str = "gw", extra: str = "") -> bytes:
+    """A valid WebSocket upgrade request head, with optional extra header lines."""
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    ).encode()
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
+    """Wait until ``predicate()`` holds (the gateway observes closes asynchronously); fail after ``timeout``."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.005)
