@@ -104,12 +104,8 @@ class CompiledAPI:
 
 
 def _build_chain(loaded: Loaded[API], config: Config, apps: Any, state: Any) -> list[Policy]:
-    try:
-        from .policies import build_chain  # the policies package imports routes' neighbours; keep it lazy
-    except ImportError:  # TEMPORARY until gateway.policies lands: only policy-free APIs compile
-        if loaded.model.policies:
-            raise
-        return []
+    from .policies import build_chain  # the policies package imports routes' neighbours; keep it lazy
+
     return build_chain(loaded, config, apps, state)
 
 

@@ -15,6 +15,8 @@ from typing import Any, Callable, Mapping
 import structlog
 
 from .admin import AdminServer
+from .apps import AppIndex
+from .policies.state import PolicyState
 from .config.tree import Config
 from .listener import Connection, PortListener
 from .routes import RouteTable
@@ -22,19 +24,11 @@ from .routes import RouteTable
 log = structlog.get_logger("wsgate.runtime")
 
 
-def _policy_state() -> Any:
-    try:
-        from .policies.state import PolicyState
-    except ImportError:  # TEMPORARY until gateway.policies lands
-        return None
+def _policy_state() -> PolicyState:
     return PolicyState()
 
 
-def _app_index(config: Config, env: Mapping[str, str] | None) -> Any:
-    try:
-        from .apps import AppIndex
-    except ImportError:  # TEMPORARY until gateway.apps lands
-        return None
+def _app_index(config: Config, env: Mapping[str, str] | None) -> AppIndex:
     return AppIndex.build(config, env)
 
 

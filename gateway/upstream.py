@@ -75,7 +75,7 @@ class UpstreamLeg:
 
 def strip_api_key(query: str) -> str:
     """The raw query string minus every ``x-Gateway-APIKey`` parameter (other parameters kept verbatim)."""
-    if not query or API_KEY_NAME not in query.lower():
+    if not query:
         return query
     from urllib.parse import unquote_plus
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import asyncio
 import os
 import json
@@ -143,7 +144,6 @@ def tutorial_tree(tmp_path: Path, echo_port: int) -> Path:
 def test_tutorial_flow_through_the_examples(tmp_path):
     """The tutorial: bob's hello comes back transformed and echoed, no key is 401, a third ServerTime
     connection is 503, and ServerTime clients receive the time."""
-    pytest.importorskip("gateway.apps")
     from echo.server import EchoService
     from gateway.config import check
 
@@ -174,7 +174,10 @@ def test_tutorial_flow_through_the_examples(tmp_path):
                     assert await first.recv()
                     assert await second.recv()
                 await eventually(lambda: not gw.live)
-            log_text = (root / "logs" / "echows.jsonl").read_text() if (root / "logs").exists() else ""
+                gw.state.log_writers.flush()
+            log_text = (root / "logs" / "echows.jsonl").read_text()
+            assert '"payload":"hello Client Transformation complete"' in log_text
+            assert '"record":"close"' in log_text
             assert "tutorial-key" not in log_text
         finally:
             await backend.stop()

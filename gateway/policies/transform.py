@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import sys
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Sequence
 
-from .base import Direction
+import structlog
+
+from ..config.models import TransformPolicy
+from .base import DROP, Close, ConnectionContext, Direction, Message, MessageDecision, Policy
+
+log = structlog.get_logger("wsgate.policies")
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,3 +32,82 @@ class TransformContext:
     application: str | None
     connection_id: str
     metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def load_callable(spec: str, search_paths: Sequence[Path]) -> Callable[..., Any]:
+    """Import ``package.module:function`` with ``search_paths`` tried first on sys.path."""
+    module_name, _, attr_path = spec.partition(":")
+    added = [str(p) for p in search_paths if str(p) not in sys.path]
+    sys.path[:0] = added
+    try:
+        target: Any = importlib.import_module(module_name)
+    finally:
+        for p in added:
+            sys.path.remove(p)
+    for part in attr_path.split("."):
+        target = getattr(target, part)
+    if not callable(target):
+        raise TypeError(f"{spec} is not callable")
+    return target
+
+
+class Transform(Policy):
+    """Calls the operator's function for each message of its stage; ``on_error`` decides on exceptions."""
+
+    type = "transform"
+
+    def __init__(self, spec: TransformPolicy, api: str, function: Callable[..., Any]) -> None:
+        self.spec = spec
+        self.api = api
+        self.function = function
+        self.message_stages = frozenset({spec.stage})
+        self._is_async = inspect.iscoroutinefunction(function)
+        self._text_only = spec.messages == "text"
+        self._binary_only = spec.messages == "binary"
+
+    def on_message(self, message: Message, conn: ConnectionContext) -> MessageDecision | Awaitable[MessageDecision]:
+        if (self._text_only and not message.is_text) or (self._binary_only and message.is_text):
+            return message
+        context = TransformContext(
+            direction=message.direction,
+            is_text=message.is_text,
+            payload=message.payload,
+            api=self.api,
+            application=conn.application.name if conn.application else None,
+            connection_id=conn.id,
+            metadata=conn.metadata,
+        )
+        if self._is_async:
+            return self._call_async(context, message, conn)
+        try:
+            result = self.function(context)
+        except Exception as exc:
+            return self._failed(message, conn, exc)
+        return self._decide(result, message, conn)
+
+    async def _call_async(self, context: TransformContext, message: Message, conn: ConnectionContext) -> MessageDecision:
+        try:
+            result = await self.function(context)
+        except Exception as exc:
+            return self._failed(message, conn, exc)
+        return self._decide(result, message, conn)
+
+    def _decide(self, result: Any, message: Message, conn: ConnectionContext) -> MessageDecision:
+        if result is DROP:
+            return DROP
+        if isinstance(result, str):
+            return Message(message.direction, True, result)
+        if isinstance(result, (bytes, bytearray, memoryview)):
+            return Message(message.direction, False, bytes(result))
+        return self._failed(message, conn, TypeError(
+            f"transform returned {type(result).__name__}; return str, bytes or gateway.DROP"))
+
+    def _failed(self, message: Message, conn: ConnectionContext, exc: Exception) -> MessageDecision:
+        # The payload is never logged: it may carry personal data.
+        log.error("transform failed", api=self.api, policy=self.type, callable=self.spec.callable,
+                  connection=conn.id, on_error=self.spec.on_error, error=f"{type(exc).__name__}: {exc}")
+        if self.spec.on_error == "pass":
+            return message
+        if self.spec.on_error == "drop":
+            return DROP
+        return Close(1011, "transform failed")

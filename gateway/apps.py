@@ -1,0 +1,89 @@
+"""The application index: who an upgrade comes from, and which APIs they may use."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from .config.tree import Config
+from .credentials import configured_digest, key_digest
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _normal_host(name: str) -> str:
+    return name.strip().rstrip(".").lower()
+
+
+@dataclass(frozen=True)
+class AppIndex:
+    """Built once per config; read on every upgrade."""
+
+    # A dict keyed by the digest is safe to probe: any timing difference reveals
+    # something about the attacker's own digest, not about a stored key. The
+    # match is then confirmed with compare_digest all the same.
+    keys: Mapping[str, str] = field(default_factory=dict)  # digest -> app
+    networks: tuple[tuple[Network, str], ...] = ()
+    hostnames: Mapping[str, str] = field(default_factory=dict)
+    registrations: Mapping[str, frozenset[str]] = field(default_factory=dict)  # app -> APIs
+    digests: Mapping[str, frozenset[str]] = field(default_factory=dict)  # app -> key digests
+
+    @classmethod
+    def build(cls, config: Config, env: Mapping[str, str] | None = None) -> "AppIndex":
+        env = os.environ if env is None else env
+        keys: dict[str, str] = {}
+        networks: list[tuple[Network, str]] = []
+        hostnames: dict[str, str] = {}
+        registrations: dict[str, frozenset[str]] = {}
+        digests: dict[str, frozenset[str]] = {}
+        for name, loaded in config.applications.items():
+            app = loaded.model
+            mine = set()
+            for entry in app.identifiers.api_keys:
+                digest = configured_digest(entry, env)
+                if digest is not None:
+                    keys.setdefault(digest, name)  # a key claimed twice is a config error; first wins
+                    mine.add(digest)
+            digests[name] = frozenset(mine)
+            for ip in app.identifiers.ips:
+                try:
+                    networks.append((ipaddress.ip_network(ip, strict=False), name))
+                except ValueError:
+                    continue  # the checker reports it
+            for host in app.identifiers.hostnames:
+                hostnames.setdefault(_normal_host(host), name)
+            registrations[name] = frozenset(app.apis)
+        # Most specific network first, so a /32 beats the /8 that contains it.
+        networks.sort(key=lambda item: item[0].prefixlen, reverse=True)
+        return cls(keys, tuple(networks), hostnames, registrations, digests)
+
+    def by_api_key(self, presented: str) -> str | None:
+        digest = key_digest(presented)
+        app = self.keys.get(digest)
+        if app is None:
+            return None
+        return app if any(hmac.compare_digest(digest, d) for d in self.digests.get(app, ())) else None
+
+    def by_ip(self, ip: str) -> str | None:
+        try:
+            address = ipaddress.ip_address(ip.split("%", 1)[0])
+        except ValueError:
+            return None
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        for network, app in self.networks:
+            if address.version == network.version and address in network:
+                return app
+        return None
+
+    def by_hostname(self, hostname: str) -> str | None:
+        return self.hostnames.get(_normal_host(hostname))
+
+    def is_registered(self, app: str, api: str) -> bool:
+        return api in self.registrations.get(app, ())
+
+    def key_digests(self, app: str) -> frozenset[str]:
+        return self.digests.get(app, frozenset())

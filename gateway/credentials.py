@@ -1,0 +1,25 @@
+"""API keys as the gateway holds them: SHA-256 digests, never the keys themselves."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Mapping
+
+from .config.models import EnvKey
+
+SHA256_PREFIX = "sha256:"
+
+
+def key_digest(key: str) -> str:
+    """The hex SHA-256 of a presented key: what the gateway compares and may log nothing of."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def configured_digest(entry: str | EnvKey, env: Mapping[str, str]) -> str | None:
+    """The digest a configured key stands for (None: an env key whose variable is unset or empty)."""
+    if isinstance(entry, EnvKey):
+        value = env.get(entry.env)
+        return key_digest(value) if value else None
+    if entry.startswith(SHA256_PREFIX):
+        return entry[len(SHA256_PREFIX):].lower()
+    return key_digest(entry)

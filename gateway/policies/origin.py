@@ -1,0 +1,33 @@
+"""Origin check: refuse upgrades from pages on other sites (cross-site WebSocket hijacking), 403."""
+
+from __future__ import annotations
+
+import re
+
+from ..config.models import OriginPolicy
+from .base import ConnectionContext, Policy, Rejection, UpgradeRequest
+
+
+def origin_pattern(allowed: str) -> re.Pattern[str]:
+    """``https://*.example.com`` -> one DNS label or more in place of ``*``, nothing else loosened."""
+    escaped = re.escape(allowed.rstrip("/").lower()).replace(r"\*", r"[a-z0-9-]+(?:\.[a-z0-9-]+)*")
+    return re.compile(f"^{escaped}$")
+
+
+class Origin(Policy):
+    type = "origin"
+
+    def __init__(self, spec: OriginPolicy) -> None:
+        self.spec = spec
+        self.patterns = tuple(origin_pattern(a) for a in spec.allow)
+
+    def on_upgrade(self, request: UpgradeRequest, conn: ConnectionContext) -> Rejection | None:
+        values = request.headers.get_all("Origin")
+        if not values:
+            return None if self.spec.allow_missing else Rejection(403, "forbidden", "an Origin header is required")
+        if len(values) > 1:
+            return Rejection(403, "forbidden", "more than one Origin header")
+        origin = values[0].strip().rstrip("/").lower()
+        if any(p.match(origin) for p in self.patterns):
+            return None
+        return Rejection(403, "forbidden", f"origin {origin[:200]} is not allowed")
