@@ -14,6 +14,7 @@ Typical use, inside a plain sync test::
 from __future__ import annotations
 
 import asyncio
+import shutil
 import json
 import os
 import textwrap
@@ -237,3 +238,18 @@ async def eventually(predicate: Callable[[], bool], timeout: float = TIMEOUT) ->
     async with asyncio.timeout(timeout):
         while not predicate():
             await asyncio.sleep(0.005)
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def tutorial_tree(tmp_path: Path, echo_port: int) -> Path:
+    """A copy of examples/ with the listener on a free port and the APIs pointed at a test echo server."""
+    root = tmp_path / "examples"
+    shutil.copytree(EXAMPLES, root)
+    (root / "gateway" / "echo.yaml").unlink()  # the test runs its own echo server on a free port
+    ports = root / "gateway" / "ports.yaml"
+    ports.write_text(ports.read_text().replace("port: 8082", "port: 0").replace("host: 0.0.0.0", "host: 127.0.0.1"))
+    for api in (root / "apis").glob("*.yaml"):
+        api.write_text(api.read_text().replace("localhost:8765", f"127.0.0.1:{echo_port}"))
+    return root

@@ -179,3 +179,37 @@ def test_unpublished_context_closes_the_page_with_1001(
 
     servers.run(unpublish_and_back())
     expect(page.locator("#log")).to_contain_text('closed: code 1001 reason "context unpublished"')
+
+
+@pytest.fixture(scope="module")
+def tutorial_gateway(servers: LoopThread, echo_service: EchoService, tmp_path_factory: pytest.TempPathFactory):
+    """The examples' gateway on a free port, its APIs pointed at this module's echo server."""
+    from gateway.config import check
+    from gateway.runtime import Gateway
+    from support import tutorial_tree
+
+    root = tutorial_tree(tmp_path_factory.mktemp("tutorial"), echo_service.port)
+    config = check([root]).config
+    assert config is not None
+    gateway = Gateway(config, admin=False, echo=False)
+    servers.run(gateway.start())
+    yield gateway
+    servers.run(gateway.stop())
+
+
+def test_demo_page_through_the_gateway(open_demo_page: Callable[..., Page], tutorial_gateway: Any) -> None:
+    """Through the gateway's EchoWS with the example key, 'hello' comes back transformed; without it, refused."""
+    host, port = tutorial_gateway.addresses["default"]
+    page = open_demo_page(gateway=f"ws://{host}:{port}")
+    page.click("#use-gateway")
+    expect(page.locator("#uri")).to_have_value(f"ws://{host}:{port}/websocket/EchoWS/1.0")
+    connect_as(page, "bob", api_key="tutorial-key")
+    send(page, "hello")
+    log = page.locator("#log")
+    expect(log).to_contain_text("←Message Received from bob: hello Client Transformation complete")
+    expect(log).not_to_contain_text("tutorial-key")
+    page.click("#disconnect")
+    expect(page.locator("#state")).to_have_text("disconnected")
+    page.fill("#apikey", "")
+    page.click("#connect")
+    expect(log).to_contain_text("connection refused before opening (close code 1006)")

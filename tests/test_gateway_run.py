@@ -15,6 +15,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from support import (
+    EXAMPLES,
     PORT,
     TIMEOUT,
     api_yaml,
@@ -23,12 +24,12 @@ from support import (
     recording_backend,
     run,
     running_gateway,
+    tutorial_tree,
     upgrade_request,
     write_config,
 )
 from gateway.runtime import Gateway
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 @pytest.mark.parametrize("compression", [False, True], ids=["fast", "message"])
@@ -127,18 +128,6 @@ def test_run_serves_until_sigterm_and_exits_0(tmp_path):
                     await process.wait()
 
     run(scenario())
-
-
-def tutorial_tree(tmp_path: Path, echo_port: int) -> Path:
-    """A copy of examples/ with the listener on a free port and the APIs pointed at a test echo server."""
-    root = tmp_path / "examples"
-    shutil.copytree(EXAMPLES, root)
-    (root / "gateway" / "echo.yaml").unlink()  # the test runs its own echo server on a free port
-    ports = root / "gateway" / "ports.yaml"
-    ports.write_text(ports.read_text().replace("port: 8082", "port: 0").replace("host: 0.0.0.0", "host: 127.0.0.1"))
-    for api in (root / "apis").glob("*.yaml"):
-        api.write_text(api.read_text().replace("localhost:8765", f"127.0.0.1:{echo_port}"))
-    return root
 
 
 def test_tutorial_flow_through_the_examples(tmp_path):
