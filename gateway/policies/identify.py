@@ -65,7 +65,12 @@ class Identify(Policy):
             if self.spec.allow_anonymous:
                 conn.application = ApplicationRef("anonymous", "anonymous")
                 return None
-            reason = key_problem if self.spec.by == ["api_key"] else f"no registered application identified ({key_problem})"
+            if self.spec.by == ["api_key"]:
+                reason = key_problem
+            elif "api_key" in self.spec.by:
+                reason = f"no registered application identified ({key_problem})"
+            else:  # keys are not an identifier here: do not tell the client one is missing
+                reason = "no registered application identified"
             return Rejection(401, "unauthorized", reason)
         app, method = found
         if not self.apps.is_registered(app, self.api):

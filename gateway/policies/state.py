@@ -68,9 +68,13 @@ class LogWriter:
         self._queue.put(record)
 
     def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until every record written so far is on disk (for tests and shutdown)."""
-        self._queue.put({"__flush__": True})
-        return self._idle.wait(timeout)
+        """Wait until every record written so far is on disk and rotated (for tests and shutdown)."""
+        # Its own event: ``_idle`` is set before a rotation finishes, so waiting on it could return early.
+        if not self._thread.is_alive():
+            return True  # closed: everything it wrote is on disk
+        done = threading.Event()
+        self._queue.put({"__flush__": done})
+        return done.wait(timeout)
 
     def close(self) -> None:
         self._queue.put(None)
@@ -88,6 +92,7 @@ class LogWriter:
                         file.flush()
                     if self._queue.empty():
                         self._idle.set()
+                    record["__flush__"].set()
                     continue
                 if self.echo:
                     transactions.info(record.get("record", "transaction"), **record)
@@ -108,6 +113,14 @@ class LogWriter:
             if file is not None:
                 file.close()
             self._idle.set()
+            self._release_flushes()
+
+    def _release_flushes(self) -> None:
+        # The thread is gone: nobody else will answer the flushes still queued.
+        while not self._queue.empty():
+            record = self._queue.get()
+            if record is not None and "__flush__" in record:
+                record["__flush__"].set()
 
     def _rotate(self) -> None:
         for i in range(self.backups - 1, 0, -1):

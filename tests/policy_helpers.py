@@ -1,0 +1,57 @@
+"""Helpers for policy unit tests: real context objects, no sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+from urllib.parse import parse_qs
+
+from websockets.datastructures import Headers
+
+from gateway.apps import AppIndex
+from gateway.config.models import Application, Identifiers
+from gateway.config.tree import Config, Loaded, Location
+from gateway.policies.base import ConnectionContext, UpgradeRequest
+from gateway.upstream import strip_api_key
+
+HERE = Path(__file__).parent
+
+
+def loaded(model: Any, base_dir: Path = HERE) -> Loaded[Any]:
+    """Wrap a model the way the loader does, with a made-up location."""
+    return Loaded(model, Location("test.yaml", 1, 1), base_dir)
+
+
+def application(name: str, apis: Iterable[str] = ("Echo",), *, api_keys: Iterable[Any] = (),
+                ips: Iterable[str] = (), hostnames: Iterable[str] = ()) -> Loaded[Application]:
+    identifiers = Identifiers(api_keys=list(api_keys), ips=list(ips), hostnames=list(hostnames))
+    return loaded(Application(kind="Application", name=name, identifiers=identifiers, apis=list(apis)))
+
+
+def app_index(*apps: Loaded[Application], env: Mapping[str, str] | None = None) -> AppIndex:
+    config = Config(root=HERE, applications={a.model.name: a for a in apps})
+    return AppIndex.build(config, env={} if env is None else env)
+
+
+def upgrade_request(query: str = "", headers: Iterable[tuple[str, str]] = (),
+                    peer: tuple[str, int] = ("127.0.0.1", 50000), path: str = "/echo") -> UpgradeRequest:
+    return UpgradeRequest(path=path, query=parse_qs(query, keep_blank_values=True), headers=Headers(list(headers)),
+                          peer=peer, port_name="public", secure=False)
+
+
+def connection(api: str = "Echo", query: str = "", peer: tuple[str, int] = ("127.0.0.1", 50000),
+               path: str = "/echo") -> ConnectionContext:
+    """A context built like the listener builds it (API key stripped from the metadata query)."""
+    return ConnectionContext(api=api, api_version="1.0", port_name="public", peer=peer, path=path,
+                             metadata={"path": path, "query": strip_api_key(query), "peer": peer[0]})
+
+
+def settle(result: Any) -> Any:
+    """Run a hook's result to completion if it is awaitable."""
+    if inspect.isawaitable(result):
+        async def wait() -> Any:
+            return await result
+        return asyncio.run(wait())
+    return result

@@ -1,0 +1,165 @@
+"""The log-invocation policy: transaction records written to a JSON-lines file."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from gateway.apps import AppIndex
+from gateway.config.models import API, IdentifyPolicy, LogInvocationPolicy
+from gateway.policies.base import ApplicationRef, Message
+from gateway.policies.identify import Identify
+from gateway.policies.log_invocation import LogInvocation
+from gateway.policies.state import PolicyState
+
+from policy_helpers import app_index, application, connection, loaded, upgrade_request
+
+ECHO = API.model_validate({
+    "kind": "API", "name": "Echo", "version": "2.1", "path": "/echo", "ports": ["public"],
+    "upstream": {"endpoints": [{"url": "ws://127.0.0.1:9/echo"}]},
+})
+
+
+@pytest.fixture
+def state():
+    state = PolicyState()
+    yield state
+    state.close()
+
+
+def log_policy(state: PolicyState, tmp_path: Path, **spec) -> LogInvocation:
+    spec.setdefault("file", "transactions.jsonl")
+    return LogInvocation(LogInvocationPolicy(type="log-invocation", **spec), loaded(ECHO, tmp_path), state)
+
+
+def records(policy: LogInvocation) -> list[dict]:
+    assert policy.writer.flush()
+    return [json.loads(line) for line in policy.writer.path.read_text().splitlines()]
+
+
+def test_outcome_message_and_close_records(state, tmp_path):
+    """An accepted connection writes an upgrade, a message and a close record to the file (relative to the config)."""
+    policy = log_policy(state, tmp_path, store_client_messages=True)
+    assert policy.writer.path == (tmp_path / "transactions.jsonl").resolve()
+    conn = connection(query="room=1")
+    conn.application = ApplicationRef("alpha", "api_key")
+    policy.on_outcome(conn, 101, None, None)
+    message = Message("client", True, "héllo")
+    assert policy.on_message(message, conn) is message
+    conn.counters.messages_in = 1
+    policy.on_close(conn, 1000, "bye")
+    upgrade, msg, close = records(policy)
+    assert upgrade["record"] == "upgrade" and upgrade["status"] == 101 and upgrade["accepted"] is True
+    assert (upgrade["api"], upgrade["version"], upgrade["application"]) == ("Echo", "2.1", "alpha")
+    assert upgrade["query"] == "room=1" and upgrade["connection"] == conn.id
+    assert msg["record"] == "message" and msg["direction"] == "client" and msg["type"] == "text"
+    assert (msg["payload"], msg["encoding"], msg["size"]) == ("héllo", "text", len("héllo".encode()))
+    assert close["record"] == "close" and close["code"] == 1000 and close["reason"] == "bye"
+    assert close["messages_in"] == 1
+
+
+def test_message_stages_follow_the_store_flags(state, tmp_path):
+    """Only the directions whose messages are stored are message stages."""
+    assert log_policy(state, tmp_path).message_stages == frozenset()
+    both = log_policy(state, tmp_path, store_client_messages=True, store_server_messages=True)
+    assert both.message_stages == frozenset({"client", "server"})
+
+
+def test_refusal_record(state, tmp_path):
+    """A refused upgrade is recorded with its status, error and reason."""
+    policy = log_policy(state, tmp_path)
+    policy.on_outcome(connection(), 401, "unauthorized", "missing API key")
+    (record,) = records(policy)
+    assert (record["status"], record["accepted"], record["error"]) == (401, False, "unauthorized")
+
+
+def test_binary_payload_is_base64(state, tmp_path):
+    """A binary payload is stored base64-encoded."""
+    policy = log_policy(state, tmp_path, store_server_messages=True)
+    policy.on_message(Message("server", False, b"\x00\xff"), connection())
+    (record,) = records(policy)
+    assert record["encoding"] == "base64" and base64.b64decode(record["payload"]) == b"\x00\xff"
+
+
+def test_compressed_payload_round_trips(state, tmp_path):
+    """With `compress`, the payload is gzip+base64 and decodes back to the original bytes."""
+    policy = log_policy(state, tmp_path, store_client_messages=True, compress=True)
+    policy.on_message(Message("client", True, "compress me " * 10), connection())
+    (record,) = records(policy)
+    assert record["encoding"] == "gzip+base64"
+    assert gzip.decompress(base64.b64decode(record["payload"])).decode() == "compress me " * 10
+
+
+def test_truncation(state, tmp_path):
+    """Payloads longer than `max_payload_bytes` are cut and marked truncated; the size is the full size."""
+    policy = log_policy(state, tmp_path, store_client_messages=True, max_payload_bytes=4)
+    policy.on_message(Message("client", True, "abcdefgh"), connection())
+    policy.on_message(Message("client", False, b"abcdefgh"), connection())
+    zipped = log_policy(state, tmp_path, store_client_messages=True, max_payload_bytes=4, compress=True)
+    zipped.on_message(Message("client", True, "abcdefgh"), connection())
+    text, binary, compressed = records(policy)
+    assert (text["payload"], text["encoding"], text["size"]) == ("abcd", "text+truncated", 8)
+    assert (base64.b64decode(binary["payload"]), binary["encoding"]) == (b"abcd", "base64+truncated")
+    assert compressed["encoding"] == "gzip+base64+truncated"
+    assert gzip.decompress(base64.b64decode(compressed["payload"])) == b"abcd"
+
+
+def test_on_failure_skips_successes(state, tmp_path):
+    """`frequency: on-failure` skips 101 outcomes, messages and 1000/1001 closes, and keeps the rest."""
+    policy = log_policy(state, tmp_path, store_client_messages=True, frequency="on-failure")
+    conn = connection()
+    policy.on_outcome(conn, 101, None, None)
+    policy.on_message(Message("client", True, "x"), conn)
+    policy.on_close(conn, 1000, "")
+    policy.on_close(conn, 1001, "going away")
+    policy.on_outcome(conn, 503, "throttled", "limit")
+    policy.on_close(conn, 1011, "transform failed")
+    policy.on_close(conn, None, "")  # no close frame at all: a failure
+    kept = records(policy)
+    assert [(r["record"], r.get("status"), r.get("code")) for r in kept] == [
+        ("upgrade", 503, None), ("close", None, 1011), ("close", None, None)]
+
+
+def test_rotation_creates_backup(state, tmp_path):
+    """With a tiny `max_file_bytes` the file rotates to `.1` and a fresh file holds the newest record."""
+    policy = log_policy(state, tmp_path, max_file_bytes=1, backups=2)
+    for status in (401, 403, 503):
+        policy.on_outcome(connection(), status, "e", "r")
+    assert policy.writer.flush()
+    path = policy.writer.path
+    backup1 = path.with_name(path.name + ".1")
+    backup2 = path.with_name(path.name + ".2")
+    assert json.loads(backup1.read_text())["status"] == 503
+    assert json.loads(backup2.read_text())["status"] == 403
+    assert not path.with_name(path.name + ".3").exists()
+
+
+def test_writers_are_shared_per_file(state, tmp_path):
+    """Two policies logging to the same file share one writer."""
+    assert log_policy(state, tmp_path).writer is log_policy(state, tmp_path).writer
+
+
+def test_presented_key_never_in_the_file(state, tmp_path):
+    """After identify saw a key in the query and header, no record in the file contains the key."""
+    key = "very-secret-key-0042"
+    query = f"x-Gateway-APIKey={key}&room=7"
+    apps: AppIndex = app_index(application("alpha", api_keys=[key]))
+    identify = Identify(IdentifyPolicy(type="identify"), "Echo", apps, state)
+    policy = log_policy(state, tmp_path, store_client_messages=True)
+    accepted = connection(query=query)
+    assert identify.on_upgrade(upgrade_request(query=query), accepted) is None
+    policy.on_outcome(accepted, 101, None, None)
+    policy.on_message(Message("client", True, "hi"), accepted)
+    policy.on_close(accepted, 1000, "")
+    refused = connection(query=query)
+    rejection = identify.on_upgrade(upgrade_request(query=query, headers=[("x-Gateway-APIKey", key)]), refused)
+    assert rejection is not None
+    policy.on_outcome(refused, rejection.status, rejection.error, rejection.reason)
+    assert policy.writer.flush()
+    content = policy.writer.path.read_text()
+    assert content.count("\n") == 4 and "room=7" in content
+    assert key not in content
