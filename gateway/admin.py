@@ -1,13 +1,15 @@
 """The admin listener: a tiny HTTP/1.1 server for health, readiness, the loaded config and live counts.
 
 Loopback by default (the Gateway resource's ``admin`` settings). One request
-per connection, GET only, JSON answers. The reload issue adds its endpoints
-to ``AdminServer.routes``.
+per connection, JSON answers. GET: ``/healthz``, ``/readyz``, ``/config``
+(digest, generation, resources; API keys only as digests), ``/connections``,
+``/reload`` (the last reload's outcome). POST ``/reload`` reloads now.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -19,7 +21,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("wsgate.admin")
 
 MAX_HEAD = 8 * 1024
-REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 400: "Bad Request", 503: "Service Unavailable"}
+REASONS = {200: "OK", 422: "Unprocessable Content", 404: "Not Found", 405: "Method Not Allowed", 400: "Bad Request", 503: "Service Unavailable"}
 
 Handler = Callable[["Gateway"], tuple[int, Any]]
 
@@ -34,12 +36,43 @@ def readyz(gateway: "Gateway") -> tuple[int, Any]:
     return 503, {"status": "starting" if not gateway.stopping else "stopping"}
 
 
+def _redacted(model: Any, env: Any) -> dict[str, Any]:
+    """A resource as JSON; API keys only as ``sha256:`` digests (an env key stays a variable name)."""
+    from .config.models import EnvKey
+    from .credentials import SHA256_PREFIX, configured_digest
+
+    data = model.model_dump(mode="json", by_alias=True)
+    identifiers = data.get("identifiers")
+    if isinstance(identifiers, dict) and identifiers.get("api_keys"):
+        shown: list[Any] = []
+        for entry in model.identifiers.api_keys:
+            if isinstance(entry, EnvKey):
+                shown.append(entry.model_dump(mode="json", by_alias=True))
+            else:
+                shown.append(SHA256_PREFIX + str(configured_digest(entry, {})))
+        identifiers["api_keys"] = shown
+    return data
+
+
 def config(gateway: "Gateway") -> tuple[int, Any]:
     table = gateway.table
-    resources: dict[str, list[str]] = {}
-    for kind, name in sorted(table.config.resources()):
-        resources.setdefault(kind, []).append(name)
-    return 200, {"digest": table.digest, "generation": table.generation, "resources": resources}
+    names: dict[str, list[str]] = {}
+    documents: list[dict[str, Any]] = []
+    for (kind, name), model in sorted(table.config.resources().items()):
+        names.setdefault(kind, []).append(name)
+        documents.append(_redacted(model, gateway.env))
+    # "resources" lists names by kind (as before); "documents" holds each resource as JSON, keys redacted.
+    return 200, {"digest": table.digest, "generation": table.generation, "loaded_at": gateway.loaded_at,
+                 "resources": names, "documents": documents}
+
+
+def last_reload(gateway: "Gateway") -> tuple[int, Any]:
+    return 200, {"reloads": gateway.reload_count, "last_reload": gateway.last_reload}
+
+
+async def reload_now(gateway: "Gateway") -> tuple[int, Any]:
+    outcome = await gateway.reload("admin")
+    return (200 if outcome["ok"] else 422), outcome
 
 
 def connections(gateway: "Gateway") -> tuple[int, Any]:
@@ -58,7 +91,9 @@ class AdminServer:
             "/readyz": readyz,
             "/config": config,
             "/connections": connections,
+            "/reload": last_reload,
         }
+        self.post_routes: dict[str, Callable[["Gateway"], Any]] = {"/reload": reload_now}
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
@@ -77,13 +112,16 @@ class AdminServer:
                 head = await reader.readuntil(b"\r\n\r\n")
             method, target, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
             path = target.split("?", 1)[0]
-            handler = self.routes.get(path)
-            if handler is None:
+            table = self.post_routes if method == "POST" else self.routes if method == "GET" else {}
+            handler = table.get(path)
+            if handler is None and path not in self.routes and path not in self.post_routes:
                 status, body = 404, {"error": "not_found", "reason": f"no admin endpoint {path}"}
-            elif method != "GET":
-                status, body = 405, {"error": "method_not_allowed", "reason": "GET only"}
+            elif handler is None:
+                allowed = "GET" if path in self.routes else "POST"
+                status, body = 405, {"error": "method_not_allowed", "reason": f"{allowed} only"}
             else:
-                status, body = handler(self.gateway)
+                result = handler(self.gateway)
+                status, body = (await result) if inspect.isawaitable(result) else result
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError):
             status, body = 400, {"error": "bad_request", "reason": "malformed request"}
         except Exception:

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import re
 import shutil
@@ -20,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Sequence, TextIO
 
-from .config import CheckResult, check
+from .config import CheckResult, Config, check
 from .config import diagnostics as diag
 from .config import schema as schemas
 
@@ -63,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", nargs="?", default=".", metavar="PATH", help="the desired config (default: .)")
     p.add_argument(
         "--from", dest="source", required=True, metavar="OTHER",
-        help="the current config: a directory, or a git revision of the repository holding PATH",
+        help="the current config: a directory, a git revision of the repository holding PATH, "
+        "or a running gateway's admin address (http://HOST:PORT)",
     )
     p.add_argument("--format", choices=("text", "json"), default="text")
 
@@ -157,6 +159,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         sys.stderr.write(diag.render(desired.diagnostics, "text"))
         sys.stderr.write(f"wsgate plan: the desired config {args.path} is invalid; nothing planned\n")
         return EXIT_INVALID
+    if args.source.startswith(("http://", "https://")):
+        return _plan_from_live(args, desired.config)  # type: ignore[arg-type]
     source = Path(args.source)
     tmp: str | None = None
     try:
@@ -185,6 +189,24 @@ def cmd_plan(args: argparse.Namespace) -> int:
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _plan_from_live(args: argparse.Namespace, desired: "Config") -> int:
+    """Diff against what a running gateway serves; each disruption shows the live connections it closes."""
+    from .live import config_from_documents, digested_keys, fetch_json, live_counter
+    from .plan import diff, render
+
+    try:
+        loaded = fetch_json(args.source, "/config")
+        counts = fetch_json(args.source, "/connections")
+        current = config_from_documents(loaded["documents"], f"{args.source}/config")
+    except (OSError, ValueError, KeyError) as exc:
+        sys.stderr.write(f"wsgate plan: cannot read the running config from {args.source}: {exc}\n")
+        return EXIT_INVALID
+    plan = diff(current, digested_keys(desired)).with_live_counts(live_counter(counts))
+    plan = dataclasses.replace(plan, old_digest=loaded.get("digest"), new_digest=desired.digest())
+    sys.stdout.write(render(plan, args.format))
+    return EXIT_OK if plan.empty else EXIT_PLAN_CHANGES
 
 
 # ---------------------------------------------------------------- schemas

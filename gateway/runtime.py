@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import signal
 import ssl
+import time
 from collections import Counter
-from typing import Any, Callable, Mapping
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 import structlog
 
@@ -51,9 +53,12 @@ class Gateway:
 
     def __init__(self, config: Config, *, admin: tuple[str, int] | None | bool = None,
                  env: Mapping[str, str] | None = None, echo: bool = True,
-                 build_chain: Callable[..., list[Any]] | None = None) -> None:
+                 build_chain: Callable[..., list[Any]] | None = None,
+                 paths: Sequence[str | Path] | None = None) -> None:
         self.config = config
         self.env = env
+        self.paths: list[Path] = [Path(p) for p in paths] if paths else [config.root]  # what reload re-reads
+        self.drain_grace = config.settings.drain_grace
         self.shutdown_timeout = config.settings.shutdown_timeout
         self._admin_override = admin
         self._start_echo = echo
@@ -71,6 +76,15 @@ class Gateway:
         self.stopping = False
         self._idle = asyncio.Event()
         self._idle.set()
+        self.loaded_at = time.time()
+        self.last_reload: dict[str, Any] | None = None
+        self.reload_count = 0  # finished reload attempts (applied, skipped or failed)
+        self.reloaded = asyncio.Condition()  # notified after every reload outcome
+        self._reload_lock = asyncio.Lock()
+        self._reload_requested = 0
+        self._reload_served = 0
+        self._draining: dict[Connection, asyncio.TimerHandle | None] = {}
+        self._retired: list[RouteTable] = []
 
     # ------------------------------------------------------------------ table
     @property
@@ -104,6 +118,11 @@ class Gateway:
             return
         self.live.remove(record)
         record.listener.count -= 1
+        timer = self._draining.pop(record, None)
+        if timer is not None:
+            timer.cancel()
+        if self._retired:
+            self._close_retired()
         if not self.live:
             self._idle.set()
 
@@ -112,6 +131,8 @@ class Gateway:
         ports: Counter[str] = Counter()
         apis: Counter[str] = Counter()
         apps: Counter[str] = Counter()
+        api_ports: dict[str, Counter[str]] = {}
+        api_apps: dict[str, Counter[str]] = {}
         upgrading = 0
         for record in self.live:
             if record.relay is None:
@@ -121,15 +142,236 @@ class Gateway:
             conn = record.conn
             if conn is not None:
                 apis[conn.api] += 1
+                api_ports.setdefault(conn.api, Counter())[record.port_name] += 1
                 if conn.application is not None:
                     apps[conn.application.name] += 1
+                    api_apps.setdefault(conn.api, Counter())[conn.application.name] += 1
         return {
             "total": sum(ports.values()),
             "upgrading": upgrading,
             "ports": dict(ports),
             "apis": dict(apis),
             "applications": dict(apps),
+            "api_ports": {api: dict(c) for api, c in api_ports.items()},  # what `plan --from` counts
+            "api_applications": {api: dict(c) for api, c in api_apps.items()},
         }
+
+    # ----------------------------------------------------------------- reload
+    async def reload(self, trigger: str = "manual") -> dict[str, Any]:
+        """Load → check → compile → swap; a failure changes nothing. Returns the outcome (``last_reload``).
+
+        One reload at a time; requests that arrive while one runs are served
+        by a single further reload (it re-reads the tree, so it sees them all).
+        """
+        self._reload_requested += 1
+        ticket = self._reload_requested
+        async with self._reload_lock:
+            if self._reload_served >= ticket and self.last_reload is not None:
+                return self.last_reload  # a reload that started after this request already read the tree
+            self._reload_served = self._reload_requested
+            try:
+                outcome = await self._reload(trigger)
+            except Exception as exc:  # a bug, not a bad config: keep serving and say so
+                log.exception("reload_crashed", trigger=trigger)
+                outcome = self._outcome(trigger, ok=False, error=f"internal error: {exc.__class__.__name__}")
+            self.last_reload = outcome
+            self.reload_count += 1
+            async with self.reloaded:
+                self.reloaded.notify_all()
+            return outcome
+
+    async def wait_reload(self, count: int, timeout: float | None = None) -> dict[str, Any]:
+        """Wait until ``count`` reloads have finished; the last outcome."""
+        async with asyncio.timeout(timeout):
+            async with self.reloaded:
+                await self.reloaded.wait_for(lambda: self.reload_count >= count)
+        assert self.last_reload is not None
+        return self.last_reload
+
+    def _outcome(self, trigger: str, *, ok: bool, **fields: Any) -> dict[str, Any]:
+        generation = self._table.generation if self._table is not None else 0
+        return {"ok": ok, "trigger": trigger, "at": time.time(), "generation": generation,
+                "digest": self.config.digest() if self._table is None else self._table.digest,
+                "noop": False, **fields}
+
+    async def _reload(self, trigger: str) -> dict[str, Any]:
+        from .config import check
+        from .plan import diff, render_text
+
+        started = time.monotonic()
+        result = await asyncio.to_thread(check, self.paths, env=self.env)
+        if self.stopping:
+            return self._outcome(trigger, ok=False, error="gateway is stopping")
+        if result.config is None:
+            diagnostics = [d.to_dict() for d in result.diagnostics]
+            for d in result.diagnostics:
+                if d.is_error:
+                    log.error("reload_failed", trigger=trigger, location=str(d.location) if d.location else None,
+                              code=d.code, summary=d.summary, diagnostic=d.headline())
+            log.error("reload_failed", trigger=trigger, errors=len(result.errors),
+                      kept_generation=self.table.generation, kept_digest=self.table.digest)
+            return self._outcome(trigger, ok=False, diagnostics=diagnostics)
+        new = result.config
+        if new.digest() == self.table.digest:
+            log.info("reload_skipped", trigger=trigger, digest=self.table.digest, generation=self.table.generation)
+            return self._outcome(trigger, ok=True, noop=True)
+        old_config, old_table = self.config, self.table
+        plan = diff(old_config, new)
+        try:
+            table = self.compile(new, old_table.generation + 1)
+        except Exception as exc:
+            log.error("reload_failed", trigger=trigger, error=f"compile failed: {exc}", exc_info=True)
+            return self._outcome(trigger, ok=False, error=f"compile failed: {exc}")
+        try:
+            started_ports = await self._start_new_ports(old_config, new, table)
+        except Exception as exc:
+            table.close()
+            log.error("reload_failed", trigger=trigger, error=f"cannot listen: {exc}")
+            return self._outcome(trigger, ok=False, error=f"cannot listen: {exc}")
+        # The swap: from here on new upgrades use the new table.
+        self._table, self.config = table, new
+        self.drain_grace = new.settings.drain_grace
+        self.shutdown_timeout = new.settings.shutdown_timeout
+        self.loaded_at = time.time()
+        problems = await self._follow_ports(old_config, new, table, started_ports)
+        closed = self._settle_connections(old_config, new, table)
+        if self._start_echo:
+            problems += await self._follow_echo_servers(new)
+        self._retired.append(old_table)
+        self._close_retired()
+        log.info("reload_applied", trigger=trigger, digest=table.digest, generation=table.generation,
+                 old_digest=old_table.digest, plan=render_text(plan).rstrip("\n").splitlines(),
+                 drained=closed["drained"], revoked=closed["revoked"],
+                 seconds=round(time.monotonic() - started, 4))
+        return self._outcome(trigger, ok=True, old_digest=old_table.digest, problems=problems,
+                             plan={"add": plan.count("create"), "change": plan.count("update"),
+                                   "destroy": plan.count("destroy")}, **closed)
+
+    @staticmethod
+    def _port_key(loaded: Any) -> tuple[Any, ...]:
+        model = loaded.model
+        return (model.port, model.host, model.tls)
+
+    async def _start_new_ports(self, old: Config, new: Config, table: RouteTable) -> list[str]:
+        """Listen on ports that are new or newly enabled (before the swap; on failure close them and raise)."""
+        started: list[str] = []
+        try:
+            for name, loaded in table.enabled_ports().items():
+                if name not in self.servers:
+                    await self._start_port(name, loaded)
+                    started.append(name)
+        except BaseException:
+            for name in started:
+                self._stop_port(name)
+            raise
+        return started
+
+    def _stop_port(self, name: str) -> None:
+        server = self.servers.pop(name, None)
+        if server is not None:
+            server.close()  # stop accepting at once; live connections are drained separately
+        self.listeners.pop(name, None)
+        self.addresses.pop(name, None)
+        log.info("stopped listening", name=name)
+
+    async def _follow_ports(self, old: Config, new: Config, table: RouteTable, started: list[str]) -> list[str]:
+        """Stop removed/disabled ports, re-listen changed ones, update limits of the rest (never re-bind those)."""
+        problems: list[str] = []
+        enabled = table.enabled_ports()
+        for name in list(self.servers):
+            if name in started:
+                continue
+            loaded = enabled.get(name)
+            if loaded is None:
+                self._stop_port(name)
+            elif name in old.ports and self._port_key(old.ports[name]) != self._port_key(loaded):
+                self._stop_port(name)
+                try:
+                    await self._start_port(name, loaded)
+                except Exception as exc:
+                    log.error("port restart failed", name=name, error=str(exc))
+                    problems.append(f"port {name}: {exc}")
+            else:
+                listener = self.listeners[name]
+                listener.handshake_timeout = loaded.model.limits.handshake_timeout
+                listener.max_connections = loaded.model.limits.max_connections
+        return problems
+
+    def _settle_connections(self, old: Config, new: Config, table: RouteTable) -> dict[str, int]:
+        """Drain (1001 after the grace) or revoke (1008 now) what the change touches; leave the rest alone."""
+        from .reload import Action, accepted_from, decide
+
+        drained = revoked = 0
+        for record in list(self.live):
+            accepted = accepted_from(record)
+            if accepted is None:
+                continue
+            decision = decide(old, new, table.apps, accepted)
+            if decision.action is Action.REVOKE:
+                revoked += 1
+                log.info("connection_revoked", connection=record.conn.id if record.conn else None,
+                         api=accepted.api, app=accepted.application, reason=decision.reason)
+                self._cancel_drain(record)
+                record.close(1008, "application revoked")
+            elif decision.action is Action.DRAIN and record not in self._draining:
+                drained += 1
+                log.info("connection_draining", connection=record.conn.id if record.conn else None,
+                         api=accepted.api, port=accepted.port, reason=decision.reason, grace=self.drain_grace)
+                if self.drain_grace <= 0:
+                    self._draining[record] = None
+                    record.close(1001, "going away")
+                else:
+                    loop = asyncio.get_running_loop()
+                    self._draining[record] = loop.call_later(self.drain_grace, self._drain_now, record)
+        return {"drained": drained, "revoked": revoked}
+
+    def _drain_now(self, record: Connection) -> None:
+        self._draining[record] = None
+        if record in self.live:
+            record.close(1001, "going away")
+
+    def _cancel_drain(self, record: Connection) -> None:
+        timer = self._draining.get(record)
+        if timer is not None:
+            timer.cancel()
+
+    def _close_retired(self) -> None:
+        """Release the policies of retired tables once no live connection uses their routes."""
+        in_use = {id(record.route) for record in self.live if record.route is not None}
+        keep = []
+        for retired in self._retired:
+            if any(id(compiled) in in_use for compiled in retired.apis.values()):
+                keep.append(retired)
+            else:
+                retired.close()
+        self._retired = keep
+
+    async def _follow_echo_servers(self, new: Config) -> list[str]:
+        from echo.server import EchoService
+
+        problems: list[str] = []
+        current = {service.model.name: service for service in self.echo_services}
+        kept: list[Any] = []
+        for name, loaded in new.echo_servers.items():
+            service = current.pop(name, None)
+            try:
+                if service is not None:
+                    try:
+                        service.apply(loaded.model)
+                        kept.append(service)
+                        continue
+                    except ValueError:
+                        await service.stop()  # host/port changed: restart it
+                service = EchoService(loaded.model)
+                await service.start()
+                kept.append(service)
+            except Exception as exc:
+                log.error("echo server reload failed", server=name, error=str(exc))
+                problems.append(f"echo server {name}: {exc}")
+        for service in current.values():
+            await service.stop()
+        self.echo_services = kept
+        return problems
 
     # -------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -214,6 +456,13 @@ class Gateway:
             await asyncio.gather(*(service.stop() for service in self.echo_services), return_exceptions=True)
         if self.keepalive is not None:
             self.keepalive.close()
+        for timer in self._draining.values():
+            if timer is not None:
+                timer.cancel()
+        self._draining.clear()
+        for retired in self._retired:
+            retired.close()
+        self._retired = []
         if self._table is not None:
             self._table.close()
         if self.state is not None:
@@ -227,19 +476,28 @@ def _configure_logging(config: Config, args: Any) -> None:
     configure_logging(getattr(args, "log_format", None) or config.settings.log_format)
 
 
-async def serve(config: Config, admin: tuple[str, int] | None = None) -> int:
-    """Run a gateway until SIGINT or SIGTERM, then stop it cleanly."""
-    gateway = Gateway(config, admin=admin)
+async def serve(config: Config, admin: tuple[str, int] | None = None,
+                paths: Sequence[str | Path] | None = None, watch: bool = True) -> int:
+    """Run a gateway until SIGINT or SIGTERM, reloading when the tree under ``paths`` changes or on SIGHUP."""
+    from .watch import ConfigWatcher
+
+    gateway = Gateway(config, admin=admin, paths=paths)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     signals = (signal.SIGINT, signal.SIGTERM)
     for sig in signals:
         loop.add_signal_handler(sig, stopping.set)
+    watcher: ConfigWatcher | None = None
     try:
         await gateway.start()
+        if watch:
+            watcher = ConfigWatcher(gateway.paths, gateway.reload)
+            await watcher.start()
         await stopping.wait()
         log.info("stopping")
     finally:
+        if watcher is not None:
+            await watcher.stop()
         await gateway.stop()
         for sig in signals:
             loop.remove_signal_handler(sig)
@@ -247,8 +505,9 @@ async def serve(config: Config, admin: tuple[str, int] | None = None) -> int:
 
 
 def run(config: Config, args: Any = None) -> int:
-    """``wsgate run PATH`` after the config was checked: serve until a signal; 0 on a clean stop."""
+    """``wsgate run PATH`` after the config was checked: serve (and follow PATH) until a signal; 0 on a clean stop."""
     _configure_logging(config, args)
     admin_text = getattr(args, "admin", None)
     admin = parse_address(admin_text) if isinstance(admin_text, str) else admin_text
-    return asyncio.run(serve(config, admin))
+    path = getattr(args, "path", None)
+    return asyncio.run(serve(config, admin, [path] if isinstance(path, str) else None))

@@ -1,0 +1,73 @@
+"""The running gateway as its admin API shows it: the loaded config and live connection counts.
+
+``wsgate plan PATH --from http://HOST:PORT`` diffs a desired tree against
+this. The admin endpoint shows API keys only as ``sha256:`` digests, so the
+desired config's keys are compared in the same form (``digested_keys``).
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+from typing import Any, Mapping
+
+from .config.models import API, Application, EchoServer, EnvKey, Gateway, Port
+from .config.tree import Config, Loaded, Location
+from .credentials import SHA256_PREFIX, configured_digest
+from .plan import Disruption
+
+MODELS = {"Port": Port, "API": API, "Application": Application, "EchoServer": EchoServer, "Gateway": Gateway}
+
+
+def fetch_json(base: str, path: str, timeout: float = 10.0) -> Any:
+    with urllib.request.urlopen(base.rstrip("/") + path, timeout=timeout) as response:  # noqa: S310 - operator's URL
+        return json.loads(response.read())
+
+
+def config_from_documents(documents: list[Mapping[str, Any]], origin: str) -> Config:
+    """A Config from the admin's resource documents, validated through the same models (raises ValueError)."""
+    groups: dict[str, dict[str, Loaded[Any]]] = {kind: {} for kind in MODELS}
+    for index, document in enumerate(documents):
+        kind = document.get("kind")
+        model_class = MODELS.get(kind)  # type: ignore[arg-type]
+        if model_class is None:
+            raise ValueError(f"{origin}: resource {index} has an unknown kind {kind!r}")
+        model = model_class.model_validate(dict(document))
+        groups[kind][model.name] = Loaded(model, Location(origin, 1, index + 1), Path("."))
+    gateway = next(iter(groups["Gateway"].values()), None)
+    return Config(root=Path("."), ports=groups["Port"], apis=groups["API"], applications=groups["Application"],
+                  echo_servers=groups["EchoServer"], gateway=gateway)
+
+
+def digested_keys(config: Config) -> Config:
+    """``config`` with every literal API key replaced by its ``sha256:`` digest (env keys stay names)."""
+    applications = {}
+    for name, loaded in config.applications.items():
+        keys = [entry if isinstance(entry, EnvKey) else SHA256_PREFIX + str(configured_digest(entry, {}))
+                for entry in loaded.model.identifiers.api_keys]
+        identifiers = loaded.model.identifiers.model_copy(update={"api_keys": keys})
+        model = loaded.model.model_copy(update={"identifiers": identifiers})
+        applications[name] = Loaded(model, loaded.location, loaded.base_dir)
+    return Config(root=config.root, ports=config.ports, apis=config.apis, applications=applications,
+                  echo_servers=config.echo_servers, gateway=config.gateway)
+
+
+def live_counter(counts: Mapping[str, Any]):
+    """A ``Plan.with_live_counts`` callback from the admin's ``/connections`` answer."""
+
+    def count(disruption: Disruption) -> int | None:
+        sel = dict(disruption.selector)
+        if set(sel) == {"port"}:
+            return counts.get("ports", {}).get(sel["port"], 0)
+        if set(sel) == {"api"}:
+            return counts.get("apis", {}).get(sel["api"], 0)
+        if set(sel) == {"application"}:
+            return counts.get("applications", {}).get(sel["application"], 0)
+        if set(sel) == {"api", "port"}:
+            return counts.get("api_ports", {}).get(sel["api"], {}).get(sel["port"], 0)
+        if set(sel) == {"api", "application"}:
+            return counts.get("api_applications", {}).get(sel["api"], {}).get(sel["application"], 0)
+        return None  # echo contexts: not counted by the gateway
+
+    return count
