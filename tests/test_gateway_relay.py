@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 
 import pytest
@@ -49,24 +50,31 @@ def relay_of(gw) -> object:
     return record.relay
 
 
+@contextlib.asynccontextmanager
+async def relayed(tmp_path, path_kind: str, handler=None, extra: str = ""):
+    """A recording backend behind a running gateway, and a client connected through the API at ``/r``."""
+    async with recording_backend(handler) if handler else recording_backend() as backend:
+        config = write_config(tmp_path, PORT, relay_api(path_kind, backend.url + "/", extra))
+        async with running_gateway(config) as gw:
+            async with connect(gw_url(gw, "/r"), compression=client_compression(path_kind)) as ws:
+                yield backend, gw, ws
+
+
 @pytest.mark.parametrize("path_kind", PATHS)
 def test_text_binary_and_order_both_ways(tmp_path, path_kind):
     """Text stays text, binary stays binary, and 200 mixed messages come back in order."""
 
     async def scenario():
-        async with recording_backend() as backend:
-            config = write_config(tmp_path, PORT, relay_api(path_kind, backend.url + "/"))
-            async with running_gateway(config) as gw:
-                async with connect(gw_url(gw, "/r"), compression=client_compression(path_kind)) as ws:
-                    assert type(relay_of(gw)) is expected_relay(path_kind)
-                    sent = [f"text {i}" if i % 2 else f"bin {i}".encode() for i in range(200)]
-                    for message in sent:
-                        await ws.send(message)
-                    received = [await ws.recv() for _ in sent]
-                    assert received == sent
-                    conn = next(iter(gw.live)).conn
-                    assert conn.counters.messages_in == 200
-                    await eventually(lambda: conn.counters.messages_out == 200)
+        async with relayed(tmp_path, path_kind) as (backend, gw, ws):
+            assert type(relay_of(gw)) is expected_relay(path_kind)
+            sent = [f"text {i}" if i % 2 else f"bin {i}".encode() for i in range(200)]
+            for message in sent:
+                await ws.send(message)
+            received = [await ws.recv() for _ in sent]
+            assert received == sent
+            conn = next(iter(gw.live)).conn
+            assert conn.counters.messages_in == 200
+            await eventually(lambda: conn.counters.messages_out == 200)
 
     run(scenario())
 
@@ -76,15 +84,12 @@ def test_fragmented_and_large_messages(tmp_path, path_kind):
     """A fragmented message and a 512 KiB message arrive whole and unchanged."""
 
     async def scenario():
-        async with recording_backend() as backend:
-            config = write_config(tmp_path, PORT, relay_api(path_kind, backend.url + "/"))
-            async with running_gateway(config) as gw:
-                async with connect(gw_url(gw, "/r"), compression=client_compression(path_kind)) as ws:
-                    await ws.send(["frag", "ment", "ed"])
-                    assert await ws.recv() == "fragmented"
-                    big = bytes(range(256)) * 2048
-                    await ws.send(big)
-                    assert await ws.recv() == big
+        async with relayed(tmp_path, path_kind) as (backend, gw, ws):
+            await ws.send(["frag", "ment", "ed"])
+            assert await ws.recv() == "fragmented"
+            big = bytes(range(256)) * 2048
+            await ws.send(big)
+            assert await ws.recv() == big
 
     run(scenario())
 
@@ -94,17 +99,14 @@ def test_client_close_code_reaches_upstream(tmp_path, path_kind):
     """The client's close code and reason reach the upstream unchanged."""
 
     async def scenario():
-        async with recording_backend() as backend:
-            config = write_config(tmp_path, PORT, relay_api(path_kind, backend.url + "/"))
-            async with running_gateway(config) as gw:
-                async with connect(gw_url(gw, "/r"), compression=client_compression(path_kind)) as ws:
-                    await ws.send("hi")
-                    await ws.recv()
-                    await ws.close(4001, "bye")
-                async with asyncio.timeout(10):
-                    await backend.closed.wait()
-                assert backend.closes == [(4001, "bye")]
-                await eventually(lambda: not gw.live)
+        async with relayed(tmp_path, path_kind) as (backend, gw, ws):
+            await ws.send("hi")
+            await ws.recv()
+            await ws.close(4001, "bye")
+            async with asyncio.timeout(10):
+                await backend.closed.wait()
+            assert backend.closes == [(4001, "bye")]
+            await eventually(lambda: not gw.live)
 
     run(scenario())
 
@@ -119,17 +121,14 @@ def test_upstream_close_code_reaches_client(tmp_path, path_kind):
         await ws.close(4002, "server bye")
 
     async def scenario():
-        async with recording_backend(handler) as backend:
-            config = write_config(tmp_path, PORT, relay_api(path_kind, backend.url + "/"))
-            async with running_gateway(config) as gw:
-                async with connect(gw_url(gw, "/r"), compression=client_compression(path_kind)) as ws:
-                    await ws.send("go")
-                    assert await ws.recv() == "last words"
-                    with pytest.raises(ConnectionClosed) as info:
-                        await ws.recv()
-                    assert info.value.rcvd.code == 4002
-                    assert info.value.rcvd.reason == "server bye"
-                await eventually(lambda: not gw.live)
+        async with relayed(tmp_path, path_kind, handler) as (backend, gw, ws):
+            await ws.send("go")
+            assert await ws.recv() == "last words"
+            with pytest.raises(ConnectionClosed) as info:
+                await ws.recv()
+            assert info.value.rcvd.code == 4002
+            assert info.value.rcvd.reason == "server bye"
+            await eventually(lambda: not gw.live)
 
     run(scenario())
 
@@ -144,16 +143,13 @@ def test_upstream_vanishing_closes_client_with_1014(tmp_path, path_kind):
         ws.transport.abort()
 
     async def scenario():
-        async with recording_backend(handler) as backend:
-            config = write_config(tmp_path, PORT, relay_api(path_kind, backend.url + "/"))
-            async with running_gateway(config) as gw:
-                async with connect(gw_url(gw, "/r"), compression=client_compression(path_kind)) as ws:
-                    await ws.send("go")
-                    assert await ws.recv() == "before"
-                    with pytest.raises(ConnectionClosed) as info:
-                        await ws.recv()
-                    assert info.value.rcvd.code == 1014
-                await eventually(lambda: not gw.live)
+        async with relayed(tmp_path, path_kind, handler) as (backend, gw, ws):
+            await ws.send("go")
+            assert await ws.recv() == "before"
+            with pytest.raises(ConnectionClosed) as info:
+                await ws.recv()
+            assert info.value.rcvd.code == 1014
+            await eventually(lambda: not gw.live)
 
     run(scenario())
 
@@ -183,21 +179,17 @@ def test_oversized_message_closes_sender_with_1009(tmp_path, path_kind):
     """A client message over max_message_size closes the client with 1009 and the upstream with 1001."""
 
     async def scenario():
-        async with recording_backend() as backend:
-            extra = "limits:\n  max_message_size: 1000\n"
-            config = write_config(tmp_path, PORT, relay_api(path_kind, backend.url + "/", extra))
-            async with running_gateway(config) as gw:
-                async with connect(gw_url(gw, "/r"), compression=client_compression(path_kind)) as ws:
-                    await ws.send("x" * 1000)
-                    assert await ws.recv() == "x" * 1000
-                    await ws.send(b"y" * 1001)
-                    with pytest.raises(ConnectionClosed) as info:
-                        await ws.recv()
-                    assert info.value.rcvd.code == 1009
-                async with asyncio.timeout(10):
-                    await backend.closed.wait()
-                assert backend.closes[0][0] == 1001
-                await eventually(lambda: not gw.live)
+        async with relayed(tmp_path, path_kind, extra="limits:\n  max_message_size: 1000\n") as (backend, gw, ws):
+            await ws.send("x" * 1000)
+            assert await ws.recv() == "x" * 1000
+            await ws.send(b"y" * 1001)
+            with pytest.raises(ConnectionClosed) as info:
+                await ws.recv()
+            assert info.value.rcvd.code == 1009
+            async with asyncio.timeout(10):
+                await backend.closed.wait()
+            assert backend.closes[0][0] == 1001
+            await eventually(lambda: not gw.live)
 
     run(scenario())
 
