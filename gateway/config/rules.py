@@ -137,18 +137,24 @@ def one_gateway(ctx: RuleContext) -> None:
 # ------------------------------------------------------------- references
 
 
+def _listed_once(ctx: RuleContext, entry: Any, field_name: str, what: str) -> Iterable[tuple[str, Location]]:
+    """The names of a reference list, each with its location; a repeated name is warned about and skipped."""
+    seen: set[str] = set()
+    for i, name in enumerate(getattr(entry.model, field_name)):
+        loc = entry.doc.value_at((field_name, i))
+        if name in seen:
+            ctx.out.append(warning("WSG205", f"{what} '{name}' is listed twice", loc, hint="delete the repetition"))
+            continue
+        seen.add(name)
+        yield name, loc
+
+
 @rule
 def api_port_references(ctx: RuleContext) -> None:
     ports = ctx.firsts("Port")
     known = set(ports) | ctx.known.get("Port", set())
     for e in ctx.of("API"):
-        seen: set[str] = set()
-        for i, name in enumerate(e.model.ports):
-            loc = e.doc.value_at(("ports", i))
-            if name in seen:
-                ctx.out.append(warning("WSG205", f"port '{name}' is listed twice", loc, hint="delete the repetition"))
-                continue
-            seen.add(name)
+        for name, loc in _listed_once(ctx, e, "ports", "port"):
             if name not in known:
                 ctx.out.append(
                     error(
@@ -175,13 +181,7 @@ def application_api_references(ctx: RuleContext) -> None:
     apis = ctx.firsts("API")
     known = set(apis) | ctx.known.get("API", set())
     for e in ctx.of("Application"):
-        seen: set[str] = set()
-        for i, name in enumerate(e.model.apis):
-            loc = e.doc.value_at(("apis", i))
-            if name in seen:
-                ctx.out.append(warning("WSG205", f"API '{name}' is listed twice", loc, hint="delete the repetition"))
-                continue
-            seen.add(name)
+        for name, loc in _listed_once(ctx, e, "apis", "API"):
             if name not in known:
                 ctx.out.append(
                     error(
