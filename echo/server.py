@@ -10,7 +10,6 @@ own loop with :func:`serve_echo_servers`.
 from __future__ import annotations
 
 import asyncio
-import signal
 from urllib.parse import parse_qs, urlsplit
 
 import structlog
@@ -20,6 +19,7 @@ from websockets.http11 import Request, Response
 
 from gateway.config.models import EchoServer
 from gateway.config.tree import Config
+from gateway.signals import stop_requested
 
 from .control import CONTROL_PATHS, PAGE_PATHS, control_response, load_static, page_response, response
 from .rooms import Client, Room
@@ -204,21 +204,13 @@ async def serve_until_signal(config: Config) -> int:
     if not config.echo_servers:
         log.error("no EchoServer in the config", root=str(config.root))
         return 1
-    loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
-    signals = (signal.SIGINT, signal.SIGTERM)
-    for sig in signals:
-        loop.add_signal_handler(sig, stopping.set)
-    try:
+    async with stop_requested() as stopping:
         services = await serve_echo_servers(config)
         try:
             await stopping.wait()
             log.info("echo servers stopping")
         finally:
             await asyncio.gather(*(s.stop() for s in services))
-    finally:
-        for sig in signals:
-            loop.remove_signal_handler(sig)
     return 0
 
 

@@ -7,7 +7,6 @@ what ``wsgate run PATH`` calls after the config was checked.
 from __future__ import annotations
 
 import asyncio
-import signal
 import ssl
 import time
 from collections import Counter
@@ -22,6 +21,7 @@ from .policies.state import PolicyState
 from .config.tree import Config
 from .listener import Connection, PortListener
 from .routes import RouteTable
+from .signals import stop_requested
 
 log = structlog.get_logger("wsgate.runtime")
 
@@ -482,25 +482,19 @@ async def serve(config: Config, admin: tuple[str, int] | None = None,
     from .watch import ConfigWatcher
 
     gateway = Gateway(config, admin=admin, paths=paths)
-    loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
-    signals = (signal.SIGINT, signal.SIGTERM)
-    for sig in signals:
-        loop.add_signal_handler(sig, stopping.set)
     watcher: ConfigWatcher | None = None
-    try:
-        await gateway.start()
-        if watch:
-            watcher = ConfigWatcher(gateway.paths, gateway.reload)
-            await watcher.start()
-        await stopping.wait()
-        log.info("stopping")
-    finally:
-        if watcher is not None:
-            await watcher.stop()
-        await gateway.stop()
-        for sig in signals:
-            loop.remove_signal_handler(sig)
+    async with stop_requested() as stopping:
+        try:
+            await gateway.start()
+            if watch:
+                watcher = ConfigWatcher(gateway.paths, gateway.reload)
+                await watcher.start()
+            await stopping.wait()
+            log.info("stopping")
+        finally:
+            if watcher is not None:
+                await watcher.stop()
+            await gateway.stop()
     return 0
 
 
