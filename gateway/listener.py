@@ -43,6 +43,7 @@ log = structlog.get_logger("wsgate.listener")
 
 MAX_REQUEST_HEAD = 16 * 1024
 MAX_PIPELINED = 64 * 1024  # bytes read past the head before the 101; more pauses reading
+LINGER = 2.0  # seconds a refused client's further bytes are read and dropped, so it gets the answer, not a RST
 REASONS = {
     400: "Bad Request",
     401: "Unauthorized",
@@ -126,7 +127,7 @@ class PortListener:
 class ClientHandshake(asyncio.Protocol):
     """Reads and answers one client's upgrade, then hands the transport to a relay."""
 
-    __slots__ = ("listener", "transport", "buffer", "timer", "record", "head_done", "lost")
+    __slots__ = ("listener", "transport", "buffer", "timer", "record", "head_done", "lost", "refused")
 
     def __init__(self, listener: PortListener) -> None:
         self.listener = listener
@@ -136,13 +137,14 @@ class ClientHandshake(asyncio.Protocol):
         self.record: Connection | None = None
         self.head_done = False
         self.lost = False
+        self.refused = False
 
     # asyncio callbacks ------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         listener = self.listener
         if listener.max_connections is not None and listener.count >= listener.max_connections:
-            self._refuse_early(503, "unavailable", "too many connections on this port")
+            self._refuse_early(503, "unavailable", "too many connections on this port", linger=False)
             return
         listener.count += 1
         self.record = Connection(listener, self.transport)
@@ -150,6 +152,8 @@ class ClientHandshake(asyncio.Protocol):
         self.timer = asyncio.get_running_loop().call_later(listener.handshake_timeout, self._handshake_timeout)
 
     def data_received(self, data: bytes) -> None:
+        if self.refused:
+            return  # lingering after a refusal: drop what the client still sends
         buffer = self.buffer
         buffer += data
         if self.head_done:
@@ -199,12 +203,24 @@ class ClientHandshake(asyncio.Protocol):
         peer = self.transport.get_extra_info("peername") or ("", 0)
         return (peer[0], peer[1])
 
-    def _refuse_early(self, status: int, error: str, reason: str, path: str | None = None) -> None:
+    def _refuse_early(self, status: int, error: str, reason: str, path: str | None = None,
+                      linger: bool = True) -> None:
         """Refuse before any API is involved (no policies saw the request)."""
         log.info("upgrade_refused", status=status, error=error, reason=reason, port=self.listener.name,
                  path=path, peer=self._peer()[0])
-        self.transport.write(refusal_bytes(status, error, reason))
-        self.transport.close()
+        transport = self.transport
+        transport.write(refusal_bytes(status, error, reason))
+        if not linger or not transport.can_write_eof():  # past max_connections: free the socket at once
+            transport.close()
+            return
+        # Closing with unread input would send a RST that can destroy the answer before the client reads
+        # it (a large head still arriving): half-close instead and drop input until the client closes.
+        self.refused = True
+        self.buffer = bytearray()
+        transport.write_eof()
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = asyncio.get_running_loop().call_later(LINGER, transport.abort)
 
     def _handle_head(self, head: bytes) -> None:
         listener = self.listener
@@ -343,6 +359,15 @@ class ClientHandshake(asyncio.Protocol):
             self._outcome(route, conn, 499, "client_gone", "connection dropped during the upgrade")
             log.info("upgrade_refused", status=499, error="client_gone", reason="connection dropped during the upgrade",
                      api=conn.api, peer=conn.peer[0], connection=conn.id)
+        except Exception:
+            # A bug, not a decision: never leave a client hanging on a connection that nobody relays.
+            log.exception("upgrade_failed", api=conn.api, connection=conn.id)
+            record.relay = None
+            if record.upstream is None:
+                self._refuse(route, conn, 500, "internal_error", "the gateway failed to set up the connection")
+            else:  # the 101 is out: drop both legs
+                self.transport.abort()
+                record.upstream.abort()
         finally:
             record.task = None
             if not relayed:

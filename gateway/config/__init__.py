@@ -88,6 +88,11 @@ def check(paths: Sequence[str | Path], *, env: Mapping[str, str] | None = None) 
     return CheckResult(_build(dirs[0], entries), diagnostics, loaded.files)
 
 
+# Diagnostics located at a credential (plain key or password, a key listed twice or by two applications): the
+# source line they quote is cut at the credential, or every CI log would show it.
+_AT_A_CREDENTIAL = frozenset({"WSG116", "WSG200", "WSG205"})
+
+
 def _with_source_lines(diagnostics: list[Diagnostic], sources: Mapping[str, list[str]]) -> list[Diagnostic]:
     out = []
     for d in diagnostics:
@@ -95,7 +100,10 @@ def _with_source_lines(diagnostics: list[Diagnostic], sources: Mapping[str, list
         if loc is not None and d.source_line is None:
             lines = sources.get(loc.file)
             if lines and 0 < loc.line <= len(lines):
-                d = dataclasses.replace(d, source_line=lines[loc.line - 1])
+                line = lines[loc.line - 1]
+                if d.code in _AT_A_CREDENTIAL:
+                    line = line[: max(loc.col - 1, 0)] + "[redacted]"
+                d = dataclasses.replace(d, source_line=line)
         out.append(d)
     return out
 
