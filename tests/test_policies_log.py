@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import structlog.testing
 
 from gateway.apps import AppIndex
 from gateway.config.models import API, IdentifyPolicy, LogInvocationPolicy
@@ -163,3 +164,51 @@ def test_presented_key_never_in_the_file(state, tmp_path):
     content = policy.writer.path.read_text()
     assert content.count("\n") == 4 and "room=7" in content
     assert key not in content
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_message_lines_are_exactly_the_json_of_the_record(state, tmp_path, compress):
+    """The writer's hand-built message line is byte for byte what json.dumps makes of the same record."""
+    policy = log_policy(state, tmp_path, store_client_messages=True, store_server_messages=True,
+                        max_payload_bytes=8, compress=compress)
+    conn = connection(peer=('10.0.0."1', 1))
+    conn.application = ApplicationRef('quo"te\\é', "api_key")
+    payloads = [("client", True, "plain"), ("server", True, 'a "q" \\ \n\t\x00 é 😀'), ("client", True, "é" * 9),
+                ("server", False, b"\x00\xff" * 3), ("client", False, bytes(20)), ("server", True, "")]
+    for direction, is_text, payload in payloads:
+        policy.on_message(Message(direction, is_text, payload), conn)
+    assert policy.writer.flush()
+    lines = policy.writer.path.read_text().splitlines()
+    assert len(lines) == len(payloads)
+    for line in lines:
+        record = json.loads(line)
+        assert line == json.dumps(record, separators=(",", ":"))
+        assert list(record) == ["record", "ts", "api", "version", "application", "connection", "peer", "direction",
+                                "type", "size", "payload", "encoding"]
+    decoded = [json.loads(line) for line in lines]
+    assert [r["size"] for r in decoded] == [5, len(payloads[1][2].encode()), 18, 6, 20, 0]
+    assert decoded[0]["application"] == 'quo"te\\é' and decoded[0]["peer"] == '10.0.0."1'
+    wide = log_policy(state, tmp_path, store_client_messages=True, compress=compress, file="wide.jsonl")
+    long_texts = ["y" * 300, "y" * 300 + '"', "y" * 300 + "\x7f", "y" * 300 + "\x1f", "y" * 300 + "é"]
+    for text in long_texts:
+        wide.on_message(Message("client", True, text), conn)
+    assert wide.writer.flush()
+    lines = wide.writer.path.read_text().splitlines()
+    assert [json.loads(line)["size"] for line in lines] == [len(t.encode()) for t in long_texts]
+    assert all(line == json.dumps(json.loads(line), separators=(",", ":")) for line in lines)
+
+
+def test_records_reach_the_structured_log_only_without_a_file_or_when_asked(state, tmp_path):
+    """With a file, records stay out of structlog unless `stdout: true`; without a file they go there."""
+    filed = log_policy(state, tmp_path, store_client_messages=True)
+    both = log_policy(state, tmp_path, store_client_messages=True, stdout=True, file="both.jsonl")
+    unfiled = LogInvocation(LogInvocationPolicy(type="log-invocation", store_client_messages=True),
+                            loaded(ECHO, tmp_path), state)
+    with structlog.testing.capture_logs() as events:
+        for policy, word in ((filed, "filed"), (both, "both"), (unfiled, "unfiled")):
+            policy.on_message(Message("client", True, word), connection())
+            assert policy.writer.flush()
+    logged = [e["payload"] for e in events if e.get("record") == "message"]
+    assert sorted(logged) == ["both", "unfiled"]
+    assert json.loads((tmp_path / "both.jsonl").read_text())["payload"] == "both"
+    assert unfiled.writer.path is None

@@ -71,7 +71,7 @@ class ApplicationRef:
     """The identified application, as it travels with a connection."""
 
     name: str
-    identified_by: str  # "api_key", "ip", "hostname" or "anonymous"
+    identified_by: str  # "api_key", "ip", "hostname", "jwt", "basic" or "anonymous"
 
 
 @dataclass(slots=True)
@@ -142,6 +142,8 @@ class Policy:
 
     type: str = ""
     message_stages: frozenset[Direction] = frozenset()
+    # True when on_message never returns an awaitable: the relay then skips its per-message check.
+    sync_messages: bool = False
 
     def on_upgrade(
         self, request: UpgradeRequest, conn: ConnectionContext

@@ -1,8 +1,9 @@
 """Log invocation: transaction records of upgrades, messages and closes.
 
-Records go to a background writer (``PolicyState.log_writers``): the event
-loop builds a small dict and enqueues it; JSON encoding, the structlog echo
-to stdout and file writes with rotation happen in the writer's thread.
+Records go to a background writer (``PolicyState.log_writers``). Per message
+the event loop only reads the clock and appends one tuple to the writer's
+deque; measuring, truncating, compressing, JSON encoding, the optional echo
+through structlog, file writes and rotation happen in the writer's thread.
 Credentials never get here: the runtime strips them from the metadata first.
 """
 
@@ -10,20 +11,25 @@ from __future__ import annotations
 
 import base64
 import gzip
+import json
 import time
-from pathlib import Path
+from json.encoder import encode_basestring_ascii as _json_str  # type: ignore[attr-defined]
 from typing import Any
 
 from ..config.models import LogInvocationPolicy
 from ..config.tree import Loaded
 from .base import ConnectionContext, Message, Policy
-from .state import LogWriter, PolicyState
+from .state import LogWriter, PolicyState, encode_record, record_dict
 
 NORMAL_CLOSES = frozenset({1000, 1001})
+_JSON_ESCAPED = bytes(range(0x20)) + b'"\\\x7f'  # what json.dumps escapes in ASCII text
+_LONG = 256  # from this length on, checking for nothing to escape beats escaping character by character
+_PREFIX_CACHE_LIMIT = 4096  # connections whose constant record fields stay pre-encoded
 
 
 class LogInvocation(Policy):
     type = "log-invocation"
+    sync_messages = True  # on_message never returns an awaitable (read by the message relay)
 
     def __init__(self, spec: LogInvocationPolicy, loaded: Loaded[Any], state: PolicyState) -> None:
         self.spec = spec
@@ -36,12 +42,15 @@ class LogInvocation(Policy):
             stages.add("server")
         self.message_stages = frozenset(stages)  # type: ignore[assignment]
         self.only_failures = spec.frequency == "on-failure"
-        if spec.file:
-            path = loaded.resolve(spec.file)
-        else:
-            # No file: a writer thread all the same, so stdout records stay off the event loop too.
-            path = Path("/dev/null")
+        # Without a file the structured log is where records go; with one, only when asked (it costs per record).
+        stdout = spec.stdout if spec.stdout is not None else not spec.file
+        self._echo_record = record_dict if stdout else None
+        self._echo_message = self._message_dict if stdout else None
+        path = loaded.resolve(spec.file) if spec.file else None
         self.writer: LogWriter = state.log_writers.get(path, spec.max_file_bytes, spec.backups)
+        self._write = self.writer.write
+        # The writer thread's cache of each connection's constant fields, JSON-encoded ("api" … "peer").
+        self._prefixes: dict[ConnectionContext, str] = {}
 
     def _base(self, record: str, conn: ConnectionContext) -> dict[str, Any]:
         return {
@@ -60,30 +69,14 @@ class LogInvocation(Policy):
         record = self._base("upgrade", conn)
         record.update(status=status, accepted=status == 101, error=error, reason=reason,
                       path=conn.path, query=conn.metadata.get("query", ""), port=conn.port_name)
-        self.writer.write(record)
+        self._write((encode_record, self._echo_record, record))
 
     def on_message(self, message: Message, conn: ConnectionContext) -> Message:
-        if self.only_failures:
-            return message
-        payload = message.payload
-        size = len(payload.encode("utf-8")) if message.is_text else len(payload)  # type: ignore[union-attr]
-        record = self._base("message", conn)
-        record.update(direction=message.direction, type="text" if message.is_text else "binary", size=size)
-        record["payload"], record["encoding"] = self._payload(message)
-        self.writer.write(record)
+        if not self.only_failures:
+            # The payload is immutable (str or bytes); everything else about the record is made in the writer.
+            self._write((self._encode_message, self._echo_message, conn, time.time(), message.direction,
+                         message.is_text, message.payload))
         return message
-
-    def _payload(self, message: Message) -> tuple[str, str]:
-        limit = self.spec.max_payload_bytes
-        raw = message.payload.encode("utf-8") if message.is_text else message.payload  # type: ignore[union-attr]
-        truncated = len(raw) > limit
-        raw = raw[:limit]
-        if self.spec.compress:
-            return base64.b64encode(gzip.compress(raw, 6)).decode("ascii"), "gzip+base64" + (
-                "+truncated" if truncated else "")
-        if message.is_text:
-            return raw.decode("utf-8", "replace"), "text" + ("+truncated" if truncated else "")
-        return base64.b64encode(raw).decode("ascii"), "base64" + ("+truncated" if truncated else "")
 
     def on_close(self, conn: ConnectionContext, code: int | None, reason: str) -> None:
         if self.only_failures and code in NORMAL_CLOSES:
@@ -93,4 +86,69 @@ class LogInvocation(Policy):
         record.update(code=code, reason=reason, duration=round(time.monotonic() - conn.started, 6),
                       messages_in=c.messages_in, messages_out=c.messages_out, bytes_in=c.bytes_in,
                       bytes_out=c.bytes_out)
-        self.writer.write(record)
+        self._write((self._encode_close, self._echo_record, record, conn))
+
+    # In the writer's thread -----------------------------------------------------
+
+    def _encode_close(self, item: tuple[Any, ...]) -> bytes:
+        self._prefixes.pop(item[3], None)
+        return encode_record(item)
+
+    def _encode_message(self, item: tuple[Any, ...]) -> bytes:
+        """The message record as compact JSON, byte for byte what ``json.dumps`` makes of ``_message_dict``."""
+        _, _, conn, ts, direction, is_text, payload = item
+        prefixes = self._prefixes
+        prefix = prefixes.get(conn)
+        if prefix is None:
+            if len(prefixes) >= _PREFIX_CACHE_LIMIT:
+                prefixes.clear()
+            application = conn.application.name if conn.application else None
+            prefix = prefixes[conn] = (
+                f',"api":{json.dumps(self.api)},"version":{json.dumps(self.version)},'
+                f'"application":{json.dumps(application)},"connection":{json.dumps(conn.id)},'
+                f'"peer":{json.dumps(conn.peer[0])},"direction":'
+            )
+        size, text, encoding = self._payload(is_text, payload)
+        head = (f'{{"record":"message","ts":{ts!r}{prefix}{_json_str(direction)},'
+                f'"type":"{"text" if is_text else "binary"}","size":{size},"payload":')
+        tail = f',"encoding":"{encoding}"}}'
+        if len(text) >= _LONG and text.isascii():
+            raw = text.encode("ascii")
+            if len(raw.translate(None, _JSON_ESCAPED)) == len(raw):
+                # Nothing to escape: the payload's bytes go in as they are (escaping is ~1.5 ns a character).
+                return b"".join((head.encode("ascii"), b'"', raw, b'"', tail.encode("ascii")))
+        return f"{head}{_json_str(text)}{tail}".encode("ascii")
+
+    def _message_dict(self, item: tuple[Any, ...]) -> dict[str, Any]:
+        _, _, conn, ts, direction, is_text, payload = item
+        size, text, encoding = self._payload(is_text, payload)
+        return {
+            "record": "message",
+            "ts": ts,
+            "api": self.api,
+            "version": self.version,
+            "application": conn.application.name if conn.application else None,
+            "connection": conn.id,
+            "peer": conn.peer[0],
+            "direction": direction,
+            "type": "text" if is_text else "binary",
+            "size": size,
+            "payload": text,
+            "encoding": encoding,
+        }
+
+    def _payload(self, is_text: bool, payload: str | bytes) -> tuple[int, str, str]:
+        """(full size in bytes, payload as stored, encoding)."""
+        limit = self.spec.max_payload_bytes
+        if is_text and not self.spec.compress and payload.isascii() and len(payload) <= limit:
+            return len(payload), payload, "text"  # type: ignore[return-value]  # the common case: nothing to do
+        raw = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
+        size = len(raw)
+        truncated = "+truncated" if size > limit else ""
+        raw = raw[:limit]
+        if self.spec.compress:
+            return size, base64.b64encode(gzip.compress(raw, 6)).decode("ascii"), "gzip+base64" + truncated
+        if is_text:
+            return size, raw.decode("utf-8", "replace"), "text" + truncated
+        return size, base64.b64encode(raw).decode("ascii"), "base64" + truncated
+

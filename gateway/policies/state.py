@@ -10,11 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import queue
 import socket
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
@@ -47,82 +46,144 @@ class ThrottleCounters:
 class LogWriter:
     """A JSON-lines file with size rotation, written by its own thread.
 
-    The event loop only enqueues dicts; encoding, compression already done by
-    the caller, file writes and rotation happen here, off the per-message path.
+    The event loop only appends items to a deque (no lock, no JSON, no syscall)
+    and wakes the thread only when it sleeps, so a burst of records costs one
+    wakeup. An item is a tuple ``(encode, echo, ...)``: the thread calls
+    ``encode(item)`` for the JSON line (ASCII bytes, no newline) and, when
+    ``echo`` is set, ``echo(item)`` for the dict it emits through structlog.
+    Encoding, compression, file writes and rotation all happen here, in batches.
+
+    ``path`` None: no file (records go only where ``echo`` sends them).
+    At most ``max_pending`` items wait; past that, records are dropped and
+    counted (a warning says how many), so a stalled disk cannot grow the
+    gateway without bound.
     """
 
-    def __init__(self, path: Path, max_bytes: int, backups: int, echo: bool = True) -> None:
+    BATCH_DELAY = 0.005  # seconds the thread lets records gather after a wakeup: fewer, bigger writes
+    YIELD_BYTES = 256 * 1024  # encoded bytes after which a batch is written out (releasing the GIL) mid-way
+
+    def __init__(self, path: Path | None, max_bytes: int, backups: int, max_pending: int = 200_000) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.backups = backups
-        self.echo = echo  # also emit every record through structlog (stdout)
+        self.max_pending = max_pending
         self.users = 0
-        self._queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
-        self._idle = threading.Event()
-        self._idle.set()
-        self._thread = threading.Thread(target=self._run, name=f"wsgate-log-{path.name}", daemon=True)
+        self.dropped = 0
+        self._pending: deque[Any] = deque()
+        self._sleeping = False
+        self._wake = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"wsgate-log-{path.name if path else 'stdout'}", daemon=True)
         self._thread.start()
 
-    def write(self, record: dict[str, Any]) -> None:
-        self._idle.clear()
-        self._queue.put(record)
+    def write(self, item: tuple[Any, ...]) -> None:
+        pending = self._pending
+        if len(pending) >= self.max_pending:
+            self.dropped += 1
+            return
+        pending.append(item)
+        if self._sleeping:
+            self._sleeping = False
+            self._wake.set()
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every record written so far is on disk and rotated (for tests and shutdown)."""
-        # Its own event: ``_idle`` is set before a rotation finishes, so waiting on it could return early.
         if not self._thread.is_alive():
             return True  # closed: everything it wrote is on disk
         done = threading.Event()
-        self._queue.put({"__flush__": done})
+        self._pending.append(done)
+        self._wake.set()
         return done.wait(timeout)
 
     def close(self) -> None:
-        self._queue.put(None)
+        self._pending.append(None)
+        self._wake.set()
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
         file = None
+        size = 0
+        pending = self._pending
         try:
             while True:
-                record = self._queue.get()
-                if record is None:
-                    return
-                if "__flush__" in record:
-                    if file is not None:
-                        file.flush()
-                    if self._queue.empty():
-                        self._idle.set()
-                    record["__flush__"].set()
-                    continue
-                if self.echo:
-                    transactions.info(record.get("record", "transaction"), **record)
-                if file is None:
-                    self.path.parent.mkdir(parents=True, exist_ok=True)
-                    file = open(self.path, "a", encoding="utf-8")
-                file.write(json.dumps(record, separators=(",", ":"), default=str) + "\n")
-                if self._queue.empty():
+                if not pending:
+                    self._sleeping = True
+                    if not pending:  # re-checked after the flag: an append in between sent no wakeup
+                        self._wake.wait()
+                    self._sleeping = False
+                    self._wake.clear()
+                last = pending[-1] if pending else None
+                if last is not None and type(last) is not threading.Event:
+                    time.sleep(self.BATCH_DELAY)  # let the burst gather: one write per batch, few GIL handoffs
+                lines: list[bytes] = []
+                chunk = 0
+                for _ in range(len(pending)):
+                    item = pending.popleft()
+                    if item is None or type(item) is threading.Event:
+                        if lines:
+                            file, size = self._write(file, size, lines)
+                            lines, chunk = [], 0
+                        if file is not None:
+                            file.flush()
+                        if item is None:
+                            return
+                        item.set()
+                        continue
+                    try:
+                        if item[1] is not None:
+                            record = item[1](item)
+                            transactions.info(record.get("record", "transaction"), **record)
+                        if self.path is None:
+                            continue
+                        line = item[0](item)
+                    except Exception:
+                        log.exception("transaction record failed", file=str(self.path))
+                        continue
+                    lines.append(line)
+                    chunk += len(line) + 1
+                    if size + chunk >= self.max_bytes or chunk >= self.YIELD_BYTES:
+                        # Write now: to rotate after this record, or because the write lets the event loop
+                        # have the GIL, so a big batch cannot hold it for a whole switch interval (5 ms).
+                        file, size = self._write(file, size, lines)
+                        lines, chunk = [], 0
+                        if size >= self.max_bytes:
+                            file.close()
+                            file, size = None, 0
+                            self._rotate()
+                if lines:
+                    file, size = self._write(file, size, lines)
                     file.flush()
-                    self._idle.set()
-                if file.tell() >= self.max_bytes:
-                    file.close()
-                    file = None
-                    self._rotate()
+                if self.dropped:
+                    dropped, self.dropped = self.dropped, 0
+                    log.warning("transaction records dropped: the writer fell behind", file=str(self.path),
+                                dropped=dropped)
         except Exception:
             log.exception("transaction log writer failed", file=str(self.path))
         finally:
             if file is not None:
                 file.close()
-            self._idle.set()
             self._release_flushes()
+
+    def _write(self, file: Any, size: int, lines: list[bytes]) -> tuple[Any, int]:
+        if file is None:
+            assert self.path is not None
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            file = open(self.path, "ab")
+            size = file.tell()
+        lines.append(b"")  # the last line's newline, without copying the batch once more
+        text = b"\n".join(lines)
+        file.write(text)
+        return file, size + len(text)
 
     def _release_flushes(self) -> None:
         # The thread is gone: nobody else will answer the flushes still queued.
-        while not self._queue.empty():
-            record = self._queue.get()
-            if record is not None and "__flush__" in record:
-                record["__flush__"].set()
+        while self._pending:
+            item = self._pending.popleft()
+            if type(item) is threading.Event:
+                item.set()
 
     def _rotate(self) -> None:
+        assert self.path is not None
         for i in range(self.backups - 1, 0, -1):
             older = self.path.with_name(f"{self.path.name}.{i}")
             if older.exists():
@@ -133,14 +194,28 @@ class LogWriter:
             self.path.unlink(missing_ok=True)
 
 
+def encode_record(item: tuple[Any, ...]) -> bytes:
+    """``encode`` for items ``(encode_record, echo, record_dict, ...)``: the dict as one compact JSON line."""
+    return _dumps(item[2]).encode("ascii")  # ensure_ascii: the JSON is ASCII
+
+
+def record_dict(item: tuple[Any, ...]) -> dict[str, Any]:
+    """``echo`` for items ``(encode_record, echo, record_dict, ...)``."""
+    return item[2]
+
+
+_dumps = json.JSONEncoder(separators=(",", ":"), default=str).encode
+
+
 class LogWriters:
-    """One writer per absolute file path, shared by every route that logs there."""
+    """One writer per absolute file path (or one for no file), shared by every route that logs there."""
 
     def __init__(self) -> None:
-        self._writers: dict[Path, LogWriter] = {}
+        self._writers: dict[Path | None, LogWriter] = {}
 
-    def get(self, path: Path, max_bytes: int, backups: int) -> LogWriter:
-        path = path.resolve()
+    def get(self, path: Path | None, max_bytes: int, backups: int) -> LogWriter:
+        if path is not None:
+            path = path.resolve()
         writer = self._writers.get(path)
         if writer is None:
             writer = self._writers[path] = LogWriter(path, max_bytes, backups)

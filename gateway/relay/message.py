@@ -6,13 +6,23 @@ a ``ServerProtocol``, the upstream leg a ``ClientProtocol``, both already
 OPEN). Messages of a direction are handled strictly in order: synchronously
 while every policy answers synchronously; when one returns an awaitable, a
 consumer task takes over that direction until its bounded backlog is empty.
-Nothing is logged or serialised per message.
+Nothing is logged per message.
+
+The per-frame work of the websockets protocol objects is the largest cost
+of this path, so on a leg without extensions the relay takes the common case
+itself: :meth:`MessageRelay.parse` reads final, unfragmented data frames
+(every other frame goes to the protocol whole, so its parser stays at a frame
+boundary), and :func:`_frame` serialises outgoing data frames straight into
+the protocol's write list, in order with its own frames. Writes go out once
+per read, whatever the number of messages in it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import os
+from struct import pack
 from time import monotonic
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -23,6 +33,7 @@ from websockets.extensions.base import Extension
 from websockets.frames import Close as CloseFrame
 from websockets.frames import Opcode
 from websockets.protocol import OPEN
+from websockets.frames import apply_mask  # the C version when websockets has its speedups
 from websockets.server import ServerProtocol
 
 from ..policies.base import DROP, Close, ConnectionContext, Message, Policy
@@ -35,6 +46,48 @@ log = structlog.get_logger("wsgate.relay")
 
 TEXT, BINARY, CONT, CLOSE = Opcode.TEXT, Opcode.BINARY, Opcode.CONT, Opcode.CLOSE
 CLOSE_TIMEOUT = 5.0  # seconds both peers get to finish a closing handshake before the gateway aborts
+
+
+class _Masks:
+    """Frame mask keys from the OS's strong randomness, drawn 1,024 at a time instead of one syscall each."""
+
+    __slots__ = ("pool", "at")
+
+    def __init__(self) -> None:
+        self.pool = b""
+        self.at = 0
+
+    def next(self) -> bytes:
+        at = self.at
+        if at >= len(self.pool):
+            self.pool, at = os.urandom(4096), 0
+        self.at = at + 4
+        return self.pool[at:at + 4]
+
+
+_masks = _Masks()
+_SMALL_HEADS = {opcode: [bytes((0x80 | opcode, n)) for n in range(126)] for opcode in (1, 2)}
+_SMALL_MASKED_HEADS = {opcode: [bytes((0x80 | opcode, 0x80 | n)) for n in range(126)] for opcode in (1, 2)}
+
+
+def _frame(writes: list[bytes], opcode: int, data: bytes, masked: bool) -> None:
+    """Append one final, uncompressed data frame to ``writes``, as ``Frame.serialize`` would make it."""
+    length = len(data)
+    if masked:
+        key = _masks.next()
+        if length < 126:
+            head = _SMALL_MASKED_HEADS[opcode][length]
+        elif length < 65536:
+            head = pack("!BBH", 0x80 | opcode, 0xFE, length)
+        else:
+            head = pack("!BBQ", 0x80 | opcode, 0xFF, length)
+        writes.append(head + key + apply_mask(data, key))
+    elif length < 126:
+        writes.append(_SMALL_HEADS[opcode][length] + data)
+    else:
+        writes.append((pack("!BBH", 0x80 | opcode, 126, length) if length < 65536
+                       else pack("!BBQ", 0x80 | opcode, 127, length)))
+        writes.append(data)  # no copy of a large payload
 
 
 class _Leg(asyncio.Protocol):
@@ -55,6 +108,10 @@ class _Leg(asyncio.Protocol):
         "last_rx",
         "ka_sent",
         "peer",
+        "sync",
+        "plain",
+        "buf",
+        "max_size",
     )
 
     def __init__(self, relay: "MessageRelay", transport: asyncio.Transport, ws: Any, is_client: bool,
@@ -64,7 +121,7 @@ class _Leg(asyncio.Protocol):
         self.ws = ws
         self.is_client = is_client
         self.policies = policies  # message-stage policies for what THIS leg sends
-        self.fragments: list[bytes] | None = None
+        self.fragments: bytearray | None = None  # one buffer: a list of tiny fragments costs ~40 bytes each
         self.fragment_text = False
         self.backlog: deque[Any] | None = None  # not None while a consumer task owns this direction
         self.pauses = 0
@@ -73,12 +130,21 @@ class _Leg(asyncio.Protocol):
         self.last_rx = 0.0
         self.ka_sent = 0.0
         self.peer: _Leg = self  # set by the relay
+        # Every policy says its on_message never returns an awaitable: no per-message check needed.
+        self.sync = all(getattr(p, "sync_messages", False) for p in policies)
+        # No extension: the relay parses this leg's common frames and serialises its data frames itself.
+        # Parsing goes back to the protocol for good once the leg ends or sends a frame over the size limit.
+        self.plain = not ws.extensions
+        self.buf = bytearray()  # an incomplete frame the relay's own parser holds (plain legs only)
+        self.max_size: int = ws.max_message_size if ws.max_message_size is not None else 1 << 62
 
     # asyncio callbacks -------------------------------------------------
     def data_received(self, data: bytes) -> None:
         self.last_rx = monotonic()
-        ws = self.ws
-        ws.receive_data(data)
+        if self.plain:
+            self.relay.parse(self, data)
+            return
+        self.ws.receive_data(data)
         self.relay.handle_events(self)
 
     def eof_received(self) -> bool:
@@ -204,6 +270,79 @@ class MessageRelay:
             leg.transport.resume_reading()
 
     # incoming --------------------------------------------------------------
+    def parse(self, leg: _Leg, data: bytes) -> None:
+        """The common frames of a plain leg without the protocol's generator parser; the rest goes to it.
+
+        A final, unfragmented text or binary frame with the right masking and
+        within the size limit is relayed from here. Any other frame (control,
+        fragment, reserved bits, wrong masking, too big) is handed to the
+        websockets protocol whole, so its parser only ever sees complete
+        frames and stays at a frame boundary between them; it answers pings,
+        runs the closing handshake and fails the connection exactly as before.
+        """
+        buf = leg.buf
+        if buf:
+            buf += data
+            data = buf  # type: ignore[assignment]
+        end = len(data)
+        pos = 0
+        masked_in = leg.is_client  # clients mask, servers don't
+        max_size = leg.max_size
+        too_big = False
+        while pos + 2 <= end:
+            if leg.ended:
+                break  # closing or failed: the protocol takes the rest (it answers the peer's close frame)
+            b0 = data[pos]
+            b1 = data[pos + 1]
+            length = b1 & 0x7F
+            at = pos + 2
+            if length == 126:
+                if at + 2 > end:
+                    break
+                length = (data[at] << 8) | data[at + 1]
+                at += 2
+            elif length == 127:
+                if at + 8 > end:
+                    break
+                length = int.from_bytes(data[at:at + 8], "big")
+                at += 8
+            masked = b1 & 0x80
+            if masked:
+                at += 4
+            if length > max_size:
+                too_big = True
+                break  # the protocol fails it from the head alone (1009)
+            stop = at + length
+            if stop > end:
+                break  # incomplete: at most max_size + 14 bytes wait in leg.buf
+            opcode = b0 & 0x0F
+            if (b0 & 0xF0) == 0x80 and (opcode == 1 or opcode == 2) and bool(masked) is masked_in \
+                    and leg.fragments is None:
+                if masked:
+                    payload = apply_mask(data[at:stop], data[at - 4:at])
+                else:
+                    payload = bytes(data[at:stop])
+                pos = stop
+                self._message(leg, opcode == 1, payload)
+            else:
+                leg.ws.receive_data(bytes(data[pos:stop]))
+                pos = stop
+                self.handle_events(leg)
+        if leg.ended or too_big:
+            # From a frame boundary on, the protocol owns this leg's stream.
+            leg.plain = False
+            leg.buf = bytearray()
+            if pos < end:
+                leg.ws.receive_data(bytes(data[pos:]))
+                self.handle_events(leg)
+                return
+        elif data is buf:
+            del buf[:pos]
+        elif pos < end:
+            leg.buf = bytearray(data[pos:])
+        self.flush(leg)
+        self.flush(leg.peer)
+
     def handle_events(self, leg: _Leg) -> None:
         ws = leg.ws
         for frame in ws.events_received():
@@ -214,16 +353,16 @@ class MessageRelay:
                 if frame.fin:
                     self._message(leg, opcode is TEXT, frame.data)
                 else:
-                    leg.fragments = [frame.data]
+                    leg.fragments = bytearray(frame.data)
                     leg.fragment_text = opcode is TEXT
             elif opcode is CONT:
                 fragments = leg.fragments
                 if fragments is None:
                     continue  # the protocol already failed the leg
-                fragments.append(frame.data)
+                fragments += frame.data
                 if frame.fin:
                     leg.fragments = None
-                    self._message(leg, leg.fragment_text, b"".join(fragments))
+                    self._message(leg, leg.fragment_text, bytes(fragments))
             elif opcode is CLOSE:
                 leg.ended = True
                 self._forward(leg, ws.close_rcvd)
@@ -270,9 +409,30 @@ class MessageRelay:
             if len(leg.backlog) == self._max_queue:
                 self.pause(leg)
             return
+        if leg.sync:
+            conn = self.conn
+            original = message
+            for policy in leg.policies:
+                try:
+                    decision = policy.on_message(message, conn)
+                except Exception:
+                    self._policy_failed(policy)
+                    return
+                if decision is DROP:
+                    return
+                if type(decision) is Close:
+                    self.close(decision.code, decision.reason)
+                    return
+                message = decision  # type: ignore[assignment]
+            if message is original and message.payload is payload and message.is_text is is_text:
+                self._send(leg.peer, is_text, data)  # unchanged: the bytes as received, no re-encoding
+            else:
+                self._deliver(leg, message)
+            return
         self._run_sync(leg, message)
 
     def _run_sync(self, leg: _Leg, message: Message) -> None:
+        """The chain when a policy may answer with an awaitable: the first one hands this direction to a task."""
         conn = self.conn
         policies = leg.policies
         for index, policy in enumerate(policies):
@@ -353,7 +513,10 @@ class MessageRelay:
         ws = target.ws
         if ws.state is not OPEN:
             return
-        if is_text:
+        if target.plain:
+            # Into the same list data_to_send() drains, so frames stay in order with the protocol's own.
+            _frame(ws.writes, 1 if is_text else 2, data, not target.is_client)
+        elif is_text:
             ws.send_text(data)
         else:
             ws.send_binary(data)

@@ -1,0 +1,387 @@
+"""Gateway CPU per message through the message relay with the tutorial's EchoWS chain.
+
+    python benchmarks/message_relay_micro.py [--seconds 4] [--rounds 3] [--conns 50] [--inflight 16] [--size 64]
+                                             [--log-level info] [--profile]
+
+This process is the gateway: the real runtime (``gateway.runtime.Gateway``) on a
+generated config whose API has the tutorial's chain (identify by API key, the
+tutorial's client-stage transform, log-invocation storing client and server
+payloads to a file, throttle). Logging is configured as ``wsgate run`` does it
+(JSON through structlog at ``--log-level``), rendered to ``/dev/null``.
+
+Two child processes do the rest, so their CPU is not counted: a load generator
+(pre-built masked text frames, ``--inflight`` per connection, counting echoes
+by bytes) and a raw echo backend (answers each frame with the same payload and
+opcode, unmasked).
+
+Measured over a window after a warm-up: the gateway's CPU time (every thread,
+``time.process_time``) divided by the echoed messages (each crossed the
+gateway twice, as in ``benchmarks/relay.py``'s "gateway CPU µs/msg"). The event
+loop thread's own share (``time.thread_time``) is shown beside it; the rest is
+the transaction-log writer thread. CPU time, not wall time, so the figure holds
+on a shared machine. ``--profile`` adds one cProfile'd window of the event loop
+thread and prints its top entries, and those of the log writer thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import io
+import os
+import pstats
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from websockets.frames import apply_mask  # noqa: E402
+from websockets.utils import accept_key, generate_key  # noqa: E402
+
+HEAD_END = b"\r\n\r\n"
+API_KEY = "micro-bench-key"  # a throwaway key for the generated config
+MARKER = " Client Transformation complete"  # what the tutorial transform appends
+
+
+def _key(head: bytes) -> str:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"sec-websocket-key":
+            return value.strip().decode()
+    raise ValueError("no Sec-WebSocket-Key")
+
+
+def _head(opcode: int, size: int, mask: bool) -> bytes:
+    bit = 0x80 if mask else 0
+    if size < 126:
+        return bytes([0x80 | opcode, bit | size])
+    if size < 65536:
+        return bytes([0x80 | opcode, bit | 126]) + size.to_bytes(2, "big")
+    return bytes([0x80 | opcode, bit | 127]) + size.to_bytes(8, "big")
+
+
+# ------------------------------------------------------------------ children
+
+
+class _EchoBackend(asyncio.Protocol):
+    """Answers every complete frame with its payload, same opcode, unmasked; pings get pongs."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.open = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        if not self.open:
+            end = buffer.find(HEAD_END)
+            if end < 0:
+                return
+            key = _key(bytes(buffer[:end]))
+            del buffer[: end + 4]
+            self.transport.write(  # type: ignore[attr-defined]
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Accept: " + accept_key(key).encode() + b"\r\n\r\n"
+            )
+            self.open = True
+        out = []
+        pos, n = 0, len(buffer)
+        while n - pos >= 2:
+            b0, b1 = buffer[pos], buffer[pos + 1]
+            length, at = b1 & 0x7F, pos + 2
+            if length == 126:
+                if n - at < 2:
+                    break
+                length, at = int.from_bytes(buffer[at : at + 2], "big"), at + 2
+            elif length == 127:
+                if n - at < 8:
+                    break
+                length, at = int.from_bytes(buffer[at : at + 8], "big"), at + 8
+            masked = b1 & 0x80
+            if n - at < (4 if masked else 0) + length:
+                break
+            if masked:
+                payload = apply_mask(bytes(buffer[at + 4 : at + 4 + length]), bytes(buffer[at : at + 4]))
+                at += 4
+            else:
+                payload = bytes(buffer[at : at + length])
+            pos = at + length
+            opcode = b0 & 0x0F
+            if opcode == 0x8:
+                self.transport.write(b"".join(out) + _head(0x8, len(payload), False) + payload)  # type: ignore[attr-defined]
+                self.transport.close()  # type: ignore[attr-defined]
+                return
+            if opcode == 0x9:
+                opcode = 0xA
+            elif opcode == 0xA:
+                continue
+            out.append(_head(opcode, len(payload), False) + payload)
+        del buffer[:pos]
+        if out:
+            self.transport.write(b"".join(out))  # type: ignore[attr-defined]
+
+
+class _LoadLeg(asyncio.Protocol):
+    def __init__(self, stats: list[int], size: int, inflight: int) -> None:
+        self.stats = stats
+        payload = b"x" * size
+        # A zero mask key: the gateway unmasks all the same, and the frames can be built once.
+        self.frame = _head(0x1, size, True) + b"\x00\x00\x00\x00" + payload
+        echoed = size + len(MARKER.encode())
+        self.echo_size = len(_head(0x1, echoed, False)) + echoed
+        self.inflight = inflight
+        self.pending = 0
+        self.open = False
+        self.buffer = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.write(  # type: ignore[attr-defined]
+            f"GET /tutorial?x-Gateway-APIKey={API_KEY} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {generate_key()}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+
+    def data_received(self, data: bytes) -> None:
+        if not self.open:
+            self.buffer += data
+            if HEAD_END not in self.buffer:
+                return
+            head, _, rest = self.buffer.partition(HEAD_END)
+            if not head.startswith(b"HTTP/1.1 101"):
+                print(f"refused: {head.splitlines()[0]!r}", file=sys.stderr, flush=True)
+                self.transport.close()  # type: ignore[attr-defined]
+                return
+            self.open = True
+            self.buffer = b""
+            self.transport.write(self.frame * self.inflight)  # type: ignore[attr-defined]
+            data = rest
+        self.pending += len(data)
+        count, self.pending = divmod(self.pending, self.echo_size)
+        if count:
+            self.stats[0] += count
+            self.transport.write(self.frame * count)  # type: ignore[attr-defined]
+
+
+async def _child(role: str, args: argparse.Namespace) -> None:
+    loop = asyncio.get_running_loop()
+    stats = [0]
+    if role == "backend":
+        server = await loop.create_server(_EchoBackend, "127.0.0.1", 0)
+        print(server.sockets[0].getsockname()[1], flush=True)
+    else:
+        for _ in range(args.conns):
+            await loop.create_connection(lambda: _LoadLeg(stats, args.size, args.inflight), "127.0.0.1", args.port)
+        print("ready", flush=True)
+    # Each line on stdin asks for the echo count so far; EOF ends the child.
+    while await loop.run_in_executor(None, sys.stdin.readline):
+        print(stats[0], flush=True)
+
+
+def _spawn(role: str, args: argparse.Namespace, port: int = 0) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, __file__, "--role", role, "--port", str(port), "--size", str(args.size),
+         "--conns", str(args.conns), "--inflight", str(args.inflight)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+# ------------------------------------------------------------------- gateway
+
+
+def _config(directory: Path, backend_port: int) -> Path:
+    shutil.copytree(REPO / "examples" / "transforms", directory / "transforms")
+    (directory / "logs").mkdir()
+    (directory / "gateway.yaml").write_text(
+        f"""\
+kind: Gateway
+name: micro
+admin:
+  enabled: false
+---
+kind: Port
+name: micro
+host: 127.0.0.1
+port: 0
+---
+kind: API
+name: tutorial
+path: /tutorial
+ports: [micro]
+upstream:
+  endpoints:
+    - url: ws://127.0.0.1:{backend_port}/echo/
+policies:
+  - type: identify
+    by: [api_key]
+  - type: transform
+    stage: client
+    messages: text
+    callable: transforms.tutorial:client_transformation
+  - type: log-invocation
+    store_client_messages: true
+    store_server_messages: true
+    file: logs/tutorial.jsonl
+    max_file_bytes: 67108864
+    backups: 1
+  - type: throttle
+    max_connections: 5000
+---
+kind: Application
+name: micro-app
+identifiers:
+  api_keys: [{API_KEY}]
+apis: [tutorial]
+"""
+    )
+    return directory
+
+
+def _configure_logging(level: str) -> None:
+    import structlog
+
+    from gateway.log import configure_logging
+
+    configure_logging("json", level)
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=open(os.devnull, "w")))
+
+
+class _Asker:
+    """Asks the load child for its echo count."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+
+    async def count(self) -> int:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        return int(await asyncio.get_running_loop().run_in_executor(None, self.proc.stdout.readline))
+
+
+async def _window(asker: _Asker, seconds: float, profiler: cProfile.Profile | None = None) -> tuple[float, float, float]:
+    """(process CPU µs per echo, loop-thread CPU µs per echo, echoes/s) over one window."""
+    echoes0 = await asker.count()
+    cpu0, thread0, wall0 = time.process_time(), time.thread_time(), time.perf_counter()
+    if profiler is not None:
+        profiler.enable()
+    await asyncio.sleep(seconds)
+    if profiler is not None:
+        profiler.disable()
+    cpu1, thread1, wall1 = time.process_time(), time.thread_time(), time.perf_counter()
+    echoes = await asker.count() - echoes0
+    if echoes <= 0:
+        raise RuntimeError("no echoes came back through the gateway")
+    return (cpu1 - cpu0) / echoes * 1e6, (thread1 - thread0) / echoes * 1e6, echoes / (wall1 - wall0)
+
+
+def _profile_log_writers() -> cProfile.Profile:
+    """Run every LogWriter thread started from now on under one CPU-time profiler."""
+    from gateway.policies import state
+
+    profiler = cProfile.Profile(time.thread_time)
+    run = state.LogWriter._run
+
+    def profiled(self: state.LogWriter) -> None:
+        profiler.runcall(run, self)
+
+    state.LogWriter._run = profiled  # type: ignore[method-assign]
+    return profiler
+
+
+async def _main(args: argparse.Namespace) -> None:
+    from gateway.config import check
+    from gateway.runtime import Gateway
+
+    _configure_logging(args.log_level)
+    writer_profiler = _profile_log_writers() if args.profile else None
+    backend = _spawn("backend", args)
+    tmp = Path(tempfile.mkdtemp(prefix="wsgate-micro-"))
+    gateway = load = None
+    try:
+        assert backend.stdout is not None
+        backend_port = int(backend.stdout.readline())
+        result = check([_config(tmp, backend_port)])
+        if result.config is None:
+            raise RuntimeError(f"the generated config does not check: {result.diagnostics}")
+        gateway = Gateway(result.config, admin=False, echo=False)
+        await gateway.start()
+        port = gateway.addresses["micro"][1]
+        load = _spawn("load", args, port)
+        assert load.stdout is not None
+        line = await asyncio.get_running_loop().run_in_executor(None, load.stdout.readline)
+        if line.strip() != "ready":
+            raise RuntimeError(f"load generator: {line!r}")
+        asker = _Asker(load)
+        await asyncio.sleep(args.warmup)
+        runs = [await _window(asker, args.seconds) for _ in range(args.rounds)]
+        profile_text = None
+        if args.profile:
+            profiler = cProfile.Profile(time.thread_time)  # CPU time: waits for the GIL or the kernel don't count
+            await _window(asker, args.seconds, profiler)
+            out = io.StringIO()
+            pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(args.profile_top)
+            profile_text = out.getvalue()
+    finally:
+        for child in (load, backend):
+            if child is not None and child.stdin is not None:
+                child.stdin.close()
+                child.wait(10)
+        if gateway is not None:
+            await gateway.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    cpu = statistics.median(r[0] for r in runs)
+    loop_cpu = statistics.median(r[1] for r in runs)
+    rate = statistics.median(r[2] for r in runs)
+    print(
+        f"tutorial chain through the message relay: {args.conns} connections x {args.inflight} in flight, "
+        f"{args.size} B text, log level {args.log_level}, median of {args.rounds} x {args.seconds:g} s"
+    )
+    print(f"  gateway CPU per echoed message: {cpu:.1f} µs (event loop thread {loop_cpu:.1f} µs, "
+          f"other threads {cpu - loop_cpu:.1f} µs); {rate:,.0f} echoes/s")
+    print("  every window (µs process, µs loop thread, echoes/s): "
+          + "; ".join(f"{c:.1f} {t:.1f} {r:,.0f}" for c, t, r in runs))
+    if profile_text:
+        print("event loop thread, one window:")
+        print(profile_text)
+    if writer_profiler is not None:
+        out = io.StringIO()
+        pstats.Stats(writer_profiler, stream=out).sort_stats("tottime").print_stats(args.profile_top // 2)
+        print("transaction-log writer thread, the whole run (warm-up and every window):")
+        print(out.getvalue())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--rounds", type=int, default=3, help="measured windows; the median is reported")
+    parser.add_argument("--conns", type=int, default=50)
+    parser.add_argument("--inflight", type=int, default=16)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--profile", action="store_true", help="one more window under cProfile (event loop thread)")
+    parser.add_argument("--profile-top", type=int, default=30)
+    parser.add_argument("--role", choices=["backend", "load"], help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.role:
+        asyncio.run(_child(args.role, args))
+    else:
+        asyncio.run(_main(args))
+
+
+if __name__ == "__main__":
+    main()
