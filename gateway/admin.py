@@ -37,7 +37,7 @@ def readyz(gateway: "Gateway") -> tuple[int, Any]:
 
 
 def _redacted(model: Any, env: Any) -> dict[str, Any]:
-    """A resource as JSON; API keys only as ``sha256:`` digests (an env key stays a variable name)."""
+    """A resource as JSON; API keys and basic passwords only as ``sha256:`` digests (env ones stay variable names)."""
     from .config.models import EnvKey
     from .credentials import SHA256_PREFIX, configured_digest
 
@@ -51,6 +51,14 @@ def _redacted(model: Any, env: Any) -> dict[str, Any]:
             else:
                 shown.append(SHA256_PREFIX + str(configured_digest(entry, {})))
         identifiers["api_keys"] = shown
+    if isinstance(identifiers, dict) and identifiers.get("basic"):
+        users: list[dict[str, Any]] = []
+        for user in model.identifiers.basic:
+            password = user.password
+            shown_password: Any = (password.model_dump(mode="json") if isinstance(password, EnvKey)
+                                   else SHA256_PREFIX + str(configured_digest(password, {})))
+            users.append({"username": user.username, "password": shown_password})
+        identifiers["basic"] = users
     return data
 
 

@@ -6,10 +6,10 @@ import hmac
 import ipaddress
 import os
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Any, Mapping
 
 from .config.tree import Config
-from .credentials import configured_digest, key_digest
+from .credentials import basic_digest, configured_digest, jwt_client_digest, key_digest
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -30,6 +30,11 @@ class AppIndex:
     hostnames: Mapping[str, str] = field(default_factory=dict)
     registrations: Mapping[str, frozenset[str]] = field(default_factory=dict)  # app -> APIs
     digests: Mapping[str, frozenset[str]] = field(default_factory=dict)  # app -> key digests
+    jwt_clients: Mapping[str, str] = field(default_factory=dict)  # client id -> app
+    basic_users: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # username -> (password digest, app)
+    # app -> digests of its basic users and JWT clients: what reload compares to revoke connections.
+    credential_digests: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    verifiers: Mapping[str, Any] = field(default_factory=dict)  # API -> jwt_keys.JWTVerifier of its identify policy
 
     @classmethod
     def build(cls, config: Config, env: Mapping[str, str] | None = None) -> "AppIndex":
@@ -39,6 +44,9 @@ class AppIndex:
         hostnames: dict[str, str] = {}
         registrations: dict[str, frozenset[str]] = {}
         digests: dict[str, frozenset[str]] = {}
+        jwt_clients: dict[str, str] = {}
+        basic_users: dict[str, tuple[str, str]] = {}
+        credential_digests: dict[str, frozenset[str]] = {}
         for name, loaded in config.applications.items():
             app = loaded.model
             mine = set()
@@ -56,9 +64,20 @@ class AppIndex:
             for host in app.identifiers.hostnames:
                 hostnames.setdefault(_normal_host(host), name)
             registrations[name] = frozenset(app.apis)
+            others: set[str] = set()
+            for client in app.identifiers.jwt_clients:
+                jwt_clients.setdefault(client, name)  # claimed twice is a config error; first wins
+                others.add(jwt_client_digest(client))
+            for user in app.identifiers.basic:
+                password = configured_digest(user.password, env)
+                if password is not None and user.username not in basic_users:
+                    basic_users[user.username] = (password, name)
+                    others.add(basic_digest(user.username, password))
+            credential_digests[name] = frozenset(others)
         # Most specific network first, so a /32 beats the /8 that contains it.
         networks.sort(key=lambda item: item[0].prefixlen, reverse=True)
-        return cls(keys, tuple(networks), hostnames, registrations, digests)
+        return cls(keys, tuple(networks), hostnames, registrations, digests, jwt_clients, basic_users,
+                   credential_digests, _verifiers(config, env))
 
     def by_api_key(self, presented: str) -> str | None:
         digest = key_digest(presented)
@@ -87,3 +106,38 @@ class AppIndex:
 
     def key_digests(self, app: str) -> frozenset[str]:
         return self.digests.get(app, frozenset())
+
+    def by_jwt_client(self, client: str) -> str | None:
+        return self.jwt_clients.get(client)
+
+    def by_basic(self, username: str, password: str) -> tuple[str, str] | None:
+        """(app, credential digest) for a matching user and password, else None.
+
+        An unknown user costs the same digest and comparison as a wrong
+        password, so timing does not tell which user names exist.
+        """
+        presented = key_digest(password)
+        stored, app = self.basic_users.get(username, (_NO_PASSWORD, ""))
+        if hmac.compare_digest(presented, stored) and app:
+            return app, basic_digest(username, stored)
+        return None
+
+    def verifier(self, api: str) -> Any:
+        """The JWT verifier of ``api``'s identify policy (None if it has no `jwt:` block)."""
+        return self.verifiers.get(api)
+
+
+# Compared against when the user is unknown: no password hashes to it (not 64 hex digits).
+_NO_PASSWORD = "-" * 64
+
+
+def _verifiers(config: Config, env: Mapping[str, str]) -> dict[str, Any]:
+    """One JWT verifier per API whose identify policy has a `jwt:` block; key files are read here, once."""
+    out: dict[str, Any] = {}
+    for name, loaded in config.apis.items():
+        for spec in loaded.model.policies:
+            if spec.type == "identify" and spec.jwt is not None:
+                from .jwt_keys import JWTVerifier  # PyJWT is loaded only by configs that use it
+
+                out[name] = JWTVerifier.build(spec.jwt, loaded.base_dir, env)
+    return out

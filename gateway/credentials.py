@@ -1,4 +1,4 @@
-"""API keys as the gateway holds them: SHA-256 digests, never the keys themselves."""
+"""Credentials as the gateway holds them: SHA-256 digests, never the keys or passwords themselves."""
 
 from __future__ import annotations
 
@@ -23,3 +23,13 @@ def configured_digest(entry: str | EnvKey, env: Mapping[str, str]) -> str | None
     if entry.startswith(SHA256_PREFIX):
         return entry[len(SHA256_PREFIX):].lower()
     return key_digest(entry)
+
+
+def basic_digest(username: str, password_digest: str) -> str:
+    """What a connection identified by HTTP Basic is remembered by (revoked when user or password changes)."""
+    return key_digest(f"basic\0{username}\0{password_digest}")
+
+
+def jwt_client_digest(client: str) -> str:
+    """What a connection identified by a JWT is remembered by (revoked when the client id is unregistered)."""
+    return key_digest(f"jwt\0{client}")

@@ -41,12 +41,15 @@ def config_from_documents(documents: list[Mapping[str, Any]], origin: str) -> Co
 
 
 def digested_keys(config: Config) -> Config:
-    """``config`` with every literal API key replaced by its ``sha256:`` digest (env keys stay names)."""
+    """``config`` with every literal API key and basic password replaced by its ``sha256:`` digest (env ones stay names)."""
     applications = {}
     for name, loaded in config.applications.items():
         keys = [entry if isinstance(entry, EnvKey) else SHA256_PREFIX + str(configured_digest(entry, {}))
                 for entry in loaded.model.identifiers.api_keys]
-        identifiers = loaded.model.identifiers.model_copy(update={"api_keys": keys})
+        basic = [user if isinstance(user.password, EnvKey) else user.model_copy(
+                     update={"password": SHA256_PREFIX + str(configured_digest(user.password, {}))})
+                 for user in loaded.model.identifiers.basic]
+        identifiers = loaded.model.identifiers.model_copy(update={"api_keys": keys, "basic": basic})
         model = loaded.model.model_copy(update={"identifiers": identifiers})
         applications[name] = Loaded(model, loaded.location, loaded.base_dir)
     return Config(root=config.root, ports=config.ports, apis=config.apis, applications=applications,

@@ -22,7 +22,7 @@ from .config.tree import Config
 
 Action = Literal["create", "update", "destroy"]
 KIND_ORDER = {"Gateway": 0, "Port": 1, "EchoServer": 2, "API": 3, "Application": 4}
-SENSITIVE_FIELDS = ("identifiers.api_keys",)
+SENSITIVE_FIELDS = ("identifiers.api_keys", "identifiers.basic")
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,8 +146,8 @@ class _Absent:
 _ABSENT = _Absent()
 
 
-def _key_set(model: BaseModel) -> set[str]:
-    return {json.dumps(k, sort_keys=True) for k in _dump(model).get("identifiers", {}).get("api_keys", [])}
+def _key_set(model: BaseModel, field: str = "api_keys") -> set[str]:
+    return {json.dumps(k, sort_keys=True) for k in _dump(model).get("identifiers", {}).get(field, [])}
 
 
 def _disruptions(kind: str, name: str, action: Action, old: Any, new: Any) -> tuple[Disruption, ...]:
@@ -182,6 +182,10 @@ def _disruptions(kind: str, name: str, action: Action, old: Any, new: Any) -> tu
         revoked = len(_key_set(old) - _key_set(new))
         if revoked:
             out.append(Disruption(f"{revoked} API key(s) revoked", sel, 1008))
+        for field, what in (("basic", "basic user(s)"), ("jwt_clients", "JWT client(s)")):
+            gone = len(_key_set(old, field) - _key_set(new, field))
+            if gone:
+                out.append(Disruption(f"{gone} {what} revoked", sel, 1008))
         for api in old.apis:
             if api not in new.apis:
                 out.append(Disruption(f"deregistered from API '{api}'", {"application": name, "api": api}, 1008))
@@ -204,7 +208,7 @@ def _disruptions(kind: str, name: str, action: Action, old: Any, new: Any) -> tu
 _DISRUPTIVE_FIELDS = {
     "Port": ("port", "host", "tls", "enabled"),
     "API": ("path", "ports", "upstream"),
-    "Application": ("identifiers.api_keys", "apis"),
+    "Application": ("identifiers.api_keys", "identifiers.basic", "identifiers.jwt_clients", "apis"),
     "EchoServer": ("port", "host", "contexts"),
     "Gateway": (),
 }

@@ -41,7 +41,7 @@ class Accepted:
     port: str
     api: str
     application: str | None = None
-    identified_by: str | None = None  # "api_key", "ip", "hostname", "anonymous"
+    identified_by: str | None = None  # "api_key", "ip", "hostname", "jwt", "basic", "anonymous"
     key_digest: str | None = None
     peer_ip: str = ""
 
@@ -102,6 +102,10 @@ def application_revoked(new: Config, apps: Any, accepted: Accepted) -> str | Non
     elif accepted.identified_by == "hostname":
         if not new.applications[app].model.identifiers.hostnames:
             return "hostname identifier revoked"
+    elif accepted.identified_by in ("basic", "jwt"):
+        # key_digest here is the digest of the basic user and password, or of the JWT client id.
+        if accepted.key_digest is None or accepted.key_digest not in apps.credential_digests.get(app, ()):
+            return "basic credentials revoked" if accepted.identified_by == "basic" else "JWT client revoked"
     return None
 
 

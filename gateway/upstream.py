@@ -23,6 +23,8 @@ from websockets.uri import WebSocketURI
 from .routes import CompiledAPI
 
 API_KEY_NAME = "x-gateway-apikey"
+# Query parameters that carry credentials (the API key; an RFC 6750 bearer token): never forwarded, never logged.
+CONSUMED_QUERY = frozenset({API_KEY_NAME, "access_token"})
 MAX_RESPONSE_HEAD = 64 * 1024
 
 HOP_BY_HOP = frozenset(
@@ -74,12 +76,12 @@ class UpstreamLeg:
 
 
 def strip_api_key(query: str) -> str:
-    """The raw query string minus every ``x-Gateway-APIKey`` parameter (other parameters kept verbatim)."""
+    """The raw query string minus every ``x-Gateway-APIKey`` and ``access_token`` parameter (others kept verbatim)."""
     if not query:
         return query
     from urllib.parse import unquote_plus
 
-    kept = [part for part in query.split("&") if unquote_plus(part.split("=", 1)[0]).lower() != API_KEY_NAME]
+    kept = [part for part in query.split("&") if unquote_plus(part.split("=", 1)[0]).lower() not in CONSUMED_QUERY]
     return "&".join(kept)
 
 
@@ -159,7 +161,8 @@ class _HandshakeReader(asyncio.Protocol):
 def _status_line(head: bytes) -> tuple[int, str]:
     line = head.split(b"\r\n", 1)[0].decode("latin-1")
     parts = line.split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+    # isascii: str.isdigit() also accepts Latin-1 superscripts ("1\xb21"), which int() refuses.
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not (parts[1].isascii() and parts[1].isdigit()):
         raise UpstreamError(502, "bad_gateway", "upstream sent an invalid HTTP response")
     return int(parts[1]), parts[2] if len(parts) > 2 else ""
 
@@ -218,7 +221,11 @@ async def connect_upstream(
             raise UpstreamError(504, "gateway_timeout", "upstream did not complete the handshake in time") from exc
         raise
 
-    status, phrase = _status_line(head)
+    try:
+        status, phrase = _status_line(head)
+    except UpstreamError:
+        transport.abort()
+        raise
     if status != 101:
         transport.abort()
         raise UpstreamError(502, "bad_gateway", f"upstream answered {status} {phrase}".rstrip())

@@ -62,11 +62,59 @@ class Port(Strict):
 # --------------------------------------------------------------- policies
 
 
+class EnvKey(Strict):
+    env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Environment variable holding the key.")
+
+
+# Asymmetric algorithms verify with public keys (safe in git); HS* need a shared secret from the environment.
+JWTAlgorithm = Literal[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+    "HS256", "HS384", "HS512",
+]
+
+
+class JWTSettings(Strict):
+    """How `by: [jwt]` validates bearer tokens. Exactly one key source: jwks_file, public_key_file or secret."""
+
+    issuer: str = Field(min_length=1, description="Required `iss` claim: tokens from any other issuer are refused.")
+    audience: list[str] = Field(
+        default_factory=list,
+        description="Accepted `aud` values (one must match). Empty: the audience is not checked (warned).",
+    )
+    algorithms: list[JWTAlgorithm] = Field(
+        default_factory=lambda: ["RS256", "ES256"],
+        min_length=1,
+        description="Signature algorithms accepted; `none` never is. HS* only with `secret`, and never mixed "
+        "with public-key algorithms.",
+    )
+    jwks_file: str | None = Field(
+        None, description="JWKS JSON document with the issuer's public keys, relative to the declaring file."
+    )
+    public_key_file: str | None = Field(
+        None, description="PEM public key (RSA, EC or Ed25519), relative to the declaring file."
+    )
+    secret: EnvKey | None = Field(
+        None, description="`{env: VARIABLE}` holding the HMAC secret for HS* algorithms; never a literal."
+    )
+    application_claim: str | None = Field(
+        None,
+        min_length=1,
+        description="Claim naming the application (matched against `identifiers.jwt_clients`). "
+        "Default: `azp`, else `client_id`.",
+    )
+    leeway: float = Field(30.0, ge=0, description="Seconds of clock skew allowed for `exp`, `nbf` and `iat`.")
+    query_parameter: bool = Field(
+        True,
+        description="Also accept the token in the `access_token` query parameter (browsers cannot set headers "
+        "on a WebSocket; query strings end up in other proxies' access logs).",
+    )
+
+
 class IdentifyPolicy(Strict):
     """Identify & authorize application: only applications registered to the API get in (else 401)."""
 
     type: Literal["identify"]
-    by: list[Literal["api_key", "hostname", "ip"]] = Field(
+    by: list[Literal["api_key", "hostname", "ip", "jwt", "basic"]] = Field(
         default_factory=lambda: ["api_key"],
         min_length=1,
         description="Identifiers tried in order; the first that names a registered application wins.",
@@ -76,6 +124,7 @@ class IdentifyPolicy(Strict):
     allow_anonymous: bool = Field(
         False, description="Let unidentified clients in as the anonymous application instead of refusing with 401."
     )
+    jwt: JWTSettings | None = Field(None, description="Bearer token validation; required when `by` lists `jwt`.")
 
 
 class ThrottlePolicy(Strict):
@@ -118,6 +167,11 @@ class LogInvocationPolicy(Strict):
     max_file_bytes: PositiveInt = Field(10 * 2**20, description="Rotate the file past this size.")
     backups: int = Field(5, ge=0, description="Rotated files kept.")
     max_payload_bytes: PositiveInt = Field(64 * 1024, description="Longer payloads are truncated in the record.")
+    stdout: bool | None = Field(
+        None,
+        description="Also emit every record through the gateway's structured log. Default: only when `file` is "
+        "unset; with a file, `true` costs gateway CPU per record.",
+    )
 
 
 class RoutingPolicy(Strict):
@@ -225,10 +279,6 @@ class API(Strict):
 # -------------------------------------------------------------- Application
 
 
-class EnvKey(Strict):
-    env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Environment variable holding the key.")
-
-
 APIKey = Annotated[
     Union[str, EnvKey],
     Field(
@@ -238,10 +288,21 @@ APIKey = Annotated[
 ]
 
 
+class BasicCredential(Strict):
+    username: str = Field(pattern=r"^[^:\x00-\x1f]+$", description="HTTP Basic user name (no ':').")
+    password: APIKey = Field(
+        description="The password in plain text (example only), `sha256:<64 hex digits>`, or `{env: VARIABLE}`."
+    )
+
+
 class Identifiers(Strict):
     api_keys: list[APIKey] = Field(default_factory=list)
     hostnames: list[str] = Field(default_factory=list, description="Client host names (reverse DNS of the peer).")
     ips: list[str] = Field(default_factory=list, description="Client addresses or CIDR networks.")
+    jwt_clients: list[str] = Field(
+        default_factory=list, description="Values of the identify policy's application claim (`azp`/`client_id`)."
+    )
+    basic: list[BasicCredential] = Field(default_factory=list, description="HTTP Basic user names and passwords.")
 
 
 class Application(Strict):

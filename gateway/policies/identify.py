@@ -1,14 +1,28 @@
-"""Identify & authorize application: only applications registered to the API get in (else 401)."""
+"""Identify & authorize application: only applications registered to the API get in (else 401).
+
+Identifiers: API key, client IP, client hostname, JWT bearer token, HTTP
+Basic credentials. Credentials the policy consumes never travel further: the
+runtime strips the API key and ``access_token`` query parameters, and this
+policy removes the ``Authorization`` header lines of the schemes it reads
+(``Bearer`` with ``by: [jwt]``, ``Basic`` with ``by: [basic]``) from the
+request the upstream handshake is built from. Refusal reasons never echo a
+credential.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
+
 from ..apps import AppIndex
 from ..config.models import IdentifyPolicy
-from ..credentials import key_digest
+from ..credentials import jwt_client_digest, key_digest
 from .base import ApplicationRef, ConnectionContext, Policy, Rejection, UpgradeRequest
 from .state import PolicyState
 
 API_KEY_NAME = "x-gateway-apikey"
+TOKEN_PARAMETER = "access_token"  # RFC 6750, 2.3
+CREDENTIAL_METHODS = ("api_key", "jwt", "basic")
 
 
 def presented_keys(request: UpgradeRequest, use_header: bool) -> list[str]:
@@ -17,6 +31,41 @@ def presented_keys(request: UpgradeRequest, use_header: bool) -> list[str]:
     if use_header:
         keys += request.headers.get_all(API_KEY_NAME)
     return keys
+
+
+def take_authorization(request: UpgradeRequest, schemes: frozenset[str]) -> dict[str, list[str]]:
+    """The credentials of every ``Authorization`` line whose scheme is in ``schemes`` (lowercase), by scheme.
+
+    Those lines are removed from ``request.headers``: they are the gateway's
+    to consume and must not reach the upstream. Lines of other schemes stay.
+    """
+    headers = request.headers
+    values = headers.get_all("Authorization")
+    taken: dict[str, list[str]] = {scheme: [] for scheme in schemes}
+    if not values:
+        return taken
+    kept = []
+    for value in values:
+        scheme, _, credentials = value.strip().partition(" ")
+        if scheme.lower() in schemes:
+            taken[scheme.lower()].append(credentials.strip())
+        else:
+            kept.append(value)
+    if len(kept) != len(values):
+        del headers["Authorization"]
+        for value in kept:
+            headers["Authorization"] = value
+    return taken
+
+
+def decode_basic(credentials: str) -> tuple[str, str] | None:
+    """(username, password) of an RFC 7617 credential, or None when malformed."""
+    try:
+        text = base64.b64decode(credentials, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    username, colon, password = text.partition(":")
+    return (username, password) if colon and username else None
 
 
 class Identify(Policy):
@@ -28,52 +77,124 @@ class Identify(Policy):
         self.apps = apps
         self.resolver = state.resolver
         self._needs_lookup = "hostname" in spec.by
+        self._schemes = frozenset(
+            scheme for method, scheme in (("jwt", "bearer"), ("basic", "basic")) if method in spec.by
+        )
+        self._verifier = apps.verifier(api) if "jwt" in spec.by else None
+        self._token_in_query = spec.jwt is not None and spec.jwt.query_parameter
 
     def on_upgrade(self, request: UpgradeRequest, conn: ConnectionContext):  # type: ignore[override]
+        # Taken before any decision, so a credential meant for the gateway is gone from the
+        # upstream request whichever identifier ends up naming the application.
+        auth = take_authorization(request, self._schemes) if self._schemes else {}
         if self._needs_lookup:
-            return self._identify_with_lookup(request, conn)
-        return self._decide(request, conn, None)
+            return self._identify_with_lookup(request, conn, auth)
+        return self._decide(request, conn, None, auth)
 
-    async def _identify_with_lookup(self, request: UpgradeRequest, conn: ConnectionContext) -> Rejection | None:
+    async def _identify_with_lookup(self, request: UpgradeRequest, conn: ConnectionContext,
+                                    auth: dict[str, list[str]]) -> Rejection | None:
         hostname = await self.resolver.lookup(request.peer[0], self.spec.hostname_lookup_timeout)
-        return self._decide(request, conn, hostname)
+        return self._decide(request, conn, hostname, auth)
 
-    def _decide(self, request: UpgradeRequest, conn: ConnectionContext, hostname: str | None) -> Rejection | None:
+    def _decide(self, request: UpgradeRequest, conn: ConnectionContext, hostname: str | None,
+                auth: dict[str, list[str]]) -> Rejection | None:
         found: tuple[str, str] | None = None
-        key_problem = "missing API key"
+        problems: list[str] = []
+        bad_token = False
         for method in self.spec.by:
             if method == "api_key":
                 keys = presented_keys(request, self.spec.api_key_header)
                 if len(keys) > 1:
-                    return Rejection(401, "unauthorized", "more than one API key presented")
+                    return self._refuse("more than one API key presented")
                 if keys:
                     app = self.apps.by_api_key(keys[0])
                     if app is not None:
                         found = (app, "api_key")
                         conn.metadata["key_digest"] = key_digest(keys[0])  # for revocation; never the key
                     else:
-                        key_problem = "unknown API key"
+                        problems.append("unknown API key")
+                else:
+                    problems.append("missing API key")
             elif method == "ip":
                 app = self.apps.by_ip(request.peer[0])
                 found = (app, "ip") if app else None
             elif method == "hostname" and hostname:
                 app = self.apps.by_hostname(hostname)
                 found = (app, "hostname") if app else None
+            elif method == "jwt":
+                tokens = auth.get("bearer", [])
+                if self._token_in_query:
+                    tokens = tokens + [v for name, values in request.query.items()
+                                       if name.lower() == TOKEN_PARAMETER for v in values]
+                if len(tokens) > 1:
+                    return self._refuse("more than one bearer token presented")
+                if not tokens or not tokens[0]:
+                    problems.append("missing bearer token")
+                    continue
+                problem, client = self._verify(tokens[0])
+                if client is None:
+                    bad_token = problem != "unknown client"
+                    problems.append(problem)
+                    continue
+                app = self.apps.by_jwt_client(client)
+                if app is None:
+                    problems.append("unknown client")
+                    continue
+                found = (app, "jwt")
+                conn.metadata["key_digest"] = jwt_client_digest(client)  # for revocation; never the token
+            elif method == "basic":
+                presented = auth.get("basic", [])
+                if len(presented) > 1:
+                    return self._refuse("more than one set of basic credentials presented")
+                if not presented:
+                    problems.append("missing basic credentials")
+                    continue
+                pair = decode_basic(presented[0])
+                matched = self.apps.by_basic(*pair) if pair else None
+                if matched is None:
+                    problems.append("bad credentials")
+                    continue
+                found = (matched[0], "basic")
+                conn.metadata["key_digest"] = matched[1]  # digest of user and stored password digest
             if found:
                 break
         if found is None:
             if self.spec.allow_anonymous:
                 conn.application = ApplicationRef("anonymous", "anonymous")
                 return None
-            if self.spec.by == ["api_key"]:
-                reason = key_problem
-            elif "api_key" in self.spec.by:
-                reason = f"no registered application identified ({key_problem})"
-            else:  # keys are not an identifier here: do not tell the client one is missing
+            if len(self.spec.by) == 1 and problems:
+                reason = problems[0]
+            elif problems:
+                reason = f"no registered application identified ({'; '.join(problems)})"
+            else:  # no credential is an identifier here: do not tell the client one is missing
                 reason = "no registered application identified"
-            return Rejection(401, "unauthorized", reason)
+            return self._refuse(reason, bad_token)
         app, method = found
         if not self.apps.is_registered(app, self.api):
-            return Rejection(401, "unauthorized", f"application {app} is not registered to API {self.api}")
+            return self._refuse(f"application {app} is not registered to API {self.api}")
         conn.application = ApplicationRef(app, method)
         return None
+
+    def _verify(self, token: str) -> tuple[str, str | None]:
+        """(problem, None) for an unacceptable token, else ("", client id)."""
+        if self._verifier is None:  # `by: [jwt]` without a `jwt:` block; validate refuses such a config
+            return "bearer tokens are not configured for this API", None
+        from ..jwt_keys import TokenError
+
+        try:
+            return "", self._verifier.client_of(token)
+        except TokenError as exc:
+            return f"invalid token: {exc.reason}", None
+
+    def _refuse(self, reason: str, bad_token: bool = False) -> Rejection:
+        return Rejection(401, "unauthorized", reason, self._challenges(bad_token))
+
+    def _challenges(self, bad_token: bool) -> tuple[tuple[str, str], ...]:
+        """``WWW-Authenticate`` for the schemes this policy reads (RFC 6750, 3; RFC 7617, 2)."""
+        out = []
+        if "bearer" in self._schemes:
+            error = ', error="invalid_token"' if bad_token else ""
+            out.append(("WWW-Authenticate", f'Bearer realm="{self.api}"{error}'))
+        if "basic" in self._schemes:
+            out.append(("WWW-Authenticate", f'Basic realm="{self.api}", charset="UTF-8"'))
+        return tuple(out)
