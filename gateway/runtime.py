@@ -70,6 +70,7 @@ class Gateway:
         self.servers: dict[str, asyncio.Server] = {}
         self.listeners: dict[str, PortListener] = {}
         self.addresses: dict[str, tuple[str, int]] = {}
+        self.tls_contexts: dict[str, ssl.SSLContext] = {}
         self.echo_services: list[Any] = []
         self.admin: AdminServer | None = None
         self.ready = False
@@ -241,6 +242,8 @@ class Gateway:
         self._close_retired()
         log.info("reload_applied", trigger=trigger, digest=table.digest, generation=table.generation,
                  old_digest=old_table.digest, plan=render_text(plan).rstrip("\n").splitlines(),
+                 files_changed=sorted(k for k, v in new.file_fingerprints.items()
+                                      if old_config.file_fingerprints.get(k) != v),
                  drained=closed["drained"], revoked=closed["revoked"],
                  seconds=round(time.monotonic() - started, 4))
         return self._outcome(trigger, ok=True, old_digest=old_table.digest, problems=problems,
@@ -272,6 +275,7 @@ class Gateway:
             server.close()  # stop accepting at once; live connections are drained separately
         self.listeners.pop(name, None)
         self.addresses.pop(name, None)
+        self.tls_contexts.pop(name, None)
         log.info("stopped listening", name=name)
 
     async def _follow_ports(self, old: Config, new: Config, table: RouteTable, started: list[str]) -> list[str]:
@@ -295,7 +299,31 @@ class Gateway:
                 listener = self.listeners[name]
                 listener.handshake_timeout = loaded.model.limits.handshake_timeout
                 listener.max_connections = loaded.model.limits.max_connections
+                problem = self._renew_certificate(name, loaded, old, new)
+                if problem:
+                    problems.append(problem)
         return problems
+
+    def _renew_certificate(self, name: str, loaded: Any, old: Config, new: Config) -> str | None:
+        """A renewed certificate or key file goes into the port's live TLS context: new handshakes use it,
+        the listening socket and the established connections stay as they are."""
+        context = self.tls_contexts.get(name)
+        if context is None or loaded.model.tls is None:
+            return None
+        files = (f"Port/{name}/tls.cert", f"Port/{name}/tls.key")
+        before, after = old.file_fingerprints, new.file_fingerprints
+        if all(before.get(f) == after.get(f) for f in files):
+            return None
+        cert, key = loaded.resolve(loaded.model.tls.cert), loaded.resolve(loaded.model.tls.key)
+        try:
+            # Try a scratch context first: a failed load into the live one could leave it half-updated.
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+            context.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            log.error("certificate renewal failed; the port keeps its previous certificate", name=name, error=str(exc))
+            return f"port {name}: certificate renewal failed: {exc}"
+        log.info("certificate renewed", name=name)
+        return None
 
     def _settle_connections(self, old: Config, new: Config, table: RouteTable) -> dict[str, int]:
         """Drain (1001 after the grace) or revoke (1008 now) what the change touches; leave the rest alone."""
@@ -409,6 +437,7 @@ class Gateway:
         if port.tls is not None:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(loaded.resolve(port.tls.cert), loaded.resolve(port.tls.key))
+            self.tls_contexts[name] = context
         listener = PortListener(name, context is not None, port.limits.handshake_timeout,
                                 port.limits.max_connections, self)
         loop = asyncio.get_running_loop()

@@ -21,17 +21,19 @@ from watchfiles import Change, DefaultFilter, awatch
 log = structlog.get_logger("wsgate.watch")
 
 CONFIG_SUFFIXES = (".yaml", ".yml")
+# Files a config may point at (certificates, keys, CA bundles, JWKS): renewing one is a config change.
+REFERENCED_SUFFIXES = (".pem", ".crt", ".cer", ".key", ".json", ".jwks")
 
 
 class ConfigFilter(DefaultFilter):
-    """Pass YAML files and the ConfigMap ``..data`` link; ignore editor swap files and VCS dirs."""
+    """Pass YAML and key/certificate files and the ConfigMap ``..data`` link; ignore swap files and VCS dirs."""
 
     def __call__(self, change: Change, path: str) -> bool:
         name = Path(path).name
         if name.startswith(".."):
             # Kubernetes swaps the `..data` symlink atomically; timestamped `..2026_...` dirs come and go with it.
             return True
-        return name.endswith(CONFIG_SUFFIXES) and super().__call__(change, path)
+        return name.endswith(CONFIG_SUFFIXES + REFERENCED_SUFFIXES) and super().__call__(change, path)
 
 
 class ConfigWatcher:

@@ -93,3 +93,44 @@ def test_wss_upstream_with_unknown_ca_is_502_unless_verification_is_off(tmp_path
                     assert await ws.recv() == "lax"
 
     run(scenario())
+
+
+def test_renewed_certificate_is_served_after_reload_and_live_connections_stay(tmp_path):
+    """Rewriting the cert files is a config change: new handshakes get the new certificate, a live wss
+    connection is untouched, and a broken renewal keeps the previous certificate serving."""
+    old_ca, new_ca = trustme.CA(), trustme.CA()
+    cert_path, key_path = tmp_path / "gw.pem", tmp_path / "gw.key"
+
+    def install(ca: trustme.CA) -> None:
+        cert = ca.issue_cert("127.0.0.1", "localhost")
+        cert.private_key_and_cert_chain_pem.write_to_path(str(cert_path))
+        cert.private_key_pem.write_to_path(str(key_path))
+
+    install(old_ca)
+    tls_port = PORT + f"tls:\n  cert: {cert_path}\n  key: {key_path}\n"
+
+    async def scenario():
+        async with recording_backend() as backend:
+            config = write_config(tmp_path, tls_port, api_yaml("A", "/a", backend.url + "/"))
+            async with running_gateway(config, paths=[tmp_path / "config"]) as gw:
+                url = gw_url(gw, "/a", scheme="wss")
+                async with connect(url, ssl=client_context(old_ca)) as live:
+                    install(new_ca)
+                    outcome = await gw.reload("test")
+                    assert outcome["ok"] and not outcome["noop"]
+                    async with connect(url, ssl=client_context(new_ca)) as fresh:
+                        await fresh.send("new cert")
+                        assert await fresh.recv() == "new cert"
+                    with pytest.raises(ssl.SSLCertVerificationError):
+                        await connect(url, ssl=client_context(old_ca))
+                    await live.send("still here")
+                    assert await live.recv() == "still here"
+
+                    key_path.write_text("not a key\n")  # a half-finished renewal
+                    outcome = await gw.reload("test")
+                    assert outcome["problems"] and "certificate renewal failed" in outcome["problems"][0]
+                    async with connect(url, ssl=client_context(new_ca)) as fresh:
+                        await fresh.send("kept")
+                        assert await fresh.recv() == "kept"
+
+    run(scenario())

@@ -70,6 +70,14 @@ def test_configmap_symlink_swap_triggers_reload(tmp_path: Path) -> None:
     asyncio.run(_watching(tmp_path, swap))
 
 
+def test_renewed_certificate_or_jwks_triggers_reload(tmp_path: Path) -> None:
+    """Files a config points at (a certificate, a JWKS) are part of it: rewriting one asks for a reload."""
+    (tmp_path / "gw.pem").write_text("old\n")
+    (tmp_path / "keys.json").write_text("{}\n")
+    asyncio.run(_watching(tmp_path, lambda: (tmp_path / "gw.pem").write_text("new\n")))
+    asyncio.run(_watching(tmp_path, lambda: (tmp_path / "keys.json").write_text('{"keys": []}\n')))
+
+
 def test_sighup_triggers_reload(tmp_path: Path) -> None:
     """SIGHUP asks for a reload even when no file changed."""
     asyncio.run(_watching(tmp_path, lambda: os.kill(os.getpid(), signal.SIGHUP), expect="sighup"))
@@ -92,6 +100,7 @@ def test_unrelated_file_is_ignored(tmp_path: Path) -> None:
             await asyncio.sleep(0.3)
             (tmp_path / ".api.yaml.swp").write_text("x")
             (tmp_path / "notes.txt").write_text("x")
+            (tmp_path / "echows.jsonl").write_text("{}\n")  # transaction logs may live in the tree
             # Nothing to wait for when nothing should happen: allow several debounce periods.
             await asyncio.sleep(0.5)
             before = list(seen)

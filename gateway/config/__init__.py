@@ -113,7 +113,7 @@ def _build(root: Path, entries: list[rules.Entry]) -> Config:
     for e in entries:
         groups[e.kind].setdefault(e.name, Loaded(e.model, e.doc.start, e.doc.base_dir))
     gateways = list(groups["Gateway"].values())
-    return Config(
+    config = Config(
         root=root,
         ports=groups["Port"],
         apis=groups["API"],
@@ -121,3 +121,5 @@ def _build(root: Path, entries: list[rules.Entry]) -> Config:
         echo_servers=groups["EchoServer"],
         gateway=gateways[0] if gateways else None,
     )
+    config.file_fingerprints  # read the referenced files now, as they are when the tree is checked
+    return config

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -65,11 +66,45 @@ class Config:
     def settings(self) -> Gateway:
         return self.gateway.model if self.gateway else Gateway(kind="Gateway", name="default")
 
+    def referenced_files(self) -> dict[str, Path]:
+        """Files the resources point at (TLS certificates and keys, CA bundles, JWT keys), by where they are named."""
+        out: dict[str, Path] = {}
+        for name, port in self.ports.items():
+            if port.model.tls is not None:
+                out[f"Port/{name}/tls.cert"] = port.resolve(port.model.tls.cert)
+                out[f"Port/{name}/tls.key"] = port.resolve(port.model.tls.key)
+        for name, api in self.apis.items():
+            if api.model.upstream.tls.ca_file:
+                out[f"API/{name}/upstream.tls.ca_file"] = api.resolve(api.model.upstream.tls.ca_file)
+            for i, policy in enumerate(api.model.policies):
+                jwt = getattr(policy, "jwt", None)
+                for attr in ("jwks_file", "public_key_file"):
+                    value = getattr(jwt, attr, None) if jwt is not None else None
+                    if value:
+                        out[f"API/{name}/policies[{i}].jwt.{attr}"] = api.resolve(value)
+        return out
+
+    @functools.cached_property
+    def file_fingerprints(self) -> Mapping[str, str]:
+        """SHA-256 of each referenced file's content, read once (the loader asks at load time, so the
+        fingerprints are those of the files this config was checked with): a renewed certificate or a
+        rotated JWKS is a config change."""
+        out: dict[str, str] = {}
+        for where, path in sorted(self.referenced_files().items()):
+            try:
+                out[where] = hashlib.sha256(path.read_bytes()).hexdigest()
+            except OSError:
+                out[where] = "unreadable"
+        return out
+
     def digest(self) -> str:
-        """A stable hash of the resources (not of formatting or comments): equal configs, equal digests."""
-        canonical = {
+        """A stable hash of the resources and the files they name (not of formatting or comments)."""
+        canonical: dict[str, object] = {
             f"{kind}/{name}": model.model_dump(mode="json", by_alias=True)
             for (kind, name), model in sorted(self.resources().items())
         }
+        files = dict(self.file_fingerprints)
+        if files:  # configs without referenced files keep the digest they always had
+            canonical["files"] = files
         blob = json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()
         return "sha256:" + hashlib.sha256(blob).hexdigest()
