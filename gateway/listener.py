@@ -33,7 +33,7 @@ from websockets.server import ServerProtocol
 from .policies.base import ConnectionContext, Rejection, UpgradeRequest
 from .relay.fast import ByteRelay
 from .relay.message import MessageRelay
-from .upstream import UpstreamError, _quiet, connect_upstream, strip_api_key
+from .upstream import UpstreamError, _quiet, build_upstream_request, open_upstream, strip_api_key
 
 
 if TYPE_CHECKING:
@@ -59,6 +59,27 @@ REASONS = {
     505: "HTTP Version Not Supported",
 }
 METADATA_HEADERS = ("User-Agent", "Origin")
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit: every proxied connection holds two files.
+
+    Returns (soft before, soft after); logs when it changed. Not available (Windows): nothing happens.
+    """
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not a POSIX system
+        return (-1, -1)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft >= hard:
+        return (soft, soft)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("open_files_limit_unchanged", soft=soft, hard=hard, error=str(exc))
+        return (soft, soft)
+    log.info("open_files_limit_raised", soft_before=soft, soft=hard, max_connections_about=hard // 2)
+    return (soft, hard)
 
 
 def refusal_bytes(status: int, error: str, reason: str, headers: tuple[tuple[str, str], ...] = ()) -> bytes:
@@ -285,12 +306,13 @@ class ClientHandshake(asyncio.Protocol):
         record.conn = conn
         record.route = route
         offered = [p for value in headers.get_all("Sec-WebSocket-Protocol") for p in _tokens(value)]
+        # Only the negotiated extensions outlive this call: the parser, request and response objects go now.
         record.task = asyncio.get_running_loop().create_task(
-            self._upgrade(route, conn, upgrade, ws, accept, extensions_header, safe_query, offered)
+            self._upgrade(route, conn, upgrade, ws.extensions, accept, extensions_header, safe_query, offered)
         )
 
     async def _upgrade(self, route: "CompiledAPI", conn: ConnectionContext, upgrade: UpgradeRequest,
-                       ws: ServerProtocol, accept: str, extensions_header: str | None, query: str,
+                       extensions: list[Any], accept: str, extensions_header: str | None, query: str,
                        offered: list[str]) -> None:
         record = self.record
         assert record is not None
@@ -308,16 +330,19 @@ class ClientHandshake(asyncio.Protocol):
                     self._refuse(route, conn, decision.status, decision.error, decision.reason, decision.headers)
                     return
             application = conn.application.name if conn.application else None
+            prepared = build_upstream_request(
+                route,
+                client_headers=upgrade.headers,
+                query=query,
+                subprotocols=offered,  # type: ignore[arg-type]
+                peer_ip=conn.peer[0],
+                secure=upgrade.secure,
+                application=application,
+            )
+            # The parsed client request is not needed past this point: free it while the upstream answers.
+            del upgrade
             try:
-                leg = await connect_upstream(
-                    route,
-                    client_headers=upgrade.headers,
-                    query=query,
-                    subprotocols=offered,  # type: ignore[arg-type]
-                    peer_ip=conn.peer[0],
-                    secure=upgrade.secure,
-                    application=application,
-                )
+                leg = await open_upstream(route, prepared)
             except UpstreamError as exc:
                 self._refuse(route, conn, exc.status, exc.error, exc.reason)
                 return
@@ -342,7 +367,7 @@ class ClientHandshake(asyncio.Protocol):
                      connection=conn.id, upstream=leg.url, subprotocol=leg.subprotocol)
             runtime = self.listener.runtime
             closed = _Closer(runtime, record, route, conn)
-            if route.fast_path and not ws.extensions:
+            if route.fast_path and not extensions:
                 relay = ByteRelay(client=self.transport, upstream=leg.transport, client_pending=bytes(self.buffer),
                                   upstream_pending=leg.pending, route=route, conn=conn, on_closed=closed,
                                   keepalive=runtime.keepalive)
@@ -350,7 +375,7 @@ class ClientHandshake(asyncio.Protocol):
                 relay = MessageRelay(client=self.transport, upstream=leg.transport,
                                      client_pending=bytes(self.buffer), upstream_pending=leg.pending, route=route,
                                      conn=conn, on_closed=closed, keepalive=runtime.keepalive,
-                                     client_extensions=ws.extensions)
+                                     client_extensions=extensions)
             self.buffer = bytearray()
             record.relay = relay
             relay.start()  # takes both transports over and resumes reading them

@@ -19,7 +19,7 @@ from .admin import AdminServer
 from .apps import AppIndex
 from .policies.state import PolicyState
 from .config.tree import Config
-from .listener import Connection, PortListener
+from .listener import Connection, PortListener, raise_open_files_limit
 from .routes import RouteTable
 from .signals import stop_requested
 
@@ -530,6 +530,7 @@ async def serve(config: Config, admin: tuple[str, int] | None = None,
 def run(config: Config, args: Any = None) -> int:
     """``wsgate run PATH`` after the config was checked: serve (and follow PATH) until a signal; 0 on a clean stop."""
     _configure_logging(config, args)
+    raise_open_files_limit()  # each proxied connection holds two files
     admin_text = getattr(args, "admin", None)
     admin = parse_address(admin_text) if isinstance(admin_text, str) else admin_text
     path = getattr(args, "path", None)

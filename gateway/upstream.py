@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from dataclasses import dataclass
 from typing import Iterable
+from urllib.parse import unquote_plus
 
 from websockets.client import ClientProtocol
 from websockets.datastructures import Headers
-from websockets.http11 import Response
+from websockets.headers import build_authorization_basic, build_host, build_subprotocol
+from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS, Response
 from websockets.typing import Subprotocol
 from websockets.uri import WebSocketURI
+from websockets.utils import accept_key, generate_key
 
 from .routes import CompiledAPI
 
@@ -79,10 +83,15 @@ def strip_api_key(query: str) -> str:
     """The raw query string minus every ``x-Gateway-APIKey`` and ``access_token`` parameter (others kept verbatim)."""
     if not query:
         return query
-    from urllib.parse import unquote_plus
-
-    kept = [part for part in query.split("&") if unquote_plus(part.split("=", 1)[0]).lower() not in CONSUMED_QUERY]
+    kept = [part for part in query.split("&") if _query_name(part) not in CONSUMED_QUERY]
     return "&".join(kept)
+
+
+def _query_name(part: str) -> str:
+    name = part.partition("=")[0]
+    if "%" in name or "+" in name:
+        name = unquote_plus(name)
+    return name.lower()
 
 
 def forwarded_headers(
@@ -116,13 +125,12 @@ def forwarded_headers(
 class _HandshakeReader(asyncio.Protocol):
     """Buffers the upstream's response head; pauses reading once it is complete."""
 
-    __slots__ = ("transport", "buffer", "head", "lost")
+    __slots__ = ("transport", "buffer", "head")
 
     def __init__(self, head: asyncio.Future[tuple[bytes, bytes]]) -> None:
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.head = head
-        self.lost: asyncio.Future[None] = head.get_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -154,8 +162,6 @@ class _HandshakeReader(asyncio.Protocol):
             self.head.set_exception(
                 UpstreamError(502, "bad_gateway", "upstream closed the connection without answering the upgrade")
             )
-        if not self.lost.done():
-            self.lost.set_result(None)
 
 
 def _status_line(head: bytes) -> tuple[int, str]:
@@ -167,7 +173,32 @@ def _status_line(head: bytes) -> tuple[int, str]:
     return int(parts[1]), parts[2] if len(parts) > 2 else ""
 
 
-async def connect_upstream(
+@dataclass(slots=True)
+class UpstreamRequest:
+    """The upstream handshake, serialized before any await so that the client's parsed request can be freed."""
+
+    uri: WebSocketURI
+    data: bytes
+    key: str
+    offer: list[Subprotocol]
+
+
+_endpoint_cache: dict[tuple[str, int, bool, str], tuple[str, str]] = {}
+
+
+def _endpoint_strings(uri: WebSocketURI) -> tuple[str, str]:
+    """The Host header value and the URL for logs of an endpoint (computed once per endpoint)."""
+    cache_key = (uri.host, uri.port, uri.secure, uri.resource_name)
+    found = _endpoint_cache.get(cache_key)
+    if found is None:
+        url = f"{'wss' if uri.secure else 'ws'}://{uri.host}:{uri.port}{uri.resource_name}"
+        found = (build_host(uri.host, uri.port, uri.secure), url)
+        if len(_endpoint_cache) < 4096:
+            _endpoint_cache[cache_key] = found
+    return found
+
+
+def build_upstream_request(
     route: CompiledAPI,
     *,
     client_headers: Headers,
@@ -176,27 +207,106 @@ async def connect_upstream(
     peer_ip: str,
     secure: bool,
     application: str | None,
-) -> UpstreamLeg:
+) -> UpstreamRequest:
+    """Pick an endpoint and serialize the upgrade request the upstream gets (what websockets' client sends)."""
+    uri: WebSocketURI = route.pick_endpoint()
+    offer = list(subprotocols)
+    key = generate_key()
+    path = uri.resource_name
+    if query:
+        path = f"{path}&{query}" if "?" in path else f"{path}?{query}"
+    host, _ = _endpoint_strings(uri)
+    lines = [f"GET {path} HTTP/1.1", f"Host: {host}"]
+    if uri.user_info:
+        lines.append(f"Authorization: {build_authorization_basic(*uri.user_info)}")
+    lines += ["Upgrade: websocket", "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13"]
+    if offer:
+        lines.append(f"Sec-WebSocket-Protocol: {build_subprotocol(offer)}")
+    for name, value in forwarded_headers(client_headers, peer_ip=peer_ip, secure=secure, application=application):
+        lines.append(f"{name}: {value}")
+    lines.append("\r\n")
+    return UpstreamRequest(uri, "\r\n".join(lines).encode(), key, offer)
+
+
+_TOKEN = re.compile(rb"[-!#$%&\'*+.^_`|~0-9a-zA-Z]+")
+_VALUE = re.compile(rb"[\x09\x20-\x7e\x80-\xff]*")
+
+
+def _plain_101(head: bytes, key: str, offer: list[Subprotocol]) -> Subprotocol | None | bool:
+    """The subprotocol of a plainly valid 101 answering ``key``; False for anything else.
+
+    A fast check for the common case: it accepts a subset of what websockets' client accepts
+    (same header grammar and limits, one Upgrade: websocket, Connection naming upgrade, the right
+    Sec-WebSocket-Accept, no extension, at most one offered subprotocol). False sends the head
+    through websockets, which accepts or words the refusal.
+    """
+    lines = head.split(b"\r\n")
+    if len(lines) > MAX_NUM_HEADERS + 3 or lines[-2:] != [b"", b""]:
+        return False
+    status = lines[0]
+    if not status.startswith(b"HTTP/1.1 101 ") or len(status) > MAX_LINE_LENGTH or not _VALUE.fullmatch(status, 13):
+        return False
+    upgrade = accept = protocol = None
+    upgrade_named = False
+    for line in lines[1:-2]:
+        if len(line) > MAX_LINE_LENGTH:
+            return False
+        name, colon, value = line.partition(b":")
+        if not colon or not _TOKEN.fullmatch(name):
+            return False
+        value = value.strip(b" \t")
+        if not _VALUE.fullmatch(value):
+            return False
+        lower = name.lower()
+        if lower == b"upgrade":
+            if upgrade is not None:
+                return False
+            upgrade = value
+        elif lower == b"connection":
+            for token in value.split(b","):
+                token = token.strip(b" \t")
+                if not _TOKEN.fullmatch(token):
+                    return False
+                upgrade_named = upgrade_named or token.lower() == b"upgrade"
+        elif lower == b"sec-websocket-accept":
+            if accept is not None:
+                return False
+            accept = value
+        elif lower == b"sec-websocket-protocol":
+            if protocol is not None:
+                return False
+            protocol = value
+        elif lower == b"sec-websocket-extensions":
+            return False
+    if upgrade is None or upgrade.lower() != b"websocket" or not upgrade_named:
+        return False
+    if accept is None or accept != accept_key(key).encode():
+        return False
+    if protocol is None:
+        return None
+    if not _TOKEN.fullmatch(protocol):
+        return False
+    chosen = Subprotocol(protocol.decode())
+    return chosen if chosen in offer else False
+
+
+async def connect_upstream(route: CompiledAPI, **request: object) -> UpstreamLeg:
+    """Build the upstream request (see :func:`build_upstream_request`) and open it."""
+    return await open_upstream(route, build_upstream_request(route, **request))  # type: ignore[arg-type]
+
+
+async def open_upstream(route: CompiledAPI, prepared: UpstreamRequest) -> UpstreamLeg:
     """Open the upstream connection and complete its handshake within the API's connect timeout.
 
     Raises :class:`UpstreamError` (502 refused or invalid answer, 504 timeout).
     """
-    uri: WebSocketURI = route.pick_endpoint()
+    uri = prepared.uri
     upstream = route.api.upstream
-    offer = list(subprotocols)
-    protocol = ClientProtocol(uri, subprotocols=offer or None, extensions=None, max_size=None, logger=_quiet)
-    request = protocol.connect()
-    if query:
-        base = request.path
-        request.path = f"{base}&{query}" if "?" in base else f"{base}?{query}"
-    for name, value in forwarded_headers(client_headers, peer_ip=peer_ip, secure=secure, application=application):
-        request.headers[name] = value
-
     loop = asyncio.get_running_loop()
     head_future: asyncio.Future[tuple[bytes, bytes]] = loop.create_future()
     reader = _HandshakeReader(head_future)
     transport: asyncio.Transport | None = None
-    url = f"{'wss' if uri.secure else 'ws'}://{uri.host}:{uri.port}{uri.resource_name}"
+    _, url = _endpoint_strings(uri)
     try:
         async with asyncio.timeout(upstream.connect_timeout):
             try:
@@ -212,7 +322,7 @@ async def connect_upstream(
                     transport, _ = await loop.create_connection(lambda: reader, uri.host, uri.port)
             except OSError as exc:  # refused, unreachable, TLS verification failure (ssl.SSLError is an OSError)
                 raise UpstreamError(502, "bad_gateway", f"upstream connection failed: {exc.__class__.__name__}") from exc
-            transport.write(request.serialize())
+            transport.write(prepared.data)
             head, _ = await head_future
     except BaseException as exc:  # timeout, refusal, or the client went away (cancelled): drop the upstream
         if transport is not None:
@@ -229,6 +339,13 @@ async def connect_upstream(
     if status != 101:
         transport.abort()
         raise UpstreamError(502, "bad_gateway", f"upstream answered {status} {phrase}".rstrip())
+    subprotocol = _plain_101(head, prepared.key, prepared.offer)
+    if subprotocol is not False:
+        return UpstreamLeg(transport, bytes(reader.buffer), subprotocol, url)  # type: ignore[arg-type]
+    # Anything unusual: the sans-I/O client checks the 101 (Upgrade, Connection, Sec-WebSocket-Accept for our
+    # key, subprotocol) and words the refusal.
+    protocol = ClientProtocol(uri, subprotocols=prepared.offer or None, extensions=None, max_size=None, logger=_quiet)
+    protocol.key = prepared.key
     protocol.receive_data(head)
     events = protocol.events_received()
     if protocol.handshake_exc is not None or not events or not isinstance(events[0], Response):

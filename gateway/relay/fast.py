@@ -209,7 +209,7 @@ class ByteRelay:
 
     __slots__ = (
         "conn",
-        "done",
+        "_done",
         "_client",
         "_upstream",
         "_client_pending",
@@ -240,7 +240,7 @@ class ByteRelay:
     ) -> None:
         api = route.api
         self.conn = conn
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._done: asyncio.Future[None] | None = None  # made on demand: most relays are never awaited
         max_size = api.limits.max_message_size
         self._client = _Leg(self, client, True, max_size)
         self._upstream = _Leg(self, upstream, False, max_size)
@@ -258,6 +258,15 @@ class ByteRelay:
         self._client_code: int | None = None
         self._client_reason = ""
         self._finished = False
+
+    @property
+    def done(self) -> "asyncio.Future[None]":
+        """A future resolved once both legs are closed and ``on_closed`` ran."""
+        if self._done is None:
+            self._done = asyncio.get_running_loop().create_future()
+            if self._finished:
+                self._done.set_result(None)
+        return self._done
 
     def start(self) -> None:
         """Take over both transports and relay what was read past the handshakes."""
@@ -415,5 +424,5 @@ class ByteRelay:
         except Exception:
             log.exception("relay_on_closed_failed", conn=self.conn.id)
         finally:
-            if not self.done.done():
-                self.done.set_result(None)
+            if self._done is not None and not self._done.done():
+                self._done.set_result(None)

@@ -45,11 +45,12 @@ class KeepaliveLeg(Protocol):
 class KeepaliveSweeper:
     """Pings legs silent for ``interval``; reports legs silent for ``interval + timeout``."""
 
-    __slots__ = ("_loop", "_legs", "_tick", "_task", "_counter", "_closed")
+    __slots__ = ("_loop", "_legs", "_params", "_tick", "_task", "_counter", "_closed")
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._loop = loop or asyncio.get_running_loop()
         self._legs: dict[Any, tuple[float, float]] = {}
+        self._params: dict[tuple[float, float], tuple[float, float]] = {}  # one tuple per distinct setting
         self._tick = MAX_TICK
         self._task: asyncio.Task[None] | None = None
         self._counter = 0
@@ -67,7 +68,8 @@ class KeepaliveSweeper:
         """Watch ``leg``; pass the same ``(interval, timeout)`` values for many legs freely."""
         if self._closed:
             return
-        self._legs[leg] = (interval, timeout)
+        params = (interval, timeout)
+        self._legs[leg] = self._params.setdefault(params, params)
         if interval / 2 < self._tick:
             self._tick = interval / 2
         if self._task is None:
