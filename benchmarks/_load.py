@@ -1,4 +1,10 @@
-"""The load generator: worker processes driving many WebSocket connections.
+"""The load generators: the compiled Go one (:class:`GoLoad`) and the Python fallback (:class:`LoadPool`).
+
+The Go generator (``benchmarks/go/loadgen``, built by :func:`build_go` from Debian's Go
+and gorilla/websocket packages, offline) is one process per measurement, driven over
+stdin/stdout; it is much cheaper per message than any Python client, so it is not the
+bottleneck. The rest of this docstring describes the Python fallback, used when Go is
+not installed (CI):
 
 Each worker is a process with its own event loop, fed commands over a pipe by
 :class:`LoadPool`, so one benchmark run reuses the same workers for every
@@ -18,14 +24,20 @@ the clock except to time round trips in latency runs.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import multiprocessing
 import os
+import select
+import shutil
 import signal
+import subprocess
 import time
 from array import array
 from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any, Callable
 
 from websockets.client import ClientProtocol
@@ -334,12 +346,17 @@ class LoadResult:
     messages: int
     seconds: float
     samples_ns: list[int]
+    cpu_seconds: float | None = None  # the load generator's own CPU time over the window
+    percentiles_us: dict[float, float] = field(default_factory=dict)  # computed by the Go generator
+    failed: int = 0  # upgrade loops: connections that did not complete
 
     @property
     def rate(self) -> float:
         return self.messages / self.seconds
 
     def percentile_us(self, q: float) -> float | None:
+        if q in self.percentiles_us:
+            return self.percentiles_us[q]
         if not self.samples_ns:
             return None
         ordered = self.samples_ns
@@ -465,6 +482,40 @@ class LoadPool:
         samples.sort()
         return LoadResult(total, seconds, samples)
 
+    def run(
+        self,
+        url: str,
+        *,
+        conns: int,
+        inflight: int,
+        size: int,
+        seconds: float,
+        warmup: float,
+        timed: bool,
+        mark: Callable[[], None],
+    ) -> LoadResult:
+        """:meth:`measure` with ``mark()`` called at both ends of the window (the interface of :class:`GoLoad`)."""
+        cpu: list[float] = []
+
+        def during(t0: float, t1: float) -> None:
+            for instant in (t0, t1):
+                delay = instant - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)  # a deadline on the shared clock, not a guess
+                cpu.append(sum(_cpu_seconds(pid) for pid in self.pids))
+                mark()
+
+        result = self.measure(
+            url, conns=conns, inflight=inflight, size=size, seconds=seconds, warmup=warmup, timed=timed, during=during
+        )
+        if len(cpu) == 2:
+            result.cpu_seconds = cpu[1] - cpu[0]
+        return result
+
+    def upgrades(self, url: str, **_: Any) -> LoadResult | None:
+        """Not measured by the Python generator (its own handshake cost would dominate): None."""
+        return None
+
     def hold_idle(self, url: str, conns: int) -> "IdleHold":
         """Open ``conns`` idle connections spread over the workers; release them by closing the hold."""
         parts = self._split(conns)
@@ -484,8 +535,206 @@ class IdleHold:
         self.opened = self._pool._all_ready(self._parts, self._timeout)
         return self.opened
 
-    def release(self) -> None:
+    def release(self) -> dict[str, int]:
+        held = 0
         for pipe, _ in self._parts:
             pipe.send({"release": True})
         for pipe, _ in self._parts:
-            self._pool._reply(pipe, 30.0)
+            held += self._pool._reply(pipe, 30.0)["result"]["held"]
+        return {"held": held, "lost": self.opened - held, "pings": -1}
+
+
+def _cpu_seconds(pid: int) -> float:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# ------------------------------------------------------- the compiled generator
+
+GO_SOURCES = Path(__file__).resolve().parent / "go"
+GO_PROGRAMS = ("loadgen", "echo")
+GOPATH = "/usr/share/gocode"  # Debian's Go libraries (golang-github-gorilla-websocket-dev) live here
+GORILLA = Path(GOPATH) / "src/github.com/gorilla/websocket"
+
+
+def go_binary() -> str | None:
+    return shutil.which("go") or next((p for p in ("/usr/lib/go/bin/go",) if os.access(p, os.X_OK)), None)
+
+
+def build_go(cache: Path, log: Any) -> dict[str, Path]:
+    """Build the Go load generator and echo backend into ``cache`` unless a binary of these sources is there.
+
+    Offline: GOPATH mode (GO111MODULE=off) with Debian's gorilla/websocket under /usr/share/gocode.
+    A binary's name carries a hash of its source, so an edited source is rebuilt.
+    """
+    go = go_binary()
+    if go is None:
+        raise LoadError("no Go toolchain (apt-get install golang-go golang-github-gorilla-websocket-dev)")
+    if not GORILLA.is_dir():
+        raise LoadError(f"gorilla/websocket is not at {GORILLA} (apt-get install golang-github-gorilla-websocket-dev)")
+    cache.mkdir(parents=True, exist_ok=True)
+    built = {}
+    for name in GO_PROGRAMS:
+        source = GO_SOURCES / name
+        digest = hashlib.sha256(b"".join(f.read_bytes() for f in sorted(source.glob("*.go")))).hexdigest()[:12]
+        binary = cache / f"{name}-{digest}"
+        if not binary.exists():
+            log.info(f"building the Go {name} (first run only)...", output=str(binary))
+            started = time.monotonic()
+            env = {
+                **os.environ,
+                "GO111MODULE": "off",
+                "GOPATH": GOPATH,
+                "GOFLAGS": "",
+                "GOCACHE": str(cache / "gocache"),
+                "CGO_ENABLED": "0",
+            }
+            proc = subprocess.run(
+                [go, "build", "-o", str(binary) + ".tmp", "."],
+                cwd=source,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            if proc.returncode != 0:
+                raise LoadError(f"go build of {name} failed:\n{proc.stderr[-2000:]}")
+            os.replace(str(binary) + ".tmp", binary)
+            log.info(f"built the Go {name}", seconds=round(time.monotonic() - started, 1))
+        built[name] = binary
+    return built
+
+
+class GoLoad:
+    """The compiled load generator: one process per measurement, driven over its stdin/stdout."""
+
+    def __init__(self, binary: Path, *, coalesce: bool = False) -> None:
+        self.binary = binary
+        self.coalesce = coalesce  # one write for the replacements of a batch of echoes
+        self.pids: list[int] = []
+
+    def _start(self, mode: str, url: str, **flags: Any) -> subprocess.Popen[bytes]:
+        argv = [str(self.binary), mode, "-url", url]
+        for key, value in flags.items():
+            if value is True:
+                argv.append(f"-{key}")
+            elif value is not False:
+                argv += [f"-{key}", str(value)]
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+        )
+        self.pids.append(proc.pid)
+        return proc
+
+    @staticmethod
+    def _line(proc: subprocess.Popen[bytes], deadline: float) -> dict[str, Any]:
+        assert proc.stdout is not None
+        left = deadline - time.monotonic()
+        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, left))
+        if not ready:
+            raise LoadError("the Go load generator missed its deadline")
+        line = proc.stdout.readline()
+        if not line:
+            err = proc.stderr.read().decode(errors="replace")[-1000:] if proc.stderr else ""
+            raise LoadError(f"the Go load generator exited ({proc.wait()}): {err}")
+        message = json.loads(line)
+        if "error" in message:
+            raise LoadError(message["error"])
+        return message
+
+    def _drive(self, proc: subprocess.Popen[bytes], timeout: float, mark: Callable[[], None]) -> LoadResult:
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                message = self._line(proc, deadline)
+                if "mark" in message:
+                    mark()
+                elif "result" in message:
+                    result = message["result"]
+                    break
+        finally:
+            _finish(proc)
+        if result.get("errors"):
+            raise LoadError(f"connections failed during the run: {result['errors'][:3]}")
+        percentiles = {0.50: result["p50_us"], 0.99: result["p99_us"]} if "p50_us" in result else {}
+        return LoadResult(
+            result["messages"], result["seconds"], [], result["cpu_seconds"], percentiles, result.get("failed", 0)
+        )
+
+    def run(
+        self,
+        url: str,
+        *,
+        conns: int,
+        inflight: int,
+        size: int,
+        seconds: float,
+        warmup: float,
+        timed: bool,
+        mark: Callable[[], None],
+    ) -> LoadResult:
+        proc = self._start(
+            "load",
+            url,
+            conns=conns,
+            inflight=inflight,
+            size=size,
+            seconds=seconds,
+            warmup=warmup,
+            timed=timed,
+            coalesce=self.coalesce,
+        )
+        return self._drive(proc, CONNECT_TIMEOUT * (conns // CONNECT_BATCH + 2) + warmup + seconds + 15.0, mark)
+
+    def upgrades(
+        self, url: str, *, conns: int, size: int, seconds: float, warmup: float, mark: Callable[[], None]
+    ) -> LoadResult:
+        """A concurrent loop of whole connections: connect, handshake, one message, close handshake."""
+        proc = self._start("upgrades", url, conns=conns, size=size, seconds=seconds, warmup=warmup)
+        return self._drive(proc, warmup + seconds + 30.0, mark)
+
+    def hold_idle(self, url: str, conns: int) -> "GoIdleHold":
+        return GoIdleHold(self._start("idle", url, conns=conns), CONNECT_TIMEOUT * (conns // CONNECT_BATCH + 2))
+
+
+class GoIdleHold:
+    """Idle connections held by one Go process (which answers the gateway's keepalive pings)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], timeout: float) -> None:
+        self.proc, self.timeout = proc, timeout
+        self.opened = 0
+
+    def wait_open(self) -> int:
+        try:
+            self.opened = GoLoad._line(self.proc, time.monotonic() + self.timeout)["ready"]
+        except BaseException:
+            _finish(self.proc)
+            raise
+        return self.opened
+
+    def release(self) -> dict[str, int]:
+        """Close the connections; the counts of held, lost (closed by the other side) and answered pings."""
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            return GoLoad._line(self.proc, time.monotonic() + 60.0)["result"]
+        finally:
+            _finish(self.proc)
+
+
+def _finish(proc: subprocess.Popen[bytes]) -> None:
+    """Wait for a generator process to exit; end it (by its own pid) if it does not within 10 s."""
+    try:
+        if proc.stdin is not None:
+            proc.stdin.close()
+    except OSError:
+        pass
+    try:
+        proc.wait(10.0)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5.0)
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()

@@ -13,8 +13,12 @@ import argparse
 import asyncio
 import json
 import logging
+import http.client
 import os
+import resource
 import select
+import shutil
+import socket
 import signal
 import subprocess
 import sys
@@ -35,14 +39,24 @@ class ChildError(RuntimeError):
 class Child:
     """A server child process: started, reported, measured and always stopped."""
 
-    def __init__(self, role: str, args: list[str], log_file: Path, *, cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        role: str,
+        args: list[str],
+        log_file: Path,
+        *,
+        cwd: Path | None = None,
+        command: list[str] | None = None,
+    ) -> None:
+        """Start ``_servers.py role`` (or ``command``, e.g. the Go echo backend) with ``--report-fd N args``."""
         self.role = role
         self.log_file = log_file
         read_fd, write_fd = os.pipe()
         self._log = open(log_file, "ab")
+        prefix = command or [sys.executable, str(HERE / "_servers.py"), role]
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, str(HERE / "_servers.py"), role, "--report-fd", str(write_fd), *args],
+                [*prefix, "--report-fd", str(write_fd), *args],
                 stdin=subprocess.PIPE,
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
@@ -89,17 +103,10 @@ class Child:
         return ("\n  " + "\n  ".join(text)) if text else ""
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time of the process so far, from /proc/<pid>/stat."""
-        stat = Path(f"/proc/{self.pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2 :].split()  # the command name may contain spaces
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime (fields 14, 15)
+        return _cpu_seconds(self.pid)
 
     def rss_kib(self) -> int:
-        """Resident set size now, from /proc/<pid>/status (VmRSS, KiB)."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise ChildError(f"{self.role}: no VmRSS in /proc/{self.pid}/status")
+        return _rss_kib(self.pid, self.role)
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """Close stdin (the child's stop signal), then SIGTERM, then SIGKILL, each with a deadline."""
@@ -121,7 +128,185 @@ class Child:
         return self.proc.returncode
 
 
+NGINX_CONF = """\
+daemon off;
+master_process on;  # the worker (one) is the process whose CPU time and RSS we read
+worker_processes 1;
+worker_rlimit_nofile {nofile};
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{
+    worker_connections {nofile};
+}}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/client_body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    map $http_upgrade $connection_upgrade {{
+        default upgrade;
+        '' close;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location = /bench-ready {{
+            return 204;
+        }}
+        location / {{
+            proxy_pass http://127.0.0.1:{backend_port};
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
+            proxy_set_header Host $host;
+            proxy_buffering off;
+            proxy_read_timeout 1h;
+            proxy_send_timeout 1h;
+            tcp_nodelay on;
+        }}
+    }}
+}}
+"""
+
+
+def nginx_binary() -> str | None:
+    return shutil.which("nginx") or next(
+        (path for path in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(path, os.X_OK)), None
+    )
+
+
+def nginx_version(binary: str) -> str:
+    proc = subprocess.run([binary, "-v"], capture_output=True, text=True, timeout=10)
+    return (proc.stderr or proc.stdout).strip().removeprefix("nginx version: ")
+
+
+class Nginx:
+    """nginx in front of the backend: a non-daemon child with a generated config, one worker.
+
+    The coordinator binds the listening socket (port 0) and hands it over as an inherited socket
+    (the ``NGINX`` environment variable nginx uses for binary upgrades), so the port is the one the
+    system picked and nothing else can take it between bind and start.
+    """
+
+    role = "nginx"
+
+    def __init__(self, binary: str, tmp: Path, backend_port: int, log_file: Path) -> None:
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.log_file = log_file
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(4096)
+        self.port = self._sock.getsockname()[1]
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        nofile = min(hard, 65536) if hard != resource.RLIM_INFINITY else 65536
+        conf = tmp / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(tmp=tmp, port=self.port, backend_port=backend_port, nofile=nofile))
+        fd = self._sock.fileno()
+        os.set_inheritable(fd, True)
+        self._log = open(log_file, "ab")
+        self.proc = subprocess.Popen(
+            [binary, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log")],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            pass_fds=(fd,),
+            env={**os.environ, "NGINX": f"{fd};"},
+            preexec_fn=_raise_limit_and_ignore_sigint,
+        )
+        self.error_log = tmp / "error.log"
+        self.worker_pid = self.proc.pid  # until the worker is known (wait_ready)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait_ready(self, timeout: float) -> None:
+        """Until nginx answers its readiness location, with a deadline."""
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ChildError(f"nginx exited with {self.proc.returncode}{self._tail()}")
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1.0)
+                conn.request("GET", "/bench-ready")
+                if conn.getresponse().status == 204:
+                    conn.close()
+                    self._sock.close()  # nginx holds its own copy
+                    self.worker_pid = self._worker()
+                    return
+                conn.close()
+            except OSError as exc:
+                last = exc
+            time.sleep(0.05)  # polling a server we cannot otherwise observe, under a deadline
+        raise ChildError(f"nginx not ready within {timeout:.0f} s: {last!r}{self._tail()}")
+
+    def _worker(self) -> int:
+        children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+        if len(children) != 1:
+            raise ChildError(f"nginx: expected one worker process, found {children}")
+        return int(children[0])
+
+    def _tail(self) -> str:
+        try:
+            text = self.error_log.read_text(errors="replace").strip().splitlines()[-10:]
+        except OSError:
+            return ""
+        return ("\n  " + "\n  ".join(text)) if text else ""
+
+    def cpu_seconds(self) -> float:
+        return _cpu_seconds(self.worker_pid)
+
+    def rss_kib(self) -> int:
+        return _rss_kib(self.worker_pid, self.role)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGQUIT (graceful), then SIGTERM, then SIGKILL, each with a deadline."""
+        if self.proc.poll() is None:
+            for sig, wait in ((signal.SIGQUIT, timeout), (signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
+                self.proc.send_signal(sig)
+                try:
+                    self.proc.wait(wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        self._sock.close()
+        self._log.close()
+        return self.proc.returncode
+
+
+def _raise_limit_and_ignore_sigint() -> None:
+    raise_open_files_limit()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of the process so far, from /proc/<pid>/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # the command name may contain spaces
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime (fields 14, 15)
+
+
+def _rss_kib(pid: int, role: str) -> int:
+    """Resident set size now, from /proc/<pid>/status (VmRSS, KiB)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise ChildError(f"{role}: no VmRSS in /proc/{pid}/status")
+
+
 # ------------------------------------------------------------------ child side
+
+
+def raise_open_files_limit() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to the hard limit (a proxied connection holds two files)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        return hard
+    return soft
 
 
 def _quiet_logs(level: int = logging.WARNING) -> None:
@@ -216,7 +401,18 @@ def _gateway_main(args: argparse.Namespace) -> None:
         if runtime is not None:
             await runtime.stop()
 
-    asyncio.run(_serve(start, stop, args.report_fd))
+    if not args.profile:
+        asyncio.run(_serve(start, stop, args.report_fd))
+        return
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        asyncio.run(_serve(start, stop, args.report_fd))
+    finally:
+        profiler.disable()
+        profiler.dump_stats(args.profile)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -225,8 +421,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report-fd", type=int, required=True)
     parser.add_argument("--config", help="gateway: the generated config directory")
     parser.add_argument("--log-level", default="warning")
+    parser.add_argument("--profile", help="gateway: run under cProfile and write the stats to this file on stop")
     args = parser.parse_args(argv)
     _quiet_logs(getattr(logging, args.log_level.upper()))
+    raise_open_files_limit()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the coordinator stops us
     sys.path.insert(0, str(HERE))
     if args.role == "echo":

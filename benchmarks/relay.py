@@ -1,23 +1,30 @@
-"""Relay speed through wsgate against a direct connection to the echo backend, in one run.
+"""wsgate against nginx in front of the same echo backend, measured side by side in one run (issue 7).
 
-    python benchmarks/relay.py [--quick] [--seconds N] [--json out.json]
+    python benchmarks/relay.py [--quick] [--repeat 3] [--json out.json]
+    python benchmarks/relay.py --idle 9500 [--idle-duration 600]      # the idle-connections hold
 
-Starts the echo backend and the gateway (each in its own process, on ports
-they bind themselves), then measures with load-generator processes:
+Starts the echo backend (compiled Go + gorilla/websocket, or the Python one), then one
+proxy at a time in front of it, and measures with a load generator (compiled Go, or
+Python worker processes when Go is not there):
 
-* msgs/s with 1 connection and with many (default 50), 16 messages in flight
-  each, for 64 B and 16 KiB text messages; a message is one round trip
-  (client → backend → client), so a relayed message crosses the gateway twice;
-* round-trip latency p50/p99 with 1 connection and 1 message in flight;
-* gateway CPU per message (µs of user+system time over the measuring window of
-  the many-connection run, divided by the messages counted in it);
-* gateway RSS per idle connection (``--idle`` connections through the fast API).
+* msgs/s: 50 connections × 16 messages of 64 B in flight (the main figure), the same with
+  16 KiB, and 200 connections × 1 in flight; a message is one round trip
+  (client → backend → client), so a relayed message crosses the proxy twice;
+* ratios to direct (no proxy: the reference for this generator and backend) and to nginx;
+* proxy CPU µs per message: the proxy process's user+system CPU time over the measuring
+  window divided by the messages counted in it (robust to other load on the machine);
+* round trip p50/p99 with 1 connection and 1 message in flight, 64 B and 16 KiB;
+* RSS per idle connection: RSS delta of the proxy over ``--idle-conns`` idle connections;
+* upgrades/s: a concurrent loop of whole connections (connect, handshake, one message,
+  close handshake); through wsgate's identify + throttle API and the tutorial chain, and
+  through nginx;
+* the load generator's and backend's own CPU µs per message, to show who is the ceiling.
 
-Rows: direct (the ceiling of the load generator and the Python echo backend
-on this machine; the echo CPU column shows when the backend is saturated), the ``fast`` API
-(no message-stage policy: the byte relay) and the ``tutorial`` API (identify
-by API key, client transform, log-invocation of both directions to a file,
-throttle). Progress goes to stderr, the table to stdout.
+Rows: direct, nginx (1 worker; installed with apt-get when missing; generated config),
+wsgate fast path (an API without message-stage policies: the byte relay) and wsgate with
+the tutorial's EchoWS chain (identify by API key, throttle, client transform, log-invocation
+of client and server payloads to a file). Each wsgate row has a gateway process of its own.
+Progress goes to stderr, the table to stdout.
 """
 
 from __future__ import annotations
@@ -28,90 +35,134 @@ import datetime as dt
 import json
 import os
 import platform
+import pstats
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Protocol
 
 import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _load import LoadPool, LoadResult  # noqa: E402
-from _servers import Child  # noqa: E402
+from _load import GoLoad, LoadError, LoadPool, LoadResult, build_go, go_binary  # noqa: E402
+from _servers import Child, Nginx, nginx_binary, nginx_version  # noqa: E402
 
 log = structlog.get_logger("wsgate.bench")
 
 REPO = Path(__file__).resolve().parent.parent
-SIZES = {"64 B": 64, "16 KiB": 16 * 1024}
 API_KEY = "bench-key"  # a throwaway key for the generated config; it never leaves this machine
 MARKER = " Client Transformation complete"
 START_TIMEOUT = 30.0
-SETTINGS = ("seconds", "warmup", "repeat", "conns", "inflight", "idle", "processes", "targets")  # recorded in the report
-BUSY_CORE = 0.9  # CPU-seconds per second of the echo backend at which it is the bottleneck
-TARGETS = {"direct": "direct", "fast": "wsgate fast path", "tutorial": "wsgate tutorial chain"}  # option -> row
+BUSY_CORE = 0.9  # CPU-seconds per second at which a process is the bottleneck
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "wsgate-bench"
+TARGETS = {  # option -> row label (nginx's gets its version)
+    "direct": "direct",
+    "nginx": "nginx",
+    "fast": "wsgate fast path",
+    "tutorial": "wsgate tutorial chain",
+}
+APT_NGINX = (["nginx-light"], ["nginx"])
+APT_GO = ["golang-go", "golang-github-gorilla-websocket-dev"]
+
+
+@dataclass(frozen=True)
+class Workload:
+    key: str
+    size: int
+    conns: str  # "1", "conns" or "wide": resolved from the arguments
+    inflight: str  # "1" or "inflight"
+    timed: bool = False
+
+
+WORKLOADS = (
+    Workload("rt 64 B", 64, "1", "1", timed=True),
+    Workload("rt 16 KiB", 16 * 1024, "1", "1", timed=True),
+    Workload("main 64 B", 64, "conns", "inflight"),
+    Workload("main 16 KiB", 16 * 1024, "conns", "inflight"),
+    Workload("wide 64 B", 64, "wide", "1"),
+)
 
 
 @dataclass
-class Target:
-    name: str
-    url: str
-    gateway: Child | None = None
+class Figures:
+    """One workload on one row: the median run of ``--repeat``."""
 
-
-@dataclass
-class Cell:
-    """The figures of one (target, message size)."""
-
-    one_conn_rate: float | None = None
-    many_rate: float | None = None
-    one_inflight_rate: float | None = None
+    rate: float
+    conns: int
+    inflight: int
+    size: int
+    proxy_cpu_us: float | None = None
+    backend_cpu_us: float | None = None
+    loadgen_cpu_us: float | None = None
     p50_us: float | None = None
     p99_us: float | None = None
-    cpu_us_per_msg: float | None = None
-    echo_cpu_us_per_msg: float | None = None  # the backend's share: shows when the backend is the ceiling
+    failed: int = 0
+    runs: list[float] = field(default_factory=list)  # the rate of every run
 
 
 @dataclass
 class Report:
     date: str
-    machine: str
+    machine: dict[str, str]
     settings: dict[str, Any]
-    cells: dict[str, dict[str, Cell]] = field(default_factory=dict)  # target -> size label -> cell
+    labels: dict[str, str] = field(default_factory=dict)  # row key -> label
+    rows: dict[str, dict[str, Figures]] = field(default_factory=dict)  # row key -> workload key -> figures
     rss_kib_per_idle_conn: dict[str, float] = field(default_factory=dict)
+    idle_hold: dict[str, Any] | None = None
+    profile: list[str] = field(default_factory=list)
     pids: dict[str, list[int]] = field(default_factory=dict)  # every process the run started (all stopped)
+
+
+class Proxy(Protocol):
+    pid: int
+
+    def cpu_seconds(self) -> float: ...
+
+    def rss_kib(self) -> int: ...
+
+    def stop(self, timeout: float = 10.0) -> int | None: ...
+
+
+class Generator(Protocol):
+    pids: list[int]
+
+    def run(self, url: str, **kw: Any) -> LoadResult: ...
+
+    def upgrades(self, url: str, **kw: Any) -> LoadResult | None: ...
+
+    def hold_idle(self, url: str, conns: int) -> Any: ...
+
+
+@dataclass
+class Target:
+    key: str
+    url: str
+    upgrade_url: str
+    proxy: Proxy | None = None
 
 
 # ------------------------------------------------------------------- config
 
 
-def gateway_config(directory: Path, echo_port: int, apis: list[str]) -> Path:
-    """Write the benchmark's gateway config: a Port, the chosen APIs (`fast`, `tutorial`), an application."""
+def gateway_config(directory: Path, backend_port: int, api: str) -> Path:
+    """Write a gateway config with the API under test: ``fast`` (and ``upgrade``: identify, throttle), ``tutorial``."""
     directory.mkdir(parents=True, exist_ok=True)
     shutil.copytree(REPO / "examples" / "transforms", directory / "transforms")
     (directory / "logs").mkdir(exist_ok=True)
-    upstream = f"ws://127.0.0.1:{echo_port}/echo/"
+    upstream = f"ws://127.0.0.1:{backend_port}/echo/"
     documents = [
-        """\
-kind: Gateway
-name: bench
-admin:
-  enabled: false
-""",
-        """\
-kind: Port
-name: bench
-description: The benchmark listener on a free port the system picks.
-host: 127.0.0.1
-port: 0
-""",
+        "kind: Gateway\nname: bench\nadmin:\n  enabled: false\n",
+        "kind: Port\nname: bench\ndescription: The benchmark listener on a free port the system picks.\n"
+        "host: 127.0.0.1\nport: 0\n",
     ]
-    if "fast" in apis:
+    if api == "fast":
         documents.append(
             f"""\
 kind: API
@@ -124,7 +175,25 @@ upstream:
     - url: {upstream}
 """
         )
-    if "tutorial" in apis:
+        documents.append(
+            f"""\
+kind: API
+name: upgrade
+description: Identify and throttle only, for upgrades per second.
+path: /upgrade
+ports: [bench]
+upstream:
+  endpoints:
+    - url: {upstream}
+policies:
+  - type: identify
+    by: [api_key]
+  - type: throttle
+    max_connections: 20000
+"""
+        )
+        apis = "upgrade"
+    else:
         documents.append(
             f"""\
 kind: API
@@ -147,18 +216,11 @@ policies:
     store_server_messages: true
     file: logs/tutorial.jsonl
   - type: throttle
-    max_connections: 5000
+    max_connections: 20000
 """
         )
-        documents.append(
-            f"""\
-kind: Application
-name: bench-app
-identifiers:
-  api_keys: [{API_KEY}]
-apis: [tutorial]
-"""
-        )
+        apis = "tutorial"
+    documents.append(f"kind: Application\nname: bench-app\nidentifiers:\n  api_keys: [{API_KEY}]\napis: [{apis}]\n")
     (directory / "gateway.yaml").write_text("---\n".join(documents))
     return directory
 
@@ -179,103 +241,216 @@ def check_tutorial(url: str) -> None:
         raise RuntimeError(f"the tutorial chain answered {reply!r}, expected 'hello{MARKER}'")
 
 
+# ------------------------------------------------------------ tools (apt)
+
+
+def apt_install(alternatives: list[list[str]] | tuple[list[str], ...], allowed: bool) -> bool:
+    """Install the first package set that apt-get can install (root only); True on success."""
+    if not allowed:
+        return False
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        log.warning("cannot install packages (not root or no apt-get)", packages=alternatives)
+        return False
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    log.info("apt-get update...")
+    subprocess.run(["apt-get", "update"], env=env, capture_output=True, timeout=600)
+    for packages in alternatives:
+        log.info("apt-get install -y " + " ".join(packages) + "...")
+        proc = subprocess.run(
+            ["apt-get", "install", "-y", "--no-install-recommends", *packages],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1200,
+        )
+        if proc.returncode == 0:
+            return True
+        log.warning("apt-get install failed", packages=packages, tail=proc.stderr[-500:])
+    return False
+
+
+def ensure_nginx(allowed: bool) -> str | None:
+    binary = nginx_binary()
+    if binary is None and apt_install(APT_NGINX, allowed):
+        binary = nginx_binary()
+    return binary
+
+
+def ensure_go(allowed: bool) -> dict[str, Path] | None:
+    """The built Go programs, installing Debian's Go and gorilla/websocket first when missing."""
+    from _load import GORILLA
+
+    if (go_binary() is None or not GORILLA.is_dir()) and not apt_install([APT_GO], allowed):
+        return None
+    try:
+        return build_go(CACHE / "go", log)
+    except LoadError as exc:
+        log.warning("the Go programs could not be built", error=str(exc))
+        return None
+
+
 # -------------------------------------------------------------- measurement
 
 
+def _median_run(runs: list[tuple[LoadResult, dict[str, float | None]]]) -> tuple[LoadResult, dict[str, float | None]]:
+    return sorted(runs, key=lambda run: run[0].rate)[len(runs) // 2]
+
+
 class Bench:
-    def __init__(self, args: argparse.Namespace, pool: LoadPool, report: Report, echo: Child) -> None:
-        self.args, self.pool, self.report, self.echo = args, pool, report, echo
+    def __init__(self, args: argparse.Namespace, load: Generator, report: Report, backend: Proxy) -> None:
+        self.args, self.load, self.report, self.backend = args, load, report, backend
 
-    def load(
-        self, target: Target, size: int, conns: int, inflight: int, *, timed: bool
-    ) -> tuple[LoadResult, float | None, float | None]:
-        """The run with the median rate of ``--repeat`` runs, with its gateway and backend CPU µs per message."""
-        runs = sorted(
-            (self._load_once(target, size, conns, inflight, timed=timed, attempt=i) for i in range(self.args.repeat)),
-            key=lambda run: run[0].rate,
-        )
-        return runs[len(runs) // 2]
+    def _cpu_reader(self, proxy: Proxy | None) -> tuple[Callable[[], None], Callable[[LoadResult], dict]]:
+        """A ``mark`` callback for both ends of the window, and the per-message CPU it gathered."""
+        proxy_cpu: list[float] = []
+        backend_cpu: list[float] = []
 
-    def _load_once(
-        self, target: Target, size: int, conns: int, inflight: int, *, timed: bool, attempt: int
-    ) -> tuple[LoadResult, float | None, float | None]:
-        label = f"measuring {target.name} {size}B x{conns} conn x{inflight} in flight"
-        if self.args.repeat > 1:
-            label += f" (run {attempt + 1}/{self.args.repeat})"
-        log.info(label + "...")
-        cpu: list[float] = []
-        echo_cpu: list[float] = []
+        def mark() -> None:
+            backend_cpu.append(self.backend.cpu_seconds())
+            if proxy is not None:
+                proxy_cpu.append(proxy.cpu_seconds())
 
-        def during(t0: float, t1: float) -> None:
-            for instant in (t0, t1):
-                _wait_until(instant)
-                echo_cpu.append(self.echo.cpu_seconds())
-                if target.gateway is not None:
-                    cpu.append(target.gateway.cpu_seconds())
+        def per_message(result: LoadResult) -> dict[str, float | None]:
+            return {
+                "proxy_cpu_us": _per_message(proxy_cpu, result),
+                "backend_cpu_us": _per_message(backend_cpu, result),
+                "loadgen_cpu_us": result.cpu_seconds * 1e6 / result.messages
+                if result.cpu_seconds is not None and result.messages
+                else None,
+            }
 
-        result = self.pool.measure(
-            target.url,
+        return mark, per_message
+
+    def workload(self, target: Target, work: Workload) -> Figures:
+        conns = {"1": 1, "conns": self.args.conns, "wide": self.args.wide}[work.conns]
+        inflight = {"1": 1, "inflight": self.args.inflight}[work.inflight]
+        runs = []
+        for attempt in range(self.args.repeat):
+            label = f"measuring {target.key} {work.size}B x{conns} conn x{inflight} in flight"
+            if self.args.repeat > 1:
+                label += f" (run {attempt + 1}/{self.args.repeat})"
+            log.info(label + "...")
+            mark, per_message = self._cpu_reader(target.proxy)
+            spy = self._py_spy(target, work, attempt)
+            result = self.load.run(
+                target.url,
+                conns=conns,
+                inflight=inflight,
+                size=work.size,
+                seconds=self.args.seconds,
+                warmup=self.args.warmup,
+                timed=work.timed,
+                mark=mark,
+            )
+            cpu = per_message(result)
+            if spy is not None:
+                self.report.profile = _finish_py_spy(spy)
+            log.info(label + " done", msgs_per_s=round(result.rate), **{k: _round(v) for k, v in cpu.items()})
+            runs.append((result, cpu))
+        result, cpu = _median_run(runs)
+        return Figures(
+            rate=result.rate,
             conns=conns,
             inflight=inflight,
-            size=size,
-            seconds=self.args.seconds,
-            warmup=self.args.warmup,
-            timed=timed,
-            during=during,
+            size=work.size,
+            p50_us=result.percentile_us(0.50) if work.timed else None,
+            p99_us=result.percentile_us(0.99) if work.timed else None,
+            runs=[run.rate for run, _ in runs],
+            **cpu,
         )
-        cpu_us, echo_us = _per_message(cpu, result), _per_message(echo_cpu, result)
-        log.info(
-            label + " done", msgs_per_s=round(result.rate), gateway_cpu_us=_round(cpu_us), echo_cpu_us=_round(echo_us)
-        )
-        return result, cpu_us, echo_us
 
-    def target(self, target: Target) -> None:
-        cells = self.report.cells.setdefault(target.name, {})
-        for label, size in SIZES.items():
-            cell = cells.setdefault(label, Cell())
-            latency, _, _ = self.load(target, size, 1, 1, timed=True)
-            cell.one_inflight_rate = latency.rate
-            cell.p50_us, cell.p99_us = latency.percentile_us(0.50), latency.percentile_us(0.99)
-            one, _, _ = self.load(target, size, 1, self.args.inflight, timed=False)
-            cell.one_conn_rate = one.rate
-            many, cpu_us, echo_us = self.load(target, size, self.args.conns, self.args.inflight, timed=False)
-            cell.many_rate, cell.cpu_us_per_msg, cell.echo_cpu_us_per_msg = many.rate, cpu_us, echo_us
+    def _py_spy(self, target: Target, work: Workload, attempt: int) -> tuple[subprocess.Popen[bytes], Path] | None:
+        """Sample the profiled gateway with py-spy over its first main 64 B run (with ``--profile`` and py-spy)."""
+        chosen = target.key == self.args.profile_target and work.key == "main 64 B" and attempt == 0
+        if not (self.args.py_spy and chosen):
+            return None
+        assert target.proxy is not None
+        out = self.args.profile.with_suffix(".py-spy.txt")
+        log.info(f"sampling the {target.key} gateway with py-spy", output=str(out))
+        duration = max(1, int(self.args.warmup + self.args.seconds))
+        proc = subprocess.Popen(
+            [self.args.py_spy, "record", "-p", str(target.proxy.pid), "-d", str(duration), "-r", "200",
+             "--nonblocking", "-f", "raw", "-o", str(out)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        self.report.pids.setdefault("py-spy", []).append(proc.pid)
+        return proc, out
+
+    def upgrades(self, target: Target) -> Figures | None:
+        runs = []
+        for attempt in range(self.args.repeat):
+            log.info(f"measuring {target.key} upgrades/s (run {attempt + 1}/{self.args.repeat})...")
+            mark, per_message = self._cpu_reader(target.proxy)
+            result = self.load.upgrades(
+                target.upgrade_url,
+                conns=self.args.upgrade_conns,
+                size=64,
+                seconds=self.args.seconds,
+                warmup=self.args.warmup,
+                mark=mark,
+            )
+            if result is None:
+                return None
+            cpu = per_message(result)
+            log.info(f"measuring {target.key} upgrades/s done", per_s=round(result.rate), failed=result.failed)
+            runs.append((result, cpu))
+        result, cpu = _median_run(runs)
+        return Figures(
+            rate=result.rate,
+            conns=self.args.upgrade_conns,
+            inflight=1,
+            size=64,
+            failed=result.failed,
+            runs=[run.rate for run, _ in runs],
+            **cpu,
+        )
 
     def idle_rss(self, target: Target) -> None:
-        assert target.gateway is not None
-        count = self.args.idle
-        log.info(f"measuring {target.name} RSS with {count} idle connections...")
-        before = target.gateway.rss_kib()
-        hold = self.pool.hold_idle(target.url, count)
+        proxy = target.proxy
+        assert proxy is not None
+        warm = self.load.hold_idle(target.url, 20)  # first connections build caches: not per-connection memory
+        try:
+            warm.wait_open()
+        finally:
+            warm.release()
+        count = self.args.idle_conns
+        log.info(f"measuring {target.key} RSS with {count} idle connections...")
+        before = proxy.rss_kib()
+        hold = self.load.hold_idle(target.url, count)
         try:
             opened = hold.wait_open()
-            after = _settled_rss(target.gateway)
+            after = _settled_rss(proxy)
         finally:
             hold.release()
         per_conn = (after - before) / opened
-        self.report.rss_kib_per_idle_conn[target.name] = per_conn
+        self.report.rss_kib_per_idle_conn[target.key] = per_conn
         log.info(
-            f"measuring {target.name} RSS done", kib_per_conn=round(per_conn, 2), before_kib=before, after_kib=after
+            f"measuring {target.key} RSS done", kib_per_conn=round(per_conn, 2), before_kib=before, after_kib=after
         )
+
+    def target(self, target: Target) -> None:
+        figures = self.report.rows.setdefault(target.key, {})
+        if target.proxy is not None:
+            self.idle_rss(target)
+        for work in WORKLOADS:
+            figures[work.key] = self.workload(target, work)
+        upgrades = self.upgrades(target)
+        if upgrades is not None:
+            figures["upgrades"] = upgrades
 
 
 def _per_message(cpu: list[float], result: LoadResult) -> float | None:
     return (cpu[1] - cpu[0]) * 1e6 / result.messages if len(cpu) == 2 and result.messages else None
 
 
-def _wait_until(instant: float) -> None:
-    delay = instant - time.monotonic()
-    if delay > 0:
-        time.sleep(delay)  # a deadline on the shared clock, not a guess
-
-
-def _settled_rss(child: Child) -> int:
+def _settled_rss(proxy: Proxy) -> int:
     """RSS once it stops growing (the last upstream handshakes may still be finishing), within 3 s."""
     deadline = time.monotonic() + 3.0
-    last = child.rss_kib()
+    last = proxy.rss_kib()
     while time.monotonic() < deadline:
         time.sleep(0.2)
-        now = child.rss_kib()
+        now = proxy.rss_kib()
         if now <= last:
             return now
         last = now
@@ -303,64 +478,144 @@ def _num(value: float | None, digits: int = 0) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def _get(report: Report, row: str, work: str) -> Figures | None:
+    return report.rows.get(row, {}).get(work)
+
+
+def _attr(figures: Figures | None, name: str) -> float | None:
+    return None if figures is None else getattr(figures, name)
+
+
 def render_table(report: Report) -> str:
     s = report.settings
-    many = f"{s['conns']}×{s['inflight']}"
-    one = f"1×{s['inflight']}"
+    many, wide = f"{s['conns']}×{s['inflight']}", f"{s['wide']}×1"
     header = [
         "in front of the echo backend",
-        "size",
-        f"msgs/s {one}",
+        f"msgs/s {many} 64 B",
         "vs direct",
-        f"msgs/s {many}",
-        "vs direct",
-        f"gateway CPU µs/msg ({many})",
-        f"echo CPU µs/msg ({many})",
-        "round trip p50/p99 µs (1×1)",
+        "vs nginx",
+        "proxy CPU µs/msg",
+        f"msgs/s {many} 16 KiB",
+        "vs nginx",
+        "proxy CPU µs/msg 16 KiB",
+        f"msgs/s {wide} 64 B",
+        "vs nginx",
+        "round trip p50/p99 µs 64 B (1×1)",
+        "p50/p99 µs 16 KiB (1×1)",
         "RSS KiB / idle conn",
+        "upgrades/s",
+        "vs nginx",
+        f"load-gen / backend CPU µs/msg ({many} 64 B)",
     ]
     rows = [header, ["---"] * len(header)]
-    direct = report.cells.get("direct", {})
-    for name, cells in report.cells.items():
-        for label, cell in cells.items():
-            base = direct.get(label, Cell())
-            rss = report.rss_kib_per_idle_conn.get(name)
-            rows.append(
-                [
-                    name,
-                    label,
-                    _rate(cell.one_conn_rate),
-                    _ratio(cell.one_conn_rate, base.one_conn_rate),
-                    _rate(cell.many_rate),
-                    _ratio(cell.many_rate, base.many_rate),
-                    _num(cell.cpu_us_per_msg, 1),
-                    _num(cell.echo_cpu_us_per_msg, 1),
-                    f"{_num(cell.p50_us)}/{_num(cell.p99_us)}",
-                    _num(rss, 1) if label == next(iter(SIZES)) else "",
-                ]
-            )
+    for key, label in report.labels.items():
+        if key not in report.rows:
+            continue
+
+        def rate(work: str, row: str = key) -> float | None:
+            return _attr(_get(report, row, work), "rate")
+
+        main, big, rt, rt_big = (_get(report, key, w) for w in ("main 64 B", "main 16 KiB", "rt 64 B", "rt 16 KiB"))
+        rss = report.rss_kib_per_idle_conn.get(key)
+        rows.append(
+            [
+                label,
+                _rate(rate("main 64 B")),
+                _ratio(rate("main 64 B"), rate("main 64 B", "direct")),
+                _ratio(rate("main 64 B"), rate("main 64 B", "nginx")),
+                _num(_attr(main, "proxy_cpu_us"), 1),
+                _rate(rate("main 16 KiB")),
+                _ratio(rate("main 16 KiB"), rate("main 16 KiB", "nginx")),
+                _num(_attr(big, "proxy_cpu_us"), 1),
+                _rate(rate("wide 64 B")),
+                _ratio(rate("wide 64 B"), rate("wide 64 B", "nginx")),
+                f"{_num(_attr(rt, 'p50_us'))}/{_num(_attr(rt, 'p99_us'))}",
+                f"{_num(_attr(rt_big, 'p50_us'))}/{_num(_attr(rt_big, 'p99_us'))}",
+                _num(rss, 1),
+                _rate(rate("upgrades")),
+                _ratio(rate("upgrades"), rate("upgrades", "nginx")),
+                f"{_num(_attr(main, 'loadgen_cpu_us'), 1)} / {_num(_attr(main, 'backend_cpu_us'), 1)}",
+            ]
+        )
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
 
-def saturation_notes(report: Report) -> list[str]:
-    """Rows whose many-connection run kept the echo backend's one core busy: there the backend is the ceiling."""
-    busy = []
-    for name, cells in report.cells.items():
-        for label, cell in cells.items():
-            if cell.echo_cpu_us_per_msg is not None and cell.many_rate is not None:
-                cores = cell.echo_cpu_us_per_msg * cell.many_rate / 1e6
-                if cores >= BUSY_CORE:
-                    busy.append(f"{name} {label} ({cores:.2f})")
-    if not busy:
-        return []
-    return [
-        "The echo backend (one Python process) used a full core in: " + ", ".join(busy) + ". "
-        "There the backend is the bottleneck, and a ratio above 1 means the gateway's coalesced writes "
-        "made the backend's work per message cheaper, not that the gateway is faster than no gateway."
-    ]
+def verdicts(report: Report) -> list[str]:
+    """Issue 7's targets, as ratios measured in this run (only those this run can judge)."""
+    nginx = report.rows.get("nginx")
+    lines = []
+
+    profiled = [k for k in ("fast", "tutorial") if "under cProfile" in report.labels.get(k, "")]
+
+    def line(name: str, value: float | None, goal: str, ok: bool | None) -> None:
+        if any(name.startswith({"fast": "fast path", "tutorial": "tutorial"}[k]) for k in profiled):
+            return  # the profiler's cost is in that row's figures
+        if value is not None and ok is not None:
+            lines.append(f"- {name}: {value:.2f} (target {goal}) — {'met' if ok else 'NOT met'}")
+
+    def ratio(row: str, work: str, attr: str = "rate") -> float | None:
+        a, b = _attr(_get(report, row, work), attr), _attr(_get(report, "nginx", work), attr)
+        return a / b if a is not None and b else None
+
+    if nginx:
+        r = ratio("fast", "main 64 B")
+        line("fast path msgs/s vs nginx (50×16, 64 B)", r, "≥ 0.9", None if r is None else r >= 0.9)
+        r = ratio("fast", "rt 64 B", "p99_us")
+        line("fast path round-trip p99 vs nginx (64 B)", r, "≤ 1.2", None if r is None else r <= 1.2)
+        r = ratio("tutorial", "main 64 B")
+        line("tutorial chain msgs/s vs nginx (50×16, 64 B)", r, "≥ 0.5", None if r is None else r >= 0.5)
+        r = ratio("fast", "upgrades")
+        line("upgrades/s through identify + throttle vs nginx", r, "≥ 0.5", None if r is None else r >= 0.5)
+    rss = report.rss_kib_per_idle_conn.get("fast")
+    line("fast path RSS KiB per idle connection", rss, "≤ 8", None if rss is None else rss <= 8)
+    cpu = _attr(_get(report, "tutorial", "main 64 B"), "proxy_cpu_us")
+    line("tutorial chain proxy CPU µs per message", cpu, "≈ 12 or less", None if cpu is None else cpu <= 12)
+    return lines
 
 
-def machine() -> str:
+def ceiling_notes(report: Report) -> list[str]:
+    """Who was the ceiling: the cores the generator and backend used in each main run."""
+    many = f"{report.settings['conns']}×{report.settings['inflight']}"
+    notes = []
+    for key, label in report.labels.items():
+        main = _get(report, key, "main 64 B")
+        if main is None:
+            continue
+        parts = []
+        for who, attr in (
+            ("load generator", "loadgen_cpu_us"),
+            ("backend", "backend_cpu_us"),
+            ("proxy", "proxy_cpu_us"),
+        ):
+            us = getattr(main, attr)
+            if us is not None:
+                parts.append(f"{who} {us * main.rate / 1e6:.2f}")
+        estimate = cpu_bound_estimate(main)
+        if estimate is not None:
+            nginx = cpu_bound_estimate(_get(report, "nginx", "main 64 B"))
+            versus = f" ({estimate / nginx:.2f}× nginx's)" if nginx and key not in ("nginx", "direct") else ""
+            parts.append(f"CPU-bound estimate {_rate(estimate)} msgs/s{versus}")
+        notes.append(f"- {label}, {many} 64 B: " + ", ".join(parts))
+    return notes
+
+
+def cpu_bound_estimate(figures: Figures | None, cores: int | None = None) -> float | None:
+    """msgs/s if generator, backend and proxy had the machine's cores to themselves: what the CPU columns imply.
+
+    Every process needs its CPU µs per message; together they cannot exceed the cores, and the proxy (one
+    thread, one process) cannot exceed one core.
+    """
+    if figures is None or figures.loadgen_cpu_us is None or figures.backend_cpu_us is None:
+        return None
+    cores = cores or os.cpu_count() or 1
+    total = figures.loadgen_cpu_us + figures.backend_cpu_us + (figures.proxy_cpu_us or 0.0)
+    limits = [cores * 1e6 / total] if total else []
+    if figures.proxy_cpu_us:
+        limits.append(1e6 / figures.proxy_cpu_us)
+    return min(limits) if limits else None
+
+
+def machine(nginx: str | None, loadgen: str, backend: str) -> dict[str, str]:
     model = "unknown CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -369,7 +624,33 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{os.cpu_count()} cores ({model}), Linux {platform.release()}, Python {platform.python_version()}"
+    go = go_binary()
+    go_version = subprocess.run([go, "version"], capture_output=True, text=True).stdout.split()[2] if go else "–"
+    return {
+        "cores": str(os.cpu_count()),
+        "cpu": model,
+        "kernel": f"Linux {platform.release()}",
+        "python": platform.python_version(),
+        "nginx": nginx or "not measured",
+        "go": go_version,
+        "loadgen": loadgen,
+        "backend": backend,
+    }
+
+
+def describe(report: Report) -> str:
+    m, s = report.machine, report.settings
+    return (
+        f"wsgate relay benchmark, {report.date}; {m['cores']} cores ({m['cpu']}), {m['kernel']}, "
+        f"Python {m['python']}, nginx {m['nginx']}, {m['go']}\n"
+        f"load generator: {m['loadgen']}; echo backend: {m['backend']}"
+        + (
+            ""
+            if report.idle_hold is not None
+            else f"; {s['seconds']:g} s per run after {s['warmup']:g} s warm-up, median of {s['repeat']}; "
+            f"RSS over {s['idle_conns']} idle connections; upgrades with {s['upgrade_conns']} concurrent loops"
+        )
+    )
 
 
 # --------------------------------------------------------------------- main
@@ -377,87 +658,323 @@ def machine() -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="short runs: finishes in under a minute")
-    parser.add_argument("--seconds", type=float, help="measuring window per run (default 5, quick 1)")
+    parser.add_argument("--quick", action="store_true", help="short runs (1 s windows, 300 idle connections)")
+    parser.add_argument("--seconds", type=float, help="measuring window per run (default 3, quick 1)")
     parser.add_argument("--warmup", type=float, help="seconds of load before the window (default 1, quick 0.3)")
-    parser.add_argument("--conns", type=int, default=50, help="connections of the many-connection runs")
-    parser.add_argument("--inflight", type=int, default=16, help="messages in flight per connection")
-    parser.add_argument("--idle", type=int, help="idle connections for the RSS figure (default 1000)")
+    parser.add_argument("--conns", type=int, default=50, help="connections of the main runs (default 50)")
+    parser.add_argument("--inflight", type=int, default=16, help="messages in flight per connection (default 16)")
+    parser.add_argument("--wide", type=int, default=200, help="connections of the 1-in-flight run (default 200)")
+    parser.add_argument("--idle-conns", type=int, help="idle connections for the RSS column (default 1000, quick 300)")
+    parser.add_argument("--upgrade-conns", type=int, default=16, help="concurrent upgrade loops (default 16)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per measurement; the median is reported")
-    parser.add_argument("--processes", type=int, default=2, help="load-generator processes")
+    parser.add_argument("--loadgen", choices=["auto", "go", "python"], default="auto", help="default: go if it builds")
+    parser.add_argument("--backend", choices=["auto", "go", "python"], default="auto", help="default: as --loadgen")
+    parser.add_argument("--processes", type=int, default=2, help="processes of the Python load generator")
     parser.add_argument(
-        "--targets",
-        default=",".join(TARGETS),
-        help=f"comma-separated rows to measure, of {', '.join(TARGETS)} (default: all)",
+        "--coalesce",
+        action="store_true",
+        help="Go generator and backend write all the messages a read answered in one write (bulk relaying)",
     )
+    parser.add_argument("--no-nginx", action="store_true", help="skip the nginx row")
+    parser.add_argument("--no-install", action="store_true", help="never run apt-get (missing tools are skipped)")
+    parser.add_argument(
+        "--targets", default=",".join(TARGETS), help=f"comma-separated rows, of {', '.join(TARGETS)} (default: all)"
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="profile the tutorial gateway: with py-spy (on PATH or $PY_SPY) sample its main 64 B run into "
+        "PATH.py-spy.txt; without py-spy run it under cProfile (its figures then include the profiler's cost) "
+        "and write the stats to PATH; either way print the top functions",
+    )
+    parser.add_argument(
+        "--idle",
+        type=int,
+        help="instead of the table: hold this many idle connections through the fast path (keepalive on) "
+        "and sample the gateway's RSS",
+    )
+    parser.add_argument(
+        "--profile-target", choices=["fast", "tutorial"], default="tutorial", help="the gateway --profile profiles"
+    )
+    parser.add_argument("--idle-duration", type=float, default=60.0, help="seconds to hold them (default 60)")
+    parser.add_argument("--idle-interval", type=float, default=5.0, help="seconds between RSS samples (default 5)")
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (config, logs)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (configs, logs)")
     args = parser.parse_args(argv)
+    args.py_spy = (os.environ.get("PY_SPY") or shutil.which("py-spy")) if args.profile else None
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     unknown = set(args.targets) - set(TARGETS)
     if unknown or not args.targets:
         parser.error(f"--targets: unknown {sorted(unknown)}; choose from {', '.join(TARGETS)}")
-    args.seconds = args.seconds or (1.0 if args.quick else 5.0)
+    if args.no_nginx and "nginx" in args.targets:
+        args.targets.remove("nginx")
+    args.seconds = args.seconds or (1.0 if args.quick else 3.0)
     args.warmup = args.warmup if args.warmup is not None else (0.3 if args.quick else 1.0)
-    args.idle = args.idle or 1000
-    for name in ("seconds", "conns", "inflight", "idle", "processes", "repeat"):
+    args.idle_conns = args.idle_conns or (300 if args.quick else 1000)
+    for name in ("seconds", "conns", "inflight", "wide", "idle_conns", "upgrade_conns", "processes", "repeat"):
         if getattr(args, name) <= 0:
-            parser.error(f"--{name} must be positive")
+            parser.error(f"--{name.replace('_', '-')} must be positive")
     return args
 
 
+SETTINGS = (
+    "seconds",
+    "warmup",
+    "repeat",
+    "conns",
+    "inflight",
+    "wide",
+    "idle_conns",
+    "upgrade_conns",
+    "coalesce",
+    "targets",
+)
+
+
+def tools(args: argparse.Namespace, stack: ExitStack) -> tuple[Generator, dict[str, Path] | None, str]:
+    """The load generator (Go when it builds, unless told otherwise) and the Go programs, if any."""
+    built = None
+    if args.loadgen != "python" or args.backend == "go":
+        built = ensure_go(not args.no_install)
+        if built is None and "go" in (args.loadgen, args.backend):
+            raise LoadError("--loadgen/--backend go: the Go programs are not available")
+    if args.loadgen != "python" and built is not None:
+        writes = "one write per batch of echoes" if args.coalesce else "one write per message"
+        return GoLoad(built["loadgen"], coalesce=args.coalesce), built, f"compiled Go (one process, {writes})"
+    if args.loadgen == "auto":
+        log.warning("falling back to the Python load generator: it may be the bottleneck")
+    pool = stack.enter_context(LoadPool(args.processes))
+    return pool, built, f"Python ({args.processes} processes, sans-I/O)"
+
+
+def start_backend(
+    args: argparse.Namespace, stack: ExitStack, tmp: Path, built: dict[str, Path] | None
+) -> tuple[Child, str]:
+    use_go = args.backend == "go" or (args.backend == "auto" and built is not None and args.loadgen != "python")
+    log.info("starting the echo backend...", go=use_go)
+    if use_go:
+        assert built is not None
+        flags = ["-coalesce"] if args.coalesce else []
+        echo = Child("echo", flags, tmp / "echo.log", command=[str(built["echo"])])
+        name = "compiled Go (gorilla/websocket, " + ("coalesced writes)" if args.coalesce else "one write per message)")
+    else:
+        echo = Child("echo", [], tmp / "echo.log")
+        name = "Python (wsgate echo, one process)"
+    stack.callback(echo.stop)
+    return echo, name
+
+
+def start_gateway(stack: ExitStack, tmp: Path, backend_port: int, api: str, profile: Path | None) -> tuple[Child, int]:
+    log.info(f"starting a gateway for the {api} API...")
+    config = gateway_config(tmp / f"config-{api}", backend_port, api)
+    extra = ["--profile", str(profile)] if profile is not None else []
+    gateway = Child("gateway", ["--config", str(config), *extra], tmp / f"gateway-{api}.log", cwd=tmp)
+    stack.callback(gateway.stop)
+    port = gateway.wait_report(START_TIMEOUT)["ports"]["bench"]
+    log.info("gateway up", api=api, port=port)
+    return gateway, port
+
+
 def run(args: argparse.Namespace) -> Report:
-    report = Report(
-        date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        machine=machine(),
-        settings={k: getattr(args, k) for k in SETTINGS},
-    )
     with ExitStack() as stack:
         tmp = Path(tempfile.mkdtemp(prefix="wsgate-bench-"))
         if not args.keep:
             stack.callback(shutil.rmtree, tmp, True)
         else:
             log.info("keeping the temporary directory", path=str(tmp))
-        log.info("starting the echo backend...")
-        echo = Child("echo", [], tmp / "echo.log")
-        stack.callback(echo.stop)
-        report.pids["echo"] = [echo.pid]
-        echo_port = echo.wait_report(START_TIMEOUT)["port"]
-        log.info("starting the load generators...", processes=args.processes)
-        pool = stack.enter_context(LoadPool(args.processes))
-        report.pids["load"] = pool.pids
-        targets = []
-        if "direct" in args.targets:
-            targets.append(Target(TARGETS["direct"], f"ws://127.0.0.1:{echo_port}/echo/"))
-        apis = [t for t in args.targets if t != "direct"]
-        if apis:
-            targets += start_gateway(stack, tmp, echo_port, apis, report)
-        bench = Bench(args, pool, report, echo)
-        for target in targets:
-            if target.name == TARGETS["fast"]:
-                bench.idle_rss(target)
-            bench.target(target)
+        load, built, loadgen_name = tools(args, stack)
+        nginx_bin = ensure_nginx(not args.no_install) if "nginx" in args.targets else None
+        if "nginx" in args.targets and nginx_bin is None:
+            log.warning("nginx is not available: no nginx row")
+            args.targets.remove("nginx")
+        backend, backend_name = start_backend(args, stack, tmp, built)
+        report = Report(
+            date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            machine=machine(nginx_version(nginx_bin) if nginx_bin else None, loadgen_name, backend_name),
+            settings={k: getattr(args, k) for k in SETTINGS},
+        )
+        report.pids["echo"] = [backend.pid]
+        report.pids["load"] = load.pids  # the Go generator adds one per measurement
+        backend_port = backend.wait_report(START_TIMEOUT)["port"]
+        direct = f"ws://127.0.0.1:{backend_port}/echo/"
+        if args.idle:
+            report.idle_hold = idle_hold(args, stack, tmp, backend_port, load, report)
+            return report
+        bench = Bench(args, load, report, backend)
+        for key in TARGETS:
+            if key not in args.targets:
+                continue
+            with ExitStack() as one:  # one proxy at a time, stopped before the next starts
+                target = start_target(args, one, tmp, key, backend_port, direct, nginx_bin, report)
+                bench.target(target)
+            if key == args.profile_target and args.profile is not None and not args.py_spy:
+                report.profile = profile_summary(args.profile)
+        report.labels = {k: v for k, v in report.labels.items() if k in report.rows}
     return report
 
 
-def start_gateway(stack: ExitStack, tmp: Path, echo_port: int, apis: list[str], report: Report) -> list[Target]:
-    log.info("starting the gateway...", apis=apis)
-    config = gateway_config(tmp / "config", echo_port, apis)
-    gateway = Child("gateway", ["--config", str(config)], tmp / "gateway.log", cwd=tmp)
-    stack.callback(gateway.stop)
-    report.pids["gateway"] = [gateway.pid]
-    port = gateway.wait_report(START_TIMEOUT)["ports"]["bench"]
+def start_target(
+    args: argparse.Namespace,
+    stack: ExitStack,
+    tmp: Path,
+    key: str,
+    backend_port: int,
+    direct: str,
+    nginx_bin: str | None,
+    report: Report,
+) -> Target:
+    report.labels[key] = TARGETS[key]
+    if key == "direct":
+        return Target(key, direct, direct)
+    if key == "nginx":
+        assert nginx_bin is not None
+        log.info("starting nginx...")
+        nginx = Nginx(nginx_bin, tmp / "nginx", backend_port, tmp / "nginx.log")
+        stack.callback(nginx.stop)
+        nginx.wait_ready(START_TIMEOUT)
+        report.pids["nginx"] = [nginx.pid, nginx.worker_pid]
+        report.labels[key] = f"nginx {report.machine['nginx'].removeprefix('nginx/')}, 1 worker"
+        url = f"ws://127.0.0.1:{nginx.port}/echo/"
+        return Target(key, url, url, nginx)
+    profile = args.profile if key == args.profile_target and not args.py_spy else None
+    gateway, port = start_gateway(stack, tmp, backend_port, key, profile)
+    report.pids.setdefault("gateway", []).append(gateway.pid)
     base = f"ws://127.0.0.1:{port}"
-    targets = []
-    if "fast" in apis:
-        targets.append(Target(TARGETS["fast"], f"{base}/fast", gateway))
-    if "tutorial" in apis:
-        tutorial = f"{base}/tutorial?x-Gateway-APIKey={API_KEY}"
-        check_tutorial(tutorial)
-        log.info("the tutorial chain answers with its transform")
-        targets.append(Target(TARGETS["tutorial"], tutorial, gateway))
-    log.info("gateway up", port=port)
-    return targets
+    if profile is not None:
+        report.labels[key] += " (under cProfile)"
+    if key == "fast":
+        return Target(key, f"{base}/fast", f"{base}/upgrade?x-Gateway-APIKey={API_KEY}", gateway)
+    url = f"{base}/tutorial?x-Gateway-APIKey={API_KEY}"
+    check_tutorial(url)
+    log.info("the tutorial chain answers with its transform")
+    return Target(key, url, url, gateway)
+
+
+def _finish_py_spy(spy: tuple[subprocess.Popen[bytes], Path], top: int = 20) -> list[str]:
+    """Wait for py-spy; the top functions by own samples, then by inclusive samples (idle waits included)."""
+    proc, out = spy
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        return ["py-spy did not finish"]
+    if proc.returncode != 0 or not out.exists():
+        return [f"py-spy failed: {err.decode(errors='replace')[-300:]}"]
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n, frames = int(count), stack.split(";")
+        total += n
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + n
+    lines = [f"py-spy, {total} samples of the gateway (all threads) — own time:"]
+    for frame, n in sorted(own.items(), key=lambda item: -item[1])[:top]:
+        lines.append(f"{n / total * 100:5.1f} %  {frame}")
+    lines.append("inclusive (gateway code and asyncio transport calls):")
+    interesting = [f for f in inclusive if "gateway/" in f or "selector_events" in f or "transports.py" in f]
+    for frame in sorted(interesting, key=lambda f: -inclusive[f])[:top]:
+        lines.append(f"{inclusive[frame] / total * 100:5.1f} %  {frame}")
+    return lines
+
+
+def profile_summary(path: Path, top: int = 25) -> list[str]:
+    """The gateway's top functions by own time, one line each."""
+    if not path.exists():
+        return []
+    stats = pstats.Stats(str(path))
+    total = stats.total_tt or 1.0  # type: ignore[attr-defined]
+    rows = sorted(stats.stats.items(), key=lambda item: item[1][2], reverse=True)[:top]  # type: ignore[attr-defined]
+    lines = []
+    for (file, line, name), (_, calls, tottime, cumtime, _) in rows:
+        where = f"{Path(file).name}:{line}" if line else file
+        lines.append(
+            f"{tottime / total * 100:5.1f} %  own {tottime:6.2f} s  cum {cumtime:6.2f} s  "
+            f"{calls:>9} calls  {name} ({where})"
+        )
+    return lines
+
+
+def idle_hold(
+    args: argparse.Namespace, stack: ExitStack, tmp: Path, backend_port: int, load: Generator, report: Report
+) -> dict[str, Any]:
+    """Hold ``--idle`` connections through the fast path and sample the gateway's RSS every interval."""
+    gateway, port = start_gateway(stack, tmp, backend_port, "fast", None)
+    report.pids["gateway"] = [gateway.pid]
+    url = f"ws://127.0.0.1:{port}/fast"
+    warm = load.hold_idle(url, 20)
+    try:
+        warm.wait_open()
+    finally:
+        warm.release()
+    before = gateway.rss_kib()
+    log.info(f"opening {args.idle} idle connections through the fast path...", rss_kib=before)
+    started = time.monotonic()
+    hold = load.hold_idle(url, args.idle)
+    samples: list[tuple[float, int]] = []
+    try:
+        opened = hold.wait_open()
+        log.info("opened", connections=opened, seconds=round(time.monotonic() - started, 1))
+        t0 = time.monotonic()
+        while True:
+            now = time.monotonic() - t0
+            samples.append((round(now, 1), gateway.rss_kib()))
+            log.info("holding", seconds=round(now), rss_kib=samples[-1][1], fds=_fds(gateway.pid))
+            if now >= args.idle_duration:
+                break
+            time.sleep(min(args.idle_interval, args.idle_duration - now))  # the sampling period itself
+    finally:
+        counts = hold.release()
+    first, last = samples[0][1], samples[-1][1]
+    peak = max(rss for _, rss in samples)
+    growth = (last - first) / first if first else 0.0
+    # The first keepalive rounds allocate (pings, pongs, timers); flat means no growth once they are done.
+    middle = next(rss for t, rss in samples if t >= samples[-1][0] / 2)
+    late_growth = (last - middle) / middle if middle else 0.0
+    result = {
+        "connections": opened,
+        "held_to_the_end": counts.get("held"),
+        "lost": counts.get("lost"),
+        "pings_answered": counts.get("pings"),
+        "rss_before_kib": before,
+        "rss_first_kib": first,
+        "rss_last_kib": last,
+        "rss_peak_kib": peak,
+        "kib_per_conn": (first - before) / opened if opened else None,
+        "growth_percent": round(growth * 100, 2),
+        "second_half_growth_percent": round(late_growth * 100, 2),
+        "flat": late_growth <= 0.01 and counts.get("lost", 0) == 0,
+        "duration_s": args.idle_duration,
+        "samples": samples,
+    }
+    return result
+
+
+def _fds(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return -1
+
+
+def render_idle(report: Report) -> str:
+    r = report.idle_hold or {}
+    return "\n".join(
+        [
+            "| idle connections through the fast path | RSS KiB / conn | RSS first → last (peak) MiB | growth | "
+            "growth, second half | lost | keepalive pings answered | flat (second half ≤ 1 %, none lost) |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+            f"| {r['connections']} for {r['duration_s']:g} s | {r['kib_per_conn']:.1f} | "
+            f"{r['rss_first_kib'] / 1024:.1f} → {r['rss_last_kib'] / 1024:.1f} ({r['rss_peak_kib'] / 1024:.1f}) | "
+            f"{r['growth_percent']:+.2f} % | {r['second_half_growth_percent']:+.2f} % | {r['lost']} | "
+            f"{r['pings_answered']} | {'yes' if r['flat'] else 'NO'} |",
+        ]
+    )
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -477,19 +994,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.warning("interrupted; everything started was stopped")
         return 130
-    table = render_table(report)
-    print(f"wsgate relay benchmark, {report.date}; {report.machine}")
-    print(
-        f"{report.settings['seconds']:g} s per run after {report.settings['warmup']:g} s warm-up, "
-        f"median of {report.settings['repeat']}; "
-        f"{report.settings['processes']} load-generator processes; "
-        "direct = the ceiling of this load generator and echo backend"
-    )
+    print(describe(report))
     print()
-    print(table)
-    for note in saturation_notes(report):
-        print()
-        print(note)
+    if report.idle_hold is not None:
+        print(render_idle(report))
+    else:
+        print(render_table(report))
+        for title, lines in (
+            ("Issue 7's targets in this run:", verdicts(report)),
+            ("Who is the ceiling (CPU cores each process used in the main run):", ceiling_notes(report)),
+            (f"Profile of the {args.profile_target} gateway:", report.profile),
+        ):
+            if lines:
+                print()
+                print(title)
+                print("\n".join(lines))
     if args.json:
         args.json.write_text(json.dumps(asdict(report), indent=2))
     log.info("benchmark finished", seconds=round(time.monotonic() - started, 1))

@@ -1,9 +1,9 @@
-"""The relay benchmark runs end to end in a tiny configuration (no timing assertions)."""
+"""The relay benchmark (issue 7) runs end to end in tiny configurations (no timing assertions)."""
 
 from __future__ import annotations
 
-import importlib
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,23 +11,20 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SMOKE = ["--quick", "--seconds", "0.3", "--warmup", "0.1", "--conns", "4", "--idle", "20"]
+TINY = ["--quick", "--seconds", "0.3", "--warmup", "0.1", "--conns", "4", "--wide", "8", "--idle-conns", "20"]
+PYTHON_ONLY = ["--loadgen", "python", "--backend", "python", "--no-nginx", "--no-install"]
+GORILLA = Path("/usr/share/gocode/src/github.com/gorilla/websocket")
+HAVE_NGINX = bool(shutil.which("nginx") or Path("/usr/sbin/nginx").exists())
+HAVE_GO_AND_NGINX = bool(shutil.which("go") and GORILLA.is_dir() and HAVE_NGINX)
 
 
-def _has_policies() -> bool:
-    try:
-        return hasattr(importlib.import_module("gateway.policies"), "build_chain")
-    except ImportError:
-        return False
-
-
-def _run(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess[str], dict]:
+def _run(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict]:
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "relay.py"), *SMOKE, "--json", str(out), *extra],
+        [sys.executable, str(REPO / "benchmarks" / "relay.py"), *args, "--json", str(out)],
         capture_output=True,
         text=True,
-        timeout=90,
+        timeout=150,
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -47,33 +44,58 @@ def _alive(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] != "Z"
 
 
-@pytest.mark.timeout(120)
-@pytest.mark.skipif(not _has_policies(), reason="gateway.policies.build_chain is not there yet")
-def test_relay_benchmark_prints_the_table(tmp_path: Path) -> None:
-    """A smoke run measures direct, the fast path and the tutorial chain and prints all six rows."""
-    proc, report = _run(tmp_path)
+def _started(report: dict) -> list[int]:
+    return [pid for pids in report["pids"].values() for pid in pids]
+
+
+@pytest.mark.timeout(180)
+def test_python_fallback_measures_direct_fast_and_tutorial(tmp_path: Path) -> None:
+    """Without Go or nginx the Python generator and backend measure direct, fast path and tutorial chain, then stop."""
+    proc, report = _run(tmp_path, *TINY, *PYTHON_ONLY)
     header = next(line for line in proc.stdout.splitlines() if line.startswith("| in front of the echo backend"))
-    for column in ("msgs/s", "vs direct", "gateway CPU µs/msg", "p50/p99", "RSS KiB / idle conn"):
+    for column in ("msgs/s 4×16 64 B", "vs direct", "vs nginx", "proxy CPU µs/msg", "p50/p99", "RSS KiB / idle conn"):
         assert column in header
-    rows = _rows(proc.stdout)
-    for target in ("direct", "wsgate fast path", "wsgate tutorial chain"):
-        assert rows.count(target) == 2, f"{target} should have a 64 B and a 16 KiB row: {proc.stdout}"
-    assert set(report["cells"]) == {"direct", "wsgate fast path", "wsgate tutorial chain"}
-    for cells in report["cells"].values():
-        for cell in cells.values():
-            assert cell["many_rate"] > 0 and cell["one_conn_rate"] > 0 and cell["p99_us"] is not None
+    assert _rows(proc.stdout) == [
+        "in front of the echo backend",
+        "direct",
+        "wsgate fast path",
+        "wsgate tutorial chain",
+    ]
+    assert set(report["rows"]) == {"direct", "fast", "tutorial"}
+    for figures in report["rows"].values():
+        assert {"rt 64 B", "rt 16 KiB", "main 64 B", "main 16 KiB", "wide 64 B"} <= set(figures)
+        assert all(f["rate"] > 0 for f in figures.values())
+        assert figures["rt 64 B"]["p99_us"] is not None
+    assert report["rss_kib_per_idle_conn"]["fast"] is not None
+    assert report["rows"]["tutorial"]["main 64 B"]["proxy_cpu_us"] > 0
     assert "the tutorial chain answers with its transform" in proc.stderr
-    assert not [pid for pids in report["pids"].values() for pid in pids if _alive(pid)]
+    assert "Python" in report["machine"]["loadgen"]
+    assert not [pid for pid in _started(report) if _alive(pid)]
 
 
 @pytest.mark.timeout(120)
-def test_relay_benchmark_fast_path_and_cleanup(tmp_path: Path) -> None:
-    """Direct and fast-path rows are measured (RSS included) and every process the run started is gone after."""
-    proc, report = _run(tmp_path, "--targets", "direct,fast")
-    assert _rows(proc.stdout) == ["in front of the echo backend"] + ["direct"] * 2 + ["wsgate fast path"] * 2
-    assert "| direct | 64 B |" in proc.stdout
-    assert report["rss_kib_per_idle_conn"]["wsgate fast path"] is not None
-    assert "measuring direct 64B x1 conn x1 in flight" in proc.stderr
-    started = [pid for pids in report["pids"].values() for pid in pids]
-    assert len(started) == 4  # the echo backend, two load generators, the gateway
-    assert not [pid for pid in started if _alive(pid)]
+def test_idle_hold_samples_the_gateway_rss(tmp_path: Path) -> None:
+    """``--idle N`` holds N idle connections through the fast path and reports RSS per connection and flatness."""
+    proc, report = _run(tmp_path, "--idle", "40", "--idle-duration", "0.5", "--idle-interval", "0.25", *PYTHON_ONLY)
+    hold = report["idle_hold"]
+    assert hold["connections"] == 40 and hold["lost"] == 0
+    assert len(hold["samples"]) >= 2 and hold["kib_per_conn"] is not None
+    assert "| 40 for 0.5 s |" in proc.stdout
+    assert not [pid for pid in _started(report) if _alive(pid)]
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.skipif(not HAVE_GO_AND_NGINX, reason="needs Debian's golang-go, gorilla/websocket and nginx")
+def test_go_generator_and_nginx_rows(tmp_path: Path) -> None:
+    """With Go and nginx installed, the compiled generator and backend measure all four rows, upgrades included."""
+    proc, report = _run(tmp_path, *TINY, "--upgrade-conns", "2", "--no-install")
+    rows = _rows(proc.stdout)
+    assert rows[1] == "direct" and rows[2].startswith("nginx ")
+    assert rows[3:] == ["wsgate fast path", "wsgate tutorial chain"]
+    assert "Go" in report["machine"]["loadgen"] and "Go" in report["machine"]["backend"]
+    for key in ("nginx", "fast", "tutorial"):
+        assert report["rows"][key]["upgrades"]["rate"] > 0
+        assert report["rows"][key]["main 64 B"]["proxy_cpu_us"] is not None
+        assert report["rss_kib_per_idle_conn"][key] is not None
+    assert "Issue 7's targets in this run:" in proc.stdout
+    assert not [pid for pid in _started(report) if _alive(pid)]
