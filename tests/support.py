@@ -89,6 +89,33 @@ async def running_gateway(config: Config, **kwargs: Any) -> AsyncIterator[Gatewa
         await gateway.stop()
 
 
+PASSTHROUGH = "def same(message):\n    return message.payload\n"
+
+
+def passthrough_module(config_dir: Path) -> None:
+    """The identity transform message-path test APIs use (importable from the config directory)."""
+    config_dir.mkdir(parents=True, exist_ok=True)
+    (config_dir / "h2_passthrough.py").write_text(PASSTHROUGH)
+
+
+def path_api(tmp_path: Path, path_kind: str, url: str, *, policies: str = "", extra: str = "",
+             name: str = "F", path: str = "/f") -> str:
+    """An API at ``path``; for ``path_kind == "message"`` a pass-through transform puts it on the message relay."""
+    if path_kind == "message":
+        passthrough_module(tmp_path / "config")
+        policies += "  - type: transform\n    stage: client\n    callable: h2_passthrough:same\n"
+    text = extra
+    if policies:
+        text += "\npolicies:\n" + policies
+    return api_yaml(name, path, url, extra=text)
+
+
+def relay_of(gw: Gateway) -> object:
+    """The relay of the gateway's one relayed connection."""
+    (record,) = [r for r in gw.live if r.relay is not None]
+    return record.relay
+
+
 def gw_url(gateway: Gateway, path: str, port: str = "default", scheme: str = "ws") -> str:
     host, number = gateway.addresses[port]
     return f"{scheme}://{host}:{number}{path}"

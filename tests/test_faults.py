@@ -31,6 +31,8 @@ from websockets.utils import accept_key
 from gateway.relay.fast import ByteRelay
 from gateway.relay.message import MessageRelay
 from support import (
+    path_api,
+    relay_of,
     PORT,
     TIMEOUT,
     api_yaml,
@@ -46,30 +48,6 @@ from support import (
 
 PATHS = ["fast", "message"]
 RELAY = {"fast": ByteRelay, "message": MessageRelay}
-PASSTHROUGH = "def same(message):\n    return message.payload\n"
-
-
-def passthrough_module(config_dir: Path) -> None:
-    """The identity transform the message path's APIs use (importable from the config directory)."""
-    config_dir.mkdir(parents=True, exist_ok=True)
-    (config_dir / "h2_passthrough.py").write_text(PASSTHROUGH)
-
-
-def fault_api(tmp_path: Path, path_kind: str, url: str, *, policies: str = "", extra: str = "",
-              name: str = "F", path: str = "/f") -> str:
-    """An API at ``path``; on the message path with a pass-through transform appended to ``policies``."""
-    if path_kind == "message":
-        passthrough_module(tmp_path / "config")
-        policies += "  - type: transform\n    stage: client\n    callable: h2_passthrough:same\n"
-    text = extra
-    if policies:
-        text += "\npolicies:\n" + policies
-    return api_yaml(name, path, url, extra=text)
-
-
-def relay_of(gw) -> object:
-    (record,) = [r for r in gw.live if r.relay is not None]
-    return record.relay
 
 
 def reset(transport) -> None:
@@ -105,7 +83,7 @@ def test_upstream_drop_mid_stream(tmp_path, path_kind, how, code):
     async def scenario():
         async with recording_backend(handler) as backend:
             extra = "keepalive:\n  interval: 0.2\n  timeout: 0.2\n"
-            config = write_config(tmp_path, PORT, fault_api(tmp_path, path_kind, backend.url + "/", extra=extra))
+            config = write_config(tmp_path, PORT, path_api(tmp_path, path_kind, backend.url + "/", extra=extra))
             async with running_gateway(config) as gw:
                 async with connect(gw_url(gw, "/f"), ping_interval=None) as ws:
                     assert type(relay_of(gw)) is RELAY[path_kind]
@@ -133,7 +111,7 @@ def test_abrupt_client_drops_release_upstream_throttle_and_registry(tmp_path, pa
     async def scenario():
         async with recording_backend() as backend:
             policies = "  - type: throttle\n    max_connections: 1\n"
-            config = write_config(tmp_path, PORT, fault_api(tmp_path, path_kind, backend.url + "/", policies=policies))
+            config = write_config(tmp_path, PORT, path_api(tmp_path, path_kind, backend.url + "/", policies=policies))
             async with running_gateway(config) as gw:
                 admin = f"http://127.0.0.1:{gw.admin.port}"
                 throttle = gw.state.throttle
@@ -171,7 +149,7 @@ def test_half_open_client_is_found_by_keepalive(tmp_path, path_kind):
     async def scenario():
         async with recording_backend() as backend:
             extra = "keepalive:\n  interval: 0.2\n  timeout: 0.2\n"
-            config = write_config(tmp_path, PORT, fault_api(tmp_path, path_kind, backend.url + "/", extra=extra))
+            config = write_config(tmp_path, PORT, path_api(tmp_path, path_kind, backend.url + "/", extra=extra))
             async with running_gateway(config) as gw:
                 sock = socket.create_connection(gw.addresses["default"])
                 try:
@@ -283,8 +261,8 @@ def slow_gateway(tmp_path_factory):
     base = f"ws://127.0.0.1:{upstream.server_address[1]}"
     docs = [PORT, "kind: Gateway\nname: slow\nshutdown_timeout: 0.5\n"]
     for kind in PATHS:
-        docs.append(fault_api(tmp, kind, f"{base}/stall", name=f"Stall-{kind}", path=f"/stall-{kind}"))
-        docs.append(fault_api(tmp, kind, f"{base}/flood", name=f"Flood-{kind}", path=f"/flood-{kind}"))
+        docs.append(path_api(tmp, kind, f"{base}/stall", name=f"Stall-{kind}", path=f"/stall-{kind}"))
+        docs.append(path_api(tmp, kind, f"{base}/flood", name=f"Flood-{kind}", path=f"/flood-{kind}"))
     write_config(tmp, *docs)
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway", "run", str(tmp / "config"), "--admin", "127.0.0.1:0", "--log-format", "json"],

@@ -14,6 +14,7 @@ from gateway.policies.base import DROP, Close, Message, Policy
 from gateway.relay.fast import ByteRelay
 from gateway.relay.message import MessageRelay
 from support import (
+    relay_of,
     PORT,
     api_yaml,
     eventually,
@@ -43,11 +44,6 @@ def client_compression(path_kind: str) -> str | None:
 
 def expected_relay(path_kind: str) -> type:
     return ByteRelay if path_kind == "fast" else MessageRelay
-
-
-def relay_of(gw) -> object:
-    (record,) = [r for r in gw.live if r.relay is not None]
-    return record.relay
 
 
 @contextlib.asynccontextmanager

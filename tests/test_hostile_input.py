@@ -22,6 +22,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from gateway.relay.fast import ByteRelay
 from gateway.relay.message import MessageRelay
 from support import (
+    path_api,
+    relay_of,
     PORT,
     TIMEOUT,
     api_yaml,
@@ -39,21 +41,6 @@ from support import (
 PATHS = ["fast", "message"]
 RELAY = {"fast": ByteRelay, "message": MessageRelay}
 MEMORY_MARGIN = 64 * 2**20  # far below every announced or inflated size used here (512 MiB and more)
-
-
-def api_for(tmp_path: Path, path_kind: str, url: str, extra: str = "", name: str = "H", path: str = "/h") -> str:
-    """An API at ``path``; on the message path it gets a pass-through transform."""
-    if path_kind == "message":
-        root = tmp_path / "config"
-        root.mkdir(parents=True, exist_ok=True)
-        (root / "h2_passthrough.py").write_text("def same(message):\n    return message.payload\n")
-        extra += "\npolicies:\n  - type: transform\n    stage: client\n    callable: h2_passthrough:same\n"
-    return api_yaml(name, path, url, extra=extra)
-
-
-def relay_of(gw) -> object:
-    (record,) = [r for r in gw.live if r.relay is not None]
-    return record.relay
 
 
 def peak_rss(reset: bool = False) -> int:
@@ -257,7 +244,7 @@ def frame_scenario(tmp_path, path_kind, act, *, extra: str = "", compression: st
     async def scenario():
         async with recording_backend(echo) as backend:
             backend.messages = messages  # what the upstream received, for act to check
-            config = write_config(tmp_path, PORT, api_for(tmp_path, path_kind, backend.url + "/", extra=extra))
+            config = write_config(tmp_path, PORT, path_api(tmp_path, path_kind, backend.url + "/", extra=extra, name="H", path="/h"))
             async with running_gateway(config) as gw:
                 async with connect(gw_url(gw, "/h"), compression=compression, ping_interval=None,
                                    max_size=None) as ws:
@@ -564,7 +551,7 @@ def test_protocol_violation_by_the_upstream(tmp_path, path_kind, violation):
     async def scenario():
         async with RawServer() as server:
             url = f"ws://127.0.0.1:{server.port}/"
-            config = write_config(tmp_path, PORT, api_for(tmp_path, path_kind, url))
+            config = write_config(tmp_path, PORT, path_api(tmp_path, path_kind, url, name="H", path="/h"))
             async with running_gateway(config) as gw:
                 async with connect(gw_url(gw, "/h"), ping_interval=None) as ws:
                     peer = await server.peer()

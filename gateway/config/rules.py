@@ -664,22 +664,9 @@ def application_keys(ctx: RuleContext) -> None:
             fp = key_fingerprint(key, ctx.env)
             if fp is None:
                 continue
-            if fp in mine:
-                ctx.out.append(warning("WSG205", "the same API key is listed twice", loc, hint="delete the repetition"))
-                continue
-            mine.add(fp)
-            if fp in claimed and claimed[fp][0] != e.name:
-                ctx.out.append(
-                    error(
-                        "WSG116",
-                        f"application '{e.name}' uses an API key that application '{claimed[fp][0]}' also uses",
-                        loc,
-                        related=(Related(claimed[fp][1], f"'{claimed[fp][0]}' claims it here"),),
-                        hint="a key must identify one application; give each its own key",
-                    )
-                )
-            else:
-                claimed.setdefault(fp, (e.name, loc))
+            # Named by its fingerprint only: the key itself must not appear in a diagnostic.
+            _claim_once(ctx, e, fp, loc, mine, claimed, "an API key", code="WSG116",
+                        hint="a key must identify one application; give each its own key")
 
 
 @rule
@@ -762,27 +749,33 @@ def application_basic_and_jwt_clients(ctx: RuleContext) -> None:
                         hint="anyone who can read this file can log in; write `sha256:<hash>` or `{env: VARIABLE}`",
                     )
                 )
-            _claim_once(ctx, e, user.username, e.doc.value_at(at + ("username",)), mine, users, "basic user name")
+            _claim_once(ctx, e, user.username, e.doc.value_at(at + ("username",)), mine, users,
+                        f"basic user name '{user.username}'")
         mine = set()
         for i, client in enumerate(ids.jwt_clients):
-            _claim_once(ctx, e, client, e.doc.value_at(("identifiers", "jwt_clients", i)), mine, clients, "JWT client")
+            _claim_once(ctx, e, client, e.doc.value_at(("identifiers", "jwt_clients", i)), mine, clients,
+                        f"JWT client '{client}'")
 
 
 def _claim_once(ctx: RuleContext, e: Entry, value: str, loc: Location, mine: set[str],
-                claimed: dict[str, tuple[str, Location]], what: str) -> None:
-    """An identifier names one application: warn about a repetition, refuse a second owner."""
+                claimed: dict[str, tuple[str, Location]], what: str, *, code: str = "WSG131",
+                hint: str = "an identifier must name one application; give each its own") -> None:
+    """An identifier names one application: warn about a repetition, refuse a second owner.
+
+    ``what`` is how diagnostics name the identifier ("JWT client 'x'", or "an API key" for secrets).
+    """
     if value in mine:
-        ctx.out.append(warning("WSG205", f"{what} '{value}' is listed twice", loc, hint="delete the repetition"))
+        ctx.out.append(warning("WSG205", f"{what} is listed twice", loc, hint="delete the repetition"))
         return
     mine.add(value)
     if value in claimed and claimed[value][0] != e.name:
         ctx.out.append(
             error(
-                "WSG131",
-                f"application '{e.name}' uses {what} '{value}' that application '{claimed[value][0]}' also uses",
+                code,
+                f"application '{e.name}' uses {what} that application '{claimed[value][0]}' also uses",
                 loc,
                 related=(Related(claimed[value][1], f"'{claimed[value][0]}' claims it here"),),
-                hint="an identifier must name one application; give each its own",
+                hint=hint,
             )
         )
     else:
