@@ -156,6 +156,10 @@ class JWTVerifier:
 
     def client_of(self, token: str) -> str:
         """The client id a valid token names; raises TokenError with a reason safe to show."""
+        return self.verify(token)[0]
+
+    def verify(self, token: str) -> tuple[str, float | None]:
+        """(client id, expiry as epoch seconds) of a valid token; raises TokenError with a reason safe to show."""
         if len(token) > MAX_TOKEN_LENGTH:
             raise TokenError("malformed")
         try:
@@ -194,7 +198,8 @@ class JWTVerifier:
                 raise TokenError(_reason(exc)) from None
         if claims is None:
             raise TokenError("bad signature")
-        return self._client(claims)
+        exp = claims.get("exp")
+        return self._client(claims), float(exp) if isinstance(exp, (int, float)) else None
 
     def _client(self, claims: Mapping[str, Any]) -> str:
         for name in self.claims:

@@ -100,7 +100,7 @@ def refusal_bytes(status: int, error: str, reason: str, headers: tuple[tuple[str
 class Connection:
     """What the runtime tracks about one client connection (stop, admin counts)."""
 
-    __slots__ = ("listener", "port_name", "client", "conn", "route", "relay", "upstream", "task")
+    __slots__ = ("listener", "port_name", "client", "conn", "route", "relay", "upstream", "task", "expiry")
 
     def __init__(self, listener: "PortListener", client: asyncio.Transport) -> None:
         self.listener = listener  # its count of open connections drops when the runtime untracks this
@@ -111,6 +111,7 @@ class Connection:
         self.relay: Any = None
         self.upstream: asyncio.Transport | None = None
         self.task: asyncio.Task[None] | None = None
+        self.expiry: asyncio.TimerHandle | None = None  # closes the connection when its credential expires
 
     def close(self, code: int, reason: str) -> None:
         """Close a relayed connection with a close frame; drop one still in its upgrade."""
@@ -380,6 +381,10 @@ class ClientHandshake(asyncio.Protocol):
             record.relay = relay
             relay.start()  # takes both transports over and resumes reading them
             relayed = True
+            expires_at = conn.metadata.get("expires_at")
+            if expires_at is not None:
+                record.expiry = asyncio.get_running_loop().call_later(
+                    max(0.0, expires_at - time.time()), record.close, 1008, "credential expired")
         except asyncio.CancelledError:
             self._outcome(route, conn, 499, "client_gone", "connection dropped during the upgrade")
             log.info("upgrade_refused", status=499, error="client_gone", reason="connection dropped during the upgrade",
@@ -437,6 +442,9 @@ class _Closer:
         if self.record is None:
             return
         record, self.record = self.record, None
+        if record.expiry is not None:
+            record.expiry.cancel()
+            record.expiry = None
         conn = self.conn
         counters = conn.counters
         log.info("connection_closed", api=conn.api, app=conn.application.name if conn.application else None,

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from structlog.testing import capture_logs
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from support import (
     PORT,
@@ -386,3 +387,34 @@ def test_one_client_id_for_two_applications_is_an_error(tmp_path):
     (root / "gateway.yaml").write_text(PORT + api_yaml("Echo", "/echo", "ws://127.0.0.1:9/x") + apps)
     found = [(d.code, d.location.line, d.location.col) for d in check([root], env={}).diagnostics if d.code == "WSG131"]
     assert found == [("WSG131", 22, 22)], found
+
+
+def test_connection_is_closed_with_1008_when_its_token_expires(tmp_path):
+    """A token that expires while its connection is open closes it with 1008; `close_at_expiry: false` keeps it."""
+    short = RS_BLOCK + "\n      leeway: 0"
+    kept = short + "\n      close_at_expiry: false"
+
+    async def scenario():
+        async with recording_backend() as backend:
+            root = tmp_path / "config"
+            root.mkdir(exist_ok=True)
+            (root / "jwks.json").write_text(jwks(rsa_key()))
+            apps = APPS.replace("apis: [Echo, Hs]", "apis: [Echo, Kept]").replace("apis: [Other]", "apis: []")
+            config = write_config(tmp_path, PORT, jwt_api("Echo", "/echo", backend.url + "/", short),
+                                  jwt_api("Kept", "/kept", backend.url + "/", kept), apps)
+            async with running_gateway(config) as gw:
+                expires = int(time.time()) + 2
+                headers = {"Authorization": f"Bearer {token(exp=expires)}"}
+                async with connect(gw_url(gw, "/echo"), additional_headers=headers) as closing, \
+                        connect(gw_url(gw, "/kept"), additional_headers=headers) as staying:
+                    await closing.send("before expiry")
+                    assert await closing.recv() == "before expiry"
+                    with pytest.raises(ConnectionClosed) as info:
+                        async with asyncio.timeout(TIMEOUT):
+                            await closing.recv()
+                    assert (info.value.rcvd.code, info.value.rcvd.reason) == (1008, "credential expired")
+                    assert time.time() >= expires - 0.05  # closed because of the expiry, not earlier
+                    await staying.send("after expiry")
+                    assert await staying.recv() == "after expiry"
+
+    run(scenario())

@@ -108,6 +108,11 @@ class JWTSettings(Strict):
         description="Also accept the token in the `access_token` query parameter (browsers cannot set headers "
         "on a WebSocket; query strings end up in other proxies' access logs).",
     )
+    close_at_expiry: bool = Field(
+        True,
+        description="Close a connection with 1008 when its token expires (`exp` plus `leeway`): a token "
+        "outliving its connection's right to exist is what revocation by expiry must prevent.",
+    )
 
 
 class IdentifyPolicy(Strict):

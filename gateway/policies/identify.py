@@ -131,7 +131,7 @@ class Identify(Policy):
                 if not tokens or not tokens[0]:
                     problems.append("missing bearer token")
                     continue
-                problem, client = self._verify(tokens[0])
+                problem, client, expires = self._verify(tokens[0])
                 if client is None:
                     bad_token = problem != "unknown client"
                     problems.append(problem)
@@ -142,6 +142,8 @@ class Identify(Policy):
                     continue
                 found = (app, "jwt")
                 conn.metadata["key_digest"] = jwt_client_digest(client)  # for revocation; never the token
+                if expires is not None and self.spec.jwt is not None and self.spec.jwt.close_at_expiry:
+                    conn.metadata["expires_at"] = expires + self.spec.jwt.leeway  # the relay closes it then
             elif method == "basic":
                 presented = auth.get("basic", [])
                 if len(presented) > 1:
@@ -175,16 +177,17 @@ class Identify(Policy):
         conn.application = ApplicationRef(app, method)
         return None
 
-    def _verify(self, token: str) -> tuple[str, str | None]:
-        """(problem, None) for an unacceptable token, else ("", client id)."""
+    def _verify(self, token: str) -> tuple[str, str | None, float | None]:
+        """(problem, None, None) for an unacceptable token, else ("", client id, expiry)."""
         if self._verifier is None:  # `by: [jwt]` without a `jwt:` block; validate refuses such a config
-            return "bearer tokens are not configured for this API", None
+            return "bearer tokens are not configured for this API", None, None
         from ..jwt_keys import TokenError
 
         try:
-            return "", self._verifier.client_of(token)
+            client, expires = self._verifier.verify(token)
         except TokenError as exc:
-            return f"invalid token: {exc.reason}", None
+            return f"invalid token: {exc.reason}", None, None
+        return "", client, expires
 
     def _refuse(self, reason: str, bad_token: bool = False) -> Rejection:
         return Rejection(401, "unauthorized", reason, self._challenges(bad_token))
