@@ -54,6 +54,18 @@ def test_unknown_api_reference(tmp_path):
     assert found(run_check(tmp_path)) == [("WSG113", "demo.yaml", 8, 5)]
 
 
+def test_references_of_a_document_that_fails_its_schema_are_still_checked(tmp_path):
+    """A misspelt field and an unknown port in one API (and an unknown API in a broken application) are all
+    reported in one run, not one after another."""
+    api = API.replace("ports: [default]", "ports: [defualt]").replace("policies:", "polices:")
+    app = APP.replace("apis: [EchoWS]", "apis: [EchoW]\ncolour: red")
+    base(tmp_path, api=api, app=app)
+    result = run_check(tmp_path)
+    assert ("WSG112", "echo.yaml", 4, 9) in found(result)
+    assert ("WSG113", "demo.yaml", 6, 8) in found(result)
+    assert codes(result).count("WSG100") == 2  # the unknown fields, each where it is written
+
+
 def test_reference_to_an_invalid_resource_is_not_unknown(tmp_path):
     """A port whose own document fails is still known by name: only its own error is shown."""
     base(tmp_path, port="kind: Port\nname: default\nport: nope\n")

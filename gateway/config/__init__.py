@@ -12,12 +12,13 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Mapping, Sequence
 
 from . import rules
 from .diagnostics import Diagnostic, error
 from .document_checks import check_kind, check_lossy_numbers, check_model, check_schema
-from .source import load
+from .source import Document, load
 from .tree import Config, Loaded, Location
 
 __all__ = ["CheckResult", "Config", "Diagnostic", "Loaded", "Location", "check"]
@@ -49,6 +50,7 @@ def check(paths: Sequence[str | Path], *, env: Mapping[str, str] | None = None) 
     loaded = load(roots)
     diagnostics = list(loaded.diagnostics)
     entries: list[rules.Entry] = []
+    partials: list[rules.Entry] = []  # documents that failed their schema: only their references are checked
     known: dict[str, set[str]] = {}
 
     for doc in loaded.documents:
@@ -63,6 +65,9 @@ def check(paths: Sequence[str | Path], *, env: Mapping[str, str] | None = None) 
         problems = check_schema(doc, kind)
         if problems:
             diagnostics += problems
+            partial = _references_of(doc, kind)
+            if partial is not None:
+                partials.append(partial)
             continue
         model, problems = check_model(doc, kind)
         diagnostics += problems
@@ -80,12 +85,30 @@ def check(paths: Sequence[str | Path], *, env: Mapping[str, str] | None = None) 
 
     dirs = [r if r.is_dir() else r.parent for r in roots]
     diagnostics += rules.run(entries, known=known, env=env, roots=dirs, sources=loaded.sources)
+    if partials:
+        ports = [e for e in entries if e.kind == "Port"]
+        diagnostics += rules.references(ports + partials, known=known, env=env, roots=dirs, sources=loaded.sources)
     diagnostics = _with_source_lines(diagnostics, loaded.sources)
     diagnostics.sort(key=Diagnostic.sort_key)
 
     if any(d.is_error for d in diagnostics):
         return CheckResult(None, diagnostics, loaded.files)
     return CheckResult(_build(dirs[0], entries), diagnostics, loaded.files)
+
+
+# The reference lists a document that failed its schema can still be checked: one run of validate should
+# report an unknown port beside a misspelt field, not after it is fixed.
+_REFERENCE_LISTS = {"API": "ports", "Application": "apis"}
+
+
+def _references_of(doc: Document, kind: str) -> rules.Entry | None:
+    """A stand-in entry holding only the well-formed reference list of a schema-failed document."""
+    field_name = _REFERENCE_LISTS.get(kind)
+    name = doc.data.get("name")
+    names = doc.data.get(field_name) if field_name else None
+    if not isinstance(name, str) or not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return None
+    return rules.Entry(kind, name, SimpleNamespace(**{field_name: names}), doc)
 
 
 # Diagnostics located at a credential (plain key or password, a key listed twice or by two applications): the

@@ -95,6 +95,21 @@ def run(
     return ctx.out
 
 
+def references(
+    entries: list[Entry],
+    *,
+    known: Mapping[str, set[str]],
+    env: Mapping[str, str],
+    roots: list[Path],
+    sources: Mapping[str, list[str]],
+) -> list[Diagnostic]:
+    """Only the reference rules (ports of APIs, APIs of applications), for documents that failed their schema."""
+    ctx = RuleContext(entries, known, env, roots, sources)
+    api_port_references(ctx)
+    application_api_references(ctx)
+    return ctx.out
+
+
 # ------------------------------------------------------------------ names
 
 
