@@ -325,6 +325,12 @@ class MessageRelay:
                 pos = stop
                 self._message(leg, opcode == 1, payload)
             else:
+                if opcode == 8 and leg.fragments is not None:
+                    # RFC 6455 5.4 lets a close frame arrive between the fragments of a message; websockets
+                    # fails that with 1002. The unfinished message was never relayed, so drop it and let the
+                    # closing handshake run (Autobahn 7.1.5).
+                    leg.fragments = None
+                    leg.ws.current_size = None
                 leg.ws.receive_data(bytes(data[pos:stop]))
                 pos = stop
                 self.handle_events(leg)
