@@ -256,3 +256,21 @@ def test_upstream_written_as_a_url(tmp_path):
     result = run_check(tmp_path)
     assert found(result) == [("WSG101", "echo.yaml", 7, 7)]
     assert result.diagnostics[0].hint.startswith("an endpoint is a mapping: `- url: ws://")
+
+
+def test_a_syntax_error_on_a_credential_line_never_quotes_the_credential(tmp_path):
+    """A YAML error located on an API key item, a flow list of keys or a password line shows the line cut at
+    the credential; other lines are quoted whole."""
+    write(tmp_path, "a.yaml", "kind: Application\nname: a\nidentifiers:\n  api_keys:\n    - s3cret-one: x: y\n")
+    write(tmp_path, "b.yaml", "kind: Application\nname: b\nidentifiers:\n  api_keys: [s3cret-two, {oops\n")
+    write(tmp_path, "c.yaml", "kind: Application\nname: c\nidentifiers:\n  basic:\n    - username: bob\n"
+                              "      password: s3cret-three: x\n")
+    write(tmp_path, "d.yaml", "kind: Port\nname: d\nport: 1: 2\n")
+    result = run_check(tmp_path)
+    lines = {Path(d.location.file).name: d.source_line for d in result.diagnostics if d.code == "WSG001"}
+    assert set(lines) == {"a.yaml", "b.yaml", "c.yaml", "d.yaml"}
+    assert lines["a.yaml"] == "    - [redacted]"
+    assert lines["b.yaml"] == "  api_keys: [redacted]"
+    assert lines["c.yaml"] == "      password: [redacted]"
+    assert lines["d.yaml"] == "port: 1: 2"  # not a credential: quoted whole
+    assert not any("s3cret" in (d.source_line or "") + d.summary + d.detail for d in result.diagnostics)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -116,6 +117,35 @@ def _references_of(doc: Document, kind: str) -> rules.Entry | None:
 _AT_A_CREDENTIAL = frozenset({"WSG116", "WSG200", "WSG205"})
 
 
+# Any other diagnostic (a YAML syntax error, a schema error) may point at a line holding a credential too: such
+# a line is recognised by its own key or the key of the block it sits in.
+_CREDENTIAL_KEYS = frozenset({"api_keys", "password", "secret"})
+_KEY = re.compile(r"^(\s*)(?:-\s+)?([A-Za-z_][\w-]*)\s*:")
+
+
+def _credential_part(lines: Sequence[str], index: int) -> int | None:
+    """Where the credential on line ``index`` starts, if the line is an `api_keys`, `password` or `secret`
+    key or an item of such a block; None for other lines."""
+    line = lines[index]
+    stripped = line.lstrip()
+    indent = len(line) - len(stripped)
+    match = _KEY.match(line)
+    if match and match.group(2) in _CREDENTIAL_KEYS:
+        return match.end()
+    is_item = stripped.startswith("-")
+    for above in reversed(lines[:index]):
+        text = above.lstrip()
+        if not text or text.startswith("#"):
+            continue
+        level = len(above) - len(text)
+        if level < indent or (is_item and level == indent and not text.startswith("-")):
+            parent = _KEY.match(above)
+            if parent is None or parent.group(2) not in _CREDENTIAL_KEYS:
+                return None
+            return indent + (1 if is_item else 0)
+    return None
+
+
 def _with_source_lines(diagnostics: list[Diagnostic], sources: Mapping[str, list[str]]) -> list[Diagnostic]:
     out = []
     for d in diagnostics:
@@ -126,6 +156,10 @@ def _with_source_lines(diagnostics: list[Diagnostic], sources: Mapping[str, list
                 line = lines[loc.line - 1]
                 if d.code in _AT_A_CREDENTIAL:
                     line = line[: max(loc.col - 1, 0)] + "[redacted]"
+                else:
+                    cut = _credential_part(lines, loc.line - 1)
+                    if cut is not None:
+                        line = line[:cut] + " [redacted]"
                 d = dataclasses.replace(d, source_line=line)
         out.append(d)
     return out
