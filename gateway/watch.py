@@ -21,8 +21,9 @@ from watchfiles import Change, DefaultFilter, awatch
 log = structlog.get_logger("wsgate.watch")
 
 CONFIG_SUFFIXES = (".yaml", ".yml")
-# Files a config may point at (certificates, keys, CA bundles, JWKS): renewing one is a config change.
-REFERENCED_SUFFIXES = (".pem", ".crt", ".cer", ".key", ".json", ".jwks")
+# Files a config may point at (certificates, keys, CA bundles, JWKS, transform modules): changing one is a
+# config change.
+REFERENCED_SUFFIXES = (".pem", ".crt", ".cer", ".key", ".json", ".jwks", ".py")
 
 
 class ConfigFilter(DefaultFilter):

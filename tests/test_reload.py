@@ -632,3 +632,39 @@ def test_reload_benchmark_runs_end_to_end(tmp_path):
     result = json.loads(out.read_text())
     assert result["reloads_applied"] == 2 and result["lost_or_misordered_or_closed"] == 0
     assert result["messages"] > 0
+
+
+def test_edited_transform_module_applies_on_reload_and_live_connections_keep_theirs(tmp_path):
+    """A transform kept in the config tree is config: editing it is a reload (not a no-op), new connections
+    get the new code, a connection already relayed keeps the function it started with."""
+    module = f"tf_{abs(hash(str(tmp_path))):x}"  # unique: sys.modules is shared by every test of the run
+    root = tmp_path / "config"
+    root.mkdir()
+
+    def transform(suffix: str) -> None:
+        source = f"def add(message):\n    return message.payload + {suffix!r}\n"
+        (root / f".{module}.tmp").write_text(source)
+        os.replace(root / f".{module}.tmp", root / f"{module}.py")  # an editor's atomic save
+
+    async def scenario():
+        async with echo_backend() as backend:
+            transform(" v1")
+            policy = f"policies:\n  - type: transform\n    stage: client\n    callable: {module}:add\n"
+            config = write_config(tmp_path, PORT, settings(), api_yaml("Echo", "/echo", backend.url("/echo/"),
+                                                                        extra=policy))
+            async with running_gateway(config, paths=[root]) as gw:
+                async with connect(gw_url(gw, "/echo")) as old:
+                    await old.send("a")
+                    assert await old.recv() == "a v1"
+                    transform(" v2")
+                    outcome = await gw.reload("test")
+                    assert outcome["ok"] and not outcome["noop"]
+                    async with connect(gw_url(gw, "/echo")) as new:
+                        await new.send("b")
+                        assert await new.recv() == "b v2"
+                    await old.send("c")
+                    assert await old.recv() == "c v1"
+                    transform(" v2")
+                    assert (await gw.reload("test"))["noop"]  # the same source again: nothing to do
+
+    run(scenario())

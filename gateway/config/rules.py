@@ -474,8 +474,9 @@ def check_callable(spec: str, root: Path) -> tuple[str, str] | None:
     # Only a module that lives under the root is isolated; `json:loads` or an installed package
     # imports as usual, so checking never reloads modules the running process already uses.
     local = (root / f"{top}.py").is_file() or (root / top).is_dir()
-    saved = {n: m for n, m in sys.modules.items() if local and (n == top or n.startswith(top + "."))}
-    foreign = {n: m for n, m in saved.items() if not _under(getattr(m, "__file__", None), root)}
+    # Every module of that name is set aside while checking, the running gateway's own copy included: the
+    # check must see the file as it is now (an edited transform), not as the runtime imported it.
+    foreign = {n: m for n, m in sys.modules.items() if local and (n == top or n.startswith(top + "."))}
     for n in foreign:
         del sys.modules[n]
     before = set(sys.modules)

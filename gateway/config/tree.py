@@ -67,7 +67,8 @@ class Config:
         return self.gateway.model if self.gateway else Gateway(kind="Gateway", name="default")
 
     def referenced_files(self) -> dict[str, Path]:
-        """Files the resources point at (TLS certificates and keys, CA bundles, JWT keys), by where they are named."""
+        """Files the resources point at (TLS certificates and keys, CA bundles, JWT keys, transform modules kept in
+        the config tree), by where they are named."""
         out: dict[str, Path] = {}
         for name, port in self.ports.items():
             if port.model.tls is not None:
@@ -77,6 +78,9 @@ class Config:
             if api.model.upstream.tls.ca_file:
                 out[f"API/{name}/upstream.tls.ca_file"] = api.resolve(api.model.upstream.tls.ca_file)
             for i, policy in enumerate(api.model.policies):
+                module = _module_file(getattr(policy, "callable", None), (self.root, api.base_dir))
+                if module is not None:
+                    out[f"API/{name}/policies[{i}].callable"] = module
                 jwt = getattr(policy, "jwt", None)
                 for attr in ("jwks_file", "public_key_file"):
                     value = getattr(jwt, attr, None) if jwt is not None else None
@@ -108,3 +112,16 @@ class Config:
             canonical["files"] = files
         blob = json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()
         return "sha256:" + hashlib.sha256(blob).hexdigest()
+
+
+def _module_file(spec: object, search: tuple[Path, ...]) -> Path | None:
+    """The source file of a ``package.module:function`` callable when it lives in the config tree (operator code
+    in git); None for installed packages, which change with a deploy, not a reload."""
+    if not isinstance(spec, str) or ":" not in spec:
+        return None
+    relative = Path(*spec.partition(":")[0].split("."))
+    for base in search:
+        for candidate in (base / relative.with_suffix(".py"), base / relative / "__init__.py"):
+            if candidate.is_file():
+                return candidate
+    return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
 import sys
@@ -45,6 +46,7 @@ def load_callable(spec: str, search_paths: Sequence[Path]) -> Callable[..., Any]
     sys.path[:0] = added
     try:
         target: Any = importlib.import_module(module_name)
+        target = _fresh(target, search_paths)
     finally:
         for p in added:
             sys.path.remove(p)
@@ -53,6 +55,30 @@ def load_callable(spec: str, search_paths: Sequence[Path]) -> Callable[..., Any]
     if not callable(target):
         raise TypeError(f"{spec} is not callable")
     return target
+
+
+_imported_sources: dict[str, str] = {}  # module name -> SHA-256 of the source it was (re)loaded from
+
+
+def _fresh(module: Any, search_paths: Sequence[Path]) -> Any:
+    """The module, re-imported when it lives under ``search_paths`` (operator code in the config tree) and its
+    source changed since it was loaded: a reload applies edited transforms. Connections already relayed keep
+    the function they started with."""
+    file = getattr(module, "__file__", None)
+    if not file:
+        return module
+    path = Path(file).resolve()
+    if not any(path.is_relative_to(base) for base in search_paths):
+        return module
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return module
+    known = _imported_sources.get(module.__name__)
+    _imported_sources[module.__name__] = digest
+    if known is not None and known != digest:
+        module = importlib.reload(module)
+    return module
 
 
 class Transform(Policy):
