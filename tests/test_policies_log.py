@@ -212,3 +212,42 @@ def test_records_reach_the_structured_log_only_without_a_file_or_when_asked(stat
     assert sorted(logged) == ["both", "unfiled"]
     assert json.loads((tmp_path / "both.jsonl").read_text())["payload"] == "both"
     assert unfiled.writer.path is None
+
+
+def test_data_masking_of_json_fields_and_patterns(state, tmp_path):
+    """Mask rules replace a JSON field at any depth, a dotted path from the top, and pattern matches; sizes stay
+    those of the real messages, the relayed message is untouched, and the values never reach the file."""
+    mask = [{"json_field": "password"}, {"json_field": "card.number", "replacement": "XXXX"},
+            {"pattern": r"\b\d{3}-\d{2}-\d{4}\b", "replacement": "[ssn]"}]
+    policy = log_policy(state, tmp_path, store_client_messages=True, store_server_messages=True, mask=mask)
+    conn = connection()
+    sent = [
+        '{"user":"bob","password":"hunter2","profile":{"password":"hunter3"},"card":{"number":"4111111111111111"}}',
+        '[{"card":{"number":"4000"}},{"nested":{"card":{"number":"kept"}}}]',
+        "ssn 123-45-6789 in plain text, and {not json",
+    ]
+    for text in sent:
+        message = Message("client", True, text)
+        assert policy.on_message(message, conn) is message  # logging never changes what is relayed
+    policy.on_message(Message("server", False, b"\x00password\x01"), conn)  # binary: stored as is
+    first, second, third, binary = [r for r in records(policy) if r["record"] == "message"]
+    assert json.loads(first["payload"]) == {"user": "bob", "password": "***", "profile": {"password": "***"},
+                                            "card": {"number": "XXXX"}}
+    assert json.loads(second["payload"]) == [{"card": {"number": "XXXX"}}, {"nested": {"card": {"number": "kept"}}}]
+    assert third["payload"] == "ssn [ssn] in plain text, and {not json"
+    assert [r["size"] for r in (first, second, third)] == [len(t.encode()) for t in sent]
+    assert base64.b64decode(binary["payload"]) == b"\x00password\x01"
+    text = policy.writer.path.read_text()
+    assert not any(secret in text for secret in ("hunter2", "hunter3", "4111111111111111", "123-45-6789"))
+
+
+def test_mask_rules_are_checked_by_validate(tmp_path):
+    """A mask rule with a broken pattern, or with neither or both targets, is a config error at its line."""
+    from config_helpers import API as API_YAML, base, run_check
+
+    chain = ("  - type: log-invocation\n    store_client_messages: true\n    mask:\n"
+             "      - pattern: '(unclosed'\n      - replacement: x\n")
+    base(tmp_path, api=API_YAML + chain)
+    result = run_check(tmp_path)
+    problems = [(d.code, d.location.line) for d in result.errors]
+    assert len(problems) == 2 and {line for _, line in problems} == {13, 14}, result.diagnostics

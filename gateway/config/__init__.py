@@ -133,6 +133,8 @@ def _credential_part(lines: Sequence[str], index: int) -> int | None:
     if match and match.group(2) in _CREDENTIAL_KEYS:
         return match.end()
     is_item = stripped.startswith("-")
+    if is_item and re.match(r"-\s+env\s*:(\s|$)", stripped):
+        return None  # `- env: VARIABLE`: names where the key is, not the key
     for above in reversed(lines[:index]):
         text = above.lstrip()
         if not text or text.startswith("#"):

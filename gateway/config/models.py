@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # Names are referred to across files (an API's ports, an application's APIs),
 # so keep them to characters that survive YAML, URLs and log fields untouched.
@@ -158,6 +158,35 @@ class TransformPolicy(Strict):
     )
 
 
+class MaskRule(Strict):
+    """Data masking for stored payloads: a JSON field's value, or every match of a pattern, is replaced."""
+
+    json_field: str | None = Field(
+        None,
+        pattern=r"^[^.\s]+(\.[^.\s]+)*$",
+        description="A field of JSON text payloads: a bare name (`password`) matches at any depth, a dotted "
+        "path (`card.number`) from the top; through arrays either way.",
+    )
+    pattern: str | None = Field(None, description="A regular expression; every match in a text payload is replaced.")
+    replacement: str = Field("***", description="What the masked value or match becomes.")
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_target(self) -> "MaskRule":
+        if (self.json_field is None) == (self.pattern is None):
+            raise ValueError("a mask rule has exactly one of `json_field` or `pattern`")
+        return self
+
+
 class LogInvocationPolicy(Strict):
     """Transaction records of upgrades, messages and closes."""
 
@@ -172,6 +201,11 @@ class LogInvocationPolicy(Strict):
     max_file_bytes: PositiveInt = Field(10 * 2**20, description="Rotate the file past this size.")
     backups: int = Field(5, ge=0, description="Rotated files kept.")
     max_payload_bytes: PositiveInt = Field(64 * 1024, description="Longer payloads are truncated in the record.")
+    mask: list[MaskRule] = Field(
+        default_factory=list,
+        description="Data masking: applied to stored text payloads, in order, before truncation and compression "
+        "(sizes stay those of the real message). Masking runs in the log writer thread, off the relay's path.",
+    )
     stdout: bool | None = Field(
         None,
         description="Also emit every record through the gateway's structured log. Default: only when `file` is "

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..config.models import LogInvocationPolicy
 from ..config.tree import Loaded
+from .masking import Masker
 from .base import ConnectionContext, Message, Policy
 from .state import LogWriter, PolicyState, encode_record, record_dict
 
@@ -51,6 +52,7 @@ class LogInvocation(Policy):
         self._write = self.writer.write
         # The writer thread's cache of each connection's constant fields, JSON-encoded ("api" … "peer").
         self._prefixes: dict[ConnectionContext, str] = {}
+        self._mask = Masker(spec.mask)  # applied in the writer thread, like all payload encoding
 
     def _base(self, record: str, conn: ConnectionContext) -> dict[str, Any]:
         return {
@@ -140,15 +142,23 @@ class LogInvocation(Policy):
     def _payload(self, is_text: bool, payload: str | bytes) -> tuple[int, str, str]:
         """(full size in bytes, payload as stored, encoding)."""
         limit = self.spec.max_payload_bytes
+        if is_text and self._mask:
+            size = len(payload.encode("utf-8")) if not payload.isascii() else len(payload)  # type: ignore[union-attr]
+            masked = self._mask(payload)  # type: ignore[arg-type]
+            stored, encoding = self._stored(True, masked.encode("utf-8"), limit)
+            return size, stored, encoding
         if is_text and not self.spec.compress and payload.isascii() and len(payload) <= limit:
             return len(payload), payload, "text"  # type: ignore[return-value]  # the common case: nothing to do
         raw = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
-        size = len(raw)
-        truncated = "+truncated" if size > limit else ""
+        return (len(raw), *self._stored(is_text, raw, limit))
+
+    def _stored(self, is_text: bool, raw: bytes, limit: int) -> tuple[str, str]:
+        """(payload as stored, encoding): truncated to ``limit`` bytes, compressed or base64 as configured."""
+        truncated = "+truncated" if len(raw) > limit else ""
         raw = raw[:limit]
         if self.spec.compress:
-            return size, base64.b64encode(gzip.compress(raw, 6)).decode("ascii"), "gzip+base64" + truncated
+            return base64.b64encode(gzip.compress(raw, 6)).decode("ascii"), "gzip+base64" + truncated
         if is_text:
-            return size, raw.decode("utf-8", "replace"), "text" + truncated
-        return size, base64.b64encode(raw).decode("ascii"), "base64" + truncated
+            return raw.decode("utf-8", "replace"), "text" + truncated
+        return base64.b64encode(raw).decode("ascii"), "base64" + truncated
 
