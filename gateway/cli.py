@@ -3,6 +3,7 @@
     wsgate validate [PATH...] [--format text|json|github] [--strict]   0 valid, 1 invalid, 2 usage
     wsgate plan [PATH] --from OTHER [--format text|json]               0 no changes, 2 changes, 1 error
     wsgate schemas [--check] [--dir DIR]                               0 fresh/written, 1 stale
+    wsgate import FILE [--name N] [--upstream URL] [-o F]              an AsyncAPI description as an API; 1 error
     wsgate run [PATH] [--log-format ...] [--admin HOST:PORT]           the gateway (and echo servers)
     wsgate echo [PATH]                                                 only the config's echo servers
 """
@@ -78,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", choices=("json", "console", "auto"), default=None)
     p.add_argument("--admin", type=_address, default=None, metavar="HOST:PORT", help="admin endpoint address")
 
+    p = sub.add_parser("import", help="turn an AsyncAPI 2.x/3.x description into an API resource")
+    p.add_argument("description", type=Path, metavar="FILE", help="the AsyncAPI document (YAML or JSON)")
+    p.add_argument("--name", help="API name (default: from info.title)")
+    p.add_argument("--path", help="gateway path (default: /websocket/NAME/VERSION)")
+    p.add_argument("--port", default="default", help="the Port the API is served on (default: default)")
+    p.add_argument("--upstream", help="native endpoint URL (default: the description's ws/wss server)")
+    p.add_argument("-o", "--output", type=Path, help="write the YAML here instead of stdout")
+
     p = sub.add_parser("echo", help="check the config, then serve only its echo servers")
     p.add_argument("path", nargs="?", default=".", metavar="PATH")
     p.add_argument("--log-format", choices=("json", "console", "auto"), default=None)
@@ -93,7 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
-    handlers = {"validate": cmd_validate, "plan": cmd_plan, "schemas": cmd_schemas, "run": cmd_run, "echo": cmd_echo}
+    handlers = {"validate": cmd_validate, "plan": cmd_plan, "schemas": cmd_schemas, "run": cmd_run, "echo": cmd_echo,
+                "import": cmd_import}
     return handlers[args.command](args)
 
 
@@ -228,6 +238,29 @@ def cmd_schemas(args: argparse.Namespace) -> int:
         sys.stdout.write(f"wrote {path}\n")
     if not changed:
         sys.stdout.write(f"schemas in {directory} are up to date\n")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- import
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from .importer import DescriptionError, api_from_asyncapi, load_description, render_yaml
+
+    try:
+        document = load_description(args.description)
+        api = api_from_asyncapi(document, name=args.name, path=args.path, port=args.port, upstream=args.upstream)
+    except DescriptionError as exc:
+        sys.stderr.write(f"wsgate import: {exc}\n")
+        return EXIT_INVALID
+    text = render_yaml(api, args.description.name)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text, encoding="utf-8")
+        sys.stderr.write(f"wrote {args.output}: API {api.name} with {len(api.messages)} message definition(s); "
+                         "add its policy chain, then `wsgate validate`\n")
     return EXIT_OK
 
 
