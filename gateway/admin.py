@@ -87,6 +87,21 @@ def connections(gateway: "Gateway") -> tuple[int, Any]:
     return 200, gateway.connection_counts()
 
 
+def metrics(gateway: "Gateway") -> tuple[int, Any]:
+    return 200, PlainText(gateway.metrics.render(gateway), "text/plain; version=0.0.4; charset=utf-8")
+
+
+class PlainText(str):
+    """A handler's body served as is, with its content type, instead of as JSON."""
+
+    content_type: str
+
+    def __new__(cls, text: str, content_type: str) -> "PlainText":
+        self = super().__new__(cls, text)
+        self.content_type = content_type
+        return self
+
+
 class AdminServer:
     """Serves ``routes`` (path -> handler) on one address."""
 
@@ -99,6 +114,7 @@ class AdminServer:
             "/readyz": readyz,
             "/config": config,
             "/connections": connections,
+            "/metrics": metrics,
             "/reload": last_reload,
         }
         self.post_routes: dict[str, Callable[["Gateway"], Any]] = {"/reload": reload_now}
@@ -135,9 +151,12 @@ class AdminServer:
         except Exception:
             log.exception("admin handler failed")
             status, body = 500, {"error": "internal_error", "reason": "see the gateway log"}
-        data = json.dumps(body, sort_keys=True).encode()
+        if isinstance(body, PlainText):
+            data, content_type = body.encode(), body.content_type
+        else:
+            data, content_type = json.dumps(body, sort_keys=True).encode(), "application/json"
         writer.write(
-            f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\nContent-Type: application/json\r\n"
+            f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\nContent-Type: {content_type}\r\n"
             f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode()
             + data
         )

@@ -228,6 +228,7 @@ class ClientHandshake(asyncio.Protocol):
     def _refuse_early(self, status: int, error: str, reason: str, path: str | None = None,
                       linger: bool = True) -> None:
         """Refuse before any API is involved (no policies saw the request)."""
+        self.listener.runtime.metrics.upgrade(self.listener.name, "", status)
         log.info("upgrade_refused", status=status, error=error, reason=reason, port=self.listener.name,
                  path=path, peer=self._peer()[0])
         transport = self.transport
@@ -413,9 +414,9 @@ class ClientHandshake(asyncio.Protocol):
             self.transport.write(refusal_bytes(status, error, reason, headers))
             self.transport.close()
 
-    @staticmethod
-    def _outcome(route: "CompiledAPI", conn: ConnectionContext, status: int, error: str | None,
+    def _outcome(self, route: "CompiledAPI", conn: ConnectionContext, status: int, error: str | None,
                  reason: str | None) -> None:
+        self.listener.runtime.metrics.upgrade(self.listener.name, conn.api, status)
         for policy in route.chain:
             try:
                 policy.on_outcome(conn, status, error, reason)
@@ -442,6 +443,7 @@ class _Closer:
         if self.record is None:
             return
         record, self.record = self.record, None
+        self.runtime.metrics.closed(self.conn, code)
         if record.expiry is not None:
             record.expiry.cancel()
             record.expiry = None

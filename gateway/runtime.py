@@ -20,6 +20,7 @@ from .apps import AppIndex
 from .policies.state import PolicyState
 from .config.tree import Config
 from .listener import Connection, PortListener, raise_open_files_limit
+from .metrics import Metrics
 from .routes import RouteTable
 from .signals import stop_requested
 
@@ -80,6 +81,7 @@ class Gateway:
         self.loaded_at = time.time()
         self.last_reload: dict[str, Any] | None = None
         self.reload_count = 0  # finished reload attempts (applied, skipped or failed)
+        self.metrics = Metrics()
         self.reloaded = asyncio.Condition()  # notified after every reload outcome
         self._reload_lock = asyncio.Lock()
         self._reload_requested = 0
@@ -177,6 +179,7 @@ class Gateway:
                 outcome = self._outcome(trigger, ok=False, error=f"internal error: {exc.__class__.__name__}")
             self.last_reload = outcome
             self.reload_count += 1
+            self.metrics.reloads["failed" if not outcome["ok"] else "unchanged" if outcome["noop"] else "applied"] += 1
             async with self.reloaded:
                 self.reloaded.notify_all()
             return outcome

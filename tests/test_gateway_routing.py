@@ -166,6 +166,39 @@ def test_admin_endpoints(tmp_path):
     run(scenario())
 
 
+def test_admin_metrics_in_prometheus_format(tmp_path):
+    """/metrics counts upgrades by status, active and closed connections, messages both ways and reloads."""
+
+    async def scenario():
+        async with echo_backend() as backend:
+            config = write_config(tmp_path, PORT, api_yaml("Echo", "/echo", backend.url("/echo/")))
+            async with running_gateway(config, paths=[tmp_path / "config"]) as gw:
+                admin = f"http://127.0.0.1:{gw.admin.port}"
+                assert (await http_request(gw_url(gw, "/nope"), upgrade_request("/nope"))).status == 404
+                async with connect(gw_url(gw, "/echo")) as ws:
+                    for text in ("one", "two"):
+                        await ws.send(text)
+                        await ws.recv()
+                    response = await http_request(admin, path="/metrics")
+                    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+                    live = response.body.decode()
+                    assert 'wsgate_connections_active{port="default",api="Echo",application=""} 1' in live
+                    assert 'wsgate_messages_total{api="Echo",direction="client"} 2' in live
+                await eventually(lambda: not gw.live)
+                await gw.reload("test")
+                text = (await http_request(admin, path="/metrics")).body.decode()
+                assert 'wsgate_upgrades_total{port="default",api="Echo",status="101"} 1' in text
+                assert 'wsgate_upgrades_total{port="default",api="",status="404"} 1' in text
+                assert 'wsgate_connections_closed_total{api="Echo",code="1000"} 1' in text
+                assert 'wsgate_messages_total{api="Echo",direction="server"} 2' in text
+                assert 'wsgate_message_bytes_total{api="Echo",direction="client"} 6' in text
+                assert 'wsgate_reloads_total{outcome="unchanged"} 1' in text
+                assert "wsgate_connections_active" in text and 'application=""} 1' not in text
+                assert "wsgate_config_generation 1" in text
+
+    run(scenario())
+
+
 def test_port_connection_cap_refuses_with_503(tmp_path):
     """Past a port's max_connections, a new connection is refused with 503 while existing ones keep working."""
 

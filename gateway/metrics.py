@@ -1,0 +1,82 @@
+"""Prometheus metrics for the admin listener's ``/metrics``: counters kept by the runtime, gauges read live.
+
+Counting is a dict increment at upgrade and close time, never per message:
+message and byte totals are the closed connections' counters plus the live
+ones', added up when scraped.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING, Iterable
+
+if TYPE_CHECKING:
+    from .policies.base import ConnectionContext
+    from .runtime import Gateway
+
+
+class Metrics:
+    """The runtime's counters; one per gateway process, kept across reloads."""
+
+    __slots__ = ("upgrades", "closes", "messages", "payload_bytes", "reloads")
+
+    def __init__(self) -> None:
+        self.upgrades: Counter[tuple[str, str, str]] = Counter()  # (port, api, status)
+        self.closes: Counter[tuple[str, str]] = Counter()  # (api, code)
+        self.messages: Counter[tuple[str, str]] = Counter()  # (api, direction) of closed connections
+        self.payload_bytes: Counter[tuple[str, str]] = Counter()
+        self.reloads: Counter[str] = Counter()  # outcome: applied, unchanged, failed
+
+    def upgrade(self, port: str, api: str, status: int) -> None:
+        self.upgrades[(port, api, str(status))] += 1
+
+    def closed(self, conn: "ConnectionContext", code: int | None) -> None:
+        self.closes[(conn.api, "none" if code is None else str(code))] += 1
+        _add(self.messages, self.payload_bytes, conn)
+
+    def render(self, gateway: "Gateway") -> str:
+        messages, payload_bytes = Counter(self.messages), Counter(self.payload_bytes)
+        active: Counter[tuple[str, str, str]] = Counter()
+        for record in gateway.live:
+            conn = record.conn
+            if record.relay is None or conn is None:
+                continue
+            active[(record.port_name, conn.api, conn.application.name if conn.application else "")] += 1
+            _add(messages, payload_bytes, conn)
+        table = gateway.table
+        return "".join([
+            _family("wsgate_connections_active", "gauge", "Relayed connections open now.",
+                    (({"port": p, "api": a, "application": app}, n) for (p, a, app), n in sorted(active.items()))),
+            _family("wsgate_upgrades_total", "counter", "Upgrade requests answered, by HTTP status.",
+                    (({"port": p, "api": a, "status": s}, n) for (p, a, s), n in sorted(self.upgrades.items()))),
+            _family("wsgate_connections_closed_total", "counter", "Relayed connections ended, by close code.",
+                    (({"api": a, "code": c}, n) for (a, c), n in sorted(self.closes.items()))),
+            _family("wsgate_messages_total", "counter", "Messages relayed (client: client to server).",
+                    (({"api": a, "direction": d}, n) for (a, d), n in sorted(messages.items()))),
+            _family("wsgate_message_bytes_total", "counter", "Payload bytes relayed.",
+                    (({"api": a, "direction": d}, n) for (a, d), n in sorted(payload_bytes.items()))),
+            _family("wsgate_reloads_total", "counter", "Config reloads, by outcome.",
+                    (({"outcome": o}, n) for o, n in sorted(self.reloads.items()))),
+            _family("wsgate_config_generation", "gauge", "Generation of the config serving now.",
+                    [({}, table.generation)]),
+        ])
+
+
+def _add(messages: Counter[tuple[str, str]], payload_bytes: Counter[tuple[str, str]], conn: "ConnectionContext") -> None:
+    counters = conn.counters
+    messages[(conn.api, "client")] += counters.messages_in
+    messages[(conn.api, "server")] += counters.messages_out
+    payload_bytes[(conn.api, "client")] += counters.bytes_in
+    payload_bytes[(conn.api, "server")] += counters.bytes_out
+
+
+def _family(name: str, kind: str, help_text: str, samples: Iterable[tuple[dict[str, str], int]]) -> str:
+    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+    for labels, value in samples:
+        rendered = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+        lines.append(f"{name}{{{rendered}}} {value}" if rendered else f"{name} {value}")
+    return "\n".join(lines) + "\n"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
