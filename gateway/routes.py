@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import structlog
+from websockets.headers import build_host
 from websockets.uri import WebSocketURI, parse_uri
 
 from .config.models import API, Port
@@ -42,6 +43,29 @@ def upstream_ssl_context(loaded: Loaded[API]) -> ssl.SSLContext | None:
     return context
 
 
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A native endpoint and what every upgrade to it needs, derived once when the config is compiled."""
+
+    uri: WebSocketURI
+    host_header: str  # the Host header the upstream request carries
+    url: str  # how logs name it
+
+    @classmethod
+    def parse(cls, url: str) -> "Endpoint":
+        uri = parse_uri(url)
+        return cls(uri, build_host(uri.host, uri.port, uri.secure),
+                   f"{'wss' if uri.secure else 'ws'}://{uri.host}:{uri.port}{uri.resource_name}")
+
+    @property
+    def host(self) -> str:
+        return self.uri.host
+
+    @property
+    def path(self) -> str:
+        return self.uri.path
+
+
 @dataclass(eq=False, slots=True)
 class CompiledAPI:
     """One API as the runtime uses it: its model, policy chain and upstream endpoints."""
@@ -51,7 +75,7 @@ class CompiledAPI:
     upgrade_policies: tuple[Policy, ...]  # those with an on_upgrade hook, in chain order
     client_policies: tuple[Policy, ...]  # message stage, client -> upstream
     server_policies: tuple[Policy, ...]  # message stage, upstream -> client
-    endpoints: tuple[WebSocketURI, ...]
+    endpoints: tuple[Endpoint, ...]
     round_robin: bool
     ssl_context: ssl.SSLContext | None
     fast_path: bool
@@ -65,7 +89,7 @@ class CompiledAPI:
     def name(self) -> str:
         return self.loaded.model.name
 
-    def pick_endpoint(self) -> WebSocketURI:
+    def pick_endpoint(self) -> Endpoint:
         """The endpoint for the next upgrade: the first (straight-through) or the next in turn (round-robin)."""
         if not self.round_robin:
             return self.endpoints[0]
@@ -96,7 +120,7 @@ class CompiledAPI:
             upgrade_policies=tuple(p for p in chain if _overrides(p, "on_upgrade")),
             client_policies=client,
             server_policies=server,
-            endpoints=tuple(parse_uri(e.url) for e in api.upstream.endpoints),
+            endpoints=tuple(Endpoint.parse(e.url) for e in api.upstream.endpoints),
             round_robin=strategy == "round-robin",
             ssl_context=upstream_ssl_context(loaded),
             fast_path=not client and not server and not api.compression,

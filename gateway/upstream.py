@@ -18,13 +18,12 @@ from urllib.parse import unquote_plus
 
 from websockets.client import ClientProtocol
 from websockets.datastructures import Headers
-from websockets.headers import build_authorization_basic, build_host, build_subprotocol
+from websockets.headers import build_authorization_basic, build_subprotocol
 from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS, Response
 from websockets.typing import Subprotocol
-from websockets.uri import WebSocketURI
 from websockets.utils import accept_key, generate_key
 
-from .routes import CompiledAPI
+from .routes import CompiledAPI, Endpoint
 
 API_KEY_NAME = "x-gateway-apikey"
 # Query parameters that carry credentials (the API key; an RFC 6750 bearer token): never forwarded, never logged.
@@ -177,25 +176,10 @@ def _status_line(head: bytes) -> tuple[int, str]:
 class UpstreamRequest:
     """The upstream handshake, serialized before any await so that the client's parsed request can be freed."""
 
-    uri: WebSocketURI
+    endpoint: Endpoint
     data: bytes
     key: str
     offer: list[Subprotocol]
-
-
-_endpoint_cache: dict[tuple[str, int, bool, str], tuple[str, str]] = {}
-
-
-def _endpoint_strings(uri: WebSocketURI) -> tuple[str, str]:
-    """The Host header value and the URL for logs of an endpoint (computed once per endpoint)."""
-    cache_key = (uri.host, uri.port, uri.secure, uri.resource_name)
-    found = _endpoint_cache.get(cache_key)
-    if found is None:
-        url = f"{'wss' if uri.secure else 'ws'}://{uri.host}:{uri.port}{uri.resource_name}"
-        found = (build_host(uri.host, uri.port, uri.secure), url)
-        if len(_endpoint_cache) < 4096:
-            _endpoint_cache[cache_key] = found
-    return found
 
 
 def build_upstream_request(
@@ -209,14 +193,14 @@ def build_upstream_request(
     application: str | None,
 ) -> UpstreamRequest:
     """Pick an endpoint and serialize the upgrade request the upstream gets (what websockets' client sends)."""
-    uri: WebSocketURI = route.pick_endpoint()
+    endpoint = route.pick_endpoint()
+    uri = endpoint.uri
     offer = list(subprotocols)
     key = generate_key()
     path = uri.resource_name
     if query:
         path = f"{path}&{query}" if "?" in path else f"{path}?{query}"
-    host, _ = _endpoint_strings(uri)
-    lines = [f"GET {path} HTTP/1.1", f"Host: {host}"]
+    lines = [f"GET {path} HTTP/1.1", f"Host: {endpoint.host_header}"]
     if uri.user_info:
         lines.append(f"Authorization: {build_authorization_basic(*uri.user_info)}")
     lines += ["Upgrade: websocket", "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13"]
@@ -225,7 +209,7 @@ def build_upstream_request(
     for name, value in forwarded_headers(client_headers, peer_ip=peer_ip, secure=secure, application=application):
         lines.append(f"{name}: {value}")
     lines.append("\r\n")
-    return UpstreamRequest(uri, "\r\n".join(lines).encode(), key, offer)
+    return UpstreamRequest(endpoint, "\r\n".join(lines).encode(), key, offer)
 
 
 _TOKEN = re.compile(rb"[-!#$%&\'*+.^_`|~0-9a-zA-Z]+")
@@ -290,23 +274,17 @@ def _plain_101(head: bytes, key: str, offer: list[Subprotocol]) -> Subprotocol |
     return chosen if chosen in offer else False
 
 
-async def connect_upstream(route: CompiledAPI, **request: object) -> UpstreamLeg:
-    """Build the upstream request (see :func:`build_upstream_request`) and open it."""
-    return await open_upstream(route, build_upstream_request(route, **request))  # type: ignore[arg-type]
-
-
 async def open_upstream(route: CompiledAPI, prepared: UpstreamRequest) -> UpstreamLeg:
     """Open the upstream connection and complete its handshake within the API's connect timeout.
 
     Raises :class:`UpstreamError` (502 refused or invalid answer, 504 timeout).
     """
-    uri = prepared.uri
+    uri, url = prepared.endpoint.uri, prepared.endpoint.url
     upstream = route.api.upstream
     loop = asyncio.get_running_loop()
     head_future: asyncio.Future[tuple[bytes, bytes]] = loop.create_future()
     reader = _HandshakeReader(head_future)
     transport: asyncio.Transport | None = None
-    _, url = _endpoint_strings(uri)
     try:
         async with asyncio.timeout(upstream.connect_timeout):
             try:

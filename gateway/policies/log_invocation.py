@@ -140,25 +140,18 @@ class LogInvocation(Policy):
         }
 
     def _payload(self, is_text: bool, payload: str | bytes) -> tuple[int, str, str]:
-        """(full size in bytes, payload as stored, encoding)."""
+        """(full size in bytes, payload as stored, encoding): masked, truncated, compressed as configured."""
         limit = self.spec.max_payload_bytes
-        if is_text and self._mask:
-            size = len(payload.encode("utf-8")) if not payload.isascii() else len(payload)  # type: ignore[union-attr]
-            masked = self._mask(payload)  # type: ignore[arg-type]
-            stored, encoding = self._stored(True, masked.encode("utf-8"), limit)
-            return size, stored, encoding
-        if is_text and not self.spec.compress and payload.isascii() and len(payload) <= limit:
+        if is_text and not self._mask and not self.spec.compress and payload.isascii() and len(payload) <= limit:
             return len(payload), payload, "text"  # type: ignore[return-value]  # the common case: nothing to do
         raw = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
-        return (len(raw), *self._stored(is_text, raw, limit))
-
-    def _stored(self, is_text: bool, raw: bytes, limit: int) -> tuple[str, str]:
-        """(payload as stored, encoding): truncated to ``limit`` bytes, compressed or base64 as configured."""
+        size = len(raw)
+        if is_text and self._mask:
+            raw = self._mask(payload).encode("utf-8")  # type: ignore[arg-type]
         truncated = "+truncated" if len(raw) > limit else ""
         raw = raw[:limit]
         if self.spec.compress:
-            return base64.b64encode(gzip.compress(raw, 6)).decode("ascii"), "gzip+base64" + truncated
+            return size, base64.b64encode(gzip.compress(raw, 6)).decode("ascii"), "gzip+base64" + truncated
         if is_text:
-            return raw.decode("utf-8", "replace"), "text" + truncated
-        return base64.b64encode(raw).decode("ascii"), "base64" + truncated
-
+            return size, raw.decode("utf-8", "replace"), "text" + truncated
+        return size, base64.b64encode(raw).decode("ascii"), "base64" + truncated

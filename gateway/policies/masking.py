@@ -20,15 +20,15 @@ class Masker:
 
     def __init__(self, rules: Sequence[MaskRule]) -> None:
         self._fields: list[tuple[tuple[str, ...], bool, str]] = []  # (path, anywhere, replacement)
-        self._patterns: list[tuple[re.Pattern[str], str]] = []
+        self._patterns: list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]] = []
         for rule in rules:
             if rule.json_field is not None:
                 path = tuple(rule.json_field.split("."))
                 self._fields.append((path, len(path) == 1, rule.replacement))
             else:
                 assert rule.pattern is not None
-                # A plain string replacement: backslashes in it are not group references.
-                self._patterns.append((re.compile(rule.pattern), rule.replacement))
+                # A function, not a template: backslashes in the replacement are not group references.
+                self._patterns.append((re.compile(rule.pattern), _literal(rule.replacement)))
 
     def __bool__(self) -> bool:
         return bool(self._fields or self._patterns)
@@ -37,7 +37,7 @@ class Masker:
         if self._fields:
             text = self._mask_fields(text)
         for pattern, replacement in self._patterns:
-            text = pattern.sub(_literal(replacement), text)
+            text = pattern.sub(replacement, text)
         return text
 
     def _mask_fields(self, text: str) -> str:

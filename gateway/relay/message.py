@@ -206,7 +206,7 @@ class MessageRelay:
         max_size = api.limits.max_message_size
         server = ServerProtocol(state=OPEN, max_size=max_size, logger=_quiet)
         server.extensions = list(client_extensions)
-        uri = route.endpoints[0]
+        uri = route.endpoints[0].uri
         upstream_ws = ClientProtocol(uri, state=OPEN, max_size=max_size, logger=_quiet)
         self.client = _Leg(self, client, server, True, route.client_policies)
         self.upstream = _Leg(self, upstream, upstream_ws, False, route.server_policies)
@@ -415,39 +415,24 @@ class MessageRelay:
             if len(leg.backlog) == self._max_queue:
                 self.pause(leg)
             return
-        if leg.sync:
-            conn = self.conn
-            original = message
-            for policy in leg.policies:
-                try:
-                    decision = policy.on_message(message, conn)
-                except Exception:
-                    self._policy_failed(policy)
-                    return
-                if decision is DROP:
-                    return
-                if type(decision) is Close:
-                    self.close(decision.code, decision.reason)
-                    return
-                message = decision  # type: ignore[assignment]
-            if message is original and message.payload is payload and message.is_text is is_text:
-                self._send(leg.peer, is_text, data)  # unchanged: the bytes as received, no re-encoding
-            else:
-                self._deliver(leg, message)
-            return
-        self._run_sync(leg, message)
+        self._run_sync(leg, message, data)
 
-    def _run_sync(self, leg: _Leg, message: Message) -> None:
-        """The chain when a policy may answer with an awaitable: the first one hands this direction to a task."""
+    def _run_sync(self, leg: _Leg, message: Message, data: bytes) -> None:
+        """The chain, synchronously; a policy that answers with an awaitable hands this direction to a task.
+
+        A leg whose policies all declare ``sync_messages`` skips the awaitable check. A message no policy
+        replaced or changed goes out as the bytes it came in as (``data``), without re-encoding.
+        """
         conn = self.conn
-        policies = leg.policies
-        for index, policy in enumerate(policies):
+        original, payload, is_text = message, message.payload, message.is_text
+        may_await = not leg.sync
+        for index, policy in enumerate(leg.policies):
             try:
                 decision = policy.on_message(message, conn)
             except Exception:
                 self._policy_failed(policy)
                 return
-            if inspect.isawaitable(decision):
+            if may_await and inspect.isawaitable(decision):
                 leg.backlog = deque()
                 task = asyncio.get_running_loop().create_task(self._consume(leg, decision, index, message))
                 self._tasks.add(task)
@@ -459,7 +444,10 @@ class MessageRelay:
                 self.close(decision.code, decision.reason)
                 return
             message = decision  # type: ignore[assignment]
-        self._deliver(leg, message)
+        if message is original and message.payload is payload and message.is_text is is_text:
+            self._send(leg.peer, is_text, data)
+        else:
+            self._deliver(leg, message)
 
     async def _consume(self, leg: _Leg, first: Any, index: int, message: Message) -> None:
         """Own one direction while a policy is asynchronous; then hand it back to the synchronous path."""
