@@ -112,13 +112,9 @@ def _references_of(doc: Document, kind: str) -> rules.Entry | None:
     return rules.Entry(kind, name, SimpleNamespace(**{field_name: names}), doc)
 
 
-# Diagnostics located at a credential (plain key or password, a key listed twice or by two applications): the
-# source line they quote is cut at the credential, or every CI log would show it.
-_AT_A_CREDENTIAL = frozenset({"WSG116", "WSG200", "WSG205"})
-
-
-# Any other diagnostic (a YAML syntax error, a schema error) may point at a line holding a credential too: such
-# a line is recognised by its own key or the key of the block it sits in.
+# A diagnostic a rule located at a credential (``at_credential``) has its quoted line cut at that column. Any
+# other (a YAML syntax error, a schema error) may point at a line holding a credential too: such a line is
+# recognised by its own key or the key of the block it sits in.
 _CREDENTIAL_KEYS = frozenset({"api_keys", "password", "secret"})
 _KEY = re.compile(r"^(\s*)(?:-\s+)?([A-Za-z_][\w-]*)\s*:")
 
@@ -156,7 +152,7 @@ def _with_source_lines(diagnostics: list[Diagnostic], sources: Mapping[str, list
             lines = sources.get(loc.file)
             if lines and 0 < loc.line <= len(lines):
                 line = lines[loc.line - 1]
-                if d.code in _AT_A_CREDENTIAL:
+                if d.at_credential:
                     line = line[: max(loc.col - 1, 0)] + "[redacted]"
                 else:
                     cut = _credential_part(lines, loc.line - 1)

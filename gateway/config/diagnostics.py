@@ -40,6 +40,7 @@ class Diagnostic:
     hint: str = ""
     source_line: str | None = None
     related: tuple[Related, ...] = ()
+    at_credential: bool = False  # the location is a secret's value: a quoted source line is cut there
 
     @property
     def is_error(self) -> bool:

@@ -674,6 +674,7 @@ def application_keys(ctx: RuleContext) -> None:
                         "WSG200",
                         "API key in plain text",
                         loc,
+                        at_credential=True,
                         hint="anyone who can read this file can use the key; write `sha256:<hash>` or `{env: VARIABLE}`",
                     )
                 )
@@ -681,7 +682,7 @@ def application_keys(ctx: RuleContext) -> None:
             if fp is None:
                 continue
             # Named by its fingerprint only: the key itself must not appear in a diagnostic.
-            _claim_once(ctx, e, fp, loc, mine, claimed, "an API key", code="WSG116",
+            _claim_once(ctx, e, fp, loc, mine, claimed, "an API key", code="WSG116", secret=True,
                         hint="a key must identify one application; give each its own key")
 
 
@@ -762,6 +763,7 @@ def application_basic_and_jwt_clients(ctx: RuleContext) -> None:
                         "WSG200",
                         "basic password in plain text",
                         ploc,
+                        at_credential=True,
                         hint="anyone who can read this file can log in; write `sha256:<hash>` or `{env: VARIABLE}`",
                     )
                 )
@@ -774,14 +776,15 @@ def application_basic_and_jwt_clients(ctx: RuleContext) -> None:
 
 
 def _claim_once(ctx: RuleContext, e: Entry, value: str, loc: Location, mine: set[str],
-                claimed: dict[str, tuple[str, Location]], what: str, *, code: str = "WSG131",
+                claimed: dict[str, tuple[str, Location]], what: str, *, code: str = "WSG131", secret: bool = False,
                 hint: str = "an identifier must name one application; give each its own") -> None:
     """An identifier names one application: warn about a repetition, refuse a second owner.
 
     ``what`` is how diagnostics name the identifier ("JWT client 'x'", or "an API key" for secrets).
     """
     if value in mine:
-        ctx.out.append(warning("WSG205", f"{what} is listed twice", loc, hint="delete the repetition"))
+        ctx.out.append(warning("WSG205", f"{what} is listed twice", loc, hint="delete the repetition",
+                               at_credential=secret))
         return
     mine.add(value)
     if value in claimed and claimed[value][0] != e.name:
@@ -792,6 +795,7 @@ def _claim_once(ctx: RuleContext, e: Entry, value: str, loc: Location, mine: set
                 loc,
                 related=(Related(claimed[value][1], f"'{claimed[value][0]}' claims it here"),),
                 hint=hint,
+                at_credential=secret,
             )
         )
     else:
