@@ -85,13 +85,15 @@ def render_yaml(api: API, source: str) -> str:
 
 
 def _first_channel_address(document: dict[str, Any], version: str) -> str:
+    """The first channel's address: its key in 2.x, its ``address`` field in 3.x."""
     channels = document.get("channels") or {}
-    for key, channel in channels.items():
-        if version.startswith("3.") and isinstance(channel, dict):
-            address = channel.get("address")
-            return str(address) if address else ""
+    if not channels:
+        return ""
+    key, channel = next(iter(channels.items()))
+    if version.startswith("2."):
         return str(key)
-    return ""
+    address = channel.get("address") if isinstance(channel, dict) else None
+    return str(address) if address else ""
 
 
 def _server_url(document: dict[str, Any], channel: str) -> str | None:

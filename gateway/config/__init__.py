@@ -88,7 +88,8 @@ def check(paths: Sequence[str | Path], *, env: Mapping[str, str] | None = None) 
     diagnostics += rules.run(entries, known=known, env=env, roots=dirs, sources=loaded.sources)
     if partials:
         ports = [e for e in entries if e.kind == "Port"]
-        diagnostics += rules.references(ports + partials, known=known, env=env, roots=dirs, sources=loaded.sources)
+        diagnostics += rules.run(ports + partials, known=known, env=env, roots=dirs, sources=loaded.sources,
+                                 only=(rules.api_port_references, rules.application_api_references))
     diagnostics = _with_source_lines(diagnostics, loaded.sources)
     diagnostics.sort(key=Diagnostic.sort_key)
 

@@ -88,25 +88,12 @@ def run(
     env: Mapping[str, str],
     roots: list[Path],
     sources: Mapping[str, list[str]],
+    only: Iterable[Rule] | None = None,
 ) -> list[Diagnostic]:
+    """Every rule (or ``only`` these) over ``entries``; the diagnostics they found."""
     ctx = RuleContext(entries, known, env, roots, sources)
-    for fn in RULES:
+    for fn in RULES if only is None else only:
         fn(ctx)
-    return ctx.out
-
-
-def references(
-    entries: list[Entry],
-    *,
-    known: Mapping[str, set[str]],
-    env: Mapping[str, str],
-    roots: list[Path],
-    sources: Mapping[str, list[str]],
-) -> list[Diagnostic]:
-    """Only the reference rules (ports of APIs, APIs of applications), for documents that failed their schema."""
-    ctx = RuleContext(entries, known, env, roots, sources)
-    api_port_references(ctx)
-    application_api_references(ctx)
     return ctx.out
 
 
