@@ -35,10 +35,11 @@ import subprocess
 import time
 from array import array
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from websockets.client import ClientProtocol
 from websockets.protocol import State
@@ -73,7 +74,7 @@ def masked_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
 class _Leg(asyncio.Protocol):
     """One client connection: the handshake, then a window of messages in flight."""
 
-    def __init__(self, url: str, run: "_Run") -> None:
+    def __init__(self, url: str, run: _Run) -> None:
         self.run = run
         self.ws = ClientProtocol(parse_uri(url))  # no extensions: compression stays off
         self.transport: asyncio.Transport | None = None
@@ -372,7 +373,7 @@ class LoadPool:
         self._ctx = multiprocessing.get_context("spawn")  # no inherited loops, sockets or threads
         self._workers: list[tuple[multiprocessing.process.BaseProcess, Connection]] = []
 
-    def __enter__(self) -> "LoadPool":
+    def __enter__(self) -> LoadPool:
         for _ in range(self.size):
             parent, child = self._ctx.Pipe()
             proc = self._ctx.Process(target=_worker, args=(child,), daemon=True, name="wsgate-bench-load")
@@ -516,7 +517,7 @@ class LoadPool:
         """Not measured by the Python generator (its own handshake cost would dominate): None."""
         return None
 
-    def hold_idle(self, url: str, conns: int) -> "IdleHold":
+    def hold_idle(self, url: str, conns: int) -> IdleHold:
         """Open ``conns`` idle connections spread over the workers; release them by closing the hold."""
         parts = self._split(conns)
         for pipe, n in parts:
@@ -694,7 +695,7 @@ class GoLoad:
         proc = self._start("upgrades", url, conns=conns, size=size, seconds=seconds, warmup=warmup)
         return self._drive(proc, warmup + seconds + 30.0, mark)
 
-    def hold_idle(self, url: str, conns: int) -> "GoIdleHold":
+    def hold_idle(self, url: str, conns: int) -> GoIdleHold:
         return GoIdleHold(self._start("idle", url, conns=conns), CONNECT_TIMEOUT * (conns // CONNECT_BATCH + 2))
 
 

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import json
 import logging
-import http.client
 import os
 import resource
 import select
 import shutil
-import socket
 import signal
+import socket
 import subprocess
 import sys
 import threading

@@ -177,7 +177,7 @@ class _Copy(asyncio.Protocol):
 
 
 class _Front(asyncio.Protocol):
-    def __init__(self, gateway: "_Gateway") -> None:
+    def __init__(self, gateway: _Gateway) -> None:
         self.gateway = gateway
         self.buffer = b""
         self.started = False

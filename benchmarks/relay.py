@@ -42,10 +42,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import structlog
 
@@ -789,7 +790,7 @@ def run(args: argparse.Namespace) -> Report:
             args.targets.remove("nginx")
         backend, backend_name = start_backend(args, stack, tmp, built)
         report = Report(
-            date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            date=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             machine=machine(nginx_version(nginx_bin) if nginx_bin else None, loadgen_name, backend_name),
             settings={k: getattr(args, k) for k in SETTINGS},
         )

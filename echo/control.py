@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import email.utils
 import json
+from collections.abc import Callable, Iterable, Mapping
 from http import HTTPStatus
 from importlib import resources
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from websockets.datastructures import Headers
 from websockets.http11 import Response

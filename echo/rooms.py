@@ -10,8 +10,8 @@ their handler answers each message in place (the benchmark path).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from datetime import datetime
-from typing import Iterable
 
 import structlog
 from websockets.asyncio.server import ServerConnection

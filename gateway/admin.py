@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -26,11 +27,11 @@ REASONS = {200: "OK", 422: "Unprocessable Content", 404: "Not Found", 405: "Meth
 Handler = Callable[["Gateway"], tuple[int, Any]]
 
 
-def healthz(gateway: "Gateway") -> tuple[int, Any]:
+def healthz(gateway: Gateway) -> tuple[int, Any]:
     return 200, {"status": "ok"}
 
 
-def readyz(gateway: "Gateway") -> tuple[int, Any]:
+def readyz(gateway: Gateway) -> tuple[int, Any]:
     if gateway.ready:
         return 200, {"status": "ready"}
     return 503, {"status": "starting" if not gateway.stopping else "stopping"}
@@ -62,7 +63,7 @@ def _redacted(model: Any, env: Any) -> dict[str, Any]:
     return data
 
 
-def config(gateway: "Gateway") -> tuple[int, Any]:
+def config(gateway: Gateway) -> tuple[int, Any]:
     table = gateway.table
     names: dict[str, list[str]] = {}
     documents: list[dict[str, Any]] = []
@@ -74,20 +75,20 @@ def config(gateway: "Gateway") -> tuple[int, Any]:
                  "resources": names, "documents": documents}
 
 
-def last_reload(gateway: "Gateway") -> tuple[int, Any]:
+def last_reload(gateway: Gateway) -> tuple[int, Any]:
     return 200, {"reloads": gateway.reload_count, "last_reload": gateway.last_reload}
 
 
-async def reload_now(gateway: "Gateway") -> tuple[int, Any]:
+async def reload_now(gateway: Gateway) -> tuple[int, Any]:
     outcome = await gateway.reload("admin")
     return (200 if outcome["ok"] else 422), outcome
 
 
-def connections(gateway: "Gateway") -> tuple[int, Any]:
+def connections(gateway: Gateway) -> tuple[int, Any]:
     return 200, gateway.connection_counts()
 
 
-def metrics(gateway: "Gateway") -> tuple[int, Any]:
+def metrics(gateway: Gateway) -> tuple[int, Any]:
     return 200, PlainText(gateway.metrics.render(gateway), "text/plain; version=0.0.4; charset=utf-8")
 
 
@@ -96,7 +97,7 @@ class PlainText(str):
 
     content_type: str
 
-    def __new__(cls, text: str, content_type: str) -> "PlainText":
+    def __new__(cls, text: str, content_type: str) -> PlainText:
         self = super().__new__(cls, text)
         self.content_type = content_type
         return self
@@ -105,7 +106,7 @@ class PlainText(str):
 class AdminServer:
     """Serves ``routes`` (path -> handler) on one address."""
 
-    def __init__(self, gateway: "Gateway", host: str, port: int) -> None:
+    def __init__(self, gateway: Gateway, host: str, port: int) -> None:
         self.gateway = gateway
         self.host = host
         self.port = port
@@ -117,7 +118,7 @@ class AdminServer:
             "/metrics": metrics,
             "/reload": last_reload,
         }
-        self.post_routes: dict[str, Callable[["Gateway"], Any]] = {"/reload": reload_now}
+        self.post_routes: dict[str, Callable[[Gateway], Any]] = {"/reload": reload_now}
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:

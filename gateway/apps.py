@@ -5,8 +5,9 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from .config.tree import Config
 from .credentials import basic_digest, configured_digest, jwt_client_digest, key_digest
@@ -37,7 +38,7 @@ class AppIndex:
     verifiers: Mapping[str, Any] = field(default_factory=dict)  # API -> jwt_keys.JWTVerifier of its identify policy
 
     @classmethod
-    def build(cls, config: Config, env: Mapping[str, str] | None = None) -> "AppIndex":
+    def build(cls, config: Config, env: Mapping[str, str] | None = None) -> AppIndex:
         env = os.environ if env is None else env
         keys: dict[str, str] = {}
         networks: list[tuple[Network, str]] = []

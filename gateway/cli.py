@@ -19,8 +19,9 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence, TextIO
+from typing import TextIO
 
 from .config import CheckResult, Config, check
 from .config import diagnostics as diag
@@ -201,7 +202,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _plan_from_live(args: argparse.Namespace, desired: "Config") -> int:
+def _plan_from_live(args: argparse.Namespace, desired: Config) -> int:
     """Diff against what a running gateway serves; each disruption shows the live connections it closes."""
     from .live import config_from_documents, digested_keys, fetch_json, live_counter
     from .plan import diff, render

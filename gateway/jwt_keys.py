@@ -16,9 +16,10 @@ reason meant for the client ("expired", "wrong audience").
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
@@ -142,7 +143,7 @@ class JWTVerifier:
     leeway: float
 
     @classmethod
-    def build(cls, settings: JWTSettings, base_dir: Path, env: Mapping[str, str]) -> "JWTVerifier":
+    def build(cls, settings: JWTSettings, base_dir: Path, env: Mapping[str, str]) -> JWTVerifier:
         algorithms = frozenset(settings.algorithms)
         if algorithms & HMAC_ALGORITHMS and algorithms - HMAC_ALGORITHMS:
             raise KeyMaterialError("HMAC and public-key algorithms are never allowed together")

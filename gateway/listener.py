@@ -35,7 +35,6 @@ from .relay.fast import ByteRelay
 from .relay.message import MessageRelay
 from .upstream import UpstreamError, _quiet, build_upstream_request, open_upstream, strip_api_key
 
-
 if TYPE_CHECKING:
     from .routes import CompiledAPI
 
@@ -102,7 +101,7 @@ class Connection:
 
     __slots__ = ("listener", "port_name", "client", "conn", "route", "relay", "upstream", "task", "expiry")
 
-    def __init__(self, listener: "PortListener", client: asyncio.Transport) -> None:
+    def __init__(self, listener: PortListener, client: asyncio.Transport) -> None:
         self.listener = listener  # its count of open connections drops when the runtime untracks this
         self.port_name = listener.name
         self.client = client
@@ -142,7 +141,7 @@ class PortListener:
         self.runtime = runtime  # gateway.runtime.Gateway: .table, .keepalive, .track(), .untrack()
         self.count = 0
 
-    def protocol_factory(self) -> "ClientHandshake":
+    def protocol_factory(self) -> ClientHandshake:
         return ClientHandshake(self)
 
 
@@ -313,7 +312,7 @@ class ClientHandshake(asyncio.Protocol):
             self._upgrade(route, conn, upgrade, ws.extensions, accept, extensions_header, safe_query, offered)
         )
 
-    async def _upgrade(self, route: "CompiledAPI", conn: ConnectionContext, upgrade: UpgradeRequest,
+    async def _upgrade(self, route: CompiledAPI, conn: ConnectionContext, upgrade: UpgradeRequest,
                        extensions: list[Any], accept: str, extensions_header: str | None, query: str,
                        offered: list[str]) -> None:
         record = self.record
@@ -405,7 +404,7 @@ class ClientHandshake(asyncio.Protocol):
                 conn.release()
                 self.listener.runtime.untrack(record)
 
-    def _refuse(self, route: "CompiledAPI", conn: ConnectionContext, status: int, error: str, reason: str,
+    def _refuse(self, route: CompiledAPI, conn: ConnectionContext, status: int, error: str, reason: str,
                 headers: tuple[tuple[str, str], ...] = ()) -> None:
         self._outcome(route, conn, status, error, reason)
         log.info("upgrade_refused", status=status, error=error, reason=reason, api=conn.api,
@@ -414,7 +413,7 @@ class ClientHandshake(asyncio.Protocol):
             self.transport.write(refusal_bytes(status, error, reason, headers))
             self.transport.close()
 
-    def _outcome(self, route: "CompiledAPI", conn: ConnectionContext, status: int, error: str | None,
+    def _outcome(self, route: CompiledAPI, conn: ConnectionContext, status: int, error: str | None,
                  reason: str | None) -> None:
         self.listener.runtime.metrics.upgrade(self.listener.name, conn.api, status)
         for policy in route.chain:
@@ -433,7 +432,7 @@ class _Closer:
 
     __slots__ = ("runtime", "record", "route", "conn")
 
-    def __init__(self, runtime: Any, record: Connection, route: "CompiledAPI", conn: ConnectionContext) -> None:
+    def __init__(self, runtime: Any, record: Connection, route: CompiledAPI, conn: ConnectionContext) -> None:
         self.runtime = runtime
         self.record = record
         self.route = route

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .config.models import API, Application, EchoServer, EnvKey, Gateway, Port
 from .config.tree import Config, Loaded, Location

@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from typing import Any, Literal, MutableMapping
+from collections.abc import MutableMapping
+from typing import Any, Literal
 
 import structlog
 

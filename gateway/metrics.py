@@ -8,7 +8,8 @@ ones', added up when scraped.
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .policies.base import ConnectionContext
@@ -30,11 +31,11 @@ class Metrics:
     def upgrade(self, port: str, api: str, status: int) -> None:
         self.upgrades[(port, api, str(status))] += 1
 
-    def closed(self, conn: "ConnectionContext", code: int | None) -> None:
+    def closed(self, conn: ConnectionContext, code: int | None) -> None:
         self.closes[(conn.api, "none" if code is None else str(code))] += 1
         _add(self.messages, self.payload_bytes, conn)
 
-    def render(self, gateway: "Gateway") -> str:
+    def render(self, gateway: Gateway) -> str:
         messages, payload_bytes = Counter(self.messages), Counter(self.payload_bytes)
         active: Counter[tuple[str, str, str]] = Counter()
         for record in gateway.live:
@@ -62,7 +63,7 @@ class Metrics:
         ])
 
 
-def _add(messages: Counter[tuple[str, str]], payload_bytes: Counter[tuple[str, str]], conn: "ConnectionContext") -> None:
+def _add(messages: Counter[tuple[str, str]], payload_bytes: Counter[tuple[str, str]], conn: ConnectionContext) -> None:
     counters = conn.counters
     messages[(conn.api, "client")] += counters.messages_in
     messages[(conn.api, "server")] += counters.messages_out

@@ -13,8 +13,9 @@ the counts. Key values never appear in a plan: API key lists are rendered as
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -81,7 +82,7 @@ class Plan:
     def disruptive(self) -> bool:
         return any(c.disruptive for c in self.changes)
 
-    def with_live_counts(self, count: Callable[[Disruption], int | None]) -> "Plan":
+    def with_live_counts(self, count: Callable[[Disruption], int | None]) -> Plan:
         """A copy with ``live_connections`` filled in by ``count`` (e.g. from a running gateway's admin API)."""
         return replace(
             self,

@@ -10,8 +10,9 @@ compile (except the round-robin cursor, which is only a hint).
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import structlog
 from websockets.headers import build_host
@@ -52,7 +53,7 @@ class Endpoint:
     url: str  # how logs name it
 
     @classmethod
-    def parse(cls, url: str) -> "Endpoint":
+    def parse(cls, url: str) -> Endpoint:
         uri = parse_uri(url)
         return cls(uri, build_host(uri.host, uri.port, uri.secure),
                    f"{'wss' if uri.secure else 'ws'}://{uri.host}:{uri.port}{uri.resource_name}")
@@ -106,7 +107,7 @@ class CompiledAPI:
                 log.exception("policy close failed", api=self.name, policy=policy.type)
 
     @classmethod
-    def build(cls, loaded: Loaded[API], chain: list[Policy]) -> "CompiledAPI":
+    def build(cls, loaded: Loaded[API], chain: list[Policy]) -> CompiledAPI:
         api = loaded.model
         strategy = "straight-through"
         for spec in api.policies:
@@ -146,7 +147,7 @@ class RouteTable:
 
     @classmethod
     def compile(cls, config: Config, apps: Any, state: Any, *, generation: int = 1,
-                build_chain: Callable[[Loaded[API], Config, Any, Any], list[Policy]] | None = None) -> "RouteTable":
+                build_chain: Callable[[Loaded[API], Config, Any, Any], list[Policy]] | None = None) -> RouteTable:
         """Build every enabled route of ``config``; policies come from ``build_chain``
         (default: ``gateway.policies.build_chain``)."""
         build_chain = build_chain or _build_chain

@@ -10,17 +10,18 @@ import asyncio
 import ssl
 import time
 from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import structlog
 
 from .admin import AdminServer
 from .apps import AppIndex
-from .policies.state import PolicyState
 from .config.tree import Config
 from .listener import Connection, PortListener, raise_open_files_limit
 from .metrics import Metrics
+from .policies.state import PolicyState
 from .routes import RouteTable
 from .signals import stop_requested
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Awaitable, Callable, Sequence
 
 import structlog
 from watchfiles import Change, DefaultFilter, awatch

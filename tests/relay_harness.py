@@ -15,8 +15,9 @@ import asyncio
 import os
 import socket
 import struct
+from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any
 
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
@@ -195,7 +196,7 @@ class RawServer:
         self.server: asyncio.Server | None = None
         self.port = 0
 
-    async def __aenter__(self) -> "RawServer":
+    async def __aenter__(self) -> RawServer:
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(self._make, "127.0.0.1", 0)
         self.port = self.server.sockets[0].getsockname()[1]
@@ -237,7 +238,7 @@ async def raw_client(port: int, *, answer: bool = True, pipelined: bytes = b"") 
 class _Front(asyncio.Protocol):
     """The client side until the relay takes over: read the upgrade head, keep what follows."""
 
-    def __init__(self, gateway: "MiniGateway") -> None:
+    def __init__(self, gateway: MiniGateway) -> None:
         self.gateway = gateway
         self.buffer = b""
         self.transport: asyncio.Transport | None = None
@@ -298,7 +299,7 @@ class MiniGateway:
         self.sweeper: KeepaliveSweeper | None = None
         self.port = 0
 
-    async def __aenter__(self) -> "MiniGateway":
+    async def __aenter__(self) -> MiniGateway:
         loop = asyncio.get_running_loop()
         self.sweeper = KeepaliveSweeper(loop)
         self.server = await loop.create_server(lambda: _Front(self), "127.0.0.1", 0)

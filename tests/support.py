@@ -14,14 +14,15 @@ Typical use, inside a plain sync test::
 from __future__ import annotations
 
 import asyncio
-import shutil
 import json
 import os
+import shutil
 import textwrap
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+from typing import Any, TypeVar
 
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers

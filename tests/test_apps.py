@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hashlib
 
+from policy_helpers import app_index, application
+
 from gateway.config.models import EnvKey
 from gateway.credentials import configured_digest, key_digest
-
-from policy_helpers import app_index, application
 
 
 def sha(key: str) -> str:
@@ -53,7 +53,7 @@ def test_unset_or_empty_env_key_matches_nothing():
 
 def test_key_digest_is_hex_sha256():
     """`key_digest` is the hex SHA-256 of the UTF-8 key."""
-    assert key_digest("clé") == hashlib.sha256("clé".encode("utf-8")).hexdigest()
+    assert key_digest("clé") == hashlib.sha256("clé".encode()).hexdigest()
 
 
 def test_single_ip_and_cidr():

@@ -5,16 +5,17 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
+from relay_harness import TIMEOUT, MiniGateway, RawServer, make_api, make_frame, raw_client, wait_for
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Opcode
 
 from gateway.relay.keepalive import PING_PREFIX, KeepaliveSweeper
-from relay_harness import TIMEOUT, MiniGateway, RawServer, make_api, make_frame, raw_client, wait_for
 
 
 def run(test: Callable[[], Awaitable[None]]) -> None:
@@ -39,7 +40,7 @@ class EchoBackend:
         self.port = 0
         self._server: Any = None
 
-    async def __aenter__(self) -> "EchoBackend":
+    async def __aenter__(self) -> EchoBackend:
         self._server = await serve(self._handler, "127.0.0.1", 0, compression=None, max_size=None, ping_interval=None)
         self.port = self._server.sockets[0].getsockname()[1]
         return self

@@ -12,7 +12,6 @@ import asyncio
 import os
 
 import pytest
-
 from autobahn_support import DEFLATE_GROUPS, GROUPS, case_detail, run_leg
 
 FULL = os.environ.get("WSGATE_AUTOBAHN_FULL") == "1"

@@ -21,10 +21,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import PORT, TIMEOUT, api_yaml, http_request, raw_backend, recording_backend, run, write_config
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
-
-from support import PORT, TIMEOUT, api_yaml, http_request, raw_backend, recording_backend, run, write_config
 
 KEY = "leak-canary-" + secrets.token_hex(8)
 WRONG = "wrong-canary-" + secrets.token_hex(8)

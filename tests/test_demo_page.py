@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any, Callable, Coroutine, Iterator, TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -184,9 +185,10 @@ def test_unpublished_context_closes_the_page_with_1001(
 @pytest.fixture(scope="module")
 def tutorial_gateway(servers: LoopThread, echo_service: EchoService, tmp_path_factory: pytest.TempPathFactory):
     """The examples' gateway on a free port, its APIs pointed at this module's echo server."""
+    from support import tutorial_tree
+
     from gateway.config import check
     from gateway.runtime import Gateway
-    from support import tutorial_tree
 
     root = tutorial_tree(tmp_path_factory.mktemp("tutorial"), echo_service.port)
     config = check([root]).config

@@ -7,10 +7,11 @@ import json
 import os
 import signal
 import socket
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, TypeVar
+from typing import Any, TypeVar
 
 import pytest
 import structlog
@@ -24,7 +25,7 @@ from websockets.uri import parse_uri
 from echo.rooms import TOO_SLOW
 from echo.server import EchoService, serve_echo_servers, serve_until_signal
 from gateway.config.models import EchoServer
-from gateway.config.tree import Config, Location, Loaded
+from gateway.config.tree import Config, Loaded, Location
 
 # One timeout unit for every wait; raise it on slow machines.
 TIMEOUT = float(os.environ.get("WSGATE_TEST_TIMEOUT", "5"))
@@ -449,7 +450,7 @@ class RawClient:
         self.frames: list[Frame] = []
 
     @classmethod
-    async def connect(cls, url: str) -> "RawClient":
+    async def connect(cls, url: str) -> RawClient:
         loop = asyncio.get_running_loop()
         uri = parse_uri(url)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -24,27 +24,26 @@ import time
 from pathlib import Path
 
 import pytest
+from support import (
+    PORT,
+    TIMEOUT,
+    eventually,
+    gw_url,
+    http_request,
+    path_api,
+    recording_backend,
+    relay_of,
+    run,
+    running_gateway,
+    upgrade_request,
+    write_config,
+)
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 from websockets.utils import accept_key
 
 from gateway.relay.fast import ByteRelay
 from gateway.relay.message import MessageRelay
-from support import (
-    path_api,
-    relay_of,
-    PORT,
-    TIMEOUT,
-    api_yaml,
-    eventually,
-    gw_url,
-    http_request,
-    recording_backend,
-    run,
-    running_gateway,
-    upgrade_request,
-    write_config,
-)
 
 PATHS = ["fast", "message"]
 RELAY = {"fast": ByteRelay, "message": MessageRelay}
@@ -220,7 +219,7 @@ class _Upstream(socketserver.BaseRequestHandler):
             head += chunk
         lines = head.decode("latin-1").split("\r\n")
         key = next(line.split(":", 1)[1].strip() for line in lines if line.lower().startswith("sec-websocket-key:"))
-        server: "_Server" = self.server  # type: ignore[assignment]
+        server: _Server = self.server  # type: ignore[assignment]
         stall = lines[0].split(" ")[1].startswith("/stall")
         flood: dict = {"sent": 0, "error": None}
         if not stall:

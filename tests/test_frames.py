@@ -7,6 +7,7 @@ import struct
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from relay_harness import make_frame
 from websockets.frames import Close, Frame, Opcode
 
 from gateway.relay.frames import (
@@ -19,7 +20,6 @@ from gateway.relay.frames import (
     close_payload,
     parse_close,
 )
-from relay_harness import make_frame
 
 MAX_TAIL = 14 + 125
 

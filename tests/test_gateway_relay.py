@@ -7,24 +7,24 @@ import contextlib
 import re
 
 import pytest
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
-
-from gateway.policies.base import DROP, Close, Message, Policy
-from gateway.relay.fast import ByteRelay
-from gateway.relay.message import MessageRelay
 from support import (
-    relay_of,
     PORT,
     api_yaml,
     eventually,
     gw_url,
     raw_backend,
     recording_backend,
+    relay_of,
     run,
     running_gateway,
     write_config,
 )
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from gateway.policies.base import DROP, Close, Message, Policy
+from gateway.relay.fast import ByteRelay
+from gateway.relay.message import MessageRelay
 
 # "fast": an API without message-stage policies and without compression takes the byte relay;
 # "message": compression on (and a client that negotiates it) forces the message relay.

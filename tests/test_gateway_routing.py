@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from websockets.asyncio.client import connect
-
-from gateway.config.tree import Config
-from gateway.routes import RouteTable
 from support import (
     PORT,
     api_yaml,
@@ -18,6 +14,10 @@ from support import (
     upgrade_request,
     write_config,
 )
+from websockets.asyncio.client import connect
+
+from gateway.config.tree import Config
+from gateway.routes import RouteTable
 
 
 def test_exact_path_routes_and_trailing_slash_counts(tmp_path):

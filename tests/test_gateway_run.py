@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 import asyncio
-import os
 import json
+import os
 import signal
 import sys
-from pathlib import Path
 
 import pytest
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
-
 from support import (
     EXAMPLES,
     PORT,
@@ -28,8 +23,10 @@ from support import (
     upgrade_request,
     write_config,
 )
-from gateway.runtime import Gateway
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from gateway.runtime import Gateway
 
 
 @pytest.mark.parametrize("compression", [False, True], ids=["fast", "message"])

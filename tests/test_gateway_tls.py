@@ -7,10 +7,9 @@ import ssl
 
 import pytest
 import trustme
+from support import PORT, api_yaml, gw_url, recording_backend, run, running_gateway, write_config
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
-
-from support import PORT, api_yaml, gw_url, recording_backend, run, running_gateway, write_config
 
 
 @pytest.fixture

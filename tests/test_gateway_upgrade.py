@@ -6,11 +6,6 @@ import asyncio
 import base64
 
 import pytest
-from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
-
-from gateway.policies.base import ApplicationRef, Policy, Rejection
-
 from support import (
     PORT,
     api_yaml,
@@ -24,6 +19,10 @@ from support import (
     upgrade_request,
     write_config,
 )
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from gateway.policies.base import ApplicationRef, Policy, Rejection
 
 SMUGGLED = b"GET /admin/secret HTTP/1.1\r\nHost: internal\r\n\r\n"
 

@@ -13,30 +13,29 @@ import asyncio
 import functools
 import struct
 import zlib
-from pathlib import Path
 
 import pytest
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
-
-from gateway.relay.fast import ByteRelay
-from gateway.relay.message import MessageRelay
 from support import (
-    path_api,
-    relay_of,
     PORT,
     TIMEOUT,
     api_yaml,
     eventually,
     gw_url,
     http_request,
+    path_api,
     raw_backend,
     recording_backend,
+    relay_of,
     run,
     running_gateway,
     upgrade_request,
     write_config,
 )
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from gateway.relay.fast import ByteRelay
+from gateway.relay.message import MessageRelay
 
 PATHS = ["fast", "message"]
 RELAY = {"fast": ByteRelay, "message": MessageRelay}

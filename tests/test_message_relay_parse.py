@@ -7,13 +7,11 @@ import random
 from pathlib import Path
 
 import pytest
+from relay_harness import FramePeer, make_frame
+from support import PORT, TIMEOUT, api_yaml, echo_backend, gw_url, recording_backend, run, running_gateway, write_config
 from websockets.client import ClientProtocol
 from websockets.frames import Opcode
 from websockets.uri import parse_uri
-
-from relay_harness import FramePeer, make_frame
-from support import (PORT, TIMEOUT, api_yaml, echo_backend, gw_url, recording_backend, run, running_gateway,
-                     write_config)
 
 
 def passthrough_api(tmp_path: Path, url: str) -> str:

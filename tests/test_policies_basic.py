@@ -7,8 +7,6 @@ import base64
 import hashlib
 
 from structlog.testing import capture_logs
-from websockets.asyncio.client import connect
-
 from support import (
     PORT,
     TIMEOUT,
@@ -21,6 +19,8 @@ from support import (
     upgrade_request,
     write_config,
 )
+from websockets.asyncio.client import connect
+
 from gateway.apps import AppIndex
 from gateway.config import check
 from gateway.config.tree import Config

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from policy_helpers import app_index, application, connection, settle, upgrade_request
+
 from gateway.config.models import IdentifyPolicy
 from gateway.credentials import key_digest
 from gateway.policies.base import ApplicationRef, Rejection
 from gateway.policies.identify import Identify
 from gateway.policies.state import PolicyState
-
-from policy_helpers import app_index, application, connection, settle, upgrade_request
 
 KEY = "alpha-secret-key"
 

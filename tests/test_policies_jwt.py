@@ -16,9 +16,6 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from structlog.testing import capture_logs
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
-
 from support import (
     PORT,
     TIMEOUT,
@@ -31,6 +28,9 @@ from support import (
     upgrade_request,
     write_config,
 )
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
 from gateway.config import check
 
 ISSUER = "https://idp.example"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import structlog.testing
+from policy_helpers import app_index, application, connection, loaded, upgrade_request
 
 from gateway.apps import AppIndex
 from gateway.config.models import API, IdentifyPolicy, LogInvocationPolicy
@@ -16,8 +17,6 @@ from gateway.policies.base import ApplicationRef, Message
 from gateway.policies.identify import Identify
 from gateway.policies.log_invocation import LogInvocation
 from gateway.policies.state import PolicyState
-
-from policy_helpers import app_index, application, connection, loaded, upgrade_request
 
 ECHO = API.model_validate({
     "kind": "API", "name": "Echo", "version": "2.1", "path": "/echo", "ports": ["public"],
@@ -243,7 +242,8 @@ def test_data_masking_of_json_fields_and_patterns(state, tmp_path):
 
 def test_mask_rules_are_checked_by_validate(tmp_path):
     """A mask rule with a broken pattern, or with neither or both targets, is a config error at its line."""
-    from config_helpers import API as API_YAML, base, run_check
+    from config_helpers import API as API_YAML
+    from config_helpers import base, run_check
 
     chain = ("  - type: log-invocation\n    store_client_messages: true\n    mask:\n"
              "      - pattern: '(unclosed'\n      - replacement: x\n")

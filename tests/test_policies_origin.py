@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from policy_helpers import connection, upgrade_request
+
 from gateway.config.models import OriginPolicy
 from gateway.policies.base import Rejection
 from gateway.policies.origin import Origin
-
-from policy_helpers import connection, upgrade_request
 
 
 def decide(origins: list[str], allow=("https://app.example.com", "https://*.example.org"), **spec):

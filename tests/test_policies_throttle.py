@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from policy_helpers import connection, upgrade_request
+
 from gateway.config.models import ThrottlePolicy
 from gateway.policies.base import ApplicationRef, Rejection
 from gateway.policies.state import PolicyState
 from gateway.policies.throttle import Throttle
-
-from policy_helpers import connection, upgrade_request
 
 
 def throttle(state: PolicyState, api: str = "Echo", **spec) -> Throttle:

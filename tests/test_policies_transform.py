@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 import structlog
+from policy_helpers import connection, settle
 
 from gateway import DROP
 from gateway.config.models import TransformPolicy
 from gateway.policies.base import ApplicationRef, Close, Message
 from gateway.policies.transform import Transform, TransformContext, load_callable
-
-from policy_helpers import connection, settle
 
 MODULE = '''
 import asyncio

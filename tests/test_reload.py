@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
+from support import PORT, TIMEOUT, api_yaml, echo_backend, gw_url, http_request, run, running_gateway, write_config
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from support import PORT, TIMEOUT, api_yaml, echo_backend, gw_url, http_request, run, running_gateway, write_config
 from gateway.config import check
 from gateway.watch import ConfigWatcher
 

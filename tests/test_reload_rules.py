@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from support import PORT, api_yaml, write_config
+
 from gateway.apps import AppIndex
 from gateway.credentials import key_digest
 from gateway.reload import Accepted, Action, decide

@@ -11,10 +11,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Mapping, Sequence
 
 from . import rules
 from .diagnostics import Diagnostic, error

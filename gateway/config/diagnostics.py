@@ -12,8 +12,9 @@ and YAML, ``WSG1xx`` errors, ``WSG2xx`` warnings.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Literal, Sequence
+from typing import Literal
 
 from .tree import Location
 

@@ -12,7 +12,7 @@ editors show them as operators type.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -181,7 +181,7 @@ class MaskRule(Strict):
         return value
 
     @model_validator(mode="after")
-    def _one_target(self) -> "MaskRule":
+    def _one_target(self) -> MaskRule:
         if (self.json_field is None) == (self.pattern is None):
             raise ValueError("a mask rule has exactly one of `json_field` or `pattern`")
         return self
@@ -235,7 +235,7 @@ class OriginPolicy(Strict):
 
 
 Policy = Annotated[
-    Union[IdentifyPolicy, ThrottlePolicy, TransformPolicy, LogInvocationPolicy, RoutingPolicy, OriginPolicy],
+    IdentifyPolicy | ThrottlePolicy | TransformPolicy | LogInvocationPolicy | RoutingPolicy | OriginPolicy,
     Field(discriminator="type"),
 ]
 
@@ -319,7 +319,7 @@ class API(Strict):
 
 
 APIKey = Annotated[
-    Union[str, EnvKey],
+    str | EnvKey,
     Field(
         description="A key in plain text (example only), `sha256:<64 hex digits>` (the hash of the key), "
         "or `{env: VARIABLE}`."
@@ -403,7 +403,7 @@ class Gateway(Strict):
     log_format: Literal["json", "console", "auto"] = "auto"
 
 
-Resource = Annotated[Union[Port, API, Application, EchoServer, Gateway], Field(discriminator="kind")]
+Resource = Annotated[Port | API | Application | EchoServer | Gateway, Field(discriminator="kind")]
 KINDS: dict[str, type[BaseModel]] = {
     "Port": Port,
     "API": API,

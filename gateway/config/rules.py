@@ -14,9 +14,10 @@ import importlib
 import ipaddress
 import sys
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
 from .diagnostics import Diagnostic, Related, error, warning

@@ -6,7 +6,8 @@ a class here under policies/, and one entry in ``BUILDERS``.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..apps import AppIndex
 from ..config.models import API

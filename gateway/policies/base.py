@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Literal, Mapping
+from typing import Any, Literal
 
 Direction = Literal["client", "server"]  # who sent the message
 

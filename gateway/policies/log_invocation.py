@@ -18,8 +18,8 @@ from typing import Any
 
 from ..config.models import LogInvocationPolicy
 from ..config.tree import Loaded
-from .masking import Masker
 from .base import ConnectionContext, Message, Policy
+from .masking import Masker
 from .state import LogWriter, PolicyState, encode_record, record_dict
 
 NORMAL_CLOSES = frozenset({1000, 1001})

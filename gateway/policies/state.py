@@ -246,7 +246,7 @@ class HostnameResolver:
         loop = asyncio.get_running_loop()
         try:
             name = await asyncio.wait_for(loop.run_in_executor(None, _confirmed_name, ip), timeout)
-        except (asyncio.TimeoutError, OSError):
+        except (TimeoutError, OSError):
             name = None
         self._cache[ip] = (now + self.ttl, name)
         return name

@@ -6,8 +6,9 @@ import hashlib
 import importlib
 import inspect
 import sys
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, Awaitable, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import structlog
 

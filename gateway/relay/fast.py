@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -80,7 +81,7 @@ class _Leg(FrameScanner, asyncio.Protocol):
         "lost",
     )
 
-    def __init__(self, relay: "ByteRelay", transport: asyncio.Transport, is_client: bool, max_size: int | None) -> None:
+    def __init__(self, relay: ByteRelay, transport: asyncio.Transport, is_client: bool, max_size: int | None) -> None:
         self.relay = relay
         self.transport = transport
         self.peer: _Leg = self
@@ -235,7 +236,7 @@ class ByteRelay:
         route: Any,
         conn: ConnectionContext,
         on_closed: Callable[[int | None, str], None],
-        keepalive: "KeepaliveSweeper | None",
+        keepalive: KeepaliveSweeper | None,
         close_timeout: float = CLOSE_TIMEOUT,
     ) -> None:
         api = route.api
@@ -260,7 +261,7 @@ class ByteRelay:
         self._finished = False
 
     @property
-    def done(self) -> "asyncio.Future[None]":
+    def done(self) -> asyncio.Future[None]:
         """A future resolved once both legs are closed and ``on_closed`` ran."""
         if self._done is None:
             self._done = asyncio.get_running_loop().create_future()

@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import os
 
-from websockets.frames import Close, apply_mask
 from websockets.exceptions import ProtocolError
+from websockets.frames import Close, apply_mask
 
 DONE = 0
 CONTROL = 1

@@ -22,18 +22,21 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+from collections import deque
+from collections.abc import Callable, Sequence
 from struct import pack
 from time import monotonic
-from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from websockets.client import ClientProtocol
 from websockets.extensions.base import Extension
 from websockets.frames import Close as CloseFrame
-from websockets.frames import Opcode
+from websockets.frames import (
+    Opcode,
+    apply_mask,  # the C version when websockets has its speedups
+)
 from websockets.protocol import OPEN
-from websockets.frames import apply_mask  # the C version when websockets has its speedups
 from websockets.server import ServerProtocol
 
 from ..policies.base import DROP, Close, ConnectionContext, Message, Policy
@@ -85,8 +88,8 @@ def _frame(writes: list[bytes], opcode: int, data: bytes, masked: bool) -> None:
     elif length < 126:
         writes.append(_SMALL_HEADS[opcode][length] + data)
     else:
-        writes.append((pack("!BBH", 0x80 | opcode, 126, length) if length < 65536
-                       else pack("!BBQ", 0x80 | opcode, 127, length)))
+        writes.append(pack("!BBH", 0x80 | opcode, 126, length) if length < 65536
+                       else pack("!BBQ", 0x80 | opcode, 127, length))
         writes.append(data)  # no copy of a large payload
 
 
@@ -114,7 +117,7 @@ class _Leg(asyncio.Protocol):
         "max_size",
     )
 
-    def __init__(self, relay: "MessageRelay", transport: asyncio.Transport, ws: Any, is_client: bool,
+    def __init__(self, relay: MessageRelay, transport: asyncio.Transport, ws: Any, is_client: bool,
                  policies: Sequence[Policy]) -> None:
         self.relay = relay
         self.transport = transport
@@ -195,7 +198,7 @@ class MessageRelay:
         upstream: asyncio.Transport,
         client_pending: bytes,
         upstream_pending: bytes,
-        route: "CompiledAPI",
+        route: CompiledAPI,
         conn: ConnectionContext,
         on_closed: Callable[[int | None, str], None],
         keepalive: Any,
