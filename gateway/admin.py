@@ -85,11 +85,11 @@ async def reload_now(gateway: Gateway) -> tuple[int, Any]:
 
 
 def connections(gateway: Gateway) -> tuple[int, Any]:
-    return 200, gateway.connection_counts()
+    return 200, gateway.registry.counts()
 
 
 def metrics(gateway: Gateway) -> tuple[int, Any]:
-    return 200, PlainText(gateway.metrics.render(gateway), "text/plain; version=0.0.4; charset=utf-8")
+    return 200, PlainText(gateway.metrics.render(gateway.registry, gateway.table.generation), "text/plain; version=0.0.4; charset=utf-8")
 
 
 class PlainText(str):

@@ -1,6 +1,6 @@
 """The upgrade stage: one asyncio Protocol per client connection until the relay takes over.
 
-Order (runtime-design.md): read the request head (bounded, within the port's
+Order: read the request head (bounded, within the port's
 handshake timeout) -> route by port and exact path (404) -> a valid WebSocket
 upgrade (426/400) -> the API's policies in chain order (their Rejection) ->
 the upstream handshake (502/504) -> only then 101 to the client. Bytes the
@@ -14,6 +14,8 @@ import asyncio
 import inspect
 import json
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
@@ -36,7 +38,11 @@ from .relay.message import MessageRelay
 from .upstream import UpstreamError, _quiet, build_upstream_request, open_upstream, strip_api_key
 
 if TYPE_CHECKING:
-    from .routes import CompiledAPI
+    from .connections import ConnectionRegistry
+    from .metrics import Metrics
+    from .relay.base import Relay
+    from .relay.keepalive import KeepaliveSweeper
+    from .routes import CompiledAPI, RouteTable
 
 log = structlog.get_logger("wsgate.listener")
 
@@ -97,17 +103,17 @@ def refusal_bytes(status: int, error: str, reason: str, headers: tuple[tuple[str
 
 
 class Connection:
-    """What the runtime tracks about one client connection (stop, admin counts)."""
+    """What the connection registry tracks about one client connection (stop, drain, admin counts)."""
 
     __slots__ = ("listener", "port_name", "client", "conn", "route", "relay", "upstream", "task", "expiry")
 
     def __init__(self, listener: PortListener, client: asyncio.Transport) -> None:
-        self.listener = listener  # its count of open connections drops when the runtime untracks this
+        self.listener = listener  # the registry counts open connections per listener
         self.port_name = listener.name
         self.client = client
         self.conn: ConnectionContext | None = None
         self.route: CompiledAPI | None = None
-        self.relay: Any = None
+        self.relay: Relay | None = None
         self.upstream: asyncio.Transport | None = None
         self.task: asyncio.Task[None] | None = None
         self.expiry: asyncio.TimerHandle | None = None  # closes the connection when its credential expires
@@ -127,19 +133,33 @@ class Connection:
             self.upstream.abort()
 
 
-class PortListener:
-    """Per-Port settings and the hooks into the runtime the client handshakes need."""
+@dataclass(frozen=True, slots=True)
+class ListenerServices:
+    """What every port's client handshakes share: where to register, what to route by, what to count."""
 
-    __slots__ = ("name", "secure", "handshake_timeout", "max_connections", "runtime", "count")
+    registry: ConnectionRegistry
+    table: Callable[[], RouteTable]  # the route table new upgrades use (swapped by a reload)
+    metrics: Metrics
+    keepalive: KeepaliveSweeper | None
+
+
+class PortListener:
+    """Per-Port settings and the services the client handshakes need."""
+
+    __slots__ = ("name", "secure", "handshake_timeout", "max_connections", "services")
 
     def __init__(self, name: str, secure: bool, handshake_timeout: float, max_connections: int | None,
-                 runtime: Any) -> None:
+                 services: ListenerServices) -> None:
         self.name = name
         self.secure = secure
         self.handshake_timeout = handshake_timeout
         self.max_connections = max_connections
-        self.runtime = runtime  # gateway.runtime.Gateway: .table, .keepalive, .track(), .untrack()
-        self.count = 0
+        self.services = services
+
+    @property
+    def count(self) -> int:
+        """Connections made on this listener that have not ended yet."""
+        return self.services.registry.open_on(self)
 
     def protocol_factory(self) -> ClientHandshake:
         return ClientHandshake(self)
@@ -167,9 +187,8 @@ class ClientHandshake(asyncio.Protocol):
         if listener.max_connections is not None and listener.count >= listener.max_connections:
             self._refuse_early(503, "unavailable", "too many connections on this port", linger=False)
             return
-        listener.count += 1
         self.record = Connection(listener, self.transport)
-        listener.runtime.track(self.record)
+        listener.services.registry.track(self.record)
         self.timer = asyncio.get_running_loop().call_later(listener.handshake_timeout, self._handshake_timeout)
 
     def data_received(self, data: bytes) -> None:
@@ -211,7 +230,7 @@ class ClientHandshake(asyncio.Protocol):
         if record.task is not None:
             record.task.cancel()  # stop policies and the upstream connect; the task releases and untracks
         else:
-            self.listener.runtime.untrack(record)
+            self.listener.services.registry.untrack(record)
 
     # the upgrade stage --------------------------------------------------------
     def _handshake_timeout(self) -> None:
@@ -227,7 +246,7 @@ class ClientHandshake(asyncio.Protocol):
     def _refuse_early(self, status: int, error: str, reason: str, path: str | None = None,
                       linger: bool = True) -> None:
         """Refuse before any API is involved (no policies saw the request)."""
-        self.listener.runtime.metrics.upgrade(self.listener.name, "", status)
+        self.listener.services.metrics.upgrade(self.listener.name, "", status)
         log.info("upgrade_refused", status=status, error=error, reason=reason, port=self.listener.name,
                  path=path, peer=self._peer()[0])
         transport = self.transport
@@ -257,7 +276,7 @@ class ClientHandshake(asyncio.Protocol):
             return
         request: Request = events[0]
         path, _, query = request.path.partition("?")
-        route = listener.runtime.table.lookup(listener.name, path)
+        route = listener.services.table().lookup(listener.name, path)
         if route is None:
             self._refuse_early(404, "not_found", "no API at this path", path)
             return
@@ -366,16 +385,17 @@ class ClientHandshake(asyncio.Protocol):
             self._outcome(route, conn, 101, None, None)
             log.info("upgrade_accepted", status=101, api=conn.api, app=application, peer=conn.peer[0],
                      connection=conn.id, upstream=leg.url, subprotocol=leg.subprotocol)
-            runtime = self.listener.runtime
-            closed = _Closer(runtime, record, route, conn)
+            services = self.listener.services
+            closed = _Closer(services, record, route, conn)
+            relay: Relay
             if route.fast_path and not extensions:
                 relay = ByteRelay(client=self.transport, upstream=leg.transport, client_pending=bytes(self.buffer),
                                   upstream_pending=leg.pending, route=route, conn=conn, on_closed=closed,
-                                  keepalive=runtime.keepalive)
+                                  keepalive=services.keepalive)
             else:
                 relay = MessageRelay(client=self.transport, upstream=leg.transport,
                                      client_pending=bytes(self.buffer), upstream_pending=leg.pending, route=route,
-                                     conn=conn, on_closed=closed, keepalive=runtime.keepalive,
+                                     conn=conn, on_closed=closed, keepalive=services.keepalive,
                                      client_extensions=extensions)
             self.buffer = bytearray()
             record.relay = relay
@@ -402,7 +422,7 @@ class ClientHandshake(asyncio.Protocol):
             record.task = None
             if not relayed:
                 conn.release()
-                self.listener.runtime.untrack(record)
+                self.listener.services.registry.untrack(record)
 
     def _refuse(self, route: CompiledAPI, conn: ConnectionContext, status: int, error: str, reason: str,
                 headers: tuple[tuple[str, str], ...] = ()) -> None:
@@ -415,7 +435,7 @@ class ClientHandshake(asyncio.Protocol):
 
     def _outcome(self, route: CompiledAPI, conn: ConnectionContext, status: int, error: str | None,
                  reason: str | None) -> None:
-        self.listener.runtime.metrics.upgrade(self.listener.name, conn.api, status)
+        self.listener.services.metrics.upgrade(self.listener.name, conn.api, status)
         for policy in route.chain:
             try:
                 policy.on_outcome(conn, status, error, reason)
@@ -430,10 +450,11 @@ def _tokens(value: str) -> list[str]:
 class _Closer:
     """The relay's on_closed callback: log, tell the policies, release, untrack — once."""
 
-    __slots__ = ("runtime", "record", "route", "conn")
+    __slots__ = ("services", "record", "route", "conn")
 
-    def __init__(self, runtime: Any, record: Connection, route: CompiledAPI, conn: ConnectionContext) -> None:
-        self.runtime = runtime
+    def __init__(self, services: ListenerServices, record: Connection | None, route: CompiledAPI,
+                 conn: ConnectionContext) -> None:
+        self.services = services
         self.record = record
         self.route = route
         self.conn = conn
@@ -442,7 +463,7 @@ class _Closer:
         if self.record is None:
             return
         record, self.record = self.record, None
-        self.runtime.metrics.closed(self.conn, code)
+        self.services.metrics.closed(self.conn, code)
         if record.expiry is not None:
             record.expiry.cancel()
             record.expiry = None
@@ -458,4 +479,4 @@ class _Closer:
             except Exception:
                 log.error("policy failed", api=conn.api, policy=policy.type, connection=conn.id, exc_info=True)
         conn.release()
-        self.runtime.untrack(record)
+        self.services.registry.untrack(record)

@@ -12,8 +12,8 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from .connections import ConnectionRegistry
     from .policies.base import ConnectionContext
-    from .runtime import Gateway
 
 
 class Metrics:
@@ -35,16 +35,16 @@ class Metrics:
         self.closes[(conn.api, "none" if code is None else str(code))] += 1
         _add(self.messages, self.payload_bytes, conn)
 
-    def render(self, gateway: Gateway) -> str:
+    def render(self, registry: ConnectionRegistry, generation: int) -> str:
+        """The Prometheus text exposition: these counters plus the live connections of ``registry``."""
         messages, payload_bytes = Counter(self.messages), Counter(self.payload_bytes)
         active: Counter[tuple[str, str, str]] = Counter()
-        for record in gateway.live:
+        for record in registry.live:
             conn = record.conn
             if record.relay is None or conn is None:
                 continue
             active[(record.port_name, conn.api, conn.application.name if conn.application else "")] += 1
             _add(messages, payload_bytes, conn)
-        table = gateway.table
         return "".join([
             _family("wsgate_connections_active", "gauge", "Relayed connections open now.",
                     (({"port": p, "api": a, "application": app}, n) for (p, a, app), n in sorted(active.items()))),
@@ -59,7 +59,7 @@ class Metrics:
             _family("wsgate_reloads_total", "counter", "Config reloads, by outcome.",
                     (({"outcome": o}, n) for o, n in sorted(self.reloads.items()))),
             _family("wsgate_config_generation", "gauge", "Generation of the config serving now.",
-                    [({}, table.generation)]),
+                    [({}, generation)]),
         ])
 
 

@@ -1,7 +1,9 @@
-"""The running gateway: listeners, echo servers, admin, keepalive, and the route table swap.
+"""The running gateway: lifecycle (start, stop) and reload orchestration.
 
 ``Gateway`` is the in-process object (tests and ``run`` use it); ``run`` is
-what ``wsgate run PATH`` calls after the config was checked.
+what ``wsgate run PATH`` calls after the config was checked. The live
+connections are kept by ``gateway.connections.ConnectionRegistry``; what a
+change does to one of them is decided by ``gateway.reload``.
 """
 
 from __future__ import annotations
@@ -9,31 +11,30 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from .admin import AdminServer
 from .apps import AppIndex
-from .config.tree import Config
-from .listener import Connection, PortListener, raise_open_files_limit
+from .config.tree import Config, Loaded
+from .connections import ConnectionRegistry
+from .listener import ListenerServices, PortListener, raise_open_files_limit
 from .metrics import Metrics
 from .policies.state import PolicyState
+from .relay.keepalive import KeepaliveSweeper
+from .reload import Action, accepted_from, decide, port_changed
 from .routes import RouteTable
 from .signals import stop_requested
 
+if TYPE_CHECKING:
+    from echo.server import EchoService
+
+    from .config.models import Port
+
 log = structlog.get_logger("wsgate.runtime")
-
-
-def _policy_state() -> PolicyState:
-    return PolicyState()
-
-
-def _app_index(config: Config, env: Mapping[str, str] | None) -> AppIndex:
-    return AppIndex.build(config, env)
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -65,20 +66,19 @@ class Gateway:
         self._admin_override = admin
         self._start_echo = echo
         self._build_chain = build_chain  # None: gateway.policies.build_chain
-        self.state: Any = None
+        self.state: PolicyState | None = None
         self._table: RouteTable | None = None
-        self.keepalive: Any = None
-        self.live: set[Connection] = set()
+        self.keepalive: KeepaliveSweeper | None = None
+        self.registry = ConnectionRegistry()
+        self._services: ListenerServices | None = None  # made by start(), with the keepalive sweeper
         self.servers: dict[str, asyncio.Server] = {}
         self.listeners: dict[str, PortListener] = {}
         self.addresses: dict[str, tuple[str, int]] = {}
         self.tls_contexts: dict[str, ssl.SSLContext] = {}
-        self.echo_services: list[Any] = []
+        self.echo_services: list[EchoService] = []
         self.admin: AdminServer | None = None
         self.ready = False
         self.stopping = False
-        self._idle = asyncio.Event()
-        self._idle.set()
         self.loaded_at = time.time()
         self.last_reload: dict[str, Any] | None = None
         self.reload_count = 0  # finished reload attempts (applied, skipped or failed)
@@ -87,8 +87,6 @@ class Gateway:
         self._reload_lock = asyncio.Lock()
         self._reload_requested = 0
         self._reload_served = 0
-        self._draining: dict[Connection, asyncio.TimerHandle | None] = {}
-        self._retired: list[RouteTable] = []
 
     # ------------------------------------------------------------------ table
     @property
@@ -97,68 +95,9 @@ class Gateway:
         return self._table
 
     def compile(self, config: Config, generation: int) -> RouteTable:
-        return RouteTable.compile(config, _app_index(config, self.env), self.state, generation=generation,
+        assert self.state is not None, "the gateway is not started"
+        return RouteTable.compile(config, AppIndex.build(config, self.env), self.state, generation=generation,
                                   build_chain=self._build_chain)
-
-    def swap(self, config: Config) -> RouteTable:
-        """Compile ``config`` and make it the table new upgrades use (raises, changing nothing, if it fails).
-
-        Live connections keep the route they were accepted with; listeners
-        are not touched here (the reload issue adds and drains ports).
-        """
-        table = self.compile(config, self.table.generation + 1)
-        self._table, self.config = table, config
-        log.info("config_swapped", digest=table.digest, generation=table.generation)
-        return table
-
-    # ------------------------------------------------------------ connections
-    def track(self, record: Connection) -> None:
-        self.live.add(record)
-        self._idle.clear()
-
-    def untrack(self, record: Connection) -> None:
-        """Forget a connection that ended (idempotent)."""
-        if record not in self.live:
-            return
-        self.live.remove(record)
-        record.listener.count -= 1
-        timer = self._draining.pop(record, None)
-        if timer is not None:
-            timer.cancel()
-        if self._retired:
-            self._close_retired()
-        if not self.live:
-            self._idle.set()
-
-    def connection_counts(self) -> dict[str, Any]:
-        """Live relayed connections per port, API and application, plus upgrades in progress."""
-        ports: Counter[str] = Counter()
-        apis: Counter[str] = Counter()
-        apps: Counter[str] = Counter()
-        api_ports: dict[str, Counter[str]] = {}
-        api_apps: dict[str, Counter[str]] = {}
-        upgrading = 0
-        for record in self.live:
-            if record.relay is None:
-                upgrading += 1
-                continue
-            ports[record.port_name] += 1
-            conn = record.conn
-            if conn is not None:
-                apis[conn.api] += 1
-                api_ports.setdefault(conn.api, Counter())[record.port_name] += 1
-                if conn.application is not None:
-                    apps[conn.application.name] += 1
-                    api_apps.setdefault(conn.api, Counter())[conn.application.name] += 1
-        return {
-            "total": sum(ports.values()),
-            "upgrading": upgrading,
-            "ports": dict(ports),
-            "apis": dict(apis),
-            "applications": dict(apps),
-            "api_ports": {api: dict(c) for api, c in api_ports.items()},  # what `plan --from` counts
-            "api_applications": {api: dict(c) for api, c in api_apps.items()},
-        }
 
     # ----------------------------------------------------------------- reload
     async def reload(self, trigger: str = "manual") -> dict[str, Any]:
@@ -242,8 +181,7 @@ class Gateway:
         closed = self._settle_connections(old_config, new, table)
         if self._start_echo:
             problems += await self._follow_echo_servers(new)
-        self._retired.append(old_table)
-        self._close_retired()
+        self.registry.retire(old_table)
         log.info("reload_applied", trigger=trigger, digest=table.digest, generation=table.generation,
                  old_digest=old_table.digest, plan=render_text(plan).rstrip("\n").splitlines(),
                  files_changed=sorted(k for k, v in new.file_fingerprints.items()
@@ -253,11 +191,6 @@ class Gateway:
         return self._outcome(trigger, ok=True, old_digest=old_table.digest, problems=problems,
                              plan={"add": plan.count("create"), "change": plan.count("update"),
                                    "destroy": plan.count("destroy")}, **closed)
-
-    @staticmethod
-    def _port_key(loaded: Any) -> tuple[Any, ...]:
-        model = loaded.model
-        return (model.port, model.host, model.tls)
 
     async def _start_new_ports(self, old: Config, new: Config, table: RouteTable) -> list[str]:
         """Listen on ports that are new or newly enabled (before the swap; on failure close them and raise)."""
@@ -292,7 +225,7 @@ class Gateway:
             loaded = enabled.get(name)
             if loaded is None:
                 self._stop_port(name)
-            elif name in old.ports and self._port_key(old.ports[name]) != self._port_key(loaded):
+            elif name in old.ports and port_changed(old, new, name) == "port changed":
                 self._stop_port(name)
                 try:
                     await self._start_port(name, loaded)
@@ -308,7 +241,7 @@ class Gateway:
                     problems.append(problem)
         return problems
 
-    def _renew_certificate(self, name: str, loaded: Any, old: Config, new: Config) -> str | None:
+    def _renew_certificate(self, name: str, loaded: Loaded[Port], old: Config, new: Config) -> str | None:
         """A renewed certificate or key file goes into the port's live TLS context: new handshakes use it,
         the listening socket and the established connections stay as they are."""
         context = self.tls_contexts.get(name)
@@ -331,59 +264,31 @@ class Gateway:
 
     def _settle_connections(self, old: Config, new: Config, table: RouteTable) -> dict[str, int]:
         """Drain (1001 after the grace) or revoke (1008 now) what the change touches; leave the rest alone."""
-        from .reload import Action, accepted_from, decide
-
         drained = revoked = 0
-        for record in list(self.live):
+        for record in list(self.registry.live):
             accepted = accepted_from(record)
             if accepted is None:
                 continue
             decision = decide(old, new, table.apps, accepted)
+            connection = record.conn.id if record.conn else None
             if decision.action is Action.REVOKE:
                 revoked += 1
-                log.info("connection_revoked", connection=record.conn.id if record.conn else None,
+                log.info("connection_revoked", connection=connection,
                          api=accepted.api, app=accepted.application, reason=decision.reason)
-                self._cancel_drain(record)
-                record.close(1008, "application revoked")
-            elif decision.action is Action.DRAIN and record not in self._draining:
+                self.registry.revoke(record)
+            elif decision.action is Action.DRAIN and record not in self.registry.draining:
                 drained += 1
-                log.info("connection_draining", connection=record.conn.id if record.conn else None,
+                log.info("connection_draining", connection=connection,
                          api=accepted.api, port=accepted.port, reason=decision.reason, grace=self.drain_grace)
-                if self.drain_grace <= 0:
-                    self._draining[record] = None
-                    record.close(1001, "going away")
-                else:
-                    loop = asyncio.get_running_loop()
-                    self._draining[record] = loop.call_later(self.drain_grace, self._drain_now, record)
+                self.registry.drain(record, self.drain_grace)
         return {"drained": drained, "revoked": revoked}
-
-    def _drain_now(self, record: Connection) -> None:
-        self._draining[record] = None
-        if record in self.live:
-            record.close(1001, "going away")
-
-    def _cancel_drain(self, record: Connection) -> None:
-        timer = self._draining.get(record)
-        if timer is not None:
-            timer.cancel()
-
-    def _close_retired(self) -> None:
-        """Release the policies of retired tables once no live connection uses their routes."""
-        in_use = {id(record.route) for record in self.live if record.route is not None}
-        keep = []
-        for retired in self._retired:
-            if any(id(compiled) in in_use for compiled in retired.apis.values()):
-                keep.append(retired)
-            else:
-                retired.close()
-        self._retired = keep
 
     async def _follow_echo_servers(self, new: Config) -> list[str]:
         from echo.server import EchoService
 
         problems: list[str] = []
         current = {service.model.name: service for service in self.echo_services}
-        kept: list[Any] = []
+        kept: list[EchoService] = []
         for name, loaded in new.echo_servers.items():
             service = current.pop(name, None)
             try:
@@ -408,14 +313,10 @@ class Gateway:
     # -------------------------------------------------------------- lifecycle
     async def start(self) -> None:
         """Start echo servers, then listeners and admin; on failure stop what started and raise."""
-        self.state = _policy_state()
+        self.state = PolicyState()
         self._table = self.compile(self.config, 1)
-        try:
-            from .relay.keepalive import KeepaliveSweeper
-
-            self.keepalive = KeepaliveSweeper()
-        except ImportError:  # pragma: no cover - only while the relay package is incomplete
-            self.keepalive = None
+        self.keepalive = KeepaliveSweeper()
+        self._services = ListenerServices(self.registry, lambda: self.table, self.metrics, self.keepalive)
         try:
             if self._start_echo and self.config.echo_servers:
                 from echo.server import serve_echo_servers
@@ -435,15 +336,16 @@ class Gateway:
             raise
         self.ready = True
 
-    async def _start_port(self, name: str, loaded: Any) -> None:
+    async def _start_port(self, name: str, loaded: Loaded[Port]) -> None:
         port = loaded.model
         context = None
         if port.tls is not None:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(loaded.resolve(port.tls.cert), loaded.resolve(port.tls.key))
             self.tls_contexts[name] = context
+        assert self._services is not None, "the gateway is not started"
         listener = PortListener(name, context is not None, port.limits.handshake_timeout,
-                                port.limits.max_connections, self)
+                                port.limits.max_connections, self._services)
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
             listener.protocol_factory,
@@ -467,46 +369,19 @@ class Gateway:
         self.ready = False
         for server in self.servers.values():
             server.close()
-        for record in list(self.live):
-            record.close(1001, "going away")
-        if self.live:
-            try:
-                async with asyncio.timeout(self.shutdown_timeout):
-                    await self._idle.wait()
-            except TimeoutError:
-                log.warning("shutdown timeout; aborting connections", remaining=len(self.live))
-                for record in list(self.live):
-                    record.abort()
-                # Aborted transports report connection_lost on the next loop turns; let the relays finish.
-                try:
-                    async with asyncio.timeout(1.0):
-                        await self._idle.wait()
-                except TimeoutError:
-                    log.error("connections still open after abort", remaining=len(self.live))
+        await self.registry.close_all(self.shutdown_timeout)
         if self.admin is not None:
             await self.admin.stop()
         if self.echo_services:
             await asyncio.gather(*(service.stop() for service in self.echo_services), return_exceptions=True)
         if self.keepalive is not None:
             self.keepalive.close()
-        for timer in self._draining.values():
-            if timer is not None:
-                timer.cancel()
-        self._draining.clear()
-        for retired in self._retired:
-            retired.close()
-        self._retired = []
+        self.registry.close()
         if self._table is not None:
             self._table.close()
         if self.state is not None:
             self.state.close()
         log.info("stopped")
-
-
-def _configure_logging(config: Config, args: Any) -> None:
-    from .log import configure_logging
-
-    configure_logging(getattr(args, "log_format", None) or config.settings.log_format)
 
 
 async def serve(config: Config, admin: tuple[str, int] | None = None,
@@ -533,7 +408,9 @@ async def serve(config: Config, admin: tuple[str, int] | None = None,
 
 def run(config: Config, args: Any = None) -> int:
     """``wsgate run PATH`` after the config was checked: serve (and follow PATH) until a signal; 0 on a clean stop."""
-    _configure_logging(config, args)
+    from .log import configure_logging
+
+    configure_logging(getattr(args, "log_format", None) or config.settings.log_format)
     raise_open_files_limit()  # each proxied connection holds two files
     admin_text = getattr(args, "admin", None)
     admin = parse_address(admin_text) if isinstance(admin_text, str) else admin_text

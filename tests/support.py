@@ -113,7 +113,7 @@ def path_api(tmp_path: Path, path_kind: str, url: str, *, policies: str = "", ex
 
 def relay_of(gw: Gateway) -> object:
     """The relay of the gateway's one relayed connection."""
-    (record,) = [r for r in gw.live if r.relay is not None]
+    (record,) = [r for r in gw.registry.live if r.relay is not None]
     return record.relay
 
 

@@ -94,7 +94,7 @@ def test_upstream_drop_mid_stream(tmp_path, path_kind, how, code):
                     assert info.value.rcvd.code == code
                     if how == "close":
                         assert info.value.rcvd.reason == "upstream bye"
-                await eventually(lambda: not gw.live)
+                await eventually(lambda: not gw.registry.live)
                 client_done.set()
 
     run(scenario())
@@ -127,7 +127,7 @@ def test_abrupt_client_drops_release_upstream_throttle_and_registry(tmp_path, pa
                         ws.transport.abort()
                     await eventually(lambda: len(backend.closes) == i + 1)
                     assert backend.closes[i][0] == 1001
-                    await eventually(lambda: not gw.live)
+                    await eventually(lambda: not gw.registry.live)
                     assert sum(throttle.active.values()) == 0
                     counts = (await http_request(admin, path="/connections")).json()
                     assert counts["total"] == 0 and counts["upgrading"] == 0
@@ -163,7 +163,7 @@ def test_half_open_client_is_found_by_keepalive(tmp_path, path_kind):
                     async with asyncio.timeout(TIMEOUT):
                         await backend.closed.wait()
                     assert backend.closes[0][0] == 1001
-                    await eventually(lambda: not gw.live)
+                    await eventually(lambda: not gw.registry.live)
 
                     def drained() -> bytes:
                         data = b""

@@ -68,7 +68,7 @@ def test_text_binary_and_order_both_ways(tmp_path, path_kind):
                 await ws.send(message)
             received = [await ws.recv() for _ in sent]
             assert received == sent
-            conn = next(iter(gw.live)).conn
+            conn = next(iter(gw.registry.live)).conn
             assert conn.counters.messages_in == 200
             await eventually(lambda: conn.counters.messages_out == 200)
 
@@ -102,7 +102,7 @@ def test_client_close_code_reaches_upstream(tmp_path, path_kind):
             async with asyncio.timeout(10):
                 await backend.closed.wait()
             assert backend.closes == [(4001, "bye")]
-            await eventually(lambda: not gw.live)
+            await eventually(lambda: not gw.registry.live)
 
     run(scenario())
 
@@ -124,7 +124,7 @@ def test_upstream_close_code_reaches_client(tmp_path, path_kind):
                 await ws.recv()
             assert info.value.rcvd.code == 4002
             assert info.value.rcvd.reason == "server bye"
-            await eventually(lambda: not gw.live)
+            await eventually(lambda: not gw.registry.live)
 
     run(scenario())
 
@@ -145,7 +145,7 @@ def test_upstream_vanishing_closes_client_with_1014(tmp_path, path_kind):
             with pytest.raises(ConnectionClosed) as info:
                 await ws.recv()
             assert info.value.rcvd.code == 1014
-            await eventually(lambda: not gw.live)
+            await eventually(lambda: not gw.registry.live)
 
     run(scenario())
 
@@ -165,7 +165,7 @@ def test_client_vanishing_closes_upstream_with_1001(tmp_path, path_kind):
                 async with asyncio.timeout(10):
                     await backend.closed.wait()
                 assert backend.closes[0][0] == 1001
-                await eventually(lambda: not gw.live)
+                await eventually(lambda: not gw.registry.live)
 
     run(scenario())
 
@@ -185,7 +185,7 @@ def test_oversized_message_closes_sender_with_1009(tmp_path, path_kind):
             async with asyncio.timeout(10):
                 await backend.closed.wait()
             assert backend.closes[0][0] == 1001
-            await eventually(lambda: not gw.live)
+            await eventually(lambda: not gw.registry.live)
 
     run(scenario())
 
@@ -317,6 +317,6 @@ def test_policy_close_or_exception_closes_both_legs(tmp_path, word, code):
                 async with asyncio.timeout(10):
                     await backend.closed.wait()
                 assert backend.closes[0][0] == code
-                await eventually(lambda: not gw.live)
+                await eventually(lambda: not gw.registry.live)
 
     run(scenario())

@@ -159,7 +159,7 @@ def test_admin_endpoints(tmp_path):
                     assert counts["total"] == 1
                     assert counts["apis"] == {"Echo": 1}
                     assert counts["ports"] == {"default": 1}
-                await eventually(lambda: not gw.live)
+                await eventually(lambda: not gw.registry.live)
                 counts = (await http_request(admin, path="/connections")).json()
                 assert counts["total"] == 0
 
@@ -184,7 +184,7 @@ def test_admin_metrics_in_prometheus_format(tmp_path):
                     live = response.body.decode()
                     assert 'wsgate_connections_active{port="default",api="Echo",application=""} 1' in live
                     assert 'wsgate_messages_total{api="Echo",direction="client"} 2' in live
-                await eventually(lambda: not gw.live)
+                await eventually(lambda: not gw.registry.live)
                 await gw.reload("test")
                 text = (await http_request(admin, path="/metrics")).body.decode()
                 assert 'wsgate_upgrades_total{port="default",api="Echo",status="101"} 1' in text
@@ -213,20 +213,20 @@ def test_port_connection_cap_refuses_with_503(tmp_path):
                     await ws.send("still here")
                     assert await ws.recv() == "still here"
                 # Once the first connection is gone, its slot is free again.
-                await eventually(lambda: not gw.live)
+                await eventually(lambda: not gw.registry.live)
                 for _ in range(3):
                     async with connect(gw_url(gw, "/echo")) as ws:
                         await ws.send("next")
                         assert await ws.recv() == "next"
-                    await eventually(lambda: not gw.live)
+                    await eventually(lambda: not gw.registry.live)
                 assert (await http_request(gw_url(gw, "/nope"), upgrade_request("/nope"))).status == 404
                 await eventually(lambda: gw.servers and all(l.count == 0 for l in gw.listeners.values()))
 
     run(scenario())
 
 
-def test_swap_routes_new_upgrades_and_keeps_live_connections(tmp_path):
-    """After a swap, new upgrades follow the new table while a connection accepted before keeps relaying."""
+def test_reload_routes_new_upgrades_and_keeps_live_connections(tmp_path):
+    """After a reload, new upgrades follow the new table while a connection accepted before keeps relaying."""
 
     async def scenario():
         async with echo_backend() as backend:
@@ -234,8 +234,8 @@ def test_swap_routes_new_upgrades_and_keeps_live_connections(tmp_path):
             async with running_gateway(old) as gw:
                 async with connect(gw_url(gw, "/a")) as ws:
                     new = write_config(tmp_path, PORT, api_yaml("B", "/b", backend.url("/echo/")))
-                    table = gw.swap(new)
-                    assert table.generation == 2 and table.digest == new.digest()
+                    outcome = await gw.reload()
+                    assert outcome["ok"] and outcome["generation"] == 2 and outcome["digest"] == new.digest()
                     assert (await http_request(gw_url(gw, "/a"), upgrade_request("/a"))).status == 404
                     async with connect(gw_url(gw, "/b")) as other:
                         await other.send("new")

@@ -46,7 +46,7 @@ def test_stop_closes_clients_and_upstreams_with_1001(tmp_path, compression):
                 assert await ws.recv() == f"hello {i}"
                 clients.append(ws)
             await gw.stop()
-            assert not gw.live
+            assert not gw.registry.live
             for ws in clients:
                 with pytest.raises(ConnectionClosed) as info:
                     await ws.recv()
@@ -76,7 +76,7 @@ def test_stop_aborts_peers_that_ignore_the_close_after_the_deadline(tmp_path):
             writer.write(upgrade_request("/a"))
             assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
             await gw.stop()  # returns although the raw client never completes the closing handshake
-            assert not gw.live
+            assert not gw.registry.live
             data = await reader.read()  # the close frame, then EOF
             assert data[:1] == b"\x88"  # a close frame came first
             writer.close()
@@ -159,7 +159,7 @@ def test_tutorial_flow_through_the_examples(tmp_path):
                     assert "retry-after" in info.value.response.headers
                     assert await first.recv()
                     assert await second.recv()
-                await eventually(lambda: not gw.live)
+                await eventually(lambda: not gw.registry.live)
                 gw.state.log_writers.flush()
             log_text = (root / "logs" / "echows.jsonl").read_text()
             assert '"payload":"hello Client Transformation complete"' in log_text

@@ -301,11 +301,11 @@ def test_policy_rejections_statuses_bodies_and_release(tmp_path):
                 async with connect(gw_url(gw, "/key?x-Gateway-APIKey=k")) as ws:
                     await ws.send("in")
                     assert await ws.recv() == "in"
-                    counts = gw.connection_counts()
+                    counts = gw.registry.counts()
                     assert counts["applications"] == {"bob": 1}
                 assert backend.headers["X-Gateway-Application"] == "bob"
                 assert backend.requests[0].path == "/"
-                await eventually(lambda: not gw.live)
+                await eventually(lambda: not gw.registry.live)
         assert recorder.outcomes == [(401, "unauthorized"), (503, "throttled"), (500, "internal_error"), (101, None)]
         assert recorder.closes == [1000]
         assert recorder.released == 4
@@ -337,7 +337,7 @@ def test_client_leaving_during_the_upgrade_drops_the_upstream_and_releases(tmp_p
                 writer.transport.abort()
                 async with asyncio.timeout(10):
                     await upstream_gone.wait()
-                await eventually(lambda: not gw.live)
+                await eventually(lambda: not gw.registry.live)
         assert recorder.outcomes == [(499, "client_gone")]
         assert recorder.released == 1
 

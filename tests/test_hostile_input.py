@@ -98,7 +98,7 @@ def test_upgrade_to_anything_but_websocket_is_refused_and_never_tunnelled(tmp_pa
                 assert response.status == 426
                 assert response.headers["connection"] == "close"
                 assert response.json()["error"] == "upgrade_required"
-                await eventually(lambda: not gw.live)
+                await eventually(lambda: not gw.registry.live)
                 assert backend.requests == []
 
     run(scenario())
@@ -147,7 +147,7 @@ def test_oversized_or_too_many_headers_are_refused(tmp_path, what, request_bytes
                     pytest.fail(f"{what}: connection reset instead of a 431")
                 assert response.status == 431, what
                 assert response.json()["error"] == "request_too_large"
-                await eventually(lambda: not gw.live)
+                await eventually(lambda: not gw.registry.live)
                 assert backend.requests == []
                 async with connect(gw_url(gw, "/a")) as ws:
                     await ws.send("still serving")
@@ -168,7 +168,7 @@ def test_upgrade_with_a_body_is_refused(tmp_path, extra):
                 body = b"hello" if "Length" in extra else b"5\r\nhello\r\n0\r\n\r\n"
                 response = await http_request(gw_url(gw, "/a"), upgrade_request("/a", extra=extra) + body)
                 assert response.status == 400
-                await eventually(lambda: not gw.live)
+                await eventually(lambda: not gw.registry.live)
                 assert backend.requests == []
 
     run(scenario())
@@ -212,15 +212,15 @@ def test_slowloris_is_closed_after_the_handshake_timeout_while_others_are_served
             async with running_gateway(config) as gw:
                 address = gw.addresses["default"]
                 tasks = [asyncio.create_task(loris(i)) for i in range(50)]
-                await eventually(lambda: gw.connection_counts()["upgrading"] == 50)
+                await eventually(lambda: gw.registry.counts()["upgrading"] == 50)
                 async with connect(gw_url(gw, "/a")) as ws:
                     await ws.send("meanwhile")
                     assert await ws.recv() == "meanwhile"
-                    assert gw.connection_counts()["total"] == 1
+                    assert gw.registry.counts()["total"] == 1
                 async with asyncio.timeout(3 * TIMEOUT):
                     answers = await asyncio.gather(*tasks)
                 assert answers == [b""] * 50  # dropped without a response, let alone a 101
-                await eventually(lambda: not gw.live)
+                await eventually(lambda: not gw.registry.live)
                 assert len(backend.requests) == 1  # only the normal client's upgrade went upstream
 
     address: tuple[str, int] = ("", 0)
@@ -251,7 +251,7 @@ def frame_scenario(tmp_path, path_kind, act, *, extra: str = "", compression: st
                     assert await ws.recv() == "warm-up"
                     assert type(relay_of(gw)) is RELAY[path_kind]
                     await act(ws, gw, backend)
-                await eventually(lambda: not gw.live)
+                await eventually(lambda: not gw.registry.live)
 
     run(scenario())
 
@@ -434,7 +434,7 @@ def test_compression_bomb_gets_1009_before_inflating_past_the_limit(tmp_path):
                 assert backend.closes[0][0] == 1001
                 assert received == [len("warm-up")]
                 assert grown < MEMORY_MARGIN, f"peak RSS grew by {grown} bytes"
-                await eventually(lambda: not gw.live)
+                await eventually(lambda: not gw.registry.live)
 
     run(scenario())
 
@@ -485,7 +485,7 @@ def test_origin_policy_end_to_end(tmp_path, path, origin, allowed):
                     assert info.value.response.status_code == 403
                     assert b'"forbidden"' in info.value.response.body
                     assert backend.requests == []
-                await eventually(lambda: not gw.live)
+                await eventually(lambda: not gw.registry.live)
 
     run(scenario())
 
@@ -516,7 +516,7 @@ def test_upstream_status_with_non_ascii_digits_is_502(tmp_path, status_line):
                 response = await http_request(gw_url(gw, "/a"), upgrade_request("/a"))
                 assert response.status == 502
                 assert response.json()["error"] == "bad_gateway"
-                await eventually(lambda: not gw.live)
+                await eventually(lambda: not gw.registry.live)
                 async with asyncio.timeout(TIMEOUT):
                     await upstream_dropped.wait()
 
@@ -564,6 +564,6 @@ def test_protocol_violation_by_the_upstream(tmp_path, path_kind, violation):
                         assert info.value.sent.code == 1007
                     else:
                         assert info.value.rcvd.code == 1001
-                await eventually(lambda: not gw.live)
+                await eventually(lambda: not gw.registry.live)
 
     run(scenario())

@@ -89,7 +89,7 @@ def test_unrelated_change_keeps_connections_and_new_route_serves_at_once(tmp_pat
                     await roundtrip(ws, "after")
                     async with connect(gw_url(gw, "/other")) as other:
                         await roundtrip(other, "new route")
-                    assert not gw._draining
+                    assert not gw.registry.draining
 
     run(scenario())
 
@@ -203,12 +203,12 @@ def test_drain_timer_is_cancelled_when_the_connection_ends_first(tmp_path):
                 ws = await connect(gw_url(gw, "/gone"))
                 save(root, PORT, settings(30), api_yaml("Echo", "/echo", url))
                 assert (await gw.reload("test"))["drained"] == 1
-                assert len(gw._draining) == 1
+                assert len(gw.registry.draining) == 1
                 await ws.close()
                 async with asyncio.timeout(TIMEOUT):
-                    while gw.live:
+                    while gw.registry.live:
                         await asyncio.sleep(0.01)
-                assert not gw._draining and ws.close_code == 1000
+                assert not gw.registry.draining and ws.close_code == 1000
 
     run(scenario())
 
@@ -379,7 +379,7 @@ def test_100_connections_across_20_reloads_lose_nothing(tmp_path):
                 assert all(o.get("drained", 0) == 0 and o.get("revoked", 0) == 0 for o in outcomes)
                 assert gw.table.generation == 1 + 12
                 assert all(c >= 20 for c in counts)
-                assert not gw._draining
+                assert not gw.registry.draining
 
     run(scenario())
 

@@ -1,0 +1,171 @@
+"""The connection registry: every live client connection, counted, drained and released.
+
+One registry per gateway process. Listeners track a connection when its TCP
+connection is made and untrack it when it ends; the admin listener and the
+metrics read the counts; the reload asks it to drain (1001 after a grace) or
+revoke (1008 now) connections; route tables retired by a reload are released
+here once no live connection uses their routes.
+
+Nothing here decides *which* connections a change touches (that is
+``gateway.reload``); the registry only carries out what it is told.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+if TYPE_CHECKING:
+    from .listener import Connection, PortListener
+    from .routes import RouteTable
+
+log = structlog.get_logger("wsgate.connections")
+
+DRAIN_CODE = 1001
+DRAIN_REASON = "going away"
+
+
+class ConnectionRegistry:
+    """The live connections, their counts per listener, pending drains and retired route tables."""
+
+    def __init__(self) -> None:
+        self.live: set[Connection] = set()
+        # Per listener object, not per port name: a port re-listened by a reload starts a fresh count
+        # while the connections of its previous listener finish.
+        self._open: Counter[PortListener] = Counter()
+        self.draining: dict[Connection, asyncio.TimerHandle | None] = {}
+        self._retired: list[RouteTable] = []
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # ---------------------------------------------------------------- tracking
+    def track(self, record: Connection) -> None:
+        """Count a connection that was just made on ``record.listener``."""
+        self.live.add(record)
+        self._open[record.listener] += 1
+        self._idle.clear()
+
+    def untrack(self, record: Connection) -> None:
+        """Forget a connection that ended (idempotent)."""
+        if record not in self.live:
+            return
+        self.live.remove(record)
+        self._open[record.listener] -= 1
+        if self._open[record.listener] <= 0:
+            del self._open[record.listener]
+        timer = self.draining.pop(record, None)
+        if timer is not None:
+            timer.cancel()
+        if self._retired:
+            self._close_retired()
+        if not self.live:
+            self._idle.set()
+
+    def open_on(self, listener: PortListener) -> int:
+        """Connections (relayed or still upgrading) made on ``listener`` and not yet ended."""
+        return self._open.get(listener, 0)
+
+    def counts(self) -> dict[str, Any]:
+        """Live relayed connections per port, API and application, plus upgrades in progress."""
+        ports: Counter[str] = Counter()
+        apis: Counter[str] = Counter()
+        apps: Counter[str] = Counter()
+        api_ports: dict[str, Counter[str]] = {}
+        api_apps: dict[str, Counter[str]] = {}
+        upgrading = 0
+        for record in self.live:
+            if record.relay is None:
+                upgrading += 1
+                continue
+            ports[record.port_name] += 1
+            conn = record.conn
+            if conn is not None:
+                apis[conn.api] += 1
+                api_ports.setdefault(conn.api, Counter())[record.port_name] += 1
+                if conn.application is not None:
+                    apps[conn.application.name] += 1
+                    api_apps.setdefault(conn.api, Counter())[conn.application.name] += 1
+        return {
+            "total": sum(ports.values()),
+            "upgrading": upgrading,
+            "ports": dict(ports),
+            "apis": dict(apis),
+            "applications": dict(apps),
+            "api_ports": {api: dict(c) for api, c in api_ports.items()},  # what `plan --from` counts
+            "api_applications": {api: dict(c) for api, c in api_apps.items()},
+        }
+
+    # ------------------------------------------------------- drain and revoke
+    def revoke(self, record: Connection, reason: str = "application revoked") -> None:
+        """Close now with 1008 (a pending drain of the same connection is cancelled)."""
+        timer = self.draining.get(record)
+        if timer is not None:
+            timer.cancel()
+        record.close(1008, reason)
+
+    def drain(self, record: Connection, grace: float) -> bool:
+        """Close with 1001 after ``grace`` seconds (at once when ``grace <= 0``); False if already draining."""
+        if record in self.draining:
+            return False
+        if grace <= 0:
+            self.draining[record] = None
+            record.close(DRAIN_CODE, DRAIN_REASON)
+        else:
+            loop = asyncio.get_running_loop()
+            self.draining[record] = loop.call_later(grace, self._drain_now, record)
+        return True
+
+    def _drain_now(self, record: Connection) -> None:
+        self.draining[record] = None
+        if record in self.live:
+            record.close(DRAIN_CODE, DRAIN_REASON)
+
+    # ------------------------------------------------------ retired route tables
+    def retire(self, table: RouteTable) -> None:
+        """Release ``table``'s policies once no live connection uses its routes (now, if none does)."""
+        self._retired.append(table)
+        self._close_retired()
+
+    def _close_retired(self) -> None:
+        in_use = {id(record.route) for record in self.live if record.route is not None}
+        keep = []
+        for retired in self._retired:
+            if any(id(compiled) in in_use for compiled in retired.apis.values()):
+                keep.append(retired)
+            else:
+                retired.close()
+        self._retired = keep
+
+    # ---------------------------------------------------------------- shutdown
+    async def close_all(self, timeout: float) -> None:
+        """Close every connection with 1001, wait up to ``timeout``, then abort what is left."""
+        for record in list(self.live):
+            record.close(DRAIN_CODE, DRAIN_REASON)
+        if not self.live:
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            log.warning("shutdown timeout; aborting connections", remaining=len(self.live))
+            for record in list(self.live):
+                record.abort()
+            # Aborted transports report connection_lost on the next loop turns; let the relays finish.
+            try:
+                async with asyncio.timeout(1.0):
+                    await self._idle.wait()
+            except TimeoutError:
+                log.error("connections still open after abort", remaining=len(self.live))
+
+    def close(self) -> None:
+        """Cancel pending drains and release every retired table (the gateway stopped)."""
+        for timer in self.draining.values():
+            if timer is not None:
+                timer.cancel()
+        self.draining.clear()
+        for retired in self._retired:
+            retired.close()
+        self._retired = []
