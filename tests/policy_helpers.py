@@ -12,9 +12,10 @@ from urllib.parse import parse_qs
 from websockets.datastructures import Headers
 
 from gateway.apps import AppIndex
-from gateway.config.models import Application, Identifiers
+from gateway.config.models import API, Application, Identifiers
 from gateway.config.tree import Config, Loaded, Location
-from gateway.policies.base import ConnectionContext, UpgradeRequest
+from gateway.policies.base import ConnectionContext, PolicyBuild, UpgradeRequest
+from gateway.policies.state import PolicyState
 from gateway.upstream import strip_api_key
 
 HERE = Path(__file__).parent
@@ -23,6 +24,22 @@ HERE = Path(__file__).parent
 def loaded(model: Any, base_dir: Path = HERE) -> Loaded[Any]:
     """Wrap a model the way the loader does, with a made-up location."""
     return Loaded(model, Location("test.yaml", 1, 1), base_dir)
+
+
+def api_model(name: str = "Echo") -> API:
+    """A minimal valid API named ``name``."""
+    return API.model_validate({
+        "kind": "API", "name": name, "version": "2.1", "path": "/echo", "ports": ["public"],
+        "upstream": {"endpoints": [{"url": "ws://127.0.0.1:9/echo"}]},
+    })
+
+
+def policy_build(api: str | Loaded[API] = "Echo", apps: AppIndex | None = None, state: PolicyState | None = None,
+                 base_dir: Path = HERE) -> PolicyBuild:
+    """What the route compiler hands every policy: ``api`` by name (a minimal model) or as a loaded API."""
+    loaded_api = loaded(api_model(api), base_dir) if isinstance(api, str) else api
+    return PolicyBuild(api=loaded_api, apps=apps if apps is not None else app_index(),
+                       state=state if state is not None else PolicyState(), root=base_dir)
 
 
 def application(name: str, apis: Iterable[str] = ("Echo",), *, api_keys: Iterable[Any] = (),

@@ -245,7 +245,7 @@ apis: [Echo]
 
 def test_admin_config_and_plan_never_show_a_password(tmp_path):
     """The admin's /config shows basic passwords as digests; a plan marks them sensitive and counts the revocation."""
-    from gateway.registry.live import config_from_documents, digested_keys
+    from gateway.live import config_from_documents, digested_keys
     from gateway.plan import diff, render
 
     async def scenario():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from policy_helpers import app_index, application, connection, settle, upgrade_request
+from policy_helpers import app_index, application, connection, policy_build, settle, upgrade_request
 
 from gateway.config.models import IdentifyPolicy
 from gateway.credentials import key_digest
@@ -18,7 +18,7 @@ def identify(apps=None, api: str = "Echo", **spec) -> Identify:
         application("alpha", apis=["Echo"], api_keys=[KEY]),
         application("outsider", apis=["Other"], api_keys=["outsider-key"]),
     )
-    return Identify(IdentifyPolicy(type="identify", **spec), api, apps, PolicyState())
+    return Identify(IdentifyPolicy(type="identify", **spec), policy_build(api, apps))
 
 
 def test_query_key_with_any_case_of_the_parameter_name():

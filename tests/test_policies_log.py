@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import structlog.testing
-from policy_helpers import app_index, application, connection, loaded, upgrade_request
+from policy_helpers import app_index, application, connection, loaded, policy_build, upgrade_request
 
 from gateway.apps import AppIndex
 from gateway.config.models import API, IdentifyPolicy, LogInvocationPolicy
@@ -33,7 +33,8 @@ def state():
 
 def log_policy(state: PolicyState, tmp_path: Path, **spec) -> LogInvocation:
     spec.setdefault("file", "transactions.jsonl")
-    return LogInvocation(LogInvocationPolicy(type="log-invocation", **spec), loaded(ECHO, tmp_path), state)
+    return LogInvocation(LogInvocationPolicy(type="log-invocation", **spec),
+                         policy_build(loaded(ECHO, tmp_path), state=state, base_dir=tmp_path))
 
 
 def records(policy: LogInvocation) -> list[dict]:
@@ -148,7 +149,7 @@ def test_presented_key_never_in_the_file(state, tmp_path):
     key = "very-secret-key-0042"
     query = f"x-Gateway-APIKey={key}&room=7"
     apps: AppIndex = app_index(application("alpha", api_keys=[key]))
-    identify = Identify(IdentifyPolicy(type="identify"), "Echo", apps, state)
+    identify = Identify(IdentifyPolicy(type="identify"), policy_build("Echo", apps, state))
     policy = log_policy(state, tmp_path, store_client_messages=True)
     accepted = connection(query=query)
     assert identify.on_upgrade(upgrade_request(query=query), accepted) is None
@@ -202,7 +203,7 @@ def test_records_reach_the_structured_log_only_without_a_file_or_when_asked(stat
     filed = log_policy(state, tmp_path, store_client_messages=True)
     both = log_policy(state, tmp_path, store_client_messages=True, stdout=True, file="both.jsonl")
     unfiled = LogInvocation(LogInvocationPolicy(type="log-invocation", store_client_messages=True),
-                            loaded(ECHO, tmp_path), state)
+                            policy_build(loaded(ECHO, tmp_path), state=state, base_dir=tmp_path))
     with structlog.testing.capture_logs() as events:
         for policy, word in ((filed, "filed"), (both, "both"), (unfiled, "unfiled")):
             policy.on_message(Message("client", True, word), connection())

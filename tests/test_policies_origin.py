@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from policy_helpers import connection, upgrade_request
+from policy_helpers import connection, policy_build, upgrade_request
 
 from gateway.config.models import OriginPolicy
 from gateway.policies.base import Rejection
@@ -10,7 +10,7 @@ from gateway.policies.origin import Origin
 
 
 def decide(origins: list[str], allow=("https://app.example.com", "https://*.example.org"), **spec):
-    policy = Origin(OriginPolicy(type="origin", allow=list(allow), **spec))
+    policy = Origin(OriginPolicy(type="origin", allow=list(allow), **spec), policy_build())
     return policy.on_upgrade(upgrade_request(headers=[("Origin", o) for o in origins]), connection())
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from policy_helpers import connection, upgrade_request
+from policy_helpers import connection, policy_build, upgrade_request
 
 from gateway.config.models import ThrottlePolicy
 from gateway.policies.base import ApplicationRef, Rejection
@@ -11,7 +11,7 @@ from gateway.policies.throttle import Throttle
 
 
 def throttle(state: PolicyState, api: str = "Echo", **spec) -> Throttle:
-    return Throttle(ThrottlePolicy(type="throttle", **spec), api, state)
+    return Throttle(ThrottlePolicy(type="throttle", **spec), policy_build(api, state=state))
 
 
 def test_per_api_limit():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import structlog
-from policy_helpers import connection, settle
+from policy_helpers import connection, policy_build, settle
 
 from gateway import DROP
 from gateway.config.models import TransformPolicy
@@ -63,9 +63,10 @@ def load(tmp_path: Path, function: str):
 
 
 def transform(tmp_path: Path, function: str, **spec) -> Transform:
-    fn, name = load(tmp_path, function)
+    _, name = load(tmp_path, function)
     spec.setdefault("stage", "client")
-    return Transform(TransformPolicy(type="transform", callable=f"{name}:{function}", **spec), "Echo", fn)
+    return Transform(TransformPolicy(type="transform", callable=f"{name}:{function}", **spec),
+                     policy_build(base_dir=tmp_path))
 
 
 def text(payload: str) -> Message:
@@ -122,8 +123,9 @@ def test_messages_filter(tmp_path):
 
 def test_context_fields(tmp_path):
     """The callable gets direction, type, payload, API, application, connection id and metadata."""
-    fn, name = load(tmp_path, "record")
-    policy = Transform(TransformPolicy(type="transform", stage="server", callable=f"{name}:record"), "Echo", fn)
+    _, name = load(tmp_path, "record")
+    policy = Transform(TransformPolicy(type="transform", stage="server", callable=f"{name}:record"),
+                       policy_build(base_dir=tmp_path))
     conn = connection(query="room=1")
     conn.application = ApplicationRef("alpha", "api_key")
     policy.on_message(Message("server", True, "hi"), conn)

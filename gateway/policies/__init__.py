@@ -6,38 +6,35 @@ a class here under policies/, and one entry in ``BUILDERS``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from ..apps import AppIndex
 from ..config.models import API
 from ..config.tree import Config, Loaded
-from .base import Policy
+from .base import Policy, PolicyBuild
 from .identify import Identify
 from .log_invocation import LogInvocation
 from .origin import Origin
 from .routing import Routing
 from .state import PolicyState
 from .throttle import Throttle
-from .transform import Transform, load_callable
+from .transform import Transform
 
-Builder = Callable[[Any, Loaded[API], Config, AppIndex, PolicyState], Policy]
-
-BUILDERS: dict[str, Builder] = {
-    "identify": lambda spec, api, config, apps, state: Identify(spec, api.model.name, apps, state),
-    "throttle": lambda spec, api, config, apps, state: Throttle(spec, api.model.name, state),
-    "transform": lambda spec, api, config, apps, state: Transform(
-        spec, api.model.name, load_callable(spec.callable, [config.root.resolve(), api.base_dir.resolve()])
-    ),
-    "log-invocation": lambda spec, api, config, apps, state: LogInvocation(spec, api, state),
-    "routing": lambda spec, api, config, apps, state: Routing(spec),
-    "origin": lambda spec, api, config, apps, state: Origin(spec),
+# Every policy class is built the same way: ``cls(spec, build)``.
+BUILDERS: dict[str, type[Any]] = {
+    "identify": Identify,
+    "throttle": Throttle,
+    "transform": Transform,
+    "log-invocation": LogInvocation,
+    "routing": Routing,
+    "origin": Origin,
 }
 
 
 def build_chain(api: Loaded[API], config: Config, apps: AppIndex, state: PolicyState) -> list[Policy]:
     """The API's policy objects, in chain order."""
-    return [BUILDERS[spec.type](spec, api, config, apps, state) for spec in api.model.policies]
+    build = PolicyBuild(api=api, apps=apps, state=state, root=config.root)
+    return [BUILDERS[spec.type](spec, build) for spec in api.model.policies]
 
 
-__all__ = ["BUILDERS", "Policy", "PolicyState", "build_chain"]
+__all__ = ["BUILDERS", "Policy", "PolicyBuild", "PolicyState", "build_chain"]

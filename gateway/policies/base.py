@@ -26,7 +26,14 @@ import itertools
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:  # type-only: importing this module must not load the config models (pydantic)
+    from ..apps import AppIndex
+    from ..config.models import API
+    from ..config.tree import Loaded
+    from .state import PolicyState
 
 Direction = Literal["client", "server"]  # who sent the message
 
@@ -133,8 +140,26 @@ class ConnectionContext:
 MessageDecision = Message | _Drop | Close
 
 
+@dataclass(frozen=True, slots=True)
+class PolicyBuild:
+    """What every policy is built with besides its own spec: ``Policy(spec, build)`` for all of them."""
+
+    api: Loaded[API]  # the API whose chain the policy is in
+    apps: AppIndex  # the applications of the config being compiled
+    state: PolicyState  # process-wide state that outlives a reload (throttle counters, log writers)
+    root: Path  # the config tree's root: transform modules are found there or next to the API file
+
+    @property
+    def api_name(self) -> str:
+        return self.api.model.name
+
+    @property
+    def search_paths(self) -> tuple[Path, ...]:
+        return (self.root.resolve(), self.api.base_dir.resolve())
+
+
 class Policy:
-    """Base class: override the hooks a policy takes part in.
+    """Base class: override the hooks a policy takes part in; every policy is built as ``Policy(spec, build)``.
 
     ``message_stages`` names the directions whose messages the policy must
     see; an API whose chain leaves it empty for every policy is relayed as

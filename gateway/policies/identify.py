@@ -14,11 +14,9 @@ from __future__ import annotations
 import base64
 import binascii
 
-from ..apps import AppIndex
 from ..config.models import IdentifyPolicy
 from ..credentials import jwt_client_digest, key_digest
-from .base import ApplicationRef, ConnectionContext, Policy, Rejection, UpgradeRequest
-from .state import PolicyState
+from .base import ApplicationRef, ConnectionContext, Policy, PolicyBuild, Rejection, UpgradeRequest
 
 API_KEY_NAME = "x-gateway-apikey"
 TOKEN_PARAMETER = "access_token"  # RFC 6750, 2.3
@@ -71,16 +69,16 @@ def decode_basic(credentials: str) -> tuple[str, str] | None:
 class Identify(Policy):
     type = "identify"
 
-    def __init__(self, spec: IdentifyPolicy, api: str, apps: AppIndex, state: PolicyState) -> None:
+    def __init__(self, spec: IdentifyPolicy, build: PolicyBuild) -> None:
         self.spec = spec
-        self.api = api
-        self.apps = apps
-        self.resolver = state.resolver
+        self.api = build.api_name
+        self.apps = build.apps
+        self.resolver = build.state.resolver
         self._needs_lookup = "hostname" in spec.by
         self._schemes = frozenset(
             scheme for method, scheme in (("jwt", "bearer"), ("basic", "basic")) if method in spec.by
         )
-        self._verifier = apps.verifier(api) if "jwt" in spec.by else None
+        self._verifier = self.apps.verifier(self.api) if "jwt" in spec.by else None
         self._token_in_query = spec.jwt is not None and spec.jwt.query_parameter
 
     def on_upgrade(self, request: UpgradeRequest, conn: ConnectionContext):  # type: ignore[override]

@@ -17,10 +17,9 @@ from json.encoder import encode_basestring_ascii as _json_str  # type: ignore[at
 from typing import Any
 
 from ..config.models import LogInvocationPolicy
-from ..config.tree import Loaded
-from .base import ConnectionContext, Message, Policy
+from .base import ConnectionContext, Message, Policy, PolicyBuild
 from .masking import Masker
-from .state import LogWriter, PolicyState, encode_record, record_dict
+from .state import LogWriter, encode_record, record_dict
 
 NORMAL_CLOSES = frozenset({1000, 1001})
 _JSON_ESCAPED = bytes(range(0x20)) + b'"\\\x7f'  # what json.dumps escapes in ASCII text
@@ -32,8 +31,9 @@ class LogInvocation(Policy):
     type = "log-invocation"
     sync_messages = True  # on_message never returns an awaitable (read by the message relay)
 
-    def __init__(self, spec: LogInvocationPolicy, loaded: Loaded[Any], state: PolicyState) -> None:
+    def __init__(self, spec: LogInvocationPolicy, build: PolicyBuild) -> None:
         self.spec = spec
+        loaded, state = build.api, build.state
         self.api = loaded.model.name
         self.version = loaded.model.version
         stages = set()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from ..config.models import OriginPolicy
-from .base import ConnectionContext, Policy, Rejection, UpgradeRequest
+from .base import ConnectionContext, Policy, PolicyBuild, Rejection, UpgradeRequest
 
 
 def origin_pattern(allowed: str) -> re.Pattern[str]:
@@ -17,7 +17,7 @@ def origin_pattern(allowed: str) -> re.Pattern[str]:
 class Origin(Policy):
     type = "origin"
 
-    def __init__(self, spec: OriginPolicy) -> None:
+    def __init__(self, spec: OriginPolicy, build: PolicyBuild) -> None:
         self.spec = spec
         self.patterns = tuple(origin_pattern(a) for a in spec.allow)
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from ..config.models import ThrottlePolicy
-from .base import ConnectionContext, Policy, Rejection, UpgradeRequest
-from .state import PolicyState
+from .base import ConnectionContext, Policy, PolicyBuild, Rejection, UpgradeRequest
 
 # No application name can look like this (names are [A-Za-z0-9._-]), so it never clashes with one.
 ANONYMOUS = "<anonymous>"
@@ -14,10 +13,10 @@ WHOLE_API = "<api>"
 class Throttle(Policy):
     type = "throttle"
 
-    def __init__(self, spec: ThrottlePolicy, api: str, state: PolicyState) -> None:
+    def __init__(self, spec: ThrottlePolicy, build: PolicyBuild) -> None:
         self.spec = spec
-        self.api = api
-        self.counters = state.throttle
+        self.api = build.api_name
+        self.counters = build.state.throttle
         self._retry = (("Retry-After", str(spec.retry_after)),)
 
     def on_upgrade(self, request: UpgradeRequest, conn: ConnectionContext) -> Rejection | None:

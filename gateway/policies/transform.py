@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import structlog
 
 from ..config.models import TransformPolicy
-from .base import DROP, Close, ConnectionContext, Direction, Message, MessageDecision, Policy
+from .base import DROP, Close, ConnectionContext, Direction, Message, MessageDecision, Policy, PolicyBuild
 
 log = structlog.get_logger("wsgate.policies")
 
@@ -87,10 +87,10 @@ class Transform(Policy):
 
     type = "transform"
 
-    def __init__(self, spec: TransformPolicy, api: str, function: Callable[..., Any]) -> None:
+    def __init__(self, spec: TransformPolicy, build: PolicyBuild) -> None:
         self.spec = spec
-        self.api = api
-        self.function = function
+        self.api = build.api_name
+        self.function = function = load_callable(spec.callable, build.search_paths)
         self.message_stages = frozenset({spec.stage})
         self._is_async = inspect.iscoroutinefunction(function)
         self.sync_messages = not self._is_async  # decided once: the relay skips its per-message awaitable check
