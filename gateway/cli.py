@@ -286,6 +286,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         configure_logging(args.log_format)
     from . import runtime
 
+    assert result.config is not None  # result.ok
     return runtime.run(result.config, args)
 
 
@@ -295,7 +296,8 @@ def cmd_echo(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     from .log import configure_logging
 
-    configure_logging(args.log_format or result.config.settings.log_format)  # type: ignore[union-attr]
+    assert result.config is not None  # result.ok
+    configure_logging(args.log_format or result.config.settings.log_format)
     from echo import server
 
     return server.run(result.config, args)

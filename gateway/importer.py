@@ -135,7 +135,7 @@ def _messages(document: dict[str, Any], version: str) -> Iterable[dict[str, Any]
 def _definitions(message: Any, origin: str, document: dict[str, Any], components: dict[str, Any]) -> Iterable[dict]:
     if not message:
         return
-    for one in (message.get("oneOf") if isinstance(message, dict) and "oneOf" in message else [message]):
+    for one in (message["oneOf"] if isinstance(message, dict) and "oneOf" in message else [message]):
         resolved = _resolve(one, document)
         if not isinstance(resolved, dict):
             continue

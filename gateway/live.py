@@ -18,7 +18,7 @@ from .config.tree import Config, Loaded, Location
 from .credentials import SHA256_PREFIX, configured_digest
 from .plan import Disruption
 
-MODELS = {"Port": Port, "API": API, "Application": Application, "EchoServer": EchoServer, "Gateway": Gateway}
+MODELS: dict[str, type[Port | API | Application | EchoServer | Gateway]] = {"Port": Port, "API": API, "Application": Application, "EchoServer": EchoServer, "Gateway": Gateway}
 
 
 def fetch_json(base: str, path: str, timeout: float = 10.0) -> Any:
@@ -31,8 +31,8 @@ def config_from_documents(documents: list[Mapping[str, Any]], origin: str) -> Co
     groups: dict[str, dict[str, Loaded[Any]]] = {kind: {} for kind in MODELS}
     for index, document in enumerate(documents):
         kind = document.get("kind")
-        model_class = MODELS.get(kind)  # type: ignore[arg-type]
-        if model_class is None:
+        model_class = MODELS.get(kind) if isinstance(kind, str) else None
+        if kind is None or model_class is None:
             raise ValueError(f"{origin}: resource {index} has an unknown kind {kind!r}")
         model = model_class.model_validate(dict(document))
         groups[kind][model.name] = Loaded(model, Location(origin, 1, index + 1), Path("."))

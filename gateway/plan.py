@@ -218,7 +218,7 @@ _DISRUPTIVE_FIELDS = {
 def _locations(config: Config | None) -> dict[tuple[str, str], str]:
     if config is None:
         return {}
-    out = {}
+    out: dict[tuple[str, str], str] = {}
     for group in (config.ports, config.apis, config.applications, config.echo_servers):
         for name, loaded in group.items():
             out[(loaded.model.kind, name)] = str(loaded.location)
@@ -237,10 +237,12 @@ def diff(old: Config | None, new: Config) -> Plan:
         kind, name = key
         a, b = before.get(key), after.get(key)
         if a is None:
+            assert b is not None  # the key came from one side or the other
             fields = _field_changes({}, b.model_dump(mode="json", by_alias=True, exclude_defaults=True), ())
             changes.append(ResourceChange("create", kind, name, fields, (), where.get(key)))
         elif b is None:
-            changes.append(ResourceChange("destroy", kind, name, (), _disruptions(kind, name, "destroy", a, None), where.get(key)))
+            disruptions = _disruptions(kind, name, "destroy", a, None)
+            changes.append(ResourceChange("destroy", kind, name, (), disruptions, where.get(key)))
         elif a != b:
             disruptions = _disruptions(kind, name, "update", a, b)
             # Fields are marked only when the change really ends connections (adding a port does not).

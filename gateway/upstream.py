@@ -101,7 +101,7 @@ def forwarded_headers(
     application: str | None,
 ) -> list[tuple[str, str]]:
     """The headers the upstream gets from the client's request, plus X-Forwarded-* and the application."""
-    named_in_connection = set()
+    named_in_connection: set[str] = set()
     for value in client_headers.get_all("Connection"):
         named_in_connection.update(token.strip().lower() for token in value.split(","))
     out: list[tuple[str, str]] = []

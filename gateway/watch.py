@@ -43,7 +43,7 @@ class ConfigWatcher:
     def __init__(
         self,
         paths: Sequence[str | Path],
-        reload: Callable[[str], Awaitable[None]],
+        reload: Callable[[str], Awaitable[object]],  # the outcome it returns is not used here
         *,
         debounce_ms: int = 200,
         force_polling: bool | None = None,

@@ -73,7 +73,7 @@ def check(paths: Sequence[str | Path], *, env: Mapping[str, str] | None = None) 
         model, problems = check_model(doc, kind)
         diagnostics += problems
         if model is not None:
-            entries.append(rules.Entry(kind, model.name, model, doc))
+            entries.append(rules.Entry(kind, str(doc.data["name"]), model, doc))  # a valid model has a name
 
     if not loaded.documents and not any(d.is_error for d in diagnostics):
         diagnostics.append(
@@ -108,7 +108,7 @@ def _references_of(doc: Document, kind: str) -> rules.Entry | None:
     field_name = _REFERENCE_LISTS.get(kind)
     name = doc.data.get("name")
     names = doc.data.get(field_name) if field_name else None
-    if not isinstance(name, str) or not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+    if field_name is None or not isinstance(name, str) or not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         return None
     return rules.Entry(kind, name, SimpleNamespace(**{field_name: names}), doc)
 

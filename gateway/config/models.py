@@ -67,6 +67,7 @@ class EnvKey(Strict):
 
 
 # Asymmetric algorithms verify with public keys (safe in git); HS* need a shared secret from the environment.
+IdentifyMethod = Literal["api_key", "hostname", "ip", "jwt", "basic"]
 JWTAlgorithm = Literal[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
     "HS256", "HS384", "HS512",
@@ -82,7 +83,7 @@ class JWTSettings(Strict):
         description="Accepted `aud` values (one must match). Empty: the audience is not checked (warned).",
     )
     algorithms: list[JWTAlgorithm] = Field(
-        default_factory=lambda: ["RS256", "ES256"],
+        default_factory=lambda: list[JWTAlgorithm](["RS256", "ES256"]),
         min_length=1,
         description="Signature algorithms accepted; `none` never is. HS* only with `secret`, and never mixed "
         "with public-key algorithms.",
@@ -119,8 +120,8 @@ class IdentifyPolicy(Strict):
     """Identify & authorize application: only applications registered to the API get in (else 401)."""
 
     type: Literal["identify"]
-    by: list[Literal["api_key", "hostname", "ip", "jwt", "basic"]] = Field(
-        default_factory=lambda: ["api_key"],
+    by: list[IdentifyMethod] = Field(
+        default_factory=lambda: list[IdentifyMethod](["api_key"]),
         min_length=1,
         description="Identifiers tried in order; the first that names a registered application wins.",
     )

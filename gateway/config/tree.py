@@ -58,7 +58,7 @@ class Config:
         out: dict[tuple[str, str], BaseModel] = {}
         for group in (self.ports, self.apis, self.applications, self.echo_servers):
             for name, loaded in group.items():
-                out[(loaded.model.kind, name)] = loaded.model  # type: ignore[attr-defined]
+                out[(loaded.model.kind, name)] = loaded.model
         if self.gateway is not None:
             out[("Gateway", self.gateway.model.name)] = self.gateway.model
         return out

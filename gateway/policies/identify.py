@@ -81,7 +81,7 @@ class Identify(Policy):
         self._verifier = self.apps.verifier(self.api) if "jwt" in spec.by else None
         self._token_in_query = spec.jwt is not None and spec.jwt.query_parameter
 
-    def on_upgrade(self, request: UpgradeRequest, conn: ConnectionContext):  # type: ignore[override]
+    def on_upgrade(self, request: UpgradeRequest, conn: ConnectionContext):
         # Taken before any decision, so a credential meant for the gateway is gone from the
         # upstream request whichever identifier ends up naming the application.
         auth = take_authorization(request, self._schemes) if self._schemes else {}
@@ -169,10 +169,10 @@ class Identify(Policy):
             else:  # no credential is an identifier here: do not tell the client one is missing
                 reason = "no registered application identified"
             return self._refuse(reason, bad_token)
-        app, method = found
+        app, identified_by = found
         if not self.apps.is_registered(app, self.api):
             return self._refuse(f"application {app} is not registered to API {self.api}")
-        conn.application = ApplicationRef(app, method)
+        conn.application = ApplicationRef(app, identified_by)
         return None
 
     def _verify(self, token: str) -> tuple[str, str | None, float | None]:

@@ -13,11 +13,11 @@ import base64
 import gzip
 import json
 import time
-from json.encoder import encode_basestring_ascii as _json_str  # type: ignore[attr-defined]
+from json.encoder import encode_basestring_ascii as _json_str
 from typing import Any
 
 from ..config.models import LogInvocationPolicy
-from .base import ConnectionContext, Message, Policy, PolicyBuild
+from .base import ConnectionContext, Direction, Message, Policy, PolicyBuild
 from .masking import Masker
 from .state import LogWriter, encode_record, record_dict
 
@@ -36,12 +36,12 @@ class LogInvocation(Policy):
         loaded, state = build.api, build.state
         self.api = loaded.model.name
         self.version = loaded.model.version
-        stages = set()
+        stages: set[Direction] = set()
         if spec.store_client_messages:
             stages.add("client")
         if spec.store_server_messages:
             stages.add("server")
-        self.message_stages = frozenset(stages)  # type: ignore[assignment]
+        self.message_stages = frozenset(stages)
         self.only_failures = spec.frequency == "on-failure"
         # Without a file the structured log is where records go; with one, only when asked (it costs per record).
         stdout = spec.stdout if spec.stdout is not None else not spec.file
