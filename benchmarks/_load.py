@@ -24,6 +24,7 @@ the clock except to time round trips in latency runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import multiprocessing
@@ -390,11 +391,9 @@ class LoadPool:
         return [proc.pid for proc, _ in self._workers if proc.pid is not None]
 
     def close(self) -> None:
-        for proc, pipe in self._workers:
-            try:
+        for _proc, pipe in self._workers:
+            with contextlib.suppress(BrokenPipeError, OSError):
                 pipe.send(None)
-            except (BrokenPipeError, OSError):
-                pass
         for proc, pipe in self._workers:
             proc.join(3.0)  # a worker mid-run (after Ctrl-C) would finish its window first: don't wait for it
             if proc.is_alive():
@@ -425,10 +424,8 @@ class LoadPool:
             for pipe in ready:
                 pipe.send({"abort": True})
             for pipe in ready:
-                try:
+                with contextlib.suppress(LoadError):
                     self._reply(pipe, 30.0)
-                except LoadError:
-                    pass
             raise failure
         return opened
 

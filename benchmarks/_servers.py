@@ -52,7 +52,7 @@ class Child:
         self.role = role
         self.log_file = log_file
         read_fd, write_fd = os.pipe()
-        self._log = open(log_file, "ab")
+        self._log = open(log_file, "ab")  # noqa: SIM115 - the child writes to it until stop()
         prefix = command or [sys.executable, str(HERE / "_servers.py"), role]
         try:
             self.proc = subprocess.Popen(
@@ -205,7 +205,7 @@ class Nginx:
         conf.write_text(NGINX_CONF.format(tmp=tmp, port=self.port, backend_port=backend_port, nofile=nofile))
         fd = self._sock.fileno()
         os.set_inheritable(fd, True)
-        self._log = open(log_file, "ab")
+        self._log = open(log_file, "ab")  # noqa: SIM115 - the child writes to it until stop()
         self.proc = subprocess.Popen(
             [binary, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log")],
             stdin=subprocess.DEVNULL,

@@ -64,10 +64,7 @@ def _request(port: int, key: str) -> bytes:
 
 def _client_frame(size: int) -> bytes:
     # A zero mask key leaves the payload readable, so the backend echoes it by slicing.
-    if size < 126:
-        head = bytes([0x82, 0x80 | size])
-    else:
-        head = bytes([0x82, 0x80 | 126]) + size.to_bytes(2, "big")
+    head = bytes([130, 128 | size]) if size < 126 else bytes([130, 128 | 126]) + size.to_bytes(2, "big")
     return head + b"\x00\x00\x00\x00" + bytes(size)
 
 

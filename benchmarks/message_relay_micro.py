@@ -254,7 +254,8 @@ def _configure_logging(level: str) -> None:
     from gateway.log import configure_logging
 
     configure_logging("json", level)
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=open(os.devnull, "w")))
+    sink = open(os.devnull, "w")  # noqa: SIM115 - the log sink stays open until the process exits
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sink))
 
 
 class _Asker:
@@ -270,7 +271,8 @@ class _Asker:
         return int(await asyncio.get_running_loop().run_in_executor(None, self.proc.stdout.readline))
 
 
-async def _window(asker: _Asker, seconds: float, profiler: cProfile.Profile | None = None) -> tuple[float, float, float]:
+async def _window(asker: _Asker, seconds: float,
+                  profiler: cProfile.Profile | None = None) -> tuple[float, float, float]:
     """(process CPU µs per echo, loop-thread CPU µs per echo, echoes/s) over one window."""
     echoes0 = await asker.count()
     cpu0, thread0, wall0 = time.process_time(), time.thread_time(), time.perf_counter()

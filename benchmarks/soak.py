@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -430,10 +431,8 @@ class Soak:
                 await asyncio.sleep(self.args.interval * random.uniform(0.5, 1.5))
             # The soak ends: wait for the echoes in flight, then close normally.
             conn.finishing = True
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(conn.idle.wait(), 10)
-            except TimeoutError:
-                pass
             await conn.ws.close()
         except ConnectionClosed:
             pass

@@ -9,6 +9,7 @@ per connection, JSON answers. GET: ``/healthz``, ``/readyz``, ``/config``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 from collections.abc import Callable
@@ -22,7 +23,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("wsgate.admin")
 
 MAX_HEAD = 8 * 1024
-REASONS = {200: "OK", 422: "Unprocessable Content", 404: "Not Found", 405: "Method Not Allowed", 400: "Bad Request", 503: "Service Unavailable"}
+REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 422: "Unprocessable Content",
+           503: "Service Unavailable"}
 
 Handler = Callable[["Gateway"], tuple[int, Any]]
 
@@ -89,7 +91,8 @@ def connections(gateway: Gateway) -> tuple[int, Any]:
 
 
 def metrics(gateway: Gateway) -> tuple[int, Any]:
-    return 200, PlainText(gateway.metrics.render(gateway.registry, gateway.table.generation), "text/plain; version=0.0.4; charset=utf-8")
+    text = gateway.metrics.render(gateway.registry, gateway.table.generation)
+    return 200, PlainText(text, "text/plain; version=0.0.4; charset=utf-8")
 
 
 class PlainText(str):
@@ -161,8 +164,6 @@ class AdminServer:
             f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode()
             + data
         )
-        try:
+        with contextlib.suppress(ConnectionError):
             await writer.drain()
-        except ConnectionError:
-            pass
         writer.close()

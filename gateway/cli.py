@@ -116,7 +116,8 @@ def _report(result: CheckResult, fmt: str, out: TextIO) -> None:
     if fmt == "text":
         n_files = len(result.files)
         verdict = "valid" if result.ok else "invalid"
-        out.write(f"{verdict}: {diag.summary_line(result.diagnostics)} in {n_files} file{'s' if n_files != 1 else ''}\n")
+        files = f"{n_files} file{'s' if n_files != 1 else ''}"
+        out.write(f"{verdict}: {diag.summary_line(result.diagnostics)} in {files}\n")
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

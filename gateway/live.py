@@ -18,7 +18,9 @@ from .config.tree import Config, Loaded, Location
 from .credentials import SHA256_PREFIX, configured_digest
 from .plan import Disruption
 
-MODELS: dict[str, type[Port | API | Application | EchoServer | Gateway]] = {"Port": Port, "API": API, "Application": Application, "EchoServer": EchoServer, "Gateway": Gateway}
+MODELS: dict[str, type[Port | API | Application | EchoServer | Gateway]] = {
+    "Port": Port, "API": API, "Application": Application, "EchoServer": EchoServer, "Gateway": Gateway,
+}
 
 
 def fetch_json(base: str, path: str, timeout: float = 10.0) -> Any:
@@ -42,7 +44,7 @@ def config_from_documents(documents: list[Mapping[str, Any]], origin: str) -> Co
 
 
 def digested_keys(config: Config) -> Config:
-    """``config`` with every literal API key and basic password replaced by its ``sha256:`` digest (env ones stay names)."""
+    """``config`` with every literal API key and basic password as its ``sha256:`` digest (env ones stay names)."""
     applications = {}
     for name, loaded in config.applications.items():
         keys = [entry if isinstance(entry, EnvKey) else SHA256_PREFIX + str(configured_digest(entry, {}))

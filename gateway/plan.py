@@ -133,7 +133,7 @@ def _field_changes(old: dict, new: dict, disruptive_prefixes: tuple[str, ...]) -
                 None if before is _ABSENT else before,
                 None if after is _ABSENT else after,
                 sensitive=path in SENSITIVE_FIELDS,
-                disruptive=any(path == p or path.startswith(p + ".") or path.startswith(p + "[") for p in disruptive_prefixes),
+                disruptive=any(path == p or path.startswith((p + ".", p + "[")) for p in disruptive_prefixes),
             )
         )
     return tuple(out)
@@ -201,7 +201,8 @@ def _disruptions(kind: str, name: str, action: Action, old: Any, new: Any) -> tu
         out = []
         for c in old.contexts:
             if c.published and c.path not in published:
-                out.append(Disruption(f"context {c.path} removed or unpublished", {"echo": name, "context": c.path}, 1001))
+                labels = {"echo": name, "context": c.path}
+                out.append(Disruption(f"context {c.path} removed or unpublished", labels, 1001))
         return tuple(out)
     return ()
 
@@ -307,7 +308,8 @@ def render_text(plan: Plan) -> str:
         lines.append("")
     n_disruptive = sum(1 for c in plan.changes if c.disruptive)
     if n_disruptive:
-        lines.append(f"{n_disruptive} change{'s' if n_disruptive != 1 else ''} will disturb live connections (marked !).")
+        changes = f"{n_disruptive} change{'s' if n_disruptive != 1 else ''}"
+        lines.append(f"{changes} will disturb live connections (marked !).")
     lines.append(
         f"Plan: {plan.count('create')} to add, {plan.count('update')} to change, {plan.count('destroy')} to destroy."
     )

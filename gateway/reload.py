@@ -102,10 +102,11 @@ def application_revoked(new: Config, apps: Any, accepted: Accepted) -> str | Non
     elif accepted.identified_by == "hostname":
         if not new.applications[app].model.identifiers.hostnames:
             return "hostname identifier revoked"
-    elif accepted.identified_by in ("basic", "jwt"):
+    elif accepted.identified_by in ("basic", "jwt") and (
         # key_digest here is the digest of the basic user and password, or of the JWT client id.
-        if accepted.key_digest is None or accepted.key_digest not in apps.credential_digests.get(app, ()):
-            return "basic credentials revoked" if accepted.identified_by == "basic" else "JWT client revoked"
+        accepted.key_digest is None or accepted.key_digest not in apps.credential_digests.get(app, ())
+    ):
+        return "basic credentials revoked" if accepted.identified_by == "basic" else "JWT client revoked"
     return None
 
 

@@ -299,7 +299,8 @@ async def open_upstream(route: CompiledAPI, prepared: UpstreamRequest) -> Upstre
                 else:
                     transport, _ = await loop.create_connection(lambda: reader, uri.host, uri.port)
             except OSError as exc:  # refused, unreachable, TLS verification failure (ssl.SSLError is an OSError)
-                raise UpstreamError(502, "bad_gateway", f"upstream connection failed: {exc.__class__.__name__}") from exc
+                reason = f"upstream connection failed: {exc.__class__.__name__}"
+                raise UpstreamError(502, "bad_gateway", reason) from exc
             transport.write(prepared.data)
             head, _ = await head_future
     except BaseException as exc:  # timeout, refusal, or the client went away (cancelled): drop the upstream

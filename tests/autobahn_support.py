@@ -20,7 +20,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -214,10 +214,8 @@ async def echo_client(control: str, cases_base: str, agent: str = AGENT) -> int:
         except ConnectionClosed:
             pass  # the case failed the connection on purpose
     async with connect(f"{control}/updateReports?agent={agent}") as ws:
-        try:
+        with suppress(ConnectionClosed):
             await ws.recv()
-        except ConnectionClosed:
-            pass
     return count
 
 

@@ -12,6 +12,7 @@ choose not to answer at all.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import struct
@@ -172,10 +173,8 @@ class FramePeer(asyncio.Protocol):
             if remaining <= 0:
                 raise AssertionError(f"timed out waiting for {what}; got {self.frames}")
             self.changed.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.changed.wait(), remaining)
-            except TimeoutError:
-                pass
 
     async def close_frame(self) -> tuple[int, str]:
         """Code and reason of the close frame this peer received."""

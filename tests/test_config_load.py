@@ -49,7 +49,8 @@ def test_syntax_error_position(tmp_path):
 
 def test_syntax_error_in_one_document_keeps_the_others(tmp_path):
     """The other documents of a file with a broken one are still checked."""
-    write(tmp_path, "multi.yaml", "kind: Port\nname: a\nport: 1\nhots: x\n---\nkind: Port\nname: : :\n---\nkind: Port\nname: c\nprt: 3\n")
+    write(tmp_path, "multi.yaml",
+          "kind: Port\nname: a\nport: 1\nhots: x\n---\nkind: Port\nname: : :\n---\nkind: Port\nname: c\nprt: 3\n")
     result = run_check(tmp_path)
     assert ("WSG100", "multi.yaml", 4, 1) in found(result)
     assert ("WSG100", "multi.yaml", 11, 1) in found(result)
@@ -215,7 +216,8 @@ def test_recursive_alias_does_not_hang(tmp_path):
 
 def test_merge_keys_are_expanded(tmp_path):
     """`<<: *base` merges a mapping; explicit keys win."""
-    write(tmp_path, "p.yaml", "kind: Port\nname: b\nport: 2\nlimits:\n  <<: {max_connections: 3, handshake_timeout: 9}\n"
+    write(tmp_path, "p.yaml", "kind: Port\nname: b\nport: 2\nlimits:\n"
+          "  <<: {max_connections: 3, handshake_timeout: 9}\n"
           "  handshake_timeout: 4\n")
     result = run_check(tmp_path)
     assert result.ok

@@ -132,7 +132,8 @@ def test_two_listeners_on_one_port(tmp_path):
 
 def test_listeners_on_different_hosts_do_not_clash(tmp_path):
     """Two Ports on one number but different specific hosts are fine."""
-    port = "kind: Port\nname: default\nport: 8082\nhost: 127.0.0.1\n---\nkind: Port\nname: b\nport: 8082\nhost: 127.0.0.2\n"
+    port = ("kind: Port\nname: default\nport: 8082\nhost: 127.0.0.1\n---\n"
+            "kind: Port\nname: b\nport: 8082\nhost: 127.0.0.2\n")
     base(tmp_path, port=port)
     assert run_check(tmp_path).ok
 
@@ -155,7 +156,8 @@ def test_disabled_port_in_use_warns(tmp_path):
 def test_key_claimed_by_two_applications_even_hashed(tmp_path):
     """The same key, once plain and once as its hash, in two applications: WSG116."""
     digest = hashlib.sha256(b"shared-key").hexdigest()
-    base(tmp_path, app=APP.replace("sha256:434f4cad53d8c1fcbb91e478d081844b190f84c8a9ac3975e671aa6c9e7cc93c", "shared-key"))
+    base(tmp_path, app=APP.replace("sha256:434f4cad53d8c1fcbb91e478d081844b190f84c8a9ac3975e671aa6c9e7cc93c",
+                                   "shared-key"))
     write(tmp_path, "apps/other.yaml", APP.replace("demo-app", "other").replace(
         "434f4cad53d8c1fcbb91e478d081844b190f84c8a9ac3975e671aa6c9e7cc93c", digest))
     result = run_check(tmp_path)
@@ -165,7 +167,8 @@ def test_key_claimed_by_two_applications_even_hashed(tmp_path):
 
 def test_key_from_env_compared_by_value(tmp_path):
     """An env key whose value equals another application's key is a clash too."""
-    base(tmp_path, app=APP.replace("- sha256:434f4cad53d8c1fcbb91e478d081844b190f84c8a9ac3975e671aa6c9e7cc93c", "- env: KEY_A"))
+    base(tmp_path, app=APP.replace("- sha256:434f4cad53d8c1fcbb91e478d081844b190f84c8a9ac3975e671aa6c9e7cc93c",
+                                   "- env: KEY_A"))
     write(tmp_path, "apps/other.yaml", APP.replace("demo-app", "other").replace(
         "- sha256:434f4cad53d8c1fcbb91e478d081844b190f84c8a9ac3975e671aa6c9e7cc93c", "- env: KEY_B"))
     result = run_check(tmp_path, env={"KEY_A": "same", "KEY_B": "same"})
@@ -174,7 +177,8 @@ def test_key_from_env_compared_by_value(tmp_path):
 
 def test_plaintext_key_and_unset_env_warn(tmp_path):
     """A plain key is WSG200; an unset variable is WSG203 at the variable name."""
-    base(tmp_path, app=APP + "---\nkind: Application\nname: b\nidentifiers:\n  api_keys: [plain, {env: NOPE}]\napis: [EchoWS]\n")
+    base(tmp_path, app=APP + "---\nkind: Application\nname: b\nidentifiers:\n"
+                            "  api_keys: [plain, {env: NOPE}]\napis: [EchoWS]\n")
     assert found(run_check(tmp_path)) == [("WSG200", "demo.yaml", 11, 14), ("WSG203", "demo.yaml", 11, 27)]
 
 

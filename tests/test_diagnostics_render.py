@@ -51,7 +51,8 @@ def test_json_round_trips_every_field():
 def test_github_annotation_escapes_properties_and_newlines():
     """GitHub workflow commands escape ':' and ',' in properties and newlines in the message."""
     d = Diagnostic("warning", "WSG200", "API key in plain text", Location("a,b:c.yaml", 2, 5), hint="hash it")
-    assert render_github([d]) == "::warning file=a%2Cb%3Ac.yaml,line=2,col=5,title=WSG200::API key in plain text%0Ahint: hash it\n"
+    assert render_github([d]) == (
+        "::warning file=a%2Cb%3Ac.yaml,line=2,col=5,title=WSG200::API key in plain text%0Ahint: hash it\n")
     assert render_github([WSG104]).startswith("::error file=apis/echo.yaml,line=12,col=40,title=WSG104::")
 
 

@@ -125,7 +125,7 @@ def test_abrupt_client_drops_release_upstream_throttle_and_registry(tmp_path, pa
                         reset(ws.transport)
                     else:
                         ws.transport.abort()
-                    await eventually(lambda: len(backend.closes) == i + 1)
+                    await eventually(lambda n=i + 1: len(backend.closes) == n)
                     assert backend.closes[i][0] == 1001
                     await eventually(lambda: not gw.registry.live)
                     assert sum(throttle.active.values()) == 0

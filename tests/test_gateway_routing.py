@@ -125,7 +125,8 @@ def test_round_robin_rotates_and_straight_through_takes_the_first(tmp_path):
     config: Config = write_config(
         tmp_path,
         PORT,
-        api_yaml("RR", "/rr", "ws://a.example/", "ws://b.example/", extra="policies:\n  - type: routing\n    strategy: round-robin"),
+        api_yaml("RR", "/rr", "ws://a.example/", "ws://b.example/",
+                 extra="policies:\n  - type: routing\n    strategy: round-robin"),
         api_yaml("ST", "/st", "ws://a.example/", "ws://b.example/"),
     )
     table = RouteTable.compile(config, None, None, build_chain=lambda *args: [])
@@ -220,7 +221,7 @@ def test_port_connection_cap_refuses_with_503(tmp_path):
                         assert await ws.recv() == "next"
                     await eventually(lambda: not gw.registry.live)
                 assert (await http_request(gw_url(gw, "/nope"), upgrade_request("/nope"))).status == 404
-                await eventually(lambda: gw.servers and all(l.count == 0 for l in gw.listeners.values()))
+                await eventually(lambda: gw.servers and all(lst.count == 0 for lst in gw.listeners.values()))
 
     run(scenario())
 

@@ -80,7 +80,8 @@ def test_wss_upstream_with_unknown_ca_is_502_unless_verification_is_off(tmp_path
     async def scenario():
         async with recording_backend(ssl=server_context(ca)) as backend:
             strict = api_yaml("A", "/a", backend.url + "/")
-            lax = api_yaml("B", "/b", backend.url + "/").replace("upstream:\n", "upstream:\n  tls:\n    verify: false\n")
+            lax = api_yaml("B", "/b", backend.url + "/").replace(
+                "upstream:\n", "upstream:\n  tls:\n    verify: false\n")
             config = write_config(tmp_path, PORT, strict, lax)
             async with running_gateway(config) as gw:
                 with pytest.raises(InvalidStatus) as info:

@@ -10,6 +10,7 @@ and the hop-by-hop list (test_gateway_upgrade.py), the frame scanner on its own 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import struct
 import zlib
@@ -243,7 +244,8 @@ def frame_scenario(tmp_path, path_kind, act, *, extra: str = "", compression: st
     async def scenario():
         async with recording_backend(echo) as backend:
             backend.messages = messages  # what the upstream received, for act to check
-            config = write_config(tmp_path, PORT, path_api(tmp_path, path_kind, backend.url + "/", extra=extra, name="H", path="/h"))
+            api = path_api(tmp_path, path_kind, backend.url + "/", extra=extra, name="H", path="/h")
+            config = write_config(tmp_path, PORT, api)
             async with running_gateway(config) as gw:
                 async with connect(gw_url(gw, "/h"), compression=compression, ping_interval=None,
                                    max_size=None) as ws:
@@ -503,10 +505,8 @@ def test_upstream_status_with_non_ascii_digits_is_502(tmp_path, status_line):
         await reader.readuntil(b"\r\n\r\n")
         writer.write(status_line + b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
         await writer.drain()
-        try:
+        with contextlib.suppress(ConnectionError):
             await reader.read()
-        except ConnectionError:
-            pass
         upstream_dropped.set()
 
     async def scenario():

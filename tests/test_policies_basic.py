@@ -82,7 +82,8 @@ def test_good_credentials_in_every_password_form_name_the_application(tmp_path):
             async with running_gateway(config, env=ENV) as gw:
                 for user, password, app in (("alice", HASHED_PASSWORD, "dashboard"), ("bob", ENV_PASSWORD, "dashboard"),
                                             ("carol", LITERAL_PASSWORD, "legacy")):
-                    async with connect(gw_url(gw, "/echo"), additional_headers={"Authorization": basic(user, password)}) as ws:
+                    headers = {"Authorization": basic(user, password)}
+                    async with connect(gw_url(gw, "/echo"), additional_headers=headers) as ws:
                         await ws.send(user)
                         assert await ws.recv() == user
                     seen = backend.requests[-1]
@@ -183,7 +184,8 @@ def test_changed_password_revokes_the_connection_on_reload(tmp_path):
                 for ws in (carol, alice):
                     await ws.send("before")
                     assert await ws.recv() == "before"
-                text = "".join(d if d.startswith("---") else "---\n" + d for d in documents(url, carol_password="new-pw"))
+                changed = documents(url, carol_password="new-pw")
+                text = "".join(d if d.startswith("---") else "---\n" + d for d in changed)
                 (root / "gateway.yaml").write_text(text)
                 outcome = await gw.reload("test")
                 assert (outcome["revoked"], outcome["drained"]) == (1, 0)

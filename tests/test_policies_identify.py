@@ -8,7 +8,6 @@ from gateway.config.models import IdentifyPolicy
 from gateway.credentials import key_digest
 from gateway.policies.base import ApplicationRef, Rejection
 from gateway.policies.identify import Identify
-from gateway.policies.state import PolicyState
 
 KEY = "alpha-secret-key"
 

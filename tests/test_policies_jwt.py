@@ -351,7 +351,7 @@ def test_validate_checks_key_files_exist_and_parse(tmp_path):
 
 
 def test_validate_keeps_the_algorithm_allowlist_sane(tmp_path):
-    """HS* mixed with RS*, HS* without a secret, a secret with RS*, `none`, and keys that fit no algorithm are refused."""
+    """HS* mixed with RS*, HS* without a secret, a secret with RS*, `none`, and keys fitting no algorithm: refused."""
     files = {"jwks.json": jwks(rsa_key())}
     mixed = diagnostics(tmp_path, RS_BLOCK.replace("[RS256]", "[RS256, HS256]"), files)
     assert any(c == "WSG130" and "together" in s for c, _, _, s in mixed)

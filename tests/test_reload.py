@@ -350,7 +350,7 @@ def test_100_connections_across_20_reloads_lose_nothing(tmp_path):
                 async def everyone_moved() -> None:
                     mark = list(progress)
                     async with asyncio.timeout(TIMEOUT):
-                        while any(p <= m for p, m in zip(progress, mark)):
+                        while any(p <= m for p, m in zip(progress, mark, strict=False)):
                             done = [t for t in tasks if t.done()]
                             if done:
                                 done[0].result()  # surface a client's failure now
@@ -511,7 +511,8 @@ def test_watcher_follows_a_configmap_symlink_swap(tmp_path):
             def publish(*documents: str) -> None:
                 version = root / f"..2026_11_28_00_00_00.{next(versions)}"
                 version.mkdir()
-                (version / "gateway.yaml").write_text("".join(d if d.startswith("---") else "---\n" + d for d in documents))
+                text = "".join(d if d.startswith("---") else "---\n" + d for d in documents)
+                (version / "gateway.yaml").write_text(text)
                 link = root / "..data_tmp"
                 link.symlink_to(version.name)
                 os.replace(link, root / "..data")
@@ -576,7 +577,7 @@ def test_echo_servers_follow_the_config(tmp_path):
 
 
 def test_plan_from_a_running_gateway_counts_live_connections(tmp_path, capsys):
-    """`wsgate plan PATH --from http://admin` diffs against the live config and counts the connections a change closes."""
+    """`wsgate plan PATH --from http://admin` diffs against the live config and counts the connections it closes."""
     from gateway.cli import main
 
     async def scenario():

@@ -76,7 +76,8 @@ def test_mutated_examples_never_raise(text):
 @given(st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(
-        st.sampled_from(["kind", "name", "port", "path", "ports", "upstream", "policies", "type", "x"]), children, max_size=5),
+        st.sampled_from(["kind", "name", "port", "path", "ports", "upstream", "policies", "type", "x"]),
+        children, max_size=5),
     max_leaves=20,
 ).map(lambda value: {"kind": "API", "name": "a", **value} if isinstance(value, dict) else value))
 def test_structured_documents_never_raise(value):

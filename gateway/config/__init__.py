@@ -108,7 +108,9 @@ def _references_of(doc: Document, kind: str) -> rules.Entry | None:
     field_name = _REFERENCE_LISTS.get(kind)
     name = doc.data.get("name")
     names = doc.data.get(field_name) if field_name else None
-    if field_name is None or not isinstance(name, str) or not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+    if field_name is None or not isinstance(name, str) or not isinstance(names, list):
+        return None
+    if not all(isinstance(n, str) for n in names):
         return None
     return rules.Entry(kind, name, SimpleNamespace(**{field_name: names}), doc)
 
@@ -165,7 +167,8 @@ def _with_source_lines(diagnostics: list[Diagnostic], sources: Mapping[str, list
 
 
 def _build(root: Path, entries: list[rules.Entry]) -> Config:
-    groups: dict[str, dict[str, Loaded]] = {kind: {} for kind in ("Port", "API", "Application", "EchoServer", "Gateway")}
+    kinds = ("Port", "API", "Application", "EchoServer", "Gateway")
+    groups: dict[str, dict[str, Loaded]] = {kind: {} for kind in kinds}
     for e in entries:
         groups[e.kind].setdefault(e.name, Loaded(e.model, e.doc.start, e.doc.base_dir))
     gateways = list(groups["Gateway"].values())
@@ -177,5 +180,5 @@ def _build(root: Path, entries: list[rules.Entry]) -> Config:
         echo_servers=groups["EchoServer"],
         gateway=gateways[0] if gateways else None,
     )
-    config.file_fingerprints  # read the referenced files now, as they are when the tree is checked
+    _ = config.file_fingerprints  # read the referenced files now, as they are when the tree is checked
     return config

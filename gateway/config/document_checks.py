@@ -318,7 +318,8 @@ def _data_path(data: Any, loc: Sequence[Any]) -> tuple:
     path: list[Any] = []
     node = data
     for part in loc:
-        if isinstance(node, dict) and part in node or isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        if isinstance(node, dict) and part in node or in_list:
             node = node[part]
             path.append(part)
     return tuple(path)

@@ -9,6 +9,7 @@ reported as unknown (its own errors say enough).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import ipaddress
@@ -164,7 +165,8 @@ def api_port_references(ctx: RuleContext) -> None:
                         "WSG112",
                         f"API '{e.name}' refers to an unknown port '{name}'",
                         loc,
-                        hint=suggestion(name, sorted(known), listing="declared ports") or "declare a Port resource with this name",
+                        hint=suggestion(name, sorted(known), listing="declared ports")
+                        or "declare a Port resource with this name",
                     )
                 )
             elif name in ports and not ports[name].model.enabled:
@@ -191,7 +193,8 @@ def application_api_references(ctx: RuleContext) -> None:
                         "WSG113",
                         f"application '{e.name}' is registered to an unknown API '{name}'",
                         loc,
-                        hint=suggestion(name, sorted(known), listing="declared APIs") or "declare an API with this name",
+                        hint=suggestion(name, sorted(known), listing="declared APIs")
+                        or "declare an API with this name",
                     )
                 )
 
@@ -281,7 +284,8 @@ def upstream_urls(ctx: RuleContext) -> None:
                         "WSG114",
                         f"upstream scheme '{parts.scheme}' is not ws or wss",
                         loc,
-                        hint=f"use {better}://{url.split('://', 1)[-1]}" if better else "the native endpoint must be a WebSocket URL",
+                        hint=f"use {better}://{url.split('://', 1)[-1]}" if better
+                        else "the native endpoint must be a WebSocket URL",
                     )
                 )
                 continue
@@ -323,7 +327,8 @@ def upstream_urls(ctx: RuleContext) -> None:
                     ctx.out.append(
                         error(
                             "WSG119",
-                            f"upstream points back at the gateway's own route {upath} (API '{hit[0]}' on port '{hit[1]}')",
+                            f"upstream points back at the gateway's own route {upath} "
+                            f"(API '{hit[0]}' on port '{hit[1]}')",
                             loc,
                             hint="the native endpoint must be the backend server, not the gateway itself",
                         )
@@ -345,7 +350,8 @@ def upstream_urls(ctx: RuleContext) -> None:
                     summary = (
                         f"upstream path ends with '/' but echo server '{echo.name}' serves {flipped}"
                         if target.endswith("/")
-                        else f"upstream path {target} lacks the trailing '/' of echo server '{echo.name}' context {flipped}"
+                        else f"upstream path {target} lacks the trailing '/' "
+                        f"of echo server '{echo.name}' context {flipped}"
                     )
                     ctx.out.append(
                         error(
@@ -494,12 +500,11 @@ def check_callable(spec: str, root: Path) -> tuple[str, str] | None:
     except BaseException as exc:  # operator code may raise anything on import; report, never crash
         if isinstance(exc, KeyboardInterrupt):
             raise
-        result = (f"importing '{module_name}' raised {type(exc).__name__}: {exc}", "fix the module so it imports cleanly")
+        result = (f"importing '{module_name}' raised {type(exc).__name__}: {exc}",
+                  "fix the module so it imports cleanly")
     finally:
-        try:
+        with contextlib.suppress(ValueError):
             sys.path.remove(str(root))
-        except ValueError:
-            pass
         for n in set(sys.modules) - before:
             if (local and (n == top or n.startswith(top + "."))) or _under(
                 getattr(sys.modules.get(n), "__file__", None), root
@@ -536,7 +541,8 @@ def transform_callables(ctx: RuleContext) -> None:
                 seen[key] = check_callable(p.callable, key[0])
             problem = seen[key]
             if problem is not None:
-                ctx.out.append(error("WSG117", problem[0], e.doc.value_at(("policies", i, "callable")), hint=problem[1]))
+                at = e.doc.value_at(("policies", i, "callable"))
+                ctx.out.append(error("WSG117", problem[0], at, hint=problem[1]))
 
 
 # ------------------------------------------------------------- listeners
@@ -574,7 +580,8 @@ def listener_clashes(ctx: RuleContext) -> None:
     for e in ctx.of("Gateway")[:1]:
         admin = e.model.admin
         if admin.enabled and admin.port != 0:
-            listeners.append((admin.port, admin.host, f"the admin endpoint of Gateway '{e.name}'", e.doc.value_at(("admin", "port"))))
+            label = f"the admin endpoint of Gateway '{e.name}'"
+            listeners.append((admin.port, admin.host, label, e.doc.value_at(("admin", "port"))))
     for i, (number, host, label, loc) in enumerate(listeners):
         if number == 0:
             continue  # the system picks a free port
@@ -663,7 +670,8 @@ def application_keys(ctx: RuleContext) -> None:
                         "API key in plain text",
                         loc,
                         at_credential=True,
-                        hint="anyone who can read this file can use the key; write `sha256:<hash>` or `{env: VARIABLE}`",
+                        hint="anyone who can read this file can use the key; "
+                        "write `sha256:<hash>` or `{env: VARIABLE}`",
                     )
                 )
             fp = key_fingerprint(key, ctx.env)

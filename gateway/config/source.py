@@ -81,7 +81,8 @@ def find_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[Diagnostic
             found = sorted(
                 p
                 for p in root.rglob("*")
-                if p.suffix in YAML_SUFFIXES and p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+                if p.suffix in YAML_SUFFIXES and p.is_file()
+                and not any(part.startswith(".") for part in p.relative_to(root).parts)
             )
             files += found
         elif root.is_file():
@@ -311,7 +312,8 @@ class _Reader:
             for src in sources:
                 if not isinstance(src, MappingNode):
                     continue
-                for key, value in self._mapping(src, path, Document(self.name, 0, None, self.base_dir, doc.start), active).items():
+                merged_in = self._mapping(src, path, Document(self.name, 0, None, self.base_dir, doc.start), active)
+                for key, value in merged_in.items():
                     if key not in out:
                         out[key] = value
         return out

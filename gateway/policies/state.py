@@ -168,7 +168,7 @@ class LogWriter:
         if file is None:
             assert self.path is not None
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            file = open(self.path, "ab")
+            file = open(self.path, "ab")  # noqa: SIM115 - kept open across batches; closed on rotation and close()
             size = file.tell()
         lines.append(b"")  # the last line's newline, without copying the batch once more
         text = b"\n".join(lines)

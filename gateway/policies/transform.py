@@ -111,7 +111,8 @@ class Transform(Policy):
             return self._failed(message, conn, exc)
         return self._decide(result, message, conn)
 
-    async def _call_async(self, context: TransformContext, message: Message, conn: ConnectionContext) -> MessageDecision:
+    async def _call_async(self, context: TransformContext, message: Message,
+                          conn: ConnectionContext) -> MessageDecision:
         try:
             result = await self.function(context)
         except Exception as exc:

@@ -321,10 +321,7 @@ class MessageRelay:
             opcode = b0 & 0x0F
             if (b0 & 0xF0) == 0x80 and (opcode == 1 or opcode == 2) and bool(masked) is masked_in \
                     and leg.fragments is None:
-                if masked:
-                    payload = apply_mask(data[at:stop], data[at - 4:at])
-                else:
-                    payload = bytes(data[at:stop])
+                payload = apply_mask(data[at:stop], data[at - 4:at]) if masked else bytes(data[at:stop])
                 pos = stop
                 self._message(leg, opcode == 1, payload)
             else:
