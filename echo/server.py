@@ -154,7 +154,8 @@ class EchoService:
     # ------------------------------------------------------------- WebSocket
 
     async def _handle(self, ws: ServerConnection) -> None:
-        url = urlsplit(ws.request.path)  # type: ignore[union-attr]
+        assert ws.request is not None  # websockets sets it before calling the handler
+        url = urlsplit(ws.request.path)
         room = self.rooms.get(url.path)
         if room is None or not room.published:
             # Unpublished between the upgrade check and now.

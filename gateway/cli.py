@@ -21,8 +21,9 @@ import tarfile
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import NoReturn, TextIO
 
+from . import __version__
 from .config import CheckResult, Config, check
 from .config import diagnostics as diag
 from .config import schema as schemas
@@ -36,7 +37,7 @@ EXIT_PLAN_CHANGES = 2
 class _Parser(argparse.ArgumentParser):
     """argparse that reports usage errors by exception instead of exiting the process."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise _UsageError(f"{self.prog}: error: {message}", self.format_usage())
 
 
@@ -54,6 +55,7 @@ def _address(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="wsgate", description="A declarative, GitOps-style WebSocket API gateway.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -171,8 +173,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         sys.stderr.write(diag.render(desired.diagnostics, "text"))
         sys.stderr.write(f"wsgate plan: the desired config {args.path} is invalid; nothing planned\n")
         return EXIT_INVALID
+    assert desired.config is not None  # desired.ok
     if args.source.startswith(("http://", "https://")):
-        return _plan_from_live(args, desired.config)  # type: ignore[arg-type]
+        return _plan_from_live(args, desired.config)
     source = Path(args.source)
     tmp: str | None = None
     try:
@@ -195,7 +198,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 sys.stderr.write(f"wsgate plan: the current config ({label}) is invalid; cannot diff against it\n")
                 return EXIT_INVALID
             current = result.config
-        plan = diff(current, desired.config)  # type: ignore[arg-type]
+        plan = diff(current, desired.config)
         sys.stdout.write(render(plan, args.format))
         return EXIT_OK if plan.empty else EXIT_PLAN_CHANGES
     finally:

@@ -31,6 +31,7 @@ from websockets.exceptions import (
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
 
 from .policies.base import ConnectionContext, Rejection, UpgradeRequest
 from .relay.fast import ByteRelay
@@ -172,6 +173,7 @@ class ClientHandshake(asyncio.Protocol):
 
     def __init__(self, listener: PortListener) -> None:
         self.listener = listener
+        # Set by connection_made, which asyncio calls before any other callback; never None after that.
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.buffer = bytearray()
         self.timer: asyncio.TimerHandle | None = None
@@ -182,6 +184,7 @@ class ClientHandshake(asyncio.Protocol):
 
     # asyncio callbacks ------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # asyncio types the argument as BaseTransport; a TCP server always hands a Transport.
         self.transport = transport  # type: ignore[assignment]
         listener = self.listener
         if listener.max_connections is not None and listener.count >= listener.max_connections:
@@ -325,7 +328,7 @@ class ClientHandshake(asyncio.Protocol):
         assert record is not None
         record.conn = conn
         record.route = route
-        offered = [p for value in headers.get_all("Sec-WebSocket-Protocol") for p in _tokens(value)]
+        offered = [Subprotocol(p) for value in headers.get_all("Sec-WebSocket-Protocol") for p in _tokens(value)]
         # Only the negotiated extensions outlive this call: the parser, request and response objects go now.
         record.task = asyncio.get_running_loop().create_task(
             self._upgrade(route, conn, upgrade, ws.extensions, accept, extensions_header, safe_query, offered)
@@ -333,7 +336,7 @@ class ClientHandshake(asyncio.Protocol):
 
     async def _upgrade(self, route: CompiledAPI, conn: ConnectionContext, upgrade: UpgradeRequest,
                        extensions: list[Any], accept: str, extensions_header: str | None, query: str,
-                       offered: list[str]) -> None:
+                       offered: list[Subprotocol]) -> None:
         record = self.record
         assert record is not None
         relayed = False
@@ -354,7 +357,7 @@ class ClientHandshake(asyncio.Protocol):
                 route,
                 client_headers=upgrade.headers,
                 query=query,
-                subprotocols=offered,  # type: ignore[arg-type]
+                subprotocols=offered,
                 peer_ip=conn.peer[0],
                 secure=upgrade.secure,
                 application=application,

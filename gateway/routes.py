@@ -21,6 +21,7 @@ from websockets.uri import WebSocketURI, parse_uri
 from .config.models import API, Port
 from .config.tree import Config, Loaded
 from .policies.base import Policy
+from .policies.registry import build_chain as default_build_chain
 
 log = structlog.get_logger("wsgate.routes")
 
@@ -128,12 +129,6 @@ class CompiledAPI:
         )
 
 
-def _build_chain(loaded: Loaded[API], config: Config, apps: Any, state: Any) -> list[Policy]:
-    from .policies import build_chain  # the policies package imports routes' neighbours; keep it lazy
-
-    return build_chain(loaded, config, apps, state)
-
-
 @dataclass(frozen=True, eq=False)
 class RouteTable:
     """Immutable routes of one config generation."""
@@ -150,7 +145,7 @@ class RouteTable:
                 build_chain: Callable[[Loaded[API], Config, Any, Any], list[Policy]] | None = None) -> RouteTable:
         """Build every enabled route of ``config``; policies come from ``build_chain``
         (default: ``gateway.policies.build_chain``)."""
-        build_chain = build_chain or _build_chain
+        build_chain = build_chain or default_build_chain
         enabled = {name for name, port in config.ports.items() if port.model.enabled}
         apis: dict[str, CompiledAPI] = {}
         routes: dict[tuple[str, str], CompiledAPI] = {}

@@ -132,6 +132,7 @@ class _HandshakeReader(asyncio.Protocol):
         self.head = head
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # asyncio types the argument as BaseTransport; a TCP connection always hands a Transport.
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
@@ -320,6 +321,7 @@ async def open_upstream(route: CompiledAPI, prepared: UpstreamRequest) -> Upstre
         raise UpstreamError(502, "bad_gateway", f"upstream answered {status} {phrase}".rstrip())
     subprotocol = _plain_101(head, prepared.key, prepared.offer)
     if subprotocol is not False:
+        # mypy does not narrow `Subprotocol | None | bool` by `is not False` (True is never returned).
         return UpstreamLeg(transport, bytes(reader.buffer), subprotocol, url)  # type: ignore[arg-type]
     # Anything unusual: the sans-I/O client checks the 101 (Upgrade, Connection, Sec-WebSocket-Accept for our
     # key, subprotocol) and words the refusal.

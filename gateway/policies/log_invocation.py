@@ -142,12 +142,13 @@ class LogInvocation(Policy):
     def _payload(self, is_text: bool, payload: str | bytes) -> tuple[int, str, str]:
         """(full size in bytes, payload as stored, encoding): masked, truncated, compressed as configured."""
         limit = self.spec.max_payload_bytes
-        if is_text and not self._mask and not self.spec.compress and payload.isascii() and len(payload) <= limit:
-            return len(payload), payload, "text"  # type: ignore[return-value]  # the common case: nothing to do
+        text = payload if isinstance(payload, str) else None  # text messages always carry a str
+        if text is not None and not self._mask and not self.spec.compress and text.isascii() and len(text) <= limit:
+            return len(text), text, "text"  # the common case: nothing to do
         raw = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
         size = len(raw)
-        if is_text and self._mask:
-            raw = self._mask(payload).encode("utf-8")  # type: ignore[arg-type]
+        if text is not None and self._mask:
+            raw = self._mask(text).encode("utf-8")
         truncated = "+truncated" if len(raw) > limit else ""
         raw = raw[:limit]
         if self.spec.compress:
