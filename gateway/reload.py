@@ -11,9 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .config.tree import Config
+
+if TYPE_CHECKING:
+    from .apps import AppIndex
+    from .listener import Connection
 
 DRAIN_CODE = 1001
 REVOKE_CODE = 1008
@@ -80,7 +84,7 @@ def api_changed(old: Config, new: Config, api: str, port: str) -> str | None:
     return None
 
 
-def application_revoked(new: Config, apps: Any, accepted: Accepted) -> str | None:
+def application_revoked(new: Config, apps: AppIndex, accepted: Accepted) -> str | None:
     """Why the application behind a connection lost its right to the API, or None.
 
     ``apps`` is the new ``gateway.apps.AppIndex``. Anonymous connections have
@@ -110,7 +114,7 @@ def application_revoked(new: Config, apps: Any, accepted: Accepted) -> str | Non
     return None
 
 
-def decide(old: Config, new: Config, new_apps: Any, accepted: Accepted) -> Decision:
+def decide(old: Config, new: Config, new_apps: AppIndex, accepted: Accepted) -> Decision:
     """Keep, drain or revoke one connection; revocation wins over draining (it must bite at once)."""
     revoked = application_revoked(new, new_apps, accepted)
     if revoked:
@@ -121,7 +125,7 @@ def decide(old: Config, new: Config, new_apps: Any, accepted: Accepted) -> Decis
     return KEEP
 
 
-def accepted_from(record: Any) -> Accepted | None:
+def accepted_from(record: Connection) -> Accepted | None:
     """The ``Accepted`` view of a ``listener.Connection`` (None before its route is known)."""
     conn = record.conn
     if conn is None:

@@ -12,16 +12,17 @@ from __future__ import annotations
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
 from websockets.headers import build_host
 from websockets.uri import WebSocketURI, parse_uri
 
+from .apps import AppIndex
 from .config.models import API, Port
 from .config.tree import Config, Loaded
 from .policies.base import Policy
 from .policies.registry import build_chain as default_build_chain
+from .policies.state import PolicyState
 
 log = structlog.get_logger("wsgate.routes")
 
@@ -136,13 +137,14 @@ class RouteTable:
     config: Config
     digest: str
     generation: int
-    apps: Any  # gateway.apps.AppIndex
+    apps: AppIndex
     routes: Mapping[tuple[str, str], CompiledAPI] = field(default_factory=dict)
     apis: Mapping[str, CompiledAPI] = field(default_factory=dict)
 
     @classmethod
-    def compile(cls, config: Config, apps: Any, state: Any, *, generation: int = 1,
-                build_chain: Callable[[Loaded[API], Config, Any, Any], list[Policy]] | None = None) -> RouteTable:
+    def compile(cls, config: Config, apps: AppIndex, state: PolicyState, *, generation: int = 1,
+                build_chain: Callable[[Loaded[API], Config, AppIndex, PolicyState], list[Policy]] | None = None,
+                ) -> RouteTable:
         """Build every enabled route of ``config``; policies come from ``build_chain``
         (default: ``gateway.policies.build_chain``)."""
         build_chain = build_chain or default_build_chain

@@ -32,7 +32,8 @@ from .signals import stop_requested
 if TYPE_CHECKING:
     from echo.server import EchoService
 
-    from .config.models import Port
+    from .config.models import API, Port
+    from .policies.base import Policy
 
 log = structlog.get_logger("wsgate.runtime")
 
@@ -56,7 +57,7 @@ class Gateway:
 
     def __init__(self, config: Config, *, admin: tuple[str, int] | None | bool = None,
                  env: Mapping[str, str] | None = None, echo: bool = True,
-                 build_chain: Callable[..., list[Any]] | None = None,
+                 build_chain: Callable[[Loaded[API], Config, AppIndex, PolicyState], list[Policy]] | None = None,
                  paths: Sequence[str | Path] | None = None) -> None:
         self.config = config
         self.env = env

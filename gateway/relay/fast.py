@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -41,6 +41,7 @@ from gateway.relay.keepalive import PING_PREFIX
 
 if TYPE_CHECKING:
     from gateway.relay.keepalive import KeepaliveSweeper
+    from gateway.routes import CompiledAPI
 
 log = structlog.get_logger("wsgate.relay.fast")
 
@@ -233,7 +234,7 @@ class ByteRelay:
         upstream: asyncio.Transport,
         client_pending: bytes,
         upstream_pending: bytes,
-        route: Any,
+        route: CompiledAPI,
         conn: ConnectionContext,
         on_closed: Callable[[int | None, str], None],
         keepalive: KeepaliveSweeper | None,

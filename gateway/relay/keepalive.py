@@ -35,7 +35,11 @@ MAX_TICK = 1.0
 class KeepaliveLeg(Protocol):
     last_rx: float
     ka_sent: float
-    reading_paused: bool
+
+    @property
+    def reading_paused(self) -> bool:
+        """True while the gateway holds this leg's reading back (silence is then ours, not the peer's)."""
+        ...
 
     def keepalive_ping(self, payload: bytes) -> None: ...
 

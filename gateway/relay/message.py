@@ -44,6 +44,7 @@ from ..upstream import _quiet
 
 if TYPE_CHECKING:
     from ..routes import CompiledAPI
+    from .keepalive import KeepaliveSweeper
 
 log = structlog.get_logger("wsgate.relay")
 
@@ -201,7 +202,7 @@ class MessageRelay:
         route: CompiledAPI,
         conn: ConnectionContext,
         on_closed: Callable[[int | None, str], None],
-        keepalive: Any,
+        keepalive: KeepaliveSweeper | None,
         client_extensions: Sequence[Extension] = (),
     ) -> None:
         api = route.api
