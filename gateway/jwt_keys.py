@@ -155,10 +155,6 @@ class JWTVerifier:
         claims = (settings.application_claim,) if settings.application_claim else DEFAULT_APPLICATION_CLAIMS
         return cls(settings.issuer, tuple(settings.audience), algorithms, tuple(keys), claims, settings.leeway)
 
-    def client_of(self, token: str) -> str:
-        """The client id a valid token names; raises TokenError with a reason safe to show."""
-        return self.verify(token)[0]
-
     def verify(self, token: str) -> tuple[str, float | None]:
         """(client id, expiry as epoch seconds) of a valid token; raises TokenError with a reason safe to show."""
         if len(token) > MAX_TOKEN_LENGTH:

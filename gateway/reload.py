@@ -19,9 +19,6 @@ if TYPE_CHECKING:
     from .apps import AppIndex
     from .listener import Connection
 
-DRAIN_CODE = 1001
-REVOKE_CODE = 1008
-
 
 class Action(Enum):
     KEEP = "keep"

@@ -240,9 +240,6 @@ Policy = Annotated[
     Field(discriminator="type"),
 ]
 
-# Policy types that act on messages; an API with none of them takes the byte relay.
-MESSAGE_STAGE_TYPES = frozenset({"transform"})
-
 
 # ---------------------------------------------------------------------- API
 

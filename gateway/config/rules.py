@@ -925,7 +925,3 @@ def _check_key_file(ctx: RuleContext, e: Entry, at: tuple, field_name: str, rela
             )
         )
 
-
-def all_rules() -> Iterable[Rule]:
-    return tuple(RULES)
-

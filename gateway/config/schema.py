@@ -17,7 +17,6 @@ Two adjustments to what pydantic emits, both for precise errors:
 
 from __future__ import annotations
 
-import copy
 import json
 from functools import cache
 from pathlib import Path
@@ -80,7 +79,9 @@ def _kind_schema(kind: str) -> dict:
 
 
 def _resource_schema() -> dict:
-    schema = _rewrite_discriminators(TypeAdapter(Resource).json_schema(by_alias=True))
+    # Typed Any: mypy's incremental cache reads the Annotated union as a UnionType that fits no overload.
+    resource: Any = Resource
+    schema = _rewrite_discriminators(TypeAdapter(resource).json_schema(by_alias=True))
     api = schema["$defs"]["API"]
     _patch_lenient_fields("API", api)
     return {"$schema": DIALECT, "title": "wsgate resource", **schema}
@@ -91,15 +92,6 @@ def _generated() -> dict[str, dict]:
     out = {file_name(kind): _kind_schema(kind) for kind in KINDS}
     out[RESOURCE_FILE] = _resource_schema()
     return out
-
-
-def generate() -> dict[str, dict]:
-    """Every schema file's content, keyed by file name (a fresh copy: callers may change it)."""
-    return copy.deepcopy(_generated())
-
-
-def kind_schema(kind: str) -> dict:
-    return _generated()[file_name(kind)]
 
 
 @cache

@@ -20,7 +20,6 @@ from .base import ApplicationRef, ConnectionContext, Policy, PolicyBuild, Reject
 
 API_KEY_NAME = "x-gateway-apikey"
 TOKEN_PARAMETER = "access_token"  # RFC 6750, 2.3
-CREDENTIAL_METHODS = ("api_key", "jwt", "basic")
 
 
 def presented_keys(request: UpgradeRequest, use_header: bool) -> list[str]:
