@@ -91,7 +91,7 @@ def connections(gateway: Gateway) -> tuple[int, Any]:
 
 
 def metrics(gateway: Gateway) -> tuple[int, Any]:
-    text = gateway.metrics.render(gateway.registry, gateway.table.generation)
+    text = gateway.metrics.render(gateway.registry, gateway.table.generation, gateway.state)
     return 200, PlainText(text, "text/plain; version=0.0.4; charset=utf-8")
 
 

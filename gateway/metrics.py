@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .connections import ConnectionRegistry
     from .policies.base import ConnectionContext
+    from .policies.state import PolicyState
 
 
 class Metrics:
@@ -35,8 +36,10 @@ class Metrics:
         self.closes[(conn.api, "none" if code is None else str(code))] += 1
         _add(self.messages, self.payload_bytes, conn)
 
-    def render(self, registry: ConnectionRegistry, generation: int) -> str:
-        """The Prometheus text exposition: these counters plus the live connections of ``registry``."""
+    def render(self, registry: ConnectionRegistry, generation: int, state: PolicyState | None = None) -> str:
+        """The Prometheus text exposition: these counters plus the live connections of ``registry``, and the
+        message policies' counts kept in ``state``."""
+        limited = state.rate_limits.exceeded if state is not None else Counter()
         messages, payload_bytes = Counter(self.messages), Counter(self.payload_bytes)
         active: Counter[tuple[str, str, str]] = Counter()
         for record in registry.live:
@@ -56,6 +59,9 @@ class Metrics:
                     (({"api": a, "direction": d}, n) for (a, d), n in sorted(messages.items()))),
             _family("wsgate_message_bytes_total", "counter", "Payload bytes relayed.",
                     (({"api": a, "direction": d}, n) for (a, d), n in sorted(payload_bytes.items()))),
+            _family("wsgate_rate_limited_total", "counter",
+                    "Messages past a rate limit that were dropped or closed the connection (delays not counted).",
+                    (({"api": a, "direction": d, "action": x}, n) for (a, d, x), n in sorted(limited.items()))),
             _family("wsgate_reloads_total", "counter", "Config reloads, by outcome.",
                     (({"outcome": o}, n) for o, n in sorted(self.reloads.items()))),
             _family("wsgate_config_generation", "gauge", "Generation of the config serving now.",

@@ -235,8 +235,66 @@ class OriginPolicy(Strict):
     allow_missing: bool = Field(False, description="Let in clients that send no Origin header (non-browsers).")
 
 
+class RateLimitPolicy(Strict):
+    """Messages and bytes per second in one direction: a token bucket with a burst, per connection,
+    application or API. Several may stack (all must have room)."""
+
+    type: Literal["rate-limit"]
+    direction: Literal["client", "server"] = Field(
+        "client", description="`client`: messages the client sends; `server`: messages the native server sends."
+    )
+    per: Literal["connection", "application", "api"] = Field(
+        "connection",
+        description="One bucket per connection, per identified application (all its connections to this API), "
+        "or one for the whole API.",
+    )
+    messages_per_second: float | None = Field(
+        None, gt=0, description="Sustained messages per second; none: messages are not counted."
+    )
+    burst_messages: PositiveInt | None = Field(
+        None, description="Messages that may arrive at once (the bucket's size). Default: one second's worth."
+    )
+    bytes_per_second: float | None = Field(
+        None, gt=0, description="Sustained payload bytes per second; none: bytes are not counted."
+    )
+    burst_bytes: PositiveInt | None = Field(
+        None,
+        description="Payload bytes that may arrive at once. Default: one second's worth, at least the API's "
+        "largest message. A burst below one largest message is an error (that message could never pass).",
+    )
+    on_exceed: Literal["delay", "drop", "close"] | None = Field(
+        None,
+        description="`delay`: stop reading the sender until tokens return (no loss); `drop`: swallow the message "
+        "(counted, logged, `error_message` sent back); `close`: close with 1008 \"rate limit\". "
+        "Default: `delay` for `client`, `drop` for `server`.",
+    )
+    error_message: str | None = Field(
+        None,
+        description="With `drop`: a text message sent back to the sender of each dropped message, e.g. "
+        "`{\"type\": \"error\", \"reason\": \"rate limit\"}` (declare it in `messages` to document it).",
+    )
+
+    @model_validator(mode="after")
+    def _limits_something(self) -> RateLimitPolicy:
+        if self.messages_per_second is None and self.bytes_per_second is None:
+            raise ValueError("a rate-limit needs `messages_per_second`, `bytes_per_second` or both")
+        if self.burst_messages is not None and self.messages_per_second is None:
+            raise ValueError("`burst_messages` needs `messages_per_second`")
+        if self.burst_bytes is not None and self.bytes_per_second is None:
+            raise ValueError("`burst_bytes` needs `bytes_per_second`")
+        if self.error_message is not None and self.action != "drop":
+            raise ValueError("`error_message` is sent only with `on_exceed: drop`")
+        return self
+
+    @property
+    def action(self) -> str:
+        """``on_exceed`` with its per-direction default."""
+        return self.on_exceed or ("delay" if self.direction == "client" else "drop")
+
+
 Policy = Annotated[
-    IdentifyPolicy | ThrottlePolicy | TransformPolicy | LogInvocationPolicy | RoutingPolicy | OriginPolicy,
+    IdentifyPolicy | ThrottlePolicy | TransformPolicy | LogInvocationPolicy | RoutingPolicy | OriginPolicy
+    | RateLimitPolicy,
     Field(discriminator="type"),
 ]
 

@@ -447,6 +447,26 @@ def policy_chains(ctx: RuleContext) -> None:
             )
 
 
+@rule
+def rate_limit_bursts(ctx: RuleContext) -> None:
+    """A byte burst smaller than the API's largest message: such a message could never pass."""
+    for e in ctx.of("API"):
+        largest = e.model.limits.max_message_size
+        for i, p in enumerate(e.model.policies):
+            # Without `burst_bytes` the burst is at least one largest message (RateLimit's default).
+            if p.type != "rate-limit" or largest is None or p.burst_bytes is None or p.burst_bytes >= largest:
+                continue
+            ctx.out.append(
+                error(
+                    "WSG140",
+                    f"rate-limit burst_bytes {p.burst_bytes} is below one message of the API's largest size "
+                    f"({largest} bytes): such a message could never pass",
+                    e.doc.value_at(("policies", i, "burst_bytes")),
+                    hint=f"set `burst_bytes` to at least {largest}, or lower `limits.max_message_size`",
+                )
+            )
+
+
 def _config_root_for(ctx: RuleContext, e: Entry) -> Path:
     declaring = Path(e.doc.file).resolve()
     for root in ctx.roots:

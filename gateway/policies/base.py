@@ -10,7 +10,9 @@ takes part in one or both stages:
   which the runtime runs exactly once when the connection ends, whatever the
   stage: refused later in the chain, upstream failure, or a normal close.
 - message stage: ``on_message(message, conn)`` returns the message (maybe a
-  new one), :data:`DROP`, or a :class:`Close`. It may be a coroutine function
+  new one), :data:`DROP`, a :class:`Reply` (drop it and answer the sender),
+  a :class:`Delay` (hold it, and stop reading its sender, for that long; the
+  relay then asks the same policy again) or a :class:`Close`. It may be a coroutine function
   (operator transforms may be async); the relay awaits only when it must.
 
 Observers (log-invocation) also get ``on_outcome`` (the upgrade's final
@@ -54,6 +56,21 @@ class Close:
 
     code: int
     reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Drop the message and send ``text`` back to its sender as a text message (an error in a declared format)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delay:
+    """Not yet: the relay stops reading the sender for ``seconds``, then offers the message to the same policy
+    again. Nothing is lost; what the sender already wrote waits in the relay's backlog, in order."""
+
+    seconds: float
 
 
 class _Drop:
@@ -137,7 +154,7 @@ class ConnectionContext:
             callback()
 
 
-MessageDecision = Message | _Drop | Close
+MessageDecision = Message | _Drop | Close | Reply | Delay
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ from .base import Policy, PolicyBuild
 from .identify import Identify
 from .log_invocation import LogInvocation
 from .origin import Origin
+from .rate_limit import RateLimit
 from .routing import Routing
 from .state import PolicyState
 from .throttle import Throttle
@@ -28,6 +29,7 @@ BUILDERS: dict[str, type[Any]] = {
     "log-invocation": LogInvocation,
     "routing": Routing,
     "origin": Origin,
+    "rate-limit": RateLimit,
 }
 
 

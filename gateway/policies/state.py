@@ -19,6 +19,8 @@ from typing import Any
 
 import structlog
 
+from .rate_limit import RateLimits
+
 log = structlog.get_logger("wsgate.policies")
 transactions = structlog.get_logger("wsgate.transactions")
 
@@ -264,6 +266,7 @@ def _confirmed_name(ip: str) -> str | None:
 class PolicyState:
     def __init__(self) -> None:
         self.throttle = ThrottleCounters()
+        self.rate_limits = RateLimits()
         self.log_writers = LogWriters()
         self.resolver = HostnameResolver()
 

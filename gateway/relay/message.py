@@ -39,7 +39,7 @@ from websockets.frames import (
 from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
 
-from ..policies.base import DROP, Close, ConnectionContext, Message, Policy
+from ..policies.base import DROP, Close, ConnectionContext, Delay, Message, Policy, Reply
 from ..upstream import _quiet
 
 if TYPE_CHECKING:
@@ -441,8 +441,8 @@ class MessageRelay:
                 return
             if decision is DROP:
                 return
-            if type(decision) is Close:
-                self.close(decision.code, decision.reason)
+            if type(decision) is not Message:
+                self._decided(leg, decision, index, message)
                 return
             # What is left is a Message; `type(x) is Close` (cheaper than isinstance here) does not narrow for mypy.
             message = decision  # type: ignore[assignment]
@@ -450,6 +450,22 @@ class MessageRelay:
             self._send(leg.peer, is_text, data)
         else:
             self._deliver(leg, message)
+
+    def _decided(self, leg: _Leg, decision: Any, index: int, message: Message) -> None:
+        """A decision other than pass or drop, on the synchronous path."""
+        kind = type(decision)
+        if kind is Close:
+            self.close(decision.code, decision.reason)
+        elif kind is Reply:
+            self._send(leg, True, decision.text.encode())
+        elif kind is Delay:
+            # Hold this message and everything after it; a task waits out the delay with the sender unread.
+            leg.backlog = deque()
+            task = asyncio.get_running_loop().create_task(self._consume(leg, decision, index, message))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
+            raise TypeError(f"a policy returned {decision!r}")
 
     async def _consume(self, leg: _Leg, first: Any, index: int, message: Message) -> None:
         """Own one direction while a policy is asynchronous; then hand it back to the synchronous path."""
@@ -477,10 +493,20 @@ class MessageRelay:
         policies = leg.policies
         for i in range(index, len(policies)):
             policy = policies[i]
+            decision: Any
             try:
                 if i == index and pending is not None:
-                    decision = await pending
+                    decision = pending if type(pending) is Delay else await pending
                 else:
+                    decision = policy.on_message(message, conn)
+                    if inspect.isawaitable(decision):
+                        decision = await decision
+                while type(decision) is Delay:
+                    self.pause(leg)  # backpressure: the sender is not read while its message waits
+                    try:
+                        await asyncio.sleep(decision.seconds)
+                    finally:
+                        self.resume(leg)
                     decision = policy.on_message(message, conn)
                     if inspect.isawaitable(decision):
                         decision = await decision
@@ -489,9 +515,14 @@ class MessageRelay:
                 return False
             if decision is DROP:
                 return True
-            if type(decision) is Close:
+            kind = type(decision)
+            if kind is Close:
                 self.close(decision.code, decision.reason)
                 return False
+            if kind is Reply:
+                self._send(leg, True, decision.text.encode())
+                self.flush(leg)
+                return True
             message = decision
         self._deliver(leg, message)
         self.flush(leg.peer)

@@ -1,0 +1,189 @@
+"""Rate limit: messages and bytes per second in one direction, a token bucket per connection, application or API.
+
+A bucket holds up to ``burst`` tokens and gains ``rate`` per second; a message
+takes one message token and ``len(payload)`` byte tokens, both or neither.
+When either is short the policy's action decides: :class:`Delay` for as long
+as the missing tokens take to return (the relay stops reading the sender
+meanwhile: backpressure, nothing lost), a drop (counted, logged once per
+connection, optionally answered with ``error_message``) or a 1008 close.
+
+Limits outlive a config: the settings (:class:`Limit`) and the shared buckets
+live in :class:`RateLimits`, kept in the process-wide ``PolicyState``, keyed by
+(API, direction, scope, position among the API's rate limits). A reload
+updates the ``Limit`` in place, so connections accepted under the old config
+(which keep their old policy objects) obey a changed limit at their next
+message, without being closed. Per-application and per-API buckets are
+shared by every connection of this process.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from time import monotonic
+from typing import TYPE_CHECKING
+
+import structlog
+
+from .base import DROP, Close, ConnectionContext, Delay, Message, MessageDecision, Policy, PolicyBuild, Reply
+
+if TYPE_CHECKING:  # state.py imports this module: keep it free of the config models (pydantic)
+    from ..config.models import RateLimitPolicy
+
+log = structlog.get_logger("wsgate.policies")
+
+ANONYMOUS = "<anonymous>"  # no application name looks like this (names are [A-Za-z0-9._-])
+RATE_LIMIT_CLOSE = Close(1008, "rate limit")
+# Tokens a bucket may be short and still grant: float error, and asyncio waking a timer up to its clock
+# resolution early, must not turn a delay into a second one.
+SLACK = 1e-6
+
+
+class Limit:
+    """The settings of one rate limit, updated in place by a reload (every bucket of it reads them)."""
+
+    __slots__ = ("message_rate", "message_burst", "byte_rate", "byte_burst", "action", "reply")
+
+    def __init__(self) -> None:
+        self.message_rate = 0.0  # 0: not counted
+        self.message_burst = 0.0
+        self.byte_rate = 0.0
+        self.byte_burst = 0.0
+        self.action = "delay"
+        self.reply: Reply | None = None
+
+    def update(self, spec: RateLimitPolicy, max_message_size: int | None) -> None:
+        self.message_rate = spec.messages_per_second or 0.0
+        self.message_burst = float(spec.burst_messages or max(1.0, self.message_rate))
+        self.byte_rate = spec.bytes_per_second or 0.0
+        self.byte_burst = float(spec.burst_bytes or max(self.byte_rate, max_message_size or 0))
+        self.action = spec.action
+        self.reply = Reply(spec.error_message) if spec.error_message is not None else None
+
+
+class Bucket:
+    """Message and byte tokens for one scope; starts full."""
+
+    __slots__ = ("limit", "messages", "bytes", "stamp")
+
+    def __init__(self, limit: Limit, now: float) -> None:
+        self.limit = limit
+        self.messages = limit.message_burst
+        self.bytes = limit.byte_burst
+        self.stamp = now
+
+    def take(self, size: int, now: float) -> float:
+        """Take one message and ``size`` bytes; 0.0 when granted, else the seconds until both are there."""
+        limit = self.limit
+        elapsed = now - self.stamp
+        self.stamp = now
+        wait = 0.0
+        rate = limit.message_rate
+        if rate:
+            messages = self.messages + elapsed * rate
+            if messages > limit.message_burst:
+                messages = limit.message_burst  # also clamps a bucket whose burst was tightened by a reload
+            self.messages = messages
+            if messages < 1.0 - SLACK:
+                wait = (1.0 - messages) / rate
+        rate = limit.byte_rate
+        if rate:
+            tokens = self.bytes + elapsed * rate
+            if tokens > limit.byte_burst:
+                tokens = limit.byte_burst
+            self.bytes = tokens
+            # A message larger than the whole burst passes once the bucket is full and leaves it in debt
+            # (validate refuses such a burst when the API's largest message is known).
+            need = size if size < limit.byte_burst else limit.byte_burst
+            if tokens < need - SLACK:
+                wait = max(wait, (need - tokens) / rate)
+        if wait:
+            return wait
+        self.messages -= 1.0
+        self.bytes -= size
+        return 0.0
+
+
+LimitKey = tuple[str, str, str, int]  # API, direction, scope, position among the API's rate limits
+
+
+class RateLimits:
+    """Every rate limit's settings and shared buckets, for the life of the process; and what they refused."""
+
+    def __init__(self) -> None:
+        self.limits: dict[LimitKey, Limit] = {}
+        self.shared: dict[tuple[LimitKey, str], Bucket] = {}
+        self.exceeded: Counter[tuple[str, str, str]] = Counter()  # (api, direction, action) -> messages
+
+    def limit(self, key: LimitKey, spec: RateLimitPolicy, max_message_size: int | None) -> Limit:
+        """The limit for ``key``, created or updated to ``spec`` (live connections see the update)."""
+        limit = self.limits.get(key)
+        if limit is None:
+            limit = self.limits[key] = Limit()
+        limit.update(spec, max_message_size)
+        return limit
+
+    def bucket(self, key: LimitKey, who: str, limit: Limit) -> Bucket:
+        bucket = self.shared.get((key, who))
+        if bucket is None:
+            bucket = self.shared[(key, who)] = Bucket(limit, monotonic())
+        return bucket
+
+
+class RateLimit(Policy):
+    type = "rate-limit"
+    sync_messages = True  # never awaits: a delay is a decision the relay carries out
+
+    def __init__(self, spec: RateLimitPolicy, build: PolicyBuild) -> None:
+        self.spec = spec
+        self.api = api = build.api_name
+        self.message_stages = frozenset({spec.direction})
+        # Which of the API's rate limits this is: with the API's name, what keeps its buckets across reloads.
+        position = [i for i, p in enumerate(p for p in build.api.model.policies if p.type == spec.type)
+                    if p is spec][0]
+        self.key: LimitKey = (api, spec.direction, spec.per, position)
+        self.limits = limits = build.state.rate_limits
+        self.limit = limits.limit(self.key, spec, build.api.model.limits.max_message_size)
+        self._buckets: dict[ConnectionContext, Bucket] = {}
+        self._exceeded: set[ConnectionContext] = set()  # connections already logged as exceeding
+
+    def on_message(self, message: Message, conn: ConnectionContext) -> MessageDecision:
+        bucket = self._buckets.get(conn)
+        if bucket is None:
+            bucket = self._open(conn)
+        payload = message.payload
+        # UTF-8 bytes; isascii() is O(1) on CPython's str, so only non-ASCII text pays for an encode.
+        size = len(payload) if not message.is_text or payload.isascii() else len(payload.encode())  # type: ignore[union-attr]
+        wait = bucket.take(size, monotonic())
+        if not wait:
+            return message
+        limit = self.limit
+        action = limit.action
+        if action == "delay":
+            return Delay(wait)
+        self.limits.exceeded[(self.api, message.direction, action)] += 1
+        if conn not in self._exceeded:
+            self._exceeded.add(conn)
+            log.warning("rate limit exceeded", api=self.api, policy=self.type, connection=conn.id,
+                        direction=message.direction, per=self.spec.per, action=action)
+        if action == "close":
+            return RATE_LIMIT_CLOSE
+        return limit.reply or DROP
+
+    def _open(self, conn: ConnectionContext) -> Bucket:
+        """The connection's bucket: its own, or the one its application or the API shares."""
+        per = self.spec.per
+        if per == "connection":
+            bucket = Bucket(self.limit, monotonic())
+        elif per == "application":
+            who = conn.application.name if conn.application is not None else ANONYMOUS
+            bucket = self.limits.bucket(self.key, who, self.limit)
+        else:
+            bucket = self.limits.bucket(self.key, "", self.limit)
+        self._buckets[conn] = bucket
+
+        def forget() -> None:
+            self._buckets.pop(conn, None)
+            self._exceeded.discard(conn)
+
+        conn.defer(forget)
+        return bucket
