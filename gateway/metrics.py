@@ -40,6 +40,7 @@ class Metrics:
         """The Prometheus text exposition: these counters plus the live connections of ``registry``, and the
         message policies' counts kept in ``state``."""
         limited = state.rate_limits.exceeded if state is not None else Counter()
+        violations = state.violations if state is not None else Counter()
         messages, payload_bytes = Counter(self.messages), Counter(self.payload_bytes)
         active: Counter[tuple[str, str, str]] = Counter()
         for record in registry.live:
@@ -62,6 +63,10 @@ class Metrics:
             _family("wsgate_rate_limited_total", "counter",
                     "Messages past a rate limit that were dropped or closed the connection (delays not counted).",
                     (({"api": a, "direction": d, "action": x}, n) for (a, d, x), n in sorted(limited.items()))),
+            _family("wsgate_message_violations_total", "counter",
+                    "Messages matching none of their API's definitions, by kind and what was done (log, drop, close).",
+                    (({"api": a, "direction": d, "kind": k, "action": x}, n)
+                     for (a, d, k, x), n in sorted(violations.items()))),
             _family("wsgate_reloads_total", "counter", "Config reloads, by outcome.",
                     (({"outcome": o}, n) for o, n in sorted(self.reloads.items()))),
             _family("wsgate_config_generation", "gauge", "Generation of the config serving now.",

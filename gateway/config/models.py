@@ -292,9 +292,43 @@ class RateLimitPolicy(Strict):
         return self.on_exceed or ("delay" if self.direction == "client" else "drop")
 
 
+ValidationMode = Literal["off", "log", "enforce"]
+
+
+class ValidateMessagesPolicy(Strict):
+    """Check each message against the API's `messages` definitions: type, size and JSON Schema."""
+
+    type: Literal["validate-messages"]
+    client: ValidationMode = Field(
+        "enforce", description="Messages from the client: `off`, `log` (record violations, pass them) or `enforce`."
+    )
+    server: ValidationMode = Field("off", description="Messages from the native server: `off`, `log` or `enforce`.")
+    discriminator: str | None = Field(
+        None,
+        min_length=1,
+        description="A top-level field of JSON messages (e.g. `type`) whose value picks the definition at once: "
+        "the value a definition's schema fixes with `const` (or a one-value `enum`). Definitions without one are "
+        "tried in order.",
+    )
+    on_violation: Literal["drop", "close"] = Field(
+        "close",
+        description="With `enforce`: `drop` the message (and send `error_message` back), or `close`: 1007 for a "
+        "wrong type, 1009 for a message over its definition's `max_size`, 1008 for a schema violation.",
+    )
+    error_message: str | None = Field(
+        None, description="With `on_violation: drop`: a text message sent back to the sender of each dropped message."
+    )
+
+    @model_validator(mode="after")
+    def _reply_only_on_drop(self) -> ValidateMessagesPolicy:
+        if self.error_message is not None and self.on_violation != "drop":
+            raise ValueError("`error_message` is sent only with `on_violation: drop`")
+        return self
+
+
 Policy = Annotated[
     IdentifyPolicy | ThrottlePolicy | TransformPolicy | LogInvocationPolicy | RoutingPolicy | OriginPolicy
-    | RateLimitPolicy,
+    | RateLimitPolicy | ValidateMessagesPolicy,
     Field(discriminator="type"),
 ]
 
@@ -341,7 +375,15 @@ class MessageDefinition(Strict):
     type: Literal["text", "binary"] = "text"
     description: str = ""
     sample: str | None = Field(None, description="A sample payload, for documentation and tests.")
-    json_schema: dict | None = Field(None, alias="schema", description="JSON Schema the payload should follow.")
+    max_size: PositiveInt | None = Field(
+        None, description="Largest payload in bytes this definition allows (checked by `validate-messages`)."
+    )
+    json_schema: dict | None = Field(
+        None,
+        alias="schema",
+        description="JSON Schema a JSON text payload must follow (checked by `validate-messages`); it must stand "
+        "alone: every `$ref` points inside it (e.g. `#/$defs/...`).",
+    )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

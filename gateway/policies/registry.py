@@ -20,6 +20,7 @@ from .routing import Routing
 from .state import PolicyState
 from .throttle import Throttle
 from .transform import Transform
+from .validate_messages import ValidateMessages
 
 # Every policy class is built the same way: ``cls(spec, build)``.
 BUILDERS: dict[str, type[Any]] = {
@@ -30,6 +31,7 @@ BUILDERS: dict[str, type[Any]] = {
     "routing": Routing,
     "origin": Origin,
     "rate-limit": RateLimit,
+    "validate-messages": ValidateMessages,
 }
 
 

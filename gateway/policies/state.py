@@ -267,6 +267,8 @@ class PolicyState:
     def __init__(self) -> None:
         self.throttle = ThrottleCounters()
         self.rate_limits = RateLimits()
+        # Messages that broke their API's definitions: (api, direction, kind, action) -> count.
+        self.violations: Counter[tuple[str, str, str, str]] = Counter()
         self.log_writers = LogWriters()
         self.resolver = HostnameResolver()
 

@@ -1,0 +1,216 @@
+"""Validate messages: each message is checked against the API's `messages` definitions for its direction.
+
+A message matches when any definition of its direction (``origin``) does: the
+same type (text or binary), within the definition's ``max_size``, and for a
+definition with a schema, a JSON text payload the schema accepts. Schemas are
+compiled once, when the policy is built (every reload). With a
+``discriminator`` field, a JSON message's value for it picks the definitions
+whose schema fixes that value (``const`` or a one-value ``enum``): one lookup,
+not a scan; definitions that fix no value are tried as well.
+
+A violation has a kind, and the kind gives the close code under ``enforce``
+with ``on_violation: close``: ``type`` (no definition of that type) 1007,
+``size`` 1009, ``schema`` (not JSON, or no schema accepts it) 1008. ``log``
+passes the message and records the violation: in the API's invocation log
+(the first log-invocation policy's file) when it has one, in the gateway log
+otherwise; both at most ``LOGGED_PER_CONNECTION`` times per connection. Every
+violation is counted for ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from ..config.message_schemas import CompiledSchema
+from ..config.models import MessageDefinition, ValidateMessagesPolicy
+from .base import DROP, Close, ConnectionContext, Direction, Message, MessageDecision, Policy, PolicyBuild, Reply
+from .state import LogWriter, encode_record, record_dict
+
+log = structlog.get_logger("wsgate.policies")
+
+CLOSE_CODES = {"type": 1007, "size": 1009, "schema": 1008}
+LOGGED_PER_CONNECTION = 10  # violations recorded per connection; the counter keeps counting past it
+_loads = json.loads
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    kind: str  # "type", "size" or "schema"
+    detail: str  # one sentence for people; never the payload
+
+
+class _Definition:
+    __slots__ = ("name", "is_text", "max_size", "schema")
+
+    def __init__(self, model: MessageDefinition) -> None:
+        self.name = model.name
+        self.is_text = model.type == "text"
+        self.max_size = model.max_size
+        self.schema = CompiledSchema(model.json_schema) if model.json_schema is not None and self.is_text else None
+
+
+def _fixed_value(schema: dict[str, Any] | None, field: str) -> tuple[bool, Any]:
+    """(True, value) when ``schema`` fixes ``field`` of a JSON object to one value."""
+    prop = ((schema or {}).get("properties") or {}).get(field)
+    if isinstance(prop, dict):
+        if "const" in prop:
+            return True, prop["const"]
+        enum = prop.get("enum")
+        if isinstance(enum, list) and len(enum) == 1:
+            return True, enum[0]
+    return False, None
+
+
+class Matcher:
+    """The definitions of one direction; ``check`` says why a message matches none of them (or None)."""
+
+    def __init__(self, definitions: Sequence[MessageDefinition], discriminator: str | None = None) -> None:
+        compiled = [(_Definition(d), d.json_schema) for d in definitions]
+        self.text = [d for d, _ in compiled if d.is_text]
+        self.binary = [d for d, _ in compiled if not d.is_text]
+        self.discriminator = discriminator
+        # A text definition with no size limit and no schema accepts every text message.
+        self.any_text = any(d.max_size is None and d.schema is None for d in self.text)
+        self.by_value: dict[Any, list[_Definition]] = {}
+        self.unkeyed: list[_Definition] = []
+        if discriminator:
+            for d, schema in compiled:
+                if not d.is_text:
+                    continue
+                fixed, value = _fixed_value(schema, discriminator)
+                if fixed and _hashable(value):
+                    self.by_value.setdefault(value, []).append(d)
+                else:
+                    self.unkeyed.append(d)
+
+    def check(self, is_text: bool, payload: str | bytes) -> Violation | None:
+        if is_text:
+            if self.any_text:
+                return None
+            definitions = self.text
+        else:
+            definitions = self.binary
+        kind = "text" if is_text else "binary"
+        if not definitions:
+            return Violation("type", f"no {kind} message is declared in this direction")
+        document: Any = _UNPARSED
+        if is_text and self.discriminator:
+            try:
+                document = _loads(payload)
+            except ValueError:
+                document = _NOT_JSON
+            if isinstance(document, dict):
+                value = document.get(self.discriminator)
+                keyed = self.by_value.get(value, ()) if _hashable(value) else ()
+                definitions = [*keyed, *self.unkeyed]
+                if not definitions:
+                    return Violation("schema", f"no message is declared with {self.discriminator} = {_short(value)}")
+        size = len(payload) if not is_text or payload.isascii() else len(payload.encode())  # type: ignore[union-attr]
+        fitting = [d for d in definitions if d.max_size is None or size <= d.max_size]
+        if not fitting:
+            largest = max(d.max_size or 0 for d in definitions)
+            return Violation("size", f"{size} bytes, over the largest declared {kind} message ({largest} bytes)")
+        if not is_text or any(d.schema is None for d in fitting):
+            return None
+        if document is _UNPARSED:
+            try:
+                document = _loads(payload)
+            except ValueError:
+                document = _NOT_JSON
+        if document is _NOT_JSON:
+            return Violation("schema", "not JSON, and every declared text message has a JSON Schema")
+        for d in fitting:
+            if d.schema.is_valid(document):  # type: ignore[union-attr]
+                return None
+        first = fitting[0]
+        return Violation("schema", f"not a valid '{first.name}' message {first.schema.explain(document)}")  # type: ignore[union-attr]
+
+
+_UNPARSED = object()
+_NOT_JSON = object()
+
+
+def _hashable(value: Any) -> bool:
+    return isinstance(value, (str, int, float, bool)) or value is None
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _invocation_log(build: PolicyBuild) -> tuple[LogWriter | None, bool]:
+    """The writer of the API's first log-invocation policy, and whether its records also go to the log."""
+    for spec in build.api.model.policies:
+        if spec.type == "log-invocation":
+            path = build.api.resolve(spec.file) if spec.file else None
+            echo = spec.stdout if spec.stdout is not None else not spec.file
+            return build.state.log_writers.get(path, spec.max_file_bytes, spec.backups), echo
+    return None, False
+
+
+class ValidateMessages(Policy):
+    type = "validate-messages"
+    sync_messages = True
+
+    def __init__(self, spec: ValidateMessagesPolicy, build: PolicyBuild) -> None:
+        self.spec = spec
+        self.api = build.api_name
+        definitions = build.api.model.messages
+        writer, echo = _invocation_log(build)
+        self.modes: dict[str, str] = {"client": spec.client, "server": spec.server}
+        self.message_stages = frozenset(d for d in ("client", "server") if self.modes[d] != "off")
+        self.matchers = {
+            direction: Matcher([d for d in definitions if d.origin == direction], spec.discriminator)
+            for direction in self.message_stages
+        }
+        self.violations = build.state.violations
+        self.writer = writer
+        self._echo = record_dict if echo else None
+        self._reply = Reply(spec.error_message) if spec.error_message is not None else None
+        self._logged: Counter[ConnectionContext] = Counter()
+
+    def on_message(self, message: Message, conn: ConnectionContext) -> MessageDecision:
+        direction = message.direction
+        violation = self.matchers[direction].check(message.is_text, message.payload)
+        if violation is None:
+            return message
+        mode = self.modes[direction]
+        action = "log" if mode == "log" else self.spec.on_violation
+        self.violations[(self.api, direction, violation.kind, action)] += 1
+        self._record(conn, direction, violation, action)
+        if mode == "log":
+            return message
+        if action == "close":
+            return Close(CLOSE_CODES[violation.kind], f"message violates its definition ({violation.kind})")
+        return self._reply or DROP
+
+    def _forget(self, conn: ConnectionContext) -> None:
+        self._logged.pop(conn, None)
+
+    def _record(self, conn: ConnectionContext, direction: Direction, violation: Violation, action: str) -> None:
+        logged = self._logged[conn]
+        if logged > LOGGED_PER_CONNECTION:
+            return
+        self._logged[conn] = logged + 1
+        if logged == 0:
+            conn.defer(lambda: self._forget(conn))
+        if logged == LOGGED_PER_CONNECTION:
+            log.warning("further message violations not recorded", api=self.api, policy=self.type,
+                        connection=conn.id)
+            return
+        fields = {"api": self.api, "connection": conn.id, "direction": direction, "kind": violation.kind,
+                  "detail": violation.detail, "action": action}
+        if self.writer is None:
+            log.warning("message violates its definition", policy=self.type, **fields)
+            return
+        record = {"record": "violation", "ts": time.time(),
+                  "application": conn.application.name if conn.application else None, **fields}
+        self.writer.write((encode_record, self._echo, record))

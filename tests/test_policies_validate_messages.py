@@ -1,0 +1,227 @@
+"""The validate-messages policy: matching with plain values, then each mode and violation kind on a live gateway."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from support import PORT, api_yaml, echo_backend, eventually, gw_url, http_request, run, running_gateway, write_config
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from gateway.config import check
+from gateway.config.models import MessageDefinition
+from gateway.policies.validate_messages import Matcher
+
+SUBSCRIBE = {
+    "type": "object",
+    "properties": {"type": {"const": "subscribe"}, "channel": {"$ref": "#/$defs/channel"}},
+    "required": ["type", "channel"],
+    "$defs": {"channel": {"type": "string", "minLength": 1}},
+}
+PING = {"type": "object", "properties": {"type": {"enum": ["ping"]}, "id": {"type": "integer"}},
+        "required": ["type", "id"]}
+
+
+def definition(name: str, origin: str = "client", **fields: object) -> MessageDefinition:
+    return MessageDefinition.model_validate({"name": name, "origin": origin, **fields})
+
+
+# ------------------------------------------------------------------ matcher
+
+
+def test_matcher_kinds_type_size_and_schema():
+    """Wrong type, over max_size, not JSON and schema mismatches are each named; a match is None."""
+    matcher = Matcher([definition("subscribe", schema=SUBSCRIBE, max_size=64), definition("ping", schema=PING)])
+    assert matcher.check(True, json.dumps({"type": "subscribe", "channel": "btc"})) is None
+    assert matcher.check(True, json.dumps({"type": "ping", "id": 3})) is None
+    assert matcher.check(False, b"\x00").kind == "type"
+    assert matcher.check(True, "not json").kind == "schema"
+    mismatch = matcher.check(True, json.dumps({"type": "subscribe", "channel": ""}))
+    assert mismatch.kind == "schema" and "/channel" in mismatch.detail
+    sized = Matcher([definition("small", max_size=4)])
+    assert sized.check(True, "four") is None
+    assert sized.check(True, "fiver").kind == "size"
+    assert sized.check(True, "éé") is None  # 4 bytes in UTF-8
+    assert sized.check(True, "ééé").kind == "size"  # 6 bytes
+
+
+def test_matcher_discriminator_picks_by_value_and_names_an_unknown_one():
+    """With a discriminator, the message's value selects the definition; an undeclared value is its own violation."""
+    matcher = Matcher([definition("subscribe", schema=SUBSCRIBE), definition("ping", schema=PING)], "type")
+    assert set(matcher.by_value) == {"subscribe", "ping"} and matcher.unkeyed == []
+    assert matcher.check(True, '{"type": "ping", "id": 1}') is None
+    wrong = matcher.check(True, '{"type": "ping", "id": "x"}')
+    assert wrong.kind == "schema" and "'ping'" in wrong.detail
+    unknown = matcher.check(True, '{"type": "unsubscribe"}')
+    assert unknown.kind == "schema" and "type = \"unsubscribe\"" in unknown.detail
+
+
+def test_matcher_without_definitions_or_with_a_free_text_one():
+    """No definition of a type refuses it; a text definition with no schema or size accepts any text."""
+    assert Matcher([]).check(True, "x").kind == "type"
+    free = Matcher([definition("anything")])
+    assert free.check(True, "whatever") is None
+    assert free.check(False, b"bin").kind == "type"
+
+
+# ------------------------------------------------------------- live gateway
+
+
+def messages_yaml(*definitions: dict) -> str:
+    return "messages: " + json.dumps(list(definitions)) + "\n"
+
+
+def validated_api(url: str, policy: str, *definitions: dict, extra_policies: str = "") -> str:
+    text = messages_yaml(*definitions) + "policies:\n  - type: validate-messages\n"
+    text += "".join(f"    {line}\n" for line in policy.strip().splitlines()) + extra_policies
+    return api_yaml("Echo", "/echo", url, extra=text)
+
+
+def violations(gw, direction: str = "client") -> dict[tuple[str, str], int]:
+    return {(kind, action): n for (api, d, kind, action), n in gw.state.violations.items() if d == direction}
+
+
+CLIENT_DEFS = (
+    {"name": "subscribe", "origin": "client", "schema": SUBSCRIBE, "max_size": 200},
+    {"name": "ping", "origin": "client", "schema": PING},
+)
+
+
+async def closed_with(ws) -> tuple[int, str]:
+    try:
+        await ws.recv()
+    except ConnectionClosed as closed:
+        assert closed.rcvd is not None
+        return closed.rcvd.code, closed.rcvd.reason
+    raise AssertionError("the connection stayed open")
+
+
+def test_enforce_close_uses_the_code_of_each_violation_kind(tmp_path: Path):
+    """Under enforce/close a binary frame closes with 1007, an oversized one 1009, a schema mismatch 1008."""
+
+    async def scenario():
+        async with echo_backend() as backend:
+            api = validated_api(backend.url("/echo/"), "discriminator: type", *CLIENT_DEFS)
+            config = write_config(tmp_path, PORT, api)
+            async with running_gateway(config) as gw:
+                valid = json.dumps({"type": "subscribe", "channel": "btc"})
+                oversized = json.dumps({"type": "subscribe", "channel": "x" * 300})
+                for bad, code in ((b"\x01\x02", 1007), (oversized, 1009), (json.dumps({"type": "subscribe"}), 1008),
+                                  ("plain text", 1008)):
+                    async with connect(gw_url(gw, "/echo")) as ws:
+                        await ws.send(valid)
+                        assert await ws.recv() == valid
+                        await ws.send(bad)
+                        got = await closed_with(ws)
+                        assert got[0] == code, (bad, got)
+                assert violations(gw) == {("type", "close"): 1, ("size", "close"): 1, ("schema", "close"): 2}
+
+    run(scenario())
+
+
+def test_enforce_drop_answers_the_sender_and_keeps_the_connection(tmp_path: Path):
+    """Under enforce/drop a violating message goes nowhere, its sender gets the error message, valid ones pass."""
+
+    async def scenario():
+        async with echo_backend() as backend:
+            policy = "on_violation: drop\nerror_message: '{\"type\":\"error\",\"reason\":\"invalid message\"}'"
+            config = write_config(tmp_path, PORT, validated_api(backend.url("/echo/"), policy, *CLIENT_DEFS))
+            async with running_gateway(config) as gw, connect(gw_url(gw, "/echo")) as ws:
+                await ws.send('{"type": "ping", "id": "seven"}')
+                assert json.loads(await ws.recv()) == {"type": "error", "reason": "invalid message"}
+                await ws.send('{"type": "ping", "id": 7}')
+                assert await ws.recv() == '{"type": "ping", "id": 7}'
+                admin = f"http://127.0.0.1:{gw.admin.port}"
+                metrics = (await http_request(admin, path="/metrics")).body.decode()
+                assert ('wsgate_message_violations_total{api="Echo",direction="client",kind="schema",action="drop"} 1'
+                        in metrics)
+
+    run(scenario())
+
+
+def test_log_mode_passes_the_message_and_records_it_in_the_invocation_log(tmp_path: Path):
+    """Under log a violating message is relayed and a `violation` record lands in the log-invocation file."""
+
+    async def scenario():
+        async with echo_backend() as backend:
+            logger = "  - type: log-invocation\n    file: logs/echo.jsonl\n"
+            api = validated_api(backend.url("/echo/"), "client: log", *CLIENT_DEFS, extra_policies=logger)
+            config = write_config(tmp_path, PORT, api)
+            async with running_gateway(config) as gw:
+                async with connect(gw_url(gw, "/echo")) as ws:
+                    await ws.send("not json")
+                    assert await ws.recv() == "not json"
+                assert violations(gw) == {("schema", "log"): 1}
+                gw.state.log_writers.flush()
+                records = [json.loads(line) for line in (tmp_path / "config/logs/echo.jsonl").read_text().splitlines()]
+                (violation,) = [r for r in records if r["record"] == "violation"]
+                assert (violation["direction"], violation["kind"], violation["action"]) == ("client", "schema", "log")
+                assert "not json" not in json.dumps(violation)  # the payload stays out of the record
+
+    run(scenario())
+
+
+def test_server_direction_is_checked_against_the_servers_definitions(tmp_path: Path):
+    """A server `enforce` with drop swallows what the backend sends outside its definitions."""
+
+    async def scenario():
+        async with echo_backend() as backend:
+            defs = ({"name": "anything", "origin": "client"},
+                    {"name": "event", "origin": "server", "schema": {"type": "object", "required": ["event"]}})
+            api = validated_api(backend.url("/echo/"), "client: enforce\nserver: enforce\non_violation: drop", *defs)
+            config = write_config(tmp_path, PORT, api)
+            async with running_gateway(config) as gw, connect(gw_url(gw, "/echo")) as ws:
+                await ws.send("free text")  # the client may send it; its echo is not a server event
+                await eventually(lambda: violations(gw, "server") == {("schema", "drop"): 1})
+                await ws.send('{"event": "tick"}')
+                assert await ws.recv() == '{"event": "tick"}'
+
+    run(scenario())
+
+
+# ---------------------------------------------------------------- validate
+
+
+def diagnostics(tmp_path: Path, api: str) -> list[tuple[str, int, int]]:
+    root = tmp_path / "config"
+    root.mkdir(exist_ok=True)
+    text = "---\n" + PORT + api
+    (root / "gateway.yaml").write_text(text)
+    return [(d.code, d.location.line, d.location.col) for d in check([root]).diagnostics if d.code != "WSG201"]
+
+
+def line_of(text: str, needle: str) -> int:
+    return 1 + ("---\n" + PORT + text).splitlines().index(needle)
+
+
+def test_validate_locates_an_invalid_schema_and_a_dangling_ref(tmp_path: Path):
+    """WSG141 points into the schema at the bad keyword; WSG142 at the `$ref` that leaves the schema."""
+    api = api_yaml("Echo", "/echo", "ws://127.0.0.1:9/", extra="""
+        messages:
+          - name: bad
+            origin: client
+            schema:
+              type: object
+              required: yes
+          - name: dangling
+            origin: client
+            schema:
+              properties:
+                price:
+                  $ref: '#/components/schemas/Price'
+                ok:
+                  $ref: '#/$defs/ok'
+              $defs:
+                ok: {type: string}
+        """)
+    assert diagnostics(tmp_path, api) == [
+        ("WSG141", line_of(api, "      required: yes"), 17),
+        ("WSG142", line_of(api, "          $ref: '#/components/schemas/Price'"), 17),
+    ]
+
+
+def test_validate_warns_when_a_checked_direction_declares_nothing(tmp_path: Path):
+    """WSG240: `server: enforce` on an API without server messages would refuse every one of them."""
+    api = validated_api("ws://127.0.0.1:9/", "server: enforce", {"name": "m", "origin": "client"})
+    assert diagnostics(tmp_path, api) == [("WSG240", line_of(api, "    server: enforce"), 13)]
