@@ -2,6 +2,7 @@
 
     python benchmarks/message_relay_micro.py [--seconds 4] [--rounds 3] [--conns 50] [--inflight 16] [--size 64]
                                              [--log-level info] [--profile]
+                                             [--with rate-limit,validate-messages] [--json]
 
 This process is the gateway: the real runtime (``gateway.runtime.Gateway``) on a
 generated config whose API has the tutorial's chain (identify by API key, the
@@ -21,6 +22,15 @@ loop thread's own share (``time.thread_time``) is shown beside it; the rest is
 the transaction-log writer thread. CPU time, not wall time, so the figure holds
 on a shared machine. ``--profile`` adds one cProfile'd window of the event loop
 thread and prints its top entries, and those of the log writer thread.
+
+``--with`` adds message policies to the chain, before the transform: a
+``rate-limit`` per connection (client direction, far above the offered load,
+so it costs its bucket arithmetic and never delays) and ``validate-messages``
+(client messages enforced against two JSON Schema definitions selected by a
+``type`` discriminator); ``--json`` makes the payload a JSON object of
+``--size`` bytes that the schema accepts (implied by validate-messages). The
+run also times each added policy's ``on_message`` on the compiled route, in
+process, without the relay: the per-message cost of the policy alone.
 """
 
 from __future__ import annotations
@@ -65,6 +75,12 @@ def _head(opcode: int, size: int, mask: bool) -> bytes:
     if size < 65536:
         return bytes([0x80 | opcode, bit | 126]) + size.to_bytes(2, "big")
     return bytes([0x80 | opcode, bit | 127]) + size.to_bytes(8, "big")
+
+
+def _json_payload(size: int) -> bytes:
+    """A JSON object of exactly ``size`` bytes (at least 40) that the validate-messages definitions accept."""
+    head = b'{"type":"tick","seq":12345,"data":"'
+    return head + b"x" * max(0, size - len(head) - 2) + b'"}'
 
 
 # ------------------------------------------------------------------ children
@@ -132,9 +148,9 @@ class _EchoBackend(asyncio.Protocol):
 
 
 class _LoadLeg(asyncio.Protocol):
-    def __init__(self, stats: list[int], size: int, inflight: int) -> None:
+    def __init__(self, stats: list[int], size: int, inflight: int, json_payload: bool = False) -> None:
         self.stats = stats
-        payload = b"x" * size
+        payload = _json_payload(size) if json_payload else b"x" * size
         # A zero mask key: the gateway unmasks all the same, and the frames can be built once.
         self.frame = _head(0x1, size, True) + b"\x00\x00\x00\x00" + payload
         echoed = size + len(MARKER.encode())
@@ -180,7 +196,8 @@ async def _child(role: str, args: argparse.Namespace) -> None:
         print(server.sockets[0].getsockname()[1], flush=True)
     else:
         for _ in range(args.conns):
-            await loop.create_connection(lambda: _LoadLeg(stats, args.size, args.inflight), "127.0.0.1", args.port)
+            await loop.create_connection(lambda: _LoadLeg(stats, args.size, args.inflight, args.json), "127.0.0.1",
+                                         args.port)
         print("ready", flush=True)
     # Each line on stdin asks for the echo count so far; EOF ends the child.
     while await loop.run_in_executor(None, sys.stdin.readline):
@@ -190,7 +207,7 @@ async def _child(role: str, args: argparse.Namespace) -> None:
 def _spawn(role: str, args: argparse.Namespace, port: int = 0) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, __file__, "--role", role, "--port", str(port), "--size", str(args.size),
-         "--conns", str(args.conns), "--inflight", str(args.inflight)],
+         "--conns", str(args.conns), "--inflight", str(args.inflight), *(["--json"] if args.json else [])],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -200,7 +217,41 @@ def _spawn(role: str, args: argparse.Namespace, port: int = 0) -> subprocess.Pop
 # ------------------------------------------------------------------- gateway
 
 
-def _config(directory: Path, backend_port: int) -> Path:
+EXTRA_POLICIES = {
+    "rate-limit": """\
+  - type: rate-limit
+    messages_per_second: 10000000
+    bytes_per_second: 10000000000
+""",
+    "validate-messages": """\
+  - type: validate-messages
+    discriminator: type
+""",
+}
+MESSAGE_DEFINITIONS = """\
+messages:
+  - name: tick
+    origin: client
+    max_size: 65536
+    schema:
+      type: object
+      properties:
+        type: {const: tick}
+        seq: {type: integer, minimum: 0}
+        data: {type: string}
+      required: [type, seq]
+  - name: subscribe
+    origin: client
+    schema:
+      type: object
+      properties:
+        type: {const: subscribe}
+        channels: {type: array, items: {type: string}}
+      required: [type, channels]
+"""
+
+
+def _config(directory: Path, backend_port: int, extra: tuple[str, ...] = ()) -> Path:
     shutil.copytree(REPO / "examples" / "transforms", directory / "transforms")
     (directory / "logs").mkdir()
     (directory / "gateway.yaml").write_text(
@@ -222,10 +273,10 @@ ports: [micro]
 upstream:
   endpoints:
     - url: ws://127.0.0.1:{backend_port}/echo/
-policies:
+{MESSAGE_DEFINITIONS if "validate-messages" in extra else ""}policies:
   - type: identify
     by: [api_key]
-  - type: transform
+{"".join(EXTRA_POLICIES[name] for name in extra)}  - type: transform
     stage: client
     messages: text
     callable: transforms.tutorial:client_transformation
@@ -288,6 +339,27 @@ async def _window(asker: _Asker, seconds: float,
     return (cpu1 - cpu0) / echoes * 1e6, (thread1 - thread0) / echoes * 1e6, echoes / (wall1 - wall0)
 
 
+def _policy_costs(gateway: object, args: argparse.Namespace, n: int = 200_000) -> list[tuple[str, float]]:
+    """µs per call of each added policy's on_message on the live route, with a connection of its own."""
+    from gateway.policies.base import ConnectionContext, Message
+
+    route = gateway.table.apis["tutorial"]  # type: ignore[attr-defined]
+    payload = (_json_payload(args.size) if args.json else b"x" * args.size).decode()
+    costs = []
+    for policy in route.client_policies:
+        if policy.type not in args.extra:
+            continue
+        conn = ConnectionContext(api="tutorial", api_version="1.0", port_name="micro", peer=("127.0.0.1", 1), path="/")
+        message = Message("client", True, payload)
+        on_message = policy.on_message
+        start = time.perf_counter()
+        for _ in range(n):
+            on_message(message, conn)
+        costs.append((policy.type, (time.perf_counter() - start) / n * 1e6))
+        conn.release()
+    return costs
+
+
 def _profile_log_writers() -> cProfile.Profile:
     """Run every LogWriter thread started from now on under one CPU-time profiler."""
     from gateway.policies import state
@@ -314,7 +386,7 @@ async def _main(args: argparse.Namespace) -> None:
     try:
         assert backend.stdout is not None
         backend_port = int(backend.stdout.readline())
-        result = check([_config(tmp, backend_port)])
+        result = check([_config(tmp, backend_port, args.extra)])
         if result.config is None:
             raise RuntimeError(f"the generated config does not check: {result.diagnostics}")
         gateway = Gateway(result.config, admin=False, echo=False)
@@ -326,6 +398,7 @@ async def _main(args: argparse.Namespace) -> None:
         if line.strip() != "ready":
             raise RuntimeError(f"load generator: {line!r}")
         asker = _Asker(load)
+        policy_costs = _policy_costs(gateway, args)
         await asyncio.sleep(args.warmup)
         runs = [await _window(asker, args.seconds) for _ in range(args.rounds)]
         profile_text = None
@@ -347,11 +420,14 @@ async def _main(args: argparse.Namespace) -> None:
     loop_cpu = statistics.median(r[1] for r in runs)
     rate = statistics.median(r[2] for r in runs)
     print(
-        f"tutorial chain through the message relay: {args.conns} connections x {args.inflight} in flight, "
-        f"{args.size} B text, log level {args.log_level}, median of {args.rounds} x {args.seconds:g} s"
+        f"tutorial chain{''.join(' + ' + name for name in args.extra)} through the message relay: "
+        f"{args.conns} connections x {args.inflight} in flight, {args.size} B {'JSON ' if args.json else ''}text, "
+        f"log level {args.log_level}, median of {args.rounds} x {args.seconds:g} s"
     )
     print(f"  gateway CPU per echoed message: {cpu:.1f} µs (event loop thread {loop_cpu:.1f} µs, "
           f"other threads {cpu - loop_cpu:.1f} µs); {rate:,.0f} echoes/s")
+    for name, cost in policy_costs:
+        print(f"  {name} on_message alone, in process: {cost:.2f} µs per message")
     print("  every window (µs process, µs loop thread, echoes/s): "
           + "; ".join(f"{c:.1f} {t:.1f} {r:,.0f}" for c, t, r in runs))
     if profile_text:
@@ -375,9 +451,17 @@ def main() -> None:
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--profile", action="store_true", help="one more window under cProfile (event loop thread)")
     parser.add_argument("--profile-top", type=int, default=30)
+    parser.add_argument("--with", dest="extra", default="",
+                        help="comma-separated policies added to the chain: rate-limit, validate-messages")
+    parser.add_argument("--json", action="store_true", help="JSON payloads (implied by validate-messages)")
     parser.add_argument("--role", choices=["backend", "load"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.extra = tuple(name for name in args.extra.split(",") if name)
+    unknown = set(args.extra) - set(EXTRA_POLICIES)
+    if unknown:
+        parser.error(f"--with: unknown policies {', '.join(sorted(unknown))}")
+    args.json = args.json or "validate-messages" in args.extra
     if args.role:
         asyncio.run(_child(args.role, args))
     else:

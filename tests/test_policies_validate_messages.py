@@ -225,3 +225,20 @@ def test_validate_warns_when_a_checked_direction_declares_nothing(tmp_path: Path
     """WSG240: `server: enforce` on an API without server messages would refuse every one of them."""
     api = validated_api("ws://127.0.0.1:9/", "server: enforce", {"name": "m", "origin": "client"})
     assert diagnostics(tmp_path, api) == [("WSG240", line_of(api, "    server: enforce"), 13)]
+
+
+def test_both_validators_agree_on_a_recursive_schema():
+    """jsonschema-rs (when installed) and jsonschema accept and refuse the same documents of a cyclic `$defs` schema."""
+    from gateway.config.message_schemas import CompiledSchema, unresolved_refs
+
+    tree = {"$ref": "#/$defs/node", "$defs": {"node": {
+        "type": "object", "required": ["value"],
+        "properties": {"value": {"type": "integer"}, "children": {"type": "array", "items": {"$ref": "#/$defs/node"}}},
+    }}}
+    assert unresolved_refs(tree) == []
+    good = {"value": 1, "children": [{"value": 2, "children": [{"value": 3}]}]}
+    bad = {"value": 1, "children": [{"value": 2, "children": [{"value": "three"}]}]}
+    for compiled in (True, False):
+        schema = CompiledSchema(tree, compiled=compiled)
+        assert schema.is_valid(good) and not schema.is_valid(bad)
+        assert "/children/0/children/0/value" in schema.explain(bad)

@@ -8,6 +8,7 @@ draft 2020-12 when it names none.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -60,16 +61,31 @@ def unresolved_refs(schema: dict[str, Any]) -> list[tuple[Path, str]]:
     return missing
 
 
+_compiled: Any
+try:  # the `fast-validation` extra
+    import jsonschema_rs as _compiled
+except ImportError:  # pragma: no cover - depends on the installed extras
+    _compiled = None
+
+
 class CompiledSchema:
-    """One message schema, ready to check parsed JSON: ``is_valid`` per message, ``explain`` only on a violation."""
+    """One message schema, ready to check parsed JSON: ``is_valid`` per message, ``explain`` only on a violation.
+
+    ``is_valid`` is jsonschema-rs's compiled validator when that is installed, else jsonschema's; ``explain``
+    always uses jsonschema, so error texts are the same either way.
+    """
 
     __slots__ = ("is_valid", "_validator")
 
-    def __init__(self, schema: dict[str, Any]) -> None:
+    def __init__(self, schema: dict[str, Any], *, compiled: bool = True) -> None:
         cls = _validator_class(schema)
         resource = Resource.from_contents(schema, default_specification=DRAFT202012)
         self._validator = cls(schema, registry=Registry().with_resource(ROOT_URI, resource))
         self.is_valid: Callable[[Any], bool] = self._validator.is_valid
+        if compiled and _compiled is not None:
+            # A schema it cannot compile (validate checked it with jsonschema) keeps jsonschema's validator.
+            with contextlib.suppress(Exception):
+                self.is_valid = _compiled.validator_for(schema).is_valid
 
     def explain(self, instance: Any) -> str:
         """The most relevant error, e.g. ``at /price: 'x' is not of type 'number'``."""

@@ -78,6 +78,9 @@ class Matcher:
         self.discriminator = discriminator
         # A text definition with no size limit and no schema accepts every text message.
         self.any_text = any(d.max_size is None and d.schema is None for d in self.text)
+        # Shortcuts decided once: most APIs have no max_size anywhere, or a schema on every text definition.
+        self.sized = any(d.max_size is not None for d, _ in compiled)
+        self.schemaless_text = any(d.schema is None for d in self.text)
         self.by_value: dict[Any, list[_Definition]] = {}
         self.unkeyed: list[_Definition] = []
         if discriminator:
@@ -108,16 +111,18 @@ class Matcher:
                 document = _NOT_JSON
             if isinstance(document, dict):
                 value = document.get(self.discriminator)
-                keyed = self.by_value.get(value, ()) if _hashable(value) else ()
-                definitions = [*keyed, *self.unkeyed]
+                keyed = self.by_value.get(value, _NONE) if _hashable(value) else _NONE
+                definitions = [*keyed, *self.unkeyed] if self.unkeyed else keyed
                 if not definitions:
                     return Violation("schema", f"no message is declared with {self.discriminator} = {_short(value)}")
-        size = len(payload) if not is_text or payload.isascii() else len(payload.encode())  # type: ignore[union-attr]
-        fitting = [d for d in definitions if d.max_size is None or size <= d.max_size]
-        if not fitting:
-            largest = max(d.max_size or 0 for d in definitions)
-            return Violation("size", f"{size} bytes, over the largest declared {kind} message ({largest} bytes)")
-        if not is_text or any(d.schema is None for d in fitting):
+        fitting = definitions
+        if self.sized:
+            size = len(payload) if not is_text or payload.isascii() else len(payload.encode())  # type: ignore[union-attr]
+            fitting = [d for d in definitions if d.max_size is None or size <= d.max_size]
+            if not fitting:
+                largest = max(d.max_size or 0 for d in definitions)
+                return Violation("size", f"{size} bytes, over the largest declared {kind} message ({largest} bytes)")
+        if not is_text or (self.schemaless_text and any(d.schema is None for d in fitting)):
             return None
         if document is _UNPARSED:
             try:
@@ -133,6 +138,7 @@ class Matcher:
         return Violation("schema", f"not a valid '{first.name}' message {first.schema.explain(document)}")  # type: ignore[union-attr]
 
 
+_NONE: list[_Definition] = []  # never mutated
 _UNPARSED = object()
 _NOT_JSON = object()
 
