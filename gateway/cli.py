@@ -90,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--upstream", help="native endpoint URL (default: the description's ws/wss server)")
     p.add_argument("-o", "--output", type=Path, help="write the YAML here instead of stdout")
 
+    p = sub.add_parser("export", help="describe an API for its clients (AsyncAPI 3.0)")
+    p.add_argument("format", choices=("asyncapi",), help="the description format")
+    p.add_argument("api", metavar="API_NAME", help="the API to describe")
+    p.add_argument("--config", default=".", metavar="PATH", help="the config tree (default: .)")
+    p.add_argument("--version", help="the document's info.version (default: the API's version)")
+    p.add_argument("--host", help="the host name clients use (default: each Port's bind address)")
+    p.add_argument("-o", "--output", type=Path, help="write here instead of stdout (.json: JSON, else YAML)")
+
     p = sub.add_parser("echo", help="check the config, then serve only its echo servers")
     p.add_argument("path", nargs="?", default=".", metavar="PATH")
     p.add_argument("--log-format", choices=("json", "console", "auto"), default=None)
@@ -106,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
     handlers = {"validate": cmd_validate, "plan": cmd_plan, "schemas": cmd_schemas, "run": cmd_run, "echo": cmd_echo,
-                "import": cmd_import}
+                "import": cmd_import, "export": cmd_export}
     return handlers[args.command](args)
 
 
@@ -266,6 +274,28 @@ def cmd_import(args: argparse.Namespace) -> int:
         args.output.write_text(text, encoding="utf-8")
         sys.stderr.write(f"wrote {args.output}: API {api.name} with {len(api.messages)} message definition(s); "
                          "add its policy chain, then `wsgate validate`\n")
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .exporter import ExportError, asyncapi_document, render
+
+    result = _checked_or_report(args.config)
+    if not result.ok or result.config is None:
+        return EXIT_INVALID
+    try:
+        document = asyncapi_document(result.config, args.api, version=args.version, host=args.host)
+    except ExportError as exc:
+        sys.stderr.write(f"wsgate export: {exc}\n")
+        return EXIT_INVALID
+    json_out = args.output is not None and args.output.suffix == ".json"
+    text = render(document, "json" if json_out else "yaml")
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text, encoding="utf-8")
+        sys.stderr.write(f"wrote {args.output}: AsyncAPI {document['asyncapi']} for API {args.api}\n")
     return EXIT_OK
 
 

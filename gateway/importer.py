@@ -4,6 +4,12 @@ The result is a starting point an operator commits and edits: name, version,
 description, the native endpoint (from a `ws`/`wss` server and the channel's
 address) and the message definitions (origin, type, payload schema, sample).
 It is checked with the same models as every other resource before it is written.
+
+Message schemas come out standalone: every schema a payload refers to in the
+description (``#/components/schemas/...`` and any other local pointer) is
+copied under the payload's ``$defs`` and the reference rewritten to point
+there, recursively; a cycle becomes a ``$defs`` entry that refers to itself.
+References to other files are left as they are (``validate`` reports them).
 """
 
 from __future__ import annotations
@@ -18,7 +24,10 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
+from .config.message_schemas import DATA_KEYWORDS, SCHEMA_MAPS
 from .config.models import API
+
+MAX_SIZE_EXTENSION = "x-wsgate-max-size"  # a message's `max_size`, as `wsgate export asyncapi` writes it
 
 
 class DescriptionError(ValueError):
@@ -49,11 +58,12 @@ def api_from_asyncapi(document: dict[str, Any], *, name: str | None = None, path
     if not api_name:
         raise DescriptionError("the description has no info.title: pass --name")
     api_version = str(info.get("version") or "1.0")
-    channel_address = _first_channel_address(document, version)
+    channel_address = _with_parameters(_first_channel_address(document, version), _first_channel(document),
+                                       upstream is not None)
     url = upstream or _server_url(document, channel_address)
     if url is None:
         raise DescriptionError("no `ws` or `wss` server in the description: pass --upstream ws://HOST:PORT/PATH")
-    messages = list(_messages(document, version))
+    messages = _unique(_messages(document, version))
     resource = {
         "kind": "API",
         "name": api_name,
@@ -83,6 +93,41 @@ def render_yaml(api: API, source: str) -> str:
         "# yaml-language-server: $schema=../../schemas/api.schema.json\n"
         f"# Imported from {source} by `wsgate import`: add the policy chain, then commit.\n" + out.getvalue()
     )
+
+
+def _first_channel(document: dict[str, Any]) -> dict[str, Any]:
+    channels = document.get("channels") or {}
+    channel = next(iter(channels.values()), None) if channels else None
+    return channel if isinstance(channel, dict) else {}
+
+
+def _with_parameters(address: str, channel: dict[str, Any], overridden: bool) -> str:
+    """The channel address with each ``{parameter}`` replaced by its default or first enum value: the native
+    endpoint is one URL. Without either, the operator must name the endpoint."""
+    parameters = channel.get("parameters") or {}
+
+    def value(match: re.Match[str]) -> str:
+        spec = parameters.get(match.group(1))
+        spec = spec.get("schema", spec) if isinstance(spec, dict) else {}  # 2.x nests it under `schema`
+        if isinstance(spec, dict):
+            if "default" in spec:
+                return str(spec["default"])
+            if spec.get("enum"):
+                return str(spec["enum"][0])
+        if overridden:
+            return match.group(0)  # --upstream names the endpoint: the address is not used
+        raise DescriptionError(f"the channel address {address} has parameter {{{match.group(1)}}} with no default "
+                               "or enum value: pass --upstream ws://HOST:PORT/PATH")
+
+    return re.sub(r"\{([^{}]+)\}", value, address)
+
+
+def _unique(definitions: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One definition per (name, origin): a message used by several operations is declared once."""
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    for definition in definitions:
+        seen.setdefault((definition["name"], definition["origin"]), definition)
+    return list(seen.values())
 
 
 def _first_channel_address(document: dict[str, Any], version: str) -> str:
@@ -124,12 +169,25 @@ def _messages(document: dict[str, Any], version: str) -> Iterable[dict[str, Any]
                 yield from _definitions(message, origin, document, components)
     else:
         for operation in (document.get("operations") or {}).values():
+            operation = _resolve(operation, document)
+            if not isinstance(operation, dict):
+                continue
             # 3.x describes the application (the native server): it receives what clients send.
             origin = "client" if operation.get("action") == "receive" else "server"
-            channel = _resolve(operation.get("channel"), document) or {}
-            refs = operation.get("messages") or list((channel.get("messages") or {}).values())
-            for message in refs:
-                yield from _definitions(message, origin, document, components)
+            yield from _operation_messages(operation, origin, document, components)
+            reply = _resolve(operation.get("reply"), document)
+            if isinstance(reply, dict):  # a reply goes the other way
+                yield from _operation_messages(reply, "server" if origin == "client" else "client", document,
+                                               components)
+
+
+def _operation_messages(operation: dict[str, Any], origin: str, document: dict[str, Any],
+                        components: dict[str, Any]) -> Iterable[dict]:
+    """An operation's (or reply's) messages: those it lists, else every message of its channel."""
+    channel = _resolve(operation.get("channel"), document) or {}
+    refs = operation.get("messages") or list(((channel or {}).get("messages") or {}).values())
+    for message in refs:
+        yield from _definitions(message, origin, document, components)
 
 
 def _definitions(message: Any, origin: str, document: dict[str, Any], components: dict[str, Any]) -> Iterable[dict]:
@@ -141,6 +199,10 @@ def _definitions(message: Any, origin: str, document: dict[str, Any], components
             continue
         name = resolved.get("name") or _ref_name(one) or f"{origin}-message"
         payload = _resolve(resolved.get("payload"), document)
+        if isinstance(payload, dict) and "schemaFormat" in payload and "schema" in payload:
+            payload = _resolve(payload["schema"], document)  # 3.x multi-format schema object
+        if isinstance(payload, dict):
+            payload = bundle(payload, document)
         binary = str(resolved.get("contentType", "")).startswith(("application/octet-stream", "image/", "audio/"))
         definition: dict[str, Any] = {
             "name": str(name),
@@ -150,6 +212,8 @@ def _definitions(message: Any, origin: str, document: dict[str, Any], components
         }
         if isinstance(payload, dict):
             definition["schema"] = payload
+        if isinstance(resolved.get(MAX_SIZE_EXTENSION), int):
+            definition["max_size"] = resolved[MAX_SIZE_EXTENSION]
         examples = resolved.get("examples") or []
         if examples and isinstance(examples[0], dict) and "payload" in examples[0]:
             sample = examples[0]["payload"]
@@ -174,3 +238,71 @@ def _ref_name(node: Any) -> str | None:
     if isinstance(node, dict) and isinstance(node.get("$ref"), str):
         return node["$ref"].rsplit("/", 1)[-1]
     return None
+
+
+
+
+def bundle(schema: dict[str, Any], document: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``schema`` that stands alone: each local ``$ref`` target copied under ``$defs``, recursively.
+
+    ``$defs`` names are the pointers' last segments (``#/components/schemas/Price`` -> ``Price``), made
+    unique with ``_2``, ``_3``...; a pointer referred to twice is copied once, so cycles terminate.
+    """
+    defs: dict[str, Any] = {}
+    names: dict[str, str] = {}  # pointer -> $defs name
+    taken = set((schema.get("$defs") or {}).keys()) if isinstance(schema.get("$defs"), dict) else set()
+
+    def name_for(pointer: str, target: Any) -> str:
+        name = names.get(pointer)
+        if name is not None:
+            return name
+        base = re.sub(r"[^A-Za-z0-9_.-]+", "_", pointer.rsplit("/", 1)[-1].replace("~1", "/").replace("~0", "~"))
+        base = base or "schema"
+        name, n = base, 2
+        while name in defs or name in taken:
+            name, n = f"{base}_{n}", n + 1
+        names[pointer] = name
+        defs[name] = None  # reserved before recursing: a cycle back to it finds the name
+        defs[name] = rewrite(target)
+        return name
+
+    def rewrite(node: Any, names_map: bool = False) -> Any:
+        if isinstance(node, dict):
+            out: dict[str, Any] = {}
+            for key, value in node.items():
+                if names_map:  # keys are property (or definition) names, values schemas
+                    out[key] = rewrite(value)
+                elif key == "$ref" and isinstance(value, str) and value.startswith("#/"):
+                    target = _pointer(document, value)
+                    out[key] = f"#/$defs/{name_for(value, target)}" if target is not _MISSING else value
+                elif key in DATA_KEYWORDS:
+                    out[key] = value
+                else:
+                    out[key] = rewrite(value, key in SCHEMA_MAPS)
+            return out
+        if isinstance(node, list):
+            return [rewrite(item) for item in node]
+        return node
+
+    result = rewrite(schema)
+    if defs:
+        existing = result.get("$defs") if isinstance(result.get("$defs"), dict) else {}
+        result["$defs"] = {**existing, **defs}
+    return result
+
+
+_MISSING = object()
+
+
+def _pointer(document: dict[str, Any], ref: str) -> Any:
+    """The node a local JSON pointer (``#/a/b``) names in ``document``, or ``_MISSING``."""
+    target: Any = document
+    for part in ref[2:].split("/"):
+        part = part.replace("~1", "/").replace("~0", "~")
+        if isinstance(target, dict) and part in target:
+            target = target[part]
+        elif isinstance(target, list) and part.isdigit() and int(part) < len(target):
+            target = target[int(part)]
+        else:
+            return _MISSING
+    return target

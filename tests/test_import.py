@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ruamel.yaml import YAML
@@ -77,3 +78,75 @@ def test_what_cannot_be_imported_is_said_plainly(tmp_path, capsys):
     mqtt.write_text(ASYNCAPI_2.replace("protocol: wss", "protocol: mqtt"))
     assert main(["import", str(mqtt)]) == 1
     assert "--upstream" in capsys.readouterr().err
+
+
+# ----------------------------------------------- definitions that stand alone
+
+REAL_WORLD = ("market-feed", "exchange-rpc", "team-chat")  # tests/data/*.asyncapi.yaml, written for these tests
+
+
+def test_imported_schemas_stand_alone_and_validate_without_dangling_refs(tmp_path):
+    """Every `$ref` of every imported message points into its own `$defs`; validate finds none dangling."""
+    from gateway.config.message_schemas import unresolved_refs
+
+    for name in REAL_WORLD:
+        api = imported(tmp_path / name, str(DATA / f"{name}.asyncapi.yaml"))
+        refs = 0
+        for message in api["messages"]:
+            schema = message.get("schema")
+            if schema is None:
+                continue
+            assert unresolved_refs(schema) == [], (name, message["name"])
+            refs += json.dumps(schema).count('"$ref"')
+            assert "#/components" not in json.dumps(schema)
+        assert refs >= 10, name  # the documents lean on shared schemas; all of them came along
+
+
+def test_nested_oneof_allof_and_recursive_refs_are_bundled_and_enforceable(tmp_path):
+    """The market feed's recursive filter and oneOf/allOf envelope survive import and still accept and refuse."""
+    from gateway.config.models import MessageDefinition
+    from gateway.policies.validate_messages import Matcher
+
+    api = imported(tmp_path, str(DATA / "market-feed.asyncapi.yaml"))
+    assert api["upstream"]["endpoints"] == [{"url": "wss://stream.exchange.test/ws/v2/markets/btcusd"}]  # {symbol}
+    by_name = {m["name"]: m for m in api["messages"]}
+    assert [(m["name"], m["origin"], m.get("type", "text")) for m in api["messages"]] == [
+        ("subscribe", "client", "text"), ("unsubscribe", "client", "text"), ("marketData", "server", "text"),
+        ("snapshot", "server", "binary")]
+    subscribe = by_name["subscribe"]["schema"]
+    assert set(subscribe["$defs"]) == {"eventTypes", "eventType", "filter", "condition"}
+    assert subscribe["$defs"]["filter"]["oneOf"][1]["properties"]["all"]["items"] == {"$ref": "#/$defs/filter"}
+    assert set(by_name["marketData"]["schema"]["$defs"]) == {"heartbeat", "update", "envelope", "event", "eventType"}
+    client = Matcher([MessageDefinition.model_validate(m) for m in api["messages"] if m["origin"] == "client"])
+    assert client.check(True, by_name["subscribe"]["sample"]) is None
+    deep = {"type": "subscribe", "events": ["trade"], "filter": {"any": [{"all": [{"field": "colour"}]}]}}
+    assert client.check(True, json.dumps(deep)).kind == "schema"
+    server = Matcher([MessageDefinition.model_validate(m) for m in api["messages"] if m["origin"] == "server"])
+    assert server.check(True, '{"type": "heartbeat", "socket_sequence": 3}') is None
+    assert server.check(True, '{"type": "update", "socket_sequence": 3, "eventId": 1, "events": [{}]}') \
+        .kind == "schema"
+
+
+def test_replies_and_shared_messages_are_imported_once_in_their_direction(tmp_path):
+    """A reply's messages go the other way; a message used by two replies is declared once."""
+    api = imported(tmp_path, str(DATA / "exchange-rpc.asyncapi.yaml"))
+    assert [(m["name"], m["origin"]) for m in api["messages"]] == [
+        ("ping", "client"), ("pong", "server"), ("heartbeat", "server"), ("subscribe", "client"),
+        ("subscriptionStatus", "server"), ("unsubscribe", "client"), ("systemStatus", "server")]
+    status = next(m for m in api["messages"] if m["name"] == "subscriptionStatus")["schema"]
+    assert set(status["$defs"]) >= {"subscriptionStatusError", "subscriptionStatusSuccess", "subscriptionStatusCommon",
+                                    "reqid", "pair", "status", "subscription", "depth", "interval", "name", "token"}
+
+
+def test_validate_locates_a_reference_left_outside_the_schema(tmp_path):
+    """An imported file edited to point back at `#/components/...` fails validate with WSG142 at the `$ref`."""
+    out = tmp_path / "config" / "apis" / "imported.yaml"
+    assert main(["import", str(DATA / "team-chat.asyncapi.yaml"), "-o", str(out)]) == 0
+    (tmp_path / "config" / "ports.yaml").write_text(PORT)
+    text = out.read_text()
+    assert "$ref: '#/$defs/channelId'" in text
+    out.write_text(text.replace("$ref: '#/$defs/channelId'", "$ref: '#/components/schemas/channelId'", 1))
+    line = 1 + out.read_text().splitlines().index(
+        next(x for x in out.read_text().splitlines() if "#/components/schemas/channelId" in x))
+    result = check([tmp_path / "config"])
+    assert [(d.code, d.location.line) for d in result.diagnostics if d.severity == "error"] == [("WSG142", line)]

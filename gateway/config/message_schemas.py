@@ -36,13 +36,20 @@ def schema_problems(schema: dict[str, Any]) -> list[tuple[Path, str]]:
     return []
 
 
-def _refs(node: Any, path: Path = ()) -> Iterator[tuple[Path, str]]:
+DATA_KEYWORDS = frozenset({"const", "enum", "examples", "example", "default"})  # values, not schemas
+# Keywords whose value maps names to schemas: a property called `default` is a schema, not a value.
+SCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
+
+
+def _refs(node: Any, path: Path = (), names_map: bool = False) -> Iterator[tuple[Path, str]]:
     if isinstance(node, dict):
         for key, value in node.items():
-            if key == "$ref" and isinstance(value, str):
-                yield path + (key,), value
-            elif key not in ("const", "enum", "examples", "default"):  # data, not schema
+            if names_map:
                 yield from _refs(value, path + (key,))
+            elif key == "$ref" and isinstance(value, str):
+                yield path + (key,), value
+            elif key not in DATA_KEYWORDS:
+                yield from _refs(value, path + (key,), key in SCHEMA_MAPS)
     elif isinstance(node, list):
         for i, value in enumerate(node):
             yield from _refs(value, path + (i,))
