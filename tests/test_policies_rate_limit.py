@@ -310,3 +310,84 @@ def test_plan_shows_a_changed_limit_as_a_non_disruptive_update(tmp_path: Path):
     assert "~ policies[0].burst_messages : 10 → 2" in text
     assert "Plan: 0 to add, 1 to change, 0 to destroy." in text
     assert "drain" not in text and "close" not in text
+
+
+# ------------------------------------------------------------- cluster-wide
+
+
+class AsyncMemoryBudget:
+    """The shared state's budget as a remote backend presents it (answers are awaitables), kept in this process.
+
+    Two gateways given the same object share their per-application and per-API buckets as two instances
+    sharing Redis would; the token bucket itself is the same arithmetic as the gateway's own.
+    """
+
+    def __init__(self) -> None:
+        self.buckets: dict[str, Bucket] = {}
+        self.asked: list[tuple[str, int]] = []
+
+    async def take_budget(self, key: str, want: int, rate_per_s: float, burst: int) -> int:
+        await asyncio.sleep(0)  # an answer comes later, as from a socket
+        self.asked.append((key, want))
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            spec = {"messages_per_second": rate_per_s, "burst_messages": burst}
+            bucket = self.buckets[key] = Bucket(limit(**spec), asyncio.get_running_loop().time())
+        granted = 0
+        while granted < want and bucket.take(1, asyncio.get_running_loop().time()) == 0.0:
+            granted += 1
+        return granted
+
+
+class SyncMemoryBudget(AsyncMemoryBudget):
+    def take_budget(self, key: str, want: int, rate_per_s: float, burst: int) -> int:  # type: ignore[override]
+        bucket = self.buckets.setdefault(key, Bucket(limit(messages_per_second=rate_per_s, burst_messages=burst), 0.0))
+        granted = 0
+        while granted < want and bucket.take(1, 0.0) == 0.0:
+            granted += 1
+        return granted
+
+
+def test_shared_bucket_takes_only_what_the_shared_budget_grants():
+    """Two instances' buckets on one budget admit the burst between them, then answer "exceeded" from memory."""
+    from gateway.policies.rate_limit import REFILL_SECONDS, SharedBucket
+
+    budget = SyncMemoryBudget()
+    settings = limit(messages_per_second=SLOW, burst_messages=5)
+    one, two = SharedBucket(settings, budget, "k"), SharedBucket(settings, budget, "k")
+    granted = [one.take(1, 0.0) == 0.0 for _ in range(3)] + [two.take(1, 0.0) == 0.0 for _ in range(3)]
+    assert granted == [True, True, True, True, True, False]
+    assert two.take(1, 0.0) == REFILL_SECONDS  # asked and came back short: no new ask until then
+    asks = len(budget.asked)
+    assert two.take(1, 0.01) > 0 and len(budget.asked) == asks
+
+
+def test_cluster_wide_api_bucket_across_two_gateways(tmp_path: Path):
+    """Two gateways sharing a budget admit one API burst between them; the rest is dropped on either."""
+
+    async def scenario():
+        async with echo_backend() as backend:
+            body = f"per: api\nmessages_per_second: {SLOW}\nburst_messages: 4\non_exceed: drop"
+            config = write_config(tmp_path, PORT, rate_api(backend.url("/echo/"), body))
+            budget = AsyncMemoryBudget()
+            async with running_gateway(config) as one, running_gateway(config) as two:
+                for gw in (one, two):
+                    gw.state.rate_limits.backend = budget
+                received: list[str] = []
+
+                async def read(ws) -> None:
+                    async for message in ws:
+                        received.append(message)
+
+                async with connect(gw_url(one, "/echo")) as a, connect(gw_url(two, "/echo")) as b:
+                    readers = [asyncio.create_task(read(ws)) for ws in (a, b)]
+                    for ws, name in ((a, "a"), (b, "b")):
+                        for i in range(3):
+                            await ws.send(f"{name}{i}")
+                    await eventually(lambda: exceeded(one) + exceeded(two) == 2 and len(received) == 4)
+                    for task in readers:
+                        task.cancel()
+                assert len(set(received)) == 4 and set(received) <= {"a0", "a1", "a2", "b0", "b1", "b2"}
+                assert {key for key, _ in budget.asked} == {"rate|Echo|client|api|0:messages"}
+
+    run(scenario())

@@ -14,13 +14,31 @@ updates the ``Limit`` in place, so connections accepted under the old config
 (which keep their old policy objects) obey a changed limit at their next
 message, without being closed. Per-application and per-API buckets are
 shared by every connection of this process.
+
+Cluster-wide: when the gateway's shared state is remote (Redis),
+``RateLimits.backend`` is set and per-application and per-API limits use a
+:class:`SharedBucket` instead: local tokens granted from the cluster's budget
+(``take_budget``, a token bucket in the backend) ahead of need, topped up
+when they run low and asked for at once when they run out (the message waits
+for the answer, with its sender unread). Tokens exist only as grants from the
+shared bucket, so the cluster never admits more than ``burst + rate * t`` in
+any ``t`` seconds. The approximation goes the other way: each instance may hold
+up to ``2 * rate * REFILL_SECONDS`` tokens (at most the burst) that another
+instance cannot use, so with ``n`` instances the cluster may refuse up to
+``n * 2 * rate * REFILL_SECONDS`` tokens' worth early; an instance whose ask
+came back short answers "exceeded" from memory for ``REFILL_SECONDS`` before it
+asks again. Per-connection limits never leave the process.
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import math
 from collections import Counter
+from collections.abc import Awaitable
 from time import monotonic
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
@@ -103,15 +121,125 @@ class Bucket:
         return 0.0
 
 
+REFILL_SECONDS = 0.05  # how far ahead an instance takes tokens from the shared budget, and how often it asks
+PENDING = -1.0  # SharedBucket.take: asked the shared budget; offer the message again when it answered
+ASK_POLL = 0.002  # seconds between looks at a pending answer
+
+
+class BudgetBackend(Protocol):
+    """The shared state's budget: a token bucket per key, in the backend (``gateway/state``)."""
+
+    def take_budget(self, key: str, want: int, rate_per_s: float, burst: int) -> int | Awaitable[int]:
+        """Take up to ``want`` tokens of bucket ``key``; how many were granted (memory answers at once)."""
+
+
+class SharedBucket:
+    """Message and byte tokens granted to this process from a cluster-wide budget (see the module docstring)."""
+
+    __slots__ = ("limit", "messages", "bytes", "backend", "key", "asking", "short_until", "_task")
+
+    def __init__(self, limit: Limit, backend: BudgetBackend, key: str) -> None:
+        self.limit = limit
+        self.messages = 0.0
+        self.bytes = 0.0
+        self.backend = backend
+        self.key = key
+        self.asking = False
+        self.short_until = 0.0  # until then, a miss is an excess: the last ask came back short
+        self._task: asyncio.Task[None] | None = None
+
+    def take(self, size: int, now: float) -> float:
+        """0.0 granted; :data:`PENDING` while the shared budget is being asked; else seconds until it is asked
+        again (exceeded)."""
+        limit = self.limit
+        need_bytes = int(min(size, limit.byte_burst)) if limit.byte_rate else 0
+        if self._grant(size, need_bytes):
+            if not self.asking and now >= self.short_until and self._low():
+                self.ask(now)  # top up ahead of need
+            return 0.0
+        if self.asking:
+            return PENDING
+        if now < self.short_until:
+            return self.short_until - now
+        self.ask(now, need_bytes)
+        if self.asking:
+            return PENDING
+        if self._grant(size, need_bytes):  # the backend answered at once
+            return 0.0
+        return max(self.short_until - now, REFILL_SECONDS)
+
+    def _grant(self, size: int, need_bytes: int) -> bool:
+        limit = self.limit
+        if (limit.message_rate and self.messages < 1.0 - SLACK) or self.bytes < need_bytes - SLACK:
+            return False
+        if limit.message_rate:
+            self.messages -= 1.0
+        if limit.byte_rate:
+            self.bytes -= size
+        return True
+
+    def _low(self) -> bool:
+        limit = self.limit
+        return bool((limit.message_rate and self.messages < _target(limit.message_rate, limit.message_burst, 1) / 2)
+                    or (limit.byte_rate and self.bytes < _target(limit.byte_rate, limit.byte_burst, 0) / 2))
+
+    def ask(self, now: float, need_bytes: int = 0) -> None:
+        """Ask the shared budget for what tops this process up to ``2 * rate * REFILL_SECONDS`` tokens."""
+        limit = self.limit
+        asks: list[tuple[str, int, float, int, Awaitable[int] | int]] = []
+        for suffix, rate, burst, held, need in (("messages", limit.message_rate, limit.message_burst, self.messages, 1),
+                                                ("bytes", limit.byte_rate, limit.byte_burst, self.bytes, need_bytes)):
+            if not rate:
+                continue
+            want = max(math.ceil(_target(rate, burst, need) - held), math.ceil(need - held), 0)
+            if want:
+                answer = self.backend.take_budget(f"{self.key}:{suffix}", want, rate, int(burst))
+                asks.append((suffix, want, rate, int(burst), answer))
+        if any(inspect.isawaitable(answer) for *_, answer in asks):
+            self.asking = True
+            self._task = asyncio.get_running_loop().create_task(self._collect(asks))
+            return
+        self._credit([(suffix, want, answer) for suffix, want, _, _, answer in asks], now)  # type: ignore[misc]
+
+    async def _collect(self, asks: list[tuple[str, int, float, int, Awaitable[int] | int]]) -> None:
+        granted = []
+        try:
+            for suffix, want, _, _, answer in asks:
+                granted.append((suffix, want, await answer if inspect.isawaitable(answer) else answer))
+        except Exception:
+            log.exception("shared rate-limit budget failed", key=self.key)
+        finally:
+            self.asking = False
+            self._credit(granted, monotonic())
+
+    def _credit(self, granted: list[tuple[str, int, int]], now: float) -> None:
+        short = False
+        for suffix, want, got in granted:
+            if suffix == "messages":
+                self.messages += got
+            else:
+                self.bytes += got
+            short = short or got < want
+        if short or not granted:
+            self.short_until = now + REFILL_SECONDS
+
+
+def _target(rate: float, burst: float, need: float) -> float:
+    """Tokens an instance holds ahead of need: two refill intervals' worth, within the burst, at least ``need``."""
+    return max(min(burst, 2 * rate * REFILL_SECONDS), need, 1.0)
+
+
 LimitKey = tuple[str, str, str, int]  # API, direction, scope, position among the API's rate limits
 
 
 class RateLimits:
     """Every rate limit's settings and shared buckets, for the life of the process; and what they refused."""
 
-    def __init__(self) -> None:
+    def __init__(self, backend: BudgetBackend | None = None) -> None:
         self.limits: dict[LimitKey, Limit] = {}
-        self.shared: dict[tuple[LimitKey, str], Bucket] = {}
+        self.shared: dict[tuple[LimitKey, str], Bucket | SharedBucket] = {}
+        # The shared state's budget when it is remote: per-application and per-API limits become cluster-wide.
+        self.backend = backend
         self.exceeded: Counter[tuple[str, str, str]] = Counter()  # (api, direction, action) -> messages
 
     def limit(self, key: LimitKey, spec: RateLimitPolicy, max_message_size: int | None) -> Limit:
@@ -122,10 +250,16 @@ class RateLimits:
         limit.update(spec, max_message_size)
         return limit
 
-    def bucket(self, key: LimitKey, who: str, limit: Limit) -> Bucket:
+    def bucket(self, key: LimitKey, who: str, limit: Limit) -> Bucket | SharedBucket:
         bucket = self.shared.get((key, who))
         if bucket is None:
-            bucket = self.shared[(key, who)] = Bucket(limit, monotonic())
+            if self.backend is None:
+                bucket = Bucket(limit, monotonic())
+            else:
+                name = "|".join(("rate", *map(str, key), *((who,) if who else ())))
+                bucket = SharedBucket(limit, self.backend, name)
+                bucket.ask(monotonic())  # the first message should find tokens here
+            self.shared[(key, who)] = bucket
         return bucket
 
 
@@ -143,7 +277,7 @@ class RateLimit(Policy):
         self.key: LimitKey = (api, spec.direction, spec.per, position)
         self.limits = limits = build.state.rate_limits
         self.limit = limits.limit(self.key, spec, build.api.model.limits.max_message_size)
-        self._buckets: dict[ConnectionContext, Bucket] = {}
+        self._buckets: dict[ConnectionContext, Bucket | SharedBucket] = {}
         self._exceeded: set[ConnectionContext] = set()  # connections already logged as exceeding
 
     def on_message(self, message: Message, conn: ConnectionContext) -> MessageDecision:
@@ -156,6 +290,8 @@ class RateLimit(Policy):
         wait = bucket.take(size, monotonic())
         if not wait:
             return message
+        if wait < 0.0:  # PENDING: the shared budget is being asked; decide when it answered
+            return Delay(ASK_POLL)
         limit = self.limit
         action = limit.action
         if action == "delay":
@@ -169,9 +305,10 @@ class RateLimit(Policy):
             return RATE_LIMIT_CLOSE
         return limit.reply or DROP
 
-    def _open(self, conn: ConnectionContext) -> Bucket:
+    def _open(self, conn: ConnectionContext) -> Bucket | SharedBucket:
         """The connection's bucket: its own, or the one its application or the API shares."""
         per = self.spec.per
+        bucket: Bucket | SharedBucket
         if per == "connection":
             bucket = Bucket(self.limit, monotonic())
         elif per == "application":
