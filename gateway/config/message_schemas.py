@@ -15,7 +15,6 @@ from typing import Any
 from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import SchemaError
 from referencing import Registry, Resource
-from referencing.exceptions import Unresolvable
 from referencing.jsonschema import DRAFT202012
 
 Path = tuple[str | int, ...]
@@ -28,11 +27,15 @@ def _validator_class(schema: dict[str, Any]) -> Any:
 
 def schema_problems(schema: dict[str, Any]) -> list[tuple[Path, str]]:
     """Where ``schema`` breaks its dialect's meta-schema, as (path inside the schema, message), best first."""
-    cls = _validator_class(schema)
+    dialect = schema.get("$schema")
+    if dialect is not None and not isinstance(dialect, str):
+        return [(("$schema",), f"{dialect!r} is not a dialect URI")]
     try:
-        cls.check_schema(schema)
+        _validator_class(schema).check_schema(schema)
     except SchemaError as exc:
         return [(tuple(exc.path), exc.message)]
+    except Exception as exc:  # jsonschema failing on a schema it could not even read: still a problem to show
+        return [((), f"{type(exc).__name__}: {exc}")]
     return []
 
 
@@ -63,7 +66,7 @@ def unresolved_refs(schema: dict[str, Any]) -> list[tuple[Path, str]]:
     for path, ref in _refs(schema):
         try:
             resolver.lookup(ref)
-        except (Unresolvable, LookupError, ValueError):
+        except Exception:  # Unresolvable, or a reference too malformed to look up
             missing.append((path, ref))
     return missing
 
