@@ -100,6 +100,11 @@ class CompiledAPI:
         self._cursor = index + 1
         return self.endpoints[index]
 
+    def activate(self) -> None:
+        """The route serves new upgrades from now on: let its policies apply shared settings."""
+        for policy in self.chain:
+            policy.activate()
+
     def close(self) -> None:
         """The route is gone for good: let its policies release files and tasks."""
         for policy in self.chain:
@@ -170,6 +175,11 @@ class RouteTable:
 
     def enabled_ports(self) -> dict[str, Loaded[Port]]:
         return {name: port for name, port in self.config.ports.items() if port.model.enabled}
+
+    def activate(self) -> None:
+        """This table serves new upgrades from now on (called by the runtime at start and at a reload's swap)."""
+        for compiled in self.apis.values():
+            compiled.activate()
 
     def close(self) -> None:
         """Release the policies of every route (the table is retired and its connections are gone)."""

@@ -175,6 +175,7 @@ class Gateway:
             return self._outcome(trigger, ok=False, error=f"cannot listen: {exc}")
         # The swap: from here on new upgrades use the new table.
         self._table, self.config = table, new
+        table.activate()
         self.drain_grace = new.settings.drain_grace
         self.shutdown_timeout = new.settings.shutdown_timeout
         self.loaded_at = time.time()
@@ -316,6 +317,7 @@ class Gateway:
         """Start echo servers, then listeners and admin; on failure stop what started and raise."""
         self.state = PolicyState()
         self._table = self.compile(self.config, 1)
+        self._table.activate()
         self.keepalive = KeepaliveSweeper()
         self._services = ListenerServices(self.registry, lambda: self.table, self.metrics, self.keepalive)
         try:

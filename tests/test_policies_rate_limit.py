@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 from pathlib import Path
 
 from structlog.testing import capture_logs
@@ -259,9 +260,7 @@ def test_tightened_limit_applies_to_a_live_connection_without_closing_it(tmp_pat
             async with running_gateway(config, paths=[root]) as gw, connect(gw_url(gw, "/echo")) as ws:
                 await ws.send("before")
                 assert await ws.recv() == "before"
-                text = "---\n" + PORT + rate_api(url, body.format(SLOW, 2))
-                (root / ".tmp").write_text(text)
-                os.replace(root / ".tmp", root / "gateway.yaml")
+                save(root, PORT, rate_api(url, body.format(SLOW, 2)))
                 outcome = await gw.reload("test")
                 assert outcome["ok"] and (outcome["drained"], outcome["revoked"]) == (0, 0)
                 for i in range(3):
@@ -273,6 +272,45 @@ def test_tightened_limit_applies_to_a_live_connection_without_closing_it(tmp_pat
                 assert json.loads(json.dumps(outcome))["ok"]
 
     run(scenario(), timeout=3 * TIMEOUT)
+
+
+def test_a_failed_reload_leaves_live_limits_alone(tmp_path: Path):
+    """A reload that compiles but cannot listen on a new port changes no limit; the next good one does."""
+
+    async def scenario():
+        async with echo_backend() as backend:
+            url = backend.url("/echo/")
+            body = "messages_per_second: {}\nburst_messages: {}\non_exceed: drop"
+            config = write_config(tmp_path, PORT, rate_api(url, body.format(SLOW, 100)))
+            root = tmp_path / "config"
+            taken = socket.socket()
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            busy = f"kind: Port\nname: busy\nport: {taken.getsockname()[1]}\nhost: 127.0.0.1\n"
+            try:
+                async with running_gateway(config, paths=[root]) as gw, connect(gw_url(gw, "/echo")) as ws:
+                    save(root, PORT, busy, rate_api(url, body.format(SLOW, 2)).replace("[default]", "[default, busy]"))
+                    outcome = await gw.reload("test")
+                    assert not outcome["ok"] and "cannot listen" in outcome["error"]
+                    for i in range(4):
+                        await ws.send(f"m{i}")
+                    assert await receive_all(ws, 4) == ["m0", "m1", "m2", "m3"]
+                    save(root, PORT, rate_api(url, body.format(SLOW, 2)))
+                    assert (await gw.reload("test"))["ok"]
+                    for i in range(3):
+                        await ws.send(f"n{i}")
+                    assert await receive_all(ws, 2) == ["n0", "n1"]
+                    await eventually(lambda: exceeded(gw) == 1)
+            finally:
+                taken.close()
+
+    run(scenario())
+
+
+def save(root: Path, *documents: str) -> None:
+    """Write the config file the way an editor's atomic save does."""
+    (root / ".tmp").write_text("".join(doc if doc.startswith("---") else "---\n" + doc for doc in documents))
+    os.replace(root / ".tmp", root / "gateway.yaml")
 
 
 # ------------------------------------------------------------ validate, plan

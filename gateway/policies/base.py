@@ -202,5 +202,12 @@ class Policy:
     def on_close(self, conn: ConnectionContext, code: int | None, reason: str) -> None:
         """The connection ended (after a 101)."""
 
+    def activate(self) -> None:
+        """The route table this policy was built into now serves new upgrades (start, or a reload's swap).
+
+        Settings shared with live connections of older tables change here, never while building: a build can
+        still fail (a later API, a port that cannot listen), and a failed reload must change nothing.
+        """
+
     def close(self) -> None:
         """The route this policy belongs to is gone for good (release files, tasks)."""

@@ -9,10 +9,11 @@ connection, optionally answered with ``error_message``) or a 1008 close.
 
 Limits outlive a config: the settings (:class:`Limit`) and the shared buckets
 live in :class:`RateLimits`, kept in the process-wide ``PolicyState``, keyed by
-(API, direction, scope, position among the API's rate limits). A reload
-updates the ``Limit`` in place, so connections accepted under the old config
-(which keep their old policy objects) obey a changed limit at their next
-message, without being closed. Per-application and per-API buckets are
+(API, direction, scope, position among the API's rate limits). When a
+reload's table starts serving (``activate``), the new settings are copied into
+that ``Limit`` in place, so connections accepted under the old config (which
+keep their old policy objects) obey a changed limit at their next message,
+without being closed; a reload that fails changes nothing. Per-application and per-API buckets are
 shared by every connection of this process.
 
 Cluster-wide: when the gateway's shared state is remote (Redis),
@@ -68,6 +69,11 @@ class Limit:
         self.byte_burst = 0.0
         self.action = "delay"
         self.reply: Reply | None = None
+
+    def assign(self, other: Limit) -> None:
+        """Take ``other``'s settings (a reload's new limit, for every bucket already using this one)."""
+        for name in self.__slots__:
+            setattr(self, name, getattr(other, name))
 
     def update(self, spec: RateLimitPolicy, max_message_size: int | None) -> None:
         self.message_rate = spec.messages_per_second or 0.0
@@ -242,13 +248,10 @@ class RateLimits:
         self.backend = backend
         self.exceeded: Counter[tuple[str, str, str]] = Counter()  # (api, direction, action) -> messages
 
-    def limit(self, key: LimitKey, spec: RateLimitPolicy, max_message_size: int | None) -> Limit:
-        """The limit for ``key``, created or updated to ``spec`` (live connections see the update)."""
-        limit = self.limits.get(key)
-        if limit is None:
-            limit = self.limits[key] = Limit()
-        limit.update(spec, max_message_size)
-        return limit
+    def limit(self, key: LimitKey, settings: Limit) -> Limit:
+        """The shared limit for ``key``: ``settings`` itself when the key is new, else the one live connections
+        use (``RateLimit.activate`` gives it the new settings once the new table serves)."""
+        return self.limits.setdefault(key, settings)
 
     def bucket(self, key: LimitKey, who: str, limit: Limit) -> Bucket | SharedBucket:
         bucket = self.shared.get((key, who))
@@ -275,10 +278,16 @@ class RateLimit(Policy):
         position = [i for i, p in enumerate(p for p in build.api.model.policies if p.type == spec.type)
                     if p is spec][0]
         self.key: LimitKey = (api, spec.direction, spec.per, position)
+        self.settings = Limit()
+        self.settings.update(spec, build.api.model.limits.max_message_size)
         self.limits = limits = build.state.rate_limits
-        self.limit = limits.limit(self.key, spec, build.api.model.limits.max_message_size)
+        self.limit = limits.limit(self.key, self.settings)
         self._buckets: dict[ConnectionContext, Bucket | SharedBucket] = {}
         self._exceeded: set[ConnectionContext] = set()  # connections already logged as exceeding
+
+    def activate(self) -> None:
+        if self.limit is not self.settings:
+            self.limit.assign(self.settings)  # live connections of older tables get the new limit too
 
     def on_message(self, message: Message, conn: ConnectionContext) -> MessageDecision:
         bucket = self._buckets.get(conn)
