@@ -274,7 +274,7 @@ class MessageRelay:
             leg.transport.resume_reading()
 
     # incoming --------------------------------------------------------------
-    def parse(self, leg: _Leg, data: bytes) -> None:
+    def parse(self, leg: _Leg, data: bytes | bytearray) -> None:
         """The common frames of a plain leg without the protocol's generator parser; the rest goes to it.
 
         A final, unfragmented text or binary frame with the right masking and
