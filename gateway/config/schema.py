@@ -13,6 +13,14 @@ Two adjustments to what pydantic emits, both for precise errors:
   than of every branch;
 - fields whose model accepts more than their type (``version: 1.0`` is a
   YAML float that the API model turns into the label "1.0") say so.
+
+Two validators of the same schema: a compiled one (``jsonschema-rs``) decides
+pass or fail, and only a document that fails is walked again by ``jsonschema``,
+whose errors the diagnostics are written from. Nearly every document passes,
+and the compiled check is ~20x faster, so messages stay exactly as they were
+while the common case costs little. Where the compiled validator is missing (no
+wheel for the platform) or cannot read a value (a YAML date), ``jsonschema``
+decides alone.
 """
 
 from __future__ import annotations
@@ -24,6 +32,11 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 from pydantic import TypeAdapter
+
+try:
+    import jsonschema_rs
+except ImportError:  # no pre-built wheel for this platform: jsonschema alone decides
+    jsonschema_rs = None  # type: ignore[assignment]
 
 from .models import KINDS, Resource
 
@@ -100,6 +113,29 @@ def validator(kind: str) -> Draft202012Validator:
     schema = _generated()[file_name(kind)]
     Draft202012Validator.check_schema(schema)
     return Draft202012Validator(schema)
+
+
+@cache
+def _compiled(kind: str) -> Any:
+    """The compiled validator of one kind, or None where ``jsonschema-rs`` is not installed."""
+    if jsonschema_rs is None:
+        return None
+    return jsonschema_rs.Draft202012Validator(_generated()[file_name(kind)])
+
+
+def passes(kind: str, data: Any) -> bool:
+    """Whether ``data`` certainly satisfies the schema of ``kind``: the fast check before ``validator(kind)``.
+
+    False means "not known to pass": the caller asks ``validator(kind)`` for the errors, and that answer stands
+    (if the two validators ever disagree, the one that writes the messages wins).
+    """
+    compiled = _compiled(kind)
+    if compiled is None:
+        return False
+    try:
+        return bool(compiled.is_valid(data))
+    except ValueError:  # a value JSON has no type for (a YAML date or timestamp): jsonschema reports it
+        return False
 
 
 def dumps(schema: dict) -> str:
