@@ -19,6 +19,7 @@ import structlog
 
 from .admin import AdminServer
 from .apps import AppIndex
+from .config.cache import CheckCache
 from .config.tree import Config, Loaded
 from .connections import ConnectionRegistry
 from .listener import ListenerServices, PortListener, raise_open_files_limit
@@ -62,6 +63,7 @@ class Gateway:
         self.config = config
         self.env = env
         self.paths: list[Path] = [Path(p) for p in paths] if paths else [config.root]  # what reload re-reads
+        self.check_cache = CheckCache()  # a reload parses and checks only the files that changed
         self.drain_grace = config.settings.drain_grace
         self.shutdown_timeout = config.settings.shutdown_timeout
         self._admin_override = admin
@@ -144,7 +146,7 @@ class Gateway:
         from .plan import diff, render_text
 
         started = time.monotonic()
-        result = await asyncio.to_thread(check, self.paths, env=self.env)
+        result = await asyncio.to_thread(check, self.paths, env=self.env, cache=self.check_cache)
         if self.stopping:
             return self._outcome(trigger, ok=False, error="gateway is stopping")
         if result.config is None:

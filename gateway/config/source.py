@@ -9,10 +9,17 @@ positions, not an exception) and converts the nodes to plain Python data
 A syntax error in one document does not hide the other documents of the same
 file: the file is then split at its ``---`` lines and each part is read on its
 own, keeping line numbers.
+
+Speed (``benchmarks/validate_scale.py``, issue 17): with ruamel's C parser the
+nodes are composed by one loader class made once (``YAML.compose_all`` builds a
+class and a resolver table per call) whose resolver looks tags up in a table
+built once for YAML 1.2, the only version the C parser reads; plain string
+scalars skip the constructor. Without the C parser ruamel's own path is used.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +29,15 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from ruamel.yaml.resolver import VersionedResolver, implicit_resolvers
+from ruamel.yaml.tag import Tag
 
+try:
+    from ruamel.yaml.cyaml import CParser
+except ImportError:  # no ruamel.yaml.clib (e.g. PyPy): ruamel's pure parser
+    CParser = None
+
+from .cache import CheckCache, FileResult, digest
 from .diagnostics import Diagnostic, Related, error
 from .tree import Location
 
@@ -72,19 +87,16 @@ class LoadResult:
 
 
 def find_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[Diagnostic]]:
-    """Every YAML file under ``paths`` (directories walked recursively, sorted), and missing paths."""
+    """Every YAML file under ``paths`` (directories walked recursively, sorted), and missing paths.
+
+    Hidden files and directories (a leading '.') are skipped; symlinked directories are not followed.
+    """
     files: list[Path] = []
     problems: list[Diagnostic] = []
     for root in paths:
         root = Path(root)
         if root.is_dir():
-            found = sorted(
-                p
-                for p in root.rglob("*")
-                if p.suffix in YAML_SUFFIXES and p.is_file()
-                and not any(part.startswith(".") for part in p.relative_to(root).parts)
-            )
-            files += found
+            files += sorted(_walk(root))
         elif root.is_file():
             files.append(root)
         else:
@@ -95,25 +107,45 @@ def find_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[Diagnostic
                     hint="pass the directory that holds the config's YAML files",
                 )
             )
-    # The same file reached through two arguments is read once.
-    unique: dict[Path, Path] = {}
+    # The same file reached through two arguments (or two names) is read once.
+    unique: dict[tuple[int, int] | Path, Path] = {}
     for f in files:
-        unique.setdefault(f.resolve(), f)
+        try:
+            st = os.stat(f)
+            identity: tuple[int, int] | Path = (st.st_dev, st.st_ino)
+        except OSError:  # unreadable: load_file reports it
+            identity = f.resolve()
+        unique.setdefault(identity, f)
     return list(unique.values()), problems
 
 
-def load(paths: Iterable[str | Path]) -> LoadResult:
-    """Read every YAML file under ``paths`` into documents; problems become diagnostics."""
+def _walk(root: Path) -> Iterable[Path]:
+    # os.walk with pruning: Path.rglob plus a per-file is_file() and resolve() cost ~40 µs a file.
+    for top, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        base = Path(top)
+        for name in names:
+            if not name.startswith(".") and os.path.splitext(name)[1] in YAML_SUFFIXES:
+                path = base / name
+                if path.is_file():
+                    yield path
+
+
+def load(paths: Iterable[str | Path], cache: CheckCache | None = None) -> LoadResult:
+    """Read every YAML file under ``paths`` into documents; problems become diagnostics.
+
+    With a ``cache``, a file whose content is unchanged since the cache's last check is not parsed again.
+    """
     result = LoadResult()
     files, problems = find_files(paths)
     result.diagnostics += problems
     yaml = new_yaml()
     for path in files:
-        load_file(path, result, yaml)
+        load_file(path, result, yaml, cache)
     return result
 
 
-def load_file(path: Path, result: LoadResult, yaml: YAML | None = None) -> None:
+def load_file(path: Path, result: LoadResult, yaml: YAML | None = None, cache: CheckCache | None = None) -> None:
     name = str(path)
     result.files.append(name)
     try:
@@ -130,12 +162,82 @@ def load_file(path: Path, result: LoadResult, yaml: YAML | None = None) -> None:
                   hint="save the file as UTF-8")
         )
         return
-    load_text(text, name, path.parent, result, yaml)
+    if cache is None:
+        load_text(text, name, path.parent, result, yaml)
+        return
+    file_digest = digest(raw)
+    stored = cache.file(name, file_digest)
+    if stored is None:
+        alone = LoadResult()
+        load_text(text, name, path.parent, alone, yaml)
+        stored = FileResult(file_digest, alone.documents, alone.diagnostics, alone.sources[name])
+        cache.store(name, stored)
+    result.documents += stored.documents
+    result.diagnostics += stored.diagnostics
+    result.sources[name] = stored.lines
 
 
 def new_yaml() -> YAML:
     # The C parser (ruamel.yaml.clib) composes ~10x faster than the pure one; ruamel falls back by itself.
     return YAML(typ="safe", pure=False)
+
+
+# ------------------------------------------------------------- composing
+
+_STR = Tag(suffix="tag:yaml.org,2002:str")
+_SEQ = Tag(suffix="tag:yaml.org,2002:seq")
+_MAP = Tag(suffix="tag:yaml.org,2002:map")
+
+
+def _implicit_table() -> tuple[dict[str, list[tuple[Tag, Any]]], list[tuple[Tag, Any]]]:
+    """YAML 1.2's implicit tags by a plain scalar's first character, as ruamel's resolver applies them."""
+    by_first: dict[str, list[tuple[Tag, Any]]] = {}
+    any_first: list[tuple[Tag, Any]] = []  # rules without a first character apply after the others
+    for versions, tag, regexp, first in implicit_resolvers:
+        if (1, 2) in versions:
+            chars: list[str | None] = list(first) if first else [None]
+            for ch in chars:
+                (any_first if ch is None else by_first.setdefault(ch, [])).append((Tag(suffix=tag), regexp))
+    return {ch: rules + any_first for ch, rules in by_first.items()}, any_first
+
+
+_IMPLICIT, _IMPLICIT_ANY = _implicit_table()
+
+
+class _Resolver(VersionedResolver):
+    """ruamel's YAML 1.2 resolver with its table built once (it rebuilds it per file and looks up the
+    version per scalar) and one shared Tag object per tag."""
+
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+        if kind is ScalarNode:
+            if implicit[0]:
+                for tag, regexp in _IMPLICIT.get(value[:1], _IMPLICIT_ANY):
+                    if regexp.match(value):
+                        return tag
+            return _STR
+        return _SEQ if kind is SequenceNode else _MAP
+
+
+if CParser is not None:
+
+    class _Composer(CParser, _Resolver):
+        """ruamel's C reader, scanner, parser and composer, with the resolver above."""
+
+        def __init__(self, text: str) -> None:
+            CParser.__init__(self, text)
+            _Resolver.__init__(self, loadumper=self)
+
+
+def _compose_all(text: str, yaml: YAML) -> Iterable[Node]:
+    if CParser is None:
+        yield from yaml.compose_all(text)
+        return
+    composer = _Composer(text)
+    try:
+        while composer.check_node():
+            yield composer.get_node()
+    finally:
+        composer.dispose()
 
 
 def load_text(text: str, name: str, base_dir: Path, result: LoadResult, yaml: YAML | None = None) -> None:
@@ -242,7 +344,7 @@ class _Reader:
         self._offset = line_offset
         docs: list[Document] = []
         index = first_index
-        for root in self._yaml.compose_all(text):
+        for root in _compose_all(text, self._yaml):
             if root is None:
                 continue
             doc = Document(self.name, index, None, self.base_dir, self._loc(root))
@@ -286,7 +388,7 @@ class _Reader:
         out: dict[str, Any] = {}
         merged: list[Node] = []
         for key_node, value_node in node.value:
-            if key_node.tag == MERGE_TAG:
+            if key_node.ctag is not _STR and key_node.tag == MERGE_TAG:
                 merged.append(value_node)
                 continue
             key = self._key(key_node)
@@ -326,8 +428,10 @@ class _Reader:
         return f"<{type(node).__name__.replace('Node', '').lower()} key>"
 
     def _scalar(self, node: ScalarNode) -> Any:
+        if node.ctag is _STR:  # a plain or quoted string: its text is its value
+            return node.value
         try:
-            value = self._constructor.construct_object(node, deep=True)
+            value = self._constructor.construct_non_recursive_object(node)
         except YAMLError as exc:
             problem = getattr(exc, "problem", None) or str(exc)
             self.diagnostics.append(
