@@ -99,3 +99,18 @@ def test_go_generator_and_nginx_rows(tmp_path: Path) -> None:
         assert report["rss_kib_per_idle_conn"][key] is not None
     assert "Issue 7's targets in this run:" in proc.stdout
     assert not [pid for pid in _started(report) if _alive(pid)]
+
+
+def test_validate_scale_runs_end_to_end():
+    """The config-at-scale benchmark (issue 17) generates a tree, validates it every way and prints its table."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "validate_scale.py"), "--apis", "5", "--apps", "5", "--repeat", "1"],
+        capture_output=True,
+        text=True,
+        timeout=150,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split("  ")[0] for line in proc.stdout.splitlines()[2:]]
+    assert rows == ["check() in process", "wsgate validate (new process)", "reload, tree unchanged",
+                    "reload, one file changed"]
