@@ -24,7 +24,7 @@ def test_both_legs_of_the_fast_path_send_without_nagle_delay(tmp_path):
                     await ws.send("hello")
                     async with asyncio.timeout(TIMEOUT):
                         assert await ws.recv() == "hello"
-                    (record,) = [r for r in gw.live if r.relay is not None]
+                    (record,) = [r for r in gw.registry.live if r.relay is not None]
                     legs = {"client": record.client, "upstream": record.upstream}
                     nodelay = {
                         name: transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
