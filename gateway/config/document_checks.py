@@ -13,15 +13,17 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jsonschema.exceptions import ValidationError as SchemaError
 from pydantic import BaseModel, ValidationError
 
 from .diagnostics import Diagnostic, error, warning
 from .models import KINDS
 from .schema import passes, validator
 from .source import Document
+
+if TYPE_CHECKING:
+    from jsonschema.exceptions import ValidationError as SchemaError
 
 _JSON_TYPE_NAMES = {
     "string": "a string",

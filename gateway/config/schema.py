@@ -28,15 +28,17 @@ from __future__ import annotations
 import json
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jsonschema import Draft202012Validator
 from pydantic import TypeAdapter
 
 try:
     import jsonschema_rs
 except ImportError:  # no pre-built wheel for this platform: jsonschema alone decides
     jsonschema_rs = None  # type: ignore[assignment]
+
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
 
 from .models import KINDS, Resource
 
@@ -110,6 +112,9 @@ def _generated() -> dict[str, dict]:
 @cache
 def validator(kind: str) -> Draft202012Validator:
     """The cached validator of one kind: built once per process, reused for every document."""
+    # Imported on first use: ~50 ms of start-up that a tree without schema errors never needs.
+    from jsonschema import Draft202012Validator
+
     schema = _generated()[file_name(kind)]
     Draft202012Validator.check_schema(schema)
     return Draft202012Validator(schema)
