@@ -180,3 +180,20 @@ def test_compiled_schema_check_agrees_with_jsonschema(case):
 def test_examples_pass_the_compiled_check():
     """Every example document passes the compiled check (the fast path is taken, not bypassed)."""
     assert SEED_DOCUMENTS and all(passes(kind, data) for kind, data in SEED_DOCUMENTS)
+
+
+# ------------------------------------------------------------ discovery
+
+
+def test_file_discovery_order_hidden_entries_and_duplicates(tmp_path):
+    """Files come sorted as paths sort, hidden files and directories are skipped, a dangling symlink is not a
+    file, and a file reached twice (a symlink, a second argument) is read once."""
+    from gateway.config.source import find_files
+
+    for name in ("b/x.yaml", "a-b/y.yml", "a/z.yaml", ".git/h.yaml", "a/.hidden.yaml", "a/notes.txt"):
+        write(tmp_path, name, "kind: Port\n")
+    (tmp_path / "a" / "link.yaml").symlink_to(tmp_path / "b" / "x.yaml")
+    (tmp_path / "a" / "dangling.yaml").symlink_to(tmp_path / "missing.yaml")
+    files, problems = find_files([tmp_path, tmp_path / "a" / "z.yaml"])
+    assert problems == []
+    assert [f.relative_to(tmp_path).as_posix() for f in files] == ["a/link.yaml", "a/z.yaml", "a-b/y.yml"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,14 +92,15 @@ def find_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[Diagnostic
 
     Hidden files and directories (a leading '.') are skipped; symlinked directories are not followed.
     """
-    files: list[Path] = []
+    found: list[tuple[Path, tuple[int, int] | Path]] = []
     problems: list[Diagnostic] = []
     for root in paths:
         root = Path(root)
         if root.is_dir():
-            files += sorted(_walk(root))
+            # Sorted by parts, as Path sorts, but comparing tuples of str (Path.__lt__ costs ~4 µs a call).
+            found += sorted(_walk(root), key=lambda item: item[0].parts)
         elif root.is_file():
-            files.append(root)
+            found.append((root, _identity(root)))
         else:
             problems.append(
                 error(
@@ -109,26 +111,33 @@ def find_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[Diagnostic
             )
     # The same file reached through two arguments (or two names) is read once.
     unique: dict[tuple[int, int] | Path, Path] = {}
-    for f in files:
-        try:
-            st = os.stat(f)
-            identity: tuple[int, int] | Path = (st.st_dev, st.st_ino)
-        except OSError:  # unreadable: load_file reports it
-            identity = f.resolve()
-        unique.setdefault(identity, f)
+    for path, identity in found:
+        unique.setdefault(identity, path)
     return list(unique.values()), problems
 
 
-def _walk(root: Path) -> Iterable[Path]:
-    # os.walk with pruning: Path.rglob plus a per-file is_file() and resolve() cost ~40 µs a file.
+def _identity(path: Path) -> tuple[int, int] | Path:
+    try:
+        st = os.stat(path)
+    except OSError:  # unreadable: load_file reports it
+        return path.resolve()
+    return (st.st_dev, st.st_ino)
+
+
+def _walk(root: Path) -> Iterable[tuple[Path, tuple[int, int]]]:
+    # os.walk with pruning and one stat per file: Path.rglob plus is_file() and resolve() cost ~40 µs a file.
     for top, dirs, names in os.walk(root):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         base = Path(top)
         for name in names:
             if not name.startswith(".") and os.path.splitext(name)[1] in YAML_SUFFIXES:
                 path = base / name
-                if path.is_file():
-                    yield path
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    continue  # a dangling symlink: not a file, as is_file() would say
+                if stat.S_ISREG(st.st_mode):
+                    yield path, (st.st_dev, st.st_ino)
 
 
 def load(paths: Iterable[str | Path], cache: CheckCache | None = None) -> LoadResult:

@@ -79,10 +79,13 @@ class Config:
             if api.model.upstream.tls.ca_file:
                 out[f"API/{name}/upstream.tls.ca_file"] = api.resolve(api.model.upstream.tls.ca_file)
             for i, policy in enumerate(api.model.policies):
-                module = _module_file(getattr(policy, "callable", None), (self.root, api.base_dir))
+                # The fields of this policy type, looked up in its __dict__: getattr of a name a pydantic model
+                # lacks goes through __getattr__ and an exception (a third of this method at 10,000 APIs).
+                fields = policy.__dict__
+                module = _module_file(fields.get("callable"), (self.root, api.base_dir))
                 if module is not None:
                     out[f"API/{name}/policies[{i}].callable"] = module
-                jwt = getattr(policy, "jwt", None)
+                jwt = fields.get("jwt")
                 for attr in ("jwks_file", "public_key_file"):
                     value = getattr(jwt, attr, None) if jwt is not None else None
                     if value:
