@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import NoReturn, TextIO
 
 from . import __version__
-from .config import CheckResult, Config, check
+from .config import CheckCache, CheckResult, Config, check
 from .config import diagnostics as diag
 from .config import schema as schemas
 
@@ -302,16 +302,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------ run, echo
 
 
-def _checked_or_report(path: str) -> CheckResult:
+def _checked_or_report(path: str, cache: CheckCache | None = None) -> CheckResult:
     """The same check and diagnostics as ``validate``; printed to stderr (stdout may carry logs)."""
-    result = check([path])
+    result = check([path], cache=cache)
     if result.diagnostics:
         _report(result, "text", sys.stderr)
     return result
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    result = _checked_or_report(args.path)
+    cache = CheckCache()  # the gateway's first reload then re-reads only the files changed since start
+    result = _checked_or_report(args.path, cache)
     if not result.ok:
         return EXIT_INVALID
     if args.log_format is not None:
@@ -321,7 +322,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from . import runtime
 
     assert result.config is not None  # result.ok
-    return runtime.run(result.config, args)
+    return runtime.run(result.config, args, check_cache=cache)
 
 
 def cmd_echo(args: argparse.Namespace) -> int:

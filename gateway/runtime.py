@@ -59,11 +59,13 @@ class Gateway:
     def __init__(self, config: Config, *, admin: tuple[str, int] | None | bool = None,
                  env: Mapping[str, str] | None = None, echo: bool = True,
                  build_chain: Callable[[Loaded[API], Config, AppIndex, PolicyState], list[Policy]] | None = None,
-                 paths: Sequence[str | Path] | None = None) -> None:
+                 paths: Sequence[str | Path] | None = None, check_cache: CheckCache | None = None) -> None:
         self.config = config
         self.env = env
         self.paths: list[Path] = [Path(p) for p in paths] if paths else [config.root]  # what reload re-reads
-        self.check_cache = CheckCache()  # a reload parses and checks only the files that changed
+        # A reload parses and checks only the files that changed since the last check; handed the cache of the
+        # check that produced ``config``, even the first reload does.
+        self.check_cache = check_cache if check_cache is not None else CheckCache()
         self.drain_grace = config.settings.drain_grace
         self.shutdown_timeout = config.settings.shutdown_timeout
         self._admin_override = admin
@@ -390,11 +392,12 @@ class Gateway:
 
 
 async def serve(config: Config, admin: tuple[str, int] | None = None,
-                paths: Sequence[str | Path] | None = None, watch: bool = True) -> int:
+                paths: Sequence[str | Path] | None = None, watch: bool = True,
+                check_cache: CheckCache | None = None) -> int:
     """Run a gateway until SIGINT or SIGTERM, reloading when the tree under ``paths`` changes or on SIGHUP."""
     from .watch import ConfigWatcher
 
-    gateway = Gateway(config, admin=admin, paths=paths)
+    gateway = Gateway(config, admin=admin, paths=paths, check_cache=check_cache)
     watcher: ConfigWatcher | None = None
     async with stop_requested() as stopping:
         try:
@@ -411,7 +414,7 @@ async def serve(config: Config, admin: tuple[str, int] | None = None,
     return 0
 
 
-def run(config: Config, args: Any = None) -> int:
+def run(config: Config, args: Any = None, check_cache: CheckCache | None = None) -> int:
     """``wsgate run PATH`` after the config was checked: serve (and follow PATH) until a signal; 0 on a clean stop."""
     from .log import configure_logging
 
@@ -420,4 +423,4 @@ def run(config: Config, args: Any = None) -> int:
     admin_text = getattr(args, "admin", None)
     admin = parse_address(admin_text) if isinstance(admin_text, str) else admin_text
     path = getattr(args, "path", None)
-    return asyncio.run(serve(config, admin, [path] if isinstance(path, str) else None))
+    return asyncio.run(serve(config, admin, [path] if isinstance(path, str) else None, check_cache=check_cache))
