@@ -45,6 +45,10 @@ class FileResult:
     diagnostics: list[Diagnostic]
     lines: list[str]
     verdicts: dict[int, Any] = field(default_factory=dict)  # id(document) -> its verdict; the documents hold the ids
+    ids: frozenset[int] = frozenset()
+
+    def __post_init__(self) -> None:
+        self.ids = frozenset(id(d) for d in self.documents)
 
 
 class CheckCache:
@@ -83,10 +87,10 @@ class CheckCache:
     def verdict(self, doc: Document, compute: Callable[[Document], V]) -> V:
         """``compute(doc)``, or what it returned when this very document was checked before."""
         stored = self._files.get(doc.file)
-        if stored is None or not any(d is doc for d in stored.documents):
+        key = id(doc)
+        if stored is None or key not in stored.ids:  # not a document this cache read
             self.checked += 1
             return compute(doc)
-        key = id(doc)
         if key not in stored.verdicts:
             self.checked += 1
             stored.verdicts[key] = compute(doc)
