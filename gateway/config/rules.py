@@ -470,13 +470,13 @@ def rate_limit_bursts(ctx: RuleContext) -> None:
 @rule
 def message_schemas(ctx: RuleContext) -> None:
     """Every message schema is a valid JSON Schema and stands alone (each `$ref` resolves inside it)."""
-    from .message_schemas import schema_problems, unresolved_refs  # jsonschema: only when there are schemas
-
     for e in ctx.of("API"):
         for i, message in enumerate(e.model.messages):
             schema = message.json_schema
             if schema is None:
                 continue
+            from .message_schemas import schema_problems, unresolved_refs  # jsonschema: only when there are schemas
+
             at = ("messages", i, "schema")
             problems = schema_problems(schema)
             for path, problem in problems:
