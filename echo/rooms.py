@@ -169,6 +169,10 @@ class Room:
             # Sleep to absolute deadlines so the interval does not drift.
             await asyncio.sleep(max(0.0, next_at - loop.time()))
             next_at += interval
+            # A stalled loop skips the ticks it missed rather than sending them back to back.
+            now = loop.time()
+            if next_at <= now:
+                next_at = now + interval
             self.broadcast(server_time())
 
 
