@@ -2,7 +2,7 @@
 
 Loopback by default (the Gateway resource's ``admin`` settings). One request
 per connection, JSON answers. GET: ``/healthz``, ``/readyz``, ``/config``
-(digest, generation, resources; API keys only as digests), ``/connections``,
+(digest, generation, resources; API keys only as digests), ``/connections``, ``/upstreams``,
 ``/reload`` (the last reload's outcome). POST ``/reload`` reloads now.
 """
 
@@ -90,8 +90,13 @@ def connections(gateway: Gateway) -> tuple[int, Any]:
     return 200, gateway.registry.counts()
 
 
+def upstreams(gateway: Gateway) -> tuple[int, Any]:
+    """Every API's endpoints: healthy or not, why since when, handshakes pending, connections open."""
+    return 200, {"apis": gateway.health.snapshot()}
+
+
 def metrics(gateway: Gateway) -> tuple[int, Any]:
-    text = gateway.metrics.render(gateway.registry, gateway.table.generation, gateway.state)
+    text = gateway.metrics.render(gateway.registry, gateway.table.generation, gateway.state, gateway.health)
     return 200, PlainText(text, "text/plain; version=0.0.4; charset=utf-8")
 
 
@@ -118,6 +123,7 @@ class AdminServer:
             "/readyz": readyz,
             "/config": config,
             "/connections": connections,
+            "/upstreams": upstreams,
             "/metrics": metrics,
             "/reload": last_reload,
         }

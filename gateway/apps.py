@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config.tree import Config
-from .credentials import basic_digest, configured_digest, jwt_client_digest, key_digest
+from .credentials import basic_digest, certificate_digest, configured_digest, jwt_client_digest, key_digest
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -36,6 +36,7 @@ class AppIndex:
     # app -> digests of its basic users and JWT clients: what reload compares to revoke connections.
     credential_digests: Mapping[str, frozenset[str]] = field(default_factory=dict)
     verifiers: Mapping[str, Any] = field(default_factory=dict)  # API -> jwt_keys.JWTVerifier of its identify policy
+    certificates: Mapping[str, str] = field(default_factory=dict)  # CertificateIdentifier.key() -> app
 
     @classmethod
     def build(cls, config: Config, env: Mapping[str, str] | None = None) -> AppIndex:
@@ -48,6 +49,7 @@ class AppIndex:
         jwt_clients: dict[str, str] = {}
         basic_users: dict[str, tuple[str, str]] = {}
         credential_digests: dict[str, frozenset[str]] = {}
+        certificates: dict[str, str] = {}
         for name, loaded in config.applications.items():
             app = loaded.model
             mine = set()
@@ -74,11 +76,14 @@ class AppIndex:
                 if password is not None and user.username not in basic_users:
                     basic_users[user.username] = (password, name)
                     others.add(basic_digest(user.username, password))
+            for identifier in app.identifiers.certificates:
+                certificates.setdefault(identifier.key(), name)  # claimed twice is a config error; first wins
+                others.add(certificate_digest(identifier.key()))
             credential_digests[name] = frozenset(others)
         # Most specific network first, so a /32 beats the /8 that contains it.
         networks.sort(key=lambda item: item[0].prefixlen, reverse=True)
         return cls(keys, tuple(networks), hostnames, registrations, digests, jwt_clients, basic_users,
-                   credential_digests, _verifiers(config, env))
+                   credential_digests, _verifiers(config, env), certificates)
 
     def by_api_key(self, presented: str) -> str | None:
         digest = key_digest(presented)
@@ -121,6 +126,14 @@ class AppIndex:
         stored, app = self.basic_users.get(username, (_NO_PASSWORD, ""))
         if hmac.compare_digest(presented, stored) and app:
             return app, basic_digest(username, stored)
+        return None
+
+    def by_certificate(self, keys: list[str]) -> tuple[str, str] | None:
+        """(app, credential digest) for the first of a certificate's identifier forms that an application claims."""
+        for key in keys:
+            app = self.certificates.get(key)
+            if app is not None:
+                return app, certificate_digest(key)
         return None
 
     def verifier(self, api: str) -> Any:

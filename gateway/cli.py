@@ -1,7 +1,7 @@
 """The ``wsgate`` command line: the only place that prints and chooses exit codes.
 
-    wsgate validate [PATH...] [--format text|json|github] [--strict]   0 valid, 1 invalid, 2 usage
-    wsgate plan [PATH] --from OTHER [--format text|json]               0 no changes, 2 changes, 1 error
+    wsgate validate [PATH...] [--format text|json|github] [--strict] [--probe]   0 valid, 1 invalid, 2 usage
+    wsgate plan [PATH] --from OTHER [--format text|json] [--probe]     0 no changes, 2 changes, 1 error
     wsgate schemas [--check] [--dir DIR]                               0 fresh/written, 1 stale
     wsgate import FILE [--name N] [--upstream URL] [-o F]              an AsyncAPI description as an API; 1 error
     wsgate run [PATH] [--log-format ...] [--admin HOST:PORT]           the gateway (and echo servers)
@@ -53,6 +53,13 @@ def _address(text: str) -> str:
     return text
 
 
+def _probe_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--probe", action="store_true",
+                   help="also open a WebSocket handshake to every upstream URL (opt-in: needs the backends)")
+    p.add_argument("--probe-timeout", type=float, default=5.0, metavar="SECONDS",
+                   help="how long each probe may take (default: 5; all run at once)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="wsgate", description="A declarative, GitOps-style WebSocket API gateway.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -63,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="*", metavar="PATH", default=["."], help="config directories or files (default: .)")
     p.add_argument("--format", choices=("text", "json", "github"), default="text")
     p.add_argument("--strict", action="store_true", help="warnings fail too")
+    _probe_arguments(p)
 
     p = sub.add_parser("plan", help="show what changes between a config and another version of it")
     p.add_argument("path", nargs="?", default=".", metavar="PATH", help="the desired config (default: .)")
@@ -72,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         "or a running gateway's admin address (http://HOST:PORT)",
     )
     p.add_argument("--format", choices=("text", "json"), default="text")
+    _probe_arguments(p)
 
     p = sub.add_parser("schemas", help="regenerate the JSON Schemas in schemas/ from the models")
     p.add_argument("--check", action="store_true", help="fail if the committed schemas are stale; write nothing")
@@ -130,8 +139,32 @@ def _report(result: CheckResult, fmt: str, out: TextIO) -> None:
         out.write(f"{verdict}: {diag.summary_line(result.diagnostics)} in {files}\n")
 
 
+def _probe(result: CheckResult, paths: Sequence[str], timeout: float, fmt: str, out: TextIO) -> CheckResult:
+    """``--probe``: handshake with every upstream of a valid config; failures join the diagnostics (WSG150), and
+    in text each 101 is listed too, so the report says what every URL answered."""
+    import asyncio
+
+    from .probe import probe_config, probe_diagnostics
+
+    if result.config is None:
+        return result
+    probes = asyncio.run(probe_config(result.config, paths, timeout))
+    if fmt == "text":
+        for p in probes:
+            if p.result.ok:
+                where = f"{p.location}: " if p.location else ""
+                out.write(f"{where}probe {p.url}: {p.result.detail}\n")
+    failed = probe_diagnostics(probes)
+    if not failed:
+        return result
+    diagnostics = sorted([*result.diagnostics, *failed], key=diag.Diagnostic.sort_key)
+    return CheckResult(None, diagnostics, result.files)
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     result = check(args.paths)
+    if args.probe:
+        result = _probe(result, args.paths, args.probe_timeout, args.format, sys.stdout)
     _report(result, args.format, sys.stdout)
     if not result.ok:
         return EXIT_INVALID
@@ -181,6 +214,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
         sys.stderr.write(diag.render(desired.diagnostics, "text"))
         sys.stderr.write(f"wsgate plan: the desired config {args.path} is invalid; nothing planned\n")
         return EXIT_INVALID
+    if args.probe:
+        desired = _probe(desired, [args.path], args.probe_timeout, "text", sys.stderr)
+        if not desired.ok:
+            sys.stderr.write(diag.render(desired.errors, "text"))
+            sys.stderr.write(f"wsgate plan: an upstream of {args.path} failed its probe; nothing planned\n")
+            return EXIT_INVALID
     assert desired.config is not None  # desired.ok
     if args.source.startswith(("http://", "https://")):
         return _plan_from_live(args, desired.config)

@@ -33,3 +33,8 @@ def basic_digest(username: str, password_digest: str) -> str:
 def jwt_client_digest(client: str) -> str:
     """What a connection identified by a JWT is remembered by (revoked when the client id is unregistered)."""
     return key_digest(f"jwt\0{client}")
+
+
+def certificate_digest(key: str) -> str:
+    """What a connection identified by a client certificate is remembered by (revoked when the identifier goes)."""
+    return key_digest(f"certificate\0{key}")

@@ -36,7 +36,9 @@ from websockets.typing import Subprotocol
 from .policies.base import ConnectionContext, Rejection, UpgradeRequest
 from .relay.fast import ByteRelay
 from .relay.message import MessageRelay
-from .upstream import UpstreamError, _quiet, build_upstream_request, open_upstream, strip_api_key
+from .routes import request_host
+from .tls import client_certificate
+from .upstream import UpstreamError, _quiet, open_with_failover, prepare_upgrade, strip_api_key
 
 if TYPE_CHECKING:
     from .connections import ConnectionRegistry
@@ -279,10 +281,15 @@ class ClientHandshake(asyncio.Protocol):
             return
         request: Request = events[0]
         path, _, query = request.path.partition("?")
-        route = listener.services.table().lookup(listener.name, path)
-        if route is None:
+        hosts = request.headers.get_all("Host")
+        if len(hosts) > 1:  # RFC 9112, 3.2: a request with more than one Host is answered 400
+            self._refuse_early(400, "bad_request", "more than one Host header", path)
+            return
+        found = listener.services.table().match(listener.name, path, request_host(hosts[0] if hosts else None))
+        if found is None:
             self._refuse_early(404, "not_found", "no API at this path", path)
             return
+        route, suffix = found
         if route.api.compression:
             ws.available_extensions = [ServerPerMessageDeflateFactory()]
         try:
@@ -323,6 +330,7 @@ class ClientHandshake(asyncio.Protocol):
             peer=peer,
             port_name=listener.name,
             secure=listener.secure,
+            client_cert=client_certificate(self.transport) if listener.secure else None,
         )
         record = self.record
         assert record is not None
@@ -331,12 +339,12 @@ class ClientHandshake(asyncio.Protocol):
         offered = [Subprotocol(p) for value in headers.get_all("Sec-WebSocket-Protocol") for p in _tokens(value)]
         # Only the negotiated extensions outlive this call: the parser, request and response objects go now.
         record.task = asyncio.get_running_loop().create_task(
-            self._upgrade(route, conn, upgrade, ws.extensions, accept, extensions_header, safe_query, offered)
+            self._upgrade(route, conn, upgrade, ws.extensions, accept, extensions_header, safe_query, offered, suffix)
         )
 
     async def _upgrade(self, route: CompiledAPI, conn: ConnectionContext, upgrade: UpgradeRequest,
                        extensions: list[Any], accept: str, extensions_header: str | None, query: str,
-                       offered: list[Subprotocol]) -> None:
+                       offered: list[Subprotocol], suffix: str = "") -> None:
         record = self.record
         assert record is not None
         relayed = False
@@ -353,27 +361,32 @@ class ClientHandshake(asyncio.Protocol):
                     self._refuse(route, conn, decision.status, decision.error, decision.reason, decision.headers)
                     return
             application = conn.application.name if conn.application else None
-            prepared = build_upstream_request(
-                route,
+            prepared = prepare_upgrade(
                 client_headers=upgrade.headers,
                 query=query,
                 subprotocols=offered,
                 peer_ip=conn.peer[0],
                 secure=upgrade.secure,
                 application=application,
+                suffix=suffix,
             )
+            hash_key = route.hash_key(upgrade, conn)
             # The parsed client request is not needed past this point: free it while the upstream answers.
             del upgrade
             try:
-                leg = await open_upstream(route, prepared)
+                leg = await open_with_failover(route, prepared, hash_key)
             except UpstreamError as exc:
-                self._refuse(route, conn, exc.status, exc.error, exc.reason)
+                self._refuse(route, conn, exc.status, exc.error, exc.reason, exc.headers)
                 return
             if self.lost:
                 leg.transport.abort()
                 self._outcome(route, conn, 499, "client_gone", "client went away during the upgrade")
                 return
             record.upstream = leg.transport
+            health = leg.endpoint.health if leg.endpoint is not None else None
+            if health is not None:  # least-connections counts it until the connection ends
+                health.open += 1
+                conn.defer(health.closed_one)
             lines = [
                 "HTTP/1.1 101 Switching Protocols",
                 "Upgrade: websocket",

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .connections import ConnectionRegistry
+    from .health import HealthRegistry
     from .policies.base import ConnectionContext
     from .policies.state import PolicyState
 
@@ -36,9 +37,10 @@ class Metrics:
         self.closes[(conn.api, "none" if code is None else str(code))] += 1
         _add(self.messages, self.payload_bytes, conn)
 
-    def render(self, registry: ConnectionRegistry, generation: int, state: PolicyState | None = None) -> str:
+    def render(self, registry: ConnectionRegistry, generation: int, state: PolicyState | None = None,
+               health: HealthRegistry | None = None) -> str:
         """The Prometheus text exposition: these counters plus the live connections of ``registry``, and the
-        message policies' counts kept in ``state``."""
+        message policies' counts kept in ``state``, and the endpoint health of ``health``."""
         limited = state.rate_limits.exceeded if state is not None else Counter()
         violations = state.violations if state is not None else Counter()
         messages, payload_bytes = Counter(self.messages), Counter(self.payload_bytes)
@@ -71,7 +73,21 @@ class Metrics:
                     (({"outcome": o}, n) for o, n in sorted(self.reloads.items()))),
             _family("wsgate_config_generation", "gauge", "Generation of the config serving now.",
                     [({}, generation)]),
+            *(_upstream_families(health) if health is not None else ()),
         ])
+
+
+def _upstream_families(health: HealthRegistry) -> list[str]:
+    """Endpoint health (1 healthy, 0 not), handshakes in flight, and health transitions."""
+    states = sorted(health.endpoints.items())
+    return [
+        _family("wsgate_upstream_healthy", "gauge", "Whether an upstream endpoint takes new connections.",
+                (({"api": a, "endpoint": u}, int(h.healthy)) for (a, u), h in states)),
+        _family("wsgate_upstream_pending", "gauge", "Upstream handshakes in flight per endpoint.",
+                (({"api": a, "endpoint": u}, h.pending) for (a, u), h in states)),
+        _family("wsgate_upstream_transitions_total", "counter", "Endpoint health changes, by the new state.",
+                (({"api": a, "endpoint": u, "state": st}, n) for (a, u, st), n in sorted(health.transitions.items()))),
+    ]
 
 
 def _add(messages: Counter[tuple[str, str]], payload_bytes: Counter[tuple[str, str]], conn: ConnectionContext) -> None:

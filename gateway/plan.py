@@ -168,9 +168,10 @@ def _disruptions(kind: str, name: str, action: Action, old: Any, new: Any) -> tu
         if action == "destroy":
             return (Disruption("API removed", sel, 1001),)
         out = []
-        for f in ("path", "upstream"):
-            if getattr(old, f) != getattr(new, f):
-                out.append(Disruption(f"{f} changed", sel, 1001))
+        if old.path != new.path:
+            out.append(Disruption("path changed", sel, 1001))
+        if old.upstream.live_identity() != new.upstream.live_identity():
+            out.append(Disruption("upstream changed", sel, 1001))
         for port in old.ports:
             if port not in new.ports:
                 out.append(Disruption(f"removed from port '{port}'", {"api": name, "port": port}, 1001))
@@ -209,7 +210,7 @@ def _disruptions(kind: str, name: str, action: Action, old: Any, new: Any) -> tu
 
 _DISRUPTIVE_FIELDS = {
     "Port": ("port", "host", "tls", "enabled"),
-    "API": ("path", "ports", "upstream"),
+    "API": ("path", "ports", "upstream.endpoints", "upstream.connect_timeout", "upstream.tls"),
     "Application": ("identifiers.api_keys", "identifiers.basic", "identifiers.jwt_clients", "apis"),
     "EchoServer": ("port", "host", "contexts"),
     "Gateway": (),

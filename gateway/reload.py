@@ -42,7 +42,7 @@ class Accepted:
     port: str
     api: str
     application: str | None = None
-    identified_by: str | None = None  # "api_key", "ip", "hostname", "jwt", "basic", "anonymous"
+    identified_by: str | None = None  # "api_key", "ip", "hostname", "jwt", "basic", "certificate", "anonymous"
     key_digest: str | None = None
     peer_ip: str = ""
 
@@ -60,6 +60,11 @@ def port_changed(old: Config, new: Config, name: str) -> str | None:
         return "port disabled"
     if (a.port, a.host, a.tls) != (b.port, b.host, b.tls):
         return "port changed"
+    ca = f"Port/{name}/tls.client_certificates.ca_file"
+    if old.file_fingerprints.get(ca) != new.file_fingerprints.get(ca):
+        # A new client CA bundle: the port re-listens (CAs can be added to a live TLS context, never removed),
+        # and certificates the old bundle let in may no longer be trusted.
+        return "port changed"
     return None
 
 
@@ -74,7 +79,7 @@ def api_changed(old: Config, new: Config, api: str, port: str) -> str | None:
     a, b = before.model, after.model
     if a.path != b.path:
         return "API path changed"
-    if a.upstream != b.upstream:
+    if a.upstream.live_identity() != b.upstream.live_identity():
         return "API upstream changed"
     if port in a.ports and port not in b.ports:
         return f"API removed from port '{port}'"
@@ -103,11 +108,13 @@ def application_revoked(new: Config, apps: AppIndex, accepted: Accepted) -> str 
     elif accepted.identified_by == "hostname":
         if not new.applications[app].model.identifiers.hostnames:
             return "hostname identifier revoked"
-    elif accepted.identified_by in ("basic", "jwt") and (
-        # key_digest here is the digest of the basic user and password, or of the JWT client id.
+    elif accepted.identified_by in ("basic", "jwt", "certificate") and (
+        # key_digest here is the digest of the basic user and password, the JWT client id or the certificate
+        # identifier that matched.
         accepted.key_digest is None or accepted.key_digest not in apps.credential_digests.get(app, ())
     ):
-        return "basic credentials revoked" if accepted.identified_by == "basic" else "JWT client revoked"
+        return {"basic": "basic credentials revoked", "jwt": "JWT client revoked",
+                "certificate": "client certificate revoked"}[accepted.identified_by]
     return None
 
 

@@ -1,10 +1,12 @@
 """The compiled route table: what the listener reads once per upgrade.
 
 ``RouteTable.compile`` turns a checked :class:`Config` into immutable
-lookups: (port name, exact path) -> :class:`CompiledAPI`. A connection keeps
+lookups: (port name, host claim) -> exact paths and prefixes -> :class:`CompiledAPI`. A connection keeps
 the ``CompiledAPI`` it was accepted with; a reload compiles a new table and
 the runtime swaps the reference, so nothing here is ever mutated after
-compile (except the round-robin cursor, which is only a hint).
+compile (except the balancer's round-robin credit, which is only a hint).
+Endpoint health lives outside the table, in the gateway's
+:class:`~gateway.health.HealthRegistry`, so it survives the swap.
 """
 
 from __future__ import annotations
@@ -12,17 +14,23 @@ from __future__ import annotations
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 import structlog
 from websockets.headers import build_host
 from websockets.uri import WebSocketURI, parse_uri
 
 from .apps import AppIndex
-from .config.models import API, Port
+from .balance import SmoothWeightedRoundRobin, least_connections_order, rendezvous_order
+from .config.models import API, Port, RoutingPolicy, prefix_matches
 from .config.tree import Config, Loaded
-from .policies.base import Policy
+from .policies.base import ConnectionContext, Policy, UpgradeRequest
 from .policies.registry import build_chain as default_build_chain
 from .policies.state import PolicyState
+
+if TYPE_CHECKING:
+    from .health import EndpointHealth, HealthRegistry
 
 log = structlog.get_logger("wsgate.routes")
 
@@ -39,6 +47,8 @@ def upstream_ssl_context(loaded: Loaded[API]) -> ssl.SSLContext | None:
     tls = api.upstream.tls
     cafile = str(loaded.resolve(tls.ca_file)) if tls.ca_file else None
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
+    if tls.cert and tls.key:  # mTLS to the upstream: present the gateway's client certificate when asked
+        context.load_cert_chain(loaded.resolve(tls.cert), loaded.resolve(tls.key))
     if not tls.verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
@@ -53,12 +63,24 @@ class Endpoint:
     uri: WebSocketURI
     host_header: str  # the Host header the upstream request carries
     url: str  # how logs name it
+    weight: int = 1
+    health: EndpointHealth | None = None  # shared with the registry: outlives this table
 
     @classmethod
-    def parse(cls, url: str) -> Endpoint:
+    def parse(cls, url: str, weight: int = 1, health: Callable[[str], EndpointHealth] | None = None) -> Endpoint:
         uri = parse_uri(url)
-        return cls(uri, build_host(uri.host, uri.port, uri.secure),
-                   f"{'wss' if uri.secure else 'ws'}://{uri.host}:{uri.port}{uri.resource_name}")
+        name = f"{'wss' if uri.secure else 'ws'}://{uri.host}:{uri.port}{uri.resource_name}"
+        return cls(uri, build_host(uri.host, uri.port, uri.secure), name, weight,
+                   health(name) if health is not None else None)
+
+    @property
+    def probe_url(self) -> str:
+        """The URL health checks open: ``url`` plus the user and password of the configured URL (never logged)."""
+        if not self.uri.user_info:
+            return self.url
+        user, password = (quote(part, safe="") for part in self.uri.user_info)
+        scheme, _, rest = self.url.partition("://")
+        return f"{scheme}://{user}:{password}@{rest}"
 
     @property
     def host(self) -> str:
@@ -67,6 +89,18 @@ class Endpoint:
     @property
     def path(self) -> str:
         return self.uri.path
+
+
+def _pending(endpoint: Endpoint) -> int:
+    return endpoint.health.pending if endpoint.health is not None else 0
+
+
+class NoEndpoint(Exception):
+    """No endpoint may take a new connection now: all unhealthy, or the healthy ones at their pending cap."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass(eq=False, slots=True)
@@ -79,10 +113,11 @@ class CompiledAPI:
     client_policies: tuple[Policy, ...]  # message stage, client -> upstream
     server_policies: tuple[Policy, ...]  # message stage, upstream -> client
     endpoints: tuple[Endpoint, ...]
-    round_robin: bool
+    routing: RoutingPolicy
     ssl_context: ssl.SSLContext | None
     fast_path: bool
-    _cursor: int = 0
+    balancer: SmoothWeightedRoundRobin
+    health: HealthRegistry | None = None  # where failed upgrades are reported (passive checks)
 
     @property
     def api(self) -> API:
@@ -92,13 +127,55 @@ class CompiledAPI:
     def name(self) -> str:
         return self.loaded.model.name
 
+    def hash_key(self, request: UpgradeRequest, conn: ConnectionContext) -> str | None:
+        """What consistent hashing keys this upgrade on (None: no key, e.g. an absent header)."""
+        routing = self.routing
+        if routing.strategy != "consistent-hash":
+            return None
+        if routing.hash_on == "client_ip":
+            return request.peer[0]
+        if routing.hash_on == "application":
+            return conn.application.name if conn.application else None
+        if routing.hash_on == "header":
+            return request.headers.get(routing.hash_key or "")
+        values = request.query.get(routing.hash_key or "")
+        return values[0] if values else None
+
+    def candidates(self, key: str | None = None) -> list[Endpoint]:
+        """The endpoints a new upgrade may try, in order: the strategy's pick first, then failover order.
+
+        Unhealthy endpoints and those at their pending cap are left out;
+        raises :class:`NoEndpoint` when that leaves none.
+        """
+        endpoints = self.endpoints
+        cap = self.api.upstream.max_pending
+        healthy = [i for i, e in enumerate(endpoints) if e.health is None or e.health.healthy]
+        if not healthy:
+            raise NoEndpoint("no healthy upstream endpoint")
+        eligible = [i for i in healthy if _pending(endpoints[i]) < cap]
+        if not eligible:
+            raise NoEndpoint("every healthy upstream endpoint is at its limit of pending upgrades")
+        weights = [e.weight for e in endpoints]
+        strategy = self.routing.strategy
+        if strategy == "round-robin":
+            order = self.balancer.order(eligible, weights)
+        elif strategy == "least-connections":
+            load = [(e.health.open + e.health.pending) if e.health else 0 for e in endpoints]
+            order = least_connections_order(eligible, load, weights)
+        elif strategy == "consistent-hash" and key is not None:
+            # Rank all endpoints, so a key's place does not move when another endpoint goes down.
+            ranked = rendezvous_order(key, [e.url for e in endpoints], weights)
+            allowed = set(eligible)
+            order = [i for i in ranked if i in allowed]
+        elif strategy == "consistent-hash":  # no key to hash: spread like round-robin
+            order = self.balancer.order(eligible, weights)
+        else:  # straight-through: list order is priority order
+            order = eligible
+        return [endpoints[i] for i in order]
+
     def pick_endpoint(self) -> Endpoint:
-        """The endpoint for the next upgrade: the first (straight-through) or the next in turn (round-robin)."""
-        if not self.round_robin:
-            return self.endpoints[0]
-        index = self._cursor % len(self.endpoints)
-        self._cursor = index + 1
-        return self.endpoints[index]
+        """The endpoint the next upgrade would try first."""
+        return self.candidates()[0]
 
     def activate(self) -> None:
         """The route serves new upgrades from now on: let its policies apply shared settings."""
@@ -114,25 +191,57 @@ class CompiledAPI:
                 log.exception("policy close failed", api=self.name, policy=policy.type)
 
     @classmethod
-    def build(cls, loaded: Loaded[API], chain: list[Policy]) -> CompiledAPI:
+    def build(cls, loaded: Loaded[API], chain: list[Policy], health: HealthRegistry | None = None) -> CompiledAPI:
         api = loaded.model
-        strategy = "straight-through"
+        routing = RoutingPolicy(type="routing")
         for spec in api.policies:
             if spec.type == "routing":
-                strategy = spec.strategy
+                routing = spec
         client = tuple(p for p in chain if "client" in p.message_stages)
         server = tuple(p for p in chain if "server" in p.message_stages)
+        state = (lambda url: health.get(api.name, url)) if health is not None else None
+        endpoints = tuple(Endpoint.parse(e.url, e.weight, state) for e in api.upstream.endpoints)
         return cls(
             loaded=loaded,
             chain=tuple(chain),
             upgrade_policies=tuple(p for p in chain if _overrides(p, "on_upgrade")),
             client_policies=client,
             server_policies=server,
-            endpoints=tuple(Endpoint.parse(e.url) for e in api.upstream.endpoints),
-            round_robin=strategy == "round-robin",
+            endpoints=endpoints,
+            routing=routing,
             ssl_context=upstream_ssl_context(loaded),
             fast_path=not client and not server and not api.compression,
+            balancer=SmoothWeightedRoundRobin(len(endpoints)),
+            health=health,
         )
+
+
+def request_host(value: str | None) -> str | None:
+    """The host name of a ``Host`` header, lowercased, without port or trailing dot (None when absent)."""
+    if not value:
+        return None
+    value = value.strip().lower()
+    if value.startswith("["):  # an IPv6 literal: [::1]:8080
+        return value[: value.find("]") + 1] or None
+    return value.rpartition(":")[0] if ":" in value else value.rstrip(".") or None
+
+
+@dataclass(slots=True)
+class PortRoutes:
+    """The routes of one port for one host claim (a host name, a ``*.`` pattern, or any host): exact paths and
+    prefixes, longest first."""
+
+    exact: dict[str, CompiledAPI] = field(default_factory=dict)
+    prefixes: list[tuple[str, CompiledAPI]] = field(default_factory=list)
+
+    def match(self, path: str) -> tuple[CompiledAPI, str] | None:
+        route = self.exact.get(path)
+        if route is not None:
+            return route, ""
+        for prefix, route in self.prefixes:
+            if prefix_matches(prefix, path):
+                return route, path[len(prefix):] if route.api.strip_prefix else path
+        return None
 
 
 @dataclass(frozen=True, eq=False)
@@ -143,35 +252,71 @@ class RouteTable:
     digest: str
     generation: int
     apps: AppIndex
-    routes: Mapping[tuple[str, str], CompiledAPI] = field(default_factory=dict)
+    routes: Mapping[tuple[str, str | None], PortRoutes] = field(default_factory=dict)  # (port, host claim)
     apis: Mapping[str, CompiledAPI] = field(default_factory=dict)
+    hosts: frozenset[str] = frozenset()  # ports that have host-specific routes
 
     @classmethod
     def compile(cls, config: Config, apps: AppIndex, state: PolicyState, *, generation: int = 1,
                 build_chain: Callable[[Loaded[API], Config, AppIndex, PolicyState], list[Policy]] | None = None,
-                ) -> RouteTable:
+                health: HealthRegistry | None = None) -> RouteTable:
         """Build every enabled route of ``config``; policies come from ``build_chain``
-        (default: ``gateway.policies.build_chain``)."""
+        (default: ``gateway.policies.build_chain``), endpoint health from ``health`` (default: a fresh registry)."""
+        from .health import HealthRegistry  # the probe it runs imports the websockets client; keep it lazy
+
         build_chain = build_chain or default_build_chain
+        health = health if health is not None else HealthRegistry()
         enabled = {name for name, port in config.ports.items() if port.model.enabled}
         apis: dict[str, CompiledAPI] = {}
-        routes: dict[tuple[str, str], CompiledAPI] = {}
+        routes: dict[tuple[str, str | None], PortRoutes] = {}
         try:
             for name, loaded in config.apis.items():
-                compiled = CompiledAPI.build(loaded, build_chain(loaded, config, apps, state))
+                compiled = CompiledAPI.build(loaded, build_chain(loaded, config, apps, state), health)
                 apis[name] = compiled
-                for port_name in loaded.model.ports:
-                    if port_name in enabled:
-                        routes[(port_name, loaded.model.path)] = compiled
+                api = loaded.model
+                for port_name in api.ports:
+                    if port_name not in enabled:
+                        continue
+                    claims: list[str | None] = [*api.hosts] or [None]
+                    for host in claims:
+                        group = routes.setdefault((port_name, host), PortRoutes())
+                        if api.match == "prefix":
+                            group.prefixes.append((api.path, compiled))
+                        else:
+                            group.exact.setdefault(api.path, compiled)
         except BaseException:
             for compiled in apis.values():
                 compiled.close()
             raise
-        return cls(config=config, digest=config.digest(), generation=generation, apps=apps, routes=routes, apis=apis)
+        for group in routes.values():
+            group.prefixes.sort(key=lambda item: len(item[0]), reverse=True)  # the longest prefix wins
+        with_hosts = frozenset(port for port, host in routes if host is not None)
+        return cls(config=config, digest=config.digest(), generation=generation, apps=apps, routes=routes,
+                   apis=apis, hosts=with_hosts)
 
-    def lookup(self, port_name: str, path: str) -> CompiledAPI | None:
-        """The API served at exactly ``path`` (no query; the trailing slash counts) on a port."""
-        return self.routes.get((port_name, path))
+    def match(self, port_name: str, path: str, host: str | None = None) -> tuple[CompiledAPI, str] | None:
+        """The API for a request, and the path part the upstream URL gets (see ``API.strip_prefix``).
+
+        Routes claiming the request's host (exact name, then ``*.`` pattern)
+        come first; then routes for any host. Within each: the exact path,
+        then the longest prefix. No query; the trailing slash counts.
+        """
+        if host is not None and port_name in self.hosts:
+            claims: list[str] = [host]
+            if "." in host:
+                claims.append("*." + host.split(".", 1)[1])
+            for claim in claims:
+                group = self.routes.get((port_name, claim))
+                found = group.match(path) if group is not None else None
+                if found is not None:
+                    return found
+        group = self.routes.get((port_name, None))
+        return group.match(path) if group is not None else None
+
+    def lookup(self, port_name: str, path: str, host: str | None = None) -> CompiledAPI | None:
+        """The API served at ``path`` (no query; the trailing slash counts) on a port."""
+        found = self.match(port_name, path, host)
+        return found[0] if found is not None else None
 
     def enabled_ports(self) -> dict[str, Loaded[Port]]:
         return {name: port for name, port in self.config.ports.items() if port.model.enabled}

@@ -9,7 +9,6 @@ change does to one of them is decided by ``gateway.reload``.
 from __future__ import annotations
 
 import asyncio
-import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ from .apps import AppIndex
 from .config.cache import CheckCache
 from .config.tree import Config, Loaded
 from .connections import ConnectionRegistry
+from .health import HealthRegistry
 from .listener import ListenerServices, PortListener, raise_open_files_limit
 from .metrics import Metrics
 from .policies.state import PolicyState
@@ -29,6 +29,7 @@ from .relay.keepalive import KeepaliveSweeper
 from .reload import Action, accepted_from, decide, port_changed
 from .routes import RouteTable
 from .signals import stop_requested
+from .tls import ServerTLS
 
 if TYPE_CHECKING:
     from echo.server import EchoService
@@ -79,7 +80,7 @@ class Gateway:
         self.servers: dict[str, asyncio.Server] = {}
         self.listeners: dict[str, PortListener] = {}
         self.addresses: dict[str, tuple[str, int]] = {}
-        self.tls_contexts: dict[str, ssl.SSLContext] = {}
+        self.tls_contexts: dict[str, ServerTLS] = {}
         self.echo_services: list[EchoService] = []
         self.admin: AdminServer | None = None
         self.ready = False
@@ -88,6 +89,7 @@ class Gateway:
         self.last_reload: dict[str, Any] | None = None
         self.reload_count = 0  # finished reload attempts (applied, skipped or failed)
         self.metrics = Metrics()
+        self.health = HealthRegistry()  # endpoint health, kept across reloads
         self.reloaded = asyncio.Condition()  # notified after every reload outcome
         self._reload_lock = asyncio.Lock()
         self._reload_requested = 0
@@ -102,7 +104,7 @@ class Gateway:
     def compile(self, config: Config, generation: int) -> RouteTable:
         assert self.state is not None, "the gateway is not started"
         return RouteTable.compile(config, AppIndex.build(config, self.env), self.state, generation=generation,
-                                  build_chain=self._build_chain)
+                                  build_chain=self._build_chain, health=self.health)
 
     # ----------------------------------------------------------------- reload
     async def reload(self, trigger: str = "manual") -> dict[str, Any]:
@@ -180,6 +182,7 @@ class Gateway:
         # The swap: from here on new upgrades use the new table.
         self._table, self.config = table, new
         table.activate()
+        self.health.sync(table)
         self.drain_grace = new.settings.drain_grace
         self.shutdown_timeout = new.settings.shutdown_timeout
         self.loaded_at = time.time()
@@ -248,25 +251,13 @@ class Gateway:
         return problems
 
     def _renew_certificate(self, name: str, loaded: Loaded[Port], old: Config, new: Config) -> str | None:
-        """A renewed certificate or key file goes into the port's live TLS context: new handshakes use it,
-        the listening socket and the established connections stay as they are."""
-        context = self.tls_contexts.get(name)
-        if context is None or loaded.model.tls is None:
+        """Renewed certificate or key files go into the port's live TLS contexts (the default one and each SNI
+        one): new handshakes use them, the listening socket and the established connections stay as they are."""
+        server_tls = self.tls_contexts.get(name)
+        if server_tls is None or loaded.model.tls is None:
             return None
-        files = (f"Port/{name}/tls.cert", f"Port/{name}/tls.key")
-        before, after = old.file_fingerprints, new.file_fingerprints
-        if all(before.get(f) == after.get(f) for f in files):
-            return None
-        cert, key = loaded.resolve(loaded.model.tls.cert), loaded.resolve(loaded.model.tls.key)
-        try:
-            # Try a scratch context first: a failed load into the live one could leave it half-updated.
-            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
-            context.load_cert_chain(cert, key)
-        except (OSError, ssl.SSLError) as exc:
-            log.error("certificate renewal failed; the port keeps its previous certificate", name=name, error=str(exc))
-            return f"port {name}: certificate renewal failed: {exc}"
-        log.info("certificate renewed", name=name)
-        return None
+        problems = server_tls.renew(dict(old.file_fingerprints), dict(new.file_fingerprints))
+        return "; ".join(problems) or None
 
     def _settle_connections(self, old: Config, new: Config, table: RouteTable) -> dict[str, int]:
         """Drain (1001 after the grace) or revoke (1008 now) what the change touches; leave the rest alone."""
@@ -338,6 +329,7 @@ class Gateway:
                 self.admin = AdminServer(self, *self._admin_override)
             if self.admin is not None:
                 await self.admin.start()
+            self.health.sync(self.table)  # probes start once the config's own echo servers listen
         except BaseException:
             await self.stop()
             raise
@@ -347,9 +339,9 @@ class Gateway:
         port = loaded.model
         context = None
         if port.tls is not None:
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            context.load_cert_chain(loaded.resolve(port.tls.cert), loaded.resolve(port.tls.key))
-            self.tls_contexts[name] = context
+            server_tls = ServerTLS(name, loaded)
+            context = server_tls.context
+            self.tls_contexts[name] = server_tls
         assert self._services is not None, "the gateway is not started"
         listener = PortListener(name, context is not None, port.limits.handshake_timeout,
                                 port.limits.max_connections, self._services)
@@ -383,6 +375,7 @@ class Gateway:
             await asyncio.gather(*(service.stop() for service in self.echo_services), return_exceptions=True)
         if self.keepalive is not None:
             self.keepalive.close()
+        self.health.close()
         self.registry.close()
         if self._table is not None:
             self._table.close()

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
+import structlog
 from websockets.client import ClientProtocol
 from websockets.datastructures import Headers
 from websockets.headers import build_authorization_basic, build_subprotocol
@@ -23,7 +24,9 @@ from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS, Response
 from websockets.typing import Subprotocol
 from websockets.utils import accept_key, generate_key
 
-from .routes import CompiledAPI, Endpoint
+from .routes import CompiledAPI, Endpoint, NoEndpoint
+
+log = structlog.get_logger("wsgate.upstream")
 
 API_KEY_NAME = "x-gateway-apikey"
 # Query parameters that carry credentials (the API key; an RFC 6750 bearer token): never forwarded, never logged.
@@ -59,13 +62,21 @@ _quiet.setLevel(logging.WARNING)
 
 
 class UpstreamError(Exception):
-    """The upstream did not complete the handshake: the client gets ``status`` (502 or 504)."""
+    """The upstream did not complete the handshake: the client gets ``status`` (502, 503 or 504).
 
-    def __init__(self, status: int, error: str, reason: str) -> None:
+    ``endpoint_fault`` is False when the endpoint answered, but refused this
+    request (a 4xx): that says nothing about its health, and another endpoint
+    would judge the same request the same way.
+    """
+
+    def __init__(self, status: int, error: str, reason: str, headers: tuple[tuple[str, str], ...] = (),
+                 endpoint_fault: bool = True) -> None:
         super().__init__(reason)
         self.status = status
         self.error = error
         self.reason = reason
+        self.headers = headers
+        self.endpoint_fault = endpoint_fault
 
 
 @dataclass(slots=True)
@@ -76,6 +87,7 @@ class UpstreamLeg:
     pending: bytes  # frames the upstream sent right after its 101
     subprotocol: Subprotocol | None
     url: str
+    endpoint: Endpoint | None = None  # the endpoint that answered (failover may have moved past others)
 
 
 def strip_api_key(query: str) -> str:
@@ -183,6 +195,64 @@ class UpstreamRequest:
     offer: list[Subprotocol]
 
 
+@dataclass(slots=True)
+class PreparedUpgrade:
+    """The endpoint-independent part of the upstream request: query, subprotocol offer, forwarded headers.
+
+    Serialized once from the client's request; ``for_endpoint`` adds the
+    request line, Host and a fresh key for each endpoint failover tries.
+    """
+
+    query: str
+    offer: list[Subprotocol]
+    tail: list[str]  # header lines after Sec-WebSocket-*
+    suffix: str = ""  # request path a prefix route passes on, joined to the endpoint's path
+
+    def for_endpoint(self, endpoint: Endpoint) -> UpstreamRequest:
+        uri = endpoint.uri
+        key = generate_key()
+        path = uri.resource_name
+        if self.suffix:
+            path = join_path(uri.path, self.suffix) + (f"?{uri.query}" if uri.query else "")
+        if self.query:
+            path = f"{path}&{self.query}" if "?" in path else f"{path}?{self.query}"
+        lines = [f"GET {path} HTTP/1.1", f"Host: {endpoint.host_header}"]
+        if uri.user_info:
+            lines.append(f"Authorization: {build_authorization_basic(*uri.user_info)}")
+        lines += ["Upgrade: websocket", "Connection: Upgrade", f"Sec-WebSocket-Key: {key}",
+                  "Sec-WebSocket-Version: 13"]
+        if self.offer:
+            lines.append(f"Sec-WebSocket-Protocol: {build_subprotocol(self.offer)}")
+        lines += self.tail
+        lines.append("\r\n")
+        return UpstreamRequest(endpoint, "\r\n".join(lines).encode(), key, self.offer)
+
+
+def join_path(base: str, rest: str) -> str:
+    """``/ws`` + ``/room1`` -> ``/ws/room1``; ``/ws/`` + ``/room1`` -> ``/ws/room1``; ``/`` + ``/a`` -> ``/a``."""
+    if not rest:
+        return base
+    if not rest.startswith("/"):
+        rest = "/" + rest
+    return base.rstrip("/") + rest
+
+
+def prepare_upgrade(
+    *,
+    client_headers: Headers,
+    query: str,
+    subprotocols: Iterable[Subprotocol],
+    peer_ip: str,
+    secure: bool,
+    application: str | None,
+    suffix: str = "",
+) -> PreparedUpgrade:
+    """What every upstream request of this upgrade carries from the client (what websockets' client sends)."""
+    tail = [f"{name}: {value}" for name, value in
+            forwarded_headers(client_headers, peer_ip=peer_ip, secure=secure, application=application)]
+    return PreparedUpgrade(query, list(subprotocols), tail, suffix)
+
+
 def build_upstream_request(
     route: CompiledAPI,
     *,
@@ -193,24 +263,10 @@ def build_upstream_request(
     secure: bool,
     application: str | None,
 ) -> UpstreamRequest:
-    """Pick an endpoint and serialize the upgrade request the upstream gets (what websockets' client sends)."""
-    endpoint = route.pick_endpoint()
-    uri = endpoint.uri
-    offer = list(subprotocols)
-    key = generate_key()
-    path = uri.resource_name
-    if query:
-        path = f"{path}&{query}" if "?" in path else f"{path}?{query}"
-    lines = [f"GET {path} HTTP/1.1", f"Host: {endpoint.host_header}"]
-    if uri.user_info:
-        lines.append(f"Authorization: {build_authorization_basic(*uri.user_info)}")
-    lines += ["Upgrade: websocket", "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13"]
-    if offer:
-        lines.append(f"Sec-WebSocket-Protocol: {build_subprotocol(offer)}")
-    for name, value in forwarded_headers(client_headers, peer_ip=peer_ip, secure=secure, application=application):
-        lines.append(f"{name}: {value}")
-    lines.append("\r\n")
-    return UpstreamRequest(endpoint, "\r\n".join(lines).encode(), key, offer)
+    """The upgrade request for the endpoint the route would try first."""
+    prepared = prepare_upgrade(client_headers=client_headers, query=query, subprotocols=subprotocols,
+                               peer_ip=peer_ip, secure=secure, application=application)
+    return prepared.for_endpoint(route.pick_endpoint())
 
 
 _TOKEN = re.compile(rb"[-!#$%&\'*+.^_`|~0-9a-zA-Z]+")
@@ -275,8 +331,8 @@ def _plain_101(head: bytes, key: str, offer: list[Subprotocol]) -> Subprotocol |
     return chosen if chosen in offer else False
 
 
-async def open_upstream(route: CompiledAPI, prepared: UpstreamRequest) -> UpstreamLeg:
-    """Open the upstream connection and complete its handshake within the API's connect timeout.
+async def open_upstream(route: CompiledAPI, prepared: UpstreamRequest, timeout: float | None = None) -> UpstreamLeg:
+    """Open the upstream connection and complete its handshake within ``timeout`` (the API's connect timeout).
 
     Raises :class:`UpstreamError` (502 refused or invalid answer, 504 timeout).
     """
@@ -287,7 +343,7 @@ async def open_upstream(route: CompiledAPI, prepared: UpstreamRequest) -> Upstre
     reader = _HandshakeReader(head_future)
     transport: asyncio.Transport | None = None
     try:
-        async with asyncio.timeout(upstream.connect_timeout):
+        async with asyncio.timeout(timeout if timeout is not None else upstream.connect_timeout):
             try:
                 if uri.secure:
                     transport, _ = await loop.create_connection(
@@ -318,7 +374,8 @@ async def open_upstream(route: CompiledAPI, prepared: UpstreamRequest) -> Upstre
         raise
     if status != 101:
         transport.abort()
-        raise UpstreamError(502, "bad_gateway", f"upstream answered {status} {phrase}".rstrip())
+        raise UpstreamError(502, "bad_gateway", f"upstream answered {status} {phrase}".rstrip(),
+                            endpoint_fault=not 400 <= status < 500)
     subprotocol = _plain_101(head, prepared.key, prepared.offer)
     if subprotocol is not False:
         # mypy does not narrow `Subprotocol | None | bool` by `is not False` (True is never returned).
@@ -334,3 +391,58 @@ async def open_upstream(route: CompiledAPI, prepared: UpstreamRequest) -> Upstre
         detail = protocol.handshake_exc or "no response"
         raise UpstreamError(502, "bad_gateway", f"upstream sent an invalid 101: {detail}")
     return UpstreamLeg(transport, bytes(reader.buffer), protocol.subprotocol, url)
+
+
+async def open_with_failover(route: CompiledAPI, prepared: PreparedUpgrade, hash_key: str | None) -> UpstreamLeg:
+    """Try the route's endpoints in its strategy's order until one completes the handshake.
+
+    Up to ``failover.retries`` further endpoints, within ``failover.budget``
+    seconds in all (default ``connect_timeout``). Only the handshake is sent
+    to each: the client's frames stay with the listener until a 101, so
+    nothing the client sent reaches two endpoints. Each failure counts
+    against its endpoint (passive health); a 4xx answer is the request's
+    fault, not the endpoint's: it ends the upgrade at once. Raises :class:`UpstreamError`:
+    503 with Retry-After when no endpoint may take a connection, else the
+    last attempt's 502 or 504.
+    """
+    upstream = route.api.upstream
+    try:
+        candidates = route.candidates(hash_key)
+    except NoEndpoint as exc:
+        raise UpstreamError(503, "unavailable", exc.reason, (("Retry-After", str(upstream.retry_after)),)) from exc
+    attempts = candidates[: upstream.failover.retries + 1]
+    budget = upstream.failover.budget or upstream.connect_timeout
+    deadline = asyncio.get_running_loop().time() + budget
+    last: UpstreamError | None = None
+    for endpoint in attempts:
+        health = endpoint.health
+        if health is not None and (not health.healthy or health.pending >= upstream.max_pending):
+            continue  # went down, or filled up, while an earlier attempt ran
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            break
+        if health is not None:
+            health.pending += 1
+        try:
+            leg = await open_upstream(route, prepared.for_endpoint(endpoint), min(remaining, upstream.connect_timeout))
+        except UpstreamError as exc:
+            if not exc.endpoint_fault:
+                raise  # the endpoint refused this request (4xx): its health is fine and another would refuse too
+            last = exc
+            if health is not None and route.health is not None:
+                route.health.upgrade_failed(health, exc.reason, upstream.passive,
+                                            [e.health for e in route.endpoints if e.health is not None])
+            log.info("upstream_attempt_failed", api=route.name, endpoint=endpoint.url, status=exc.status,
+                     reason=exc.reason)
+            continue
+        finally:
+            if health is not None:
+                health.pending -= 1
+        if health is not None and route.health is not None:
+            route.health.upgrade_succeeded(health)
+        leg.endpoint = endpoint
+        return leg
+    if last is None:
+        raise UpstreamError(503, "unavailable", "no healthy upstream endpoint",
+                            (("Retry-After", str(upstream.retry_after)),))
+    raise last

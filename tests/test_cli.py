@@ -28,7 +28,7 @@ def test_validate_examples_passes_with_warnings(capsys, monkeypatch):
     assert main(["validate", str(EXAMPLES)]) == 0
     out = capsys.readouterr().out
     assert "warning WSG200" in out and "warning WSG203" in out
-    assert out.splitlines()[-1] == "valid: 0 errors, 2 warnings in 6 files"
+    assert out.splitlines()[-1] == "valid: 0 errors, 2 warnings in 7 files"
 
 
 def test_validate_strict_fails_on_warnings(monkeypatch):

@@ -17,7 +17,7 @@ def test_examples_are_valid_with_the_expected_warnings():
     result = check([EXAMPLES], env={})
     assert result.ok
     assert codes(result) == ["WSG200", "WSG203"]
-    assert set(result.config.apis) == {"EchoWS", "ServerTime"}
+    assert set(result.config.apis) == {"EchoWS", "ServerTime", "EchoHA"}
     assert result.config.root == EXAMPLES
     assert result.config.ports["default"].model.port == 8082
 

@@ -34,9 +34,51 @@ class Strict(BaseModel):
 # --------------------------------------------------------------------- Port
 
 
+HOST_PATTERN = r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*"
+
+
+def _host_names(value: list[str]) -> list[str]:
+    for host in value:
+        if not re.fullmatch(HOST_PATTERN, host):
+            raise ValueError(f"{host!r} is not a host name (no port, no scheme; `*.` only as the first label)")
+    return [host.lower() for host in value]
+
+
+class SNICertificate(Strict):
+    """A certificate served to clients that ask for one of ``hosts`` by SNI."""
+
+    hosts: list[str] = Field(min_length=1, description="Server names (SNI) this certificate answers; `*.` allowed.")
+    cert: str = Field(description="Path to the PEM certificate chain, relative to the file that declares it.")
+    key: str = Field(description="Path to the PEM private key, relative to the file that declares it.")
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        return _host_names(value)
+
+
+class ClientCertificates(Strict):
+    """mTLS: client certificates verified against a CA bundle from the config tree."""
+
+    ca_file: str = Field(description="PEM bundle of the CAs that issue client certificates, relative to the file.")
+    mode: Literal["required", "optional"] = Field(
+        "required",
+        description="`required`: the TLS handshake fails without a valid client certificate; `optional`: clients "
+        "may present one (then it must verify) and `identify: by: [certificate]` can use it.",
+    )
+
+
 class TLSFiles(Strict):
     cert: str = Field(description="Path to the PEM certificate chain, relative to the file that declares it.")
     key: str = Field(description="Path to the PEM private key, relative to the file that declares it.")
+    sni: list[SNICertificate] = Field(
+        default_factory=list,
+        description="Further certificates picked by the client's SNI server name; others get `cert`. Each is "
+        "renewed on reload when its files change.",
+    )
+    client_certificates: ClientCertificates | None = Field(
+        None, description="Ask clients for a certificate (mTLS), verified against `ca_file`."
+    )
 
 
 class PortLimits(Strict):
@@ -67,7 +109,7 @@ class EnvKey(Strict):
 
 
 # Asymmetric algorithms verify with public keys (safe in git); HS* need a shared secret from the environment.
-IdentifyMethod = Literal["api_key", "hostname", "ip", "jwt", "basic"]
+IdentifyMethod = Literal["api_key", "hostname", "ip", "jwt", "basic", "certificate"]
 JWTAlgorithm = Literal[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
     "HS256", "HS384", "HS512",
@@ -218,9 +260,26 @@ class RoutingPolicy(Strict):
     """How upgrades reach the native endpoints."""
 
     type: Literal["routing"]
-    strategy: Literal["straight-through", "round-robin"] = Field(
-        "straight-through", description="`straight-through`: the first endpoint; `round-robin`: rotate over all."
+    strategy: Literal["straight-through", "round-robin", "least-connections", "consistent-hash"] = Field(
+        "straight-through",
+        description="`straight-through`: the first healthy endpoint in list order; `round-robin`: rotate over the "
+        "healthy ones by weight; `least-connections`: the fewest open and pending connections per weight; "
+        "`consistent-hash`: the same key always reaches the same endpoint while it is healthy (sticky).",
     )
+    hash_on: Literal["application", "client_ip", "header", "query"] = Field(
+        "client_ip",
+        description="What `consistent-hash` hashes: the identified application's name, the client address, "
+        "a request header or a query parameter (named by `hash_key`).",
+    )
+    hash_key: str | None = Field(
+        None, min_length=1, description="The header or query parameter name when `hash_on` is `header` or `query`."
+    )
+
+    @model_validator(mode="after")
+    def _hash_key_when_needed(self) -> RoutingPolicy:
+        if self.strategy == "consistent-hash" and self.hash_on in ("header", "query") and not self.hash_key:
+            raise ValueError(f"`hash_on: {self.hash_on}` needs `hash_key`: the {self.hash_on} name to hash")
+        return self
 
 
 class OriginPolicy(Strict):
@@ -338,18 +397,90 @@ Policy = Annotated[
 
 class Endpoint(Strict):
     url: str = Field(description="The native WebSocket endpoint: `ws://` or `wss://` URL.")
+    weight: PositiveInt = Field(1, le=1000, description="Share of new connections relative to the other endpoints.")
 
 
 class UpstreamTLS(Strict):
     ca_file: str | None = Field(None, description="CA bundle to verify the native server; the system's if unset.")
     verify: bool = Field(True, description="Turning verification off is logged as a warning at every start.")
     server_hostname: str | None = Field(None, description="SNI and certificate name, if not the URL's host.")
+    cert: str | None = Field(
+        None, description="Client certificate chain (PEM) the gateway presents to wss upstreams that ask (mTLS)."
+    )
+    key: str | None = Field(None, description="Private key of `cert` (PEM).")
+
+    @model_validator(mode="after")
+    def _cert_and_key(self) -> UpstreamTLS:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("an upstream client certificate needs both `cert` and `key`")
+        return self
+
+
+class ActiveHealthCheck(Strict):
+    """Probes every endpoint at an interval; an unhealthy endpoint gets no new connections."""
+
+    type: Literal["websocket", "tcp"] = Field(
+        "websocket",
+        description="`websocket`: a real handshake to the endpoint's URL (101 is healthy, then a clean close); "
+        "`tcp`: a TCP (and TLS, for wss) connect only.",
+    )
+    interval: Seconds = Field(5.0, description="Seconds between probes of one endpoint.")
+    timeout: Seconds = Field(2.0, description="Seconds a probe may take before it counts as a failure.")
+    healthy_threshold: PositiveInt = Field(
+        2, description="Consecutive successes that make an unhealthy endpoint healthy."
+    )
+    unhealthy_threshold: PositiveInt = Field(
+        2, description="Consecutive failures that make a healthy endpoint unhealthy."
+    )
+
+
+class PassiveHealthCheck(Strict):
+    """Outlier detection from real upgrades: failed connects, timeouts and non-101 answers."""
+
+    enabled: bool = Field(True, description="Count failed upstream handshakes against their endpoint.")
+    failures: PositiveInt = Field(
+        2, description="Consecutive failed handshakes (refused, timed out, 5xx or invalid; not 4xx) that mark an "
+        "endpoint unhealthy. Never the API's last healthy one."
+    )
+    cool_down: Seconds = Field(
+        10.0, description="Seconds an endpoint marked by passive checks gets no new connections."
+    )
+
+
+class Failover(Strict):
+    """What an upgrade does when its endpoint fails the handshake: try the next healthy one."""
+
+    retries: int = Field(
+        2, ge=0, le=16, description="Further endpoints tried after the first fails; 0: the client gets the error."
+    )
+    budget: Seconds | None = Field(
+        None,
+        description="Seconds all attempts of one upgrade may take together; default: `connect_timeout`. "
+        "Each attempt is also bounded by `connect_timeout`.",
+    )
 
 
 class Upstream(Strict):
     endpoints: list[Endpoint] = Field(min_length=1, description="Native endpoints; the routing policy picks one.")
     connect_timeout: Seconds = Field(10.0, description="Seconds to connect and complete the upstream handshake.")
     tls: UpstreamTLS = UpstreamTLS()
+    health_check: ActiveHealthCheck | None = Field(
+        None, description="Active health checks; none: endpoints are judged by real upgrades only (passive)."
+    )
+    passive: PassiveHealthCheck = PassiveHealthCheck()
+    failover: Failover = Failover()
+    max_pending: PositiveInt = Field(
+        256, description="Circuit breaker: upstream handshakes in flight per endpoint; past it the endpoint is "
+        "skipped, and with none left the client gets 503."
+    )
+    retry_after: PositiveInt = Field(
+        5, description="Seconds in the Retry-After of the 503 sent when no endpoint is healthy."
+    )
+
+    def live_identity(self) -> tuple[object, ...]:
+        """What a live connection depends on: endpoint URLs, timeouts and TLS. Health checks, failover, weights
+        and caps only steer new connections, so changing them disturbs no one (plan and reload both ask this)."""
+        return (tuple(e.url for e in self.endpoints), self.connect_timeout, self.tls)
 
 
 class Keepalive(Strict):
@@ -388,6 +519,13 @@ class MessageDefinition(Strict):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+def prefix_matches(prefix: str, path: str) -> bool:
+    """``/chat`` covers ``/chat`` and ``/chat/...``, never ``/chatter``; ``/chat/`` covers ``/chat/...``."""
+    if not path.startswith(prefix):
+        return False
+    return len(path) == len(prefix) or prefix.endswith("/") or path[len(prefix)] == "/"
+
+
 class API(Strict):
     """A WebSocket API: a gateway path, the ports it is on, a native endpoint and a policy chain."""
 
@@ -396,6 +534,22 @@ class API(Strict):
     version: str = Field("1.0", description="Version label, shown in logs and the plan.")
     description: str = ""
     path: str = Field(pattern=r"^/\S*$", description="Gateway path, e.g. `/websocket/EchoWS/1.0`. Trailing `/` counts.")
+    match: Literal["exact", "prefix"] = Field(
+        "exact",
+        description="`exact`: only `path` itself (the trailing `/` counts); `prefix`: `path` and everything under "
+        "it (`/chat` serves `/chat` and `/chat/room1`, not `/chatter`). The longest matching prefix wins.",
+    )
+    strip_prefix: bool = Field(
+        False,
+        description="With `match: prefix`: the upstream gets the endpoint's path plus what follows `path` in the "
+        "request (`/chat/room1` -> `ws://backend/ws/room1`), instead of the endpoint's path plus the whole request "
+        "path.",
+    )
+    hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names this API answers for (the `Host` header, without port; `*.example.com` matches "
+        "one label). Empty: any host. Several APIs can share a port and a path when their hosts differ.",
+    )
     ports: list[Name] = Field(min_length=1, description="Names of the Ports this API is served on.")
     upstream: Upstream
     compression: bool = Field(
@@ -405,6 +559,17 @@ class API(Strict):
     limits: APILimits = APILimits()
     messages: list[MessageDefinition] = Field(default_factory=list)
     policies: list[Policy] = Field(default_factory=list, description="The policy chain, applied in order.")
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        return _host_names(value)
+
+    @model_validator(mode="after")
+    def _strip_needs_prefix(self) -> API:
+        if self.strip_prefix and self.match != "prefix":
+            raise ValueError("`strip_prefix` needs `match: prefix`: an exact path leaves nothing to keep")
+        return self
 
     @field_validator("version", mode="before")
     @classmethod
@@ -432,6 +597,35 @@ class BasicCredential(Strict):
     )
 
 
+class CertificateIdentifier(Strict):
+    """A client certificate (mTLS) that names the application: by subject CN, a SAN, or its fingerprint."""
+
+    subject: str | None = Field(None, min_length=1, description="The certificate subject's common name (CN).")
+    san: str | None = Field(
+        None, min_length=1, description="A subjectAltName value: a DNS name, e-mail address, URI or IP address."
+    )
+    fingerprint: str | None = Field(
+        None,
+        pattern=r"^(sha256:)?([0-9a-fA-F]{2}:?){31}[0-9a-fA-F]{2}$",
+        description="SHA-256 of the DER certificate, hex (`sha256:` prefix and `:` separators optional).",
+    )
+
+    @model_validator(mode="after")
+    def _one_of(self) -> CertificateIdentifier:
+        if sum(v is not None for v in (self.subject, self.san, self.fingerprint)) != 1:
+            raise ValueError("a certificate identifier has exactly one of `subject`, `san` or `fingerprint`")
+        return self
+
+    def key(self) -> str:
+        """The form the index and revocation compare: ``subject:cn``, ``san:value`` or ``sha256:hex``."""
+        if self.subject is not None:
+            return f"subject:{self.subject}"
+        if self.san is not None:
+            return f"san:{self.san.lower()}"
+        assert self.fingerprint is not None
+        return "sha256:" + self.fingerprint.lower().removeprefix("sha256:").replace(":", "")
+
+
 class Identifiers(Strict):
     api_keys: list[APIKey] = Field(default_factory=list)
     hostnames: list[str] = Field(default_factory=list, description="Client host names (reverse DNS of the peer).")
@@ -440,6 +634,9 @@ class Identifiers(Strict):
         default_factory=list, description="Values of the identify policy's application claim (`azp`/`client_id`)."
     )
     basic: list[BasicCredential] = Field(default_factory=list, description="HTTP Basic user names and passwords.")
+    certificates: list[CertificateIdentifier] = Field(
+        default_factory=list, description="Client certificates (mTLS, `identify: by: [certificate]`)."
+    )
 
 
 class Application(Strict):

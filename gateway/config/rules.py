@@ -23,7 +23,7 @@ from urllib.parse import SplitResult, urlsplit
 
 from .diagnostics import Diagnostic, Related, error, warning
 from .document_checks import did_you_mean, suggestion
-from .models import SHA256_PATTERN, EnvKey
+from .models import SHA256_PATTERN, EnvKey, prefix_matches
 from .source import Document
 from .tree import Location
 
@@ -204,7 +204,6 @@ def application_api_references(ctx: RuleContext) -> None:
 
 @rule
 def api_paths(ctx: RuleContext) -> None:
-    served: dict[tuple[str, str], Entry] = {}
     for e in ctx.of("API"):
         path = e.model.path
         loc = e.doc.value_at(("path",))
@@ -218,20 +217,38 @@ def api_paths(ctx: RuleContext) -> None:
                     hint="the path is matched without the query string; remove everything from '" + bad + "' on",
                 )
             )
-        for port in dict.fromkeys(e.model.ports):
-            key = (port, path)
-            if key in served and served[key].name != e.name:
+
+
+@rule
+def route_claims(ctx: RuleContext) -> None:
+    """Two APIs claiming the same route: port, host (or any host), match kind and path.
+
+    Everything else is ordered, not ambiguous: a claimed host before any host,
+    an exact path before a prefix, the longest prefix first.
+    """
+    served: dict[tuple[str, str | None, str, str], Entry] = {}
+    reported: set[tuple[str, str]] = set()  # one error per pair of APIs, however many ports and hosts they share
+    for e in ctx.of("API"):
+        model = e.model
+        for port in dict.fromkeys(model.ports):
+            claims: list[str | None] = [*model.hosts] or [None]
+            for host in dict.fromkeys(claims):
+                key = (port, host, model.match, model.path)
+                first = served.setdefault(key, e)
+                if first.name == e.name or (first.name, e.name) in reported:
+                    continue
+                reported.add((first.name, e.name))
+                what = f"{model.path}{' (prefix)' if model.match == 'prefix' else ''} on port '{port}'"
+                where = f" for host {host}" if host else ""
                 ctx.out.append(
                     error(
                         "WSG111",
-                        f"APIs '{served[key].name}' and '{e.name}' are both at {path} on port '{port}'",
-                        loc,
-                        related=(Related(served[key].doc.value_at(("path",)), f"'{served[key].name}' is here"),),
-                        hint="give one of them another path or another port",
+                        f"APIs '{first.name}' and '{e.name}' both claim {what}{where}",
+                        e.doc.value_at(("path",)),
+                        related=(Related(first.doc.value_at(("path",)), f"'{first.name}' claims it here"),),
+                        hint="give one of them another path, port or `hosts` entry",
                     )
                 )
-            else:
-                served.setdefault(key, e)
 
 
 def _split(url: str) -> SplitResult | None:
@@ -322,7 +339,7 @@ def upstream_urls(ctx: RuleContext) -> None:
             number = parts.port or _default_port(scheme)
             # A loop: the upstream is one of the gateway's own routes.
             if number in routes_by_number and (host in LOCAL_HOSTS or host in hosts_by_number[number]):
-                hit = routes_by_number[number].get(upath or "/")
+                hit = routes_by_number[number].get(upath or "/") or _prefix_hit(ctx, ports, number, upath or "/")
                 if hit is not None:
                     ctx.out.append(
                         error(
@@ -373,6 +390,17 @@ def upstream_urls(ctx: RuleContext) -> None:
                     )
 
 
+def _prefix_hit(ctx: RuleContext, ports: Mapping[str, Entry], number: int, path: str) -> tuple[str, str] | None:
+    """The prefix route of the gateway's port ``number`` that covers ``path`` (a loop), if any."""
+    for a in ctx.firsts("API").values():
+        if a.model.match != "prefix" or not prefix_matches(a.model.path, path):
+            continue
+        for pname in a.model.ports:
+            if pname in ports and ports[pname].model.port == number:
+                return (a.name, pname)
+    return None
+
+
 def _context_loc(echo: Entry, path: str) -> Location:
     for i, c in enumerate(echo.model.contexts):
         if c.path == path:
@@ -395,6 +423,9 @@ def upstream_tls(ctx: RuleContext) -> None:
             )
         if tls.ca_file is not None:
             _must_exist(ctx, e, ("upstream", "tls", "ca_file"), tls.ca_file, "CA file")
+        for attr, what in (("cert", "certificate file"), ("key", "key file")):
+            if getattr(tls, attr) is not None:
+                _must_exist(ctx, e, ("upstream", "tls", attr), getattr(tls, attr), what)
         if len(e.model.upstream.endpoints) == 1:
             for i, p in enumerate(e.model.policies):
                 if p.type == "routing" and p.strategy == "round-robin":
@@ -642,9 +673,16 @@ def _must_exist(ctx: RuleContext, e: Entry, at: tuple, relative: str, what: str)
 @rule
 def port_tls_files(ctx: RuleContext) -> None:
     for e in ctx.of("Port"):
-        if e.model.tls is not None:
-            _must_exist(ctx, e, ("tls", "cert"), e.model.tls.cert, "certificate file")
-            _must_exist(ctx, e, ("tls", "key"), e.model.tls.key, "key file")
+        tls = e.model.tls
+        if tls is not None:
+            _must_exist(ctx, e, ("tls", "cert"), tls.cert, "certificate file")
+            _must_exist(ctx, e, ("tls", "key"), tls.key, "key file")
+            for i, sni in enumerate(tls.sni):
+                _must_exist(ctx, e, ("tls", "sni", i, "cert"), sni.cert, "certificate file")
+                _must_exist(ctx, e, ("tls", "sni", i, "key"), sni.key, "key file")
+            if tls.client_certificates is not None:
+                _must_exist(ctx, e, ("tls", "client_certificates", "ca_file"), tls.client_certificates.ca_file,
+                            "CA file")
 
 
 @rule
@@ -790,13 +828,13 @@ def unreachable_applications(ctx: RuleContext) -> None:
                     hint="add the APIs it may use under `apis:`",
                 )
             )
-        elif not (ids.api_keys or ids.hostnames or ids.ips or ids.jwt_clients or ids.basic):
+        elif not (ids.api_keys or ids.hostnames or ids.ips or ids.jwt_clients or ids.basic or ids.certificates):
             ctx.out.append(
                 warning(
                     "WSG204",
                     f"application '{e.name}' has no identifiers and can never be identified",
                     e.doc.value_at(("name",)),
-                    hint="add `identifiers:` with api_keys, hostnames, ips, jwt_clients or basic",
+                    hint="add `identifiers:` with api_keys, hostnames, ips, jwt_clients, basic or certificates",
                 )
             )
 
@@ -847,6 +885,56 @@ def application_basic_and_jwt_clients(ctx: RuleContext) -> None:
         for i, client in enumerate(ids.jwt_clients):
             _claim_once(ctx, e, client, e.doc.value_at(("identifiers", "jwt_clients", i)), mine, clients,
                         f"JWT client '{client}'")
+
+
+@rule
+def application_certificates(ctx: RuleContext) -> None:
+    """A client certificate identifier claimed by two applications (WSG131), like basic users and JWT clients."""
+    claimed: dict[str, tuple[str, Location]] = {}
+    for e in ctx.of("Application"):
+        mine: set[str] = set()
+        for i, identifier in enumerate(e.model.identifiers.certificates):
+            _claim_once(ctx, e, identifier.key(), e.doc.value_at(("identifiers", "certificates", i)), mine, claimed,
+                        f"client certificate {identifier.key()}", code="WSG131")
+
+
+@rule
+def hash_on_application_needs_identify(ctx: RuleContext) -> None:
+    """`consistent-hash` on the application of an API that identifies none: every key is missing."""
+    for e in ctx.of("API"):
+        types = [p.type for p in e.model.policies]
+        for i, policy in enumerate(e.model.policies):
+            if (policy.type == "routing" and policy.strategy == "consistent-hash" and policy.hash_on == "application"
+                    and "identify" not in types):
+                ctx.out.append(
+                    warning(
+                        "WSG214",
+                        f"API '{e.name}' hashes on the application but identifies none: connections are not sticky",
+                        e.doc.value_at(("policies", i, "hash_on")),
+                        hint="add an identify policy, or hash on `client_ip`, a `header` or a `query` parameter",
+                    )
+                )
+
+
+@rule
+def certificate_identify_needs_mtls(ctx: RuleContext) -> None:
+    """`identify: by: [certificate]` on an API none of whose ports ask clients for a certificate."""
+    ports = ctx.firsts("Port")
+    for e in ctx.of("API"):
+        for i, policy in enumerate(e.model.policies):
+            if policy.type != "identify" or "certificate" not in policy.by:
+                continue
+            asking = [name for name in e.model.ports if name in ports and ports[name].model.tls is not None
+                      and ports[name].model.tls.client_certificates is not None]
+            if not asking:
+                ctx.out.append(
+                    warning(
+                        "WSG213",
+                        f"API '{e.name}' identifies by client certificate, but none of its ports asks for one",
+                        e.doc.value_at(("policies", i, "by", policy.by.index("certificate"))),
+                        hint="add `tls: {client_certificates: {ca_file: ...}}` to the Port",
+                    )
+                )
 
 
 def _claim_once(ctx: RuleContext, e: Entry, value: str, loc: Location, mine: set[str],

@@ -72,12 +72,21 @@ class Config:
         the config tree), by where they are named."""
         out: dict[str, Path] = {}
         for name, port in self.ports.items():
-            if port.model.tls is not None:
-                out[f"Port/{name}/tls.cert"] = port.resolve(port.model.tls.cert)
-                out[f"Port/{name}/tls.key"] = port.resolve(port.model.tls.key)
+            tls = port.model.tls
+            if tls is not None:
+                out[f"Port/{name}/tls.cert"] = port.resolve(tls.cert)
+                out[f"Port/{name}/tls.key"] = port.resolve(tls.key)
+                for i, sni in enumerate(tls.sni):
+                    out[f"Port/{name}/tls.sni[{i}].cert"] = port.resolve(sni.cert)
+                    out[f"Port/{name}/tls.sni[{i}].key"] = port.resolve(sni.key)
+                if tls.client_certificates is not None:
+                    out[f"Port/{name}/tls.client_certificates.ca_file"] = port.resolve(tls.client_certificates.ca_file)
         for name, api in self.apis.items():
-            if api.model.upstream.tls.ca_file:
-                out[f"API/{name}/upstream.tls.ca_file"] = api.resolve(api.model.upstream.tls.ca_file)
+            upstream_tls = api.model.upstream.tls
+            for attr in ("ca_file", "cert", "key"):
+                value = getattr(upstream_tls, attr)
+                if value:
+                    out[f"API/{name}/upstream.tls.{attr}"] = api.resolve(value)
             for i, policy in enumerate(api.model.policies):
                 # The fields of this policy type, looked up in its __dict__: getattr of a name a pydantic model
                 # lacks goes through __getattr__ and an exception (a third of this method at 10,000 APIs).

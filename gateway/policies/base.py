@@ -96,7 +96,7 @@ class ApplicationRef:
     """The identified application, as it travels with a connection."""
 
     name: str
-    identified_by: str  # "api_key", "ip", "hostname", "jwt", "basic" or "anonymous"
+    identified_by: str  # "api_key", "ip", "hostname", "jwt", "basic", "certificate" or "anonymous"
 
 
 @dataclass(slots=True)
@@ -113,6 +113,24 @@ class UpgradeRequest:
     peer: tuple[str, int]
     port_name: str
     secure: bool  # arrived over TLS
+    client_cert: ClientCertificate | None = None  # verified by the TLS layer (mTLS ports only)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCertificate:
+    """What identify reads from a verified client certificate."""
+
+    subject: str | None  # the subject's common name
+    sans: tuple[str, ...]  # subjectAltName values, lowercased
+    fingerprint: str  # SHA-256 of the DER form, lowercase hex
+
+    def keys(self) -> list[str]:
+        """Every identifier form this certificate matches (see ``CertificateIdentifier.key``): fingerprint first."""
+        out = [f"sha256:{self.fingerprint}"]
+        if self.subject:
+            out.append(f"subject:{self.subject}")
+        out += [f"san:{san}" for san in self.sans]
+        return out
 
 
 _connection_ids = itertools.count(1)

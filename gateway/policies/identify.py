@@ -1,7 +1,8 @@
 """Identify & authorize application: only applications registered to the API get in (else 401).
 
 Identifiers: API key, client IP, client hostname, JWT bearer token, HTTP
-Basic credentials. Credentials the policy consumes never travel further: the
+Basic credentials, client certificate (mTLS: subject CN, SAN or
+fingerprint). Credentials the policy consumes never travel further: the
 runtime strips the API key and ``access_token`` query parameters, and this
 policy removes the ``Authorization`` header lines of the schemes it reads
 (``Bearer`` with ``by: [jwt]``, ``Basic`` with ``by: [basic]``) from the
@@ -155,6 +156,16 @@ class Identify(Policy):
                     continue
                 found = (matched[0], "basic")
                 conn.metadata["key_digest"] = matched[1]  # digest of user and stored password digest
+            elif method == "certificate":
+                if request.client_cert is None:
+                    problems.append("missing client certificate")
+                    continue
+                matched = self.apps.by_certificate(request.client_cert.keys())
+                if matched is None:
+                    problems.append("unknown client certificate")
+                    continue
+                found = (matched[0], "certificate")
+                conn.metadata["key_digest"] = matched[1]  # the matched identifier's digest, for revocation
             if found:
                 break
         if found is None:
