@@ -24,6 +24,10 @@ CONFIG_SUFFIXES = (".yaml", ".yml")
 # Files a config may point at (certificates, keys, CA bundles, JWKS, transform modules): changing one is a
 # config change.
 REFERENCED_SUFFIXES = (".pem", ".crt", ".cer", ".key", ".json", ".jwks", ".py")
+# How long one watch round in watchfiles' thread may last without a change. The first round ending (by a
+# timeout or by changes) proves the OS watch is in place, which sets ``ready``; later rounds cost one
+# thread hop each.
+ROUND_MS = 200
 
 
 class ConfigFilter(DefaultFilter):
@@ -38,7 +42,11 @@ class ConfigFilter(DefaultFilter):
 
 
 class ConfigWatcher:
-    """Calls ``reload`` (debounced) whenever the tree changes or SIGHUP arrives."""
+    """Calls ``reload`` (debounced) whenever the tree changes or SIGHUP arrives.
+
+    ``ready`` is set once the OS watch is in place (or there is nothing to watch): a change made after
+    ``await watcher.ready.wait()`` is seen, one made before may not be.
+    """
 
     def __init__(
         self,
@@ -55,6 +63,7 @@ class ConfigWatcher:
         self._stop = asyncio.Event()
         self._sighup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self.ready = asyncio.Event()
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -78,7 +87,10 @@ class ConfigWatcher:
     async def _watch_files(self) -> None:
         watched = [str(p) for p in self.paths if p.exists()]
         if not watched:
+            self.ready.set()
             return
+        # watchfiles has no "watching" callback; its watcher is built (and the OS watch added) before its
+        # first round, so the first yield, an empty set on timeout, means the watch is in place.
         async for changes in awatch(
             *watched,
             watch_filter=ConfigFilter(),
@@ -87,7 +99,14 @@ class ConfigWatcher:
             stop_event=self._stop,
             force_polling=self._force_polling,
             recursive=True,
+            rust_timeout=ROUND_MS,
+            yield_on_timeout=True,
         ):
+            if not self.ready.is_set():
+                self.ready.set()
+                log.info("watching", paths=watched)
+            if not changes:
+                continue
             log.info("config changed", files=sorted({Path(p).name for _, p in changes})[:10])
             await self._safe_reload("files")
 

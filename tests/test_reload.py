@@ -42,18 +42,17 @@ def application(name: str, key: str, apis: str = "[Echo]") -> str:
 IDENTIFY = "policies:\n  - type: identify\n"
 
 
-async def save_until(root: Path, documents: tuple[str, ...], done, step: float = 0.5) -> None:
-    """Save again until ``done()`` holds: the OS watch may not be in place yet when the first save lands."""
+async def watching(watcher: ConfigWatcher) -> None:
+    """Wait until the watcher's OS watch is in place: a save made before that could be missed."""
     async with asyncio.timeout(TIMEOUT):
-        while True:
-            save(root, *documents)
-            try:
-                async with asyncio.timeout(step):
-                    while not done():
-                        await asyncio.sleep(0.01)
-                return
-            except TimeoutError:
-                continue
+        await watcher.ready.wait()
+
+
+async def reloaded_to(gw, generation: int) -> None:
+    """Wait on the gateway's reload signal until its route table reached ``generation``."""
+    async with asyncio.timeout(TIMEOUT):
+        async with gw.reloaded:
+            await gw.reloaded.wait_for(lambda: gw.table.generation >= generation)
 
 
 async def closed_code(ws) -> int | None:
@@ -397,7 +396,10 @@ def test_watcher_follows_an_atomic_rename_save(tmp_path):
                 await watcher.start()
                 try:
                     docs = (PORT, settings(), api_yaml("Echo", "/echo", url), api_yaml("New", "/new", url))
-                    await save_until(root, docs, lambda: gw.table.generation == 2)
+                    await watching(watcher)
+                    save(root, *docs)
+                    await reloaded_to(gw, 2)
+                    assert gw.table.generation == 2
                     assert gw.last_reload["trigger"] == "files"
                     async with connect(gw_url(gw, "/new")) as ws:
                         await roundtrip(ws, "via the watcher")
@@ -474,10 +476,11 @@ def test_run_subprocess_follows_atomic_save_and_sighup(tmp_path):
             try:
                 port = (await first(lambda e: e["event"] == "listening" and e.get("name") == "default"))["port"]
                 await first(lambda e: e["event"] == "listening" and e.get("name") == "admin")
+                await first(lambda e: e["event"] == "watching")  # a save before this could be missed
                 async with connect(f"ws://127.0.0.1:{port}/echo") as ws:
                     await roundtrip(ws, "before")
                     docs = (PORT, settings(), api_yaml("Echo", "/echo", url), api_yaml("New", "/new", url))
-                    await save_until(root, docs, lambda: any(e["event"] == "reload_applied" for e in events))
+                    save(root, *docs)
                     applied = await first(lambda e: e["event"] == "reload_applied")
                     assert applied["generation"] == 2 and applied["trigger"] == "files"
                     async with connect(f"ws://127.0.0.1:{port}/new") as new:
@@ -527,15 +530,9 @@ def test_watcher_follows_a_configmap_symlink_swap(tmp_path):
                 try:
                     async with connect(gw_url(gw, "/echo")) as ws:
                         docs = (PORT, settings(), api_yaml("Echo", "/echo", url), api_yaml("New", "/new", url))
-                        async with asyncio.timeout(TIMEOUT):
-                            while gw.table.generation < 2:
-                                publish(*docs)
-                                try:
-                                    async with asyncio.timeout(0.5):
-                                        while gw.table.generation < 2:
-                                            await asyncio.sleep(0.01)
-                                except TimeoutError:
-                                    pass
+                        await watching(watcher)
+                        publish(*docs)
+                        await reloaded_to(gw, 2)
                         async with connect(gw_url(gw, "/new")) as new:
                             await roundtrip(new, "from the configmap")
                         await roundtrip(ws, "untouched")

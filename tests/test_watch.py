@@ -7,6 +7,8 @@ import os
 import signal
 from pathlib import Path
 
+from structlog.testing import capture_logs
+
 from gateway.watch import ConfigWatcher
 
 DEADLINE = float(os.environ.get("WSGATE_TEST_TIMEOUT", "10"))
@@ -24,8 +26,8 @@ async def _watching(root: Path, action, *, expect: str = "files") -> list[str]:
     watcher = ConfigWatcher([root], reload, debounce_ms=50)
     await watcher.start()
     try:
-        # Give the OS watch a moment to be in place; a change before that would be missed.
-        await asyncio.sleep(0.3)
+        # A change made before the OS watch is in place would be missed.
+        await asyncio.wait_for(watcher.ready.wait(), DEADLINE)
         action()
         await asyncio.wait_for(fired.wait(), DEADLINE)
     finally:
@@ -86,7 +88,7 @@ def test_sighup_triggers_reload(tmp_path: Path) -> None:
 def test_unrelated_file_is_ignored(tmp_path: Path) -> None:
     """A change to a non-YAML file (an editor's swap file, notes) does not ask for a reload."""
 
-    async def scenario() -> tuple[list[str], list[str]]:
+    async def scenario() -> tuple[list[str], list[list[str]]]:
         seen: list[str] = []
         fired = asyncio.Event()
 
@@ -97,19 +99,44 @@ def test_unrelated_file_is_ignored(tmp_path: Path) -> None:
         watcher = ConfigWatcher([tmp_path], reload, debounce_ms=50)
         await watcher.start()
         try:
-            await asyncio.sleep(0.3)
-            (tmp_path / ".api.yaml.swp").write_text("x")
-            (tmp_path / "notes.txt").write_text("x")
-            (tmp_path / "echows.jsonl").write_text("{}\n")  # transaction logs may live in the tree
-            # Nothing to wait for when nothing should happen: allow several debounce periods.
-            await asyncio.sleep(0.5)
-            before = list(seen)
-            (tmp_path / "b.yaml").write_text("kind: Port\n")  # proves the watcher was alive all along
-            await asyncio.wait_for(fired.wait(), DEADLINE)
+            with capture_logs() as events:
+                await asyncio.wait_for(watcher.ready.wait(), DEADLINE)
+                (tmp_path / ".api.yaml.swp").write_text("x")
+                (tmp_path / "notes.txt").write_text("x")
+                (tmp_path / "echows.jsonl").write_text("{}\n")  # transaction logs may live in the tree
+                # Written last, so the ignored files' events come in its batch or an earlier one: had any passed
+                # the filter, a reload would name it (or come first).
+                (tmp_path / "b.yaml").write_text("kind: Port\n")  # proves the watcher was alive all along
+                await asyncio.wait_for(fired.wait(), DEADLINE)
         finally:
             await watcher.stop()
-        return before, seen
+        return seen, [e["files"] for e in events if e["event"] == "config changed"]
 
-    before, after = asyncio.run(scenario())
-    assert before == []
-    assert after == ["files"]
+    seen, batches = asyncio.run(scenario())
+    assert seen == ["files"]
+    assert batches == [["b.yaml"]]
+
+
+def test_ready_is_set_once_watching(tmp_path: Path) -> None:
+    """``ready`` is not set before start, is set once watching, and is set at once when no path exists."""
+
+    async def scenario() -> tuple[bool, bool, bool]:
+        async def reload(trigger: str) -> None:
+            return None
+
+        watcher = ConfigWatcher([tmp_path], reload)
+        before = watcher.ready.is_set()
+        await watcher.start()
+        try:
+            await asyncio.wait_for(watcher.ready.wait(), DEADLINE)
+        finally:
+            await watcher.stop()
+        nothing = ConfigWatcher([tmp_path / "missing"], reload)
+        await nothing.start()
+        try:
+            await asyncio.wait_for(nothing.ready.wait(), DEADLINE)
+        finally:
+            await nothing.stop()
+        return before, watcher.ready.is_set(), nothing.ready.is_set()
+
+    assert asyncio.run(scenario()) == (False, True, True)
