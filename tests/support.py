@@ -1,14 +1,15 @@
 """Helpers for proxy tests: a gateway and backends on 127.0.0.1 port 0, from YAML text.
 
-Typical use, inside a plain sync test::
+Typical use, as an ``async def`` test (conftest.py runs it in a fresh event loop with a deadline)::
 
-    async def scenario():
+    async def test_echo_through_the_gateway(tmp_path):
         async with echo_backend() as backend:
             config = write_config(tmp_path, PORT + api_yaml("Echo", "/echo", backend.url("/echo/")))
             async with running_gateway(config) as gw:
                 async with connect(gw_url(gw, "/echo")) as ws:
                     ...
-    run(scenario())
+
+``run(coro)`` is kept for scenarios a sync test or fixture must drive itself.
 """
 
 from __future__ import annotations

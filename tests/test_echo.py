@@ -7,11 +7,11 @@ import json
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import structlog
@@ -30,15 +30,6 @@ from gateway.config.tree import Config, Loaded, Location
 # One timeout unit for every wait; raise it on slow machines.
 TIMEOUT = float(os.environ.get("WSGATE_TEST_TIMEOUT", "5"))
 
-T = TypeVar("T")
-
-
-def run(coro: Awaitable[T]) -> T:
-    async def bounded() -> T:
-        async with asyncio.timeout(6 * TIMEOUT):
-            return await coro
-
-    return asyncio.run(bounded())
 
 
 def echo_model(*contexts: dict[str, Any], **fields: Any) -> EchoServer:
@@ -93,63 +84,47 @@ async def refused_status(url: str) -> int:
 # ------------------------------------------------------------------ rooms
 
 
-def test_text_message_is_broadcast_with_the_sender_user() -> None:
+async def test_text_message_is_broadcast_with_the_sender_user() -> None:
     """A text message comes back to the sender as 'Message Received from {user}: {message}'."""
-
-    async def main() -> None:
-        async with running(echo_model()) as service:
-            async with connect(service.url("/api/demo/?user=bob")) as bob:
-                await bob.send("hello")
-                assert await recv(bob) == "Message Received from bob: hello"
-
-    run(main())
+    async with running(echo_model()) as service:
+        async with connect(service.url("/api/demo/?user=bob")) as bob:
+            await bob.send("hello")
+            assert await recv(bob) == "Message Received from bob: hello"
 
 
-def test_user_defaults_to_anonymous() -> None:
+async def test_user_defaults_to_anonymous() -> None:
     """Without a user query parameter the sender is called 'anonymous'."""
-
-    async def main() -> None:
-        async with running(echo_model()) as service:
-            async with connect(service.url("/api/demo/")) as ws:
-                await ws.send("hi")
-                assert await recv(ws) == "Message Received from anonymous: hi"
-
-    run(main())
+    async with running(echo_model()) as service:
+        async with connect(service.url("/api/demo/")) as ws:
+            await ws.send("hi")
+            assert await recv(ws) == "Message Received from anonymous: hi"
 
 
-def test_fan_out_reaches_every_client_of_the_context_and_no_other() -> None:
+async def test_fan_out_reaches_every_client_of_the_context_and_no_other() -> None:
     """Every client of the sender's context gets the message; a client of another context does not."""
-
-    async def main() -> None:
-        model = echo_model({"path": "/api/demo/"}, {"path": "/websocket/demo/"})
-        async with running(model) as service:
-            async with (
-                connect(service.url("/api/demo/?user=alice")) as alice,
-                connect(service.url("/api/demo/?user=bob")) as bob,
-                connect(service.url("/websocket/demo/?user=carol")) as carol,
-            ):
-                await alice.send("one")
-                assert await recv(alice) == "Message Received from alice: one"
-                assert await recv(bob) == "Message Received from alice: one"
-                # Had carol been sent alice's message, it would be queued before her own probe.
-                await carol.send("probe")
-                assert await recv(carol) == "Message Received from carol: probe"
-
-    run(main())
+    model = echo_model({"path": "/api/demo/"}, {"path": "/websocket/demo/"})
+    async with running(model) as service:
+        async with (
+            connect(service.url("/api/demo/?user=alice")) as alice,
+            connect(service.url("/api/demo/?user=bob")) as bob,
+            connect(service.url("/websocket/demo/?user=carol")) as carol,
+        ):
+            await alice.send("one")
+            assert await recv(alice) == "Message Received from alice: one"
+            assert await recv(bob) == "Message Received from alice: one"
+            # Had carol been sent alice's message, it would be queued before her own probe.
+            await carol.send("probe")
+            assert await recv(carol) == "Message Received from carol: probe"
 
 
-def test_binary_messages_are_broadcast_unchanged() -> None:
+async def test_binary_messages_are_broadcast_unchanged() -> None:
     """A binary message reaches every client of the room as the same bytes, still binary."""
-
-    async def main() -> None:
-        async with running(echo_model()) as service:
-            async with connect(service.url("/api/demo/?user=a")) as a, connect(service.url("/api/demo/")) as b:
-                payload = bytes(range(256))
-                await a.send(payload)
-                assert await recv(a) == payload
-                assert await recv(b) == payload
-
-    run(main())
+    async with running(echo_model()) as service:
+        async with connect(service.url("/api/demo/?user=a")) as a, connect(service.url("/api/demo/")) as b:
+            payload = bytes(range(256))
+            await a.send(payload)
+            assert await recv(a) == payload
+            assert await recv(b) == payload
 
 
 @pytest.mark.parametrize(
@@ -160,282 +135,218 @@ def test_binary_messages_are_broadcast_unchanged() -> None:
     ],
     ids=["path-contains-broadcast", "explicit-flag"],
 )
-def test_broadcast_context_sends_the_server_time_every_interval(context: dict[str, Any]) -> None:
+async def test_broadcast_context_sends_the_server_time_every_interval(context: dict[str, Any]) -> None:
     """A broadcast context pushes the server time, ISO 8601 with a UTC offset, tick after tick."""
-
-    async def main() -> None:
-        async with running(echo_model(context)) as service:
-            async with connect(service.url(context["path"])) as ws:
-                ticks = [datetime.fromisoformat(str(await recv(ws))) for _ in range(2)]
-                assert all(t.tzinfo is not None for t in ticks)
-                assert ticks[0] < ticks[1]
-
-    run(main())
+    async with running(echo_model(context)) as service:
+        async with connect(service.url(context["path"])) as ws:
+            ticks = [datetime.fromisoformat(str(await recv(ws))) for _ in range(2)]
+            assert all(t.tzinfo is not None for t in ticks)
+            assert ticks[0] < ticks[1]
 
 
-def test_broadcast_time_can_be_turned_off_on_a_broadcast_path() -> None:
+async def test_broadcast_time_can_be_turned_off_on_a_broadcast_path() -> None:
     """broadcast_time: false silences a context even when its path contains 'broadcast'."""
-
-    async def main() -> None:
-        quiet = {"path": "/broadcast/quiet/", "broadcast_time": False, "interval": 0.05}
-        loud = {"path": "/broadcast/loud/", "interval": 0.05}
-        async with running(echo_model(quiet, loud)) as service:
-            async with (
-                connect(service.url("/broadcast/quiet/")) as ws,
-                connect(service.url("/broadcast/loud/")) as clock,
-            ):
-                # Two ticks of a sibling context: the quiet one had time to tick at least once.
-                for _ in range(2):
-                    datetime.fromisoformat(str(await recv(clock)))
-                await ws.send("probe")
-                assert await recv(ws) == "Message Received from anonymous: probe"
-
-    run(main())
+    quiet = {"path": "/broadcast/quiet/", "broadcast_time": False, "interval": 0.05}
+    loud = {"path": "/broadcast/loud/", "interval": 0.05}
+    async with running(echo_model(quiet, loud)) as service:
+        async with (
+            connect(service.url("/broadcast/quiet/")) as ws,
+            connect(service.url("/broadcast/loud/")) as clock,
+        ):
+            # Two ticks of a sibling context: the quiet one had time to tick at least once.
+            for _ in range(2):
+                datetime.fromisoformat(str(await recv(clock)))
+            await ws.send("probe")
+            assert await recv(ws) == "Message Received from anonymous: probe"
 
 
-def test_a_burst_from_a_fast_sender_does_not_trip_the_slow_client_bound() -> None:
+async def test_a_burst_from_a_fast_sender_does_not_trip_the_slow_client_bound() -> None:
     """A burst far larger than max_queue, from a client that reads, comes back whole and in order."""
-
-    async def main() -> None:
-        async with running(echo_model(max_queue=16)) as service:
-            async with connect(service.url("/api/demo/?user=b")) as ws:
-                burst = [f"m{i}" for i in range(1000)]
-                # Sent without reading in between: the server receives it in a few large chunks.
-                for text in burst:
-                    await ws.send(text)
-                got = [await recv(ws) for _ in burst]
-                assert got == [f"Message Received from b: {text}" for text in burst]
-
-    run(main())
+    async with running(echo_model(max_queue=16)) as service:
+        async with connect(service.url("/api/demo/?user=b")) as ws:
+            burst = [f"m{i}" for i in range(1000)]
+            # Sent without reading in between: the server receives it in a few large chunks.
+            for text in burst:
+                await ws.send(text)
+            got = [await recv(ws) for _ in burst]
+            assert got == [f"Message Received from b: {text}" for text in burst]
 
 
 # --------------------------------------------------------------- echo mode
 
 
-def test_echo_mode_answers_only_the_sender_unchanged() -> None:
+async def test_echo_mode_answers_only_the_sender_unchanged() -> None:
     """In echo mode text and binary go back unchanged to the sender and to nobody else."""
-
-    async def main() -> None:
-        async with running(echo_model({"path": "/echo/", "mode": "echo"})) as service:
-            async with connect(service.url("/echo/?user=a")) as a, connect(service.url("/echo/")) as b:
-                await a.send("plain text")
-                await a.send(b"\x00\xff")
-                assert await recv(a) == "plain text"
-                assert await recv(a) == b"\x00\xff"
-                await b.send("probe")
-                assert await recv(b) == "probe"
-
-    run(main())
+    async with running(echo_model({"path": "/echo/", "mode": "echo"})) as service:
+        async with connect(service.url("/echo/?user=a")) as a, connect(service.url("/echo/")) as b:
+            await a.send("plain text")
+            await a.send(b"\x00\xff")
+            assert await recv(a) == "plain text"
+            assert await recv(a) == b"\x00\xff"
+            await b.send("probe")
+            assert await recv(b) == "probe"
 
 
 # ------------------------------------------------------------ HTTP answers
 
 
-def test_unknown_path_is_refused_with_404() -> None:
+async def test_unknown_path_is_refused_with_404() -> None:
     """An upgrade to a path that is no context fails with HTTP 404."""
-
-    async def main() -> None:
-        async with running(echo_model()) as service:
-            assert await refused_status(service.url("/nowhere/")) == 404
-            # The trailing slash is part of the context.
-            assert await refused_status(service.url("/api/demo")) == 404
-
-    run(main())
+    async with running(echo_model()) as service:
+        assert await refused_status(service.url("/nowhere/")) == 404
+        # The trailing slash is part of the context.
+        assert await refused_status(service.url("/api/demo")) == 404
 
 
-def test_plain_get_on_a_context_answers_426() -> None:
+async def test_plain_get_on_a_context_answers_426() -> None:
     """A plain HTTP GET (no upgrade) on a context path answers 426 Upgrade Required."""
-
-    async def main() -> None:
-        async with running(echo_model()) as service:
-            status, headers, _ = await http_get(service, "/api/demo/")
-            assert status == 426
-            assert headers["upgrade"].lower() == "websocket"
-
-    run(main())
+    async with running(echo_model()) as service:
+        status, headers, _ = await http_get(service, "/api/demo/")
+        assert status == 426
+        assert headers["upgrade"].lower() == "websocket"
 
 
-def test_demo_page_is_served_with_the_live_contexts() -> None:
+async def test_demo_page_is_served_with_the_live_contexts() -> None:
     """GET / serves the demo page with this server's contexts filled in, and its CSS and JS."""
-
-    async def main() -> None:
-        model = echo_model({"path": "/api/demo/"}, {"path": "/echo/", "mode": "echo"})
-        async with running(model) as service:
-            for target in ("/", "/demo.html"):
-                status, headers, body = await http_get(service, target)
-                assert status == 200
-                assert headers["content-type"].startswith("text/html")
-                assert "connect-src" in headers["content-security-policy"]
-                assert b'"path": "/api/demo/", "mode": "room"' in body
-                assert b'"path": "/echo/", "mode": "echo"' in body
-            for target, kind in (("/demo.js", "text/javascript"), ("/demo.css", "text/css")):
-                status, headers, body = await http_get(service, target)
-                assert (status, headers["content-type"]) == (200, kind)
-                assert body
-
-    run(main())
+    model = echo_model({"path": "/api/demo/"}, {"path": "/echo/", "mode": "echo"})
+    async with running(model) as service:
+        for target in ("/", "/demo.html"):
+            status, headers, body = await http_get(service, target)
+            assert status == 200
+            assert headers["content-type"].startswith("text/html")
+            assert "connect-src" in headers["content-security-policy"]
+            assert b'"path": "/api/demo/", "mode": "room"' in body
+            assert b'"path": "/echo/", "mode": "echo"' in body
+        for target, kind in (("/demo.js", "text/javascript"), ("/demo.css", "text/css")):
+            status, headers, body = await http_get(service, target)
+            assert (status, headers["content-type"]) == (200, kind)
+            assert body
 
 
-def test_message_larger_than_max_message_size_closes_with_1009() -> None:
+async def test_message_larger_than_max_message_size_closes_with_1009() -> None:
     """max_message_size is the websockets max_size: a larger message closes the connection with 1009."""
-
-    async def main() -> None:
-        async with running(echo_model(max_message_size=1024)) as service:
-            async with connect(service.url("/api/demo/")) as ws:
-                await ws.send("x" * 1024)
-                assert await recv(ws) == "Message Received from anonymous: " + "x" * 1024
-                await ws.send("x" * 1025)
-                assert (await closed(ws))[0] == 1009
-
-    run(main())
+    async with running(echo_model(max_message_size=1024)) as service:
+        async with connect(service.url("/api/demo/")) as ws:
+            await ws.send("x" * 1024)
+            assert await recv(ws) == "Message Received from anonymous: " + "x" * 1024
+            await ws.send("x" * 1025)
+            assert (await closed(ws))[0] == 1009
 
 
 # ------------------------------------------------------ publish / unpublish
 
 
-def test_http_control_unpublishes_and_republishes_a_context() -> None:
+async def test_http_control_unpublishes_and_republishes_a_context() -> None:
     """stopDemoAPI closes the context's clients with 1001 and refuses new ones with 404; startDemoAPI brings it back."""
-
-    async def main() -> None:
-        model = echo_model({"path": "/api/demo/"}, {"path": "/websocket/demo/"})
-        async with running(model) as service:
-            async with connect(service.url("/api/demo/")) as demo, connect(service.url("/websocket/demo/")) as other:
-                status, headers, body = await http_get(service, "/stopDemoAPI?relativeURI=/api/demo/")
-                assert (status, headers["content-type"]) == (200, "application/json")
-                assert json.loads(body) == {
-                    "status": "stopped",
-                    "contexts": ["/api/demo/"],
-                    "published": ["/websocket/demo/"],
-                }
-                assert await closed(demo) == (1001, "context unpublished")
-                assert await refused_status(service.url("/api/demo/")) == 404
-                # The other context is untouched.
-                await other.send("still here")
-                assert await recv(other) == "Message Received from anonymous: still here"
-
-            status, _, body = await http_get(service, "/startDemoAPI?relativeURI=/api/demo/")
-            assert status == 200 and json.loads(body)["status"] == "started"
-            async with connect(service.url("/api/demo/?user=back")) as demo:
-                await demo.send("again")
-                assert await recv(demo) == "Message Received from back: again"
-
-    run(main())
-
-
-def test_http_control_without_relative_uri_acts_on_every_context() -> None:
-    """stopDemoAPI alone unpublishes every context; startDemoAPI alone publishes them all."""
-
-    async def main() -> None:
-        model = echo_model({"path": "/a/"}, {"path": "/b/", "published": False})
-        async with running(model) as service:
-            _, _, body = await http_get(service, "/startDemoAPI")
-            assert json.loads(body)["published"] == ["/a/", "/b/"]
-            _, _, body = await http_get(service, "/stopDemoAPI")
-            assert json.loads(body)["published"] == []
-            assert await refused_status(service.url("/a/")) == 404
-
-    run(main())
-
-
-def test_http_control_rejects_an_unknown_context_and_can_be_disabled() -> None:
-    """An unknown relativeURI answers 404 JSON; with control: false the endpoints do not exist."""
-
-    async def main() -> None:
-        async with running(echo_model()) as service:
-            status, _, body = await http_get(service, "/stopDemoAPI?relativeURI=/nope/")
-            assert status == 404 and json.loads(body)["error"] == "unknown context"
-        async with running(echo_model(control=False)) as service:
-            status, _, _ = await http_get(service, "/stopDemoAPI?relativeURI=/api/demo/")
-            assert status == 404
-            async with connect(service.url("/api/demo/")) as ws:
-                await ws.send("up")
-                assert await recv(ws) == "Message Received from anonymous: up"
-
-    run(main())
-
-
-def test_apply_unpublishes_republishes_adds_and_removes_contexts() -> None:
-    """apply(model) changes contexts on the running listener: 1001 and 404 when unpublished, service when back."""
-
-    async def main() -> None:
-        base = {"path": "/api/demo/"}
-        async with running(echo_model(base)) as service:
-            port = service.port
-            async with connect(service.url("/api/demo/")) as ws:
-                service.apply(echo_model({**base, "published": False}))
-                assert await closed(ws) == (1001, "context unpublished")
+    model = echo_model({"path": "/api/demo/"}, {"path": "/websocket/demo/"})
+    async with running(model) as service:
+        async with connect(service.url("/api/demo/")) as demo, connect(service.url("/websocket/demo/")) as other:
+            status, headers, body = await http_get(service, "/stopDemoAPI?relativeURI=/api/demo/")
+            assert (status, headers["content-type"]) == (200, "application/json")
+            assert json.loads(body) == {
+                "status": "stopped",
+                "contexts": ["/api/demo/"],
+                "published": ["/websocket/demo/"],
+            }
+            assert await closed(demo) == (1001, "context unpublished")
             assert await refused_status(service.url("/api/demo/")) == 404
+            # The other context is untouched.
+            await other.send("still here")
+            assert await recv(other) == "Message Received from anonymous: still here"
 
-            service.apply(echo_model(base, {"path": "/new/", "mode": "echo"}))
-            assert service.port == port
-            async with connect(service.url("/api/demo/")) as ws, connect(service.url("/new/")) as new:
-                await ws.send("back")
-                assert await recv(ws) == "Message Received from anonymous: back"
-                await new.send("echoed")
-                assert await recv(new) == "echoed"
-                service.apply(echo_model(base))  # /new/ removed
-                assert await closed(new) == (1001, "context unpublished")
-                await ws.send("untouched")
-                assert await recv(ws) == "Message Received from anonymous: untouched"
-            assert await refused_status(service.url("/new/")) == 404
-
-    run(main())
+        status, _, body = await http_get(service, "/startDemoAPI?relativeURI=/api/demo/")
+        assert status == 200 and json.loads(body)["status"] == "started"
+        async with connect(service.url("/api/demo/?user=back")) as demo:
+            await demo.send("again")
+            assert await recv(demo) == "Message Received from back: again"
 
 
-def test_apply_changing_the_mode_closes_the_old_clients() -> None:
+async def test_http_control_without_relative_uri_acts_on_every_context() -> None:
+    """stopDemoAPI alone unpublishes every context; startDemoAPI alone publishes them all."""
+    model = echo_model({"path": "/a/"}, {"path": "/b/", "published": False})
+    async with running(model) as service:
+        _, _, body = await http_get(service, "/startDemoAPI")
+        assert json.loads(body)["published"] == ["/a/", "/b/"]
+        _, _, body = await http_get(service, "/stopDemoAPI")
+        assert json.loads(body)["published"] == []
+        assert await refused_status(service.url("/a/")) == 404
+
+
+async def test_http_control_rejects_an_unknown_context_and_can_be_disabled() -> None:
+    """An unknown relativeURI answers 404 JSON; with control: false the endpoints do not exist."""
+    async with running(echo_model()) as service:
+        status, _, body = await http_get(service, "/stopDemoAPI?relativeURI=/nope/")
+        assert status == 404 and json.loads(body)["error"] == "unknown context"
+    async with running(echo_model(control=False)) as service:
+        status, _, _ = await http_get(service, "/stopDemoAPI?relativeURI=/api/demo/")
+        assert status == 404
+        async with connect(service.url("/api/demo/")) as ws:
+            await ws.send("up")
+            assert await recv(ws) == "Message Received from anonymous: up"
+
+
+async def test_apply_unpublishes_republishes_adds_and_removes_contexts() -> None:
+    """apply(model) changes contexts on the running listener: 1001 and 404 when unpublished, service when back."""
+    base = {"path": "/api/demo/"}
+    async with running(echo_model(base)) as service:
+        port = service.port
+        async with connect(service.url("/api/demo/")) as ws:
+            service.apply(echo_model({**base, "published": False}))
+            assert await closed(ws) == (1001, "context unpublished")
+        assert await refused_status(service.url("/api/demo/")) == 404
+
+        service.apply(echo_model(base, {"path": "/new/", "mode": "echo"}))
+        assert service.port == port
+        async with connect(service.url("/api/demo/")) as ws, connect(service.url("/new/")) as new:
+            await ws.send("back")
+            assert await recv(ws) == "Message Received from anonymous: back"
+            await new.send("echoed")
+            assert await recv(new) == "echoed"
+            service.apply(echo_model(base))  # /new/ removed
+            assert await closed(new) == (1001, "context unpublished")
+            await ws.send("untouched")
+            assert await recv(ws) == "Message Received from anonymous: untouched"
+        assert await refused_status(service.url("/new/")) == 404
+
+
+async def test_apply_changing_the_mode_closes_the_old_clients() -> None:
     """A context switched from room to echo closes its clients with 1001; new ones get echo behaviour."""
-
-    async def main() -> None:
-        async with running(echo_model({"path": "/x/"})) as service:
-            async with connect(service.url("/x/")) as ws:
-                service.apply(echo_model({"path": "/x/", "mode": "echo"}))
-                assert await closed(ws) == (1001, "context changed")
-            async with connect(service.url("/x/")) as ws:
-                await ws.send("raw")
-                assert await recv(ws) == "raw"
-
-    run(main())
+    async with running(echo_model({"path": "/x/"})) as service:
+        async with connect(service.url("/x/")) as ws:
+            service.apply(echo_model({"path": "/x/", "mode": "echo"}))
+            assert await closed(ws) == (1001, "context changed")
+        async with connect(service.url("/x/")) as ws:
+            await ws.send("raw")
+            assert await recv(ws) == "raw"
 
 
-def test_apply_keeps_an_http_stopped_context_stopped_across_unrelated_changes() -> None:
+async def test_apply_keeps_an_http_stopped_context_stopped_across_unrelated_changes() -> None:
     """A context stopped over HTTP stays stopped when apply() only changes another context."""
-
-    async def main() -> None:
-        async with running(echo_model({"path": "/a/"}, {"path": "/b/"})) as service:
-            await http_get(service, "/stopDemoAPI?relativeURI=/a/")
-            service.apply(echo_model({"path": "/a/"}, {"path": "/b/", "interval": 2}))
-            assert await refused_status(service.url("/a/")) == 404
-
-    run(main())
+    async with running(echo_model({"path": "/a/"}, {"path": "/b/"})) as service:
+        await http_get(service, "/stopDemoAPI?relativeURI=/a/")
+        service.apply(echo_model({"path": "/a/"}, {"path": "/b/", "interval": 2}))
+        assert await refused_status(service.url("/a/")) == 404
 
 
-def test_apply_refuses_a_changed_host_or_port() -> None:
+async def test_apply_refuses_a_changed_host_or_port() -> None:
     """Host and port cannot change on a running listener: apply raises ValueError."""
-
-    async def main() -> None:
-        async with running(echo_model()) as service:
-            moved = echo_model().model_copy(update={"port": 9999})
-            with pytest.raises(ValueError, match="restart"):
-                service.apply(moved)
-
-    run(main())
+    async with running(echo_model()) as service:
+        moved = echo_model().model_copy(update={"port": 9999})
+        with pytest.raises(ValueError, match="restart"):
+            service.apply(moved)
 
 
-def test_stop_closes_clients_with_1001() -> None:
+async def test_stop_closes_clients_with_1001() -> None:
     """Stopping the service closes its clients with 1001 and stops listening."""
-
-    async def main() -> None:
-        service = EchoService(echo_model(), port=0)
-        await service.start()
-        url = service.url("/api/demo/")
-        async with connect(url) as ws:
-            await service.stop()
-            assert (await closed(ws))[0] == 1001
-        with pytest.raises(OSError):
-            async with asyncio.timeout(TIMEOUT):
-                await connect(url)
-
-    run(main())
+    service = EchoService(echo_model(), port=0)
+    await service.start()
+    url = service.url("/api/demo/")
+    async with connect(url) as ws:
+        await service.stop()
+        assert (await closed(ws))[0] == 1001
+    with pytest.raises(OSError):
+        async with asyncio.timeout(TIMEOUT):
+            await connect(url)
 
 
 # ------------------------------------------------------------- slow client
@@ -491,56 +402,52 @@ class RawClient:
         self.sock.close()
 
 
-def test_slow_client_is_closed_and_the_room_keeps_flowing() -> None:
+async def test_slow_client_is_closed_and_the_room_keeps_flowing() -> None:
     """A client that never reads is closed with 1013 'too slow' while a fast client gets every message in order."""
+    max_queue = 8
+    async with running(echo_model(max_queue=max_queue)) as service:
+        url = service.url("/api/demo/")
+        slow = await RawClient.connect(url + "?user=slow")
+        try:
+            async with (
+                connect(url + "?user=fast") as fast,
+                connect(url + "?user=observer") as observer,
+            ):
+                seen: list[str | bytes] = []
 
-    async def main() -> None:
-        max_queue = 8
-        async with running(echo_model(max_queue=max_queue)) as service:
-            url = service.url("/api/demo/")
-            slow = await RawClient.connect(url + "?user=slow")
-            try:
-                async with (
-                    connect(url + "?user=fast") as fast,
-                    connect(url + "?user=observer") as observer,
-                ):
-                    seen: list[str | bytes] = []
+                async def watch() -> None:
+                    async for message in observer:
+                        seen.append(message)
 
-                    async def watch() -> None:
-                        async for message in observer:
-                            seen.append(message)
+                watcher = asyncio.create_task(watch())
+                payload = "x" * 4096
+                sent = 0
+                with structlog.testing.capture_logs() as events:
+                    # Flood in lockstep until the server gives up on the slow client.
+                    while not any(e["event"] == "echo client too slow" for e in events):
+                        assert sent < 20_000, "the slow client was never closed"
+                        await fast.send(f"{sent}:{payload}")
+                        assert await recv(fast) == f"Message Received from fast: {sent}:{payload}"
+                        sent += 1
+                await fast.send("end")
+                assert await recv(fast) == "Message Received from fast: end"
+                async with asyncio.timeout(TIMEOUT):
+                    while not seen or seen[-1] != "Message Received from fast: end":
+                        await asyncio.sleep(0.01)
+                watcher.cancel()
+                expected = [f"Message Received from fast: {i}:{payload}" for i in range(sent)]
+                assert seen == expected + ["Message Received from fast: end"]
 
-                    watcher = asyncio.create_task(watch())
-                    payload = "x" * 4096
-                    sent = 0
-                    with structlog.testing.capture_logs() as events:
-                        # Flood in lockstep until the server gives up on the slow client.
-                        while not any(e["event"] == "echo client too slow" for e in events):
-                            assert sent < 20_000, "the slow client was never closed"
-                            await fast.send(f"{sent}:{payload}")
-                            assert await recv(fast) == f"Message Received from fast: {sent}:{payload}"
-                            sent += 1
-                    await fast.send("end")
-                    assert await recv(fast) == "Message Received from fast: end"
-                    async with asyncio.timeout(TIMEOUT):
-                        while not seen or seen[-1] != "Message Received from fast: end":
-                            await asyncio.sleep(0.01)
-                    watcher.cancel()
-                    expected = [f"Message Received from fast: {i}:{payload}" for i in range(sent)]
-                    assert seen == expected + ["Message Received from fast: end"]
-
-                await slow.read_until_closed()
-                close = slow.protocol.close_rcvd
-                assert close is not None
-                assert close.code == TOO_SLOW
-                assert close.reason == f"too slow: {max_queue} messages queued"
-                # What did arrive before the close frame is an in-order prefix of the room's messages.
-                texts = [f.data.decode() for f in slow.frames if f.opcode is Opcode.TEXT]
-                assert texts == expected[: len(texts)]
-            finally:
-                slow.close()
-
-    run(main())
+            await slow.read_until_closed()
+            close = slow.protocol.close_rcvd
+            assert close is not None
+            assert close.code == TOO_SLOW
+            assert close.reason == f"too slow: {max_queue} messages queued"
+            # What did arrive before the close frame is an in-order prefix of the room's messages.
+            texts = [f.data.decode() for f in slow.frames if f.opcode is Opcode.TEXT]
+            assert texts == expected[: len(texts)]
+        finally:
+            slow.close()
 
 
 # ---------------------------------------------------------------- entry points
@@ -551,39 +458,31 @@ def _config(*models: EchoServer) -> Config:
     return Config(root=Path("."), echo_servers={m.name: Loaded(m, where, Path(".")) for m in models})
 
 
-def test_serve_echo_servers_starts_every_echo_server_of_a_config() -> None:
+async def test_serve_echo_servers_starts_every_echo_server_of_a_config() -> None:
     """serve_echo_servers starts each EchoServer of a config; each serves its own contexts."""
-
-    async def main() -> None:
-        free = echo_model().model_copy(update={"port": 0})
-        other = free.model_copy(update={"name": "other", "contexts": echo_model({"path": "/o/"}).contexts})
-        services = await serve_echo_servers(_config(free, other))
-        try:
-            assert [s.model.name for s in services] == ["test-echo", "other"]
-            async with connect(services[1].url("/o/?user=o")) as ws:
-                await ws.send("hi")
-                assert await recv(ws) == "Message Received from o: hi"
-        finally:
-            await asyncio.gather(*(s.stop() for s in services))
-
-    run(main())
+    free = echo_model().model_copy(update={"port": 0})
+    other = free.model_copy(update={"name": "other", "contexts": echo_model({"path": "/o/"}).contexts})
+    services = await serve_echo_servers(_config(free, other))
+    try:
+        assert [s.model.name for s in services] == ["test-echo", "other"]
+        async with connect(services[1].url("/o/?user=o")) as ws:
+            await ws.send("hi")
+            assert await recv(ws) == "Message Received from o: hi"
+    finally:
+        await asyncio.gather(*(s.stop() for s in services))
 
 
-def test_serve_until_signal_stops_cleanly_on_sigterm() -> None:
+async def test_serve_until_signal_stops_cleanly_on_sigterm() -> None:
     """The `wsgate echo` loop serves until SIGTERM, then closes clients with 1001 and returns 0."""
-
-    async def main() -> None:
-        config = _config(echo_model().model_copy(update={"port": 0}))
-        with structlog.testing.capture_logs() as events:
-            task = asyncio.create_task(serve_until_signal(config))
-            async with asyncio.timeout(TIMEOUT):
-                while not any(e["event"] == "echo server listening" for e in events):
-                    await asyncio.sleep(0.01)
-            url = next(e["url"] for e in events if e["event"] == "echo server listening")
-            async with connect(url.replace("http://", "ws://") + "api/demo/") as ws:
-                os.kill(os.getpid(), signal.SIGTERM)
-                assert (await closed(ws))[0] == 1001
-            async with asyncio.timeout(TIMEOUT):
-                assert await task == 0
-
-    run(main())
+    config = _config(echo_model().model_copy(update={"port": 0}))
+    with structlog.testing.capture_logs() as events:
+        task = asyncio.create_task(serve_until_signal(config))
+        async with asyncio.timeout(TIMEOUT):
+            while not any(e["event"] == "echo server listening" for e in events):
+                await asyncio.sleep(0.01)
+        url = next(e["url"] for e in events if e["event"] == "echo server listening")
+        async with connect(url.replace("http://", "ws://") + "api/demo/") as ws:
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert (await closed(ws))[0] == 1001
+        async with asyncio.timeout(TIMEOUT):
+            assert await task == 0

@@ -33,7 +33,6 @@ from support import (
     path_api,
     recording_backend,
     relay_of,
-    run,
     running_gateway,
     upgrade_request,
     write_config,
@@ -60,7 +59,7 @@ def reset(transport) -> None:
 
 @pytest.mark.parametrize("path_kind", PATHS)
 @pytest.mark.parametrize("how, code", [("close", 4003), ("reset", 1014), ("silence", 1014)])
-def test_upstream_drop_mid_stream(tmp_path, path_kind, how, code):
+async def test_upstream_drop_mid_stream(tmp_path, path_kind, how, code):
     """Messages the upstream sent before dropping (close frame, TCP reset, going silent) reach the client,
     then the client is closed with the upstream's code, or 1014 when it vanished."""
 
@@ -79,107 +78,96 @@ def test_upstream_drop_mid_stream(tmp_path, path_kind, how, code):
 
     client_done = asyncio.Event()
 
-    async def scenario():
-        async with recording_backend(handler) as backend:
-            extra = "keepalive:\n  interval: 0.2\n  timeout: 0.2\n"
-            config = write_config(tmp_path, PORT, path_api(tmp_path, path_kind, backend.url + "/", extra=extra))
-            async with running_gateway(config) as gw:
-                async with connect(gw_url(gw, "/f"), ping_interval=None) as ws:
-                    assert type(relay_of(gw)) is RELAY[path_kind]
-                    await ws.send("go")
-                    assert [await ws.recv() for _ in range(3)] == [f"before {i}" for i in range(3)]
-                    with pytest.raises(ConnectionClosed) as info:
-                        await ws.recv()
-                    assert info.value.rcvd is not None, "the client got no close frame"
-                    assert info.value.rcvd.code == code
-                    if how == "close":
-                        assert info.value.rcvd.reason == "upstream bye"
-                await eventually(lambda: not gw.registry.live)
-                client_done.set()
-
-    run(scenario())
+    async with recording_backend(handler) as backend:
+        extra = "keepalive:\n  interval: 0.2\n  timeout: 0.2\n"
+        config = write_config(tmp_path, PORT, path_api(tmp_path, path_kind, backend.url + "/", extra=extra))
+        async with running_gateway(config) as gw:
+            async with connect(gw_url(gw, "/f"), ping_interval=None) as ws:
+                assert type(relay_of(gw)) is RELAY[path_kind]
+                await ws.send("go")
+                assert [await ws.recv() for _ in range(3)] == [f"before {i}" for i in range(3)]
+                with pytest.raises(ConnectionClosed) as info:
+                    await ws.recv()
+                assert info.value.rcvd is not None, "the client got no close frame"
+                assert info.value.rcvd.code == code
+                if how == "close":
+                    assert info.value.rcvd.reason == "upstream bye"
+            await eventually(lambda: not gw.registry.live)
+            client_done.set()
 
 
 # ------------------------------------------------------------------ client drops abruptly
 
 @pytest.mark.parametrize("path_kind", PATHS)
-def test_abrupt_client_drops_release_upstream_throttle_and_registry(tmp_path, path_kind):
+async def test_abrupt_client_drops_release_upstream_throttle_and_registry(tmp_path, path_kind):
     """Clients that vanish (RST or FIN, no close frame) close their upstream with 1001, give back their
     throttle slot (a limit of 1 admits the next) and leave the live registry and the admin counts."""
-
-    async def scenario():
-        async with recording_backend() as backend:
-            policies = "  - type: throttle\n    max_connections: 1\n"
-            config = write_config(tmp_path, PORT, path_api(tmp_path, path_kind, backend.url + "/", policies=policies))
-            async with running_gateway(config) as gw:
-                admin = f"http://127.0.0.1:{gw.admin.port}"
-                throttle = gw.state.throttle
-                for i in range(6):
-                    ws = await connect(gw_url(gw, "/f"))
-                    await ws.send(f"hi {i}")
-                    assert await ws.recv() == f"hi {i}"
-                    assert type(relay_of(gw)) is RELAY[path_kind]
-                    assert sum(throttle.active.values()) == 1
-                    assert (await http_request(admin, path="/connections")).json()["total"] == 1
-                    if i % 2:
-                        reset(ws.transport)
-                    else:
-                        ws.transport.abort()
-                    await eventually(lambda n=i + 1: len(backend.closes) == n)
-                    assert backend.closes[i][0] == 1001
-                    await eventually(lambda: not gw.registry.live)
-                    assert sum(throttle.active.values()) == 0
-                    counts = (await http_request(admin, path="/connections")).json()
-                    assert counts["total"] == 0 and counts["upgrading"] == 0
-                gc.collect()
-                leaked = [o for o in gc.get_objects() if type(o) in (ByteRelay, MessageRelay)]
-                assert leaked == [], f"{len(leaked)} relays still referenced after their connections ended"
-
-    run(scenario())
+    async with recording_backend() as backend:
+        policies = "  - type: throttle\n    max_connections: 1\n"
+        config = write_config(tmp_path, PORT, path_api(tmp_path, path_kind, backend.url + "/", policies=policies))
+        async with running_gateway(config) as gw:
+            admin = f"http://127.0.0.1:{gw.admin.port}"
+            throttle = gw.state.throttle
+            for i in range(6):
+                ws = await connect(gw_url(gw, "/f"))
+                await ws.send(f"hi {i}")
+                assert await ws.recv() == f"hi {i}"
+                assert type(relay_of(gw)) is RELAY[path_kind]
+                assert sum(throttle.active.values()) == 1
+                assert (await http_request(admin, path="/connections")).json()["total"] == 1
+                if i % 2:
+                    reset(ws.transport)
+                else:
+                    ws.transport.abort()
+                await eventually(lambda n=i + 1: len(backend.closes) == n)
+                assert backend.closes[i][0] == 1001
+                await eventually(lambda: not gw.registry.live)
+                assert sum(throttle.active.values()) == 0
+                counts = (await http_request(admin, path="/connections")).json()
+                assert counts["total"] == 0 and counts["upgrading"] == 0
+            gc.collect()
+            leaked = [o for o in gc.get_objects() if type(o) in (ByteRelay, MessageRelay)]
+            assert leaked == [], f"{len(leaked)} relays still referenced after their connections ended"
 
 
 # ------------------------------------------------------------------ half-open client
 
 @pytest.mark.parametrize("path_kind", PATHS)
-def test_half_open_client_is_found_by_keepalive(tmp_path, path_kind):
+async def test_half_open_client_is_found_by_keepalive(tmp_path, path_kind):
     """A client that completed its upgrade and then neither reads nor answers pings is declared dead by
     keepalive: the upstream is closed with 1001, the client's TCP connection is dropped, the registry empties."""
+    async with recording_backend() as backend:
+        extra = "keepalive:\n  interval: 0.2\n  timeout: 0.2\n"
+        config = write_config(tmp_path, PORT, path_api(tmp_path, path_kind, backend.url + "/", extra=extra))
+        async with running_gateway(config) as gw:
+            sock = socket.create_connection(gw.addresses["default"])
+            try:
+                sock.sendall(upgrade_request("/f"))
+                sock.settimeout(TIMEOUT)
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += await asyncio.to_thread(sock.recv, 1)
+                assert head.startswith(b"HTTP/1.1 101")
+                assert type(relay_of(gw)) is RELAY[path_kind]
+                # From here on the client is silent and reads nothing (its pings pile up unanswered).
+                async with asyncio.timeout(TIMEOUT):
+                    await backend.closed.wait()
+                assert backend.closes[0][0] == 1001
+                await eventually(lambda: not gw.registry.live)
 
-    async def scenario():
-        async with recording_backend() as backend:
-            extra = "keepalive:\n  interval: 0.2\n  timeout: 0.2\n"
-            config = write_config(tmp_path, PORT, path_api(tmp_path, path_kind, backend.url + "/", extra=extra))
-            async with running_gateway(config) as gw:
-                sock = socket.create_connection(gw.addresses["default"])
-                try:
-                    sock.sendall(upgrade_request("/f"))
-                    sock.settimeout(TIMEOUT)
-                    head = b""
-                    while b"\r\n\r\n" not in head:
-                        head += await asyncio.to_thread(sock.recv, 1)
-                    assert head.startswith(b"HTTP/1.1 101")
-                    assert type(relay_of(gw)) is RELAY[path_kind]
-                    # From here on the client is silent and reads nothing (its pings pile up unanswered).
-                    async with asyncio.timeout(TIMEOUT):
-                        await backend.closed.wait()
-                    assert backend.closes[0][0] == 1001
-                    await eventually(lambda: not gw.registry.live)
+                def drained() -> bytes:
+                    data = b""
+                    try:
+                        while chunk := sock.recv(65536):
+                            data += chunk
+                    except ConnectionResetError:
+                        pass
+                    return data
 
-                    def drained() -> bytes:
-                        data = b""
-                        try:
-                            while chunk := sock.recv(65536):
-                                data += chunk
-                        except ConnectionResetError:
-                            pass
-                        return data
-
-                    rest = await asyncio.to_thread(drained)  # returns only once the gateway dropped the TCP
-                    assert rest[:1] == b"\x89", "the gateway never pinged the client"
-                finally:
-                    sock.close()
-
-    run(scenario())
+                rest = await asyncio.to_thread(drained)  # returns only once the gateway dropped the TCP
+                assert rest[:1] == b"\x89", "the gateway never pinged the client"
+            finally:
+                sock.close()
 
 
 # ------------------------------------------------------------------ slow consumer, fast producer

@@ -15,7 +15,6 @@ from support import (
     raw_backend,
     recording_backend,
     relay_of,
-    run,
     running_gateway,
     write_config,
 )
@@ -57,58 +56,46 @@ async def relayed(tmp_path, path_kind: str, handler=None, extra: str = ""):
 
 
 @pytest.mark.parametrize("path_kind", PATHS)
-def test_text_binary_and_order_both_ways(tmp_path, path_kind):
+async def test_text_binary_and_order_both_ways(tmp_path, path_kind):
     """Text stays text, binary stays binary, and 200 mixed messages come back in order."""
-
-    async def scenario():
-        async with relayed(tmp_path, path_kind) as (backend, gw, ws):
-            assert type(relay_of(gw)) is expected_relay(path_kind)
-            sent = [f"text {i}" if i % 2 else f"bin {i}".encode() for i in range(200)]
-            for message in sent:
-                await ws.send(message)
-            received = [await ws.recv() for _ in sent]
-            assert received == sent
-            conn = next(iter(gw.registry.live)).conn
-            assert conn.counters.messages_in == 200
-            await eventually(lambda: conn.counters.messages_out == 200)
-
-    run(scenario())
+    async with relayed(tmp_path, path_kind) as (backend, gw, ws):
+        assert type(relay_of(gw)) is expected_relay(path_kind)
+        sent = [f"text {i}" if i % 2 else f"bin {i}".encode() for i in range(200)]
+        for message in sent:
+            await ws.send(message)
+        received = [await ws.recv() for _ in sent]
+        assert received == sent
+        conn = next(iter(gw.registry.live)).conn
+        assert conn.counters.messages_in == 200
+        await eventually(lambda: conn.counters.messages_out == 200)
 
 
 @pytest.mark.parametrize("path_kind", PATHS)
-def test_fragmented_and_large_messages(tmp_path, path_kind):
+async def test_fragmented_and_large_messages(tmp_path, path_kind):
     """A fragmented message and a 512 KiB message arrive whole and unchanged."""
-
-    async def scenario():
-        async with relayed(tmp_path, path_kind) as (backend, gw, ws):
-            await ws.send(["frag", "ment", "ed"])
-            assert await ws.recv() == "fragmented"
-            big = bytes(range(256)) * 2048
-            await ws.send(big)
-            assert await ws.recv() == big
-
-    run(scenario())
+    async with relayed(tmp_path, path_kind) as (backend, gw, ws):
+        await ws.send(["frag", "ment", "ed"])
+        assert await ws.recv() == "fragmented"
+        big = bytes(range(256)) * 2048
+        await ws.send(big)
+        assert await ws.recv() == big
 
 
 @pytest.mark.parametrize("path_kind", PATHS)
-def test_client_close_code_reaches_upstream(tmp_path, path_kind):
+async def test_client_close_code_reaches_upstream(tmp_path, path_kind):
     """The client's close code and reason reach the upstream unchanged."""
-
-    async def scenario():
-        async with relayed(tmp_path, path_kind) as (backend, gw, ws):
-            await ws.send("hi")
-            await ws.recv()
-            await ws.close(4001, "bye")
-            async with asyncio.timeout(10):
-                await backend.closed.wait()
-            assert backend.closes == [(4001, "bye")]
-            await eventually(lambda: not gw.registry.live)
-
-    run(scenario())
+    async with relayed(tmp_path, path_kind) as (backend, gw, ws):
+        await ws.send("hi")
+        await ws.recv()
+        await ws.close(4001, "bye")
+        async with asyncio.timeout(10):
+            await backend.closed.wait()
+        assert backend.closes == [(4001, "bye")]
+        await eventually(lambda: not gw.registry.live)
 
 
 @pytest.mark.parametrize("path_kind", PATHS)
-def test_upstream_close_code_reaches_client(tmp_path, path_kind):
+async def test_upstream_close_code_reaches_client(tmp_path, path_kind):
     """The upstream's close code and reason reach the client, after the messages it sent before."""
 
     async def handler(ws):
@@ -116,21 +103,18 @@ def test_upstream_close_code_reaches_client(tmp_path, path_kind):
         await ws.send("last words")
         await ws.close(4002, "server bye")
 
-    async def scenario():
-        async with relayed(tmp_path, path_kind, handler) as (backend, gw, ws):
-            await ws.send("go")
-            assert await ws.recv() == "last words"
-            with pytest.raises(ConnectionClosed) as info:
-                await ws.recv()
-            assert info.value.rcvd.code == 4002
-            assert info.value.rcvd.reason == "server bye"
-            await eventually(lambda: not gw.registry.live)
-
-    run(scenario())
+    async with relayed(tmp_path, path_kind, handler) as (backend, gw, ws):
+        await ws.send("go")
+        assert await ws.recv() == "last words"
+        with pytest.raises(ConnectionClosed) as info:
+            await ws.recv()
+        assert info.value.rcvd.code == 4002
+        assert info.value.rcvd.reason == "server bye"
+        await eventually(lambda: not gw.registry.live)
 
 
 @pytest.mark.parametrize("path_kind", PATHS)
-def test_upstream_vanishing_closes_client_with_1014(tmp_path, path_kind):
+async def test_upstream_vanishing_closes_client_with_1014(tmp_path, path_kind):
     """An upstream that drops its TCP connection without a close frame closes the client with 1014."""
 
     async def handler(ws):
@@ -138,74 +122,59 @@ def test_upstream_vanishing_closes_client_with_1014(tmp_path, path_kind):
         await ws.send("before")
         ws.transport.abort()
 
-    async def scenario():
-        async with relayed(tmp_path, path_kind, handler) as (backend, gw, ws):
-            await ws.send("go")
-            assert await ws.recv() == "before"
-            with pytest.raises(ConnectionClosed) as info:
-                await ws.recv()
-            assert info.value.rcvd.code == 1014
-            await eventually(lambda: not gw.registry.live)
-
-    run(scenario())
+    async with relayed(tmp_path, path_kind, handler) as (backend, gw, ws):
+        await ws.send("go")
+        assert await ws.recv() == "before"
+        with pytest.raises(ConnectionClosed) as info:
+            await ws.recv()
+        assert info.value.rcvd.code == 1014
+        await eventually(lambda: not gw.registry.live)
 
 
 @pytest.mark.parametrize("path_kind", PATHS)
-def test_client_vanishing_closes_upstream_with_1001(tmp_path, path_kind):
+async def test_client_vanishing_closes_upstream_with_1001(tmp_path, path_kind):
     """A client that drops its TCP connection closes the upstream with 1001."""
-
-    async def scenario():
-        async with recording_backend() as backend:
-            config = write_config(tmp_path, PORT, relay_api(path_kind, backend.url + "/"))
-            async with running_gateway(config) as gw:
-                ws = await connect(gw_url(gw, "/r"), compression=client_compression(path_kind))
-                await ws.send("hi")
-                await ws.recv()
-                ws.transport.abort()
-                async with asyncio.timeout(10):
-                    await backend.closed.wait()
-                assert backend.closes[0][0] == 1001
-                await eventually(lambda: not gw.registry.live)
-
-    run(scenario())
-
-
-@pytest.mark.parametrize("path_kind", PATHS)
-def test_oversized_message_closes_sender_with_1009(tmp_path, path_kind):
-    """A client message over max_message_size closes the client with 1009 and the upstream with 1001."""
-
-    async def scenario():
-        async with relayed(tmp_path, path_kind, extra="limits:\n  max_message_size: 1000\n") as (backend, gw, ws):
-            await ws.send("x" * 1000)
-            assert await ws.recv() == "x" * 1000
-            await ws.send(b"y" * 1001)
-            with pytest.raises(ConnectionClosed) as info:
-                await ws.recv()
-            assert info.value.rcvd.code == 1009
+    async with recording_backend() as backend:
+        config = write_config(tmp_path, PORT, relay_api(path_kind, backend.url + "/"))
+        async with running_gateway(config) as gw:
+            ws = await connect(gw_url(gw, "/r"), compression=client_compression(path_kind))
+            await ws.send("hi")
+            await ws.recv()
+            ws.transport.abort()
             async with asyncio.timeout(10):
                 await backend.closed.wait()
             assert backend.closes[0][0] == 1001
             await eventually(lambda: not gw.registry.live)
 
-    run(scenario())
+
+@pytest.mark.parametrize("path_kind", PATHS)
+async def test_oversized_message_closes_sender_with_1009(tmp_path, path_kind):
+    """A client message over max_message_size closes the client with 1009 and the upstream with 1001."""
+    async with relayed(tmp_path, path_kind, extra="limits:\n  max_message_size: 1000\n") as (backend, gw, ws):
+        await ws.send("x" * 1000)
+        assert await ws.recv() == "x" * 1000
+        await ws.send(b"y" * 1001)
+        with pytest.raises(ConnectionClosed) as info:
+            await ws.recv()
+        assert info.value.rcvd.code == 1009
+        async with asyncio.timeout(10):
+            await backend.closed.wait()
+        assert backend.closes[0][0] == 1001
+        await eventually(lambda: not gw.registry.live)
 
 
-def test_invalid_utf8_from_client_is_1007_on_the_message_path(tmp_path):
+async def test_invalid_utf8_from_client_is_1007_on_the_message_path(tmp_path):
     """On the message path, a text message that is not UTF-8 closes the client with 1007."""
-
-    async def scenario():
-        async with recording_backend() as backend:
-            config = write_config(tmp_path, PORT, relay_api("message", backend.url + "/"))
-            async with running_gateway(config) as gw:
-                async with connect(gw_url(gw, "/r"), compression=None) as ws:
-                    assert type(relay_of(gw)) is MessageRelay
-                    ws.protocol.send_text(b"\xff\xfe")
-                    ws.send_data()
-                    with pytest.raises(ConnectionClosed) as info:
-                        await ws.recv()
-                    assert info.value.rcvd.code == 1007
-
-    run(scenario())
+    async with recording_backend() as backend:
+        config = write_config(tmp_path, PORT, relay_api("message", backend.url + "/"))
+        async with running_gateway(config) as gw:
+            async with connect(gw_url(gw, "/r"), compression=None) as ws:
+                assert type(relay_of(gw)) is MessageRelay
+                ws.protocol.send_text(b"\xff\xfe")
+                ws.send_data()
+                with pytest.raises(ConnectionClosed) as info:
+                    await ws.recv()
+                assert info.value.rcvd.code == 1007
 
 
 def silent_upstream_after_101():
@@ -227,23 +196,19 @@ def silent_upstream_after_101():
 
 
 @pytest.mark.parametrize("path_kind", PATHS)
-def test_keepalive_finds_a_silent_upstream(tmp_path, path_kind):
+async def test_keepalive_finds_a_silent_upstream(tmp_path, path_kind):
     """An upstream that stops answering (no pongs) is declared dead by keepalive: the client gets 1014."""
-
-    async def scenario():
-        async with raw_backend(silent_upstream_after_101()) as (url, received):
-            extra = "keepalive:\n  interval: 0.2\n  timeout: 0.2\n"
-            config = write_config(tmp_path, PORT, relay_api(path_kind, url + "/", extra))
-            async with running_gateway(config) as gw:
-                async with connect(gw_url(gw, "/r"), compression=client_compression(path_kind),
-                                   ping_interval=0.05) as ws:
-                    with pytest.raises(ConnectionClosed) as info:
-                        await ws.recv()
-                    assert info.value.rcvd.code == 1014
-            # The gateway pinged the upstream (a masked ping frame: 0x89) before giving up on it.
-            assert any(chunk[:1] == b"\x89" for chunk in received[1:])
-
-    run(scenario())
+    async with raw_backend(silent_upstream_after_101()) as (url, received):
+        extra = "keepalive:\n  interval: 0.2\n  timeout: 0.2\n"
+        config = write_config(tmp_path, PORT, relay_api(path_kind, url + "/", extra))
+        async with running_gateway(config) as gw:
+            async with connect(gw_url(gw, "/r"), compression=client_compression(path_kind),
+                               ping_interval=0.05) as ws:
+                with pytest.raises(ConnectionClosed) as info:
+                    await ws.recv()
+                assert info.value.rcvd.code == 1014
+        # The gateway pinged the upstream (a masked ping frame: 0x89) before giving up on it.
+        assert any(chunk[:1] == b"\x89" for chunk in received[1:])
 
 
 class Upper(Policy):
@@ -281,42 +246,34 @@ def with_chain(*policies):
     return lambda loaded, config, apps, state: list(policies)
 
 
-def test_message_policies_transform_in_order_both_ways(tmp_path):
+async def test_message_policies_transform_in_order_both_ways(tmp_path):
     """Message-stage policies take the message relay: sync and async transforms apply in order, DROP swallows."""
-
-    async def scenario():
-        async with recording_backend() as backend:
-            config = write_config(tmp_path, PORT, api_yaml("P", "/p", backend.url + "/"))
-            async with running_gateway(config, build_chain=with_chain(Upper(), AsyncSuffix())) as gw:
-                async with connect(gw_url(gw, "/p")) as ws:
-                    assert type(relay_of(gw)) is MessageRelay
-                    for i in range(100):
-                        await ws.send("drop" if i % 10 == 0 else f"m{i}")
-                    await ws.send(b"raw")
-                    expected = [f"M{i}!" for i in range(100) if i % 10] + [b"raw!"]
-                    assert [await ws.recv() for _ in expected] == expected
-
-    run(scenario())
+    async with recording_backend() as backend:
+        config = write_config(tmp_path, PORT, api_yaml("P", "/p", backend.url + "/"))
+        async with running_gateway(config, build_chain=with_chain(Upper(), AsyncSuffix())) as gw:
+            async with connect(gw_url(gw, "/p")) as ws:
+                assert type(relay_of(gw)) is MessageRelay
+                for i in range(100):
+                    await ws.send("drop" if i % 10 == 0 else f"m{i}")
+                await ws.send(b"raw")
+                expected = [f"M{i}!" for i in range(100) if i % 10] + [b"raw!"]
+                assert [await ws.recv() for _ in expected] == expected
 
 
 @pytest.mark.parametrize("word, code", [("close", 4005), ("raise", 1011)])
-def test_policy_close_or_exception_closes_both_legs(tmp_path, word, code):
+async def test_policy_close_or_exception_closes_both_legs(tmp_path, word, code):
     """A policy's Close closes both legs with its code; a raising policy closes both with 1011."""
-
-    async def scenario():
-        async with recording_backend() as backend:
-            config = write_config(tmp_path, PORT, api_yaml("P", "/p", backend.url + "/"))
-            async with running_gateway(config, build_chain=with_chain(Upper())) as gw:
-                async with connect(gw_url(gw, "/p")) as ws:
-                    await ws.send("fine")
-                    assert await ws.recv() == "FINE"
-                    await ws.send(word)
-                    with pytest.raises(ConnectionClosed) as info:
-                        await ws.recv()
-                    assert info.value.rcvd.code == code
-                async with asyncio.timeout(10):
-                    await backend.closed.wait()
-                assert backend.closes[0][0] == code
-                await eventually(lambda: not gw.registry.live)
-
-    run(scenario())
+    async with recording_backend() as backend:
+        config = write_config(tmp_path, PORT, api_yaml("P", "/p", backend.url + "/"))
+        async with running_gateway(config, build_chain=with_chain(Upper())) as gw:
+            async with connect(gw_url(gw, "/p")) as ws:
+                await ws.send("fine")
+                assert await ws.recv() == "FINE"
+                await ws.send(word)
+                with pytest.raises(ConnectionClosed) as info:
+                    await ws.recv()
+                assert info.value.rcvd.code == code
+            async with asyncio.timeout(10):
+                await backend.closed.wait()
+            assert backend.closes[0][0] == code
+            await eventually(lambda: not gw.registry.live)

@@ -84,43 +84,35 @@ async def close_code_seen_by(ws) -> int | None:
 # ------------------------------------------------------------------ upgrades that are not websocket
 
 @pytest.mark.parametrize("upgrade", ["h2c", "TLS/1.0", "websocket2", "h2c, http/1.1"])
-def test_upgrade_to_anything_but_websocket_is_refused_and_never_tunnelled(tmp_path, upgrade):
+async def test_upgrade_to_anything_but_websocket_is_refused_and_never_tunnelled(tmp_path, upgrade):
     """An Upgrade to another protocol is answered 426 and closed; nothing (not even the h2 preface sent
     after it) reaches the upstream."""
-
-    async def scenario():
-        async with recording_backend() as backend:
-            config = write_config(tmp_path, PORT, api_yaml("A", "/a", backend.url + "/"))
-            async with running_gateway(config) as gw:
-                request = upgrade_request("/a", extra="HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n")
-                request = request.replace(b"Upgrade: websocket", f"Upgrade: {upgrade}".encode())
-                request = request.replace(b"Connection: Upgrade", b"Connection: Upgrade, HTTP2-Settings")
-                response = await http_request(gw_url(gw, "/a"), request + b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-                assert response.status == 426
-                assert response.headers["connection"] == "close"
-                assert response.json()["error"] == "upgrade_required"
-                await eventually(lambda: not gw.registry.live)
-                assert backend.requests == []
-
-    run(scenario())
+    async with recording_backend() as backend:
+        config = write_config(tmp_path, PORT, api_yaml("A", "/a", backend.url + "/"))
+        async with running_gateway(config) as gw:
+            request = upgrade_request("/a", extra="HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n")
+            request = request.replace(b"Upgrade: websocket", f"Upgrade: {upgrade}".encode())
+            request = request.replace(b"Connection: Upgrade", b"Connection: Upgrade, HTTP2-Settings")
+            response = await http_request(gw_url(gw, "/a"), request + b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            assert response.status == 426
+            assert response.headers["connection"] == "close"
+            assert response.json()["error"] == "upgrade_required"
+            await eventually(lambda: not gw.registry.live)
+            assert backend.requests == []
 
 
-def test_header_named_in_connection_is_not_forwarded(tmp_path):
+async def test_header_named_in_connection_is_not_forwarded(tmp_path):
     """`Connection: Upgrade, X-Secret` makes X-Secret hop-by-hop: the upstream never sees it."""
-
-    async def scenario():
-        async with recording_backend() as backend:
-            config = write_config(tmp_path, PORT, api_yaml("A", "/a", backend.url + "/"))
-            async with running_gateway(config) as gw:
-                headers = {"Connection": "Upgrade, X-Secret", "X-Secret": "1", "X-Public": "2"}
-                async with connect(gw_url(gw, "/a"), additional_headers=headers) as ws:
-                    await ws.send("x")
-                    assert await ws.recv() == "x"
-                seen = backend.requests[0].headers
-                assert "X-Secret" not in seen
-                assert seen["X-Public"] == "2"
-
-    run(scenario())
+    async with recording_backend() as backend:
+        config = write_config(tmp_path, PORT, api_yaml("A", "/a", backend.url + "/"))
+        async with running_gateway(config) as gw:
+            headers = {"Connection": "Upgrade, X-Secret", "X-Secret": "1", "X-Public": "2"}
+            async with connect(gw_url(gw, "/a"), additional_headers=headers) as ws:
+                await ws.send("x")
+                assert await ws.recv() == "x"
+            seen = backend.requests[0].headers
+            assert "X-Secret" not in seen
+            assert seen["X-Public"] == "2"
 
 
 # ------------------------------------------------------------------ oversized and abundant heads
@@ -134,45 +126,37 @@ def test_header_named_in_connection_is_not_forwarded(tmp_path):
         ("endless head", b"GET /a HTTP/1.1\r\n" + b"X-Pad: " + b"p" * (1 << 20)),
     ],
 )
-def test_oversized_or_too_many_headers_are_refused(tmp_path, what, request_bytes):
+async def test_oversized_or_too_many_headers_are_refused(tmp_path, what, request_bytes):
     """An oversized request line, an oversized header, 500 headers or a head that never ends is refused
     with 431 (never read past the limit, never sent upstream), and the listener keeps serving."""
-
-    async def scenario():
-        async with recording_backend() as backend:
-            config = write_config(tmp_path, PORT, api_yaml("A", "/a", backend.url + "/"))
-            async with running_gateway(config) as gw:
-                try:
-                    response = await http_request(gw_url(gw, "/a"), request_bytes)
-                except ConnectionResetError:
-                    pytest.fail(f"{what}: connection reset instead of a 431")
-                assert response.status == 431, what
-                assert response.json()["error"] == "request_too_large"
-                await eventually(lambda: not gw.registry.live)
-                assert backend.requests == []
-                async with connect(gw_url(gw, "/a")) as ws:
-                    await ws.send("still serving")
-                    assert await ws.recv() == "still serving"
-
-    run(scenario())
+    async with recording_backend() as backend:
+        config = write_config(tmp_path, PORT, api_yaml("A", "/a", backend.url + "/"))
+        async with running_gateway(config) as gw:
+            try:
+                response = await http_request(gw_url(gw, "/a"), request_bytes)
+            except ConnectionResetError:
+                pytest.fail(f"{what}: connection reset instead of a 431")
+            assert response.status == 431, what
+            assert response.json()["error"] == "request_too_large"
+            await eventually(lambda: not gw.registry.live)
+            assert backend.requests == []
+            async with connect(gw_url(gw, "/a")) as ws:
+                await ws.send("still serving")
+                assert await ws.recv() == "still serving"
 
 
 @pytest.mark.parametrize("extra", ["Content-Length: 5\r\n", "Transfer-Encoding: chunked\r\n"])
-def test_upgrade_with_a_body_is_refused(tmp_path, extra):
+async def test_upgrade_with_a_body_is_refused(tmp_path, extra):
     """An upgrade request announcing a body (a smuggling vector) is refused with 400 and never reaches the
     upstream."""
-
-    async def scenario():
-        async with recording_backend() as backend:
-            config = write_config(tmp_path, PORT, api_yaml("A", "/a", backend.url + "/"))
-            async with running_gateway(config) as gw:
-                body = b"hello" if "Length" in extra else b"5\r\nhello\r\n0\r\n\r\n"
-                response = await http_request(gw_url(gw, "/a"), upgrade_request("/a", extra=extra) + body)
-                assert response.status == 400
-                await eventually(lambda: not gw.registry.live)
-                assert backend.requests == []
-
-    run(scenario())
+    async with recording_backend() as backend:
+        config = write_config(tmp_path, PORT, api_yaml("A", "/a", backend.url + "/"))
+        async with running_gateway(config) as gw:
+            body = b"hello" if "Length" in extra else b"5\r\nhello\r\n0\r\n\r\n"
+            response = await http_request(gw_url(gw, "/a"), upgrade_request("/a", extra=extra) + body)
+            assert response.status == 400
+            await eventually(lambda: not gw.registry.live)
+            assert backend.requests == []
 
 
 # ------------------------------------------------------------------ slowloris
@@ -406,7 +390,7 @@ def deflate_bomb(size: int) -> bytes:
     return data[:-4]
 
 
-def test_compression_bomb_gets_1009_before_inflating_past_the_limit(tmp_path):
+async def test_compression_bomb_gets_1009_before_inflating_past_the_limit(tmp_path):
     """A permessage-deflate message of ~0.5 MiB on the wire that would inflate to 512 MiB (limit 1 MiB)
     gets 1009; the upstream gets 1001 and no message, and peak RSS grows by far less than the inflated size."""
     bomb = deflate_bomb(512 * 2**20)
@@ -418,27 +402,24 @@ def test_compression_bomb_gets_1009_before_inflating_past_the_limit(tmp_path):
             received.append(len(message))
             await ws.send(message)
 
-    async def scenario():
-        async with recording_backend(handler) as backend:
-            config = write_config(tmp_path, PORT, api_yaml("Z", "/z", backend.url + "/", extra="compression: true\n"))
-            async with running_gateway(config) as gw:
-                async with connect(gw_url(gw, "/z"), compression="deflate", ping_interval=None) as ws:
-                    assert ws.protocol.extensions, "the client did not negotiate permessage-deflate"
-                    await ws.send("warm-up")
-                    assert await ws.recv() == "warm-up"
-                    assert type(relay_of(gw)) is MessageRelay
-                    before = peak_rss(reset=True)
-                    ws.transport.write(client_frame(0x2, bomb, rsv1=True))
-                    assert await close_code_seen_by(ws) == 1009
-                    grown = peak_rss() - before
-                async with asyncio.timeout(TIMEOUT):
-                    await backend.closed.wait()
-                assert backend.closes[0][0] == 1001
-                assert received == [len("warm-up")]
-                assert grown < MEMORY_MARGIN, f"peak RSS grew by {grown} bytes"
-                await eventually(lambda: not gw.registry.live)
-
-    run(scenario())
+    async with recording_backend(handler) as backend:
+        config = write_config(tmp_path, PORT, api_yaml("Z", "/z", backend.url + "/", extra="compression: true\n"))
+        async with running_gateway(config) as gw:
+            async with connect(gw_url(gw, "/z"), compression="deflate", ping_interval=None) as ws:
+                assert ws.protocol.extensions, "the client did not negotiate permessage-deflate"
+                await ws.send("warm-up")
+                assert await ws.recv() == "warm-up"
+                assert type(relay_of(gw)) is MessageRelay
+                before = peak_rss(reset=True)
+                ws.transport.write(client_frame(0x2, bomb, rsv1=True))
+                assert await close_code_seen_by(ws) == 1009
+                grown = peak_rss() - before
+            async with asyncio.timeout(TIMEOUT):
+                await backend.closed.wait()
+            assert backend.closes[0][0] == 1001
+            assert received == [len("warm-up")]
+            assert grown < MEMORY_MARGIN, f"peak RSS grew by {grown} bytes"
+            await eventually(lambda: not gw.registry.live)
 
 
 # ------------------------------------------------------------------ origin policy, end to end
@@ -463,39 +444,35 @@ policies:
         ("/o-open", "https://evil.example", False),
     ],
 )
-def test_origin_policy_end_to_end(tmp_path, path, origin, allowed):
+async def test_origin_policy_end_to_end(tmp_path, path, origin, allowed):
     """A disallowed (or, unless allow_missing, absent) Origin is refused with 403 at the upgrade and never
     reaches the upstream; an allowed one is relayed."""
-
-    async def scenario():
-        async with recording_backend() as backend:
-            config = write_config(
-                tmp_path, PORT,
-                api_yaml("O", "/o", backend.url + "/", extra=ORIGIN_POLICY),
-                api_yaml("Open", "/o-open", backend.url + "/", extra=ORIGIN_POLICY + "    allow_missing: true\n"),
-            )
-            async with running_gateway(config) as gw:
-                if allowed:
-                    async with connect(gw_url(gw, path), origin=origin) as ws:
-                        await ws.send("hello")
-                        assert await ws.recv() == "hello"
-                    assert backend.requests[0].headers.get("Origin") == origin
-                else:
-                    with pytest.raises(InvalidStatus) as info:
-                        async with connect(gw_url(gw, path), origin=origin):
-                            pass
-                    assert info.value.response.status_code == 403
-                    assert b'"forbidden"' in info.value.response.body
-                    assert backend.requests == []
-                await eventually(lambda: not gw.registry.live)
-
-    run(scenario())
+    async with recording_backend() as backend:
+        config = write_config(
+            tmp_path, PORT,
+            api_yaml("O", "/o", backend.url + "/", extra=ORIGIN_POLICY),
+            api_yaml("Open", "/o-open", backend.url + "/", extra=ORIGIN_POLICY + "    allow_missing: true\n"),
+        )
+        async with running_gateway(config) as gw:
+            if allowed:
+                async with connect(gw_url(gw, path), origin=origin) as ws:
+                    await ws.send("hello")
+                    assert await ws.recv() == "hello"
+                assert backend.requests[0].headers.get("Origin") == origin
+            else:
+                with pytest.raises(InvalidStatus) as info:
+                    async with connect(gw_url(gw, path), origin=origin):
+                        pass
+                assert info.value.response.status_code == 403
+                assert b'"forbidden"' in info.value.response.body
+                assert backend.requests == []
+            await eventually(lambda: not gw.registry.live)
 
 
 # ------------------------------------------------------------------ a hostile upstream handshake
 
 @pytest.mark.parametrize("status_line", [b"HTTP/1.1 1\xb21 Switching Protocols", b"HTTP/1.1 \xb9\xb2\xb3 Odd"])
-def test_upstream_status_with_non_ascii_digits_is_502(tmp_path, status_line):
+async def test_upstream_status_with_non_ascii_digits_is_502(tmp_path, status_line):
     """An upstream answering with a status made of Latin-1 superscript digits (``str.isdigit`` accepts them,
     ``int`` does not) gets the client a 502 and a closed connection, never a hang; the upstream connection
     is dropped too."""
@@ -509,18 +486,15 @@ def test_upstream_status_with_non_ascii_digits_is_502(tmp_path, status_line):
             await reader.read()
         upstream_dropped.set()
 
-    async def scenario():
-        async with raw_backend(respond) as (url, _):
-            config = write_config(tmp_path, PORT, api_yaml("A", "/a", url + "/"))
-            async with running_gateway(config) as gw:
-                response = await http_request(gw_url(gw, "/a"), upgrade_request("/a"))
-                assert response.status == 502
-                assert response.json()["error"] == "bad_gateway"
-                await eventually(lambda: not gw.registry.live)
-                async with asyncio.timeout(TIMEOUT):
-                    await upstream_dropped.wait()
-
-    run(scenario())
+    async with raw_backend(respond) as (url, _):
+        config = write_config(tmp_path, PORT, api_yaml("A", "/a", url + "/"))
+        async with running_gateway(config) as gw:
+            response = await http_request(gw_url(gw, "/a"), upgrade_request("/a"))
+            assert response.status == 502
+            assert response.json()["error"] == "bad_gateway"
+            await eventually(lambda: not gw.registry.live)
+            async with asyncio.timeout(TIMEOUT):
+                await upstream_dropped.wait()
 
 
 # ------------------------------------------------------------------ a hostile upstream after the 101
@@ -539,7 +513,7 @@ UPSTREAM_VIOLATIONS = {
 
 @pytest.mark.parametrize("path_kind", PATHS)
 @pytest.mark.parametrize("violation", list(UPSTREAM_VIOLATIONS))
-def test_protocol_violation_by_the_upstream(tmp_path, path_kind, violation):
+async def test_protocol_violation_by_the_upstream(tmp_path, path_kind, violation):
     """A masked frame, a 2^62-byte announcement or invalid UTF-8 from the upstream: the upstream gets 1002,
     1009 or 1007 and the client's connection is closed (1001 from the gateway; on the byte relay invalid
     UTF-8 passes through, the client itself fails it with 1007, and that close reaches the upstream)."""
@@ -547,23 +521,20 @@ def test_protocol_violation_by_the_upstream(tmp_path, path_kind, violation):
 
     frame, expected = UPSTREAM_VIOLATIONS[violation]
 
-    async def scenario():
-        async with RawServer() as server:
-            url = f"ws://127.0.0.1:{server.port}/"
-            config = write_config(tmp_path, PORT, path_api(tmp_path, path_kind, url, name="H", path="/h"))
-            async with running_gateway(config) as gw:
-                async with connect(gw_url(gw, "/h"), ping_interval=None) as ws:
-                    peer = await server.peer()
-                    assert type(relay_of(gw)) is RELAY[path_kind]
-                    peer.send(frame)
-                    with pytest.raises(ConnectionClosed) as info:
-                        await ws.recv()
-                    code, _ = await peer.close_frame()
-                    assert code == expected
-                    if path_kind == "fast" and violation == "invalid utf-8":
-                        assert info.value.sent.code == 1007
-                    else:
-                        assert info.value.rcvd.code == 1001
-                await eventually(lambda: not gw.registry.live)
-
-    run(scenario())
+    async with RawServer() as server:
+        url = f"ws://127.0.0.1:{server.port}/"
+        config = write_config(tmp_path, PORT, path_api(tmp_path, path_kind, url, name="H", path="/h"))
+        async with running_gateway(config) as gw:
+            async with connect(gw_url(gw, "/h"), ping_interval=None) as ws:
+                peer = await server.peer()
+                assert type(relay_of(gw)) is RELAY[path_kind]
+                peer.send(frame)
+                with pytest.raises(ConnectionClosed) as info:
+                    await ws.recv()
+                code, _ = await peer.close_frame()
+                assert code == expected
+                if path_kind == "fast" and violation == "invalid utf-8":
+                    assert info.value.sent.code == 1007
+                else:
+                    assert info.value.rcvd.code == 1001
+            await eventually(lambda: not gw.registry.live)

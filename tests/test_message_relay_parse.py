@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from relay_harness import FramePeer, make_frame
-from support import PORT, TIMEOUT, api_yaml, echo_backend, gw_url, recording_backend, run, running_gateway, write_config
+from support import PORT, TIMEOUT, api_yaml, echo_backend, gw_url, recording_backend, running_gateway, write_config
 from websockets.client import ClientProtocol
 from websockets.frames import Opcode
 from websockets.uri import parse_uri
@@ -57,37 +57,34 @@ def burst() -> tuple[bytes, list[tuple[Opcode, bytes]]]:
 
 
 @pytest.mark.parametrize("split", ["whole", "bytes", "random"])
-def test_any_split_relays_the_same_messages_and_answers_pings(tmp_path, split):
+async def test_any_split_relays_the_same_messages_and_answers_pings(tmp_path, split):
     """Whole, byte by byte or cut at random: every message comes back once, in order, and both pings get pongs."""
     data, expected = burst()
 
-    async def scenario():
-        async with echo_backend() as backend:
-            config = write_config(tmp_path, PORT, passthrough_api(tmp_path, f"ws://127.0.0.1:{backend.port}/echo/"))
-            async with running_gateway(config) as gw:
-                peer = await client(gw_url(gw, "/p"))
-                assert peer.transport is not None
-                if split == "whole":
-                    peer.send(data)
-                else:
-                    rng = random.Random(7)
-                    at = 0
-                    while at < len(data):
-                        step = 1 if split == "bytes" and at < 400 else rng.randint(1, 9000)
-                        peer.send(data[at:at + step])
-                        at += step
-                        await asyncio.sleep(0)  # give the gateway a read between writes
-                await peer.wait_frame(lambda f: f.opcode is Opcode.TEXT and f.data == b"last", "the last echo")
-                echoed = [(f.opcode, f.data) for f in peer.frames if f.opcode in (Opcode.TEXT, Opcode.BINARY)]
-                assert echoed == expected
-                pongs = [f.data for f in peer.frames if f.opcode is Opcode.PONG]
-                assert pongs == [b"ping-1", b"ping-2"]
-                peer.transport.close()
-
-    run(scenario())
+    async with echo_backend() as backend:
+        config = write_config(tmp_path, PORT, passthrough_api(tmp_path, f"ws://127.0.0.1:{backend.port}/echo/"))
+        async with running_gateway(config) as gw:
+            peer = await client(gw_url(gw, "/p"))
+            assert peer.transport is not None
+            if split == "whole":
+                peer.send(data)
+            else:
+                rng = random.Random(7)
+                at = 0
+                while at < len(data):
+                    step = 1 if split == "bytes" and at < 400 else rng.randint(1, 9000)
+                    peer.send(data[at:at + step])
+                    at += step
+                    await asyncio.sleep(0)  # give the gateway a read between writes
+            await peer.wait_frame(lambda f: f.opcode is Opcode.TEXT and f.data == b"last", "the last echo")
+            echoed = [(f.opcode, f.data) for f in peer.frames if f.opcode in (Opcode.TEXT, Opcode.BINARY)]
+            assert echoed == expected
+            pongs = [f.data for f in peer.frames if f.opcode is Opcode.PONG]
+            assert pongs == [b"ping-1", b"ping-2"]
+            peer.transport.close()
 
 
-def test_close_after_data_in_one_read_passes_both(tmp_path):
+async def test_close_after_data_in_one_read_passes_both(tmp_path):
     """Messages and a close frame in one read: the upstream gets the messages, then the close code both ways."""
     received: list[str] = []
 
@@ -95,17 +92,14 @@ def test_close_after_data_in_one_read_passes_both(tmp_path):
         async for message in ws:
             received.append(message)
 
-    async def scenario():
-        async with recording_backend(record) as backend:
-            config = write_config(tmp_path, PORT, passthrough_api(tmp_path, backend.url + "/"))
-            async with running_gateway(config) as gw:
-                peer = await client(gw_url(gw, "/p"))
-                peer.send(make_frame(0x1, b"a", masked=True) + make_frame(0x1, b"b", masked=True)
-                          + make_frame(0x8, (4001).to_bytes(2, "big") + b"bye", masked=True))
-                assert await peer.close_frame() == (4001, "bye")
-                async with asyncio.timeout(TIMEOUT):
-                    await backend.closed.wait()
-                assert received == ["a", "b"]
-                assert backend.closes == [(4001, "bye")]
-
-    run(scenario())
+    async with recording_backend(record) as backend:
+        config = write_config(tmp_path, PORT, passthrough_api(tmp_path, backend.url + "/"))
+        async with running_gateway(config) as gw:
+            peer = await client(gw_url(gw, "/p"))
+            peer.send(make_frame(0x1, b"a", masked=True) + make_frame(0x1, b"b", masked=True)
+                      + make_frame(0x8, (4001).to_bytes(2, "big") + b"bye", masked=True))
+            assert await peer.close_frame() == (4001, "bye")
+            async with asyncio.timeout(TIMEOUT):
+                await backend.closed.wait()
+            assert received == ["a", "b"]
+            assert backend.closes == [(4001, "bye")]

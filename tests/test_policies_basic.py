@@ -73,130 +73,110 @@ def basic(username: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
 
 
-def test_good_credentials_in_every_password_form_name_the_application(tmp_path):
+async def test_good_credentials_in_every_password_form_name_the_application(tmp_path):
     """A hashed, an environment and a literal password each let their user in; the upstream never sees them."""
-
-    async def scenario():
-        async with recording_backend() as backend:
-            config = write_config(tmp_path, *documents(backend.url + "/native"))
-            async with running_gateway(config, env=ENV) as gw:
-                for user, password, app in (("alice", HASHED_PASSWORD, "dashboard"), ("bob", ENV_PASSWORD, "dashboard"),
-                                            ("carol", LITERAL_PASSWORD, "legacy")):
-                    headers = {"Authorization": basic(user, password)}
-                    async with connect(gw_url(gw, "/echo"), additional_headers=headers) as ws:
-                        await ws.send(user)
-                        assert await ws.recv() == user
-                    seen = backend.requests[-1]
-                    assert seen.headers["X-Gateway-Application"] == app
-                    assert "Authorization" not in seen.headers
-                    assert password not in str(seen.headers)
-
-    run(scenario())
+    async with recording_backend() as backend:
+        config = write_config(tmp_path, *documents(backend.url + "/native"))
+        async with running_gateway(config, env=ENV) as gw:
+            for user, password, app in (("alice", HASHED_PASSWORD, "dashboard"), ("bob", ENV_PASSWORD, "dashboard"),
+                                        ("carol", LITERAL_PASSWORD, "legacy")):
+                headers = {"Authorization": basic(user, password)}
+                async with connect(gw_url(gw, "/echo"), additional_headers=headers) as ws:
+                    await ws.send(user)
+                    assert await ws.recv() == user
+                seen = backend.requests[-1]
+                assert seen.headers["X-Gateway-Application"] == app
+                assert "Authorization" not in seen.headers
+                assert password not in str(seen.headers)
 
 
-def test_bad_unknown_and_malformed_credentials_get_401_with_a_basic_challenge(tmp_path):
+async def test_bad_unknown_and_malformed_credentials_get_401_with_a_basic_challenge(tmp_path):
     """A wrong password and an unknown user get the same 401 'bad credentials'; nothing echoes or logs the password."""
-
-    async def scenario():
-        async with recording_backend() as backend:
-            config = write_config(tmp_path, *documents(backend.url + "/native"))
-            with capture_logs() as events:
-                async with running_gateway(config, env=ENV) as gw:
-                    cases = {
-                        "wrong password": (basic("alice", "wrong-password-1"), "bad credentials"),
-                        "unknown user": (basic("mallory", HASHED_PASSWORD), "bad credentials"),
-                        "password of another user": (basic("alice", ENV_PASSWORD), "bad credentials"),
-                        "hash instead of password": (basic("alice", sha(HASHED_PASSWORD)), "bad credentials"),
-                        "not base64": ("Basic !!!not-base64!!!", "bad credentials"),
-                        "no colon": ("Basic " + base64.b64encode(b"alice").decode(), "bad credentials"),
-                        "other application's user": (basic("dave", HASHED_PASSWORD),
-                                                     "application stranger is not registered to API Echo"),
-                        "no credentials": ("", "missing basic credentials"),
-                        "a bearer token only": ("Bearer abc.def.ghi", "missing basic credentials"),
-                    }
-                    for name, (authorization, reason) in cases.items():
-                        extra = f"Authorization: {authorization}\r\n" if authorization else ""
-                        response = await http_request(gw_url(gw, "/echo"), upgrade_request("/echo", extra=extra))
-                        assert (response.status, response.json()["reason"]) == (401, reason), name
-                        assert response.headers["www-authenticate"] == 'Basic realm="Echo", charset="UTF-8"', name
-                    two = f"Authorization: {basic('alice', HASHED_PASSWORD)}\r\nAuthorization: {basic('bob', 'x')}\r\n"
-                    response = await http_request(gw_url(gw, "/echo"), upgrade_request("/echo", extra=two))
-                    assert response.json()["reason"] == "more than one set of basic credentials presented"
-            assert not backend.requests, "no refused upgrade reached the upstream"
-            assert [e for e in events if e.get("event") == "upgrade_refused"]
-            logged = repr(events) + (tmp_path / "config" / "invocations.jsonl").read_text()
-            assert "bad credentials" in logged
-            for secret in ("wrong-password-1", HASHED_PASSWORD, ENV_PASSWORD, basic("alice", "wrong-password-1")[6:]):
-                assert secret not in logged
-
-    run(scenario())
-
-
-def test_other_authorization_schemes_pass_through_when_not_consumed(tmp_path):
-    """With `by: [api_key]` an Authorization header is the upstream's business and is forwarded untouched."""
-
-    async def scenario():
-        async with recording_backend() as backend:
-            api = api_yaml("Echo", "/echo", backend.url + "/native", extra="policies:\n  - type: identify\n")
-            app = "kind: Application\nname: k\nidentifiers:\n  api_keys: [key-123]\napis: [Echo]\n"
-            config = write_config(tmp_path, PORT, api, app)
-            async with running_gateway(config) as gw:
-                headers = {"Authorization": basic("alice", "for-the-upstream")}
-                async with connect(gw_url(gw, "/echo?x-Gateway-APIKey=key-123"), additional_headers=headers):
-                    pass
-                assert backend.requests[-1].headers["Authorization"] == headers["Authorization"]
-
-    run(scenario())
-
-
-def test_basic_with_api_key_fallback(tmp_path):
-    """With `by: [basic, api_key]` either identifies; the reason names both problems when neither does."""
-
-    async def scenario():
-        async with recording_backend() as backend:
-            docs = list(documents(backend.url + "/native", by="[basic, api_key]"))
-            docs.append("kind: Application\nname: keyed\nidentifiers:\n  api_keys: [key-123]\napis: [Echo]\n")
-            config = write_config(tmp_path, *docs)
+    async with recording_backend() as backend:
+        config = write_config(tmp_path, *documents(backend.url + "/native"))
+        with capture_logs() as events:
             async with running_gateway(config, env=ENV) as gw:
-                async with connect(gw_url(gw, "/echo?x-Gateway-APIKey=key-123")):
-                    pass
-                assert backend.requests[-1].headers["X-Gateway-Application"] == "keyed"
-                response = await http_request(gw_url(gw, "/echo"), upgrade_request("/echo"))
-                assert response.json()["reason"] == (
-                    "no registered application identified (missing basic credentials; missing API key)")
+                cases = {
+                    "wrong password": (basic("alice", "wrong-password-1"), "bad credentials"),
+                    "unknown user": (basic("mallory", HASHED_PASSWORD), "bad credentials"),
+                    "password of another user": (basic("alice", ENV_PASSWORD), "bad credentials"),
+                    "hash instead of password": (basic("alice", sha(HASHED_PASSWORD)), "bad credentials"),
+                    "not base64": ("Basic !!!not-base64!!!", "bad credentials"),
+                    "no colon": ("Basic " + base64.b64encode(b"alice").decode(), "bad credentials"),
+                    "other application's user": (basic("dave", HASHED_PASSWORD),
+                                                 "application stranger is not registered to API Echo"),
+                    "no credentials": ("", "missing basic credentials"),
+                    "a bearer token only": ("Bearer abc.def.ghi", "missing basic credentials"),
+                }
+                for name, (authorization, reason) in cases.items():
+                    extra = f"Authorization: {authorization}\r\n" if authorization else ""
+                    response = await http_request(gw_url(gw, "/echo"), upgrade_request("/echo", extra=extra))
+                    assert (response.status, response.json()["reason"]) == (401, reason), name
+                    assert response.headers["www-authenticate"] == 'Basic realm="Echo", charset="UTF-8"', name
+                two = f"Authorization: {basic('alice', HASHED_PASSWORD)}\r\nAuthorization: {basic('bob', 'x')}\r\n"
+                response = await http_request(gw_url(gw, "/echo"), upgrade_request("/echo", extra=two))
+                assert response.json()["reason"] == "more than one set of basic credentials presented"
+        assert not backend.requests, "no refused upgrade reached the upstream"
+        assert [e for e in events if e.get("event") == "upgrade_refused"]
+        logged = repr(events) + (tmp_path / "config" / "invocations.jsonl").read_text()
+        assert "bad credentials" in logged
+        for secret in ("wrong-password-1", HASHED_PASSWORD, ENV_PASSWORD, basic("alice", "wrong-password-1")[6:]):
+            assert secret not in logged
 
-    run(scenario())
+
+async def test_other_authorization_schemes_pass_through_when_not_consumed(tmp_path):
+    """With `by: [api_key]` an Authorization header is the upstream's business and is forwarded untouched."""
+    async with recording_backend() as backend:
+        api = api_yaml("Echo", "/echo", backend.url + "/native", extra="policies:\n  - type: identify\n")
+        app = "kind: Application\nname: k\nidentifiers:\n  api_keys: [key-123]\napis: [Echo]\n"
+        config = write_config(tmp_path, PORT, api, app)
+        async with running_gateway(config) as gw:
+            headers = {"Authorization": basic("alice", "for-the-upstream")}
+            async with connect(gw_url(gw, "/echo?x-Gateway-APIKey=key-123"), additional_headers=headers):
+                pass
+            assert backend.requests[-1].headers["Authorization"] == headers["Authorization"]
 
 
-def test_changed_password_revokes_the_connection_on_reload(tmp_path):
+async def test_basic_with_api_key_fallback(tmp_path):
+    """With `by: [basic, api_key]` either identifies; the reason names both problems when neither does."""
+    async with recording_backend() as backend:
+        docs = list(documents(backend.url + "/native", by="[basic, api_key]"))
+        docs.append("kind: Application\nname: keyed\nidentifiers:\n  api_keys: [key-123]\napis: [Echo]\n")
+        config = write_config(tmp_path, *docs)
+        async with running_gateway(config, env=ENV) as gw:
+            async with connect(gw_url(gw, "/echo?x-Gateway-APIKey=key-123")):
+                pass
+            assert backend.requests[-1].headers["X-Gateway-Application"] == "keyed"
+            response = await http_request(gw_url(gw, "/echo"), upgrade_request("/echo"))
+            assert response.json()["reason"] == (
+                "no registered application identified (missing basic credentials; missing API key)")
+
+
+async def test_changed_password_revokes_the_connection_on_reload(tmp_path):
     """A reload that changes a basic user's password closes that user's connection with 1008; others stay."""
-
-    async def scenario():
-        async with recording_backend() as backend:
-            url = backend.url + "/native"
-            config = write_config(tmp_path, *documents(url))
-            root = tmp_path / "config"
-            async with running_gateway(config, env=ENV, paths=[root]) as gw:
-                carol = await connect(gw_url(gw, "/echo"),
-                                      additional_headers={"Authorization": basic("carol", LITERAL_PASSWORD)})
-                alice = await connect(gw_url(gw, "/echo"),
-                                      additional_headers={"Authorization": basic("alice", HASHED_PASSWORD)})
-                for ws in (carol, alice):
-                    await ws.send("before")
-                    assert await ws.recv() == "before"
-                changed = documents(url, carol_password="new-pw")
-                text = "".join(d if d.startswith("---") else "---\n" + d for d in changed)
-                (root / "gateway.yaml").write_text(text)
-                outcome = await gw.reload("test")
-                assert (outcome["revoked"], outcome["drained"]) == (1, 0)
-                async with asyncio.timeout(TIMEOUT):
-                    await carol.wait_closed()
-                assert carol.close_code == 1008
-                await alice.send("after")
-                assert await alice.recv() == "after"
-                await alice.close()
-
-    run(scenario())
+    async with recording_backend() as backend:
+        url = backend.url + "/native"
+        config = write_config(tmp_path, *documents(url))
+        root = tmp_path / "config"
+        async with running_gateway(config, env=ENV, paths=[root]) as gw:
+            carol = await connect(gw_url(gw, "/echo"),
+                                  additional_headers={"Authorization": basic("carol", LITERAL_PASSWORD)})
+            alice = await connect(gw_url(gw, "/echo"),
+                                  additional_headers={"Authorization": basic("alice", HASHED_PASSWORD)})
+            for ws in (carol, alice):
+                await ws.send("before")
+                assert await ws.recv() == "before"
+            changed = documents(url, carol_password="new-pw")
+            text = "".join(d if d.startswith("---") else "---\n" + d for d in changed)
+            (root / "gateway.yaml").write_text(text)
+            outcome = await gw.reload("test")
+            assert (outcome["revoked"], outcome["drained"]) == (1, 0)
+            async with asyncio.timeout(TIMEOUT):
+                await carol.wait_closed()
+            assert carol.close_code == 1008
+            await alice.send("after")
+            assert await alice.recv() == "after"
+            await alice.close()
 
 
 def test_reload_decision_for_basic_users(tmp_path):

@@ -23,7 +23,6 @@ from support import (
     gw_url,
     http_request,
     recording_backend,
-    run,
     running_gateway,
     upgrade_request,
     write_config,
@@ -130,51 +129,43 @@ def bearer(value: str) -> str:
     return f"Authorization: Bearer {value}\r\n"
 
 
-def test_valid_rs256_token_in_header_or_query_names_the_application_and_never_reaches_upstream(tmp_path):
+async def test_valid_rs256_token_in_header_or_query_names_the_application_and_never_reaches_upstream(tmp_path):
     """A valid RS256 token (header or `access_token`) gets 101; the upstream sees the application, not the token."""
-
-    async def scenario():
-        async with recording_backend() as backend:
-            config = make_config(tmp_path, backend.url + "/native")
-            async with running_gateway(config) as gw:
-                by_header, by_query = token(), token(jti="second")
-                headers = {"Authorization": f"Bearer {by_header}"}
-                async with connect(gw_url(gw, "/echo?x=1"), additional_headers=headers) as ws:
-                    await ws.send("hi")
-                    assert await ws.recv() == "hi"
-                async with connect(gw_url(gw, f"/echo?access_token={by_query}&y=2")) as ws:
-                    await ws.send("hi")
-                    assert await ws.recv() == "hi"
-                first, second = backend.requests
-                assert first.headers["X-Gateway-Application"] == "dashboard"
-                assert second.headers["X-Gateway-Application"] == "dashboard"
-                assert "Authorization" not in first.headers and "Authorization" not in second.headers
-                assert first.path == "/native?x=1" and second.path == "/native?y=2"
-                for seen in (first, second):
-                    raw = str(seen.headers) + seen.path
-                    assert by_header not in raw and by_query not in raw
-
-    run(scenario())
+    async with recording_backend() as backend:
+        config = make_config(tmp_path, backend.url + "/native")
+        async with running_gateway(config) as gw:
+            by_header, by_query = token(), token(jti="second")
+            headers = {"Authorization": f"Bearer {by_header}"}
+            async with connect(gw_url(gw, "/echo?x=1"), additional_headers=headers) as ws:
+                await ws.send("hi")
+                assert await ws.recv() == "hi"
+            async with connect(gw_url(gw, f"/echo?access_token={by_query}&y=2")) as ws:
+                await ws.send("hi")
+                assert await ws.recv() == "hi"
+            first, second = backend.requests
+            assert first.headers["X-Gateway-Application"] == "dashboard"
+            assert second.headers["X-Gateway-Application"] == "dashboard"
+            assert "Authorization" not in first.headers and "Authorization" not in second.headers
+            assert first.path == "/native?x=1" and second.path == "/native?y=2"
+            for seen in (first, second):
+                raw = str(seen.headers) + seen.path
+                assert by_header not in raw and by_query not in raw
 
 
-def test_valid_hs256_token_and_client_id_claim(tmp_path):
+async def test_valid_hs256_token_and_client_id_claim(tmp_path):
     """An HS256 token signed with the secret from the environment passes; `client_id` names the client without `azp`."""
-
-    async def scenario():
-        async with recording_backend() as backend:
-            config = make_config(tmp_path, backend.url + "/native")
-            async with running_gateway(config, env={"WSGATE_TEST_JWT_SECRET": HS_SECRET}) as gw:
-                good = token(HS_SECRET.encode(), alg="HS256", kid=None, azp=None, client_id="dash-client")
-                async with connect(gw_url(gw, "/hs"), additional_headers={"Authorization": f"Bearer {good}"}):
-                    pass
-                assert backend.requests[-1].headers["X-Gateway-Application"] == "dashboard"
-                wrong_secret = token(b"another-secret-another-secret-another-secret", alg="HS256", kid=None)
-                response = await http_request(gw_url(gw, "/hs"), upgrade_request("/hs", extra=bearer(wrong_secret)))
-                assert (response.status, response.json()["reason"]) == (401, "invalid token: bad signature")
-                response = await http_request(gw_url(gw, "/hs"), upgrade_request("/hs", extra=bearer(token())))
-                assert (response.status, response.json()["reason"]) == (401, "invalid token: algorithm not allowed")
-
-    run(scenario())
+    async with recording_backend() as backend:
+        config = make_config(tmp_path, backend.url + "/native")
+        async with running_gateway(config, env={"WSGATE_TEST_JWT_SECRET": HS_SECRET}) as gw:
+            good = token(HS_SECRET.encode(), alg="HS256", kid=None, azp=None, client_id="dash-client")
+            async with connect(gw_url(gw, "/hs"), additional_headers={"Authorization": f"Bearer {good}"}):
+                pass
+            assert backend.requests[-1].headers["X-Gateway-Application"] == "dashboard"
+            wrong_secret = token(b"another-secret-another-secret-another-secret", alg="HS256", kid=None)
+            response = await http_request(gw_url(gw, "/hs"), upgrade_request("/hs", extra=bearer(wrong_secret)))
+            assert (response.status, response.json()["reason"]) == (401, "invalid token: bad signature")
+            response = await http_request(gw_url(gw, "/hs"), upgrade_request("/hs", extra=bearer(token())))
+            assert (response.status, response.json()["reason"]) == (401, "invalid token: algorithm not allowed")
 
 
 def refusals() -> dict[str, tuple[str, str]]:
@@ -204,103 +195,87 @@ def refusals() -> dict[str, tuple[str, str]]:
     }
 
 
-def test_bad_tokens_are_refused_with_401_and_never_echoed_or_logged(tmp_path):
+async def test_bad_tokens_are_refused_with_401_and_never_echoed_or_logged(tmp_path):
     """Expired, immature, wrong issuer/audience/algorithm, alg none, alg confusion, tampered and unknown tokens
     get 401 with a reason and a Bearer challenge; no response, log event or record contains a token."""
-
-    async def scenario():
-        async with recording_backend() as backend:
-            config = make_config(tmp_path, backend.url + "/native")
-            cases = refusals()
-            with capture_logs() as events:
-                async with running_gateway(config) as gw:
-                    for name, (bad, reason) in cases.items():
-                        for request in (upgrade_request("/echo", extra=bearer(bad)),
-                                        upgrade_request(f"/echo?access_token={bad}")):
-                            response = await http_request(gw_url(gw, "/echo"), request)
-                            assert response.status == 401, name
-                            assert response.json() == {"error": "unauthorized", "reason": reason}, name
-                            challenge = response.headers["www-authenticate"]
-                            assert challenge.startswith('Bearer realm="Echo"'), name
-                            assert ('error="invalid_token"' in challenge) == reason.startswith("invalid token"), name
-                            assert bad not in response.body.decode(), name
-                    missing = await http_request(gw_url(gw, "/echo"), upgrade_request("/echo"))
-                    assert (missing.status, missing.json()["reason"]) == (401, "missing bearer token")
-                    assert missing.headers["www-authenticate"] == 'Bearer realm="Echo"'
-                    two = await http_request(gw_url(gw, "/echo"),
-                                             upgrade_request(f"/echo?access_token={token()}", extra=bearer(token())))
-                    assert (two.status, two.json()["reason"]) == (401, "more than one bearer token presented")
-            assert not backend.requests, "no refused upgrade reached the upstream"
-            refused = [e for e in events if e.get("event") == "upgrade_refused"]
-            assert len(refused) >= len(cases) * 2
-            logged = repr(events) + (tmp_path / "config" / "invocations.jsonl").read_text()
-            assert "invalid token: expired" in logged
-            for name, (bad, _) in cases.items():
-                assert bad not in logged, name
-                signature = bad.split(".")[-1]
-                assert not signature or signature not in logged, name
-
-    run(scenario())
-
-
-def test_token_in_query_can_be_turned_off(tmp_path):
-    """With `query_parameter: false` an `access_token` parameter is not read (and still never forwarded)."""
-
-    async def scenario():
-        async with recording_backend() as backend:
-            root = tmp_path / "config"
-            root.mkdir()
-            (root / "jwks.json").write_text(jwks(rsa_key()))
-            app = "kind: Application\nname: dashboard\nidentifiers:\n  jwt_clients: [dash-client]\napis: [Echo]\n"
-            block = RS_BLOCK + "\n      query_parameter: false"
-            config = write_config(tmp_path, PORT, jwt_api("Echo", "/echo", backend.url + "/native", block), app)
+    async with recording_backend() as backend:
+        config = make_config(tmp_path, backend.url + "/native")
+        cases = refusals()
+        with capture_logs() as events:
             async with running_gateway(config) as gw:
-                response = await http_request(gw_url(gw, "/echo"), upgrade_request(f"/echo?access_token={token()}"))
-                assert (response.status, response.json()["reason"]) == (401, "missing bearer token")
-                async with connect(gw_url(gw, "/echo?access_token=x"),
-                                   additional_headers={"Authorization": f"Bearer {token()}"}):
-                    pass
-                assert backend.requests[-1].headers["X-Gateway-Application"] == "dashboard"
-                assert backend.requests[-1].path == "/native"
+                for name, (bad, reason) in cases.items():
+                    for request in (upgrade_request("/echo", extra=bearer(bad)),
+                                    upgrade_request(f"/echo?access_token={bad}")):
+                        response = await http_request(gw_url(gw, "/echo"), request)
+                        assert response.status == 401, name
+                        assert response.json() == {"error": "unauthorized", "reason": reason}, name
+                        challenge = response.headers["www-authenticate"]
+                        assert challenge.startswith('Bearer realm="Echo"'), name
+                        assert ('error="invalid_token"' in challenge) == reason.startswith("invalid token"), name
+                        assert bad not in response.body.decode(), name
+                missing = await http_request(gw_url(gw, "/echo"), upgrade_request("/echo"))
+                assert (missing.status, missing.json()["reason"]) == (401, "missing bearer token")
+                assert missing.headers["www-authenticate"] == 'Bearer realm="Echo"'
+                two = await http_request(gw_url(gw, "/echo"),
+                                         upgrade_request(f"/echo?access_token={token()}", extra=bearer(token())))
+                assert (two.status, two.json()["reason"]) == (401, "more than one bearer token presented")
+        assert not backend.requests, "no refused upgrade reached the upstream"
+        refused = [e for e in events if e.get("event") == "upgrade_refused"]
+        assert len(refused) >= len(cases) * 2
+        logged = repr(events) + (tmp_path / "config" / "invocations.jsonl").read_text()
+        assert "invalid token: expired" in logged
+        for name, (bad, _) in cases.items():
+            assert bad not in logged, name
+            signature = bad.split(".")[-1]
+            assert not signature or signature not in logged, name
 
-    run(scenario())
+
+async def test_token_in_query_can_be_turned_off(tmp_path):
+    """With `query_parameter: false` an `access_token` parameter is not read (and still never forwarded)."""
+    async with recording_backend() as backend:
+        root = tmp_path / "config"
+        root.mkdir()
+        (root / "jwks.json").write_text(jwks(rsa_key()))
+        app = "kind: Application\nname: dashboard\nidentifiers:\n  jwt_clients: [dash-client]\napis: [Echo]\n"
+        block = RS_BLOCK + "\n      query_parameter: false"
+        config = write_config(tmp_path, PORT, jwt_api("Echo", "/echo", backend.url + "/native", block), app)
+        async with running_gateway(config) as gw:
+            response = await http_request(gw_url(gw, "/echo"), upgrade_request(f"/echo?access_token={token()}"))
+            assert (response.status, response.json()["reason"]) == (401, "missing bearer token")
+            async with connect(gw_url(gw, "/echo?access_token=x"),
+                               additional_headers={"Authorization": f"Bearer {token()}"}):
+                pass
+            assert backend.requests[-1].headers["X-Gateway-Application"] == "dashboard"
+            assert backend.requests[-1].path == "/native"
 
 
-def test_removing_a_jwt_client_revokes_its_connections_on_reload(tmp_path):
+async def test_removing_a_jwt_client_revokes_its_connections_on_reload(tmp_path):
     """A reload that removes a client id from the application closes that connection with 1008."""
-
-    async def scenario():
-        async with recording_backend() as backend:
-            config = make_config(tmp_path, backend.url + "/native")
-            root = tmp_path / "config"
-            async with running_gateway(config, paths=[root]) as gw:
-                ws = await connect(gw_url(gw, "/echo"), additional_headers={"Authorization": f"Bearer {token()}"})
-                await ws.send("before")
-                assert await ws.recv() == "before"
-                text = (root / "gateway.yaml").read_text().replace("jwt_clients: [dash-client]", "jwt_clients: []")
-                (root / "gateway.yaml").write_text(text)
-                outcome = await gw.reload("test")
-                assert outcome["revoked"] == 1
-                async with asyncio.timeout(TIMEOUT):
-                    await ws.wait_closed()
-                assert ws.close_code == 1008
-
-    run(scenario())
+    async with recording_backend() as backend:
+        config = make_config(tmp_path, backend.url + "/native")
+        root = tmp_path / "config"
+        async with running_gateway(config, paths=[root]) as gw:
+            ws = await connect(gw_url(gw, "/echo"), additional_headers={"Authorization": f"Bearer {token()}"})
+            await ws.send("before")
+            assert await ws.recv() == "before"
+            text = (root / "gateway.yaml").read_text().replace("jwt_clients: [dash-client]", "jwt_clients: []")
+            (root / "gateway.yaml").write_text(text)
+            outcome = await gw.reload("test")
+            assert outcome["revoked"] == 1
+            async with asyncio.timeout(TIMEOUT):
+                await ws.wait_closed()
+            assert ws.close_code == 1008
 
 
 @pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])
-def test_scheme_name_is_case_insensitive(tmp_path, scheme):
+async def test_scheme_name_is_case_insensitive(tmp_path, scheme):
     """RFC 7235: the auth scheme is case-insensitive, so any spelling of Bearer is read (and consumed)."""
-
-    async def scenario():
-        async with recording_backend() as backend:
-            config = make_config(tmp_path, backend.url + "/native")
-            async with running_gateway(config) as gw:
-                async with connect(gw_url(gw, "/echo"), additional_headers={"Authorization": f"{scheme} {token()}"}):
-                    pass
-                assert "Authorization" not in backend.requests[-1].headers
-
-    run(scenario())
+    async with recording_backend() as backend:
+        config = make_config(tmp_path, backend.url + "/native")
+        async with running_gateway(config) as gw:
+            async with connect(gw_url(gw, "/echo"), additional_headers={"Authorization": f"{scheme} {token()}"}):
+                pass
+            assert "Authorization" not in backend.requests[-1].headers
 
 
 # ------------------------------------------------------------------ validate
@@ -389,32 +364,29 @@ def test_one_client_id_for_two_applications_is_an_error(tmp_path):
     assert found == [("WSG131", 22, 22)], found
 
 
-def test_connection_is_closed_with_1008_when_its_token_expires(tmp_path):
+async def test_connection_is_closed_with_1008_when_its_token_expires(tmp_path):
     """A token that expires while its connection is open closes it with 1008; `close_at_expiry: false` keeps it."""
     short = RS_BLOCK + "\n      leeway: 0"
     kept = short + "\n      close_at_expiry: false"
 
-    async def scenario():
-        async with recording_backend() as backend:
-            root = tmp_path / "config"
-            root.mkdir(exist_ok=True)
-            (root / "jwks.json").write_text(jwks(rsa_key()))
-            apps = APPS.replace("apis: [Echo, Hs]", "apis: [Echo, Kept]").replace("apis: [Other]", "apis: []")
-            config = write_config(tmp_path, PORT, jwt_api("Echo", "/echo", backend.url + "/", short),
-                                  jwt_api("Kept", "/kept", backend.url + "/", kept), apps)
-            async with running_gateway(config) as gw:
-                expires = int(time.time()) + 2
-                headers = {"Authorization": f"Bearer {token(exp=expires)}"}
-                async with connect(gw_url(gw, "/echo"), additional_headers=headers) as closing, \
-                        connect(gw_url(gw, "/kept"), additional_headers=headers) as staying:
-                    await closing.send("before expiry")
-                    assert await closing.recv() == "before expiry"
-                    with pytest.raises(ConnectionClosed) as info:
-                        async with asyncio.timeout(TIMEOUT):
-                            await closing.recv()
-                    assert (info.value.rcvd.code, info.value.rcvd.reason) == (1008, "credential expired")
-                    assert time.time() >= expires - 0.05  # closed because of the expiry, not earlier
-                    await staying.send("after expiry")
-                    assert await staying.recv() == "after expiry"
-
-    run(scenario())
+    async with recording_backend() as backend:
+        root = tmp_path / "config"
+        root.mkdir(exist_ok=True)
+        (root / "jwks.json").write_text(jwks(rsa_key()))
+        apps = APPS.replace("apis: [Echo, Hs]", "apis: [Echo, Kept]").replace("apis: [Other]", "apis: []")
+        config = write_config(tmp_path, PORT, jwt_api("Echo", "/echo", backend.url + "/", short),
+                              jwt_api("Kept", "/kept", backend.url + "/", kept), apps)
+        async with running_gateway(config) as gw:
+            expires = int(time.time()) + 2
+            headers = {"Authorization": f"Bearer {token(exp=expires)}"}
+            async with connect(gw_url(gw, "/echo"), additional_headers=headers) as closing, \
+                    connect(gw_url(gw, "/kept"), additional_headers=headers) as staying:
+                await closing.send("before expiry")
+                assert await closing.recv() == "before expiry"
+                with pytest.raises(ConnectionClosed) as info:
+                    async with asyncio.timeout(TIMEOUT):
+                        await closing.recv()
+                assert (info.value.rcvd.code, info.value.rcvd.reason) == (1008, "credential expired")
+                assert time.time() >= expires - 0.05  # closed because of the expiry, not earlier
+                await staying.send("after expiry")
+                assert await staying.recv() == "after expiry"
