@@ -16,7 +16,7 @@ import inspect
 from typing import Any
 
 import pytest
-from support import TIMEOUT
+from support import PATHS, TIMEOUT
 
 # Long enough for the slowest scenario (conformance, 100 connections through 20 reloads) on a busy machine;
 # a hang still ends with the scenario's own traceback instead of pytest-timeout's thread dump.
@@ -39,7 +39,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     return True
 
 
-@pytest.fixture(params=["fast", "message"])
+@pytest.fixture(params=PATHS)
 def path_kind(request: pytest.FixtureRequest) -> str:
     """Which relay a test API goes through: the byte relay ("fast") or the message relay ("message")."""
     return str(request.param)

@@ -33,6 +33,8 @@ from echo.server import EchoService
 from gateway.config import check
 from gateway.config.models import EchoContext, EchoServer
 from gateway.config.tree import Config
+from gateway.relay.fast import ByteRelay
+from gateway.relay.message import MessageRelay
 from gateway.runtime import Gateway
 
 T = TypeVar("T")
@@ -90,6 +92,10 @@ async def running_gateway(config: Config, **kwargs: Any) -> AsyncIterator[Gatewa
     finally:
         await gateway.stop()
 
+
+# The two relays a test API can go through (``path_api``): conftest's ``path_kind`` fixture runs a test on each.
+PATHS = ["fast", "message"]
+RELAY = {"fast": ByteRelay, "message": MessageRelay}
 
 PASSTHROUGH = "def same(message):\n    return message.payload\n"
 

@@ -25,7 +25,9 @@ from pathlib import Path
 
 import pytest
 from support import (
+    PATHS,
     PORT,
+    RELAY,
     TIMEOUT,
     eventually,
     gw_url,
@@ -44,9 +46,6 @@ from websockets.utils import accept_key
 from gateway.relay.fast import ByteRelay
 from gateway.relay.message import MessageRelay
 
-PATHS = ["fast", "message"]
-RELAY = {"fast": ByteRelay, "message": MessageRelay}
-
 
 def reset(transport) -> None:
     """Drop a TCP connection with a RST (SO_LINGER 0), not a FIN."""
@@ -57,7 +56,6 @@ def reset(transport) -> None:
 
 # ------------------------------------------------------------------ upstream drops mid-stream
 
-@pytest.mark.parametrize("path_kind", PATHS)
 @pytest.mark.parametrize("how, code", [("close", 4003), ("reset", 1014), ("silence", 1014)])
 async def test_upstream_drop_mid_stream(tmp_path, path_kind, how, code):
     """Messages the upstream sent before dropping (close frame, TCP reset, going silent) reach the client,
@@ -98,7 +96,6 @@ async def test_upstream_drop_mid_stream(tmp_path, path_kind, how, code):
 
 # ------------------------------------------------------------------ client drops abruptly
 
-@pytest.mark.parametrize("path_kind", PATHS)
 async def test_abrupt_client_drops_release_upstream_throttle_and_registry(tmp_path, path_kind):
     """Clients that vanish (RST or FIN, no close frame) close their upstream with 1001, give back their
     throttle slot (a limit of 1 admits the next) and leave the live registry and the admin counts."""
@@ -132,7 +129,6 @@ async def test_abrupt_client_drops_release_upstream_throttle_and_registry(tmp_pa
 
 # ------------------------------------------------------------------ half-open client
 
-@pytest.mark.parametrize("path_kind", PATHS)
 async def test_half_open_client_is_found_by_keepalive(tmp_path, path_kind):
     """A client that completed its upgrade and then neither reads nor answers pings is declared dead by
     keepalive: the upstream is closed with 1001, the client's TCP connection is dropped, the registry empties."""
@@ -315,7 +311,6 @@ def push_until_blocked(sock: socket.socket) -> int:
     return sent
 
 
-@pytest.mark.parametrize("path_kind", PATHS)
 def test_client_flooding_a_stalled_upstream_is_slowed_and_memory_stays_bounded(slow_gateway, path_kind):
     """A client pushing 200 MiB toward an upstream that reads nothing is blocked after a bounded amount,
     and the gateway's peak RSS grows by far less than what was pushed."""
@@ -336,7 +331,6 @@ def test_client_flooding_a_stalled_upstream_is_slowed_and_memory_stays_bounded(s
         sock.close()
 
 
-@pytest.mark.parametrize("path_kind", PATHS)
 def test_upstream_flooding_a_client_that_reads_nothing_is_slowed_and_memory_stays_bounded(slow_gateway, path_kind):
     """An upstream pushing 200 MiB toward a client that reads nothing is blocked after a bounded amount,
     and the gateway's peak RSS grows by far less than what was pushed."""

@@ -25,11 +25,10 @@ from gateway.policies.base import DROP, Close, Message, Policy
 from gateway.relay.fast import ByteRelay
 from gateway.relay.message import MessageRelay
 
+
 # "fast": an API without message-stage policies and without compression takes the byte relay;
 # "message": compression on (and a client that negotiates it) forces the message relay.
-PATHS = ["fast", "message"]
-
-
+# conftest's ``path_kind`` fixture runs each test below on both.
 def relay_api(path_kind: str, url: str, extra: str = "") -> str:
     lines = extra
     if path_kind == "message":
@@ -55,7 +54,6 @@ async def relayed(tmp_path, path_kind: str, handler=None, extra: str = ""):
                 yield backend, gw, ws
 
 
-@pytest.mark.parametrize("path_kind", PATHS)
 async def test_text_binary_and_order_both_ways(tmp_path, path_kind):
     """Text stays text, binary stays binary, and 200 mixed messages come back in order."""
     async with relayed(tmp_path, path_kind) as (backend, gw, ws):
@@ -70,7 +68,6 @@ async def test_text_binary_and_order_both_ways(tmp_path, path_kind):
         await eventually(lambda: conn.counters.messages_out == 200)
 
 
-@pytest.mark.parametrize("path_kind", PATHS)
 async def test_fragmented_and_large_messages(tmp_path, path_kind):
     """A fragmented message and a 512 KiB message arrive whole and unchanged."""
     async with relayed(tmp_path, path_kind) as (backend, gw, ws):
@@ -81,7 +78,6 @@ async def test_fragmented_and_large_messages(tmp_path, path_kind):
         assert await ws.recv() == big
 
 
-@pytest.mark.parametrize("path_kind", PATHS)
 async def test_client_close_code_reaches_upstream(tmp_path, path_kind):
     """The client's close code and reason reach the upstream unchanged."""
     async with relayed(tmp_path, path_kind) as (backend, gw, ws):
@@ -94,7 +90,6 @@ async def test_client_close_code_reaches_upstream(tmp_path, path_kind):
         await eventually(lambda: not gw.registry.live)
 
 
-@pytest.mark.parametrize("path_kind", PATHS)
 async def test_upstream_close_code_reaches_client(tmp_path, path_kind):
     """The upstream's close code and reason reach the client, after the messages it sent before."""
 
@@ -113,7 +108,6 @@ async def test_upstream_close_code_reaches_client(tmp_path, path_kind):
         await eventually(lambda: not gw.registry.live)
 
 
-@pytest.mark.parametrize("path_kind", PATHS)
 async def test_upstream_vanishing_closes_client_with_1014(tmp_path, path_kind):
     """An upstream that drops its TCP connection without a close frame closes the client with 1014."""
 
@@ -131,7 +125,6 @@ async def test_upstream_vanishing_closes_client_with_1014(tmp_path, path_kind):
         await eventually(lambda: not gw.registry.live)
 
 
-@pytest.mark.parametrize("path_kind", PATHS)
 async def test_client_vanishing_closes_upstream_with_1001(tmp_path, path_kind):
     """A client that drops its TCP connection closes the upstream with 1001."""
     async with recording_backend() as backend:
@@ -147,7 +140,6 @@ async def test_client_vanishing_closes_upstream_with_1001(tmp_path, path_kind):
             await eventually(lambda: not gw.registry.live)
 
 
-@pytest.mark.parametrize("path_kind", PATHS)
 async def test_oversized_message_closes_sender_with_1009(tmp_path, path_kind):
     """A client message over max_message_size closes the client with 1009 and the upstream with 1001."""
     async with relayed(tmp_path, path_kind, extra="limits:\n  max_message_size: 1000\n") as (backend, gw, ws):
@@ -195,7 +187,6 @@ def silent_upstream_after_101():
     return respond
 
 
-@pytest.mark.parametrize("path_kind", PATHS)
 async def test_keepalive_finds_a_silent_upstream(tmp_path, path_kind):
     """An upstream that stops answering (no pongs) is declared dead by keepalive: the client gets 1014."""
     async with raw_backend(silent_upstream_after_101()) as (url, received):

@@ -18,6 +18,7 @@ import zlib
 import pytest
 from support import (
     PORT,
+    RELAY,
     TIMEOUT,
     api_yaml,
     eventually,
@@ -35,11 +36,8 @@ from support import (
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from gateway.relay.fast import ByteRelay
 from gateway.relay.message import MessageRelay
 
-PATHS = ["fast", "message"]
-RELAY = {"fast": ByteRelay, "message": MessageRelay}
 MEMORY_MARGIN = 64 * 2**20  # far below every announced or inflated size used here (512 MiB and more)
 
 
@@ -242,7 +240,6 @@ def frame_scenario(tmp_path, path_kind, act, *, extra: str = "", compression: st
     run(scenario())
 
 
-@pytest.mark.parametrize("path_kind", PATHS)
 def test_invalid_utf8_text_gets_1007(tmp_path, path_kind):
     """A text message that is not UTF-8 closes the client with 1007 on both paths: the message relay checks
     it; the byte relay leaves it to the upstream, whose 1007 close comes back through it."""
@@ -273,7 +270,6 @@ VIOLATIONS = {
 }
 
 
-@pytest.mark.parametrize("path_kind", PATHS)
 @pytest.mark.parametrize("violation", list(VIOLATIONS))
 def test_protocol_violation_by_the_client_gets_1002(tmp_path, path_kind, violation):
     """An unmasked frame, a reserved opcode or RSV bit, a bad control frame, an orphan continuation or a bad
@@ -290,7 +286,6 @@ def test_protocol_violation_by_the_client_gets_1002(tmp_path, path_kind, violati
     frame_scenario(tmp_path, path_kind, act)
 
 
-@pytest.mark.parametrize("path_kind", PATHS)
 @pytest.mark.parametrize("announced", [2**62, 512 * 2**20], ids=["2^62", "512MiB"])
 def test_huge_announced_length_gets_1009_without_allocating_it(tmp_path, path_kind, announced):
     """A frame announcing 2^62 or 512 MiB (then actually streaming payload) gets 1009 from its head alone:
@@ -314,7 +309,6 @@ def test_huge_announced_length_gets_1009_without_allocating_it(tmp_path, path_ki
     frame_scenario(tmp_path, path_kind, act)
 
 
-@pytest.mark.parametrize("path_kind", PATHS)
 def test_thousands_of_tiny_fragments(tmp_path, path_kind):
     """3,000 one-byte fragments arrive as one 3,000-byte message under the limit."""
 
@@ -343,7 +337,6 @@ def test_tiny_fragments_cost_no_more_memory_than_their_message(tmp_path):
     frame_scenario(tmp_path, "message", act)
 
 
-@pytest.mark.parametrize("path_kind", PATHS)
 def test_more_fragments_than_a_websockets_upstream_takes(tmp_path, path_kind):
     """5,000 fragments: the message relay reassembles them and sends one frame upstream; the byte relay passes
     them as they are, so a websockets upstream applies its own limit (MAX_FRAGMENTS, 4,096) and its 1009
@@ -362,7 +355,6 @@ def test_more_fragments_than_a_websockets_upstream_takes(tmp_path, path_kind):
     frame_scenario(tmp_path, path_kind, act)
 
 
-@pytest.mark.parametrize("path_kind", PATHS)
 def test_thousands_of_tiny_fragments_over_the_limit_get_1009(tmp_path, path_kind):
     """One-byte fragments that add up past max_message_size (4,000) get 1009; the upstream never gets
     the message and is closed with 1001."""
@@ -511,7 +503,6 @@ UPSTREAM_VIOLATIONS = {
 }
 
 
-@pytest.mark.parametrize("path_kind", PATHS)
 @pytest.mark.parametrize("violation", list(UPSTREAM_VIOLATIONS))
 async def test_protocol_violation_by_the_upstream(tmp_path, path_kind, violation):
     """A masked frame, a 2^62-byte announcement or invalid UTF-8 from the upstream: the upstream gets 1002,

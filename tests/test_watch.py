@@ -36,13 +36,13 @@ async def _watching(root: Path, action, *, expect: str = "files") -> list[str]:
     return seen
 
 
-def test_plain_write_triggers_reload(tmp_path: Path) -> None:
+async def test_plain_write_triggers_reload(tmp_path: Path) -> None:
     """Writing a YAML file in the tree asks for a reload."""
     (tmp_path / "a.yaml").write_text("kind: Port\n")
-    asyncio.run(_watching(tmp_path, lambda: (tmp_path / "a.yaml").write_text("kind: Port\nname: x\n")))
+    await _watching(tmp_path, lambda: (tmp_path / "a.yaml").write_text("kind: Port\nname: x\n"))
 
 
-def test_atomic_rename_save_triggers_reload(tmp_path: Path) -> None:
+async def test_atomic_rename_save_triggers_reload(tmp_path: Path) -> None:
     """An editor's write-then-rename save is seen."""
     (tmp_path / "a.yaml").write_text("kind: Port\n")
 
@@ -51,10 +51,10 @@ def test_atomic_rename_save_triggers_reload(tmp_path: Path) -> None:
         tmp.write_text("kind: Port\nname: y\n")
         os.replace(tmp, tmp_path / "a.yaml")
 
-    asyncio.run(_watching(tmp_path, save))
+    await _watching(tmp_path, save)
 
 
-def test_configmap_symlink_swap_triggers_reload(tmp_path: Path) -> None:
+async def test_configmap_symlink_swap_triggers_reload(tmp_path: Path) -> None:
     """A Kubernetes ConfigMap update (the ``..data`` symlink swap) is seen."""
     first = tmp_path / "..2026_01_01_00_00_00.1"
     first.mkdir()
@@ -69,74 +69,66 @@ def test_configmap_symlink_swap_triggers_reload(tmp_path: Path) -> None:
         (tmp_path / "..data_tmp").symlink_to(second.name)
         os.replace(tmp_path / "..data_tmp", tmp_path / "..data")
 
-    asyncio.run(_watching(tmp_path, swap))
+    await _watching(tmp_path, swap)
 
 
-def test_renewed_certificate_or_jwks_triggers_reload(tmp_path: Path) -> None:
+async def test_renewed_certificate_or_jwks_triggers_reload(tmp_path: Path) -> None:
     """Files a config points at (a certificate, a JWKS) are part of it: rewriting one asks for a reload."""
     (tmp_path / "gw.pem").write_text("old\n")
     (tmp_path / "keys.json").write_text("{}\n")
-    asyncio.run(_watching(tmp_path, lambda: (tmp_path / "gw.pem").write_text("new\n")))
-    asyncio.run(_watching(tmp_path, lambda: (tmp_path / "keys.json").write_text('{"keys": []}\n')))
+    await _watching(tmp_path, lambda: (tmp_path / "gw.pem").write_text("new\n"))
+    await _watching(tmp_path, lambda: (tmp_path / "keys.json").write_text('{"keys": []}\n'))
 
 
-def test_sighup_triggers_reload(tmp_path: Path) -> None:
+async def test_sighup_triggers_reload(tmp_path: Path) -> None:
     """SIGHUP asks for a reload even when no file changed."""
-    asyncio.run(_watching(tmp_path, lambda: os.kill(os.getpid(), signal.SIGHUP), expect="sighup"))
+    await _watching(tmp_path, lambda: os.kill(os.getpid(), signal.SIGHUP), expect="sighup")
 
 
-def test_unrelated_file_is_ignored(tmp_path: Path) -> None:
+async def test_unrelated_file_is_ignored(tmp_path: Path) -> None:
     """A change to a non-YAML file (an editor's swap file, notes) does not ask for a reload."""
+    seen: list[str] = []
+    fired = asyncio.Event()
 
-    async def scenario() -> tuple[list[str], list[list[str]]]:
-        seen: list[str] = []
-        fired = asyncio.Event()
+    async def reload(trigger: str) -> None:
+        seen.append(trigger)
+        fired.set()
 
-        async def reload(trigger: str) -> None:
-            seen.append(trigger)
-            fired.set()
-
-        watcher = ConfigWatcher([tmp_path], reload, debounce_ms=50)
-        await watcher.start()
-        try:
-            with capture_logs() as events:
-                await asyncio.wait_for(watcher.ready.wait(), DEADLINE)
-                (tmp_path / ".api.yaml.swp").write_text("x")
-                (tmp_path / "notes.txt").write_text("x")
-                (tmp_path / "echows.jsonl").write_text("{}\n")  # transaction logs may live in the tree
-                # Written last, so the ignored files' events come in its batch or an earlier one: had any passed
-                # the filter, a reload would name it (or come first).
-                (tmp_path / "b.yaml").write_text("kind: Port\n")  # proves the watcher was alive all along
-                await asyncio.wait_for(fired.wait(), DEADLINE)
-        finally:
-            await watcher.stop()
-        return seen, [e["files"] for e in events if e["event"] == "config changed"]
-
-    seen, batches = asyncio.run(scenario())
+    watcher = ConfigWatcher([tmp_path], reload, debounce_ms=50)
+    await watcher.start()
+    try:
+        with capture_logs() as events:
+            await asyncio.wait_for(watcher.ready.wait(), DEADLINE)
+            (tmp_path / ".api.yaml.swp").write_text("x")
+            (tmp_path / "notes.txt").write_text("x")
+            (tmp_path / "echows.jsonl").write_text("{}\n")  # transaction logs may live in the tree
+            # Written last, so the ignored files' events come in its batch or an earlier one: had any passed
+            # the filter, a reload would name it (or come first).
+            (tmp_path / "b.yaml").write_text("kind: Port\n")  # proves the watcher was alive all along
+            await asyncio.wait_for(fired.wait(), DEADLINE)
+    finally:
+        await watcher.stop()
     assert seen == ["files"]
-    assert batches == [["b.yaml"]]
+    assert [e["files"] for e in events if e["event"] == "config changed"] == [["b.yaml"]]
 
 
-def test_ready_is_set_once_watching(tmp_path: Path) -> None:
+async def test_ready_is_set_once_watching(tmp_path: Path) -> None:
     """``ready`` is not set before start, is set once watching, and is set at once when no path exists."""
 
-    async def scenario() -> tuple[bool, bool, bool]:
-        async def reload(trigger: str) -> None:
-            return None
+    async def reload(trigger: str) -> None:
+        return None
 
-        watcher = ConfigWatcher([tmp_path], reload)
-        before = watcher.ready.is_set()
-        await watcher.start()
-        try:
-            await asyncio.wait_for(watcher.ready.wait(), DEADLINE)
-        finally:
-            await watcher.stop()
-        nothing = ConfigWatcher([tmp_path / "missing"], reload)
-        await nothing.start()
-        try:
-            await asyncio.wait_for(nothing.ready.wait(), DEADLINE)
-        finally:
-            await nothing.stop()
-        return before, watcher.ready.is_set(), nothing.ready.is_set()
-
-    assert asyncio.run(scenario()) == (False, True, True)
+    watcher = ConfigWatcher([tmp_path], reload)
+    assert not watcher.ready.is_set()
+    await watcher.start()
+    try:
+        await asyncio.wait_for(watcher.ready.wait(), DEADLINE)
+    finally:
+        await watcher.stop()
+    nothing = ConfigWatcher([tmp_path / "missing"], reload)
+    await nothing.start()
+    try:
+        await asyncio.wait_for(nothing.ready.wait(), DEADLINE)
+    finally:
+        await nothing.stop()
+    assert watcher.ready.is_set() and nothing.ready.is_set()
