@@ -28,6 +28,7 @@ from typing import Any
 import websockets.asyncio.messages
 from kosoku import FailureError, run_fuzzingclient, run_fuzzingserver
 from kosoku._report import write_reports
+from support import running_echo
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -114,12 +115,8 @@ async def big_echo_backend() -> AsyncIterator[EchoService]:
         contexts=[EchoContext(path="/echo/", mode="echo")],
         max_message_size=MAX_MESSAGE,
     )
-    service = EchoService(model, port=0)
-    await service.start()
-    try:
+    async with running_echo(model) as service:
         yield service
-    finally:
-        await service.stop()
 
 
 @dataclass

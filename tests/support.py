@@ -97,6 +97,18 @@ async def running_gateway(config: Config, **kwargs: Any) -> AsyncIterator[Gatewa
 PATHS = ["fast", "message"]
 RELAY = {"fast": ByteRelay, "message": MessageRelay}
 
+@asynccontextmanager
+async def reloadable_gateway(tmp_path: Path, *documents: str, **kwargs: Any) -> AsyncIterator[tuple[Gateway, Path]]:
+    """A gateway serving ``documents`` (written as by ``write_config``) that reloads from their directory.
+
+    Yields the gateway and that directory (``tmp_path/config``): rewrite files there, then ``gw.reload()``.
+    """
+    config = write_config(tmp_path, *documents)
+    root = tmp_path / "config"
+    async with running_gateway(config, paths=[root], **kwargs) as gw:
+        yield gw, root
+
+
 PASSTHROUGH = "def same(message):\n    return message.payload\n"
 
 
@@ -133,7 +145,14 @@ def gw_url(gateway: Gateway, path: str, port: str = "default", scheme: str = "ws
 async def echo_backend(*paths: str) -> AsyncIterator[EchoService]:
     """The project's echo server on a free port; contexts in ``echo`` mode (default: ``/echo/``)."""
     contexts = [EchoContext(path=p, mode="echo") for p in (paths or ("/echo/",))]
-    service = EchoService(EchoServer(kind="EchoServer", name="test-echo", port=1, contexts=contexts), port=0)
+    async with running_echo(EchoServer(kind="EchoServer", name="test-echo", port=1, contexts=contexts)) as service:
+        yield service
+
+
+@asynccontextmanager
+async def running_echo(model: EchoServer) -> AsyncIterator[EchoService]:
+    """The echo server ``model`` describes, started on a free port (its own ``port`` is ignored); stopped after."""
+    service = EchoService(model, port=0)
     await service.start()
     try:
         yield service

@@ -7,14 +7,13 @@ import json
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
+from support import running_echo
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidStatus
@@ -37,14 +36,7 @@ def echo_model(*contexts: dict[str, Any], **fields: Any) -> EchoServer:
     return EchoServer(kind="EchoServer", name="test-echo", port=8765, contexts=list(contexts), **fields)
 
 
-@asynccontextmanager
-async def running(model: EchoServer) -> AsyncIterator[EchoService]:
-    service = EchoService(model, port=0)
-    await service.start()
-    try:
-        yield service
-    finally:
-        await service.stop()
+running = running_echo  # the shorter name this module's tests use
 
 
 async def recv(ws: ClientConnection) -> str | bytes:

@@ -11,7 +11,18 @@ from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
-from support import PORT, TIMEOUT, api_yaml, echo_backend, gw_url, http_request, run, running_gateway, write_config
+from support import (
+    PORT,
+    TIMEOUT,
+    api_yaml,
+    echo_backend,
+    gw_url,
+    http_request,
+    reloadable_gateway,
+    run,
+    running_gateway,
+    write_config,
+)
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -74,9 +85,7 @@ async def test_unrelated_change_keeps_connections_and_new_route_serves_at_once(t
     """Adding an API leaves a live connection alone and the new API takes upgrades right after the reload."""
     async with echo_backend() as backend:
         url = backend.url("/echo/")
-        config = write_config(tmp_path, PORT, settings(), api_yaml("Echo", "/echo", url))
-        root = tmp_path / "config"
-        async with running_gateway(config, paths=[root]) as gw:
+        async with reloadable_gateway(tmp_path, PORT, settings(), api_yaml("Echo", "/echo", url)) as (gw, root):
             async with connect(gw_url(gw, "/echo")) as ws:
                 await roundtrip(ws, "before")
                 save(root, PORT, settings(), api_yaml("Echo", "/echo", url), api_yaml("Other", "/other", url))
@@ -93,9 +102,7 @@ async def test_identical_config_is_a_noop(tmp_path):
     """Rewriting the same resources (a comment added) is skipped: same generation, noop recorded."""
     async with echo_backend() as backend:
         docs = (PORT, settings(), api_yaml("Echo", "/echo", backend.url("/echo/")))
-        config = write_config(tmp_path, *docs)
-        root = tmp_path / "config"
-        async with running_gateway(config, paths=[root]) as gw:
+        async with reloadable_gateway(tmp_path, *docs) as (gw, root):
             table = gw.table
             save(root, "# a comment only\n" + docs[0], *docs[1:])
             with capture_logs() as logs:
@@ -109,9 +116,7 @@ async def test_invalid_config_keeps_the_last_good_one_and_the_fix_applies(tmp_pa
     """A broken file changes nothing, every error is logged with file:line:col, and the fixed file applies."""
     async with echo_backend() as backend:
         url = backend.url("/echo/")
-        config = write_config(tmp_path, PORT, settings(), api_yaml("Echo", "/echo", url))
-        root = tmp_path / "config"
-        async with running_gateway(config, paths=[root]) as gw:
+        async with reloadable_gateway(tmp_path, PORT, settings(), api_yaml("Echo", "/echo", url)) as (gw, root):
             async with connect(gw_url(gw, "/echo")) as ws:
                 broken = api_yaml("Echo", "/echo", url).replace("path: /echo", "path: 42")
                 save(root, PORT, settings(), broken, "kind: Nonsense\nname: x\n")
@@ -139,10 +144,9 @@ async def test_removed_api_drains_with_1001_after_the_grace(tmp_path):
     """A removed API's connection keeps working during the grace, then closes with 1001; new upgrades get 404."""
     async with echo_backend() as backend:
         url = backend.url("/echo/")
-        config = write_config(tmp_path, PORT, settings(0.3), api_yaml("Echo", "/echo", url),
-                              api_yaml("Gone", "/gone", url))
-        root = tmp_path / "config"
-        async with running_gateway(config, paths=[root]) as gw:
+        async with reloadable_gateway(
+            tmp_path, PORT, settings(0.3), api_yaml("Echo", "/echo", url), api_yaml("Gone", "/gone", url)
+        ) as (gw, root):
             async with connect(gw_url(gw, "/echo")) as kept, connect(gw_url(gw, "/gone")) as gone:
                 save(root, PORT, settings(0.3), api_yaml("Echo", "/echo", url))
                 outcome = await gw.reload("test")
@@ -157,9 +161,9 @@ async def test_removed_api_drains_with_1001_after_the_grace(tmp_path):
 async def test_upstream_change_drains_and_new_upgrades_follow_the_new_definition(tmp_path):
     """An API whose upstream changed drains its old connections; a new upgrade reaches the new upstream."""
     async with echo_backend("/echo/", "/v2/") as backend:
-        config = write_config(tmp_path, PORT, settings(0.2), api_yaml("Echo", "/echo", backend.url("/echo/")))
-        root = tmp_path / "config"
-        async with running_gateway(config, paths=[root]) as gw:
+        async with reloadable_gateway(
+            tmp_path, PORT, settings(0.2), api_yaml("Echo", "/echo", backend.url("/echo/"))
+        ) as (gw, root):
             async with connect(gw_url(gw, "/echo")) as old:
                 save(root, PORT, settings(0.2), api_yaml("Echo", "/echo", backend.url("/v2/")))
                 assert (await gw.reload("test"))["drained"] == 1
@@ -174,9 +178,7 @@ async def test_drain_timer_is_cancelled_when_the_connection_ends_first(tmp_path)
     """A draining connection that closes by itself within the grace leaves no timer behind."""
     async with echo_backend() as backend:
         url = backend.url("/echo/")
-        config = write_config(tmp_path, PORT, settings(30), api_yaml("Gone", "/gone", url))
-        root = tmp_path / "config"
-        async with running_gateway(config, paths=[root]) as gw:
+        async with reloadable_gateway(tmp_path, PORT, settings(30), api_yaml("Gone", "/gone", url)) as (gw, root):
             ws = await connect(gw_url(gw, "/gone"))
             save(root, PORT, settings(30), api_yaml("Echo", "/echo", url))
             assert (await gw.reload("test"))["drained"] == 1
@@ -196,9 +198,7 @@ async def test_revoked_key_and_deregistered_application_close_with_1008_at_once(
         other = api_yaml("Other", "/other", url, extra=IDENTIFY)
         apps = (application("alpha", KEY_A, "[Echo, Other]"), application("beta", KEY_B, "[Echo, Other]"))
         # A long grace: a 1008 seen here cannot be a drain.
-        config = write_config(tmp_path, PORT, settings(30), api, other, *apps)
-        root = tmp_path / "config"
-        async with running_gateway(config, paths=[root]) as gw:
+        async with reloadable_gateway(tmp_path, PORT, settings(30), api, other, *apps) as (gw, root):
             a = await connect(gw_url(gw, f"/echo?x-Gateway-APIKey={KEY_A}"))
             b = await connect(gw_url(gw, f"/echo?x-Gateway-APIKey={KEY_B}"))
             b_other = await connect(gw_url(gw, f"/other?x-Gateway-APIKey={KEY_B}"))
@@ -229,9 +229,9 @@ async def test_lowered_throttle_closes_nobody_and_applies_to_new_upgrades(tmp_pa
     async with echo_backend() as backend:
         url = backend.url("/echo/")
         throttle = "policies:\n  - type: throttle\n    max_connections: {}\n"
-        config = write_config(tmp_path, PORT, settings(), api_yaml("Echo", "/echo", url, extra=throttle.format(5)))
-        root = tmp_path / "config"
-        async with running_gateway(config, paths=[root]) as gw:
+        async with reloadable_gateway(
+            tmp_path, PORT, settings(), api_yaml("Echo", "/echo", url, extra=throttle.format(5))
+        ) as (gw, root):
             clients = [await connect(gw_url(gw, "/echo")) for _ in range(3)]
             save(root, PORT, settings(), api_yaml("Echo", "/echo", url, extra=throttle.format(1)))
             outcome = await gw.reload("test")
@@ -249,9 +249,7 @@ async def test_ports_added_removed_and_changed(tmp_path):
     """A new port listens after the reload; a removed one stops accepting and its connections drain with 1001."""
     async with echo_backend() as backend:
         url = backend.url("/echo/")
-        config = write_config(tmp_path, PORT, settings(0.2), api_yaml("Echo", "/echo", url))
-        root = tmp_path / "config"
-        async with running_gateway(config, paths=[root]) as gw:
+        async with reloadable_gateway(tmp_path, PORT, settings(0.2), api_yaml("Echo", "/echo", url)) as (gw, root):
             default_server = gw.servers["default"]
             async with connect(gw_url(gw, "/echo")) as on_default:
                 both = api_yaml("Echo", "/echo", url, ports="[default, second]")
@@ -300,9 +298,7 @@ async def test_100_connections_across_20_reloads_lose_nothing(tmp_path):
     async with echo_backend() as backend:
         url = backend.url("/echo/")
         base = (PORT, settings(0.1), api_yaml("Echo", "/echo", url))
-        config = write_config(tmp_path, *base)
-        root = tmp_path / "config"
-        async with running_gateway(config, paths=[root]) as gw:
+        async with reloadable_gateway(tmp_path, *base) as (gw, root):
             stop = asyncio.Event()
             progress = [0] * 100
             tasks = [asyncio.create_task(_client(i, gw_url(gw, "/echo"), stop, progress)) for i in range(100)]
@@ -347,9 +343,7 @@ async def test_watcher_follows_an_atomic_rename_save(tmp_path):
     """With the watcher running, an editor's atomic save is picked up and the new API serves."""
     async with echo_backend() as backend:
         url = backend.url("/echo/")
-        config = write_config(tmp_path, PORT, settings(), api_yaml("Echo", "/echo", url))
-        root = tmp_path / "config"
-        async with running_gateway(config, paths=[root]) as gw:
+        async with reloadable_gateway(tmp_path, PORT, settings(), api_yaml("Echo", "/echo", url)) as (gw, root):
             watcher = ConfigWatcher([root], gw.reload, debounce_ms=50)
             await watcher.start()
             try:
@@ -370,9 +364,7 @@ async def test_admin_reports_config_reload_and_triggers_reload(tmp_path):
     async with echo_backend() as backend:
         url = backend.url("/echo/")
         docs = (PORT, settings(), api_yaml("Echo", "/echo", url, extra=IDENTIFY), application("alpha", KEY_A))
-        config = write_config(tmp_path, *docs)
-        root = tmp_path / "config"
-        async with running_gateway(config, paths=[root]) as gw:
+        async with reloadable_gateway(tmp_path, *docs) as (gw, root):
             admin = f"http://127.0.0.1:{gw.admin.port}"
             body = (await http_request(admin, path="/config")).json()
             assert body["generation"] == 1 and body["digest"] == gw.table.digest
