@@ -98,6 +98,15 @@ PATHS = ["fast", "message"]
 RELAY = {"fast": ByteRelay, "message": MessageRelay}
 
 @asynccontextmanager
+async def echo_gateway(tmp_path: Path, **kwargs: Any) -> AsyncIterator[Gateway]:
+    """The smallest working setup: a gateway whose one API, ``Echo`` at ``/echo``, fronts an echo backend."""
+    async with echo_backend() as backend:
+        config = write_config(tmp_path, PORT, api_yaml("Echo", "/echo", backend.url("/echo/")))
+        async with running_gateway(config, **kwargs) as gw:
+            yield gw
+
+
+@asynccontextmanager
 async def reloadable_gateway(tmp_path: Path, *documents: str, **kwargs: Any) -> AsyncIterator[tuple[Gateway, Path]]:
     """A gateway serving ``documents`` (written as by ``write_config``) that reloads from their directory.
 

@@ -6,6 +6,7 @@ from support import (
     PORT,
     api_yaml,
     echo_backend,
+    echo_gateway,
     eventually,
     gw_url,
     http_request,
@@ -21,60 +22,52 @@ from gateway.routes import RouteTable
 
 async def test_exact_path_routes_and_trailing_slash_counts(tmp_path):
     """An API at /echo is reached at exactly /echo; /echo/ and /other answer 404 with a JSON body."""
-    async with echo_backend() as backend:
-        config = write_config(tmp_path, PORT, api_yaml("Echo", "/echo", backend.url("/echo/")))
-        async with running_gateway(config) as gw:
-            async with connect(gw_url(gw, "/echo")) as ws:
-                await ws.send("ping")
-                assert await ws.recv() == "ping"
-            for path in ("/echo/", "/other", "/ech"):
-                response = await http_request(gw_url(gw, path), upgrade_request(path))
-                assert response.status == 404
-                assert response.headers["connection"] == "close"
-                assert response.headers["content-type"] == "application/json"
-                assert response.json()["error"] == "not_found"
+    async with echo_gateway(tmp_path) as gw:
+        async with connect(gw_url(gw, "/echo")) as ws:
+            await ws.send("ping")
+            assert await ws.recv() == "ping"
+        for path in ("/echo/", "/other", "/ech"):
+            response = await http_request(gw_url(gw, path), upgrade_request(path))
+            assert response.status == 404
+            assert response.headers["connection"] == "close"
+            assert response.headers["content-type"] == "application/json"
+            assert response.json()["error"] == "not_found"
 
 
 async def test_query_string_does_not_change_the_route(tmp_path):
     """A query string is not part of the routed path."""
-    async with echo_backend() as backend:
-        config = write_config(tmp_path, PORT, api_yaml("Echo", "/echo", backend.url("/echo/")))
-        async with running_gateway(config) as gw:
-            async with connect(gw_url(gw, "/echo?a=1")) as ws:
-                await ws.send("q")
-                assert await ws.recv() == "q"
+    async with echo_gateway(tmp_path) as gw:
+        async with connect(gw_url(gw, "/echo?a=1")) as ws:
+            await ws.send("q")
+            assert await ws.recv() == "q"
 
 
 async def test_plain_get_on_an_api_path_is_426(tmp_path):
     """A plain HTTP GET on an API path is answered 426 Upgrade Required with a JSON body."""
-    async with echo_backend() as backend:
-        config = write_config(tmp_path, PORT, api_yaml("Echo", "/echo", backend.url("/echo/")))
-        async with running_gateway(config) as gw:
-            response = await http_request(gw_url(gw, "/echo"), path="/echo")
-            assert response.status == 426
-            assert response.headers["upgrade"] == "websocket"
-            assert response.json()["error"] == "upgrade_required"
-            # An Upgrade to anything but websocket is refused the same way.
-            h2c = upgrade_request("/echo").replace(b"Upgrade: websocket", b"Upgrade: h2c")
-            assert (await http_request(gw_url(gw, "/echo"), h2c)).status == 426
+    async with echo_gateway(tmp_path) as gw:
+        response = await http_request(gw_url(gw, "/echo"), path="/echo")
+        assert response.status == 426
+        assert response.headers["upgrade"] == "websocket"
+        assert response.json()["error"] == "upgrade_required"
+        # An Upgrade to anything but websocket is refused the same way.
+        h2c = upgrade_request("/echo").replace(b"Upgrade: websocket", b"Upgrade: h2c")
+        assert (await http_request(gw_url(gw, "/echo"), h2c)).status == 426
 
 
 async def test_malformed_handshake_is_400_and_oversized_head_is_431(tmp_path):
     """A websocket upgrade without a key or a non-HTTP head is 400; a head past 16 KiB or with too many
     headers is 431."""
-    async with echo_backend() as backend:
-        config = write_config(tmp_path, PORT, api_yaml("Echo", "/echo", backend.url("/echo/")))
-        async with running_gateway(config) as gw:
-            no_key = upgrade_request("/echo").replace(b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", b"")
-            response = await http_request(gw_url(gw, "/echo"), no_key)
-            assert response.status == 400
-            huge = b"GET /echo HTTP/1.1\r\nX-Big: " + b"a" * (20 * 1024)
-            response = await http_request(gw_url(gw, "/echo"), huge)
-            assert response.status == 431
-            many = upgrade_request("/echo", extra="".join(f"X-H{i}: v\r\n" for i in range(200)))
-            assert (await http_request(gw_url(gw, "/echo"), many)).status == 431
-            garbage = b"\x16\x03\x01 not http\r\n\r\n"
-            assert (await http_request(gw_url(gw, "/echo"), garbage)).status == 400
+    async with echo_gateway(tmp_path) as gw:
+        no_key = upgrade_request("/echo").replace(b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", b"")
+        response = await http_request(gw_url(gw, "/echo"), no_key)
+        assert response.status == 400
+        huge = b"GET /echo HTTP/1.1\r\nX-Big: " + b"a" * (20 * 1024)
+        response = await http_request(gw_url(gw, "/echo"), huge)
+        assert response.status == 431
+        many = upgrade_request("/echo", extra="".join(f"X-H{i}: v\r\n" for i in range(200)))
+        assert (await http_request(gw_url(gw, "/echo"), many)).status == 431
+        garbage = b"\x16\x03\x01 not http\r\n\r\n"
+        assert (await http_request(gw_url(gw, "/echo"), garbage)).status == 400
 
 
 async def test_api_on_two_ports_and_port_isolation(tmp_path):
@@ -144,31 +137,29 @@ async def test_admin_endpoints(tmp_path):
 
 async def test_admin_metrics_in_prometheus_format(tmp_path):
     """/metrics counts upgrades by status, active and closed connections, messages both ways and reloads."""
-    async with echo_backend() as backend:
-        config = write_config(tmp_path, PORT, api_yaml("Echo", "/echo", backend.url("/echo/")))
-        async with running_gateway(config, paths=[tmp_path / "config"]) as gw:
-            admin = f"http://127.0.0.1:{gw.admin.port}"
-            assert (await http_request(gw_url(gw, "/nope"), upgrade_request("/nope"))).status == 404
-            async with connect(gw_url(gw, "/echo")) as ws:
-                for text in ("one", "two"):
-                    await ws.send(text)
-                    await ws.recv()
-                response = await http_request(admin, path="/metrics")
-                assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
-                live = response.body.decode()
-                assert 'wsgate_connections_active{port="default",api="Echo",application=""} 1' in live
-                assert 'wsgate_messages_total{api="Echo",direction="client"} 2' in live
-            await eventually(lambda: not gw.registry.live)
-            await gw.reload("test")
-            text = (await http_request(admin, path="/metrics")).body.decode()
-            assert 'wsgate_upgrades_total{port="default",api="Echo",status="101"} 1' in text
-            assert 'wsgate_upgrades_total{port="default",api="",status="404"} 1' in text
-            assert 'wsgate_connections_closed_total{api="Echo",code="1000"} 1' in text
-            assert 'wsgate_messages_total{api="Echo",direction="server"} 2' in text
-            assert 'wsgate_message_bytes_total{api="Echo",direction="client"} 6' in text
-            assert 'wsgate_reloads_total{outcome="unchanged"} 1' in text
-            assert "wsgate_connections_active" in text and 'application=""} 1' not in text
-            assert "wsgate_config_generation 1" in text
+    async with echo_gateway(tmp_path, paths=[tmp_path / "config"]) as gw:
+        admin = f"http://127.0.0.1:{gw.admin.port}"
+        assert (await http_request(gw_url(gw, "/nope"), upgrade_request("/nope"))).status == 404
+        async with connect(gw_url(gw, "/echo")) as ws:
+            for text in ("one", "two"):
+                await ws.send(text)
+                await ws.recv()
+            response = await http_request(admin, path="/metrics")
+            assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+            live = response.body.decode()
+            assert 'wsgate_connections_active{port="default",api="Echo",application=""} 1' in live
+            assert 'wsgate_messages_total{api="Echo",direction="client"} 2' in live
+        await eventually(lambda: not gw.registry.live)
+        await gw.reload("test")
+        text = (await http_request(admin, path="/metrics")).body.decode()
+        assert 'wsgate_upgrades_total{port="default",api="Echo",status="101"} 1' in text
+        assert 'wsgate_upgrades_total{port="default",api="",status="404"} 1' in text
+        assert 'wsgate_connections_closed_total{api="Echo",code="1000"} 1' in text
+        assert 'wsgate_messages_total{api="Echo",direction="server"} 2' in text
+        assert 'wsgate_message_bytes_total{api="Echo",direction="client"} 6' in text
+        assert 'wsgate_reloads_total{outcome="unchanged"} 1' in text
+        assert "wsgate_connections_active" in text and 'application=""} 1' not in text
+        assert "wsgate_config_generation 1" in text
 
 
 async def test_port_connection_cap_refuses_with_503(tmp_path):
