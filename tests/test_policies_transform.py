@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import structlog
@@ -78,7 +79,7 @@ def test_load_callable_leaves_sys_path_alone(tmp_path):
     import sys
 
     fn, _ = load(tmp_path, "upper")
-    assert callable(fn)
+    assert fn(SimpleNamespace(payload="hi", is_text=True)) == "HI"  # the module's function, not just any callable
     assert str(tmp_path) not in sys.path
 
 
