@@ -19,12 +19,13 @@ import json
 import os
 import shutil
 import textwrap
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from structlog.testing import capture_logs
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request
@@ -301,6 +302,41 @@ async def eventually(predicate: Callable[[], bool], timeout: float = TIMEOUT) ->
     async with asyncio.timeout(timeout):
         while not predicate():
             await asyncio.sleep(0.005)
+
+
+class LogEvents:
+    """Log events captured by ``logged()``, which a test can await instead of polling the list."""
+
+    def __init__(self) -> None:
+        self.entries: list[MutableMapping[str, Any]] = []
+        self._waiters: list[tuple[str, asyncio.Future[MutableMapping[str, Any]]]] = []
+
+    def __call__(self, logger: object, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        # A structlog processor: wakes whoever waits for this event, then hands the event on to the capture.
+        for waiter in [w for w in self._waiters if w[0] == event_dict.get("event")]:
+            self._waiters.remove(waiter)
+            if not waiter[1].done():
+                waiter[1].set_result(event_dict)
+        return event_dict
+
+    async def first(self, event: str, timeout: float = TIMEOUT) -> MutableMapping[str, Any]:
+        """The first captured event named ``event``, waiting for it if it has not been logged yet."""
+        for entry in self.entries:
+            if entry.get("event") == event:
+                return entry
+        future: asyncio.Future[MutableMapping[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiters.append((event, future))
+        async with asyncio.timeout(timeout):
+            return await future
+
+
+@contextmanager
+def logged() -> Iterator[LogEvents]:
+    """Like structlog's ``capture_logs()``, with events a test can await (``await events.first("listening")``)."""
+    events = LogEvents()
+    with capture_logs(processors=[events]) as entries:
+        events.entries = entries
+        yield events
 
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import structlog
-from support import running_echo
+from support import logged, running_echo
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidStatus
@@ -406,10 +406,13 @@ async def test_slow_client_is_closed_and_the_room_keeps_flowing() -> None:
                 connect(url + "?user=observer") as observer,
             ):
                 seen: list[str | bytes] = []
+                ended = asyncio.Event()
 
                 async def watch() -> None:
                     async for message in observer:
                         seen.append(message)
+                        if message == "Message Received from fast: end":
+                            ended.set()
 
                 watcher = asyncio.create_task(watch())
                 payload = "x" * 4096
@@ -424,8 +427,7 @@ async def test_slow_client_is_closed_and_the_room_keeps_flowing() -> None:
                 await fast.send("end")
                 assert await recv(fast) == "Message Received from fast: end"
                 async with asyncio.timeout(TIMEOUT):
-                    while not seen or seen[-1] != "Message Received from fast: end":
-                        await asyncio.sleep(0.01)
+                    await ended.wait()
                 watcher.cancel()
                 expected = [f"Message Received from fast: {i}:{payload}" for i in range(sent)]
                 assert seen == expected + ["Message Received from fast: end"]
@@ -467,12 +469,9 @@ async def test_serve_echo_servers_starts_every_echo_server_of_a_config() -> None
 async def test_serve_until_signal_stops_cleanly_on_sigterm() -> None:
     """The `wsgate echo` loop serves until SIGTERM, then closes clients with 1001 and returns 0."""
     config = _config(echo_model().model_copy(update={"port": 0}))
-    with structlog.testing.capture_logs() as events:
+    with logged() as events:
         task = asyncio.create_task(serve_until_signal(config))
-        async with asyncio.timeout(TIMEOUT):
-            while not any(e["event"] == "echo server listening" for e in events):
-                await asyncio.sleep(0.01)
-        url = next(e["url"] for e in events if e["event"] == "echo server listening")
+        url = (await events.first("echo server listening"))["url"]
         async with connect(url.replace("http://", "ws://") + "api/demo/") as ws:
             os.kill(os.getpid(), signal.SIGTERM)
             assert (await closed(ws))[0] == 1001
