@@ -58,19 +58,29 @@ def config_docs(ok_url: str, down_url: str) -> list[str]:
     ]
 
 
-async def wait_listening(stderr: Path, process: asyncio.subprocess.Process) -> dict[str, int]:
-    """Ports of the default listener and the admin, read from the gateway's JSON log."""
-    ports: dict[str, int] = {}
+async def follow_stderr(process: asyncio.subprocess.Process, path: Path, ports: dict[str, int],
+                        listening: asyncio.Event) -> None:
+    """Copy the gateway's stderr (its JSON log) to ``path``; set ``listening`` once the default listener and
+    the admin announced their ports (filled into ``ports``)."""
+    assert process.stderr is not None
+    with path.open("wb") as file:
+        while line := await process.stderr.readline():
+            file.write(line)
+            if line.startswith(b"{"):
+                record = json.loads(line)
+                if record.get("event") == "listening":
+                    ports[record["name"]] = record["port"]
+                    if len(ports) >= 2:
+                        listening.set()
+
+
+async def wait_listening(listening: asyncio.Event, follower: asyncio.Task[None], path: Path) -> None:
+    """Wait until the gateway listens; fail with its log if it exits first."""
+    started = asyncio.ensure_future(listening.wait())
     async with asyncio.timeout(TIMEOUT):
-        while len(ports) < 2:
-            assert process.returncode is None, stderr.read_text()
-            for line in stderr.read_text().splitlines():
-                if line.startswith("{"):
-                    record = json.loads(line)
-                    if record.get("event") == "listening":
-                        ports[record["name"]] = record["port"]
-            await asyncio.sleep(0.05)
-    return ports
+        await asyncio.wait({started, follower}, return_when=asyncio.FIRST_COMPLETED)
+    started.cancel()
+    assert listening.is_set(), path.read_text()
 
 
 async def refused(url: str, **kwargs) -> tuple[int, bytes]:
@@ -93,13 +103,17 @@ def test_api_key_never_appears_in_any_output(tmp_path):
             write_config(tmp_path, *config_docs(ok.url + "/native", down_url + "/native"))
             (tmp_path / "config" / "logs").mkdir()
             stdout, stderr = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
-            with stdout.open("wb") as out, stderr.open("wb") as err:
+            with stdout.open("wb") as out:
                 process = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "gateway", "run", str(tmp_path / "config"), "--admin", "127.0.0.1:0",
-                    "--log-format", "json", stdout=out, stderr=err, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                    "--log-format", "json", stdout=out, stderr=asyncio.subprocess.PIPE,
+                    env=dict(os.environ, PYTHONUNBUFFERED="1"),
                 )
+            ports: dict[str, int] = {}
+            listening = asyncio.Event()
+            follower = asyncio.create_task(follow_stderr(process, stderr, ports, listening))
             try:
-                ports = await wait_listening(stderr, process)
+                await wait_listening(listening, follower, stderr)
                 base = f"ws://127.0.0.1:{ports['default']}"
                 admin = f"http://127.0.0.1:{ports['admin']}"
                 # Accepted, key in the query; while it is open, the throttle (1) refuses the next one.
@@ -140,6 +154,7 @@ def test_api_key_never_appears_in_any_output(tmp_path):
                 if process.returncode is None:
                     process.kill()
                     await process.wait()
+                await follower  # the whole log is in the file
 
             upstream_saw = [request.path.encode() + b"\n" + str(request.headers).encode() for request in ok.requests]
             return stdout.read_bytes(), stderr.read_bytes(), upstream_saw, b"".join(down_received)
