@@ -52,29 +52,23 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from websockets.frames import apply_mask  # noqa: E402
-from websockets.utils import accept_key, generate_key  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import (  # noqa: E402
+    TUTORIAL_MARKER,
+    EchoBackend,
+    LoadLeg,
+    api_doc,
+    application_doc,
+    frame_head,
+    gateway_doc,
+    port_doc,
+    tutorial_policies,
+    write_gateway_config,
+)
+from websockets.utils import generate_key  # noqa: E402
 
-HEAD_END = b"\r\n\r\n"
 API_KEY = "micro-bench-key"  # a throwaway key for the generated config
-MARKER = " Client Transformation complete"  # what the tutorial transform appends
-
-
-def _key(head: bytes) -> str:
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"sec-websocket-key":
-            return value.strip().decode()
-    raise ValueError("no Sec-WebSocket-Key")
-
-
-def _head(opcode: int, size: int, mask: bool) -> bytes:
-    bit = 0x80 if mask else 0
-    if size < 126:
-        return bytes([0x80 | opcode, bit | size])
-    if size < 65536:
-        return bytes([0x80 | opcode, bit | 126]) + size.to_bytes(2, "big")
-    return bytes([0x80 | opcode, bit | 127]) + size.to_bytes(8, "big")
+MARKER = TUTORIAL_MARKER
 
 
 def _json_payload(size: int) -> bytes:
@@ -86,117 +80,29 @@ def _json_payload(size: int) -> bytes:
 # ------------------------------------------------------------------ children
 
 
-class _EchoBackend(asyncio.Protocol):
-    """Answers every complete frame with its payload, same opcode, unmasked; pings get pongs."""
+def _tutorial_leg(stats: list[int], size: int, inflight: int, json_payload: bool = False) -> LoadLeg:
+    """A load leg through the tutorial API: text frames of ``size`` bytes, answered with the transform's mark."""
+    payload = _json_payload(size) if json_payload else b"x" * size
+    # A zero mask key: the gateway unmasks all the same, and the frames can be built once.
+    frame = frame_head(0x1, size, True) + b"\x00\x00\x00\x00" + payload
+    echoed = size + len(MARKER.encode())
+    request = (
+        f"GET /tutorial?x-Gateway-APIKey={API_KEY} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {generate_key()}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+    return LoadLeg(stats, request, frame, len(frame_head(0x1, echoed, False)) + echoed, inflight)
 
-    def __init__(self) -> None:
-        self.buffer = bytearray()
-        self.open = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        buffer = self.buffer
-        buffer += data
-        if not self.open:
-            end = buffer.find(HEAD_END)
-            if end < 0:
-                return
-            key = _key(bytes(buffer[:end]))
-            del buffer[: end + 4]
-            self.transport.write(  # type: ignore[attr-defined]
-                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                b"Sec-WebSocket-Accept: " + accept_key(key).encode() + b"\r\n\r\n"
-            )
-            self.open = True
-        out = []
-        pos, n = 0, len(buffer)
-        while n - pos >= 2:
-            b0, b1 = buffer[pos], buffer[pos + 1]
-            length, at = b1 & 0x7F, pos + 2
-            if length == 126:
-                if n - at < 2:
-                    break
-                length, at = int.from_bytes(buffer[at : at + 2], "big"), at + 2
-            elif length == 127:
-                if n - at < 8:
-                    break
-                length, at = int.from_bytes(buffer[at : at + 8], "big"), at + 8
-            masked = b1 & 0x80
-            if n - at < (4 if masked else 0) + length:
-                break
-            if masked:
-                payload = apply_mask(bytes(buffer[at + 4 : at + 4 + length]), bytes(buffer[at : at + 4]))
-                at += 4
-            else:
-                payload = bytes(buffer[at : at + length])
-            pos = at + length
-            opcode = b0 & 0x0F
-            if opcode == 0x8:
-                self.transport.write(b"".join(out) + _head(0x8, len(payload), False) + payload)  # type: ignore[attr-defined]
-                self.transport.close()  # type: ignore[attr-defined]
-                return
-            if opcode == 0x9:
-                opcode = 0xA
-            elif opcode == 0xA:
-                continue
-            out.append(_head(opcode, len(payload), False) + payload)
-        del buffer[:pos]
-        if out:
-            self.transport.write(b"".join(out))  # type: ignore[attr-defined]
-
-
-class _LoadLeg(asyncio.Protocol):
-    def __init__(self, stats: list[int], size: int, inflight: int, json_payload: bool = False) -> None:
-        self.stats = stats
-        payload = _json_payload(size) if json_payload else b"x" * size
-        # A zero mask key: the gateway unmasks all the same, and the frames can be built once.
-        self.frame = _head(0x1, size, True) + b"\x00\x00\x00\x00" + payload
-        echoed = size + len(MARKER.encode())
-        self.echo_size = len(_head(0x1, echoed, False)) + echoed
-        self.inflight = inflight
-        self.pending = 0
-        self.open = False
-        self.buffer = b""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        transport.write(  # type: ignore[attr-defined]
-            f"GET /tutorial?x-Gateway-APIKey={API_KEY} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {generate_key()}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-        )
-
-    def data_received(self, data: bytes) -> None:
-        if not self.open:
-            self.buffer += data
-            if HEAD_END not in self.buffer:
-                return
-            head, _, rest = self.buffer.partition(HEAD_END)
-            if not head.startswith(b"HTTP/1.1 101"):
-                print(f"refused: {head.splitlines()[0]!r}", file=sys.stderr, flush=True)
-                self.transport.close()  # type: ignore[attr-defined]
-                return
-            self.open = True
-            self.buffer = b""
-            self.transport.write(self.frame * self.inflight)  # type: ignore[attr-defined]
-            data = rest
-        self.pending += len(data)
-        count, self.pending = divmod(self.pending, self.echo_size)
-        if count:
-            self.stats[0] += count
-            self.transport.write(self.frame * count)  # type: ignore[attr-defined]
 
 
 async def _child(role: str, args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     stats = [0]
     if role == "backend":
-        server = await loop.create_server(_EchoBackend, "127.0.0.1", 0)
+        server = await loop.create_server(EchoBackend, "127.0.0.1", 0)
         print(server.sockets[0].getsockname()[1], flush=True)
     else:
         for _ in range(args.conns):
-            await loop.create_connection(lambda: _LoadLeg(stats, args.size, args.inflight, args.json), "127.0.0.1",
+            await loop.create_connection(lambda: _tutorial_leg(stats, args.size, args.inflight, args.json), "127.0.0.1",
                                          args.port)
         print("ready", flush=True)
     # Each line on stdin asks for the echo count so far; EOF ends the child.
@@ -252,51 +158,18 @@ messages:
 
 
 def _config(directory: Path, backend_port: int, extra: tuple[str, ...] = ()) -> Path:
-    shutil.copytree(REPO / "examples" / "transforms", directory / "transforms")
-    (directory / "logs").mkdir()
-    (directory / "gateway.yaml").write_text(
-        f"""\
-kind: Gateway
-name: micro
-admin:
-  enabled: false
----
-kind: Port
-name: micro
-host: 127.0.0.1
-port: 0
----
-kind: API
-name: tutorial
-path: /tutorial
-ports: [micro]
-upstream:
-  endpoints:
-    - url: ws://127.0.0.1:{backend_port}/echo/
-{MESSAGE_DEFINITIONS if "validate-messages" in extra else ""}policies:
-  - type: identify
-    by: [api_key]
-{"".join(EXTRA_POLICIES[name] for name in extra)}  - type: transform
-    stage: client
-    messages: text
-    callable: transforms.tutorial:client_transformation
-  - type: log-invocation
-    store_client_messages: true
-    store_server_messages: true
-    file: logs/tutorial.jsonl
-    max_file_bytes: 67108864
-    backups: 1
-  - type: throttle
-    max_connections: 5000
----
-kind: Application
-name: micro-app
-identifiers:
-  api_keys: [{API_KEY}]
-apis: [tutorial]
-"""
+    policies = tutorial_policies(5000, log_limits="    max_file_bytes: 67108864\n    backups: 1\n",
+                                 before_transform="".join(EXTRA_POLICIES[name] for name in extra))
+    return write_gateway_config(
+        directory,
+        gateway_doc("micro"),
+        port_doc("micro"),
+        api_doc("tutorial", "/tutorial", "micro", f"ws://127.0.0.1:{backend_port}/echo/", policies=policies,
+                extra=MESSAGE_DEFINITIONS if "validate-messages" in extra else ""),
+        application_doc("micro-app", API_KEY, "tutorial"),
+        tutorial=True,
     )
-    return directory
+
 
 
 def _configure_logging(level: str) -> None:
