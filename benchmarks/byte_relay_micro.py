@@ -35,24 +35,11 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from websockets.utils import accept_key, generate_key  # noqa: E402
-
-HEAD_END = b"\r\n\r\n"
-
-
-def _key(head: bytes) -> str:
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"sec-websocket-key":
-            return value.strip().decode()
-    raise ValueError("no Sec-WebSocket-Key")
-
-
-def _response(key: str) -> bytes:
-    return (
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Accept: {accept_key(key)}\r\n\r\n"
-    ).encode()
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import HEAD_END, LoadLeg  # noqa: E402
+from _harness import handshake_key as _key  # noqa: E402
+from _harness import switching_protocols as _response  # noqa: E402
+from websockets.utils import generate_key  # noqa: E402
 
 
 def _request(port: int, key: str) -> bytes:
@@ -104,36 +91,10 @@ class _EchoBackend(asyncio.Protocol):
         self.buffer = buffer[count * self.in_size :]
 
 
-class _LoadLeg(asyncio.Protocol):
-    def __init__(self, stats: list[int], size: int, inflight: int) -> None:
-        self.stats = stats
-        self.frame = _client_frame(size)
-        self.echo_size = len(_server_head(size)) + size
-        self.inflight = inflight
-        self.pending = 0
-        self.open = False
-        self.buffer = b""
+def _load_leg(stats: list[int], size: int, inflight: int) -> LoadLeg:
+    """A load leg of binary frames of ``size`` bytes, echoed back unchanged."""
+    return LoadLeg(stats, _request(0, generate_key()), _client_frame(size), len(_server_head(size)) + size, inflight)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        transport.write(_request(0, generate_key()))  # type: ignore[attr-defined]
-
-    def data_received(self, data: bytes) -> None:
-        if not self.open:
-            self.buffer += data
-            if HEAD_END not in self.buffer:
-                return
-            _, _, rest = self.buffer.partition(HEAD_END)
-            self.open = True
-            self.buffer = b""
-            if self.inflight:
-                self.transport.write(self.frame * self.inflight)  # type: ignore[attr-defined]
-            data = rest
-        self.pending += len(data)
-        count, self.pending = divmod(self.pending, self.echo_size)
-        if count:
-            self.stats[0] += count
-            self.transport.write(self.frame * count)  # type: ignore[attr-defined]
 
 
 async def _child(role: str, args: argparse.Namespace) -> None:
@@ -147,7 +108,7 @@ async def _child(role: str, args: argparse.Namespace) -> None:
         inflight = 0 if role == "idle" else args.inflight
         count = args.idle if role == "idle" else args.conns
         for _ in range(count):
-            await loop.create_connection(lambda: _LoadLeg(stats, args.size, inflight), "127.0.0.1", args.port)
+            await loop.create_connection(lambda: _load_leg(stats, args.size, inflight), "127.0.0.1", args.port)
         print("ready", flush=True)
     # Serve until the parent closes our stdin.
     await loop.run_in_executor(None, sys.stdin.read)
