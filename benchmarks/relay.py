@@ -52,6 +52,17 @@ import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _harness import (  # noqa: E402
+    TUTORIAL_MARKER,
+    api_doc,
+    application_doc,
+    cpu_model,
+    gateway_doc,
+    identify_and_throttle,
+    port_doc,
+    tutorial_policies,
+    write_gateway_config,
+)
 from _load import GoLoad, LoadError, LoadPool, LoadResult, build_go, go_binary  # noqa: E402
 from _servers import Child, Nginx, nginx_binary, nginx_version  # noqa: E402
 
@@ -59,7 +70,7 @@ log = structlog.get_logger("wsgate.bench")
 
 REPO = Path(__file__).resolve().parent.parent
 API_KEY = "bench-key"  # a throwaway key for the generated config; it never leaves this machine
-MARKER = " Client Transformation complete"
+MARKER = TUTORIAL_MARKER
 START_TIMEOUT = 30.0
 BUSY_CORE = 0.9  # CPU-seconds per second at which a process is the bottleneck
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "wsgate-bench"
@@ -154,76 +165,20 @@ class Target:
 
 def gateway_config(directory: Path, backend_port: int, api: str) -> Path:
     """Write a gateway config with the API under test: ``fast`` (and ``upgrade``: identify, throttle), ``tutorial``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(REPO / "examples" / "transforms", directory / "transforms")
-    (directory / "logs").mkdir(exist_ok=True)
     upstream = f"ws://127.0.0.1:{backend_port}/echo/"
-    documents = [
-        "kind: Gateway\nname: bench\nadmin:\n  enabled: false\n",
-        "kind: Port\nname: bench\ndescription: The benchmark listener on a free port the system picks.\n"
-        "host: 127.0.0.1\nport: 0\n",
-    ]
+    documents = [gateway_doc("bench"), port_doc("bench", "The benchmark listener on a free port the system picks.")]
     if api == "fast":
-        documents.append(
-            f"""\
-kind: API
-name: fast
-description: No message-stage policy, so the byte relay.
-path: /fast
-ports: [bench]
-upstream:
-  endpoints:
-    - url: {upstream}
-"""
-        )
-        documents.append(
-            f"""\
-kind: API
-name: upgrade
-description: Identify and throttle only, for upgrades per second.
-path: /upgrade
-ports: [bench]
-upstream:
-  endpoints:
-    - url: {upstream}
-policies:
-  - type: identify
-    by: [api_key]
-  - type: throttle
-    max_connections: 20000
-"""
-        )
+        documents.append(api_doc("fast", "/fast", "bench", upstream,
+                                 description="No message-stage policy, so the byte relay."))
+        documents.append(api_doc("upgrade", "/upgrade", "bench", upstream, policies=identify_and_throttle(),
+                                 description="Identify and throttle only, for upgrades per second."))
         apis = "upgrade"
     else:
-        documents.append(
-            f"""\
-kind: API
-name: tutorial
-description: The tutorial's EchoWS chain.
-path: /tutorial
-ports: [bench]
-upstream:
-  endpoints:
-    - url: {upstream}
-policies:
-  - type: identify
-    by: [api_key]
-  - type: transform
-    stage: client
-    messages: text
-    callable: transforms.tutorial:client_transformation
-  - type: log-invocation
-    store_client_messages: true
-    store_server_messages: true
-    file: logs/tutorial.jsonl
-  - type: throttle
-    max_connections: 20000
-"""
-        )
+        documents.append(api_doc("tutorial", "/tutorial", "bench", upstream, policies=tutorial_policies(),
+                                 description="The tutorial's EchoWS chain."))
         apis = "tutorial"
-    documents.append(f"kind: Application\nname: bench-app\nidentifiers:\n  api_keys: [{API_KEY}]\napis: [{apis}]\n")
-    (directory / "gateway.yaml").write_text("---\n".join(documents))
-    return directory
+    documents.append(application_doc("bench-app", API_KEY, apis))
+    return write_gateway_config(directory, *documents, tutorial=True)
 
 
 async def _check_tutorial(url: str) -> str:
@@ -617,14 +572,7 @@ def cpu_bound_estimate(figures: Figures | None, cores: int | None = None) -> flo
 
 
 def machine(nginx: str | None, loadgen: str, backend: str) -> dict[str, str]:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     go = go_binary()
     go_version = subprocess.run([go, "version"], capture_output=True, text=True).stdout.split()[2] if go else "–"
     return {
