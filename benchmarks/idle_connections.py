@@ -32,10 +32,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import hashlib
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -43,20 +41,23 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import (  # noqa: E402
+    EchoBackend,
+    api_doc,
+    application_doc,
+    gateway_doc,
+    identify_and_throttle,
+    port_doc,
+    raise_open_files_limit,
+    write_gateway_config,
+)
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 API_KEY = "idle-bench-key"  # a throwaway key for the generated config
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 CONNECT_BATCH = int(os.environ.get("IDLE_CONNECT_BATCH", "200"))  # handshakes in flight per client process
-
-
-def raise_nofile() -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        return hard
-    return soft
 
 
 def rss_kib(pid: int) -> int:
@@ -80,61 +81,6 @@ def cpu_split(pid: int) -> tuple[float, float]:
 # ------------------------------------------------------------------ backend
 
 
-class _Backend(asyncio.Protocol):
-    """101 to any upgrade, then unmask and answer: ping→pong, close→close, data→echo."""
-
-    __slots__ = ("transport", "buf", "open")
-
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-        self.buf = b""
-        self.open = False
-
-    def data_received(self, data: bytes) -> None:
-        buf = self.buf + data
-        if not self.open:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                self.buf = buf
-                return
-            key = b""
-            for line in buf[:end].split(b"\r\n"):
-                if line.lower().startswith(b"sec-websocket-key:"):
-                    key = line.split(b":", 1)[1].strip()
-            accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
-            self.transport.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                                 b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
-            self.open = True
-            buf = buf[end + 4 :]
-        while len(buf) >= 6:
-            b0, b1 = buf[0], buf[1]
-            length, pos = b1 & 0x7F, 2
-            if length == 126:
-                if len(buf) < 8:
-                    break
-                length, pos = int.from_bytes(buf[2:4], "big"), 4
-            elif length == 127:
-                if len(buf) < 14:
-                    break
-                length, pos = int.from_bytes(buf[2:10], "big"), 10
-            if len(buf) < pos + 4 + length:
-                break
-            mask = buf[pos : pos + 4]
-            raw = buf[pos + 4 : pos + 4 + length]
-            payload = bytes(c ^ mask[i % 4] for i, c in enumerate(raw)) if length else b""
-            buf = buf[pos + 4 + length :]
-            opcode = b0 & 0x0F
-            if opcode == 9:
-                self.transport.write(_frame(0xA, payload, masked=False))
-            elif opcode == 8:
-                self.transport.write(_frame(0x8, payload[:2], masked=False))
-                self.transport.close()
-                return
-            elif opcode in (1, 2, 0):
-                self.transport.write(_frame(b0 & 0x0F, payload, masked=False, fin=bool(b0 & 0x80)))
-        self.buf = buf
-
-
 def _frame(opcode: int, payload: bytes, masked: bool, fin: bool = True) -> bytes:
     head = bytes([(0x80 if fin else 0) | opcode])
     n = len(payload)
@@ -153,7 +99,7 @@ def _frame(opcode: int, payload: bytes, masked: bool, fin: bool = True) -> bytes
 
 async def _backend_main() -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(_Backend, "127.0.0.1", 0, backlog=4096)
+    server = await loop.create_server(EchoBackend, "127.0.0.1", 0, backlog=4096)
     port = server.sockets[0].getsockname()[1]
     print(json.dumps({"port": port}), flush=True)
     await loop.run_in_executor(None, sys.stdin.read)  # until the coordinator closes our stdin
@@ -164,19 +110,15 @@ async def _backend_main() -> None:
 
 def write_config(directory: Path, backend_port: int) -> Path:
     upstream = f"ws://127.0.0.1:{backend_port}/echo/"
-    documents = [
-        "kind: Gateway\nname: idle-bench\nadmin:\n  enabled: false\n",
-        "kind: Port\nname: bench\ndescription: The benchmark listener.\nhost: 127.0.0.1\nport: 0\n",
-        f"kind: API\nname: fast\ndescription: No message-stage policy, so the byte relay.\npath: /fast\n"
-        f"ports: [bench]\nupstream:\n  endpoints:\n    - url: {upstream}\n",
-        f"kind: API\nname: upgrade\ndescription: Identify and throttle.\npath: /upgrade\nports: [bench]\n"
-        f"upstream:\n  endpoints:\n    - url: {upstream}\npolicies:\n  - type: identify\n    by: [api_key]\n"
-        f"  - type: throttle\n    max_connections: 20000\n",
-        f"kind: Application\nname: bench-app\nidentifiers:\n  api_keys: [{API_KEY}]\napis: [upgrade]\n",
-    ]
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "gateway.yaml").write_text("---\n".join(documents))
-    return directory
+    return write_gateway_config(
+        directory,
+        gateway_doc("idle-bench"),
+        port_doc("bench", "The benchmark listener."),
+        api_doc("fast", "/fast", "bench", upstream, description="No message-stage policy, so the byte relay."),
+        api_doc("upgrade", "/upgrade", "bench", upstream, description="Identify and throttle.",
+                policies=identify_and_throttle()),
+        application_doc("bench-app", API_KEY, "upgrade"),
+    )
 
 
 async def _gateway_main(config_dir: str, profile: str | None) -> None:
@@ -470,7 +412,7 @@ def run_upgrades(args: argparse.Namespace, gateway: Proc, port: int) -> dict[str
 
 
 def coordinate(args: argparse.Namespace) -> dict[str, Any]:
-    raise_nofile()
+    raise_open_files_limit()
     backend = Proc("--role", "backend")
     gateway = None
     try:
@@ -510,7 +452,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.role is not None:
-        raise_nofile()
+        raise_open_files_limit()
         if args.role == "backend":
             asyncio.run(_backend_main())
         elif args.role == "gateway":
