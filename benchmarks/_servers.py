@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _harness import raise_open_files_limit
+
 HERE = Path(__file__).resolve().parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_KIB = 4
@@ -298,15 +300,6 @@ def _rss_kib(pid: int, role: str) -> int:
 
 
 # ------------------------------------------------------------------ child side
-
-
-def raise_open_files_limit() -> int:
-    """Raise this process's soft RLIMIT_NOFILE to the hard limit (a proxied connection holds two files)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        return hard
-    return soft
 
 
 def _quiet_logs(level: int = logging.WARNING) -> None:

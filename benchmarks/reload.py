@@ -26,18 +26,20 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _harness import api_doc, port_doc  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 from websockets.exceptions import InvalidStatus  # noqa: E402
 
 from echo.server import EchoService  # noqa: E402
 from gateway.config.models import EchoContext, EchoServer  # noqa: E402
 
-PORT = "---\nkind: Port\nname: default\nport: 0\nhost: 127.0.0.1\n"
+PORT = "---\n" + port_doc("default")
 
 
 def _api(name: str, path: str, url: str) -> str:
-    return f"---\nkind: API\nname: {name}\npath: {path}\nports: [default]\nupstream:\n  endpoints:\n    - url: {url}\n"
+    return "---\n" + api_doc(name, path, "default", url)
 
 
 def _save(root: Path, text: str) -> None:
