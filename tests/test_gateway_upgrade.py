@@ -14,7 +14,6 @@ from support import (
     http_request,
     raw_backend,
     recording_backend,
-    run,
     running_gateway,
     upgrade_request,
     write_config,
@@ -132,51 +131,47 @@ async def test_subprotocol_negotiated_end_to_end(tmp_path):
             assert b"400" in info.value.response.body
 
 
-def test_headers_and_query_as_seen_by_the_upstream(tmp_path):
+async def test_headers_and_query_as_seen_by_the_upstream(tmp_path):
     """The upstream gets X-Forwarded-*, end-to-end headers and the query, never hop-by-hop headers,
     headers named in Connection, spoofed gateway headers or the API key."""
-
-    async def scenario():
-        async with recording_backend() as backend:
-            config = write_config(tmp_path, PORT, api_yaml("A", "/a", backend.url + "/native?fixed=1"))
-            async with running_gateway(config) as gw:
-                extra = (
-                    "Connection: Upgrade, X-Hop-Secret\r\n"
-                    "X-Hop-Secret: hop\r\n"
-                    "Keep-Alive: timeout=5\r\n"
-                    "Proxy-Authorization: Basic Zm9vOmJhcg==\r\n"
-                    "x-Gateway-APIKey: header-key-123\r\n"
-                    "X-Gateway-Application: spoofed\r\n"
-                    "X-Forwarded-For: 10.9.8.7\r\n"
-                    "X-Custom: kept\r\n"
-                    "Cookie: session=abc\r\n"
-                    "Origin: https://app.example\r\n"
-                )
-                request = upgrade_request("/a?a=1&x-Gateway-APIKey=query-key-456&b=2", host="gw.example", extra=extra)
-                request = request.replace(b"Connection: Upgrade\r\n", b"", 1)
-                reader, writer = await asyncio.open_connection(*gw.addresses["default"])
-                writer.write(request)
-                head = await reader.readuntil(b"\r\n\r\n")
-                assert head.startswith(b"HTTP/1.1 101 ")
-                writer.close()
-                seen = backend.requests[0]
-                headers = seen.headers
-                assert seen.path == "/native?fixed=1&a=1&b=2"
-                assert headers["X-Forwarded-For"] == "10.9.8.7, 127.0.0.1"
-                assert headers["X-Forwarded-Proto"] == "ws"
-                assert headers["X-Forwarded-Host"] == "gw.example"
-                assert headers["X-Custom"] == "kept"
-                assert headers["Cookie"] == "session=abc"
-                assert headers["Origin"] == "https://app.example"
-                assert headers["Host"] == backend.url.split("//")[1]
-                for name in ("X-Hop-Secret", "Keep-Alive", "Proxy-Authorization", "x-Gateway-APIKey",
-                             "X-Gateway-Application"):
-                    assert name not in headers, name
-                raw = str(seen.headers) + seen.path
-                assert "header-key-123" not in raw and "query-key-456" not in raw
-                assert headers["Sec-WebSocket-Key"] != "dGhlIHNhbXBsZSBub25jZQ=="
-
-    run(scenario())
+    async with recording_backend() as backend:
+        config = write_config(tmp_path, PORT, api_yaml("A", "/a", backend.url + "/native?fixed=1"))
+        async with running_gateway(config) as gw:
+            extra = (
+                "Connection: Upgrade, X-Hop-Secret\r\n"
+                "X-Hop-Secret: hop\r\n"
+                "Keep-Alive: timeout=5\r\n"
+                "Proxy-Authorization: Basic Zm9vOmJhcg==\r\n"
+                "x-Gateway-APIKey: header-key-123\r\n"
+                "X-Gateway-Application: spoofed\r\n"
+                "X-Forwarded-For: 10.9.8.7\r\n"
+                "X-Custom: kept\r\n"
+                "Cookie: session=abc\r\n"
+                "Origin: https://app.example\r\n"
+            )
+            request = upgrade_request("/a?a=1&x-Gateway-APIKey=query-key-456&b=2", host="gw.example", extra=extra)
+            request = request.replace(b"Connection: Upgrade\r\n", b"", 1)
+            reader, writer = await asyncio.open_connection(*gw.addresses["default"])
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 101 ")
+            writer.close()
+            seen = backend.requests[0]
+            headers = seen.headers
+            assert seen.path == "/native?fixed=1&a=1&b=2"
+            assert headers["X-Forwarded-For"] == "10.9.8.7, 127.0.0.1"
+            assert headers["X-Forwarded-Proto"] == "ws"
+            assert headers["X-Forwarded-Host"] == "gw.example"
+            assert headers["X-Custom"] == "kept"
+            assert headers["Cookie"] == "session=abc"
+            assert headers["Origin"] == "https://app.example"
+            assert headers["Host"] == backend.url.split("//")[1]
+            for name in ("X-Hop-Secret", "Keep-Alive", "Proxy-Authorization", "x-Gateway-APIKey",
+                         "X-Gateway-Application"):
+                assert name not in headers, name
+            raw = str(seen.headers) + seen.path
+            assert "header-key-123" not in raw and "query-key-456" not in raw
+            assert headers["Sec-WebSocket-Key"] != "dGhlIHNhbXBsZSBub25jZQ=="
 
 
 async def test_slow_handshake_is_closed_after_the_handshake_timeout(tmp_path):

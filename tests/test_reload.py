@@ -19,7 +19,6 @@ from support import (
     gw_url,
     http_request,
     reloadable_gateway,
-    run,
     running_gateway,
     write_config,
 )
@@ -478,35 +477,31 @@ async def test_watcher_follows_a_configmap_symlink_swap(tmp_path):
                 await watcher.stop()
 
 
-def test_echo_servers_follow_the_config(tmp_path):
+async def test_echo_servers_follow_the_config(tmp_path):
     """A reload adds an echo context in place (same listener), and a removed echo server stops."""
+    echo = ("kind: EchoServer\nname: e1\nport: 1\nhost: 127.0.0.1\ncontexts:\n"
+            "  - path: /one/\n    mode: echo\n")
+    config = write_config(tmp_path, PORT, settings(), echo)
+    root = tmp_path / "config"
+    async with running_gateway(config, paths=[root]) as gw:
+        # The model's port is fixed (>= 1); run its service on a free port and hand it to the gateway.
+        from echo.server import EchoService
 
-    async def scenario():
-        echo = ("kind: EchoServer\nname: e1\nport: 1\nhost: 127.0.0.1\ncontexts:\n"
-                "  - path: /one/\n    mode: echo\n")
-        config = write_config(tmp_path, PORT, settings(), echo)
-        root = tmp_path / "config"
-        async with running_gateway(config, paths=[root]) as gw:
-            # The model's port is fixed (>= 1); run its service on a free port and hand it to the gateway.
-            from echo.server import EchoService
-
-            service = EchoService(config.echo_servers["e1"].model, port=0)
-            await service.start()
-            gw.echo_services, gw._start_echo = [service], True
-            async with connect(service.url("/one/")) as one:
-                await roundtrip(one, "one")
-                save(root, PORT, settings(), echo + "  - path: /two/\n    mode: echo\n")
-                assert (await gw.reload("test"))["ok"]
-                assert gw.echo_services == [service]
-                async with connect(service.url("/two/")) as two:
-                    await roundtrip(two, "two")
-                await roundtrip(one, "one untouched")
-                save(root, PORT, settings())
-                assert (await gw.reload("test"))["ok"]
-                assert gw.echo_services == []
-                assert await closed_code(one) == 1001
-
-    run(scenario())
+        service = EchoService(config.echo_servers["e1"].model, port=0)
+        await service.start()
+        gw.echo_services, gw._start_echo = [service], True
+        async with connect(service.url("/one/")) as one:
+            await roundtrip(one, "one")
+            save(root, PORT, settings(), echo + "  - path: /two/\n    mode: echo\n")
+            assert (await gw.reload("test"))["ok"]
+            assert gw.echo_services == [service]
+            async with connect(service.url("/two/")) as two:
+                await roundtrip(two, "two")
+            await roundtrip(one, "one untouched")
+            save(root, PORT, settings())
+            assert (await gw.reload("test"))["ok"]
+            assert gw.echo_services == []
+            assert await closed_code(one) == 1001
 
 
 async def test_plan_from_a_running_gateway_counts_live_connections(tmp_path, capsys):
