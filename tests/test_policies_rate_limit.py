@@ -110,142 +110,118 @@ def exceeded(gw, direction: str = "client", action: str = "drop") -> int:
     return gw.state.rate_limits.exceeded[("Echo", direction, action)]
 
 
-def test_drop_per_connection_passes_the_burst_and_answers_the_rest(tmp_path: Path):
+async def test_drop_per_connection_passes_the_burst_and_answers_the_rest(tmp_path: Path):
     """A burst at the limit passes whole; past it each message is dropped, counted and answered with the error."""
-
-    async def scenario():
-        async with echo_backend() as backend:
-            body = f"messages_per_second: {SLOW}\nburst_messages: 3\non_exceed: drop\nerror_message: '{ERROR}'"
-            config = write_config(tmp_path, PORT, rate_api(backend.url("/echo/"), body))
-            async with running_gateway(config) as gw:
-                with capture_logs() as logs:
-                    async with connect(gw_url(gw, "/echo")) as ws:
-                        for i in range(5):
-                            await ws.send(f"m{i}")
-                        got = await receive_all(ws, 5)
-                        assert [m for m in got if m != ERROR] == ["m0", "m1", "m2"]
-                        assert got.count(ERROR) == 2
-                        assert exceeded(gw) == 2
-                        # A second connection has its own bucket.
-                        async with connect(gw_url(gw, "/echo")) as other:
-                            await other.send("fresh")
-                            assert await other.recv() == "fresh"
-                admin = f"http://127.0.0.1:{gw.admin.port}"
-                metrics = (await http_request(admin, path="/metrics")).body.decode()
-                assert 'wsgate_rate_limited_total{api="Echo",direction="client",action="drop"} 2' in metrics
-                warnings = [e for e in logs if e["event"] == "rate limit exceeded"]
-                assert len(warnings) == 1 and warnings[0]["action"] == "drop"
-
-    run(scenario())
+    async with echo_backend() as backend:
+        body = f"messages_per_second: {SLOW}\nburst_messages: 3\non_exceed: drop\nerror_message: '{ERROR}'"
+        config = write_config(tmp_path, PORT, rate_api(backend.url("/echo/"), body))
+        async with running_gateway(config) as gw:
+            with capture_logs() as logs:
+                async with connect(gw_url(gw, "/echo")) as ws:
+                    for i in range(5):
+                        await ws.send(f"m{i}")
+                    got = await receive_all(ws, 5)
+                    assert [m for m in got if m != ERROR] == ["m0", "m1", "m2"]
+                    assert got.count(ERROR) == 2
+                    assert exceeded(gw) == 2
+                    # A second connection has its own bucket.
+                    async with connect(gw_url(gw, "/echo")) as other:
+                        await other.send("fresh")
+                        assert await other.recv() == "fresh"
+            admin = f"http://127.0.0.1:{gw.admin.port}"
+            metrics = (await http_request(admin, path="/metrics")).body.decode()
+            assert 'wsgate_rate_limited_total{api="Echo",direction="client",action="drop"} 2' in metrics
+            warnings = [e for e in logs if e["event"] == "rate limit exceeded"]
+            assert len(warnings) == 1 and warnings[0]["action"] == "drop"
 
 
-def test_close_action_ends_the_connection_with_1008(tmp_path: Path):
+async def test_close_action_ends_the_connection_with_1008(tmp_path: Path):
     """With `on_exceed: close` the first message past the burst closes the connection with 1008 "rate limit"."""
-
-    async def scenario():
-        async with echo_backend() as backend:
-            body = f"messages_per_second: {SLOW}\nburst_messages: 2\non_exceed: close"
-            config = write_config(tmp_path, PORT, rate_api(backend.url("/echo/"), body))
-            async with running_gateway(config) as gw, connect(gw_url(gw, "/echo")) as ws:
-                for i in range(2):
-                    await ws.send(f"m{i}")
-                assert await receive_all(ws, 2) == ["m0", "m1"]
-                await ws.send("one too many")
-                try:
-                    await ws.recv()
-                except ConnectionClosed as closed:
-                    assert (closed.rcvd.code, closed.rcvd.reason) == (1008, "rate limit")
-                else:
-                    raise AssertionError("the connection stayed open")
-
-    run(scenario())
+    async with echo_backend() as backend:
+        body = f"messages_per_second: {SLOW}\nburst_messages: 2\non_exceed: close"
+        config = write_config(tmp_path, PORT, rate_api(backend.url("/echo/"), body))
+        async with running_gateway(config) as gw, connect(gw_url(gw, "/echo")) as ws:
+            for i in range(2):
+                await ws.send(f"m{i}")
+            assert await receive_all(ws, 2) == ["m0", "m1"]
+            await ws.send("one too many")
+            try:
+                await ws.recv()
+            except ConnectionClosed as closed:
+                assert (closed.rcvd.code, closed.rcvd.reason) == (1008, "rate limit")
+            else:
+                raise AssertionError("the connection stayed open")
 
 
-def test_delay_loses_nothing_and_holds_the_sender_back(tmp_path: Path):
+async def test_delay_loses_nothing_and_holds_the_sender_back(tmp_path: Path):
     """`delay` (the client default) relays every message in order, no sooner than the bucket allows."""
-
-    async def scenario():
-        async with echo_backend() as backend:
-            config = write_config(tmp_path, PORT, rate_api(backend.url("/echo/"),
-                                                           "messages_per_second: 40\nburst_messages: 1"))
-            async with running_gateway(config) as gw, connect(gw_url(gw, "/echo")) as ws:
-                loop = asyncio.get_running_loop()
-                start = loop.time()
-                sent = [f"m{i}" for i in range(20)] + ["x" * 70_000]
-                for message in sent:
-                    await ws.send(message)
-                assert await receive_all(ws, len(sent)) == sent
-                # A lower bound only: a slow machine can make it longer, never shorter.
-                assert loop.time() - start >= (len(sent) - 1) / 40 * 0.95
-                assert exceeded(gw, action="delay") == 0  # delays are not refusals
-
-    run(scenario())
+    async with echo_backend() as backend:
+        config = write_config(tmp_path, PORT, rate_api(backend.url("/echo/"),
+                                                       "messages_per_second: 40\nburst_messages: 1"))
+        async with running_gateway(config) as gw, connect(gw_url(gw, "/echo")) as ws:
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            sent = [f"m{i}" for i in range(20)] + ["x" * 70_000]
+            for message in sent:
+                await ws.send(message)
+            assert await receive_all(ws, len(sent)) == sent
+            # A lower bound only: a slow machine can make it longer, never shorter.
+            assert loop.time() - start >= (len(sent) - 1) / 40 * 0.95
+            assert exceeded(gw, action="delay") == 0  # delays are not refusals
 
 
-def test_bytes_per_second_drops_what_the_byte_budget_cannot_hold(tmp_path: Path):
+async def test_bytes_per_second_drops_what_the_byte_budget_cannot_hold(tmp_path: Path):
     """A byte budget of 100 passes two 40-byte messages at once and drops the third."""
-
-    async def scenario():
-        async with echo_backend() as backend:
-            body = f"bytes_per_second: {SLOW}\nburst_bytes: 100\non_exceed: drop"
-            api = rate_api(backend.url("/echo/"), body)
-            api = api.replace("policies:", "limits:\n  max_message_size: 100\npolicies:")
-            config = write_config(tmp_path, PORT, api)
-            async with running_gateway(config) as gw, connect(gw_url(gw, "/echo")) as ws:
-                for c in "abc":
-                    await ws.send(c * 40)
-                await eventually(lambda: exceeded(gw) == 1)
-                await ws.send("")  # an empty message costs no bytes: it passes and marks the end
-                assert await receive_all(ws, 3) == ["a" * 40, "b" * 40, ""]
-
-    run(scenario())
+    async with echo_backend() as backend:
+        body = f"bytes_per_second: {SLOW}\nburst_bytes: 100\non_exceed: drop"
+        api = rate_api(backend.url("/echo/"), body)
+        api = api.replace("policies:", "limits:\n  max_message_size: 100\npolicies:")
+        config = write_config(tmp_path, PORT, api)
+        async with running_gateway(config) as gw, connect(gw_url(gw, "/echo")) as ws:
+            for c in "abc":
+                await ws.send(c * 40)
+            await eventually(lambda: exceeded(gw) == 1)
+            await ws.send("")  # an empty message costs no bytes: it passes and marks the end
+            assert await receive_all(ws, 3) == ["a" * 40, "b" * 40, ""]
 
 
-def test_per_application_and_per_api_buckets_are_shared(tmp_path: Path):
+async def test_per_application_and_per_api_buckets_are_shared(tmp_path: Path):
     """Stacked limits: one application's connections share its bucket, and every connection shares the API's."""
-
-    async def scenario():
-        async with echo_backend() as backend:
-            per_app = f"per: application\nmessages_per_second: {SLOW}\nburst_messages: 2\non_exceed: drop"
-            per_api = f"per: api\nmessages_per_second: {SLOW}\nburst_messages: 3\non_exceed: drop"
-            config = write_config(tmp_path, PORT, rate_api(backend.url("/echo/"), per_app, per_api, identify=True),
-                                  *applications())
-            async with running_gateway(config) as gw:
-                a1 = await connect(gw_url(gw, f"/echo?x-Gateway-APIKey={KEY_A}"))
-                a2 = await connect(gw_url(gw, f"/echo?x-Gateway-APIKey={KEY_A}"))
-                b = await connect(gw_url(gw, f"/echo?x-Gateway-APIKey={KEY_B}"))
-                await a1.send("a1")
-                assert await a1.recv() == "a1"
-                await a2.send("a2")
-                assert await a2.recv() == "a2"
-                await a2.send("a2 again")  # alpha's bucket is empty: dropped by the per-application limit
-                await eventually(lambda: exceeded(gw) == 1)
-                await b.send("b")  # beta has its own bucket; the API's third token
-                assert await b.recv() == "b"
-                await b.send("b again")  # beta's bucket has room, the API's does not
-                await eventually(lambda: exceeded(gw) == 2)
-                await b.send("b last")
-                await eventually(lambda: exceeded(gw) == 3)
-                for ws in (a1, a2, b):
-                    await ws.close()
-
-    run(scenario())
+    async with echo_backend() as backend:
+        per_app = f"per: application\nmessages_per_second: {SLOW}\nburst_messages: 2\non_exceed: drop"
+        per_api = f"per: api\nmessages_per_second: {SLOW}\nburst_messages: 3\non_exceed: drop"
+        config = write_config(tmp_path, PORT, rate_api(backend.url("/echo/"), per_app, per_api, identify=True),
+                              *applications())
+        async with running_gateway(config) as gw:
+            a1 = await connect(gw_url(gw, f"/echo?x-Gateway-APIKey={KEY_A}"))
+            a2 = await connect(gw_url(gw, f"/echo?x-Gateway-APIKey={KEY_A}"))
+            b = await connect(gw_url(gw, f"/echo?x-Gateway-APIKey={KEY_B}"))
+            await a1.send("a1")
+            assert await a1.recv() == "a1"
+            await a2.send("a2")
+            assert await a2.recv() == "a2"
+            await a2.send("a2 again")  # alpha's bucket is empty: dropped by the per-application limit
+            await eventually(lambda: exceeded(gw) == 1)
+            await b.send("b")  # beta has its own bucket; the API's third token
+            assert await b.recv() == "b"
+            await b.send("b again")  # beta's bucket has room, the API's does not
+            await eventually(lambda: exceeded(gw) == 2)
+            await b.send("b last")
+            await eventually(lambda: exceeded(gw) == 3)
+            for ws in (a1, a2, b):
+                await ws.close()
 
 
-def test_server_direction_drops_what_the_backend_sends_too_fast(tmp_path: Path):
+async def test_server_direction_drops_what_the_backend_sends_too_fast(tmp_path: Path):
     """A `server` limit (default action drop) passes the burst of backend messages and drops the rest."""
-
-    async def scenario():
-        async with echo_backend() as backend:
-            body = f"direction: server\nmessages_per_second: {SLOW}\nburst_messages: 2"
-            config = write_config(tmp_path, PORT, rate_api(backend.url("/echo/"), body))
-            async with running_gateway(config) as gw, connect(gw_url(gw, "/echo")) as ws:
-                for i in range(4):
-                    await ws.send(f"m{i}")
-                assert await receive_all(ws, 2) == ["m0", "m1"]
-                await eventually(lambda: exceeded(gw, direction="server") == 2)
-
-    run(scenario())
+    async with echo_backend() as backend:
+        body = f"direction: server\nmessages_per_second: {SLOW}\nburst_messages: 2"
+        config = write_config(tmp_path, PORT, rate_api(backend.url("/echo/"), body))
+        async with running_gateway(config) as gw, connect(gw_url(gw, "/echo")) as ws:
+            for i in range(4):
+                await ws.send(f"m{i}")
+            assert await receive_all(ws, 2) == ["m0", "m1"]
+            await eventually(lambda: exceeded(gw, direction="server") == 2)
 
 
 def test_tightened_limit_applies_to_a_live_connection_without_closing_it(tmp_path: Path):
@@ -274,37 +250,33 @@ def test_tightened_limit_applies_to_a_live_connection_without_closing_it(tmp_pat
     run(scenario(), timeout=3 * TIMEOUT)
 
 
-def test_a_failed_reload_leaves_live_limits_alone(tmp_path: Path):
+async def test_a_failed_reload_leaves_live_limits_alone(tmp_path: Path):
     """A reload that compiles but cannot listen on a new port changes no limit; the next good one does."""
-
-    async def scenario():
-        async with echo_backend() as backend:
-            url = backend.url("/echo/")
-            body = "messages_per_second: {}\nburst_messages: {}\non_exceed: drop"
-            config = write_config(tmp_path, PORT, rate_api(url, body.format(SLOW, 100)))
-            root = tmp_path / "config"
-            taken = socket.socket()
-            taken.bind(("127.0.0.1", 0))
-            taken.listen()
-            busy = f"kind: Port\nname: busy\nport: {taken.getsockname()[1]}\nhost: 127.0.0.1\n"
-            try:
-                async with running_gateway(config, paths=[root]) as gw, connect(gw_url(gw, "/echo")) as ws:
-                    save(root, PORT, busy, rate_api(url, body.format(SLOW, 2)).replace("[default]", "[default, busy]"))
-                    outcome = await gw.reload("test")
-                    assert not outcome["ok"] and "cannot listen" in outcome["error"]
-                    for i in range(4):
-                        await ws.send(f"m{i}")
-                    assert await receive_all(ws, 4) == ["m0", "m1", "m2", "m3"]
-                    save(root, PORT, rate_api(url, body.format(SLOW, 2)))
-                    assert (await gw.reload("test"))["ok"]
-                    for i in range(3):
-                        await ws.send(f"n{i}")
-                    assert await receive_all(ws, 2) == ["n0", "n1"]
-                    await eventually(lambda: exceeded(gw) == 1)
-            finally:
-                taken.close()
-
-    run(scenario())
+    async with echo_backend() as backend:
+        url = backend.url("/echo/")
+        body = "messages_per_second: {}\nburst_messages: {}\non_exceed: drop"
+        config = write_config(tmp_path, PORT, rate_api(url, body.format(SLOW, 100)))
+        root = tmp_path / "config"
+        taken = socket.socket()
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = f"kind: Port\nname: busy\nport: {taken.getsockname()[1]}\nhost: 127.0.0.1\n"
+        try:
+            async with running_gateway(config, paths=[root]) as gw, connect(gw_url(gw, "/echo")) as ws:
+                save(root, PORT, busy, rate_api(url, body.format(SLOW, 2)).replace("[default]", "[default, busy]"))
+                outcome = await gw.reload("test")
+                assert not outcome["ok"] and "cannot listen" in outcome["error"]
+                for i in range(4):
+                    await ws.send(f"m{i}")
+                assert await receive_all(ws, 4) == ["m0", "m1", "m2", "m3"]
+                save(root, PORT, rate_api(url, body.format(SLOW, 2)))
+                assert (await gw.reload("test"))["ok"]
+                for i in range(3):
+                    await ws.send(f"n{i}")
+                assert await receive_all(ws, 2) == ["n0", "n1"]
+                await eventually(lambda: exceeded(gw) == 1)
+        finally:
+            taken.close()
 
 
 def save(root: Path, *documents: str) -> None:
@@ -400,32 +372,28 @@ def test_shared_bucket_takes_only_what_the_shared_budget_grants():
     assert two.take(1, 0.01) > 0 and len(budget.asked) == asks
 
 
-def test_cluster_wide_api_bucket_across_two_gateways(tmp_path: Path):
+async def test_cluster_wide_api_bucket_across_two_gateways(tmp_path: Path):
     """Two gateways sharing a budget admit one API burst between them; the rest is dropped on either."""
+    async with echo_backend() as backend:
+        body = f"per: api\nmessages_per_second: {SLOW}\nburst_messages: 4\non_exceed: drop"
+        config = write_config(tmp_path, PORT, rate_api(backend.url("/echo/"), body))
+        budget = AsyncMemoryBudget()
+        async with running_gateway(config) as one, running_gateway(config) as two:
+            for gw in (one, two):
+                gw.state.rate_limits.backend = budget
+            received: list[str] = []
 
-    async def scenario():
-        async with echo_backend() as backend:
-            body = f"per: api\nmessages_per_second: {SLOW}\nburst_messages: 4\non_exceed: drop"
-            config = write_config(tmp_path, PORT, rate_api(backend.url("/echo/"), body))
-            budget = AsyncMemoryBudget()
-            async with running_gateway(config) as one, running_gateway(config) as two:
-                for gw in (one, two):
-                    gw.state.rate_limits.backend = budget
-                received: list[str] = []
+            async def read(ws) -> None:
+                async for message in ws:
+                    received.append(message)
 
-                async def read(ws) -> None:
-                    async for message in ws:
-                        received.append(message)
-
-                async with connect(gw_url(one, "/echo")) as a, connect(gw_url(two, "/echo")) as b:
-                    readers = [asyncio.create_task(read(ws)) for ws in (a, b)]
-                    for ws, name in ((a, "a"), (b, "b")):
-                        for i in range(3):
-                            await ws.send(f"{name}{i}")
-                    await eventually(lambda: exceeded(one) + exceeded(two) == 2 and len(received) == 4)
-                    for task in readers:
-                        task.cancel()
-                assert len(set(received)) == 4 and set(received) <= {"a0", "a1", "a2", "b0", "b1", "b2"}
-                assert {key for key, _ in budget.asked} == {"rate|Echo|client|api|0:messages"}
-
-    run(scenario())
+            async with connect(gw_url(one, "/echo")) as a, connect(gw_url(two, "/echo")) as b:
+                readers = [asyncio.create_task(read(ws)) for ws in (a, b)]
+                for ws, name in ((a, "a"), (b, "b")):
+                    for i in range(3):
+                        await ws.send(f"{name}{i}")
+                await eventually(lambda: exceeded(one) + exceeded(two) == 2 and len(received) == 4)
+                for task in readers:
+                    task.cancel()
+            assert len(set(received)) == 4 and set(received) <= {"a0", "a1", "a2", "b0", "b1", "b2"}
+            assert {key for key, _ in budget.asked} == {"rate|Echo|client|api|0:messages"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from support import PORT, api_yaml, echo_backend, eventually, gw_url, http_request, run, running_gateway, write_config
+from support import PORT, api_yaml, echo_backend, eventually, gw_url, http_request, running_gateway, write_config
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -97,87 +97,71 @@ async def closed_with(ws) -> tuple[int, str]:
     raise AssertionError("the connection stayed open")
 
 
-def test_enforce_close_uses_the_code_of_each_violation_kind(tmp_path: Path):
+async def test_enforce_close_uses_the_code_of_each_violation_kind(tmp_path: Path):
     """Under enforce/close a binary frame closes with 1007, an oversized one 1009, a schema mismatch 1008."""
-
-    async def scenario():
-        async with echo_backend() as backend:
-            api = validated_api(backend.url("/echo/"), "discriminator: type", *CLIENT_DEFS)
-            config = write_config(tmp_path, PORT, api)
-            async with running_gateway(config) as gw:
-                valid = json.dumps({"type": "subscribe", "channel": "btc"})
-                oversized = json.dumps({"type": "subscribe", "channel": "x" * 300})
-                for bad, code in ((b"\x01\x02", 1007), (oversized, 1009), (json.dumps({"type": "subscribe"}), 1008),
-                                  ("plain text", 1008)):
-                    async with connect(gw_url(gw, "/echo")) as ws:
-                        await ws.send(valid)
-                        assert await ws.recv() == valid
-                        await ws.send(bad)
-                        got = await closed_with(ws)
-                        assert got[0] == code, (bad, got)
-                assert violations(gw) == {("type", "close"): 1, ("size", "close"): 1, ("schema", "close"): 2}
-
-    run(scenario())
-
-
-def test_enforce_drop_answers_the_sender_and_keeps_the_connection(tmp_path: Path):
-    """Under enforce/drop a violating message goes nowhere, its sender gets the error message, valid ones pass."""
-
-    async def scenario():
-        async with echo_backend() as backend:
-            policy = "on_violation: drop\nerror_message: '{\"type\":\"error\",\"reason\":\"invalid message\"}'"
-            config = write_config(tmp_path, PORT, validated_api(backend.url("/echo/"), policy, *CLIENT_DEFS))
-            async with running_gateway(config) as gw, connect(gw_url(gw, "/echo")) as ws:
-                await ws.send('{"type": "ping", "id": "seven"}')
-                assert json.loads(await ws.recv()) == {"type": "error", "reason": "invalid message"}
-                await ws.send('{"type": "ping", "id": 7}')
-                assert await ws.recv() == '{"type": "ping", "id": 7}'
-                admin = f"http://127.0.0.1:{gw.admin.port}"
-                metrics = (await http_request(admin, path="/metrics")).body.decode()
-                assert ('wsgate_message_violations_total{api="Echo",direction="client",kind="schema",action="drop"} 1'
-                        in metrics)
-
-    run(scenario())
-
-
-def test_log_mode_passes_the_message_and_records_it_in_the_invocation_log(tmp_path: Path):
-    """Under log a violating message is relayed and a `violation` record lands in the log-invocation file."""
-
-    async def scenario():
-        async with echo_backend() as backend:
-            logger = "  - type: log-invocation\n    file: logs/echo.jsonl\n"
-            api = validated_api(backend.url("/echo/"), "client: log", *CLIENT_DEFS, extra_policies=logger)
-            config = write_config(tmp_path, PORT, api)
-            async with running_gateway(config) as gw:
+    async with echo_backend() as backend:
+        api = validated_api(backend.url("/echo/"), "discriminator: type", *CLIENT_DEFS)
+        config = write_config(tmp_path, PORT, api)
+        async with running_gateway(config) as gw:
+            valid = json.dumps({"type": "subscribe", "channel": "btc"})
+            oversized = json.dumps({"type": "subscribe", "channel": "x" * 300})
+            for bad, code in ((b"\x01\x02", 1007), (oversized, 1009), (json.dumps({"type": "subscribe"}), 1008),
+                              ("plain text", 1008)):
                 async with connect(gw_url(gw, "/echo")) as ws:
-                    await ws.send("not json")
-                    assert await ws.recv() == "not json"
-                assert violations(gw) == {("schema", "log"): 1}
-                gw.state.log_writers.flush()
-                records = [json.loads(line) for line in (tmp_path / "config/logs/echo.jsonl").read_text().splitlines()]
-                (violation,) = [r for r in records if r["record"] == "violation"]
-                assert (violation["direction"], violation["kind"], violation["action"]) == ("client", "schema", "log")
-                assert "not json" not in json.dumps(violation)  # the payload stays out of the record
-
-    run(scenario())
+                    await ws.send(valid)
+                    assert await ws.recv() == valid
+                    await ws.send(bad)
+                    got = await closed_with(ws)
+                    assert got[0] == code, (bad, got)
+            assert violations(gw) == {("type", "close"): 1, ("size", "close"): 1, ("schema", "close"): 2}
 
 
-def test_server_direction_is_checked_against_the_servers_definitions(tmp_path: Path):
+async def test_enforce_drop_answers_the_sender_and_keeps_the_connection(tmp_path: Path):
+    """Under enforce/drop a violating message goes nowhere, its sender gets the error message, valid ones pass."""
+    async with echo_backend() as backend:
+        policy = "on_violation: drop\nerror_message: '{\"type\":\"error\",\"reason\":\"invalid message\"}'"
+        config = write_config(tmp_path, PORT, validated_api(backend.url("/echo/"), policy, *CLIENT_DEFS))
+        async with running_gateway(config) as gw, connect(gw_url(gw, "/echo")) as ws:
+            await ws.send('{"type": "ping", "id": "seven"}')
+            assert json.loads(await ws.recv()) == {"type": "error", "reason": "invalid message"}
+            await ws.send('{"type": "ping", "id": 7}')
+            assert await ws.recv() == '{"type": "ping", "id": 7}'
+            admin = f"http://127.0.0.1:{gw.admin.port}"
+            metrics = (await http_request(admin, path="/metrics")).body.decode()
+            assert ('wsgate_message_violations_total{api="Echo",direction="client",kind="schema",action="drop"} 1'
+                    in metrics)
+
+
+async def test_log_mode_passes_the_message_and_records_it_in_the_invocation_log(tmp_path: Path):
+    """Under log a violating message is relayed and a `violation` record lands in the log-invocation file."""
+    async with echo_backend() as backend:
+        logger = "  - type: log-invocation\n    file: logs/echo.jsonl\n"
+        api = validated_api(backend.url("/echo/"), "client: log", *CLIENT_DEFS, extra_policies=logger)
+        config = write_config(tmp_path, PORT, api)
+        async with running_gateway(config) as gw:
+            async with connect(gw_url(gw, "/echo")) as ws:
+                await ws.send("not json")
+                assert await ws.recv() == "not json"
+            assert violations(gw) == {("schema", "log"): 1}
+            gw.state.log_writers.flush()
+            records = [json.loads(line) for line in (tmp_path / "config/logs/echo.jsonl").read_text().splitlines()]
+            (violation,) = [r for r in records if r["record"] == "violation"]
+            assert (violation["direction"], violation["kind"], violation["action"]) == ("client", "schema", "log")
+            assert "not json" not in json.dumps(violation)  # the payload stays out of the record
+
+
+async def test_server_direction_is_checked_against_the_servers_definitions(tmp_path: Path):
     """A server `enforce` with drop swallows what the backend sends outside its definitions."""
-
-    async def scenario():
-        async with echo_backend() as backend:
-            defs = ({"name": "anything", "origin": "client"},
-                    {"name": "event", "origin": "server", "schema": {"type": "object", "required": ["event"]}})
-            api = validated_api(backend.url("/echo/"), "client: enforce\nserver: enforce\non_violation: drop", *defs)
-            config = write_config(tmp_path, PORT, api)
-            async with running_gateway(config) as gw, connect(gw_url(gw, "/echo")) as ws:
-                await ws.send("free text")  # the client may send it; its echo is not a server event
-                await eventually(lambda: violations(gw, "server") == {("schema", "drop"): 1})
-                await ws.send('{"event": "tick"}')
-                assert await ws.recv() == '{"event": "tick"}'
-
-    run(scenario())
+    async with echo_backend() as backend:
+        defs = ({"name": "anything", "origin": "client"},
+                {"name": "event", "origin": "server", "schema": {"type": "object", "required": ["event"]}})
+        api = validated_api(backend.url("/echo/"), "client: enforce\nserver: enforce\non_violation: drop", *defs)
+        config = write_config(tmp_path, PORT, api)
+        async with running_gateway(config) as gw, connect(gw_url(gw, "/echo")) as ws:
+            await ws.send("free text")  # the client may send it; its echo is not a server event
+            await eventually(lambda: violations(gw, "server") == {("schema", "drop"): 1})
+            await ws.send('{"event": "tick"}')
+            assert await ws.recv() == '{"event": "tick"}'
 
 
 # ---------------------------------------------------------------- validate
