@@ -10,7 +10,7 @@ from pathlib import Path
 from config_helpers import API, APP, PORT, found, write
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import api_yaml, echo_backend, run, running_gateway, write_config
+from support import api_yaml, echo_backend, running_gateway, write_config
 
 from gateway.config import CheckCache, check
 from gateway.config.schema import passes, validator
@@ -115,29 +115,25 @@ def test_renamed_file_is_parsed_under_its_new_name(tmp_path):
     assert result.config.apis["api0"].location.file.endswith("moved.yaml")
 
 
-def test_reload_of_a_running_gateway_parses_only_what_changed(tmp_path):
+async def test_reload_of_a_running_gateway_parses_only_what_changed(tmp_path):
     """A gateway started with the cache of its start-up check parses nothing on a reload of the unchanged tree,
     from the first reload on, and one file when one changed."""
-
-    async def scenario():
-        async with echo_backend() as backend:
-            write_config(tmp_path, PORT)
-            root = tmp_path / "config"
-            write(root, "echo.yaml", api_yaml("Echo", "/echo", backend.url("/echo/")))
-            write(root, "other.yaml", api_yaml("Other", "/other", backend.url("/other/")))
-            cache = CheckCache()
-            config = check([root], cache=cache).config  # as `wsgate run` checks before it starts
-            async with running_gateway(config, paths=[root], check_cache=cache) as gw:
-                outcome = await gw.reload("test")
-                assert outcome["ok"] and outcome["noop"]
-                assert (gw.check_cache.parsed, gw.check_cache.checked) == (0, 0)
-                write(root, "other.yaml", api_yaml("Other", "/other2", backend.url("/other/")))
-                outcome = await gw.reload("test")
-                assert outcome["ok"] and not outcome["noop"]
-                assert (gw.check_cache.parsed, gw.check_cache.checked) == (1, 1)
-                assert gw.config.apis["Other"].model.path == "/other2"
-
-    run(scenario())
+    async with echo_backend() as backend:
+        write_config(tmp_path, PORT)
+        root = tmp_path / "config"
+        write(root, "echo.yaml", api_yaml("Echo", "/echo", backend.url("/echo/")))
+        write(root, "other.yaml", api_yaml("Other", "/other", backend.url("/other/")))
+        cache = CheckCache()
+        config = check([root], cache=cache).config  # as `wsgate run` checks before it starts
+        async with running_gateway(config, paths=[root], check_cache=cache) as gw:
+            outcome = await gw.reload("test")
+            assert outcome["ok"] and outcome["noop"]
+            assert (gw.check_cache.parsed, gw.check_cache.checked) == (0, 0)
+            write(root, "other.yaml", api_yaml("Other", "/other2", backend.url("/other/")))
+            outcome = await gw.reload("test")
+            assert outcome["ok"] and not outcome["noop"]
+            assert (gw.check_cache.parsed, gw.check_cache.checked) == (1, 1)
+            assert gw.config.apis["Other"].model.path == "/other2"
 
 
 # ---------------------------------------------- compiled schema agreement

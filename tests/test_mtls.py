@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import trustme
-from support import PORT, api_yaml, gw_url, recording_backend, run, running_gateway, write_config
+from support import PORT, api_yaml, gw_url, recording_backend, running_gateway, write_config
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
@@ -51,7 +51,7 @@ def application(name: str, identifiers: str) -> str:
     return f"kind: Application\nname: {name}\napis: [A]\nidentifiers:\n  certificates:\n{identifiers}"
 
 
-def test_required_client_certificate_accepts_and_identifies_and_refuses_without_one(tmp_path):
+async def test_required_client_certificate_accepts_and_identifies_and_refuses_without_one(tmp_path):
     """A port requiring client certificates lets in a client whose certificate names an application (by subject,
     SAN or fingerprint), refuses a client without one or with one from another CA in the TLS handshake, and
     answers 401 to a valid certificate no application claims."""
@@ -62,66 +62,60 @@ def test_required_client_certificate_accepts_and_identifies_and_refuses_without_
     stranger = pki.client_ca.issue_cert("nobody.clients.example", common_name="nobody")
     outsider = trustme.CA().issue_cert("alice.clients.example", common_name="alice")
 
-    async def scenario():
-        async with recording_backend() as backend:
-            config = write_config(
-                tmp_path, pki.port(), identified_api(backend.url),
-                application("by-subject", "    - subject: alice\n"),
-                application("by-san", "    - san: BOB.clients.example\n"),
-                application("by-fingerprint", f"    - fingerprint: sha256:{fingerprint(carol)}\n"),
-            )
-            async with running_gateway(config) as gw:
-                url = gw_url(gw, "/a", scheme="wss")
-                for cert, app in ((alice, "by-subject"), (bob, "by-san"), (carol, "by-fingerprint")):
-                    async with connect(url, ssl=pki.client(cert)) as ws:
-                        await ws.send("hello")
-                        assert await ws.recv() == "hello"
-                    assert backend.headers["X-Gateway-Application"] == app
-                seen = len(backend.requests)
-                for refused in (None, outsider):
-                    with pytest.raises(REFUSED_TLS):
-                        async with connect(url, ssl=pki.client(refused)) as ws:
-                            await ws.recv()
-                with pytest.raises(InvalidStatus) as unknown:
-                    await connect(url, ssl=pki.client(stranger))
-                assert unknown.value.response.status_code == 401
-                assert b"unknown client certificate" in unknown.value.response.body
-                assert len(backend.requests) == seen
-
-    run(scenario())
+    async with recording_backend() as backend:
+        config = write_config(
+            tmp_path, pki.port(), identified_api(backend.url),
+            application("by-subject", "    - subject: alice\n"),
+            application("by-san", "    - san: BOB.clients.example\n"),
+            application("by-fingerprint", f"    - fingerprint: sha256:{fingerprint(carol)}\n"),
+        )
+        async with running_gateway(config) as gw:
+            url = gw_url(gw, "/a", scheme="wss")
+            for cert, app in ((alice, "by-subject"), (bob, "by-san"), (carol, "by-fingerprint")):
+                async with connect(url, ssl=pki.client(cert)) as ws:
+                    await ws.send("hello")
+                    assert await ws.recv() == "hello"
+                assert backend.headers["X-Gateway-Application"] == app
+            seen = len(backend.requests)
+            for refused in (None, outsider):
+                with pytest.raises(REFUSED_TLS):
+                    async with connect(url, ssl=pki.client(refused)) as ws:
+                        await ws.recv()
+            with pytest.raises(InvalidStatus) as unknown:
+                await connect(url, ssl=pki.client(stranger))
+            assert unknown.value.response.status_code == 401
+            assert b"unknown client certificate" in unknown.value.response.body
+            assert len(backend.requests) == seen
 
 
-def test_optional_client_certificate_and_revocation_on_reload(tmp_path):
+async def test_optional_client_certificate_and_revocation_on_reload(tmp_path):
     """On an optional-mTLS port a client without a certificate reaches identify (401 'missing client certificate');
     removing the identifier on reload closes the live connection it let in with 1008."""
     pki = PKI(tmp_path)
     alice = pki.client_ca.issue_cert("alice.clients.example", common_name="alice")
 
-    async def scenario():
-        async with recording_backend() as backend:
-            config = write_config(tmp_path, pki.port("optional"), identified_api(backend.url),
-                                  application("alice", "    - subject: alice\n"))
-            async with running_gateway(config, paths=[tmp_path / "config"]) as gw:
-                url = gw_url(gw, "/a", scheme="wss")
-                with pytest.raises(InvalidStatus) as missing:
-                    await connect(url, ssl=pki.client())
-                assert missing.value.response.status_code == 401
-                assert b"missing client certificate" in missing.value.response.body
-                async with connect(url, ssl=pki.client(alice)) as live:
-                    await live.send("in")
-                    assert await live.recv() == "in"
-                    write_config(tmp_path, pki.port("optional"), identified_api(backend.url),
-                                 application("alice", "    - subject: someone-else\n"))
-                    outcome = await gw.reload("test")
-                    assert outcome["ok"] and outcome["revoked"] == 1
-                    with pytest.raises(ConnectionClosed):
-                        await live.recv()
-                    assert live.close_code == 1008
-
-    run(scenario())
+    async with recording_backend() as backend:
+        config = write_config(tmp_path, pki.port("optional"), identified_api(backend.url),
+                              application("alice", "    - subject: alice\n"))
+        async with running_gateway(config, paths=[tmp_path / "config"]) as gw:
+            url = gw_url(gw, "/a", scheme="wss")
+            with pytest.raises(InvalidStatus) as missing:
+                await connect(url, ssl=pki.client())
+            assert missing.value.response.status_code == 401
+            assert b"missing client certificate" in missing.value.response.body
+            async with connect(url, ssl=pki.client(alice)) as live:
+                await live.send("in")
+                assert await live.recv() == "in"
+                write_config(tmp_path, pki.port("optional"), identified_api(backend.url),
+                             application("alice", "    - subject: someone-else\n"))
+                outcome = await gw.reload("test")
+                assert outcome["ok"] and outcome["revoked"] == 1
+                with pytest.raises(ConnectionClosed):
+                    await live.recv()
+                assert live.close_code == 1008
 
 
-def test_upstream_client_certificate_for_wss_upstreams(tmp_path):
+async def test_upstream_client_certificate_for_wss_upstreams(tmp_path):
     """A wss upstream that requires client certificates accepts the gateway with `upstream.tls.cert/key` and
     refuses it without (502)."""
     backend_ca, gateway_client_ca = trustme.CA(), trustme.CA()
@@ -134,19 +128,16 @@ def test_upstream_client_certificate_for_wss_upstreams(tmp_path):
     gateway_client_ca.configure_trust(server_context)
     server_context.verify_mode = ssl.CERT_REQUIRED
 
-    async def scenario():
-        async with recording_backend(ssl=server_context) as backend:
-            tls = f"  tls:\n    ca_file: {tmp_path / 'backend-ca.pem'}\n"
-            with_cert = tls + f"    cert: {tmp_path / 'gw-client.pem'}\n    key: {tmp_path / 'gw-client.key'}\n"
-            api_with = api_yaml("With", "/with", backend.url + "/").replace("upstream:\n", "upstream:\n" + with_cert)
-            api_without = api_yaml("Without", "/without", backend.url + "/").replace("upstream:\n", "upstream:\n" + tls)
-            config = write_config(tmp_path, PORT, api_with, api_without)
-            async with running_gateway(config) as gw:
-                async with connect(gw_url(gw, "/with")) as ws:
-                    await ws.send("mutual")
-                    assert await ws.recv() == "mutual"
-                with pytest.raises(InvalidStatus) as refused:
-                    await connect(gw_url(gw, "/without"))
-                assert refused.value.response.status_code == 502
-
-    run(scenario())
+    async with recording_backend(ssl=server_context) as backend:
+        tls = f"  tls:\n    ca_file: {tmp_path / 'backend-ca.pem'}\n"
+        with_cert = tls + f"    cert: {tmp_path / 'gw-client.pem'}\n    key: {tmp_path / 'gw-client.key'}\n"
+        api_with = api_yaml("With", "/with", backend.url + "/").replace("upstream:\n", "upstream:\n" + with_cert)
+        api_without = api_yaml("Without", "/without", backend.url + "/").replace("upstream:\n", "upstream:\n" + tls)
+        config = write_config(tmp_path, PORT, api_with, api_without)
+        async with running_gateway(config) as gw:
+            async with connect(gw_url(gw, "/with")) as ws:
+                await ws.send("mutual")
+                assert await ws.recv() == "mutual"
+            with pytest.raises(InvalidStatus) as refused:
+                await connect(gw_url(gw, "/without"))
+            assert refused.value.response.status_code == 502

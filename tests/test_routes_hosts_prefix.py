@@ -13,7 +13,6 @@ from support import (
     gw_url,
     http_request,
     recording_backend,
-    run,
     running_gateway,
     upgrade_request,
     write_config,
@@ -40,44 +39,36 @@ def test_request_host_and_prefix_rules():
     assert prefix_matches("/chat/", "/chat/room") and not prefix_matches("/chat/", "/chat")
 
 
-def test_two_hosts_share_a_port_and_a_path(tmp_path):
+async def test_two_hosts_share_a_port_and_a_path(tmp_path):
     """Two APIs at /ws on one port are told apart by Host; a host claimed by neither falls to the any-host API."""
-
-    async def scenario():
-        async with recording_backend() as a, recording_backend() as b, recording_backend() as other:
-            config = write_config(
-                tmp_path, PORT,
-                api_yaml("A", "/ws", a.url + "/a", extra="hosts: [a.example]"),
-                api_yaml("B", "/ws", b.url + "/b", extra="hosts: ['*.b.example']"),
-                api_yaml("Any", "/ws", other.url + "/any"),
-            )
-            async with running_gateway(config) as gw:
-                for host, backend, path in (("a.example", a, "/a"), ("x.b.example", b, "/b"),
-                                            ("c.example", other, "/any")):
-                    async with via(gw, host, "/ws") as ws:
-                        await ws.send(host)
-                        assert await ws.recv() == host
-                    assert backend.requests[-1].path == path
-                    assert backend.headers["X-Forwarded-Host"].startswith(host)
-                assert len(a.requests) == len(b.requests) == len(other.requests) == 1
-
-    run(scenario())
+    async with recording_backend() as a, recording_backend() as b, recording_backend() as other:
+        config = write_config(
+            tmp_path, PORT,
+            api_yaml("A", "/ws", a.url + "/a", extra="hosts: [a.example]"),
+            api_yaml("B", "/ws", b.url + "/b", extra="hosts: ['*.b.example']"),
+            api_yaml("Any", "/ws", other.url + "/any"),
+        )
+        async with running_gateway(config) as gw:
+            for host, backend, path in (("a.example", a, "/a"), ("x.b.example", b, "/b"),
+                                        ("c.example", other, "/any")):
+                async with via(gw, host, "/ws") as ws:
+                    await ws.send(host)
+                    assert await ws.recv() == host
+                assert backend.requests[-1].path == path
+                assert backend.headers["X-Forwarded-Host"].startswith(host)
+            assert len(a.requests) == len(b.requests) == len(other.requests) == 1
 
 
-def test_host_routes_without_a_fallback_answer_404_for_other_hosts(tmp_path):
+async def test_host_routes_without_a_fallback_answer_404_for_other_hosts(tmp_path):
     """With only host-specific APIs on a port, an unknown Host is 404 (nothing is served to the wrong host)."""
-
-    async def scenario():
-        async with recording_backend() as a:
-            config = write_config(tmp_path, PORT, api_yaml("A", "/ws", a.url + "/a", extra="hosts: [a.example]"))
-            async with running_gateway(config) as gw:
-                async with via(gw, "a.example", "/ws") as ws:
-                    await ws.send("mine")
-                    assert await ws.recv() == "mine"
-                response = await http_request(gw_url(gw, "/ws"), upgrade_request("/ws", host="b.example"))
-                assert response.status == 404
-
-    run(scenario())
+    async with recording_backend() as a:
+        config = write_config(tmp_path, PORT, api_yaml("A", "/ws", a.url + "/a", extra="hosts: [a.example]"))
+        async with running_gateway(config) as gw:
+            async with via(gw, "a.example", "/ws") as ws:
+                await ws.send("mine")
+                assert await ws.recv() == "mine"
+            response = await http_request(gw_url(gw, "/ws"), upgrade_request("/ws", host="b.example"))
+            assert response.status == 404
 
 
 def _issue(ca: trustme.CA, directory, name: str, *hosts: str) -> tuple[str, str]:
@@ -95,7 +86,7 @@ def _trusting(*cas: trustme.CA) -> ssl.SSLContext:
     return context
 
 
-def test_sni_picks_each_hosts_certificate_and_renewal_works_per_host(tmp_path):
+async def test_sni_picks_each_hosts_certificate_and_renewal_works_per_host(tmp_path):
     """On one wss port, each host gets its own certificate by SNI (verified by name), the default one serves the
     rest, and renewing one host's certificate on reload changes only that host's."""
     ca, renewed_ca = trustme.CA(), trustme.CA()
@@ -106,66 +97,59 @@ def test_sni_picks_each_hosts_certificate_and_renewal_works_per_host(tmp_path):
                        f"    - hosts: [a.example]\n      cert: {a_files[0]}\n      key: {a_files[1]}\n"
                        f"    - hosts: [b.example]\n      cert: {b_files[0]}\n      key: {b_files[1]}\n")
 
-    async def scenario():
-        async with recording_backend() as a, recording_backend() as b:
-            config = write_config(tmp_path, tls_port,
-                                  api_yaml("A", "/ws", a.url + "/a", extra="hosts: [a.example]"),
-                                  api_yaml("B", "/ws", b.url + "/b", extra="hosts: [b.example]"))
-            async with running_gateway(config, paths=[tmp_path / "config"]) as gw:
-                for host, backend in (("a.example", a), ("b.example", b)):
-                    async with via(gw, host, "/ws", scheme="wss", ssl=_trusting(ca)) as ws:
-                        await ws.send(host)
-                        assert await ws.recv() == host
-                    assert len(backend.requests) == 1
-                # No SNI match: the default certificate, which is not valid for a.example's name.
-                with pytest.raises(ssl.SSLCertVerificationError):
-                    await via(gw, "c.example", "/ws", scheme="wss", ssl=_trusting(ca))
+    async with recording_backend() as a, recording_backend() as b:
+        config = write_config(tmp_path, tls_port,
+                              api_yaml("A", "/ws", a.url + "/a", extra="hosts: [a.example]"),
+                              api_yaml("B", "/ws", b.url + "/b", extra="hosts: [b.example]"))
+        async with running_gateway(config, paths=[tmp_path / "config"]) as gw:
+            for host, backend in (("a.example", a), ("b.example", b)):
+                async with via(gw, host, "/ws", scheme="wss", ssl=_trusting(ca)) as ws:
+                    await ws.send(host)
+                    assert await ws.recv() == host
+                assert len(backend.requests) == 1
+            # No SNI match: the default certificate, which is not valid for a.example's name.
+            with pytest.raises(ssl.SSLCertVerificationError):
+                await via(gw, "c.example", "/ws", scheme="wss", ssl=_trusting(ca))
 
-                _issue(renewed_ca, tmp_path, "b", "b.example")
-                outcome = await gw.reload("test")
-                assert outcome["ok"] and not outcome["noop"] and not outcome["problems"]
-                async with via(gw, "b.example", "/ws", scheme="wss", ssl=_trusting(renewed_ca)) as ws:
-                    await ws.send("renewed")
-                    assert await ws.recv() == "renewed"
-                with pytest.raises(ssl.SSLCertVerificationError):
-                    await via(gw, "b.example", "/ws", scheme="wss", ssl=_trusting(ca))
-                async with via(gw, "a.example", "/ws", scheme="wss", ssl=_trusting(ca)) as ws:
-                    await ws.send("unchanged")
-                    assert await ws.recv() == "unchanged"
-
-    run(scenario())
+            _issue(renewed_ca, tmp_path, "b", "b.example")
+            outcome = await gw.reload("test")
+            assert outcome["ok"] and not outcome["noop"] and not outcome["problems"]
+            async with via(gw, "b.example", "/ws", scheme="wss", ssl=_trusting(renewed_ca)) as ws:
+                await ws.send("renewed")
+                assert await ws.recv() == "renewed"
+            with pytest.raises(ssl.SSLCertVerificationError):
+                await via(gw, "b.example", "/ws", scheme="wss", ssl=_trusting(ca))
+            async with via(gw, "a.example", "/ws", scheme="wss", ssl=_trusting(ca)) as ws:
+                await ws.send("unchanged")
+                assert await ws.recv() == "unchanged"
 
 
-def test_prefix_routes_with_and_without_strip_and_the_longest_prefix_wins(tmp_path):
+async def test_prefix_routes_with_and_without_strip_and_the_longest_prefix_wins(tmp_path):
     """A prefix API serves its subtree: with strip_prefix the rest joins the endpoint's path, without it the whole
     request path does; the longest prefix wins; exact paths keep their trailing-slash rule."""
-
-    async def scenario():
-        async with recording_backend() as backend:
-            config = write_config(
-                tmp_path, PORT,
-                api_yaml("Chat", "/chat", backend.url + "/ws", extra="match: prefix\nstrip_prefix: true"),
-                api_yaml("VIP", "/chat/vip", backend.url + "/vip/", extra="match: prefix\nstrip_prefix: true"),
-                api_yaml("Raw", "/raw", backend.url + "/base", extra="match: prefix"),
-                api_yaml("Exact", "/echo", backend.url + "/echo/"),
-            )
-            async with running_gateway(config) as gw:
-                expected = {
-                    "/chat": "/ws",
-                    "/chat/room1?x=1": "/ws/room1?x=1",
-                    "/chat/vip/gold": "/vip/gold",
-                    "/raw/a/b": "/base/raw/a/b",
-                    "/echo": "/echo/",
-                }
-                for path, upstream_path in expected.items():
-                    async with connect(gw_url(gw, path)) as ws:
-                        await ws.send(path)
-                        assert await ws.recv() == path
-                    assert backend.requests[-1].path == upstream_path, path
-                for path in ("/chatter", "/echo/", "/ech", "/rawx"):
-                    assert (await http_request(gw_url(gw, path), upgrade_request(path))).status == 404, path
-
-    run(scenario())
+    async with recording_backend() as backend:
+        config = write_config(
+            tmp_path, PORT,
+            api_yaml("Chat", "/chat", backend.url + "/ws", extra="match: prefix\nstrip_prefix: true"),
+            api_yaml("VIP", "/chat/vip", backend.url + "/vip/", extra="match: prefix\nstrip_prefix: true"),
+            api_yaml("Raw", "/raw", backend.url + "/base", extra="match: prefix"),
+            api_yaml("Exact", "/echo", backend.url + "/echo/"),
+        )
+        async with running_gateway(config) as gw:
+            expected = {
+                "/chat": "/ws",
+                "/chat/room1?x=1": "/ws/room1?x=1",
+                "/chat/vip/gold": "/vip/gold",
+                "/raw/a/b": "/base/raw/a/b",
+                "/echo": "/echo/",
+            }
+            for path, upstream_path in expected.items():
+                async with connect(gw_url(gw, path)) as ws:
+                    await ws.send(path)
+                    assert await ws.recv() == path
+                assert backend.requests[-1].path == upstream_path, path
+            for path in ("/chatter", "/echo/", "/ech", "/rawx"):
+                assert (await http_request(gw_url(gw, path), upgrade_request(path))).status == 404, path
 
 
 ROUTE_PORT = "kind: Port\nname: default\nport: 8082\n"
@@ -205,18 +189,14 @@ def test_strip_prefix_needs_a_prefix_route(tmp_path):
     assert "match: prefix" in result.diagnostics[0].summary
 
 
-def test_two_host_headers_are_refused(tmp_path):
+async def test_two_host_headers_are_refused(tmp_path):
     """A request with two Host headers is 400 before any route is chosen (it could otherwise pick either)."""
-
-    async def scenario():
-        async with recording_backend() as a:
-            config = write_config(tmp_path, PORT, api_yaml("A", "/ws", a.url + "/a", extra="hosts: [a.example]"))
-            async with running_gateway(config) as gw:
-                request = upgrade_request("/ws", host="a.example", extra="Host: b.example\r\n")
-                assert (await http_request(gw_url(gw, "/ws"), request)).status == 400
-                assert a.requests == []
-
-    run(scenario())
+    async with recording_backend() as a:
+        config = write_config(tmp_path, PORT, api_yaml("A", "/ws", a.url + "/a", extra="hosts: [a.example]"))
+        async with running_gateway(config) as gw:
+            request = upgrade_request("/ws", host="a.example", extra="Host: b.example\r\n")
+            assert (await http_request(gw_url(gw, "/ws"), request)).status == 400
+            assert a.requests == []
 
 
 def test_validate_warns_about_hashing_on_an_application_nobody_identifies(tmp_path):
