@@ -34,9 +34,11 @@ def healthz(gateway: Gateway) -> tuple[int, Any]:
 
 
 def readyz(gateway: Gateway) -> tuple[int, Any]:
+    # A state backend that is down does not make the gateway unready: each throttle's on_state_error decides.
+    state = gateway.state.shared.health() if gateway.state is not None else None
     if gateway.ready:
-        return 200, {"status": "ready"}
-    return 503, {"status": "starting" if not gateway.stopping else "stopping"}
+        return 200, {"status": "ready", "state": state}
+    return 503, {"status": "starting" if not gateway.stopping else "stopping", "state": state}
 
 
 def _redacted(model: Any, env: Any) -> dict[str, Any]:

@@ -39,10 +39,12 @@ class Metrics:
 
     def render(self, registry: ConnectionRegistry, generation: int, state: PolicyState | None = None,
                health: HealthRegistry | None = None) -> str:
-        """The Prometheus text exposition: these counters plus the live connections of ``registry``, and the
-        message policies' counts kept in ``state``, and the endpoint health of ``health``."""
+        """The Prometheus text exposition: these counters plus the live connections of ``registry``, the
+        message policies' counts and the shared state backend's health kept in ``state``, and the endpoint
+        health of ``health``."""
         limited = state.rate_limits.exceeded if state is not None else Counter()
         violations = state.violations if state is not None else Counter()
+        state_health = state.shared.health() if state is not None else {"backend": "memory", "healthy": True}
         messages, payload_bytes = Counter(self.messages), Counter(self.payload_bytes)
         active: Counter[tuple[str, str, str]] = Counter()
         for record in registry.live:
@@ -73,6 +75,8 @@ class Metrics:
                     (({"outcome": o}, n) for o, n in sorted(self.reloads.items()))),
             _family("wsgate_config_generation", "gauge", "Generation of the config serving now.",
                     [({}, generation)]),
+            _family("wsgate_state_backend_up", "gauge", "1 while the shared state backend answers (memory always).",
+                    [({"backend": state_health["backend"]}, int(state_health["healthy"]))]),
             *(_upstream_families(health) if health is not None else ()),
         ])
 

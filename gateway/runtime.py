@@ -40,6 +40,22 @@ if TYPE_CHECKING:
 log = structlog.get_logger("wsgate.runtime")
 
 
+async def _policy_state(config: Config, env: Mapping[str, str] | None) -> PolicyState:
+    state = PolicyState()
+    await _follow_shared_state(state, config, env)
+    return state
+
+
+async def _follow_shared_state(state: PolicyState, config: Config, env: Mapping[str, str] | None) -> None:
+    """Open the shared-state backend the Gateway resource names, if it is not the one in use."""
+    import os
+
+    settings = config.settings.state
+    ca = getattr(settings, "ca", None)
+    ca_file = str(config.gateway.resolve(ca)) if ca and config.gateway is not None else None
+    await state.use_shared(settings, os.environ if env is None else env, ca_file)
+
+
 def parse_address(text: str) -> tuple[str, int]:
     """``HOST:PORT`` (or ``[v6]:PORT``) -> (host, port)."""
     host, _, port = text.rpartition(":")
@@ -169,6 +185,7 @@ class Gateway:
         old_config, old_table = self.config, self.table
         plan = diff(old_config, new)
         try:
+            await _follow_shared_state(self.state, new, self.env)
             table = self.compile(new, old_table.generation + 1)
         except Exception as exc:
             log.error("reload_failed", trigger=trigger, error=f"compile failed: {exc}", exc_info=True)
@@ -310,7 +327,7 @@ class Gateway:
     # -------------------------------------------------------------- lifecycle
     async def start(self) -> None:
         """Start echo servers, then listeners and admin; on failure stop what started and raise."""
-        self.state = PolicyState()
+        self.state = await _policy_state(self.config, self.env)
         self._table = self.compile(self.config, 1)
         self._table.activate()
         self.keepalive = KeepaliveSweeper()
@@ -380,7 +397,7 @@ class Gateway:
         if self._table is not None:
             self._table.close()
         if self.state is not None:
-            self.state.close()
+            await self.state.aclose()
         log.info("stopped")
 
 

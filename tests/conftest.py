@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from redis_support import REDIS_SERVER, RedisServer
 from support import PATHS, TIMEOUT
 
 # Long enough for the slowest scenario (conformance, 100 connections through 20 reloads) on a busy machine;
@@ -43,3 +45,18 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
 def path_kind(request: pytest.FixtureRequest) -> str:
     """Which relay a test API goes through: the byte relay ("fast") or the message relay ("message")."""
     return str(request.param)
+
+
+@pytest.fixture
+def redis_server(tmp_path) -> Iterator[RedisServer]:
+    """A fresh redis-server on a free port, stopped by PID after the test (skips when the binary is missing)."""
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server; .ci/run does)")
+    workdir = tmp_path / "redis"
+    workdir.mkdir()
+    server = RedisServer(workdir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

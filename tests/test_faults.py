@@ -104,7 +104,7 @@ async def test_abrupt_client_drops_release_upstream_throttle_and_registry(tmp_pa
         config = write_config(tmp_path, PORT, path_api(tmp_path, path_kind, backend.url + "/", policies=policies))
         async with running_gateway(config) as gw:
             admin = f"http://127.0.0.1:{gw.admin.port}"
-            throttle = gw.state.throttle
+            throttle = gw.state.shared.slots
             for i in range(6):
                 ws = await connect(gw_url(gw, "/f"))
                 await ws.send(f"hi {i}")

@@ -80,9 +80,9 @@ def test_release_frees_the_slot_exactly_once():
     assert policy.on_upgrade(upgrade_request(), second) is None
     first.release()  # idempotent: must not free the second connection's slot
     assert isinstance(policy.on_upgrade(upgrade_request(), connection()), Rejection)
-    assert state.throttle.active[("Echo", "<api>")] == 1
+    assert state.shared.slots.active["Echo/<api>"] == 1
     second.release()
-    assert ("Echo", "<api>") not in state.throttle.active
+    assert "Echo/<api>" not in state.shared.slots.active
 
 
 def test_refused_upgrade_takes_no_slot():
@@ -93,7 +93,7 @@ def test_refused_upgrade_takes_no_slot():
     refused_conn = connection()
     assert isinstance(policy.on_upgrade(upgrade_request(), refused_conn), Rejection)
     refused_conn.release()
-    assert state.throttle.active[("Echo", "<api>")] == 1
+    assert state.shared.slots.active["Echo/<api>"] == 1
 
 
 def test_counts_survive_a_rebuilt_policy():

@@ -182,6 +182,9 @@ class ThrottlePolicy(Strict):
     max_connections: PositiveInt = Field(description="Active connections allowed.")
     per: Literal["api", "application"] = Field("api", description="Count per API, or per identified application.")
     retry_after: PositiveInt = Field(5, description="Seconds sent in the Retry-After header of a 503.")
+    on_state_error: Literal["allow", "refuse"] = Field(
+        "allow", description="While the shared state backend (Redis) is unreachable: `allow` counts in this process "
+        "against the same limit until it is back, `refuse` answers 503.")
 
 
 class TransformPolicy(Strict):
@@ -687,6 +690,32 @@ class Admin(Strict):
     enabled: bool = True
 
 
+class MemoryState(Strict):
+    """Counts kept in each process: one process, nothing to reach (the default)."""
+
+    backend: Literal["memory"] = "memory"
+
+
+class RedisState(Strict):
+    """Counts shared by every worker and instance through one Redis."""
+
+    backend: Literal["redis"]
+    url: str | EnvKey = Field(
+        description="`redis://[user[:password]@]host:port[/db]`, `rediss://...` (TLS) or `unix:///path`; or "
+        "`{env: VARIABLE}` holding it (keep passwords out of git).")
+    password: EnvKey | None = Field(None, description="`{env: VARIABLE}` holding the password, if not in the URL.")
+    ca: str | None = Field(None, description="CA bundle for `rediss://`, relative to the file that declares it "
+                           "(default: the system's CAs).")
+    heartbeat: Seconds = Field(2.0, description="Seconds between lease renewals; the slots of an instance that "
+                               "died come free within twice this.")
+    timeout: Seconds = Field(0.5, description="Seconds a Redis command may take before the backend counts as down.")
+    key_prefix: str = Field("wsgate", pattern=r"^[A-Za-z0-9._-]{1,64}$",
+                            description="Prefix of every key; gateways that share limits share it.")
+
+
+StateSettings = Annotated[MemoryState | RedisState, Field(discriminator="backend")]
+
+
 class Gateway(Strict):
     """Process-wide settings; at most one per config."""
 
@@ -695,6 +724,8 @@ class Gateway(Strict):
     admin: Admin = Admin()
     shutdown_timeout: Seconds = Field(10.0, description="Seconds to wait for connections to close on stop.")
     drain_grace: Seconds = Field(30.0, description="Seconds a connection of a removed route may finish on reload.")
+    state: StateSettings = Field(MemoryState(), description="Where throttle counts live: `memory` (each process) "
+                                 "or `redis` (shared by every worker and instance).")
     log_format: Literal["json", "console", "auto"] = "auto"
 
 

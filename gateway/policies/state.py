@@ -2,7 +2,8 @@
 
 One ``PolicyState`` per gateway process. A reload builds new policy objects,
 but they find their counters and open files here, so a swap neither resets a
-throttle nor reopens a log file.
+throttle nor reopens a log file. Throttle counts live in ``shared`` (see
+``gateway.state``): this process's memory, or Redis shared by every instance.
 """
 
 from __future__ import annotations
@@ -14,35 +15,17 @@ import socket
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from ..state.base import SharedState
 from .rate_limit import RateLimits
 
 log = structlog.get_logger("wsgate.policies")
 transactions = structlog.get_logger("wsgate.transactions")
-
-
-class ThrottleCounters:
-    """Active connections per key; ``acquire`` is all-or-nothing against the limit it is given."""
-
-    def __init__(self) -> None:
-        self.active: Counter[tuple[str, str]] = Counter()
-
-    def acquire(self, key: tuple[str, str], limit: int) -> bool:
-        if self.active[key] >= limit:
-            return False
-        self.active[key] += 1
-        return True
-
-    def release(self, key: tuple[str, str]) -> None:
-        count = self.active[key] - 1
-        if count > 0:
-            self.active[key] = count
-        else:
-            del self.active[key]
 
 
 class LogWriter:
@@ -264,13 +247,43 @@ def _confirmed_name(ip: str) -> str | None:
 
 
 class PolicyState:
-    def __init__(self) -> None:
-        self.throttle = ThrottleCounters()
+    def __init__(self, shared: SharedState | None = None) -> None:
+        if shared is None:
+            from ..state.memory import MemoryStore
+
+            shared = MemoryStore()
+        self.shared: SharedState = shared
+        self.shared_settings: Any = None  # the Gateway resource's `state` that built ``shared`` (None: the default)
+        self._retired_shared: list[SharedState] = []
         self.rate_limits = RateLimits()
         # Messages that broke their API's definitions: (api, direction, kind, action) -> count.
         self.violations: Counter[tuple[str, str, str, str]] = Counter()
         self.log_writers = LogWriters()
         self.resolver = HostnameResolver()
+
+    async def use_shared(self, settings: Any, env: Mapping[str, str], ca_file: str | None = None) -> bool:
+        """Count in the backend ``settings`` names from now on; False if it is the one in use.
+
+        Connections counted in the previous backend give their slots back there
+        (it stays open until ``aclose``); new upgrades count in the new one.
+        """
+        if settings == self.shared_settings or (self.shared_settings is None and settings.backend == "memory"):
+            return False
+        from ..state import open_state
+
+        shared = open_state(settings, env, ca_file=ca_file)
+        await shared.start()
+        self._retired_shared.append(self.shared)
+        self.shared, self.shared_settings = shared, settings
+        log.info("state_backend", backend=shared.backend, expiry_bound=shared.expiry_bound)
+        return True
+
+    async def aclose(self) -> None:
+        """Close the shared-state backends (giving their slots back) and the log writers."""
+        for shared in (*self._retired_shared, self.shared):
+            await shared.close()
+        self._retired_shared.clear()
+        self.close()
 
     def close(self) -> None:
         self.log_writers.close()

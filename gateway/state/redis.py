@@ -1,0 +1,354 @@
+"""The Redis backend: slots and budgets shared by every worker and instance pointed at one Redis.
+
+Slots are leases. Each process registers an **owner** (``<instance>.<epoch>``)
+in a sorted set scored by its expiry, and renews it every ``heartbeat``
+seconds; a slot hash per key holds one count per owner. Every change is one
+Lua script, so a take is atomic against every other taker and the limit is
+never exceeded under races: the script drops the counts of expired owners,
+sums the rest and takes a slot only below the limit.
+
+A process that dies stops renewing: its counts stop counting at most
+``2 × heartbeat`` after its last renewal (``expiry_bound``). Expiry uses
+Redis's clock, so the instances' clocks need not agree.
+
+When Redis cannot be reached the store turns *degraded*: takes are decided
+in this process (``on_error``: ``allow`` counts locally against the same
+limit, ``refuse`` says no), one warning is logged per retry (the retries back
+off up to ``heartbeat``), and on recovery this process re-asserts every slot
+it holds under a fresh owner (a Redis that restarted empty, or one that
+expired us during a partition, gets our live counts back; the old owner's
+counts are dropped, so no slot stays stuck).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import ssl
+import time
+import uuid
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from .base import OnStateError
+from .memory import LocalBuckets, LocalSlots
+
+if TYPE_CHECKING:
+    from ..config.models import RedisState
+
+log = structlog.get_logger("wsgate.state")
+
+# KEYS[1] slot hash, KEYS[2] owners zset; ARGV owner, limit. 1 taken, 0 full, -1 owner unknown or expired.
+ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local mine = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if not mine or tonumber(mine) < now then return -1 end
+local fields = redis.call('HGETALL', KEYS[1])
+local total = 0
+for i = 1, #fields, 2 do
+  local expiry = redis.call('ZSCORE', KEYS[2], fields[i])
+  if expiry and tonumber(expiry) >= now then
+    total = total + tonumber(fields[i + 1])
+  else
+    redis.call('HDEL', KEYS[1], fields[i])
+  end
+end
+if total >= tonumber(ARGV[2]) then return 0 end
+redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+return 1
+"""
+
+# KEYS[1] slot hash, KEYS[2] owners zset; ARGV owner. A release by an owner already replaced is moot.
+RELEASE = """
+if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
+local n = redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
+if n <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 1
+"""
+
+# KEYS[1] owners zset; ARGV owner, ttl ms. 1 renewed, 0 unknown or expired (the caller re-asserts).
+HEARTBEAT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local expiry = redis.call('ZSCORE', KEYS[1], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 1)
+if not expiry or tonumber(expiry) < now then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+return 1
+"""
+
+# KEYS[1] owners zset, KEYS[2..] slot hashes; ARGV new owner, ttl ms, old owner ('' none), then one count per hash.
+ASSERT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+if ARGV[3] ~= '' then redis.call('ZREM', KEYS[1], ARGV[3]) end
+for i = 2, #KEYS do
+  if ARGV[3] ~= '' then redis.call('HDEL', KEYS[i], ARGV[3]) end
+  local n = tonumber(ARGV[i + 2])
+  if n > 0 then redis.call('HSET', KEYS[i], ARGV[1], n) else redis.call('HDEL', KEYS[i], ARGV[1]) end
+end
+return 1
+"""
+
+# KEYS[1] owners zset, KEYS[2..] slot hashes; ARGV owner. A clean stop gives every slot back at once.
+LEAVE = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+for i = 2, #KEYS do redis.call('HDEL', KEYS[i], ARGV[1]) end
+return 1
+"""
+
+# KEYS[1] bucket hash; ARGV want, rate per second, burst. Tokens granted (0..want).
+BUDGET = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local want, rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local b = redis.call('HMGET', KEYS[1], 't', 's')
+local tokens, stamp = tonumber(b[1]), tonumber(b[2])
+if not tokens then tokens, stamp = burst, now end
+if rate > 0 then tokens = math.min(burst, tokens + math.max(0, now - stamp) * rate) end
+local granted = math.max(0, math.min(want, math.floor(tokens)))
+tokens = tokens - granted
+redis.call('HSET', KEYS[1], 't', string.format('%.6f', tokens), 's', string.format('%.6f', now))
+local idle = 60000
+if rate > 0 then idle = math.ceil(burst / rate * 1000) + 1000 end
+redis.call('PEXPIRE', KEYS[1], idle)
+return granted
+"""
+
+
+def connection_options(settings: RedisState, env: Mapping[str, str], ca_file: str | None) -> dict[str, Any]:
+    """What ``RedisStore`` connects with: the URL (None when its variable is unset) and client keywords."""
+    from ..config.models import EnvKey
+
+    url = env.get(settings.url.env) if isinstance(settings.url, EnvKey) else settings.url
+    options: dict[str, Any] = {"url": url or None, "missing": settings.url.env if isinstance(settings.url, EnvKey)
+                               else None}
+    if settings.password is not None:
+        options["password"] = env.get(settings.password.env) or None
+    if ca_file is not None:
+        options["ssl_ca_certs"] = ca_file
+    return options
+
+
+class StateUnavailable(Exception):
+    """The backend cannot be reached now (never leaves this module: callers get their ``on_error`` answer)."""
+
+
+class RedisStore:
+    backend = "redis"
+
+    def __init__(self, options: Mapping[str, Any], *, heartbeat: float = 2.0, timeout: float = 0.5,
+                 prefix: str = "wsgate", instance: str | None = None) -> None:
+        self.options = dict(options)
+        self.heartbeat = heartbeat
+        self.timeout = timeout
+        self.expiry_bound = 2 * heartbeat
+        self.instance = instance or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._tag = "{" + prefix + "}"  # one hash slot for every key: the scripts work on Redis Cluster too
+        self._owners = f"{self._tag}:owners"
+        self.epoch = 0
+        self.owner = ""
+        self.local = LocalSlots()  # every slot this process holds, granted by Redis or (degraded) locally
+        self.fallback_buckets = LocalBuckets()
+        self.healthy = False
+        self.since = time.time()
+        self.last_error: str | None = None
+        self.redis: Any = None
+        self._scripts: dict[str, Any] = {}
+        self._known: set[str] = set()  # every slot key this process ever touched (re-asserted, left)
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._reasserting: asyncio.Lock | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self._closed = False
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        import redis.asyncio as aioredis
+
+        self._reasserting = asyncio.Lock()
+        url = self.options.get("url")
+        if url is not None:
+            kwargs: dict[str, Any] = {"socket_timeout": self.timeout, "socket_connect_timeout": self.timeout,
+                                      "retry_on_timeout": False}
+            if self.options.get("password"):
+                kwargs["password"] = self.options["password"]
+            if self.options.get("ssl_ca_certs") and str(url).startswith("rediss://"):
+                kwargs["ssl_ca_certs"] = self.options["ssl_ca_certs"]
+                kwargs["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+            self.redis = aioredis.Redis.from_url(url, **kwargs)
+            for name, text in (("acquire", ACQUIRE), ("release", RELEASE), ("heartbeat", HEARTBEAT),
+                               ("assert", ASSERT), ("leave", LEAVE), ("budget", BUDGET)):
+                self._scripts[name] = self.redis.register_script(text)
+            with contextlib.suppress(StateUnavailable):  # the heartbeat task retries; on_state_error decides
+                await self._reassert()
+        else:
+            self._fault(f"the URL's environment variable {self.options.get('missing')} is unset")
+        self._task = asyncio.create_task(self._keep_alive(), name="wsgate-state-heartbeat")
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        if self.redis is not None:
+            if self.healthy and self.owner:
+                keys = sorted(self._known)
+                with contextlib.suppress(StateUnavailable):  # else our owner expires by itself
+                    await self._call("leave", [self._owners, *map(self._slot_key, keys)], [self.owner])
+            await self.redis.aclose()
+        self.local.active.clear()
+
+    # -------------------------------------------------------------- slots
+    def _slot_key(self, key: str) -> str:
+        return f"{self._tag}:slots:{key}"
+
+    async def acquire(self, key: str, limit: int, on_error: OnStateError = "allow") -> bool:
+        # Shielded: an upgrade cancelled mid-take (client gone, handshake timeout) must not leave a slot that
+        # Redis granted but nobody will give back.
+        task = asyncio.ensure_future(self._acquire(key, limit, on_error))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(lambda done: self._give_back(done, key))
+            raise
+
+    def _give_back(self, done: asyncio.Future[bool], key: str) -> None:
+        if not done.cancelled() and done.exception() is None and done.result():
+            self.release(key)
+
+    async def _acquire(self, key: str, limit: int, on_error: OnStateError) -> bool:
+        self._known.add(key)
+        for _ in range(2):
+            if not self.healthy:
+                break
+            owner = self.owner
+            try:
+                taken = await self._call("acquire", [self._slot_key(key), self._owners], [owner, limit])
+            except StateUnavailable:
+                break
+            if taken == 1:
+                self.local.active[key] += 1
+                return True
+            if taken == 0:
+                return False
+            # -1: Redis does not know our owner (it restarted empty, or expired us): re-assert, then try again.
+            try:
+                await self._reassert(stale=owner)
+            except StateUnavailable:
+                break
+        if on_error == "refuse":
+            return False
+        return self.local.acquire(key, limit)
+
+    def release(self, key: str) -> None:
+        if not self.local.release(key):
+            return
+        if self.healthy:
+            task = asyncio.get_running_loop().create_task(self._release(key, self.owner))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _release(self, key: str, owner: str) -> None:
+        # On failure the count is already gone locally: the re-assert after recovery writes it.
+        with contextlib.suppress(StateUnavailable):
+            await self._call("release", [self._slot_key(key), self._owners], [owner])
+
+    # ------------------------------------------------------------- budgets
+    async def take_budget(self, key: str, want: int, rate_per_s: float, burst: int,
+                          on_error: OnStateError = "allow") -> int:
+        if self.healthy:
+            try:
+                granted = await self._call("budget", [f"{self._tag}:budget:{key}"], [want, rate_per_s, burst])
+                return int(granted)
+            except StateUnavailable:
+                pass
+        if on_error == "refuse":
+            return 0
+        return self.fallback_buckets.take(key, want, rate_per_s, burst)
+
+    # ------------------------------------------------------------- health
+    def health(self) -> dict[str, Any]:
+        return {"backend": self.backend, "healthy": self.healthy, "since": self.since, "owner": self.owner,
+                "expiry_bound": self.expiry_bound, "last_error": None if self.healthy else self.last_error}
+
+    async def _call(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        from redis.exceptions import RedisError
+
+        try:
+            return await self._scripts[name](keys=keys, args=args)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._fault(f"{exc.__class__.__name__}: {exc}")
+            raise StateUnavailable(str(exc)) from exc
+
+    def _fault(self, error: str) -> None:
+        self.last_error = error
+        if self.healthy:  # the transition only: the retry loop logs once per attempt after this
+            log.warning("state_backend_unreachable", backend=self.backend, error=error,
+                        retry="each throttle's on_state_error decides until it is back")
+        if self.healthy:
+            self.healthy = False
+            self.since = time.time()
+        self._wake.set()
+
+    async def _reassert(self, stale: str | None = None) -> None:
+        """Register a fresh owner holding exactly the slots this process holds (one at a time)."""
+        assert self._reasserting is not None
+        async with self._reasserting:
+            if stale is not None and self.owner != stale and self.healthy:
+                return  # another task re-asserted while this one waited
+            old = self.owner
+            self.epoch += 1
+            owner = f"{self.instance}.{self.epoch}"
+            ttl_ms = int(self.expiry_bound * 1000)
+            for _ in range(5):  # bounded: a steady churn of upgrades must not keep us re-asserting
+                snapshot = dict(self.local.active)
+                keys = sorted(self._known | set(snapshot))
+                await self._call("assert", [self._owners, *map(self._slot_key, keys)],
+                                 [owner, ttl_ms, old, *(snapshot.get(k, 0) for k in keys)])
+                old = owner  # a second round replaces our own fresh counts
+                if dict(self.local.active) == snapshot:
+                    break  # nothing was taken or given back meanwhile: Redis holds exactly our slots
+            self.owner = owner
+            if not self.healthy:
+                log.info("state_backend_recovered", backend=self.backend, owner=owner,
+                         reasserted=sum(snapshot.values()), down_seconds=round(time.time() - self.since, 3))
+                self.healthy = True
+                self.since = time.time()
+                self.last_error = None
+
+    async def _keep_alive(self) -> None:
+        backoff = min(0.1, self.heartbeat)
+        while not self._closed:
+            if self.healthy:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.heartbeat)
+                if not self.healthy:
+                    continue
+                try:
+                    renewed = await self._call("heartbeat", [self._owners], [self.owner, int(self.expiry_bound * 1000)])
+                    if renewed != 1:
+                        await self._reassert(stale=self.owner)
+                except StateUnavailable:
+                    continue
+                backoff = min(0.1, self.heartbeat)
+            else:
+                if self.redis is None:
+                    return  # no URL: nothing to retry until a reload brings one
+                try:
+                    await self._reassert()
+                    continue
+                except StateUnavailable:
+                    log.warning("state_backend_unreachable", backend=self.backend, error=self.last_error,
+                                retry_in=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.heartbeat)
