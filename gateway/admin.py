@@ -47,6 +47,11 @@ def _redacted(model: Any, env: Any) -> dict[str, Any]:
     from .credentials import SHA256_PREFIX, configured_digest
 
     data = model.model_dump(mode="json", by_alias=True)
+    state = data.get("state")
+    if isinstance(state, dict) and isinstance(state.get("url"), str):
+        from .plan import without_password
+
+        state["url"] = without_password(state["url"])
     identifiers = data.get("identifiers")
     if isinstance(identifiers, dict) and identifiers.get("api_keys"):
         shown: list[Any] = []

@@ -64,6 +64,8 @@ def live_counter(counts: Mapping[str, Any]):
 
     def count(disruption: Disruption) -> int | None:
         sel = dict(disruption.selector)
+        if not sel:
+            return counts.get("total")
         if set(sel) == {"port"}:
             return counts.get("ports", {}).get(sel["port"], 0)
         if set(sel) == {"api"}:

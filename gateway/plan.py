@@ -43,7 +43,7 @@ class Disruption:
 
     reason: str
     selector: Mapping[str, str]
-    close_code: int  # 1001 drained (going away), 1008 closed at once (policy violation)
+    close_code: int  # 1001 drained (going away), 1008 closed at once (policy violation), 0 left open
     live_connections: int | None = None
 
 
@@ -100,6 +100,21 @@ def _dump(model: BaseModel) -> dict:
     return model.model_dump(mode="json", by_alias=True)
 
 
+def without_password(url: str) -> str:
+    """A URL with its password (if any) replaced by ``***``: what plans, logs and the admin may show."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        user = parts.username or ""
+        host = parts.netloc.rpartition("@")[2]
+        return parts._replace(netloc=f"{user}:***@{host}").geturl()
+    except ValueError:
+        return "(unparsable URL)"
+
+
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     """Dotted paths to leaf values; lists of scalars stay whole, lists of mappings are indexed."""
     out: dict[str, Any] = {}
@@ -110,6 +125,8 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
             path = f"{prefix}.{key}" if prefix else str(key)
             if path in SENSITIVE_FIELDS:
                 out[path] = sub
+            elif path == "state.url" and isinstance(sub, str):
+                out[path] = without_password(sub)
             else:
                 out.update(_flatten(sub, path))
     elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
@@ -152,6 +169,11 @@ def _key_set(model: BaseModel, field: str = "api_keys") -> set[str]:
 
 
 def _disruptions(kind: str, name: str, action: Action, old: Any, new: Any) -> tuple[Disruption, ...]:
+    if kind == "Gateway":  # no Gateway resource means the default settings: memory state
+        from .config.models import MemoryState
+
+        return _state_disruptions(old.state if old is not None else MemoryState(),
+                                  new.state if new is not None else MemoryState())
     if action == "create":
         return ()
     if kind == "Port":
@@ -208,12 +230,23 @@ def _disruptions(kind: str, name: str, action: Action, old: Any, new: Any) -> tu
     return ()
 
 
+def _state_disruptions(old: Any, new: Any) -> tuple[Disruption, ...]:
+    """Another state backend (or another Redis, or key prefix) starts counting from zero."""
+    def where(state: Any) -> tuple[Any, ...]:
+        return (state.backend, getattr(state, "url", None), getattr(state, "key_prefix", None))
+
+    if where(old) == where(new):
+        return ()
+    return (Disruption(f"state backend {old.backend} → {new.backend}: throttle counts start over there, so live "
+                       "connections are not counted against limits until they close", {}, 0),)
+
+
 _DISRUPTIVE_FIELDS = {
     "Port": ("port", "host", "tls", "enabled"),
     "API": ("path", "ports", "upstream.endpoints", "upstream.connect_timeout", "upstream.tls"),
     "Application": ("identifiers.api_keys", "identifiers.basic", "identifiers.jwt_clients", "apis"),
     "EchoServer": ("port", "host", "contexts"),
-    "Gateway": (),
+    "Gateway": ("state",),
 }
 
 
@@ -241,7 +274,8 @@ def diff(old: Config | None, new: Config) -> Plan:
         if a is None:
             assert b is not None  # the key came from one side or the other
             fields = _field_changes({}, b.model_dump(mode="json", by_alias=True, exclude_defaults=True), ())
-            changes.append(ResourceChange("create", kind, name, fields, (), where.get(key)))
+            changes.append(ResourceChange("create", kind, name, fields, _disruptions(kind, name, "create", None, b),
+                                          where.get(key)))
         elif b is None:
             disruptions = _disruptions(kind, name, "destroy", a, None)
             changes.append(ResourceChange("destroy", kind, name, (), disruptions, where.get(key)))
@@ -289,7 +323,7 @@ def render_text(plan: Plan) -> str:
     for c in plan.changes:
         lines.append(f"  # {c.kind} \"{c.name}\" {_VERB[c.action]}" + (f" ({c.location})" if c.location else ""))
         for d in c.disruptions:
-            how = "closed at once with 1008" if d.close_code == 1008 else "drained, then closed with 1001"
+            how = {1008: "closed at once with 1008", 0: "left open"}.get(d.close_code, "drained, then closed with 1001")
             lines.append(f"  # ! disrupts live connections: {d.reason} ({how}{_live(d)})")
         lines.append(f"  {_SYMBOL[c.action]} {c.kind} \"{c.name}\"")
         width = max((len(f.path) for f in c.fields), default=0)

@@ -654,6 +654,78 @@ def transform_callables(ctx: RuleContext) -> None:
                 ctx.out.append(error("WSG117", problem[0], at, hint=problem[1]))
 
 
+# ------------------------------------------------------------ shared state
+
+STATE_SCHEMES = ("redis", "rediss", "unix")
+
+
+def state_url_problem(url: str) -> str | None:
+    """What is wrong with a Redis URL's form (None: nothing); never quotes the URL (it may hold a password)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        return f"the URL does not parse ({exc})"
+    if parts.scheme not in STATE_SCHEMES:
+        return f"scheme '{parts.scheme}' is not redis, rediss or unix" if parts.scheme else "the URL has no scheme"
+    if parts.scheme == "unix":
+        return None if parts.path else "a unix:// URL needs the socket's path"
+    if not parts.hostname:
+        return "the URL names no host"
+    if port == 0:
+        return "port 0 cannot be reached"
+    database = parts.path.strip("/")
+    if database and not database.isdigit():
+        return f"the path must be a database number, not '{parts.path}'"
+    return None
+
+
+@rule
+def state_backend(ctx: RuleContext) -> None:
+    """The Redis URL's form, a password written into it, and a way to reach Redis where validate runs."""
+    for e in ctx.of("Gateway"):
+        state = e.model.state
+        if state.backend != "redis":
+            continue
+        at = ("state", "url")
+        url = state.url
+        if isinstance(url, EnvKey):
+            value = ctx.env.get(url.env)
+            if not value:
+                ctx.out.append(warning(
+                    "WSG220", f"state backend is redis but environment variable {url.env} is not set",
+                    e.doc.value_at(at + ("env",)),
+                    hint=f"without {url.env} the gateway cannot reach Redis: every throttle falls back to its "
+                         "on_state_error (allow: counted per process) until it is set"))
+                continue
+            problem = state_url_problem(value)
+            if problem:
+                ctx.out.append(error("WSG140", f"the Redis URL in {url.env} is malformed: {problem}",
+                                     e.doc.value_at(at + ("env",)),
+                                     hint="expected redis://host:port/db, rediss://host:port/db or unix:///path"))
+            continue
+        problem = state_url_problem(url)
+        if problem:
+            ctx.out.append(error("WSG140", f"malformed Redis URL: {problem}", e.doc.value_at(at),
+                                 hint="expected redis://host:port/db, rediss://host:port/db or unix:///path"))
+        elif urlsplit(url).password:
+            ctx.out.append(warning("WSG221", "Redis password in plain text in the state URL", e.doc.value_at(at),
+                                   at_credential=True,
+                                   hint="write the URL without it and set `password: {env: VARIABLE}`, or "
+                                        "`url: {env: VARIABLE}`"))
+        if state.password is not None and not ctx.env.get(state.password.env):
+            ctx.out.append(warning(
+                "WSG220", f"state backend is redis but environment variable {state.password.env} is not set",
+                e.doc.value_at(("state", "password", "env")),
+                hint="a Redis that requires a password will refuse the gateway: throttles fall back to on_state_error"))
+        if state.ca is not None:
+            _must_exist(ctx, e, ("state", "ca"), state.ca, "CA file")
+            if isinstance(url, str) and not url.startswith("rediss://"):
+                ctx.out.append(warning("WSG222", "a CA file is set but the Redis URL is not rediss://",
+                                       e.doc.value_at(("state", "ca")),
+                                       hint="use rediss:// for TLS, or drop `ca`"))
+
+
 # ------------------------------------------------------------- listeners
 
 
