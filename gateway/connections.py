@@ -140,6 +140,19 @@ class ConnectionRegistry:
         self._retired = keep
 
     # ---------------------------------------------------------------- shutdown
+    async def wait_idle(self, timeout: float, hurry: asyncio.Event | None = None) -> bool:
+        """Wait until no connection is live, for at most ``timeout`` seconds or until ``hurry`` is set;
+        True when none is left."""
+        waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._idle.wait())]
+        if hurry is not None:
+            waits.append(asyncio.ensure_future(hurry.wait()))
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
+        return not self.live
+
     async def close_all(self, timeout: float) -> None:
         """Close every connection with 1001, wait up to ``timeout``, then abort what is left."""
         for record in list(self.live):

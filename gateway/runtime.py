@@ -377,14 +377,20 @@ class Gateway:
         self.addresses[name] = (host, bound)
         log.info("listening", name=name, host=host, port=bound, tls=context is not None)
 
-    async def stop(self) -> None:
-        """Stop accepting, close every connection with 1001, wait up to shutdown_timeout, then abort."""
+    async def stop(self, grace: float = 0.0, hurry: asyncio.Event | None = None) -> None:
+        """Unready at once, stop accepting, let live connections go on for ``grace`` seconds (or until ``hurry``
+        is set), close the rest with 1001, wait up to shutdown_timeout, then abort."""
         if self.stopping:
             return
         self.stopping = True
         self.ready = False
         for server in self.servers.values():
             server.close()
+        live = self.registry.live
+        if grace > 0 and live and not (hurry is not None and hurry.is_set()):
+            log.info("shutdown_grace", connections=len(live), grace=grace)
+            if not await self.registry.wait_idle(grace, hurry):
+                log.info("shutdown_grace_over", remaining=len(live), cut_short=hurry is not None and hurry.is_set())
         await self.registry.close_all(self.shutdown_timeout)
         if self.admin is not None:
             await self.admin.stop()
@@ -416,11 +422,11 @@ async def serve(config: Config, admin: tuple[str, int] | None = None,
                 watcher = ConfigWatcher(gateway.paths, gateway.reload)
                 await watcher.start()
             await stopping.wait()
-            log.info("stopping")
+            log.info("stopping", grace=gateway.config.settings.shutdown_grace, hint="a second signal stops at once")
         finally:
             if watcher is not None:
                 await watcher.stop()
-            await gateway.stop()
+            await gateway.stop(gateway.config.settings.shutdown_grace, stopping.hurry)
     return 0
 
 

@@ -76,9 +76,11 @@ async def test_stop_aborts_peers_that_ignore_the_close_after_the_deadline(tmp_pa
 
 
 async def test_run_serves_until_sigterm_and_exits_0(tmp_path):
-    """`wsgate run` logs where it listens, relays, and on SIGTERM closes clients with 1001 and exits 0."""
+    """`wsgate run` logs where it listens, relays, and on SIGTERM (no shutdown grace) closes clients with 1001 and
+    exits 0."""
     async with recording_backend() as backend:
-        write_config(tmp_path, PORT, api_yaml("A", "/a", backend.url + "/"))
+        write_config(tmp_path, PORT, "kind: Gateway\nname: g\nshutdown_grace: 0\n",
+                     api_yaml("A", "/a", backend.url + "/"))
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway", "run", str(tmp_path / "config"),

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import signal
-import sys
 
 import pytest
+from process_support import start_wsgate
 from redis_support import RedisServer
 from structlog.testing import capture_logs
 from support import PORT, TIMEOUT, api_yaml, eventually, gw_url, recording_backend, run, running_gateway, write_config
@@ -162,32 +160,16 @@ def test_fifty_simultaneous_upgrades_over_three_instances_admit_exactly_ten(tmp_
     run(scenario())
 
 
-async def start_instance(config_dir, *extra: str) -> tuple[asyncio.subprocess.Process, int]:
-    """`wsgate run` as its own process; its listening port, read from its JSON log."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "run", str(config_dir), "--admin", "127.0.0.1:0", "--log-format", "json",
-        *extra, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env)
-    output = []
-    async with asyncio.timeout(TIMEOUT):
-        while True:
-            line = (await process.stdout.readline()).decode()
-            assert line, "".join(output)
-            output.append(line)
-            if line.startswith("{"):
-                record = json.loads(line)
-                if record["event"] == "listening" and record["name"] == "default":
-                    return process, record["port"]
-
-
 def test_sigkilled_instance_frees_its_slots_within_the_bound(tmp_path, redis_server):
     """An instance killed with SIGKILL while holding every slot: its slots come free by lease expiry (2 × heartbeat),
     and the surviving instance admits again."""
 
     async def scenario():
         async with recording_backend() as backend:
-            config = write_config(tmp_path, PORT, gateway_doc(redis_server, heartbeat=0.5), throttled_api(backend.url, 2))
-            process, port = await start_instance(tmp_path / "config")
+            config = write_config(tmp_path, PORT, gateway_doc(redis_server, heartbeat=0.5),
+                                  throttled_api(backend.url, 2))
+            instance = await start_wsgate(tmp_path / "config")
+            process, port = instance.process, instance.ports["default"]
             try:
                 held = [await connect(f"ws://127.0.0.1:{port}/a") for _ in range(2)]
                 async with running_gateway(config) as survivor:
@@ -207,9 +189,7 @@ def test_sigkilled_instance_frees_its_slots_within_the_bound(tmp_path, redis_ser
                 for ws in held:
                     ws.transport.abort()
             finally:
-                if process.returncode is None:
-                    process.kill()
-                    await process.wait()
+                await instance.kill()
 
     run(scenario())
 

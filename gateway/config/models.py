@@ -722,6 +722,9 @@ class Gateway(Strict):
     kind: Literal["Gateway"]
     name: Name
     admin: Admin = Admin()
+    shutdown_grace: float = Field(
+        20.0, ge=0, description="Seconds live connections may go on after SIGTERM (readiness is 503 and the listeners "
+        "are closed meanwhile) before the rest are closed with 1001; a second signal ends the grace at once.")
     shutdown_timeout: Seconds = Field(10.0, description="Seconds to wait for connections to close on stop.")
     drain_grace: Seconds = Field(30.0, description="Seconds a connection of a removed route may finish on reload.")
     state: StateSettings = Field(MemoryState(), description="Where throttle counts live: `memory` (each process) "

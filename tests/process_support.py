@@ -1,0 +1,75 @@
+"""`wsgate run` as a real child process, for the tests that send it signals or kill it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from support import TIMEOUT
+
+
+@dataclass
+class RunningProcess:
+    """A child ``wsgate run``: its JSON log lines as they come, and the ports it said it listens on."""
+
+    process: asyncio.subprocess.Process
+    records: list[dict[str, Any]] = field(default_factory=list)
+    output: list[str] = field(default_factory=list)
+    ports: dict[str, int] = field(default_factory=dict)
+
+    async def next_record(self) -> dict[str, Any]:
+        """The next JSON log record (fails on EOF, showing everything it printed)."""
+        assert self.process.stdout is not None
+        while True:
+            line = (await self.process.stdout.readline()).decode()
+            assert line, "process ended:\n" + "".join(self.output)
+            self.output.append(line)
+            if line.startswith("{"):
+                record = json.loads(line)
+                self.records.append(record)
+                if record.get("event") == "listening":
+                    self.ports[record["name"]] = record["port"]
+                return record
+
+    async def wait_for(self, event: str, **fields: Any) -> dict[str, Any]:
+        """Read log records until one has this event (and these fields)."""
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                record = await self.next_record()
+                if record.get("event") == event and all(record.get(k) == v for k, v in fields.items()):
+                    return record
+
+    async def exit_code(self) -> int:
+        """Drain the output and wait for the exit."""
+        assert self.process.stdout is not None
+        rest = (await self.process.stdout.read()).decode()
+        self.output.append(rest)
+        self.records.extend(json.loads(line) for line in rest.splitlines() if line.startswith("{"))
+        return await self.process.wait()
+
+    async def kill(self) -> None:
+        if self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+
+
+async def start_wsgate(config_dir: Path, *args: str, ready: tuple[str, ...] = ("default", "admin")) -> RunningProcess:
+    """Start ``wsgate run CONFIG --admin 127.0.0.1:0 --log-format json ARGS``; return once it listens on ``ready``."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "run", str(config_dir), "--admin", "127.0.0.1:0", "--log-format", "json",
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env)
+    running = RunningProcess(process)
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            while not all(name in running.ports for name in ready):
+                await running.next_record()
+    except BaseException:
+        await running.kill()
+        raise
+    return running
