@@ -121,11 +121,13 @@ class PlainText(str):
 class AdminServer:
     """Serves ``routes`` (path -> handler) on one address."""
 
-    def __init__(self, gateway: Gateway, host: str, port: int) -> None:
+    def __init__(self, gateway: Any, host: str, port: int, routes: dict[str, Callable[[Any], Any]] | None = None,
+                 post_routes: dict[str, Callable[[Any], Any]] | None = None) -> None:
+        # ``gateway``: what the handlers get; a worker supervisor passes itself with its own routes.
         self.gateway = gateway
         self.host = host
         self.port = port
-        self.routes: dict[str, Handler] = {
+        self.routes: dict[str, Callable[[Any], Any]] = routes or {
             "/healthz": healthz,
             "/readyz": readyz,
             "/config": config,
@@ -134,7 +136,7 @@ class AdminServer:
             "/metrics": metrics,
             "/reload": last_reload,
         }
-        self.post_routes: dict[str, Callable[[Gateway], Any]] = {"/reload": reload_now}
+        self.post_routes: dict[str, Callable[[Any], Any]] = post_routes or {"/reload": reload_now}
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:

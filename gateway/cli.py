@@ -4,7 +4,7 @@
     wsgate plan [PATH] --from OTHER [--format text|json] [--probe]     0 no changes, 2 changes, 1 error
     wsgate schemas [--check] [--dir DIR]                               0 fresh/written, 1 stale
     wsgate import FILE [--name N] [--upstream URL] [-o F]              an AsyncAPI description as an API; 1 error
-    wsgate run [PATH] [--log-format ...] [--admin HOST:PORT]           the gateway (and echo servers)
+    wsgate run [PATH] [--log-format ...] [--admin HOST:PORT] [--workers N|auto]   the gateway (and echo servers)
     wsgate echo [PATH]                                                 only the config's echo servers
 """
 
@@ -60,6 +60,15 @@ def _probe_arguments(p: argparse.ArgumentParser) -> None:
                    help="how long each probe may take (default: 5; all run at once)")
 
 
+def _workers(text: str) -> int:
+    from .workers.supervisor import worker_count
+
+    try:
+        return worker_count(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of workers or 'auto', got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="wsgate", description="A declarative, GitOps-style WebSocket API gateway.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -90,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", nargs="?", default=".", metavar="PATH")
     p.add_argument("--log-format", choices=("json", "console", "auto"), default=None)
     p.add_argument("--admin", type=_address, default=None, metavar="HOST:PORT", help="admin endpoint address")
+    p.add_argument("--workers", type=_workers, default=1, metavar="N|auto",
+                   help="worker processes serving every port (auto: one per CPU core; default 1: no supervisor)")
 
     p = sub.add_parser("import", help="turn an AsyncAPI 2.x/3.x description into an API resource")
     p.add_argument("description", type=Path, metavar="FILE", help="the AsyncAPI document (YAML or JSON)")
@@ -358,6 +369,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         from .log import configure_logging
 
         configure_logging(args.log_format)
+    if args.workers > 1:
+        from .workers import supervisor
+
+        assert result.config is not None
+        return supervisor.run(result.config, args.workers, args)
     from . import runtime
 
     assert result.config is not None  # result.ok

@@ -45,6 +45,40 @@ def redact_credentials(_logger: Any, _method: str, event_dict: MutableMapping[st
     return event_dict
 
 
+class WholeLines:
+    """A stream that hands each complete line to ``target`` in one write.
+
+    The workers of `wsgate run --workers N` and their supervisor share one
+    stderr; ``print`` writes a line and its newline separately, which lets
+    another process's line land in between. A whole line in one write (up to
+    PIPE_BUF bytes) cannot be split.
+    """
+
+    def __init__(self, target: Any) -> None:
+        self.target = target
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        if "\n" in self._pending:
+            done, _, self._pending = self._pending.rpartition("\n")
+            data = (done + "\n").encode(getattr(self.target, "encoding", None) or "utf-8", "backslashreplace")
+            buffer = getattr(self.target, "buffer", None)
+            if buffer is not None:
+                self.target.flush()
+                buffer.write(data)
+                buffer.flush()
+            else:
+                self.target.write(data.decode())
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending:
+            self.target.write(self._pending)
+            self._pending = ""
+        self.target.flush()
+
+
 def configure_logging(fmt: LogFormat = "auto", level: str = "info") -> None:
     """Send structlog events to stderr; ``auto`` is console on a terminal, JSON otherwise."""
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
@@ -65,6 +99,6 @@ def configure_logging(fmt: LogFormat = "auto", level: str = "info") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=WholeLines(sys.stderr)),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )

@@ -76,8 +76,13 @@ class Gateway:
     def __init__(self, config: Config, *, admin: tuple[str, int] | None | bool = None,
                  env: Mapping[str, str] | None = None, echo: bool = True,
                  build_chain: Callable[[Loaded[API], Config, AppIndex, PolicyState], list[Policy]] | None = None,
-                 paths: Sequence[str | Path] | None = None, check_cache: CheckCache | None = None) -> None:
+                 paths: Sequence[str | Path] | None = None, check_cache: CheckCache | None = None,
+                 reuse_port: bool = False, port_numbers: Mapping[str, int] | None = None) -> None:
         self.config = config
+        # Workers of one supervisor each listen on every port with SO_REUSEPORT (the kernel spreads connections);
+        # port_numbers holds the numbers the supervisor reserved for ports configured as 0.
+        self.reuse_port = reuse_port
+        self.port_numbers: Mapping[str, int] = port_numbers or {}
         self.env = env
         self.paths: list[Path] = [Path(p) for p in paths] if paths else [config.root]  # what reload re-reads
         # A reload parses and checks only the files that changed since the last check; handed the cache of the
@@ -123,20 +128,23 @@ class Gateway:
                                   build_chain=self._build_chain, health=self.health)
 
     # ----------------------------------------------------------------- reload
-    async def reload(self, trigger: str = "manual") -> dict[str, Any]:
+    async def reload(self, trigger: str = "manual", checked: Config | None = None,
+                     generation: int | None = None) -> dict[str, Any]:
         """Load → check → compile → swap; a failure changes nothing. Returns the outcome (``last_reload``).
 
         One reload at a time; requests that arrive while one runs are served
         by a single further reload (it re-reads the tree, so it sees them all).
+        ``checked``: a config the caller already checked (a worker's supervisor
+        did), applied as generation ``generation``.
         """
         self._reload_requested += 1
         ticket = self._reload_requested
         async with self._reload_lock:
-            if self._reload_served >= ticket and self.last_reload is not None:
+            if checked is None and self._reload_served >= ticket and self.last_reload is not None:
                 return self.last_reload  # a reload that started after this request already read the tree
             self._reload_served = self._reload_requested
             try:
-                outcome = await self._reload(trigger)
+                outcome = await self._reload(trigger, checked, generation)
             except Exception as exc:  # a bug, not a bad config: keep serving and say so
                 log.exception("reload_crashed", trigger=trigger)
                 outcome = self._outcome(trigger, ok=False, error=f"internal error: {exc.__class__.__name__}")
@@ -161,12 +169,16 @@ class Gateway:
                 "digest": self.config.digest() if self._table is None else self._table.digest,
                 "noop": False, **fields}
 
-    async def _reload(self, trigger: str) -> dict[str, Any]:
-        from .config import check
+    async def _reload(self, trigger: str, checked: Config | None = None,
+                      generation: int | None = None) -> dict[str, Any]:
+        from .config import CheckResult, check
         from .plan import diff, render_text
 
         started = time.monotonic()
-        result = await asyncio.to_thread(check, self.paths, env=self.env, cache=self.check_cache)
+        if checked is None:
+            result = await asyncio.to_thread(check, self.paths, env=self.env, cache=self.check_cache)
+        else:
+            result = CheckResult(files=[], diagnostics=[], config=checked)
         if self.stopping:
             return self._outcome(trigger, ok=False, error="gateway is stopping")
         if result.config is None:
@@ -186,7 +198,7 @@ class Gateway:
         plan = diff(old_config, new)
         try:
             await _follow_shared_state(self.state, new, self.env)
-            table = self.compile(new, old_table.generation + 1)
+            table = self.compile(new, generation or old_table.generation + 1)
         except Exception as exc:
             log.error("reload_failed", trigger=trigger, error=f"compile failed: {exc}", exc_info=True)
             return self._outcome(trigger, ok=False, error=f"compile failed: {exc}")
@@ -325,10 +337,10 @@ class Gateway:
         return problems
 
     # -------------------------------------------------------------- lifecycle
-    async def start(self) -> None:
+    async def start(self, generation: int = 1) -> None:
         """Start echo servers, then listeners and admin; on failure stop what started and raise."""
         self.state = await _policy_state(self.config, self.env)
-        self._table = self.compile(self.config, 1)
+        self._table = self.compile(self.config, generation)
         self._table.activate()
         self.keepalive = KeepaliveSweeper()
         self._services = ListenerServices(self.registry, lambda: self.table, self.metrics, self.keepalive)
@@ -366,8 +378,9 @@ class Gateway:
         server = await loop.create_server(
             listener.protocol_factory,
             port.host,
-            port.port,
+            self.port_numbers.get(name, port.port),
             ssl=context,
+            reuse_port=self.reuse_port or None,
             ssl_handshake_timeout=port.limits.handshake_timeout if context else None,
             backlog=1024,
         )

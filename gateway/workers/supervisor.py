@@ -1,0 +1,442 @@
+"""The supervisor of `wsgate run --workers N`: one checked config handed to every worker, kept alive, drained.
+
+It checks and watches the config tree (once, for all workers), reserves a
+number for every port configured as 0 (a bound, non-listening SO_REUSEPORT
+socket, so every worker listens on the same number), runs the echo servers
+and the admin listener, and answers for the whole gateway: ``/readyz`` and
+``/reload`` list the generation each worker serves (a reload some worker
+failed to apply is ``split``), ``/connections`` and ``/metrics`` are summed.
+
+A worker that dies is restarted with the current config after a backoff
+(0.25 s doubling to 30 s while it keeps dying young). SIGTERM: unready at
+once, SIGTERM to every worker (each drains with its shutdown_grace), exit 0
+when they are gone; a second signal is forwarded (the workers stop at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from ..admin import AdminServer, PlainText, healthz
+from ..config.tree import Config
+from ..signals import stop_requested
+from . import control
+
+log = structlog.get_logger("wsgate.supervisor")
+
+REQUEST_TIMEOUT = 30.0  # seconds a worker has to answer a status or apply request
+YOUNG = 10.0  # a worker that dies younger than this counts as failing again: the backoff grows
+
+
+def worker_count(text: str) -> int:
+    """``--workers``: a positive number, or ``auto`` for one per CPU core."""
+    if text == "auto":
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    count = int(text)
+    if count < 1:
+        raise ValueError("--workers must be at least 1")
+    return count
+
+
+class Worker:
+    """One worker slot: the process serving it now, its control channel, and what it last said."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.process: asyncio.subprocess.Process | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.pid: int | None = None
+        self.generation = 0
+        self.ready = False
+        self.started_at = 0.0
+        self.restarts = 0
+        self.failures = 0  # deaths in a row, each younger than YOUNG
+        self.last_error: str | None = None
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._ids = 0
+        self.started = asyncio.Event()
+
+    async def request(self, message: dict[str, Any], timeout: float = REQUEST_TIMEOUT) -> dict[str, Any]:
+        if self.writer is None or not self.ready:
+            return {"ok": False, "error": "worker not running", "generation": self.generation}
+        self._ids += 1
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[self._ids] = future
+        control.send(self.writer, {**message, "id": self._ids})
+        try:
+            async with asyncio.timeout(timeout):
+                return await future
+        except (TimeoutError, ConnectionError) as exc:
+            return {"ok": False, "error": f"no answer: {exc.__class__.__name__}", "generation": self.generation}
+        finally:
+            self._pending.pop(self._ids, None)
+
+    def answered(self, message: dict[str, Any]) -> None:
+        future = self._pending.pop(message.get("id") or 0, None)
+        if future is not None and not future.done():
+            future.set_result(message)
+
+    def gone(self) -> None:
+        self.ready = False
+        self.writer = None
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(ConnectionError("worker gone"))
+        self._pending.clear()
+
+    def describe(self) -> dict[str, Any]:
+        return {"index": self.index, "pid": self.pid, "generation": self.generation, "ready": self.ready,
+                "restarts": self.restarts, "error": self.last_error}
+
+
+class Supervisor:
+    def __init__(self, config: Config, count: int, *, paths: Sequence[str | Path] | None = None,
+                 admin: tuple[str, int] | None = None, log_format: str = "auto", watch: bool = True) -> None:
+        self.config = config
+        self.paths = [str(p) for p in paths] if paths else [str(config.root)]
+        self.workers = [Worker(i) for i in range(count)]
+        self.admin_address = admin
+        self.log_format = log_format
+        self.watch = watch
+        self.generation = 1
+        self.stopping = False
+        self.holders: dict[str, tuple[tuple[Any, ...], socket.socket]] = {}
+        self.port_numbers: dict[str, int] = {}
+        self.admin: AdminServer | None = None
+        self.echo_services: list[Any] = []
+        self.last_reload: dict[str, Any] | None = None
+        self.reload_count = 0
+        self.reloads: dict[str, int] = {}
+        self._reload_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # ------------------------------------------------------------------ ports
+    def reserve_ports(self, config: Config) -> dict[str, int]:
+        """A number for every enabled port: configured ones as they are, 0 ones held by a non-listening socket."""
+        numbers: dict[str, int] = {}
+        keep: dict[str, tuple[tuple[Any, ...], socket.socket]] = {}
+        for name, loaded in config.ports.items():
+            model = loaded.model
+            if not model.enabled:
+                continue
+            if model.port != 0:
+                numbers[name] = model.port
+                continue
+            key = (model.host, model.port)
+            held = self.holders.get(name)
+            if held is None or held[0] != key:
+                family = socket.getaddrinfo(model.host, 0, type=socket.SOCK_STREAM)[0][0]
+                holder = socket.socket(family, socket.SOCK_STREAM)
+                holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                holder.bind((model.host, 0))  # bound, never listening: it gets no connections, only keeps the number
+                held = (key, holder)
+            keep[name] = held
+            numbers[name] = held[1].getsockname()[1]
+        for name, (_, holder) in self.holders.items():
+            if keep.get(name, (None, None))[1] is not holder:
+                holder.close()
+        self.holders = keep
+        self.port_numbers = numbers
+        return numbers
+
+    # ---------------------------------------------------------------- workers
+    async def spawn(self, worker: Worker) -> None:
+        """Start a process for the slot and hand it the current config; raises if it cannot start serving."""
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "gateway.workers.worker", str(child.fileno()), str(worker.index),
+                pass_fds=[child.fileno()], start_new_session=True)
+        finally:
+            child.close()
+        reader, writer = await asyncio.open_unix_connection(sock=parent, limit=control.LIMIT)
+        worker.process, worker.writer, worker.pid = process, writer, process.pid
+        worker.started_at = time.monotonic()
+        control.send(writer, {"op": "start", "config": control.pack_config(self.config), "paths": self.paths,
+                              "generation": self.generation, "ports": self.port_numbers,
+                              "log_format": self.log_format})
+        first = await control.receive(reader)
+        if first is None or first.get("op") != "started":
+            worker.last_error = (first or {}).get("error", "exited before it started")
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+            worker.gone()
+            raise RuntimeError(f"worker {worker.index} did not start: {worker.last_error}")
+        worker.generation, worker.ready, worker.last_error = first["generation"], True, None
+        log.info("worker_started", worker=worker.index, pid=process.pid, generation=worker.generation,
+                 restarts=worker.restarts)
+        self._spawn_task(self._listen(worker, reader, process), f"wsgate-worker-{worker.index}")
+
+    async def _listen(self, worker: Worker, reader: asyncio.StreamReader, process: asyncio.subprocess.Process) -> None:
+        while (message := await control.receive(reader)) is not None:
+            worker.answered(message)
+        code = await process.wait()
+        worker.gone()
+        if self.stopping:
+            log.info("worker_stopped", worker=worker.index, pid=process.pid, code=code)
+            return
+        lived = time.monotonic() - worker.started_at
+        worker.failures = worker.failures + 1 if lived < YOUNG else 1
+        delay = min(0.25 * 2 ** (worker.failures - 1), 30.0)
+        how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        worker.last_error = f"died ({how})"
+        log.error("worker_died", worker=worker.index, pid=process.pid, how=how, lived=round(lived, 3),
+                  restart_in=delay)
+        await asyncio.sleep(delay)
+        while not self.stopping:
+            worker.restarts += 1
+            try:
+                await self.spawn(worker)
+                return
+            except Exception as exc:
+                worker.failures += 1
+                delay = min(0.25 * 2 ** (worker.failures - 1), 30.0)
+                log.error("worker_restart_failed", worker=worker.index, error=str(exc), restart_in=delay)
+                await asyncio.sleep(delay)
+
+    def _spawn_task(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def signal_workers(self, sig: int) -> None:
+        for worker in self.workers:
+            if worker.process is not None and worker.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.process.send_signal(sig)
+
+    # ----------------------------------------------------------------- reload
+    async def reload(self, trigger: str = "manual") -> dict[str, Any]:
+        """Check the tree once; hand a changed config to every worker as the next generation."""
+        from ..config import check
+
+        async with self._reload_lock:
+            result = await asyncio.to_thread(check, self.paths)
+            outcome: dict[str, Any] = {"trigger": trigger, "at": time.time(), "noop": False}
+            if self.stopping:
+                outcome.update(ok=False, error="gateway is stopping")
+            elif result.config is None:
+                for d in result.diagnostics:
+                    if d.is_error:
+                        log.error("reload_failed", trigger=trigger, diagnostic=d.headline())
+                outcome.update(ok=False, diagnostics=[d.to_dict() for d in result.diagnostics])
+            elif result.config.digest() == self.config.digest():
+                outcome.update(ok=True, noop=True)
+            else:
+                outcome.update(await self._hand_out(result.config, trigger))
+            outcome.update(generation=self.generation, digest=self.config.digest(), **self.split())
+            self.last_reload = outcome
+            self.reload_count += 1
+            kind = "failed" if not outcome["ok"] else "unchanged" if outcome["noop"] else "applied"
+            self.reloads[kind] = self.reloads.get(kind, 0) + 1
+            return outcome
+
+    async def _hand_out(self, new: Config, trigger: str) -> dict[str, Any]:
+        old_config, old_generation = self.config, self.generation
+        try:
+            ports = self.reserve_ports(new)
+        except OSError as exc:
+            self.reserve_ports(old_config)
+            return {"ok": False, "error": f"cannot reserve a port: {exc}"}
+        self.config, self.generation = new, old_generation + 1
+        message = {"op": "apply", "config": control.pack_config(new), "generation": self.generation, "ports": ports}
+        replies = await asyncio.gather(*(w.request(message) for w in self.workers))
+        for worker, reply in zip(self.workers, replies, strict=True):
+            if reply.get("ok"):
+                worker.generation = reply["generation"]
+            else:
+                worker.last_error = reply.get("error") or "reload failed"
+        applied = sum(1 for r in replies if r.get("ok"))
+        if applied == 0:  # nobody serves it: keep the last good config for the workers started from now on
+            self.config, self.generation = old_config, old_generation
+            self.reserve_ports(old_config)
+        log.info("reload_handed_out", trigger=trigger, generation=self.generation, applied=applied,
+                 workers=len(self.workers))
+        return {"ok": applied == len(self.workers), "workers_applied": applied,
+                "errors": {w.index: r.get("error") or (r.get("outcome") or {}).get("error")
+                           for w, r in zip(self.workers, replies, strict=True) if not r.get("ok")}}
+
+    async def _reload_on_change(self, trigger: str) -> None:
+        await self.reload(trigger)
+
+    def split(self) -> dict[str, Any]:
+        generations = sorted({w.generation for w in self.workers if w.ready})
+        return {"split": len(generations) > 1 or any(g != self.generation for g in generations),
+                "workers": [w.describe() for w in self.workers]}
+
+    # ------------------------------------------------------------------ admin
+    async def _statuses(self) -> list[dict[str, Any]]:
+        return [r for r in await asyncio.gather(*(w.request({"op": "status"}) for w in self.workers))
+                if "connections" in r]
+
+    async def readyz(self, _: Any) -> tuple[int, Any]:
+        """Ready while not stopping and some worker serves; each worker's generation and live connections."""
+        serving = [w for w in self.workers if w.ready]
+        status = "stopping" if self.stopping else "ready" if serving else "starting"
+        body = {"status": status, "generation": self.generation, **self.split()}
+        answers = await asyncio.gather(*(w.request({"op": "status"}, timeout=5.0) for w in self.workers))
+        for entry, answer in zip(body["workers"], answers, strict=True):
+            if "connections" in answer:
+                entry["connections"] = answer["connections"]["total"]
+        return (200 if status == "ready" else 503), body
+
+    def last_reload_answer(self, _: Any) -> tuple[int, Any]:
+        return 200, {"reloads": self.reload_count, "last_reload": self.last_reload, "generation": self.generation,
+                     **self.split()}
+
+    async def reload_answer(self, _: Any) -> tuple[int, Any]:
+        outcome = await self.reload("admin")
+        return (200 if outcome["ok"] else 422), outcome
+
+    async def connections(self, _: Any) -> tuple[int, Any]:
+        total: dict[str, Any] = {}
+        for status in await self._statuses():
+            _add_counts(total, status["connections"])
+        return 200, total or {"total": 0, "upgrading": 0}
+
+    async def metrics(self, _: Any) -> tuple[int, Any]:
+        texts = [status["metrics"] for status in await self._statuses()]
+        return 200, PlainText(sum_metrics(texts), "text/plain; version=0.0.4; charset=utf-8")
+
+    def config_answer(self, _: Any) -> tuple[int, Any]:
+        from ..admin import _redacted
+
+        resources = sorted(self.config.resources().items())
+        names: dict[str, list[str]] = {}
+        for (kind, name), _model in resources:
+            names.setdefault(kind, []).append(name)
+        return 200, {"digest": self.config.digest(), "generation": self.generation, "resources": names,
+                     "documents": [_redacted(model, None) for _, model in resources]}
+
+    # -------------------------------------------------------------- lifecycle
+    async def run(self) -> int:
+        from ..watch import ConfigWatcher
+
+        settings = self.config.settings
+        if len(self.workers) > 1 and settings.state.backend == "memory":
+            log.warning("limits_per_worker", workers=len(self.workers),
+                        hint="with state: memory each worker counts every throttle on its own (up to workers x the "
+                             "limit in total); set the Gateway's state to redis to share the counts")
+        watcher: ConfigWatcher | None = None
+        async with stop_requested() as stopping:
+            try:
+                self.reserve_ports(self.config)
+                if self.config.echo_servers:
+                    from echo.server import serve_echo_servers
+
+                    self.echo_services = await serve_echo_servers(self.config)
+                await asyncio.gather(*(self.spawn(w) for w in self.workers))
+                host, port = self.admin_address or (settings.admin.host, settings.admin.port)
+                if self.admin_address is not None or settings.admin.enabled:
+                    self.admin = AdminServer(self, host, port, routes={
+                        "/healthz": healthz, "/readyz": self.readyz, "/config": self.config_answer,
+                        "/connections": self.connections, "/metrics": self.metrics,
+                        "/reload": self.last_reload_answer}, post_routes={"/reload": self.reload_answer})
+                    await self.admin.start()
+                for name, number in self.port_numbers.items():
+                    log.info("listening", name=name, host=self.config.ports[name].model.host, port=number,
+                             tls=self.config.ports[name].model.tls is not None, workers=len(self.workers))
+                if self.watch:
+                    watcher = ConfigWatcher([Path(p) for p in self.paths], self._reload_on_change)
+                    await watcher.start()
+                await stopping.wait()
+                log.info("stopping", workers=len(self.workers), grace=settings.shutdown_grace,
+                         hint="a second signal stops at once")
+            finally:
+                self.stopping = True
+                if watcher is not None:
+                    await watcher.stop()
+                self.signal_workers(signal.SIGTERM)
+                await self._wait_workers(stopping.hurry)
+                if self.admin is not None:
+                    await self.admin.stop()
+                for service in self.echo_services:
+                    await service.stop()
+                for _, holder in self.holders.values():
+                    holder.close()
+                for task in list(self._tasks):
+                    task.cancel()
+        log.info("stopped")
+        return 0
+
+    async def _wait_workers(self, hurry: asyncio.Event) -> None:
+        processes = [w.process for w in self.workers if w.process is not None and w.process.returncode is None]
+        if not processes:
+            return
+        waiting: asyncio.Future[Any] = asyncio.ensure_future(asyncio.gather(*(p.wait() for p in processes)))
+        hurried: asyncio.Future[Any] = asyncio.ensure_future(hurry.wait())
+        await asyncio.wait([waiting, hurried], return_when=asyncio.FIRST_COMPLETED)
+        if not waiting.done():
+            self.signal_workers(signal.SIGTERM)  # their second signal: close at once
+            await waiting
+        hurried.cancel()
+
+
+def _add_counts(total: dict[str, Any], counts: Mapping[str, Any]) -> None:
+    for key, value in counts.items():
+        if isinstance(value, Mapping):
+            _add_counts(total.setdefault(key, {}), value)
+        elif isinstance(value, int | float):
+            total[key] = total.get(key, 0) + value
+
+
+# Gauges that describe the gateway rather than add up over workers: the lowest worker's value is the honest one.
+_NOT_SUMMED = ("wsgate_config_generation", "wsgate_state_backend_up")
+
+
+def sum_metrics(texts: Sequence[str]) -> str:
+    """Prometheus text of several workers as one: samples with equal name and labels added up."""
+    header: dict[str, list[str]] = {}
+    samples: dict[str, dict[str, float]] = {}
+    for text in texts:
+        for line in text.splitlines():
+            if not line:
+                continue
+            if line.startswith("#"):
+                parts = line.split(" ", 3)
+                if len(parts) >= 3:
+                    lines = header.setdefault(parts[2], [])
+                    if line not in lines:
+                        lines.append(line)
+                continue
+            series, _, value = line.rpartition(" ")
+            name = series.split("{", 1)[0]
+            family = samples.setdefault(name, {})
+            number = float(value)
+            if series in family and name in _NOT_SUMMED:
+                family[series] = min(family[series], number)
+            else:
+                family[series] = family.get(series, 0.0) + number
+    out: list[str] = []
+    for name in dict.fromkeys([*header, *samples]):
+        out.extend(header.get(name, []))
+        for series, number in samples.get(name, {}).items():
+            out.append(f"{series} {int(number) if number.is_integer() else number}")
+    return "\n".join(out) + "\n"
+
+
+def run(config: Config, count: int, args: Any) -> int:
+    """``wsgate run PATH --workers N`` (N > 1) after the config was checked."""
+    from ..log import configure_logging
+    from ..runtime import parse_address
+
+    log_format = getattr(args, "log_format", None) or config.settings.log_format
+    configure_logging(log_format)
+    admin_text = getattr(args, "admin", None)
+    path = getattr(args, "path", None)
+    supervisor = Supervisor(config, count, paths=[path] if isinstance(path, str) else None,
+                            admin=parse_address(admin_text) if isinstance(admin_text, str) else None,
+                            log_format=log_format)
+    return asyncio.run(supervisor.run())

@@ -1,0 +1,94 @@
+"""One worker process: a Gateway serving the config its supervisor hands it, until a signal or the supervisor's end.
+
+Started as ``python -m gateway.workers.worker FD INDEX`` with FD its end of
+the control socketpair. Its own session (the supervisor started it so), so a
+Ctrl-C in the terminal reaches the supervisor only, which forwards stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+from typing import Any
+
+import structlog
+
+from ..runtime import Gateway
+from ..signals import StopRequest, stop_requested
+from . import control
+
+log = structlog.get_logger("wsgate.worker")
+
+
+async def serve(fd: int, index: int) -> int:
+    reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=fd), limit=control.LIMIT)
+    hello = await control.receive(reader)
+    if hello is None or hello.get("op") != "start":
+        return 1
+    from ..log import configure_logging
+
+    configure_logging(hello["log_format"])
+    structlog.contextvars.bind_contextvars(worker=index)
+    config = control.unpack_config(hello["config"])
+    gateway = Gateway(config, admin=False, echo=False, paths=hello["paths"], reuse_port=True,
+                      port_numbers=hello["ports"])
+    async with stop_requested() as stopping:
+        try:
+            await gateway.start(hello["generation"])
+        except Exception as exc:
+            log.exception("worker_start_failed")
+            control.send(writer, {"op": "failed", "error": f"{exc.__class__.__name__}: {exc}"})
+            await writer.drain()
+            return 1
+        control.send(writer, {"op": "started", "pid": os.getpid(), "generation": gateway.table.generation})
+        commands = asyncio.create_task(_commands(reader, writer, gateway, stopping))
+        try:
+            await stopping.wait()
+        finally:
+            commands.cancel()
+            await gateway.stop(gateway.config.settings.shutdown_grace, stopping.hurry)
+    return 0
+
+
+async def _commands(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, gateway: Gateway,
+                    stopping: StopRequest) -> None:
+    while (message := await control.receive(reader)) is not None:
+        reply: dict[str, Any] = {"id": message.get("id")}
+        try:
+            if message["op"] == "apply":
+                gateway.port_numbers = message["ports"]
+                outcome = await gateway.reload("supervisor", checked=control.unpack_config(message["config"]),
+                                               generation=message["generation"])
+                reply.update(ok=outcome["ok"], outcome=outcome)
+            elif message["op"] == "status":
+                reply.update(status(gateway))
+        except Exception as exc:  # a bug: say so to the supervisor, keep serving
+            log.exception("worker_command_failed", op=message.get("op"))
+            reply.update(ok=False, error=f"{exc.__class__.__name__}: {exc}")
+        reply.setdefault("generation", gateway.table.generation)
+        control.send(writer, reply)
+    log.warning("supervisor_gone", hint="stopping")  # the supervisor died: nobody restarts us or forwards signals
+    stopping.signalled()
+
+
+def status(gateway: Gateway) -> dict[str, Any]:
+    assert gateway.state is not None
+    health = gateway.state.shared.health()
+    return {"pid": os.getpid(), "generation": gateway.table.generation, "digest": gateway.table.digest,
+            "ready": gateway.ready, "connections": gateway.registry.counts(),
+            "metrics": gateway.metrics.render(gateway.registry, gateway.table.generation, health), "state": health,
+            "reloads": gateway.reload_count}
+
+
+def main() -> int:
+    fd, index = int(sys.argv[1]), int(sys.argv[2])
+    from ..listener import raise_open_files_limit
+
+    raise_open_files_limit()
+    return asyncio.run(serve(fd, index))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
