@@ -132,8 +132,8 @@ class Child:
 
 NGINX_CONF = """\
 daemon off;
-master_process on;  # the worker (one) is the process whose CPU time and RSS we read
-worker_processes 1;
+master_process on;  # the workers are the processes whose CPU time and RSS we read
+worker_processes {workers};
 worker_rlimit_nofile {nofile};
 pid {tmp}/nginx.pid;
 error_log {tmp}/error.log warn;
@@ -193,7 +193,8 @@ class Nginx:
 
     role = "nginx"
 
-    def __init__(self, binary: str, tmp: Path, backend_port: int, log_file: Path) -> None:
+    def __init__(self, binary: str, tmp: Path, backend_port: int, log_file: Path, workers: int = 1) -> None:
+        self.workers = workers
         tmp.mkdir(parents=True, exist_ok=True)
         self.log_file = log_file
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -204,7 +205,8 @@ class Nginx:
         _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         nofile = min(hard, 65536) if hard != resource.RLIM_INFINITY else 65536
         conf = tmp / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(tmp=tmp, port=self.port, backend_port=backend_port, nofile=nofile))
+        conf.write_text(NGINX_CONF.format(tmp=tmp, port=self.port, backend_port=backend_port, nofile=nofile,
+                                           workers=workers))
         fd = self._sock.fileno()
         os.set_inheritable(fd, True)
         self._log = open(log_file, "ab")  # noqa: SIM115 - the child writes to it until stop()
@@ -219,6 +221,7 @@ class Nginx:
         )
         self.error_log = tmp / "error.log"
         self.worker_pid = self.proc.pid  # until the worker is known (wait_ready)
+        self.worker_pids = [self.proc.pid]
 
     @property
     def pid(self) -> int:
@@ -237,7 +240,8 @@ class Nginx:
                 if conn.getresponse().status == 204:
                     conn.close()
                     self._sock.close()  # nginx holds its own copy
-                    self.worker_pid = self._worker()
+                    self.worker_pids = self._workers()
+                    self.worker_pid = self.worker_pids[0]
                     return
                 conn.close()
             except OSError as exc:
@@ -245,11 +249,11 @@ class Nginx:
             time.sleep(0.05)  # polling a server we cannot otherwise observe, under a deadline
         raise ChildError(f"nginx not ready within {timeout:.0f} s: {last!r}{self._tail()}")
 
-    def _worker(self) -> int:
+    def _workers(self) -> list[int]:
         children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
-        if len(children) != 1:
-            raise ChildError(f"nginx: expected one worker process, found {children}")
-        return int(children[0])
+        if len(children) != self.workers:
+            raise ChildError(f"nginx: expected {self.workers} worker process(es), found {children}")
+        return [int(child) for child in children]
 
     def _tail(self) -> str:
         try:
@@ -259,7 +263,7 @@ class Nginx:
         return ("\n  " + "\n  ".join(text)) if text else ""
 
     def cpu_seconds(self) -> float:
-        return _cpu_seconds(self.worker_pid)
+        return sum(_cpu_seconds(pid) for pid in self.worker_pids)
 
     def rss_kib(self) -> int:
         return _rss_kib(self.worker_pid, self.role)

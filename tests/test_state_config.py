@@ -24,13 +24,13 @@ def test_memory_is_the_default_and_redis_url_is_accepted(tmp_path):
 
 
 def test_malformed_redis_urls_are_errors_at_the_url(tmp_path):
-    """A wrong scheme, no host, or a non-numeric database: WSG140 at the URL's line and column."""
+    """A wrong scheme, no host, or a non-numeric database: WSG160 at the URL's line and column."""
     base(tmp_path)
     for url, message in (("http://redis:6379", "scheme 'http'"), ("redis://:6379", "no host"),
                          ("redis://redis:6379/cache", "database number")):
         write(tmp_path, "gateway.yaml", gateway(f"  backend: redis\n  url: {url}\n"))
         result = run_check(tmp_path)
-        assert found(result) == [("WSG140", "gateway.yaml", 5, 8)], url
+        assert found(result) == [("WSG160", "gateway.yaml", 5, 8)], url
         assert message in result.diagnostics[0].summary
 
 
@@ -43,7 +43,7 @@ def test_redis_without_a_way_to_reach_it_warns(tmp_path):
     assert "WSGATE_REDIS_URL" in result.diagnostics[0].summary
     assert run_check(tmp_path, env={"WSGATE_REDIS_URL": "rediss://r:6380/1"}).diagnostics == []
     bad = run_check(tmp_path, env={"WSGATE_REDIS_URL": "redis//nope"})
-    assert [d.code for d in bad.diagnostics] == ["WSG140"] and "nope" not in bad.diagnostics[0].summary
+    assert [d.code for d in bad.diagnostics] == ["WSG160"] and "nope" not in bad.diagnostics[0].summary
     write(tmp_path, "gateway.yaml", gateway("  backend: redis\n  url: redis://r:6379\n  password: {env: RPASS}\n"))
     assert found(run_check(tmp_path)) == [("WSG220", "gateway.yaml", 6, 19)]
 

@@ -700,13 +700,13 @@ def state_backend(ctx: RuleContext) -> None:
                 continue
             problem = state_url_problem(value)
             if problem:
-                ctx.out.append(error("WSG140", f"the Redis URL in {url.env} is malformed: {problem}",
+                ctx.out.append(error("WSG160", f"the Redis URL in {url.env} is malformed: {problem}",
                                      e.doc.value_at(at + ("env",)),
                                      hint="expected redis://host:port/db, rediss://host:port/db or unix:///path"))
             continue
         problem = state_url_problem(url)
         if problem:
-            ctx.out.append(error("WSG140", f"malformed Redis URL: {problem}", e.doc.value_at(at),
+            ctx.out.append(error("WSG160", f"malformed Redis URL: {problem}", e.doc.value_at(at),
                                  hint="expected redis://host:port/db, rediss://host:port/db or unix:///path"))
         elif urlsplit(url).password:
             ctx.out.append(warning("WSG221", "Redis password in plain text in the state URL", e.doc.value_at(at),
