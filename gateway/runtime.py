@@ -196,6 +196,7 @@ class Gateway:
             return self._outcome(trigger, ok=True, noop=True)
         old_config, old_table = self.config, self.table
         plan = diff(old_config, new)
+        assert self.state is not None
         try:
             await _follow_shared_state(self.state, new, self.env)
             table = self.compile(new, generation or old_table.generation + 1)
