@@ -142,20 +142,25 @@ def test_three_instances_share_a_limit(tmp_path, redis_server):
 
 
 def test_fifty_simultaneous_upgrades_over_three_instances_admit_exactly_ten(tmp_path, redis_server):
-    """50 upgrades at once, spread over 3 instances, against a limit of 10: exactly 10 are admitted, 40 get 503."""
+    """50 upgrades at once, spread over 3 `wsgate run` processes on one Redis, against a limit of 10: exactly 10
+    are admitted, 40 get 503, and Redis counts 10."""
 
     async def scenario():
         async with recording_backend() as backend:
-            config = write_config(tmp_path, PORT, gateway_doc(redis_server), throttled_api(backend.url, 10))
-            async with running_gateway(config) as g1, running_gateway(config) as g2, running_gateway(config) as g3:
-                gateways = (g1, g2, g3)
-                results = await asyncio.gather(*(try_upgrade(gw_url(gateways[i % 3], "/a")) for i in range(50)))
+            write_config(tmp_path, PORT, gateway_doc(redis_server), throttled_api(backend.url, 10))
+            instances = await asyncio.gather(*(start_wsgate(tmp_path / "config") for _ in range(3)))
+            try:
+                urls = [f"ws://127.0.0.1:{i.ports['default']}/a" for i in instances]
+                results = await asyncio.gather(*(try_upgrade(urls[i % 3]) for i in range(50)))
                 opened = [r for r in results if not isinstance(r, int)]
                 assert len(opened) == 10
                 assert [r for r in results if isinstance(r, int)] == [503] * 40
                 assert sum(slot_counts(redis_server, "A/<api>").values()) == 10
                 await asyncio.gather(*(ws.close() for ws in opened))
                 await eventually(lambda: slot_counts(redis_server, "A/<api>") == {})
+            finally:
+                for instance in instances:
+                    await instance.kill()
 
     run(scenario())
 
