@@ -223,11 +223,12 @@ def test_redis_restart_reasserts_live_leases(tmp_path, redis_server):
     run(scenario())
 
 
-@pytest.mark.parametrize("on_error", ["allow", "refuse"])
-def test_redis_outage_keeps_serving_and_recovers(tmp_path, redis_server, on_error):
-    """Redis stopped mid-run: `allow` keeps admitting up to the limit counted in memory, `refuse` answers 503; the
-    outage is logged per retry, not per upgrade; the health metric says 0; after Redis returns the counts are
-    re-asserted and nothing stays stuck."""
+@pytest.mark.parametrize(("how", "on_error"), [("stopped", "allow"), ("stopped", "refuse"), ("paused", "allow")])
+def test_redis_outage_keeps_serving_and_recovers(tmp_path, redis_server, how, on_error):
+    """Redis stopped (connections refused) or paused with SIGSTOP (unreachable: commands time out) mid-run: `allow`
+    keeps admitting up to the limit counted in memory, `refuse` answers 503; the outage is logged per retry, not per
+    upgrade; the health metric says 0; after Redis returns the counts are re-asserted and nothing stays stuck (a
+    paused Redis runs the commands that timed out when it resumes: they belong to a replaced owner)."""
 
     async def scenario():
         async with recording_backend() as backend:
@@ -238,7 +239,10 @@ def test_redis_outage_keeps_serving_and_recovers(tmp_path, redis_server, on_erro
                 first = await connect(gw_url(gw, "/a"))
                 port = redis_server.port
                 with capture_logs() as logs:
-                    redis_server.stop()
+                    if how == "stopped":
+                        redis_server.stop()
+                    else:
+                        redis_server.signal(signal.SIGSTOP)
                     results = [await try_upgrade(gw_url(gw, "/a")) for _ in range(20)]
                     assert not shared.healthy
                     from support import http_request
@@ -254,7 +258,10 @@ def test_redis_outage_keeps_serving_and_recovers(tmp_path, redis_server, on_erro
                     assert len(opened) == 2 and results.count(503) == 18  # the limit, counted in memory
                 else:
                     assert opened == [] and results.count(503) == 20
-                redis_server.start(port)
+                if how == "stopped":
+                    redis_server.start(port)
+                else:
+                    redis_server.signal(signal.SIGCONT)
                 await eventually(lambda: shared.healthy, timeout=TIMEOUT)
                 assert sum(slot_counts(redis_server, "A/<api>").values()) == 1 + len(opened)
                 for ws in (first, *opened):
