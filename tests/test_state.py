@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 
 import pytest
@@ -97,6 +98,30 @@ def test_redis_stores_share_one_limit(redis_server):
             await a.close()
             await b.close()
         assert slot_counts(redis_server, "A/<api>") == {}  # a clean stop gives every slot back
+
+    run(scenario())
+
+
+def test_a_take_cancelled_in_flight_leaves_no_slot(redis_server):
+    """Upgrades cancelled while their take is in flight (the client left) leave no slot counted in Redis,
+    whichever point of the round trip the cancellation hits."""
+
+    async def scenario():
+        store = redis_store(redis_server)
+        await store.start()
+        try:
+            for turns in [*range(12), *range(12)]:
+                task = asyncio.create_task(store.acquire("C/<api>", 100))
+                for _ in range(turns):
+                    await asyncio.sleep(0)
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    if await task:
+                        store.release("C/<api>")  # finished before the cancel: an ordinary give-back
+            await eventually(lambda: not store._background and slot_counts(redis_server, "C/<api>") == {})
+            assert await store.acquire("C/<api>", 1)  # and the limit still counts from zero
+        finally:
+            await store.close()
 
     run(scenario())
 

@@ -63,11 +63,14 @@ redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
 return 1
 """
 
-# KEYS[1] slot hash, KEYS[2] owners zset; ARGV owner. A release by an owner already replaced is moot.
+# KEYS[1] owners zset, KEYS[2..] slot hashes; ARGV owner, then how many slots to give back per hash.
+# A release by an owner already replaced is moot (its counts are gone).
 RELEASE = """
-if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
-local n = redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
-if n <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+for i = 2, #KEYS do
+  local n = redis.call('HINCRBY', KEYS[i], ARGV[1], -tonumber(ARGV[i]))
+  if n <= 0 then redis.call('HDEL', KEYS[i], ARGV[1]) end
+end
 return 1
 """
 
@@ -166,6 +169,8 @@ class RedisStore:
         self._wake = asyncio.Event()
         self._reasserting: asyncio.Lock | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        self._releases: dict[tuple[str, str], int] = {}  # (owner, key) -> slots to give back this loop turn
+        self._connected = False
         self._closed = False
 
     # ------------------------------------------------------------ lifecycle
@@ -212,18 +217,23 @@ class RedisStore:
         return f"{self._tag}:slots:{key}"
 
     async def acquire(self, key: str, limit: int, on_error: OnStateError = "allow") -> bool:
-        # Shielded: an upgrade cancelled mid-take (client gone, handshake timeout) must not leave a slot that
-        # Redis granted but nobody will give back.
-        task = asyncio.ensure_future(self._acquire(key, limit, on_error))
         try:
-            return await asyncio.shield(task)
+            return await self._acquire(key, limit, on_error)
         except asyncio.CancelledError:
-            task.add_done_callback(lambda done: self._give_back(done, key))
+            # The upgrade was cancelled mid-take (client gone, handshake timeout): Redis may have granted a slot
+            # nobody will give back. Re-asserting replaces our owner with one holding exactly our slots.
+            if self.healthy:
+                self._spawn(self._reassert_quietly(self.owner))
             raise
 
-    def _give_back(self, done: asyncio.Future[bool], key: str) -> None:
-        if not done.cancelled() and done.exception() is None and done.result():
-            self.release(key)
+    async def _reassert_quietly(self, stale: str) -> None:
+        with contextlib.suppress(StateUnavailable):
+            await self._reassert(stale=stale)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _acquire(self, key: str, limit: int, on_error: OnStateError) -> bool:
         self._known.add(key)
@@ -253,14 +263,24 @@ class RedisStore:
         if not self.local.release(key):
             return
         if self.healthy:
-            task = asyncio.get_running_loop().create_task(self._release(key, self.owner))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            # Gathered per event-loop turn: the connections that end together give their slots back in one call.
+            if not self._releases:
+                asyncio.get_running_loop().call_soon(self._flush_releases)
+            self._releases[(self.owner, key)] = self._releases.get((self.owner, key), 0) + 1
 
-    async def _release(self, key: str, owner: str) -> None:
-        # On failure the count is already gone locally: the re-assert after recovery writes it.
+    def _flush_releases(self) -> None:
+        pending, self._releases = self._releases, {}
+        by_owner: dict[str, dict[str, int]] = {}
+        for (owner, key), count in pending.items():
+            by_owner.setdefault(owner, {})[key] = count
+        for owner, counts in by_owner.items():
+            self._spawn(self._release(owner, counts))
+
+    async def _release(self, owner: str, counts: dict[str, int]) -> None:
+        # On failure the counts are already gone locally: the re-assert after recovery writes them.
+        keys = list(counts)
         with contextlib.suppress(StateUnavailable):
-            await self._call("release", [self._slot_key(key), self._owners], [owner])
+            await self._call("release", [self._owners, *map(self._slot_key, keys)], [owner, *counts.values()])
 
     # ------------------------------------------------------------- budgets
     async def take_budget(self, key: str, want: int, rate_per_s: float, burst: int,
@@ -319,8 +339,13 @@ class RedisStore:
                     break  # nothing was taken or given back meanwhile: Redis holds exactly our slots
             self.owner = owner
             if not self.healthy:
-                log.info("state_backend_recovered", backend=self.backend, owner=owner,
-                         reasserted=sum(snapshot.values()), down_seconds=round(time.time() - self.since, 3))
+                if self._connected:
+                    log.info("state_backend_recovered", backend=self.backend, owner=owner,
+                             reasserted=sum(snapshot.values()), down_seconds=round(time.time() - self.since, 3))
+                else:
+                    log.info("state_backend_connected", backend=self.backend, owner=owner,
+                             expiry_bound=self.expiry_bound)
+                self._connected = True
                 self.healthy = True
                 self.since = time.time()
                 self.last_error = None
