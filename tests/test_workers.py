@@ -125,3 +125,50 @@ async def worker_totals(admin: str) -> list[int]:
     """Live connections per worker, from the supervisor's per-worker status."""
     status = await admin_json(admin, "/readyz")
     return [w.get("connections", 0) for w in status["workers"]]
+
+
+def test_a_revoked_key_closes_its_connections_in_every_worker(tmp_path):
+    """Connections of one application spread over two workers: removing its key on reload closes every one of
+    them with 1008, whichever worker holds it."""
+
+    async def scenario():
+        async with recording_backend() as backend:
+            api = api_yaml("A", "/a", backend.url + "/", extra="policies:\n  - type: identify\n    by: [api_key]\n")
+            app = "kind: Application\nname: app\nidentifiers:\n  api_keys: [{key}]\napis: [A]\n"
+            write_config(tmp_path, PORT, api, app.format(key="old-key"))
+            gateway = await start_wsgate(tmp_path / "config", "--workers", "2")
+            try:
+                url = f"ws://127.0.0.1:{gateway.ports['default']}/a?x-Gateway-APIKey=old-key"
+                admin = f"http://127.0.0.1:{gateway.ports['admin']}"
+                clients = []
+                async with asyncio.timeout(TIMEOUT):
+                    while len(clients) < 4 or not all(await worker_totals(admin)):
+                        clients.append(await connect(url))
+                write_config(tmp_path, PORT, api, app.format(key="new-key"))
+                outcome = (await http_request(admin, b"POST /reload HTTP/1.1\r\nHost: a\r\n\r\n")).json()
+                assert outcome["ok"] is True and outcome["split"] is False
+                for ws in clients:
+                    with pytest.raises(ConnectionClosed) as info:
+                        await ws.recv()
+                    assert info.value.rcvd.code == 1008
+            finally:
+                await gateway.kill()
+
+    run(scenario())
+
+
+def test_split_is_reported_when_workers_serve_different_generations():
+    """The supervisor's view: ready workers on different generations, or behind its own, are a split."""
+    from gateway.workers.supervisor import Supervisor, Worker
+
+    supervisor = Supervisor.__new__(Supervisor)
+    supervisor.workers = [Worker(0), Worker(1)]
+    supervisor.generation = 2
+    for worker, generation in zip(supervisor.workers, (2, 2), strict=True):
+        worker.ready, worker.generation = True, generation
+    assert supervisor.split()["split"] is False
+    supervisor.workers[1].generation = 1
+    assert supervisor.split()["split"] is True
+    supervisor.workers[1].ready = False  # a worker being restarted is not serving: no split, but listed
+    view = supervisor.split()
+    assert view["split"] is False and [w["ready"] for w in view["workers"]] == [True, False]
