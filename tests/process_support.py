@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,9 +55,18 @@ class RunningProcess:
         return await self.process.wait()
 
     async def kill(self) -> None:
+        """Stop it at once but cleanly (SIGTERM, then SIGINT to skip the grace; SIGKILL if that hangs), so a
+        supervisor stops its workers too."""
         if self.process.returncode is None:
-            self.process.kill()
-            await self.process.wait()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(ProcessLookupError):
+                    self.process.send_signal(sig)
+            try:
+                async with asyncio.timeout(TIMEOUT):
+                    await self.exit_code()
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
 
 
 async def start_wsgate(config_dir: Path, *args: str, ready: tuple[str, ...] = ("default", "admin")) -> RunningProcess:

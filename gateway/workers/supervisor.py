@@ -11,16 +11,24 @@ A worker that dies is restarted with the current config after a backoff
 (0.25 s doubling to 30 s while it keeps dying young). SIGTERM: unready at
 once, SIGTERM to every worker (each drains with its shutdown_grace), exit 0
 when they are gone; a second signal is forwarded (the workers stop at once).
+
+Metrics: each worker renders its own and the admin adds them up. For
+prometheus_client's multiprocess mode the supervisor also creates
+``PROMETHEUS_MULTIPROC_DIR`` for the workers (unless the operator set one) and
+marks dead workers' files with ``mark_process_dead``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -120,6 +128,8 @@ class Supervisor:
         self.reloads: dict[str, int] = {}
         self._reload_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.metrics_dir: str | None = None  # PROMETHEUS_MULTIPROC_DIR of the workers
+        self._own_metrics_dir = False
 
     # ------------------------------------------------------------------ ports
     def reserve_ports(self, config: Config) -> dict[str, int]:
@@ -192,6 +202,7 @@ class Supervisor:
         delay = min(0.25 * 2 ** (worker.failures - 1), 30.0)
         how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
         worker.last_error = f"died ({how})"
+        self._forget_metrics(process.pid)
         log.error("worker_died", worker=worker.index, pid=process.pid, how=how, lived=round(lived, 3),
                   restart_in=delay)
         await asyncio.sleep(delay)
@@ -332,6 +343,7 @@ class Supervisor:
         watcher: ConfigWatcher | None = None
         async with stop_requested() as stopping:
             try:
+                self._metrics_dir()
                 self.reserve_ports(self.config)
                 if self.config.echo_servers:
                     from echo.server import serve_echo_servers
@@ -366,10 +378,30 @@ class Supervisor:
                     await service.stop()
                 for _, holder in self.holders.values():
                     holder.close()
+                if self._own_metrics_dir and self.metrics_dir is not None:
+                    shutil.rmtree(self.metrics_dir, ignore_errors=True)
                 for task in list(self._tasks):
                     task.cancel()
         log.info("stopped")
         return 0
+
+    def _metrics_dir(self) -> None:
+        """The directory prometheus_client's multiprocess mode shares between workers: the operator's
+        PROMETHEUS_MULTIPROC_DIR, or a fresh one for this run (removed at exit); the workers inherit it."""
+        self.metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if not self.metrics_dir:
+            self.metrics_dir = tempfile.mkdtemp(prefix="wsgate-metrics-")
+            self._own_metrics_dir = True
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
+
+    def _forget_metrics(self, pid: int) -> None:
+        """A dead worker's live gauges must not count any more (its counters stay, as prometheus_client wants)."""
+        try:  # imported by name: prometheus_client is not a dependency (yet); without it nothing is on disk
+            multiprocess = importlib.import_module("prometheus_client.multiprocess")
+        except ImportError:
+            return
+        if self.metrics_dir:
+            multiprocess.mark_process_dead(pid, self.metrics_dir)
 
     async def _wait_workers(self, hurry: asyncio.Event) -> None:
         processes = [w.process for w in self.workers if w.process is not None and w.process.returncode is None]
