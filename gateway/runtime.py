@@ -46,14 +46,14 @@ async def _policy_state(config: Config, env: Mapping[str, str] | None) -> Policy
     return state
 
 
-async def _follow_shared_state(state: PolicyState, config: Config, env: Mapping[str, str] | None) -> None:
-    """Open the shared-state backend the Gateway resource names, if it is not the one in use."""
+async def _follow_shared_state(state: PolicyState, config: Config, env: Mapping[str, str] | None) -> bool:
+    """Open the shared-state backend the Gateway resource names, if it is not the one in use (True: switched)."""
     import os
 
     settings = config.settings.state
     ca = getattr(settings, "ca", None)
     ca_file = str(config.gateway.resolve(ca)) if ca and config.gateway is not None else None
-    await state.use_shared(settings, os.environ if env is None else env, ca_file)
+    return await state.use_shared(settings, os.environ if env is None else env, ca_file)
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -197,16 +197,21 @@ class Gateway:
         old_config, old_table = self.config, self.table
         plan = diff(old_config, new)
         assert self.state is not None
+        switched = False
         try:
-            await _follow_shared_state(self.state, new, self.env)
+            switched = await _follow_shared_state(self.state, new, self.env)
             table = self.compile(new, generation or old_table.generation + 1)
         except Exception as exc:
+            if switched:
+                await self.state.revert_shared()
             log.error("reload_failed", trigger=trigger, error=f"compile failed: {exc}", exc_info=True)
             return self._outcome(trigger, ok=False, error=f"compile failed: {exc}")
         try:
             started_ports = await self._start_new_ports(old_config, new, table)
         except Exception as exc:
             table.close()
+            if switched:
+                await self.state.revert_shared()
             log.error("reload_failed", trigger=trigger, error=f"cannot listen: {exc}")
             return self._outcome(trigger, ok=False, error=f"cannot listen: {exc}")
         # The swap: from here on new upgrades use the new table.

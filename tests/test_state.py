@@ -296,3 +296,39 @@ def test_redis_outage_keeps_serving_and_recovers(tmp_path, redis_server, how, on
                     await http_request(admin, path="/metrics")).body.decode()
 
     run(scenario())
+
+
+def test_reload_switches_the_state_backend_and_a_failed_reload_keeps_the_old_one(tmp_path, redis_server):
+    """memory → redis on reload: a reload that fails later (a port it cannot listen on) keeps counting in memory;
+    the next one switches, new upgrades count in Redis, and a connection from before gives its slot back to
+    memory (plan calls this disruptive: it is not counted in Redis)."""
+    import socket
+
+    async def scenario():
+        async with recording_backend() as backend:
+            api = throttled_api(backend.url, 1)
+            config = write_config(tmp_path, PORT, "kind: Gateway\nname: g\n", api)
+            async with running_gateway(config) as gw:
+                before = await connect(gw_url(gw, "/a"))
+                memory = gw.state.shared
+                with socket.socket() as taken:
+                    taken.bind(("127.0.0.1", 0))
+                    taken.listen()
+                    busy = f"---\nkind: Port\nname: busy\nport: {taken.getsockname()[1]}\nhost: 127.0.0.1\n"
+                    write_config(tmp_path, PORT, gateway_doc(redis_server), api + busy)
+                    outcome = await gw.reload("test")
+                    assert not outcome["ok"] and "cannot listen" in outcome["error"]
+                    assert gw.state.shared is memory
+                write_config(tmp_path, PORT, gateway_doc(redis_server), api)
+                assert (await gw.reload("test"))["ok"]
+                assert gw.state.shared.backend == "redis"
+                after = await try_upgrade(gw_url(gw, "/a"))
+                assert not isinstance(after, int)
+                assert await try_upgrade(gw_url(gw, "/a")) == 503
+                await before.close()
+                await eventually(lambda: not memory.slots.active)
+                assert sum(slot_counts(redis_server, "A/<api>").values()) == 1
+                await after.close()
+                await eventually(lambda: slot_counts(redis_server, "A/<api>") == {})
+
+    run(scenario())

@@ -255,6 +255,7 @@ class PolicyState:
         self.shared: SharedState = shared
         self.shared_settings: Any = None  # the Gateway resource's `state` that built ``shared`` (None: the default)
         self._retired_shared: list[SharedState] = []
+        self._previous_settings: Any = None
         self.rate_limits = RateLimits()
         # Messages that broke their API's definitions: (api, direction, kind, action) -> count.
         self.violations: Counter[tuple[str, str, str, str]] = Counter()
@@ -266,6 +267,7 @@ class PolicyState:
 
         Connections counted in the previous backend give their slots back there
         (it stays open until ``aclose``); new upgrades count in the new one.
+        ``revert_shared`` undoes the switch (a reload that failed later).
         """
         if settings == self.shared_settings or (self.shared_settings is None and settings.backend == "memory"):
             return False
@@ -274,9 +276,16 @@ class PolicyState:
         shared = open_state(settings, env, ca_file=ca_file)
         await shared.start()
         self._retired_shared.append(self.shared)
+        self._previous_settings = self.shared_settings
         self.shared, self.shared_settings = shared, settings
         log.info("state_backend", backend=shared.backend, expiry_bound=shared.expiry_bound)
         return True
+
+    async def revert_shared(self) -> None:
+        """Back to the backend in use before the last ``use_shared`` that switched; the new one is closed."""
+        unused, self.shared = self.shared, self._retired_shared.pop()
+        self.shared_settings = self._previous_settings
+        await unused.close()
 
     async def aclose(self) -> None:
         """Close the shared-state backends (giving their slots back) and the log writers."""
