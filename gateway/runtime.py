@@ -441,6 +441,7 @@ async def serve(config: Config, admin: tuple[str, int] | None = None,
                 watcher = ConfigWatcher(gateway.paths, gateway.reload)
                 await watcher.start()
             await stopping.wait()
+            gateway.ready = False  # /readyz answers 503 from this moment, before anything else is stopped
             log.info("stopping", grace=gateway.config.settings.shutdown_grace, hint="a second signal stops at once")
         finally:
             if watcher is not None:
