@@ -441,12 +441,12 @@ async def serve(config: Config, admin: tuple[str, int] | None = None,
                 watcher = ConfigWatcher(gateway.paths, gateway.reload)
                 await watcher.start()
             await stopping.wait()
-            gateway.ready = False  # /readyz answers 503 from this moment, before anything else is stopped
             log.info("stopping", grace=gateway.config.settings.shutdown_grace, hint="a second signal stops at once")
         finally:
+            # stop() first: /readyz answers 503 from its first line on; a reload meanwhile is refused (stopping).
+            await gateway.stop(gateway.config.settings.shutdown_grace, stopping.hurry)
             if watcher is not None:
                 await watcher.stop()
-            await gateway.stop(gateway.config.settings.shutdown_grace, stopping.hurry)
     return 0
 
 
