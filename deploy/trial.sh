@@ -21,6 +21,15 @@ trap cleanup EXIT INT TERM
 
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize no >"$work/redis.log" &
 pids+=($!)
+for _ in $(seq 100); do  # until Redis says it is ready (or died: then say why)
+  grep -q "Ready to accept connections" "$work/redis.log" && break
+  if ! kill -0 "${pids[0]}" 2>/dev/null; then
+    echo "trial: redis-server did not start (port $REDIS_PORT; set REDIS_PORT):" >&2
+    cat "$work/redis.log" >&2
+    exit 1
+  fi
+  sleep 0.1
+done
 export WSGATE_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
 
 for instance in a b; do
