@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .connections import ConnectionRegistry
@@ -44,7 +44,8 @@ class Metrics:
         health of ``health``."""
         limited = state.rate_limits.exceeded if state is not None else Counter()
         violations = state.violations if state is not None else Counter()
-        state_health = state.shared.health() if state is not None else {"backend": "memory", "healthy": True}
+        state_health: dict[str, Any] = (state.shared.health() if state is not None
+                                        else {"backend": "memory", "healthy": True})
         messages, payload_bytes = Counter(self.messages), Counter(self.payload_bytes)
         active: Counter[tuple[str, str, str]] = Counter()
         for record in registry.live:

@@ -332,3 +332,37 @@ def test_reload_switches_the_state_backend_and_a_failed_reload_keeps_the_old_one
                 await eventually(lambda: slot_counts(redis_server, "A/<api>") == {})
 
     run(scenario())
+
+
+def test_cluster_wide_rate_limit_through_redis(tmp_path, redis_server):
+    """Two gateways on one Redis share a per-API message budget (take_budget's Lua bucket): a burst of 4 passes
+    once between them, the other 2 of 6 messages are dropped on whichever instance ran out."""
+
+    async def scenario():
+        async with recording_backend() as backend:
+            policies = ("policies:\n  - type: rate-limit\n    per: api\n    messages_per_second: 0.001\n"
+                        "    burst_messages: 4\n    on_exceed: drop\n")
+            config = write_config(tmp_path, PORT, gateway_doc(redis_server),
+                                  api_yaml("A", "/a", backend.url + "/", extra=policies))
+            async with running_gateway(config) as one, running_gateway(config) as two:
+                assert one.state.rate_limits.backend is one.state.shared  # Redis: budgets are cluster-wide
+                received: list[str] = []
+
+                async def read(ws) -> None:
+                    async for message in ws:
+                        received.append(message)
+
+                def dropped() -> int:
+                    return sum(gw.state.rate_limits.exceeded[("A", "client", "drop")] for gw in (one, two))
+
+                async with connect(gw_url(one, "/a")) as a, connect(gw_url(two, "/a")) as b:
+                    readers = [asyncio.create_task(read(ws)) for ws in (a, b)]
+                    for ws, name in ((a, "a"), (b, "b")):
+                        for i in range(3):
+                            await ws.send(f"{name}{i}")
+                    await eventually(lambda: dropped() == 2 and len(received) == 4)
+                    for task in readers:
+                        task.cancel()
+                assert len(set(received)) == 4
+
+    run(scenario())

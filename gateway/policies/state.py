@@ -278,6 +278,7 @@ class PolicyState:
         self._retired_shared.append(self.shared)
         self._previous_settings = self.shared_settings
         self.shared, self.shared_settings = shared, settings
+        self._budgets_from(shared)
         log.info("state_backend", backend=shared.backend, expiry_bound=shared.expiry_bound)
         return True
 
@@ -285,7 +286,15 @@ class PolicyState:
         """Back to the backend in use before the last ``use_shared`` that switched; the new one is closed."""
         unused, self.shared = self.shared, self._retired_shared.pop()
         self.shared_settings = self._previous_settings
+        self._budgets_from(self.shared)
         await unused.close()
+
+    def _budgets_from(self, shared: SharedState) -> None:
+        """Rate limits per application and per API take their budgets from a remote backend (cluster-wide) or
+        keep them in this process. Buckets made for the previous backend stay with the connections that hold
+        them; new connections get buckets of the new one."""
+        self.rate_limits.backend = None if shared.backend == "memory" else shared
+        self.rate_limits.shared.clear()
 
     async def aclose(self) -> None:
         """Close the shared-state backends (giving their slots back) and the log writers."""

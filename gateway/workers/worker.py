@@ -78,7 +78,8 @@ def status(gateway: Gateway) -> dict[str, Any]:
     health = gateway.state.shared.health()
     return {"pid": os.getpid(), "generation": gateway.table.generation, "digest": gateway.table.digest,
             "ready": gateway.ready, "connections": gateway.registry.counts(),
-            "metrics": gateway.metrics.render(gateway.registry, gateway.table.generation, health), "state": health,
+            "metrics": gateway.metrics.render(gateway.registry, gateway.table.generation, gateway.state),
+            "state": health,
             "reloads": gateway.reload_count}
 
 
