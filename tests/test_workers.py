@@ -59,6 +59,8 @@ def test_workers_share_the_port_answer_as_one_and_reload_together(tmp_path):
                 assert counts["total"] == 8 and counts["apis"] == {"A": 8}
                 metrics = (await http_request(admin, path="/metrics")).body.decode()
                 assert 'wsgate_connections_active{port="default",api="A",application=""} 8' in metrics
+                upstreams = await admin_json(admin, "/upstreams")  # each worker checks endpoints on its own
+                assert [sorted(w["upstreams"]["apis"]) for w in upstreams["workers"]] == [["A"], ["A"]]
                 (tmp_path / "config" / "more.yaml").write_text(api_yaml("B", "/b", backend.url + "/"))
                 outcome = (await http_request(admin, b"POST /reload HTTP/1.1\r\nHost: a\r\n\r\n")).json()
                 assert outcome["ok"] is True and outcome["split"] is False and outcome["generation"] == 2

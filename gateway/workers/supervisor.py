@@ -321,6 +321,12 @@ class Supervisor:
         texts = [status["metrics"] for status in await self._statuses()]
         return 200, PlainText(sum_metrics(texts), "text/plain; version=0.0.4; charset=utf-8")
 
+    async def upstreams(self, _: Any) -> tuple[int, Any]:
+        """Endpoint health as each worker sees it (each runs its own checks): listed, not merged."""
+        statuses = await asyncio.gather(*(w.request({"op": "status"}) for w in self.workers))
+        return 200, {"workers": [{"index": w.index, "pid": w.pid, "upstreams": status.get("upstreams")}
+                                 for w, status in zip(self.workers, statuses, strict=True)]}
+
     def config_answer(self, _: Any) -> tuple[int, Any]:
         from ..admin import _redacted
 
@@ -354,7 +360,7 @@ class Supervisor:
                 if self.admin_address is not None or settings.admin.enabled:
                     self.admin = AdminServer(self, host, port, routes={
                         "/healthz": healthz, "/readyz": self.readyz, "/config": self.config_answer,
-                        "/connections": self.connections, "/metrics": self.metrics,
+                        "/connections": self.connections, "/metrics": self.metrics, "/upstreams": self.upstreams,
                         "/reload": self.last_reload_answer}, post_routes={"/reload": self.reload_answer})
                     await self.admin.start()
                 for name, number in self.port_numbers.items():

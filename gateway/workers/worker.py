@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from ..admin import upstreams
 from ..runtime import Gateway
 from ..signals import StopRequest, stop_requested
 from . import control
@@ -78,7 +79,9 @@ def status(gateway: Gateway) -> dict[str, Any]:
     health = gateway.state.shared.health()
     return {"pid": os.getpid(), "generation": gateway.table.generation, "digest": gateway.table.digest,
             "ready": gateway.ready, "connections": gateway.registry.counts(),
-            "metrics": gateway.metrics.render(gateway.registry, gateway.table.generation, gateway.state),
+            "metrics": gateway.metrics.render(gateway.registry, gateway.table.generation, gateway.state,
+                                              gateway.health),
+            "upstreams": upstreams(gateway)[1],
             "state": health,
             "reloads": gateway.reload_count}
 
