@@ -10,7 +10,7 @@ import pytest
 from process_support import start_wsgate
 from redis_support import RedisServer
 from structlog.testing import capture_logs
-from support import PORT, TIMEOUT, api_yaml, eventually, gw_url, recording_backend, run, running_gateway, write_config
+from support import PORT, TIMEOUT, api_yaml, eventually, gw_url, recording_backend, running_gateway, write_config
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
@@ -79,290 +79,250 @@ def test_memory_budget_grants_up_to_the_burst():
 # ------------------------------------------------------------------- redis
 
 
-def test_redis_stores_share_one_limit(redis_server):
+async def test_redis_stores_share_one_limit(redis_server):
     """Two stores (two instances) on one Redis count against one limit, and a release frees a slot for the other."""
-
-    async def scenario():
-        a, b = redis_store(redis_server), redis_store(redis_server)
-        await a.start()
-        await b.start()
-        try:
-            assert a.health()["healthy"] and b.health()["healthy"]
-            assert await a.acquire("A/<api>", 3) and await b.acquire("A/<api>", 3) and await a.acquire("A/<api>", 3)
-            assert not await b.acquire("A/<api>", 3)
-            assert sorted(slot_counts(redis_server, "A/<api>").values()) == [1, 2]
-            a.release("A/<api>")
-            await eventually(lambda: sum(slot_counts(redis_server, "A/<api>").values()) == 2)
-            assert await b.acquire("A/<api>", 3)
-        finally:
-            await a.close()
-            await b.close()
-        assert slot_counts(redis_server, "A/<api>") == {}  # a clean stop gives every slot back
-
-    run(scenario())
+    a, b = redis_store(redis_server), redis_store(redis_server)
+    await a.start()
+    await b.start()
+    try:
+        assert a.health()["healthy"] and b.health()["healthy"]
+        assert await a.acquire("A/<api>", 3) and await b.acquire("A/<api>", 3) and await a.acquire("A/<api>", 3)
+        assert not await b.acquire("A/<api>", 3)
+        assert sorted(slot_counts(redis_server, "A/<api>").values()) == [1, 2]
+        a.release("A/<api>")
+        await eventually(lambda: sum(slot_counts(redis_server, "A/<api>").values()) == 2)
+        assert await b.acquire("A/<api>", 3)
+    finally:
+        await a.close()
+        await b.close()
+    assert slot_counts(redis_server, "A/<api>") == {}  # a clean stop gives every slot back
 
 
-def test_a_take_cancelled_in_flight_leaves_no_slot(redis_server):
+async def test_a_take_cancelled_in_flight_leaves_no_slot(redis_server):
     """Upgrades cancelled while their take is in flight (the client left) leave no slot counted in Redis,
     whichever point of the round trip the cancellation hits."""
-
-    async def scenario():
-        store = redis_store(redis_server)
-        await store.start()
-        try:
-            for turns in [*range(12), *range(12)]:
-                task = asyncio.create_task(store.acquire("C/<api>", 100))
-                for _ in range(turns):
-                    await asyncio.sleep(0)
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    if await task:
-                        store.release("C/<api>")  # finished before the cancel: an ordinary give-back
-            await eventually(lambda: not store._background and slot_counts(redis_server, "C/<api>") == {})
-            assert await store.acquire("C/<api>", 1)  # and the limit still counts from zero
-        finally:
-            await store.close()
-
-    run(scenario())
+    store = redis_store(redis_server)
+    await store.start()
+    try:
+        for turns in [*range(12), *range(12)]:
+            task = asyncio.create_task(store.acquire("C/<api>", 100))
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                if await task:
+                    store.release("C/<api>")  # finished before the cancel: an ordinary give-back
+        await eventually(lambda: not store._background and slot_counts(redis_server, "C/<api>") == {})
+        assert await store.acquire("C/<api>", 1)  # and the limit still counts from zero
+    finally:
+        await store.close()
 
 
-def test_redis_budget_is_shared(redis_server):
+async def test_redis_budget_is_shared(redis_server):
     """The token bucket in Redis grants its burst once across two stores, then refuses."""
-
-    async def scenario():
-        a, b = redis_store(redis_server), redis_store(redis_server)
-        await a.start()
-        await b.start()
-        try:
-            assert await a.take_budget("msg", 6, 1e-6, 10) == 6
-            assert await b.take_budget("msg", 6, 1e-6, 10) == 4
-            assert await a.take_budget("msg", 1, 1e-6, 10) == 0
-        finally:
-            await a.close()
-            await b.close()
-
-    run(scenario())
+    a, b = redis_store(redis_server), redis_store(redis_server)
+    await a.start()
+    await b.start()
+    try:
+        assert await a.take_budget("msg", 6, 1e-6, 10) == 6
+        assert await b.take_budget("msg", 6, 1e-6, 10) == 4
+        assert await a.take_budget("msg", 1, 1e-6, 10) == 0
+    finally:
+        await a.close()
+        await b.close()
 
 
-def test_three_instances_share_a_limit(tmp_path, redis_server):
+async def test_three_instances_share_a_limit(tmp_path, redis_server):
     """Three gateways on one Redis admit a limit of 2 once in total; a close frees the slot for any instance."""
-
-    async def scenario():
-        async with recording_backend() as backend:
-            config = write_config(tmp_path, PORT, gateway_doc(redis_server), throttled_api(backend.url, 2))
-            async with running_gateway(config) as g1, running_gateway(config) as g2, running_gateway(config) as g3:
-                first = await try_upgrade(gw_url(g1, "/a"))
-                second = await try_upgrade(gw_url(g2, "/a"))
-                assert not isinstance(first, int) and not isinstance(second, int)
-                assert await try_upgrade(gw_url(g3, "/a")) == 503
-                assert await try_upgrade(gw_url(g1, "/a")) == 503
-                await first.close()
-                await eventually(lambda: sum(slot_counts(redis_server, "A/<api>").values()) == 1)
-                third = await try_upgrade(gw_url(g3, "/a"))
-                assert not isinstance(third, int)
-                await second.close()
-                await third.close()
-
-    run(scenario())
+    async with recording_backend() as backend:
+        config = write_config(tmp_path, PORT, gateway_doc(redis_server), throttled_api(backend.url, 2))
+        async with running_gateway(config) as g1, running_gateway(config) as g2, running_gateway(config) as g3:
+            first = await try_upgrade(gw_url(g1, "/a"))
+            second = await try_upgrade(gw_url(g2, "/a"))
+            assert not isinstance(first, int) and not isinstance(second, int)
+            assert await try_upgrade(gw_url(g3, "/a")) == 503
+            assert await try_upgrade(gw_url(g1, "/a")) == 503
+            await first.close()
+            await eventually(lambda: sum(slot_counts(redis_server, "A/<api>").values()) == 1)
+            third = await try_upgrade(gw_url(g3, "/a"))
+            assert not isinstance(third, int)
+            await second.close()
+            await third.close()
 
 
-def test_fifty_simultaneous_upgrades_over_three_instances_admit_exactly_ten(tmp_path, redis_server):
+async def test_fifty_simultaneous_upgrades_over_three_instances_admit_exactly_ten(tmp_path, redis_server):
     """50 upgrades at once, spread over 3 `wsgate run` processes on one Redis, against a limit of 10: exactly 10
     are admitted, 40 get 503, and Redis counts 10."""
-
-    async def scenario():
-        async with recording_backend() as backend:
-            write_config(tmp_path, PORT, gateway_doc(redis_server), throttled_api(backend.url, 10))
-            instances = await asyncio.gather(*(start_wsgate(tmp_path / "config") for _ in range(3)))
-            try:
-                urls = [f"ws://127.0.0.1:{i.ports['default']}/a" for i in instances]
-                results = await asyncio.gather(*(try_upgrade(urls[i % 3]) for i in range(50)))
-                opened = [r for r in results if not isinstance(r, int)]
-                assert len(opened) == 10
-                assert [r for r in results if isinstance(r, int)] == [503] * 40
-                assert sum(slot_counts(redis_server, "A/<api>").values()) == 10
-                await asyncio.gather(*(ws.close() for ws in opened))
-                await eventually(lambda: slot_counts(redis_server, "A/<api>") == {})
-            finally:
-                for instance in instances:
-                    await instance.kill()
-
-    run(scenario())
-
-
-def test_sigkilled_instance_frees_its_slots_within_the_bound(tmp_path, redis_server):
-    """An instance killed with SIGKILL while holding every slot: its slots come free by lease expiry (2 × heartbeat),
-    and the surviving instance admits again."""
-
-    async def scenario():
-        async with recording_backend() as backend:
-            config = write_config(tmp_path, PORT, gateway_doc(redis_server, heartbeat=0.5),
-                                  throttled_api(backend.url, 2))
-            instance = await start_wsgate(tmp_path / "config")
-            process, port = instance.process, instance.ports["default"]
-            try:
-                held = [await connect(f"ws://127.0.0.1:{port}/a") for _ in range(2)]
-                async with running_gateway(config) as survivor:
-                    assert await try_upgrade(gw_url(survivor, "/a")) == 503
-                    process.send_signal(signal.SIGKILL)
-                    await process.wait()
-                    owners = slot_counts(redis_server, "A/<api>")
-                    assert list(owners.values()) == [2]  # nobody gave them back: only expiry can free them
-                    loop = asyncio.get_running_loop()
-                    killed_at = loop.time()
-                    async with asyncio.timeout(survivor.state.shared.expiry_bound + TIMEOUT):
-                        while isinstance(ws := await try_upgrade(gw_url(survivor, "/a")), int):
-                            assert ws == 503
-                            await asyncio.sleep(0.05)
-                    print(f"slots free {loop.time() - killed_at:.2f} s after SIGKILL")
-                    await ws.close()
-                for ws in held:
-                    ws.transport.abort()
-            finally:
+    async with recording_backend() as backend:
+        write_config(tmp_path, PORT, gateway_doc(redis_server), throttled_api(backend.url, 10))
+        instances = await asyncio.gather(*(start_wsgate(tmp_path / "config") for _ in range(3)))
+        try:
+            urls = [f"ws://127.0.0.1:{i.ports['default']}/a" for i in instances]
+            results = await asyncio.gather(*(try_upgrade(urls[i % 3]) for i in range(50)))
+            opened = [r for r in results if not isinstance(r, int)]
+            assert len(opened) == 10
+            assert [r for r in results if isinstance(r, int)] == [503] * 40
+            assert sum(slot_counts(redis_server, "A/<api>").values()) == 10
+            await asyncio.gather(*(ws.close() for ws in opened))
+            await eventually(lambda: slot_counts(redis_server, "A/<api>") == {})
+        finally:
+            for instance in instances:
                 await instance.kill()
 
-    run(scenario())
+
+async def test_sigkilled_instance_frees_its_slots_within_the_bound(tmp_path, redis_server):
+    """An instance killed with SIGKILL while holding every slot: its slots come free by lease expiry (2 × heartbeat),
+    and the surviving instance admits again."""
+    async with recording_backend() as backend:
+        config = write_config(tmp_path, PORT, gateway_doc(redis_server, heartbeat=0.5),
+                              throttled_api(backend.url, 2))
+        instance = await start_wsgate(tmp_path / "config")
+        process, port = instance.process, instance.ports["default"]
+        try:
+            held = [await connect(f"ws://127.0.0.1:{port}/a") for _ in range(2)]
+            async with running_gateway(config) as survivor:
+                assert await try_upgrade(gw_url(survivor, "/a")) == 503
+                process.send_signal(signal.SIGKILL)
+                await process.wait()
+                owners = slot_counts(redis_server, "A/<api>")
+                assert list(owners.values()) == [2]  # nobody gave them back: only expiry can free them
+                loop = asyncio.get_running_loop()
+                killed_at = loop.time()
+                async with asyncio.timeout(survivor.state.shared.expiry_bound + TIMEOUT):
+                    while isinstance(ws := await try_upgrade(gw_url(survivor, "/a")), int):
+                        assert ws == 503
+                        await asyncio.sleep(0.05)
+                print(f"slots free {loop.time() - killed_at:.2f} s after SIGKILL")
+                await ws.close()
+            for ws in held:
+                ws.transport.abort()
+        finally:
+            await instance.kill()
 
 
-def test_redis_restart_reasserts_live_leases(tmp_path, redis_server):
+async def test_redis_restart_reasserts_live_leases(tmp_path, redis_server):
     """Redis restarts empty: the gateway re-asserts the slots its live connections hold, the limit holds across
     instances again, and once everything closes no slot is left."""
-
-    async def scenario():
-        async with recording_backend() as backend:
-            config = write_config(tmp_path, PORT, gateway_doc(redis_server), throttled_api(backend.url, 3))
-            async with running_gateway(config) as g1, running_gateway(config) as g2:
-                held = [await connect(gw_url(g1, "/a")) for _ in range(2)]
-                redis_server.restart()
-                assert slot_counts(redis_server, "A/<api>") == {}
-                # The next take through the other instance finds its owner unknown, re-asserts, and counts.
-                third = await try_upgrade(gw_url(g2, "/a"))
-                assert not isinstance(third, int)
-                await eventually(lambda: g1.state.shared.healthy and sum(
-                    slot_counts(redis_server, "A/<api>").values()) == 3, timeout=TIMEOUT)
-                assert await try_upgrade(gw_url(g2, "/a")) == 503
-                for ws in (*held, third):
-                    await ws.close()
-                await eventually(lambda: slot_counts(redis_server, "A/<api>") == {})
-
-    run(scenario())
+    async with recording_backend() as backend:
+        config = write_config(tmp_path, PORT, gateway_doc(redis_server), throttled_api(backend.url, 3))
+        async with running_gateway(config) as g1, running_gateway(config) as g2:
+            held = [await connect(gw_url(g1, "/a")) for _ in range(2)]
+            redis_server.restart()
+            assert slot_counts(redis_server, "A/<api>") == {}
+            # The next take through the other instance finds its owner unknown, re-asserts, and counts.
+            third = await try_upgrade(gw_url(g2, "/a"))
+            assert not isinstance(third, int)
+            await eventually(lambda: g1.state.shared.healthy and sum(
+                slot_counts(redis_server, "A/<api>").values()) == 3, timeout=TIMEOUT)
+            assert await try_upgrade(gw_url(g2, "/a")) == 503
+            for ws in (*held, third):
+                await ws.close()
+            await eventually(lambda: slot_counts(redis_server, "A/<api>") == {})
 
 
 @pytest.mark.parametrize(("how", "on_error"), [("stopped", "allow"), ("stopped", "refuse"), ("paused", "allow")])
-def test_redis_outage_keeps_serving_and_recovers(tmp_path, redis_server, how, on_error):
+async def test_redis_outage_keeps_serving_and_recovers(tmp_path, redis_server, how, on_error):
     """Redis stopped (connections refused) or paused with SIGSTOP (unreachable: commands time out) mid-run: `allow`
     keeps admitting up to the limit counted in memory, `refuse` answers 503; the outage is logged per retry, not per
     upgrade; the health metric says 0; after Redis returns the counts are re-asserted and nothing stays stuck (a
     paused Redis runs the commands that timed out when it resumes: they belong to a replaced owner)."""
-
-    async def scenario():
-        async with recording_backend() as backend:
-            config = write_config(tmp_path, PORT, gateway_doc(redis_server), throttled_api(backend.url, 3, on_error))
-            async with running_gateway(config) as gw:
-                shared = gw.state.shared
-                admin = f"http://127.0.0.1:{gw.admin.port}"
-                first = await connect(gw_url(gw, "/a"))
-                port = redis_server.port
-                with capture_logs() as logs:
-                    if how == "stopped":
-                        redis_server.stop()
-                    else:
-                        redis_server.signal(signal.SIGSTOP)
-                    results = [await try_upgrade(gw_url(gw, "/a")) for _ in range(20)]
-                    assert not shared.healthy
-                    from support import http_request
-
-                    metrics = (await http_request(admin, path="/metrics")).body.decode()
-                    assert 'wsgate_state_backend_up{backend="redis"} 0' in metrics
-                    ready = await http_request(admin, path="/readyz")
-                    assert ready.status == 200 and ready.json()["state"]["healthy"] is False
-                warnings = [e for e in logs if e["event"] == "state_backend_unreachable"]
-                assert 1 <= len(warnings) < 20  # per retry, not per upgrade
-                opened = [r for r in results if not isinstance(r, int)]
-                if on_error == "allow":
-                    assert len(opened) == 2 and results.count(503) == 18  # the limit, counted in memory
-                else:
-                    assert opened == [] and results.count(503) == 20
+    async with recording_backend() as backend:
+        config = write_config(tmp_path, PORT, gateway_doc(redis_server), throttled_api(backend.url, 3, on_error))
+        async with running_gateway(config) as gw:
+            shared = gw.state.shared
+            admin = f"http://127.0.0.1:{gw.admin.port}"
+            first = await connect(gw_url(gw, "/a"))
+            port = redis_server.port
+            with capture_logs() as logs:
                 if how == "stopped":
-                    redis_server.start(port)
+                    redis_server.stop()
                 else:
-                    redis_server.signal(signal.SIGCONT)
-                await eventually(lambda: shared.healthy, timeout=TIMEOUT)
-                assert sum(slot_counts(redis_server, "A/<api>").values()) == 1 + len(opened)
-                for ws in (first, *opened):
-                    await ws.close()
-                await eventually(lambda: slot_counts(redis_server, "A/<api>") == {})
-                assert 'wsgate_state_backend_up{backend="redis"} 1' in (
-                    await http_request(admin, path="/metrics")).body.decode()
+                    redis_server.signal(signal.SIGSTOP)
+                results = [await try_upgrade(gw_url(gw, "/a")) for _ in range(20)]
+                assert not shared.healthy
+                from support import http_request
 
-    run(scenario())
+                metrics = (await http_request(admin, path="/metrics")).body.decode()
+                assert 'wsgate_state_backend_up{backend="redis"} 0' in metrics
+                ready = await http_request(admin, path="/readyz")
+                assert ready.status == 200 and ready.json()["state"]["healthy"] is False
+            warnings = [e for e in logs if e["event"] == "state_backend_unreachable"]
+            assert 1 <= len(warnings) < 20  # per retry, not per upgrade
+            opened = [r for r in results if not isinstance(r, int)]
+            if on_error == "allow":
+                assert len(opened) == 2 and results.count(503) == 18  # the limit, counted in memory
+            else:
+                assert opened == [] and results.count(503) == 20
+            if how == "stopped":
+                redis_server.start(port)
+            else:
+                redis_server.signal(signal.SIGCONT)
+            await eventually(lambda: shared.healthy, timeout=TIMEOUT)
+            assert sum(slot_counts(redis_server, "A/<api>").values()) == 1 + len(opened)
+            for ws in (first, *opened):
+                await ws.close()
+            await eventually(lambda: slot_counts(redis_server, "A/<api>") == {})
+            assert 'wsgate_state_backend_up{backend="redis"} 1' in (
+                await http_request(admin, path="/metrics")).body.decode()
 
 
-def test_reload_switches_the_state_backend_and_a_failed_reload_keeps_the_old_one(tmp_path, redis_server):
+async def test_reload_switches_the_state_backend_and_a_failed_reload_keeps_the_old_one(tmp_path, redis_server):
     """memory → redis on reload: a reload that fails later (a port it cannot listen on) keeps counting in memory;
     the next one switches, new upgrades count in Redis, and a connection from before gives its slot back to
     memory (plan calls this disruptive: it is not counted in Redis)."""
     import socket
-
-    async def scenario():
-        async with recording_backend() as backend:
-            api = throttled_api(backend.url, 1)
-            config = write_config(tmp_path, PORT, "kind: Gateway\nname: g\n", api)
-            async with running_gateway(config) as gw:
-                before = await connect(gw_url(gw, "/a"))
-                memory = gw.state.shared
-                with socket.socket() as taken:
-                    taken.bind(("127.0.0.1", 0))
-                    taken.listen()
-                    busy = f"---\nkind: Port\nname: busy\nport: {taken.getsockname()[1]}\nhost: 127.0.0.1\n"
-                    write_config(tmp_path, PORT, gateway_doc(redis_server), api + busy)
-                    outcome = await gw.reload("test")
-                    assert not outcome["ok"] and "cannot listen" in outcome["error"]
-                    assert gw.state.shared is memory
-                write_config(tmp_path, PORT, gateway_doc(redis_server), api)
-                assert (await gw.reload("test"))["ok"]
-                assert gw.state.shared.backend == "redis"
-                after = await try_upgrade(gw_url(gw, "/a"))
-                assert not isinstance(after, int)
-                assert await try_upgrade(gw_url(gw, "/a")) == 503
-                await before.close()
-                await eventually(lambda: not memory.slots.active)
-                assert sum(slot_counts(redis_server, "A/<api>").values()) == 1
-                await after.close()
-                await eventually(lambda: slot_counts(redis_server, "A/<api>") == {})
-
-    run(scenario())
+    async with recording_backend() as backend:
+        api = throttled_api(backend.url, 1)
+        config = write_config(tmp_path, PORT, "kind: Gateway\nname: g\n", api)
+        async with running_gateway(config) as gw:
+            before = await connect(gw_url(gw, "/a"))
+            memory = gw.state.shared
+            with socket.socket() as taken:
+                taken.bind(("127.0.0.1", 0))
+                taken.listen()
+                busy = f"---\nkind: Port\nname: busy\nport: {taken.getsockname()[1]}\nhost: 127.0.0.1\n"
+                write_config(tmp_path, PORT, gateway_doc(redis_server), api + busy)
+                outcome = await gw.reload("test")
+                assert not outcome["ok"] and "cannot listen" in outcome["error"]
+                assert gw.state.shared is memory
+            write_config(tmp_path, PORT, gateway_doc(redis_server), api)
+            assert (await gw.reload("test"))["ok"]
+            assert gw.state.shared.backend == "redis"
+            after = await try_upgrade(gw_url(gw, "/a"))
+            assert not isinstance(after, int)
+            assert await try_upgrade(gw_url(gw, "/a")) == 503
+            await before.close()
+            await eventually(lambda: not memory.slots.active)
+            assert sum(slot_counts(redis_server, "A/<api>").values()) == 1
+            await after.close()
+            await eventually(lambda: slot_counts(redis_server, "A/<api>") == {})
 
 
-def test_cluster_wide_rate_limit_through_redis(tmp_path, redis_server):
+async def test_cluster_wide_rate_limit_through_redis(tmp_path, redis_server):
     """Two gateways on one Redis share a per-API message budget (take_budget's Lua bucket): a burst of 4 passes
     once between them, the other 2 of 6 messages are dropped on whichever instance ran out."""
+    async with recording_backend() as backend:
+        policies = ("policies:\n  - type: rate-limit\n    per: api\n    messages_per_second: 0.001\n"
+                    "    burst_messages: 4\n    on_exceed: drop\n")
+        config = write_config(tmp_path, PORT, gateway_doc(redis_server),
+                              api_yaml("A", "/a", backend.url + "/", extra=policies))
+        async with running_gateway(config) as one, running_gateway(config) as two:
+            assert one.state.rate_limits.backend is one.state.shared  # Redis: budgets are cluster-wide
+            received: list[str] = []
 
-    async def scenario():
-        async with recording_backend() as backend:
-            policies = ("policies:\n  - type: rate-limit\n    per: api\n    messages_per_second: 0.001\n"
-                        "    burst_messages: 4\n    on_exceed: drop\n")
-            config = write_config(tmp_path, PORT, gateway_doc(redis_server),
-                                  api_yaml("A", "/a", backend.url + "/", extra=policies))
-            async with running_gateway(config) as one, running_gateway(config) as two:
-                assert one.state.rate_limits.backend is one.state.shared  # Redis: budgets are cluster-wide
-                received: list[str] = []
+            async def read(ws) -> None:
+                async for message in ws:
+                    received.append(message)
 
-                async def read(ws) -> None:
-                    async for message in ws:
-                        received.append(message)
+            def dropped() -> int:
+                return sum(gw.state.rate_limits.exceeded[("A", "client", "drop")] for gw in (one, two))
 
-                def dropped() -> int:
-                    return sum(gw.state.rate_limits.exceeded[("A", "client", "drop")] for gw in (one, two))
-
-                async with connect(gw_url(one, "/a")) as a, connect(gw_url(two, "/a")) as b:
-                    readers = [asyncio.create_task(read(ws)) for ws in (a, b)]
-                    for ws, name in ((a, "a"), (b, "b")):
-                        for i in range(3):
-                            await ws.send(f"{name}{i}")
-                    await eventually(lambda: dropped() == 2 and len(received) == 4)
-                    for task in readers:
-                        task.cancel()
-                assert len(set(received)) == 4
-
-    run(scenario())
+            async with connect(gw_url(one, "/a")) as a, connect(gw_url(two, "/a")) as b:
+                readers = [asyncio.create_task(read(ws)) for ws in (a, b)]
+                for ws, name in ((a, "a"), (b, "b")):
+                    for i in range(3):
+                        await ws.send(f"{name}{i}")
+                await eventually(lambda: dropped() == 2 and len(received) == 4)
+                for task in readers:
+                    task.cancel()
+            assert len(set(received)) == 4

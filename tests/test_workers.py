@@ -8,7 +8,7 @@ import signal
 
 import pytest
 from process_support import start_wsgate
-from support import PORT, TIMEOUT, api_yaml, http_request, recording_backend, run, write_config
+from support import PORT, TIMEOUT, api_yaml, http_request, recording_backend, write_config
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -36,91 +36,83 @@ async def admin_json(admin: str, path: str):
     return (await http_request(admin, path=path)).json()
 
 
-def test_workers_share_the_port_answer_as_one_and_reload_together(tmp_path):
+async def test_workers_share_the_port_answer_as_one_and_reload_together(tmp_path):
     """Two workers serve one port: connections land on both, /connections is their sum, /readyz lists each
     worker's generation, and an edited config reaches both as the next generation (not split)."""
-
-    async def scenario():
-        async with recording_backend() as backend:
-            write_config(tmp_path, PORT, api_yaml("A", "/a", backend.url + "/"))
-            gateway = await start_wsgate(tmp_path / "config", "--workers", "2")
-            try:
-                url = f"ws://127.0.0.1:{gateway.ports['default']}/a"
-                admin = f"http://127.0.0.1:{gateway.ports['admin']}"
-                ready = await admin_json(admin, "/readyz")
-                assert ready["status"] == "ready" and ready["split"] is False
-                assert [w["generation"] for w in ready["workers"]] == [1, 1]
-                assert len({w["pid"] for w in ready["workers"]}) == 2
-                clients = [await connect(url) for _ in range(8)]
-                for i, ws in enumerate(clients):
-                    await ws.send(f"m{i}")
-                    assert await ws.recv() == f"m{i}"
-                counts = await admin_json(admin, "/connections")
-                assert counts["total"] == 8 and counts["apis"] == {"A": 8}
-                metrics = (await http_request(admin, path="/metrics")).body.decode()
-                assert 'wsgate_connections_active{port="default",api="A",application=""} 8' in metrics
-                upstreams = await admin_json(admin, "/upstreams")  # each worker checks endpoints on its own
-                assert [sorted(w["upstreams"]["apis"]) for w in upstreams["workers"]] == [["A"], ["A"]]
-                (tmp_path / "config" / "more.yaml").write_text(api_yaml("B", "/b", backend.url + "/"))
-                outcome = (await http_request(admin, b"POST /reload HTTP/1.1\r\nHost: a\r\n\r\n")).json()
-                assert outcome["ok"] is True and outcome["split"] is False and outcome["generation"] == 2
-                assert [w["generation"] for w in outcome["workers"]] == [2, 2]
-                async with connect(f"ws://127.0.0.1:{gateway.ports['default']}/b") as ws:
-                    await ws.send("new route")
-                    assert await ws.recv() == "new route"
-                for ws in clients:
-                    await ws.close()
-                gateway.process.send_signal(signal.SIGTERM)
-                async with asyncio.timeout(TIMEOUT):
-                    assert await gateway.exit_code() == 0, "".join(gateway.output)
-            finally:
-                await gateway.kill()
-
-    run(scenario())
+    async with recording_backend() as backend:
+        write_config(tmp_path, PORT, api_yaml("A", "/a", backend.url + "/"))
+        gateway = await start_wsgate(tmp_path / "config", "--workers", "2")
+        try:
+            url = f"ws://127.0.0.1:{gateway.ports['default']}/a"
+            admin = f"http://127.0.0.1:{gateway.ports['admin']}"
+            ready = await admin_json(admin, "/readyz")
+            assert ready["status"] == "ready" and ready["split"] is False
+            assert [w["generation"] for w in ready["workers"]] == [1, 1]
+            assert len({w["pid"] for w in ready["workers"]}) == 2
+            clients = [await connect(url) for _ in range(8)]
+            for i, ws in enumerate(clients):
+                await ws.send(f"m{i}")
+                assert await ws.recv() == f"m{i}"
+            counts = await admin_json(admin, "/connections")
+            assert counts["total"] == 8 and counts["apis"] == {"A": 8}
+            metrics = (await http_request(admin, path="/metrics")).body.decode()
+            assert 'wsgate_connections_active{port="default",api="A",application=""} 8' in metrics
+            upstreams = await admin_json(admin, "/upstreams")  # each worker checks endpoints on its own
+            assert [sorted(w["upstreams"]["apis"]) for w in upstreams["workers"]] == [["A"], ["A"]]
+            (tmp_path / "config" / "more.yaml").write_text(api_yaml("B", "/b", backend.url + "/"))
+            outcome = (await http_request(admin, b"POST /reload HTTP/1.1\r\nHost: a\r\n\r\n")).json()
+            assert outcome["ok"] is True and outcome["split"] is False and outcome["generation"] == 2
+            assert [w["generation"] for w in outcome["workers"]] == [2, 2]
+            async with connect(f"ws://127.0.0.1:{gateway.ports['default']}/b") as ws:
+                await ws.send("new route")
+                assert await ws.recv() == "new route"
+            for ws in clients:
+                await ws.close()
+            gateway.process.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(TIMEOUT):
+                assert await gateway.exit_code() == 0, "".join(gateway.output)
+        finally:
+            await gateway.kill()
 
 
-def test_a_killed_worker_is_restarted_and_the_others_connections_are_untouched(tmp_path):
+async def test_a_killed_worker_is_restarted_and_the_others_connections_are_untouched(tmp_path):
     """SIGKILL of one worker: its clients lose their connection, every other client keeps relaying, the
     supervisor logs the death and starts a new process in the slot, which serves the current generation."""
-
-    async def scenario():
-        async with recording_backend() as backend:
-            write_config(tmp_path, PORT, api_yaml("A", "/a", backend.url + "/"))
-            gateway = await start_wsgate(tmp_path / "config", "--workers", "2")
-            try:
-                url = f"ws://127.0.0.1:{gateway.ports['default']}/a"
-                admin = f"http://127.0.0.1:{gateway.ports['admin']}"
-                clients = []
-                # The kernel hashes connections over the workers: open clients until both hold some.
-                async with asyncio.timeout(TIMEOUT):
-                    while len(clients) < 4 or not all(await worker_totals(admin)):
-                        clients.append(await connect(url))
-                victim = (await admin_json(admin, "/readyz"))["workers"][0]
-                survivors_expected = (await worker_totals(admin))[1]
-                os.kill(victim["pid"], signal.SIGKILL)
-                died = await gateway.wait_for("worker_died", worker=0)
-                assert died["how"] == "signal SIGKILL"
-                alive = 0
-                for i, ws in enumerate(clients):
-                    try:
-                        await ws.send(f"still there {i}")
-                        assert await ws.recv() == f"still there {i}"
-                        alive += 1
-                    except ConnectionClosed:
-                        pass
-                assert alive == survivors_expected
-                restarted = await gateway.wait_for("worker_started", worker=0)
-                assert restarted["restarts"] == 1 and restarted["pid"] != victim["pid"]
-                ready = await admin_json(admin, "/readyz")
-                assert [w["generation"] for w in ready["workers"]] == [1, 1] and ready["split"] is False
-                fresh = [await connect(url) for _ in range(6)]
-                assert (await admin_json(admin, "/connections"))["total"] == alive + 6
-                for ws in clients + fresh:
-                    await ws.close()
-            finally:
-                await gateway.kill()
-
-    run(scenario())
+    async with recording_backend() as backend:
+        write_config(tmp_path, PORT, api_yaml("A", "/a", backend.url + "/"))
+        gateway = await start_wsgate(tmp_path / "config", "--workers", "2")
+        try:
+            url = f"ws://127.0.0.1:{gateway.ports['default']}/a"
+            admin = f"http://127.0.0.1:{gateway.ports['admin']}"
+            clients = []
+            # The kernel hashes connections over the workers: open clients until both hold some.
+            async with asyncio.timeout(TIMEOUT):
+                while len(clients) < 4 or not all(await worker_totals(admin)):
+                    clients.append(await connect(url))
+            victim = (await admin_json(admin, "/readyz"))["workers"][0]
+            survivors_expected = (await worker_totals(admin))[1]
+            os.kill(victim["pid"], signal.SIGKILL)
+            died = await gateway.wait_for("worker_died", worker=0)
+            assert died["how"] == "signal SIGKILL"
+            alive = 0
+            for i, ws in enumerate(clients):
+                try:
+                    await ws.send(f"still there {i}")
+                    assert await ws.recv() == f"still there {i}"
+                    alive += 1
+                except ConnectionClosed:
+                    pass
+            assert alive == survivors_expected
+            restarted = await gateway.wait_for("worker_started", worker=0)
+            assert restarted["restarts"] == 1 and restarted["pid"] != victim["pid"]
+            ready = await admin_json(admin, "/readyz")
+            assert [w["generation"] for w in ready["workers"]] == [1, 1] and ready["split"] is False
+            fresh = [await connect(url) for _ in range(6)]
+            assert (await admin_json(admin, "/connections"))["total"] == alive + 6
+            for ws in clients + fresh:
+                await ws.close()
+        finally:
+            await gateway.kill()
 
 
 async def worker_totals(admin: str) -> list[int]:
@@ -129,34 +121,30 @@ async def worker_totals(admin: str) -> list[int]:
     return [w.get("connections", 0) for w in status["workers"]]
 
 
-def test_a_revoked_key_closes_its_connections_in_every_worker(tmp_path):
+async def test_a_revoked_key_closes_its_connections_in_every_worker(tmp_path):
     """Connections of one application spread over two workers: removing its key on reload closes every one of
     them with 1008, whichever worker holds it."""
-
-    async def scenario():
-        async with recording_backend() as backend:
-            api = api_yaml("A", "/a", backend.url + "/", extra="policies:\n  - type: identify\n    by: [api_key]\n")
-            app = "kind: Application\nname: app\nidentifiers:\n  api_keys: [{key}]\napis: [A]\n"
-            write_config(tmp_path, PORT, api, app.format(key="old-key"))
-            gateway = await start_wsgate(tmp_path / "config", "--workers", "2")
-            try:
-                url = f"ws://127.0.0.1:{gateway.ports['default']}/a?x-Gateway-APIKey=old-key"
-                admin = f"http://127.0.0.1:{gateway.ports['admin']}"
-                clients = []
-                async with asyncio.timeout(TIMEOUT):
-                    while len(clients) < 4 or not all(await worker_totals(admin)):
-                        clients.append(await connect(url))
-                write_config(tmp_path, PORT, api, app.format(key="new-key"))
-                outcome = (await http_request(admin, b"POST /reload HTTP/1.1\r\nHost: a\r\n\r\n")).json()
-                assert outcome["ok"] is True and outcome["split"] is False
-                for ws in clients:
-                    with pytest.raises(ConnectionClosed) as info:
-                        await ws.recv()
-                    assert info.value.rcvd.code == 1008
-            finally:
-                await gateway.kill()
-
-    run(scenario())
+    async with recording_backend() as backend:
+        api = api_yaml("A", "/a", backend.url + "/", extra="policies:\n  - type: identify\n    by: [api_key]\n")
+        app = "kind: Application\nname: app\nidentifiers:\n  api_keys: [{key}]\napis: [A]\n"
+        write_config(tmp_path, PORT, api, app.format(key="old-key"))
+        gateway = await start_wsgate(tmp_path / "config", "--workers", "2")
+        try:
+            url = f"ws://127.0.0.1:{gateway.ports['default']}/a?x-Gateway-APIKey=old-key"
+            admin = f"http://127.0.0.1:{gateway.ports['admin']}"
+            clients = []
+            async with asyncio.timeout(TIMEOUT):
+                while len(clients) < 4 or not all(await worker_totals(admin)):
+                    clients.append(await connect(url))
+            write_config(tmp_path, PORT, api, app.format(key="new-key"))
+            outcome = (await http_request(admin, b"POST /reload HTTP/1.1\r\nHost: a\r\n\r\n")).json()
+            assert outcome["ok"] is True and outcome["split"] is False
+            for ws in clients:
+                with pytest.raises(ConnectionClosed) as info:
+                    await ws.recv()
+                assert info.value.rcvd.code == 1008
+        finally:
+            await gateway.kill()
 
 
 def test_split_is_reported_when_workers_serve_different_generations():
