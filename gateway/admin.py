@@ -94,7 +94,12 @@ async def reload_now(gateway: Gateway) -> tuple[int, Any]:
 
 
 def connections(gateway: Gateway) -> tuple[int, Any]:
-    return 200, gateway.registry.counts()
+    """Counts, and what each relayed connection was accepted with: ``plan --from`` decides each as a reload would
+    (credentials only as the SHA-256 digests ``/config`` shows too)."""
+    from .impact import accepted_from
+
+    accepted = [accepted_from(record) for record in gateway.registry.live if record.relay is not None]
+    return 200, {**gateway.registry.counts(), "connections": [a.to_dict() for a in accepted if a is not None]}
 
 
 def upstreams(gateway: Gateway) -> tuple[int, Any]:

@@ -276,7 +276,8 @@ def _plan_from_live(args: argparse.Namespace, desired: Config) -> int:
     except (OSError, ValueError, KeyError) as exc:
         sys.stderr.write(f"wsgate plan: cannot read the running config from {args.source}: {exc}\n")
         return EXIT_INVALID
-    plan = diff(current, digested_keys(desired)).with_live_counts(live_counter(counts))
+    desired = digested_keys(desired)
+    plan = diff(current, desired).with_live_counts(live_counter(counts, current, desired))
     plan = dataclasses.replace(plan, old_digest=loaded.get("digest"), new_digest=desired.digest())
     sys.stdout.write(render(plan, args.format))
     return EXIT_OK if plan.empty else EXIT_PLAN_CHANGES

@@ -7,7 +7,7 @@ revoke (1008 now) connections; route tables retired by a reload are released
 here once no live connection uses their routes.
 
 Nothing here decides *which* connections a change touches (that is
-``gateway.reload``); the registry only carries out what it is told.
+``gateway.impact``); the registry only carries out what it is told.
 """
 
 from __future__ import annotations
@@ -106,22 +106,22 @@ class ConnectionRegistry:
             timer.cancel()
         record.close(1008, reason)
 
-    def drain(self, record: Connection, grace: float) -> bool:
+    def drain(self, record: Connection, grace: float, reason: str = DRAIN_REASON) -> bool:
         """Close with 1001 after ``grace`` seconds (at once when ``grace <= 0``); False if already draining."""
         if record in self.draining:
             return False
         if grace <= 0:
             self.draining[record] = None
-            record.close(DRAIN_CODE, DRAIN_REASON)
+            record.close(DRAIN_CODE, reason)
         else:
             loop = asyncio.get_running_loop()
-            self.draining[record] = loop.call_later(grace, self._drain_now, record)
+            self.draining[record] = loop.call_later(grace, self._drain_now, record, reason)
         return True
 
-    def _drain_now(self, record: Connection) -> None:
+    def _drain_now(self, record: Connection, reason: str) -> None:
         self.draining[record] = None
         if record in self.live:
-            record.close(DRAIN_CODE, DRAIN_REASON)
+            record.close(DRAIN_CODE, reason)
 
     # ------------------------------------------------------ retired route tables
     def retire(self, table: RouteTable) -> None:

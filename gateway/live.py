@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from .config.models import API, Application, EchoServer, EnvKey, Gateway, Port
 from .config.tree import Config, Loaded, Location
 from .credentials import SHA256_PREFIX, configured_digest
-from .plan import Disruption
+from .impact import Disruption
 
 MODELS: dict[str, type[Port | API | Application | EchoServer | Gateway]] = {
     "Port": Port, "API": API, "Application": Application, "EchoServer": EchoServer, "Gateway": Gateway,
@@ -54,28 +54,34 @@ def digested_keys(config: Config) -> Config:
                  for user in loaded.model.identifiers.basic]
         identifiers = loaded.model.identifiers.model_copy(update={"api_keys": keys, "basic": basic})
         model = loaded.model.model_copy(update={"identifiers": identifiers})
-        applications[name] = Loaded(model, loaded.location, loaded.base_dir)
+        applications[name] = Loaded(model, loaded.location, loaded.base_dir, loaded.where)
     return Config(root=config.root, ports=config.ports, apis=config.apis, applications=applications,
                   echo_servers=config.echo_servers, gateway=config.gateway)
 
 
-def live_counter(counts: Mapping[str, Any]):
-    """A ``Plan.with_live_counts`` callback from the admin's ``/connections`` answer."""
+def live_counter(counts: Mapping[str, Any], current: Config,
+                 desired: Config) -> Callable[[Disruption], int | None]:
+    """A ``Plan.with_live_counts`` callback from the admin's ``/connections`` answer.
+
+    Each live connection is decided by :class:`gateway.impact.Impact`, exactly as the reload will decide it,
+    and counted under the disruption that ends it. None (not shown) when the gateway lists no connections.
+    """
+    from .apps import AppIndex
+    from .impact import Accepted, Action, Impact
+
+    records = counts.get("connections")
+    if not isinstance(records, list):
+        return lambda disruption: None
+    impact = Impact(current, desired, AppIndex.build(desired))
+    ends = [impact.decide(Accepted.from_dict(record)).disruption for record in records if isinstance(record, dict)]
+
+    accepted = [Accepted.from_dict(record) for record in records if isinstance(record, dict)]
 
     def count(disruption: Disruption) -> int | None:
-        sel = dict(disruption.selector)
-        if not sel:
-            return counts.get("total")
-        if set(sel) == {"port"}:
-            return counts.get("ports", {}).get(sel["port"], 0)
-        if set(sel) == {"api"}:
-            return counts.get("apis", {}).get(sel["api"], 0)
-        if set(sel) == {"application"}:
-            return counts.get("applications", {}).get(sel["application"], 0)
-        if set(sel) == {"api", "port"}:
-            return counts.get("api_ports", {}).get(sel["api"], {}).get(sel["port"], 0)
-        if set(sel) == {"api", "application"}:
-            return counts.get("api_applications", {}).get(sel["api"], {}).get(sel["application"], 0)
-        return None  # echo contexts: not counted by the gateway
+        if "echo" in disruption.selector:
+            return None  # clients of the echo servers: not counted by the gateway
+        if disruption.action is Action.KEEP:  # left open: every connection it names
+            return sum(1 for a in accepted if disruption.selects(a))
+        return sum(1 for d in ends if d == disruption)
 
     return count

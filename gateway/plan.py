@@ -2,49 +2,49 @@
 
 ``diff`` is a pure function of two checked configs. A :class:`Plan` lists
 resource changes (create, update with per-field ``old -> new``, destroy) and,
-for each, the :class:`Disruption` s it causes to live connections. A
-disruption names the connections it touches with a selector (port, API,
-application), so a caller that knows the live gateway can fill in
-``live_connections`` (see :meth:`Plan.with_live_counts`) and the renderers show
-the counts. Key values never appear in a plan: API key lists are rendered as
-``(sensitive)`` with counts.
+for each, the :class:`~gateway.impact.Disruption` s it causes to live
+connections, as :mod:`gateway.impact` (the one owner of that decision, which
+the reload follows too) says. A caller that knows the live gateway fills in
+``live_connections`` (see :meth:`Plan.with_live_counts`) and the renderers
+show the counts.
+
+Policies are matched by identity, not list position: by their optional
+``name``, else by type (and stage for transforms, ``per`` for throttles), so
+adding one policy at the top of a chain is one added policy. A resource or
+policy that appears or goes shows only the fields not at their defaults. Key
+values never appear in a plan: API key lists are rendered as ``(sensitive)``
+with counts.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from .config.tree import Config
+from .config.tree import Config, Loaded, Location
+from .impact import Action as Impact
+from .impact import Disruption, disruptions
 
 Action = Literal["create", "update", "destroy"]
 KIND_ORDER = {"Gateway": 0, "Port": 1, "EchoServer": 2, "API": 3, "Application": 4}
 SENSITIVE_FIELDS = ("identifiers.api_keys", "identifiers.basic")
 
+__all__ = ["Disruption", "FieldChange", "Plan", "ResourceChange", "diff", "render"]
+
 
 @dataclass(frozen=True, slots=True)
 class FieldChange:
-    """One changed field, by dotted path (``policies[1].max_connections``)."""
+    """One changed field, by dotted path (``policies[throttle].max_connections``)."""
 
     path: str
     old: Any
     new: Any
     sensitive: bool = False
     disruptive: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Disruption:
-    """Live connections a change ends: those matching ``selector`` (keys: port, api, application, echo)."""
-
-    reason: str
-    selector: Mapping[str, str]
-    close_code: int  # 1001 drained (going away), 1008 closed at once (policy violation), 0 left open
-    live_connections: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +55,8 @@ class ResourceChange:
     fields: tuple[FieldChange, ...] = ()
     disruptions: tuple[Disruption, ...] = ()
     location: str | None = None  # file:line:col of the desired resource (or of the old one, for destroy)
+    # Where each disruption's cause was written (same order as ``disruptions``): GitHub annotations go there.
+    disruption_locations: tuple[Location | None, ...] = ()
 
     @property
     def address(self) -> str:
@@ -96,8 +98,35 @@ class Plan:
 # ------------------------------------------------------------------ diff
 
 
-def _dump(model: BaseModel) -> dict:
-    return model.model_dump(mode="json", by_alias=True)
+def _dump(model: BaseModel, *, defaults: bool = True) -> dict:
+    data = model.model_dump(mode="json", by_alias=True, exclude_defaults=not defaults)
+    if isinstance(data.get("policies"), list):
+        # Keyed by identity, so a policy added at the top does not shift every other one.
+        data["policies"] = _policies_by_identity(model, defaults)
+    return data
+
+
+def policy_identity(policy: Any) -> str:
+    """How plan matches a policy across versions: its ``name``, else its type (with stage or ``per``)."""
+    name = getattr(policy, "name", None)
+    if name:
+        return str(name)
+    if policy.type == "transform":
+        return f"transform {policy.stage}"
+    if policy.type == "throttle":
+        return f"throttle per {policy.per}"
+    return str(policy.type)
+
+
+def _policies_by_identity(model: Any, defaults: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for policy in getattr(model, "policies", []):
+        key = policy_identity(policy)
+        n, unique = 2, key
+        while unique in out:  # two unnamed policies of one identity: the second is `key #2`
+            unique, n = f"{key} #{n}", n + 1
+        out[unique] = _Whole(policy)
+    return out
 
 
 def without_password(url: str) -> str:
@@ -115,30 +144,57 @@ def without_password(url: str) -> str:
         return "(unparsable URL)"
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Whole:
+    """A nested object that, when it appears or goes as a whole, shows only its fields not at their defaults."""
+
+    model: BaseModel
+
+
+def _flatten(value: Any, prefix: str = "", *, added: bool = False) -> dict[str, Any]:
     """Dotted paths to leaf values; lists of scalars stay whole, lists of mappings are indexed."""
     out: dict[str, Any] = {}
+    if isinstance(value, _Whole):
+        return _flatten(value.model.model_dump(mode="json", by_alias=True, exclude_defaults=added), prefix,
+                        added=added)
     if isinstance(value, dict):
         if not value and prefix:
             out[prefix] = {}
         for key, sub in value.items():
-            path = f"{prefix}.{key}" if prefix else str(key)
+            if prefix.endswith(".policies") or prefix == "policies":
+                path = f"{prefix}[{key}]"
+            else:
+                path = f"{prefix}.{key}" if prefix else str(key)
             if path in SENSITIVE_FIELDS:
                 out[path] = sub
             elif path == "state.url" and isinstance(sub, str):
                 out[path] = without_password(sub)
             else:
-                out.update(_flatten(sub, path))
+                out.update(_flatten(sub, path, added=added))
     elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
         for i, sub in enumerate(value):
-            out.update(_flatten(sub, f"{prefix}[{i}]"))
+            out.update(_flatten(sub, f"{prefix}[{i}]", added=added))
     else:
         out[prefix] = value
     return out
 
 
-def _field_changes(old: dict, new: dict, disruptive_prefixes: tuple[str, ...]) -> tuple[FieldChange, ...]:
-    a, b = _flatten(old), _flatten(new)
+def _policy_prefix(path: str) -> str | None:
+    if path.startswith("policies["):
+        return path[: path.index("]") + 1]
+    return None
+
+
+def _field_changes(old: dict, new: dict, causes: tuple[str, ...]) -> tuple[FieldChange, ...]:
+    full_a, full_b = _flatten(old), _flatten(new)
+    # A policy on one side only shows its settings that are not at their defaults.
+    lean_a, lean_b = _flatten(old, added=True), _flatten(new, added=True)
+    in_a = {_policy_prefix(p) for p in full_a} - {None}
+    in_b = {_policy_prefix(p) for p in full_b} - {None}
+    a = {p: v for p, v in full_a.items() if _policy_prefix(p) in in_b or _policy_prefix(p) is None}
+    a.update({p: v for p, v in lean_a.items() if _policy_prefix(p) not in (in_b | {None})})
+    b = {p: v for p, v in full_b.items() if _policy_prefix(p) in in_a or _policy_prefix(p) is None}
+    b.update({p: v for p, v in lean_b.items() if _policy_prefix(p) not in (in_a | {None})})
     out = []
     for path in list(a) + [p for p in b if p not in a]:
         before, after = a.get(path, _ABSENT), b.get(path, _ABSENT)
@@ -150,9 +206,13 @@ def _field_changes(old: dict, new: dict, disruptive_prefixes: tuple[str, ...]) -
                 None if before is _ABSENT else before,
                 None if after is _ABSENT else after,
                 sensitive=path in SENSITIVE_FIELDS,
-                disruptive=any(path == p or path.startswith((p + ".", p + "[")) for p in disruptive_prefixes),
+                disruptive=any(path == p or path.startswith((p + ".", p + "[")) for p in causes),
             )
         )
+    order_a = [k for k in old.get("policies", {}) if k in new.get("policies", {})]
+    order_b = [k for k in new.get("policies", {}) if k in old.get("policies", {})]
+    if order_a != order_b:  # the same policies in another order: the chain runs differently
+        out.append(FieldChange("policies (order)", order_a, order_b))
     return tuple(out)
 
 
@@ -164,134 +224,59 @@ class _Absent:
 _ABSENT = _Absent()
 
 
-def _key_set(model: BaseModel, field: str = "api_keys") -> set[str]:
-    return {json.dumps(k, sort_keys=True) for k in _dump(model).get("identifiers", {}).get(field, [])}
-
-
-def _disruptions(kind: str, name: str, action: Action, old: Any, new: Any) -> tuple[Disruption, ...]:
-    if kind == "Gateway":  # no Gateway resource means the default settings: memory state
-        from .config.models import MemoryState
-
-        return _state_disruptions(old.state if old is not None else MemoryState(),
-                                  new.state if new is not None else MemoryState())
-    if action == "create":
-        return ()
-    if kind == "Port":
-        sel = {"port": name}
-        if action == "destroy":
-            return (Disruption("port removed", sel, 1001),)
-        labels = {"port": "port number changed", "host": "bind host changed", "tls": "TLS changed"}
-        reasons = [labels[f] for f in ("port", "host", "tls") if getattr(old, f) != getattr(new, f)]
-        if old.enabled and not new.enabled:
-            reasons.append("port disabled")
-        return (Disruption(", ".join(reasons), sel, 1001),) if reasons else ()
-    if kind == "API":
-        sel = {"api": name}
-        if action == "destroy":
-            return (Disruption("API removed", sel, 1001),)
-        out = []
-        if old.path != new.path:
-            out.append(Disruption("path changed", sel, 1001))
-        if old.upstream.live_identity() != new.upstream.live_identity():
-            out.append(Disruption("upstream changed", sel, 1001))
-        for port in old.ports:
-            if port not in new.ports:
-                out.append(Disruption(f"removed from port '{port}'", {"api": name, "port": port}, 1001))
-        return tuple(out)
-    if kind == "Application":
-        sel = {"application": name}
-        if action == "destroy":
-            return (Disruption("application removed", sel, 1008),)
-        out = []
-        revoked = len(_key_set(old) - _key_set(new))
-        if revoked:
-            out.append(Disruption(f"{revoked} API key(s) revoked", sel, 1008))
-        for field, what in (("basic", "basic user(s)"), ("jwt_clients", "JWT client(s)")):
-            gone = len(_key_set(old, field) - _key_set(new, field))
-            if gone:
-                out.append(Disruption(f"{gone} {what} revoked", sel, 1008))
-        for api in old.apis:
-            if api not in new.apis:
-                out.append(Disruption(f"deregistered from API '{api}'", {"application": name, "api": api}, 1008))
-        return tuple(out)
-    if kind == "EchoServer":
-        sel = {"echo": name}
-        if action == "destroy":
-            return (Disruption("echo server removed", sel, 1001),)
-        if old.port != new.port or old.host != new.host:
-            return (Disruption("echo server address changed", sel, 1001),)
-        published = {c.path for c in new.contexts if c.published}
-        out = []
-        for c in old.contexts:
-            if c.published and c.path not in published:
-                labels = {"echo": name, "context": c.path}
-                out.append(Disruption(f"context {c.path} removed or unpublished", labels, 1001))
-        return tuple(out)
-    return ()
-
-
-def _state_disruptions(old: Any, new: Any) -> tuple[Disruption, ...]:
-    """Another state backend (or another Redis, or key prefix) starts counting from zero."""
-    def where(state: Any) -> tuple[Any, ...]:
-        return (state.backend, getattr(state, "url", None), getattr(state, "key_prefix", None))
-
-    if where(old) == where(new):
-        return ()
-    return (Disruption(f"state backend {old.backend} → {new.backend}: throttle counts start over there, so live "
-                       "connections are not counted against limits until they close", {}, 0),)
-
-
-_DISRUPTIVE_FIELDS = {
-    "Port": ("port", "host", "tls", "enabled"),
-    "API": ("path", "ports", "upstream.endpoints", "upstream.connect_timeout", "upstream.tls"),
-    "Application": ("identifiers.api_keys", "identifiers.basic", "identifiers.jwt_clients", "apis"),
-    "EchoServer": ("port", "host", "contexts"),
-    "Gateway": ("state",),
-}
-
-
-def _locations(config: Config | None) -> dict[tuple[str, str], str]:
+def _loaded(config: Config | None) -> dict[tuple[str, str], Loaded[Any]]:
     if config is None:
         return {}
-    out: dict[tuple[str, str], str] = {}
+    out: dict[tuple[str, str], Loaded[Any]] = {}
     for group in (config.ports, config.apis, config.applications, config.echo_servers):
         for name, loaded in group.items():
-            out[(loaded.model.kind, name)] = str(loaded.location)
+            out[(loaded.model.kind, name)] = loaded
     if config.gateway is not None:
-        out[("Gateway", config.gateway.model.name)] = str(config.gateway.location)
+        out[("Gateway", config.gateway.model.name)] = config.gateway
     return out
+
+
+def _cause_location(d: Disruption, before: Loaded[Any] | None, after: Loaded[Any] | None) -> Location | None:
+    """Where the change that causes ``d`` was written: the field in the new file, else the removed resource."""
+    if after is not None and d.field is not None:
+        return after.locate(tuple(d.field.split(".")))
+    if before is not None:
+        return before.location
+    return None
 
 
 def diff(old: Config | None, new: Config) -> Plan:
     """The changes that turn ``old`` (None: nothing deployed yet) into ``new``."""
-    before = old.resources() if old is not None else {}
-    after = new.resources()
-    where = {**_locations(old), **_locations(new)}
+    before, after = _loaded(old), _loaded(new)
+    by_cause: dict[tuple[str, str], list[Disruption]] = {}
+    for d in disruptions(old, new):
+        by_cause.setdefault(d.cause, []).append(d)
     changes: list[ResourceChange] = []
     for key in sorted(set(before) | set(after), key=lambda k: (KIND_ORDER.get(k[0], 9), k[1])):
         kind, name = key
         a, b = before.get(key), after.get(key)
+        found = tuple(by_cause.get(key, ()))
+        where = tuple(_cause_location(d, a, b) for d in found)
         if a is None:
-            assert b is not None  # the key came from one side or the other
-            fields = _field_changes({}, b.model_dump(mode="json", by_alias=True, exclude_defaults=True), ())
-            changes.append(ResourceChange("create", kind, name, fields, _disruptions(kind, name, "create", None, b),
-                                          where.get(key)))
+            assert b is not None
+            created = {k: v for k, v in _dump(b.model, defaults=False).items() if k not in ("kind", "name")}
+            fields = _field_changes({}, created, tuple(d.field for d in found if d.field))
+            changes.append(ResourceChange("create", kind, name, fields, found, str(b.location), where))
         elif b is None:
-            disruptions = _disruptions(kind, name, "destroy", a, None)
-            changes.append(ResourceChange("destroy", kind, name, (), disruptions, where.get(key)))
-        elif a != b:
-            disruptions = _disruptions(kind, name, "update", a, b)
-            # Fields are marked only when the change really ends connections (adding a port does not).
-            fields = _field_changes(_dump(a), _dump(b), _DISRUPTIVE_FIELDS.get(kind, ()) if disruptions else ())
-            if not fields:
+            changes.append(ResourceChange("destroy", kind, name, (), found, str(a.location), where))
+        elif a.model != b.model:
+            fields = _field_changes(_dump(a.model), _dump(b.model), tuple(d.field for d in found if d.field))
+            if not fields and not found:
                 continue
-            changes.append(ResourceChange("update", kind, name, fields, disruptions, where.get(key)))
+            changes.append(ResourceChange("update", kind, name, fields, found, str(b.location), where))
     return Plan(tuple(changes), old.digest() if old is not None else None, new.digest())
 
 
 # ------------------------------------------------------------- rendering
 
 _SYMBOL = {"create": "+", "update": "~", "destroy": "-"}
+_HOW = {Impact.REVOKE: "closed at once with 1008", Impact.DRAIN: "drained, then closed with 1001",
+        Impact.KEEP: "left open"}
 _VERB = {"create": "will be created", "update": "will be updated in place", "destroy": "will be destroyed"}
 
 
@@ -323,8 +308,7 @@ def render_text(plan: Plan) -> str:
     for c in plan.changes:
         lines.append(f"  # {c.kind} \"{c.name}\" {_VERB[c.action]}" + (f" ({c.location})" if c.location else ""))
         for d in c.disruptions:
-            how = {1008: "closed at once with 1008", 0: "left open"}.get(d.close_code, "drained, then closed with 1001")
-            lines.append(f"  # ! disrupts live connections: {d.reason} ({how}{_live(d)})")
+            lines.append(f"  # ! disrupts live connections: {d.reason} ({_HOW[d.action]}{_live(d)})")
         lines.append(f"  {_SYMBOL[c.action]} {c.kind} \"{c.name}\"")
         width = max((len(f.path) for f in c.fields), default=0)
         for f in c.fields:
@@ -343,8 +327,7 @@ def render_text(plan: Plan) -> str:
         lines.append("")
     n_disruptive = sum(1 for c in plan.changes if c.disruptive)
     if n_disruptive:
-        changes = f"{n_disruptive} change{'s' if n_disruptive != 1 else ''}"
-        lines.append(f"{changes} will disturb live connections (marked !).")
+        lines.append(f"{n_disruptive} change{'s' if n_disruptive != 1 else ''} will disturb live connections (marked !).")
     lines.append(
         f"Plan: {plan.count('create')} to add, {plan.count('update')} to change, {plan.count('destroy')} to destroy."
     )
@@ -376,12 +359,16 @@ def to_dict(plan: Plan) -> dict:
                 "fields": [field_dict(f) for f in c.fields],
                 "disruptions": [
                     {
+                        "action": d.action.value,
                         "reason": d.reason,
                         "selector": dict(d.selector),
                         "close_code": d.close_code,
                         "live_connections": d.live_connections,
+                        "field": d.field,
+                        "location": str(loc) if loc is not None else None,
                     }
-                    for d in c.disruptions
+                    for d, loc in zip(c.disruptions, c.disruption_locations or (None,) * len(c.disruptions),
+                                      strict=True)
                 ],
             }
             for c in plan.changes
@@ -393,7 +380,23 @@ def render_json(plan: Plan) -> str:
     return json.dumps(to_dict(plan), indent=2, ensure_ascii=False) + "\n"
 
 
-RENDERERS = {"text": render_text, "json": render_json}
+def render_github(plan: Plan) -> str:
+    """The text plan, then one GitHub ``::warning`` annotation per disruption, on the line that causes it."""
+    from .config.diagnostics import escape_data, escape_property
+
+    out = [render_text(plan)]
+    for c in plan.changes:
+        for d, loc in zip(c.disruptions, c.disruption_locations or (None,) * len(c.disruptions), strict=True):
+            props = []
+            if loc is not None:
+                props += [f"file={escape_property(loc.file)}", f"line={loc.line}", f"col={loc.col}"]
+            how = _HOW[d.action]
+            props.append(f"title={escape_property(f'{c.kind} {c.name}: disrupts live connections')}")
+            out.append(f"::warning {','.join(props)}::{escape_data(f'{d.reason} ({how}{_live(d)})')}\n")
+    return "".join(out)
+
+
+RENDERERS = {"text": render_text, "json": render_json, "github": render_github}
 
 
 def render(plan: Plan, fmt: str = "text") -> str:

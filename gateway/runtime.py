@@ -3,7 +3,7 @@
 ``Gateway`` is the in-process object (tests and ``run`` use it); ``run`` is
 what ``wsgate run PATH`` calls after the config was checked. The live
 connections are kept by ``gateway.connections.ConnectionRegistry``; what a
-change does to one of them is decided by ``gateway.reload``.
+change does to one of them is decided by ``gateway.impact``.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from .config.cache import CheckCache
 from .config.tree import Config, Loaded
 from .connections import ConnectionRegistry
 from .health import HealthRegistry
+from .impact import Action, Impact, accepted_from, listener_change
 from .listener import ListenerServices, PortListener, raise_open_files_limit
 from .metrics import Metrics
 from .policies.state import PolicyState
 from .relay.keepalive import KeepaliveSweeper
-from .reload import Action, accepted_from, decide, port_changed
 from .routes import RouteTable
 from .signals import stop_requested
 from .tls import ServerTLS
@@ -269,7 +269,7 @@ class Gateway:
             loaded = enabled.get(name)
             if loaded is None:
                 self._stop_port(name)
-            elif name in old.ports and port_changed(old, new, name) == "port changed":
+            elif name in old.ports and listener_change(old, new, name):
                 self._stop_port(name)
                 try:
                     await self._start_port(name, loaded)
@@ -295,24 +295,26 @@ class Gateway:
         return "; ".join(problems) or None
 
     def _settle_connections(self, old: Config, new: Config, table: RouteTable) -> dict[str, int]:
-        """Drain (1001 after the grace) or revoke (1008 now) what the change touches; leave the rest alone."""
+        """Drain (1001 after the grace) or revoke (1008 now) what ``gateway.impact`` says; leave the rest alone."""
+        impact = Impact(old, new, table.apps)
         drained = revoked = 0
         for record in list(self.registry.live):
             accepted = accepted_from(record)
             if accepted is None:
                 continue
-            decision = decide(old, new, table.apps, accepted)
+            decision = impact.decide(accepted)
             connection = record.conn.id if record.conn else None
             if decision.action is Action.REVOKE:
                 revoked += 1
-                log.info("connection_revoked", connection=connection,
-                         api=accepted.api, app=accepted.application, reason=decision.reason)
-                self.registry.revoke(record)
+                log.info("connection_revoked", connection=connection, api=accepted.api, app=accepted.application,
+                         port=accepted.port, reason=decision.reason, close_code=decision.close_code)
+                self.registry.revoke(record, decision.close_reason)
             elif decision.action is Action.DRAIN and record not in self.registry.draining:
                 drained += 1
-                log.info("connection_draining", connection=connection,
-                         api=accepted.api, port=accepted.port, reason=decision.reason, grace=self.drain_grace)
-                self.registry.drain(record, self.drain_grace)
+                log.info("connection_draining", connection=connection, api=accepted.api, app=accepted.application,
+                         port=accepted.port, reason=decision.reason, close_code=decision.close_code,
+                         grace=self.drain_grace)
+                self.registry.drain(record, self.drain_grace, decision.close_reason)
         return {"drained": drained, "revoked": revoked}
 
     async def _follow_echo_servers(self, new: Config) -> list[str]:

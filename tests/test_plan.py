@@ -10,7 +10,8 @@ import pytest
 from config_helpers import API, APP, PORT, write
 
 from gateway.config import check
-from gateway.plan import Disruption, diff, render_json, render_text
+from gateway.impact import Action, Disruption
+from gateway.plan import diff, render_json, render_text
 
 GOLDEN = Path(__file__).parent / "golden"
 KEY_A = "sha256:434f4cad53d8c1fcbb91e478d081844b190f84c8a9ac3975e671aa6c9e7cc93c"
@@ -76,8 +77,10 @@ def test_disruptions_name_what_they_touch(trees):
     plan = diff(checked(old), checked(new))
     (change,) = plan.changes
     assert change.disruptions == (
-        Disruption("deregistered from API 'EchoWS'", {"application": "demo-app", "api": "EchoWS"}, 1008),
+        Disruption(Action.REVOKE, "application deregistered from API 'EchoWS'",
+                   {"application": "demo-app", "api": "EchoWS"}, ("Application", "demo-app"), "apis"),
     )
+    assert change.disruptions[0].close_code == 1008
     counted = plan.with_live_counts(lambda d: 7)
     assert counted.changes[0].disruptions[0].live_connections == 7
     assert "7 live connections" in render_text(counted)
@@ -91,7 +94,7 @@ def test_non_disruptive_update(trees):
     plan = diff(checked(old), checked(new))
     (change,) = plan.changes
     assert change.action == "update" and not change.disruptive
-    assert [(f.path, f.old, f.new) for f in change.fields] == [("policies[1].max_connections", 5, 1)]
+    assert [(f.path, f.old, f.new) for f in change.fields] == [("policies[throttle per api].max_connections", 5, 1)]
 
 
 def test_from_nothing_everything_is_created(trees):

@@ -24,7 +24,7 @@ from websockets.asyncio.client import connect
 from gateway.apps import AppIndex
 from gateway.config import check
 from gateway.config.tree import Config
-from gateway.reload import Accepted, Action, decide
+from gateway.impact import Accepted, Action, decide
 
 HASHED_PASSWORD = "correct horse battery staple"
 ENV_PASSWORD = "env-password-42"
@@ -244,7 +244,7 @@ def test_admin_config_and_plan_never_show_a_password(tmp_path):
     plan = diff(config_with(tmp_path), config_with(tmp_path, carol_password="new-secret-pw"))
     text = render(plan, "text") + render(plan, "json")
     assert LITERAL_PASSWORD not in text and "new-secret-pw" not in text
-    assert "1 basic user(s) revoked" in text
+    assert "basic credentials revoked" in text
 
 
 def config_with(tmp_path, carol_password: str = LITERAL_PASSWORD) -> Config:

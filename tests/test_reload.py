@@ -65,13 +65,19 @@ async def reloaded_to(gw, generation: int) -> None:
             await gw.reloaded.wait_for(lambda: gw.table.generation >= generation)
 
 
-async def closed_code(ws) -> int | None:
-    """The close code a client received (waits for the close)."""
+async def closed_frame(ws) -> tuple[int, str] | None:
+    """The close code and reason a client received (waits for the close)."""
     with pytest.raises(ConnectionClosed) as info:
         async with asyncio.timeout(TIMEOUT):
             while True:
                 await ws.recv()
-    return info.value.rcvd.code if info.value.rcvd else None
+    return (info.value.rcvd.code, info.value.rcvd.reason) if info.value.rcvd else None
+
+
+async def closed_code(ws) -> int | None:
+    """The close code a client received (waits for the close)."""
+    frame = await closed_frame(ws)
+    return frame[0] if frame else None
 
 
 async def roundtrip(ws, text: str) -> None:
@@ -153,7 +159,7 @@ async def test_removed_api_drains_with_1001_after_the_grace(tmp_path):
                 with pytest.raises(InvalidStatus) as refused:
                     await connect(gw_url(gw, "/gone"))
                 assert refused.value.response.status_code == 404
-                assert await closed_code(gone) == 1001
+                assert await closed_frame(gone) == (1001, "going away: API removed")
                 await roundtrip(kept, "untouched")
 
 
@@ -212,7 +218,7 @@ async def test_revoked_key_and_deregistered_application_close_with_1008_at_once(
             save(root, PORT, settings(30), api, other, application("alpha", "alpha-new-key", "[Echo, Other]"),
                  application("beta", KEY_B, "[Echo]"))
             assert (await gw.reload("test"))["revoked"] == 1
-            assert await closed_code(b_other) == 1008
+            assert await closed_frame(b_other) == (1008, "revoked: application deregistered from API 'Other'")
             await roundtrip(b, "b still untouched")
             # Removed altogether.
             save(root, PORT, settings(30), api, other, application("alpha", "alpha-new-key", "[Echo, Other]"))
@@ -221,6 +227,23 @@ async def test_revoked_key_and_deregistered_application_close_with_1008_at_once(
             with pytest.raises(InvalidStatus) as refused:
                 await connect(gw_url(gw, f"/echo?x-Gateway-APIKey={KEY_A}"))
             assert refused.value.response.status_code == 401
+
+
+async def test_api_removed_with_its_registrations_drains_instead_of_revoking(tmp_path):
+    """Removing an API and the registrations to it drains its connections with 1001; nothing is revoked."""
+    async with echo_backend() as backend:
+        url = backend.url("/echo/")
+        api = api_yaml("Echo", "/echo", url, extra=IDENTIFY)
+        other = api_yaml("Other", "/other", url, extra=IDENTIFY)
+        async with reloadable_gateway(tmp_path, PORT, settings(0.2), api, other,
+                                      application("alpha", KEY_A, "[Echo, Other]")) as (gw, root):
+            on_echo = await connect(gw_url(gw, f"/echo?x-Gateway-APIKey={KEY_A}"))
+            on_other = await connect(gw_url(gw, f"/other?x-Gateway-APIKey={KEY_A}"))
+            save(root, PORT, settings(0.2), other, application("alpha", KEY_A, "[Other]"))
+            outcome = await gw.reload("test")
+            assert (outcome["drained"], outcome["revoked"]) == (1, 0)
+            assert await closed_frame(on_echo) == (1001, "going away: API removed")
+            await roundtrip(on_other, "kept")
 
 
 async def test_lowered_throttle_closes_nobody_and_applies_to_new_upgrades(tmp_path):

@@ -235,7 +235,7 @@ def _build(root: Path, entries: list[rules.Entry]) -> Config:
     kinds = ("Port", "API", "Application", "EchoServer", "Gateway")
     groups: dict[str, dict[str, Loaded]] = {kind: {} for kind in kinds}
     for e in entries:
-        groups[e.kind].setdefault(e.name, Loaded(e.model, e.doc.start, e.doc.base_dir))
+        groups[e.kind].setdefault(e.name, Loaded(e.model, e.doc.start, e.doc.base_dir, e.doc.value_at))
     gateways = list(groups["Gateway"].values())
     config = Config(
         root=root,

@@ -150,12 +150,12 @@ def render_json(diagnostics: Sequence[Diagnostic]) -> str:
 # ---------------------------------------------------------------- github
 
 
-def _escape_data(text: str) -> str:
+def escape_data(text: str) -> str:
     return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
 
 
-def _escape_property(text: str) -> str:
-    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
+def escape_property(text: str) -> str:
+    return escape_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
 def render_github(diagnostics: Sequence[Diagnostic]) -> str:
@@ -165,11 +165,11 @@ def render_github(diagnostics: Sequence[Diagnostic]) -> str:
         props = []
         if d.location is not None:
             props += [
-                f"file={_escape_property(d.location.file)}",
+                f"file={escape_property(d.location.file)}",
                 f"line={d.location.line}",
                 f"col={d.location.col}",
             ]
-        props.append(f"title={_escape_property(d.code)}")
+        props.append(f"title={escape_property(d.code)}")
         message = d.summary
         if d.detail:
             message += "\n" + d.detail
@@ -177,7 +177,7 @@ def render_github(diagnostics: Sequence[Diagnostic]) -> str:
             message += f"\nnote: {r.message}: {r.location}"
         if d.hint:
             message += "\nhint: " + d.hint
-        out.append(f"::{d.severity} {','.join(props)}::{_escape_data(message)}")
+        out.append(f"::{d.severity} {','.join(props)}::{escape_data(message)}")
     return "\n".join(out) + ("\n" if out else "")
 
 

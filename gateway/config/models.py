@@ -31,6 +31,14 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=False)
 
 
+class PolicyBase(Strict):
+    """What every policy has besides its own settings."""
+
+    name: Name | None = Field(
+        None, description="Optional label: `wsgate plan` matches policies by name, else by type (and stage or `per`)."
+    )
+
+
 # --------------------------------------------------------------------- Port
 
 
@@ -158,7 +166,7 @@ class JWTSettings(Strict):
     )
 
 
-class IdentifyPolicy(Strict):
+class IdentifyPolicy(PolicyBase):
     """Identify & authorize application: only applications registered to the API get in (else 401)."""
 
     type: Literal["identify"]
@@ -175,7 +183,7 @@ class IdentifyPolicy(Strict):
     jwt: JWTSettings | None = Field(None, description="Bearer token validation; required when `by` lists `jwt`.")
 
 
-class ThrottlePolicy(Strict):
+class ThrottlePolicy(PolicyBase):
     """Limit active connections; past the limit the upgrade fails with 503."""
 
     type: Literal["throttle"]
@@ -187,7 +195,7 @@ class ThrottlePolicy(Strict):
         "against the same limit until it is back, `refuse` answers 503.")
 
 
-class TransformPolicy(Strict):
+class TransformPolicy(PolicyBase):
     """Operator code that rewrites or drops messages at one stage."""
 
     type: Literal["transform"]
@@ -233,7 +241,7 @@ class MaskRule(Strict):
         return self
 
 
-class LogInvocationPolicy(Strict):
+class LogInvocationPolicy(PolicyBase):
     """Transaction records of upgrades, messages and closes."""
 
     type: Literal["log-invocation"]
@@ -259,7 +267,7 @@ class LogInvocationPolicy(Strict):
     )
 
 
-class RoutingPolicy(Strict):
+class RoutingPolicy(PolicyBase):
     """How upgrades reach the native endpoints."""
 
     type: Literal["routing"]
@@ -285,7 +293,7 @@ class RoutingPolicy(Strict):
         return self
 
 
-class OriginPolicy(Strict):
+class OriginPolicy(PolicyBase):
     """Refuse upgrades from browsers on other sites (403): cross-site WebSocket hijacking."""
 
     type: Literal["origin"]

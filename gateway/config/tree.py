@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -36,6 +36,12 @@ class Loaded(Generic[M]):
     model: M
     location: Location
     base_dir: Path
+    # Where a field of the resource was written (``("policies", 0, "type")``): plan annotations point there.
+    where: Callable[[Sequence[object]], Location] | None = field(default=None, compare=False, repr=False)
+
+    def locate(self, path: Sequence[object]) -> Location:
+        """The position of the value at ``path`` (or of its nearest written ancestor, else the resource)."""
+        return self.where(path) if self.where is not None else self.location
 
     def resolve(self, relative: str) -> Path:
         path = Path(relative)

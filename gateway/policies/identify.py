@@ -119,6 +119,8 @@ class Identify(Policy):
             elif method == "hostname" and hostname:
                 app = self.apps.by_hostname(hostname)
                 found = (app, "hostname") if app else None
+                if app:
+                    conn.metadata["hostname"] = hostname  # what a reload checks to revoke it
             elif method == "jwt":
                 tokens = auth.get("bearer", [])
                 if self._token_in_query:

@@ -1,0 +1,347 @@
+"""What a config change does to live connections: the one owner of keep, drain (1001) and revoke (1008).
+
+Pure decisions from plain values. :func:`disruptions` lists, for a change
+from ``old`` to ``new``, every :class:`Disruption` it causes: the resource
+and field that cause it, the action, a reason, and a selector naming the
+connections it reaches (port, API, application, how they were identified).
+:class:`Impact` then decides for one live connection (an :class:`Accepted`)
+by walking that same list, revocations first, so ``wsgate plan`` (text,
+JSON, the live counts of ``--from http://``), the reload and its logs all
+say the same thing, by construction.
+
+The rules:
+
+- **drain** (1001 after ``drain_grace``): the connection's route is gone or
+  moved: its port removed, disabled or re-bound (number, host, TLS); its API
+  removed, its path or upstream changed, or the API taken off its port.
+  Removing an API together with the registrations to it is a drain: the
+  registrations go because the API goes, not because access was withdrawn.
+- **revoke** (1008 at once): the application lost its right to the API:
+  removed, deregistered from an API that stays, or the very identifier the
+  connection was accepted with (API key, IP, hostname, basic user, JWT
+  client) is gone. A connection identified otherwise keeps going.
+- everything else keeps the connection (policy settings apply to new upgrades).
+  A kept connection may still be worth a line in the plan: a new shared-state
+  backend starts its throttle counts from zero, so live connections are not
+  counted there (a ``keep`` disruption, close code 0, "left open").
+
+A connection touched by both a drain and a revocation is revoked: it must
+bite at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .apps import AppIndex
+    from .config.models import API, Application, EchoServer, Port
+    from .config.tree import Config
+
+DRAIN_CODE = 1001
+REVOKE_CODE = 1008
+
+
+class Action(Enum):
+    KEEP = "keep"
+    DRAIN = "drain"
+    REVOKE = "revoke"
+
+
+CLOSE_CODES = {Action.DRAIN: DRAIN_CODE, Action.REVOKE: REVOKE_CODE}
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """What a live connection was accepted with (credentials only as SHA-256 digests)."""
+
+    port: str
+    api: str
+    application: str | None = None
+    identified_by: str | None = None  # "api_key", "ip", "hostname", "jwt", "basic", "certificate", "anonymous"
+    # Of the API key, of the basic user and password, of the JWT client id or of the certificate identifier.
+    key_digest: str | None = None
+    peer_ip: str = ""
+    hostname: str | None = None  # the reverse-DNS name it was identified by
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Accepted:
+        """The inverse of :meth:`to_dict` (as the admin's ``/connections`` lists them)."""
+
+        def text(name: str) -> str | None:
+            value = data.get(name)
+            return value if isinstance(value, str) else None
+
+        return cls(port=text("port") or "", api=text("api") or "", application=text("application"),
+                   identified_by=text("identified_by"), key_digest=text("key_digest"),
+                   peer_ip=text("peer_ip") or "", hostname=text("hostname"))
+
+
+@dataclass(frozen=True, slots=True)
+class Disruption:
+    """Live connections one change ends: those matching ``selector`` (and, for ``identifier``, whose credential
+    of that kind is gone).
+
+    ``selector`` keys: port, api, application, identified_by (gateway connections), echo, context (clients of
+    the echo servers). ``cause`` is the (kind, name) of the changed resource, ``field`` the field that causes
+    it (None when the whole resource goes).
+    """
+
+    action: Action
+    reason: str
+    selector: Mapping[str, str]
+    cause: tuple[str, str]
+    field: str | None = None
+    identifier: str | None = None
+    live_connections: int | None = None
+
+    @property
+    def close_code(self) -> int:
+        """1001 or 1008; 0 for a change that leaves connections open but changes how they are treated."""
+        return CLOSE_CODES.get(self.action, 0)
+
+    @property
+    def close_reason(self) -> str:
+        """The close frame's reason: which of drain or revoke, and why (well under the 123-byte limit)."""
+        prefix = "revoked" if self.action is Action.REVOKE else "going away"
+        return f"{prefix}: {self.reason}"[:120]
+
+    def selects(self, accepted: Accepted) -> bool:
+        """Whether ``accepted`` is among the connections the selector names (ignoring the identifier check)."""
+        return all(getattr(accepted, key, None) == value for key, value in self.selector.items())
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    action: Action
+    reason: str = ""
+    disruption: Disruption | None = None
+
+    @property
+    def close_code(self) -> int | None:
+        return CLOSE_CODES.get(self.action)
+
+    @property
+    def close_reason(self) -> str:
+        return self.disruption.close_reason if self.disruption is not None else ""
+
+
+KEEP = Decision(Action.KEEP)
+
+
+# ------------------------------------------------------------------ rules
+
+
+def listener_change(old: Config, new: Config, name: str) -> str | None:
+    """Why port ``name``'s listening socket must be re-bound (its connections drained), or None."""
+    before, after = old.ports[name].model, new.ports[name].model
+    labels = (("port", "port number changed"), ("host", "bind host changed"), ("tls", "TLS changed"))
+    changed = [label for field_name, label in labels if getattr(before, field_name) != getattr(after, field_name)]
+    ca = f"Port/{name}/tls.client_certificates.ca_file"
+    if not changed and old.file_fingerprints.get(ca) != new.file_fingerprints.get(ca):
+        # CAs can be added to a live TLS context, never removed; certificates the old bundle let in may no
+        # longer be trusted.
+        changed.append("client CA bundle changed")
+    return ", ".join(changed) or None
+
+
+def _port(name: str, old: Config, new: Config) -> Iterable[Disruption]:
+    cause = ("Port", name)
+    a = old.ports[name].model
+    b = new.ports[name].model if name in new.ports else None
+    if not a.enabled:
+        return  # nothing listened there
+    if b is None:
+        yield Disruption(Action.DRAIN, "port removed", {"port": name}, cause)
+    elif not b.enabled:
+        yield Disruption(Action.DRAIN, "port disabled", {"port": name}, cause, "enabled")
+    else:
+        reason = listener_change(old, new, name)
+        if reason:
+            first = next((f for f in ("port", "host", "tls") if getattr(a, f) != getattr(b, f)), "tls")
+            yield Disruption(Action.DRAIN, reason, {"port": name}, cause, first)
+
+
+def _api(name: str, a: API, b: API | None) -> Iterable[Disruption]:
+    cause = ("API", name)
+    if b is None:
+        yield Disruption(Action.DRAIN, "API removed", {"api": name}, cause)
+        return
+    if a.path != b.path:
+        yield Disruption(Action.DRAIN, "API path changed", {"api": name}, cause, "path")
+    if a.upstream.live_identity() != b.upstream.live_identity():  # health checks etc. only steer new ones
+        first = next((f for f in ("endpoints", "connect_timeout", "tls")
+                      if getattr(a.upstream, f) != getattr(b.upstream, f)), "endpoints")
+        yield Disruption(Action.DRAIN, "API upstream changed", {"api": name}, cause, f"upstream.{first}")
+    for port in a.ports:
+        if port not in b.ports:
+            yield Disruption(Action.DRAIN, f"API removed from port '{port}'", {"api": name, "port": port}, cause,
+                             "ports")
+
+
+def _entries(values: Iterable[Any]) -> set[str]:
+    return {json.dumps(v.model_dump(mode="json") if hasattr(v, "model_dump") else v, sort_keys=True) for v in values}
+
+
+# identifiers field -> (identified_by, what the reason calls it)
+_IDENTIFIERS = {
+    "api_keys": ("api_key", "API key revoked"),
+    "ips": ("ip", "IP identifier revoked"),
+    "hostnames": ("hostname", "hostname identifier revoked"),
+    "basic": ("basic", "basic credentials revoked"),
+    "jwt_clients": ("jwt", "JWT client revoked"),
+    "certificates": ("certificate", "client certificate revoked"),
+}
+
+
+def _application(name: str, a: Application, b: Application | None, new_apis: Mapping[str, Any]) -> Iterable[Disruption]:
+    cause = ("Application", name)
+    if b is None:
+        yield Disruption(Action.REVOKE, "application removed", {"application": name}, cause)
+        return
+    for api in a.apis:
+        if api in b.apis:
+            continue
+        if api not in new_apis:
+            continue  # the API itself goes: its removal drains these connections
+        yield Disruption(Action.REVOKE, f"application deregistered from API '{api}'",
+                         {"application": name, "api": api}, cause, "apis")
+    for field_name, (method, reason) in _IDENTIFIERS.items():
+        if _entries(getattr(a.identifiers, field_name)) - _entries(getattr(b.identifiers, field_name)):
+            yield Disruption(Action.REVOKE, reason, {"application": name, "identified_by": method}, cause,
+                             f"identifiers.{field_name}", identifier=method)
+
+
+def _echo(name: str, a: EchoServer, b: EchoServer | None) -> Iterable[Disruption]:
+    cause = ("EchoServer", name)
+    if b is None:
+        yield Disruption(Action.DRAIN, "echo server removed", {"echo": name}, cause)
+        return
+    if (a.port, a.host) != (b.port, b.host):
+        yield Disruption(Action.DRAIN, "echo server address changed", {"echo": name}, cause,
+                         "port" if a.port != b.port else "host")
+        return
+    published = {c.path for c in b.contexts if c.published}
+    for c in a.contexts:
+        if c.published and c.path not in published:
+            yield Disruption(Action.DRAIN, f"context {c.path} removed or unpublished",
+                             {"echo": name, "context": c.path}, cause, "contexts")
+
+
+def _state(old: Config, new: Config) -> Iterable[Disruption]:
+    """Another state backend (or another Redis, or key prefix) starts counting from zero."""
+
+    def where(config: Config) -> tuple[Any, ...]:
+        state = config.settings.state
+        return (state.backend, getattr(state, "url", None), getattr(state, "key_prefix", None))
+
+    if where(old) != where(new):
+        gateway = new.gateway or old.gateway
+        name = gateway.model.name if gateway is not None else "default"
+        yield Disruption(Action.KEEP, f"state backend {old.settings.state.backend} → {new.settings.state.backend}: "
+                         "throttle counts start over there, so live connections are not counted against limits "
+                         "until they close", {}, ("Gateway", name), "state")
+
+
+def disruptions(old: Config | None, new: Config) -> tuple[Disruption, ...]:
+    """Every disruption the change from ``old`` to ``new`` causes, revocations first."""
+    if old is None:
+        return ()
+    out: list[Disruption] = list(_state(old, new))
+    for name in old.ports:
+        out += _port(name, old, new)
+    for name, api in old.apis.items():
+        out += _api(name, api.model, new.apis[name].model if name in new.apis else None)
+    for name, app in old.applications.items():
+        out += _application(name, app.model, new.applications[name].model if name in new.applications else None,
+                            new.apis)
+    for name, echo in old.echo_servers.items():
+        out += _echo(name, echo.model, new.echo_servers[name].model if name in new.echo_servers else None)
+    out.sort(key=lambda d: d.action is not Action.REVOKE)  # stable: revocations first, else as listed
+    return tuple(out)
+
+
+# -------------------------------------------------------------- decisions
+
+
+@dataclass
+class Impact:
+    """The disruptions of one change, and the decision for each live connection.
+
+    ``new_apps`` is the new config's application index: it tells whether the
+    credential a connection was accepted with still names its application.
+    """
+
+    old: Config
+    new: Config
+    new_apps: AppIndex
+    all: tuple[Disruption, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.all = disruptions(self.old, self.new)
+
+    def decide(self, accepted: Accepted) -> Decision:
+        """Keep, drain or revoke one connection: the first disruption that reaches it (revocations come first)."""
+        identified = accepted.identified_by not in (None, "anonymous")  # no identity, nothing to revoke
+        for d in self.all:
+            if d.action is Action.KEEP or (d.action is Action.REVOKE and not identified):
+                continue
+            if d.selects(accepted) and (d.identifier is None or self._credential_gone(accepted)):
+                return Decision(d.action, d.reason, d)
+        return KEEP
+
+    def _credential_gone(self, accepted: Accepted) -> bool:
+        """Whether the identifier ``accepted`` came in with no longer names its application."""
+        app = accepted.application or ""
+        apps = self.new_apps
+        method = accepted.identified_by
+        if method == "api_key":
+            return accepted.key_digest is None or accepted.key_digest not in apps.key_digests(app)
+        if method in ("basic", "jwt", "certificate"):
+            return accepted.key_digest is None or accepted.key_digest not in apps.credential_digests.get(app, ())
+        if method == "ip":
+            return not _in_networks(accepted.peer_ip, [n for n, owner in apps.networks if owner == app])
+        if method == "hostname":
+            return accepted.hostname is None or apps.by_hostname(accepted.hostname) != app
+        return False
+
+
+def _in_networks(ip: str, networks: list[Any]) -> bool:
+    try:
+        address = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return any(address.version == n.version and address in n for n in networks)
+
+
+def accepted_from(record: Any) -> Accepted | None:
+    """The ``Accepted`` view of a ``listener.Connection`` (None before its route is known)."""
+    conn = record.conn
+    if conn is None:
+        return None
+    application = conn.application
+    return Accepted(
+        port=record.port_name,
+        api=conn.api,
+        application=application.name if application is not None else None,
+        identified_by=application.identified_by if application is not None else None,
+        key_digest=conn.metadata.get("key_digest"),
+        peer_ip=conn.peer[0] if conn.peer else "",
+        hostname=conn.metadata.get("hostname"),
+    )
+
+
+def decide(old: Config, new: Config, new_apps: AppIndex, accepted: Accepted) -> Decision:
+    """One connection's decision (for one-off questions; a reload builds one :class:`Impact` for all)."""
+    return Impact(old, new, new_apps).decide(accepted)
