@@ -1,7 +1,7 @@
 """The ``wsgate`` command line: the only place that prints and chooses exit codes.
 
-    wsgate validate [PATH...] [--format text|json|github] [--strict] [--probe]   0 valid, 1 invalid, 2 usage
-    wsgate plan [PATH] --from OTHER [--format text|json] [--probe]     0 no changes, 2 changes, 1 error
+    wsgate validate [PATH...] [--format text|json|github] [--strict] [--probe]   0 valid, 1 invalid or usage error
+    wsgate plan [PATH] --from OTHER [--format text|json|github] [--probe]  0 no changes, 2 changes, 1 error
     wsgate schemas [--check] [--dir DIR]                               0 fresh/written, 1 stale
     wsgate import FILE [--name N] [--upstream URL] [-o F]              an AsyncAPI description as an API; 1 error
     wsgate run [PATH] [--log-format ...] [--admin HOST:PORT] [--workers N|auto]   the gateway (and echo servers)
@@ -28,9 +28,10 @@ from .config import CheckCache, CheckResult, Config, check
 from .config import diagnostics as diag
 from .config import schema as schemas
 
+# Terraform's -detailed-exitcode: 0 nothing to do, 1 an error (a usage error too), 2 plan has changes.
 EXIT_OK = 0
 EXIT_INVALID = 1
-EXIT_USAGE = 2
+EXIT_USAGE = 1
 EXIT_PLAN_CHANGES = 2
 
 
@@ -88,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="the current config: a directory, a git revision of the repository holding PATH, "
         "or a running gateway's admin address (http://HOST:PORT)",
     )
-    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("--format", choices=("text", "json", "github"), default="text",
+                   help="github: the text plan, plus an annotation on each line that disturbs live connections")
     _probe_arguments(p)
 
     p = sub.add_parser("schemas", help="regenerate the JSON Schemas in schemas/ from the models")

@@ -67,11 +67,12 @@ def test_validate_several_paths(tmp_path, capsys):
     assert "WSG112" in capsys.readouterr().out
 
 
-def test_usage_errors_exit_2(capsys):
-    """Unknown options and formats are usage errors (exit 2), reported on stderr."""
-    assert main(["validate", "--format", "xml"]) == 2
-    assert main(["frobnicate"]) == 2
-    assert main([]) == 2
+def test_usage_errors_exit_1(capsys):
+    """Unknown options and formats are errors (exit 1, as Terraform's -detailed-exitcode), reported on stderr."""
+    assert main(["validate", "--format", "xml"]) == 1
+    assert main(["frobnicate"]) == 1
+    assert main([]) == 1
+    assert main(["plan", "--format", "json"]) == 1  # --from missing
     assert "usage:" in capsys.readouterr().err
 
 
@@ -87,6 +88,22 @@ def test_plan_between_directories(tmp_path, capsys):
     assert capsys.readouterr().out == "No changes. The config matches.\n"
     assert main(["plan", str(new), "--from", str(old), "--format", "json"]) == 2
     assert json.loads(capsys.readouterr().out)["summary"]["change"] == 1
+
+
+def test_plan_github_annotates_the_lines_that_disrupt(tmp_path, capsys):
+    """`plan --format github` prints the plan, then a warning annotation at each disruptive change's line."""
+    old = tree(tmp_path / "old")
+    new = tree(tmp_path / "new", port=PORT.replace("8082", "8083"), app=APP.replace("apis: [EchoWS]", "apis: []"))
+    assert main(["plan", str(new), "--from", str(old), "--format", "github"]) == 2
+    out = capsys.readouterr().out
+    assert "Plan: 0 to add, 2 to change, 0 to destroy." in out
+    annotations = [line for line in out.splitlines() if line.startswith("::warning")]
+    assert annotations == [
+        f"::warning file={new / 'ports.yaml'},line=3,col=7,title=Port default%3A disrupts live connections::"
+        "port number changed (drained, then closed with 1001)",
+        f"::warning file={new / 'apps/demo.yaml'},line=6,col=7,title=Application demo-app%3A disrupts live "
+        "connections::application deregistered from API 'EchoWS' (closed at once with 1008)",
+    ]
 
 
 def test_plan_refuses_an_invalid_desired_config(tmp_path, capsys):
@@ -142,5 +159,5 @@ def test_run_refuses_an_invalid_config(tmp_path, capsys):
 
 
 def test_run_admin_must_be_host_port(tmp_path):
-    """A malformed --admin is a usage error."""
-    assert main(["run", str(tmp_path), "--admin", "nonsense"]) == 2
+    """A malformed --admin is a usage error (exit 1)."""
+    assert main(["run", str(tmp_path), "--admin", "nonsense"]) == 1
