@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import NoReturn, TextIO
 
 from . import __version__
-from .config import CheckCache, CheckResult, Config, check
+from .build import build
+from .config import CheckCache, CheckResult, Config
 from .config import diagnostics as diag
 from .config import schema as schemas
 
@@ -80,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="*", metavar="PATH", default=["."], help="config directories or files (default: .)")
     p.add_argument("--format", choices=("text", "json", "github"), default="text")
     p.add_argument("--strict", action="store_true", help="warnings fail too")
+    p.add_argument("--import-transforms", action="store_true",
+                   help="import transform modules to check them (runs their code; default: a static check)")
     _probe_arguments(p)
 
     p = sub.add_parser("plan", help="show what changes between a config and another version of it")
@@ -175,7 +178,7 @@ def _probe(result: CheckResult, paths: Sequence[str], timeout: float, fmt: str, 
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    result = check(args.paths)
+    result = build(args.paths, import_transforms=args.import_transforms)
     if args.probe:
         result = _probe(result, args.paths, args.probe_timeout, args.format, sys.stdout)
     _report(result, args.format, sys.stdout)
@@ -222,7 +225,7 @@ def _checkout_revision(path: Path, revision: str, into: Path) -> Path | None:
 def cmd_plan(args: argparse.Namespace) -> int:
     from .plan import diff, render
 
-    desired = check([args.path])
+    desired = build([args.path])
     if not desired.ok:
         sys.stderr.write(diag.render(desired.diagnostics, "text"))
         sys.stderr.write(f"wsgate plan: the desired config {args.path} is invalid; nothing planned\n")
@@ -252,7 +255,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             label = f"{args.source}:{args.path}"
         current = None
         if current_path is not None:
-            result = check([current_path])
+            result = build([current_path])
             if not result.ok:
                 sys.stderr.write(diag.render(result.diagnostics, "text"))
                 sys.stderr.write(f"wsgate plan: the current config ({label}) is invalid; cannot diff against it\n")
@@ -356,8 +359,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _checked_or_report(path: str, cache: CheckCache | None = None) -> CheckResult:
-    """The same check and diagnostics as ``validate``; printed to stderr (stdout may carry logs)."""
-    result = check([path], cache=cache)
+    """The same build and diagnostics as ``validate`` (transforms imported: they are about to run); printed to
+    stderr (stdout may carry logs)."""
+    result = build([path], cache=cache, import_transforms=True)
     if result.diagnostics:
         _report(result, "text", sys.stderr)
     return result

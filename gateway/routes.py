@@ -52,7 +52,6 @@ def upstream_ssl_context(loaded: Loaded[API]) -> ssl.SSLContext | None:
     if not tls.verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-        log.warning("upstream TLS verification is off", api=api.name)
     return context
 
 
@@ -197,6 +196,8 @@ class CompiledAPI:
         for spec in api.policies:
             if spec.type == "routing":
                 routing = spec
+        if not api.upstream.tls.verify and any(e.url.startswith("wss://") for e in api.upstream.endpoints):
+            log.warning("upstream TLS verification is off", api=api.name)
         client = tuple(p for p in chain if "client" in p.message_stages)
         server = tuple(p for p in chain if "server" in p.message_stages)
         state = (lambda url: health.get(api.name, url)) if health is not None else None

@@ -171,12 +171,15 @@ class Gateway:
 
     async def _reload(self, trigger: str, checked: Config | None = None,
                       generation: int | None = None) -> dict[str, Any]:
-        from .config import CheckResult, check
+        from .build import build
+        from .config import CheckResult
         from .plan import diff, render_text
 
         started = time.monotonic()
         if checked is None:
-            result = await asyncio.to_thread(check, self.paths, env=self.env, cache=self.check_cache)
+            # The same build as validate, but transforms are imported: the new chain runs them anyway.
+            result = await asyncio.to_thread(build, self.paths, env=self.env, cache=self.check_cache,
+                                             import_transforms=True)
         else:
             result = CheckResult(files=[], diagnostics=[], config=checked)
         if self.stopping:

@@ -7,6 +7,8 @@ import sys
 
 from config_helpers import API, APP, PORT, base, codes, found, run_check, write
 
+from gateway.config import check
+
 ECHO = """\
 kind: EchoServer
 name: backend
@@ -195,9 +197,9 @@ def test_transform_callable_not_importable(tmp_path):
     api = API + "  - type: transform\n    stage: client\n    callable: transforms.mine:uper\n"
     api += "  - type: transform\n    stage: server\n    callable: transforms.missing:upper\n"
     base(tmp_path, api=api)
-    result = run_check(tmp_path)
-    assert found(result) == [("WSG117", "echo.yaml", 12, 15), ("WSG117", "echo.yaml", 15, 15)]
-    assert result.diagnostics[0].hint == "did you mean 'upper'?"
+    for result in (run_check(tmp_path), check([tmp_path], env={}, import_transforms=True)):
+        assert found(result) == [("WSG117", "echo.yaml", 12, 15), ("WSG117", "echo.yaml", 15, 15)]
+        assert result.diagnostics[0].hint == "did you mean 'upper'?"
     assert not any(name.startswith("transforms") for name in sys.modules)
 
 
@@ -205,7 +207,7 @@ def test_transform_callable_importable_from_config_root(tmp_path):
     """A callable under the config root imports without error and leaves sys.modules clean."""
     write(tmp_path, "transforms/mine.py", "def upper(message):\n    return message.payload.upper()\n")
     base(tmp_path, api=API + "  - type: transform\n    stage: client\n    callable: transforms.mine:upper\n")
-    assert run_check(tmp_path).ok
+    assert check([tmp_path], env={}, import_transforms=True).ok
     assert "transforms.mine" not in sys.modules
 
 
@@ -213,9 +215,37 @@ def test_transform_module_that_raises(tmp_path):
     """A module that raises on import is WSG117 naming the exception, never a crash."""
     write(tmp_path, "boom.py", "raise RuntimeError('kaput')\n")
     base(tmp_path, api=API + "  - type: transform\n    stage: client\n    callable: boom:f\n")
-    result = run_check(tmp_path)
+    result = check([tmp_path], env={}, import_transforms=True)
     assert codes(result) == ["WSG117"]
     assert "RuntimeError: kaput" in result.diagnostics[0].summary
+
+
+def test_transform_checked_statically_runs_no_code(tmp_path):
+    """By default a callable is checked without importing: a module with side effects passes and runs nothing."""
+    write(tmp_path, "hooks.py", "open(__file__ + '.ran', 'w').close()\n\n\ndef upper(message, *, extra=1):\n"
+          "    return message\n")
+    base(tmp_path, api=API + "  - type: transform\n    stage: client\n    callable: hooks:upper\n")
+    assert run_check(tmp_path).ok
+    assert not (tmp_path / "hooks.py.ran").exists()
+
+
+def test_transform_static_check_refuses_what_it_cannot_vouch_for(tmp_path):
+    """`os:system`, a module that does not parse, a missing function and a two-argument one are WSG117."""
+    write(tmp_path, "broken.py", "def upper(message:\n")
+    write(tmp_path, "two.py", "def upper(message, other):\n    return message\n")
+    api = API
+    for spec in ("os:system", "broken:upper", "two:uper", "two:upper"):
+        api += f"  - type: transform\n    stage: client\n    callable: {spec}\n"
+    base(tmp_path, api=api)
+    result = run_check(tmp_path)
+    assert codes(result) == ["WSG117"] * 4
+    summaries = [d.summary for d in result.diagnostics]
+    assert "module 'os' is not a file in the config tree" in summaries[0]
+    assert "--import-transforms" in result.diagnostics[0].hint
+    assert summaries[1].startswith("module 'broken' does not parse")
+    assert summaries[2] == "module 'two' defines no function 'uper'" and result.diagnostics[2].hint == \
+        "did you mean 'upper'?"
+    assert summaries[3].startswith("two:upper must take exactly one argument")
 
 
 def test_tls_files_missing(tmp_path):
@@ -309,5 +339,5 @@ def test_installed_module_callable_is_found_and_kept(tmp_path):
     import json as json_module
 
     base(tmp_path, api=API + "  - type: transform\n    stage: client\n    callable: json:dumps\n")
-    assert run_check(tmp_path).ok
+    assert check([tmp_path], env={}, import_transforms=True).ok
     assert sys.modules["json"] is json_module

@@ -87,7 +87,7 @@ async def test_wss_upstream_with_unknown_ca_is_502_unless_verification_is_off(tm
 
 async def test_renewed_certificate_is_served_after_reload_and_live_connections_stay(tmp_path):
     """Rewriting the cert files is a config change: new handshakes get the new certificate, a live wss
-    connection is untouched, and a broken renewal keeps the previous certificate serving."""
+    connection is untouched, and a broken renewal fails the reload (WSG170), the previous certificate serving on."""
     old_ca, new_ca = trustme.CA(), trustme.CA()
     cert_path, key_path = tmp_path / "gw.pem", tmp_path / "gw.key"
 
@@ -115,9 +115,10 @@ async def test_renewed_certificate_is_served_after_reload_and_live_connections_s
                 await live.send("still here")
                 assert await live.recv() == "still here"
 
-                key_path.write_text("not a key\n")  # a half-finished renewal
+                key_path.write_text("not a key\n")  # a half-finished renewal: the build refuses it
                 outcome = await gw.reload("test")
-                assert outcome["problems"] and "certificate renewal failed" in outcome["problems"][0]
+                assert not outcome["ok"]
+                assert [d["code"] for d in outcome["diagnostics"] if d["severity"] == "error"] == ["WSG170"]
                 async with connect(url, ssl=client_context(new_ca)) as fresh:
                     await fresh.send("kept")
                     assert await fresh.recv() == "kept"

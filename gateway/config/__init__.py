@@ -26,7 +26,7 @@ from .document_checks import check_kind, check_lossy_numbers, check_model, check
 from .source import Document, load
 from .tree import Config, Loaded, Location
 
-__all__ = ["CheckCache", "CheckResult", "Config", "Diagnostic", "Loaded", "Location", "check"]
+__all__ = ["CheckCache", "CheckResult", "Config", "Diagnostic", "Loaded", "Location", "check", "with_source_lines"]
 
 
 @dataclass
@@ -34,6 +34,7 @@ class CheckResult:
     config: Config | None
     diagnostics: list[Diagnostic] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+    sources: Mapping[str, list[str]] = field(default_factory=dict, repr=False)  # file -> lines, to quote
 
     @property
     def ok(self) -> bool:
@@ -49,19 +50,22 @@ class CheckResult:
 
 
 def check(
-    paths: Sequence[str | Path], *, env: Mapping[str, str] | None = None, cache: CheckCache | None = None
+    paths: Sequence[str | Path], *, env: Mapping[str, str] | None = None, cache: CheckCache | None = None,
+    import_transforms: bool = False,
 ) -> CheckResult:
     """Check the YAML tree under ``paths``; ``env`` (default: ``os.environ``) resolves `{env: ...}` keys.
 
     A ``cache`` (see ``cache.py``) kept between checks of the same tree skips the files that did not change.
+    Transform callables are checked statically (no code from the tree runs) unless ``import_transforms``.
+    ``gateway.build.build`` adds the compile step; validate, plan, run and the reload call that.
     """
     if cache is None:
         with _collection_paused():
-            return _check(paths, env, None)
+            return _check(paths, env, None, import_transforms)
     cache.begin()
     try:
         with _collection_paused():
-            return _check(paths, env, cache)
+            return _check(paths, env, cache, import_transforms)
     finally:
         cache.end()
 
@@ -118,7 +122,8 @@ def _check_document(doc: Document, lines: list[str]) -> _Verdict:
     return _Verdict(kind, name, diagnostics + problems, entry=entry)
 
 
-def _check(paths: Sequence[str | Path], env: Mapping[str, str] | None, cache: CheckCache | None) -> CheckResult:
+def _check(paths: Sequence[str | Path], env: Mapping[str, str] | None, cache: CheckCache | None,
+           import_transforms: bool) -> CheckResult:
     env = os.environ if env is None else env
     roots = [Path(p) for p in paths] or [Path(".")]
     loaded = load(roots, cache)
@@ -150,17 +155,18 @@ def _check(paths: Sequence[str | Path], env: Mapping[str, str] | None, cache: Ch
         )
 
     dirs = [r if r.is_dir() else r.parent for r in roots]
-    diagnostics += rules.run(entries, known=known, env=env, roots=dirs, sources=loaded.sources)
+    diagnostics += rules.run(entries, known=known, env=env, roots=dirs, sources=loaded.sources,
+                             import_transforms=import_transforms)
     if partials:
         ports = [e for e in entries if e.kind == "Port"]
         diagnostics += rules.run(ports + partials, known=known, env=env, roots=dirs, sources=loaded.sources,
                                  only=(rules.api_port_references, rules.application_api_references))
-    diagnostics = _with_source_lines(diagnostics, loaded.sources)
+    diagnostics = with_source_lines(diagnostics, loaded.sources)
     diagnostics.sort(key=Diagnostic.sort_key)
 
     if any(d.is_error for d in diagnostics):
-        return CheckResult(None, diagnostics, loaded.files)
-    return CheckResult(_build(dirs[0], entries), diagnostics, loaded.files)
+        return CheckResult(None, diagnostics, loaded.files, loaded.sources)
+    return CheckResult(_build(dirs[0], entries), diagnostics, loaded.files, loaded.sources)
 
 
 # The reference lists a document that failed its schema can still be checked: one run of validate should
@@ -212,7 +218,7 @@ def _credential_part(lines: Sequence[str], index: int) -> int | None:
     return None
 
 
-def _with_source_lines(diagnostics: list[Diagnostic], sources: Mapping[str, list[str]]) -> list[Diagnostic]:
+def with_source_lines(diagnostics: list[Diagnostic], sources: Mapping[str, list[str]]) -> list[Diagnostic]:
     out = []
     for d in diagnostics:
         loc = d.location

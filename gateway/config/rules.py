@@ -9,6 +9,7 @@ reported as unknown (its own errors say enough).
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import hashlib
 import importlib
@@ -50,6 +51,7 @@ class RuleContext:
     env: Mapping[str, str]
     roots: list[Path]
     sources: Mapping[str, list[str]]
+    import_transforms: bool = False  # False: transform callables are checked statically, no tree code runs
     out: list[Diagnostic] = field(default_factory=list)
 
     def of(self, kind: str) -> list[Entry]:
@@ -91,9 +93,10 @@ def run(
     roots: list[Path],
     sources: Mapping[str, list[str]],
     only: Iterable[Rule] | None = None,
+    import_transforms: bool = False,
 ) -> list[Diagnostic]:
     """Every rule (or ``only`` these) over ``entries``; the diagnostics they found."""
-    ctx = RuleContext(entries, known, env, roots, sources)
+    ctx = RuleContext(entries, known, env, roots, sources, import_transforms)
     for fn in RULES if only is None else only:
         fn(ctx)
     return ctx.out
@@ -637,17 +640,59 @@ def _under(file: str | None, root: Path) -> bool:
         return False
 
 
+def static_callable_problem(spec: str, root: Path) -> tuple[str, str] | None:
+    """Check ``package.module:function`` without running it: None if fine, else (summary, hint).
+
+    The module must be a file under ``root`` (the config tree) that parses and defines ``function`` at
+    its top level as a function that can be called with one argument (the message).
+    """
+    module_name, _, attr = spec.partition(":")
+    relative = Path(*module_name.split("."))
+    candidates = (root / relative.with_suffix(".py"), root / relative / "__init__.py")
+    path = next((c for c in candidates if c.is_file()), None)
+    opt_in = "or run `wsgate validate --import-transforms` to import it (that runs its code)"
+    if path is None:
+        return (f"module '{module_name}' is not a file in the config tree {root}",
+                f"keep transform modules in the config tree (checked without running them), {opt_in}")
+    if "." in attr:
+        return (f"{spec}: only a top-level function can be checked without importing", opt_in)
+    try:
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+    except (SyntaxError, ValueError) as exc:
+        line = getattr(exc, "lineno", None)
+        return (f"module '{module_name}' does not parse: {getattr(exc, 'msg', exc)}"
+                + (f" ({path.name}, line {line})" if line else ""), "fix the module's syntax")
+    except OSError as exc:
+        return (f"module '{module_name}' cannot be read: {exc.strerror or exc}", "make the file readable")
+    functions = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)}
+    node = functions.get(attr)
+    if node is None:
+        defined = sorted(functions)
+        best = did_you_mean(attr, defined)
+        return (f"module '{module_name}' defines no function '{attr}'",
+                f"did you mean '{best}'?" if best else f"define `def {attr}(message):` at the module's top level")
+    args = node.args
+    positional = args.posonlyargs + args.args
+    required = len(positional) - len(args.defaults)
+    required_kw = [a.arg for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True) if d is None]
+    if required > 1 or required_kw or (not positional and args.vararg is None):
+        return (f"{spec} must take exactly one argument (the message); it takes "
+                f"{ast.unparse(args) or 'none'}", f"define it as `def {attr}(message):`")
+    return None
+
+
 @rule
 def transform_callables(ctx: RuleContext) -> None:
-    # Cached per run only: a reload after the operator fixes the module must import it afresh.
+    # Cached per run only: a reload after the operator fixes the module must check it afresh.
     seen: dict[tuple[Path, str], tuple[str, str] | None] = {}
+    check = check_callable if ctx.import_transforms else static_callable_problem
     for e in ctx.of("API"):
         for i, p in enumerate(e.model.policies):
             if p.type != "transform":
                 continue
             key = (_config_root_for(ctx, e), p.callable)
             if key not in seen:
-                seen[key] = check_callable(p.callable, key[0])
+                seen[key] = check(p.callable, key[0])
             problem = seen[key]
             if problem is not None:
                 at = e.doc.value_at(("policies", i, "callable"))
