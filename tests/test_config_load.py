@@ -96,11 +96,12 @@ def test_unknown_field_points_at_the_key(tmp_path):
 
 
 def test_nested_unknown_field(tmp_path):
-    """Unknown fields inside policies are found in the branch the policy's type chose."""
+    """Unknown fields inside policies are found in the branch the policy's type chose; a typo is one diagnostic."""
     base(tmp_path, api=API + "  - type: throttle\n    max_conections: 5\n")
     result = run_check(tmp_path)
-    assert ("WSG100", "echo.yaml", 11, 5) in found(result)
-    assert ("WSG102", "echo.yaml", 10, 5) in found(result)
+    # One problem, one diagnostic: the typo's "did you mean" covers the required field it misses.
+    assert found(result) == [("WSG100", "echo.yaml", 11, 5)]
+    assert result.diagnostics[0].hint == "did you mean 'max_connections'?"
     unknown = next(d for d in result.diagnostics if d.code == "WSG100")
     assert unknown.hint == "did you mean 'max_connections'?"
 
@@ -276,3 +277,20 @@ def test_a_syntax_error_on_a_credential_line_never_quotes_the_credential(tmp_pat
     assert lines["c.yaml"] == "      password: [redacted]"
     assert lines["d.yaml"] == "port: 1: 2"  # not a credential: quoted whole
     assert not any("s3cret" in (d.source_line or "") + d.summary + d.detail for d in result.diagnostics)
+
+
+def test_schema_error_in_one_field_hides_no_other_check(tmp_path):
+    """A misspelt policy field and the same file's trailing-slash error (a rule) come out in one run."""
+    write(tmp_path, "echo.yaml", "kind: EchoServer\nname: backend\nport: 8765\ncontexts:\n  - path: /api/demo/\n")
+    api = API.replace("ws://backend.internal:8765/api/demo/", "ws://localhost:8765/api/demo")
+    base(tmp_path, api=api + "  - type: throttle\n    max_conections: 5\n  - type: routing\n    strategy: round-robin\n")
+    result = run_check(tmp_path)
+    # The cut policy shifts the routing policy up; its warning still points at its own line.
+    assert found(result) == [("WSG104", "echo.yaml", 7, 40), ("WSG100", "echo.yaml", 11, 5),
+                             ("WSG209", "echo.yaml", 13, 15)]
+
+
+def test_salvaged_document_reports_no_absence_the_cut_made(tmp_path):
+    """Cutting an identify policy with a bad field does not add the "no identify policy" warning."""
+    base(tmp_path, api=API.replace("  - type: identify\n", "  - type: identify\n    by: [api_kee]\n"))
+    assert codes(run_check(tmp_path)) == ["WSG103"]

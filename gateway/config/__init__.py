@@ -23,6 +23,7 @@ from . import rules
 from .cache import CheckCache
 from .diagnostics import Diagnostic, error
 from .document_checks import check_kind, check_lossy_numbers, check_model, check_schema
+from .salvage import salvage
 from .source import Document, load
 from .tree import Config, Loaded, Location
 
@@ -104,6 +105,7 @@ class _Verdict:
     diagnostics: list[Diagnostic]
     entry: rules.Entry | None = None
     partial: rules.Entry | None = None
+    salvaged: bool = False  # the entry is what is left of a document that failed its schema (salvage.py)
 
 
 def _check_document(doc: Document, lines: list[str]) -> _Verdict:
@@ -115,6 +117,11 @@ def _check_document(doc: Document, lines: list[str]) -> _Verdict:
     diagnostics = problems + check_lossy_numbers(doc, kind, lines)
     problems = check_schema(doc, kind)
     if problems:
+        salvaged = salvage(doc, kind)
+        if salvaged is not None:  # its other fields are still checked by the rules, in this same run
+            kept, model = salvaged
+            entry = rules.Entry(kind, str(kept.data["name"]), model, kept)
+            return _Verdict(kind, name, diagnostics + problems, entry=entry, salvaged=True)
         return _Verdict(kind, name, diagnostics + problems, partial=_references_of(doc, kind))
     model, problems = check_model(doc, kind)
     # A valid model has a name.
@@ -131,6 +138,7 @@ def _check(paths: Sequence[str | Path], env: Mapping[str, str] | None, cache: Ch
     entries: list[rules.Entry] = []
     partials: list[rules.Entry] = []  # documents that failed their schema: only their references are checked
     known: dict[str, set[str]] = {}
+    cut_short: list[Document] = []  # salvaged documents: what they lack was reported by the schema
 
     def check_one(doc: Document) -> _Verdict:
         return _check_document(doc, loaded.sources.get(doc.file, []))
@@ -144,6 +152,8 @@ def _check(paths: Sequence[str | Path], env: Mapping[str, str] | None, cache: Ch
             entries.append(verdict.entry)
         if verdict.partial is not None:
             partials.append(verdict.partial)
+        if verdict.salvaged and verdict.entry is not None:
+            cut_short.append(verdict.entry.doc)
 
     if not loaded.documents and not any(d.is_error for d in diagnostics):
         diagnostics.append(
@@ -161,12 +171,28 @@ def _check(paths: Sequence[str | Path], env: Mapping[str, str] | None, cache: Ch
         ports = [e for e in entries if e.kind == "Port"]
         diagnostics += rules.run(ports + partials, known=known, env=env, roots=dirs, sources=loaded.sources,
                                  only=(rules.api_port_references, rules.application_api_references))
+    diagnostics = [d for d in diagnostics if not _about_a_cut(d, cut_short)]
     diagnostics = with_source_lines(diagnostics, loaded.sources)
     diagnostics.sort(key=Diagnostic.sort_key)
 
     if any(d.is_error for d in diagnostics):
         return CheckResult(None, diagnostics, loaded.files, loaded.sources)
     return CheckResult(_build(dirs[0], entries), diagnostics, loaded.files, loaded.sources)
+
+
+# Rules that complain about something missing: in a salvaged document the schema already reported why it is.
+_ABSENCE_CODES = frozenset({"WSG201", "WSG204"})
+
+
+def _about_a_cut(d: Diagnostic, cut_short: list[Document]) -> bool:
+    """Whether ``d`` reports an absence inside a salvaged document (where the absence is the cut's doing)."""
+    if d.code not in _ABSENCE_CODES or d.location is None:
+        return False
+    for doc in cut_short:
+        lines = [loc.line for loc in doc.values.values() if loc.file == doc.file] + [doc.start.line]
+        if d.location.file == doc.file and min(lines) <= d.location.line <= max(lines):
+            return True
+    return False
 
 
 # The reference lists a document that failed its schema can still be checked: one run of validate should

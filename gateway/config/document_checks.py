@@ -152,6 +152,10 @@ def _translate(err: SchemaError, doc: Document) -> list[Diagnostic]:
         return out
     if v == "required":
         missing = [name for name in err.validator_value if isinstance(instance, dict) and name not in instance]
+        # A misspelt required field is one problem: the unknown field's "did you mean" says it all.
+        allowed = err.schema.get("properties", {}) if isinstance(err.schema, dict) else {}
+        unknown = [k for k in instance if k not in allowed] if isinstance(instance, dict) and allowed else []
+        missing = [name for name in missing if not any(did_you_mean(k, [name]) == name for k in unknown)]
         return [
             error(
                 "WSG102",
