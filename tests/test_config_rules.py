@@ -38,6 +38,8 @@ def test_same_path_same_port(tmp_path):
     """Two APIs at one path on one port: WSG111 at the second path."""
     base(tmp_path)
     write(tmp_path, "apis/other.yaml", API.replace("name: EchoWS", "name: Other"))
+    write(tmp_path, "apps/other.yaml", APP.replace("demo-app", "other-app").replace("[EchoWS]", "[Other]")
+          .replace("434f", "0000"))
     result = run_check(tmp_path)
     assert found(result) == [("WSG111", "other.yaml", 3, 7)]
 
@@ -298,9 +300,27 @@ def test_invalid_ip(tmp_path):
 
 
 def test_application_never_usable_warns(tmp_path):
-    """An application with no APIs is WSG204."""
+    """An application with no APIs is WSG204 (and the API it left, requiring identification, is WSG216)."""
     base(tmp_path, app=APP.replace("apis: [EchoWS]\n", ""))
-    assert found(run_check(tmp_path)) == [("WSG204", "demo.yaml", 2, 7)]
+    assert found(run_check(tmp_path)) == [("WSG216", "echo.yaml", 9, 11), ("WSG204", "demo.yaml", 2, 7)]
+
+
+def test_identified_api_without_applications_warns_unless_anonymous(tmp_path):
+    """An API whose identify policy no registered application can pass is WSG216; allow_anonymous silences it."""
+    base(tmp_path, app=APP.replace("apis: [EchoWS]\n", "apis: []\n"))
+    assert ("WSG216", "echo.yaml", 9, 11) in found(run_check(tmp_path))
+    base(tmp_path, api=API + "    allow_anonymous: true\n", app=APP.replace("apis: [EchoWS]\n", "apis: []\n"))
+    assert "WSG216" not in codes(run_check(tmp_path))
+
+
+def test_upstream_on_an_unpublished_echo_context_warns(tmp_path):
+    """An upstream naming a declared but unpublished echo context is WSG215, with a note at the context."""
+    write(tmp_path, "echo.yaml", "kind: EchoServer\nname: backend\nport: 8765\ncontexts:\n  - path: /api/demo/\n"
+          "    published: false\n")
+    base(tmp_path, api=API.replace("backend.internal", "localhost"))
+    result = run_check(tmp_path)
+    assert found(result) == [("WSG215", "echo.yaml", 7, 12)]
+    assert str(result.diagnostics[0].related[0].location).endswith("echo.yaml:5:11")
 
 
 def test_duplicate_list_entry_warns(tmp_path):
@@ -341,3 +361,19 @@ def test_installed_module_callable_is_found_and_kept(tmp_path):
     base(tmp_path, api=API + "  - type: transform\n    stage: client\n    callable: json:dumps\n")
     assert check([tmp_path], env={}, import_transforms=True).ok
     assert sys.modules["json"] is json_module
+
+
+def test_log_files_stay_in_the_config_tree_or_a_declared_directory(tmp_path):
+    """An absolute log path or a `..` escape is WSG132; the Gateway's `log_directories` lets one in."""
+    root = tmp_path / "config"
+    outside = tmp_path / "var-log"
+    api = API + f"  - type: log-invocation\n    file: {outside}/a.jsonl\n  - type: log-invocation\n" \
+        "    name: second\n    file: ../../escape.jsonl\n  - type: log-invocation\n    name: third\n" \
+        "    file: ../logs/kept.jsonl\n"
+    base(root, api=api)
+    result = run_check(root)
+    assert found(result) == [("WSG132", "echo.yaml", 11, 11), ("WSG132", "echo.yaml", 14, 11)]
+    assert result.diagnostics[0].summary == f"log file {outside}/a.jsonl is an absolute path"
+    assert "log_directories" in result.diagnostics[1].hint
+    write(root, "gateway.yaml", f"kind: Gateway\nname: g\nlog_directories: [{outside}]\n")
+    assert found(run_check(root)) == [("WSG132", "echo.yaml", 14, 11)]

@@ -737,6 +737,11 @@ class Gateway(Strict):
     drain_grace: Seconds = Field(30.0, description="Seconds a connection of a removed route may finish on reload.")
     state: StateSettings = Field(MemoryState(), description="Where throttle counts live: `memory` (each process) "
                                  "or `redis` (shared by every worker and instance).")
+    log_directories: list[str] = Field(
+        default_factory=list,
+        description="Directories outside the config tree where log-invocation files may be written (absolute, or "
+        "relative to this file). Without them, log files must stay inside the config tree.",
+    )
     log_format: Literal["json", "console", "auto"] = "auto"
 
 

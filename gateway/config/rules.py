@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import importlib
 import ipaddress
+import os
 import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
@@ -360,6 +361,17 @@ def upstream_urls(ctx: RuleContext) -> None:
                 contexts = [c.path for c in echo.model.contexts]
                 target = upath or "/"
                 if target in contexts:
+                    if not next(c for c in echo.model.contexts if c.path == target).published:
+                        ctx.out.append(
+                            warning(
+                                "WSG215",
+                                f"upstream points at echo server '{echo.name}' context {target}, which is unpublished",
+                                loc,
+                                related=(Related(_context_loc(echo, target), "the context is declared here"),),
+                                hint="every upgrade gets 404 until it is published: set `published: true`, or start "
+                                "it over HTTP (startDemoAPI), which is drift from this config",
+                            )
+                        )
                     continue
                 flipped = target[:-1] if target.endswith("/") else target + "/"
                 if flipped in contexts:
@@ -470,6 +482,21 @@ def policy_chains(ctx: RuleContext) -> None:
                 )
             else:
                 seen[key] = i
+        identify = next((p for p in e.model.policies if p.type == "identify"), None)
+        applications = ctx.of("Application")
+        all_checked = ctx.known.get("Application", set()) <= {a.name for a in applications}  # else: cannot tell
+        if identify is not None and not identify.allow_anonymous and all_checked and not any(
+            e.name in app.model.apis for app in applications
+        ):
+            ctx.out.append(
+                warning(
+                    "WSG216",
+                    f"API '{e.name}' requires an identified application, but no application is registered to it",
+                    e.doc.value_at(("policies", e.model.policies.index(identify), "type")),
+                    hint=f"add '{e.name}' to an Application's `apis`, or set `allow_anonymous: true`: "
+                    "until then every upgrade gets 401",
+                )
+            )
         if not has_identify:
             ctx.out.append(
                 warning(
@@ -769,6 +796,34 @@ def state_backend(ctx: RuleContext) -> None:
                 ctx.out.append(warning("WSG222", "a CA file is set but the Redis URL is not rediss://",
                                        e.doc.value_at(("state", "ca")),
                                        hint="use rediss:// for TLS, or drop `ca`"))
+
+
+@rule
+def log_file_paths(ctx: RuleContext) -> None:
+    """A log-invocation file stays inside the config tree or a directory the Gateway resource declares: a config
+    change must not be able to write wherever the gateway process may."""
+    allowed_extra: list[Path] = []
+    for g in ctx.of("Gateway"):
+        for d in g.model.log_directories:
+            allowed_extra.append(Path(os.path.normpath(g.doc.base_dir / d)).resolve())
+    for e in ctx.of("API"):
+        root = _config_root_for(ctx, e)
+        for i, p in enumerate(e.model.policies):
+            if p.type != "log-invocation" or not p.file:
+                continue
+            target = Path(os.path.normpath(e.doc.base_dir / p.file)).resolve()  # `..` and symlinks resolved
+            if any(target.is_relative_to(d) for d in [root, *allowed_extra]):
+                continue
+            what = "an absolute path" if Path(p.file).is_absolute() else f"outside the config tree {root}"
+            ctx.out.append(
+                error(
+                    "WSG132",
+                    f"log file {p.file} is {what}",
+                    e.doc.value_at(("policies", i, "file")),
+                    hint="write it under the config tree (e.g. `logs/api.jsonl`), or declare its directory in the "
+                    "Gateway resource's `log_directories`",
+                )
+            )
 
 
 # ------------------------------------------------------------- listeners
