@@ -45,6 +45,8 @@ from .tree import Location
 YAML_SUFFIXES = (".yaml", ".yml")
 # Alias expansion can blow a small file up exponentially ("billion laughs"); refuse past this.
 MAX_NODES = 200_000
+# Deeper nesting than this is no config, and the parser's recursion would crash the process on it.
+MAX_DEPTH = 100
 MERGE_TAG = "tag:yaml.org,2002:merge"
 _DOC_SEPARATOR = re.compile(r"^---(\s|$)")
 
@@ -253,6 +255,11 @@ def load_text(text: str, name: str, base_dir: Path, result: LoadResult, yaml: YA
     """Parse one file's text; on a syntax error, retry part by part so other documents still count."""
     yaml = yaml or new_yaml()
     result.sources[name] = text.splitlines()
+    deep = too_deep(text, MAX_DEPTH)
+    if deep is not None:
+        result.diagnostics.append(error("WSG007", f"nesting deeper than {MAX_DEPTH} levels", Location(name, *deep),
+                                        hint="a resource nests a few levels; this file is not a config"))
+        return
     reader = _Reader(name, base_dir, yaml)
     try:
         docs = reader.read(text, line_offset=0, first_index=0)
@@ -282,6 +289,45 @@ def load_text(text: str, name: str, base_dir: Path, result: LoadResult, yaml: YA
         result.documents += docs
         result.diagnostics += part_reader.diagnostics
         index += max(len(docs), 1)
+
+
+def too_deep(text: str, limit: int) -> tuple[int, int] | None:
+    """Where block indentation plus flow brackets first nest past ``limit`` levels (line, column), else None.
+
+    A linear scan, before any parsing: quotes are followed within a line, which is enough for a guard.
+    """
+    indents: list[int] = []
+    flow = 0
+    for lineno, line in enumerate(text.splitlines(), 1):
+        stripped = line.lstrip(" ")
+        block = len(indents)
+        if flow == 0 and stripped and not stripped.startswith("#"):
+            indent = len(line) - len(stripped)
+            while indents and indents[-1] >= indent:
+                indents.pop()
+            indents.append(indent)
+            dashes = len(stripped) - len(stripped.lstrip("- "))  # `- - - x` nests on one line
+            block = len(indents) + dashes // 2
+            if block > limit:
+                return lineno, 1
+        quote = ""
+        previous = " "
+        for col, ch in enumerate(line, 1):
+            if quote:
+                if ch == quote:
+                    quote = ""
+            elif ch in "\"'" and previous in " :,[{-":
+                quote = ch
+            elif ch == "#" and previous == " ":
+                break
+            elif ch in "[{":
+                flow += 1
+                if block + flow > limit:
+                    return lineno, col
+            elif ch in "]}":
+                flow = max(flow - 1, 0)
+            previous = ch
+    return None
 
 
 def _split_documents(text: str) -> list[tuple[int, str]]:
