@@ -3,12 +3,19 @@
 ``GET /startDemoAPI`` publishes every configured context, or only the one
 named by ``?relativeURI=/api/demo/``; ``GET /stopDemoAPI`` unpublishes the
 same way (its clients are closed with 1001). Both answer a small JSON body.
+
+As in the tutorial, ``startDemoAPI?relativeURI=/any/path/`` also publishes a
+context the config does not declare (a room with default settings). That,
+and any start or stop that departs from the config, is drift: the server
+logs it and reports it (:meth:`echo.server.EchoService.drift`), and
+``wsgate plan --from http://ADMIN`` shows it.
 """
 
 from __future__ import annotations
 
 import email.utils
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping
 from http import HTTPStatus
 from importlib import resources
@@ -68,17 +75,35 @@ def page_response(name: str, static: Mapping[str, bytes], rooms: Iterable[Room])
     return response(200, body, STATIC_FILES[name], [("Content-Security-Policy", CSP)])
 
 
+# A context started over HTTP must look like one the config could declare; and there is a cap, so a loop of
+# requests cannot grow the server without bound.
+RELATIVE_URI = re.compile(r"^/[^\s?#]{0,255}$")
+MAX_UNDECLARED_CONTEXTS = 64
+
+
 def control_response(
     path: str,
     query: Mapping[str, list[str]],
     rooms: Mapping[str, Room],
     publish: Callable[[Room], None],
     unpublish: Callable[[Room], None],
+    start_undeclared: Callable[[str], Room | None] | None = None,
 ) -> Response:
-    """Answer ``/startDemoAPI`` or ``/stopDemoAPI``: act on one context or all of them."""
+    """Answer ``/startDemoAPI`` or ``/stopDemoAPI``: act on one context or all of them.
+
+    ``start_undeclared`` creates a context the config does not declare (None when full); without it an
+    unknown ``relativeURI`` is a 404.
+    """
     wanted = query.get("relativeURI", [])
     if wanted:
         uri = wanted[0]
+        if uri not in rooms and path == START and start_undeclared is not None and RELATIVE_URI.match(uri):
+            room = start_undeclared(uri)
+            if room is None:
+                return json_response(429, {"error": "too many contexts started over HTTP",
+                                           "limit": MAX_UNDECLARED_CONTEXTS})
+            return json_response(200, {"status": "started", "contexts": [uri], "declared": False,
+                                       "published": published_paths(rooms.values())})
         if uri not in rooms:
             return json_response(404, {"error": "unknown context", "relativeURI": uri, "contexts": sorted(rooms)})
         targets = [rooms[uri]]

@@ -17,11 +17,19 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from gateway.config.models import EchoServer
+from gateway.config.models import EchoContext, EchoServer
 from gateway.config.tree import Config
 from gateway.signals import stop_requested
 
-from .control import CONTROL_PATHS, PAGE_PATHS, control_response, load_static, page_response, response
+from .control import (
+    CONTROL_PATHS,
+    MAX_UNDECLARED_CONTEXTS,
+    PAGE_PATHS,
+    control_response,
+    load_static,
+    page_response,
+    response,
+)
 from .rooms import Client, Room
 
 log = structlog.get_logger("wsgate.echo")
@@ -40,6 +48,7 @@ class EchoService:
         self.model = model
         self._bind_port = model.port if port is None else port
         self.rooms: dict[str, Room] = {c.path: Room(c) for c in model.contexts}
+        self.undeclared: set[str] = set()  # contexts started over HTTP that the config does not declare
         self._static = load_static()
         self._server: Server | None = None
 
@@ -91,8 +100,11 @@ class EchoService:
 
         Removed contexts are unpublished (clients closed with 1001); new ones
         are added; a changed one takes its new definition and its ``published``
-        flag. An unchanged context keeps its run-time state, so a context
-        stopped over HTTP stays stopped across unrelated reloads.
+        flag. The run-time state of what the change does not touch is kept
+        (the drift rule, docs/drift.md): an unchanged context stopped or
+        started over HTTP keeps that state, and a context started over HTTP
+        without being declared stays until stopped over HTTP, declared by the
+        config (then the config's definition wins) or the server restarts.
         Host and port cannot change in place: that raises ``ValueError``.
         """
         if (model.host, model.port) != (self.model.host, self.model.port):
@@ -106,26 +118,67 @@ class EchoService:
             if room is None:
                 room = Room(context)
                 log.info("echo context added", server=model.name, path=context.path, published=room.published)
-            elif room.context != context:
+            elif context.path in self.undeclared or room.context != context:
                 room.update(context)
                 self._set_published(room, context.published)
+            self.undeclared.discard(context.path)
             rooms[context.path] = room
         for path, room in self.rooms.items():
-            if path not in rooms:
+            if path in rooms:
+                continue
+            if path in self.undeclared:
+                rooms[path] = room  # drift the config does not speak about: kept
+            else:
                 self.unpublish(room)
                 log.info("echo context removed", server=model.name, path=path)
         self.rooms = rooms
         self.model = model
 
+    def start_undeclared(self, path: str) -> Room | None:
+        """Publish a context the config does not declare (the tutorial's startDemoAPI); None past the cap."""
+        if len(self.undeclared) >= MAX_UNDECLARED_CONTEXTS:
+            log.warning("echo_drift_refused", server=self.model.name, path=path, limit=MAX_UNDECLARED_CONTEXTS)
+            return None
+        room = Room(EchoContext(path=path))
+        self.rooms[path] = room
+        self.undeclared.add(path)
+        log.warning("echo_drift", server=self.model.name, path=path, change="started over HTTP, not declared",
+                    hint="declare the context in the EchoServer resource to make it config")
+        return room
+
+    def drift(self) -> list[dict[str, object]]:
+        """Where the running contexts differ from the config: started without being declared, or published
+        or unpublished over HTTP against the config's `published`."""
+        declared = {c.path: c for c in self.model.contexts}
+        out: list[dict[str, object]] = []
+        for path, room in sorted(self.rooms.items()):
+            context = declared.get(path)
+            if context is None:
+                out.append({"path": path, "declared": False, "published": room.published,
+                            "change": "started over HTTP, not declared"})
+            elif room.published != context.published:
+                out.append({"path": path, "declared": True, "published": room.published,
+                            "change": "started over HTTP" if room.published else "stopped over HTTP"})
+        return out
+
     def publish(self, room: Room) -> None:
         if not room.published:
             room.publish()
             log.info("echo context published", server=self.model.name, path=room.path)
+            self._log_drift(room)
 
     def unpublish(self, room: Room) -> None:
         if room.published:
             room.unpublish()
             log.info("echo context unpublished", server=self.model.name, path=room.path, closing=len(room.clients))
+            self._log_drift(room)
+
+    def _log_drift(self, room: Room) -> None:
+        declared = next((c for c in self.model.contexts if c.path == room.path), None)
+        if declared is not None and declared.published != room.published:
+            log.warning("echo_drift", server=self.model.name, path=room.path,
+                        change="started over HTTP" if room.published else "stopped over HTTP",
+                        hint="a reload keeps it; set `published` in the config to make it config")
 
     def _set_published(self, room: Room, published: bool) -> None:
         (self.publish if published else self.unpublish)(room)
@@ -140,7 +193,7 @@ class EchoService:
         if "websocket" not in request.headers.get("Upgrade", "").lower():
             if self.model.control and path in CONTROL_PATHS:
                 query = parse_qs(url.query)
-                return control_response(path, query, self.rooms, self.publish, self.unpublish)
+                return control_response(path, query, self.rooms, self.publish, self.unpublish, self.start_undeclared)
             if path in PAGE_PATHS:
                 return page_response(PAGE_PATHS[path], self._static, self.rooms.values())
             if published:

@@ -80,8 +80,10 @@ def config(gateway: Gateway) -> tuple[int, Any]:
         names.setdefault(kind, []).append(name)
         documents.append(_redacted(model, gateway.env))
     # "resources" lists names by kind (as before); "documents" holds each resource as JSON, keys redacted.
+    # "drift": where the running echo servers differ from this config (contexts started or stopped over HTTP).
+    drift = {service.model.name: service.drift() for service in gateway.echo_services}
     return 200, {"digest": table.digest, "generation": table.generation, "loaded_at": gateway.loaded_at,
-                 "resources": names, "documents": documents}
+                 "resources": names, "documents": documents, "drift": {k: v for k, v in drift.items() if v}}
 
 
 def last_reload(gateway: Gateway) -> tuple[int, Any]:

@@ -271,7 +271,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def _plan_from_live(args: argparse.Namespace, desired: Config) -> int:
     """Diff against what a running gateway serves; each disruption shows the live connections it closes."""
-    from .live import config_from_documents, digested_keys, fetch_json, live_counter
+    from .live import config_from_documents, digested_keys, drift_of, fetch_json, live_counter
     from .plan import diff, render
 
     try:
@@ -283,7 +283,8 @@ def _plan_from_live(args: argparse.Namespace, desired: Config) -> int:
         return EXIT_INVALID
     desired = digested_keys(desired)
     plan = diff(current, desired).with_live_counts(live_counter(counts, current, desired))
-    plan = dataclasses.replace(plan, old_digest=loaded.get("digest"), new_digest=desired.digest())
+    plan = dataclasses.replace(plan, old_digest=loaded.get("digest"), new_digest=desired.digest(),
+                               drift=drift_of(loaded))
     sys.stdout.write(render(plan, args.format))
     return EXIT_OK if plan.empty else EXIT_PLAN_CHANGES
 

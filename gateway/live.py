@@ -17,6 +17,7 @@ from .config.models import API, Application, EchoServer, EnvKey, Gateway, Port
 from .config.tree import Config, Loaded, Location
 from .credentials import SHA256_PREFIX, configured_digest
 from .impact import Disruption
+from .plan import Drift
 
 MODELS: dict[str, type[Port | API | Application | EchoServer | Gateway]] = {
     "Port": Port, "API": API, "Application": Application, "EchoServer": EchoServer, "Gateway": Gateway,
@@ -85,3 +86,14 @@ def live_counter(counts: Mapping[str, Any], current: Config,
         return sum(1 for d in ends if d == disruption)
 
     return count
+
+
+def drift_of(loaded: Mapping[str, Any]) -> tuple[Drift, ...]:
+    """The admin ``/config`` answer's run-time differences from the config, as plan drift."""
+    out: list[Drift] = []
+    drift = loaded.get("drift")
+    for server, contexts in sorted(drift.items()) if isinstance(drift, dict) else ():
+        for item in contexts if isinstance(contexts, list) else ():
+            if isinstance(item, dict):
+                out.append(Drift("EchoServer", str(server), f"context {item.get('path')}", str(item.get("change"))))
+    return tuple(out)

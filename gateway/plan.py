@@ -68,17 +68,29 @@ class ResourceChange:
 
 
 @dataclass(frozen=True, slots=True)
+class Drift:
+    """A run-time difference from the config that no file shows: an echo context started or stopped over HTTP."""
+
+    kind: str
+    name: str
+    what: str  # e.g. "context /any/path/"
+    change: str  # e.g. "started over HTTP, not declared"
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     changes: tuple[ResourceChange, ...] = ()
     old_digest: str | None = None
     new_digest: str | None = None
+    drift: tuple[Drift, ...] = ()  # only when planned against a running gateway
 
     def count(self, action: Action) -> int:
         return sum(1 for c in self.changes if c.action == action)
 
     @property
     def empty(self) -> bool:
-        return not self.changes
+        """No change and no drift: the exit code is 0."""
+        return not self.changes and not self.drift
 
     @property
     def disruptive(self) -> bool:
@@ -301,10 +313,20 @@ def _live(d: Disruption) -> str:
     return f", {n} live connection{'s' if n != 1 else ''}"
 
 
+def _drift_lines(plan: Plan) -> list[str]:
+    if not plan.drift:
+        return []
+    lines = ["Drift: the running gateway differs from its config at run time (no reload resets this):", ""]
+    for d in plan.drift:
+        lines.append(f"  ! {d.kind} \"{d.name}\" {d.what}: {d.change}")
+    lines.append("")
+    return lines
+
+
 def render_text(plan: Plan) -> str:
-    if plan.empty:
-        return "No changes. The config matches.\n"
-    lines = ["wsgate will perform the following actions:", ""]
+    if not plan.changes:
+        return "\n".join(_drift_lines(plan) + ["No changes. The config matches.", ""])
+    lines = _drift_lines(plan) + ["wsgate will perform the following actions:", ""]
     for c in plan.changes:
         lines.append(f"  # {c.kind} \"{c.name}\" {_VERB[c.action]}" + (f" ({c.location})" if c.location else ""))
         for d in c.disruptions:
@@ -350,6 +372,7 @@ def to_dict(plan: Plan) -> dict:
             "destroy": plan.count("destroy"),
             "disruptive": sum(1 for c in plan.changes if c.disruptive),
         },
+        "drift": [{"kind": d.kind, "name": d.name, "what": d.what, "change": d.change} for d in plan.drift],
         "changes": [
             {
                 "action": c.action,

@@ -19,6 +19,7 @@ from support import (
     gw_url,
     http_request,
     reloadable_gateway,
+    running_echo,
     running_gateway,
     write_config,
 )
@@ -610,3 +611,39 @@ async def test_edited_transform_module_applies_on_reload_and_live_connections_ke
                 assert await old.recv() == "c v1"
                 transform(" v2")
                 assert (await gw.reload("test"))["noop"]  # the same source again: nothing to do
+
+
+async def test_context_started_over_http_is_drift_kept_by_reloads_and_shown_by_plan(tmp_path, capsys):
+    """startDemoAPI on an undeclared path publishes it (logged as drift); a reload keeps it; plan --from shows it."""
+    from gateway.cli import main
+
+    echo = ("kind: EchoServer\nname: e1\nport: 1\nhost: 127.0.0.1\ncontexts:\n"
+            "  - path: /one/\n    mode: echo\n  - path: /two/\n    mode: echo\n")
+    async with reloadable_gateway(tmp_path, PORT, settings(), echo) as (gw, root):
+        async with running_echo(gw.config.echo_servers["e1"].model) as service:  # the model's port is fixed
+            gw.echo_services, gw._start_echo = [service], True
+            with capture_logs() as logs:
+                control = service.url("/", scheme="http")
+                started = await http_request(control, path="/startDemoAPI?relativeURI=/any/path/")
+                stopped = await http_request(control, path="/stopDemoAPI?relativeURI=/two/")
+            assert (started.status, stopped.status) == (200, 200)
+            assert [(e["event"], e["path"]) for e in logs if e["event"] == "echo_drift"] == [
+                ("echo_drift", "/any/path/"), ("echo_drift", "/two/")]
+            async with connect(service.url("/any/path/")) as ws:
+                await ws.send("hello")
+                assert await ws.recv() == "Message Received from anonymous: hello"
+                # A reload of a changed tree keeps the drift the change does not touch.
+                save(root, PORT, settings(0.5), echo)
+                assert (await gw.reload("test"))["ok"]
+                await ws.send("still")
+                assert await ws.recv() == "Message Received from anonymous: still"
+            desired = tmp_path / "desired"
+            desired.mkdir()
+            save(desired, PORT, settings(0.5), echo)
+            capsys.readouterr()
+            admin = f"http://127.0.0.1:{gw.admin.port}"
+            assert await asyncio.to_thread(main, ["plan", str(desired), "--from", admin]) == 2
+            out = capsys.readouterr().out
+            assert '  ! EchoServer "e1" context /any/path/: started over HTTP, not declared' in out
+            assert '  ! EchoServer "e1" context /two/: stopped over HTTP' in out
+            assert out.endswith("No changes. The config matches.\n")
