@@ -2,7 +2,7 @@
 
     wsgate validate [PATH...] [--format text|json|github] [--strict] [--probe]   0 valid, 1 invalid or usage error
     wsgate plan [PATH] --from OTHER [--format text|json|github] [--probe]  0 no changes, 2 changes, 1 error
-    wsgate schemas [--check] [--dir DIR]                               0 fresh/written, 1 stale
+    wsgate schemas [--check] [--dir DIR] [--docs DIR]                  schemas and docs/reference.md; 1 stale
     wsgate import FILE [--name N] [--upstream URL] [-o F]              an AsyncAPI description as an API; 1 error
     wsgate run [PATH] [--log-format ...] [--admin HOST:PORT] [--workers N|auto]   the gateway (and echo servers)
     wsgate echo [PATH]                                                 only the config's echo servers
@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schemas", help="regenerate the JSON Schemas in schemas/ from the models")
     p.add_argument("--check", action="store_true", help="fail if the committed schemas are stale; write nothing")
     p.add_argument("--dir", type=Path, default=None, help="schema directory (default: the checkout's schemas/)")
+    p.add_argument("--docs", type=Path, default=None,
+                   help="where the field reference reference.md goes (default: the checkout's docs/)")
 
     p = sub.add_parser("run", help="check the config, then serve it")
     p.add_argument("path", nargs="?", default=".", metavar="PATH")
@@ -293,21 +295,29 @@ def _plan_from_live(args: argparse.Namespace, desired: Config) -> int:
 
 
 def cmd_schemas(args: argparse.Namespace) -> int:
+    from .config import reference
+
     directory = args.dir or schemas.default_directory()
+    docs = args.docs or reference.default_directory()
     if args.check:
         stale = schemas.stale(directory)
+        if reference.is_stale(docs):
+            stale.append(str(docs / reference.FILE_NAME))
         if stale:
             sys.stderr.write(
                 f"stale schemas in {directory}: {', '.join(stale)}\nrun `wsgate schemas` to regenerate them\n"
             )
             return EXIT_INVALID
-        sys.stdout.write(f"schemas in {directory} are up to date\n")
+        sys.stdout.write(f"schemas in {directory} and {docs / reference.FILE_NAME} are up to date\n")
         return EXIT_OK
     changed = schemas.write(directory)
+    written = reference.write(docs)
+    if written is not None:
+        changed.append(written)
     for path in changed:
         sys.stdout.write(f"wrote {path}\n")
     if not changed:
-        sys.stdout.write(f"schemas in {directory} are up to date\n")
+        sys.stdout.write(f"schemas in {directory} and {docs / reference.FILE_NAME} are up to date\n")
     return EXIT_OK
 
 

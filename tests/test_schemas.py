@@ -54,9 +54,24 @@ def test_resource_schema_picks_the_branch_by_kind():
 
 def test_schemas_check_command(tmp_path, capsys):
     """`wsgate schemas --check` fails on a stale directory; `wsgate schemas` fixes it."""
-    assert main(["schemas", "--check", "--dir", str(tmp_path)]) == 1
-    assert main(["schemas", "--dir", str(tmp_path)]) == 0
-    assert main(["schemas", "--check", "--dir", str(tmp_path)]) == 0
+    where = ["--dir", str(tmp_path), "--docs", str(tmp_path / "docs")]
+    assert main(["schemas", "--check", *where]) == 1
+    assert main(["schemas", *where]) == 0
+    assert main(["schemas", "--check", *where]) == 0
     (tmp_path / "port.schema.json").write_text("{}")
-    assert main(["schemas", "--check", "--dir", str(tmp_path)]) == 1
+    assert main(["schemas", "--check", *where]) == 1
     assert "port.schema.json" in capsys.readouterr().err
+    assert main(["schemas", *where]) == 0
+    (tmp_path / "docs" / "reference.md").write_text("# hand-edited\n")
+    assert main(["schemas", "--check", *where]) == 1
+    assert "reference.md" in capsys.readouterr().err
+
+
+def test_committed_field_reference_is_fresh():
+    """docs/reference.md is what the models generate now (run `wsgate schemas` after changing a model)."""
+    from gateway.config import reference
+
+    assert not reference.is_stale(Path(__file__).parents[1] / "docs"), "run `wsgate schemas`"
+    text = (Path(__file__).parents[1] / "docs" / "reference.md").read_text()
+    for kind in ("## Port", "## API", "## Application", "## EchoServer", "## Gateway", "#### `transform`"):
+        assert kind in text
