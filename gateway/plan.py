@@ -349,7 +349,8 @@ def render_text(plan: Plan) -> str:
         lines.append("")
     n_disruptive = sum(1 for c in plan.changes if c.disruptive)
     if n_disruptive:
-        lines.append(f"{n_disruptive} change{'s' if n_disruptive != 1 else ''} will disturb live connections (marked !).")
+        changes = f"{n_disruptive} change{'s' if n_disruptive != 1 else ''}"
+        lines.append(f"{changes} will disturb live connections (marked !).")
     lines.append(
         f"Plan: {plan.count('create')} to add, {plan.count('update')} to change, {plan.count('destroy')} to destroy."
     )

@@ -283,7 +283,8 @@ def test_schema_error_in_one_field_hides_no_other_check(tmp_path):
     """A misspelt policy field and the same file's trailing-slash error (a rule) come out in one run."""
     write(tmp_path, "echo.yaml", "kind: EchoServer\nname: backend\nport: 8765\ncontexts:\n  - path: /api/demo/\n")
     api = API.replace("ws://backend.internal:8765/api/demo/", "ws://localhost:8765/api/demo")
-    base(tmp_path, api=api + "  - type: throttle\n    max_conections: 5\n  - type: routing\n    strategy: round-robin\n")
+    policies = "  - type: throttle\n    max_conections: 5\n  - type: routing\n    strategy: round-robin\n"
+    base(tmp_path, api=api + policies)
     result = run_check(tmp_path)
     # The cut policy shifts the routing policy up; its warning still points at its own line.
     assert found(result) == [("WSG104", "echo.yaml", 7, 40), ("WSG100", "echo.yaml", 11, 5),
