@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,16 +93,24 @@ class AppIndex:
         return app if any(hmac.compare_digest(digest, d) for d in self.digests.get(app, ())) else None
 
     def by_ip(self, ip: str) -> str | None:
+        """The application of the most specific network holding ``ip``."""
+        return next(self._ip_owners(ip), None)
+
+    def ip_names(self, ip: str, app: str) -> bool:
+        """Whether one of ``app``'s own networks holds ``ip`` (whatever other applications claim it too)."""
+        return app in self._ip_owners(ip)
+
+    def _ip_owners(self, ip: str) -> Iterator[str]:
+        """The applications whose networks hold ``ip``, most specific network first (lazily: by_ip stops at one)."""
         try:
             address = ipaddress.ip_address(ip.split("%", 1)[0])
         except ValueError:
-            return None
+            return
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
             address = address.ipv4_mapped
         for network, app in self.networks:
             if address.version == network.version and address in network:
-                return app
-        return None
+                yield app
 
     def by_hostname(self, hostname: str) -> str | None:
         return self.hostnames.get(_normal_host(hostname))

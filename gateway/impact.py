@@ -32,7 +32,6 @@ bite at once.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -309,20 +308,10 @@ class Impact:
         if method in ("basic", "jwt", "certificate"):
             return accepted.key_digest is None or accepted.key_digest not in apps.credential_digests.get(app, ())
         if method == "ip":
-            return not _in_networks(accepted.peer_ip, [n for n, owner in apps.networks if owner == app])
+            return not apps.ip_names(accepted.peer_ip, app)
         if method == "hostname":
             return accepted.hostname is None or apps.by_hostname(accepted.hostname) != app
         return False
-
-
-def _in_networks(ip: str, networks: list[Any]) -> bool:
-    try:
-        address = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    return any(address.version == n.version and address in n for n in networks)
 
 
 def accepted_from(record: Any) -> Accepted | None:
