@@ -456,6 +456,9 @@ def upstream_tls(ctx: RuleContext) -> None:
 
 @rule
 def policy_chains(ctx: RuleContext) -> None:
+    applications = ctx.of("Application")
+    registered = {api for app in applications for api in app.model.apis}
+    all_checked = ctx.known.get("Application", set()) <= {a.name for a in applications}  # else: cannot tell
     for e in ctx.of("API"):
         seen: dict[tuple, int] = {}
         has_identify = False
@@ -483,11 +486,7 @@ def policy_chains(ctx: RuleContext) -> None:
             else:
                 seen[key] = i
         identify = next((p for p in e.model.policies if p.type == "identify"), None)
-        applications = ctx.of("Application")
-        all_checked = ctx.known.get("Application", set()) <= {a.name for a in applications}  # else: cannot tell
-        if identify is not None and not identify.allow_anonymous and all_checked and not any(
-            e.name in app.model.apis for app in applications
-        ):
+        if identify is not None and not identify.allow_anonymous and all_checked and e.name not in registered:
             ctx.out.append(
                 warning(
                     "WSG216",
