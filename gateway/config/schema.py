@@ -109,12 +109,12 @@ def _generated() -> dict[str, dict]:
     return out
 
 
-@cache
 def kind_schema(kind: str) -> dict:
     """The generated schema of one kind (shared, do not change it): what the field reference is written from."""
     return _generated()[file_name(kind)]
 
 
+@cache
 def validator(kind: str) -> Draft202012Validator:
     """The cached validator of one kind: built once per process, reused for every document."""
     # Imported on first use: ~50 ms of start-up that a tree without schema errors never needs.
