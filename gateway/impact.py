@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .apps import AppIndex
-    from .config.models import API, Application, EchoServer, Port
+    from .config.models import API, Application, EchoServer
     from .config.tree import Config
 
 DRAIN_CODE = 1001

@@ -119,9 +119,9 @@ def _check_document(doc: Document, lines: list[str]) -> _Verdict:
     if problems:
         salvaged = salvage(doc, kind)
         if salvaged is not None:  # its other fields are still checked by the rules, in this same run
-            kept, model = salvaged
-            entry = rules.Entry(kind, str(kept.data["name"]), model, kept)
-            return _Verdict(kind, name, diagnostics + problems, entry=entry, salvaged=True)
+            kept, kept_model = salvaged
+            rescued = rules.Entry(kind, str(kept.data["name"]), kept_model, kept)
+            return _Verdict(kind, name, diagnostics + problems, entry=rescued, salvaged=True)
         return _Verdict(kind, name, diagnostics + problems, partial=_references_of(doc, kind))
     model, problems = check_model(doc, kind)
     # A valid model has a name.
