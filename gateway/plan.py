@@ -119,7 +119,8 @@ def _dump(model: BaseModel, *, defaults: bool = True) -> dict:
 
 
 def policy_identity(policy: Any) -> str:
-    """How plan matches a policy across versions: its ``name``, else its type (with stage or ``per``)."""
+    """How plan matches a policy across versions: its ``name``, else its type (with the stage, direction or
+    ``per`` that several policies of one type in a chain differ by)."""
     name = getattr(policy, "name", None)
     if name:
         return str(name)
@@ -127,6 +128,8 @@ def policy_identity(policy: Any) -> str:
         return f"transform {policy.stage}"
     if policy.type == "throttle":
         return f"throttle per {policy.per}"
+    if policy.type == "rate-limit":
+        return f"rate-limit {policy.direction} per {policy.per}"
     return str(policy.type)
 
 

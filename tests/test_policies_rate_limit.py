@@ -317,7 +317,7 @@ def test_plan_shows_a_changed_limit_as_a_non_disruptive_update(tmp_path: Path):
         (root / "gateway.yaml").write_text("---\n" + PORT + api)
         configs.append(check([root]).config)
     text = render_text(diff(configs[0], configs[1]))
-    assert "~ policies[0].burst_messages : 10 → 2" in text
+    assert "~ policies[rate-limit client per connection].burst_messages : 10 → 2" in text
     assert "Plan: 0 to add, 1 to change, 0 to destroy." in text
     assert "drain" not in text and "close" not in text
 

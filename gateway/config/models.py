@@ -305,7 +305,7 @@ class OriginPolicy(PolicyBase):
     allow_missing: bool = Field(False, description="Let in clients that send no Origin header (non-browsers).")
 
 
-class RateLimitPolicy(Strict):
+class RateLimitPolicy(PolicyBase):
     """Messages and bytes per second in one direction: a token bucket with a burst, per connection,
     application or API. Several may stack (all must have room)."""
 
@@ -365,7 +365,7 @@ class RateLimitPolicy(Strict):
 ValidationMode = Literal["off", "log", "enforce"]
 
 
-class ValidateMessagesPolicy(Strict):
+class ValidateMessagesPolicy(PolicyBase):
     """Check each message against the API's `messages` definitions: type, size and JSON Schema."""
 
     type: Literal["validate-messages"]
