@@ -805,14 +805,21 @@ def log_file_paths(ctx: RuleContext) -> None:
     for g in ctx.of("Gateway"):
         for d in g.model.log_directories:
             allowed_extra.append(Path(os.path.normpath(g.doc.base_dir / d)).resolve())
+    roots = [r.resolve() for r in ctx.roots]
+    outside: dict[tuple[Path, str], bool] = {}  # (declaring directory, file) -> escapes; resolve() costs a syscall
     for e in ctx.of("API"):
-        root = _config_root_for(ctx, e)
         for i, p in enumerate(e.model.policies):
             if p.type != "log-invocation" or not p.file:
                 continue
-            target = Path(os.path.normpath(e.doc.base_dir / p.file)).resolve()  # `..` and symlinks resolved
-            if any(target.is_relative_to(d) for d in [root, *allowed_extra]):
+            key = (e.doc.base_dir, p.file)
+            if key not in outside:
+                target = Path(os.path.normpath(e.doc.base_dir / p.file)).resolve()  # `..` and symlinks resolved
+                mine = Path(os.path.normpath(e.doc.base_dir)).resolve()
+                root = next((r for r in roots if mine.is_relative_to(r)), mine)
+                outside[key] = not any(target.is_relative_to(d) for d in [root, *allowed_extra])
+            if not outside[key]:
                 continue
+            root = next((r for r in roots if Path(e.doc.base_dir).resolve().is_relative_to(r)), e.doc.base_dir)
             what = "an absolute path" if Path(p.file).is_absolute() else f"outside the config tree {root}"
             ctx.out.append(
                 error(

@@ -291,11 +291,19 @@ def load_text(text: str, name: str, base_dir: Path, result: LoadResult, yaml: YA
         index += max(len(docs), 1)
 
 
+_LEAD = re.compile(r"^[ \-]*", re.M)
+
+
 def too_deep(text: str, limit: int) -> tuple[int, int] | None:
     """Where block indentation plus flow brackets first nest past ``limit`` levels (line, column), else None.
 
-    A linear scan, before any parsing: quotes are followed within a line, which is enough for a guard.
+    A linear scan, before any parsing: quotes are followed within a line, which is enough for a guard. Most
+    files are ruled out at C speed first: nesting is at most one level per leading space or dash plus one per
+    bracket.
     """
+    widest = max((len(m) for m in _LEAD.findall(text)), default=0)
+    if widest + 1 + text.count("[") + text.count("{") <= limit:
+        return None
     indents: list[int] = []
     flow = 0
     for lineno, line in enumerate(text.splitlines(), 1):
