@@ -230,11 +230,12 @@ class Supervisor:
 
     # ----------------------------------------------------------------- reload
     async def reload(self, trigger: str = "manual") -> dict[str, Any]:
-        """Check the tree once; hand a changed config to every worker as the next generation."""
-        from ..config import check
+        """Build the tree once (the same build as validate, transforms imported); hand a changed config to every
+        worker as the next generation."""
+        from ..build import build
 
         async with self._reload_lock:
-            result = await asyncio.to_thread(check, self.paths)
+            result = await asyncio.to_thread(build, self.paths, import_transforms=True)
             outcome: dict[str, Any] = {"trigger": trigger, "at": time.time(), "noop": False}
             if self.stopping:
                 outcome.update(ok=False, error="gateway is stopping")
