@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,6 +68,14 @@ REASONS = {
     505: "HTTP Version Not Supported",
 }
 METADATA_HEADERS = ("User-Agent", "Origin")
+# Headers RFC 9110/6455 define with one value: a request carrying one of them twice is malformed (400), and
+# refusing it here means no later stage (policies, the upstream request, the log) meets two values where it
+# reads one.
+SINGLE_VALUED_HEADERS = (
+    "Host", "User-Agent", "Origin", "Upgrade", "Authorization", "Content-Length", "Sec-WebSocket-Key",
+    "Sec-WebSocket-Version", "X-Gateway-APIKey",
+)
+_BARE_LF = re.compile(rb"(?<!\r)\n")
 
 
 def raise_open_files_limit() -> tuple[int, int]:
@@ -200,6 +209,7 @@ class ClientHandshake(asyncio.Protocol):
         if self.refused:
             return  # lingering after a refusal: drop what the client still sends
         buffer = self.buffer
+        scanned = max(len(buffer) - 1, 0)  # what earlier calls already searched for a bare LF
         buffer += data
         if self.head_done:
             # Pipelined bytes: kept, never sent before both handshakes succeeded. Reading goes on (bounded)
@@ -208,6 +218,12 @@ class ClientHandshake(asyncio.Protocol):
                 self.transport.pause_reading()
             return
         end = buffer.find(b"\r\n\r\n")
+        # A line ending in a bare LF is malformed: answer now rather than wait for a CRLF CRLF that may
+        # never come (the handshake timeout).
+        bare = _BARE_LF.search(buffer, scanned, len(buffer) if end < 0 else end + 4)
+        if bare is not None:
+            self._refuse_early(400, "bad_request", "malformed HTTP request: a line ends in a bare LF")
+            return
         if end < 0:
             if len(buffer) > MAX_REQUEST_HEAD:
                 self._refuse_early(431, "request_too_large", "request head too large")
@@ -219,7 +235,15 @@ class ClientHandshake(asyncio.Protocol):
         end += 4
         head = bytes(buffer[:end])
         del buffer[:end]
-        self._handle_head(head)
+        try:
+            self._handle_head(head)
+        except Exception as exc:
+            # A head that gets past the parser and the checks above but trips the code reading it is still a
+            # bad request from the client's side: answer 400, never a dropped connection. The log keeps the
+            # exception's class and text (no traceback: a client can trigger this at will).
+            log.warning("upgrade_head_failed", port=self.listener.name, error=f"{exc.__class__.__name__}: {exc}")
+            if self.record is not None and self.record.task is None and not self.transport.is_closing():
+                self._refuse_early(400, "bad_request", "malformed HTTP request")
 
     def eof_received(self) -> bool:
         return False
@@ -280,6 +304,10 @@ class ClientHandshake(asyncio.Protocol):
                 self._refuse_early(400, "bad_request", "malformed HTTP request")
             return
         request: Request = events[0]
+        for name in SINGLE_VALUED_HEADERS:
+            if len(request.headers.get_all(name)) > 1:
+                self._refuse_early(400, "bad_request", f"malformed HTTP request: more than one {name} header")
+                return
         path, _, query = request.path.partition("?")
         hosts = request.headers.get_all("Host")
         if len(hosts) > 1:  # RFC 9112, 3.2: a request with more than one Host is answered 400
