@@ -71,7 +71,7 @@ def conformance_config(upstreams: dict[str, str]) -> str:
             f"upstream:\n  endpoints:\n    - url: {url}\n"
             # No gateway pings: the cases count every frame the peer sends.
             f"keepalive:\n  interval: null\n"
-            f"limits:\n  max_message_size: {MAX_MESSAGE}\n"
+            f"limits:\n  max_message_size: {MAX_MESSAGE}\n  max_fragments: {MAX_FRAGMENTS}\n"
         )
         if path.startswith("/message"):
             text += (

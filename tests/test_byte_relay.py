@@ -319,16 +319,16 @@ async def test_client_protocol_violation_gets_1002(frame: bytes, reason: str) ->
 
 
 async def test_upstream_protocol_violation_gets_1002() -> None:
-    """A masked frame from the upstream closes it with 1002 and the client with 1001."""
+    """A masked frame from the upstream closes it with 1002 and the client with 1014 (its upstream broke)."""
     async with RawServer() as server, MiniGateway(server.port, make_api()) as gateway:
         async with connect(uri(gateway), compression=None) as ws:
             upstream = await server.peer()
             upstream.send(make_frame(0x1, b"masked", masked=True))
             await asyncio.wait_for(ws.wait_closed(), TIMEOUT)
-            assert (ws.close_code, ws.close_reason) == (1001, "going away")
+            assert (ws.close_code, ws.close_reason) == (1014, "bad gateway")
         assert await upstream.close_frame() == (1002, "masked frame from server")
         await asyncio.wait_for((await gateway.relay()).done, TIMEOUT)
-        assert gateway.closed == [(1001, "going away")]
+        assert gateway.closed == [(1014, "bad gateway")]
 
 
 async def test_oversized_message_gets_1009() -> None:
@@ -356,16 +356,16 @@ async def test_huge_announced_length_gets_1009_from_the_head_alone() -> None:
 
 
 async def test_oversized_message_from_upstream_gets_1009() -> None:
-    """The limit holds the other way too: the upstream gets 1009 and the client 1001."""
+    """The limit holds the other way too: the upstream gets 1009 and the client 1014 (its upstream broke)."""
     async with RawServer() as server, MiniGateway(server.port, make_api(max_message_size=1000)) as gateway:
         async with connect(uri(gateway), compression=None) as ws:
             upstream = await server.peer()
             upstream.send(make_frame(0x2, b"", masked=False, length=2000))  # the head alone
             await asyncio.wait_for(ws.wait_closed(), TIMEOUT)
-            assert (ws.close_code, ws.close_reason) == (1001, "going away")
+            assert (ws.close_code, ws.close_reason) == (1014, "bad gateway")
         assert (await upstream.close_frame())[0] == 1009
         await asyncio.wait_for((await gateway.relay()).done, TIMEOUT)
-        assert gateway.closed == [(1001, "going away")]
+        assert gateway.closed == [(1014, "bad gateway")]
 
 
 @pytest.mark.parametrize(("limit", "expected"), [(4096, None), (1000, 1009)])

@@ -198,6 +198,21 @@ def test_thousands_of_tiny_fragments_hold_nothing() -> None:
     assert len(out) == sum(map(len, fragments[:5000]))
 
 
+def test_fragment_limit_counts_frames_not_bytes() -> None:
+    """Empty continuation frames add no size, yet the frame past ``max_fragments`` is refused with 1009 before
+    it is forwarded; the count restarts with each message."""
+    def message(frames: int) -> list[bytes]:
+        return [make_frame(0x2 if i == 0 else 0x0, b"", fin=i == frames - 1, masked=True) for i in range(frames)]
+
+    scanner = FrameScanner(masked=True, max_fragments=3)
+    out, _, violation = relay(scanner, message(3) + message(3))
+    assert violation is None and scanner.messages == 2
+    flood = message(5)
+    out, _, violation = relay(FrameScanner(masked=True, max_fragments=3), flood)
+    assert violation == (1009, "message in over 3 frames")
+    assert out == b"".join(flood[:3])
+
+
 def test_boundary_event_when_asked() -> None:
     """With stop_at_boundary set mid-frame, scanning stops exactly where the frame in flight ends."""
     first = make_frame(0x2, b"a" * 1000, masked=False)

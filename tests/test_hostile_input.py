@@ -334,7 +334,7 @@ def test_tiny_fragments_cost_no_more_memory_than_their_message(tmp_path):
         grown = peak_rss() - before
         assert grown < 24 * 2**20, f"peak RSS grew by {grown} bytes"
 
-    frame_scenario(tmp_path, "message", act)
+    frame_scenario(tmp_path, "message", act, extra="limits:\n  max_fragments: 400000\n")
 
 
 def test_more_fragments_than_a_websockets_upstream_takes(tmp_path, path_kind):
@@ -352,7 +352,7 @@ def test_more_fragments_than_a_websockets_upstream_takes(tmp_path, path_kind):
             # queue is full) and would notice only at its close_timeout: end it now.
             backend.connections[0].transport.abort()
 
-    frame_scenario(tmp_path, path_kind, act)
+    frame_scenario(tmp_path, path_kind, act, extra="limits:\n  max_fragments: 10000\n")
 
 
 def test_thousands_of_tiny_fragments_over_the_limit_get_1009(tmp_path, path_kind):
@@ -506,8 +506,9 @@ UPSTREAM_VIOLATIONS = {
 @pytest.mark.parametrize("violation", list(UPSTREAM_VIOLATIONS))
 async def test_protocol_violation_by_the_upstream(tmp_path, path_kind, violation):
     """A masked frame, a 2^62-byte announcement or invalid UTF-8 from the upstream: the upstream gets 1002,
-    1009 or 1007 and the client's connection is closed (1001 from the gateway; on the byte relay invalid
-    UTF-8 passes through, the client itself fails it with 1007, and that close reaches the upstream)."""
+    1009 or 1007 and the client's connection is closed (1014 from the gateway: its upstream broke; on the byte
+    relay invalid UTF-8 passes through, the client itself fails it with 1007, and that close reaches the
+    upstream)."""
     from relay_harness import RawServer
 
     frame, expected = UPSTREAM_VIOLATIONS[violation]
@@ -527,5 +528,62 @@ async def test_protocol_violation_by_the_upstream(tmp_path, path_kind, violation
                 if path_kind == "fast" and violation == "invalid utf-8":
                     assert info.value.sent.code == 1007
                 else:
-                    assert info.value.rcvd.code == 1001
+                    assert info.value.rcvd.code == 1014
             await eventually(lambda: not gw.registry.live)
+
+
+async def test_garbage_right_after_a_valid_101_closes_the_client_with_1014(tmp_path, path_kind):
+    """An upstream that answers a valid 101 and then bytes that are no frame (in the same write): the client
+    is closed with 1014 (bad gateway), not 1001, and the upstream gets 1002."""
+    from relay_harness import RawServer
+
+    async with RawServer(greeting=b"HTTP/1.1 200 OK\r\n\r\nnot a frame") as server:
+        url = f"ws://127.0.0.1:{server.port}/"
+        config = write_config(tmp_path, PORT, path_api(tmp_path, path_kind, url, name="H", path="/h"))
+        async with running_gateway(config) as gw:
+            async with connect(gw_url(gw, "/h"), ping_interval=None) as ws:
+                peer = await server.peer()
+                with pytest.raises(ConnectionClosed) as info:
+                    await ws.recv()
+                assert info.value.rcvd.code == 1014
+                code, _ = await peer.close_frame()
+                assert code == 1002
+            await eventually(lambda: not gw.registry.live)
+
+
+# ------------------------------------------------------------------ fragment floods
+
+def fragment_flood(count: int, payload: bytes = b"") -> bytes:
+    """One binary message in ``count`` frames: a first frame and ``count - 1`` continuations, all but the
+    last empty unless ``payload`` says otherwise."""
+    return (client_frame(0x2, payload, fin=False) + client_frame(0x0, payload, fin=False) * (count - 2)
+            + client_frame(0x0, payload))
+
+
+def test_a_flood_of_empty_continuation_frames_gets_1009_by_default(tmp_path, path_kind):
+    """100,000 empty continuation frames (no size at all) pass the default fragment limit (4,096) on neither
+    relay: the client gets 1009, the upstream 1001 and no message."""
+
+    async def act(ws, gw, backend):
+        ws.transport.write(fragment_flood(100_000))
+        assert await close_code_seen_by(ws) == 1009
+        async with asyncio.timeout(TIMEOUT):
+            await backend.closed.wait()
+        assert backend.closes[0][0] == 1001
+        assert backend.messages == ["warm-up"]
+
+    frame_scenario(tmp_path, path_kind, act)
+
+
+@pytest.mark.parametrize("frames, allowed", [(10, True), (11, False)])
+def test_the_fragment_limit_is_configurable(tmp_path, path_kind, frames, allowed):
+    """With `max_fragments: 10`, a message in 10 frames is relayed and one in 11 frames closes with 1009."""
+
+    async def act(ws, gw, backend):
+        ws.transport.write(fragment_flood(frames, b"f"))
+        if allowed:
+            assert await ws.recv() == b"f" * frames
+        else:
+            assert await close_code_seen_by(ws) == 1009
+
+    frame_scenario(tmp_path, path_kind, act, extra="limits:\n  max_fragments: 10\n")

@@ -503,6 +503,11 @@ class APILimits(Strict):
     max_message_size: PositiveInt | None = Field(
         2**20, description="Largest message in bytes; larger ones close the connection with 1009. Null: no limit."
     )
+    max_fragments: PositiveInt | None = Field(
+        4096,
+        description="Most frames one message may arrive in; more close the connection with 1009. Null: no "
+        "limit. The default is websockets' own, so the gateway refuses nothing a websockets server takes.",
+    )
     max_queue: PositiveInt = Field(
         16, description="Messages buffered per direction before the gateway stops reading the sender."
     )

@@ -82,12 +82,13 @@ class _Leg(FrameScanner, asyncio.Protocol):
         "lost",
     )
 
-    def __init__(self, relay: ByteRelay, transport: asyncio.Transport, is_client: bool, max_size: int | None) -> None:
+    def __init__(self, relay: ByteRelay, transport: asyncio.Transport, is_client: bool, max_size: int | None,
+                 max_fragments: int | None = None) -> None:
         self.relay = relay
         self.transport = transport
         self.peer: _Leg = self
         # Frames *from* a client are masked; frames from the upstream server are not.
-        FrameScanner.__init__(self, masked=is_client, max_size=max_size)
+        FrameScanner.__init__(self, masked=is_client, max_size=max_size, max_fragments=max_fragments)
         self.is_client = is_client
         self.counters = relay.conn.counters
         self.last_rx = _monotonic()
@@ -244,8 +245,9 @@ class ByteRelay:
         self.conn = conn
         self._done: asyncio.Future[None] | None = None  # made on demand: most relays are never awaited
         max_size = api.limits.max_message_size
-        self._client = _Leg(self, client, True, max_size)
-        self._upstream = _Leg(self, upstream, False, max_size)
+        max_fragments = api.limits.max_fragments
+        self._client = _Leg(self, client, True, max_size, max_fragments)
+        self._upstream = _Leg(self, upstream, False, max_size, max_fragments)
         self._client.peer = self._upstream
         self._upstream.peer = self._client
         self._client_pending = client_pending
@@ -354,7 +356,11 @@ class ByteRelay:
         )
         leg.silenced = True
         self._close_leg(leg, code, reason, fail=True)
-        self._close_leg(leg.peer, GOING_AWAY, "going away")
+        # The client is told what happened to it: its peer broke (1014), or it is the one closed.
+        if leg.is_client:
+            self._close_leg(leg.peer, GOING_AWAY, "going away")
+        else:
+            self._close_leg(leg.peer, BAD_GATEWAY, "bad gateway")
         self._closing()
         self._progress()
 

@@ -19,8 +19,8 @@ thing the relay must act on, returning an event:
   relay has a ping or close waiting to be injected into this stream). Forward
   ``data[pos:end]``, inject, go on at ``resume``.
 - ``VIOLATION``: the frame at ``end`` breaks the protocol (``error_code`` 1002)
-  or makes its message larger than ``max_size`` (1009, decided from the head
-  alone, before any of the payload is read). ``data[pos:end]`` holds only
+  or makes its message larger than ``max_size`` or longer than ``max_fragments``
+  frames (1009, decided from the head alone, before any of the payload is read). ``data[pos:end]`` holds only
   frames that were fine.
 
 Control frames are never handed out in pieces: they are held until complete,
@@ -66,6 +66,8 @@ class FrameScanner:
     __slots__ = (
         "_mask_bit",
         "max_size",
+        "max_fragments",
+        "fragments",
         "remaining",
         "_final",
         "in_message",
@@ -83,9 +85,11 @@ class FrameScanner:
         "error_reason",
     )
 
-    def __init__(self, *, masked: bool, max_size: int | None = None) -> None:
+    def __init__(self, *, masked: bool, max_size: int | None = None, max_fragments: int | None = None) -> None:
         self._mask_bit = 0x80 if masked else 0
         self.max_size = _NO_LIMIT if max_size is None else max_size
+        self.max_fragments = _NO_LIMIT if max_fragments is None else max_fragments
+        self.fragments = 0  # frames of the current fragmented message so far
         self.remaining = 0  # payload bytes of the current data frame still to come
         self._final = False  # the current data frame ends its message
         self.in_message = False  # a fragmented message is in progress
@@ -188,10 +192,15 @@ class FrameScanner:
                 if self.in_message:
                     return self._violation(pos, PROTOCOL_ERROR, "expected a continuation frame")
                 size = length  # a new message
+                self.fragments = 1
             else:
                 if not self.in_message:
                     return self._violation(pos, PROTOCOL_ERROR, "unexpected continuation frame")
                 size = self.message_size + length
+                # Empty continuation frames cost a head each and add no size: only a count stops a flood.
+                self.fragments += 1
+                if self.fragments > self.max_fragments:
+                    return self._violation(pos, MESSAGE_TOO_BIG, f"message in over {self.max_fragments} frames")
             if size > self.max_size:
                 return self._violation(pos, MESSAGE_TOO_BIG, f"message over {self.max_size} bytes")
             pos += head

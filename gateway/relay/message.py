@@ -94,6 +94,23 @@ def _frame(writes: list[bytes], opcode: int, data: bytes, masked: bool) -> None:
         writes.append(data)  # no copy of a large payload
 
 
+_BAD_OPCODES = frozenset((3, 4, 5, 6, 7, 11, 12, 13, 14, 15))
+
+
+def _head_violation(b0: int, masked: bool, masked_in: bool) -> str:
+    """Why a frame head that :meth:`MessageRelay.parse` refused breaks the protocol (the close reason)."""
+    if b0 & 0x70:
+        return "reserved bits must be 0"
+    if masked is not masked_in:
+        return "unmasked frame from client" if masked_in else "masked frame from server"
+    return f"invalid opcode {b0 & 0x0F:#x}"
+
+
+def _gone(leg: _Leg) -> CloseFrame:
+    """What the other leg is told when ``leg`` failed or vanished: 1001 for a client, 1014 for an upstream."""
+    return CloseFrame(1001, "going away") if leg.is_client else CloseFrame(1014, "bad gateway")
+
+
 class _Leg(asyncio.Protocol):
     """One side of a proxied connection."""
 
@@ -116,10 +133,12 @@ class _Leg(asyncio.Protocol):
         "plain",
         "buf",
         "max_size",
+        "max_fragments",
+        "fragment_count",
     )
 
     def __init__(self, relay: MessageRelay, transport: asyncio.Transport, ws: Any, is_client: bool,
-                 policies: Sequence[Policy]) -> None:
+                 policies: Sequence[Policy], max_fragments: int | None = None) -> None:
         self.relay = relay
         self.transport = transport
         self.ws = ws
@@ -141,6 +160,8 @@ class _Leg(asyncio.Protocol):
         self.plain = not ws.extensions
         self.buf = bytearray()  # an incomplete frame the relay's own parser holds (plain legs only)
         self.max_size: int = ws.max_message_size if ws.max_message_size is not None else 1 << 62
+        self.max_fragments: int = max_fragments if max_fragments is not None else 1 << 62
+        self.fragment_count = 0  # frames of the message in ``fragments`` so far
 
     # asyncio callbacks -------------------------------------------------
     def data_received(self, data: bytes) -> None:
@@ -212,8 +233,9 @@ class MessageRelay:
         server.extensions = list(client_extensions)
         uri = route.endpoints[0].uri
         upstream_ws = ClientProtocol(uri, state=OPEN, max_size=max_size, logger=_quiet)
-        self.client = _Leg(self, client, server, True, route.client_policies)
-        self.upstream = _Leg(self, upstream, upstream_ws, False, route.server_policies)
+        max_fragments = api.limits.max_fragments
+        self.client = _Leg(self, client, server, True, route.client_policies, max_fragments)
+        self.upstream = _Leg(self, upstream, upstream_ws, False, route.server_policies, max_fragments)
         self.client.peer, self.upstream.peer = self.upstream, self.client
         self.route = route
         self.conn = conn
@@ -316,6 +338,11 @@ class MessageRelay:
             if length > max_size:
                 too_big = True
                 break  # the protocol fails it from the head alone (1009)
+            if b0 & 0x70 or bool(masked) is not masked_in or (b0 & 0x0F) in _BAD_OPCODES:
+                # Reserved bits on a leg without extensions, wrong masking or an unknown opcode: fail it from
+                # the head (websockets would wait for the payload first, which garbage may never complete).
+                self._fail(leg, 1002, _head_violation(b0, bool(masked), masked_in))
+                break
             stop = at + length
             if stop > end:
                 break  # incomplete: at most max_size + 14 bytes wait in leg.buf
@@ -362,10 +389,17 @@ class MessageRelay:
                 else:
                     leg.fragments = bytearray(frame.data)
                     leg.fragment_text = opcode is TEXT
+                    leg.fragment_count = 1
             elif opcode is CONT:
                 fragments = leg.fragments
                 if fragments is None:
                     continue  # the protocol already failed the leg
+                leg.fragment_count += 1
+                if leg.fragment_count > leg.max_fragments:
+                    # Empty continuation frames add no size: only a count stops a flood of them.
+                    leg.fragments = None
+                    self._fail(leg, 1009, f"message in over {leg.max_fragments} frames")
+                    break
                 fragments += frame.data
                 if frame.fin:
                     leg.fragments = None
@@ -380,8 +414,9 @@ class MessageRelay:
             if isinstance(ws.parser_exc, EOFError):
                 self.vanished(leg)
             else:
-                # The protocol already sent this leg its close (1002, 1007, 1009); the other leg goes away.
-                self._forward(leg, CloseFrame(1001, "going away"))
+                # The protocol already sent this leg its close (1002, 1007, 1009). A client's peer goes away; a
+                # client whose upstream broke the protocol is told so (1014).
+                self._forward(leg, _gone(leg))
                 self._arm_deadline()
 
     def vanished(self, leg: _Leg) -> None:
@@ -389,7 +424,7 @@ class MessageRelay:
         leg.ended = True
         if not leg.lost:
             leg.transport.abort()
-        self._forward(leg, CloseFrame(1001, "going away") if leg.is_client else CloseFrame(1014, "bad gateway"))
+        self._forward(leg, _gone(leg))
         self._arm_deadline()
 
     def _message(self, leg: _Leg, is_text: bool, data: bytes) -> None:
@@ -579,7 +614,7 @@ class MessageRelay:
         if leg.ws.state is OPEN:
             leg.ws.fail(code, reason)
             self.flush(leg)
-        self._forward(leg, CloseFrame(1001, "going away"))
+        self._forward(leg, _gone(leg))
         self._arm_deadline()
 
     def _policy_failed(self, policy: Policy) -> None:
