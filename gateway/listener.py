@@ -36,6 +36,7 @@ from websockets.typing import Subprotocol
 
 from .policies.base import ConnectionContext, Rejection, UpgradeRequest
 from .relay.fast import ByteRelay
+from .redaction import redact_query
 from .relay.message import MessageRelay
 from .routes import request_host
 from .tls import client_certificate
@@ -345,7 +346,7 @@ class ClientHandshake(asyncio.Protocol):
             path=path,
             metadata={
                 "path": path,
-                "query": safe_query,
+                "query": redact_query(query),  # what the logs and log-invocation keep: no key in any spelling
                 "peer": peer[0],
                 "secure": listener.secure,
                 "headers": {name: headers[name] for name in METADATA_HEADERS if name in headers},
