@@ -70,11 +70,11 @@ REASONS = {
 }
 METADATA_HEADERS = ("User-Agent", "Origin")
 # Headers RFC 9110/6455 define with one value: a request carrying one of them twice is malformed (400), and
-# refusing it here means no later stage (policies, the upstream request, the log) meets two values where it
-# reads one.
+# refusing it here means no later stage (the upstream request, the log) meets two values where it reads one.
+# Authorization and x-Gateway-APIKey are not here: the identify policy reads every value and answers two sets
+# of credentials itself (401 with its challenge).
 SINGLE_VALUED_HEADERS = (
-    "Host", "User-Agent", "Origin", "Upgrade", "Authorization", "Content-Length", "Sec-WebSocket-Key",
-    "Sec-WebSocket-Version", "X-Gateway-APIKey",
+    "Host", "User-Agent", "Origin", "Upgrade", "Content-Length", "Sec-WebSocket-Key", "Sec-WebSocket-Version",
 )
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 

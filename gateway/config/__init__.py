@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
-from . import rules
+from . import redact, rules
 from .cache import CheckCache
 from .diagnostics import Diagnostic, error
 from .document_checks import check_kind, check_lossy_numbers, check_model, check_schema
@@ -172,7 +172,7 @@ def _check(paths: Sequence[str | Path], env: Mapping[str, str] | None, cache: Ch
         diagnostics += rules.run(ports + partials, known=known, env=env, roots=dirs, sources=loaded.sources,
                                  only=(rules.api_port_references, rules.application_api_references))
     diagnostics = [d for d in diagnostics if not _about_a_cut(d, cut_short)]
-    diagnostics = with_source_lines(diagnostics, loaded.sources)
+    diagnostics = redact.scrub(with_source_lines(diagnostics, loaded.sources), loaded.documents)
     diagnostics.sort(key=Diagnostic.sort_key)
 
     if any(d.is_error for d in diagnostics):
