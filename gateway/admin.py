@@ -2,29 +2,40 @@
 
 Loopback by default (the Gateway resource's ``admin`` settings). One request
 per connection, JSON answers. GET: ``/healthz``, ``/readyz``, ``/config``
-(digest, generation, resources; API keys only as digests), ``/connections``, ``/upstreams``,
-``/reload`` (the last reload's outcome). POST ``/reload`` reloads now.
+(digest, generation, resources; API keys and basic passwords never, not even
+as digests), ``/connections``, ``/upstreams``, ``/metrics``, ``/reload`` (the
+last reload's outcome). POST ``/reload`` reloads now.
+
+Access (docs/security.md): with a bearer token configured, every endpoint but
+``/healthz`` and ``/readyz`` (what probes call) wants ``Authorization: Bearer
+TOKEN``, compared in constant time; without one the listener must be on
+loopback (validate refuses anything else). TLS is optional.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import inspect
 import json
-from collections.abc import Callable
+import os
+import ssl
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 if TYPE_CHECKING:
+    from .config.tree import Config
     from .runtime import Gateway
 
 log = structlog.get_logger("wsgate.admin")
 
 MAX_HEAD = 8 * 1024
-REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 422: "Unprocessable Content",
-           503: "Service Unavailable"}
+REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
+           422: "Unprocessable Content", 503: "Service Unavailable"}
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})  # probes carry no credentials
 
 Handler = Callable[["Gateway"], tuple[int, Any]]
 
@@ -41,35 +52,45 @@ def readyz(gateway: Gateway) -> tuple[int, Any]:
     return 503, {"status": "starting" if not gateway.stopping else "stopping", "state": state}
 
 
-def _redacted(model: Any, env: Any) -> dict[str, Any]:
-    """A resource as JSON; API keys and basic passwords only as ``sha256:`` digests (env ones stay variable names)."""
-    from .config.models import EnvKey
-    from .credentials import SHA256_PREFIX, configured_digest
+def admin_access(config: Config, host: str, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``AdminServer``'s access keywords from the Gateway resource: its token (env or file) and TLS context.
 
-    data = model.model_dump(mode="json", by_alias=True)
-    state = data.get("state")
-    if isinstance(state, dict) and isinstance(state.get("url"), str):
-        from .plan import without_password
+    A token variable that is unset locks the protected endpoints (logged); a listener beyond loopback without
+    any token configured raises ValueError (validate reports it as WSG132; a ``--admin`` address skips that).
+    """
+    from .config.models import is_loopback
 
-        state["url"] = without_password(state["url"])
-    identifiers = data.get("identifiers")
-    if isinstance(identifiers, dict) and identifiers.get("api_keys"):
-        shown: list[Any] = []
-        for entry in model.identifiers.api_keys:
-            if isinstance(entry, EnvKey):
-                shown.append(entry.model_dump(mode="json", by_alias=True))
-            else:
-                shown.append(SHA256_PREFIX + str(configured_digest(entry, {})))
-        identifiers["api_keys"] = shown
-    if isinstance(identifiers, dict) and identifiers.get("basic"):
-        users: list[dict[str, Any]] = []
-        for user in model.identifiers.basic:
-            password = user.password
-            shown_password: Any = (password.model_dump(mode="json") if isinstance(password, EnvKey)
-                                   else SHA256_PREFIX + str(configured_digest(password, {})))
-            users.append({"username": user.username, "password": shown_password})
-        identifiers["basic"] = users
-    return data
+    settings = config.settings.admin
+    gateway = config.gateway
+    token: str | None = None
+    if settings.token is not None:
+        token = (os.environ if env is None else env).get(settings.token.env) or None
+        if token is None:
+            log.error("admin token variable is not set: protected admin endpoints answer 401",
+                      variable=settings.token.env)
+    elif settings.token_file is not None and gateway is not None:
+        token = gateway.resolve(settings.token_file).read_text(encoding="utf-8").strip() or None
+    protected = settings.token is not None or settings.token_file is not None
+    if not protected and not is_loopback(host):
+        raise ValueError(f"the admin listener on {host}, beyond loopback, needs a token (admin.token)")
+    context = None
+    if settings.tls is not None and gateway is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(gateway.resolve(settings.tls.cert), gateway.resolve(settings.tls.key))
+    return {"token": token, "protected": protected, "ssl_context": context}
+
+
+def _redacted(model: Any) -> dict[str, Any]:
+    """A resource as JSON: an application's keys and basic passwords as ``redacted:N`` (env ones stay variable
+    names), and any URL's userinfo cut."""
+    from .config.models import Application
+    from .live import redacted_application
+    from .redaction import redact_urls
+
+    if isinstance(model, Application):
+        model = redacted_application(model)
+    # Any URL's userinfo (an upstream's, the Redis state URL's) is cut: one owner, gateway/redaction.py.
+    return redact_urls(model.model_dump(mode="json", by_alias=True))  # type: ignore[no-any-return]
 
 
 def config(gateway: Gateway) -> tuple[int, Any]:
@@ -78,7 +99,7 @@ def config(gateway: Gateway) -> tuple[int, Any]:
     documents: list[dict[str, Any]] = []
     for (kind, name), model in sorted(table.config.resources().items()):
         names.setdefault(kind, []).append(name)
-        documents.append(_redacted(model, gateway.env))
+        documents.append(_redacted(model))
     # "resources" lists names by kind (as before); "documents" holds each resource as JSON, keys redacted.
     # "drift": where the running echo servers differ from this config (contexts started or stopped over HTTP).
     drift = {service.model.name: service.drift() for service in gateway.echo_services}
@@ -126,14 +147,22 @@ class PlainText(str):
 
 
 class AdminServer:
-    """Serves ``routes`` (path -> handler) on one address."""
+    """Serves ``routes`` (path -> handler) on one address.
+
+    ``gateway``: what the handlers get; a worker supervisor passes itself with its own routes.
+    ``token``: the bearer token the protected endpoints want; ``protected`` with no token (its variable is
+    unset) refuses them all: an admin meant to be locked never opens by accident.
+    """
 
     def __init__(self, gateway: Any, host: str, port: int, routes: dict[str, Callable[[Any], Any]] | None = None,
-                 post_routes: dict[str, Callable[[Any], Any]] | None = None) -> None:
-        # ``gateway``: what the handlers get; a worker supervisor passes itself with its own routes.
+                 post_routes: dict[str, Callable[[Any], Any]] | None = None, *, token: str | None = None,
+                 protected: bool = False, ssl_context: ssl.SSLContext | None = None) -> None:
         self.gateway = gateway
         self.host = host
         self.port = port
+        self._token = token.encode() if token else None
+        self._protected = protected or token is not None
+        self._ssl = ssl_context
         self.routes: dict[str, Callable[[Any], Any]] = routes or {
             "/healthz": healthz,
             "/readyz": readyz,
@@ -147,9 +176,26 @@ class AdminServer:
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, self.host, self.port, limit=MAX_HEAD)
+        self._server = await asyncio.start_server(self._serve, self.host, self.port, limit=MAX_HEAD, ssl=self._ssl,
+                                                  ssl_handshake_timeout=5 if self._ssl else None)
         self.port = self._server.sockets[0].getsockname()[1]
-        log.info("listening", name="admin", host=self.host, port=self.port, tls=False)
+        log.info("listening", name="admin", host=self.host, port=self.port, tls=self._ssl is not None,
+                 token=self._protected)
+
+    def _authorized(self, head: bytes) -> bool:
+        """Whether the request carries the bearer token (constant-time compare; any request if none is set)."""
+        if not self._protected:
+            return True
+        if self._token is None:
+            return False
+        presented = b""
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"authorization":
+                scheme, _, credentials = value.strip().partition(b" ")
+                if scheme.lower() == b"bearer":
+                    presented = credentials.strip()
+        return hmac.compare_digest(presented, self._token)
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -164,7 +210,9 @@ class AdminServer:
             path = target.split("?", 1)[0]
             table = self.post_routes if method == "POST" else self.routes if method == "GET" else {}
             handler = table.get(path)
-            if handler is None and path not in self.routes and path not in self.post_routes:
+            if path not in OPEN_PATHS and not self._authorized(head):
+                status, body = 401, {"error": "unauthorized", "reason": "this admin endpoint needs the bearer token"}
+            elif handler is None and path not in self.routes and path not in self.post_routes:
                 status, body = 404, {"error": "not_found", "reason": f"no admin endpoint {path}"}
             elif handler is None:
                 allowed = "GET" if path in self.routes else "POST"
@@ -172,7 +220,8 @@ class AdminServer:
             else:
                 result = handler(self.gateway)
                 status, body = (await result) if inspect.isawaitable(result) else result
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError):
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError, ConnectionError,
+                ssl.SSLError):
             status, body = 400, {"error": "bad_request", "reason": "malformed request"}
         except Exception:
             log.exception("admin handler failed")
@@ -181,9 +230,10 @@ class AdminServer:
             data, content_type = body.encode(), body.content_type
         else:
             data, content_type = json.dumps(body, sort_keys=True).encode(), "application/json"
+        challenge = 'WWW-Authenticate: Bearer realm="wsgate admin"\r\n' if status == 401 else ""
         writer.write(
             f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\nContent-Type: {content_type}\r\n"
-            f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode()
+            f"Content-Length: {len(data)}\r\n{challenge}Connection: close\r\n\r\n".encode()
             + data
         )
         with contextlib.suppress(ConnectionError):

@@ -273,7 +273,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def _plan_from_live(args: argparse.Namespace, desired: Config) -> int:
     """Diff against what a running gateway serves; each disruption shows the live connections it closes."""
-    from .live import config_from_documents, digested_keys, drift_of, fetch_json, live_counter
+    from .live import config_from_documents, drift_of, fetch_json, live_counter, redacted_credentials
     from .plan import diff, render
 
     try:
@@ -283,7 +283,7 @@ def _plan_from_live(args: argparse.Namespace, desired: Config) -> int:
     except (OSError, ValueError, KeyError) as exc:
         sys.stderr.write(f"wsgate plan: cannot read the running config from {args.source}: {exc}\n")
         return EXIT_INVALID
-    desired = digested_keys(desired)
+    desired = redacted_credentials(desired)
     plan = diff(current, desired).with_live_counts(live_counter(counts, current, desired))
     plan = dataclasses.replace(plan, old_digest=loaded.get("digest"), new_digest=desired.digest(),
                                drift=drift_of(loaded))

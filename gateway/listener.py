@@ -35,8 +35,8 @@ from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
 from .policies.base import ConnectionContext, Rejection, UpgradeRequest
-from .relay.fast import ByteRelay
 from .redaction import redact_query
+from .relay.fast import ByteRelay
 from .relay.message import MessageRelay
 from .routes import request_host
 from .tls import client_certificate
@@ -398,6 +398,7 @@ class ClientHandshake(asyncio.Protocol):
                 secure=upgrade.secure,
                 application=application,
                 suffix=suffix,
+                configured=route.upstream_headers,
             )
             hash_key = route.hash_key(upgrade, conn)
             # The parsed client request is not needed past this point: free it while the upstream answers.

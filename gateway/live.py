@@ -1,13 +1,18 @@
 """The running gateway as its admin API shows it: the loaded config and live connection counts.
 
 ``wsgate plan PATH --from http://HOST:PORT`` diffs a desired tree against
-this. The admin endpoint shows API keys only as ``sha256:`` digests, so the
-desired config's keys are compared in the same form (``digested_keys``).
+this. The admin endpoint never shows an API key or a basic password, not even
+as a digest (an unsalted SHA-256 of a weak password is crackable): each one
+written in the config is a numbered placeholder, ``{env: VARIABLE}`` ones stay
+variable names. The desired config's keys are compared in the same form
+(``redacted_credentials``), so such a plan sees keys added, removed or moved to
+the environment, but not a key replaced by another in place.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -15,7 +20,6 @@ from typing import Any
 
 from .config.models import API, Application, EchoServer, EnvKey, Gateway, Port
 from .config.tree import Config, Loaded, Location
-from .credentials import SHA256_PREFIX, configured_digest
 from .impact import Disruption
 from .plan import Drift
 
@@ -24,8 +28,13 @@ MODELS: dict[str, type[Port | API | Application | EchoServer | Gateway]] = {
 }
 
 
-def fetch_json(base: str, path: str, timeout: float = 10.0) -> Any:
-    with urllib.request.urlopen(base.rstrip("/") + path, timeout=timeout) as response:  # noqa: S310 - operator's URL
+def fetch_json(base: str, path: str, timeout: float = 10.0, token: str | None = None) -> Any:
+    """GET an admin endpoint; ``token`` (default: ``WSGATE_ADMIN_TOKEN``) goes as a bearer token."""
+    token = os.environ.get("WSGATE_ADMIN_TOKEN") if token is None else token
+    request = urllib.request.Request(base.rstrip("/") + path)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - operator's URL
         return json.loads(response.read())
 
 
@@ -44,18 +53,24 @@ def config_from_documents(documents: list[Mapping[str, Any]], origin: str) -> Co
                   echo_servers=groups["EchoServer"], gateway=gateway)
 
 
-def digested_keys(config: Config) -> Config:
-    """``config`` with every literal API key and basic password as its ``sha256:`` digest (env ones stay names)."""
-    applications = {}
-    for name, loaded in config.applications.items():
-        keys = [entry if isinstance(entry, EnvKey) else SHA256_PREFIX + str(configured_digest(entry, {}))
-                for entry in loaded.model.identifiers.api_keys]
-        basic = [user if isinstance(user.password, EnvKey) else user.model_copy(
-                     update={"password": SHA256_PREFIX + str(configured_digest(user.password, {}))})
-                 for user in loaded.model.identifiers.basic]
-        identifiers = loaded.model.identifiers.model_copy(update={"api_keys": keys, "basic": basic})
-        model = loaded.model.model_copy(update={"identifiers": identifiers})
-        applications[name] = Loaded(model, loaded.location, loaded.base_dir, loaded.where)
+REDACTED_PREFIX = "redacted:"
+
+
+def redacted_application(model: Application) -> Application:
+    """``model`` with every key and basic password written in the config replaced by ``redacted:N``."""
+    identifiers = model.identifiers
+    keys = [entry if isinstance(entry, EnvKey) else f"{REDACTED_PREFIX}{i + 1}"
+            for i, entry in enumerate(identifiers.api_keys)]
+    basic = [user if isinstance(user.password, EnvKey) else user.model_copy(
+                 update={"password": f"{REDACTED_PREFIX}{i + 1}"})
+             for i, user in enumerate(identifiers.basic)]
+    return model.model_copy(update={"identifiers": identifiers.model_copy(update={"api_keys": keys, "basic": basic})})
+
+
+def redacted_credentials(config: Config) -> Config:
+    """``config`` as the admin's ``/config`` shows it: see :func:`redacted_application`."""
+    applications = {name: Loaded(redacted_application(loaded.model), loaded.location, loaded.base_dir, loaded.where)
+                    for name, loaded in config.applications.items()}
     return Config(root=config.root, ports=config.ports, apis=config.apis, applications=applications,
                   echo_servers=config.echo_servers, gateway=config.gateway)
 

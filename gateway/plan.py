@@ -28,6 +28,7 @@ from pydantic import BaseModel
 from .config.tree import Config, Loaded, Location
 from .impact import Action as Impact
 from .impact import Disruption, disruptions
+from .redaction import redact_url, redact_urls
 
 Action = Literal["create", "update", "destroy"]
 KIND_ORDER = {"Gateway": 0, "Port": 1, "EchoServer": 2, "API": 3, "Application": 4}
@@ -146,17 +147,7 @@ def _policies_by_identity(model: Any, defaults: bool) -> dict[str, Any]:
 
 def without_password(url: str) -> str:
     """A URL with its password (if any) replaced by ``***``: what plans, logs and the admin may show."""
-    from urllib.parse import urlsplit
-
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        user = parts.username or ""
-        host = parts.netloc.rpartition("@")[2]
-        return parts._replace(netloc=f"{user}:***@{host}").geturl()
-    except ValueError:
-        return "(unparsable URL)"
+    return redact_url(url)
 
 
 @dataclass(frozen=True)
@@ -296,7 +287,8 @@ _VERB = {"create": "will be created", "update": "will be updated in place", "des
 
 
 def _value(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
+    # Shown values lose any URL userinfo; the diff itself compared the real ones.
+    return json.dumps(redact_urls(value), ensure_ascii=False)
 
 
 def _sensitive(old: Any, new: Any) -> str:
@@ -364,7 +356,7 @@ def to_dict(plan: Plan) -> dict:
     def field_dict(f: FieldChange) -> dict:
         if f.sensitive:
             return {"path": f.path, "sensitive": True, "summary": _sensitive(f.old, f.new), "disruptive": f.disruptive}
-        return {"path": f.path, "old": f.old, "new": f.new, "disruptive": f.disruptive}
+        return {"path": f.path, "old": redact_urls(f.old), "new": redact_urls(f.new), "disruptive": f.disruptive}
 
     return {
         "format_version": 1,

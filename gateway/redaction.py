@@ -11,9 +11,11 @@ nothing but the standard library so the listener can use it per upgrade.
 from __future__ import annotations
 
 import re
+from typing import Any
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 REDACTED = "[redacted]"
+REDACTED_USERINFO = "***"  # stands for a URL's password (or a user name that may be a token)
 
 # A query parameter whose name, lower-cased and stripped of everything but letters and digits, contains one of
 # these is a credential for the log, whatever separator, case, `+` or percent-encoding the client used.
@@ -60,18 +62,21 @@ def redact_query(query: str) -> str:
 
 
 def redact_url(url: str) -> str:
-    """``url`` with any userinfo (``user:password@``) replaced; other URLs unchanged, unparsable ones too."""
+    """``url`` with its password shown as ``***`` (``user:***@host``), or its whole userinfo when it has no
+    password (``***@host``: a token written as the user name); other URLs unchanged. Idempotent."""
     if "@" not in url:
         return url
     try:
         parts = urlsplit(url)
         netloc = parts.netloc
     except ValueError:
-        return re.sub(r"//[^/?#]*@", f"//{REDACTED}@", url)
+        return re.sub(r"//[^/?#]*@", f"//{REDACTED_USERINFO}@", url)
     if "@" not in netloc:
         return url
-    host = netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{REDACTED}@{host}"))
+    userinfo, _, host = netloc.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    shown = f"{user}:{REDACTED_USERINFO}" if colon else REDACTED_USERINFO
+    return urlunsplit(parts._replace(netloc=f"{shown}@{host}"))
 
 
 def has_userinfo(url: str) -> bool:
@@ -80,3 +85,14 @@ def has_userinfo(url: str) -> bool:
         return "@" in urlsplit(url).netloc
     except ValueError:
         return "@" in url.split("//", 1)[-1].split("/", 1)[0]
+
+
+def redact_urls(value: Any) -> Any:
+    """``value`` (JSON-like) with the userinfo of every URL string in it redacted: what plan and admin show."""
+    if isinstance(value, str):
+        return redact_url(value) if "@" in value else value
+    if isinstance(value, list):
+        return [redact_urls(v) for v in value]
+    if isinstance(value, dict):
+        return {k: redact_urls(v) for k, v in value.items()}
+    return value

@@ -11,6 +11,7 @@ Endpoint health lives outside the table, in the gateway's
 
 from __future__ import annotations
 
+import os
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -117,6 +118,9 @@ class CompiledAPI:
     fast_path: bool
     balancer: SmoothWeightedRoundRobin
     health: HealthRegistry | None = None  # where failed upgrades are reported (passive checks)
+    # (name, value) added to every upstream request, values read from the environment when compiled: what
+    # upstream credentials look like inside the gateway. Never logged; no repr shows them.
+    upstream_headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
     @property
     def api(self) -> API:
@@ -190,7 +194,8 @@ class CompiledAPI:
                 log.exception("policy close failed", api=self.name, policy=policy.type)
 
     @classmethod
-    def build(cls, loaded: Loaded[API], chain: list[Policy], health: HealthRegistry | None = None) -> CompiledAPI:
+    def build(cls, loaded: Loaded[API], chain: list[Policy], health: HealthRegistry | None = None,
+              env: Mapping[str, str] | None = None) -> CompiledAPI:
         api = loaded.model
         routing = RoutingPolicy(type="routing")
         for spec in api.policies:
@@ -214,7 +219,24 @@ class CompiledAPI:
             fast_path=not client and not server and not api.compression,
             balancer=SmoothWeightedRoundRobin(len(endpoints)),
             health=health,
+            upstream_headers=upstream_headers(api, os.environ if env is None else env),
         )
+
+
+def upstream_headers(api: API, env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """The API's ``upstream.headers`` with their values from ``env``: unset ones left out (validate warned,
+    WSG203), and a value holding a line break never sent (it would smuggle further headers upstream)."""
+    headers = []
+    for name, value in api.upstream.headers.items():
+        text = env.get(value.env)
+        if not text:
+            continue
+        if any(ch in text for ch in "\r\n\0"):
+            log.warning("upstream header not sent: its variable holds a line break", api=api.name, header=name,
+                        variable=value.env)
+            continue
+        headers.append((name, text))
+    return tuple(headers)
 
 
 def request_host(value: str | None) -> str | None:
@@ -260,7 +282,7 @@ class RouteTable:
     @classmethod
     def compile(cls, config: Config, apps: AppIndex, state: PolicyState, *, generation: int = 1,
                 build_chain: Callable[[Loaded[API], Config, AppIndex, PolicyState], list[Policy]] | None = None,
-                health: HealthRegistry | None = None) -> RouteTable:
+                health: HealthRegistry | None = None, env: Mapping[str, str] | None = None) -> RouteTable:
         """Build every enabled route of ``config``; policies come from ``build_chain``
         (default: ``gateway.policies.build_chain``), endpoint health from ``health`` (default: a fresh registry)."""
         from .health import HealthRegistry  # the probe it runs imports the websockets client; keep it lazy
@@ -272,7 +294,7 @@ class RouteTable:
         routes: dict[tuple[str, str | None], PortRoutes] = {}
         try:
             for name, loaded in config.apis.items():
-                compiled = CompiledAPI.build(loaded, build_chain(loaded, config, apps, state), health)
+                compiled = CompiledAPI.build(loaded, build_chain(loaded, config, apps, state), health, env)
                 apis[name] = compiled
                 api = loaded.model
                 for port_name in api.ports:

@@ -9,6 +9,7 @@ change does to one of them is decided by ``gateway.impact``.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from .admin import AdminServer
+from .admin import AdminServer, admin_access
 from .apps import AppIndex
 from .config.cache import CheckCache
 from .config.tree import Config, Loaded
@@ -48,7 +49,6 @@ async def _policy_state(config: Config, env: Mapping[str, str] | None) -> Policy
 
 async def _follow_shared_state(state: PolicyState, config: Config, env: Mapping[str, str] | None) -> bool:
     """Open the shared-state backend the Gateway resource names, if it is not the one in use (True: switched)."""
-    import os
 
     settings = config.settings.state
     ca = getattr(settings, "ca", None)
@@ -125,7 +125,7 @@ class Gateway:
     def compile(self, config: Config, generation: int) -> RouteTable:
         assert self.state is not None, "the gateway is not started"
         return RouteTable.compile(config, AppIndex.build(config, self.env), self.state, generation=generation,
-                                  build_chain=self._build_chain, health=self.health)
+                                  build_chain=self._build_chain, health=self.health, env=self.env)
 
     # ----------------------------------------------------------------- reload
     async def reload(self, trigger: str = "manual", checked: Config | None = None,
@@ -363,17 +363,23 @@ class Gateway:
             for name, loaded in self.table.enabled_ports().items():
                 await self._start_port(name, loaded)
             admin_settings = self.config.settings.admin
+            address: tuple[str, int] | None = None
             if self._admin_override is None and admin_settings.enabled:
-                self.admin = AdminServer(self, admin_settings.host, admin_settings.port)
+                address = (admin_settings.host, admin_settings.port)
             elif isinstance(self._admin_override, tuple):
-                self.admin = AdminServer(self, *self._admin_override)
-            if self.admin is not None:
+                address = self._admin_override
+            if address is not None:
+                self.admin = self._admin_server(*address)
                 await self.admin.start()
             self.health.sync(self.table)  # probes start once the config's own echo servers listen
         except BaseException:
             await self.stop()
             raise
         self.ready = True
+
+    def _admin_server(self, host: str, port: int) -> AdminServer:
+        """The admin listener with the Gateway resource's token and TLS (also for a ``--admin`` address)."""
+        return AdminServer(self, host, port, **admin_access(self.config, host, self.env))
 
     async def _start_port(self, name: str, loaded: Loaded[Port]) -> None:
         port = loaded.model

@@ -207,6 +207,7 @@ class PreparedUpgrade:
     offer: list[Subprotocol]
     tail: list[str]  # header lines after Sec-WebSocket-*
     suffix: str = ""  # request path a prefix route passes on, joined to the endpoint's path
+    own_authorization: bool = False  # upstream.headers sets Authorization: a URL's userinfo does not
 
     def for_endpoint(self, endpoint: Endpoint) -> UpstreamRequest:
         uri = endpoint.uri
@@ -217,7 +218,7 @@ class PreparedUpgrade:
         if self.query:
             path = f"{path}&{self.query}" if "?" in path else f"{path}?{self.query}"
         lines = [f"GET {path} HTTP/1.1", f"Host: {endpoint.host_header}"]
-        if uri.user_info:
+        if uri.user_info and not self.own_authorization:
             lines.append(f"Authorization: {build_authorization_basic(*uri.user_info)}")
         lines += ["Upgrade: websocket", "Connection: Upgrade", f"Sec-WebSocket-Key: {key}",
                   "Sec-WebSocket-Version: 13"]
@@ -246,11 +247,16 @@ def prepare_upgrade(
     secure: bool,
     application: str | None,
     suffix: str = "",
+    configured: tuple[tuple[str, str], ...] = (),
 ) -> PreparedUpgrade:
-    """What every upstream request of this upgrade carries from the client (what websockets' client sends)."""
+    """What every upstream request of this upgrade carries from the client (what websockets' client sends),
+    plus the API's ``upstream.headers`` (``configured``), which replace the client's headers of those names."""
+    replaced = {name.lower() for name, _ in configured}
     tail = [f"{name}: {value}" for name, value in
-            forwarded_headers(client_headers, peer_ip=peer_ip, secure=secure, application=application)]
-    return PreparedUpgrade(query, list(subprotocols), tail, suffix)
+            forwarded_headers(client_headers, peer_ip=peer_ip, secure=secure, application=application)
+            if name.lower() not in replaced]
+    tail += [f"{name}: {value}" for name, value in configured]
+    return PreparedUpgrade(query, list(subprotocols), tail, suffix, own_authorization="authorization" in replaced)
 
 
 def build_upstream_request(
@@ -265,7 +271,8 @@ def build_upstream_request(
 ) -> UpstreamRequest:
     """The upgrade request for the endpoint the route would try first."""
     prepared = prepare_upgrade(client_headers=client_headers, query=query, subprotocols=subprotocols,
-                               peer_ip=peer_ip, secure=secure, application=application)
+                               peer_ip=peer_ip, secure=secure, application=application,
+                               configured=route.upstream_headers)
     return prepared.for_endpoint(route.pick_endpoint())
 
 

@@ -471,6 +471,14 @@ class Failover(Strict):
     )
 
 
+# Headers the gateway writes itself on the upstream request: a configured header may not replace them.
+RESERVED_UPSTREAM_HEADERS = frozenset({
+    "host", "upgrade", "connection", "content-length", "transfer-encoding", "x-forwarded-for", "x-forwarded-proto",
+    "x-forwarded-host", "x-gateway-application",
+})
+HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
+
+
 class Upstream(Strict):
     endpoints: list[Endpoint] = Field(min_length=1, description="Native endpoints; the routing policy picks one.")
     connect_timeout: Seconds = Field(10.0, description="Seconds to connect and complete the upstream handshake.")
@@ -487,6 +495,22 @@ class Upstream(Strict):
     retry_after: PositiveInt = Field(
         5, description="Seconds in the Retry-After of the 503 sent when no endpoint is healthy."
     )
+
+    headers: dict[Annotated[str, Field(pattern=HEADER_NAME_PATTERN)], EnvKey] = Field(
+        default_factory=dict,
+        description="Headers added to every upstream request, each value `{env: VARIABLE}` (never a literal: "
+        "this is where upstream credentials live, e.g. `Authorization: {env: UPSTREAM_AUTH}`). A client's own "
+        "header of the same name is dropped. Values are never logged or shown.",
+    )
+
+    @field_validator("headers")
+    @classmethod
+    def _not_reserved(cls, value: dict[str, EnvKey]) -> dict[str, EnvKey]:
+        for name in value:
+            lower = name.lower()
+            if lower in RESERVED_UPSTREAM_HEADERS or lower.startswith("sec-websocket-"):
+                raise ValueError(f"header {name!r} is set by the gateway itself and cannot be configured")
+        return value
 
     def live_identity(self) -> tuple[object, ...]:
         """What a live connection depends on: endpoint URLs, timeouts and TLS. Health checks, failover, weights
@@ -697,10 +721,37 @@ class EchoServer(Strict):
 # ------------------------------------------------------------------ Gateway
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or `localhost`) only ever accepts connections from this machine."""
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve anywhere
+
+
 class Admin(Strict):
-    host: str = "127.0.0.1"
+    """The admin listener. `/healthz` and `/readyz` are always open (probes); with a token, every other
+    endpoint (`/config`, `/connections`, `/metrics`, `/reload`) wants `Authorization: Bearer TOKEN`."""
+
+    host: str = Field("127.0.0.1", description="Address to bind; anything but loopback needs a token.")
     port: int = Field(9900, ge=0, le=65535)
     enabled: bool = True
+    token: EnvKey | None = Field(None, description="`{env: VARIABLE}` holding the bearer token.")
+    token_file: str | None = Field(
+        None, description="File holding the bearer token (surrounding whitespace ignored), relative to the "
+        "declaring file. Read at start."
+    )
+    tls: TLSFiles | None = Field(None, description="Serve the admin endpoints over HTTPS with this certificate.")
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> Admin:
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("an admin token comes from `token` or `token_file`, not both")
+        return self
 
 
 class MemoryState(Strict):

@@ -25,7 +25,7 @@ from urllib.parse import SplitResult, urlsplit
 
 from .diagnostics import Diagnostic, Related, error, warning
 from .document_checks import did_you_mean, suggestion
-from .models import SHA256_PATTERN, EnvKey, prefix_matches
+from .models import SHA256_PATTERN, EnvKey, is_loopback, prefix_matches
 from .source import Document
 from .tree import Location
 
@@ -317,6 +317,18 @@ def upstream_urls(ctx: RuleContext) -> None:
                         "upstream URL has a fragment ('#...')",
                         ctx.column_of(loc, url, url.index("#")),
                         hint="WebSocket URLs cannot carry fragments (RFC 6455, 3); remove it",
+                    )
+                )
+            if parts.username is not None or parts.password is not None:
+                ctx.out.append(
+                    warning(
+                        "WSG213",
+                        "upstream URL carries credentials (user:password@): they are sent as Basic auth but live "
+                        "in the config, in plain text",
+                        loc,
+                        hint="put them in the environment instead: `upstream: {headers: {Authorization: "
+                        "{env: UPSTREAM_AUTH}}}`",
+                        at_credential=True,
                     )
                 )
             if parts.query:
@@ -861,6 +873,52 @@ def port_tls_files(ctx: RuleContext) -> None:
             if tls.client_certificates is not None:
                 _must_exist(ctx, e, ("tls", "client_certificates", "ca_file"), tls.client_certificates.ca_file,
                             "CA file")
+
+
+@rule
+def admin_access(ctx: RuleContext) -> None:
+    for e in ctx.of("Gateway"):
+        admin = e.model.admin
+        if not admin.enabled:
+            continue
+        if admin.token is None and admin.token_file is None and not is_loopback(admin.host):
+            ctx.out.append(
+                error(
+                    "WSG132",
+                    f"the admin listener binds {admin.host}, beyond loopback, without a token",
+                    e.doc.value_at(("admin", "host")),
+                    hint="add `token: {env: WSGATE_ADMIN_TOKEN}` (or `token_file`) under `admin`, or bind 127.0.0.1",
+                )
+            )
+        if admin.token is not None and admin.token.env not in ctx.env:
+            ctx.out.append(
+                warning(
+                    "WSG203",
+                    f"environment variable {admin.token.env} is not set",
+                    e.doc.value_at(("admin", "token", "env")),
+                    hint="every protected admin endpoint answers 401 until the gateway runs with it set",
+                )
+            )
+        if admin.token_file is not None:
+            _must_exist(ctx, e, ("admin", "token_file"), admin.token_file, "admin token file")
+        if admin.tls is not None:
+            _must_exist(ctx, e, ("admin", "tls", "cert"), admin.tls.cert, "certificate file")
+            _must_exist(ctx, e, ("admin", "tls", "key"), admin.tls.key, "key file")
+
+
+@rule
+def upstream_header_variables(ctx: RuleContext) -> None:
+    for e in ctx.of("API"):
+        for name, value in e.model.upstream.headers.items():
+            if value.env not in ctx.env:
+                ctx.out.append(
+                    warning(
+                        "WSG203",
+                        f"environment variable {value.env} is not set",
+                        e.doc.value_at(("upstream", "headers", name, "env")),
+                        hint=f"the upstream gets no {name} header until the gateway runs with {value.env} set",
+                    )
+                )
 
 
 @rule

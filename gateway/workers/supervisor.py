@@ -36,7 +36,7 @@ from typing import Any
 
 import structlog
 
-from ..admin import AdminServer, PlainText, healthz
+from ..admin import AdminServer, PlainText, admin_access, healthz
 from ..config.tree import Config
 from ..signals import stop_requested
 from . import control
@@ -336,7 +336,7 @@ class Supervisor:
         for (kind, name), _model in resources:
             names.setdefault(kind, []).append(name)
         return 200, {"digest": self.config.digest(), "generation": self.generation, "resources": names,
-                     "documents": [_redacted(model, None) for _, model in resources]}
+                     "documents": [_redacted(model) for _, model in resources]}
 
     # -------------------------------------------------------------- lifecycle
     async def run(self) -> int:
@@ -362,7 +362,8 @@ class Supervisor:
                     self.admin = AdminServer(self, host, port, routes={
                         "/healthz": healthz, "/readyz": self.readyz, "/config": self.config_answer,
                         "/connections": self.connections, "/metrics": self.metrics, "/upstreams": self.upstreams,
-                        "/reload": self.last_reload_answer}, post_routes={"/reload": self.reload_answer})
+                        "/reload": self.last_reload_answer}, post_routes={"/reload": self.reload_answer},
+                        **admin_access(self.config, host))
                     await self.admin.start()
                 for name, number in self.port_numbers.items():
                     log.info("listening", name=name, host=self.config.ports[name].model.host, port=number,

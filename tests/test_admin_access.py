@@ -1,0 +1,149 @@
+"""Admin access: a bearer token (environment or file), TLS, open probes, and no credential in `/config`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import ssl
+
+import pytest
+import trustme
+from support import PORT, TIMEOUT, api_yaml, http_request, run, running_gateway, write_config
+
+from gateway.config import check
+from gateway.runtime import Gateway
+
+TOKEN = "admin-token-" + "7" * 20
+PROTECTED = [("GET", "/config"), ("GET", "/connections"), ("GET", "/metrics"), ("GET", "/reload"),
+             ("POST", "/reload")]
+LITERAL_KEY = "literal-api-key-for-config-view"
+HASHED_KEY = hashlib.sha256(b"hashed-api-key").hexdigest()
+APP = f"""\
+kind: Application
+name: app
+identifiers:
+  api_keys: [{LITERAL_KEY}, "sha256:{HASHED_KEY}", {{env: APP_KEY}}]
+  basic:
+    - {{username: alice, password: "sha256:{hashlib.sha256(b"pw").hexdigest()}"}}
+    - {{username: bob, password: {{env: BOB_PASSWORD}}}}
+apis: [A]
+"""
+
+
+def gateway_doc(admin: str) -> str:
+    return "kind: Gateway\nname: g\nadmin:\n" + admin
+
+
+def request(method: str, path: str, token: str | None = None) -> bytes:
+    auth = f"Authorization: Bearer {token}\r\n" if token is not None else ""
+    return f"{method} {path} HTTP/1.1\r\nHost: admin\r\n{auth}Content-Length: 0\r\n\r\n".encode()
+
+
+def config_for(tmp_path, admin: str):
+    return write_config(tmp_path, PORT, gateway_doc(admin), api_yaml("A", "/a", "ws://127.0.0.1:9/"), APP)
+
+
+def test_a_token_guards_everything_but_the_probes(tmp_path):
+    """With `token: {env: ...}`, /healthz and /readyz answer anyone; every other endpoint answers 401 (with a
+    Bearer challenge) without the token or with a wrong one, and 200 with it."""
+
+    async def scenario():
+        config = config_for(tmp_path, "  token: {env: ADMIN_TOKEN}\n")
+        async with running_gateway(config, env={"ADMIN_TOKEN": TOKEN, "APP_KEY": "k", "BOB_PASSWORD": "p"}) as gw:
+            admin = f"http://127.0.0.1:{gw.admin.port}"
+            for path in ("/healthz", "/readyz"):
+                assert (await http_request(admin, request("GET", path))).status == 200
+            for method, path in PROTECTED:
+                for token in (None, "wrong", TOKEN[:-1], TOKEN + "x", ""):
+                    answer = await http_request(admin, request(method, path, token))
+                    assert answer.status == 401, (method, path, token)
+                    assert answer.headers["www-authenticate"].startswith("Bearer")
+                    assert answer.json()["error"] == "unauthorized"
+                answer = await http_request(admin, request(method, path, TOKEN))
+                assert answer.status == 200, (method, path, answer.body)
+
+    run(scenario())
+
+
+def test_an_unset_token_variable_locks_the_admin(tmp_path):
+    """`token: {env: X}` with X unset: the protected endpoints refuse every request (fail closed), the probes
+    still answer."""
+
+    async def scenario():
+        config = config_for(tmp_path, "  token: {env: ADMIN_TOKEN}\n")
+        async with running_gateway(config, env={}) as gw:
+            admin = f"http://127.0.0.1:{gw.admin.port}"
+            assert (await http_request(admin, request("GET", "/healthz"))).status == 200
+            for token in (None, "", "anything"):
+                assert (await http_request(admin, request("GET", "/config", token))).status == 401
+
+    run(scenario())
+
+
+def test_token_file_and_tls(tmp_path):
+    """`token_file` and `tls`: the admin speaks HTTPS only, and wants the file's token (whitespace trimmed)."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    root = tmp_path / "config"
+    root.mkdir()
+    cert.private_key_and_cert_chain_pem.write_to_path(str(root / "admin.pem"))
+    (root / "admin-token").write_text(TOKEN + "\n")
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+
+    async def scenario():
+        config = config_for(tmp_path, "  token_file: admin-token\n  tls: {cert: admin.pem, key: admin.pem}\n")
+        async with running_gateway(config, env={"APP_KEY": "k", "BOB_PASSWORD": "p"}) as gw:
+            admin = f"https://127.0.0.1:{gw.admin.port}"
+            assert (await http_request(admin, request("GET", "/healthz"), ssl=client)).status == 200
+            assert (await http_request(admin, request("GET", "/connections"), ssl=client)).status == 401
+            answer = await http_request(admin, request("GET", "/connections", TOKEN), ssl=client)
+            assert answer.status == 200 and answer.json()["total"] == 0
+            with pytest.raises((ConnectionError, ValueError, IndexError)):
+                await http_request(f"http://127.0.0.1:{gw.admin.port}", request("GET", "/healthz"))
+
+    run(scenario())
+
+
+def test_validate_refuses_a_public_admin_without_a_token(tmp_path):
+    """`admin.host: 0.0.0.0` without a token is WSG132; with a token it is fine."""
+    write_config(tmp_path, PORT)
+    root = tmp_path / "config"
+    (root / "gw.yaml").write_text(gateway_doc("  host: 0.0.0.0\n  port: 0\n"))
+    codes = [(d.code, d.location.line) for d in check([root], env={}).diagnostics if d.is_error]
+    assert codes == [("WSG132", 4)]
+    (root / "gw.yaml").write_text(gateway_doc("  host: 0.0.0.0\n  port: 0\n  token: {env: T}\n"))
+    assert check([root], env={"T": "x"}).ok
+
+
+def test_run_refuses_a_public_admin_address_without_a_token(tmp_path):
+    """`wsgate run --admin 0.0.0.0:PORT` bypasses validate's view of the Gateway resource: start refuses it."""
+    config = write_config(tmp_path, PORT)
+
+    async def scenario():
+        gateway = Gateway(config, admin=("0.0.0.0", 0), echo=False)
+        with pytest.raises(ValueError, match="needs a token"):
+            await gateway.start()
+        assert all(not server.sockets for server in gateway.servers.values())  # what had started was stopped
+
+    run(scenario())
+
+
+def test_config_shows_no_key_or_password_nor_their_digests(tmp_path):
+    """/config names env variables and user names, counts keys as `redacted:N`, and holds neither a literal
+    key nor any `sha256:` digest."""
+
+    async def scenario():
+        config = config_for(tmp_path, "  port: 0\n")
+        async with running_gateway(config, env={"APP_KEY": "k", "BOB_PASSWORD": "p"}) as gw:
+            answer = await http_request(f"http://127.0.0.1:{gw.admin.port}", request("GET", "/config"))
+            assert answer.status == 200
+            return answer.json()
+
+    body = run(scenario(), timeout=3 * TIMEOUT)
+    text = json.dumps(body["documents"])  # the config's own digest, beside them, is a digest of the whole tree
+    assert LITERAL_KEY not in text and HASHED_KEY not in text and "sha256:" not in text
+    app = next(d for d in body["documents"] if d["kind"] == "Application")
+    assert app["identifiers"]["api_keys"] == ["redacted:1", "redacted:2", {"env": "APP_KEY"}]
+    assert app["identifiers"]["basic"] == [{"username": "alice", "password": "redacted:1"},
+                                           {"username": "bob", "password": {"env": "BOB_PASSWORD"}}]
