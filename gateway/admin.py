@@ -90,7 +90,7 @@ def _redacted(model: Any) -> dict[str, Any]:
     if isinstance(model, Application):
         model = redacted_application(model)
     # Any URL's userinfo (an upstream's, the Redis state URL's) is cut: one owner, gateway/redaction.py.
-    return redact_urls(model.model_dump(mode="json", by_alias=True))  # type: ignore[no-any-return]
+    return redact_urls(model.model_dump(mode="json", by_alias=True))
 
 
 def config(gateway: Gateway) -> tuple[int, Any]:
