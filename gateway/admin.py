@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from .accept import AcceptLoop
+
 if TYPE_CHECKING:
     from .config.tree import Config
     from .runtime import Gateway
@@ -173,11 +175,18 @@ class AdminServer:
             "/reload": last_reload,
         }
         self.post_routes: dict[str, Callable[[Any], Any]] = post_routes or {"/reload": reload_now}
-        self._server: asyncio.Server | None = None
+        self._server: AcceptLoop | None = None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, self.host, self.port, limit=MAX_HEAD, ssl=self._ssl,
-                                                  ssl_handshake_timeout=5 if self._ssl else None)
+        def protocol() -> asyncio.StreamReaderProtocol:
+            return asyncio.StreamReaderProtocol(asyncio.StreamReader(limit=MAX_HEAD), self._serve)
+
+        # Its own accept loop with a reserved descriptor: probes are answered while the client listeners are
+        # paused for lack of descriptors (gateway/accept.py).
+        self._server = await AcceptLoop.open("admin", protocol, self.host, self.port, backlog=128,
+                                             ssl_context=self._ssl, ssl_handshake_timeout=5 if self._ssl else None,
+                                             on_error=lambda: self.gateway.metrics.accept_error("admin"),
+                                             reserve=True)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("listening", name="admin", host=self.host, port=self.port, tls=self._ssl is not None,
                  token=self._protected)

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 class Metrics:
     """The runtime's counters; one per gateway process, kept across reloads."""
 
-    __slots__ = ("upgrades", "closes", "messages", "payload_bytes", "reloads")
+    __slots__ = ("upgrades", "closes", "messages", "payload_bytes", "reloads", "accept_errors")
 
     def __init__(self) -> None:
         self.upgrades: Counter[tuple[str, str, str]] = Counter()  # (port, api, status)
@@ -29,6 +29,10 @@ class Metrics:
         self.messages: Counter[tuple[str, str]] = Counter()  # (api, direction) of closed connections
         self.payload_bytes: Counter[tuple[str, str]] = Counter()
         self.reloads: Counter[str] = Counter()  # outcome: applied, unchanged, failed
+        self.accept_errors: Counter[str] = Counter()  # listener: accepts that failed (out of descriptors)
+
+    def accept_error(self, listener: str) -> None:
+        self.accept_errors[listener] += 1
 
     def upgrade(self, port: str, api: str, status: int) -> None:
         self.upgrades[(port, api, str(status))] += 1
@@ -74,6 +78,9 @@ class Metrics:
                      for (a, d, k, x), n in sorted(violations.items()))),
             _family("wsgate_reloads_total", "counter", "Config reloads, by outcome.",
                     (({"outcome": o}, n) for o, n in sorted(self.reloads.items()))),
+            _family("wsgate_accept_errors_total", "counter",
+                    "Accepts that failed, mostly for lack of file descriptors (the listener pauses).",
+                    (({"listener": name}, n) for name, n in sorted(self.accept_errors.items()))),
             _family("wsgate_config_generation", "gauge", "Generation of the config serving now.",
                     [({}, generation)]),
             _family("wsgate_state_backend_up", "gauge", "1 while the shared state backend answers (memory always).",

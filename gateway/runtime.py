@@ -9,6 +9,7 @@ change does to one of them is decided by ``gateway.impact``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from .accept import AcceptLoop
 from .admin import AdminServer, admin_access
 from .apps import AppIndex
 from .config.cache import CheckCache
@@ -98,7 +100,7 @@ class Gateway:
         self.keepalive: KeepaliveSweeper | None = None
         self.registry = ConnectionRegistry()
         self._services: ListenerServices | None = None  # made by start(), with the keepalive sweeper
-        self.servers: dict[str, asyncio.Server] = {}
+        self.servers: dict[str, AcceptLoop] = {}
         self.listeners: dict[str, PortListener] = {}
         self.addresses: dict[str, tuple[str, int]] = {}
         self.tls_contexts: dict[str, ServerTLS] = {}
@@ -391,15 +393,11 @@ class Gateway:
         assert self._services is not None, "the gateway is not started"
         listener = PortListener(name, context is not None, port.limits.handshake_timeout,
                                 port.limits.max_connections, self._services)
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(
-            listener.protocol_factory,
-            port.host,
-            self.port_numbers.get(name, port.port),
-            ssl=context,
-            reuse_port=self.reuse_port or None,
+        server = await AcceptLoop.open(
+            name, listener.protocol_factory, port.host, self.port_numbers.get(name, port.port), backlog=1024,
+            ssl_context=context, reuse_port=self.reuse_port,
             ssl_handshake_timeout=port.limits.handshake_timeout if context else None,
-            backlog=1024,
+            on_error=functools.partial(self.metrics.accept_error, name),
         )
         self.servers[name] = server
         self.listeners[name] = listener

@@ -1,0 +1,91 @@
+"""Running out of file descriptors: the listener pauses, the log stays short, the admin answers, and clients
+are served again once descriptors are free.
+
+A `wsgate run` process limited to 128 open files (soft and hard, so the gateway cannot raise it) gets 250
+clients that each send an upgrade and wait: each proxied one holds two descriptors, so most of them wait in
+the listen backlog while the listener is paused.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import resource
+import socket
+import sys
+
+import pytest
+from gateway_process import GatewayProcess, echo_thread, gateway_process
+from support import PORT, TIMEOUT, api_yaml, upgrade_request, write_config
+from websockets.sync.client import connect
+
+LIMIT = 128
+CLIENTS = 250
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_NOFILE and EMFILE as on Linux")
+
+
+def low_file_limit() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (LIMIT, LIMIT))
+
+
+def admin_get(gateway: GatewayProcess, path: str) -> tuple[int, str]:
+    """Status and body of a GET on the admin listener (the whole answer, read until it closes)."""
+    with socket.create_connection(("127.0.0.1", gateway.ports["admin"]), timeout=TIMEOUT) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), body.decode()
+
+
+def accept_errors(gateway: GatewayProcess) -> int:
+    status, body = admin_get(gateway, "/metrics")
+    assert status == 200
+    found = re.search(r'wsgate_accept_errors_total\{listener="default"\} (\d+)', body)
+    return int(found.group(1)) if found else 0
+
+
+def test_out_of_descriptors_pauses_accepting_and_recovers(tmp_path):
+    """Past the file limit: at most a few hundred log lines and no traceback, `/healthz` answers, the accept
+    errors are counted, and once the clients leave a new client is relayed."""
+    with echo_thread() as echo:
+        write_config(tmp_path, PORT, "kind: Gateway\nname: fd\nlog_format: json\nshutdown_timeout: 1\n",
+                     api_yaml("Echo", "/echo", echo + "/"))
+        with gateway_process(tmp_path / "config", tmp_path / "stderr.log", preexec_fn=low_file_limit) as gateway:
+            clients = []
+            try:
+                for _ in range(CLIENTS):
+                    sock = socket.create_connection(("127.0.0.1", gateway.ports["default"]), timeout=TIMEOUT)
+                    sock.sendall(upgrade_request("/echo"))
+                    clients.append(sock)
+                gateway.wait_for(lambda: any(r.get("event") == "accept_paused" for r in gateway.records()))
+                # Paused, not dead: the admin answers through its reserved descriptor, and counts the failures.
+                assert admin_get(gateway, "/healthz") == (200, '{"status": "ok"}')
+                first = accept_errors(gateway)
+                assert first >= 1
+                # Several backoff rounds pass while the clients stay (each round fails again and is counted).
+                gateway.wait_for(lambda: accept_errors(gateway) >= first + 3)
+                assert admin_get(gateway, "/healthz")[0] == 200
+            finally:
+                for sock in clients:
+                    sock.close()
+            # Descriptors come back: a new client is relayed end to end.
+            url = f"ws://127.0.0.1:{gateway.ports['default']}/echo"
+
+            def served() -> bool:
+                try:
+                    with connect(url, open_timeout=TIMEOUT) as ws:
+                        ws.send("after the flood")
+                        return ws.recv(timeout=TIMEOUT) == "after the flood"
+                except Exception:
+                    return False
+
+            gateway.wait_for(served)
+            text = gateway.stderr()
+    lines = text.splitlines()
+    assert len(lines) < 400, f"{len(lines)} log lines"
+    assert "Traceback" not in text and "out of system resource" not in text
+    paused = [json.loads(line) for line in lines if '"accept_paused"' in line]
+    assert paused and all(record["error"] in ("EMFILE", "ENFILE") for record in paused)
