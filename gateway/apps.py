@@ -5,12 +5,22 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import os
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .config.tree import Config
-from .credentials import basic_digest, certificate_digest, configured_digest, jwt_client_digest, key_digest
+from .credentials import (
+    VerifiedCache,
+    basic_digest,
+    certificate_digest,
+    configured_digest,
+    jwt_client_digest,
+    key_digest,
+    slow_hash_kind,
+    verify_slow_hash,
+)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -37,6 +47,7 @@ class AppIndex:
     credential_digests: Mapping[str, frozenset[str]] = field(default_factory=dict)
     verifiers: Mapping[str, Any] = field(default_factory=dict)  # API -> jwt_keys.JWTVerifier of its identify policy
     certificates: Mapping[str, str] = field(default_factory=dict)  # CertificateIdentifier.key() -> app
+    verified: VerifiedCache = field(default_factory=VerifiedCache)  # recent bcrypt/argon2 successes
 
     @classmethod
     def build(cls, config: Config, env: Mapping[str, str] | None = None) -> AppIndex:
@@ -72,7 +83,10 @@ class AppIndex:
                 jwt_clients.setdefault(client, name)  # claimed twice is a config error; first wins
                 others.add(jwt_client_digest(client))
             for user in app.identifiers.basic:
-                password = configured_digest(user.password, env)
+                # A bcrypt/argon2 hash is kept as written (it starts with `$`, a hex digest never does).
+                written = user.password
+                slow = isinstance(written, str) and slow_hash_kind(written) is not None
+                password = written if isinstance(written, str) and slow else configured_digest(written, env)
                 if password is not None and user.username not in basic_users:
                     basic_users[user.username] = (password, name)
                     others.add(basic_digest(user.username, password))
@@ -132,6 +146,8 @@ class AppIndex:
         """
         presented = key_digest(password)
         stored, app = self.basic_users.get(username, (_NO_PASSWORD, ""))
+        if stored.startswith("$"):  # a slow hash: only by_basic_slow (in a thread) or the cache may say yes
+            return self.basic_cached(username, password)
         if hmac.compare_digest(presented, stored) and app:
             return app, basic_digest(username, stored)
         return None
@@ -143,6 +159,29 @@ class AppIndex:
             if app is not None:
                 return app, certificate_digest(key)
         return None
+
+    def slow_basic_user(self, username: str) -> bool:
+        """Whether ``username``'s password is a bcrypt/argon2 hash (verify it with :meth:`by_basic_slow`)."""
+        return self.basic_users.get(username, (_NO_PASSWORD, ""))[0].startswith("$")
+
+    def basic_cached(self, username: str, password: str) -> tuple[str, str] | None:
+        """A slow-hash user whose password was verified within the cache's lifetime (cheap: on the loop)."""
+        stored, app = self.basic_users.get(username, (_NO_PASSWORD, ""))
+        if app and self.verified.hit(VerifiedCache.key(username, password, stored), time.monotonic()):
+            return app, basic_digest(username, stored)
+        return None
+
+    def by_basic_slow(self, username: str, password: str) -> tuple[str, str] | None:
+        """Like :meth:`by_basic` for a bcrypt/argon2 user: blocking for ~0.1-1 s, so run it in a thread."""
+        stored, app = self.basic_users.get(username, (_NO_PASSWORD, ""))
+        if not app or not stored.startswith("$") or not verify_slow_hash(stored, password):
+            return None
+        return app, basic_digest(username, stored)
+
+    def remember_basic(self, username: str, password: str) -> None:
+        """Cache a successful slow verification (called on the loop, after :meth:`by_basic_slow`)."""
+        stored, _ = self.basic_users.get(username, (_NO_PASSWORD, ""))
+        self.verified.add(VerifiedCache.key(username, password, stored), time.monotonic())
 
     def verifier(self, api: str) -> Any:
         """The JWT verifier of ``api``'s identify policy (None if it has no `jwt:` block)."""

@@ -633,7 +633,8 @@ APIKey = Annotated[
 class BasicCredential(Strict):
     username: str = Field(pattern=r"^[^:\x00-\x1f]+$", description="HTTP Basic user name (no ':').")
     password: APIKey = Field(
-        description="The password in plain text (example only), `sha256:<64 hex digits>`, or `{env: VARIABLE}`."
+        description="A bcrypt (`$2b$...`) or argon2 (`$argon2id$...`) hash (needs `wsgate[hashes]`), "
+        "`{env: VARIABLE}`, `sha256:<64 hex digits>` (a fast hash: warned) or plain text (example only)."
     )
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
+from ..credentials import slow_hash_kind, slow_hash_problem
 from .diagnostics import Diagnostic, Related, error, warning
 from .document_checks import did_you_mean, suggestion
 from .models import SHA256_PATTERN, EnvKey, is_loopback, prefix_matches
@@ -1096,6 +1097,10 @@ def application_basic_and_jwt_clients(ctx: RuleContext) -> None:
                             hint=f"user '{user.username}' cannot log in until the gateway runs with {password.env} set",
                         )
                     )
+            elif slow_hash_kind(password) is not None:
+                problem = slow_hash_problem(password)
+                if problem is not None:
+                    ctx.out.append(error("WSG133", problem[0], ploc, hint=problem[1], at_credential=True))
             elif password.startswith("sha256:") and not SHA256_PATTERN.match(password):
                 ctx.out.append(
                     error(
@@ -1105,14 +1110,27 @@ def application_basic_and_jwt_clients(ctx: RuleContext) -> None:
                         hint="compute it with `printf %s 'PASSWORD' | sha256sum`",
                     )
                 )
-            elif not password.startswith("sha256:"):
+            elif password.startswith("sha256:"):
+                ctx.out.append(
+                    warning(
+                        "WSG214",
+                        "basic password as a SHA-256 digest: a fast hash, so a leaked file lets weak passwords be "
+                        "guessed at billions per second",
+                        ploc,
+                        at_credential=True,
+                        hint="use a bcrypt or argon2 hash (`python -c \"import bcrypt; print(bcrypt.hashpw(b'PW', "
+                        "bcrypt.gensalt()).decode())\"`, needs wsgate[hashes]) or `{env: VARIABLE}`",
+                    )
+                )
+            else:
                 ctx.out.append(
                     warning(
                         "WSG200",
                         "basic password in plain text",
                         ploc,
                         at_credential=True,
-                        hint="anyone who can read this file can log in; write `sha256:<hash>` or `{env: VARIABLE}`",
+                        hint="anyone who can read this file can log in; write a bcrypt or argon2 hash or "
+                        "`{env: VARIABLE}`",
                     )
                 )
             _claim_once(ctx, e, user.username, e.doc.value_at(at + ("username",)), mine, users,

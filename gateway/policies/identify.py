@@ -12,6 +12,7 @@ credential.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 
@@ -85,13 +86,30 @@ class Identify(Policy):
         # Taken before any decision, so a credential meant for the gateway is gone from the
         # upstream request whichever identifier ends up naming the application.
         auth = take_authorization(request, self._schemes) if self._schemes else {}
-        if self._needs_lookup:
-            return self._identify_with_lookup(request, conn, auth)
+        slow = self._slow_basic(auth)
+        if self._needs_lookup or slow is not None:
+            return self._identify_async(request, conn, auth, slow)
         return self._decide(request, conn, None, auth)
 
-    async def _identify_with_lookup(self, request: UpgradeRequest, conn: ConnectionContext,
-                                    auth: dict[str, list[str]]) -> Rejection | None:
-        hostname = await self.resolver.lookup(request.peer[0], self.spec.hostname_lookup_timeout)
+    def _slow_basic(self, auth: dict[str, list[str]]) -> tuple[str, str] | None:
+        """The (user, password) presented, when verifying it needs a bcrypt/argon2 hash not recently verified."""
+        presented = auth.get("basic", [])
+        if len(presented) != 1:
+            return None
+        pair = decode_basic(presented[0])
+        if pair is None or not self.apps.slow_basic_user(pair[0]) or self.apps.basic_cached(*pair) is not None:
+            return None
+        return pair
+
+    async def _identify_async(self, request: UpgradeRequest, conn: ConnectionContext,
+                              auth: dict[str, list[str]], slow: tuple[str, str] | None) -> Rejection | None:
+        hostname = None
+        if self._needs_lookup:
+            hostname = await self.resolver.lookup(request.peer[0], self.spec.hostname_lookup_timeout)
+        # bcrypt/argon2 cost ~0.1-1 s of CPU: a thread, never the event loop. A success is remembered
+        # briefly, so the _decide below (and the next reconnects) find it in the cache.
+        if slow is not None and await asyncio.to_thread(self.apps.by_basic_slow, *slow) is not None:
+            self.apps.remember_basic(*slow)
         return self._decide(request, conn, hostname, auth)
 
     def _decide(self, request: UpgradeRequest, conn: ConnectionContext, hostname: str | None,

@@ -1,0 +1,116 @@
+"""HTTP Basic passwords stored as bcrypt or argon2 hashes: verified in a thread, remembered briefly, warned
+about when stored as a fast SHA-256 digest."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import threading
+
+import bcrypt
+import pytest
+from argon2 import PasswordHasher
+from support import PORT, api_yaml, gw_url, run, running_gateway, write_config
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+import gateway.apps
+from gateway.config import check
+
+BCRYPT_PASSWORD = "bcrypt pass phrase"
+ARGON_PASSWORD = "argon2 pass phrase"
+BCRYPT_HASH = bcrypt.hashpw(BCRYPT_PASSWORD.encode(), bcrypt.gensalt(12)).decode()  # ~0.25-1 s per check
+ARGON_HASH = PasswordHasher().hash(ARGON_PASSWORD)
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def config_docs(url: str) -> tuple[str, ...]:
+    identify = "policies:\n  - type: identify\n    by: [basic]\n"
+    app = f"""\
+kind: Application
+name: app
+identifiers:
+  basic:
+    - {{username: bee, password: "{BCRYPT_HASH}"}}
+    - {{username: argo, password: "{ARGON_HASH}"}}
+apis: [Slow, Open]
+"""
+    return (PORT, api_yaml("Slow", "/slow", url, extra=identify), api_yaml("Open", "/open", url), app)
+
+
+def test_bcrypt_and_argon2_users_log_in_off_the_event_loop(tmp_path, monkeypatch):
+    """Right passwords get in and wrong ones get 401, for both hash kinds; the first bcrypt check is held until
+    another connection's echo has come back through the gateway (impossible if the check ran on the event
+    loop); a reconnect within the cache's lifetime verifies nothing again."""
+    from support import TIMEOUT, echo_backend, eventually
+
+    checks: list[str] = []
+    real = gateway.apps.verify_slow_hash
+    echoed = threading.Event()
+
+    def counting(stored: str, password: str) -> bool:
+        checks.append(stored[:4])
+        if len(checks) == 1:
+            assert echoed.wait(TIMEOUT), "the echo never came back while the password was being checked"
+        return real(stored, password)
+
+    monkeypatch.setattr(gateway.apps, "verify_slow_hash", counting)
+
+    async def scenario():
+        async with echo_backend() as backend:
+            config = write_config(tmp_path, *config_docs(backend.url("/echo/")))
+            async with running_gateway(config) as gw:
+                async with connect(gw_url(gw, "/open")) as other:
+                    async def log_in():
+                        return await connect(gw_url(gw, "/slow"), additional_headers=basic("bee", BCRYPT_PASSWORD))
+
+                    login = asyncio.create_task(log_in())
+                    await eventually(lambda: bool(checks))  # the check has started, in its thread
+                    await other.send("while bcrypt runs")
+                    assert await other.recv() == "while bcrypt runs"
+                    echoed.set()
+                    ws = await login
+                    await ws.close()
+                assert checks == ["$2b$"]
+                async with connect(gw_url(gw, "/slow"), additional_headers=basic("bee", BCRYPT_PASSWORD)):
+                    pass
+                assert checks == ["$2b$"]  # remembered: no second slow check
+                async with connect(gw_url(gw, "/slow"), additional_headers=basic("argo", ARGON_PASSWORD)):
+                    pass
+                for user, password in (("bee", "wrong"), ("argo", "wrong"), ("bee", ARGON_PASSWORD)):
+                    with pytest.raises(InvalidStatus) as info:
+                        async with connect(gw_url(gw, "/slow"), additional_headers=basic(user, password)):
+                            pass
+                    assert info.value.response.status_code == 401
+                assert checks == ["$2b$", "$arg", "$2b$", "$arg", "$2b$"]
+
+    run(scenario())
+
+
+def test_validate_warns_about_fast_digests_and_refuses_broken_hashes(tmp_path):
+    """A `sha256:` basic password is WSG214 (a fast hash); a truncated bcrypt hash is WSG133; good bcrypt and
+    argon2 hashes are neither, nor WSG200 (plain text)."""
+    digest = "sha256:" + hashlib.sha256(b"pw").hexdigest()
+    app = f"""\
+kind: Application
+name: app
+identifiers:
+  basic:
+    - {{username: a, password: "{digest}"}}
+    - {{username: b, password: "{BCRYPT_HASH[:-5]}"}}
+    - {{username: c, password: "{BCRYPT_HASH}"}}
+    - {{username: d, password: "{ARGON_HASH}"}}
+apis: [Slow]
+"""
+    root = tmp_path / "config"
+    root.mkdir()
+    (root / "g.yaml").write_text(PORT + "---\n" + api_yaml("Slow", "/slow", "ws://127.0.0.1:9/") + "---\n" + app)
+    found = [(d.code, d.location.line) for d in check([root], env={}).diagnostics if d.code.startswith("WSG2")
+             or d.code == "WSG133"]
+    line = 5 + (PORT + api_yaml("Slow", "/slow", "ws://127.0.0.1:9/")).count("\n") + 2
+    assert ("WSG214", line) in found and ("WSG133", line + 1) in found
+    assert not any(line + 2 <= at for code, at in found if code in ("WSG200", "WSG214", "WSG133")), found
