@@ -11,16 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config.tree import Config
-from .credentials import (
-    VerifiedCache,
-    basic_digest,
-    certificate_digest,
-    configured_digest,
-    jwt_client_digest,
-    key_digest,
-    slow_hash_kind,
-    verify_slow_hash,
-)
+from .credentials import basic_digest, certificate_digest, configured_digest, jwt_client_digest, key_digest
+from .hashes import VerifiedCache, slow_hash_kind, verify_slow_hash
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 

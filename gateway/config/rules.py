@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
-from ..credentials import slow_hash_kind, slow_hash_problem
+from ..hashes import slow_hash_kind, slow_hash_problem
 from .diagnostics import Diagnostic, Related, error, warning
 from .document_checks import did_you_mean, suggestion
 from .models import SHA256_PATTERN, EnvKey, is_loopback, prefix_matches
