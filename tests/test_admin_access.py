@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import ssl
@@ -147,3 +148,26 @@ def test_config_shows_no_key_or_password_nor_their_digests(tmp_path):
     assert app["identifiers"]["api_keys"] == ["redacted:1", "redacted:2", {"env": "APP_KEY"}]
     assert app["identifiers"]["basic"] == [{"username": "alice", "password": "redacted:1"},
                                            {"username": "bob", "password": {"env": "BOB_PASSWORD"}}]
+
+
+def test_plan_from_a_protected_admin_sends_the_token(tmp_path, monkeypatch, capsys):
+    """`wsgate plan PATH --from URL` reads a token-protected admin with WSGATE_ADMIN_TOKEN, and without it
+    fails cleanly; an unchanged tree with literal keys is "No changes" against the redacted `/config`."""
+    from gateway.cli import main
+
+    async def scenario():
+        config = config_for(tmp_path, "  port: 0\n  token: {env: ADMIN_TOKEN}\n")
+        env = {"ADMIN_TOKEN": TOKEN, "APP_KEY": "k", "BOB_PASSWORD": "p"}
+        async with running_gateway(config, env=env) as gw:
+            admin = f"http://127.0.0.1:{gw.admin.port}"
+            monkeypatch.delenv("WSGATE_ADMIN_TOKEN", raising=False)
+            assert await asyncio.to_thread(main, ["plan", str(tmp_path / "config"), "--from", admin]) == 1
+            assert "401" in capsys.readouterr().err
+            monkeypatch.setenv("WSGATE_ADMIN_TOKEN", TOKEN)
+            for name, value in env.items():
+                monkeypatch.setenv(name, value)
+            assert await asyncio.to_thread(main, ["plan", str(tmp_path / "config"), "--from", admin]) == 0
+            out = capsys.readouterr().out
+            assert "No changes" in out and LITERAL_KEY not in out
+
+    run(scenario())
