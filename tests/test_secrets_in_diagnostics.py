@@ -160,3 +160,28 @@ def test_reload_log_and_admin_never_show_a_misshapen_credential(tmp_path):
     everything = json.dumps(logs, default=str) + "\n".join(answers)
     for _, _, marker in cases:
         assert marker not in everything
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=misshapen())
+def test_no_misshapen_credential_reaches_the_reload_log_or_admin(tmp_path, case):
+    """The property's random structures through a live gateway's reload (failed, or applied when the shape
+    happens to be valid): the marker is in neither the reload log nor the admin's `POST`/`GET /reload`."""
+    where, structure, marker = case
+    root = tmp_path / "config"
+    root.mkdir(exist_ok=True)
+    (root / "gateway.yaml").write_text(yaml_text(documents("api_keys", [{"env": "K"}])))
+
+    async def scenario() -> str:
+        async with running_gateway(check([root], env={}).config, env={}, paths=[root]) as gw:
+            admin = f"http://127.0.0.1:{gw.admin.port}"
+            (root / "gateway.yaml").write_text(yaml_text(documents(where, structure)))
+            post = await http_request(admin, b"POST /reload HTTP/1.1\r\nHost: a\r\n\r\n")
+            get = await http_request(admin, path="/reload")
+            return post.body.decode() + get.body.decode()
+
+    with structlog.testing.capture_logs() as logs:
+        answers = run(scenario())
+    outcome = [entry for entry in logs if entry["event"] in ("reload_failed", "reload_applied", "reload_skipped")]
+    assert outcome, logs  # the reload ran and was logged
+    assert marker not in json.dumps(logs, default=str) + answers
