@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 import structlog
 
+from .redaction import redact_url
+
 LogFormat = Literal["json", "console", "auto"]
 REDACTED = "[redacted]"
 _SENSITIVE_KEY = re.compile(
@@ -28,6 +30,8 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 def _redact_value(key: Any, value: Any) -> Any:
     if isinstance(key, str) and _SENSITIVE_KEY.search(key):
         return REDACTED
+    if isinstance(value, str) and "@" in value and "://" in value:
+        return redact_url(value)  # ws://user:password@host: no code should log one, and none is shown
     if isinstance(value, dict):
         return {k: _redact_value(k, v) for k, v in value.items()}
     if isinstance(value, (list, tuple)) and value and all(isinstance(v, tuple) and len(v) == 2 for v in value):
