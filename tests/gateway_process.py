@@ -1,7 +1,9 @@
-"""A `wsgate run` subprocess for tests that need a whole process: its stderr, its file limit, its exit.
+"""A `wsgate run` subprocess for sync tests: hypothesis properties and a child with its own file limit.
 
-The gateway logs JSON lines to stderr, which goes to a file; the ports come from its ``listening`` events.
-A sync websockets echo server in a thread is the backend, so a test needs no event loop of its own.
+``process_support.start_wsgate`` is the async way to run one; this is its sync counterpart, for tests that
+cannot await (hypothesis calls a sync function per example) or need ``preexec_fn`` (``RLIMIT_NOFILE``). The
+gateway logs JSON lines to stderr, which goes to a file; the ports come from its ``listening`` events. A sync
+websockets echo server in a thread is the backend, so a test needs no event loop of its own.
 """
 
 from __future__ import annotations

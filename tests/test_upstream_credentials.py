@@ -17,7 +17,7 @@ HEADER_SECRET = "Bearer hdr0secret0marker"
 
 
 def test_userinfo_is_redacted_in_plan_and_admin_and_warned_in_validate(tmp_path):
-    """`ws://user:PASS@host` is WSG213 in validate, sent upstream as Basic auth, and appears in neither the plan
+    """`ws://user:PASS@host` is WSG215 in validate, sent upstream as Basic auth, and appears in neither the plan
     (text, JSON), the admin's /config nor the log."""
     seen: list[str] = []
 
@@ -36,12 +36,12 @@ def test_userinfo_is_redacted_in_plan_and_admin_and_warned_in_validate(tmp_path)
 
     with structlog.testing.capture_logs() as logs:
         config = run(scenario())
-    assert "[redacted]@127.0.0.1" in seen[0]
+    assert "user:***@127.0.0.1" in seen[0]
     plan = diff(None, config)
     shown = render(plan, "text") + render(plan, "json") + seen[0] + json.dumps(logs, default=str)
-    assert "[redacted]@127.0.0.1" in render(plan, "text")
+    assert "user:***@127.0.0.1" in render(plan, "text")
     assert URL_PASSWORD not in shown
-    warnings = [d for d in check([tmp_path / "config"]).diagnostics if d.code == "WSG213"]
+    warnings = [d for d in check([tmp_path / "config"]).diagnostics if d.code == "WSG215"]
     assert len(warnings) == 1 and URL_PASSWORD not in (warnings[0].source_line or "") + warnings[0].summary
 
 
@@ -92,4 +92,4 @@ def test_the_log_redacts_url_userinfo_whoever_logs_it():
 
     event = {"event": "e", "where": f"ws://u:{URL_PASSWORD}@h:1/p", "nested": {"url": f"wss://{URL_PASSWORD}@h/"}}
     out = redact_credentials(None, "info", event)
-    assert out["where"] == "ws://[redacted]@h:1/p" and out["nested"]["url"] == "wss://[redacted]@h/"
+    assert out["where"] == "ws://u:***@h:1/p" and out["nested"]["url"] == "wss://***@h/"

@@ -323,7 +323,7 @@ def upstream_urls(ctx: RuleContext) -> None:
             if parts.username is not None or parts.password is not None:
                 ctx.out.append(
                     warning(
-                        "WSG213",
+                        "WSG215",
                         "upstream URL carries credentials (user:password@): they are sent as Basic auth but live "
                         "in the config, in plain text",
                         loc,
@@ -1113,7 +1113,7 @@ def application_basic_and_jwt_clients(ctx: RuleContext) -> None:
             elif password.startswith("sha256:"):
                 ctx.out.append(
                     warning(
-                        "WSG214",
+                        "WSG216",
                         "basic password as a SHA-256 digest: a fast hash, so a leaked file lets weak passwords be "
                         "guessed at billions per second",
                         ploc,
