@@ -181,10 +181,13 @@ class AcceptLoop:
     # ------------------------------------------------------- out of descriptors
     def _failed(self, exc: OSError) -> None:
         """Pause this listener for a backoff; one log line per interval, one count per failure."""
+        self._stop_reading()  # first: whatever happens next, this listener must not spin on a full process
         if self._on_error is not None:
-            self._on_error()
+            try:
+                self._on_error()
+            except Exception:
+                log.exception("accept_error_count_failed", listener=self.name)
         self._unlogged += 1
-        self._stop_reading()
         now = self._loop.time()
         if now - self._logged_at >= LOG_INTERVAL:
             log.warning("accept_paused", listener=self.name, error=errno.errorcode.get(exc.errno or 0, str(exc)),

@@ -185,11 +185,17 @@ class AdminServer:
         # paused for lack of descriptors (gateway/accept.py).
         self._server = await AcceptLoop.open("admin", protocol, self.host, self.port, backlog=128,
                                              ssl_context=self._ssl, ssl_handshake_timeout=5 if self._ssl else None,
-                                             on_error=lambda: self.gateway.metrics.accept_error("admin"),
+                                             on_error=self._count_accept_error,
                                              reserve=True)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("listening", name="admin", host=self.host, port=self.port, tls=self._ssl is not None,
                  token=self._protected)
+
+    def _count_accept_error(self) -> None:
+        # A gateway counts into its metrics; a worker supervisor (whose `metrics` is a handler) does not count.
+        count = getattr(getattr(self.gateway, "metrics", None), "accept_error", None)
+        if count is not None:
+            count("admin")
 
     def _authorized(self, head: bytes) -> bool:
         """Whether the request carries the bearer token (constant-time compare; any request if none is set)."""
