@@ -171,3 +171,25 @@ def test_plan_from_a_protected_admin_sends_the_token(tmp_path, monkeypatch, caps
             assert "No changes" in out and LITERAL_KEY not in out
 
     run(scenario())
+
+
+async def test_the_worker_supervisors_admin_wants_the_token_too(tmp_path, monkeypatch):
+    """`wsgate run --workers 2`: the supervisor's admin (one for all workers) guards the same endpoints with the
+    same token and leaves the probes open."""
+    from process_support import start_wsgate
+
+    monkeypatch.setenv("ADMIN_TOKEN", TOKEN)
+    monkeypatch.setenv("APP_KEY", "k")
+    monkeypatch.setenv("BOB_PASSWORD", "p")
+    config_for(tmp_path, "  token: {env: ADMIN_TOKEN}\n")
+    gateway = await start_wsgate(tmp_path / "config", "--workers", "2")
+    try:
+        admin = f"http://127.0.0.1:{gateway.ports['admin']}"
+        assert (await http_request(admin, request("GET", "/healthz"))).status == 200
+        for method, path in PROTECTED:
+            assert (await http_request(admin, request(method, path))).status == 401, path
+            assert (await http_request(admin, request(method, path, "wrong"))).status == 401, path
+        answer = await http_request(admin, request("GET", "/config", TOKEN))
+        assert answer.status == 200 and LITERAL_KEY not in answer.body.decode()
+    finally:
+        await gateway.kill()
