@@ -58,7 +58,7 @@ def admin_access(config: Config, host: str, env: Mapping[str, str] | None = None
     """``AdminServer``'s access keywords from the Gateway resource: its token (env or file) and TLS context.
 
     A token variable that is unset locks the protected endpoints (logged); a listener beyond loopback without
-    any token configured raises ValueError (validate reports it as WSG132; a ``--admin`` address skips that).
+    any token configured raises ValueError (validate reports it as WSG180; a ``--admin`` address skips that).
     """
     from .config.models import is_loopback
 

@@ -107,12 +107,12 @@ def test_token_file_and_tls(tmp_path):
 
 
 def test_validate_refuses_a_public_admin_without_a_token(tmp_path):
-    """`admin.host: 0.0.0.0` without a token is WSG132; with a token it is fine."""
+    """`admin.host: 0.0.0.0` without a token is WSG180; with a token it is fine."""
     write_config(tmp_path, PORT)
     root = tmp_path / "config"
     (root / "gw.yaml").write_text(gateway_doc("  host: 0.0.0.0\n  port: 0\n"))
     codes = [(d.code, d.location.line) for d in check([root], env={}).diagnostics if d.is_error]
-    assert codes == [("WSG132", 4)]
+    assert codes == [("WSG180", 4)]
     (root / "gw.yaml").write_text(gateway_doc("  host: 0.0.0.0\n  port: 0\n  token: {env: T}\n"))
     assert check([root], env={"T": "x"}).ok
 

@@ -92,7 +92,7 @@ def test_bcrypt_and_argon2_users_log_in_off_the_event_loop(tmp_path, monkeypatch
 
 
 def test_validate_warns_about_fast_digests_and_refuses_broken_hashes(tmp_path):
-    """A `sha256:` basic password is WSG216 (a fast hash); a truncated bcrypt hash is WSG133; good bcrypt and
+    """A `sha256:` basic password is WSG251 (a fast hash); a truncated bcrypt hash is WSG181; good bcrypt and
     argon2 hashes are neither, nor WSG200 (plain text)."""
     digest = "sha256:" + hashlib.sha256(b"pw").hexdigest()
     app = f"""\
@@ -110,7 +110,7 @@ apis: [Slow]
     root.mkdir()
     (root / "g.yaml").write_text(PORT + "---\n" + api_yaml("Slow", "/slow", "ws://127.0.0.1:9/") + "---\n" + app)
     found = [(d.code, d.location.line) for d in check([root], env={}).diagnostics if d.code.startswith("WSG2")
-             or d.code == "WSG133"]
+             or d.code == "WSG181"]
     line = 5 + (PORT + api_yaml("Slow", "/slow", "ws://127.0.0.1:9/")).count("\n") + 2
-    assert ("WSG216", line) in found and ("WSG133", line + 1) in found
-    assert not any(line + 2 <= at for code, at in found if code in ("WSG200", "WSG216", "WSG133")), found
+    assert ("WSG251", line) in found and ("WSG181", line + 1) in found
+    assert not any(line + 2 <= at for code, at in found if code in ("WSG200", "WSG251", "WSG181")), found

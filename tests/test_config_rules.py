@@ -143,10 +143,10 @@ def test_listeners_on_different_hosts_do_not_clash(tmp_path):
 
 
 def test_admin_port_clash(tmp_path):
-    """The Gateway's admin endpoint on a Port's number clashes too (and 0.0.0.0 without a token is WSG132)."""
+    """The Gateway's admin endpoint on a Port's number clashes too (and 0.0.0.0 without a token is WSG180)."""
     base(tmp_path)
     write(tmp_path, "gw.yaml", "kind: Gateway\nname: g\nadmin:\n  port: 8082\n  host: 0.0.0.0\n")
-    assert found(run_check(tmp_path)) == [("WSG115", "gw.yaml", 4, 9), ("WSG132", "gw.yaml", 5, 9)]
+    assert found(run_check(tmp_path)) == [("WSG115", "gw.yaml", 4, 9), ("WSG180", "gw.yaml", 5, 9)]
 
 
 def test_disabled_port_in_use_warns(tmp_path):

@@ -106,7 +106,7 @@ def test_no_misshapen_credential_reaches_a_diagnostic(tmp_path, case):
 def test_no_userinfo_reaches_a_diagnostic(tmp_path, marker):
     """A password in an upstream URL is reported (a warning) without the password."""
     text, _ = rendered(tmp_path, documents("userinfo", marker))
-    assert "WSG215" in text and marker not in text, text
+    assert "WSG250" in text and marker not in text, text
 
 
 ISSUE_CASES = {

@@ -17,7 +17,7 @@ HEADER_SECRET = "Bearer hdr0secret0marker"
 
 
 def test_userinfo_is_redacted_in_plan_and_admin_and_warned_in_validate(tmp_path):
-    """`ws://user:PASS@host` is WSG215 in validate, sent upstream as Basic auth, and appears in neither the plan
+    """`ws://user:PASS@host` is WSG250 in validate, sent upstream as Basic auth, and appears in neither the plan
     (text, JSON), the admin's /config nor the log."""
     seen: list[str] = []
 
@@ -41,7 +41,7 @@ def test_userinfo_is_redacted_in_plan_and_admin_and_warned_in_validate(tmp_path)
     shown = render(plan, "text") + render(plan, "json") + seen[0] + json.dumps(logs, default=str)
     assert "user:***@127.0.0.1" in render(plan, "text")
     assert URL_PASSWORD not in shown
-    warnings = [d for d in check([tmp_path / "config"]).diagnostics if d.code == "WSG215"]
+    warnings = [d for d in check([tmp_path / "config"]).diagnostics if d.code == "WSG250"]
     assert len(warnings) == 1 and URL_PASSWORD not in (warnings[0].source_line or "") + warnings[0].summary
 
 

@@ -323,7 +323,7 @@ def upstream_urls(ctx: RuleContext) -> None:
             if parts.username is not None or parts.password is not None:
                 ctx.out.append(
                     warning(
-                        "WSG215",
+                        "WSG250",
                         "upstream URL carries credentials (user:password@): they are sent as Basic auth but live "
                         "in the config, in plain text",
                         loc,
@@ -885,7 +885,7 @@ def admin_access(ctx: RuleContext) -> None:
         if admin.token is None and admin.token_file is None and not is_loopback(admin.host):
             ctx.out.append(
                 error(
-                    "WSG132",
+                    "WSG180",
                     f"the admin listener binds {admin.host}, beyond loopback, without a token",
                     e.doc.value_at(("admin", "host")),
                     hint="add `token: {env: WSGATE_ADMIN_TOKEN}` (or `token_file`) under `admin`, or bind 127.0.0.1",
@@ -1100,7 +1100,7 @@ def application_basic_and_jwt_clients(ctx: RuleContext) -> None:
             elif slow_hash_kind(password) is not None:
                 problem = slow_hash_problem(password)
                 if problem is not None:
-                    ctx.out.append(error("WSG133", problem[0], ploc, hint=problem[1], at_credential=True))
+                    ctx.out.append(error("WSG181", problem[0], ploc, hint=problem[1], at_credential=True))
             elif password.startswith("sha256:") and not SHA256_PATTERN.match(password):
                 ctx.out.append(
                     error(
@@ -1113,7 +1113,7 @@ def application_basic_and_jwt_clients(ctx: RuleContext) -> None:
             elif password.startswith("sha256:"):
                 ctx.out.append(
                     warning(
-                        "WSG216",
+                        "WSG251",
                         "basic password as a SHA-256 digest: a fast hash, so a leaked file lets weak passwords be "
                         "guessed at billions per second",
                         ploc,
