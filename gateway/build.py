@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import CheckCache, CheckResult, check, with_source_lines
+from .config import CheckCache, CheckResult, check, redact, with_source_lines
 from .config.diagnostics import Diagnostic, error
 from .config.tree import Config
 
@@ -33,13 +33,14 @@ def build(paths: Sequence[str | Path], *, env: Mapping[str, str] | None = None, 
     result = check(paths, env=env, cache=cache, import_transforms=import_transforms)
     if result.config is None:
         return result
-    problems = with_source_lines(compile_problems(result.config, os.environ if env is None else env),
-                                 result.sources)
+    # Scrubbed like check()'s own: a quoted upstream URL line may carry userinfo.
+    problems = redact.scrub(with_source_lines(compile_problems(result.config, os.environ if env is None else env),
+                                              result.sources), result.documents)
     if not problems:
         return result
     diagnostics = sorted(result.diagnostics + problems, key=Diagnostic.sort_key)
     config = None if any(d.is_error for d in problems) else result.config
-    return CheckResult(config, diagnostics, result.files, result.sources)
+    return CheckResult(config, diagnostics, result.files, result.sources, result.documents)
 
 
 def compile_problems(config: Config, env: Mapping[str, str]) -> list[Diagnostic]:

@@ -36,6 +36,8 @@ class CheckResult:
     diagnostics: list[Diagnostic] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     sources: Mapping[str, list[str]] = field(default_factory=dict, repr=False)  # file -> lines, to quote
+    # What the diagnostics of a later stage (the compile in gateway.build) are scrubbed against.
+    documents: Sequence[Document] = field(default_factory=tuple, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -176,8 +178,8 @@ def _check(paths: Sequence[str | Path], env: Mapping[str, str] | None, cache: Ch
     diagnostics.sort(key=Diagnostic.sort_key)
 
     if any(d.is_error for d in diagnostics):
-        return CheckResult(None, diagnostics, loaded.files, loaded.sources)
-    return CheckResult(_build(dirs[0], entries), diagnostics, loaded.files, loaded.sources)
+        return CheckResult(None, diagnostics, loaded.files, loaded.sources, loaded.documents)
+    return CheckResult(_build(dirs[0], entries), diagnostics, loaded.files, loaded.sources, loaded.documents)
 
 
 # Rules that complain about something missing: in a salvaged document the schema already reported why it is.
