@@ -242,7 +242,7 @@ class HealthRegistry:
             try:
                 result = await probe(endpoint.probe_url, timeout=settings.timeout, ssl_context=route.ssl_context,
                                      server_hostname=route.api.upstream.tls.server_hostname,
-                                     tcp_only=settings.type == "tcp")
+                                     tcp_only=settings.type == "tcp", headers=route.upstream_headers)
             except Exception as exc:  # a bug in the probe must not end the checks
                 log.exception("health probe failed", api=checker.health.api, endpoint=endpoint.url)
                 result = ProbeResult(False, f"probe error: {exc.__class__.__name__}")

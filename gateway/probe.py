@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,8 +42,12 @@ class ProbeResult:
 
 
 async def probe(url: str, *, timeout: float, ssl_context: ssl.SSLContext | None = None,
-                server_hostname: str | None = None, tcp_only: bool = False) -> ProbeResult:
-    """Open a handshake to ``url`` within ``timeout`` seconds and say what came back."""
+                server_hostname: str | None = None, tcp_only: bool = False,
+                headers: Sequence[tuple[str, str]] = ()) -> ProbeResult:
+    """Open a handshake to ``url`` within ``timeout`` seconds and say what came back.
+
+    ``headers`` are the API's ``upstream.headers``: an upstream that requires its
+    Authorization refuses a probe without it, as it would a real upgrade."""
     parts = urlsplit(url)
     secure = parts.scheme == "wss"
     context = (ssl_context or ssl.create_default_context()) if secure else None
@@ -57,7 +62,7 @@ async def probe(url: str, *, timeout: float, ssl_context: ssl.SSLContext | None 
                 return ProbeResult(True, "connected")
             kwargs = {"server_hostname": server_hostname} if secure and server_hostname else {}
             async with connect(url, ssl=context, open_timeout=None, close_timeout=timeout, compression=None,
-                               logger=_quiet, **kwargs):  # type: ignore[arg-type]
+                               additional_headers=list(headers) or None, logger=_quiet, **kwargs):  # type: ignore[arg-type]
                 return ProbeResult(True, "101 Switching Protocols", 101)
     except InvalidStatus as exc:
         response = exc.response
@@ -102,7 +107,7 @@ async def probe_config(config: Config, paths: Sequence[str | Path], timeout: flo
     its URL's line; the TLS settings (CA, client certificate, SNI name) are
     the ones the runtime would use.
     """
-    from .routes import upstream_ssl_context
+    from .routes import upstream_headers, upstream_ssl_context
 
     loaded = load([Path(p) for p in paths])
     docs = {doc.data.get("name"): doc for doc in loaded.documents
@@ -111,16 +116,18 @@ async def probe_config(config: Config, paths: Sequence[str | Path], timeout: flo
     for name, api in sorted(config.apis.items()):
         context = upstream_ssl_context(api)
         hostname = api.model.upstream.tls.server_hostname
+        headers = upstream_headers(api, os.environ)
         doc = docs.get(name)
         for i, endpoint in enumerate(api.model.upstream.endpoints):
             location = doc.value_at(("upstream", "endpoints", i, "url")) if doc is not None else None
             lines = loaded.sources.get(location.file, []) if location is not None else []
             line = lines[location.line - 1] if location is not None and 0 < location.line <= len(lines) else None
-            targets.append((name, endpoint.url, location, line, context, hostname))
-    results = await asyncio.gather(*(probe(url, timeout=timeout, ssl_context=context, server_hostname=hostname)
-                                     for _, url, _, _, context, hostname in targets))
+            targets.append((name, endpoint.url, location, line, context, hostname, headers))
+    results = await asyncio.gather(*(probe(url, timeout=timeout, ssl_context=context, server_hostname=hostname,
+                                           headers=headers)
+                                     for _, url, _, _, context, hostname, headers in targets))
     return [EndpointProbe(name, shown(url), location, line, result)
-            for (name, url, location, line, _, _), result in zip(targets, results, strict=True)]
+            for (name, url, location, line, *_), result in zip(targets, results, strict=True)]
 
 
 def probe_diagnostics(probes: Sequence[EndpointProbe]) -> list[Diagnostic]:

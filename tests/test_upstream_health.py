@@ -504,3 +504,18 @@ async def test_tcp_health_checks_see_a_dead_port_but_not_a_refused_upgrade(tmp_p
             probes = gw.health.probes
             await gw.health.wait_for(lambda: gw.health.probes >= probes + 4, TIMEOUT)
             assert state(gw, up.url) and up.requests == []
+
+
+async def test_health_probes_send_the_apis_upstream_headers(tmp_path):
+    """Active probes carry `upstream.headers` (an upstream that requires its Authorization would otherwise be
+    marked down), and /upstreams does not show the value."""
+    from support import recording_backend
+
+    async with recording_backend() as backend:
+        checks = FAST_CHECKS + "  headers:\n    Authorization: {env: PROBE_AUTH}\n"
+        config = write_config(tmp_path, PORT, health_api(backend.url + "/ws", upstream=checks))
+        async with running_gateway(config, env={"PROBE_AUTH": "Bearer probe0marker"}) as gw:
+            await gw.health.wait_for(lambda: gw.health.probes >= 1, TIMEOUT)
+            body = (await http_request(f"http://127.0.0.1:{gw.admin.port}", path="/upstreams")).body
+    assert backend.requests[0].headers["Authorization"] == "Bearer probe0marker"
+    assert b"probe0marker" not in body
