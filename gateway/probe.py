@@ -116,7 +116,7 @@ async def probe_config(config: Config, paths: Sequence[str | Path], timeout: flo
     for name, api in sorted(config.apis.items()):
         context = upstream_ssl_context(api)
         hostname = api.model.upstream.tls.server_hostname
-        headers = upstream_headers(api, os.environ)
+        headers = upstream_headers(api.model, os.environ)
         doc = docs.get(name)
         for i, endpoint in enumerate(api.model.upstream.endpoints):
             location = doc.value_at(("upstream", "endpoints", i, "url")) if doc is not None else None
