@@ -66,6 +66,14 @@ def parse_address(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+class StartError(Exception):
+    """A listener the config asks for cannot be opened: one log line for the operator, not a traceback."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
 class Gateway:
     """Every listener of one config, and the route table they read.
 
@@ -372,7 +380,13 @@ class Gateway:
                 address = self._admin_override
             if address is not None:
                 self.admin = self._admin_server(*address)
-                await self.admin.start()
+                try:
+                    await self.admin.start()
+                except OSError as exc:
+                    raise StartError(f"the admin listener cannot listen on {address[0]}:{address[1]}: "
+                                     f"{exc.strerror or exc}",
+                                     "stop the other process, or change `admin.port` in the Gateway resource "
+                                     "(or --admin)") from exc
             self.health.sync(self.table)  # probes start once the config's own echo servers listen
         except BaseException:
             await self.stop()
@@ -393,12 +407,18 @@ class Gateway:
         assert self._services is not None, "the gateway is not started"
         listener = PortListener(name, context is not None, port.limits.handshake_timeout,
                                 port.limits.max_connections, self._services)
-        server = await AcceptLoop.open(
-            name, listener.protocol_factory, port.host, self.port_numbers.get(name, port.port), backlog=1024,
-            ssl_context=context, reuse_port=self.reuse_port,
-            ssl_handshake_timeout=port.limits.handshake_timeout if context else None,
-            on_error=functools.partial(self.metrics.accept_error, name),
-        )
+        number = self.port_numbers.get(name, port.port)
+        try:
+            server = await AcceptLoop.open(
+                name, listener.protocol_factory, port.host, number, backlog=1024,
+                ssl_context=context, reuse_port=self.reuse_port,
+                ssl_handshake_timeout=port.limits.handshake_timeout if context else None,
+                on_error=functools.partial(self.metrics.accept_error, name),
+            )
+        except OSError as exc:
+            raise StartError(f"port '{name}' cannot listen on {port.host}:{number}: {exc.strerror or exc}",
+                             "another process holds that address, or the host is not one of this machine's: "
+                             "stop the other process or change `port`/`host` in the Port resource") from exc
         self.servers[name] = server
         self.listeners[name] = listener
         host, bound = server.sockets[0].getsockname()[:2]
@@ -445,7 +465,11 @@ async def serve(config: Config, admin: tuple[str, int] | None = None,
     watcher: ConfigWatcher | None = None
     async with stop_requested() as stopping:
         try:
-            await gateway.start()
+            try:
+                await gateway.start()
+            except StartError as exc:
+                log.error("start_failed", error=str(exc), hint=exc.hint)
+                return 1
             if watch:
                 watcher = ConfigWatcher(gateway.paths, gateway.reload)
                 await watcher.start()

@@ -155,3 +155,26 @@ async def test_tutorial_flow_through_the_examples(tmp_path):
         assert "tutorial-key" not in log_text
     finally:
         await backend.stop()
+
+
+async def test_run_on_a_taken_port_says_so_in_one_line_and_exits_1(tmp_path):
+    """A port another process holds ends `wsgate run` with exit 1 and one `start_failed` line naming the port,
+    not a traceback."""
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        write_config(tmp_path, PORT.replace("port: 0", f"port: {taken}"), api_yaml("A", "/a", "ws://127.0.0.1:9/"))
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "run", str(tmp_path / "config"),
+            "--admin", "127.0.0.1:0", "--log-format", "json",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )
+        async with asyncio.timeout(TIMEOUT):
+            output = (await process.stdout.read()).decode()
+            assert await process.wait() == 1, output
+    assert "Traceback" not in output
+    failed = [json.loads(line) for line in output.splitlines() if '"start_failed"' in line]
+    assert len(failed) == 1 and f"127.0.0.1:{taken}" in failed[0]["error"], output
