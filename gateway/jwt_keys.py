@@ -206,24 +206,25 @@ class JWTVerifier:
         raise TokenError(f"no {' or '.join(self.claims)} claim")
 
 
+# Most specific first: several of PyJWT's errors subclass InvalidTokenError.
+_REASONS: tuple[tuple[type[Exception] | tuple[type[Exception], ...], str], ...] = (
+    (jwt.ExpiredSignatureError, "expired"),
+    (jwt.ImmatureSignatureError, "not yet valid"),
+    (jwt.InvalidAudienceError, "wrong audience"),
+    (jwt.InvalidIssuerError, "wrong issuer"),
+    (jwt.InvalidAlgorithmError, "algorithm not allowed"),
+    (jwt.InvalidSignatureError, "bad signature"),
+    (jwt.InvalidIssuedAtError, "malformed iat claim"),
+)
+
+
 def _reason(exc: Exception) -> str:
     """A short, token-free reason for a PyJWT error."""
-    if isinstance(exc, jwt.ExpiredSignatureError):
-        return "expired"
-    if isinstance(exc, jwt.ImmatureSignatureError):
-        return "not yet valid"
-    if isinstance(exc, jwt.InvalidAudienceError):
-        return "wrong audience"
-    if isinstance(exc, jwt.InvalidIssuerError):
-        return "wrong issuer"
     if isinstance(exc, jwt.MissingRequiredClaimError):
         return f"missing {exc.claim} claim"
-    if isinstance(exc, jwt.InvalidAlgorithmError):
-        return "algorithm not allowed"
-    if isinstance(exc, jwt.InvalidSignatureError):
-        return "bad signature"
-    if isinstance(exc, jwt.InvalidIssuedAtError):
-        return "malformed iat claim"
+    for kinds, reason in _REASONS:
+        if isinstance(exc, kinds):
+            return reason
     if isinstance(exc, (jwt.DecodeError, jwt.InvalidTokenError)):
         return "malformed"
     return "invalid"

@@ -259,23 +259,6 @@ def prepare_upgrade(
     return PreparedUpgrade(query, list(subprotocols), tail, suffix, own_authorization="authorization" in replaced)
 
 
-def build_upstream_request(
-    route: CompiledAPI,
-    *,
-    client_headers: Headers,
-    query: str,
-    subprotocols: Iterable[Subprotocol],
-    peer_ip: str,
-    secure: bool,
-    application: str | None,
-) -> UpstreamRequest:
-    """The upgrade request for the endpoint the route would try first."""
-    prepared = prepare_upgrade(client_headers=client_headers, query=query, subprotocols=subprotocols,
-                               peer_ip=peer_ip, secure=secure, application=application,
-                               configured=route.upstream_headers)
-    return prepared.for_endpoint(route.pick_endpoint())
-
-
 _TOKEN = re.compile(rb"[-!#$%&\'*+.^_`|~0-9a-zA-Z]+")
 _VALUE = re.compile(rb"[\x09\x20-\x7e\x80-\xff]*")
 

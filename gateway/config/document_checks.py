@@ -63,23 +63,17 @@ def describe_path(path: Sequence[Any]) -> str:
     return out or "the document"
 
 
+# Checked in order: bool before int (a bool is an int), datetime before date.
+_JSON_TYPES: tuple[tuple[type | tuple[type, ...], str], ...] = (
+    (type(None), "null"), (bool, "boolean"), (int, "integer"), (float, "number"), (str, "string"),
+    (list, "list"), (dict, "mapping"), ((date, datetime), "date"),
+)
+
+
 def json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "list"
-    if isinstance(value, dict):
-        return "mapping"
-    if isinstance(value, (date, datetime)):
-        return "date"
+    for kinds, name in _JSON_TYPES:
+        if isinstance(value, kinds):
+            return name
     return type(value).__name__
 
 

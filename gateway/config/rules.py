@@ -158,6 +158,12 @@ def _listed_once(ctx: RuleContext, entry: Any, field_name: str, what: str) -> It
         yield name, loc
 
 
+def _unknown(ctx: RuleContext, code: str, summary: str, loc: Location | None, name: str, known: set[str],
+             listing: str, otherwise: str) -> None:
+    """A reference to a resource nobody declares: "did you mean" among ``known``, else how to declare it."""
+    ctx.out.append(error(code, summary, loc, hint=suggestion(name, sorted(known), listing=listing) or otherwise))
+
+
 @rule
 def api_port_references(ctx: RuleContext) -> None:
     ports = ctx.firsts("Port")
@@ -165,15 +171,8 @@ def api_port_references(ctx: RuleContext) -> None:
     for e in ctx.of("API"):
         for name, loc in _listed_once(ctx, e, "ports", "port"):
             if name not in known:
-                ctx.out.append(
-                    error(
-                        "WSG112",
-                        f"API '{e.name}' refers to an unknown port '{name}'",
-                        loc,
-                        hint=suggestion(name, sorted(known), listing="declared ports")
-                        or "declare a Port resource with this name",
-                    )
-                )
+                _unknown(ctx, "WSG112", f"API '{e.name}' refers to an unknown port '{name}'", loc, name, known,
+                         "declared ports", "declare a Port resource with this name")
             elif name in ports and not ports[name].model.enabled:
                 ctx.out.append(
                     warning(
@@ -193,15 +192,8 @@ def application_api_references(ctx: RuleContext) -> None:
     for e in ctx.of("Application"):
         for name, loc in _listed_once(ctx, e, "apis", "API"):
             if name not in known:
-                ctx.out.append(
-                    error(
-                        "WSG113",
-                        f"application '{e.name}' is registered to an unknown API '{name}'",
-                        loc,
-                        hint=suggestion(name, sorted(known), listing="declared APIs")
-                        or "declare an API with this name",
-                    )
-                )
+                _unknown(ctx, "WSG113", f"application '{e.name}' is registered to an unknown API '{name}'", loc,
+                         name, known, "declared APIs", "declare an API with this name")
 
 
 # ------------------------------------------------------------------- APIs
