@@ -114,3 +114,42 @@ def test_validate_scale_runs_end_to_end():
     rows = [line.split("  ")[0] for line in proc.stdout.splitlines()[2:]]
     assert rows == ["check() in process", "wsgate validate (new process)", "reload, tree unchanged",
                     "reload, one file changed"]
+
+
+@pytest.mark.timeout(120)
+def test_reconnect_storm_serves_every_client(tmp_path: Path) -> None:
+    """``upgrades.py --storm 50``: 50 clients at once on a fresh gateway, every one answered 101 and echoed."""
+    out = tmp_path / "storm.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "upgrades.py"), "--storm", "50", "--storm-processes", "2",
+         "--backend", "python", "--no-install", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    storm = json.loads(out.read_text())["storm"]
+    assert storm["clients"] == 50 and storm["served"] == 50
+    assert storm["statuses"] == {"101": 50} and storm["late"] == 0 and storm["ok"] is True
+    assert "served: 50 of 50" in proc.stdout
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(not HAVE_GO_AND_NGINX, reason="needs Debian's golang-go, gorilla/websocket and nginx")
+def test_upgrades_benchmark_rows(tmp_path: Path) -> None:
+    """``upgrades.py`` measures upgrades/s and CPU per upgrade through nginx, identify + throttle and the tutorial."""
+    out = tmp_path / "upgrades.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "upgrades.py"), "--seconds", "0.5", "--warmup", "0.1",
+         "--conns", "2", "--no-install", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=170,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {row["target"]: row for row in json.loads(out.read_text())["upgrades"]}
+    assert set(rows) == {"nginx", "fast", "tutorial"}
+    assert all(row["per_s"] > 0 and row["failed"] == 0 and row["cpu_us"] is not None for row in rows.values())
+    assert "| wsgate tutorial chain |" in proc.stdout
