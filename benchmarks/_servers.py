@@ -391,6 +391,10 @@ def _gateway_main(args: argparse.Namespace) -> None:
     async def start() -> dict[str, Any]:
         runtime, ports = await _start_gateway(Path(args.config))
         handle["runtime"] = runtime
+        if not os.environ.get("WSGATE_BENCH_NO_FREEZE"):  # as `wsgate run` does after start-up
+            from gateway.runtime import freeze_startup_heap
+
+            freeze_startup_heap()
         return {"ports": ports}
 
     async def stop() -> None:
