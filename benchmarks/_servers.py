@@ -422,9 +422,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report-fd", type=int, required=True)
     parser.add_argument("--config", help="gateway: the generated config directory")
     parser.add_argument("--log-level", default="warning")
+    parser.add_argument("--log-json", action="store_true",
+                        help="gateway: log as `wsgate run` does (gateway.log's JSON lines) at --log-level")
     parser.add_argument("--profile", help="gateway: run under cProfile and write the stats to this file on stop")
     args = parser.parse_args(argv)
-    _quiet_logs(getattr(logging, args.log_level.upper()))
+    if args.log_json:
+        from gateway.log import configure_logging
+
+        configure_logging("json", args.log_level)
+    else:
+        _quiet_logs(getattr(logging, args.log_level.upper()))
     raise_open_files_limit()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the coordinator stops us
     sys.path.insert(0, str(HERE))

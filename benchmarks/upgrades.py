@@ -58,7 +58,7 @@ from _harness import (  # noqa: E402
 )
 from _load import GoLoad  # noqa: E402
 from _servers import Child, Nginx  # noqa: E402
-from relay import API_KEY, START_TIMEOUT, ensure_go, ensure_nginx, start_gateway  # noqa: E402
+from relay import API_KEY, START_TIMEOUT, ensure_go, ensure_nginx, gateway_config  # noqa: E402
 
 log = structlog.get_logger("wsgate.bench")
 
@@ -149,7 +149,11 @@ def run_upgrades(args: argparse.Namespace) -> list[UpgradeRow]:
                     url = f"ws://127.0.0.1:{proxy.port}/echo/"
                     cpu_of: Any = _Worker(proxy)
                 else:
-                    gateway, port = start_gateway(one, tmp, backend_port, key, None)
+                    config = gateway_config(tmp / f"config-{key}", backend_port, key)
+                    flags = ["--log-level", "info", "--log-json"] if args.logs else []
+                    gateway = Child("gateway", ["--config", str(config), *flags], tmp / f"gateway-{key}.log", cwd=tmp)
+                    one.callback(gateway.stop)
+                    port = gateway.wait_report(START_TIMEOUT)["ports"]["bench"]
                     path = "upgrade" if key == "fast" else "tutorial"
                     url = f"ws://127.0.0.1:{port}/{path}?x-Gateway-APIKey={API_KEY}"
                     cpu_of = gateway
@@ -182,7 +186,8 @@ def render_upgrades(rows: list[UpgradeRow], args: argparse.Namespace) -> str:
         f"wsgate upgrade benchmark, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; {os.cpu_count()} cores "
         f"({cpu_model()}), Python {sys.version.split()[0]}; load average {os.getloadavg()[0]:.1f}",
         f"{args.conns} concurrent loops of connect, handshake, one 64 B message, close; {args.seconds:g} s after "
-        f"{args.warmup:g} s warm-up; the run with the least CPU per upgrade of {args.repeat}",
+        f"{args.warmup:g} s warm-up; the run with the least CPU per upgrade of {args.repeat}; gateway logs: "
+        + ("info, JSON lines to a file" if args.logs else "warnings only"),
         "",
         "| proxy | upgrades/s | vs nginx | proxy CPU µs / upgrade | vs nginx | failed |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -396,6 +401,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--logs", action="store_true",
+                        help="gateways log at info as JSON lines (as `wsgate run` does) to a file; default: warnings")
     parser.add_argument("--profile", type=Path, help="py-spy each gateway's first run into PATH.<row>.txt")
     parser.add_argument("--storm", type=int, default=0, help="instead: this many clients at once (e.g. 5000)")
     parser.add_argument("--storm-processes", type=int, default=4)

@@ -429,10 +429,12 @@ class ClientHandshake(asyncio.Protocol):
                 lines.append(f"Sec-WebSocket-Protocol: {leg.subprotocol}")
             self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
             self._outcome(route, conn, 101, None, None)
-            log.info("upgrade_accepted", status=101, api=conn.api, app=application, peer=conn.peer[0],
-                     connection=conn.id, upstream=leg.url, subprotocol=leg.subprotocol)
+            # One info record per connection, at its end (connection_closed, with the upstream): a JSON log
+            # record costs ~30 µs, about 5 % of an upgrade. The moment of the 101 stays visible at debug level.
+            log.debug("upgrade_accepted", status=101, api=conn.api, app=application, peer=conn.peer[0],
+                      connection=conn.id, upstream=leg.url, subprotocol=leg.subprotocol)
             services = self.listener.services
-            closed = _Closer(services, record, route, conn)
+            closed = _Closer(services, record, route, conn, leg.url, leg.subprotocol)
             relay: Relay
             if route.fast_path and not extensions:
                 relay = ByteRelay(client=self.transport, upstream=leg.transport, client_pending=bytes(self.buffer),
@@ -496,14 +498,16 @@ def _tokens(value: str) -> list[str]:
 class _Closer:
     """The relay's on_closed callback: log, tell the policies, release, untrack — once."""
 
-    __slots__ = ("services", "record", "route", "conn")
+    __slots__ = ("services", "record", "route", "conn", "upstream", "subprotocol")
 
     def __init__(self, services: ListenerServices, record: Connection | None, route: CompiledAPI,
-                 conn: ConnectionContext) -> None:
+                 conn: ConnectionContext, upstream: str, subprotocol: str | None) -> None:
         self.services = services
         self.record = record
         self.route = route
         self.conn = conn
+        self.upstream = upstream  # the endpoint that answered: the connection's one log record names it
+        self.subprotocol = subprotocol
 
     def __call__(self, code: int | None, reason: str) -> None:
         if self.record is None:
@@ -516,7 +520,8 @@ class _Closer:
         conn = self.conn
         counters = conn.counters
         log.info("connection_closed", api=conn.api, app=conn.application.name if conn.application else None,
-                 peer=conn.peer[0], connection=conn.id, code=code, reason=reason,
+                 peer=conn.peer[0], connection=conn.id, upstream=self.upstream, subprotocol=self.subprotocol,
+                 code=code, reason=reason,
                  duration=round(time.monotonic() - conn.started, 3), messages_in=counters.messages_in,
                  messages_out=counters.messages_out, bytes_in=counters.bytes_in, bytes_out=counters.bytes_out)
         for policy in self.route.chain:

@@ -434,7 +434,7 @@ async def test_the_examples_health_checked_api_spreads_over_its_two_endpoints(tm
                 admin = f"http://127.0.0.1:{gw.admin.port}"
                 endpoints = (await http_request(admin, path="/upstreams")).json()["apis"]["EchoHA"]
                 assert [e["healthy"] for e in endpoints] == [True, True]
-        used = Counter(e["upstream"].rsplit("/", 2)[-2] for e in events if e["event"] == "upgrade_accepted")
+        used = Counter(e["upstream"].rsplit("/", 2)[-2] for e in events if e["event"] == "connection_closed")
         assert used == {"echo": 2, "echo-replica": 4}
     finally:
         await backend.stop()
