@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 import structlog
+from websockets.datastructures import Headers
 from websockets.exceptions import (
     InvalidHandshake,
     InvalidMethod,
@@ -33,11 +34,13 @@ from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFact
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
+from websockets.utils import accept_key
 
 from .policies.base import ConnectionContext, Rejection, UpgradeRequest
 from .redaction import redact_query
 from .relay.fast import ByteRelay
 from .relay.message import MessageRelay
+from .request_head import plain_upgrade
 from .routes import request_host
 from .tls import client_certificate
 from .upstream import UpstreamError, _quiet, open_with_failover, prepare_upgrade, strip_api_key
@@ -294,6 +297,25 @@ class ClientHandshake(asyncio.Protocol):
         self.timer = asyncio.get_running_loop().call_later(LINGER, transport.abort)
 
     def _handle_head(self, head: bytes) -> None:
+        plain = plain_upgrade(head)
+        if plain is None:
+            self._handle_unusual_head(head)
+            return
+        listener = self.listener
+        path, _, query = plain.target.partition("?")
+        found = listener.services.table().match(listener.name, path, request_host(plain.headers.get("Host")))
+        if found is None:
+            self._refuse_early(404, "not_found", "no API at this path", path)
+            return
+        route, suffix = found
+        if route.api.compression and "Sec-WebSocket-Extensions" in plain.headers:
+            self._handle_unusual_head(head)  # negotiating permessage-deflate is websockets' job
+            return
+        self._start_upgrade(route, suffix, path, query, plain.headers, [], accept_key(plain.key), None)
+
+    def _handle_unusual_head(self, head: bytes) -> None:
+        """Any head ``plain_upgrade`` does not take: websockets parses and checks it and the refusal is worded
+        from its exception."""
         listener = self.listener
         ws = ServerProtocol(max_size=None, logger=_quiet)
         ws.receive_data(head)
@@ -335,9 +357,15 @@ class ClientHandshake(asyncio.Protocol):
         except InvalidHandshake as exc:
             self._refuse_early(400, "bad_request", f"invalid WebSocket handshake: {exc}", path)
             return
+        # Only the negotiated extensions outlive this call: the parser, request and response objects go now.
+        self._start_upgrade(route, suffix, path, query, request.headers, ws.extensions, accept, extensions_header)
+
+    def _start_upgrade(self, route: CompiledAPI, suffix: str, path: str, query: str, headers: Headers,
+                       extensions: list[Any], accept: str, extensions_header: str | None) -> None:
+        """A valid upgrade to ``route``: build its context and run its policies and upstream connect."""
+        listener = self.listener
         peer = self._peer()
         safe_query = strip_api_key(query)
-        headers = request.headers
         conn = ConnectionContext(
             api=route.name,
             api_version=route.api.version,
@@ -366,9 +394,8 @@ class ClientHandshake(asyncio.Protocol):
         record.conn = conn
         record.route = route
         offered = [Subprotocol(p) for value in headers.get_all("Sec-WebSocket-Protocol") for p in _tokens(value)]
-        # Only the negotiated extensions outlive this call: the parser, request and response objects go now.
         record.task = asyncio.get_running_loop().create_task(
-            self._upgrade(route, conn, upgrade, ws.extensions, accept, extensions_header, safe_query, offered, suffix)
+            self._upgrade(route, conn, upgrade, extensions, accept, extensions_header, safe_query, offered, suffix)
         )
 
     async def _upgrade(self, route: CompiledAPI, conn: ConnectionContext, upgrade: UpgradeRequest,

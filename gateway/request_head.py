@@ -1,0 +1,93 @@
+"""One pass over an ordinary WebSocket upgrade request head; anything unusual is websockets' to judge.
+
+Nearly every client sends the same shape of head: ``GET /path HTTP/1.1``, each header once, ``Upgrade:
+websocket``, ``Connection: Upgrade``, a 16-byte key, version 13. ``plain_upgrade`` recognises exactly that
+shape in a single loop over the lines and returns what the listener needs; for every other head it returns
+None and the listener runs websockets' parser and handshake checks (``ServerProtocol``), which word the
+refusal (400, 405, 426, 431, 505). The invariant: this module accepts a subset of what that path accepts,
+with the same result (path, headers, key), so it may only make an upgrade cheaper, never change its outcome.
+Conservative on purpose: any header name seen twice, any byte outside the header grammar, a body, a
+transfer coding or a line near websockets' limits sends the head the long way.
+"""
+
+from __future__ import annotations
+
+import binascii
+import re
+from base64 import b64decode
+from typing import NamedTuple
+
+from websockets.datastructures import Headers
+from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS
+
+_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
+_VALUE = re.compile(rb"[\x09\x20-\x7e\x80-\xff]*")
+_TARGET = re.compile(rb"/[\x21-\x7e]*")  # origin-form: visible ASCII, no space or control byte
+_TOKEN_LIST = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+(?:[ \t]*,[ \t]*[-!#$%&'*+.^_`|~0-9a-zA-Z]+)*")
+# Headers whose presence means more than a plain upgrade: a body, or a value websockets must parse further.
+_UNUSUAL = frozenset({b"transfer-encoding", b"content-length"})
+
+
+class PlainUpgrade(NamedTuple):
+    """An ordinary upgrade request: its target (path and query), its headers, its Sec-WebSocket-Key."""
+
+    target: str
+    headers: Headers
+    key: str
+
+
+def plain_upgrade(head: bytes) -> PlainUpgrade | None:
+    """The request in ``head`` (ending in CRLF CRLF) if it is an ordinary, valid upgrade; else None."""
+    lines = head.split(b"\r\n")
+    # The head ends in CRLF CRLF: the split leaves two empty strings at the end.
+    if len(lines) > MAX_NUM_HEADERS + 3 or lines[-1] or lines[-2]:
+        return None
+    request_line = lines[0]
+    if len(request_line) + 2 > MAX_LINE_LENGTH or not request_line.startswith(b"GET "):
+        return None
+    target, space, protocol = request_line[4:].partition(b" ")
+    if not space or protocol != b"HTTP/1.1" or not _TARGET.fullmatch(target):
+        return None
+    seen: set[bytes] = set()
+    pairs: list[tuple[str, str]] = []
+    key = version = upgrade = None
+    connection_upgrade = False
+    for line in lines[1:-2]:
+        if len(line) + 2 > MAX_LINE_LENGTH:
+            return None
+        raw_name, colon, raw_value = line.partition(b":")
+        if not colon or not _TOKEN.fullmatch(raw_name):
+            return None
+        raw_value = raw_value.strip(b" \t")
+        if not _VALUE.fullmatch(raw_value):
+            return None
+        lower = raw_name.lower()
+        if lower in seen or lower in _UNUSUAL:
+            return None
+        seen.add(lower)
+        if lower == b"connection":
+            if not _TOKEN_LIST.fullmatch(raw_value):
+                return None
+            connection_upgrade = any(t.strip(b" \t").lower() == b"upgrade" for t in raw_value.split(b","))
+        elif lower == b"upgrade":
+            upgrade = raw_value
+        elif lower == b"sec-websocket-key":
+            key = raw_value
+        elif lower == b"sec-websocket-version":
+            version = raw_value
+        elif lower == b"sec-websocket-protocol" and not _TOKEN_LIST.fullmatch(raw_value):
+            return None
+        pairs.append((raw_name.decode("ascii"), raw_value.decode("iso-8859-1")))
+    if not connection_upgrade or upgrade is None or upgrade.lower() != b"websocket" or version != b"13":
+        return None
+    if key is None or len(key) != 24:
+        return None
+    try:
+        if len(b64decode(key, validate=True)) != 16:
+            return None
+    except binascii.Error:
+        return None
+    headers = Headers()
+    for name, value in pairs:
+        headers[name] = value  # Headers appends: a plain head has each name once
+    return PlainUpgrade(target.decode("ascii"), headers, key.decode("ascii"))

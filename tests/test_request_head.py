@@ -1,0 +1,108 @@
+"""The one-pass upgrade head reader (gateway/request_head.py) takes only what websockets would accept, alike."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from websockets.http11 import Request
+from websockets.server import ServerProtocol
+
+from gateway.request_head import plain_upgrade
+from gateway.upstream import _quiet
+
+KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+PLAIN = (
+    "GET /chat/1?room=a&x=%20 HTTP/1.1\r\n"
+    "Host: example.com:8080\r\n"
+    "Upgrade: websocket\r\n"
+    "Connection: keep-alive, Upgrade\r\n"
+    f"Sec-WebSocket-Key: {KEY}\r\n"
+    "Sec-WebSocket-Version: 13\r\n"
+    "Sec-WebSocket-Protocol: chat, superchat\r\n"
+    "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+    "User-Agent: test/1.0\r\n"
+    "\r\n"
+).encode()
+
+
+def websockets_view(head: bytes) -> tuple[str, list[tuple[str, str]], str] | None:
+    """What websockets' parser and handshake checks make of ``head``: target, headers, key; None if refused."""
+    ws = ServerProtocol(max_size=None, logger=_quiet)
+    ws.receive_data(head)
+    events = ws.events_received()
+    if not events or not isinstance(events[0], Request):
+        return None
+    request = events[0]
+    try:
+        ws.process_request(request)
+    except Exception:
+        return None
+    return request.path, list(request.headers.raw_items()), request.headers["Sec-WebSocket-Key"]
+
+
+def test_an_ordinary_head_is_read_as_websockets_reads_it():
+    """A browser-like upgrade comes back with the same target, headers (order and case) and key as websockets'."""
+    plain = plain_upgrade(PLAIN)
+    assert plain is not None
+    assert (plain.target, list(plain.headers.raw_items()), plain.key) == websockets_view(PLAIN)
+    assert plain.headers["connection"] == "keep-alive, Upgrade"
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ((b"Host: example.com:8080\r\n", b"Host: a\r\nHost: b\r\n"), "a header twice"),
+        ((b"GET ", b"POST "), "not GET"),
+        ((b"HTTP/1.1\r\n", b"HTTP/1.0\r\n"), "HTTP/1.0"),
+        ((b"Upgrade: websocket", b"Upgrade: h2c"), "another protocol"),
+        ((b"keep-alive, Upgrade", b"keep-alive"), "Connection without upgrade"),
+        ((b"Version: 13", b"Version: 8"), "old version"),
+        ((KEY.encode(), b"short"), "a key that is not 16 bytes"),
+        ((b"User-Agent: test/1.0\r\n", b"User-Agent: test/1.0\r\nContent-Length: 0\r\n"), "a body length"),
+        ((b"User-Agent: test/1.0\r\n", b"User-Agent: test/1.0\r\nTransfer-Encoding: chunked\r\n"), "a coding"),
+        ((b"User-Agent: test/1.0\r\n", b"User-Agent: test\n/1.0\r\n"), "a bare LF in a value"),
+        ((b"User-Agent: test/1.0\r\n", b"User Agent: test/1.0\r\n"), "a space in a name"),
+        ((b"/chat/1", b"/chat\x001"), "a control byte in the target"),
+        ((b"/chat/1", b"http://example.com/chat/1"), "absolute form"),
+        ((b"chat, superchat", b"chat,,superchat"), "an empty subprotocol"),
+        ((b"Sec-WebSocket-Version: 13\r\n", b""), "no version"),
+    ],
+)
+def test_unusual_heads_go_the_long_way(change, why):
+    """Each unusual shape returns None, so websockets' parser judges it (and words any refusal)."""
+    head = PLAIN.replace(*change)
+    assert head != PLAIN, why
+    assert plain_upgrade(head) is None, why
+
+
+def test_a_head_at_the_header_limit_goes_the_long_way():
+    """More headers than websockets allows is websockets' 431 to give, not this reader's to accept."""
+    many = b"".join(f"X-H{i}: v\r\n".encode() for i in range(200))
+    assert plain_upgrade(PLAIN.replace(b"\r\n\r\n", b"\r\n" + many + b"\r\n")) is None
+
+
+LINES = [line + b"\r\n" for line in PLAIN.split(b"\r\n")[:-2]]
+NOISE = st.sampled_from([b" ", b"\t", b"\n", b"\r", b":", b",", b"\x00", b"\xff", b"A", b"=", b"/", b"?", b"%"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    line=st.integers(0, len(LINES) - 1),
+    at=st.integers(0, 60),
+    noise=st.lists(NOISE, min_size=1, max_size=3),
+    drop=st.booleans(),
+)
+def test_whatever_it_accepts_websockets_accepts_alike(line, at, noise, drop):
+    """Mutated heads: whenever the one-pass reader takes one, websockets takes it too, with the same result."""
+    lines = list(LINES)
+    if drop and line > 0:
+        del lines[line]
+    else:
+        text = lines[line]
+        cut = min(at, len(text) - 2)
+        lines[line] = text[:cut] + b"".join(noise) + text[cut:]
+    head = b"".join(lines) + b"\r\n"
+    plain = plain_upgrade(head)
+    if plain is not None:
+        assert (plain.target, list(plain.headers.raw_items()), plain.key) == websockets_view(head)
