@@ -496,10 +496,14 @@ def render_table(report: Report) -> str:
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
 
-def verdicts(report: Report) -> list[str]:
-    """Issue 7's targets, as ratios measured in this run (only those this run can judge)."""
+ISSUE_7 = "7"
+ISSUE_17 = "17"
+
+
+def verdicts(report: Report, issue: str = ISSUE_7) -> list[str]:
+    """Issue 7's (or 17's) targets, as ratios measured in this run (only those this run can judge)."""
     nginx = report.rows.get("nginx")
-    lines = []
+    lines: list[str] = []
 
     profiled = [k for k in ("fast", "tutorial") if "under cProfile" in report.labels.get(k, "")]
 
@@ -513,6 +517,21 @@ def verdicts(report: Report) -> list[str]:
         a, b = _attr(_get(report, row, work), attr), _attr(_get(report, "nginx", work), attr)
         return a / b if a is not None and b else None
 
+    if issue == ISSUE_17:
+        if nginx:
+            for row, name in (("fast", "identify + throttle"), ("tutorial", "the tutorial chain")):
+                r = ratio(row, "upgrades")
+                line(f"upgrades/s through {name} vs nginx", r, "≥ 0.6", None if r is None else r >= 0.6)
+            r = ratio("tutorial", "main 64 B")
+            line("tutorial chain msgs/s vs nginx (50×16, 64 B)", r, "≥ 0.6", None if r is None else r >= 0.6)
+            r = ratio("fast", "main 64 B")
+            line("fast path msgs/s vs nginx (50×16, 64 B)", r, "≥ 1.0", None if r is None else r >= 1.0)
+            for work in ("rt 64 B", "rt 16 KiB"):
+                r = ratio("fast", work, "p99_us")
+                line(f"fast path round-trip p99 vs nginx ({work[3:]})", r, "≤ 1.2", None if r is None else r <= 1.2)
+        rss = report.rss_kib_per_idle_conn.get("fast")
+        line("fast path RSS KiB per idle connection", rss, "≤ 8", None if rss is None else rss <= 8)
+        return lines
     if nginx:
         r = ratio("fast", "main 64 B")
         line("fast path msgs/s vs nginx (50×16, 64 B)", r, "≥ 0.9", None if r is None else r >= 0.9)
@@ -951,6 +970,7 @@ def main(argv: list[str] | None = None) -> int:
         print(render_table(report))
         for title, lines in (
             ("Issue 7's targets in this run:", verdicts(report)),
+            ("Issue 17's targets in this run:", verdicts(report, ISSUE_17)),
             ("Who is the ceiling (CPU cores each process used in the main run):", ceiling_notes(report)),
             (f"Profile of the {args.profile_target} gateway:", report.profile),
         ):

@@ -97,7 +97,7 @@ def test_go_generator_and_nginx_rows(tmp_path: Path) -> None:
         assert report["rows"][key]["upgrades"]["rate"] > 0
         assert report["rows"][key]["main 64 B"]["proxy_cpu_us"] is not None
         assert report["rss_kib_per_idle_conn"][key] is not None
-    assert "Issue 7's targets in this run:" in proc.stdout
+    assert "Issue 7's targets in this run:" in proc.stdout and "Issue 17's targets in this run:" in proc.stdout
     assert not [pid for pid in _started(report) if _alive(pid)]
 
 
