@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 
 from ..admin import upstreams
-from ..runtime import Gateway
+from ..runtime import Gateway, freeze_startup_heap
 from ..signals import StopRequest, stop_requested
 from . import control
 
@@ -44,6 +44,7 @@ async def serve(fd: int, index: int) -> int:
             await writer.drain()
             return 1
         control.send(writer, {"op": "started", "pid": os.getpid(), "generation": gateway.table.generation})
+        freeze_startup_heap()  # a worker is a process entry point too, like `wsgate run`
         commands = asyncio.create_task(_commands(reader, writer, gateway, stopping))
         try:
             await stopping.wait()
