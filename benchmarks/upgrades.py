@@ -410,7 +410,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="seconds a client waits for its 101 (the port's handshake timeout, 10 s by default)")
     parser.add_argument("--storm-max-pending", type=int,
                         help="the upstream's max_pending (circuit breaker on upstream handshakes in flight; "
-                        "default: the model's 256)")
+                        "default: the model's 256; upgrades past it queue for a slot)")
     parser.add_argument("--backend", choices=("go", "python"), default="go", help="the storm's echo backend")
     parser.add_argument("--no-install", action="store_true")
     parser.add_argument("--json", type=Path)

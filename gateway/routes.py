@@ -11,8 +11,10 @@ Endpoint health lives outside the table, in the gateway's
 
 from __future__ import annotations
 
+import asyncio
 import os
 import ssl
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -96,11 +98,13 @@ def _pending(endpoint: Endpoint) -> int:
 
 
 class NoEndpoint(Exception):
-    """No endpoint may take a new connection now: all unhealthy, or the healthy ones at their pending cap."""
+    """No endpoint may take a new connection now: all unhealthy, or the healthy ones at their pending cap
+    (``at_capacity``: a slot frees as soon as a handshake in flight ends)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, at_capacity: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.at_capacity = at_capacity
 
 
 @dataclass(eq=False, slots=True)
@@ -121,6 +125,8 @@ class CompiledAPI:
     # (name, value) added to every upstream request, values read from the environment when compiled: what
     # upstream credentials look like inside the gateway. Never logged; no repr shows them.
     upstream_headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    # Upgrades waiting for a pending-handshake slot of this route's endpoints, oldest first (see upstream.py).
+    slot_waiters: deque[asyncio.Future[None]] = field(default_factory=deque, repr=False)
 
     @property
     def api(self) -> API:
@@ -157,7 +163,7 @@ class CompiledAPI:
             raise NoEndpoint("no healthy upstream endpoint")
         eligible = [i for i in healthy if _pending(endpoints[i]) < cap]
         if not eligible:
-            raise NoEndpoint("every healthy upstream endpoint is at its limit of pending upgrades")
+            raise NoEndpoint("every healthy upstream endpoint is at its limit of pending upgrades", at_capacity=True)
         weights = [e.weight for e in endpoints]
         strategy = self.routing.strategy
         if strategy == "round-robin":

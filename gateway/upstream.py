@@ -383,6 +383,44 @@ async def open_upstream(route: CompiledAPI, prepared: UpstreamRequest, timeout: 
     return UpstreamLeg(transport, bytes(reader.buffer), protocol.subprotocol, url)
 
 
+async def _candidates(route: CompiledAPI, hash_key: str | None, deadline: float) -> list[Endpoint]:
+    """The endpoints to try; while the healthy ones are all at their pending cap, wait (oldest first) for a
+    handshake in flight to end, until ``deadline``. A reconnect storm then queues behind the cap instead of
+    getting 503s; only an upgrade still waiting at the deadline, or one with no healthy endpoint, gets 503."""
+    loop = asyncio.get_running_loop()
+    retry_after = (("Retry-After", str(route.api.upstream.retry_after)),)
+    while True:
+        try:
+            return route.candidates(hash_key)
+        except NoEndpoint as exc:
+            remaining = deadline - loop.time()
+            if not exc.at_capacity or remaining <= 0:
+                raise UpstreamError(503, "unavailable", exc.reason, retry_after) from exc
+            waiter: asyncio.Future[None] = loop.create_future()
+            route.slot_waiters.append(waiter)
+            try:
+                # The timeout is a safety net (a slot freed through another route table after a reload wakes
+                # only that table's waiters), not the ordinary wake-up.
+                await asyncio.wait_for(waiter, min(remaining, 0.5))
+            except TimeoutError:
+                pass
+            finally:
+                if not waiter.done():
+                    waiter.cancel()
+                    # A waiter cancelled from outside (the client left) must not swallow a wake-up meant for
+                    # the next one; a dead entry left in the deque is skipped by _wake_one.
+
+
+def _wake_one(route: CompiledAPI) -> None:
+    """A pending-handshake slot of ``route`` freed: let the oldest live waiter try again."""
+    waiters = route.slot_waiters
+    while waiters:
+        waiter = waiters.popleft()
+        if not waiter.done():
+            waiter.set_result(None)
+            return
+
+
 async def open_with_failover(route: CompiledAPI, prepared: PreparedUpgrade, hash_key: str | None) -> UpstreamLeg:
     """Try the route's endpoints in its strategy's order until one completes the handshake.
 
@@ -396,13 +434,10 @@ async def open_with_failover(route: CompiledAPI, prepared: PreparedUpgrade, hash
     last attempt's 502 or 504.
     """
     upstream = route.api.upstream
-    try:
-        candidates = route.candidates(hash_key)
-    except NoEndpoint as exc:
-        raise UpstreamError(503, "unavailable", exc.reason, (("Retry-After", str(upstream.retry_after)),)) from exc
-    attempts = candidates[: upstream.failover.retries + 1]
     budget = upstream.failover.budget or upstream.connect_timeout
     deadline = asyncio.get_running_loop().time() + budget
+    candidates = await _candidates(route, hash_key, deadline)
+    attempts = candidates[: upstream.failover.retries + 1]
     last: UpstreamError | None = None
     for endpoint in attempts:
         health = endpoint.health
@@ -428,11 +463,14 @@ async def open_with_failover(route: CompiledAPI, prepared: PreparedUpgrade, hash
         finally:
             if health is not None:
                 health.pending -= 1
+                _wake_one(route)
         if health is not None and route.health is not None:
             route.health.upgrade_succeeded(health)
         leg.endpoint = endpoint
         return leg
     if last is None:
-        raise UpstreamError(503, "unavailable", "no healthy upstream endpoint",
-                            (("Retry-After", str(upstream.retry_after)),))
+        out_of_time = deadline <= asyncio.get_running_loop().time()
+        reason = ("no upstream endpoint could take the upgrade within the failover budget (pending handshakes)"
+                  if out_of_time else "no healthy upstream endpoint")
+        raise UpstreamError(503, "unavailable", reason, (("Retry-After", str(upstream.retry_after)),))
     raise last

@@ -10,7 +10,17 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from structlog.testing import capture_logs
-from support import PORT, TIMEOUT, api_yaml, gw_url, http_request, running_gateway, upgrade_request, write_config
+from support import (
+    PORT,
+    TIMEOUT,
+    api_yaml,
+    eventually,
+    gw_url,
+    http_request,
+    running_gateway,
+    upgrade_request,
+    write_config,
+)
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -258,7 +268,8 @@ async def test_least_connections_prefers_the_idle_endpoint(tmp_path):
 
 
 async def test_circuit_breaker_caps_pending_upgrades_per_endpoint(tmp_path):
-    """An endpoint at `max_pending` handshakes is skipped; with none left the client gets 503 at once."""
+    """An endpoint at `max_pending` handshakes is skipped; with none left the upgrade waits for a slot and gets
+    503 when the failover budget runs out first."""
     stalled = asyncio.Event()
     release = asyncio.Event()
 
@@ -270,7 +281,7 @@ async def test_circuit_breaker_caps_pending_upgrades_per_endpoint(tmp_path):
     server = await asyncio.start_server(slow, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        upstream = "  max_pending: 1\n"
+        upstream = "  max_pending: 1\n  failover:\n    budget: 0.3\n"
         config = write_config(tmp_path, PORT, health_api(f"ws://127.0.0.1:{port}/ws", upstream=upstream))
         async with running_gateway(config) as gw:
             first = asyncio.create_task(http_request(gw_url(gw, "/h"), upgrade_request("/h")))
@@ -285,6 +296,44 @@ async def test_circuit_breaker_caps_pending_upgrades_per_endpoint(tmp_path):
                 await first
     finally:
         server.close()
+
+
+async def test_upgrades_past_the_pending_cap_queue_for_a_slot(tmp_path):
+    """With the endpoint at `max_pending`, a further upgrade waits for the handshake in flight to end and is then
+    served (a reconnect storm queues behind the cap instead of getting 503s)."""
+    release = asyncio.Event()
+    arrived = asyncio.Event()
+    seen = 0
+
+    async def process_request(connection, request):
+        nonlocal seen
+        seen += 1
+        if seen == 1:  # the first handshake stalls until released
+            arrived.set()
+            await release.wait()
+
+    async def echo(ws):
+        async for message in ws:
+            await ws.send(message)
+
+    async with serve(echo, "127.0.0.1", 0, process_request=process_request) as server:
+        port = server.sockets[0].getsockname()[1]
+        config = write_config(tmp_path, PORT, health_api(f"ws://127.0.0.1:{port}/ws", upstream="  max_pending: 1\n"))
+        async with running_gateway(config) as gw:
+            first = asyncio.create_task(connect(gw_url(gw, "/h")).__aenter__())
+            await asyncio.wait_for(arrived.wait(), TIMEOUT)
+            second = asyncio.create_task(connect(gw_url(gw, "/h")).__aenter__())
+            route = gw.table.lookup("default", "/h")
+            assert route is not None
+            await eventually(lambda: bool(route.slot_waiters), TIMEOUT)
+            assert not second.done()  # queued behind the cap, not refused
+            release.set()
+            async with asyncio.timeout(TIMEOUT):
+                for ws in (await first, await second):
+                    await ws.send("q")
+                    assert await ws.recv() == "q"
+                    await ws.close()
+    assert seen == 2
 
 
 async def test_endpoint_killed_and_restarted_under_load(tmp_path):

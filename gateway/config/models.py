@@ -490,7 +490,8 @@ class Upstream(Strict):
     failover: Failover = Failover()
     max_pending: PositiveInt = Field(
         256, description="Circuit breaker: upstream handshakes in flight per endpoint; past it the endpoint is "
-        "skipped, and with none left the client gets 503."
+        "skipped, and with none left the upgrade waits for a slot (oldest first) within the failover budget, "
+        "then gets 503."
     )
     retry_after: PositiveInt = Field(
         5, description="Seconds in the Retry-After of the 503 sent when no endpoint is healthy."
