@@ -133,8 +133,9 @@ def upstreams(gateway: Gateway) -> tuple[int, Any]:
 
 
 def metrics(gateway: Gateway) -> tuple[int, Any]:
-    text = gateway.metrics.render(gateway.registry, gateway.table.generation, gateway.state, gateway.health)
-    return 200, PlainText(text, "text/plain; version=0.0.4; charset=utf-8")
+    from .metrics import CONTENT_TYPE
+
+    return 200, PlainText(gateway.scrape().decode(), CONTENT_TYPE)
 
 
 class PlainText(str):

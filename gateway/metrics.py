@@ -1,122 +1,342 @@
-"""Prometheus metrics for the admin listener's ``/metrics``: counters kept by the runtime, gauges read live.
+"""Prometheus metrics for the admin listener's ``/metrics``, on ``prometheus_client``.
 
-Counting is a dict increment at upgrade and close time, never per message:
-message and byte totals are the closed connections' counters plus the live
-ones', added up when scraped.
+What is counted where (the per-message cost stays as it was: none here):
+
+- upgrade answer, its stage durations, refusals, upstream connect failures:
+  once per upgrade (listener);
+- active connections: +1 at the 101, -1 at the close;
+- connection duration: once per close;
+- messages, payload bytes and message sizes: the relays keep plain integers
+  on the connection (``Counters``); they are moved into the Prometheus series
+  in batches — at each scrape, at each close, and every ``FLUSH_INTERVAL`` in
+  multiprocess mode — never one observation (and its lock) per message;
+- reloads: once per reload.
+
+The message-size histogram is filled per batch: a connection's messages of
+one batch count in the bucket of their mean size (``_count`` and ``_sum`` are
+exact; the bucket spread is per connection and batch, not per message).
+
+Labels stay bounded: port, API, application, endpoint (as configured, no
+query or credentials), status, close code, reason words. Never a connection
+id, a client address or a key.
+
+Multiprocess mode: with ``PROMETHEUS_MULTIPROC_DIR`` set (before this module
+is imported), every worker writes its values to files in that directory and
+``/metrics`` serves the ``MultiProcessCollector`` aggregation of all of them.
+Gauges declare how workers combine (``livesum`` for active connections).
+The ``process_*`` metrics are per process and only served in single-process
+mode (prometheus_client does not aggregate them).
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import os
+import platform
+import time
+from bisect import bisect_left
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
 
 if TYPE_CHECKING:
-    from .connections import ConnectionRegistry
+    from .config.tree import Config
     from .health import HealthRegistry
     from .policies.base import ConnectionContext
     from .policies.state import PolicyState
 
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+FLUSH_INTERVAL = 5.0  # seconds between batch flushes of live connections' message counts (multiprocess mode)
+DIRECTIONS = ("client", "server")  # client: client to server
+STAGES = ("policies", "upstream_connect", "total")
+UPSTREAM_FAILURES = ("refused", "timeout", "bad_response")
+RELOAD_OUTCOMES = ("applied", "unchanged", "failed")
+
+DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+CONNECTION_BUCKETS = (0.1, 1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 24 * 3600.0)
+SIZE_BUCKETS = (16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0)
+_SIZE_BOUNDS = list(SIZE_BUCKETS)
+
+# No ``*_created`` series: they double the exposition and no dashboard or alert here reads them.
+disable_created_metrics()
+
+
+def multiprocess_dir() -> str | None:
+    """The shared directory of multiprocess mode, or None (single process)."""
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as package_version
+
+    try:
+        return package_version("wsgate")
+    except PackageNotFoundError:  # pragma: no cover - running from a tree that was never installed
+        return "unknown"
+
+
+def endpoint_label(url: str) -> str:
+    """An upstream endpoint as a label: scheme, host, port and path; never user info or a query."""
+    from websockets.uri import parse_uri
+
+    uri = parse_uri(url)
+    path = uri.resource_name.partition("?")[0]
+    return f"{'wss' if uri.secure else 'ws'}://{uri.host}:{uri.port}{path}"
+
 
 class Metrics:
-    """The runtime's counters; one per gateway process, kept across reloads."""
-
-    __slots__ = ("upgrades", "closes", "messages", "payload_bytes", "reloads", "accept_errors")
+    """One gateway's series, kept across reloads, in a registry of its own (tests run several gateways)."""
 
     def __init__(self) -> None:
-        self.upgrades: Counter[tuple[str, str, str]] = Counter()  # (port, api, status)
-        self.closes: Counter[tuple[str, str]] = Counter()  # (api, code)
-        self.messages: Counter[tuple[str, str]] = Counter()  # (api, direction) of closed connections
-        self.payload_bytes: Counter[tuple[str, str]] = Counter()
-        self.reloads: Counter[str] = Counter()  # outcome: applied, unchanged, failed
-        self.accept_errors: Counter[str] = Counter()  # listener: accepts that failed (out of descriptors)
+        self.registry = registry = CollectorRegistry(auto_describe=True)
+        self.multiprocess = multiprocess_dir() is not None
+        if not self.multiprocess:
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+
+        self.connections_active = Gauge(
+            "wsgate_connections_active", "Relayed connections open now.", ["port", "api", "application"],
+            registry=registry, multiprocess_mode="livesum")
+        self.upgrades = Counter(
+            "wsgate_upgrades", "Upgrade requests answered, by HTTP status (499: the client left).",
+            ["port", "api", "status"], registry=registry)
+        self.refused = Counter(
+            "wsgate_upgrades_refused", "Upgrades refused, by reason (the refusal's error word).",
+            ["port", "api", "reason"], registry=registry)
+        self.upgrade_duration = Histogram(
+            "wsgate_upgrade_duration_seconds",
+            "Upgrade time by stage: policies, upstream_connect, total (request head to 101).",
+            ["api", "stage"], buckets=DURATION_BUCKETS, registry=registry)
+        self.upstream_failures = Counter(
+            "wsgate_upstream_connect_failures", "Upstream handshakes that failed, by endpoint and reason.",
+            ["api", "endpoint", "reason"], registry=registry)
+        self.accept_errors = Counter(
+            "wsgate_accept_errors", "Accepts that failed, mostly for lack of file descriptors (the listener pauses).",
+            ["listener"], registry=registry)
+        self.closes = Counter(
+            "wsgate_connections_closed", "Relayed connections ended, by close code.", ["api", "code"],
+            registry=registry)
+        self.connection_duration = Histogram(
+            "wsgate_connection_duration_seconds",
+            "Lifetime of relayed connections, from the upgrade request to the close.",
+            ["api"], buckets=CONNECTION_BUCKETS, registry=registry)
+        self.messages = Counter(
+            "wsgate_messages", "Messages relayed (direction client: client to server).", ["api", "direction"],
+            registry=registry)
+        self.payload_bytes = Counter(
+            "wsgate_message_bytes", "Payload bytes relayed.", ["api", "direction"], registry=registry)
+        self.message_size = Histogram(
+            "wsgate_message_size_bytes",
+            "Message payload sizes (counted in batches: a connection's batch lands in the bucket of its mean size).",
+            ["api", "direction"], buckets=SIZE_BUCKETS, registry=registry)
+        # Counted by the message policies in the shared PolicyState, moved here in batches (flush_state).
+        self.rate_limited = Counter(
+            "wsgate_rate_limited", "Messages past a rate limit that were dropped or closed the connection "
+            "(delays not counted).", ["api", "direction", "action"], registry=registry)
+        self.violations = Counter(
+            "wsgate_message_violations", "Messages matching none of their API's definitions, by kind and what was "
+            "done (log, drop, close).", ["api", "direction", "kind", "action"], registry=registry)
+        self._reported_policy_counts: dict[str, dict[tuple[str, ...], int]] = {}
+        self.state_backend_up = Gauge(
+            "wsgate_state_backend_up", "1 while the shared state backend answers (memory always).", ["backend"],
+            registry=registry, multiprocess_mode="livemin")
+        # Endpoint health (gateway.health), read at each batch: an endpoint down in any worker shows down.
+        self.upstream_healthy = Gauge(
+            "wsgate_upstream_healthy", "Whether an upstream endpoint takes new connections (1) or not (0).",
+            ["api", "endpoint"], registry=registry, multiprocess_mode="livemin")
+        self.upstream_pending = Gauge(
+            "wsgate_upstream_pending", "Upstream handshakes in flight per endpoint.", ["api", "endpoint"],
+            registry=registry, multiprocess_mode="livesum")
+        self.upstream_transitions = Counter(
+            "wsgate_upstream_transitions", "Endpoint health changes, by the new state.",
+            ["api", "endpoint", "state"], registry=registry)
+        self._health_series: set[tuple[str, str]] = set()
+        self.reloads = Counter("wsgate_reloads", "Config reloads, by outcome.", ["outcome"], registry=registry)
+        self.reload_duration = Histogram(
+            "wsgate_reload_duration_seconds", "Time from reading the tree to the reload's outcome.",
+            buckets=DURATION_BUCKETS, registry=registry)
+        self.last_reload_success = Gauge(
+            "wsgate_last_reload_success_timestamp_seconds",
+            "When the serving config was last loaded successfully (start or reload), Unix time.",
+            registry=registry, multiprocess_mode="livemin")
+        self.generation = Gauge(
+            "wsgate_config_generation", "Generation of the config serving now (1 at start, +1 per applied reload).",
+            registry=registry, multiprocess_mode="livemin")
+        self.config_info = Gauge(
+            "wsgate_config_info", "The digest of the config serving now (value 1).", ["digest"],
+            registry=registry, multiprocess_mode="livemax")
+        self.build_info = Gauge(
+            "wsgate_build_info", "wsgate and Python versions (value 1).", ["version", "python"],
+            registry=registry, multiprocess_mode="livemax")
+        self.build_info.labels(version(), platform.python_version()).set(1)
+        self._digest: str | None = None
+        for outcome in RELOAD_OUTCOMES:
+            self.reloads.labels(outcome)
+
+    # ----------------------------------------------------------- config
+    def declare(self, config: Config, generation: int, digest: str) -> None:
+        """Make every series of the config's APIs exist (at zero until used) and show its generation and digest."""
+        for port in config.ports:
+            self.accept_errors.labels(port)
+        for api_name, loaded in config.apis.items():
+            api = loaded.model
+            for port in api.ports:
+                self.connections_active.labels(port, api_name, "")
+                self.upgrades.labels(port, api_name, "101")
+            for app_name, app in config.applications.items():
+                if api_name in app.model.apis:
+                    for port in api.ports:
+                        self.connections_active.labels(port, api_name, app_name)
+            for direction in DIRECTIONS:
+                self.messages.labels(api_name, direction)
+                self.payload_bytes.labels(api_name, direction)
+                self.message_size.labels(api_name, direction)
+            for stage in STAGES:
+                self.upgrade_duration.labels(api_name, stage)
+            self.connection_duration.labels(api_name)
+            self.closes.labels(api_name, "1000")
+            for endpoint in api.upstream.endpoints:
+                for reason in UPSTREAM_FAILURES:
+                    self.upstream_failures.labels(api_name, endpoint_label(endpoint.url), reason)
+        self.generation.set(generation)
+        self.last_reload_success.set(time.time())
+        if digest != self._digest:
+            if self._digest is not None:
+                self.config_info.labels(self._digest).set(0)  # multiprocess files keep the old value: make it 0
+                self.config_info.remove(self._digest)
+            self.config_info.labels(digest).set(1)
+            self._digest = digest
+
+    # ---------------------------------------------------------- upgrades
+    def upgrade(self, port: str, api: str, status: int, reason: str | None = None) -> None:
+        """An upgrade's answer: 101, or a refusal with its error word."""
+        self.upgrades.labels(port, api, str(status)).inc()
+        if status != 101:
+            self.refused.labels(port, api, reason or str(status)).inc()
+
+    def stage(self, api: str, stage: str, seconds: float) -> None:
+        self.upgrade_duration.labels(api, stage).observe(seconds)
+
+    def upstream_failed(self, api: str, url: str, status: int, reason: str) -> None:
+        kind = "timeout" if status == 504 else "refused" if "connection failed" in reason else "bad_response"
+        self.upstream_failures.labels(api, endpoint_label(url), kind).inc()
 
     def accept_error(self, listener: str) -> None:
-        self.accept_errors[listener] += 1
+        """A listener's accept failed (gateway.accept counts it; the listener pauses)."""
+        self.accept_errors.labels(listener).inc()
 
-    def upgrade(self, port: str, api: str, status: int) -> None:
-        self.upgrades[(port, api, str(status))] += 1
+    # ------------------------------------------------------- connections
+    def opened(self, port: str, api: str, application: str) -> None:
+        self.connections_active.labels(port, api, application).inc()
 
-    def closed(self, conn: ConnectionContext, code: int | None) -> None:
-        self.closes[(conn.api, "none" if code is None else str(code))] += 1
-        _add(self.messages, self.payload_bytes, conn)
+    def closed(self, port: str, conn: ConnectionContext, code: int | None, seconds: float) -> None:
+        application = conn.application.name if conn.application else ""
+        self.connections_active.labels(port, conn.api, application).dec()
+        self.closes.labels(conn.api, "none" if code is None else str(code)).inc()
+        self.connection_duration.labels(conn.api).observe(seconds)
+        self.flush_one(conn)
 
-    def render(self, registry: ConnectionRegistry, generation: int, state: PolicyState | None = None,
-               health: HealthRegistry | None = None) -> str:
-        """The Prometheus text exposition: these counters plus the live connections of ``registry``, the
-        message policies' counts and the shared state backend's health kept in ``state``, and the endpoint
-        health of ``health``."""
-        limited = state.rate_limits.exceeded if state is not None else Counter()
-        violations = state.violations if state is not None else Counter()
-        state_health: dict[str, Any] = (state.shared.health() if state is not None
-                                        else {"backend": "memory", "healthy": True})
-        messages, payload_bytes = Counter(self.messages), Counter(self.payload_bytes)
-        active: Counter[tuple[str, str, str]] = Counter()
-        for record in registry.live:
-            conn = record.conn
-            if record.relay is None or conn is None:
-                continue
-            active[(record.port_name, conn.api, conn.application.name if conn.application else "")] += 1
-            _add(messages, payload_bytes, conn)
-        return "".join([
-            _family("wsgate_connections_active", "gauge", "Relayed connections open now.",
-                    (({"port": p, "api": a, "application": app}, n) for (p, a, app), n in sorted(active.items()))),
-            _family("wsgate_upgrades_total", "counter", "Upgrade requests answered, by HTTP status.",
-                    (({"port": p, "api": a, "status": s}, n) for (p, a, s), n in sorted(self.upgrades.items()))),
-            _family("wsgate_connections_closed_total", "counter", "Relayed connections ended, by close code.",
-                    (({"api": a, "code": c}, n) for (a, c), n in sorted(self.closes.items()))),
-            _family("wsgate_messages_total", "counter", "Messages relayed (client: client to server).",
-                    (({"api": a, "direction": d}, n) for (a, d), n in sorted(messages.items()))),
-            _family("wsgate_message_bytes_total", "counter", "Payload bytes relayed.",
-                    (({"api": a, "direction": d}, n) for (a, d), n in sorted(payload_bytes.items()))),
-            _family("wsgate_rate_limited_total", "counter",
-                    "Messages past a rate limit that were dropped or closed the connection (delays not counted).",
-                    (({"api": a, "direction": d, "action": x}, n) for (a, d, x), n in sorted(limited.items()))),
-            _family("wsgate_message_violations_total", "counter",
-                    "Messages matching none of their API's definitions, by kind and what was done (log, drop, close).",
-                    (({"api": a, "direction": d, "kind": k, "action": x}, n)
-                     for (a, d, k, x), n in sorted(violations.items()))),
-            _family("wsgate_reloads_total", "counter", "Config reloads, by outcome.",
-                    (({"outcome": o}, n) for o, n in sorted(self.reloads.items()))),
-            _family("wsgate_accept_errors_total", "counter",
-                    "Accepts that failed, mostly for lack of file descriptors (the listener pauses).",
-                    (({"listener": name}, n) for name, n in sorted(self.accept_errors.items()))),
-            _family("wsgate_config_generation", "gauge", "Generation of the config serving now.",
-                    [({}, generation)]),
-            _family("wsgate_state_backend_up", "gauge", "1 while the shared state backend answers (memory always).",
-                    [({"backend": state_health["backend"]}, int(state_health["healthy"]))]),
-            *(_upstream_families(health) if health is not None else ()),
-        ])
+    def flush(self, conns: Iterable[ConnectionContext]) -> None:
+        """Move the message counts the relays kept since the last batch into the series."""
+        for conn in conns:
+            self.flush_one(conn)
+
+    def flush_one(self, conn: ConnectionContext) -> None:
+        c = conn.counters
+        messages_in, messages_out = c.messages_in - c.reported_messages_in, c.messages_out - c.reported_messages_out
+        if messages_in or c.bytes_in != c.reported_bytes_in:
+            self._batch(conn.api, "client", messages_in, c.bytes_in - c.reported_bytes_in)
+            c.reported_messages_in, c.reported_bytes_in = c.messages_in, c.bytes_in
+        if messages_out or c.bytes_out != c.reported_bytes_out:
+            self._batch(conn.api, "server", messages_out, c.bytes_out - c.reported_bytes_out)
+            c.reported_messages_out, c.reported_bytes_out = c.messages_out, c.bytes_out
+
+    def _batch(self, api: str, direction: str, messages: int, payload: int) -> None:
+        self.messages.labels(api, direction).inc(messages)
+        self.payload_bytes.labels(api, direction).inc(payload)
+        if messages <= 0:
+            return
+        # prometheus_client has no bulk observe: add ``messages`` observations of the mean size to its
+        # (non-cumulative) bucket and the exact total to the sum, as ``observe`` would one by one.
+        histogram = self.message_size.labels(api, direction)
+        index = bisect_left(_SIZE_BOUNDS, payload / messages)  # the first bound >= the mean; the last is +Inf
+        histogram._buckets[index].inc(messages)
+        histogram._sum.inc(payload)
+
+    def flush_state(self, state: PolicyState | None) -> None:
+        """Move what the message policies counted since the last batch (plain Counters) into the series, and show
+        whether the shared state backend answers."""
+        if state is None:
+            return
+        health = state.shared.health()
+        self.state_backend_up.labels(health["backend"]).set(1 if health["healthy"] else 0)
+        sources = ((state.rate_limits.exceeded, self.rate_limited), (state.violations, self.violations))
+        for source, family in sources:
+            reported = self._reported_policy_counts.setdefault(family._name, {})
+            for key, total in list(source.items()):
+                delta = total - reported.get(key, 0)
+                if delta > 0:
+                    family.labels(*key).inc(delta)
+                    reported[key] = total
+
+    def flush_health(self, health: HealthRegistry | None) -> None:
+        """Show every endpoint's health and pending handshakes now, and count the transitions since the last batch."""
+        if health is None:
+            return
+        series: set[tuple[str, str]] = set()
+        for (api, url), endpoint in list(health.endpoints.items()):
+            key = (api, endpoint_label(url))
+            series.add(key)
+            self.upstream_healthy.labels(*key).set(1 if endpoint.healthy else 0)
+            self.upstream_pending.labels(*key).set(endpoint.pending)
+        for key in self._health_series - series:  # endpoints a reload removed
+            self.upstream_healthy.remove(*key)
+            self.upstream_pending.remove(*key)
+        self._health_series = series
+        reported = self._reported_policy_counts.setdefault(self.upstream_transitions._name, {})
+        for (api, url, state), total in list(health.transitions.items()):
+            delta = total - reported.get((api, url, state), 0)
+            if delta > 0:
+                self.upstream_transitions.labels(api, endpoint_label(url), state).inc(delta)
+                reported[(api, url, state)] = total
+
+    # ------------------------------------------------------------ reloads
+    def reloaded(self, outcome: str, seconds: float) -> None:
+        self.reloads.labels(outcome).inc()
+        self.reload_duration.observe(seconds)
+
+    # ------------------------------------------------------------ scrape
+    def render(self) -> bytes:
+        """The exposition text: this process's registry, or every worker's aggregated in multiprocess mode."""
+        directory = multiprocess_dir()
+        if self.multiprocess and directory is not None:
+            return render_directory(directory)
+        return generate_latest(self.registry)
 
 
-def _upstream_families(health: HealthRegistry) -> list[str]:
-    """Endpoint health (1 healthy, 0 not), handshakes in flight, and health transitions."""
-    states = sorted(health.endpoints.items())
-    return [
-        _family("wsgate_upstream_healthy", "gauge", "Whether an upstream endpoint takes new connections.",
-                (({"api": a, "endpoint": u}, int(h.healthy)) for (a, u), h in states)),
-        _family("wsgate_upstream_pending", "gauge", "Upstream handshakes in flight per endpoint.",
-                (({"api": a, "endpoint": u}, h.pending) for (a, u), h in states)),
-        _family("wsgate_upstream_transitions_total", "counter", "Endpoint health changes, by the new state.",
-                (({"api": a, "endpoint": u, "state": st}, n) for (a, u, st), n in sorted(health.transitions.items()))),
-    ]
+def render_directory(directory: str) -> bytes:
+    """The series every process wrote to ``directory`` (multiprocess mode), aggregated: what the workers'
+    supervisor serves as ``/metrics`` once each worker has flushed."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=directory)
+    return generate_latest(registry)
 
 
-def _add(messages: Counter[tuple[str, str]], payload_bytes: Counter[tuple[str, str]], conn: ConnectionContext) -> None:
-    counters = conn.counters
-    messages[(conn.api, "client")] += counters.messages_in
-    messages[(conn.api, "server")] += counters.messages_out
-    payload_bytes[(conn.api, "client")] += counters.bytes_in
-    payload_bytes[(conn.api, "server")] += counters.bytes_out
+def mark_process_dead(pid: int) -> None:
+    """Multiprocess mode: a worker exited; drop its ``live*`` gauge files (the supervisor calls this)."""
+    from prometheus_client import multiprocess
 
-
-def _family(name: str, kind: str, help_text: str, samples: Iterable[tuple[dict[str, str], int]]) -> str:
-    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
-    for labels, value in samples:
-        rendered = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
-        lines.append(f"{name}{{{rendered}}} {value}" if rendered else f"{name} {value}")
-    return "\n".join(lines) + "\n"
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    if multiprocess_dir() is not None:
+        multiprocess.mark_process_dead(pid)

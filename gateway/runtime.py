@@ -28,7 +28,7 @@ from .connections import ConnectionRegistry
 from .health import HealthRegistry
 from .impact import Action, Impact, accepted_from, listener_change
 from .listener import ListenerServices, PortListener, raise_open_files_limit
-from .metrics import Metrics
+from .metrics import FLUSH_INTERVAL, Metrics
 from .policies.state import PolicyState
 from .relay.keepalive import KeepaliveSweeper
 from .routes import RouteTable
@@ -126,6 +126,7 @@ class Gateway:
         self._reload_lock = asyncio.Lock()
         self._reload_requested = 0
         self._reload_served = 0
+        self._flusher: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ table
     @property
@@ -137,6 +138,32 @@ class Gateway:
         assert self.state is not None, "the gateway is not started"
         return RouteTable.compile(config, AppIndex.build(config, self.env), self.state, generation=generation,
                                   build_chain=self._build_chain, health=self.health, env=self.env)
+
+    # ---------------------------------------------------------------- metrics
+    def relayed(self) -> list[Any]:
+        """The contexts of the connections being relayed now."""
+        return [record.conn for record in self.registry.live if record.relay is not None and record.conn is not None]
+
+    def flush_metrics(self) -> None:
+        """Bring the series up to date: live connections' message counts, policy counts, endpoint and state health."""
+        self.metrics.flush(self.relayed())
+        self.metrics.flush_state(self.state)
+        self.metrics.flush_health(self.health)
+
+    def scrape(self) -> bytes:
+        """The ``/metrics`` text, brought up to date first."""
+        self.flush_metrics()
+        return self.metrics.render()
+
+    def _flush_periodically(self) -> None:
+        # Multiprocess mode: another worker may answer the scrape, so this one moves its counts on its own.
+        self.flush_metrics()
+        self._flusher = asyncio.get_running_loop().call_later(FLUSH_INTERVAL, self._flush_periodically)
+
+    def _start_flushing(self) -> None:
+        """Multiprocess mode: flush every FLUSH_INTERVAL (a scrape may reach another worker, or the supervisor)."""
+        if self.metrics.multiprocess:
+            self._flusher = asyncio.get_running_loop().call_later(FLUSH_INTERVAL, self._flush_periodically)
 
     # ----------------------------------------------------------------- reload
     async def reload(self, trigger: str = "manual", checked: Config | None = None,
@@ -154,6 +181,7 @@ class Gateway:
             if checked is None and self._reload_served >= ticket and self.last_reload is not None:
                 return self.last_reload  # a reload that started after this request already read the tree
             self._reload_served = self._reload_requested
+            started = time.monotonic()
             try:
                 outcome = await self._reload(trigger, checked, generation)
             except Exception as exc:  # a bug, not a bad config: keep serving and say so
@@ -161,7 +189,10 @@ class Gateway:
                 outcome = self._outcome(trigger, ok=False, error=f"internal error: {exc.__class__.__name__}")
             self.last_reload = outcome
             self.reload_count += 1
-            self.metrics.reloads["failed" if not outcome["ok"] else "unchanged" if outcome["noop"] else "applied"] += 1
+            self.metrics.reloaded("failed" if not outcome["ok"] else "unchanged" if outcome["noop"] else "applied",
+                                  time.monotonic() - started)
+            if outcome["ok"]:
+                self.metrics.declare(self.config, self.table.generation, self.table.digest)
             async with self.reloaded:
                 self.reloaded.notify_all()
             return outcome
@@ -366,6 +397,8 @@ class Gateway:
         self._table.activate()
         self.keepalive = KeepaliveSweeper()
         self._services = ListenerServices(self.registry, lambda: self.table, self.metrics, self.keepalive)
+        self.metrics.declare(self.config, 1, self._table.digest)
+        self._start_flushing()
         try:
             if self._start_echo and self.config.echo_servers:
                 from echo.server import serve_echo_servers
@@ -449,6 +482,9 @@ class Gateway:
             self.keepalive.close()
         self.health.close()
         self.registry.close()
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
         if self._table is not None:
             self._table.close()
         if self.state is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
@@ -421,7 +421,8 @@ def _wake_one(route: CompiledAPI) -> None:
             return
 
 
-async def open_with_failover(route: CompiledAPI, prepared: PreparedUpgrade, hash_key: str | None) -> UpstreamLeg:
+async def open_with_failover(route: CompiledAPI, prepared: PreparedUpgrade, hash_key: str | None,
+                             on_failure: Callable[[Endpoint, UpstreamError], None] | None = None) -> UpstreamLeg:
     """Try the route's endpoints in its strategy's order until one completes the handshake.
 
     Up to ``failover.retries`` further endpoints, within ``failover.budget``
@@ -431,7 +432,7 @@ async def open_with_failover(route: CompiledAPI, prepared: PreparedUpgrade, hash
     against its endpoint (passive health); a 4xx answer is the request's
     fault, not the endpoint's: it ends the upgrade at once. Raises :class:`UpstreamError`:
     503 with Retry-After when no endpoint may take a connection, else the
-    last attempt's 502 or 504.
+    last attempt's 502 or 504. ``on_failure`` hears of every failed attempt (the metrics count them per endpoint).
     """
     upstream = route.api.upstream
     budget = upstream.failover.budget or upstream.connect_timeout
@@ -451,6 +452,8 @@ async def open_with_failover(route: CompiledAPI, prepared: PreparedUpgrade, hash
         try:
             leg = await open_upstream(route, prepared.for_endpoint(endpoint), min(remaining, upstream.connect_timeout))
         except UpstreamError as exc:
+            if on_failure is not None:
+                on_failure(endpoint, exc)
             if not exc.endpoint_fault:
                 raise  # the endpoint refused this request (4xx): its health is fine and another would refuse too
             last = exc

@@ -289,6 +289,34 @@ async def http_request(url: str, request: bytes | None = None, path: str = "/", 
     return HTTPResponse(int(lines[0].split(" ")[1]), headers, body)
 
 
+class Scrape:
+    """A parsed ``/metrics`` answer: ``value(name, **labels)`` of a sample, None when the series is absent."""
+
+    def __init__(self, text: str) -> None:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        self.text = text
+        self.families = {f.name: f for f in text_string_to_metric_families(text)}
+        self.samples = [s for f in self.families.values() for s in f.samples]
+
+    def value(self, name: str, **labels: str) -> float | None:
+        for sample in self.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+        return None
+
+    def series(self, name: str) -> list[dict[str, str]]:
+        """The label sets of every sample named ``name``."""
+        return [dict(s.labels) for s in self.samples if s.name == name]
+
+
+async def scrape(gateway: Gateway) -> Scrape:
+    """GET the gateway's admin ``/metrics`` and parse it."""
+    response = await http_request(f"http://127.0.0.1:{gateway.admin.port}", path="/metrics")  # type: ignore[union-attr]
+    assert response.status == 200, response.body
+    return Scrape(response.body.decode())
+
+
 def upgrade_request(path: str, host: str = "gw", extra: str = "") -> bytes:
     """A valid WebSocket upgrade request head, with optional extra header lines."""
     return (

@@ -9,14 +9,13 @@ the listen backlog while the listener is paused.
 from __future__ import annotations
 
 import json
-import re
 import resource
 import socket
 import sys
 
 import pytest
 from gateway_process import GatewayProcess, echo_thread, gateway_process
-from support import PORT, TIMEOUT, api_yaml, upgrade_request, write_config
+from support import PORT, TIMEOUT, Scrape, api_yaml, upgrade_request, write_config
 from websockets.sync.client import connect
 
 LIMIT = 128
@@ -43,8 +42,8 @@ def admin_get(gateway: GatewayProcess, path: str) -> tuple[int, str]:
 def accept_errors(gateway: GatewayProcess) -> int:
     status, body = admin_get(gateway, "/metrics")
     assert status == 200
-    found = re.search(r'wsgate_accept_errors_total\{listener="default"\} (\d+)', body)
-    return int(found.group(1)) if found else 0
+    value = Scrape(body).value("wsgate_accept_errors_total", listener="default")
+    return int(value) if value is not None else 0
 
 
 def test_out_of_descriptors_pauses_accepting_and_recovers(tmp_path):

@@ -16,9 +16,9 @@ from support import (
     echo_backend,
     eventually,
     gw_url,
-    http_request,
     run,
     running_gateway,
+    scrape,
     write_config,
 )
 from websockets.asyncio.client import connect
@@ -128,9 +128,8 @@ async def test_drop_per_connection_passes_the_burst_and_answers_the_rest(tmp_pat
                     async with connect(gw_url(gw, "/echo")) as other:
                         await other.send("fresh")
                         assert await other.recv() == "fresh"
-            admin = f"http://127.0.0.1:{gw.admin.port}"
-            metrics = (await http_request(admin, path="/metrics")).body.decode()
-            assert 'wsgate_rate_limited_total{api="Echo",direction="client",action="drop"} 2' in metrics
+            metrics = await scrape(gw)
+            assert metrics.value("wsgate_rate_limited_total", api="Echo", direction="client", action="drop") == 2
             warnings = [e for e in logs if e["event"] == "rate limit exceeded"]
             assert len(warnings) == 1 and warnings[0]["action"] == "drop"
 

@@ -5,7 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from support import PORT, api_yaml, echo_backend, eventually, gw_url, http_request, running_gateway, write_config
+from support import (
+    PORT,
+    api_yaml,
+    echo_backend,
+    eventually,
+    gw_url,
+    running_gateway,
+    scrape,
+    write_config,
+)
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -126,10 +135,9 @@ async def test_enforce_drop_answers_the_sender_and_keeps_the_connection(tmp_path
             assert json.loads(await ws.recv()) == {"type": "error", "reason": "invalid message"}
             await ws.send('{"type": "ping", "id": 7}')
             assert await ws.recv() == '{"type": "ping", "id": 7}'
-            admin = f"http://127.0.0.1:{gw.admin.port}"
-            metrics = (await http_request(admin, path="/metrics")).body.decode()
-            assert ('wsgate_message_violations_total{api="Echo",direction="client",kind="schema",action="drop"} 1'
-                    in metrics)
+            metrics = await scrape(gw)
+            assert metrics.value("wsgate_message_violations_total", api="Echo", direction="client", kind="schema",
+                                 action="drop") == 1
 
 
 async def test_log_mode_passes_the_message_and_records_it_in_the_invocation_log(tmp_path: Path):

@@ -18,6 +18,7 @@ from support import (
     gw_url,
     http_request,
     running_gateway,
+    scrape,
     upgrade_request,
     write_config,
 )
@@ -172,9 +173,9 @@ async def test_failover_moves_on_before_502_and_passive_check_skips_the_failed_e
             by_url = {e["url"]: e for e in body["apis"]["H"]}
             assert by_url[a.url]["healthy"] is False and "503" in by_url[a.url]["reason"]
             assert by_url[b.url]["healthy"] is True and by_url[b.url]["open"] == 0
-            metrics = (await http_request(admin, path="/metrics")).body.decode()
-            assert f'wsgate_upstream_healthy{{api="H",endpoint="{a.url}"}} 0' in metrics
-            assert f'wsgate_upstream_transitions_total{{api="H",endpoint="{a.url}",state="unhealthy"}} 1' in metrics
+            metrics = await scrape(gw)
+            assert metrics.value("wsgate_upstream_healthy", api="H", endpoint=a.url) == 0
+            assert metrics.value("wsgate_upstream_transitions_total", api="H", endpoint=a.url, state="unhealthy") == 1
 
 
 async def test_all_endpoints_down_is_503_with_retry_after_never_a_hang(tmp_path):

@@ -142,6 +142,11 @@ class Counters:
     messages_out: int = 0  # server -> client
     bytes_in: int = 0
     bytes_out: int = 0
+    # What the metrics already hold of the above (they take the difference in batches, see gateway.metrics).
+    reported_messages_in: int = 0
+    reported_messages_out: int = 0
+    reported_bytes_in: int = 0
+    reported_bytes_out: int = 0
 
 
 @dataclass(slots=True, eq=False)

@@ -5,24 +5,24 @@ number for every port configured as 0 (a bound, non-listening SO_REUSEPORT
 socket, so every worker listens on the same number), runs the echo servers
 and the admin listener, and answers for the whole gateway: ``/readyz`` and
 ``/reload`` list the generation each worker serves (a reload some worker
-failed to apply is ``split``), ``/connections`` and ``/metrics`` are summed.
+failed to apply is ``split``), ``/connections`` is summed and ``/metrics`` aggregated.
 
 A worker that dies is restarted with the current config after a backoff
 (0.25 s doubling to 30 s while it keeps dying young). SIGTERM: unready at
 once, SIGTERM to every worker (each drains with its shutdown_grace), exit 0
 when they are gone; a second signal is forwarded (the workers stop at once).
 
-Metrics: each worker renders its own and the admin adds them up. For
-prometheus_client's multiprocess mode the supervisor also creates
-``PROMETHEUS_MULTIPROC_DIR`` for the workers (unless the operator set one) and
-marks dead workers' files with ``mark_process_dead``.
+Metrics: prometheus_client's multiprocess mode. The supervisor creates
+``PROMETHEUS_MULTIPROC_DIR`` for the workers (unless the operator set one),
+marks dead workers' files with ``mark_process_dead``, and serves ``/metrics``
+as the aggregation of every worker's files (``gateway.metrics``), after asking
+each worker to flush its batches.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import os
 import shutil
 import signal
@@ -319,8 +319,11 @@ class Supervisor:
         return 200, total or {"total": 0, "upgrading": 0}
 
     async def metrics(self, _: Any) -> tuple[int, Any]:
-        texts = [status["metrics"] for status in await self._statuses()]
-        return 200, PlainText(sum_metrics(texts), "text/plain; version=0.0.4; charset=utf-8")
+        from ..metrics import CONTENT_TYPE, render_directory
+
+        await self._statuses()  # each worker flushes its batches into the shared directory as it answers
+        assert self.metrics_dir is not None
+        return 200, PlainText(render_directory(self.metrics_dir).decode(), CONTENT_TYPE)
 
     async def upstreams(self, _: Any) -> tuple[int, Any]:
         """Endpoint health as each worker sees it (each runs its own checks): listed, not merged."""
@@ -404,10 +407,8 @@ class Supervisor:
 
     def _forget_metrics(self, pid: int) -> None:
         """A dead worker's live gauges must not count any more (its counters stay, as prometheus_client wants)."""
-        try:  # imported by name: prometheus_client is not a dependency (yet); without it nothing is on disk
-            multiprocess = importlib.import_module("prometheus_client.multiprocess")
-        except ImportError:
-            return
+        from prometheus_client import multiprocess
+
         if self.metrics_dir:
             multiprocess.mark_process_dead(pid, self.metrics_dir)
 
@@ -430,41 +431,6 @@ def _add_counts(total: dict[str, Any], counts: Mapping[str, Any]) -> None:
             _add_counts(total.setdefault(key, {}), value)
         elif isinstance(value, int | float):
             total[key] = total.get(key, 0) + value
-
-
-# Gauges that describe the gateway rather than add up over workers: the lowest worker's value is the honest one.
-_NOT_SUMMED = ("wsgate_config_generation", "wsgate_state_backend_up")
-
-
-def sum_metrics(texts: Sequence[str]) -> str:
-    """Prometheus text of several workers as one: samples with equal name and labels added up."""
-    header: dict[str, list[str]] = {}
-    samples: dict[str, dict[str, float]] = {}
-    for text in texts:
-        for line in text.splitlines():
-            if not line:
-                continue
-            if line.startswith("#"):
-                parts = line.split(" ", 3)
-                if len(parts) >= 3:
-                    lines = header.setdefault(parts[2], [])
-                    if line not in lines:
-                        lines.append(line)
-                continue
-            series, _, value = line.rpartition(" ")
-            name = series.split("{", 1)[0]
-            family = samples.setdefault(name, {})
-            number = float(value)
-            if series in family and name in _NOT_SUMMED:
-                family[series] = min(family[series], number)
-            else:
-                family[series] = family.get(series, 0.0) + number
-    out: list[str] = []
-    for name in dict.fromkeys([*header, *samples]):
-        out.extend(header.get(name, []))
-        for series, number in samples.get(name, {}).items():
-            out.append(f"{series} {int(number) if number.is_integer() else number}")
-    return "\n".join(out) + "\n"
 
 
 def run(config: Config, count: int, args: Any) -> int:

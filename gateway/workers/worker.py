@@ -77,11 +77,10 @@ async def _commands(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
 
 def status(gateway: Gateway) -> dict[str, Any]:
     assert gateway.state is not None
+    gateway.flush_metrics()  # the supervisor's /metrics reads the shared directory right after
     health = gateway.state.shared.health()
     return {"pid": os.getpid(), "generation": gateway.table.generation, "digest": gateway.table.digest,
             "ready": gateway.ready, "connections": gateway.registry.counts(),
-            "metrics": gateway.metrics.render(gateway.registry, gateway.table.generation, gateway.state,
-                                              gateway.health),
             "upstreams": upstreams(gateway)[1],
             "state": health,
             "reloads": gateway.reload_count}
