@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from .relay.base import Relay
     from .relay.keepalive import KeepaliveSweeper
     from .routes import CompiledAPI, RouteTable
+    from .tracing import ConnectionSpan, ConnectionTracer
 
 log = structlog.get_logger("wsgate.listener")
 
@@ -121,7 +122,7 @@ def refusal_bytes(status: int, error: str, reason: str, headers: tuple[tuple[str
 class Connection:
     """What the connection registry tracks about one client connection (stop, drain, admin counts)."""
 
-    __slots__ = ("listener", "port_name", "client", "conn", "route", "relay", "upstream", "task", "expiry")
+    __slots__ = ("listener", "port_name", "client", "conn", "route", "relay", "upstream", "task", "expiry", "span")
 
     def __init__(self, listener: PortListener, client: asyncio.Transport) -> None:
         self.listener = listener  # the registry counts open connections per listener
@@ -133,6 +134,7 @@ class Connection:
         self.upstream: asyncio.Transport | None = None
         self.task: asyncio.Task[None] | None = None
         self.expiry: asyncio.TimerHandle | None = None  # closes the connection when its credential expires
+        self.span: ConnectionSpan | None = None  # tracing on: this connection's span
 
     def close(self, code: int, reason: str) -> None:
         """Close a relayed connection with a close frame; drop one still in its upgrade."""
@@ -157,6 +159,7 @@ class ListenerServices:
     table: Callable[[], RouteTable]  # the route table new upgrades use (swapped by a reload)
     metrics: Metrics
     keepalive: KeepaliveSweeper | None
+    tracer: ConnectionTracer | None = None  # tracing on: starts each upgrade's span
 
 
 class PortListener:
@@ -393,6 +396,9 @@ class ClientHandshake(asyncio.Protocol):
         assert record is not None
         record.conn = conn
         record.route = route
+        tracer = listener.services.tracer
+        if tracer is not None:
+            record.span = tracer.start(headers.raw_items(), api=route.name, port=listener.name, path=path)
         offered = [Subprotocol(p) for value in headers.get_all("Sec-WebSocket-Protocol") for p in _tokens(value)]
         record.task = asyncio.get_running_loop().create_task(
             self._upgrade(route, conn, upgrade, extensions, accept, extensions_header, safe_query, offered, suffix)
@@ -406,7 +412,10 @@ class ClientHandshake(asyncio.Protocol):
         relayed = False
         metrics = self.listener.services.metrics
         began = time.monotonic()
+        span = record.span
         try:
+            if span is not None:
+                span.begin("policies")
             for policy in route.upgrade_policies:
                 try:
                     decision = policy.on_upgrade(upgrade, conn)
@@ -421,6 +430,10 @@ class ClientHandshake(asyncio.Protocol):
             connecting = time.monotonic()
             metrics.stage(conn.api, "policies", connecting - began)
             application = conn.application.name if conn.application else None
+            trace_headers: list[tuple[str, str]] = []
+            if span is not None:
+                span.begin("upstream connect")
+                trace_headers = span.upstream_headers()
             prepared = prepare_upgrade(
                 client_headers=upgrade.headers,
                 query=query,
@@ -429,7 +442,8 @@ class ClientHandshake(asyncio.Protocol):
                 secure=upgrade.secure,
                 application=application,
                 suffix=suffix,
-                configured=route.upstream_headers,
+                # The API's headers, and the gateway's traceparent when tracing: both replace the client's.
+                configured=(*route.upstream_headers, *trace_headers),
             )
             hash_key = route.hash_key(upgrade, conn)
             # The parsed client request is not needed past this point: free it while the upstream answers.
@@ -505,6 +519,8 @@ class ClientHandshake(asyncio.Protocol):
         finally:
             record.task = None
             if not relayed:
+                if span is not None:
+                    span.closed(None)  # ended already unless the failure came after the 101
                 conn.release()
                 self.listener.services.registry.untrack(record)
 
@@ -522,6 +538,13 @@ class ClientHandshake(asyncio.Protocol):
     def _outcome(self, route: CompiledAPI, conn: ConnectionContext, status: int, error: str | None,
                  reason: str | None) -> None:
         self.listener.services.metrics.upgrade(self.listener.name, conn.api, status, error)
+        span = self.record.span if self.record is not None else None
+        if span is not None:
+            application = conn.application.name if conn.application else None
+            if status == 101:
+                span.accepted(application)
+            else:
+                span.refused(status, error, application)
         for policy in route.chain:
             try:
                 policy.on_outcome(conn, status, error, reason)
@@ -552,6 +575,8 @@ class _Closer:
             return
         record, self.record = self.record, None
         self.services.metrics.closed(record.port_name, self.conn, code, time.monotonic() - self.conn.started)
+        if record.span is not None:
+            record.span.closed(code)
         if record.expiry is not None:
             record.expiry.cancel()
             record.expiry = None

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
     from .config.models import API, Port
     from .policies.base import Policy
+    from .tracing import ConnectionTracer
 
 log = structlog.get_logger("wsgate.runtime")
 
@@ -88,7 +89,8 @@ class Gateway:
                  env: Mapping[str, str] | None = None, echo: bool = True,
                  build_chain: Callable[[Loaded[API], Config, AppIndex, PolicyState], list[Policy]] | None = None,
                  paths: Sequence[str | Path] | None = None, check_cache: CheckCache | None = None,
-                 reuse_port: bool = False, port_numbers: Mapping[str, int] | None = None) -> None:
+                 reuse_port: bool = False, port_numbers: Mapping[str, int] | None = None,
+                 tracer_provider: Any = None) -> None:
         self.config = config
         # Workers of one supervisor each listen on every port with SO_REUSEPORT (the kernel spreads connections);
         # port_numbers holds the numbers the supervisor reserved for ports configured as 0.
@@ -122,6 +124,16 @@ class Gateway:
         self.reload_count = 0  # finished reload attempts (applied, skipped or failed)
         self.metrics = Metrics()
         self.health = HealthRegistry()  # endpoint health, kept across reloads
+        # Tracing: an OTel TracerProvider given (tests), else the OTEL_* environment decides; None is off.
+        self.tracer: ConnectionTracer | None = None
+        if tracer_provider is not None:
+            from .tracing import ConnectionTracer
+
+            self.tracer = ConnectionTracer(tracer_provider)
+        else:
+            from .tracing import from_environment
+
+            self.tracer = from_environment(os.environ)
         self.reloaded = asyncio.Condition()  # notified after every reload outcome
         self._reload_lock = asyncio.Lock()
         self._reload_requested = 0
@@ -396,7 +408,7 @@ class Gateway:
         self._table = self.compile(self.config, generation)
         self._table.activate()
         self.keepalive = KeepaliveSweeper()
-        self._services = ListenerServices(self.registry, lambda: self.table, self.metrics, self.keepalive)
+        self._services = ListenerServices(self.registry, lambda: self.table, self.metrics, self.keepalive, self.tracer)
         self.metrics.declare(self.config, 1, self._table.digest)
         self._start_flushing()
         try:
@@ -489,6 +501,8 @@ class Gateway:
             self._table.close()
         if self.state is not None:
             await self.state.aclose()
+        if self.tracer is not None:
+            self.tracer.shutdown()
         log.info("stopped")
 
 
