@@ -15,6 +15,13 @@ Measured over a window after a warm-up: the gateway's CPU time (user+system,
 two frames: client → backend and back). Keepalive is on (20 s, as by default),
 so its sweeper runs but, with traffic flowing, never pings.
 
+The last row, "ByteRelay + metrics", is ByteRelay with the Prometheus metrics
+of the real gateway: each connection counted as at its 101 and the message
+counts moved into the series in batches every ``--scrape`` seconds (1 s, far
+more often than a Prometheus scrape), as ``/metrics`` does. Its difference to
+the ByteRelay row is what metrics cost per message: nothing per message, a
+batch per scrape.
+
 Then, first of all, the gateway's RSS growth per idle connection held by
 ByteRelay (``--idle`` connections that complete their handshake and go quiet;
 asyncio transports and sockets included, kernel buffers not).
@@ -32,6 +39,7 @@ import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -235,6 +243,11 @@ class _Gateway:
             )
         )
         self.sweeper = KeepaliveSweeper(asyncio.get_running_loop())
+        self.metrics: Any = None
+        if mode == "metered":
+            from gateway.metrics import Metrics
+
+            self.metrics = Metrics()
         self.conns: list = []
         self.copied = [0]
         self.transports: list[asyncio.Transport] = []
@@ -260,6 +273,9 @@ class _Gateway:
             return
         conn = ConnectionContext(api="micro", api_version="1", port_name="bench", peer=("127.0.0.1", 0), path="/")
         self.conns.append(conn)
+        if self.metrics is not None:
+            self.metrics.upgrade("bench", "micro", 101)
+            self.metrics.opened("bench", "micro", "")
         ByteRelay(
             client=client,
             upstream=upstream,
@@ -301,11 +317,14 @@ async def _measure(mode: str, args: argparse.Namespace, backend_port: int) -> tu
         line = await loop.run_in_executor(None, load.stdout.readline)
         assert line.strip() == "ready", line
         await asyncio.sleep(args.warmup)
+        scraper = loop.create_task(_scrape(gateway, args.scrape)) if gateway.metrics is not None else None
         # Frames of both directions differ by the 4 mask bytes; use the mean for the copy count.
         frame_bytes = len(_client_frame(args.size)) - 2
         cpu0, wall0, frames0 = time.process_time(), time.perf_counter(), gateway.frames(frame_bytes)
         await asyncio.sleep(args.seconds)
         cpu1, wall1, frames1 = time.process_time(), time.perf_counter(), gateway.frames(frame_bytes)
+        if scraper is not None:
+            scraper.cancel()
     finally:
         assert load.stdin is not None
         load.stdin.close()
@@ -317,6 +336,14 @@ async def _measure(mode: str, args: argparse.Namespace, backend_port: int) -> tu
         await asyncio.sleep(0.1)
     frames = frames1 - frames0
     return (cpu1 - cpu0) / frames * 1e6, frames / (wall1 - wall0) / 2
+
+
+async def _scrape(gateway: _Gateway, interval: float) -> None:
+    """What ``/metrics`` does per scrape: move the live connections' counts into the series, render the text."""
+    while True:
+        await asyncio.sleep(interval)
+        gateway.metrics.flush(gateway.conns)
+        gateway.metrics.render()
 
 
 def _rss_kib() -> int:
@@ -362,7 +389,8 @@ async def _main(args: argparse.Namespace) -> None:
         backend_port = int(backend.stdout.readline())
         # Idle memory first, before the throughput runs leave freed memory behind to be reused.
         idle_kib = await _idle_rss(args, backend_port) if args.idle else None
-        results: dict[str, list[tuple[float, float]]] = {"copy": [], "buffered": [], "coalesced": [], "byte": []}
+        results: dict[str, list[tuple[float, float]]] = {"copy": [], "buffered": [], "coalesced": [], "byte": [],
+                                                         "metered": []}
         # Alternate the modes so that noise from a shared machine hits both alike; report medians.
         for _ in range(args.rounds):
             for mode in results:
@@ -381,14 +409,16 @@ async def _main(args: argparse.Namespace) -> None:
     )
     print(f"{'relay':<22} {'echoes/s':>10} {'CPU µs/frame':>13} {'CPU µs/echo':>12}")
     names = {"copy": "bare copy (floor)", "buffered": "bare copy, recv_into", "coalesced": "bare copy, coalesced",
-             "byte": "ByteRelay"}
+             "byte": "ByteRelay",
+             "metered": "ByteRelay + metrics"}
     for mode, cpu, rate in rows:
         print(f"{names[mode]:<22} {rate:>10,.0f} {cpu:>13.2f} {2 * cpu:>12.2f}")
-    copy_cpu, buffered_cpu, coalesced_cpu, byte_cpu = (cpu for _, cpu, _ in rows)
+    copy_cpu, buffered_cpu, coalesced_cpu, byte_cpu, metered_cpu = (cpu for _, cpu, _ in rows)
     print(f"reused read buffer (BufferedProtocol): {buffered_cpu - copy_cpu:+.2f} µs per frame on the bare copy")
     print(f"writes coalesced per loop iteration: {coalesced_cpu - copy_cpu:+.2f} µs per frame on the bare copy")
     extra = byte_cpu - copy_cpu
     print(f"scanner and bookkeeping: {extra:+.2f} µs per frame ({byte_cpu / copy_cpu:.2f}x the bare copy)")
+    print(f"metrics (batched every {args.scrape:g} s): {metered_cpu - byte_cpu:+.2f} µs per frame")
     if idle_kib is not None:
         print(f"gateway RSS per idle ByteRelay connection ({args.idle} connections): {idle_kib:.1f} KiB")
 
@@ -401,6 +431,7 @@ def main() -> None:
     parser.add_argument("--inflight", type=int, default=16)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3, help="alternating measurements per relay")
+    parser.add_argument("--scrape", type=float, default=1.0, help="seconds between metric batches (metered row)")
     parser.add_argument("--idle", type=int, default=2000, help="idle connections for the RSS figure (0: skip)")
     parser.add_argument("--role", choices=["backend", "load", "idle"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
