@@ -110,7 +110,9 @@ def config(gateway: Gateway) -> tuple[int, Any]:
 
 
 def last_reload(gateway: Gateway) -> tuple[int, Any]:
-    return 200, {"reloads": gateway.reload_count, "last_reload": gateway.last_reload}
+    # "history": the last reload outcomes, oldest first (failures with their diagnostics).
+    return 200, {"reloads": gateway.reload_count, "last_reload": gateway.last_reload,
+                 "history": list(gateway.reload_history)}
 
 
 async def reload_now(gateway: Gateway) -> tuple[int, Any]:
@@ -136,6 +138,24 @@ def metrics(gateway: Gateway) -> tuple[int, Any]:
     from .metrics import CONTENT_TYPE
 
     return 200, PlainText(gateway.scrape().decode(), CONTENT_TYPE)
+
+
+DASHBOARD_FILES = {"/dashboard": ("index.html", "text/html; charset=utf-8"),
+                   "/dashboard/": ("index.html", "text/html; charset=utf-8"),
+                   "/dashboard/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
+                   "/dashboard/dashboard.css": ("dashboard.css", "text/css; charset=utf-8")}
+
+
+def dashboard_file(path: str) -> Handler:
+    """A static file of the ops dashboard (package data; the page reads the JSON endpoints and /metrics)."""
+    name, content_type = DASHBOARD_FILES[path]
+
+    def serve(gateway: Gateway) -> tuple[int, Any]:
+        from importlib.resources import files
+
+        return 200, PlainText((files("gateway") / "dashboard" / name).read_text(encoding="utf-8"), content_type)
+
+    return serve
 
 
 class PlainText(str):
@@ -174,6 +194,7 @@ class AdminServer:
             "/upstreams": upstreams,
             "/metrics": metrics,
             "/reload": last_reload,
+            **{path: dashboard_file(path) for path in DASHBOARD_FILES},
         }
         self.post_routes: dict[str, Callable[[Any], Any]] = post_routes or {"/reload": reload_now}
         self._server: AcceptLoop | None = None
@@ -226,7 +247,8 @@ class AdminServer:
             path = target.split("?", 1)[0]
             table = self.post_routes if method == "POST" else self.routes if method == "GET" else {}
             handler = table.get(path)
-            if path not in OPEN_PATHS and not self._authorized(head):
+            # The dashboard's static files hold no data (the page sends the token for what it reads).
+            if path not in OPEN_PATHS and path not in DASHBOARD_FILES and not self._authorized(head):
                 status, body = 401, {"error": "unauthorized", "reason": "this admin endpoint needs the bearer token"}
             elif handler is None and path not in self.routes and path not in self.post_routes:
                 status, body = 404, {"error": "not_found", "reason": f"no admin endpoint {path}"}

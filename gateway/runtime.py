@@ -13,6 +13,7 @@ import functools
 import gc
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from .tracing import ConnectionTracer
 
 log = structlog.get_logger("wsgate.runtime")
+RELOAD_HISTORY = 20  # reload outcomes GET /reload (and the dashboard) shows
 
 
 async def _policy_state(config: Config, env: Mapping[str, str] | None) -> PolicyState:
@@ -121,6 +123,7 @@ class Gateway:
         self.stopping = False
         self.loaded_at = time.time()
         self.last_reload: dict[str, Any] | None = None
+        self.reload_history: deque[dict[str, Any]] = deque(maxlen=RELOAD_HISTORY)  # newest last
         self.reload_count = 0  # finished reload attempts (applied, skipped or failed)
         self.metrics = Metrics()
         self.health = HealthRegistry()  # endpoint health, kept across reloads
@@ -200,6 +203,7 @@ class Gateway:
                 log.exception("reload_crashed", trigger=trigger)
                 outcome = self._outcome(trigger, ok=False, error=f"internal error: {exc.__class__.__name__}")
             self.last_reload = outcome
+            self.reload_history.append(outcome)
             self.reload_count += 1
             self.metrics.reloaded("failed" if not outcome["ok"] else "unchanged" if outcome["noop"] else "applied",
                                   time.monotonic() - started)

@@ -2,61 +2,29 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import threading
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
+from browser_support import CHROMIUM, CHROMIUM_ARGS, TIMEOUT, LoopThread
 
 from echo.server import EchoService
 from gateway.config.models import EchoServer
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-TIMEOUT = float(os.environ.get("WSGATE_TEST_TIMEOUT", "5"))
 # The README shows this screenshot; refresh it with WSGATE_SCREENSHOTS=1 (off by default so that
 # a test run leaves the work tree clean).
 SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "demo-page.png"
 WRITE_SCREENSHOTS = os.environ.get("WSGATE_SCREENSHOTS") == "1"
 VIEWPORT = {"width": 1100, "height": 700}
 
-T = TypeVar("T")
-
 if not os.path.exists(CHROMIUM):
     pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium package", allow_module_level=True)
 
 from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
-
-
-class LoopThread:
-    """An asyncio loop in a thread, so servers run beside Playwright's synchronous API."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="servers", daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(3 * TIMEOUT)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(TIMEOUT)
-        self.loop.close()
 
 
 @pytest.fixture(scope="module")
