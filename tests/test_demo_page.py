@@ -114,6 +114,24 @@ def test_demo_page_chats_with_the_echo_backend(open_demo_page: Callable[..., Pag
     expect(page.locator("#state")).to_have_text("disconnected")
 
 
+def test_demo_page_fits_a_phone(browser: Browser, echo_service: EchoService) -> None:
+    """At 390 px wide the page is one column: the log gets the full width and nothing scrolls sideways."""
+    page = browser.new_page(viewport={"width": 390, "height": 844})
+    try:
+        page.goto(echo_service.url("/", scheme="http"))
+        connect_as(page, "dora")
+        send(page, "a message long enough to wrap on a phone's screen, which the log must show in full")
+        expect(page.locator("#log")).to_contain_text("Message Received from dora")
+        box = page.locator("#log").bounding_box()
+        assert box is not None and box["width"] >= 330, box
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        shot = page.screenshot(full_page=True)
+        if WRITE_SCREENSHOTS:
+            SCREENSHOT.with_name("demo-page-390.png").write_bytes(shot)
+    finally:
+        page.close()
+
+
 def test_gateway_button_uses_the_gateway_override(open_demo_page: Callable[..., Page]) -> None:
     """'Use gateway EchoWS' fills the EchoWS URL on the gateway named by ?gateway=."""
     page = open_demo_page(gateway="ws://127.0.0.1:18082")
