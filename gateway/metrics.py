@@ -62,6 +62,7 @@ DIRECTIONS = ("client", "server")  # client: client to server
 STAGES = ("policies", "upstream_connect", "total")
 UPSTREAM_FAILURES = ("refused", "timeout", "bad_response")
 RELOAD_OUTCOMES = ("applied", "unchanged", "failed")
+ACCEPT_ERRORS = ("emfile", "enfile", "enobufs", "enomem")  # what asyncio's accept loop reports (errno names)
 
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 CONNECTION_BUCKETS = (0.1, 1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 24 * 3600.0)
@@ -171,6 +172,9 @@ class Metrics:
             "wsgate_last_reload_success_timestamp_seconds",
             "When the serving config was last loaded successfully (start or reload), Unix time.",
             registry=registry, multiprocess_mode="livemin")
+        self.reload_failing = Gauge(
+            "wsgate_reload_failing", "1 while the last reload attempt failed (the previous config keeps serving).",
+            registry=registry, multiprocess_mode="livemax")
         self.generation = Gauge(
             "wsgate_config_generation", "Generation of the config serving now (1 at start, +1 per applied reload).",
             registry=registry, multiprocess_mode="livemin")
@@ -184,6 +188,8 @@ class Metrics:
         self._digest: str | None = None
         for outcome in RELOAD_OUTCOMES:
             self.reloads.labels(outcome)
+        for reason in ACCEPT_ERRORS:
+            self.accept_errors.labels(reason)
 
     # ----------------------------------------------------------- config
     def declare(self, config: Config, generation: int, digest: str) -> None:
@@ -316,6 +322,7 @@ class Metrics:
     def reloaded(self, outcome: str, seconds: float) -> None:
         self.reloads.labels(outcome).inc()
         self.reload_duration.observe(seconds)
+        self.reload_failing.set(1 if outcome == "failed" else 0)
 
     # ------------------------------------------------------------ scrape
     def render(self) -> bytes:

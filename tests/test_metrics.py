@@ -69,11 +69,22 @@ def test_series_of_a_declared_api_exist_at_zero_from_startup_and_after_a_reload(
             for outcome in ("applied", "unchanged", "failed"):
                 assert first.value("wsgate_reloads_total", outcome=outcome) == 0
             assert first.value("wsgate_config_generation") == 1
+            assert first.value("wsgate_reload_failing") == 0
+            assert first.value("wsgate_accept_errors_total", reason="emfile") == 0
             assert first.value("wsgate_config_info", digest=gw.table.digest) == 1
             assert first.value("wsgate_last_reload_success_timestamp_seconds") > 0
             assert first.value("wsgate_build_info") == 1
             assert first.value("process_open_fds") > 0
             assert first.value("wsgate_connections_active", api="Chat") is None
+
+            broken = tmp_path / "config" / "broken.yaml"
+            broken.write_text("kind: API\nname: Broken\n")
+            assert not (await gw.reload("test"))["ok"]
+            failing = await scrape(gw)
+            assert failing.value("wsgate_reload_failing") == 1
+            assert failing.value("wsgate_reloads_total", outcome="failed") == 1
+            assert failing.value("wsgate_config_generation") == 1
+            broken.unlink()
 
             old_digest = gw.table.digest
             with open(tmp_path / "config" / "gateway.yaml", "a") as f:
@@ -87,7 +98,8 @@ def test_series_of_a_declared_api_exist_at_zero_from_startup_and_after_a_reload(
             assert second.value("wsgate_config_info", digest=gw.table.digest) == 1
             assert second.value("wsgate_config_info", digest=old_digest) is None
             assert second.value("wsgate_reloads_total", outcome="applied") == 1
-            assert second.value("wsgate_reload_duration_seconds_count") == 1
+            assert second.value("wsgate_reload_duration_seconds_count") == 2
+            assert second.value("wsgate_reload_failing") == 0
 
     run(scenario())
 
