@@ -40,7 +40,7 @@ def build(paths: Sequence[str | Path], *, env: Mapping[str, str] | None = None, 
         return result
     diagnostics = sorted(result.diagnostics + problems, key=Diagnostic.sort_key)
     config = None if any(d.is_error for d in problems) else result.config
-    return CheckResult(config, diagnostics, result.files, result.sources, result.documents)
+    return CheckResult(config, diagnostics, result.files, result.sources, result.documents, result.unversioned)
 
 
 def compile_problems(config: Config, env: Mapping[str, str]) -> list[Diagnostic]:

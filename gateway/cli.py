@@ -28,6 +28,7 @@ from .build import build
 from .config import CheckCache, CheckResult, Config
 from .config import diagnostics as diag
 from .config import schema as schemas
+from .config.models import API_VERSION
 
 # Terraform's -detailed-exitcode: 0 nothing to do, 1 an error (a usage error too), 2 plan has changes.
 EXIT_OK = 0
@@ -153,6 +154,10 @@ def _report(result: CheckResult, fmt: str, out: TextIO) -> None:
     if fmt == "text":
         n_files = len(result.files)
         verdict = "valid" if result.ok else "invalid"
+        if result.unversioned:
+            count = result.unversioned
+            out.write(f"note: {count} document{'s' if count != 1 else ''} without apiVersion, read as "
+                      f"{API_VERSION} (add `apiVersion: {API_VERSION}` to pin the format; docs/config-versions.md)\n")
         files = f"{n_files} file{'s' if n_files != 1 else ''}"
         out.write(f"{verdict}: {diag.summary_line(result.diagnostics)} in {files}\n")
 

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 from . import redact, rules
 from .cache import CheckCache
 from .diagnostics import Diagnostic, error
-from .document_checks import check_kind, check_lossy_numbers, check_model, check_schema
+from .document_checks import check_api_version, check_kind, check_lossy_numbers, check_model, check_schema
 from .salvage import salvage
 from .source import Document, load
 from .tree import Config, Loaded, Location
@@ -38,6 +38,7 @@ class CheckResult:
     sources: Mapping[str, list[str]] = field(default_factory=dict, repr=False)  # file -> lines, to quote
     # What the diagnostics of a later stage (the compile in gateway.build) are scrubbed against.
     documents: Sequence[Document] = field(default_factory=tuple, repr=False)
+    unversioned: int = 0  # documents without `apiVersion` (read as wsgate/v1; validate says so in a note)
 
     @property
     def ok(self) -> bool:
@@ -108,6 +109,7 @@ class _Verdict:
     entry: rules.Entry | None = None
     partial: rules.Entry | None = None
     salvaged: bool = False  # the entry is what is left of a document that failed its schema (salvage.py)
+    versioned: bool = True  # names its apiVersion (validate notes those that do not)
 
 
 def _check_document(doc: Document, lines: list[str]) -> _Verdict:
@@ -116,19 +118,24 @@ def _check_document(doc: Document, lines: list[str]) -> _Verdict:
         return _Verdict(None, None, problems)
     name = doc.data.get("name")
     name = name if isinstance(name, str) else None
-    diagnostics = problems + check_lossy_numbers(doc, kind, lines)
+    versioned, problems = check_api_version(doc)
+    if problems:  # another format: its fields mean what that version says, not what this schema says
+        return _Verdict(kind, name, problems)
+    diagnostics = check_lossy_numbers(doc, kind, lines)
     problems = check_schema(doc, kind)
     if problems:
         salvaged = salvage(doc, kind)
         if salvaged is not None:  # its other fields are still checked by the rules, in this same run
             kept, kept_model = salvaged
             rescued = rules.Entry(kind, str(kept.data["name"]), kept_model, kept)
-            return _Verdict(kind, name, diagnostics + problems, entry=rescued, salvaged=True)
-        return _Verdict(kind, name, diagnostics + problems, partial=_references_of(doc, kind))
+            return _Verdict(kind, name, diagnostics + problems, entry=rescued, salvaged=True,
+                            versioned=versioned)
+        return _Verdict(kind, name, diagnostics + problems, partial=_references_of(doc, kind),
+                        versioned=versioned)
     model, problems = check_model(doc, kind)
     # A valid model has a name.
     entry = rules.Entry(kind, str(doc.data["name"]), model, doc) if model is not None else None
-    return _Verdict(kind, name, diagnostics + problems, entry=entry)
+    return _Verdict(kind, name, diagnostics + problems, entry=entry, versioned=versioned)
 
 
 def _check(paths: Sequence[str | Path], env: Mapping[str, str] | None, cache: CheckCache | None,
@@ -141,6 +148,7 @@ def _check(paths: Sequence[str | Path], env: Mapping[str, str] | None, cache: Ch
     partials: list[rules.Entry] = []  # documents that failed their schema: only their references are checked
     known: dict[str, set[str]] = {}
     cut_short: list[Document] = []  # salvaged documents: what they lack was reported by the schema
+    unversioned = 0
 
     def check_one(doc: Document) -> _Verdict:
         return _check_document(doc, loaded.sources.get(doc.file, []))
@@ -156,6 +164,7 @@ def _check(paths: Sequence[str | Path], env: Mapping[str, str] | None, cache: Ch
             partials.append(verdict.partial)
         if verdict.salvaged and verdict.entry is not None:
             cut_short.append(verdict.entry.doc)
+        unversioned += verdict.kind is not None and not verdict.versioned
 
     if not loaded.documents and not any(d.is_error for d in diagnostics):
         diagnostics.append(
@@ -178,8 +187,9 @@ def _check(paths: Sequence[str | Path], env: Mapping[str, str] | None, cache: Ch
     diagnostics.sort(key=Diagnostic.sort_key)
 
     if any(d.is_error for d in diagnostics):
-        return CheckResult(None, diagnostics, loaded.files, loaded.sources, loaded.documents)
-    return CheckResult(_build(dirs[0], entries), diagnostics, loaded.files, loaded.sources, loaded.documents)
+        return CheckResult(None, diagnostics, loaded.files, loaded.sources, loaded.documents, unversioned)
+    return CheckResult(_build(dirs[0], entries), diagnostics, loaded.files, loaded.sources, loaded.documents,
+                       unversioned)
 
 
 # Rules that complain about something missing: in a salvaged document the schema already reported why it is.

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ValidationError
 
 from .diagnostics import Diagnostic, error, warning
-from .models import KINDS
+from .models import API_VERSIONS, KINDS
 from .schema import passes, validator
 from .source import Document
 
@@ -110,6 +110,30 @@ def check_kind(doc: Document) -> tuple[str | None, list[Diagnostic]]:
         hint = suggestion(str(kind), list(KINDS)) if isinstance(kind, str) else f"one of {', '.join(KINDS)}"
         return None, [error("WSG009", f"unknown kind {_short(kind)}", doc.value_at(("kind",)), hint=hint)]
     return kind, []
+
+
+# ------------------------------------------------------------- apiVersion
+
+
+def check_api_version(doc: Document) -> tuple[bool, list[Diagnostic]]:
+    """(whether the document names its format version, problems): a version this wsgate does not read is an error
+    at the value, before the schema (whose enum error would not say what to do)."""
+    data = doc.data
+    if "apiVersion" not in data:
+        return False, []
+    version = data["apiVersion"]
+    if version in API_VERSIONS:
+        return True, []
+    newer = isinstance(version, str) and version.startswith("wsgate/")
+    return True, [
+        error(
+            "WSG010",
+            f"unknown apiVersion {_short(version)}: this wsgate reads {', '.join(API_VERSIONS)}",
+            doc.value_at(("apiVersion",)),
+            hint=("a newer wsgate wrote this format: upgrade wsgate, or keep the tree at " + API_VERSIONS[-1]
+                  if newer else f"write `apiVersion: {API_VERSIONS[-1]}`, or leave it out"),
+        )
+    ]
 
 
 # ---------------------------------------------------------------- schema

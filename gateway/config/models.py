@@ -31,6 +31,21 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=False)
 
 
+# The config format this wsgate reads (docs/config-versions.md says what a future version means).
+API_VERSION = "wsgate/v1"
+API_VERSIONS = (API_VERSION,)
+
+
+class Versioned(Strict):
+    """Base for every resource document: the optional format version comes first."""
+
+    # Excluded from dumps: the version names the format, not the resource, so writing it (or not) changes
+    # neither the config digest nor a plan.
+    api_version: Literal["wsgate/v1"] | None = Field(
+        None, alias="apiVersion", exclude=True,
+        description="The config format, `wsgate/v1`. Optional today; documents without it are read as wsgate/v1.")
+
+
 class PolicyBase(Strict):
     """What every policy has besides its own settings."""
 
@@ -96,7 +111,7 @@ class PortLimits(Strict):
     )
 
 
-class Port(Strict):
+class Port(Versioned):
     """A listener: where clients connect."""
 
     kind: Literal["Port"]
@@ -567,7 +582,7 @@ def prefix_matches(prefix: str, path: str) -> bool:
     return len(path) == len(prefix) or prefix.endswith("/") or path[len(prefix)] == "/"
 
 
-class API(Strict):
+class API(Versioned):
     """A WebSocket API: a gateway path, the ports it is on, a native endpoint and a policy chain."""
 
     kind: Literal["API"]
@@ -681,7 +696,7 @@ class Identifiers(Strict):
     )
 
 
-class Application(Strict):
+class Application(Versioned):
     """A consumer of APIs, identified by key, hostname or address."""
 
     kind: Literal["Application"]
@@ -706,7 +721,7 @@ class EchoContext(Strict):
     published: bool = Field(True, description="An unpublished context answers 404 until published.")
 
 
-class EchoServer(Strict):
+class EchoServer(Versioned):
     """The native demo backend: an echo broadcaster."""
 
     kind: Literal["EchoServer"]
@@ -782,7 +797,7 @@ class RedisState(Strict):
 StateSettings = Annotated[MemoryState | RedisState, Field(discriminator="backend")]
 
 
-class Gateway(Strict):
+class Gateway(Versioned):
     """Process-wide settings; at most one per config."""
 
     kind: Literal["Gateway"]
