@@ -69,7 +69,7 @@ class Client:
             self.queue.put_nowait(message)
         except asyncio.QueueFull:
             reason = f"too slow: {self.queue.qsize()} messages queued"
-            log.warning("echo client too slow", user=self.user, code=TOO_SLOW, reason=reason)
+            log.warning("echo_client_too_slow", user=self.user, code=TOO_SLOW, reason=reason)
             self.close(TOO_SLOW, reason)
 
     def close(self, code: int, reason: str) -> None:

@@ -64,7 +64,7 @@ class EchoService:
             max_size=self.model.max_message_size,
         )
         log.info(
-            "echo server listening",
+            "echo_server_listening",
             server=self.model.name,
             url=f"http://{self.display_host}:{self.port}/",
             contexts=[path for path, room in self.rooms.items() if room.published],
@@ -77,7 +77,7 @@ class EchoService:
         self._server.close()  # 1001 to open connections, 503 to half-open ones
         await self._server.wait_closed()
         self._server = None
-        log.info("echo server stopped", server=self.model.name)
+        log.info("echo_server_stopped", server=self.model.name)
 
     @property
     def port(self) -> int:
@@ -117,7 +117,7 @@ class EchoService:
             room = self.rooms.get(context.path)
             if room is None:
                 room = Room(context)
-                log.info("echo context added", server=model.name, path=context.path, published=room.published)
+                log.info("echo_context_added", server=model.name, path=context.path, published=room.published)
             elif context.path in self.undeclared or room.context != context:
                 room.update(context)
                 self._set_published(room, context.published)
@@ -130,7 +130,7 @@ class EchoService:
                 rooms[path] = room  # drift the config does not speak about: kept
             else:
                 self.unpublish(room)
-                log.info("echo context removed", server=model.name, path=path)
+                log.info("echo_context_removed", server=model.name, path=path)
         self.rooms = rooms
         self.model = model
 
@@ -164,13 +164,13 @@ class EchoService:
     def publish(self, room: Room) -> None:
         if not room.published:
             room.publish()
-            log.info("echo context published", server=self.model.name, path=room.path)
+            log.info("echo_context_published", server=self.model.name, path=room.path)
             self._log_drift(room)
 
     def unpublish(self, room: Room) -> None:
         if room.published:
             room.unpublish()
-            log.info("echo context unpublished", server=self.model.name, path=room.path, closing=len(room.clients))
+            log.info("echo_context_unpublished", server=self.model.name, path=room.path, closing=len(room.clients))
             self._log_drift(room)
 
     def _log_drift(self, room: Room) -> None:
@@ -256,13 +256,13 @@ async def serve_echo_servers(config: Config) -> list[EchoService]:
 async def serve_until_signal(config: Config) -> int:
     """Run the config's echo servers until SIGINT or SIGTERM, then stop them cleanly."""
     if not config.echo_servers:
-        log.error("no EchoServer in the config", root=str(config.root))
+        log.error("no_echo_server", root=str(config.root))
         return 1
     async with stop_requested() as stopping:
         services = await serve_echo_servers(config)
         try:
             await stopping.wait()
-            log.info("echo servers stopping")
+            log.info("echo_servers_stopping")
         finally:
             await asyncio.gather(*(s.stop() for s in services))
     return 0

@@ -262,7 +262,7 @@ class AdminServer:
                 ssl.SSLError):
             status, body = 400, {"error": "bad_request", "reason": "malformed request"}
         except Exception:
-            log.exception("admin handler failed")
+            log.exception("admin_handler_failed")
             status, body = 500, {"error": "internal_error", "reason": "see the gateway log"}
         if isinstance(body, PlainText):
             data, content_type = body.encode(), body.content_type

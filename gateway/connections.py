@@ -163,7 +163,7 @@ class ConnectionRegistry:
             async with asyncio.timeout(timeout):
                 await self._idle.wait()
         except TimeoutError:
-            log.warning("shutdown timeout; aborting connections", remaining=len(self.live))
+            log.warning("shutdown_timeout", action="aborting connections", remaining=len(self.live))
             for record in list(self.live):
                 record.abort()
             # Aborted transports report connection_lost on the next loop turns; let the relays finish.
@@ -171,7 +171,7 @@ class ConnectionRegistry:
                 async with asyncio.timeout(1.0):
                     await self._idle.wait()
             except TimeoutError:
-                log.error("connections still open after abort", remaining=len(self.live))
+                log.error("connections_still_open_after_abort", remaining=len(self.live))
 
     def close(self) -> None:
         """Cancel pending drains and release every retired table (the gateway stopped)."""

@@ -244,7 +244,7 @@ class HealthRegistry:
                                      server_hostname=route.api.upstream.tls.server_hostname,
                                      tcp_only=settings.type == "tcp", headers=route.upstream_headers)
             except Exception as exc:  # a bug in the probe must not end the checks
-                log.exception("health probe failed", api=checker.health.api, endpoint=endpoint.url)
+                log.exception("health_probe_failed", api=checker.health.api, endpoint=endpoint.url)
                 result = ProbeResult(False, f"probe error: {exc.__class__.__name__}")
             self.probe_result(checker.health, result, settings)
             await asyncio.sleep(settings.interval)

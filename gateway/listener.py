@@ -422,7 +422,7 @@ class ClientHandshake(asyncio.Protocol):
                     if inspect.isawaitable(decision):
                         decision = await decision
                 except Exception:
-                    log.error("policy failed", api=conn.api, policy=policy.type, connection=conn.id, exc_info=True)
+                    log.error("policy_failed", api=conn.api, policy=policy.type, connection=conn.id, exc_info=True)
                     decision = Rejection(500, "internal_error", f"policy {policy.type} failed")
                 if decision is not None:
                     self._refuse(route, conn, decision.status, decision.error, decision.reason, decision.headers)
@@ -549,7 +549,7 @@ class ClientHandshake(asyncio.Protocol):
             try:
                 policy.on_outcome(conn, status, error, reason)
             except Exception:
-                log.error("policy failed", api=conn.api, policy=policy.type, connection=conn.id, exc_info=True)
+                log.error("policy_failed", api=conn.api, policy=policy.type, connection=conn.id, exc_info=True)
 
 
 def _tokens(value: str) -> list[str]:
@@ -591,6 +591,6 @@ class _Closer:
             try:
                 policy.on_close(conn, code, reason)
             except Exception:
-                log.error("policy failed", api=conn.api, policy=policy.type, connection=conn.id, exc_info=True)
+                log.error("policy_failed", api=conn.api, policy=policy.type, connection=conn.id, exc_info=True)
         conn.release()
         self.services.registry.untrack(record)

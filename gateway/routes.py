@@ -197,7 +197,7 @@ class CompiledAPI:
             try:
                 policy.close()
             except Exception:
-                log.exception("policy close failed", api=self.name, policy=policy.type)
+                log.exception("policy_close_failed", api=self.name, policy=policy.type)
 
     @classmethod
     def build(cls, loaded: Loaded[API], chain: list[Policy], health: HealthRegistry | None = None,
@@ -208,7 +208,7 @@ class CompiledAPI:
             if spec.type == "routing":
                 routing = spec
         if not api.upstream.tls.verify and any(e.url.startswith("wss://") for e in api.upstream.endpoints):
-            log.warning("upstream TLS verification is off", api=api.name)
+            log.warning("upstream_tls_verification_off", api=api.name)
         client = tuple(p for p in chain if "client" in p.message_stages)
         server = tuple(p for p in chain if "server" in p.message_stages)
         state = (lambda url: health.get(api.name, url)) if health is not None else None

@@ -246,8 +246,9 @@ class Gateway:
             diagnostics = [d.to_dict() for d in result.diagnostics]
             for d in result.diagnostics:
                 if d.is_error:
+                    # The same hint GET /reload shows: whoever reads the log can fix the tree from it.
                     log.error("reload_failed", trigger=trigger, location=str(d.location) if d.location else None,
-                              code=d.code, summary=d.summary, diagnostic=d.headline())
+                              code=d.code, summary=d.summary, hint=d.hint or None, diagnostic=d.headline())
             log.error("reload_failed", trigger=trigger, errors=len(result.errors),
                       kept_generation=self.table.generation, kept_digest=self.table.digest)
             return self._outcome(trigger, ok=False, diagnostics=diagnostics)
@@ -318,7 +319,7 @@ class Gateway:
         self.listeners.pop(name, None)
         self.addresses.pop(name, None)
         self.tls_contexts.pop(name, None)
-        log.info("stopped listening", name=name)
+        log.info("stopped_listening", name=name)
 
     async def _follow_ports(self, old: Config, new: Config, table: RouteTable, started: list[str]) -> list[str]:
         """Stop removed/disabled ports, re-listen changed ones, update limits of the rest (never re-bind those)."""
@@ -335,7 +336,7 @@ class Gateway:
                 try:
                     await self._start_port(name, loaded)
                 except Exception as exc:
-                    log.error("port restart failed", name=name, error=str(exc))
+                    log.error("port_restart_failed", name=name, error=str(exc))
                     problems.append(f"port {name}: {exc}")
             else:
                 listener = self.listeners[name]
@@ -398,7 +399,7 @@ class Gateway:
                 await service.start()
                 kept.append(service)
             except Exception as exc:
-                log.error("echo server reload failed", server=name, error=str(exc))
+                log.error("echo_server_reload_failed", server=name, error=str(exc))
                 problems.append(f"echo server {name}: {exc}")
         for service in current.values():
             await service.stop()

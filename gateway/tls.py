@@ -80,11 +80,11 @@ class ServerTLS:
                 ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(entry.cert, entry.key)
                 entry.context.load_cert_chain(entry.cert, entry.key)
             except (OSError, ssl.SSLError) as exc:
-                log.error("certificate renewal failed; the port keeps its previous certificate", name=self.name,
+                log.error("certificate_renewal_failed", kept="the previous certificate", name=self.name,
                           certificate=entry.where, error=str(exc))
                 problems.append(f"port {self.name}: certificate renewal failed ({entry.where}): {exc}")
                 continue
-            log.info("certificate renewed", name=self.name, certificate=entry.where)
+            log.info("certificate_renewed", name=self.name, certificate=entry.where)
         return problems
 
 

@@ -70,7 +70,7 @@ class ConfigWatcher:
         try:
             loop.add_signal_handler(signal.SIGHUP, self._sighup.set)
         except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals here
-            log.debug("sighup unavailable")
+            log.debug("sighup_unavailable")
         self._tasks = [
             asyncio.create_task(self._watch_files(), name="wsgate-watch-files"),
             asyncio.create_task(self._watch_sighup(), name="wsgate-watch-sighup"),
@@ -107,7 +107,7 @@ class ConfigWatcher:
                 log.info("watching", paths=watched)
             if not changes:
                 continue
-            log.info("config changed", files=sorted({Path(p).name for _, p in changes})[:10])
+            log.info("config_changed", files=sorted({Path(p).name for _, p in changes})[:10])
             await self._safe_reload("files")
 
     async def _watch_sighup(self) -> None:
@@ -116,7 +116,7 @@ class ConfigWatcher:
             self._sighup.clear()
             if self._stop.is_set():
                 return
-            log.info("sighup received")
+            log.info("sighup_received")
             await self._safe_reload("sighup")
 
     async def _safe_reload(self, trigger: str) -> None:
@@ -124,4 +124,4 @@ class ConfigWatcher:
         try:
             await self._reload(trigger)
         except Exception:
-            log.exception("reload crashed", trigger=trigger)
+            log.exception("reload_crashed", trigger=trigger)

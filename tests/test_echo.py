@@ -419,7 +419,7 @@ async def test_slow_client_is_closed_and_the_room_keeps_flowing() -> None:
                 sent = 0
                 with structlog.testing.capture_logs() as events:
                     # Flood in lockstep until the server gives up on the slow client.
-                    while not any(e["event"] == "echo client too slow" for e in events):
+                    while not any(e["event"] == "echo_client_too_slow" for e in events):
                         assert sent < 20_000, "the slow client was never closed"
                         await fast.send(f"{sent}:{payload}")
                         assert await recv(fast) == f"Message Received from fast: {sent}:{payload}"
@@ -471,7 +471,7 @@ async def test_serve_until_signal_stops_cleanly_on_sigterm() -> None:
     config = _config(echo_model().model_copy(update={"port": 0}))
     with logged() as events:
         task = asyncio.create_task(serve_until_signal(config))
-        url = (await events.first("echo server listening"))["url"]
+        url = (await events.first("echo_server_listening"))["url"]
         async with connect(url.replace("http://", "ws://") + "api/demo/") as ws:
             os.kill(os.getpid(), signal.SIGTERM)
             assert (await closed(ws))[0] == 1001

@@ -130,7 +130,7 @@ async def test_drop_per_connection_passes_the_burst_and_answers_the_rest(tmp_pat
                         assert await other.recv() == "fresh"
             metrics = await scrape(gw)
             assert metrics.value("wsgate_rate_limited_total", api="Echo", direction="client", action="drop") == 2
-            warnings = [e for e in logs if e["event"] == "rate limit exceeded"]
+            warnings = [e for e in logs if e["event"] == "rate_limit_exceeded"]
             assert len(warnings) == 1 and warnings[0]["action"] == "drop"
 
 

@@ -146,7 +146,7 @@ def test_on_error_close_logs_without_payload(tmp_path, function):
     with structlog.testing.capture_logs() as events:
         result = settle(transform(tmp_path, function).on_message(text("secret-payload-42"), connection()))
     assert result == Close(1011, "transform failed")
-    (event,) = [e for e in events if e["event"] == "transform failed"]
+    (event,) = [e for e in events if e["event"] == "transform_failed"]
     assert event["log_level"] == "error" and event["api"] == "Echo" and "ValueError" in event["error"]
     assert "secret-payload-42" not in repr(events)
 
@@ -156,7 +156,7 @@ def test_on_error_pass(tmp_path):
     message = text("original")
     with structlog.testing.capture_logs() as events:
         assert transform(tmp_path, "boom", on_error="pass").on_message(message, connection()) is message
-    assert any(e["event"] == "transform failed" for e in events)
+    assert any(e["event"] == "transform_failed" for e in events)
 
 
 def test_on_error_drop(tmp_path):

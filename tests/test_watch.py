@@ -109,7 +109,7 @@ async def test_unrelated_file_is_ignored(tmp_path: Path) -> None:
     finally:
         await watcher.stop()
     assert seen == ["files"]
-    assert [e["files"] for e in events if e["event"] == "config changed"] == [["b.yaml"]]
+    assert [e["files"] for e in events if e["event"] == "config_changed"] == [["b.yaml"]]
 
 
 async def test_ready_is_set_once_watching(tmp_path: Path) -> None:

@@ -213,7 +213,7 @@ class SharedBucket:
             for suffix, want, _, _, answer in asks:
                 granted.append((suffix, want, await answer if inspect.isawaitable(answer) else answer))
         except Exception:
-            log.exception("shared rate-limit budget failed", key=self.key)
+            log.exception("rate_limit_budget_failed", key=self.key)
         finally:
             self.asking = False
             self._credit(granted, monotonic())
@@ -308,7 +308,7 @@ class RateLimit(Policy):
         self.limits.exceeded[(self.api, message.direction, action)] += 1
         if conn not in self._exceeded:
             self._exceeded.add(conn)
-            log.warning("rate limit exceeded", api=self.api, policy=self.type, connection=conn.id,
+            log.warning("rate_limit_exceeded", api=self.api, policy=self.type, connection=conn.id,
                         direction=message.direction, per=self.spec.per, action=action)
         if action == "close":
             return RATE_LIMIT_CLOSE

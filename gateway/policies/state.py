@@ -122,7 +122,7 @@ class LogWriter:
                             continue
                         line = item[0](item)
                     except Exception:
-                        log.exception("transaction record failed", file=str(self.path))
+                        log.exception("transaction_record_failed", file=str(self.path))
                         continue
                     lines.append(line)
                     chunk += len(line) + 1
@@ -140,10 +140,10 @@ class LogWriter:
                     file.flush()
                 if self.dropped:
                     dropped, self.dropped = self.dropped, 0
-                    log.warning("transaction records dropped: the writer fell behind", file=str(self.path),
+                    log.warning("transaction_records_dropped", reason="the writer fell behind", file=str(self.path),
                                 dropped=dropped)
         except Exception:
-            log.exception("transaction log writer failed", file=str(self.path))
+            log.exception("transaction_log_writer_failed", file=str(self.path))
         finally:
             if file is not None:
                 file.close()

@@ -131,7 +131,7 @@ class Transform(Policy):
 
     def _failed(self, message: Message, conn: ConnectionContext, exc: Exception) -> MessageDecision:
         # The payload is never logged: it may carry personal data.
-        log.error("transform failed", api=self.api, policy=self.type, callable=self.spec.callable,
+        log.error("transform_failed", api=self.api, policy=self.type, callable=self.spec.callable,
                   connection=conn.id, on_error=self.spec.on_error, error=f"{type(exc).__name__}: {exc}")
         if self.spec.on_error == "pass":
             return message

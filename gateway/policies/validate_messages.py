@@ -209,13 +209,13 @@ class ValidateMessages(Policy):
         if logged == 0:
             conn.defer(lambda: self._forget(conn))
         if logged == LOGGED_PER_CONNECTION:
-            log.warning("further message violations not recorded", api=self.api, policy=self.type,
+            log.warning("message_violations_not_recorded", api=self.api, policy=self.type,
                         connection=conn.id)
             return
         fields = {"api": self.api, "connection": conn.id, "direction": direction, "kind": violation.kind,
                   "detail": violation.detail, "action": action}
         if self.writer is None:
-            log.warning("message violates its definition", policy=self.type, **fields)
+            log.warning("message_violation", policy=self.type, **fields)
             return
         record = {"record": "violation", "ts": time.time(),
                   "application": conn.application.name if conn.application else None, **fields}

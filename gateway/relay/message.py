@@ -618,7 +618,7 @@ class MessageRelay:
         self._arm_deadline()
 
     def _policy_failed(self, policy: Policy) -> None:
-        log.error("policy failed", api=self.conn.api, policy=policy.type, connection=self.conn.id, exc_info=True)
+        log.error("policy_failed", api=self.conn.api, policy=policy.type, connection=self.conn.id, exc_info=True)
         self.close(1011, "internal error")
 
     def flush(self, leg: _Leg) -> None:
