@@ -186,6 +186,7 @@ class Metrics:
             registry=registry, multiprocess_mode="livemax")
         self.build_info.labels(version(), platform.python_version()).set(1)
         self._digest: str | None = None
+        self._declared: set[tuple[str, str, str]] = set()  # connections_active label sets of the serving config
         for outcome in RELOAD_OUTCOMES:
             self.reloads.labels(outcome)
         for reason in ACCEPT_ERRORS:
@@ -193,18 +194,20 @@ class Metrics:
 
     # ----------------------------------------------------------- config
     def declare(self, config: Config, generation: int, digest: str) -> None:
-        """Make every series of the config's APIs exist (at zero until used) and show its generation and digest."""
+        """Make every series of the config's APIs exist (at zero until used) and show its generation and digest.
+
+        The active-connection series of what the config no longer declares go once they are back at zero (an
+        alert on "no connection to a declared API" must not fire for a removed one); counters stay, as counters do.
+        """
+        declared: set[tuple[str, str, str]] = set()
         for port in config.ports:
             self.accept_errors.labels(port)
         for api_name, loaded in config.apis.items():
             api = loaded.model
+            apps = [""] + [name for name, app in config.applications.items() if api_name in app.model.apis]
             for port in api.ports:
-                self.connections_active.labels(port, api_name, "")
                 self.upgrades.labels(port, api_name, "101")
-            for app_name, app in config.applications.items():
-                if api_name in app.model.apis:
-                    for port in api.ports:
-                        self.connections_active.labels(port, api_name, app_name)
+                declared.update((port, api_name, app) for app in apps)
             for direction in DIRECTIONS:
                 self.messages.labels(api_name, direction)
                 self.payload_bytes.labels(api_name, direction)
@@ -216,6 +219,11 @@ class Metrics:
             for endpoint in api.upstream.endpoints:
                 for reason in UPSTREAM_FAILURES:
                     self.upstream_failures.labels(api_name, endpoint_label(endpoint.url), reason)
+        for key in declared:
+            self.connections_active.labels(*key)
+        for key in self._declared - declared:
+            self._forget_if_idle(key)
+        self._declared = declared
         self.generation.set(generation)
         self.last_reload_success.set(time.time())
         if digest != self._digest:
@@ -248,11 +256,17 @@ class Metrics:
         self.connections_active.labels(port, api, application).inc()
 
     def closed(self, port: str, conn: ConnectionContext, code: int | None, seconds: float) -> None:
-        application = conn.application.name if conn.application else ""
-        self.connections_active.labels(port, conn.api, application).dec()
+        key = (port, conn.api, conn.application.name if conn.application else "")
+        self.connections_active.labels(*key).dec()
+        if key not in self._declared:
+            self._forget_if_idle(key)
         self.closes.labels(conn.api, "none" if code is None else str(code)).inc()
         self.connection_duration.labels(conn.api).observe(seconds)
         self.flush_one(conn)
+
+    def _forget_if_idle(self, key: tuple[str, str, str]) -> None:
+        if self.connections_active.labels(*key)._value.get() == 0:  # no public getter for one child's value
+            self.connections_active.remove(*key)
 
     def flush(self, conns: Iterable[ConnectionContext]) -> None:
         """Move the message counts the relays kept since the last batch into the series."""

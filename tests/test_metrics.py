@@ -101,6 +101,16 @@ def test_series_of_a_declared_api_exist_at_zero_from_startup_and_after_a_reload(
             assert second.value("wsgate_reload_duration_seconds_count") == 2
             assert second.value("wsgate_reload_failing") == 0
 
+            # The API a reload removes loses its active-connection series (its counters stay).
+            (tmp_path / "config" / "gateway.yaml").write_text(
+                (tmp_path / "config" / "gateway.yaml").read_text().replace("name: Echo\n", "name: Gone\n")
+                .replace("apis: [Echo]", "apis: [Gone]"))
+            assert (await gw.reload("test"))["ok"]
+            third = await scrape(gw)
+            assert third.value("wsgate_connections_active", api="Echo") is None
+            assert third.value("wsgate_connections_active", port="default", api="Gone", application="acme") == 0
+            assert third.value("wsgate_messages_total", api="Echo", direction="client") == 0
+
     run(scenario())
 
 
