@@ -79,13 +79,9 @@ def multiprocess_dir() -> str | None:
 
 
 def version() -> str:
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as package_version
+    from . import __version__
 
-    try:
-        return package_version("wsgate")
-    except PackageNotFoundError:  # pragma: no cover - running from a tree that was never installed
-        return "unknown"
+    return __version__
 
 
 def endpoint_label(url: str) -> str:
