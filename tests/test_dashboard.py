@@ -160,7 +160,7 @@ def open_page(browser: Browser, url: str, viewport: dict[str, int], init: str | 
 
 
 def test_dashboard_shows_apis_rates_upstreams_reloads_and_the_config(browser: Browser, scene: Scene) -> None:
-    """Live connections per application, a moving message rate, upstream failures, a failed reload's diagnostic."""
+    """Live connections per application, a moving message rate, upstream health and failures, a failed reload."""
     outcome = scene.loop.run(scene.failed_reload())
     assert not outcome["ok"]
     page = open_page(browser, scene.url, DESKTOP)
@@ -173,6 +173,8 @@ def test_dashboard_shows_apis_rates_upstreams_reloads_and_the_config(browser: Br
         # The chart's rate moves once two polls saw the client's messages.
         expect(page.locator('.chart[data-api="Echo"] .rate')).to_have_text(re.compile(r"^[1-9][0-9.]*/s$"))
         expect(page.locator('.chart[data-api="Echo"] polyline')).to_have_attribute("points", re.compile(r"\d+,\d"))
+        # Health comes from /upstreams (the gateway's health checks), connect failures from /metrics.
+        expect(page.locator("#upstreams tr", has_text="Echo").locator(".healthy")).to_have_text("healthy")
         chat = page.locator("#upstreams tr", has_text="Chat")
         expect(chat).to_contain_text("ws://127.0.0.1:")
         expect(chat.locator(".num")).to_have_text("1")
