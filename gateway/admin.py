@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("wsgate.admin")
 
 MAX_HEAD = 8 * 1024
+RELOAD_HISTORY = 20  # reload outcomes GET /reload (and the dashboard) shows
 REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
            422: "Unprocessable Content", 503: "Service Unavailable"}
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})  # probes carry no credentials
@@ -158,6 +159,11 @@ def dashboard_file(path: str) -> Handler:
     return serve
 
 
+def dashboard_routes() -> dict[str, Handler]:
+    """The dashboard's static files, for any admin listener (a gateway's, a worker supervisor's)."""
+    return {path: dashboard_file(path) for path in DASHBOARD_FILES}
+
+
 class PlainText(str):
     """A handler's body served as is, with its content type, instead of as JSON."""
 
@@ -194,7 +200,7 @@ class AdminServer:
             "/upstreams": upstreams,
             "/metrics": metrics,
             "/reload": last_reload,
-            **{path: dashboard_file(path) for path in DASHBOARD_FILES},
+            **dashboard_routes(),
         }
         self.post_routes: dict[str, Callable[[Any], Any]] = post_routes or {"/reload": reload_now}
         self._server: AcceptLoop | None = None

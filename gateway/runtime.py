@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from .accept import AcceptLoop
-from .admin import AdminServer, admin_access
+from .admin import RELOAD_HISTORY, AdminServer, admin_access
 from .apps import AppIndex
 from .config.cache import CheckCache
 from .config.tree import Config, Loaded
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
     from .tracing import ConnectionTracer
 
 log = structlog.get_logger("wsgate.runtime")
-RELOAD_HISTORY = 20  # reload outcomes GET /reload (and the dashboard) shows
 
 
 async def _policy_state(config: Config, env: Mapping[str, str] | None) -> PolicyState:

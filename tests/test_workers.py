@@ -58,6 +58,13 @@ async def test_workers_share_the_port_answer_as_one_and_reload_together(tmp_path
             outcome = (await http_request(admin, b"POST /reload HTTP/1.1\r\nHost: a\r\n\r\n")).json()
             assert outcome["ok"] is True and outcome["split"] is False and outcome["generation"] == 2
             assert [w["generation"] for w in outcome["workers"]] == [2, 2]
+            history = await admin_json(admin, "/reload")  # what the ops dashboard lists
+            assert [(h["ok"], h["generation"]) for h in history["history"]] == [(True, 2)]
+            page = await http_request(admin, path="/dashboard/")
+            assert page.status == 200 and page.headers["content-type"].startswith("text/html")
+            after = Scrape((await http_request(admin, path="/metrics")).body.decode())
+            assert after.value("wsgate_config_generation") == 2
+            assert after.value("wsgate_reloads_total", outcome="applied") == 2  # one per worker
             async with connect(f"ws://127.0.0.1:{gateway.ports['default']}/b") as ws:
                 await ws.send("new route")
                 assert await ws.recv() == "new route"

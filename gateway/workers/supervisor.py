@@ -30,13 +30,14 @@ import socket
 import sys
 import tempfile
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from ..admin import AdminServer, PlainText, admin_access, healthz
+from ..admin import RELOAD_HISTORY, AdminServer, PlainText, admin_access, dashboard_routes, healthz
 from ..config.tree import Config
 from ..signals import stop_requested
 from . import control
@@ -124,6 +125,7 @@ class Supervisor:
         self.admin: AdminServer | None = None
         self.echo_services: list[Any] = []
         self.last_reload: dict[str, Any] | None = None
+        self.reload_history: deque[dict[str, Any]] = deque(maxlen=RELOAD_HISTORY)  # for GET /reload, newest last
         self.reload_count = 0
         self.reloads: dict[str, int] = {}
         self._reload_lock = asyncio.Lock()
@@ -241,8 +243,9 @@ class Supervisor:
                 outcome.update(ok=False, error="gateway is stopping")
             elif result.config is None:
                 for d in result.diagnostics:
-                    if d.is_error:
-                        log.error("reload_failed", trigger=trigger, diagnostic=d.headline())
+                    if d.is_error:  # with the hint GET /reload shows, as a single gateway logs it
+                        log.error("reload_failed", trigger=trigger, location=str(d.location) if d.location else None,
+                                  code=d.code, summary=d.summary, hint=d.hint or None, diagnostic=d.headline())
                 outcome.update(ok=False, diagnostics=[d.to_dict() for d in result.diagnostics])
             elif result.config.digest() == self.config.digest():
                 outcome.update(ok=True, noop=True)
@@ -250,6 +253,7 @@ class Supervisor:
                 outcome.update(await self._hand_out(result.config, trigger))
             outcome.update(generation=self.generation, digest=self.config.digest(), **self.split())
             self.last_reload = outcome
+            self.reload_history.append(outcome)
             self.reload_count += 1
             kind = "failed" if not outcome["ok"] else "unchanged" if outcome["noop"] else "applied"
             self.reloads[kind] = self.reloads.get(kind, 0) + 1
@@ -306,7 +310,7 @@ class Supervisor:
 
     def last_reload_answer(self, _: Any) -> tuple[int, Any]:
         return 200, {"reloads": self.reload_count, "last_reload": self.last_reload, "generation": self.generation,
-                     **self.split()}
+                     "history": list(self.reload_history), **self.split()}
 
     async def reload_answer(self, _: Any) -> tuple[int, Any]:
         outcome = await self.reload("admin")
@@ -365,7 +369,8 @@ class Supervisor:
                     self.admin = AdminServer(self, host, port, routes={
                         "/healthz": healthz, "/readyz": self.readyz, "/config": self.config_answer,
                         "/connections": self.connections, "/metrics": self.metrics, "/upstreams": self.upstreams,
-                        "/reload": self.last_reload_answer}, post_routes={"/reload": self.reload_answer},
+                        "/reload": self.last_reload_answer, **dashboard_routes()},
+                        post_routes={"/reload": self.reload_answer},
                         **admin_access(self.config, host))
                     await self.admin.start()
                 for name, number in self.port_numbers.items():
