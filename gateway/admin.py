@@ -69,7 +69,7 @@ def admin_access(config: Config, host: str, env: Mapping[str, str] | None = None
     if settings.token is not None:
         token = (os.environ if env is None else env).get(settings.token.env) or None
         if token is None:
-            log.error("admin token variable is not set: protected admin endpoints answer 401",
+            log.error("admin_token_unset", effect="protected admin endpoints answer 401",
                       variable=settings.token.env)
     elif settings.token_file is not None and gateway is not None:
         token = gateway.resolve(settings.token_file).read_text(encoding="utf-8").strip() or None

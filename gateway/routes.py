@@ -238,7 +238,7 @@ def upstream_headers(api: API, env: Mapping[str, str]) -> tuple[tuple[str, str],
         if not text:
             continue
         if any(ch in text for ch in "\r\n\0"):
-            log.warning("upstream header not sent: its variable holds a line break", api=api.name, header=name,
+            log.warning("upstream_header_not_sent", reason="its variable holds a line break", api=api.name, header=name,
                         variable=value.env)
             continue
         headers.append((name, text))
