@@ -11,10 +11,12 @@ function token() { return sessionStorage.getItem(TOKEN_KEY) || ""; }
 // GET an admin endpoint with the admin token, if one was entered. Resolves to null on 404 (endpoint absent).
 async function get(path, kind) {
   const headers = {};
-  if (token()) headers.Authorization = "Bearer " + token();
+  const sent = token();
+  if (sent) headers.Authorization = "Bearer " + sent;
   const response = await fetch(path, { headers, cache: "no-store" });
   if (response.status === 401 || response.status === 403) {
-    document.getElementById("auth").hidden = false;
+    // Ask again only if this answer is about the token in use (not a request sent before it was entered).
+    if (sent === token()) document.getElementById("auth").hidden = false;
     throw new Error("the admin listener wants a token");
   }
   if (response.status === 404) return null;
