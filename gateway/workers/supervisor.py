@@ -127,7 +127,6 @@ class Supervisor:
         self.last_reload: dict[str, Any] | None = None
         self.reload_history: deque[dict[str, Any]] = deque(maxlen=RELOAD_HISTORY)  # for GET /reload, newest last
         self.reload_count = 0
-        self.reloads: dict[str, int] = {}
         self._reload_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.metrics_dir: str | None = None  # PROMETHEUS_MULTIPROC_DIR of the workers
@@ -255,8 +254,6 @@ class Supervisor:
             self.last_reload = outcome
             self.reload_history.append(outcome)
             self.reload_count += 1
-            kind = "failed" if not outcome["ok"] else "unchanged" if outcome["noop"] else "applied"
-            self.reloads[kind] = self.reloads.get(kind, 0) + 1
             return outcome
 
     async def _hand_out(self, new: Config, trigger: str) -> dict[str, Any]:
