@@ -10,6 +10,7 @@ from pathlib import Path
 from config_helpers import API, APP, PORT, found, write
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import PORT as PORT_0
 from support import api_yaml, echo_backend, running_gateway, write_config
 
 from gateway.config import CheckCache, check
@@ -119,7 +120,7 @@ async def test_reload_of_a_running_gateway_parses_only_what_changed(tmp_path):
     """A gateway started with the cache of its start-up check parses nothing on a reload of the unchanged tree,
     from the first reload on, and one file when one changed."""
     async with echo_backend() as backend:
-        write_config(tmp_path, PORT)
+        write_config(tmp_path, PORT_0)  # port 0 on loopback: a running gateway, unlike the check-only PORT
         root = tmp_path / "config"
         write(root, "echo.yaml", api_yaml("Echo", "/echo", backend.url("/echo/")))
         write(root, "other.yaml", api_yaml("Other", "/other", backend.url("/other/")))
