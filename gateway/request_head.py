@@ -20,12 +20,24 @@ from typing import NamedTuple
 from websockets.datastructures import Headers
 from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS
 
-_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
-_VALUE = re.compile(rb"[\x09\x20-\x7e\x80-\xff]*")
+# RFC 9110 header grammar, shared with the upstream 101 check (gateway/upstream.py).
+HEADER_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
+HEADER_VALUE = re.compile(rb"[\x09\x20-\x7e\x80-\xff]*")
 _TARGET = re.compile(rb"/[\x21-\x7e]*")  # origin-form: visible ASCII, no space or control byte
 _TOKEN_LIST = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+(?:[ \t]*,[ \t]*[-!#$%&'*+.^_`|~0-9a-zA-Z]+)*")
 # Headers whose presence means more than a plain upgrade: a body, or a value websockets must parse further.
 _UNUSUAL = frozenset({b"transfer-encoding", b"content-length"})
+
+
+def header_field(line: bytes) -> tuple[bytes, bytes] | None:
+    """``line``'s name and whitespace-trimmed value if it is a well-formed header field; else None."""
+    name, colon, value = line.partition(b":")
+    if not colon or not HEADER_TOKEN.fullmatch(name):
+        return None
+    value = value.strip(b" \t")
+    if not HEADER_VALUE.fullmatch(value):
+        return None
+    return name, value
 
 
 class PlainUpgrade(NamedTuple):
@@ -55,12 +67,10 @@ def plain_upgrade(head: bytes) -> PlainUpgrade | None:
     for line in lines[1:-2]:
         if len(line) + 2 > MAX_LINE_LENGTH:
             return None
-        raw_name, colon, raw_value = line.partition(b":")
-        if not colon or not _TOKEN.fullmatch(raw_name):
+        field = header_field(line)
+        if field is None:
             return None
-        raw_value = raw_value.strip(b" \t")
-        if not _VALUE.fullmatch(raw_value):
-            return None
+        raw_name, raw_value = field
         lower = raw_name.lower()
         if lower in seen or lower in _UNUSUAL:
             return None

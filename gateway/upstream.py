@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
@@ -24,6 +23,7 @@ from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS, Response
 from websockets.typing import Subprotocol
 from websockets.utils import accept_key, generate_key
 
+from .request_head import HEADER_TOKEN, HEADER_VALUE, header_field
 from .routes import CompiledAPI, Endpoint, NoEndpoint
 
 log = structlog.get_logger("wsgate.upstream")
@@ -259,10 +259,6 @@ def prepare_upgrade(
     return PreparedUpgrade(query, list(subprotocols), tail, suffix, own_authorization="authorization" in replaced)
 
 
-_TOKEN = re.compile(rb"[-!#$%&\'*+.^_`|~0-9a-zA-Z]+")
-_VALUE = re.compile(rb"[\x09\x20-\x7e\x80-\xff]*")
-
-
 def _plain_101(head: bytes, key: str, offer: list[Subprotocol]) -> Subprotocol | None | bool:
     """The subprotocol of a plainly valid 101 answering ``key``; False for anything else.
 
@@ -275,19 +271,18 @@ def _plain_101(head: bytes, key: str, offer: list[Subprotocol]) -> Subprotocol |
     if len(lines) > MAX_NUM_HEADERS + 3 or lines[-2:] != [b"", b""]:
         return False
     status = lines[0]
-    if not status.startswith(b"HTTP/1.1 101 ") or len(status) > MAX_LINE_LENGTH or not _VALUE.fullmatch(status, 13):
+    if (not status.startswith(b"HTTP/1.1 101 ") or len(status) > MAX_LINE_LENGTH
+            or not HEADER_VALUE.fullmatch(status, 13)):
         return False
     upgrade = accept = protocol = None
     upgrade_named = False
     for line in lines[1:-2]:
         if len(line) > MAX_LINE_LENGTH:
             return False
-        name, colon, value = line.partition(b":")
-        if not colon or not _TOKEN.fullmatch(name):
+        field = header_field(line)
+        if field is None:
             return False
-        value = value.strip(b" \t")
-        if not _VALUE.fullmatch(value):
-            return False
+        name, value = field
         lower = name.lower()
         if lower == b"upgrade":
             if upgrade is not None:
@@ -296,7 +291,7 @@ def _plain_101(head: bytes, key: str, offer: list[Subprotocol]) -> Subprotocol |
         elif lower == b"connection":
             for token in value.split(b","):
                 token = token.strip(b" \t")
-                if not _TOKEN.fullmatch(token):
+                if not HEADER_TOKEN.fullmatch(token):
                     return False
                 upgrade_named = upgrade_named or token.lower() == b"upgrade"
         elif lower == b"sec-websocket-accept":
@@ -315,7 +310,7 @@ def _plain_101(head: bytes, key: str, offer: list[Subprotocol]) -> Subprotocol |
         return False
     if protocol is None:
         return None
-    if not _TOKEN.fullmatch(protocol):
+    if not HEADER_TOKEN.fullmatch(protocol):
         return False
     chosen = Subprotocol(protocol.decode())
     return chosen if chosen in offer else False
