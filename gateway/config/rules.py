@@ -443,9 +443,7 @@ def upstream_tls(ctx: RuleContext) -> None:
             )
         if tls.ca_file is not None:
             _must_exist(ctx, e, ("upstream", "tls", "ca_file"), tls.ca_file, "CA file")
-        for attr, what in (("cert", "certificate file"), ("key", "key file")):
-            if getattr(tls, attr) is not None:
-                _must_exist(ctx, e, ("upstream", "tls", attr), getattr(tls, attr), what)
+        _cert_and_key_must_exist(ctx, e, ("upstream", "tls"), tls.cert, tls.key)
         if len(e.model.upstream.endpoints) == 1:
             for i, p in enumerate(e.model.policies):
                 if p.type == "routing" and p.strategy == "round-robin":
@@ -853,16 +851,22 @@ def _must_exist(ctx: RuleContext, e: Entry, at: tuple, relative: str, what: str)
         )
 
 
+def _cert_and_key_must_exist(ctx: RuleContext, e: Entry, at: tuple, cert: str | None, key: str | None) -> None:
+    """A TLS block's ``cert`` and ``key`` files, under ``at``; an unset (optional) one is not checked."""
+    if cert is not None:
+        _must_exist(ctx, e, at + ("cert",), cert, "certificate file")
+    if key is not None:
+        _must_exist(ctx, e, at + ("key",), key, "key file")
+
+
 @rule
 def port_tls_files(ctx: RuleContext) -> None:
     for e in ctx.of("Port"):
         tls = e.model.tls
         if tls is not None:
-            _must_exist(ctx, e, ("tls", "cert"), tls.cert, "certificate file")
-            _must_exist(ctx, e, ("tls", "key"), tls.key, "key file")
+            _cert_and_key_must_exist(ctx, e, ("tls",), tls.cert, tls.key)
             for i, sni in enumerate(tls.sni):
-                _must_exist(ctx, e, ("tls", "sni", i, "cert"), sni.cert, "certificate file")
-                _must_exist(ctx, e, ("tls", "sni", i, "key"), sni.key, "key file")
+                _cert_and_key_must_exist(ctx, e, ("tls", "sni", i), sni.cert, sni.key)
             if tls.client_certificates is not None:
                 _must_exist(ctx, e, ("tls", "client_certificates", "ca_file"), tls.client_certificates.ca_file,
                             "CA file")
@@ -895,8 +899,7 @@ def admin_access(ctx: RuleContext) -> None:
         if admin.token_file is not None:
             _must_exist(ctx, e, ("admin", "token_file"), admin.token_file, "admin token file")
         if admin.tls is not None:
-            _must_exist(ctx, e, ("admin", "tls", "cert"), admin.tls.cert, "certificate file")
-            _must_exist(ctx, e, ("admin", "tls", "key"), admin.tls.key, "key file")
+            _cert_and_key_must_exist(ctx, e, ("admin", "tls"), admin.tls.cert, admin.tls.key)
 
 
 @rule
