@@ -15,6 +15,7 @@ Typical use, as an ``async def`` test (conftest.py runs it in a fresh event loop
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import shutil
@@ -68,6 +69,12 @@ def api_yaml(name: str, path: str, *urls: str, extra: str = "", ports: str = "[d
     if extra:
         text += textwrap.dedent(extra).strip("\n") + "\n"
     return text
+
+
+def app_yaml(key: str, name: str = "acme", apis: str = "[Echo]") -> str:
+    """An Application document identified by the SHA-256 of API key ``key``."""
+    return (f"kind: Application\nname: {name}\nidentifiers:\n  api_keys:\n"
+            f"    - sha256:{hashlib.sha256(key.encode()).hexdigest()}\napis: {apis}\n")
 
 
 def write_config(tmp_path: Path, *documents: str, name: str = "gateway.yaml") -> Config:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import re
 from collections.abc import Iterator
@@ -12,6 +11,7 @@ from typing import Any
 
 import pytest
 from browser_support import CHROMIUM, CHROMIUM_ARGS, TIMEOUT, LoopThread
+from support import app_yaml
 
 pytestmark = pytest.mark.browser
 
@@ -20,7 +20,7 @@ WRITE_SCREENSHOTS = os.environ.get("WSGATE_SCREENSHOTS") == "1"  # refresh docs/
 PHONE = {"width": 390, "height": 844}
 DESKTOP = {"width": 1200, "height": 820}
 KEY = "dashboard-key"
-TREE = f"""\
+TREE = """\
 ---
 kind: Port
 name: default
@@ -33,7 +33,7 @@ path: /echo
 ports: [default]
 upstream:
   endpoints:
-    - url: {{echo}}/echo/
+    - url: {echo}/echo/
 policies:
   - type: identify
 ---
@@ -43,15 +43,9 @@ path: /chat
 ports: [default]
 upstream:
   endpoints:
-    - url: ws://127.0.0.1:{{dead}}/chat/
----
-kind: Application
-name: acme
-identifiers:
-  api_keys:
-    - sha256:{hashlib.sha256(KEY.encode()).hexdigest()}
-apis: [Echo]
+    - url: ws://127.0.0.1:{dead}/chat/
 """
+TREE += "---\n" + app_yaml(KEY)
 
 if not os.path.exists(CHROMIUM):
     pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium package", allow_module_level=True)

@@ -4,7 +4,6 @@ and the multiprocess aggregation of several worker processes."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import socket
 import subprocess
@@ -17,6 +16,7 @@ from support import (
     PORT,
     TIMEOUT,
     api_yaml,
+    app_yaml,
     echo_backend,
     eventually,
     gw_url,
@@ -31,14 +31,7 @@ from support import (
 from websockets.asyncio.client import connect
 
 KEY = "metrics-test-key-7f3a"
-APP = f"""\
-kind: Application
-name: acme
-identifiers:
-  api_keys:
-    - sha256:{hashlib.sha256(KEY.encode()).hexdigest()}
-apis: [Echo]
-"""
+APP = app_yaml(KEY)
 
 
 def closed_port() -> int:

@@ -3,7 +3,6 @@ switched on by the OTEL_* environment, and not even imported when off."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import subprocess
@@ -22,6 +21,7 @@ from opentelemetry.trace import SpanKind, StatusCode  # noqa: E402
 from support import (  # noqa: E402
     PORT,
     api_yaml,
+    app_yaml,
     eventually,
     gw_url,
     http_request,
@@ -36,14 +36,7 @@ from websockets.asyncio.client import connect  # noqa: E402
 from gateway.tracing import wanted  # noqa: E402
 
 KEY = "tracing-test-key"
-APP = f"""\
-kind: Application
-name: acme
-identifiers:
-  api_keys:
-    - sha256:{hashlib.sha256(KEY.encode()).hexdigest()}
-apis: [Echo]
-"""
+APP = app_yaml(KEY)
 IDENTIFY = "policies:\n  - type: identify\n"
 CLIENT_TRACE = "0af7651916cd43dd8448eb211c80319c"
 CLIENT_PARENT = "b7ad6b7169203331"
