@@ -9,7 +9,7 @@ import signal
 import pytest
 from process_support import start_wsgate
 from support import PORT, TIMEOUT, Scrape, api_yaml, http_request, recording_backend, write_config
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from gateway.workers.supervisor import worker_count
@@ -88,11 +88,7 @@ async def test_a_killed_worker_is_restarted_and_the_others_connections_are_untou
         try:
             url = f"ws://127.0.0.1:{gateway.ports['default']}/a"
             admin = f"http://127.0.0.1:{gateway.ports['admin']}"
-            clients = []
-            # The kernel hashes connections over the workers: open clients until both hold some.
-            async with asyncio.timeout(TIMEOUT):
-                while len(clients) < 4 or not all(await worker_totals(admin)):
-                    clients.append(await connect(url))
+            clients = await clients_on_every_worker(url, admin)
             victim = (await admin_json(admin, "/readyz"))["workers"][0]
             survivors_expected = (await worker_totals(admin))[1]
             os.kill(victim["pid"], signal.SIGKILL)
@@ -119,6 +115,16 @@ async def test_a_killed_worker_is_restarted_and_the_others_connections_are_untou
             await gateway.kill()
 
 
+async def clients_on_every_worker(url: str, admin: str) -> list[ClientConnection]:
+    """At least four clients of ``url``, opened until every worker holds some."""
+    # The kernel hashes connections over the workers: keep opening until none is left empty.
+    clients = []
+    async with asyncio.timeout(TIMEOUT):
+        while len(clients) < 4 or not all(await worker_totals(admin)):
+            clients.append(await connect(url))
+    return clients
+
+
 async def worker_totals(admin: str) -> list[int]:
     """Live connections per worker, from the supervisor's per-worker status."""
     status = await admin_json(admin, "/readyz")
@@ -136,10 +142,7 @@ async def test_a_revoked_key_closes_its_connections_in_every_worker(tmp_path):
         try:
             url = f"ws://127.0.0.1:{gateway.ports['default']}/a?x-Gateway-APIKey=old-key"
             admin = f"http://127.0.0.1:{gateway.ports['admin']}"
-            clients = []
-            async with asyncio.timeout(TIMEOUT):
-                while len(clients) < 4 or not all(await worker_totals(admin)):
-                    clients.append(await connect(url))
+            clients = await clients_on_every_worker(url, admin)
             write_config(tmp_path, PORT, api, app.format(key="new-key"))
             outcome = (await http_request(admin, b"POST /reload HTTP/1.1\r\nHost: a\r\n\r\n")).json()
             assert outcome["ok"] is True and outcome["split"] is False
