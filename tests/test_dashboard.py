@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from browser_support import CHROMIUM, CHROMIUM_ARGS, TIMEOUT, LoopThread
+from browser_support import CHROMIUM, TIMEOUT, LoopThread, chromium
 from support import app_yaml
 
 pytestmark = pytest.mark.browser
@@ -50,7 +50,7 @@ TREE += "---\n" + app_yaml(KEY)
 if not os.path.exists(CHROMIUM):
     pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium package", allow_module_level=True)
 
-from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
+from playwright.sync_api import Browser, Page, expect  # noqa: E402
 
 
 class Scene:
@@ -138,10 +138,8 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    with chromium() as browser:
         yield browser
-        browser.close()
 
 
 def open_page(browser: Browser, url: str, viewport: dict[str, int], init: str | None = None) -> Page:
