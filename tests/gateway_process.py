@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from support import TIMEOUT
+from support import TIMEOUT, stop_process
 from websockets.sync.server import ServerConnection, serve
 
 
@@ -75,12 +75,7 @@ def gateway_process(config_dir: Path, log_path: Path, *, preexec_fn: Callable[[]
         gateway.wait_for(listening)
         yield gateway
     finally:
-        process.terminate()
-        try:
-            process.wait(TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 @contextmanager

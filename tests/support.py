@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from contextlib import asynccontextmanager, contextmanager
@@ -75,6 +76,16 @@ def app_yaml(key: str, name: str = "acme", apis: str = "[Echo]") -> str:
     """An Application document identified by the SHA-256 of API key ``key``."""
     return (f"kind: Application\nname: {name}\nidentifiers:\n  api_keys:\n"
             f"    - sha256:{hashlib.sha256(key.encode()).hexdigest()}\napis: {apis}\n")
+
+
+def stop_process(process: subprocess.Popen[Any]) -> None:
+    """SIGTERM ``process`` and reap it; SIGKILL it if it is still running after TIMEOUT."""
+    process.terminate()
+    try:
+        process.wait(TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def write_config(tmp_path: Path, *documents: str, name: str = "gateway.yaml") -> Config:

@@ -36,6 +36,7 @@ from support import (
     recording_backend,
     relay_of,
     running_gateway,
+    stop_process,
     upgrade_request,
     write_config,
 )
@@ -267,12 +268,7 @@ def slow_gateway(tmp_path_factory):
         yield port, process.pid, upstream
     finally:
         upstream.stop.set()
-        process.terminate()
-        try:
-            process.wait(TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         upstream.shutdown()
         upstream.server_close()
 
