@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
-from process_support import start_wsgate
+from process_support import RunningProcess, start_wsgate
 from support import PORT, TIMEOUT, Scrape, api_yaml, http_request, recording_backend, write_config
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -32,10 +35,8 @@ async def test_workers_share_the_port_answer_as_one_and_reload_together(tmp_path
     worker's generation, and an edited config reaches both as the next generation (not split)."""
     async with recording_backend() as backend:
         write_config(tmp_path, PORT, api_yaml("A", "/a", backend.url + "/"))
-        gateway = await start_wsgate(tmp_path / "config", "--workers", "2")
-        try:
+        async with two_workers(tmp_path / "config") as (gateway, admin):
             url = f"ws://127.0.0.1:{gateway.ports['default']}/a"
-            admin = f"http://127.0.0.1:{gateway.ports['admin']}"
             ready = await admin_json(admin, "/readyz")
             assert ready["status"] == "ready" and ready["split"] is False
             assert [w["generation"] for w in ready["workers"]] == [1, 1]
@@ -75,8 +76,6 @@ async def test_workers_share_the_port_answer_as_one_and_reload_together(tmp_path
             gateway.process.send_signal(signal.SIGTERM)
             async with asyncio.timeout(TIMEOUT):
                 assert await gateway.exit_code() == 0, "".join(gateway.output)
-        finally:
-            await gateway.kill()
 
 
 async def test_a_killed_worker_is_restarted_and_the_others_connections_are_untouched(tmp_path):
@@ -84,10 +83,8 @@ async def test_a_killed_worker_is_restarted_and_the_others_connections_are_untou
     supervisor logs the death and starts a new process in the slot, which serves the current generation."""
     async with recording_backend() as backend:
         write_config(tmp_path, PORT, api_yaml("A", "/a", backend.url + "/"))
-        gateway = await start_wsgate(tmp_path / "config", "--workers", "2")
-        try:
+        async with two_workers(tmp_path / "config") as (gateway, admin):
             url = f"ws://127.0.0.1:{gateway.ports['default']}/a"
-            admin = f"http://127.0.0.1:{gateway.ports['admin']}"
             clients = await clients_on_every_worker(url, admin)
             victim = (await admin_json(admin, "/readyz"))["workers"][0]
             survivors_expected = (await worker_totals(admin))[1]
@@ -111,8 +108,16 @@ async def test_a_killed_worker_is_restarted_and_the_others_connections_are_untou
             assert (await admin_json(admin, "/connections"))["total"] == alive + 6
             for ws in clients + fresh:
                 await ws.close()
-        finally:
-            await gateway.kill()
+
+
+@asynccontextmanager
+async def two_workers(config_dir: Path) -> AsyncIterator[tuple[RunningProcess, str]]:
+    """``wsgate run --workers 2`` on ``config_dir``: yields it and its admin base URL, and kills it on exit."""
+    gateway = await start_wsgate(config_dir, "--workers", "2")
+    try:
+        yield gateway, f"http://127.0.0.1:{gateway.ports['admin']}"
+    finally:
+        await gateway.kill()
 
 
 async def clients_on_every_worker(url: str, admin: str) -> list[ClientConnection]:
@@ -138,10 +143,8 @@ async def test_a_revoked_key_closes_its_connections_in_every_worker(tmp_path):
         api = api_yaml("A", "/a", backend.url + "/", extra="policies:\n  - type: identify\n    by: [api_key]\n")
         app = "kind: Application\nname: app\nidentifiers:\n  api_keys: [{key}]\napis: [A]\n"
         write_config(tmp_path, PORT, api, app.format(key="old-key"))
-        gateway = await start_wsgate(tmp_path / "config", "--workers", "2")
-        try:
+        async with two_workers(tmp_path / "config") as (gateway, admin):
             url = f"ws://127.0.0.1:{gateway.ports['default']}/a?x-Gateway-APIKey=old-key"
-            admin = f"http://127.0.0.1:{gateway.ports['admin']}"
             clients = await clients_on_every_worker(url, admin)
             write_config(tmp_path, PORT, api, app.format(key="new-key"))
             outcome = (await http_request(admin, b"POST /reload HTTP/1.1\r\nHost: a\r\n\r\n")).json()
@@ -150,8 +153,6 @@ async def test_a_revoked_key_closes_its_connections_in_every_worker(tmp_path):
                 with pytest.raises(ConnectionClosed) as info:
                     await ws.recv()
                 assert info.value.rcvd.code == 1008
-        finally:
-            await gateway.kill()
 
 
 def test_split_is_reported_when_workers_serve_different_generations():
