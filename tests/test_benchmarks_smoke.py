@@ -18,15 +18,15 @@ HAVE_NGINX = bool(shutil.which("nginx") or Path("/usr/sbin/nginx").exists())
 HAVE_GO_AND_NGINX = bool(shutil.which("go") and GORILLA.is_dir() and HAVE_NGINX)
 
 
+def run_benchmark(script: str, *args: str, cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python benchmarks/SCRIPT ARGS`` in ``cwd``, its output captured as text."""
+    return subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
 def _run(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict]:
     out = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "relay.py"), *args, "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=150,
-        cwd=tmp_path,
-    )
+    proc = run_benchmark("relay.py", *args, "--json", str(out), cwd=tmp_path, timeout=150)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc, json.loads(out.read_text())
 
@@ -103,13 +103,7 @@ def test_go_generator_and_nginx_rows(tmp_path: Path) -> None:
 
 def test_validate_scale_runs_end_to_end():
     """The config-at-scale benchmark (issue 17) generates a tree, validates it every way and prints its table."""
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "validate_scale.py"), "--apis", "5", "--apps", "5", "--repeat", "1"],
-        capture_output=True,
-        text=True,
-        timeout=150,
-        cwd=REPO,
-    )
+    proc = run_benchmark("validate_scale.py", "--apis", "5", "--apps", "5", "--repeat", "1", cwd=REPO, timeout=150)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [line.split("  ")[0] for line in proc.stdout.splitlines()[2:]]
     assert rows == ["check() in process", "wsgate validate (new process)", "reload, tree unchanged",
@@ -120,14 +114,8 @@ def test_validate_scale_runs_end_to_end():
 def test_reconnect_storm_serves_every_client(tmp_path: Path) -> None:
     """``upgrades.py --storm 50``: 50 clients at once on a fresh gateway, every one answered 101 and echoed."""
     out = tmp_path / "storm.json"
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "upgrades.py"), "--storm", "50", "--storm-processes", "2",
-         "--backend", "python", "--no-install", "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=110,
-        cwd=tmp_path,
-    )
+    proc = run_benchmark("upgrades.py", "--storm", "50", "--storm-processes", "2",
+                         "--backend", "python", "--no-install", "--json", str(out), cwd=tmp_path, timeout=110)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     storm = json.loads(out.read_text())["storm"]
     assert storm["clients"] == 50 and storm["served"] == 50
@@ -140,14 +128,8 @@ def test_reconnect_storm_serves_every_client(tmp_path: Path) -> None:
 def test_upgrades_benchmark_rows(tmp_path: Path) -> None:
     """``upgrades.py`` measures upgrades/s and CPU per upgrade through nginx, identify + throttle and the tutorial."""
     out = tmp_path / "upgrades.json"
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "upgrades.py"), "--seconds", "0.5", "--warmup", "0.1",
-         "--conns", "2", "--no-install", "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=170,
-        cwd=tmp_path,
-    )
+    proc = run_benchmark("upgrades.py", "--seconds", "0.5", "--warmup", "0.1",
+                         "--conns", "2", "--no-install", "--json", str(out), cwd=tmp_path, timeout=170)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {row["target"]: row for row in json.loads(out.read_text())["upgrades"]}
     assert set(rows) == {"nginx", "fast", "tutorial"}
