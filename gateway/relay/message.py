@@ -347,8 +347,8 @@ class MessageRelay:
             if stop > end:
                 break  # incomplete: at most max_size + 14 bytes wait in leg.buf
             opcode = b0 & 0x0F
-            if (b0 & 0xF0) == 0x80 and (opcode == 1 or opcode == 2) and bool(masked) is masked_in \
-                    and leg.fragments is None:
+            # Reserved bits and masking were checked above: FIN, a data opcode and no message in fragments.
+            if b0 & 0x80 and (opcode == 1 or opcode == 2) and leg.fragments is None:
                 payload = apply_mask(data[at:stop], data[at - 4:at]) if masked else bytes(data[at:stop])
                 pos = stop
                 self._message(leg, opcode == 1, payload)
