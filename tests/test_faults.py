@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import pytest
+import structlog
 from support import (
     PATHS,
     PORT,
@@ -44,6 +45,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 from websockets.utils import accept_key
 
+from gateway.policies.base import Policy
 from gateway.relay.fast import ByteRelay
 from gateway.relay.message import MessageRelay
 
@@ -352,3 +354,45 @@ def test_upstream_flooding_a_client_that_reads_nothing_is_slowed_and_memory_stay
         assert grown < RSS_MARGIN, f"gateway peak RSS grew by {grown} bytes after {flooded} bytes were pushed"
     finally:
         sock.close()
+
+
+class _NoDecision(Policy):
+    """A buggy message-stage policy: it returns something that is no decision (synchronously or awaited)."""
+
+    type = "buggy"
+
+    def __init__(self, awaited: bool) -> None:
+        self.awaited = awaited
+
+    def on_message(self, message, conn):
+        if not self.awaited:
+            return 42
+
+        async def later():
+            return 42
+
+        return later()
+
+
+@pytest.mark.parametrize("awaited", [False, True], ids=["sync", "async"])
+async def test_a_policy_returning_no_decision_closes_1011_and_names_the_policy(tmp_path, awaited):
+    """A message-stage policy that returns neither a message nor a decision ends that connection with 1011 and a
+    `policy_failed` line naming it, as an exception would; the gateway keeps serving."""
+    async with recording_backend() as backend:
+        config = write_config(tmp_path, PORT, path_api(tmp_path, "message", backend.url + "/", path="/a"))
+        async with running_gateway(config) as gw:
+            route = gw.table.lookup("default", "/a")
+            assert route is not None and not route.fast_path
+            route.client_policies = (_NoDecision(awaited),)
+            with structlog.testing.capture_logs() as logs:
+                async with connect(gw_url(gw, "/a")) as ws:
+                    await ws.send("x")
+                    with pytest.raises(ConnectionClosed) as info:
+                        await ws.recv()
+            assert info.value.rcvd.code == 1011
+            failed = [e for e in logs if e["event"] == "policy_failed"]
+            assert failed and failed[0]["policy"] == "buggy" and failed[0]["returned"] == "int"
+            route.client_policies = ()
+            async with connect(gw_url(gw, "/a")) as ws:  # the next connection is served
+                await ws.send("y")
+                assert await ws.recv() == "y"

@@ -469,15 +469,12 @@ class MessageRelay:
                 self._policy_failed(policy)
                 return
             if may_await and inspect.isawaitable(decision):
-                leg.backlog = deque()
-                task = asyncio.get_running_loop().create_task(self._consume(leg, decision, index, message))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._hand_off(leg, decision, index, message)
                 return
             if decision is DROP:
                 return
             if type(decision) is not Message:
-                self._decided(leg, decision, index, message)
+                self._decided(leg, policy, decision, index, message)
                 return
             message = decision  # `type(x) is not Message` (cheaper than isinstance here) narrows it
         if message is original and message.payload is payload and message.is_text is is_text:
@@ -485,7 +482,7 @@ class MessageRelay:
         else:
             self._deliver(leg, message)
 
-    def _decided(self, leg: _Leg, decision: Any, index: int, message: Message) -> None:
+    def _decided(self, leg: _Leg, policy: Policy, decision: Any, index: int, message: Message) -> None:
         """A decision other than pass or drop, on the synchronous path."""
         kind = type(decision)
         if kind is Close:
@@ -493,13 +490,17 @@ class MessageRelay:
         elif kind is Reply:
             self._send(leg, True, decision.text.encode())
         elif kind is Delay:
-            # Hold this message and everything after it; a task waits out the delay with the sender unread.
-            leg.backlog = deque()
-            task = asyncio.get_running_loop().create_task(self._consume(leg, decision, index, message))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._hand_off(leg, decision, index, message)  # the task waits out the delay with the sender unread
         else:
-            raise TypeError(f"a policy returned {decision!r}")
+            self._policy_failed(policy, decision)  # not a decision: a bug in the policy, like an exception (1011)
+
+    def _hand_off(self, leg: _Leg, pending: Any, index: int, message: Message) -> None:
+        """Hold this message and everything after it while a task owns this direction (an awaitable or a
+        delay from the policy at ``index``)."""
+        leg.backlog = deque()
+        task = asyncio.get_running_loop().create_task(self._consume(leg, pending, index, message))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _consume(self, leg: _Leg, first: Any, index: int, message: Message) -> None:
         """Own one direction while a policy is asynchronous; then hand it back to the synchronous path."""
@@ -557,6 +558,9 @@ class MessageRelay:
                 self._send(leg, True, decision.text.encode())
                 self.flush(leg)
                 return True
+            if kind is not Message:
+                self._policy_failed(policy, decision)  # not a decision, as on the synchronous path
+                return False
             message = decision
         self._deliver(leg, message)
         self.flush(leg.peer)
@@ -617,8 +621,13 @@ class MessageRelay:
         self._forward(leg, _gone(leg))
         self._arm_deadline()
 
-    def _policy_failed(self, policy: Policy) -> None:
-        log.error("policy_failed", api=self.conn.api, policy=policy.type, connection=self.conn.id, exc_info=True)
+    def _policy_failed(self, policy: Policy, returned: Any = None) -> None:
+        """A policy raised (logged with its traceback) or returned something that is no decision (``returned``)."""
+        if returned is None:
+            log.error("policy_failed", api=self.conn.api, policy=policy.type, connection=self.conn.id, exc_info=True)
+        else:
+            log.error("policy_failed", api=self.conn.api, policy=policy.type, connection=self.conn.id,
+                      returned=type(returned).__name__)
         self.close(1011, "internal error")
 
     def flush(self, leg: _Leg) -> None:
