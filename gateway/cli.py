@@ -396,7 +396,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from .workers import supervisor
 
         assert result.config is not None
-        return supervisor.run(result.config, args.workers, args)
+        return supervisor.run(result.config, args.workers, args, check_cache=cache)
     from . import runtime
 
     assert result.config is not None  # result.ok

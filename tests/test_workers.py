@@ -170,3 +170,20 @@ def test_split_is_reported_when_workers_serve_different_generations():
     supervisor.workers[1].ready = False  # a worker being restarted is not serving: no split, but listed
     view = supervisor.split()
     assert view["split"] is False and [w["ready"] for w in view["workers"]] == [True, False]
+
+
+async def test_supervisor_reload_reads_only_changed_files(tmp_path):
+    """The supervisor's reload goes through the check cache of its start-up check: an unchanged tree parses no
+    file, as a single-process gateway's reload does."""
+    from gateway.config import CheckCache, check
+    from gateway.workers.supervisor import Supervisor
+
+    write_config(tmp_path, PORT, api_yaml("A", "/a", "ws://127.0.0.1:9/"))
+    root = tmp_path / "config"
+    cache = CheckCache()
+    config = check([root], cache=cache).config
+    assert config is not None
+    supervisor = Supervisor(config, 2, paths=[root], check_cache=cache)
+    outcome = await supervisor.reload("test")
+    assert outcome["ok"] and outcome["noop"]
+    assert (cache.parsed, cache.checked) == (0, 0)

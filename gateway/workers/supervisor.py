@@ -38,6 +38,7 @@ from typing import Any
 import structlog
 
 from ..admin import RELOAD_HISTORY, AdminServer, PlainText, admin_access, dashboard_routes, healthz
+from ..config.cache import CheckCache
 from ..config.tree import Config
 from ..signals import stop_requested
 from . import control
@@ -111,8 +112,11 @@ class Worker:
 
 class Supervisor:
     def __init__(self, config: Config, count: int, *, paths: Sequence[str | Path] | None = None,
-                 admin: tuple[str, int] | None = None, log_format: str = "auto", watch: bool = True) -> None:
+                 admin: tuple[str, int] | None = None, log_format: str = "auto", watch: bool = True,
+                 check_cache: CheckCache | None = None) -> None:
         self.config = config
+        # Reloads re-read only the files changed since the last check, as a single-process gateway's do.
+        self.check_cache = check_cache if check_cache is not None else CheckCache()
         self.paths = [str(p) for p in paths] if paths else [str(config.root)]
         self.workers = [Worker(i) for i in range(count)]
         self.admin_address = admin
@@ -236,7 +240,7 @@ class Supervisor:
         from ..build import build
 
         async with self._reload_lock:
-            result = await asyncio.to_thread(build, self.paths, import_transforms=True)
+            result = await asyncio.to_thread(build, self.paths, import_transforms=True, cache=self.check_cache)
             outcome: dict[str, Any] = {"trigger": trigger, "at": time.time(), "noop": False}
             if self.stopping:
                 outcome.update(ok=False, error="gateway is stopping")
@@ -435,7 +439,7 @@ def _add_counts(total: dict[str, Any], counts: Mapping[str, Any]) -> None:
             total[key] = total.get(key, 0) + value
 
 
-def run(config: Config, count: int, args: Any) -> int:
+def run(config: Config, count: int, args: Any, check_cache: CheckCache | None = None) -> int:
     """``wsgate run PATH --workers N`` (N > 1) after the config was checked."""
     from ..log import configure_logging
     from ..runtime import parse_address
@@ -446,5 +450,5 @@ def run(config: Config, count: int, args: Any) -> int:
     path = getattr(args, "path", None)
     supervisor = Supervisor(config, count, paths=[path] if isinstance(path, str) else None,
                             admin=parse_address(admin_text) if isinstance(admin_text, str) else None,
-                            log_format=log_format)
+                            log_format=log_format, check_cache=check_cache)
     return asyncio.run(supervisor.run())
