@@ -254,8 +254,8 @@ class PolicyState:
             shared = MemoryStore()
         self.shared: SharedState = shared
         self.shared_settings: Any = None  # the Gateway resource's `state` that built ``shared`` (None: the default)
-        self._retired_shared: list[SharedState] = []
-        self._previous_settings: Any = None
+        # (backend, its settings) switched away from, newest last: revert_shared restores the pair together.
+        self._retired_shared: list[tuple[SharedState, Any]] = []
         self.rate_limits = RateLimits()
         # Messages that broke their API's definitions: (api, direction, kind, action) -> count.
         self.violations: Counter[tuple[str, str, str, str]] = Counter()
@@ -275,8 +275,7 @@ class PolicyState:
 
         shared = open_state(settings, env, ca_file=ca_file)
         await shared.start()
-        self._retired_shared.append(self.shared)
-        self._previous_settings = self.shared_settings
+        self._retired_shared.append((self.shared, self.shared_settings))
         self.shared, self.shared_settings = shared, settings
         self._budgets_from(shared)
         log.info("state_backend", backend=shared.backend, expiry_bound=shared.expiry_bound)
@@ -284,8 +283,8 @@ class PolicyState:
 
     async def revert_shared(self) -> None:
         """Back to the backend in use before the last ``use_shared`` that switched; the new one is closed."""
-        unused, self.shared = self.shared, self._retired_shared.pop()
-        self.shared_settings = self._previous_settings
+        unused = self.shared
+        self.shared, self.shared_settings = self._retired_shared.pop()
         self._budgets_from(self.shared)
         await unused.close()
 
@@ -298,7 +297,7 @@ class PolicyState:
 
     async def aclose(self) -> None:
         """Close the shared-state backends (giving their slots back) and the log writers."""
-        for shared in (*self._retired_shared, self.shared):
+        for shared in (*(retired for retired, _ in self._retired_shared), self.shared):
             await shared.close()
         self._retired_shared.clear()
         self.close()
