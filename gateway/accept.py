@@ -108,9 +108,6 @@ class AcceptLoop:
         sockets = await bind(host, port, backlog, reuse_port)
         return cls(name, protocol_factory, sockets, **kwargs)  # type: ignore[arg-type]
 
-    def is_serving(self) -> bool:
-        return not self._closed
-
     def close(self) -> None:
         """Stop accepting and close the listening sockets (connections already accepted are not touched)."""
         if self._closed:

@@ -10,7 +10,6 @@ worded for people; ``probe_config`` probes a whole config in parallel and
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import ssl
 from collections.abc import Sequence
@@ -25,11 +24,11 @@ from websockets.exceptions import InvalidHandshake, InvalidStatus
 from .config.diagnostics import Diagnostic, error
 from .config.source import load
 from .config.tree import Location
+from .upstream import _quiet  # websockets logs every open and close at INFO
 
 if TYPE_CHECKING:
     from .config.tree import Config
 
-_quiet = logging.getLogger("wsgate.wsproto")  # websockets logs every open and close at INFO
 
 
 @dataclass(frozen=True, slots=True)
