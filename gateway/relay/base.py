@@ -16,6 +16,12 @@ if TYPE_CHECKING:
     from gateway.policies.base import ConnectionContext
 
 
+def peer_close(failed_is_client: bool) -> tuple[int, str]:
+    """What the other leg is told when one leg failed or vanished: a vanished client's upstream goes away (1001);
+    a client whose upstream failed is told the gateway's upstream broke (1014)."""
+    return (1001, "going away") if failed_is_client else (1014, "bad gateway")
+
+
 class Relay(Protocol):
     """One proxied connection between a client transport and an upstream transport."""
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from gateway.policies.base import ConnectionContext
+from gateway.relay.base import peer_close
 from gateway.relay.frames import (
     BOUNDARY,
     CONTROL,
@@ -47,9 +48,7 @@ log = structlog.get_logger("wsgate.relay.fast")
 
 _monotonic = time.monotonic
 
-GOING_AWAY = 1001
 ABNORMAL = 1006
-BAD_GATEWAY = 1014
 CLOSE_TIMEOUT = 3.0  # seconds a closing connection waits for its peers before aborting them
 
 # close_state of a leg: has the gateway written a close frame to it?
@@ -357,10 +356,7 @@ class ByteRelay:
         leg.silenced = True
         self._close_leg(leg, code, reason, fail=True)
         # The client is told what happened to it: its peer broke (1014), or it is the one closed.
-        if leg.is_client:
-            self._close_leg(leg.peer, GOING_AWAY, "going away")
-        else:
-            self._close_leg(leg.peer, BAD_GATEWAY, "bad gateway")
+        self._close_leg(leg.peer, *peer_close(leg.is_client))
         self._closing()
         self._progress()
 
@@ -387,10 +383,7 @@ class ByteRelay:
         # Its peer may be paused because this leg read slowly; the peer's close reply must get through.
         peer.unpause()
         if not leg.close_rcvd:
-            if leg.is_client:
-                self._close_leg(peer, GOING_AWAY, "going away")
-            else:
-                self._close_leg(peer, BAD_GATEWAY, "bad gateway")
+            self._close_leg(peer, *peer_close(leg.is_client))
         self._closing()
         self._progress()
 

@@ -41,6 +41,7 @@ from websockets.server import ServerProtocol
 
 from ..policies.base import DROP, Close, ConnectionContext, Delay, Message, Policy, Reply
 from ..upstream import _quiet
+from .base import peer_close
 
 if TYPE_CHECKING:
     from ..routes import CompiledAPI
@@ -107,8 +108,8 @@ def _head_violation(b0: int, masked: bool, masked_in: bool) -> str:
 
 
 def _gone(leg: _Leg) -> CloseFrame:
-    """What the other leg is told when ``leg`` failed or vanished: 1001 for a client, 1014 for an upstream."""
-    return CloseFrame(1001, "going away") if leg.is_client else CloseFrame(1014, "bad gateway")
+    """What the other leg is told when ``leg`` failed or vanished (see :func:`peer_close`)."""
+    return CloseFrame(*peer_close(leg.is_client))
 
 
 class _Leg(asyncio.Protocol):
