@@ -90,6 +90,16 @@ class Message:
     is_text: bool
     payload: str | bytes  # str when is_text, bytes otherwise
 
+    def size(self) -> int:
+        """The payload's size on the wire (see :func:`wire_size`)."""
+        return wire_size(self.is_text, self.payload)
+
+
+def wire_size(is_text: bool, payload: str | bytes) -> int:
+    """A payload's size on the wire: UTF-8 bytes for text. isascii() is O(1) on CPython's str, so only non-ASCII
+    text pays for an encode."""
+    return len(payload) if not is_text or payload.isascii() else len(payload.encode())  # type: ignore[union-attr]
+
 
 @dataclass(frozen=True, slots=True)
 class ApplicationRef:

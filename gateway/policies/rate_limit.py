@@ -293,9 +293,7 @@ class RateLimit(Policy):
         bucket = self._buckets.get(conn)
         if bucket is None:
             bucket = self._open(conn)
-        payload = message.payload
-        # UTF-8 bytes; isascii() is O(1) on CPython's str, so only non-ASCII text pays for an encode.
-        size = len(payload) if not message.is_text or payload.isascii() else len(payload.encode())  # type: ignore[union-attr]
+        size = message.size()
         wait = bucket.take(size, monotonic())
         if not wait:
             return message

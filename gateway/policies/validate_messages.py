@@ -30,7 +30,18 @@ import structlog
 
 from ..config.message_schemas import CompiledSchema
 from ..config.models import MessageDefinition, ValidateMessagesPolicy
-from .base import DROP, Close, ConnectionContext, Direction, Message, MessageDecision, Policy, PolicyBuild, Reply
+from .base import (
+    DROP,
+    Close,
+    ConnectionContext,
+    Direction,
+    Message,
+    MessageDecision,
+    Policy,
+    PolicyBuild,
+    Reply,
+    wire_size,
+)
 from .state import LogWriter, encode_record, record_dict
 
 log = structlog.get_logger("wsgate.policies")
@@ -117,7 +128,7 @@ class Matcher:
                     return Violation("schema", f"no message is declared with {self.discriminator} = {_short(value)}")
         fitting = definitions
         if self.sized:
-            size = len(payload) if not is_text or payload.isascii() else len(payload.encode())  # type: ignore[union-attr]
+            size = wire_size(is_text, payload)
             fitting = [d for d in definitions if d.max_size is None or size <= d.max_size]
             if not fitting:
                 largest = max(d.max_size or 0 for d in definitions)
