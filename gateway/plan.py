@@ -26,7 +26,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from .config.tree import Config, Loaded, Location
-from .impact import Action as Impact
+from .impact import Action as DisruptionAction
 from .impact import Disruption, disruptions
 from .redaction import redact_url, redact_urls
 
@@ -145,11 +145,6 @@ def _policies_by_identity(model: Any, defaults: bool) -> dict[str, Any]:
     return out
 
 
-def without_password(url: str) -> str:
-    """A URL with its password (if any) replaced by ``***``: what plans, logs and the admin may show."""
-    return redact_url(url)
-
-
 @dataclass(frozen=True)
 class _Whole:
     """A nested object that, when it appears or goes as a whole, shows only its fields not at their defaults."""
@@ -174,7 +169,7 @@ def _flatten(value: Any, prefix: str = "", *, added: bool = False) -> dict[str, 
             if path in SENSITIVE_FIELDS:
                 out[path] = sub
             elif path == "state.url" and isinstance(sub, str):
-                out[path] = without_password(sub)
+                out[path] = redact_url(sub)
             else:
                 out.update(_flatten(sub, path, added=added))
     elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
@@ -281,8 +276,8 @@ def diff(old: Config | None, new: Config) -> Plan:
 # ------------------------------------------------------------- rendering
 
 _SYMBOL = {"create": "+", "update": "~", "destroy": "-"}
-_HOW = {Impact.REVOKE: "closed at once with 1008", Impact.DRAIN: "drained, then closed with 1001",
-        Impact.KEEP: "left open"}
+_HOW = {DisruptionAction.REVOKE: "closed at once with 1008", DisruptionAction.DRAIN: "drained, then closed with 1001",
+        DisruptionAction.KEEP: "left open"}
 _VERB = {"create": "will be created", "update": "will be updated in place", "destroy": "will be destroyed"}
 
 
