@@ -48,7 +48,6 @@ class EchoService:
         self.model = model
         self._bind_port = model.port if port is None else port
         self.rooms: dict[str, Room] = {c.path: Room(c) for c in model.contexts}
-        self.undeclared: set[str] = set()  # contexts started over HTTP that the config does not declare
         self._static = load_static()
         self._server: Server | None = None
 
@@ -112,27 +111,32 @@ class EchoService:
                 f"echo server {model.name}: host/port changed "
                 f"({self.model.host}:{self.model.port} → {model.host}:{model.port}); restart it"
             )
+        undeclared = self.undeclared  # against the model served until now
         rooms: dict[str, Room] = {}
         for context in model.contexts:
             room = self.rooms.get(context.path)
             if room is None:
                 room = Room(context)
                 log.info("echo_context_added", server=model.name, path=context.path, published=room.published)
-            elif context.path in self.undeclared or room.context != context:
+            elif context.path in undeclared or room.context != context:
                 room.update(context)
                 self._set_published(room, context.published)
-            self.undeclared.discard(context.path)
             rooms[context.path] = room
         for path, room in self.rooms.items():
             if path in rooms:
                 continue
-            if path in self.undeclared:
+            if path in undeclared:
                 rooms[path] = room  # drift the config does not speak about: kept
             else:
                 self.unpublish(room)
                 log.info("echo_context_removed", server=model.name, path=path)
         self.rooms = rooms
         self.model = model
+
+    @property
+    def undeclared(self) -> set[str]:
+        """Contexts started over HTTP that the config (the model being served) does not declare."""
+        return self.rooms.keys() - {c.path for c in self.model.contexts}
 
     def start_undeclared(self, path: str) -> Room | None:
         """Publish a context the config does not declare (the tutorial's startDemoAPI); None past the cap."""
@@ -141,7 +145,6 @@ class EchoService:
             return None
         room = Room(EchoContext(path=path))
         self.rooms[path] = room
-        self.undeclared.add(path)
         log.warning("echo_drift", server=self.model.name, path=path, change="started over HTTP, not declared",
                     hint="declare the context in the EchoServer resource to make it config")
         return room
