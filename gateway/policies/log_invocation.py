@@ -22,6 +22,14 @@ from .masking import Masker
 from .state import LogWriter, encode_record, record_dict
 
 NORMAL_CLOSES = frozenset({1000, 1001})
+
+
+def writer_for(spec: LogInvocationPolicy, build: PolicyBuild) -> tuple[LogWriter, bool]:
+    """The transaction-file writer of a log-invocation policy, and whether its records also go to the
+    structured log: without a file that is where they go; with one, only when asked (it costs per record)."""
+    path = build.api.resolve(spec.file) if spec.file else None
+    echo = spec.stdout if spec.stdout is not None else not spec.file
+    return build.state.log_writers.get(path, spec.max_file_bytes, spec.backups), echo
 _JSON_ESCAPED = bytes(range(0x20)) + b'"\\\x7f'  # what json.dumps escapes in ASCII text
 _LONG = 256  # from this length on, checking for nothing to escape beats escaping character by character
 _PREFIX_CACHE_LIMIT = 4096  # connections whose constant record fields stay pre-encoded
@@ -33,7 +41,7 @@ class LogInvocation(Policy):
 
     def __init__(self, spec: LogInvocationPolicy, build: PolicyBuild) -> None:
         self.spec = spec
-        loaded, state = build.api, build.state
+        loaded = build.api
         self.api = loaded.model.name
         self.version = loaded.model.version
         stages: set[Direction] = set()
@@ -43,12 +51,10 @@ class LogInvocation(Policy):
             stages.add("server")
         self.message_stages = frozenset(stages)
         self.only_failures = spec.frequency == "on-failure"
-        # Without a file the structured log is where records go; with one, only when asked (it costs per record).
-        stdout = spec.stdout if spec.stdout is not None else not spec.file
+        self.writer: LogWriter
+        self.writer, stdout = writer_for(spec, build)
         self._echo_record = record_dict if stdout else None
         self._echo_message = self._message_dict if stdout else None
-        path = loaded.resolve(spec.file) if spec.file else None
-        self.writer: LogWriter = state.log_writers.get(path, spec.max_file_bytes, spec.backups)
         self._write = self.writer.write
         # The writer thread's cache of each connection's constant fields, JSON-encoded ("api" … "peer").
         self._prefixes: dict[ConnectionContext, str] = {}

@@ -42,6 +42,7 @@ from .base import (
     Reply,
     wire_size,
 )
+from .log_invocation import writer_for
 from .state import LogWriter, encode_record, record_dict
 
 log = structlog.get_logger("wsgate.policies")
@@ -167,9 +168,7 @@ def _invocation_log(build: PolicyBuild) -> tuple[LogWriter | None, bool]:
     """The writer of the API's first log-invocation policy, and whether its records also go to the log."""
     for spec in build.api.model.policies:
         if spec.type == "log-invocation":
-            path = build.api.resolve(spec.file) if spec.file else None
-            echo = spec.stdout if spec.stdout is not None else not spec.file
-            return build.state.log_writers.get(path, spec.max_file_bytes, spec.backups), echo
+            return writer_for(spec, build)
     return None, False
 
 
