@@ -6,6 +6,11 @@ metrics read the counts; the reload asks it to drain (1001 after a grace) or
 revoke (1008 now) connections; route tables retired by a reload are released
 here once no live connection uses their routes.
 
+Every operation is O(1) per connection: the registry counts live connections per
+route (``routed`` / ``untrack``), so a retired table waits on a number, not on a
+scan of every live connection each time one ends (draining 10,000 connections
+after a reload was ~10^8 steps on the event loop).
+
 Nothing here decides *which* connections a change touches (that is
 ``gateway.impact``); the registry only carries out what it is told.
 """
@@ -20,7 +25,7 @@ import structlog
 
 if TYPE_CHECKING:
     from .listener import Connection, PortListener
-    from .routes import RouteTable
+    from .routes import CompiledAPI, RouteTable
 
 log = structlog.get_logger("wsgate.connections")
 
@@ -37,7 +42,11 @@ class ConnectionRegistry:
         # while the connections of its previous listener finish.
         self._open: Counter[PortListener] = Counter()
         self.draining: dict[Connection, asyncio.TimerHandle | None] = {}
-        self._retired: list[RouteTable] = []
+        # Live connections per route (CompiledAPI compares by identity), counted from ``routed`` to ``untrack``.
+        self._routed: Counter[CompiledAPI] = Counter()
+        # Each route of a retired table that still has live connections -> that table's entry (a compiled route
+        # belongs to one table only: every compile builds its own).
+        self._retired: dict[CompiledAPI, _Retired] = {}
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -59,10 +68,24 @@ class ConnectionRegistry:
         timer = self.draining.pop(record, None)
         if timer is not None:
             timer.cancel()
-        if self._retired:
-            self._close_retired()
+        route = record.route
+        if route is not None:
+            self._routed[route] -= 1
+            if self._routed[route] <= 0:
+                del self._routed[route]
+            retired = self._retired.get(route)
+            if retired is not None:
+                retired.live -= 1
+                if retired.live <= 0:
+                    self._release(retired)
         if not self.live:
             self._idle.set()
+
+    def routed(self, record: Connection, route: CompiledAPI) -> None:
+        """``record``'s upgrade was matched to ``route``: it holds the route's table until it ends."""
+        record.route = route
+        if record in self.live:
+            self._routed[route] += 1
 
     def open_on(self, listener: PortListener) -> int:
         """Connections (relayed or still upgrading) made on ``listener`` and not yet ended."""
@@ -125,19 +148,24 @@ class ConnectionRegistry:
 
     # ------------------------------------------------------ retired route tables
     def retire(self, table: RouteTable) -> None:
-        """Release ``table``'s policies once no live connection uses its routes (now, if none does)."""
-        self._retired.append(table)
-        self._close_retired()
+        """Release ``table``'s policies once no live connection uses its routes (now, if none does).
 
-    def _close_retired(self) -> None:
-        in_use = {id(record.route) for record in self.live if record.route is not None}
-        keep = []
-        for retired in self._retired:
-            if any(id(compiled) in in_use for compiled in retired.apis.values()):
-                keep.append(retired)
-            else:
-                retired.close()
-        self._retired = keep
+        Called after the swap: from then on no upgrade is matched to ``table``, so its count only goes down.
+        """
+        in_use = [compiled for compiled in table.apis.values() if self._routed[compiled] > 0]
+        retired = _Retired(table, sum(self._routed[compiled] for compiled in in_use), in_use)
+        log.info("route_table_retired", generation=table.generation, connections=retired.live)
+        if retired.live == 0:
+            self._release(retired)
+            return
+        for compiled in in_use:
+            self._retired[compiled] = retired
+
+    def _release(self, retired: _Retired) -> None:
+        for compiled in retired.routes:
+            self._retired.pop(compiled, None)
+        log.info("route_table_released", generation=retired.table.generation)
+        retired.table.close()
 
     # ---------------------------------------------------------------- shutdown
     async def wait_idle(self, timeout: float, hurry: asyncio.Event | None = None) -> bool:
@@ -179,6 +207,16 @@ class ConnectionRegistry:
             if timer is not None:
                 timer.cancel()
         self.draining.clear()
-        for retired in self._retired:
-            retired.close()
-        self._retired = []
+        for retired in {id(entry): entry for entry in self._retired.values()}.values():
+            self._release(retired)
+
+
+class _Retired:
+    """A retired route table and how many live connections still use its routes."""
+
+    __slots__ = ("table", "live", "routes")
+
+    def __init__(self, table: RouteTable, live: int, routes: list[CompiledAPI]) -> None:
+        self.table = table
+        self.live = live
+        self.routes = routes  # those with live connections at retirement: where ``untrack`` finds this entry

@@ -392,7 +392,7 @@ class ClientHandshake(asyncio.Protocol):
         record = self.record
         assert record is not None
         record.conn = conn
-        record.route = route
+        listener.services.registry.routed(record, route)  # holds the route's table until the connection ends
         tracer = listener.services.tracer
         if tracer is not None:
             record.span = tracer.start(headers.raw_items(), api=route.name, port=listener.name, path=path)
