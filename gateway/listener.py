@@ -58,6 +58,9 @@ log = structlog.get_logger("wsgate.listener")
 MAX_REQUEST_HEAD = 16 * 1024
 MAX_PIPELINED = 64 * 1024  # bytes read past the head before the 101; more pauses reading
 LINGER = 2.0  # seconds a refused client's further bytes are read and dropped, so it gets the answer, not a RST
+# A port at its max_connections answers 503 with this Retry-After: the same 5 s the throttle's and the upstream's
+# 503s default to, so a client backs off alike whichever limit refused it.
+PORT_FULL_RETRY_AFTER = (("Retry-After", "5"),)
 REASONS = {
     400: "Bad Request",
     401: "Unauthorized",
@@ -206,7 +209,8 @@ class ClientHandshake(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         listener = self.listener
         if listener.max_connections is not None and listener.count >= listener.max_connections:
-            self._refuse_early(503, "unavailable", "too many connections on this port", linger=False)
+            self._refuse_early(503, "unavailable", "too many connections on this port", linger=False,
+                               headers=PORT_FULL_RETRY_AFTER)
             return
         self.record = Connection(listener, self.transport)
         listener.services.registry.track(self.record)
@@ -280,13 +284,13 @@ class ClientHandshake(asyncio.Protocol):
         return (peer[0], peer[1])
 
     def _refuse_early(self, status: int, error: str, reason: str, path: str | None = None,
-                      linger: bool = True) -> None:
+                      linger: bool = True, headers: tuple[tuple[str, str], ...] = ()) -> None:
         """Refuse before any API is involved (no policies saw the request)."""
         self.listener.services.metrics.upgrade(self.listener.name, "", status, error)
         log.info("upgrade_refused", status=status, error=error, reason=reason, port=self.listener.name,
                  path=path, peer=self._peer()[0])
         transport = self.transport
-        transport.write(refusal_bytes(status, error, reason))
+        transport.write(refusal_bytes(status, error, reason, headers))
         if not linger or not transport.can_write_eof():  # past max_connections: free the socket at once
             transport.close()
             return

@@ -164,7 +164,8 @@ async def test_admin_metrics_in_prometheus_format(tmp_path):
 
 
 async def test_port_connection_cap_refuses_with_503(tmp_path):
-    """Past a port's max_connections, a new connection is refused with 503 while existing ones keep working."""
+    """Past a port's max_connections, a new connection is refused with 503 and Retry-After while existing ones
+    keep working."""
     async with echo_backend() as backend:
         port = PORT + "limits:\n  max_connections: 1\n"
         config = write_config(tmp_path, port, api_yaml("Echo", "/echo", backend.url("/echo/")))
@@ -172,6 +173,8 @@ async def test_port_connection_cap_refuses_with_503(tmp_path):
             async with connect(gw_url(gw, "/echo")) as ws:
                 response = await http_request(gw_url(gw, "/echo"), upgrade_request("/echo"))
                 assert response.status == 503
+                assert response.headers["retry-after"] == "5"  # as the throttle's and the upstream's 503s
+                assert response.json() == {"error": "unavailable", "reason": "too many connections on this port"}
                 await ws.send("still here")
                 assert await ws.recv() == "still here"
             # Once the first connection is gone, its slot is free again.
