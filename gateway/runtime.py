@@ -76,6 +76,13 @@ class StartError(Exception):
         super().__init__(message)
         self.hint = hint
 
+    @classmethod
+    def cannot_listen(cls, name: str, host: str, number: int, exc: OSError) -> StartError:
+        """A Port's address is taken or not this machine's (a single gateway's bind, a supervisor's hold)."""
+        return cls(f"port '{name}' cannot listen on {host}:{number}: {exc.strerror or exc}",
+                   "another process holds that address, or the host is not one of this machine's: "
+                   "stop the other process or change `port`/`host` in the Port resource")
+
 
 class Gateway:
     """Every listener of one config, and the route table they read.
@@ -466,9 +473,7 @@ class Gateway:
                 on_error=functools.partial(self.metrics.accept_error, name),
             )
         except OSError as exc:
-            raise StartError(f"port '{name}' cannot listen on {port.host}:{number}: {exc.strerror or exc}",
-                             "another process holds that address, or the host is not one of this machine's: "
-                             "stop the other process or change `port`/`host` in the Port resource") from exc
+            raise StartError.cannot_listen(name, port.host, number, exc) from exc
         self.servers[name] = server
         self.listeners[name] = listener
         host, bound = server.sockets[0].getsockname()[:2]

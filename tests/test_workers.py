@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,6 +17,7 @@ from support import PORT, TIMEOUT, Scrape, api_yaml, http_request, recording_bac
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from gateway.workers.ports import hold_port
 from gateway.workers.supervisor import worker_count
 
 
@@ -187,3 +190,81 @@ async def test_supervisor_reload_reads_only_changed_files(tmp_path):
     outcome = await supervisor.reload("test")
     assert outcome["ok"] and outcome["noop"]
     assert (cache.parsed, cache.checked) == (0, 0)
+
+
+async def test_a_second_gateway_with_workers_on_the_same_port_fails_to_start(tmp_path):
+    """A second `wsgate run --workers 2` on a port the first one's workers serve exits 1 with start_failed (as
+    without workers) instead of splitting the port's connections with it; the first keeps serving all of them."""
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+    async with recording_backend() as backend:
+        write_config(tmp_path / "first", PORT, api_yaml("A", "/a", backend.url + "/"))
+        async with two_workers(tmp_path / "first" / "config") as (first, admin):
+            number = first.ports["default"]
+            taken = f"kind: Port\nname: default\nport: {number}\nhost: 127.0.0.1\n"
+            write_config(tmp_path / "second", taken, api_yaml("B", "/a", backend.url + "/"))
+            second = await start_wsgate(tmp_path / "second" / "config", "--workers", "2", ready=())
+            try:
+                async with asyncio.timeout(TIMEOUT):
+                    assert await second.exit_code() == 1, "".join(second.output)
+            finally:
+                await second.kill()
+            failed = [r for r in second.records if r.get("event") == "start_failed"]
+            assert len(failed) == 1, "".join(second.output)
+            assert f"127.0.0.1:{number}" in failed[0]["error"] and "another process holds" in failed[0]["hint"]
+            assert not any(r.get("event") == "worker_started" for r in second.records)
+            clients = [await connect(f"ws://127.0.0.1:{number}/a") for _ in range(8)]
+            for i, ws in enumerate(clients):
+                await ws.send(f"m{i}")
+                assert await ws.recv() == f"m{i}"
+            assert (await admin_json(admin, "/connections"))["apis"] == {"A": 8}
+            for ws in clients:
+                await ws.close()
+
+
+def test_port_holds_keep_other_gateways_out_and_let_the_workers_in():
+    """A held number fails another process's probe, its lock fails a second supervisor that got past the
+    probe, the lock is free again once closed, and the workers' SO_REUSEPORT sockets still bind it."""
+    fresh = hold_port("127.0.0.1", 0)
+    number = fresh.number
+    with pytest.raises(OSError) as probed:
+        hold_port("127.0.0.1", number)
+    assert probed.value.errno == errno.EADDRINUSE
+    lock = hold_port("127.0.0.1", number, probe=False)
+    with pytest.raises(OSError) as locked:
+        hold_port("127.0.0.1", number, probe=False)
+    assert locked.value.errno == errno.EADDRINUSE
+    lock.close()
+    again = hold_port("127.0.0.1", number, probe=False)
+    with socket.socket() as worker:
+        worker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        worker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        worker.bind(("127.0.0.1", number))
+        worker.listen()
+        with pytest.raises(OSError) as listening:
+            hold_port("127.0.0.1", number)  # what another gateway's supervisor meets once the workers listen
+        assert listening.value.errno == errno.EADDRINUSE
+    again.close()
+    fresh.close()
+
+
+def test_supervisor_keeps_its_own_ports_across_reloads_and_a_second_supervisor_out(tmp_path):
+    """A port renamed or moved from 0 to its number on reload stays held without tripping over the supervisor's
+    own hold; a second supervisor on that address fails with start_failed's StartError naming it."""
+    from gateway.runtime import StartError
+    from gateway.workers.supervisor import Supervisor
+
+    backend = "ws://127.0.0.1:9/"
+    first = Supervisor(write_config(tmp_path, PORT, api_yaml("A", "/a", backend)), 2)
+    number = first.reserve_ports(first.config)["default"]
+    fixed = f"kind: Port\nname: default\nport: {number}\nhost: 127.0.0.1\n"
+    assert first.reserve_ports(write_config(tmp_path, fixed, api_yaml("A", "/a", backend))) == {"default": number}
+    renamed = write_config(tmp_path, fixed.replace("default", "main"), api_yaml("A", "/a", backend, ports="[main]"))
+    assert first.reserve_ports(renamed) == {"main": number}
+    second = Supervisor(renamed, 2)
+    with pytest.raises(StartError) as refused:
+        second.reserve_ports(renamed)
+    assert f"port 'main' cannot listen on 127.0.0.1:{number}" in str(refused.value)
+    assert second.holders == {}
+    for held in first.holders.values():
+        held.close()

@@ -1,8 +1,9 @@
 """The supervisor of `wsgate run --workers N`: one checked config handed to every worker, kept alive, drained.
 
-It checks and watches the config tree (once, for all workers), reserves a
-number for every port configured as 0 (a bound, non-listening SO_REUSEPORT
-socket, so every worker listens on the same number), runs the echo servers
+It checks and watches the config tree (once, for all workers), holds every
+port before the workers bind it (``ports``: no other gateway may join a
+port its workers share; a port configured as 0 gets one number for every
+worker), runs the echo servers
 and the admin listener, and answers for the whole gateway: ``/readyz`` and
 ``/reload`` list the generation each worker serves (a reload some worker
 failed to apply is ``split``), ``/connections`` is summed and ``/metrics`` aggregated.
@@ -42,6 +43,7 @@ from ..config.cache import CheckCache
 from ..config.tree import Config
 from ..signals import stop_requested
 from . import control
+from .ports import PortHold, hold_port
 
 log = structlog.get_logger("wsgate.supervisor")
 
@@ -124,8 +126,9 @@ class Supervisor:
         self.watch = watch
         self.generation = 1
         self.stopping = False
-        self.holders: dict[str, tuple[tuple[Any, ...], socket.socket]] = {}
+        self.holders: dict[tuple[str, int, str], PortHold] = {}
         self.port_numbers: dict[str, int] = {}
+        self.served: set[int] = set()  # numbers handed to the workers: they may listen there, a probe would fail
         self.admin: AdminServer | None = None
         self.echo_services: list[Any] = []
         self.last_reload: dict[str, Any] | None = None
@@ -138,31 +141,38 @@ class Supervisor:
 
     # ------------------------------------------------------------------ ports
     def reserve_ports(self, config: Config) -> dict[str, int]:
-        """A number for every enabled port: configured ones as they are, 0 ones held by a non-listening socket."""
+        """A number for every enabled port, held for the workers (``hold_port``: a configured one probed and
+        locked, a 0 one given a fresh number); raises StartError when another process holds one."""
+        from ..runtime import StartError
+
         numbers: dict[str, int] = {}
-        keep: dict[str, tuple[tuple[Any, ...], socket.socket]] = {}
-        for name, loaded in config.ports.items():
-            model = loaded.model
-            if not model.enabled:
-                continue
-            if model.port != 0:
-                numbers[name] = model.port
-                continue
-            key = (model.host, model.port)
-            held = self.holders.get(name)
-            if held is None or held[0] != key:
-                family = socket.getaddrinfo(model.host, 0, type=socket.SOCK_STREAM)[0][0]
-                holder = socket.socket(family, socket.SOCK_STREAM)
-                holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                holder.bind((model.host, 0))  # bound, never listening: it gets no connections, only keeps the number
-                held = (key, holder)
-            keep[name] = held
-            numbers[name] = held[1].getsockname()[1]
-        for name, (_, holder) in self.holders.items():
-            if keep.get(name, (None, None))[1] is not holder:
-                holder.close()
+        keep: dict[tuple[str, int, str], PortHold] = {}
+        try:
+            for name, loaded in config.ports.items():
+                model = loaded.model
+                if not model.enabled:
+                    continue
+                # A configured address is held once, whatever Port names it; each port 0 gets its own number.
+                key = (model.host, model.port, "" if model.port else name)
+                held = keep.get(key) or self.holders.get(key)
+                if held is None:
+                    try:
+                        held = hold_port(model.host, model.port, probe=model.port not in self.served)
+                    except OSError as exc:
+                        raise StartError.cannot_listen(name, model.host, model.port, exc) from exc
+                keep[key] = held
+                numbers[name] = held.number
+        except BaseException:
+            for key, held in keep.items():
+                if self.holders.get(key) is not held:
+                    held.close()
+            raise
+        for key, held in self.holders.items():
+            if keep.get(key) is not held:
+                held.close()
         self.holders = keep
         self.port_numbers = numbers
+        self.served.update(numbers.values())
         return numbers
 
     # ---------------------------------------------------------------- workers
@@ -262,9 +272,11 @@ class Supervisor:
 
     async def _hand_out(self, new: Config, trigger: str) -> dict[str, Any]:
         old_config, old_generation = self.config, self.generation
+        from ..runtime import StartError
+
         try:
             ports = self.reserve_ports(new)
-        except OSError as exc:
+        except (OSError, StartError) as exc:
             self.reserve_ports(old_config)
             return {"ok": False, "error": f"cannot reserve a port: {exc}"}
         self.config, self.generation = new, old_generation + 1
@@ -348,6 +360,7 @@ class Supervisor:
 
     # -------------------------------------------------------------- lifecycle
     async def run(self) -> int:
+        from ..runtime import StartError
         from ..watch import ConfigWatcher
 
         settings = self.config.settings
@@ -359,7 +372,11 @@ class Supervisor:
         async with stop_requested() as stopping:
             try:
                 self._metrics_dir()
-                self.reserve_ports(self.config)
+                try:
+                    self.reserve_ports(self.config)
+                except StartError as exc:  # as a single gateway's bind: one line, exit 1, no worker started
+                    log.error("start_failed", error=str(exc), hint=exc.hint)
+                    return 1
                 if self.config.echo_servers:
                     from echo.server import serve_echo_servers
 
@@ -393,8 +410,8 @@ class Supervisor:
                     await self.admin.stop()
                 for service in self.echo_services:
                     await service.stop()
-                for _, holder in self.holders.values():
-                    holder.close()
+                for held in self.holders.values():
+                    held.close()
                 if self._own_metrics_dir and self.metrics_dir is not None:
                     shutil.rmtree(self.metrics_dir, ignore_errors=True)
                 for task in list(self._tasks):
