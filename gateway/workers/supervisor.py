@@ -271,9 +271,9 @@ class Supervisor:
             return outcome
 
     async def _hand_out(self, new: Config, trigger: str) -> dict[str, Any]:
-        old_config, old_generation = self.config, self.generation
         from ..runtime import StartError
 
+        old_config, old_generation = self.config, self.generation
         try:
             ports = self.reserve_ports(new)
         except (OSError, StartError) as exc:
