@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gzip
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -252,3 +254,65 @@ def test_mask_rules_are_checked_by_validate(tmp_path):
     result = run_check(tmp_path)
     problems = [(d.code, d.location.line) for d in result.errors]
     assert len(problems) == 2 and {line for _, line in problems} == {13, 14}, result.diagnostics
+
+
+async def test_loop_encoded_lines_keep_order_with_thread_encoded_records(state, tmp_path):
+    """On a running loop, message lines batched on the loop and the upgrade/close records encoded in the writer
+    thread reach the file in the order they were written."""
+    policy = log_policy(state, tmp_path, store_client_messages=True, store_server_messages=True)
+    assert policy._write_line is not None  # the loop-encoded path is the one under test
+    conn = connection()
+    policy.on_outcome(conn, 101, None, None)
+    for i in range(5):
+        policy.on_message(Message("client" if i % 2 else "server", True, f"m{i}"), conn)
+    policy.on_close(conn, 1000, "bye")
+    kept = records(policy)
+    assert [r["record"] for r in kept] == ["upgrade"] + ["message"] * 5 + ["close"]
+    assert [r["payload"] for r in kept[1:-1]] == [f"m{i}" for i in range(5)]
+
+
+async def test_a_lone_line_reaches_the_file_after_the_hand_off_delay(state, tmp_path):
+    """A line batched on the loop is handed to the writer by the loop's timer, without any flush."""
+    policy = log_policy(state, tmp_path, store_client_messages=True)
+    writer = policy.writer
+    writer.HANDOFF_DELAY = 0.01  # the instance's own: the class default stays for everyone else
+    policy.on_message(Message("client", True, "alone"), connection())
+    assert writer._batch  # still on the loop
+    while writer._batch:
+        await asyncio.sleep(0.005)
+    done = threading.Event()
+    writer._pending.append(done)  # a flush that does not hand off what the loop holds
+    writer._wake.set()
+    assert done.wait(5)
+    assert json.loads(writer.path.read_text())["payload"] == "alone"
+
+
+async def test_a_batch_crossing_max_file_bytes_rotates_after_the_line_that_crossed(state, tmp_path):
+    """Lines handed over as one batch still rotate record by record: no file grows past the limit by more than
+    the record that crossed it."""
+    policy = log_policy(state, tmp_path, store_client_messages=True, max_file_bytes=600, backups=5)
+    conn = connection()
+    for i in range(12):
+        policy.on_message(Message("client", True, f"payload-{i:02d}"), conn)
+    assert policy.writer.flush()
+    path = policy.writer.path
+    files = [path.with_name(f"{path.name}.{n}") for n in range(5, 0, -1)] + [path]
+    texts = [f.read_text() for f in files if f.exists()]
+    assert len(texts) >= 3
+    line = max(len(row) + 1 for text in texts for row in text.splitlines())
+    assert all(len(text) < 600 + line for text in texts)
+    payloads = [json.loads(row)["payload"] for text in texts for row in text.splitlines()]
+    assert payloads == [f"payload-{i:02d}" for i in range(12)]
+
+
+async def test_lines_past_max_pending_are_dropped_and_counted(state, tmp_path):
+    """The loop's batches count against the writer's bound like any record: past it, lines are dropped and
+    counted instead of queued."""
+    policy = log_policy(state, tmp_path, store_client_messages=True)
+    writer = policy.writer
+    writer.max_pending = 3
+    writer._taken = writer._queued  # nothing waiting
+    writer._queued += 3  # as if three records were waiting on a stalled disk
+    conn = connection()
+    policy.on_message(Message("client", True, "one"), conn)
+    assert writer.dropped == 1 and not writer._batch

@@ -1,9 +1,11 @@
 """Log invocation: transaction records of upgrades, messages and closes.
 
-Records go to a background writer (``PolicyState.log_writers``). Per message
-the event loop only reads the clock and appends one tuple to the writer's
-deque; measuring, truncating, compressing, JSON encoding, the optional echo
-through structlog, file writes and rotation happen in the writer's thread.
+Records go to a background writer (``PolicyState.log_writers``). A message
+record that only needs string joins (no masking, no compression, no echo
+through structlog) is encoded on the event loop and handed over in batches
+(``LogWriter.write_line``); any other record is one tuple on the writer's
+deque, measured, masked, truncated, compressed and JSON-encoded in the
+writer's thread. File writes and rotation always happen in the thread.
 Credentials never get here: the runtime strips them from the metadata first.
 """
 
@@ -56,8 +58,15 @@ class LogInvocation(Policy):
         self._echo_record = record_dict if stdout else None
         self._echo_message = self._message_dict if stdout else None
         self._write = self.writer.write
+        # Encoded on the loop: cheaper than a thread's wake-up and GIL hand-off (see LogWriter).
+        self._write_line = (self.writer.write_line
+                            if self.writer.path is not None and not stdout and not spec.mask and not spec.compress
+                            else None)
         # The writer thread's cache of each connection's constant fields, JSON-encoded ("api" … "peer").
         self._prefixes: dict[ConnectionContext, str] = {}
+        # The event loop's own cache for the records it encodes (a separate dict: the thread pops its own).
+        self._heads: dict[ConnectionContext, dict[str, str]] = {}
+        self._inline_below = min(_LONG, spec.max_payload_bytes + 1)  # short, untruncated text: one format
         self._mask = Masker(spec.mask)  # applied in the writer thread, like all payload encoding
 
     def _base(self, record: str, conn: ConnectionContext) -> dict[str, Any]:
@@ -81,12 +90,42 @@ class LogInvocation(Policy):
 
     def on_message(self, message: Message, conn: ConnectionContext) -> Message:
         if not self.only_failures:
-            # The payload is immutable (str or bytes); everything else about the record is made in the writer.
-            self._write((self._encode_message, self._echo_message, conn, time.time(), message.direction,
-                         message.is_text, message.payload))
+            write_line = self._write_line
+            if write_line is not None:
+                payload = message.payload
+                if message.is_text and len(payload) < self._inline_below and payload.isascii():
+                    # The common record, byte for byte what _encode_message makes of it, in one format.
+                    heads = self._heads.get(conn) or self._heads_for(conn)
+                    write_line(f'{{"record":"message","ts":{time.time()!r}{heads[message.direction]}{len(payload)},'
+                               f'"payload":{_json_str(payload)},"encoding":"text"}}'.encode("ascii"))
+                else:
+                    write_line(self._encode_message((None, None, conn, time.time(), message.direction,
+                                                     message.is_text, payload)))
+            else:
+                item = (self._encode_message, self._echo_message, conn, time.time(), message.direction,
+                        message.is_text, message.payload)
+                # The payload is immutable (str or bytes); everything else about the record is made in the writer.
+                self._write(item)
         return message
 
+    def _heads_for(self, conn: ConnectionContext) -> dict[str, str]:
+        """The constant middle of a text message record of ``conn``, per direction (on the event loop)."""
+        heads = self._heads
+        if len(heads) >= _PREFIX_CACHE_LIMIT:
+            heads.clear()
+        prefix = self._prefix(conn)
+        made = heads[conn] = {direction: f'{prefix}"{direction}","type":"text","size":'
+                              for direction in ("client", "server")}
+        return made
+
+    def _prefix(self, conn: ConnectionContext) -> str:
+        application = conn.application.name if conn.application else None
+        return (f',"api":{json.dumps(self.api)},"version":{json.dumps(self.version)},'
+                f'"application":{json.dumps(application)},"connection":{json.dumps(conn.id)},'
+                f'"peer":{json.dumps(conn.peer[0])},"direction":')
+
     def on_close(self, conn: ConnectionContext, code: int | None, reason: str) -> None:
+        self._heads.pop(conn, None)
         if self.only_failures and code in NORMAL_CLOSES:
             return
         c = conn.counters
@@ -96,7 +135,7 @@ class LogInvocation(Policy):
                       bytes_out=c.bytes_out)
         self._write((self._encode_close, self._echo_record, record, conn))
 
-    # In the writer's thread -----------------------------------------------------
+    # In the writer's thread (and _encode_message on the loop when _write_line is set) ------------
 
     def _encode_close(self, item: tuple[Any, ...]) -> bytes:
         self._prefixes.pop(item[3], None)
@@ -110,12 +149,7 @@ class LogInvocation(Policy):
         if prefix is None:
             if len(prefixes) >= _PREFIX_CACHE_LIMIT:
                 prefixes.clear()
-            application = conn.application.name if conn.application else None
-            prefix = prefixes[conn] = (
-                f',"api":{json.dumps(self.api)},"version":{json.dumps(self.version)},'
-                f'"application":{json.dumps(application)},"connection":{json.dumps(conn.id)},'
-                f'"peer":{json.dumps(conn.peer[0])},"direction":'
-            )
+            prefix = prefixes[conn] = self._prefix(conn)
         size, text, encoding = self._payload(is_text, payload)
         head = (f'{{"record":"message","ts":{ts!r}{prefix}{_json_str(direction)},'
                 f'"type":"{"text" if is_text else "binary"}","size":{size},"payload":')

@@ -31,21 +31,32 @@ transactions = structlog.get_logger("wsgate.transactions")
 class LogWriter:
     """A JSON-lines file with size rotation, written by its own thread.
 
-    The event loop only appends items to a deque (no lock, no JSON, no syscall)
-    and wakes the thread only when it sleeps, so a burst of records costs one
-    wakeup. An item is a tuple ``(encode, echo, ...)``: the thread calls
-    ``encode(item)`` for the JSON line (ASCII bytes, no newline) and, when
-    ``echo`` is set, ``echo(item)`` for the dict it emits through structlog.
-    Encoding, compression, file writes and rotation all happen here, in batches.
+    Two ways in. ``write_line`` takes a record the event loop already encoded
+    (the common message record: a few string joins): lines gather on the loop
+    in a batch that is handed to the thread as one item when it is big
+    (``HANDOFF_LINES``/``HANDOFF_BYTES``) or ``HANDOFF_DELAY`` after its first
+    line. So under load the thread wakes once per batch, and a lone message
+    neither wakes a thread nor waits for the GIL it takes back: the writer's
+    wake-ups and GIL hand-offs were the tutorial chain's tail latency and a
+    tenth of its CPU. ``write`` takes a tuple ``(encode, echo, ...)`` for
+    records that cost more to make (masking, compression, the structlog echo):
+    the thread calls ``encode(item)`` for the JSON line (ASCII bytes, no
+    newline) and, when ``echo`` is set, ``echo(item)`` for the dict it emits
+    through structlog. Both ways keep the order records were written in.
+    Compression, file writes and rotation happen in the thread, in batches.
 
     ``path`` None: no file (records go only where ``echo`` sends them).
-    At most ``max_pending`` items wait; past that, records are dropped and
+    At most ``max_pending`` records wait; past that, records are dropped and
     counted (a warning says how many), so a stalled disk cannot grow the
-    gateway without bound.
+    gateway without bound. ``write_line``, ``flush`` and ``close`` are called
+    from the event loop's thread.
     """
 
     BATCH_DELAY = 0.005  # seconds the thread lets records gather after a wakeup: fewer, bigger writes
     YIELD_BYTES = 256 * 1024  # encoded bytes after which a batch is written out (releasing the GIL) mid-way
+    HANDOFF_LINES = 512  # pre-encoded lines the loop gathers before it hands them to the thread
+    HANDOFF_BYTES = 128 * 1024
+    HANDOFF_DELAY = 0.05  # seconds a started batch waits on the loop at most: how stale the file may be
 
     def __init__(self, path: Path | None, max_bytes: int, backups: int, max_pending: int = 200_000) -> None:
         self.path = path
@@ -55,6 +66,13 @@ class LogWriter:
         self.users = 0
         self.dropped = 0
         self._pending: deque[Any] = deque()
+        # Records queued and records taken, each written by one thread only (a shared `+=`/`-=` could lose
+        # updates between the threads): their difference is what waits in _pending.
+        self._queued = 0
+        self._taken = 0
+        self._batch: list[bytes] = []  # pre-encoded lines not yet handed to the thread (event loop side)
+        self._batch_bytes = 0
+        self._handoff: asyncio.TimerHandle | None = None
         self._sleeping = False
         self._wake = threading.Event()
         self._thread = threading.Thread(
@@ -62,11 +80,53 @@ class LogWriter:
         self._thread.start()
 
     def write(self, item: tuple[Any, ...]) -> None:
-        pending = self._pending
-        if len(pending) >= self.max_pending:
+        if self._batch:
+            self._hand_off()  # lines written before this record reach the file before it
+        if self._queued - self._taken >= self.max_pending:
             self.dropped += 1
             return
-        pending.append(item)
+        self._queued += 1
+        self._pending.append(item)
+        if self._sleeping:
+            self._sleeping = False
+            self._wake.set()
+
+    def write_line(self, line: bytes) -> None:
+        """Queue one encoded record (ASCII JSON, no newline); see the class docstring."""
+        batch = self._batch
+        if not batch:
+            if self._queued - self._taken >= self.max_pending:
+                self.dropped += 1
+                return
+            try:
+                self._handoff = asyncio.get_running_loop().call_later(self.HANDOFF_DELAY, self._hand_off)
+            except RuntimeError:  # no event loop (a direct call): hand each line off at once
+                self._queued += 1
+                self._pending.append([line])
+                self._wake_thread()
+                return
+        batch.append(line)
+        self._batch_bytes += len(line)
+        if len(batch) >= self.HANDOFF_LINES or self._batch_bytes >= self.HANDOFF_BYTES:
+            self._hand_off()
+
+    def _hand_off(self) -> None:
+        batch = self._batch
+        if self._handoff is not None:
+            self._handoff.cancel()
+            self._handoff = None
+        if not batch:
+            return
+        self._batch = []
+        self._batch_bytes = 0
+        if self._queued - self._taken >= self.max_pending:
+            self.dropped += len(batch)
+            return
+        self._queued += len(batch)
+        self._pending.append(batch)
+        self._wake_thread()
+
+    def _wake_thread(self) -> None:
         if self._sleeping:
             self._sleeping = False
             self._wake.set()
@@ -75,12 +135,14 @@ class LogWriter:
         """Wait until every record written so far is on disk and rotated (for tests and shutdown)."""
         if not self._thread.is_alive():
             return True  # closed: everything it wrote is on disk
+        self._hand_off()
         done = threading.Event()
         self._pending.append(done)
         self._wake.set()
         return done.wait(timeout)
 
     def close(self) -> None:
+        self._hand_off()
         self._pending.append(None)
         self._wake.set()
         self._thread.join(timeout=5)
@@ -98,12 +160,19 @@ class LogWriter:
                     self._sleeping = False
                     self._wake.clear()
                 last = pending[-1] if pending else None
-                if last is not None and type(last) is not threading.Event:
-                    time.sleep(self.BATCH_DELAY)  # let the burst gather: one write per batch, few GIL handoffs
+                if type(last) is tuple:  # records still to encode: let the burst gather, few GIL handoffs
+                    time.sleep(self.BATCH_DELAY)
                 lines: list[bytes] = []
                 chunk = 0
                 for _ in range(len(pending)):
                     item = pending.popleft()
+                    if type(item) is list:  # lines the event loop encoded
+                        self._taken += len(item)
+                        lines += item
+                        chunk += sum(map(len, item)) + len(item)
+                        if size + chunk >= self.max_bytes or chunk >= self.YIELD_BYTES:
+                            file, size, lines, chunk = self._write_out(file, size, lines)
+                        continue
                     if item is None or type(item) is threading.Event:
                         if lines:
                             file, size = self._write(file, size, lines)
@@ -114,6 +183,7 @@ class LogWriter:
                             return
                         item.set()
                         continue
+                    self._taken += 1
                     try:
                         if item[1] is not None:
                             record = item[1](item)
@@ -129,12 +199,7 @@ class LogWriter:
                     if size + chunk >= self.max_bytes or chunk >= self.YIELD_BYTES:
                         # Write now: to rotate after this record, or because the write lets the event loop
                         # have the GIL, so a big batch cannot hold it for a whole switch interval (5 ms).
-                        file, size = self._write(file, size, lines)
-                        lines, chunk = [], 0
-                        if size >= self.max_bytes:
-                            file.close()
-                            file, size = None, 0
-                            self._rotate()
+                        file, size, lines, chunk = self._write_out(file, size, lines)
                 if lines:
                     file, size = self._write(file, size, lines)
                     file.flush()
@@ -148,6 +213,24 @@ class LogWriter:
             if file is not None:
                 file.close()
             self._release_flushes()
+
+    def _write_out(self, file: Any, size: int, lines: list[bytes]) -> tuple[Any, int, list[bytes], int]:
+        """Write ``lines``, rotating after the line that reaches ``max_bytes`` (so no file grows past
+        ``max_bytes`` by more than one record); returns the open file, its size and an empty batch."""
+        start = 0
+        if size + sum(map(len, lines)) + len(lines) >= self.max_bytes:
+            total = size
+            for i, line in enumerate(lines):
+                total += len(line) + 1
+                if total >= self.max_bytes:
+                    file, size = self._write(file, size, lines[start:i + 1])
+                    file.close()
+                    file, size, total = None, 0, 0
+                    self._rotate()
+                    start = i + 1
+        if start < len(lines):
+            file, size = self._write(file, size, lines[start:])
+        return file, size, [], 0
 
     def _write(self, file: Any, size: int, lines: list[bytes]) -> tuple[Any, int]:
         if file is None:
