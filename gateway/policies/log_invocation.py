@@ -93,7 +93,7 @@ class LogInvocation(Policy):
             write_line = self._write_line
             if write_line is not None:
                 payload = message.payload
-                if message.is_text and len(payload) < self._inline_below and payload.isascii():
+                if type(payload) is str and len(payload) < self._inline_below and payload.isascii():
                     # The common record, byte for byte what _encode_message makes of it, in one format.
                     heads = self._heads.get(conn) or self._heads_for(conn)
                     write_line(f'{{"record":"message","ts":{time.time()!r}{heads[message.direction]}{len(payload)},'
