@@ -95,6 +95,10 @@ class AcceptLoop:
         self._unlogged = 0  # failed accepts since the last accept_paused line
         self._logged_at = -LOG_INTERVAL
         self._tasks: set[asyncio.Task[None]] = set()
+        # Plain TCP: the loop's own constructor for a connected socket, called at once (what
+        # connect_accepted_socket does after a task, a coroutine and a waiter future: ~10 µs per connection).
+        self._make_transport: Callable[..., object] | None = (
+            None if ssl_context is not None else getattr(self._loop, "_make_socket_transport", None))
         self._reserve: int | None = None
         self._reserve_wanted = reserve
         self._reserve_timer: asyncio.TimerHandle | None = None
@@ -160,6 +164,13 @@ class AcceptLoop:
 
     def _serve(self, conn: socket.socket) -> None:
         conn.setblocking(False)
+        if self._make_transport is not None:
+            try:
+                self._make_transport(conn, self._factory())
+            except Exception:
+                conn.close()
+                log.exception("accept_setup_failed", listener=self.name)
+            return
         task = self._loop.create_task(self._connect(conn))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -27,8 +27,22 @@ _SENSITIVE_KEY = re.compile(
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
+_KEY_VERDICTS: dict[str, bool] = {}  # key -> names a credential; log keys are a small, fixed vocabulary
+
+
+def _sensitive(key: Any) -> bool:
+    if not isinstance(key, str):
+        return False
+    verdict = _KEY_VERDICTS.get(key)
+    if verdict is None:
+        verdict = _SENSITIVE_KEY.search(key) is not None
+        if len(_KEY_VERDICTS) < 4096:  # keys from data (header names) cannot grow it without bound
+            _KEY_VERDICTS[key] = verdict
+    return verdict
+
+
 def _redact_value(key: Any, value: Any) -> Any:
-    if isinstance(key, str) and _SENSITIVE_KEY.search(key):
+    if _sensitive(key):
         return REDACTED
     if isinstance(value, str) and "@" in value and "://" in value:
         return redact_url(value)  # ws://user:password@host: no code should log one, and none is shown
@@ -42,10 +56,13 @@ def _redact_value(key: Any, value: Any) -> Any:
 
 def redact_credentials(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: replace the values of credential-named keys, nested mappings and header lists too."""
-    for key in list(event_dict):
+    for key, value in event_dict.items():  # values replaced in place: the dict's size does not change
         if key == "event":
             continue
-        event_dict[key] = _redact_value(key, event_dict[key])
+        if _sensitive(key):
+            event_dict[key] = REDACTED
+        elif isinstance(value, (str, dict, list, tuple)):
+            event_dict[key] = _redact_value(key, value)
     return event_dict
 
 

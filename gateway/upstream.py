@@ -23,6 +23,7 @@ from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS, Response
 from websockets.typing import Subprotocol
 from websockets.utils import accept_key, generate_key
 
+from .connect import open_connection
 from .request_head import HEADER_TOKEN, HEADER_VALUE, header_field
 from .routes import CompiledAPI, Endpoint, NoEndpoint
 
@@ -339,7 +340,7 @@ async def open_upstream(route: CompiledAPI, prepared: UpstreamRequest, timeout: 
                         server_hostname=upstream.tls.server_hostname or uri.host,
                     )
                 else:
-                    transport, _ = await loop.create_connection(lambda: reader, uri.host, uri.port)
+                    transport = await open_connection(loop, uri.host, uri.port, lambda: reader)
             except OSError as exc:  # refused, unreachable, TLS verification failure (ssl.SSLError is an OSError)
                 reason = f"upstream connection failed: {exc.__class__.__name__}"
                 raise UpstreamError(502, "bad_gateway", reason) from exc
