@@ -58,7 +58,8 @@ class LogInvocation(Policy):
         self._echo_record = record_dict if stdout else None
         self._echo_message = self._message_dict if stdout else None
         self._write = self.writer.write
-        # Encoded on the loop: cheaper than a thread's wake-up and GIL hand-off (see LogWriter).
+        # Encoded on the loop: cheaper than a thread's wake-up and GIL hand-off (see LogWriter). Either all of
+        # this policy's records are (then _prefixes is the loop's), or none is (then it is the thread's).
         self._write_line = (self.writer.write_line
                             if self.writer.path is not None and not stdout and not spec.mask and not spec.compress
                             else None)
@@ -86,7 +87,10 @@ class LogInvocation(Policy):
         record = self._base("upgrade", conn)
         record.update(status=status, accepted=status == 101, error=error, reason=reason,
                       path=conn.path, query=conn.metadata.get("query", ""), port=conn.port_name)
-        self._write((encode_record, self._echo_record, record))
+        if self._write_line is not None:
+            self._write_line(encode_record((None, None, record)))
+        else:
+            self._write((encode_record, self._echo_record, record))
 
     def on_message(self, message: Message, conn: ConnectionContext) -> Message:
         if not self.only_failures:
@@ -133,7 +137,11 @@ class LogInvocation(Policy):
         record.update(code=code, reason=reason, duration=round(time.monotonic() - conn.started, 6),
                       messages_in=c.messages_in, messages_out=c.messages_out, bytes_in=c.bytes_in,
                       bytes_out=c.bytes_out)
-        self._write((self._encode_close, self._echo_record, record, conn))
+        if self._write_line is not None:  # everything of this policy is encoded on the loop: so is the cache
+            self._prefixes.pop(conn, None)
+            self._write_line(encode_record((None, None, record)))
+        else:
+            self._write((self._encode_close, self._echo_record, record, conn))
 
     # In the writer's thread (and _encode_message on the loop when _write_line is set) ------------
 
