@@ -34,7 +34,7 @@ def writer_for(spec: LogInvocationPolicy, build: PolicyBuild) -> tuple[LogWriter
     return build.state.log_writers.get(path, spec.max_file_bytes, spec.backups), echo
 _JSON_ESCAPED = bytes(range(0x20)) + b'"\\\x7f'  # what json.dumps escapes in ASCII text
 _LONG = 256  # from this length on, checking for nothing to escape beats escaping character by character
-_PREFIX_CACHE_LIMIT = 4096  # connections whose constant record fields stay pre-encoded
+_PREFIX_CACHE_LIMIT = 4096  # live connections whose constant record fields stay pre-encoded (on_close forgets one)
 
 
 class LogInvocation(Policy):
@@ -58,14 +58,13 @@ class LogInvocation(Policy):
         self._echo_record = record_dict if stdout else None
         self._echo_message = self._message_dict if stdout else None
         self._write = self.writer.write
-        # Encoded on the loop: cheaper than a thread's wake-up and GIL hand-off (see LogWriter). Either all of
-        # this policy's records are (then _prefixes is the loop's), or none is (then it is the thread's).
-        self._write_line = (self.writer.write_line
-                            if self.writer.path is not None and not stdout and not spec.mask and not spec.compress
-                            else None)
-        # The writer thread's cache of each connection's constant fields, JSON-encoded ("api" … "peer").
-        self._prefixes: dict[ConnectionContext, str] = {}
-        # The event loop's own cache for the records it encodes (a separate dict: the thread pops its own).
+        # Short text message records, and (without the structlog echo) upgrade and close records, are encoded on
+        # the loop: cheaper than the writer thread's wake-up and GIL hand-off (see LogWriter). Anything long,
+        # binary, masked or compressed is encoded in the thread, where it does not hold up the relay.
+        self._write_line = self.writer.write_line if self.writer.path is not None and not stdout else None
+        self._inline_messages = self._write_line is not None and not spec.mask and not spec.compress
+        # Each live connection's constant record fields, JSON-encoded, made once on the loop: the text record's
+        # middle per direction, and under "prefix" the part a thread-encoded record starts with.
         self._heads: dict[ConnectionContext, dict[str, str]] = {}
         self._inline_below = min(_LONG, spec.max_payload_bytes + 1)  # short, untruncated text: one format
         self._mask = Masker(spec.mask)  # applied in the writer thread, like all payload encoding
@@ -94,22 +93,18 @@ class LogInvocation(Policy):
 
     def on_message(self, message: Message, conn: ConnectionContext) -> Message:
         if not self.only_failures:
-            write_line = self._write_line
-            if write_line is not None:
-                payload = message.payload
-                if type(payload) is str and len(payload) < self._inline_below and payload.isascii():
-                    # The common record, byte for byte what _encode_message makes of it, in one format.
-                    heads = self._heads.get(conn) or self._heads_for(conn)
-                    write_line(f'{{"record":"message","ts":{time.time()!r}{heads[message.direction]}{len(payload)},'
-                               f'"payload":{_json_str(payload)},"encoding":"text"}}'.encode("ascii"))
-                else:
-                    write_line(self._encode_message((None, None, conn, time.time(), message.direction,
-                                                     message.is_text, payload)))
+            heads = self._heads.get(conn) or self._heads_for(conn)
+            payload = message.payload
+            if (self._inline_messages and type(payload) is str and len(payload) < self._inline_below
+                    and payload.isascii()):
+                # The common record, byte for byte what _encode_message makes of it, in one format.
+                self.writer.write_line(
+                    f'{{"record":"message","ts":{time.time()!r}{heads[message.direction]}{len(payload)},'
+                    f'"payload":{_json_str(payload)},"encoding":"text"}}'.encode("ascii"))
             else:
-                item = (self._encode_message, self._echo_message, conn, time.time(), message.direction,
-                        message.is_text, message.payload)
-                # The payload is immutable (str or bytes); everything else about the record is made in the writer.
-                self._write(item)
+                # The payload is immutable (str or bytes); the rest of the record is made in the writer's thread.
+                self._write((self._encode_message, self._echo_message, conn, time.time(), message.direction,
+                             message.is_text, payload, heads["prefix"]))
         return message
 
     def _heads_for(self, conn: ConnectionContext) -> dict[str, str]:
@@ -120,6 +115,7 @@ class LogInvocation(Policy):
         prefix = self._prefix(conn)
         made = heads[conn] = {direction: f'{prefix}"{direction}","type":"text","size":'
                               for direction in ("client", "server")}
+        made["prefix"] = prefix
         return made
 
     def _prefix(self, conn: ConnectionContext) -> str:
@@ -137,27 +133,16 @@ class LogInvocation(Policy):
         record.update(code=code, reason=reason, duration=round(time.monotonic() - conn.started, 6),
                       messages_in=c.messages_in, messages_out=c.messages_out, bytes_in=c.bytes_in,
                       bytes_out=c.bytes_out)
-        if self._write_line is not None:  # everything of this policy is encoded on the loop: so is the cache
-            self._prefixes.pop(conn, None)
+        if self._write_line is not None:
             self._write_line(encode_record((None, None, record)))
         else:
-            self._write((self._encode_close, self._echo_record, record, conn))
+            self._write((encode_record, self._echo_record, record))
 
-    # In the writer's thread (and _encode_message on the loop when _write_line is set) ------------
-
-    def _encode_close(self, item: tuple[Any, ...]) -> bytes:
-        self._prefixes.pop(item[3], None)
-        return encode_record(item)
+    # In the writer's thread -------------------------------------------------------------------------
 
     def _encode_message(self, item: tuple[Any, ...]) -> bytes:
         """The message record as compact JSON, byte for byte what ``json.dumps`` makes of ``_message_dict``."""
-        _, _, conn, ts, direction, is_text, payload = item
-        prefixes = self._prefixes
-        prefix = prefixes.get(conn)
-        if prefix is None:
-            if len(prefixes) >= _PREFIX_CACHE_LIMIT:
-                prefixes.clear()
-            prefix = prefixes[conn] = self._prefix(conn)
+        _, _, _, ts, direction, is_text, payload, prefix = item
         size, text, encoding = self._payload(is_text, payload)
         head = (f'{{"record":"message","ts":{ts!r}{prefix}{_json_str(direction)},'
                 f'"type":"{"text" if is_text else "binary"}","size":{size},"payload":')
@@ -170,7 +155,7 @@ class LogInvocation(Policy):
         return f"{head}{_json_str(text)}{tail}".encode("ascii")
 
     def _message_dict(self, item: tuple[Any, ...]) -> dict[str, Any]:
-        _, _, conn, ts, direction, is_text, payload = item
+        _, _, conn, ts, direction, is_text, payload, _ = item
         size, text, encoding = self._payload(is_text, payload)
         return {
             "record": "message",

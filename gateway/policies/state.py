@@ -160,8 +160,8 @@ class LogWriter:
                     self._sleeping = False
                     self._wake.clear()
                 last = pending[-1] if pending else None
-                if type(last) is tuple:  # records still to encode: let the burst gather, few GIL handoffs
-                    time.sleep(self.BATCH_DELAY)
+                if last is not None and type(last) is not threading.Event:
+                    time.sleep(self.BATCH_DELAY)  # let the burst gather: one write per batch, few GIL handoffs
                 lines: list[bytes] = []
                 chunk = 0
                 for _ in range(len(pending)):
