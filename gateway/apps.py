@@ -10,6 +10,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .build_counts import count
 from .config.tree import Config
 from .credentials import basic_digest, certificate_digest, configured_digest, jwt_client_digest, key_digest
 from .hashes import VerifiedCache, slow_hash_kind, verify_slow_hash
@@ -43,6 +44,7 @@ class AppIndex:
 
     @classmethod
     def build(cls, config: Config, env: Mapping[str, str] | None = None) -> AppIndex:
+        count("app_index")
         env = os.environ if env is None else env
         keys: dict[str, str] = {}
         networks: list[tuple[Network, str]] = []

@@ -9,6 +9,12 @@ bundles, client certificates), upstream endpoints, origin
 patterns, JWT verifiers (key files) and log targets. An artefact that fails
 becomes a diagnostic at the field that names it, so nothing that passes
 ``validate`` fails when ``run`` or a reload compiles it.
+
+The costly artefacts (the TLS contexts and the application index) come back
+in :class:`Artefacts`, and the runtime serves with those very objects: a
+config is built once per process, not once to check and again to serve. A
+process handed a config without them (a worker of ``--workers N``: SSL
+contexts do not cross processes) builds them once with :meth:`Artefacts.of`.
 """
 
 from __future__ import annotations
@@ -16,57 +22,103 @@ from __future__ import annotations
 import os
 import ssl
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import CheckCache, CheckResult, check, redact, with_source_lines
 from .config.diagnostics import Diagnostic, error
 from .config.tree import Config
 
+if TYPE_CHECKING:
+    from .apps import AppIndex
+    from .tls import ServerTLS
+
 # Failures a broken artefact raises: OpenSSL, the file system, parsers.
 _BUILD_ERRORS = (ssl.SSLError, OSError, ValueError, TypeError, LookupError)
 
 
+@dataclass(frozen=True, eq=False)
+class Artefacts:
+    """What the compile step built from ``config``, for the runtime to serve with (not to build again)."""
+
+    config: Config
+    server_tls: Mapping[str, ServerTLS]  # port -> its TLS contexts (ports with `tls` only)
+    upstream_tls: Mapping[str, ssl.SSLContext | None]  # API -> the client context of its wss:// endpoints
+    apps: AppIndex
+
+    @classmethod
+    def of(cls, config: Config, env: Mapping[str, str] | None = None) -> Artefacts:
+        """Build them for a config checked elsewhere; the first failure raises (it passed ``build`` once)."""
+        artefacts, problems = _compile(config, os.environ if env is None else env, raise_first=True)
+        assert artefacts is not None and not problems
+        return artefacts
+
+    def for_config(self, config: Config) -> Artefacts | None:
+        """Self when built from this very config object, else None (the caller builds its own)."""
+        return self if self.config is config else None
+
+
+@dataclass
+class Built(CheckResult):
+    """A :class:`CheckResult` with the artefacts compiled from its config (None when it has errors)."""
+
+    artefacts: Artefacts | None = None
+
+
 def build(paths: Sequence[str | Path], *, env: Mapping[str, str] | None = None, cache: CheckCache | None = None,
-          import_transforms: bool = False) -> CheckResult:
+          import_transforms: bool = False) -> Built:
     """Check the tree under ``paths`` and compile it without sockets; the config only when both succeed."""
     result = check(paths, env=env, cache=cache, import_transforms=import_transforms)
+    fields = (result.diagnostics, result.files, result.sources, result.documents, result.unversioned)
     if result.config is None:
-        return result
+        return Built(None, *fields)
+    artefacts, found = _compile(result.config, os.environ if env is None else env)
     # Scrubbed like check()'s own: a quoted upstream URL line may carry userinfo.
-    problems = redact.scrub(with_source_lines(compile_problems(result.config, os.environ if env is None else env),
-                                              result.sources), result.documents)
+    problems = redact.scrub(with_source_lines(found, result.sources), result.documents)
     if not problems:
-        return result
+        return Built(result.config, *fields, artefacts=artefacts)
     diagnostics = sorted(result.diagnostics + problems, key=Diagnostic.sort_key)
-    config = None if any(d.is_error for d in problems) else result.config
-    return CheckResult(config, diagnostics, result.files, result.sources, result.documents, result.unversioned)
+    if any(d.is_error for d in problems):
+        return Built(None, diagnostics, *fields[1:])
+    return Built(result.config, diagnostics, *fields[1:], artefacts=artefacts)
 
 
-def compile_problems(config: Config, env: Mapping[str, str]) -> list[Diagnostic]:
-    """Build each artefact of ``config`` as the runtime would (no sockets); one diagnostic per failure."""
+def _compile(config: Config, env: Mapping[str, str], *,
+             raise_first: bool = False) -> tuple[Artefacts | None, list[Diagnostic]]:
+    """The artefacts of ``config`` (None if one fails) and a diagnostic per failure (``raise_first``: raise it)."""
     from .apps import AppIndex
     from .policies.origin import origin_pattern
     from .routes import Endpoint, upstream_ssl_context
     from .tls import ServerTLS
 
     out: list[Diagnostic] = []
+    server_tls: dict[str, ServerTLS] = {}
+    upstream_tls: dict[str, ssl.SSLContext | None] = {}
+    apps: AppIndex | None = None
     for name, port in config.ports.items():
         if port.model.tls is None:
             continue
         try:
-            ServerTLS(name, port)  # the default certificate, the SNI ones and the client CA bundle, as run loads them
+            # The default certificate, the SNI ones and the client CA bundle, as the listener serves them.
+            server_tls[name] = ServerTLS(name, port)
         except _BUILD_ERRORS as exc:
+            if raise_first:
+                raise
             out.append(error("WSG170", f"port '{name}': the TLS certificates cannot be loaded: {_why(exc)}",
                              port.locate(("tls", "cert")),
                              hint="a PEM certificate chain in `cert` and its matching private key in `key`"))
     for name, api in config.apis.items():
         try:
-            upstream_ssl_context(api)
+            upstream_tls[name] = upstream_ssl_context(api)
         except _BUILD_ERRORS as exc:
+            if raise_first:
+                raise
             out.append(error("WSG171", f"API '{name}': the upstream CA file cannot be loaded: {_why(exc)}",
                              api.locate(("upstream", "tls", "ca_file")),
                              hint="a PEM bundle of the CA certificates that sign the native server's certificate"))
+        if raise_first:
+            continue  # the rest only checks: the runtime parses endpoints and patterns as it compiles routes
         for i, endpoint in enumerate(api.model.upstream.endpoints):
             try:
                 Endpoint.parse(endpoint.url)
@@ -89,11 +141,15 @@ def compile_problems(config: Config, env: Mapping[str, str]) -> list[Diagnostic]
                                      api.locate(("policies", i, "file")),
                                      hint="the file's directory must exist and be writable by the gateway"))
     try:
-        AppIndex.build(config, env)  # reads JWT key files and builds the verifiers
+        apps = AppIndex.build(config, env)  # reads JWT key files and builds the verifiers
     except _BUILD_ERRORS as exc:
+        if raise_first:
+            raise
         out.append(error("WSG174", f"the applications' identifiers cannot be compiled: {_why(exc)}",
                          _first_jwt(config), hint="fix the JWT key source named here"))
-    return out
+    if apps is None or any(d.is_error for d in out):
+        return None, out
+    return Artefacts(config, server_tls, upstream_tls, apps), out
 
 
 def _why(exc: BaseException) -> str:

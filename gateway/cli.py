@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import NoReturn, TextIO
 
 from . import __version__
-from .build import build
+from .build import Built, build
 from .config import CheckCache, CheckResult, Config
 from .config import diagnostics as diag
 from .config import schema as schemas
@@ -185,7 +185,7 @@ def _probe(result: CheckResult, paths: Sequence[str], timeout: float, fmt: str, 
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    result = build(args.paths, import_transforms=args.import_transforms)
+    result: CheckResult = build(args.paths, import_transforms=args.import_transforms)
     if args.probe:
         result = _probe(result, args.paths, args.probe_timeout, args.format, sys.stdout)
     _report(result, args.format, sys.stdout)
@@ -232,7 +232,7 @@ def _checkout_revision(path: Path, revision: str, into: Path) -> Path | None:
 def cmd_plan(args: argparse.Namespace) -> int:
     from .plan import diff, render
 
-    desired = build([args.path])
+    desired: CheckResult = build([args.path])
     if not desired.ok:
         sys.stderr.write(diag.render(desired.diagnostics, "text"))
         sys.stderr.write(f"wsgate plan: the desired config {args.path} is invalid; nothing planned\n")
@@ -374,7 +374,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------ run, echo
 
 
-def _checked_or_report(path: str, cache: CheckCache | None = None) -> CheckResult:
+def _checked_or_report(path: str, cache: CheckCache | None = None) -> Built:
     """The same build and diagnostics as ``validate`` (transforms imported: they are about to run); printed to
     stderr (stdout may carry logs)."""
     result = build([path], cache=cache, import_transforms=True)
@@ -400,7 +400,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from . import runtime
 
     assert result.config is not None  # result.ok
-    return runtime.run(result.config, args, check_cache=cache)
+    return runtime.run(result.config, args, check_cache=cache, artefacts=result.artefacts)
 
 
 def cmd_echo(args: argparse.Namespace) -> int:

@@ -34,9 +34,11 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
+
+from .build_counts import count
 
 if TYPE_CHECKING:
     from .apps import AppIndex
@@ -255,6 +257,7 @@ def disruptions(old: Config | None, new: Config) -> tuple[Disruption, ...]:
     """Every disruption the change from ``old`` to ``new`` causes, revocations first."""
     if old is None:
         return ()
+    count("disruptions")
     out: list[Disruption] = list(_state(old, new))
     for name in old.ports:
         out += _port(name, old, new)
@@ -278,15 +281,18 @@ class Impact:
 
     ``new_apps`` is the new config's application index: it tells whether the
     credential a connection was accepted with still names its application.
+    ``known``: the disruptions of this very change when the caller listed
+    them already (the reload's plan did), so they are worked out once.
     """
 
     old: Config
     new: Config
     new_apps: AppIndex
+    known: InitVar[tuple[Disruption, ...] | None] = None
     all: tuple[Disruption, ...] = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.all = disruptions(self.old, self.new)
+    def __post_init__(self, known: tuple[Disruption, ...] | None) -> None:
+        self.all = disruptions(self.old, self.new) if known is None else known
 
     def decide(self, accepted: Accepted) -> Decision:
         """Keep, drain or revoke one connection: the first disruption that reaches it (revocations come first)."""

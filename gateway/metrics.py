@@ -108,10 +108,42 @@ class _Children(dict[tuple[Any, ...], Any]):
         return child
 
 
+class ReloadMetrics:
+    """The reload series, written by the process that decides reloads: a gateway, or the supervisor of
+    ``--workers N`` (its workers apply what it decided and count nothing here, so a reload counts once)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.reloads = Counter("wsgate_reloads", "Config reloads, by outcome.", ["outcome"], registry=registry)
+        self.duration = Histogram(
+            "wsgate_reload_duration_seconds", "Time from reading the tree to the reload's outcome.",
+            buckets=DURATION_BUCKETS, registry=registry)
+        self.last_success = Gauge(
+            "wsgate_last_reload_success_timestamp_seconds",
+            "When the serving config was last loaded successfully (start or reload), Unix time.",
+            registry=registry, multiprocess_mode="livemin")
+        self.failing = Gauge(
+            "wsgate_reload_failing", "1 while the last reload attempt failed (the previous config keeps serving).",
+            registry=registry, multiprocess_mode="livemax")
+        for outcome in RELOAD_OUTCOMES:
+            self.reloads.labels(outcome)
+
+    def loaded(self) -> None:
+        """The config serving now was read at start."""
+        self.last_success.set(time.time())
+
+    def reloaded(self, outcome: str, seconds: float) -> None:
+        """One reload's outcome: ``applied``, ``unchanged`` or ``failed``."""
+        self.reloads.labels(outcome).inc()
+        self.duration.observe(seconds)
+        self.failing.set(1 if outcome == "failed" else 0)
+        if outcome != "failed":
+            self.last_success.set(time.time())
+
+
 class Metrics:
     """One gateway's series, kept across reloads, in a registry of its own (tests run several gateways)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, counts_reloads: bool = True) -> None:
         self.registry = registry = CollectorRegistry(auto_describe=True)
         self.multiprocess = multiprocess_dir() is not None
         if not self.multiprocess:
@@ -175,17 +207,8 @@ class Metrics:
             "wsgate_upstream_transitions", "Endpoint health changes, by the new state.",
             ["api", "endpoint", "state"], registry=registry)
         self._health_series: set[tuple[str, str]] = set()
-        self.reloads = Counter("wsgate_reloads", "Config reloads, by outcome.", ["outcome"], registry=registry)
-        self.reload_duration = Histogram(
-            "wsgate_reload_duration_seconds", "Time from reading the tree to the reload's outcome.",
-            buckets=DURATION_BUCKETS, registry=registry)
-        self.last_reload_success = Gauge(
-            "wsgate_last_reload_success_timestamp_seconds",
-            "When the serving config was last loaded successfully (start or reload), Unix time.",
-            registry=registry, multiprocess_mode="livemin")
-        self.reload_failing = Gauge(
-            "wsgate_reload_failing", "1 while the last reload attempt failed (the previous config keeps serving).",
-            registry=registry, multiprocess_mode="livemax")
+        # Reloads are counted by whoever decides them: this gateway, or (a worker) its supervisor.
+        self.reloads: ReloadMetrics | None = ReloadMetrics(registry) if counts_reloads else None
         self.generation = Gauge(
             "wsgate_config_generation", "Generation of the config serving now (1 at start, +1 per applied reload).",
             registry=registry, multiprocess_mode="livemin")
@@ -207,8 +230,6 @@ class Metrics:
         self._payload_bytes = _Children(self.payload_bytes)
         self._sizes = _Children(self.message_size)
         self._declared: set[tuple[str, str, str]] = set()  # connections_active label sets of the serving config
-        for outcome in RELOAD_OUTCOMES:
-            self.reloads.labels(outcome)
         for reason in ACCEPT_ERRORS:
             self.accept_errors.labels(reason)
 
@@ -245,7 +266,6 @@ class Metrics:
             self._forget_if_idle(key)
         self._declared = declared
         self.generation.set(generation)
-        self.last_reload_success.set(time.time())
         if digest != self._digest:
             if self._digest is not None:
                 self.config_info.labels(self._digest).set(0)  # multiprocess files keep the old value: make it 0
@@ -352,12 +372,6 @@ class Metrics:
             if delta > 0:
                 self.upstream_transitions.labels(api, endpoint_label(url), state).inc(delta)
                 reported[(api, url, state)] = total
-
-    # ------------------------------------------------------------ reloads
-    def reloaded(self, outcome: str, seconds: float) -> None:
-        self.reloads.labels(outcome).inc()
-        self.reload_duration.observe(seconds)
-        self.reload_failing.set(1 if outcome == "failed" else 0)
 
     # ------------------------------------------------------------ scrape
     def render(self) -> bytes:

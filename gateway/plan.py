@@ -246,11 +246,14 @@ def _cause_location(d: Disruption, before: Loaded[Any] | None, after: Loaded[Any
     return None
 
 
-def diff(old: Config | None, new: Config) -> Plan:
-    """The changes that turn ``old`` (None: nothing deployed yet) into ``new``."""
+def diff(old: Config | None, new: Config, found: tuple[Disruption, ...] | None = None) -> Plan:
+    """The changes that turn ``old`` (None: nothing deployed yet) into ``new``.
+
+    ``found``: the disruptions of this change when the caller has them already (a reload's ``Impact``).
+    """
     before, after = _loaded(old), _loaded(new)
     by_cause: dict[tuple[str, str], list[Disruption]] = {}
-    for d in disruptions(old, new):
+    for d in disruptions(old, new) if found is None else found:
         by_cause.setdefault(d.cause, []).append(d)
     changes: list[ResourceChange] = []
     for key in sorted(set(before) | set(after), key=lambda k: (KIND_ORDER.get(k[0], 9), k[1])):

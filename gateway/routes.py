@@ -26,6 +26,7 @@ from websockets.uri import WebSocketURI, parse_uri
 
 from .apps import AppIndex
 from .balance import SmoothWeightedRoundRobin, least_connections_order, rendezvous_order
+from .build_counts import count
 from .config.models import API, Port, RoutingPolicy, prefix_matches
 from .config.tree import Config, Loaded
 from .policies.base import ConnectionContext, Policy, UpgradeRequest
@@ -47,6 +48,7 @@ def upstream_ssl_context(loaded: Loaded[API]) -> ssl.SSLContext | None:
     api = loaded.model
     if not any(e.url.startswith("wss://") for e in api.upstream.endpoints):
         return None
+    count("upstream_tls")
     tls = api.upstream.tls
     cafile = str(loaded.resolve(tls.ca_file)) if tls.ca_file else None
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
@@ -201,7 +203,9 @@ class CompiledAPI:
 
     @classmethod
     def build(cls, loaded: Loaded[API], chain: list[Policy], health: HealthRegistry | None = None,
-              env: Mapping[str, str] | None = None) -> CompiledAPI:
+              env: Mapping[str, str] | None = None,
+              upstream_tls: Mapping[str, ssl.SSLContext | None] | None = None) -> CompiledAPI:
+        """``upstream_tls``: the client contexts ``gateway.build`` made for this config (else made here)."""
         api = loaded.model
         routing = RoutingPolicy(type="routing")
         for spec in api.policies:
@@ -221,7 +225,8 @@ class CompiledAPI:
             server_policies=server,
             endpoints=endpoints,
             routing=routing,
-            ssl_context=upstream_ssl_context(loaded),
+            ssl_context=upstream_tls[api.name] if upstream_tls is not None and api.name in upstream_tls
+            else upstream_ssl_context(loaded),
             fast_path=not client and not server and not api.compression,
             balancer=SmoothWeightedRoundRobin(len(endpoints)),
             health=health,
@@ -288,9 +293,11 @@ class RouteTable:
     @classmethod
     def compile(cls, config: Config, apps: AppIndex, state: PolicyState, *, generation: int = 1,
                 build_chain: Callable[[Loaded[API], Config, AppIndex, PolicyState], list[Policy]] | None = None,
-                health: HealthRegistry | None = None, env: Mapping[str, str] | None = None) -> RouteTable:
+                health: HealthRegistry | None = None, env: Mapping[str, str] | None = None,
+                upstream_tls: Mapping[str, ssl.SSLContext | None] | None = None) -> RouteTable:
         """Build every enabled route of ``config``; policies come from ``build_chain``
-        (default: ``gateway.policies.build_chain``), endpoint health from ``health`` (default: a fresh registry)."""
+        (default: ``gateway.policies.build_chain``), endpoint health from ``health`` (default: a fresh registry),
+        upstream TLS contexts from ``upstream_tls`` (``gateway.build.Artefacts``; default: made here)."""
         from .health import HealthRegistry  # the probe it runs imports the websockets client; keep it lazy
 
         build_chain = build_chain or default_build_chain
@@ -300,7 +307,8 @@ class RouteTable:
         routes: dict[tuple[str, str | None], PortRoutes] = {}
         try:
             for name, loaded in config.apis.items():
-                compiled = CompiledAPI.build(loaded, build_chain(loaded, config, apps, state), health, env)
+                compiled = CompiledAPI.build(loaded, build_chain(loaded, config, apps, state), health, env,
+                                             upstream_tls)
                 apis[name] = compiled
                 api = loaded.model
                 for port_name in api.ports:

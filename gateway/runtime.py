@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from .accept import AcceptLoop
-from .admin import RELOAD_HISTORY, AdminServer, admin_access
+from .admin import AdminServer, admin_access
 from .apps import AppIndex
+from .build import Artefacts, Built
 from .config.cache import CheckCache
 from .config.tree import Config, Loaded
 from .connections import ConnectionRegistry
@@ -32,6 +33,7 @@ from .listener import ListenerServices, PortListener, raise_open_files_limit
 from .metrics import FLUSH_INTERVAL, Metrics
 from .policies.state import PolicyState
 from .relay.keepalive import KeepaliveSweeper
+from .reloader import Reloader
 from .routes import RouteTable
 from .signals import stop_requested
 from .tls import ServerTLS
@@ -89,6 +91,10 @@ class Gateway:
 
     ``admin``: None uses the config's Gateway resource settings; ``False``
     disables the admin listener; ``(host, port)`` overrides it.
+    ``artefacts``: what ``gateway.build`` compiled from ``config`` (TLS
+    contexts, the application index), served as they are; without them
+    ``start`` builds them once. ``decides_reloads``: False for a worker,
+    whose supervisor decides (and counts) reloads and hands them over.
     """
 
     shutdown_timeout: float
@@ -98,7 +104,8 @@ class Gateway:
                  build_chain: Callable[[Loaded[API], Config, AppIndex, PolicyState], list[Policy]] | None = None,
                  paths: Sequence[str | Path] | None = None, check_cache: CheckCache | None = None,
                  reuse_port: bool = False, port_numbers: Mapping[str, int] | None = None,
-                 tracer_provider: Any = None) -> None:
+                 tracer_provider: Any = None, artefacts: Artefacts | None = None,
+                 decides_reloads: bool = True) -> None:
         self.config = config
         # Workers of one supervisor each listen on every port with SO_REUSEPORT (the kernel spreads connections);
         # port_numbers holds the numbers the supervisor reserved for ports configured as 0.
@@ -106,9 +113,7 @@ class Gateway:
         self.port_numbers: Mapping[str, int] = port_numbers or {}
         self.env = env
         self.paths: list[Path] = [Path(p) for p in paths] if paths else [config.root]  # what reload re-reads
-        # A reload parses and checks only the files that changed since the last check; handed the cache of the
-        # check that produced ``config``, even the first reload does.
-        self.check_cache = check_cache if check_cache is not None else CheckCache()
+        self._artefacts = artefacts.for_config(config) if artefacts is not None else None  # used by start()
         self.drain_grace = config.settings.drain_grace
         self.shutdown_timeout = config.settings.shutdown_timeout
         self._admin_override = admin
@@ -128,10 +133,9 @@ class Gateway:
         self.ready = False
         self.stopping = False
         self.loaded_at = time.time()
-        self.last_reload: dict[str, Any] | None = None
-        self.reload_history: deque[dict[str, Any]] = deque(maxlen=RELOAD_HISTORY)  # newest last
-        self.reload_count = 0  # finished reload attempts (applied, skipped or failed)
-        self.metrics = Metrics()
+        self.metrics = Metrics(counts_reloads=decides_reloads)
+        self.reloader = Reloader(self.paths, self._apply, self._serving, stopping=lambda: self.stopping, env=env,
+                                 cache=check_cache, metrics=self.metrics.reloads)
         self.health = HealthRegistry()  # endpoint health, kept across reloads
         # Tracing: an OTel TracerProvider given (tests), else the OTEL_* environment decides; None is off.
         self.tracer: ConnectionTracer | None = None
@@ -143,10 +147,6 @@ class Gateway:
             from .tracing import from_environment
 
             self.tracer = from_environment(os.environ)
-        self.reloaded = asyncio.Condition()  # notified after every reload outcome
-        self._reload_lock = asyncio.Lock()
-        self._reload_requested = 0
-        self._reload_served = 0
         self._flusher: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ table
@@ -155,10 +155,12 @@ class Gateway:
         assert self._table is not None, "the gateway is not started"
         return self._table
 
-    def compile(self, config: Config, generation: int) -> RouteTable:
+    def compile(self, config: Config, generation: int, artefacts: Artefacts) -> RouteTable:
+        """The route table of ``config``, with the TLS contexts and application index built for it."""
         assert self.state is not None, "the gateway is not started"
-        return RouteTable.compile(config, AppIndex.build(config, self.env), self.state, generation=generation,
-                                  build_chain=self._build_chain, health=self.health, env=self.env)
+        return RouteTable.compile(config, artefacts.apps, self.state, generation=generation,
+                                  build_chain=self._build_chain, health=self.health, env=self.env,
+                                  upstream_tls=artefacts.upstream_tls)
 
     # ---------------------------------------------------------------- metrics
     def relayed(self) -> list[Any]:
@@ -187,101 +189,77 @@ class Gateway:
             self._flusher = asyncio.get_running_loop().call_later(FLUSH_INTERVAL, self._flush_periodically)
 
     # ----------------------------------------------------------------- reload
+    @property
+    def check_cache(self) -> CheckCache:
+        return self.reloader.cache
+
+    @property
+    def last_reload(self) -> dict[str, Any] | None:
+        return self.reloader.last
+
+    @property
+    def reload_history(self) -> deque[dict[str, Any]]:
+        return self.reloader.history
+
+    @property
+    def reload_count(self) -> int:
+        """Finished reload attempts (applied, skipped or failed)."""
+        return self.reloader.count
+
+    @property
+    def reloaded(self) -> asyncio.Condition:
+        """Notified after every reload outcome."""
+        return self.reloader.finished
+
     async def reload(self, trigger: str = "manual", checked: Config | None = None,
                      generation: int | None = None) -> dict[str, Any]:
         """Load → check → compile → swap; a failure changes nothing. Returns the outcome (``last_reload``).
 
-        One reload at a time; requests that arrive while one runs are served
-        by a single further reload (it re-reads the tree, so it sees them all).
-        ``checked``: a config the caller already checked (a worker's supervisor
-        did), applied as generation ``generation``.
+        ``checked``: a config the caller already checked (a worker's supervisor did), applied as generation
+        ``generation``. See ``gateway.reloader`` for the sequence, shared with the supervisor's.
         """
-        self._reload_requested += 1
-        ticket = self._reload_requested
-        async with self._reload_lock:
-            if checked is None and self._reload_served >= ticket and self.last_reload is not None:
-                return self.last_reload  # a reload that started after this request already read the tree
-            self._reload_served = self._reload_requested
-            started = time.monotonic()
-            try:
-                outcome = await self._reload(trigger, checked, generation)
-            except Exception as exc:  # a bug, not a bad config: keep serving and say so
-                log.exception("reload_crashed", trigger=trigger)
-                outcome = self._outcome(trigger, ok=False, error=f"internal error: {exc.__class__.__name__}")
-            self.last_reload = outcome
-            self.reload_history.append(outcome)
-            self.reload_count += 1
-            self.metrics.reloaded("failed" if not outcome["ok"] else "unchanged" if outcome["noop"] else "applied",
-                                  time.monotonic() - started)
-            if outcome["ok"]:
-                self.metrics.declare(self.config, self.table.generation, self.table.digest)
-            async with self.reloaded:
-                self.reloaded.notify_all()
-            return outcome
+        return await self.reloader.reload(trigger, checked, generation)
 
     async def wait_reload(self, count: int, timeout: float | None = None) -> dict[str, Any]:
         """Wait until ``count`` reloads have finished; the last outcome."""
-        async with asyncio.timeout(timeout):
-            async with self.reloaded:
-                await self.reloaded.wait_for(lambda: self.reload_count >= count)
-        assert self.last_reload is not None
-        return self.last_reload
+        return await self.reloader.wait(count, timeout)
 
-    def _outcome(self, trigger: str, *, ok: bool, **fields: Any) -> dict[str, Any]:
-        generation = self._table.generation if self._table is not None else 0
-        return {"ok": ok, "trigger": trigger, "at": time.time(), "generation": generation,
-                "digest": self.config.digest() if self._table is None else self._table.digest,
-                "noop": False, **fields}
+    def _serving(self) -> tuple[str, int]:
+        if self._table is None:
+            return self.config.digest(), 0
+        return self._table.digest, self._table.generation
 
-    async def _reload(self, trigger: str, checked: Config | None = None,
-                      generation: int | None = None) -> dict[str, Any]:
-        from .build import build
-        from .config import CheckResult
+    async def _apply(self, result: Built, trigger: str, generation: int | None) -> dict[str, Any]:
+        """Decide what the change does to live connections (once), compile, listen, swap, settle, log."""
         from .plan import diff, render_text
 
-        started = time.monotonic()
-        if checked is None:
-            # The same build as validate, but transforms are imported: the new chain runs them anyway.
-            result = await asyncio.to_thread(build, self.paths, env=self.env, cache=self.check_cache,
-                                             import_transforms=True)
-        else:
-            result = CheckResult(files=[], diagnostics=[], config=checked)
-        if self.stopping:
-            return self._outcome(trigger, ok=False, error="gateway is stopping")
-        if result.config is None:
-            diagnostics = [d.to_dict() for d in result.diagnostics]
-            for d in result.diagnostics:
-                if d.is_error:
-                    # The same hint GET /reload shows: whoever reads the log can fix the tree from it.
-                    log.error("reload_failed", trigger=trigger, location=str(d.location) if d.location else None,
-                              code=d.code, summary=d.summary, hint=d.hint or None, diagnostic=d.headline())
-            log.error("reload_failed", trigger=trigger, errors=len(result.errors),
-                      kept_generation=self.table.generation, kept_digest=self.table.digest)
-            return self._outcome(trigger, ok=False, diagnostics=diagnostics)
         new = result.config
-        if new.digest() == self.table.digest:
-            log.info("reload_skipped", trigger=trigger, digest=self.table.digest, generation=self.table.generation)
-            return self._outcome(trigger, ok=True, noop=True)
+        assert new is not None and self.state is not None
+        started = time.monotonic()
         old_config, old_table = self.config, self.table
-        plan = diff(old_config, new)
-        assert self.state is not None
         switched = False
         try:
             switched = await _follow_shared_state(self.state, new, self.env)
-            table = self.compile(new, generation or old_table.generation + 1)
+            artefacts = result.artefacts.for_config(new) if result.artefacts is not None else None
+            artefacts = artefacts or Artefacts.of(new, self.env)  # a worker: its supervisor built it elsewhere
+            table = self.compile(new, generation or old_table.generation + 1, artefacts)
         except Exception as exc:
             if switched:
                 await self.state.revert_shared()
             log.error("reload_failed", trigger=trigger, error=f"compile failed: {exc}", exc_info=True)
-            return self._outcome(trigger, ok=False, error=f"compile failed: {exc}")
+            return {"ok": False, "error": f"compile failed: {exc}"}
+        # The one decision of what this change does to live connections: the plan the log shows and the
+        # closes below both read it.
+        impact = Impact(old_config, new, table.apps)
+        plan = diff(old_config, new, impact.all)
         try:
-            started_ports = await self._start_new_ports(old_config, new, table)
+            started_ports = await self._start_new_ports(table, artefacts)
         except Exception as exc:
             table.close()
             if switched:
                 await self.state.revert_shared()
             log.error("reload_failed", trigger=trigger, error=f"cannot listen: {exc}")
-            return self._outcome(trigger, ok=False, error=f"cannot listen: {exc}")
+            return {"ok": False, "error": f"cannot listen: {exc}"}
         # The swap: from here on new upgrades use the new table.
         self._table, self.config = table, new
         table.activate()
@@ -289,28 +267,29 @@ class Gateway:
         self.drain_grace = new.settings.drain_grace
         self.shutdown_timeout = new.settings.shutdown_timeout
         self.loaded_at = time.time()
-        problems = await self._follow_ports(old_config, new, table, started_ports)
-        closed = self._settle_connections(old_config, new, table)
+        problems = await self._follow_ports(old_config, new, table, started_ports, artefacts)
+        closed = self._settle_connections(impact)
         if self._start_echo:
             problems += await self._follow_echo_servers(new)
         self.registry.retire(old_table)
+        self.metrics.declare(new, table.generation, table.digest)
         log.info("reload_applied", trigger=trigger, digest=table.digest, generation=table.generation,
                  old_digest=old_table.digest, plan=render_text(plan).rstrip("\n").splitlines(),
                  files_changed=sorted(k for k, v in new.file_fingerprints.items()
                                       if old_config.file_fingerprints.get(k) != v),
                  drained=closed["drained"], revoked=closed["revoked"],
                  seconds=round(time.monotonic() - started, 4))
-        return self._outcome(trigger, ok=True, old_digest=old_table.digest, problems=problems,
-                             plan={"add": plan.count("create"), "change": plan.count("update"),
-                                   "destroy": plan.count("destroy")}, **closed)
+        return {"ok": True, "old_digest": old_table.digest, "problems": problems,
+                "plan": {"add": plan.count("create"), "change": plan.count("update"),
+                         "destroy": plan.count("destroy")}, **closed}
 
-    async def _start_new_ports(self, old: Config, new: Config, table: RouteTable) -> list[str]:
+    async def _start_new_ports(self, table: RouteTable, artefacts: Artefacts) -> list[str]:
         """Listen on ports that are new or newly enabled (before the swap; on failure close them and raise)."""
         started: list[str] = []
         try:
             for name, loaded in table.enabled_ports().items():
                 if name not in self.servers:
-                    await self._start_port(name, loaded)
+                    await self._start_port(name, loaded, artefacts)
                     started.append(name)
         except BaseException:
             for name in started:
@@ -327,7 +306,8 @@ class Gateway:
         self.tls_contexts.pop(name, None)
         log.info("stopped_listening", name=name)
 
-    async def _follow_ports(self, old: Config, new: Config, table: RouteTable, started: list[str]) -> list[str]:
+    async def _follow_ports(self, old: Config, new: Config, table: RouteTable, started: list[str],
+                            artefacts: Artefacts) -> list[str]:
         """Stop removed/disabled ports, re-listen changed ones, update limits of the rest (never re-bind those)."""
         problems: list[str] = []
         enabled = table.enabled_ports()
@@ -340,7 +320,7 @@ class Gateway:
             elif name in old.ports and listener_change(old, new, name):
                 self._stop_port(name)
                 try:
-                    await self._start_port(name, loaded)
+                    await self._start_port(name, loaded, artefacts)
                 except Exception as exc:
                     log.error("port_restart_failed", name=name, error=str(exc))
                     problems.append(f"port {name}: {exc}")
@@ -362,9 +342,8 @@ class Gateway:
         problems = server_tls.renew(dict(old.file_fingerprints), dict(new.file_fingerprints))
         return "; ".join(problems) or None
 
-    def _settle_connections(self, old: Config, new: Config, table: RouteTable) -> dict[str, int]:
+    def _settle_connections(self, impact: Impact) -> dict[str, int]:
         """Drain (1001 after the grace) or revoke (1008 now) what ``gateway.impact`` says; leave the rest alone."""
-        impact = Impact(old, new, table.apps)
         drained = revoked = 0
         for record in list(self.registry.live):
             accepted = accepted_from(record)
@@ -416,11 +395,15 @@ class Gateway:
     async def start(self, generation: int = 1) -> None:
         """Start echo servers, then listeners and admin; on failure stop what started and raise."""
         self.state = await _policy_state(self.config, self.env)
-        self._table = self.compile(self.config, generation)
+        artefacts = self._artefacts or Artefacts.of(self.config, self.env)
+        self._artefacts = None  # served from now on; a reload brings its own
+        self._table = self.compile(self.config, generation, artefacts)
         self._table.activate()
         self.keepalive = KeepaliveSweeper()
         self._services = ListenerServices(self.registry, lambda: self.table, self.metrics, self.keepalive, self.tracer)
         self.metrics.declare(self.config, 1, self._table.digest)
+        if self.metrics.reloads is not None:
+            self.metrics.reloads.loaded()
         self._start_flushing()
         try:
             if self._start_echo and self.config.echo_servers:
@@ -428,7 +411,7 @@ class Gateway:
 
                 self.echo_services = await serve_echo_servers(self.config)
             for name, loaded in self.table.enabled_ports().items():
-                await self._start_port(name, loaded)
+                await self._start_port(name, loaded, artefacts)
             admin_settings = self.config.settings.admin
             address: tuple[str, int] | None = None
             if self._admin_override is None and admin_settings.enabled:
@@ -454,11 +437,11 @@ class Gateway:
         """The admin listener with the Gateway resource's token and TLS (also for a ``--admin`` address)."""
         return AdminServer(self, host, port, **admin_access(self.config, host, self.env))
 
-    async def _start_port(self, name: str, loaded: Loaded[Port]) -> None:
+    async def _start_port(self, name: str, loaded: Loaded[Port], artefacts: Artefacts) -> None:
         port = loaded.model
         context = None
         if port.tls is not None:
-            server_tls = ServerTLS(name, loaded)
+            server_tls = artefacts.server_tls[name]  # built with the config, never again here
             context = server_tls.context
             self.tls_contexts[name] = server_tls
         assert self._services is not None, "the gateway is not started"
@@ -528,11 +511,11 @@ def freeze_startup_heap() -> None:
 
 async def serve(config: Config, admin: tuple[str, int] | None = None,
                 paths: Sequence[str | Path] | None = None, watch: bool = True,
-                check_cache: CheckCache | None = None) -> int:
+                check_cache: CheckCache | None = None, artefacts: Artefacts | None = None) -> int:
     """Run a gateway until SIGINT or SIGTERM, reloading when the tree under ``paths`` changes or on SIGHUP."""
     from .watch import ConfigWatcher
 
-    gateway = Gateway(config, admin=admin, paths=paths, check_cache=check_cache)
+    gateway = Gateway(config, admin=admin, paths=paths, check_cache=check_cache, artefacts=artefacts)
     watcher: ConfigWatcher | None = None
     async with stop_requested() as stopping:
         try:
@@ -555,8 +538,9 @@ async def serve(config: Config, admin: tuple[str, int] | None = None,
     return 0
 
 
-def run(config: Config, args: Any = None, check_cache: CheckCache | None = None) -> int:
-    """``wsgate run PATH`` after the config was checked: serve (and follow PATH) until a signal; 0 on a clean stop."""
+def run(config: Config, args: Any = None, check_cache: CheckCache | None = None,
+        artefacts: Artefacts | None = None) -> int:
+    """``wsgate run PATH`` after the config was built: serve (and follow PATH) until a signal; 0 on a clean stop."""
     from .log import configure_logging
 
     configure_logging(getattr(args, "log_format", None) or config.settings.log_format)
@@ -564,4 +548,5 @@ def run(config: Config, args: Any = None, check_cache: CheckCache | None = None)
     admin_text = getattr(args, "admin", None)
     admin = parse_address(admin_text) if isinstance(admin_text, str) else admin_text
     path = getattr(args, "path", None)
-    return asyncio.run(serve(config, admin, [path] if isinstance(path, str) else None, check_cache=check_cache))
+    return asyncio.run(serve(config, admin, [path] if isinstance(path, str) else None, check_cache=check_cache,
+                             artefacts=artefacts))

@@ -17,6 +17,7 @@ from typing import Any
 
 import structlog
 
+from .build_counts import count
 from .policies.base import ClientCertificate
 
 log = structlog.get_logger("wsgate.tls")
@@ -34,6 +35,7 @@ class ServerTLS:
     """The TLS contexts one listener serves; ``context`` is the one the server socket gets."""
 
     def __init__(self, name: str, loaded: Any) -> None:
+        count("server_tls")
         tls = loaded.model.tls
         self.name = name
         self._client = tls.client_certificates

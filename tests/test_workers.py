@@ -70,7 +70,7 @@ async def test_workers_share_the_port_answer_as_one_and_reload_together(tmp_path
             assert page.status == 200 and page.headers["content-type"].startswith("text/html")
             after = Scrape((await http_request(admin, path="/metrics")).body.decode())
             assert after.value("wsgate_config_generation") == 2
-            assert after.value("wsgate_reloads_total", outcome="applied") == 2  # one per worker
+            assert after.value("wsgate_reloads_total", outcome="applied") == 1  # the supervisor's, not per worker
             async with connect(f"ws://127.0.0.1:{gateway.ports['default']}/b") as ws:
                 await ws.send("new route")
                 assert await ws.recv() == "new route"
@@ -137,6 +137,35 @@ async def worker_totals(admin: str) -> list[int]:
     """Live connections per worker, from the supervisor's per-worker status."""
     status = await admin_json(admin, "/readyz")
     return [w.get("connections", 0) for w in status["workers"]]
+
+
+async def test_each_reload_is_counted_once_by_the_supervisor(tmp_path):
+    """With two workers /metrics counts every reload once, failed ones included (the supervisor decides them;
+    the workers only apply what it hands over), and a failed reload keeps both workers on the last good
+    config."""
+    async with recording_backend() as backend:
+        write_config(tmp_path, PORT, api_yaml("A", "/a", backend.url + "/"))
+        root = tmp_path / "config"
+        async with two_workers(root) as (gateway, admin):
+            post = b"POST /reload HTTP/1.1\r\nHost: a\r\n\r\n"
+            start = Scrape((await http_request(admin, path="/metrics")).body.decode())
+            assert start.value("wsgate_last_reload_success_timestamp_seconds") > 0
+            (root / "broken.yaml").write_text("kind: API\nname: B\n")
+            failed = await http_request(admin, post)
+            assert failed.status == 422 and failed.json()["diagnostics"]
+            assert [w["generation"] for w in failed.json()["workers"]] == [1, 1]
+            failing = Scrape((await http_request(admin, path="/metrics")).body.decode())
+            assert failing.value("wsgate_reload_failing") == 1
+            (root / "broken.yaml").write_text(api_yaml("B", "/b", backend.url + "/"))
+            applied = (await http_request(admin, post)).json()
+            assert applied["ok"] and [w["generation"] for w in applied["workers"]] == [2, 2]
+            after = Scrape((await http_request(admin, path="/metrics")).body.decode())
+            # The watcher may have reloaded too (the same edits): more failed or unchanged ones, never a second
+            # applied one, since generation 2 was reached once.
+            assert after.value("wsgate_reloads_total", outcome="applied") == 1
+            assert after.value("wsgate_reloads_total", outcome="failed") >= 1
+            assert after.value("wsgate_reload_duration_seconds_count") >= 2
+            assert after.value("wsgate_reload_failing") == 0
 
 
 async def test_a_revoked_key_closes_its_connections_in_every_worker(tmp_path):

@@ -34,16 +34,21 @@ import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from ..admin import RELOAD_HISTORY, AdminServer, PlainText, admin_access, dashboard_routes, healthz
+from ..admin import AdminServer, PlainText, admin_access, dashboard_routes, healthz
 from ..config.cache import CheckCache
 from ..config.tree import Config
+from ..reloader import Reloader
 from ..signals import stop_requested
 from . import control
 from .ports import PortHold, hold_port
+
+if TYPE_CHECKING:
+    from ..build import Built
+    from ..metrics import ReloadMetrics
 
 log = structlog.get_logger("wsgate.supervisor")
 
@@ -117,8 +122,6 @@ class Supervisor:
                  admin: tuple[str, int] | None = None, log_format: str = "auto", watch: bool = True,
                  check_cache: CheckCache | None = None) -> None:
         self.config = config
-        # Reloads re-read only the files changed since the last check, as a single-process gateway's do.
-        self.check_cache = check_cache if check_cache is not None else CheckCache()
         self.paths = [str(p) for p in paths] if paths else [str(config.root)]
         self.workers = [Worker(i) for i in range(count)]
         self.admin_address = admin
@@ -131,10 +134,10 @@ class Supervisor:
         self.served: set[int] = set()  # numbers handed to the workers: they may listen there, a probe would fail
         self.admin: AdminServer | None = None
         self.echo_services: list[Any] = []
-        self.last_reload: dict[str, Any] | None = None
-        self.reload_history: deque[dict[str, Any]] = deque(maxlen=RELOAD_HISTORY)  # for GET /reload, newest last
-        self.reload_count = 0
-        self._reload_lock = asyncio.Lock()
+        # The reload sequence a single gateway runs too; here applying hands the config to every worker as the
+        # next generation. Its metrics come with the workers' metrics directory (run).
+        self.reloader = Reloader(self.paths, self._hand_out, lambda: (self.config.digest(), self.generation),
+                                 stopping=lambda: self.stopping, cache=check_cache, describe=self.split)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.metrics_dir: str | None = None  # PROMETHEUS_MULTIPROC_DIR of the workers
         self._own_metrics_dir = False
@@ -244,35 +247,35 @@ class Supervisor:
                     worker.process.send_signal(sig)
 
     # ----------------------------------------------------------------- reload
+    @property
+    def check_cache(self) -> CheckCache:
+        """Reloads re-read only the files changed since the last check, as a single-process gateway's do."""
+        return self.reloader.cache
+
+    @property
+    def last_reload(self) -> dict[str, Any] | None:
+        return self.reloader.last
+
+    @property
+    def reload_history(self) -> deque[dict[str, Any]]:
+        return self.reloader.history
+
+    @property
+    def reload_count(self) -> int:
+        return self.reloader.count
+
     async def reload(self, trigger: str = "manual") -> dict[str, Any]:
         """Build the tree once (the same build as validate, transforms imported); hand a changed config to every
-        worker as the next generation."""
-        from ..build import build
+        worker as the next generation (``gateway.reloader``: the sequence a single gateway runs too)."""
+        return await self.reloader.reload(trigger)
 
-        async with self._reload_lock:
-            result = await asyncio.to_thread(build, self.paths, import_transforms=True, cache=self.check_cache)
-            outcome: dict[str, Any] = {"trigger": trigger, "at": time.time(), "noop": False}
-            if self.stopping:
-                outcome.update(ok=False, error="gateway is stopping")
-            elif result.config is None:
-                for d in result.diagnostics:
-                    if d.is_error:  # with the hint GET /reload shows, as a single gateway logs it
-                        log.error("reload_failed", trigger=trigger, location=str(d.location) if d.location else None,
-                                  code=d.code, summary=d.summary, hint=d.hint or None, diagnostic=d.headline())
-                outcome.update(ok=False, diagnostics=[d.to_dict() for d in result.diagnostics])
-            elif result.config.digest() == self.config.digest():
-                outcome.update(ok=True, noop=True)
-            else:
-                outcome.update(await self._hand_out(result.config, trigger))
-            outcome.update(generation=self.generation, digest=self.config.digest(), **self.split())
-            self.last_reload = outcome
-            self.reload_history.append(outcome)
-            self.reload_count += 1
-            return outcome
-
-    async def _hand_out(self, new: Config, trigger: str) -> dict[str, Any]:
+    async def _hand_out(self, result: Built, trigger: str, _generation: int | None) -> dict[str, Any]:
+        """The supervisor's apply: every worker gets the config as the next generation (each decides what it
+        does to its own connections); not one taking it keeps the last good config for new workers."""
         from ..runtime import StartError
 
+        new = result.config
+        assert new is not None
         old_config, old_generation = self.config, self.generation
         try:
             ports = self.reserve_ports(new)
@@ -372,6 +375,7 @@ class Supervisor:
         async with stop_requested() as stopping:
             try:
                 self._metrics_dir()
+                self.reloader.metrics = self._reload_metrics()
                 try:
                     self.reserve_ports(self.config)
                 except StartError as exc:  # as a single gateway's bind: one line, exit 1, no worker started
@@ -427,6 +431,22 @@ class Supervisor:
             self.metrics_dir = tempfile.mkdtemp(prefix="wsgate-metrics-")
             self._own_metrics_dir = True
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
+
+    def _reload_metrics(self) -> ReloadMetrics:
+        """The reload series, in the workers' shared directory: the supervisor decides reloads, so it counts
+        them (once per reload; its workers count none)."""
+        from prometheus_client import CollectorRegistry, values
+
+        from ..metrics import ReloadMetrics
+
+        if values.ValueClass is values.MutexValue:
+            # prometheus_client picks its value class when first imported, and this process imported it before
+            # the directory existed (the command line loads the runtime): no series exists here yet, so switch
+            # to the directory's files now, or these counts would stay in this process.
+            values.ValueClass = values.get_value_class()
+        metrics = ReloadMetrics(CollectorRegistry())
+        metrics.loaded()
+        return metrics
 
     def _forget_metrics(self, pid: int) -> None:
         """A dead worker's live gauges must not count any more (its counters stay, as prometheus_client wants)."""

@@ -33,8 +33,9 @@ async def serve(fd: int, index: int) -> int:
     configure_logging(hello["log_format"])
     structlog.contextvars.bind_contextvars(worker=index)
     config = control.unpack_config(hello["config"])
+    # The supervisor decides (and counts) reloads; this gateway applies what it hands over.
     gateway = Gateway(config, admin=False, echo=False, paths=hello["paths"], reuse_port=True,
-                      port_numbers=hello["ports"])
+                      port_numbers=hello["ports"], decides_reloads=False)
     async with stop_requested() as stopping:
         try:
             await gateway.start(hello["generation"])

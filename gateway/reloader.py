@@ -1,0 +1,141 @@
+"""The one reload sequence, shared by a gateway and by the supervisor of ``wsgate run --workers N``.
+
+build (check and compile, transforms imported) → refused while stopping →
+the last good config kept on errors (each logged with its hint) → an
+identical config skipped → ``apply`` → the outcome recorded (``GET /reload``,
+its history, the reload metrics) → waiters notified.
+
+What differs between the two callers is passed in, never copied:
+
+- ``apply``: a gateway decides what the change does to its live connections
+  and swaps its route table; the supervisor hands the config to every worker
+  as the next generation (each worker's gateway then applies it with
+  ``checked``: no second build, no second decision about reloading);
+- ``serving``: the digest and generation serving now;
+- ``describe``: fields every outcome carries besides (the supervisor's
+  per-worker generations);
+- ``metrics``: whoever decides reloads counts them (a gateway on its own,
+  or the supervisor); a worker applying its supervisor's decision counts
+  nothing, so with N workers a reload is counted once, not N times.
+
+One reload at a time; requests that arrive while one runs are served by a
+single further reload (it re-reads the tree, so it sees them all).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from .admin import RELOAD_HISTORY
+from .config.cache import CheckCache
+
+if TYPE_CHECKING:
+    from .build import Built
+    from .config.tree import Config
+    from .metrics import ReloadMetrics
+
+log = structlog.get_logger("wsgate.reload")
+
+# (the build to apply, the trigger, the generation a supervisor chose or None) -> the outcome's fields (``ok``...)
+Apply = Callable[["Built", str, "int | None"], Awaitable[dict[str, Any]]]
+
+
+class Reloader:
+    """Runs reloads one at a time through ``apply`` and keeps their outcomes."""
+
+    def __init__(self, paths: Sequence[str | Path], apply: Apply, serving: Callable[[], tuple[str, int]], *,
+                 stopping: Callable[[], bool], env: Mapping[str, str] | None = None,
+                 cache: CheckCache | None = None, describe: Callable[[], dict[str, Any]] | None = None,
+                 metrics: ReloadMetrics | None = None) -> None:
+        self.paths = [Path(p) for p in paths]
+        self.env = env
+        # Only the files changed since the last check are parsed again; handed the cache of the check that
+        # produced the serving config, even the first reload is.
+        self.cache = cache if cache is not None else CheckCache()
+        self.metrics = metrics
+        self._apply = apply
+        self._serving = serving
+        self._stopping = stopping
+        self._describe = describe
+        self.last: dict[str, Any] | None = None
+        self.history: deque[dict[str, Any]] = deque(maxlen=RELOAD_HISTORY)  # newest last
+        self.count = 0  # finished reload attempts (applied, skipped or failed)
+        self.finished = asyncio.Condition()  # notified after every outcome
+        self._lock = asyncio.Lock()
+        self._requested = 0
+        self._served = 0
+
+    async def reload(self, trigger: str = "manual", checked: Config | None = None,
+                     generation: int | None = None) -> dict[str, Any]:
+        """Build → check → apply; a failure changes nothing. Returns the outcome.
+
+        ``checked``: a config the caller already built and decided to apply (a worker's supervisor did), applied
+        as ``generation``; it is never coalesced with another request.
+        """
+        self._requested += 1
+        ticket = self._requested
+        async with self._lock:
+            if checked is None and self._served >= ticket and self.last is not None:
+                return self.last  # a reload that started after this request already read the tree
+            self._served = self._requested
+            started = time.monotonic()
+            try:
+                fields = await self._run(trigger, checked, generation)
+            except Exception as exc:  # a bug, not a bad config: keep serving and say so
+                log.exception("reload_crashed", trigger=trigger)
+                fields = {"ok": False, "error": f"internal error: {exc.__class__.__name__}"}
+            digest, serving_generation = self._serving()
+            outcome = {"ok": False, "trigger": trigger, "at": time.time(), "generation": serving_generation,
+                       "digest": digest, "noop": False, **fields}
+            if self._describe is not None:
+                outcome.update(self._describe())
+            self.last = outcome
+            self.history.append(outcome)
+            self.count += 1
+            if self.metrics is not None:
+                self.metrics.reloaded("failed" if not outcome["ok"] else "unchanged" if outcome["noop"] else "applied",
+                                      time.monotonic() - started)
+            async with self.finished:
+                self.finished.notify_all()
+            return outcome
+
+    async def wait(self, count: int, timeout: float | None = None) -> dict[str, Any]:
+        """Wait until ``count`` reloads have finished; the last outcome."""
+        async with asyncio.timeout(timeout):
+            async with self.finished:
+                await self.finished.wait_for(lambda: self.count >= count)
+        assert self.last is not None
+        return self.last
+
+    async def _run(self, trigger: str, checked: Config | None, generation: int | None) -> dict[str, Any]:
+        from .build import Built, build
+
+        if checked is None:
+            # The same build as validate, but transforms are imported: the new chain runs them anyway.
+            result = await asyncio.to_thread(build, self.paths, env=self.env, cache=self.cache,
+                                             import_transforms=True)
+        else:
+            result = Built(checked)
+        if self._stopping():
+            return {"ok": False, "error": "gateway is stopping"}
+        digest, serving_generation = self._serving()
+        if result.config is None:
+            for d in result.diagnostics:
+                if d.is_error:
+                    # The same hint GET /reload shows: whoever reads the log can fix the tree from it.
+                    log.error("reload_failed", trigger=trigger, location=str(d.location) if d.location else None,
+                              code=d.code, summary=d.summary, hint=d.hint or None, diagnostic=d.headline())
+            log.error("reload_failed", trigger=trigger, errors=len(result.errors),
+                      kept_generation=serving_generation, kept_digest=digest)
+            return {"ok": False, "diagnostics": [d.to_dict() for d in result.diagnostics]}
+        if result.config.digest() == digest:
+            log.info("reload_skipped", trigger=trigger, digest=digest, generation=serving_generation)
+            return {"ok": True, "noop": True}
+        return await self._apply(result, trigger, generation)
