@@ -289,6 +289,9 @@ class RouteTable:
     routes: Mapping[tuple[str, str | None], PortRoutes] = field(default_factory=dict)  # (port, host claim)
     apis: Mapping[str, CompiledAPI] = field(default_factory=dict)
     hosts: frozenset[str] = frozenset()  # ports that have host-specific routes
+    # Gives back this table's hold on the shared-state backend it was compiled against (PolicyState.hold_shared):
+    # a backend switched away from closes when the last table holding it is closed.
+    release_state: Callable[[], None] | None = field(default=None, repr=False)
 
     @classmethod
     def compile(cls, config: Config, apps: AppIndex, state: PolicyState, *, generation: int = 1,
@@ -305,6 +308,7 @@ class RouteTable:
         enabled = {name for name, port in config.ports.items() if port.model.enabled}
         apis: dict[str, CompiledAPI] = {}
         routes: dict[tuple[str, str | None], PortRoutes] = {}
+        release_state = state.hold_shared() if state is not None else None
         try:
             for name, loaded in config.apis.items():
                 compiled = CompiledAPI.build(loaded, build_chain(loaded, config, apps, state), health, env,
@@ -324,12 +328,14 @@ class RouteTable:
         except BaseException:
             for compiled in apis.values():
                 compiled.close()
+            if release_state is not None:
+                release_state()
             raise
         for group in routes.values():
             group.prefixes.sort(key=lambda item: len(item[0]), reverse=True)  # the longest prefix wins
         with_hosts = frozenset(port for port, host in routes if host is not None)
         return cls(config=config, digest=config.digest(), generation=generation, apps=apps, routes=routes,
-                   apis=apis, hosts=with_hosts)
+                   apis=apis, hosts=with_hosts, release_state=release_state)
 
     def match(self, port_name: str, path: str, host: str | None = None) -> tuple[CompiledAPI, str] | None:
         """The API for a request, and the path part the upstream URL gets (see ``API.strip_prefix``).
@@ -367,3 +373,5 @@ class RouteTable:
         """Release the policies of every route (the table is retired and its connections are gone)."""
         for compiled in self.apis.values():
             compiled.close()
+        if self.release_state is not None:
+            self.release_state()

@@ -51,6 +51,7 @@ log = structlog.get_logger("wsgate.runtime")
 async def _policy_state(config: Config, env: Mapping[str, str] | None) -> PolicyState:
     state = PolicyState()
     await _follow_shared_state(state, config, env)
+    state.commit_shared()  # nothing counted in the default backend yet
     return state
 
 
@@ -272,6 +273,8 @@ class Gateway:
         if self._start_echo:
             problems += await self._follow_echo_servers(new)
         self.registry.retire(old_table)
+        if switched:
+            self.state.commit_shared()  # the backend switched from closes once no table compiled against it is open
         self.metrics.declare(new, table.generation, table.digest)
         log.info("reload_applied", trigger=trigger, digest=table.digest, generation=table.generation,
                  old_digest=old_table.digest, plan=render_text(plan).rstrip("\n").splitlines(),

@@ -298,6 +298,43 @@ async def test_reload_switches_the_state_backend_and_a_failed_reload_keeps_the_o
             await eventually(lambda: slot_counts(redis_server, "A/<api>") == {})
 
 
+def redis_client_names(server: RedisServer) -> list[str]:
+    """The names of the clients connected to the Redis now (CLIENT LIST, read with a plain client)."""
+    import redis
+
+    client = redis.Redis(port=server.port)
+    try:
+        return [entry["name"] for entry in client.client_list()]
+    finally:
+        client.close()
+
+
+async def test_a_retired_redis_backend_closes_when_its_last_connection_ends(tmp_path, redis_server):
+    """redis → memory on reload: the Redis client stays while a connection from before holds its slot there
+    (given back there when it ends); once that connection ends the old backend is closed, its client gone from
+    CLIENT LIST and its slot count gone from Redis."""
+    async with recording_backend() as backend:
+        api = throttled_api(backend.url, 1)
+        config = write_config(tmp_path, PORT, gateway_doc(redis_server), api)
+        async with running_gateway(config, paths=[tmp_path / "config"]) as gw:
+            old = gw.state.shared
+            assert isinstance(old, RedisStore)
+            before = await connect(gw_url(gw, "/a"))
+            assert sum(slot_counts(redis_server, "A/<api>").values()) == 1
+            write_config(tmp_path, PORT, "kind: Gateway\nname: g\n", api)
+            assert (await gw.reload("test"))["ok"]
+            assert gw.state.shared.backend == "memory"
+            assert not old.closed and old.instance in redis_client_names(redis_server)
+            await before.close()
+            await eventually(lambda: old.closed)
+            await eventually(lambda: old.instance not in redis_client_names(redis_server))
+            assert slot_counts(redis_server, "A/<api>") == {}
+            after = await try_upgrade(gw_url(gw, "/a"))  # counted in memory now, the limit as before
+            assert not isinstance(after, int)
+            assert await try_upgrade(gw_url(gw, "/a")) == 503
+            await after.close()
+
+
 async def test_cluster_wide_rate_limit_through_redis(tmp_path, redis_server):
     """Two gateways on one Redis share a per-API message budget (take_budget's Lua bucket): a burst of 4 passes
     once between them, the other 2 of 6 messages are dropped on whichever instance ran out."""

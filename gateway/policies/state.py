@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -330,6 +330,16 @@ def _confirmed_name(ip: str) -> str | None:
 
 
 class PolicyState:
+    """What policies keep across reloads, and the shared-state backend their throttles and budgets count in.
+
+    A backend switched away from on reload (another ``state`` in the Gateway
+    resource) stays open while a route table compiled against it is open:
+    the connections accepted on those tables hold their slots there and give
+    them back there. When the last such table is released (its last
+    connection ended), the backend is closed: its leftover slots are given
+    back (Redis: its owner leaves) and its client disconnects.
+    """
+
     def __init__(self, shared: SharedState | None = None) -> None:
         if shared is None:
             from ..state.memory import MemoryStore
@@ -337,8 +347,11 @@ class PolicyState:
             shared = MemoryStore()
         self.shared: SharedState = shared
         self.shared_settings: Any = None  # the Gateway resource's `state` that built ``shared`` (None: the default)
-        # (backend, its settings) switched away from, newest last: revert_shared restores the pair together.
-        self._retired_shared: list[tuple[SharedState, Any]] = []
+        # (backend, its settings) switched away from by the reload in progress: revert_shared restores the pair.
+        self._switched_from: tuple[SharedState, Any] | None = None
+        self._holders: Counter[int] = Counter()  # id(backend) -> open route tables compiled against it
+        self._retired: dict[int, SharedState] = {}  # switched away from: closed when their last table is released
+        self._closing: set[asyncio.Task[None]] = set()
         self.rate_limits = RateLimits()
         # Messages that broke their API's definitions: (api, direction, kind, action) -> count.
         self.violations: Counter[tuple[str, str, str, str]] = Counter()
@@ -348,17 +361,18 @@ class PolicyState:
     async def use_shared(self, settings: Any, env: Mapping[str, str], ca_file: str | None = None) -> bool:
         """Count in the backend ``settings`` names from now on; False if it is the one in use.
 
-        Connections counted in the previous backend give their slots back there
-        (it stays open until ``aclose``); new upgrades count in the new one.
-        ``revert_shared`` undoes the switch (a reload that failed later).
+        New upgrades count in the new one. ``revert_shared`` undoes the switch
+        (a reload that failed later), ``commit_shared`` keeps it (the reload
+        was applied: the previous backend is retired).
         """
         if settings == self.shared_settings or (self.shared_settings is None and settings.backend == "memory"):
             return False
         from ..state import open_state
 
+        assert self._switched_from is None, "a switch is already in progress"
         shared = open_state(settings, env, ca_file=ca_file)
         await shared.start()
-        self._retired_shared.append((self.shared, self.shared_settings))
+        self._switched_from = (self.shared, self.shared_settings)
         self.shared, self.shared_settings = shared, settings
         self._budgets_from(shared)
         log.info("state_backend", backend=shared.backend, expiry_bound=shared.expiry_bound)
@@ -366,10 +380,53 @@ class PolicyState:
 
     async def revert_shared(self) -> None:
         """Back to the backend in use before the last ``use_shared`` that switched; the new one is closed."""
+        assert self._switched_from is not None
         unused = self.shared
-        self.shared, self.shared_settings = self._retired_shared.pop()
+        self.shared, self.shared_settings = self._switched_from
+        self._switched_from = None
         self._budgets_from(self.shared)
         await unused.close()
+
+    def commit_shared(self) -> None:
+        """The switch stays: the previous backend closes once no open route table was compiled against it."""
+        if self._switched_from is None:
+            return
+        previous, _ = self._switched_from
+        self._switched_from = None
+        self._retired[id(previous)] = previous
+        self._close_if_unused(previous)
+
+    def hold_shared(self) -> Callable[[], None]:
+        """The backend in use is held by one more route table, until the returned callable is called (once)."""
+        shared = self.shared
+        self._holders[id(shared)] += 1
+        held = True
+
+        def let_go() -> None:
+            nonlocal held
+            if not held:
+                return
+            held = False
+            self._holders[id(shared)] -= 1
+            if self._holders[id(shared)] <= 0:
+                del self._holders[id(shared)]
+                self._close_if_unused(shared)
+
+        return let_go
+
+    def _close_if_unused(self, shared: SharedState) -> None:
+        if id(shared) not in self._retired or self._holders.get(id(shared)):
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (a table released at interpreter exit): aclose() closes it
+        del self._retired[id(shared)]
+        log.info("state_backend_retired", backend=shared.backend,
+                 reason="no live connection holds a slot from it any more")
+        task = loop.create_task(shared.close(), name="wsgate-state-retire")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def _budgets_from(self, shared: SharedState) -> None:
         """Rate limits per application and per API take their budgets from a remote backend (cluster-wide) or
@@ -380,9 +437,13 @@ class PolicyState:
 
     async def aclose(self) -> None:
         """Close the shared-state backends (giving their slots back) and the log writers."""
-        for shared in (*(retired for retired, _ in self._retired_shared), self.shared):
+        previous = [self._switched_from[0]] if self._switched_from is not None else []
+        for shared in (*self._retired.values(), *previous, self.shared):
             await shared.close()
-        self._retired_shared.clear()
+        self._retired.clear()
+        self._switched_from = None
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
         self.close()
 
     def close(self) -> None:

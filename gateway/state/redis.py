@@ -173,6 +173,11 @@ class RedisStore:
         self._connected = False
         self._closed = False
 
+    @property
+    def closed(self) -> bool:
+        """Whether ``close`` ran: the slots went back and the client is disconnected."""
+        return self._closed
+
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         import redis.asyncio as aioredis
@@ -180,8 +185,9 @@ class RedisStore:
         self._reasserting = asyncio.Lock()
         url = self.options.get("url")
         if url is not None:
+            # Named after the instance: CLIENT LIST on the Redis shows which gateway process holds a connection.
             kwargs: dict[str, Any] = {"socket_timeout": self.timeout, "socket_connect_timeout": self.timeout,
-                                      "retry_on_timeout": False}
+                                      "retry_on_timeout": False, "client_name": self.instance}
             if self.options.get("password"):
                 kwargs["password"] = self.options["password"]
             if self.options.get("ssl_ca_certs") and str(url).startswith("rediss://"):
@@ -210,6 +216,9 @@ class RedisStore:
                 with contextlib.suppress(StateUnavailable):  # else our owner expires by itself
                     await self._call("leave", [self._owners, *map(self._slot_key, keys)], [self.owner])
             await self.redis.aclose()
+        # Closed for good: a straggler (a connection of a retired table ending late) counts locally, never
+        # through a client that would connect again.
+        self.healthy = False
         self.local.active.clear()
 
     # -------------------------------------------------------------- slots
