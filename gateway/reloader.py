@@ -71,6 +71,7 @@ class Reloader:
         self._lock = asyncio.Lock()
         self._requested = 0
         self._served = 0
+        self.started = 0.0  # when the reload in progress began reading the tree (monotonic), for apply's log
 
     async def reload(self, trigger: str = "manual", checked: Config | None = None,
                      generation: int | None = None) -> dict[str, Any]:
@@ -85,7 +86,7 @@ class Reloader:
             if checked is None and self._served >= ticket and self.last is not None:
                 return self.last  # a reload that started after this request already read the tree
             self._served = self._requested
-            started = time.monotonic()
+            self.started = started = time.monotonic()
             try:
                 fields = await self._run(trigger, checked, generation)
             except Exception as exc:  # a bug, not a bad config: keep serving and say so

@@ -236,7 +236,6 @@ class Gateway:
 
         new = result.config
         assert new is not None and self.state is not None
-        started = time.monotonic()
         old_config, old_table = self.config, self.table
         switched = False
         try:
@@ -263,6 +262,8 @@ class Gateway:
             return {"ok": False, "error": f"cannot listen: {exc}"}
         # The swap: from here on new upgrades use the new table.
         self._table, self.config = table, new
+        if switched:
+            self.state.commit_shared()  # the backend switched from closes once no table compiled against it is open
         table.activate()
         self.health.sync(table)
         self.drain_grace = new.settings.drain_grace
@@ -273,15 +274,13 @@ class Gateway:
         if self._start_echo:
             problems += await self._follow_echo_servers(new)
         self.registry.retire(old_table)
-        if switched:
-            self.state.commit_shared()  # the backend switched from closes once no table compiled against it is open
         self.metrics.declare(new, table.generation, table.digest)
         log.info("reload_applied", trigger=trigger, digest=table.digest, generation=table.generation,
                  old_digest=old_table.digest, plan=render_text(plan).rstrip("\n").splitlines(),
                  files_changed=sorted(k for k, v in new.file_fingerprints.items()
                                       if old_config.file_fingerprints.get(k) != v),
                  drained=closed["drained"], revoked=closed["revoked"],
-                 seconds=round(time.monotonic() - started, 4))
+                 seconds=round(time.monotonic() - self.reloader.started, 4))
         return {"ok": True, "old_digest": old_table.digest, "problems": problems,
                 "plan": {"add": plan.count("create"), "change": plan.count("update"),
                          "destroy": plan.count("destroy")}, **closed}

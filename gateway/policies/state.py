@@ -369,7 +369,7 @@ class PolicyState:
             return False
         from ..state import open_state
 
-        assert self._switched_from is None, "a switch is already in progress"
+        self.commit_shared()  # a switch neither reverted nor committed (its reload crashed after the swap) stays
         shared = open_state(settings, env, ca_file=ca_file)
         await shared.start()
         self._switched_from = (self.shared, self.shared_settings)
