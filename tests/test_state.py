@@ -363,3 +363,27 @@ async def test_cluster_wide_rate_limit_through_redis(tmp_path, redis_server):
                 for task in readers:
                     task.cancel()
             assert len(set(received)) == 4
+
+
+async def test_two_reverts_restore_each_backend_with_its_own_settings(redis_server):
+    """After switching memory → Redis A → Redis B, each revert restores the backend together with the settings
+    that built it, so the config's A afterwards switches to A again instead of passing for the one in use."""
+    from gateway.policies.state import PolicyState
+
+    def settings(prefix: str) -> RedisState:
+        return RedisState(backend="redis", url=redis_server.url, key_prefix=prefix, heartbeat=0.5, timeout=0.3)
+
+    state = PolicyState()
+    memory = state.shared
+    try:
+        assert await state.use_shared(settings("first"), {})
+        first = state.shared
+        assert await state.use_shared(settings("second"), {})
+        await state.revert_shared()
+        assert state.shared is first and state.shared_settings == settings("first")
+        await state.revert_shared()
+        assert state.shared is memory and state.shared_settings is None
+        assert await state.use_shared(settings("first"), {})  # back to Redis A: a switch, not "already in use"
+        assert state.shared.backend == "redis" and state.shared_settings == settings("first")
+    finally:
+        await state.aclose()
