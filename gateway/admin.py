@@ -122,8 +122,9 @@ async def reload_now(gateway: Gateway) -> tuple[int, Any]:
 
 
 def connections(gateway: Gateway) -> tuple[int, Any]:
-    """Counts, and what each relayed connection was accepted with: ``plan --from`` decides each as a reload would
-    (credentials only as the SHA-256 digests ``/config`` shows too)."""
+    """Counts, and what each relayed connection was accepted with: ``plan --from`` decides each as a reload would.
+    A credential shows only as the fingerprint of the configuration entry it matched, never a digest of the
+    secret (gateway/credentials.py)."""
     from .impact import accepted_from
 
     accepted = [accepted_from(record) for record in gateway.registry.live if record.relay is not None]

@@ -12,7 +12,17 @@ from typing import Any
 
 from .build_counts import count
 from .config.tree import Config
-from .credentials import basic_digest, certificate_digest, configured_digest, jwt_client_digest, key_digest
+from .credentials import (
+    api_key_fingerprint,
+    basic_digest,
+    basic_fingerprint,
+    certificate_digest,
+    certificate_fingerprint,
+    configured_digest,
+    jwt_client_digest,
+    jwt_client_fingerprint,
+    key_digest,
+)
 from .hashes import VerifiedCache, slow_hash_kind, verify_slow_hash
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -41,6 +51,11 @@ class AppIndex:
     verifiers: Mapping[str, Any] = field(default_factory=dict)  # API -> jwt_keys.JWTVerifier of its identify policy
     certificates: Mapping[str, str] = field(default_factory=dict)  # CertificateIdentifier.key() -> app
     verified: VerifiedCache = field(default_factory=VerifiedCache)  # recent bcrypt/argon2 successes
+    # What leaves the process instead of a digest (gateway/credentials.py): the fingerprint of the configuration
+    # entry each credential digest came from, and app -> the fingerprints of all its entries (`{env: ...}` ones
+    # whether their variable is set or not: plan --from decides with them on a machine without those variables).
+    entries: Mapping[str, str] = field(default_factory=dict)  # credential digest -> entry fingerprint
+    fingerprints: Mapping[str, frozenset[str]] = field(default_factory=dict)  # app -> entry fingerprints
 
     @classmethod
     def build(cls, config: Config, env: Mapping[str, str] | None = None) -> AppIndex:
@@ -55,13 +70,18 @@ class AppIndex:
         basic_users: dict[str, tuple[str, str]] = {}
         credential_digests: dict[str, frozenset[str]] = {}
         certificates: dict[str, str] = {}
+        entries: dict[str, str] = {}
+        fingerprints: dict[str, frozenset[str]] = {}
         for name, loaded in config.applications.items():
             app = loaded.model
             mine = set()
+            printed: set[str] = set()
             for entry in app.identifiers.api_keys:
                 digest = configured_digest(entry, env)
+                printed.add(api_key_fingerprint(entry))
                 if digest is not None:
                     keys.setdefault(digest, name)  # a key claimed twice is a config error; first wins
+                    entries.setdefault(digest, api_key_fingerprint(entry))
                     mine.add(digest)
             digests[name] = frozenset(mine)
             for ip in app.identifiers.ips:
@@ -76,22 +96,31 @@ class AppIndex:
             for client in app.identifiers.jwt_clients:
                 jwt_clients.setdefault(client, name)  # claimed twice is a config error; first wins
                 others.add(jwt_client_digest(client))
+                entries.setdefault(jwt_client_digest(client), jwt_client_fingerprint(client))
+                printed.add(jwt_client_fingerprint(client))
             for user in app.identifiers.basic:
                 # A bcrypt/argon2 hash is kept as written (it starts with `$`, a hex digest never does).
                 written = user.password
                 slow = isinstance(written, str) and slow_hash_kind(written) is not None
                 password = written if isinstance(written, str) and slow else configured_digest(written, env)
+                printed.add(basic_fingerprint(user.username, written, slow))
                 if password is not None and user.username not in basic_users:
                     basic_users[user.username] = (password, name)
                     others.add(basic_digest(user.username, password))
+                    entries.setdefault(basic_digest(user.username, password),
+                                       basic_fingerprint(user.username, written, slow))
             for identifier in app.identifiers.certificates:
                 certificates.setdefault(identifier.key(), name)  # claimed twice is a config error; first wins
                 others.add(certificate_digest(identifier.key()))
+                entries.setdefault(certificate_digest(identifier.key()), certificate_fingerprint(identifier.key()))
+                printed.add(certificate_fingerprint(identifier.key()))
             credential_digests[name] = frozenset(others)
+            fingerprints[name] = frozenset(printed)
         # Most specific network first, so a /32 beats the /8 that contains it.
         networks.sort(key=lambda item: item[0].prefixlen, reverse=True)
         return cls(keys, tuple(networks), hostnames, registrations, digests, jwt_clients, basic_users,
-                   credential_digests, _verifiers(config, env), certificates)
+                   credential_digests, _verifiers(config, env), certificates, entries=entries,
+                   fingerprints=fingerprints)
 
     def by_api_key(self, presented: str) -> str | None:
         digest = key_digest(presented)
@@ -128,6 +157,11 @@ class AppIndex:
 
     def key_digests(self, app: str) -> frozenset[str]:
         return self.digests.get(app, frozenset())
+
+    def entry_fingerprint(self, digest: str) -> str | None:
+        """The fingerprint of the configuration entry a matched credential's digest came from (what the admin
+        shows of it; the digest itself stays in the process)."""
+        return self.entries.get(digest)
 
     def by_jwt_client(self, client: str) -> str | None:
         return self.jwt_clients.get(client)

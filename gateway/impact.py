@@ -60,31 +60,38 @@ CLOSE_CODES = {Action.DRAIN: DRAIN_CODE, Action.REVOKE: REVOKE_CODE}
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
-    """What a live connection was accepted with (credentials only as SHA-256 digests)."""
+    """What a live connection was accepted with (credentials only as digests and entry fingerprints)."""
 
     port: str
     api: str
     application: str | None = None
     identified_by: str | None = None  # "api_key", "ip", "hostname", "jwt", "basic", "certificate", "anonymous"
-    # Of the API key, of the basic user and password, of the JWT client id or of the certificate identifier.
+    # Of the API key, of the basic user and password, of the JWT client id or of the certificate identifier:
+    # what the reload revokes by. In this process only: an unsalted digest of a weak secret is crackable.
     key_digest: str | None = None
     peer_ip: str = ""
     hostname: str | None = None  # the reverse-DNS name it was identified by
+    # The fingerprint of the configuration entry the credential matched (gateway/credentials.py): what the
+    # admin's /connections shows instead of the digest, and what plan --from decides by.
+    entry_fingerprint: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """As the admin's ``/connections`` lists it: everything but the credential's digest."""
+        data = dataclasses.asdict(self)
+        del data["key_digest"]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Accepted:
-        """The inverse of :meth:`to_dict` (as the admin's ``/connections`` lists them)."""
+        """The inverse of :meth:`to_dict` (as the admin's ``/connections`` lists them; no ``key_digest``)."""
 
         def text(name: str) -> str | None:
             value = data.get(name)
             return value if isinstance(value, str) else None
 
         return cls(port=text("port") or "", api=text("api") or "", application=text("application"),
-                   identified_by=text("identified_by"), key_digest=text("key_digest"),
-                   peer_ip=text("peer_ip") or "", hostname=text("hostname"))
+                   identified_by=text("identified_by"), peer_ip=text("peer_ip") or "",
+                   hostname=text("hostname"), entry_fingerprint=text("entry_fingerprint"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,10 +316,15 @@ class Impact:
         app = accepted.application or ""
         apps = self.new_apps
         method = accepted.identified_by
-        if method == "api_key":
-            return accepted.key_digest is None or accepted.key_digest not in apps.key_digests(app)
-        if method in ("basic", "jwt", "certificate"):
-            return accepted.key_digest is None or accepted.key_digest not in apps.credential_digests.get(app, ())
+        if method in ("api_key", "basic", "jwt", "certificate"):
+            if accepted.key_digest is not None:  # in the process (the reload): the credential's own digest
+                held = apps.key_digests(app) if method == "api_key" else apps.credential_digests.get(app, ())
+                return accepted.key_digest not in held
+            # From the admin's /connections (plan --from): the configuration entry it matched. A key moved
+            # between the file and the environment counts as gone here, though the reload keeps it when the
+            # variable holds the same key: plan cannot know the gateway's environment.
+            fingerprint = accepted.entry_fingerprint
+            return fingerprint is None or fingerprint not in apps.fingerprints.get(app, ())
         if method == "ip":
             return not apps.ip_names(accepted.peer_ip, app)
         if method == "hostname":
@@ -334,6 +346,7 @@ def accepted_from(record: Any) -> Accepted | None:
         key_digest=conn.metadata.get("key_digest"),
         peer_ip=conn.peer[0] if conn.peer else "",
         hostname=conn.metadata.get("hostname"),
+        entry_fingerprint=conn.metadata.get("entry_fingerprint"),
     )
 
 

@@ -6,7 +6,10 @@ as a digest (an unsalted SHA-256 of a weak password is crackable): each one
 written in the config is a numbered placeholder, ``{env: VARIABLE}`` ones stay
 variable names. The desired config's keys are compared in the same form
 (``redacted_credentials``), so such a plan sees keys added, removed or moved to
-the environment, but not a key replaced by another in place.
+the environment, but not a key replaced by another in place. ``/connections``
+shows the credential of each live connection only as the fingerprint of the
+configuration entry it matched (gateway/credentials.py), which the desired
+tree yields too: whether the plan revokes a connection is decided by that.
 """
 
 from __future__ import annotations
@@ -16,12 +19,15 @@ import os
 import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config.models import API, Application, EchoServer, EnvKey, Gateway, Port
 from .config.tree import Config, Loaded, Location
 from .impact import Disruption
 from .plan import Drift
+
+if TYPE_CHECKING:
+    from .apps import AppIndex
 
 MODELS: dict[str, type[Port | API | Application | EchoServer | Gateway]] = {
     "Port": Port, "API": API, "Application": Application, "EchoServer": EchoServer, "Gateway": Gateway,
@@ -75,20 +81,22 @@ def redacted_credentials(config: Config) -> Config:
                   echo_servers=config.echo_servers, gateway=config.gateway)
 
 
-def live_counter(counts: Mapping[str, Any], current: Config,
-                 desired: Config) -> Callable[[Disruption], int | None]:
+def live_counter(counts: Mapping[str, Any], current: Config, desired: Config,
+                 desired_apps: AppIndex) -> Callable[[Disruption], int | None]:
     """A ``Plan.with_live_counts`` callback from the admin's ``/connections`` answer.
 
     Each live connection is decided by :class:`gateway.impact.Impact`, exactly as the reload will decide it,
     and counted under the disruption that ends it. None (not shown) when the gateway lists no connections.
+    ``desired`` is compared as ``/config`` shows the running one (:func:`redacted_credentials`);
+    ``desired_apps`` is built from the tree as written, so the fingerprints of its credential entries can be
+    compared with those ``/connections`` shows.
     """
-    from .apps import AppIndex
     from .impact import Accepted, Action, Impact
 
     records = counts.get("connections")
     if not isinstance(records, list):
         return lambda disruption: None
-    impact = Impact(current, desired, AppIndex.build(desired))
+    impact = Impact(current, desired, desired_apps)
     ends = [impact.decide(Accepted.from_dict(record)).disruption for record in records if isinstance(record, dict)]
 
     accepted = [Accepted.from_dict(record) for record in records if isinstance(record, dict)]

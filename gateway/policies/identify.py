@@ -126,7 +126,7 @@ class Identify(Policy):
                     app = self.apps.by_api_key(keys[0])
                     if app is not None:
                         found = (app, "api_key")
-                        conn.metadata["key_digest"] = key_digest(keys[0])  # for revocation; never the key
+                        self._identified(conn, key_digest(keys[0]))
                     else:
                         problems.append("unknown API key")
                 else:
@@ -159,7 +159,7 @@ class Identify(Policy):
                     problems.append("unknown client")
                     continue
                 found = (app, "jwt")
-                conn.metadata["key_digest"] = jwt_client_digest(client)  # for revocation; never the token
+                self._identified(conn, jwt_client_digest(client))
                 if expires is not None and self.spec.jwt is not None and self.spec.jwt.close_at_expiry:
                     conn.metadata["expires_at"] = expires + self.spec.jwt.leeway  # the relay closes it then
             elif method == "basic":
@@ -175,7 +175,7 @@ class Identify(Policy):
                     problems.append("bad credentials")
                     continue
                 found = (matched[0], "basic")
-                conn.metadata["key_digest"] = matched[1]  # digest of user and stored password digest
+                self._identified(conn, matched[1])  # digest of user and stored password digest
             elif method == "certificate":
                 if request.client_cert is None:
                     problems.append("missing client certificate")
@@ -185,7 +185,7 @@ class Identify(Policy):
                     problems.append("unknown client certificate")
                     continue
                 found = (matched[0], "certificate")
-                conn.metadata["key_digest"] = matched[1]  # the matched identifier's digest, for revocation
+                self._identified(conn, matched[1])  # the matched identifier's digest
             if found:
                 break
         if found is None:
@@ -204,6 +204,15 @@ class Identify(Policy):
             return self._refuse(f"application {app} is not registered to API {self.api}")
         conn.application = ApplicationRef(app, identified_by)
         return None
+
+    def _identified(self, conn: ConnectionContext, digest: str) -> None:
+        """Remember what identified ``conn``: the credential's digest, for the reload's revocation (it stays in
+        the process; never the key, password or token), and the fingerprint of the configuration entry it
+        matched, which is all the admin's ``/connections`` shows of it (gateway/credentials.py)."""
+        conn.metadata["key_digest"] = digest
+        fingerprint = self.apps.entry_fingerprint(digest)
+        if fingerprint is not None:
+            conn.metadata["entry_fingerprint"] = fingerprint
 
     def _verify(self, token: str) -> tuple[str, str | None, float | None]:
         """(problem, None, None) for an unacceptable token, else ("", client id, expiry)."""
