@@ -23,7 +23,7 @@ from .credentials import (
     jwt_client_fingerprint,
     key_digest,
 )
-from .hashes import VerifiedCache, slow_hash_kind, verify_slow_hash
+from .hashes import VerifiedCache, dummy_hash, slow_hash_kind, verify_slow_hash
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -56,6 +56,10 @@ class AppIndex:
     # whether their variable is set or not: plan --from decides with them on a machine without those variables).
     entries: Mapping[str, str] = field(default_factory=dict)  # credential digest -> entry fingerprint
     fingerprints: Mapping[str, frozenset[str]] = field(default_factory=dict)  # app -> entry fingerprints
+    # Once any basic password is a bcrypt/argon2 hash, every basic check costs one verification of that cost:
+    # an unknown user, or one whose password is a fast digest, is verified against this hash (no password
+    # matches it), so timing tells no user names.
+    dummy_hash: str | None = None
 
     @classmethod
     def build(cls, config: Config, env: Mapping[str, str] | None = None) -> AppIndex:
@@ -120,7 +124,8 @@ class AppIndex:
         networks.sort(key=lambda item: item[0].prefixlen, reverse=True)
         return cls(keys, tuple(networks), hostnames, registrations, digests, jwt_clients, basic_users,
                    credential_digests, _verifiers(config, env), certificates, entries=entries,
-                   fingerprints=fingerprints)
+                   fingerprints=fingerprints,
+                   dummy_hash=dummy_hash([password for password, _ in basic_users.values()]))
 
     def by_api_key(self, presented: str) -> str | None:
         digest = key_digest(presented)
@@ -174,7 +179,7 @@ class AppIndex:
         """
         presented = key_digest(password)
         stored, app = self.basic_users.get(username, (_NO_PASSWORD, ""))
-        if stored.startswith("$"):  # a slow hash: only by_basic_slow (in a thread) or the cache may say yes
+        if self.basic_check_is_slow(username):  # only by_basic_slow (in a thread) or the cache may say yes
             return self.basic_cached(username, password)
         if hmac.compare_digest(presented, stored) and app:
             return app, basic_digest(username, stored)
@@ -188,26 +193,35 @@ class AppIndex:
                 return app, certificate_digest(key)
         return None
 
-    def slow_basic_user(self, username: str) -> bool:
-        """Whether ``username``'s password is a bcrypt/argon2 hash (verify it with :meth:`by_basic_slow`)."""
-        return self.basic_users.get(username, (_NO_PASSWORD, ""))[0].startswith("$")
+    def basic_check_is_slow(self, username: str) -> bool:
+        """Whether checking ``username`` costs a bcrypt/argon2 verification (run :meth:`by_basic_slow` in a
+        thread): for every user name, known or not, once any basic password is such a hash."""
+        return self.dummy_hash is not None or self.basic_users.get(username, (_NO_PASSWORD, ""))[0].startswith("$")
 
     def basic_cached(self, username: str, password: str) -> tuple[str, str] | None:
-        """A slow-hash user whose password was verified within the cache's lifetime (cheap: on the loop)."""
+        """A user whose password was verified within the cache's lifetime (cheap: on the loop)."""
         stored, app = self.basic_users.get(username, (_NO_PASSWORD, ""))
         if app and self.verified.hit(VerifiedCache.key(username, password, stored), time.monotonic()):
             return app, basic_digest(username, stored)
         return None
 
     def by_basic_slow(self, username: str, password: str) -> tuple[str, str] | None:
-        """Like :meth:`by_basic` for a bcrypt/argon2 user: blocking for ~0.1-1 s, so run it in a thread."""
+        """Like :meth:`by_basic` when :meth:`basic_check_is_slow`: blocking for ~0.1-1 s, so run it in a thread.
+
+        Exactly one slow verification whoever asks: a bcrypt/argon2 user's own hash; for an unknown user or
+        one whose password is a fast digest, :attr:`dummy_hash` (its answer ignored), then the digest compare.
+        """
         stored, app = self.basic_users.get(username, (_NO_PASSWORD, ""))
-        if not app or not stored.startswith("$") or not verify_slow_hash(stored, password):
-            return None
-        return app, basic_digest(username, stored)
+        if stored.startswith("$"):
+            matched = verify_slow_hash(stored, password)
+        else:
+            if self.dummy_hash is not None:
+                verify_slow_hash(self.dummy_hash, password)
+            matched = hmac.compare_digest(key_digest(password), stored)
+        return (app, basic_digest(username, stored)) if matched and app else None
 
     def remember_basic(self, username: str, password: str) -> None:
-        """Cache a successful slow verification (called on the loop, after :meth:`by_basic_slow`)."""
+        """Cache a successful :meth:`by_basic_slow` (called on the loop, after it)."""
         stored, _ = self.basic_users.get(username, (_NO_PASSWORD, ""))
         self.verified.add(VerifiedCache.key(username, password, stored), time.monotonic())
 

@@ -7,9 +7,13 @@ come with the ``wsgate[hashes]`` extra and are imported only when a hash of thei
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import importlib.util
 import re
+import secrets
+from collections import Counter
+from collections.abc import Iterable
 
 _BCRYPT = re.compile(r"^\$2[aby]\$\d{2}\$[./A-Za-z0-9]{53}$")
 _ARGON2 = re.compile(r"^\$argon2(id|i|d)\$v=\d+\$m=\d+,t=\d+,p=\d+\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+$")
@@ -54,6 +58,41 @@ def verify_slow_hash(stored: str, password: str) -> bool:
         return bool(PasswordHasher().verify(stored, password))
     except (Argon2Error, InvalidHashError):
         return False
+
+
+def cost_of(stored: str) -> str:
+    """The scheme and cost part of a bcrypt/argon2 hash (``$2b$12$``, ``$argon2id$v=19$m=65536,t=3,p=4$``):
+    what a verification against it costs, without its salt and digest."""
+    if slow_hash_kind(stored) == "bcrypt":
+        return stored[:7]
+    return stored.rsplit("$", 2)[0] + "$"
+
+
+_BCRYPT_ALPHABET = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def dummy_hash(stored: Iterable[str]) -> str | None:
+    """A hash no password matches (random salt and digest) of the scheme and cost most of ``stored`` use: what
+    an unknown user's password is verified against, so that costs what a known user's does. None if
+    ``stored`` holds no bcrypt/argon2 hash."""
+    hashes = [h for h in stored if slow_hash_kind(h) is not None]
+    if not hashes:
+        return None
+    cost = Counter(cost_of(h) for h in hashes).most_common(1)[0][0]
+    like = next(h for h in hashes if cost_of(h) == cost)
+    if cost.startswith("$2"):
+        # bcrypt's salt is 22 characters whose last one carries 2 unused bits: gensalt writes a canonical one
+        # (cheap: no hashing), then 31 characters of digest.
+        import bcrypt
+
+        salt = bcrypt.gensalt(int(cost[4:6]), prefix=b"2a" if cost.startswith("$2a") else b"2b").decode()
+        return salt + "".join(secrets.choice(_BCRYPT_ALPHABET) for _ in range(31))
+
+    def random_b64(like_part: str) -> str:  # the same decoded length as the configured hash's part
+        return base64.b64encode(secrets.token_bytes(len(like_part) * 3 // 4)).decode().rstrip("=")
+
+    salt, digest = like.rsplit("$", 2)[1:]
+    return f"{cost}{random_b64(salt)}${random_b64(digest)}"
 
 
 class VerifiedCache:

@@ -114,3 +114,77 @@ apis: [Slow]
     line = 5 + (PORT + api_yaml("Slow", "/slow", "ws://127.0.0.1:9/")).count("\n") + 2
     assert ("WSG251", line) in found and ("WSG181", line + 1) in found
     assert not any(line + 2 <= at for code, at in found if code in ("WSG200", "WSG251", "WSG181")), found
+
+
+def test_unknown_and_fast_hashed_users_cost_one_slow_verification_like_known_ones(tmp_path, monkeypatch):
+    """With a bcrypt user configured, every basic upgrade that is not remembered costs exactly one bcrypt
+    verification of that cost: a known user's against their hash; an unknown user's, and a user's whose
+    password is a sha256 digest, against a dummy hash (which no password matches), so timing tells no names."""
+    from support import echo_backend
+
+    quick_hash = bcrypt.hashpw(BCRYPT_PASSWORD.encode(), bcrypt.gensalt(4)).decode()
+    fast_password = "digest pass phrase"
+    checks: list[str] = []
+    real = gateway.apps.verify_slow_hash
+
+    def counting(stored: str, password: str) -> bool:
+        checks.append(stored)
+        return real(stored, password)
+
+    monkeypatch.setattr(gateway.apps, "verify_slow_hash", counting)
+    identify = "policies:\n  - type: identify\n    by: [basic]\n"
+    app = f"""\
+kind: Application
+name: app
+identifiers:
+  basic:
+    - {{username: bee, password: "{quick_hash}"}}
+    - {{username: fast, password: "sha256:{hashlib.sha256(fast_password.encode()).hexdigest()}"}}
+apis: [Slow]
+"""
+
+    async def status(gw, user: str, password: str) -> int:
+        try:
+            async with connect(gw_url(gw, "/slow"), additional_headers=basic(user, password)):
+                return 101
+        except InvalidStatus as refused:
+            return refused.response.status_code
+
+    async def scenario() -> list[tuple[str, int, list[str]]]:
+        out = []
+        async with echo_backend() as backend:
+            url = backend.url("/echo/")
+            config = write_config(tmp_path, PORT, api_yaml("Slow", "/slow", url, extra=identify), app)
+            async with running_gateway(config) as gw:
+                for label, user, password in (("unknown", "nobody", "guess"), ("known, wrong", "bee", "guess"),
+                                              ("known", "bee", BCRYPT_PASSWORD), ("fast, wrong", "fast", "guess"),
+                                              ("fast", "fast", fast_password), ("fast again", "fast", fast_password),
+                                              ("unknown again", "nobody", "guess")):
+                    checks.clear()
+                    out.append((label, await status(gw, user, password), list(checks)))
+        return out
+
+    results = {label: (code, stored) for label, code, stored in run(scenario())}
+    assert {label: code for label, (code, _) in results.items()} == {
+        "unknown": 401, "known, wrong": 401, "known": 101, "fast, wrong": 401, "fast": 101, "fast again": 101,
+        "unknown again": 401}
+    assert results["known, wrong"][1] == [quick_hash] and results["known"][1] == [quick_hash]
+    assert results["fast again"][1] == []  # a success is remembered, as for a bcrypt user
+    for label in ("unknown", "fast, wrong", "fast", "unknown again"):
+        [dummy] = results[label][1]  # exactly one verification, of bee's scheme and cost, against no real hash
+        assert dummy.startswith("$2b$04$") and dummy != quick_hash, label
+
+
+def test_the_dummy_hash_takes_the_most_common_scheme_and_cost():
+    """The dummy an unknown user is checked against has the scheme and cost most configured hashes use, is well
+    formed, and matches no password; with no slow hash configured there is none."""
+    from gateway.hashes import cost_of, dummy_hash, slow_hash_problem, verify_slow_hash
+
+    quick = [bcrypt.hashpw(b"x", bcrypt.gensalt(4)).decode() for _ in range(2)]
+    dummy = dummy_hash([ARGON_HASH, *quick, "sha256:" + "0" * 64])
+    assert dummy is not None and cost_of(dummy) == "$2b$04$" and slow_hash_problem(dummy) is None
+    assert not verify_slow_hash(dummy, "x")
+    argon = dummy_hash([ARGON_HASH])
+    assert argon is not None and cost_of(argon) == cost_of(ARGON_HASH) and slow_hash_problem(argon) is None
+    assert len(argon) == len(ARGON_HASH) and not verify_slow_hash(argon, ARGON_PASSWORD)
+    assert dummy_hash(["sha256:" + "0" * 64]) is None

@@ -92,12 +92,13 @@ class Identify(Policy):
         return self._decide(request, conn, None, auth)
 
     def _slow_basic(self, auth: dict[str, list[str]]) -> tuple[str, str] | None:
-        """The (user, password) presented, when verifying it needs a bcrypt/argon2 hash not recently verified."""
+        """The (user, password) presented, when checking it costs a bcrypt/argon2 verification (any user name,
+        known or not, once a basic password is such a hash) and it was not recently verified."""
         presented = auth.get("basic", [])
         if len(presented) != 1:
             return None
         pair = decode_basic(presented[0])
-        if pair is None or not self.apps.slow_basic_user(pair[0]) or self.apps.basic_cached(*pair) is not None:
+        if pair is None or not self.apps.basic_check_is_slow(pair[0]) or self.apps.basic_cached(*pair) is not None:
             return None
         return pair
 
