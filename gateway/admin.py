@@ -22,6 +22,7 @@ import json
 import os
 import ssl
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -72,7 +73,7 @@ def admin_access(config: Config, host: str, env: Mapping[str, str] | None = None
             log.error("admin_token_unset", effect="protected admin endpoints answer 401",
                       variable=settings.token.env)
     elif settings.token_file is not None and gateway is not None:
-        token = gateway.resolve(settings.token_file).read_text(encoding="utf-8").strip() or None
+        token = read_token_file(gateway.resolve(settings.token_file))
     protected = settings.token is not None or settings.token_file is not None
     if not protected and not is_loopback(host):
         raise ValueError(f"the admin listener on {host}, beyond loopback, needs a token (admin.token)")
@@ -81,6 +82,11 @@ def admin_access(config: Config, host: str, env: Mapping[str, str] | None = None
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(gateway.resolve(settings.tls.cert), gateway.resolve(settings.tls.key))
     return {"token": token, "protected": protected, "ssl_context": context}
+
+
+def read_token_file(path: Path) -> str | None:
+    """The admin token a ``token_file`` holds, whitespace trimmed (None: the file is empty)."""
+    return path.read_text(encoding="utf-8").strip() or None
 
 
 def _redacted(model: Any) -> dict[str, Any]:
@@ -240,6 +246,43 @@ class AdminServer:
                 if scheme.lower() == b"bearer":
                     presented = credentials.strip()
         return hmac.compare_digest(presented, self._token)
+
+    def refresh(self, config: Config) -> list[str]:
+        """Re-read the Gateway resource's admin ``token_file`` and TLS certificate (called by a reload): the next
+        request wants the new token, the next handshake shows the new certificate. A file that cannot be read,
+        is empty or does not load keeps the last good one (a warning, and a problem as text for the reload's
+        outcome). Whether the admin wants a token or TLS at all, and a token from the environment, are fixed at
+        start."""
+        settings, gateway = config.settings.admin, config.gateway
+        problems: list[str] = []
+        if gateway is None:
+            return problems
+        if settings.token_file is not None and self._protected:
+            path = gateway.resolve(settings.token_file)
+            try:
+                token = read_token_file(path)
+            except (OSError, UnicodeDecodeError) as exc:
+                # The error's class only: a decode error's text quotes a byte of the file.
+                token, why = None, f"cannot read it ({type(exc).__name__})"
+            else:
+                why = "it is empty"
+            if token is None:
+                log.warning("admin_token_reload_failed", kept="the last good token", file=str(path), reason=why)
+                problems.append(f"admin token file {path}: {why}; the last good token stays")
+            elif token.encode() != self._token:
+                self._token = token.encode()
+                log.info("admin_token_reloaded", file=str(path))
+        if settings.tls is not None and self._ssl is not None:
+            cert, key = gateway.resolve(settings.tls.cert), gateway.resolve(settings.tls.key)
+            try:
+                # A scratch context first: a failed load into the live one could leave it half-updated.
+                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+                self._ssl.load_cert_chain(cert, key)
+            except (OSError, ssl.SSLError) as exc:
+                log.warning("admin_certificate_reload_failed", kept="the previous certificate", cert=str(cert),
+                            error=str(exc))
+                problems.append(f"admin certificate {cert}: {exc}; the previous certificate stays")
+        return problems
 
     async def stop(self) -> None:
         if self._server is not None:

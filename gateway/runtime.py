@@ -270,6 +270,8 @@ class Gateway:
         self.shutdown_timeout = new.settings.shutdown_timeout
         self.loaded_at = time.time()
         problems = await self._follow_ports(old_config, new, table, started_ports, artefacts)
+        if self.admin is not None:
+            problems += self.admin.refresh(new)  # its token file and certificate, re-read
         closed = self._settle_connections(impact)
         if self._start_echo:
             problems += await self._follow_echo_servers(new)

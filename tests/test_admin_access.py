@@ -106,6 +106,50 @@ def test_token_file_and_tls(tmp_path):
     run(scenario())
 
 
+def test_a_reload_rereads_the_token_file_and_the_certificate(tmp_path):
+    """After a reload the admin wants the token file's new token and shows the new certificate; an emptied token
+    file or a broken certificate keeps the last good one, with a warning that quotes neither."""
+    from structlog.testing import capture_logs
+
+    first_ca, second_ca = trustme.CA(), trustme.CA()
+    root = tmp_path / "config"
+    root.mkdir()
+    first_ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(root / "admin.pem"))
+    (root / "admin-token").write_text(TOKEN + "\n")
+    new_token = "rotated-admin-token-" + "9" * 20
+    first_client, second_client = ssl.create_default_context(), ssl.create_default_context()
+    first_ca.configure_trust(first_client)
+    second_ca.configure_trust(second_client)
+
+    async def status(gw, token: str, client: ssl.SSLContext) -> int:
+        admin = f"https://127.0.0.1:{gw.admin.port}"
+        return (await http_request(admin, request("GET", "/connections", token), ssl=client)).status
+
+    async def scenario():
+        config = config_for(tmp_path, "  token_file: admin-token\n  tls: {cert: admin.pem, key: admin.pem}\n")
+        async with running_gateway(config, paths=[root], env={"APP_KEY": "k", "BOB_PASSWORD": "p"}) as gw:
+            assert await status(gw, TOKEN, first_client) == 200
+            (root / "admin-token").write_text(new_token + "\n")
+            second_ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(root / "admin.pem"))
+            outcome = await gw.reload("test")
+            assert outcome["ok"] and not outcome["problems"], outcome
+            assert await status(gw, TOKEN, second_client) == 401
+            assert await status(gw, new_token, second_client) == 200
+            with pytest.raises(ssl.SSLCertVerificationError):
+                await status(gw, new_token, first_client)
+            (root / "admin-token").write_text(" \n")
+            (root / "admin.pem").write_text("-----BEGIN CERTIFICATE-----\nnot a certificate\n")
+            with capture_logs() as logs:
+                outcome = await gw.reload("test")
+            assert outcome["ok"] and len(outcome["problems"]) == 2, outcome
+            assert {e["event"] for e in logs if e["log_level"] == "warning"} >= {
+                "admin_token_reload_failed", "admin_certificate_reload_failed"}
+            assert new_token not in repr(logs) and TOKEN not in repr(logs)
+            assert await status(gw, new_token, second_client) == 200
+
+    run(scenario())
+
+
 def test_validate_refuses_a_public_admin_without_a_token(tmp_path):
     """`admin.host: 0.0.0.0` without a token is WSG180; with a token it is fine."""
     write_config(tmp_path, PORT)
@@ -191,5 +235,29 @@ async def test_the_worker_supervisors_admin_wants_the_token_too(tmp_path, monkey
             assert (await http_request(admin, request(method, path, "wrong"))).status == 401, path
         answer = await http_request(admin, request("GET", "/config", TOKEN))
         assert answer.status == 200 and LITERAL_KEY not in answer.body.decode()
+    finally:
+        await gateway.kill()
+
+
+async def test_the_worker_supervisors_reload_rereads_the_token_file(tmp_path, monkeypatch):
+    """`wsgate run --workers 2`: after a reload the supervisor's admin wants the token file's new token."""
+    from process_support import start_wsgate
+
+    monkeypatch.setenv("APP_KEY", "k")
+    monkeypatch.setenv("BOB_PASSWORD", "p")
+    token_file = tmp_path / "config" / "admin-token"
+    token_file.parent.mkdir()
+    token_file.write_text(TOKEN + "\n")
+    config_for(tmp_path, "  token_file: admin-token\n")
+    new_token = "rotated-admin-token-" + "8" * 20
+    gateway = await start_wsgate(tmp_path / "config", "--workers", "2")
+    try:
+        admin = f"http://127.0.0.1:{gateway.ports['admin']}"
+        assert (await http_request(admin, request("GET", "/config", TOKEN))).status == 200
+        token_file.write_text(new_token + "\n")
+        answer = await http_request(admin, request("POST", "/reload", TOKEN))
+        assert answer.status == 200 and answer.json()["ok"], answer.body
+        assert (await http_request(admin, request("GET", "/config", TOKEN))).status == 401
+        assert (await http_request(admin, request("GET", "/config", new_token))).status == 200
     finally:
         await gateway.kill()

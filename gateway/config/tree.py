@@ -87,6 +87,14 @@ class Config:
                     out[f"Port/{name}/tls.sni[{i}].key"] = port.resolve(sni.key)
                 if tls.client_certificates is not None:
                     out[f"Port/{name}/tls.client_certificates.ca_file"] = port.resolve(tls.client_certificates.ca_file)
+        if self.gateway is not None:
+            # The admin's token file and certificate: a reload re-reads them when they change (gateway/admin.py).
+            admin, name = self.gateway.model.admin, self.gateway.model.name
+            if admin.token_file is not None:
+                out[f"Gateway/{name}/admin.token_file"] = self.gateway.resolve(admin.token_file)
+            if admin.tls is not None:
+                out[f"Gateway/{name}/admin.tls.cert"] = self.gateway.resolve(admin.tls.cert)
+                out[f"Gateway/{name}/admin.tls.key"] = self.gateway.resolve(admin.tls.key)
         for name, api in self.apis.items():
             upstream_tls = api.model.upstream.tls
             for attr in ("ca_file", "cert", "key"):

@@ -294,6 +294,8 @@ class Supervisor:
         if applied == 0:  # nobody serves it: keep the last good config for the workers started from now on
             self.config, self.generation = old_config, old_generation
             self.reserve_ports(old_config)
+        elif self.admin is not None:
+            self.admin.refresh(new)  # its token file and certificate, re-read (a broken one is logged, and kept)
         log.info("reload_handed_out", trigger=trigger, generation=self.generation, applied=applied,
                  workers=len(self.workers))
         return {"ok": applied == len(self.workers), "workers_applied": applied,
