@@ -29,50 +29,19 @@ import socket
 import ssl
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from .base import OnStateError
 from .memory import LocalBuckets, LocalSlots
+from .redis_batch import ScriptLine, SlotBatch, Take
 
 if TYPE_CHECKING:
     from ..config.models import RedisState
 
 log = structlog.get_logger("wsgate.state")
-
-# KEYS[1] slot hash, KEYS[2] owners zset; ARGV owner, limit. 1 taken, 0 full, -1 owner unknown or expired.
-ACQUIRE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local mine = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if not mine or tonumber(mine) < now then return -1 end
-local fields = redis.call('HGETALL', KEYS[1])
-local total = 0
-for i = 1, #fields, 2 do
-  local expiry = redis.call('ZSCORE', KEYS[2], fields[i])
-  if expiry and tonumber(expiry) >= now then
-    total = total + tonumber(fields[i + 1])
-  else
-    redis.call('HDEL', KEYS[1], fields[i])
-  end
-end
-if total >= tonumber(ARGV[2]) then return 0 end
-redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
-return 1
-"""
-
-# KEYS[1] owners zset, KEYS[2..] slot hashes; ARGV owner, then how many slots to give back per hash.
-# A release by an owner already replaced is moot (its counts are gone).
-RELEASE = """
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
-for i = 2, #KEYS do
-  local n = redis.call('HINCRBY', KEYS[i], ARGV[1], -tonumber(ARGV[i]))
-  if n <= 0 then redis.call('HDEL', KEYS[i], ARGV[1]) end
-end
-return 1
-"""
 
 # KEYS[1] owners zset; ARGV owner, ttl ms. 1 renewed, 0 unknown or expired (the caller re-asserts).
 HEARTBEAT = """
@@ -147,7 +116,7 @@ class RedisStore:
     backend = "redis"
 
     def __init__(self, options: Mapping[str, Any], *, heartbeat: float = 2.0, timeout: float = 0.5,
-                 prefix: str = "wsgate", instance: str | None = None) -> None:
+                 prefix: str = "wsgate", instance: str | None = None, give_back_delay: float = 0.005) -> None:
         self.options = dict(options)
         self.heartbeat = heartbeat
         self.timeout = timeout
@@ -168,8 +137,12 @@ class RedisStore:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._reasserting: asyncio.Lock | None = None
-        self._background: set[asyncio.Task[Any]] = set()
-        self._releases: dict[tuple[str, str], int] = {}  # (owner, key) -> slots to give back this loop turn
+        self.give_back_delay = give_back_delay
+        self._batch = SlotBatch()  # takes and give-backs waiting for the next script call
+        self._line: ScriptLine | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self._due = asyncio.Event()  # the pending batch should go now
+        self._give_back_timer: asyncio.TimerHandle | None = None
         self._connected = False
         self._closed = False
 
@@ -194,9 +167,10 @@ class RedisStore:
                 kwargs["ssl_ca_certs"] = self.options["ssl_ca_certs"]
                 kwargs["ssl_cert_reqs"] = ssl.CERT_REQUIRED
             self.redis = aioredis.Redis.from_url(url, **kwargs)
-            for name, text in (("acquire", ACQUIRE), ("release", RELEASE), ("heartbeat", HEARTBEAT),
-                               ("assert", ASSERT), ("leave", LEAVE), ("budget", BUDGET)):
+            for name, text in (("heartbeat", HEARTBEAT), ("assert", ASSERT), ("leave", LEAVE), ("budget", BUDGET)):
                 self._scripts[name] = self.redis.register_script(text)
+            self._line = ScriptLine(self.redis)
+            self._flusher = asyncio.create_task(self._flush_batches(), name="wsgate-state-slots")
             with contextlib.suppress(StateUnavailable):  # the heartbeat task retries; on_state_error decides
                 await self._reassert()
         else:
@@ -205,16 +179,24 @@ class RedisStore:
 
     async def close(self) -> None:
         self._closed = True
+        if self._flusher is not None:
+            # Give-backs still queued go out before we leave (the leave drops our counts anyway; a crash that
+            # skips both loses nothing worse: our owner expires within expiry_bound).
+            self._due.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._flusher), self.timeout * 2)
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
         if self.redis is not None:
-            if self.healthy and self.owner:
+            if self.healthy and self.owner:  # after the flusher: no take or give-back is in flight now
                 keys = sorted(self._known)
                 with contextlib.suppress(StateUnavailable):  # else our owner expires by itself
                     await self._call("leave", [self._owners, *map(self._slot_key, keys)], [self.owner])
+            if self._line is not None:
+                await self._line.close()
             await self.redis.aclose()
         # Closed for good: a straggler (a connection of a retired table ending late) counts locally, never
         # through a client that would connect again.
@@ -225,45 +207,28 @@ class RedisStore:
     def _slot_key(self, key: str) -> str:
         return f"{self._tag}:slots:{key}"
 
-    async def acquire(self, key: str, limit: int, on_error: OnStateError = "allow") -> bool:
+    def acquire(self, key: str, limit: int, on_error: OnStateError = "allow") -> bool | Awaitable[bool]:
+        """Healthy: the answer of the next batch (every take of this loop turn shares one script call).
+        Degraded: ``on_error``'s answer at once."""
+        self._known.add(key)
+        if not self.healthy or self._flusher is None or self._closed:
+            return self._degraded_take(key, limit, on_error)
+        return self._take(key, limit, on_error)
+
+    async def _take(self, key: str, limit: int, on_error: OnStateError) -> bool:
+        # Queued only once awaited: an upgrade cancelled before it awaits asks for nothing. Cancelled while
+        # waiting, its answer's future is cancelled too, and a slot granted meanwhile goes back (``_answer``).
+        answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._batch.takes.append(Take(key, limit, on_error, answer))
+        self._due.set()
         try:
-            return await self._acquire(key, limit, on_error)
+            return await answer
         except asyncio.CancelledError:
-            # The upgrade was cancelled mid-take (client gone, handshake timeout): Redis may have granted a slot
-            # nobody will give back. Re-asserting replaces our owner with one holding exactly our slots.
-            if self.healthy:
-                self._spawn(self._reassert_quietly(self.owner))
+            if answer.done() and not answer.cancelled() and answer.result():
+                self.release(key)  # answered yes, cancelled before it could read the answer
             raise
 
-    async def _reassert_quietly(self, stale: str) -> None:
-        with contextlib.suppress(StateUnavailable):
-            await self._reassert(stale=stale)
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _acquire(self, key: str, limit: int, on_error: OnStateError) -> bool:
-        self._known.add(key)
-        for _ in range(2):
-            if not self.healthy:
-                break
-            owner = self.owner
-            try:
-                taken = await self._call("acquire", [self._slot_key(key), self._owners], [owner, limit])
-            except StateUnavailable:
-                break
-            if taken == 1:
-                self.local.active[key] += 1
-                return True
-            if taken == 0:
-                return False
-            # -1: Redis does not know our owner (it restarted empty, or expired us): re-assert, then try again.
-            try:
-                await self._reassert(stale=owner)
-            except StateUnavailable:
-                break
+    def _degraded_take(self, key: str, limit: int, on_error: OnStateError) -> bool:
         if on_error == "refuse":
             return False
         return self.local.acquire(key, limit)
@@ -271,25 +236,88 @@ class RedisStore:
     def release(self, key: str) -> None:
         if not self.local.release(key):
             return
-        if self.healthy:
-            # Gathered per event-loop turn: the connections that end together give their slots back in one call.
-            if not self._releases:
-                asyncio.get_running_loop().call_soon(self._flush_releases)
-            self._releases[(self.owner, key)] = self._releases.get((self.owner, key), 0) + 1
+        if self.healthy and self._flusher is not None:
+            # Queued, not sent: the next take's call carries it, or a lone call after give_back_delay. Late only
+            # ever means a slot counted a few ms longer (never a limit exceeded); a re-assert meanwhile writes our
+            # counts without it, and drops the queue.
+            self._batch.gives[key] = self._batch.gives.get(key, 0) + 1
+            if self._give_back_timer is None and not self._due.is_set():
+                self._give_back_timer = asyncio.get_running_loop().call_later(self.give_back_delay, self._due.set)
 
-    def _flush_releases(self) -> None:
-        pending, self._releases = self._releases, {}
-        by_owner: dict[str, dict[str, int]] = {}
-        for (owner, key), count in pending.items():
-            by_owner.setdefault(owner, {})[key] = count
-        for owner, counts in by_owner.items():
-            self._spawn(self._release(owner, counts))
+    async def _flush_batches(self) -> None:
+        """The one sender of slot changes: a batch at a time; what is queued meanwhile goes in the next."""
+        try:
+            while not (self._closed and not self._batch):
+                await self._due.wait()
+                self._due.clear()
+                if self._give_back_timer is not None:
+                    self._give_back_timer.cancel()
+                    self._give_back_timer = None
+                await self._send_batch()
+        finally:  # cancelled at close: nobody may wait forever for an answer
+            self._settle_degraded(self._batch.takes, closing=True)
 
-    async def _release(self, owner: str, counts: dict[str, int]) -> None:
-        # On failure the counts are already gone locally: the re-assert after recovery writes them.
-        keys = list(counts)
-        with contextlib.suppress(StateUnavailable):
-            await self._call("release", [self._owners, *map(self._slot_key, keys)], [owner, *counts.values()])
+    async def _send_batch(self) -> None:
+        assert self._reasserting is not None
+        async with self._reasserting:  # never in flight during a re-assert: the owner cannot change under it
+            batch, self._batch = self._batch, SlotBatch()
+            if not batch:
+                return
+            owner = self.owner
+            if not self.healthy or self._line is None:
+                self._settle_degraded(batch.takes)  # give-backs: the re-assert after recovery writes our counts
+                return
+            try:
+                answers = await self._run(batch, owner)
+            except StateUnavailable:
+                self._settle_degraded(batch.takes)
+                return
+            except BaseException:
+                self._batch.takes[:0] = batch.takes  # cancelled (close): answered by the flusher's last word
+                raise
+            if isinstance(answers, list):
+                self._settle(batch.takes, answers)
+                return
+        # -1: Redis does not know our owner (it restarted empty, or expired us): re-assert, then try the takes
+        # again once (the give-backs are in the re-asserted counts already).
+        retry = [take for take in batch.takes if take.attempts == 0]
+        self._settle_degraded([take for take in batch.takes if take.attempts > 0])
+        try:
+            await self._reassert(stale=owner)
+        except StateUnavailable:
+            self._settle_degraded(retry)
+            return
+        for take in retry:
+            take.attempts += 1
+        self._batch.takes[:0] = retry
+        if self._batch:
+            self._due.set()
+
+    async def _run(self, batch: SlotBatch, owner: str) -> Any:
+        from redis.exceptions import RedisError
+
+        assert self._line is not None
+        keys, args = batch.encode(self._owners, owner, self._slot_key)
+        try:
+            return await self._line.run(keys, args)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise self._unreachable(exc) from exc
+
+    def _settle(self, takes: list[Take], answers: list[int]) -> None:
+        for take, taken in zip(takes, answers, strict=True):
+            if taken == 1:
+                self.local.active[take.key] += 1
+            self._answer(take, taken == 1)
+
+    def _settle_degraded(self, takes: list[Take], closing: bool = False) -> None:
+        for take in takes:
+            self._answer(take, False if closing else self._degraded_take(take.key, take.limit, take.on_error))
+
+    def _answer(self, take: Take, taken: bool) -> None:
+        if not take.answer.cancelled():
+            take.answer.set_result(taken)
+        elif taken:
+            self.release(take.key)  # the upgrade was cancelled meanwhile (client gone): the slot goes back
 
     # ------------------------------------------------------------- budgets
     async def take_budget(self, key: str, want: int, rate_per_s: float, burst: int,
@@ -315,8 +343,11 @@ class RedisStore:
         try:
             return await self._scripts[name](keys=keys, args=args)
         except (RedisError, OSError, TimeoutError) as exc:
-            self._fault(f"{exc.__class__.__name__}: {exc}")
-            raise StateUnavailable(str(exc)) from exc
+            raise self._unreachable(exc) from exc
+
+    def _unreachable(self, exc: BaseException) -> StateUnavailable:
+        self._fault(f"{exc.__class__.__name__}: {exc}")
+        return StateUnavailable(str(exc))
 
     def _fault(self, error: str) -> None:
         self.last_error = error
@@ -347,6 +378,7 @@ class RedisStore:
                 if dict(self.local.active) == snapshot:
                     break  # nothing was taken or given back meanwhile: Redis holds exactly our slots
             self.owner = owner
+            self._batch.gives.clear()  # counted without them in the snapshot just written
             if not self.healthy:
                 if self._connected:
                     log.info("state_backend_recovered", backend=self.backend, owner=owner,
