@@ -20,10 +20,13 @@ from gateway.state.memory import MemoryStore
 from gateway.state.redis import RedisStore
 
 
-def redis_store(server: RedisServer, heartbeat: float = 0.5, **kwargs) -> RedisStore:
+def redis_store(server: RedisServer, heartbeat: float = 0.5, give_back_delay: float | None = None,
+                **kwargs) -> RedisStore:
     settings = RedisState(backend="redis", url=server.url, heartbeat=heartbeat, timeout=0.3)
     store = open_state(settings, {}, **kwargs)
     assert isinstance(store, RedisStore)
+    if give_back_delay is not None:
+        store.give_back_delay = give_back_delay
     return store
 
 
@@ -387,3 +390,135 @@ async def test_two_reverts_restore_each_backend_with_its_own_settings(redis_serv
         assert state.shared.backend == "redis" and state.shared_settings == settings("first")
     finally:
         await state.aclose()
+
+
+# ------------------------------------------------------- batched slot changes
+
+
+async def test_takes_of_one_loop_turn_share_one_call_and_hold_the_limit(redis_server):
+    """30 takes issued in one loop turn go to Redis in one script call, and exactly the limit's 10 are granted."""
+    store = redis_store(redis_server)
+    await store.start()
+    try:
+        before = store.batches_sent
+        answers = await asyncio.gather(*(store.acquire("T/<api>", 10) for _ in range(30)))
+        assert answers.count(True) == 10 and answers.count(False) == 20
+        assert store.batches_sent == before + 1
+        assert sum(slot_counts(redis_server, "T/<api>").values()) == 10
+    finally:
+        await store.close()
+
+
+async def test_coalesced_takes_of_two_stores_never_exceed_the_limit(redis_server):
+    """25 takes at once on each of two stores (two instances, each batching its own) against a limit of 10: exactly 10
+    are granted in total, and Redis counts 10."""
+    a, b = redis_store(redis_server), redis_store(redis_server)
+    await a.start()
+    await b.start()
+    try:
+        answers = await asyncio.gather(*(store.acquire("R/<api>", 10) for _ in range(25) for store in (a, b)))
+        assert answers.count(True) == 10
+        assert sum(slot_counts(redis_server, "R/<api>").values()) == 10
+        assert a.local.active["R/<api>"] + b.local.active["R/<api>"] == 10
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_give_backs_wait_for_a_take_to_carry_them(redis_server):
+    """A give-back is queued, not sent: it still counts until the next take's call carries it (here the lone-call
+    delay is far away), and that take sees the slot free."""
+    a = redis_store(redis_server, give_back_delay=3600)
+    await a.start()
+    try:
+        assert await a.acquire("G/<api>", 1)
+        a.release("G/<api>")
+        assert sum(slot_counts(redis_server, "G/<api>").values()) == 1  # queued at this instance
+        assert await a.acquire("G/<api>", 1)  # give-back first, then the take: admitted at the limit
+        assert sum(slot_counts(redis_server, "G/<api>").values()) == 1
+    finally:
+        await a.close()
+
+
+async def test_many_give_backs_at_once_are_one_call(redis_server):
+    """20 slots given back in one loop turn reach Redis in one script call (after the give-back delay), and the count
+    returns to 0."""
+    store = redis_store(redis_server)
+    await store.start()
+    try:
+        assert all(await asyncio.gather(*(store.acquire("M/<api>", 100) for _ in range(20))))
+        before = store.batches_sent
+        for _ in range(20):
+            store.release("M/<api>")
+        await eventually(lambda: slot_counts(redis_server, "M/<api>") == {})
+        assert store.batches_sent == before + 1
+    finally:
+        await store.close()
+
+
+async def test_a_give_back_queued_at_close_is_sent_before_leaving(redis_server):
+    """close() sends the queued give-backs in one last call before it leaves, and Redis keeps no count of ours."""
+    store = redis_store(redis_server, give_back_delay=3600)
+    await store.start()
+    assert await store.acquire("Q/<api>", 5)
+    store.release("Q/<api>")
+    before = store.batches_sent
+    await store.close()
+    assert store.batches_sent == before + 1
+    assert slot_counts(redis_server, "Q/<api>") == {}
+
+
+async def test_many_connections_closing_at_once_all_give_back(tmp_path, redis_server):
+    """40 connections through two gateways on one Redis close together: every slot is given back (Redis counts 0)
+    and the full limit is admitted again."""
+    async with recording_backend() as backend:
+        config = write_config(tmp_path, PORT, gateway_doc(redis_server), throttled_api(backend.url, 40))
+        async with running_gateway(config) as g1, running_gateway(config) as g2:
+            clients = await asyncio.gather(*(connect(gw_url((g1, g2)[i % 2], "/a")) for i in range(40)))
+            assert sum(slot_counts(redis_server, "A/<api>").values()) == 40
+            assert await try_upgrade(gw_url(g1, "/a")) == 503
+            await asyncio.gather(*(ws.close() for ws in clients))
+            await eventually(lambda: slot_counts(redis_server, "A/<api>") == {})
+            again = await asyncio.gather(*(try_upgrade(gw_url((g1, g2)[i % 2], "/a")) for i in range(40)))
+            assert not any(isinstance(ws, int) for ws in again)
+            await asyncio.gather(*(ws.close() for ws in again))
+
+
+async def test_fifty_simultaneous_upgrades_over_two_gateways_admit_exactly_ten(tmp_path, redis_server):
+    """50 upgrades at once over two in-process gateways (each coalescing its takes) against a shared limit of 10:
+    exactly 10 admitted, 40 refused with 503, Redis counts 10."""
+    async with recording_backend() as backend:
+        config = write_config(tmp_path, PORT, gateway_doc(redis_server), throttled_api(backend.url, 10))
+        async with running_gateway(config) as g1, running_gateway(config) as g2:
+            results = await asyncio.gather(*(try_upgrade(gw_url((g1, g2)[i % 2], "/a")) for i in range(50)))
+            opened = [r for r in results if not isinstance(r, int)]
+            assert len(opened) == 10
+            assert [r for r in results if isinstance(r, int)] == [503] * 40
+            assert sum(slot_counts(redis_server, "A/<api>").values()) == 10
+            print(f"script calls: {g1.state.shared.batches_sent + g2.state.shared.batches_sent} for 50 takes")
+            await asyncio.gather(*(ws.close() for ws in opened))
+            await eventually(lambda: slot_counts(redis_server, "A/<api>") == {})
+
+
+async def test_sigterm_gives_back_every_slot_before_the_process_exits(tmp_path, redis_server):
+    """A `wsgate run` holding slots is stopped with SIGTERM (grace 0: its clients get 1001): when it has exited Redis
+    counts none of its slots and another instance admits at once, long before the lease (2 × 30 s) could expire."""
+    async with recording_backend() as backend:
+        gateway = gateway_doc(redis_server, heartbeat=30) + "shutdown_grace: 0\n"
+        config = write_config(tmp_path, PORT, gateway, throttled_api(backend.url, 3))
+        instance = await start_wsgate(tmp_path / "config")
+        try:
+            held = [await connect(f"ws://127.0.0.1:{instance.ports['default']}/a") for _ in range(3)]
+            async with running_gateway(config) as survivor:
+                assert await try_upgrade(gw_url(survivor, "/a")) == 503
+                instance.process.send_signal(signal.SIGTERM)
+                assert await instance.exit_code() == 0
+                for ws in held:
+                    await ws.wait_closed()
+                    assert ws.close_code == 1001
+                assert slot_counts(redis_server, "A/<api>") == {}
+                admitted = await try_upgrade(gw_url(survivor, "/a"))
+                assert not isinstance(admitted, int)
+                await admitted.close()
+        finally:
+            await instance.kill()

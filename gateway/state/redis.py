@@ -143,6 +143,8 @@ class RedisStore:
         self._flusher: asyncio.Task[None] | None = None
         self._due = asyncio.Event()  # the pending batch should go now
         self._give_back_timer: asyncio.TimerHandle | None = None
+        self.batches_sent = 0  # SYNC calls made, and the takes they carried (the coalescing, seen by the tests
+        self.takes_sent = 0  # and in the log line at close)
         self._connected = False
         self._closed = False
 
@@ -198,6 +200,8 @@ class RedisStore:
             if self._line is not None:
                 await self._line.close()
             await self.redis.aclose()
+            log.info("state_backend_closed", backend=self.backend, owner=self.owner, script_calls=self.batches_sent,
+                     takes=self.takes_sent)
         # Closed for good: a straggler (a connection of a retired table ending late) counts locally, never
         # through a client that would connect again.
         self.healthy = False
@@ -298,6 +302,8 @@ class RedisStore:
 
         assert self._line is not None
         keys, args = batch.encode(self._owners, owner, self._slot_key)
+        self.batches_sent += 1
+        self.takes_sent += len(batch.takes)
         try:
             return await self._line.run(keys, args)
         except (RedisError, OSError, TimeoutError) as exc:
