@@ -82,6 +82,24 @@ def test_memory_budget_grants_up_to_the_burst():
 # ------------------------------------------------------------------- redis
 
 
+def test_a_slot_batch_names_each_hash_once_and_keeps_the_takes_in_order():
+    """A batch's script arguments: each slot hash once (give-backs first), its give-back count, then one
+    (hash index, limit) pair per take in issue order."""
+    from gateway.state.redis_batch import SlotBatch, Take
+
+    loop = asyncio.new_event_loop()
+    try:
+        batch = SlotBatch()
+        assert not batch
+        batch.gives["b"] = 2
+        batch.takes = [Take(key, limit, "allow", loop.create_future()) for key, limit in (("a", 5), ("b", 3), ("a", 7))]
+        keys, args = batch.encode("owners", "me.1", lambda key: "slots:" + key)
+        assert keys == ["owners", "slots:b", "slots:a"]
+        assert args == ["me.1", 2, 0, 2, 5, 1, 3, 2, 7]
+    finally:
+        loop.close()
+
+
 async def test_redis_stores_share_one_limit(redis_server):
     """Two stores (two instances) on one Redis count against one limit, and a release frees a slot for the other."""
     a, b = redis_store(redis_server), redis_store(redis_server)
@@ -522,3 +540,24 @@ async def test_sigterm_gives_back_every_slot_before_the_process_exits(tmp_path, 
                 await admitted.close()
         finally:
             await instance.kill()
+
+
+async def test_a_redis_that_lost_the_script_gets_it_again(redis_server):
+    """After SCRIPT FLUSH (what a restarted Redis looks like to EVALSHA) takes are still answered by Redis: the store
+    sends the script again and stays healthy."""
+    import redis
+
+    store = redis_store(redis_server)
+    await store.start()
+    try:
+        assert await store.acquire("F/<api>", 1)
+        client = redis.Redis(port=redis_server.port)
+        try:
+            client.script_flush()
+        finally:
+            client.close()
+        assert not await store.acquire("F/<api>", 1)  # Redis's answer: the limit is reached
+        assert store.healthy
+        assert sum(slot_counts(redis_server, "F/<api>").values()) == 1
+    finally:
+        await store.close()

@@ -2,10 +2,17 @@
 
 Slots are leases. Each process registers an **owner** (``<instance>.<epoch>``)
 in a sorted set scored by its expiry, and renews it every ``heartbeat``
-seconds; a slot hash per key holds one count per owner. Every change is one
+seconds; a slot hash per key holds one count per owner. Every change is a
 Lua script, so a take is atomic against every other taker and the limit is
 never exceeded under races: the script drops the counts of expired owners,
 sums the rest and takes a slot only below the limit.
+
+Takes and give-backs are not sent one by one: one flusher task sends them in
+batches (``redis_batch``), one script call at a time. The takes of a loop
+turn share a call; a give-back waits up to ``give_back_delay`` for a take to
+carry it. Waiting only keeps a slot counted a little longer, so it can refuse
+an upgrade early but never admit one past the limit; ``close`` sends what is
+queued before it leaves, and a crash loses only what expiry frees anyway.
 
 A process that dies stops renewing: its counts stop counting at most
 ``2 × heartbeat`` after its last renewal (``expiry_bound``). Expiry uses
@@ -240,7 +247,7 @@ class RedisStore:
     def release(self, key: str) -> None:
         if not self.local.release(key):
             return
-        if self.healthy and self._flusher is not None:
+        if self.healthy and self._flusher is not None and not self._closed:
             # Queued, not sent: the next take's call carries it, or a lone call after give_back_delay. Late only
             # ever means a slot counted a few ms longer (never a limit exceeded); a re-assert meanwhile writes our
             # counts without it, and drops the queue.
