@@ -264,7 +264,10 @@ class RedisStore:
                 if self._give_back_timer is not None:
                     self._give_back_timer.cancel()
                     self._give_back_timer = None
-                await self._send_batch()
+                try:
+                    await self._send_batch()
+                except Exception:  # a bug must not stop the one sender: every later take would wait forever
+                    log.exception("state_batch_failed", backend=self.backend)
         finally:  # cancelled at close: nobody may wait forever for an answer
             self._settle_degraded(self._batch.takes, closing=True)
 
@@ -286,8 +289,12 @@ class RedisStore:
             except BaseException:
                 self._batch.takes[:0] = batch.takes  # cancelled (close): answered by the flusher's last word
                 raise
-            if isinstance(answers, list):
+            if isinstance(answers, list) and len(answers) == len(batch.takes):
                 self._settle(batch.takes, answers)
+                return
+            if answers != -1:  # not our script's answer (something else behind the URL?): decide here
+                self._unreachable(RuntimeError(f"unexpected reply to the slot script: {answers!r:.80}"))
+                self._settle_degraded(batch.takes)
                 return
         # -1: Redis does not know our owner (it restarted empty, or expired us): re-assert, then try the takes
         # again once (the give-backs are in the re-asserted counts already).
