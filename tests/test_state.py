@@ -386,9 +386,10 @@ async def test_cluster_wide_rate_limit_through_redis(tmp_path, redis_server):
             assert len(set(received)) == 4
 
 
-async def test_two_reverts_restore_each_backend_with_its_own_settings(redis_server):
-    """After switching memory → Redis A → Redis B, each revert restores the backend together with the settings
-    that built it, so the config's A afterwards switches to A again instead of passing for the one in use."""
+async def test_a_revert_restores_the_backend_with_its_own_settings(redis_server):
+    """A revert restores the previous backend together with the settings that built it, so the config's backend
+    afterwards switches again instead of passing for the one in use; a switch left pending by a reload that crashed
+    after the swap is kept by the next switch, whose revert then goes back to it, not further."""
     from gateway.policies.state import PolicyState
 
     def settings(prefix: str) -> RedisState:
@@ -398,14 +399,14 @@ async def test_two_reverts_restore_each_backend_with_its_own_settings(redis_serv
     memory = state.shared
     try:
         assert await state.use_shared(settings("first"), {})
-        first = state.shared
-        assert await state.use_shared(settings("second"), {})
-        await state.revert_shared()
-        assert state.shared is first and state.shared_settings == settings("first")
         await state.revert_shared()
         assert state.shared is memory and state.shared_settings is None
         assert await state.use_shared(settings("first"), {})  # back to Redis A: a switch, not "already in use"
-        assert state.shared.backend == "redis" and state.shared_settings == settings("first")
+        first = state.shared
+        assert first.backend == "redis" and state.shared_settings == settings("first")
+        assert await state.use_shared(settings("second"), {})  # the switch to A was never committed nor reverted
+        await state.revert_shared()
+        assert state.shared is first and state.shared_settings == settings("first")
     finally:
         await state.aclose()
 
