@@ -33,6 +33,7 @@ API_KEY_NAME = "x-gateway-apikey"
 # Query parameters that carry credentials (the API key; an RFC 6750 bearer token): never forwarded, never logged.
 CONSUMED_QUERY = frozenset({API_KEY_NAME, "access_token"})
 MAX_RESPONSE_HEAD = 64 * 1024
+MAX_EARLY_FRAMES = 256 * 1024  # bytes past the upstream's 101 read before the relay takes over; more pauses reading
 
 HOP_BY_HOP = frozenset(
     {
@@ -150,14 +151,18 @@ class _HandshakeReader(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.head.done():
-            self.buffer += data  # past the head: the relay's first bytes
+            # Past the head: the relay's first bytes. The upgrade resumes in the next loop turn and hands the
+            # transport to the relay without awaiting anything, so at most one more read lands here; reading is not
+            # paused for it (a pause and a resume are two epoll_ctl calls per upgrade), unless the upstream is
+            # already sending more than a relay would buffer.
+            self.buffer += data
+            if len(self.buffer) > MAX_EARLY_FRAMES and self.transport is not None:
+                self.transport.pause_reading()  # the relay's start resumes it
             return
         self.buffer += data
         end = self.buffer.find(b"\r\n\r\n")
         if end >= 0:
             end += 4
-            assert self.transport is not None
-            self.transport.pause_reading()
             self.head.set_result((bytes(self.buffer[:end]), b""))
             del self.buffer[:end]
         elif len(self.buffer) > MAX_RESPONSE_HEAD:

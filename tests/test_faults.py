@@ -34,6 +34,7 @@ from support import (
     gw_url,
     http_request,
     path_api,
+    raw_backend,
     recording_backend,
     relay_of,
     running_gateway,
@@ -396,3 +397,30 @@ async def test_a_policy_returning_no_decision_closes_1011_and_names_the_policy(t
             async with connect(gw_url(gw, "/a")) as ws:  # the next connection is served
                 await ws.send("y")
                 assert await ws.recv() == "y"
+
+
+@pytest.mark.parametrize("path_kind", PATHS)
+async def test_frames_and_fin_sent_with_the_101_reach_the_client(tmp_path, path_kind):
+    """An upstream that writes its 101, a text frame and a close frame and then closes TCP, all at once: the bytes
+    past the 101 arrive before the relay takes the transport over, yet the client gets the frame and the close."""
+
+    async def answer_and_leave(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        key = next(line.split(":", 1)[1].strip() for line in head.split("\r\n")
+                   if line.lower().startswith("sec-websocket-key:"))
+        close = struct.pack("!H", 4001) + b"bye"
+        writer.write(f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     f"Sec-WebSocket-Accept: {accept_key(key)}\r\n\r\n".encode()
+                     + b"\x81\x07welcome" + bytes((0x88, len(close))) + close)
+        await writer.drain()
+        writer.close()
+
+    async with raw_backend(answer_and_leave) as (url, _):
+        config = write_config(tmp_path, PORT, path_api(tmp_path, path_kind, url + "/ws"))
+        async with running_gateway(config) as gw:
+            async with connect(gw_url(gw, "/f")) as ws:
+                async with asyncio.timeout(TIMEOUT):
+                    assert await ws.recv() == "welcome"
+                    with pytest.raises(ConnectionClosed) as closed:
+                        await ws.recv()
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4001
