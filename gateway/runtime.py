@@ -86,6 +86,12 @@ class StartError(Exception):
                    "another process holds that address, or the host is not one of this machine's: "
                    "stop the other process or change `port`/`host` in the Port resource")
 
+    @classmethod
+    def admin_cannot_listen(cls, host: str, number: int, exc: OSError) -> StartError:
+        """The admin listener's address is taken (a single gateway's, or a workers' supervisor's)."""
+        return cls(f"the admin listener cannot listen on {host}:{number}: {exc.strerror or exc}",
+                   "stop the other process, or change `admin.port` in the Gateway resource (or --admin)")
+
 
 class Gateway:
     """Every listener of one config, and the route table they read.
@@ -427,10 +433,7 @@ class Gateway:
                 try:
                     await self.admin.start()
                 except OSError as exc:
-                    raise StartError(f"the admin listener cannot listen on {address[0]}:{address[1]}: "
-                                     f"{exc.strerror or exc}",
-                                     "stop the other process, or change `admin.port` in the Gateway resource "
-                                     "(or --admin)") from exc
+                    raise StartError.admin_cannot_listen(*address, exc) from exc
             self.health.sync(self.table)  # probes start once the config's own echo servers listen
         except BaseException:
             await self.stop()

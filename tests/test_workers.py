@@ -251,6 +251,31 @@ async def test_a_second_gateway_with_workers_on_the_same_port_fails_to_start(tmp
                 await ws.close()
 
 
+async def test_a_taken_admin_address_fails_the_start_with_one_line_and_no_traceback(tmp_path):
+    """`wsgate run --workers 2` whose admin address another process holds exits 1 with one start_failed line and its
+    hint (as a single gateway does), stopping the workers it had started, and prints no traceback."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    taken = holder.getsockname()[1]
+    try:
+        async with recording_backend() as backend:
+            write_config(tmp_path, PORT, api_yaml("A", "/a", backend.url + "/"))
+            process = await start_wsgate(tmp_path / "config", "--workers", "2", "--admin", f"127.0.0.1:{taken}",
+                                         ready=())
+            try:
+                async with asyncio.timeout(3 * TIMEOUT):
+                    assert await process.exit_code() == 1, "".join(process.output)
+            finally:
+                await process.kill()
+        failed = [r for r in process.records if r.get("event") == "start_failed"]
+        assert len(failed) == 1, "".join(process.output)
+        assert f"127.0.0.1:{taken}" in failed[0]["error"] and "admin.port" in failed[0]["hint"]
+        assert "Traceback" not in "".join(process.output)
+    finally:
+        holder.close()
+
+
 def test_port_holds_keep_other_gateways_out_and_let_the_workers_in():
     """A held number fails another process's probe, its lock fails a second supervisor that got past the
     probe, the lock is free again once closed, and the workers' SO_REUSEPORT sockets still bind it."""

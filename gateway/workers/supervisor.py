@@ -52,6 +52,11 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("wsgate.supervisor")
 
+
+class WorkerStartError(RuntimeError):
+    """A worker process exited, or answered an error, before it served: the supervisor's start fails with one line."""
+
+
 REQUEST_TIMEOUT = 30.0  # seconds a worker has to answer a status or apply request
 YOUNG = 10.0  # a worker that dies younger than this counts as failing again: the backoff grows
 
@@ -201,7 +206,7 @@ class Supervisor:
                 process.kill()
             await process.wait()
             worker.gone()
-            raise RuntimeError(f"worker {worker.index} did not start: {worker.last_error}")
+            raise WorkerStartError(f"worker {worker.index} did not start: {worker.last_error}")
         worker.generation, worker.ready, worker.last_error = first["generation"], True, None
         log.info("worker_started", worker=worker.index, pid=process.pid, generation=worker.generation,
                  restarts=worker.restarts)
@@ -387,7 +392,13 @@ class Supervisor:
                     from echo.server import serve_echo_servers
 
                     self.echo_services = await serve_echo_servers(self.config)
-                await asyncio.gather(*(self.spawn(w) for w in self.workers))
+                try:
+                    await asyncio.gather(*(self.spawn(w) for w in self.workers))
+                except WorkerStartError as exc:  # e.g. a port taken between the hold and the workers' bind
+                    log.error("start_failed", error=str(exc),
+                              hint="the worker's own error is quoted; for a port in use, stop the other process or "
+                                   "change `port`/`host` in the Port resource")
+                    return 1
                 host, port = self.admin_address or (settings.admin.host, settings.admin.port)
                 if self.admin_address is not None or settings.admin.enabled:
                     self.admin = AdminServer(self, host, port, routes={
@@ -396,7 +407,13 @@ class Supervisor:
                         "/reload": self.last_reload_answer, **dashboard_routes()},
                         post_routes={"/reload": self.reload_answer},
                         **admin_access(self.config, host))
-                    await self.admin.start()
+                    try:
+                        await self.admin.start()
+                    except OSError as exc:
+                        error = StartError.admin_cannot_listen(host, port, exc)
+                        log.error("start_failed", error=str(error), hint=error.hint)
+                        self.admin = None
+                        return 1
                 for name, number in self.port_numbers.items():
                     log.info("listening", name=name, host=self.config.ports[name].model.host, port=number,
                              tls=self.config.ports[name].model.tls is not None, workers=len(self.workers))
