@@ -90,8 +90,8 @@ def read_token_file(path: Path) -> str | None:
 
 
 def _redacted(model: Any) -> dict[str, Any]:
-    """A resource as JSON: an application's keys and basic passwords as ``redacted:N`` (env ones stay variable
-    names), and any URL's userinfo cut."""
+    """A resource as JSON: an application's keys and basic passwords as ``redacted:<fingerprint prefix>`` (env ones
+    stay variable names), and any URL's userinfo cut."""
     from .config.models import Application
     from .live import redacted_application
     from .redaction import redact_urls

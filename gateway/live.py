@@ -3,10 +3,10 @@
 ``wsgate plan PATH --from http://HOST:PORT`` diffs a desired tree against
 this. The admin endpoint never shows an API key or a basic password, not even
 as a digest (an unsalted SHA-256 of a weak password is crackable): each one
-written in the config is a numbered placeholder, ``{env: VARIABLE}`` ones stay
-variable names. The desired config's keys are compared in the same form
-(``redacted_credentials``), so such a plan sees keys added, removed or moved to
-the environment, but not a key replaced by another in place. ``/connections``
+written in the config is ``redacted:`` and a prefix of its entry fingerprint,
+``{env: VARIABLE}`` ones stay variable names. The desired config's keys are
+compared in the same form (``redacted_credentials``), so such a plan sees keys
+added, removed, moved to the environment or replaced in place. ``/connections``
 shows the credential of each live connection only as the fingerprint of the
 configuration entry it matched (gateway/credentials.py), which the desired
 tree yields too: whether the plan revokes a connection is decided by that.
@@ -63,13 +63,19 @@ REDACTED_PREFIX = "redacted:"
 
 
 def redacted_application(model: Application) -> Application:
-    """``model`` with every key and basic password written in the config replaced by ``redacted:N``."""
+    """``model`` with every key and basic password written in the config replaced by ``redacted:`` and the first
+    16 hex digits of its entry fingerprint (gateway/credentials.py: what ``/connections`` shows, computed from the
+    entry's git form, so it tells a reader nothing git does not): a key replaced by another in place shows as a
+    change, the same key written in plain text or as its ``sha256:`` form does not."""
+    from .credentials import api_key_fingerprint, basic_fingerprint
+    from .hashes import slow_hash_kind
+
     identifiers = model.identifiers
-    keys = [entry if isinstance(entry, EnvKey) else f"{REDACTED_PREFIX}{i + 1}"
-            for i, entry in enumerate(identifiers.api_keys)]
-    basic = [user if isinstance(user.password, EnvKey) else user.model_copy(
-                 update={"password": f"{REDACTED_PREFIX}{i + 1}"})
-             for i, user in enumerate(identifiers.basic)]
+    keys = [entry if isinstance(entry, EnvKey) else f"{REDACTED_PREFIX}{api_key_fingerprint(entry)[:16]}"
+            for entry in identifiers.api_keys]
+    basic = [user if isinstance(user.password, EnvKey) else user.model_copy(update={"password": REDACTED_PREFIX + (
+                 basic_fingerprint(user.username, user.password, slow_hash_kind(user.password) is not None)[:16])})
+             for user in identifiers.basic]
     return model.model_copy(update={"identifiers": identifiers.model_copy(update={"api_keys": keys, "basic": basic})})
 
 

@@ -175,8 +175,8 @@ def test_run_refuses_a_public_admin_address_without_a_token(tmp_path):
 
 
 def test_config_shows_no_key_or_password_nor_their_digests(tmp_path):
-    """/config names env variables and user names, counts keys as `redacted:N`, and holds neither a literal
-    key nor any `sha256:` digest."""
+    """/config names env variables and user names, shows keys as `redacted:` and their entry fingerprint's prefix,
+    and holds neither a literal key nor any `sha256:` digest."""
 
     async def scenario():
         config = config_for(tmp_path, "  port: 0\n")
@@ -189,9 +189,15 @@ def test_config_shows_no_key_or_password_nor_their_digests(tmp_path):
     text = json.dumps(body["documents"])  # the config's own digest, beside them, is a digest of the whole tree
     assert LITERAL_KEY not in text and HASHED_KEY not in text and "sha256:" not in text
     app = next(d for d in body["documents"] if d["kind"] == "Application")
-    assert app["identifiers"]["api_keys"] == ["redacted:1", "redacted:2", {"env": "APP_KEY"}]
-    assert app["identifiers"]["basic"] == [{"username": "alice", "password": "redacted:1"},
-                                           {"username": "bob", "password": {"env": "BOB_PASSWORD"}}]
+    from gateway.credentials import api_key_fingerprint, basic_fingerprint
+
+    alice = f"sha256:{hashlib.sha256(b'pw').hexdigest()}"
+    assert app["identifiers"]["api_keys"] == [f"redacted:{api_key_fingerprint(LITERAL_KEY)[:16]}",
+                                              f"redacted:{api_key_fingerprint('sha256:' + HASHED_KEY)[:16]}",
+                                              {"env": "APP_KEY"}]
+    assert app["identifiers"]["basic"] == [
+        {"username": "alice", "password": f"redacted:{basic_fingerprint('alice', alice, False)[:16]}"},
+        {"username": "bob", "password": {"env": "BOB_PASSWORD"}}]
 
 
 def test_plan_from_a_protected_admin_sends_the_token(tmp_path, monkeypatch, capsys):

@@ -168,3 +168,31 @@ def test_a_key_moved_from_plain_text_to_its_sha256_form_keeps_its_fingerprint():
     assert api_key_fingerprint(PLAIN_KEY) == api_key_fingerprint(f"sha256:{digest.upper()}")
     assert api_key_fingerprint(PLAIN_KEY) not in (digest, key_digest(PLAIN_KEY))
     assert api_key_fingerprint(EnvKey(env="A")) != api_key_fingerprint(EnvKey(env="B"))
+
+
+async def test_plan_from_sees_a_key_replaced_in_place_and_counts_its_connection(tmp_path, monkeypatch, capsys):
+    """The plain key replaced by another one in the same place, nothing else changed: `/config` shows each key by
+    its entry fingerprint, so `plan --from` sees the application change and counts the one connection the reload
+    will revoke (with numbered placeholders the two trees looked identical: "No changes")."""
+    from gateway.cli import main
+
+    monkeypatch.delenv("WSGATE_ADMIN_TOKEN", raising=False)
+    monkeypatch.setenv("CREDFP_JWT_SECRET", JWT_SECRET)
+    async with recording_backend() as backend:
+        config = write_config(tmp_path, *documents(backend.url))
+        desired = tmp_path / "desired"
+        desired.mkdir()
+        replaced = ALL_KEYS.replace(PLAIN_KEY, "a-new-key-in-the-same-place")
+        changed = documents(backend.url, keys=replaced)
+        (desired / "gateway.yaml").write_text("".join(d if d.startswith("---") else "---\n" + d for d in changed))
+        async with running_gateway(config, env=ENV, paths=[tmp_path / "config"]) as gw:
+            plain = await connect(gw_url(gw, f"/echo?x-Gateway-APIKey={PLAIN_KEY}"))
+            hashed = await connect(gw_url(gw, f"/echo?x-Gateway-APIKey={HASHED_KEY}"))
+            admin = f"http://127.0.0.1:{gw.admin.port}"
+            capsys.readouterr()
+            assert await asyncio.to_thread(main, ["plan", str(desired), "--from", admin]) == 2
+            out = capsys.readouterr().out
+            assert "No changes" not in out
+            assert "API key revoked (closed at once with 1008, 1 live connection)" in out
+            await plain.close()
+            await hashed.close()

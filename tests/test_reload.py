@@ -395,8 +395,8 @@ async def test_admin_reports_config_reload_and_triggers_reload(tmp_path):
             text = json.dumps(body)
             assert KEY_A not in text
             app = next(d for d in body["documents"] if d["kind"] == "Application")
-            from gateway.credentials import key_digest
-            assert app["identifiers"]["api_keys"] == ["redacted:1"]
+            from gateway.credentials import api_key_fingerprint, key_digest
+            assert app["identifiers"]["api_keys"] == [f"redacted:{api_key_fingerprint(KEY_A)[:16]}"]
             assert key_digest(KEY_A) not in text
             save(root, *docs[:3], application("alpha", KEY_A, "[]"))
             post = b"POST /reload HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n\r\n"
