@@ -1,9 +1,10 @@
 """Log invocation: transaction records of upgrades, messages and closes.
 
-Records go to a background writer (``PolicyState.log_writers``). A message
-record that only needs string joins (no masking, no compression, no echo
-through structlog) is encoded on the event loop and handed over in batches
-(``LogWriter.write_line``); any other record is one tuple on the writer's
+Records go to a background writer (``PolicyState.log_writers``). Without the
+echo through structlog, a short text message record (no masking, no
+compression) is one string format on the event loop, and upgrade and close
+records one ``json`` call; those lines reach the writer in batches
+(``LogWriter.write_line``). Any other record is one tuple on the writer's
 deque, measured, masked, truncated, compressed and JSON-encoded in the
 writer's thread. File writes and rotation always happen in the thread.
 Credentials never get here: the runtime strips them from the metadata first.

@@ -37,8 +37,8 @@ class LogWriter:
     (``HANDOFF_LINES``/``HANDOFF_BYTES``) or ``HANDOFF_DELAY`` after its first
     line. So under load the thread wakes once per batch, and a lone message
     neither wakes a thread nor waits for the GIL it takes back: the writer's
-    wake-ups and GIL hand-offs were the tutorial chain's tail latency and a
-    tenth of its CPU. ``write`` takes a tuple ``(encode, echo, ...)`` for
+    wake-ups and GIL hand-offs were the tutorial chain's tail latency and about
+    a fifth of its CPU. ``write`` takes a tuple ``(encode, echo, ...)`` for
     records that cost more to make (masking, compression, the structlog echo):
     the thread calls ``encode(item)`` for the JSON line (ASCII bytes, no
     newline) and, when ``echo`` is set, ``echo(item)`` for the dict it emits
@@ -89,9 +89,7 @@ class LogWriter:
             return
         self._queued += 1
         self._pending.append(item)
-        if self._sleeping:
-            self._sleeping = False
-            self._wake.set()
+        self._wake_thread()
 
     def write_line(self, line: bytes) -> None:
         """Queue one encoded record (ASCII JSON, no newline); see the class docstring."""
