@@ -289,10 +289,12 @@ def _plan_from_live(args: argparse.Namespace, desired: Config) -> int:
         sys.stderr.write(f"wsgate plan: cannot read the running config from {args.source}: {exc}\n")
         return EXIT_INVALID
     from .apps import AppIndex
+    from .impact import Impact
 
     desired_apps = AppIndex.build(desired)  # from the tree as written: the credential entries' fingerprints
     desired = redacted_credentials(desired)
-    plan = diff(current, desired).with_live_counts(live_counter(counts, current, desired, desired_apps))
+    impact = Impact(current, desired, desired_apps)  # the disruptions, worked out once for the diff and the counts
+    plan = diff(current, desired, found=impact.all).with_live_counts(live_counter(counts, impact))
     plan = dataclasses.replace(plan, old_digest=loaded.get("digest"), new_digest=desired.digest(),
                                drift=drift_of(loaded))
     sys.stdout.write(render(plan, args.format))

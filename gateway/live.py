@@ -27,7 +27,7 @@ from .impact import Disruption
 from .plan import Drift
 
 if TYPE_CHECKING:
-    from .apps import AppIndex
+    from .impact import Impact
 
 MODELS: dict[str, type[Port | API | Application | EchoServer | Gateway]] = {
     "Port": Port, "API": API, "Application": Application, "EchoServer": EchoServer, "Gateway": Gateway,
@@ -87,25 +87,22 @@ def redacted_credentials(config: Config) -> Config:
                   echo_servers=config.echo_servers, gateway=config.gateway)
 
 
-def live_counter(counts: Mapping[str, Any], current: Config, desired: Config,
-                 desired_apps: AppIndex) -> Callable[[Disruption], int | None]:
+def live_counter(counts: Mapping[str, Any], impact: Impact) -> Callable[[Disruption], int | None]:
     """A ``Plan.with_live_counts`` callback from the admin's ``/connections`` answer.
 
-    Each live connection is decided by :class:`gateway.impact.Impact`, exactly as the reload will decide it,
-    and counted under the disruption that ends it. None (not shown) when the gateway lists no connections.
-    ``desired`` is compared as ``/config`` shows the running one (:func:`redacted_credentials`);
-    ``desired_apps`` is built from the tree as written, so the fingerprints of its credential entries can be
+    Each live connection is decided by ``impact`` (the plan's own, built once by the caller), exactly as the
+    reload will decide it, and counted under the disruption that ends it. None (not shown) when the gateway lists
+    no connections. ``impact.new`` is compared as ``/config`` shows the running one (:func:`redacted_credentials`);
+    ``impact.new_apps`` is built from the tree as written, so the fingerprints of its credential entries can be
     compared with those ``/connections`` shows.
     """
-    from .impact import Accepted, Action, Impact
+    from .impact import Accepted, Action
 
     records = counts.get("connections")
     if not isinstance(records, list):
         return lambda disruption: None
-    impact = Impact(current, desired, desired_apps)
-    ends = [impact.decide(Accepted.from_dict(record)).disruption for record in records if isinstance(record, dict)]
-
     accepted = [Accepted.from_dict(record) for record in records if isinstance(record, dict)]
+    ends = [impact.decide(a).disruption for a in accepted]
 
     def count(disruption: Disruption) -> int | None:
         if "echo" in disruption.selector:
