@@ -13,6 +13,12 @@ Unhealthy endpoints get no new connections; live ones stay.
 Transitions, and only transitions, are logged (``endpoint_unhealthy`` /
 ``endpoint_healthy``) and counted for ``/metrics``; ``/upstreams`` shows the
 current state.
+
+With ``--workers`` one worker probes for the whole gateway (``probing``):
+its active verdicts go out through ``on_verdict`` and the supervisor hands
+them to the others (``apply_verdict``), which run no probe loops of their
+own and do not count or log those transitions again. Passive marks stay
+each worker's own.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -94,6 +100,12 @@ class HealthRegistry:
         self._checkers: dict[Key, _Checker] = {}
         self._timers: dict[Key, asyncio.TimerHandle] = {}
         self._changed: asyncio.Condition | None = None
+        # A single gateway probes; a worker does only while its supervisor says so (set_probing).
+        self.probing = True
+        # Called with (api, url, active_ok, reason) when the probes change an active verdict: how a probing
+        # worker tells its supervisor, which hands the verdict to the other workers.
+        self.on_verdict: Callable[[str, str, bool, str], None] | None = None
+        self._table: RouteTable | None = None  # the last synced table: a worker told to probe starts its loops
 
     # --------------------------------------------------------------- lookups
     def get(self, api: str, url: str) -> EndpointHealth:
@@ -103,6 +115,10 @@ class HealthRegistry:
         if health is None:
             health = self.endpoints[key] = EndpointHealth(api, url)
         return health
+
+    def verdicts(self) -> list[tuple[str, str, bool, str]]:
+        """Every endpoint's active verdict, as ``on_verdict`` reports one: a supervisor's starting point."""
+        return [(api, url, health.active_ok, health.reason) for (api, url), health in sorted(self.endpoints.items())]
 
     def snapshot(self) -> dict[str, list[dict[str, Any]]]:
         out: dict[str, list[dict[str, Any]]] = {}
@@ -114,6 +130,7 @@ class HealthRegistry:
     def probe_result(self, health: EndpointHealth, result: ProbeResult, settings: ActiveHealthCheck) -> None:
         """An active probe finished: count it toward the thresholds."""
         health.last_probe = result.detail
+        before = health.active_ok
         if result.ok:
             health.failures = 0
             health.successes += 1
@@ -127,7 +144,24 @@ class HealthRegistry:
             if health.active_ok and health.failures >= settings.unhealthy_threshold:
                 health.active_ok = False
         self.probes += 1
-        self._report(health, f"active probe: {result.detail}")
+        reason = f"active probe: {result.detail}"
+        self._report(health, reason)
+        if health.active_ok != before and self.on_verdict is not None:
+            self.on_verdict(health.api, health.url, health.active_ok, reason)
+
+    def apply_verdict(self, api: str, url: str, active_ok: bool, reason: str) -> None:
+        """The gateway's prober changed an active verdict: take it as if this worker's own probes had.
+
+        Not counted nor logged as a transition here: the prober did both, once for the gateway. An endpoint not
+        seen yet is created with it (a worker starting takes the verdicts before it compiles its routes)."""
+        health = self.get(api, url)
+        if health.active_ok == active_ok:
+            return
+        health.active_ok = active_ok
+        health.successes = health.failures = 0
+        if active_ok:
+            health.passive_until = 0.0  # as the prober's successes end a passive mark
+        self._report(health, reason, count=False)
 
     def upgrade_failed(self, health: EndpointHealth, reason: str, passive: PassiveHealthCheck,
                        siblings: Sequence[EndpointHealth] = ()) -> None:
@@ -166,17 +200,20 @@ class HealthRegistry:
         self._timers.pop((health.api, health.url), None)
         self._report(health, "passive cool-down over")
 
-    def _report(self, health: EndpointHealth, reason: str) -> None:
-        """Log and count a change of the endpoint's health; wake waiters either way."""
+    def _report(self, health: EndpointHealth, reason: str, count: bool = True) -> None:
+        """Log and count a change of the endpoint's health (``count``: unless the prober did); wake waiters."""
         now = health.healthy
         if now != health.reported:
             health.reported = now
             health.changed_at = time.time()
             health.reason = reason
             state = "healthy" if now else "unhealthy"
-            self.transitions[(health.api, health.url, state)] += 1
-            (log.info if now else log.warning)(f"endpoint_{state}", api=health.api, endpoint=health.url,
-                                               reason=reason)
+            if count:
+                self.transitions[(health.api, health.url, state)] += 1
+                (log.info if now else log.warning)(f"endpoint_{state}", api=health.api, endpoint=health.url,
+                                                   reason=reason)
+            else:
+                log.debug(f"endpoint_{state}", api=health.api, endpoint=health.url, reason=reason, shared=True)
         self._notify()
 
     def _notify(self) -> None:
@@ -200,7 +237,9 @@ class HealthRegistry:
 
     # -------------------------------------------------------- probe tasks
     def sync(self, table: RouteTable) -> None:
-        """Follow a new route table: keep the state of unchanged endpoints, start and stop probe loops."""
+        """Follow a new route table: keep the state of unchanged endpoints, start and stop probe loops (only while
+        ``probing``)."""
+        self._table = table
         wanted: dict[Key, tuple[EndpointHealth, ActiveHealthCheck | None, Endpoint, CompiledAPI]] = {}
         for compiled in table.apis.values():
             for endpoint in compiled.endpoints:
@@ -221,7 +260,9 @@ class HealthRegistry:
             if settings is None:
                 if not health.active_ok:  # active checks were removed: their verdict goes with them
                     health.active_ok = True
-                    self._report(health, "active checks removed")
+                    self._report(health, "active checks removed", count=self.probing)
+                continue
+            if not self.probing:
                 continue
             running = self._checkers.get(key)
             if running is None:
@@ -229,6 +270,17 @@ class HealthRegistry:
                 fresh.task = asyncio.get_running_loop().create_task(self._check_loop(fresh))
             else:  # same settings: the loop goes on against the new route's TLS context
                 running.endpoint, running.route = endpoint, compiled
+
+    def set_probing(self, probing: bool) -> None:
+        """Start (or stop) this process's probe loops: a worker the supervisor makes the gateway's prober."""
+        if probing == self.probing:
+            return
+        self.probing = probing
+        if not probing:
+            for key in list(self._checkers):
+                self._stop_checker(key)
+        elif self._table is not None:
+            self.sync(self._table)
 
     def _stop_checker(self, key: Key) -> None:
         checker = self._checkers.pop(key)

@@ -56,8 +56,8 @@ async def test_workers_share_the_port_answer_as_one_and_reload_together(tmp_path
             assert metrics.value("wsgate_upgrades_total", port="default", api="A", status="101") == 8
             assert metrics.value("wsgate_messages_total", api="A", direction="client") == 8  # flushed on request
             assert metrics.value("wsgate_config_generation") == 1
-            upstreams = await admin_json(admin, "/upstreams")  # each worker checks endpoints on its own
-            assert [sorted(w["upstreams"]["apis"]) for w in upstreams["workers"]] == [["A"], ["A"]]
+            upstreams = await admin_json(admin, "/upstreams")  # one entry per endpoint, each worker's view inside
+            assert [[w["index"] for w in e["workers"]] for e in upstreams["apis"]["A"]] == [[0, 1]]
             (tmp_path / "config" / "more.yaml").write_text(api_yaml("B", "/b", backend.url + "/"))
             outcome = (await http_request(admin, b"POST /reload HTTP/1.1\r\nHost: a\r\n\r\n")).json()
             assert outcome["ok"] is True and outcome["split"] is False and outcome["generation"] == 2

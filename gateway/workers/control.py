@@ -1,9 +1,12 @@
 """The control channel between a supervisor and one of its workers: JSON lines over a private socketpair.
 
 Supervisor → worker: ``start`` (the checked config, its generation, the
-port numbers), ``apply`` (a new config and generation), ``status``. Worker →
-supervisor: ``started`` or ``failed`` once, then one reply per request,
-carrying the request's ``id``. The config travels pickled: both ends are
+port numbers, whether it probes, the current active verdicts), ``apply`` (a
+new config and generation), ``status``, ``probe`` (take over the active
+health checks), ``verdict`` (the prober changed an endpoint's active
+verdict; no reply). Worker → supervisor: ``started`` (with the prober's
+verdicts) or ``failed`` once, then one reply per request, carrying the
+request's ``id``, and the prober's ``verdict`` on each transition. The config travels pickled: both ends are
 this program, over a socketpair nobody else holds.
 """
 

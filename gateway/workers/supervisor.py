@@ -13,6 +13,14 @@ A worker that dies is restarted with the current config after a backoff
 once, SIGTERM to every worker (each drains with its shutdown_grace), exit 0
 when they are gone; a second signal is forwarded (the workers stop at once).
 
+Active health checks: one worker probes for the whole gateway (the lowest
+index at start; when it dies, the lowest one serving is told to take over,
+``probe``). Its verdict changes come to the supervisor, which keeps them and
+hands each to the other workers; a worker that (re)starts gets them with its
+config. ``/upstreams`` shows that one verdict per endpoint and each worker's
+passive marks. The supervisor probes nothing itself: the workers already
+compile the routes a probe needs (TLS contexts, upstream headers).
+
 Metrics: prometheus_client's multiprocess mode. The supervisor creates
 ``PROMETHEUS_MULTIPROC_DIR`` for the workers (unless the operator set one),
 marks dead workers' files with ``mark_process_dead``, and serves ``/metrics``
@@ -146,6 +154,9 @@ class Supervisor:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.metrics_dir: str | None = None  # PROMETHEUS_MULTIPROC_DIR of the workers
         self._own_metrics_dir = False
+        self.prober: int | None = None  # the index of the worker running the gateway's active health checks
+        # The prober's active verdicts, (api, url) -> active_ok, reason, since: handed to every (re)started worker.
+        self.verdicts: dict[tuple[str, str], dict[str, Any]] = {}
 
     # ------------------------------------------------------------------ ports
     def reserve_ports(self, config: Config) -> dict[str, int]:
@@ -186,6 +197,9 @@ class Supervisor:
     # ---------------------------------------------------------------- workers
     async def spawn(self, worker: Worker) -> None:
         """Start a process for the slot and hand it the current config; raises if it cannot start serving."""
+        probes = self.prober is None or self.prober == worker.index  # before any await: worker 0 first at start
+        if probes:
+            self.prober = worker.index
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             process = await asyncio.create_subprocess_exec(
@@ -198,9 +212,13 @@ class Supervisor:
         worker.started_at = time.monotonic()
         control.send(writer, {"op": "start", "config": control.pack_config(self.config), "paths": self.paths,
                               "generation": self.generation, "ports": self.port_numbers,
-                              "log_format": self.log_format})
+                              "log_format": self.log_format, "probe": probes,
+                              "verdicts": [[api, url, v["active_ok"], v["reason"]]
+                                           for (api, url), v in self.verdicts.items()]})
         first = await control.receive(reader)
         if first is None or first.get("op") != "started":
+            if self.prober == worker.index:
+                self.prober = None
             worker.last_error = (first or {}).get("error", "exited before it started")
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
@@ -209,14 +227,21 @@ class Supervisor:
             raise WorkerStartError(f"worker {worker.index} did not start: {worker.last_error}")
         worker.generation, worker.ready, worker.last_error = first["generation"], True, None
         log.info("worker_started", worker=worker.index, pid=process.pid, generation=worker.generation,
-                 restarts=worker.restarts)
+                 restarts=worker.restarts, probing=probes)
+        for api, url, active_ok, reason in first.get("verdicts") or ():
+            self._verdict(worker, api, url, active_ok, reason)
         self._spawn_task(self._listen(worker, reader, process), f"wsgate-worker-{worker.index}")
 
     async def _listen(self, worker: Worker, reader: asyncio.StreamReader, process: asyncio.subprocess.Process) -> None:
         while (message := await control.receive(reader)) is not None:
-            worker.answered(message)
+            if message.get("op") == "verdict":
+                self._verdict(worker, message["api"], message["url"], message["active_ok"], message["reason"])
+            else:
+                worker.answered(message)
         code = await process.wait()
         worker.gone()
+        if self.prober == worker.index and not self.stopping:
+            await self._hand_probing_over(worker)
         if self.stopping:
             log.info("worker_stopped", worker=worker.index, pid=process.pid, code=code)
             return
@@ -239,6 +264,39 @@ class Supervisor:
                 delay = min(0.25 * 2 ** (worker.failures - 1), 30.0)
                 log.error("worker_restart_failed", worker=worker.index, error=str(exc), restart_in=delay)
                 await asyncio.sleep(delay)
+
+    # ----------------------------------------------------------------- health
+    def _verdict(self, source: Worker, api: str, url: str, active_ok: bool, reason: str) -> None:
+        """The prober's active verdict on an endpoint: keep it, and hand a change to every other worker."""
+        if source.index != self.prober:  # a former prober's last words: only one worker decides
+            return
+        key = (api, url)
+        known = self.verdicts.get(key)
+        if known is not None and known["active_ok"] == active_ok:
+            return
+        self.verdicts[key] = {"active_ok": active_ok, "reason": reason, "since": time.time()}
+        if known is None and active_ok:
+            return  # every worker starts optimistic: nothing to hand on
+        message = {"op": "verdict", "api": api, "url": url, "active_ok": active_ok, "reason": reason}
+        for worker in self.workers:
+            # A worker still starting reads it once it serves: its channel buffers it.
+            if worker is not source and worker.writer is not None:
+                control.send(worker.writer, message)
+
+    async def _hand_probing_over(self, dead: Worker) -> None:
+        """The prober died: the lowest-index worker serving probes from now on (else the next one started)."""
+        self.prober = None
+        for worker in sorted(self.workers, key=lambda w: w.index):
+            if worker is dead or not worker.ready:
+                continue
+            self.prober = worker.index
+            log.info("prober_handed_over", worker=worker.index, previous=dead.index)
+            reply = await worker.request({"op": "probe"})
+            if reply.get("ok"):
+                for api, url, active_ok, reason in reply.get("verdicts") or ():
+                    self._verdict(worker, api, url, active_ok, reason)
+                return
+            self.prober = None  # it did not take it (died meanwhile?): try the next
 
     def _spawn_task(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -353,10 +411,29 @@ class Supervisor:
         return 200, PlainText(render_directory(self.metrics_dir).decode(), CONTENT_TYPE)
 
     async def upstreams(self, _: Any) -> tuple[int, Any]:
-        """Endpoint health as each worker sees it (each runs its own checks): listed, not merged."""
+        """Every endpoint once: the prober's active verdict, and each worker's passive mark and load."""
         statuses = await asyncio.gather(*(w.request({"op": "status"}) for w in self.workers))
-        return 200, {"workers": [{"index": w.index, "pid": w.pid, "upstreams": status.get("upstreams")}
-                                 for w, status in zip(self.workers, statuses, strict=True)]}
+        apis: dict[str, dict[str, dict[str, Any]]] = {}
+        for worker, status in zip(self.workers, statuses, strict=True):
+            for api, endpoints in ((status.get("upstreams") or {}).get("apis") or {}).items():
+                for seen in endpoints:
+                    verdict = self.verdicts.get((api, seen["url"])) or {}
+                    active_ok = verdict.get("active_ok", seen["active_ok"])
+                    entry = apis.setdefault(api, {}).setdefault(seen["url"], {
+                        "url": seen["url"], "active_ok": active_ok, "healthy": active_ok,
+                        "since": verdict.get("since", seen["since"]),
+                        "reason": verdict.get("reason", seen["reason"]), "last_probe": None, "workers": []})
+                    if status.get("probing"):
+                        entry["last_probe"] = seen["last_probe"]
+                    # Healthy: every worker gives it new connections (the verdict, and no passive mark anywhere).
+                    entry["healthy"] = entry["healthy"] and seen["healthy"]
+                    if not seen["healthy"] and seen["active_ok"]:
+                        entry["reason"] = seen["reason"]  # a passive mark: what that worker saw
+                    entry["workers"].append({"index": worker.index, "healthy": seen["healthy"],
+                                             "passive_cool_down": seen["passive_cool_down"],
+                                             "pending": seen["pending"], "open": seen["open"]})
+        return 200, {"prober": self.prober,
+                     "apis": {api: list(endpoints.values()) for api, endpoints in sorted(apis.items())}}
 
     def config_answer(self, _: Any) -> tuple[int, Any]:
         from ..admin import _redacted

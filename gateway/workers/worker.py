@@ -36,6 +36,11 @@ async def serve(fd: int, index: int) -> int:
     # The supervisor decides (and counts) reloads; this gateway applies what it hands over.
     gateway = Gateway(config, admin=False, echo=False, paths=hello["paths"], reuse_port=True,
                       port_numbers=hello["ports"], decides_reloads=False)
+    # One worker probes for the gateway (the supervisor says which); the others take its verdicts, starting with
+    # the current ones, before their routes are compiled.
+    gateway.health.probing = bool(hello.get("probe", True))
+    for api, url, active_ok, reason in hello.get("verdicts", ()):
+        gateway.health.apply_verdict(api, url, active_ok, reason)
     async with stop_requested() as stopping:
         try:
             await gateway.start(hello["generation"])
@@ -44,7 +49,10 @@ async def serve(fd: int, index: int) -> int:
             control.send(writer, {"op": "failed", "error": f"{exc.__class__.__name__}: {exc}"})
             await writer.drain()
             return 1
-        control.send(writer, {"op": "started", "pid": os.getpid(), "generation": gateway.table.generation})
+        control.send(writer, {"op": "started", "pid": os.getpid(), "generation": gateway.table.generation,
+                              "verdicts": gateway.health.verdicts() if gateway.health.probing else None})
+        gateway.health.on_verdict = lambda api, url, ok, reason: control.send(
+            writer, {"op": "verdict", "api": api, "url": url, "active_ok": ok, "reason": reason})
         freeze_startup_heap()  # a worker is a process entry point too, like `wsgate run`
         commands = asyncio.create_task(_commands(reader, writer, gateway, stopping))
         try:
@@ -58,9 +66,16 @@ async def serve(fd: int, index: int) -> int:
 async def _commands(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, gateway: Gateway,
                     stopping: StopRequest) -> None:
     while (message := await control.receive(reader)) is not None:
+        if message["op"] == "verdict":  # the prober's news, handed on: no reply
+            gateway.health.apply_verdict(message["api"], message["url"], message["active_ok"], message["reason"])
+            continue
         reply: dict[str, Any] = {"id": message.get("id")}
         try:
-            if message["op"] == "apply":
+            if message["op"] == "probe":  # the prober died: this worker probes for the gateway from now on
+                log.info("probing_taken_over")
+                gateway.health.set_probing(True)
+                reply.update(ok=True, verdicts=gateway.health.verdicts())
+            elif message["op"] == "apply":
                 gateway.port_numbers = message["ports"]
                 outcome = await gateway.reload("supervisor", checked=control.unpack_config(message["config"]),
                                                generation=message["generation"])
@@ -82,7 +97,7 @@ def status(gateway: Gateway) -> dict[str, Any]:
     health = gateway.state.shared.health()
     return {"pid": os.getpid(), "generation": gateway.table.generation, "digest": gateway.table.digest,
             "ready": gateway.ready, "connections": gateway.registry.counts(),
-            "upstreams": upstreams(gateway)[1],
+            "upstreams": upstreams(gateway)[1], "probing": gateway.health.probing,
             "state": health,
             "reloads": gateway.reload_count}
 
