@@ -283,6 +283,17 @@ class Supervisor:
             if worker is not source and worker.writer is not None:
                 control.send(worker.writer, message)
 
+    def _replace_verdicts(self, verdicts: list[list[Any]]) -> None:
+        """The prober's verdicts after a reload: endpoints it no longer has are forgotten (a stale 'down' must not
+        reach a worker started later), the others keep their ``since`` unless the verdict changed."""
+        kept: dict[tuple[str, str], dict[str, Any]] = {}
+        for api, url, active_ok, reason in verdicts:
+            known = self.verdicts.get((api, url))
+            if known is None or known["active_ok"] != active_ok:
+                known = {"active_ok": active_ok, "reason": reason, "since": time.time()}
+            kept[(api, url)] = known
+        self.verdicts = kept
+
     async def _hand_probing_over(self, dead: Worker) -> None:
         """The prober died: the lowest-index worker serving probes from now on (else the next one started)."""
         self.prober = None
@@ -353,6 +364,9 @@ class Supervisor:
                 worker.generation = reply["generation"]
             else:
                 worker.last_error = reply.get("error") or "reload failed"
+        for worker, reply in zip(self.workers, replies, strict=True):
+            if worker.index == self.prober and reply.get("verdicts") is not None:
+                self._replace_verdicts(reply["verdicts"])
         applied = sum(1 for r in replies if r.get("ok"))
         if applied == 0:  # nobody serves it: keep the last good config for the workers started from now on
             self.config, self.generation = old_config, old_generation

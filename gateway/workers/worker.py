@@ -79,7 +79,9 @@ async def _commands(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
                 gateway.port_numbers = message["ports"]
                 outcome = await gateway.reload("supervisor", checked=control.unpack_config(message["config"]),
                                                generation=message["generation"])
-                reply.update(ok=outcome["ok"], outcome=outcome)
+                # The prober's verdicts after the reload: the supervisor forgets those of endpoints it removed.
+                reply.update(ok=outcome["ok"], outcome=outcome,
+                             verdicts=gateway.health.verdicts() if gateway.health.probing else None)
             elif message["op"] == "status":
                 reply.update(status(gateway))
         except Exception as exc:  # a bug: say so to the supervisor, keep serving
