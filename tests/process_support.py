@@ -8,11 +8,13 @@ import json
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from support import TIMEOUT
+from support import TIMEOUT, http_request
 
 
 @dataclass
@@ -85,3 +87,17 @@ async def start_wsgate(config_dir: Path, *args: str, ready: tuple[str, ...] = ("
         await running.kill()
         raise
     return running
+
+
+async def admin_json(admin: str, path: str):
+    return (await http_request(admin, path=path)).json()
+
+
+@asynccontextmanager
+async def two_workers(config_dir: Path) -> AsyncIterator[tuple[RunningProcess, str]]:
+    """``wsgate run --workers 2`` on ``config_dir``: yields it and its admin base URL, and kills it on exit."""
+    gateway = await start_wsgate(config_dir, "--workers", "2")
+    try:
+        yield gateway, f"http://127.0.0.1:{gateway.ports['admin']}"
+    finally:
+        await gateway.kill()

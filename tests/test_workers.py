@@ -7,12 +7,9 @@ import errno
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from pathlib import Path
 
 import pytest
-from process_support import RunningProcess, start_wsgate
+from process_support import admin_json, start_wsgate, two_workers
 from support import PORT, TIMEOUT, Scrape, api_yaml, http_request, recording_backend, write_config
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -27,10 +24,6 @@ def test_worker_count_parses_auto_and_numbers():
     assert worker_count("auto") == len(os.sched_getaffinity(0))
     with pytest.raises(ValueError):
         worker_count("0")
-
-
-async def admin_json(admin: str, path: str):
-    return (await http_request(admin, path=path)).json()
 
 
 async def test_workers_share_the_port_answer_as_one_and_reload_together(tmp_path):
@@ -111,16 +104,6 @@ async def test_a_killed_worker_is_restarted_and_the_others_connections_are_untou
             assert (await admin_json(admin, "/connections"))["total"] == alive + 6
             for ws in clients + fresh:
                 await ws.close()
-
-
-@asynccontextmanager
-async def two_workers(config_dir: Path) -> AsyncIterator[tuple[RunningProcess, str]]:
-    """``wsgate run --workers 2`` on ``config_dir``: yields it and its admin base URL, and kills it on exit."""
-    gateway = await start_wsgate(config_dir, "--workers", "2")
-    try:
-        yield gateway, f"http://127.0.0.1:{gateway.ports['admin']}"
-    finally:
-        await gateway.kill()
 
 
 async def clients_on_every_worker(url: str, admin: str) -> list[ClientConnection]:

@@ -8,6 +8,8 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
+from health_support import backends, health_api
+from process_support import admin_json, two_workers
 from support import (
     PORT,
     TIMEOUT,
@@ -18,8 +20,6 @@ from support import (
     upgrade_request,
     write_config,
 )
-from test_upstream_health import backends, health_api
-from test_workers import admin_json, two_workers
 from websockets.asyncio.client import connect
 
 from gateway.health import HealthRegistry

@@ -123,26 +123,7 @@ function renderCharts(apis) {
   }));
 }
 
-// A worker supervisor lists each worker's view ({workers: [{upstreams: {apis}}]}): an endpoint is shown healthy
-// only when every worker sees it so, with the first reason one of them gives.
-function mergeWorkers(upstreams) {
-  if (!upstreams || upstreams.apis || !upstreams.workers) return upstreams;
-  const apis = {};
-  for (const worker of upstreams.workers) {
-    for (const [api, endpoints] of Object.entries((worker.upstreams && worker.upstreams.apis) || {})) {
-      const merged = (apis[api] = apis[api] || []);
-      for (const endpoint of endpoints) {
-        const seen = merged.find((e) => e.url === endpoint.url);
-        if (!seen) merged.push({ ...endpoint });
-        else if (!endpoint.healthy && seen.healthy) Object.assign(seen, { healthy: false, reason: endpoint.reason });
-      }
-    }
-  }
-  return { apis };
-}
-
 function renderUpstreams(samples, upstreams) {
-  upstreams = mergeWorkers(upstreams);
   const failures = new Map(); // "api endpoint" -> n
   for (const s of samples) {
     if (s.name !== "wsgate_upstream_connect_failures_total") continue;
