@@ -140,3 +140,28 @@ class Reloader:
             log.info("reload_skipped", trigger=trigger, digest=digest, generation=serving_generation)
             return {"ok": True, "noop": True}
         return await self._apply(result, trigger, generation)
+
+
+class ReloadStatus:
+    """What the admin and the watcher read about reloads, from the ``reloader`` of whoever decides them (a
+    ``Gateway``, or the supervisor of ``--workers N``)."""
+
+    reloader: Reloader
+
+    @property
+    def check_cache(self) -> CheckCache:
+        """Reloads re-read only the files changed since the last check."""
+        return self.reloader.cache
+
+    @property
+    def last_reload(self) -> dict[str, Any] | None:
+        return self.reloader.last
+
+    @property
+    def reload_history(self) -> deque[dict[str, Any]]:
+        return self.reloader.history
+
+    @property
+    def reload_count(self) -> int:
+        """Finished reload attempts (applied, skipped or failed)."""
+        return self.reloader.count

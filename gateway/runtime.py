@@ -13,7 +13,6 @@ import functools
 import gc
 import os
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,7 +32,7 @@ from .listener import ListenerServices, PortListener, raise_open_files_limit
 from .metrics import FLUSH_INTERVAL, Metrics
 from .policies.state import PolicyState
 from .relay.keepalive import KeepaliveSweeper
-from .reloader import Reloader
+from .reloader import Reloader, ReloadStatus
 from .routes import RouteTable
 from .signals import stop_requested
 from .tls import ServerTLS
@@ -93,7 +92,7 @@ class StartError(Exception):
                    "stop the other process, or change `admin.port` in the Gateway resource (or --admin)")
 
 
-class Gateway:
+class Gateway(ReloadStatus):
     """Every listener of one config, and the route table they read.
 
     ``admin``: None uses the config's Gateway resource settings; ``False``
@@ -196,23 +195,6 @@ class Gateway:
             self._flusher = asyncio.get_running_loop().call_later(FLUSH_INTERVAL, self._flush_periodically)
 
     # ----------------------------------------------------------------- reload
-    @property
-    def check_cache(self) -> CheckCache:
-        return self.reloader.cache
-
-    @property
-    def last_reload(self) -> dict[str, Any] | None:
-        return self.reloader.last
-
-    @property
-    def reload_history(self) -> deque[dict[str, Any]]:
-        return self.reloader.history
-
-    @property
-    def reload_count(self) -> int:
-        """Finished reload attempts (applied, skipped or failed)."""
-        return self.reloader.count
-
     @property
     def reloaded(self) -> asyncio.Condition:
         """Notified after every reload outcome."""

@@ -39,7 +39,6 @@ import socket
 import sys
 import tempfile
 import time
-from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,7 +48,7 @@ import structlog
 from ..admin import AdminServer, PlainText, admin_access, dashboard_routes, healthz
 from ..config.cache import CheckCache
 from ..config.tree import Config
-from ..reloader import Reloader
+from ..reloader import Reloader, ReloadStatus
 from ..signals import stop_requested
 from . import control
 from .ports import PortHold, hold_port
@@ -130,7 +129,7 @@ class Worker:
                 "restarts": self.restarts, "error": self.last_error}
 
 
-class Supervisor:
+class Supervisor(ReloadStatus):
     def __init__(self, config: Config, count: int, *, paths: Sequence[str | Path] | None = None,
                  admin: tuple[str, int] | None = None, log_format: str = "auto", watch: bool = True,
                  check_cache: CheckCache | None = None) -> None:
@@ -321,23 +320,6 @@ class Supervisor:
                     worker.process.send_signal(sig)
 
     # ----------------------------------------------------------------- reload
-    @property
-    def check_cache(self) -> CheckCache:
-        """Reloads re-read only the files changed since the last check, as a single-process gateway's do."""
-        return self.reloader.cache
-
-    @property
-    def last_reload(self) -> dict[str, Any] | None:
-        return self.reloader.last
-
-    @property
-    def reload_history(self) -> deque[dict[str, Any]]:
-        return self.reloader.history
-
-    @property
-    def reload_count(self) -> int:
-        return self.reloader.count
-
     async def reload(self, trigger: str = "manual") -> dict[str, Any]:
         """Build the tree once (the same build as validate, transforms imported); hand a changed config to every
         worker as the next generation (``gateway.reloader``: the sequence a single gateway runs too)."""
