@@ -28,18 +28,18 @@ def basic(user: str, password: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
+IDENTIFY_BASIC = "policies:\n  - type: identify\n    by: [basic]\n"
+
+
+def basic_app(users: dict[str, str], apis: str = "[Slow]") -> str:
+    """An Application named ``app`` whose basic users are ``users`` (username -> stored password)."""
+    lines = "".join(f'    - {{username: {name}, password: "{stored}"}}\n' for name, stored in users.items())
+    return f"kind: Application\nname: app\nidentifiers:\n  basic:\n{lines}apis: {apis}\n"
+
+
 def config_docs(url: str) -> tuple[str, ...]:
-    identify = "policies:\n  - type: identify\n    by: [basic]\n"
-    app = f"""\
-kind: Application
-name: app
-identifiers:
-  basic:
-    - {{username: bee, password: "{BCRYPT_HASH}"}}
-    - {{username: argo, password: "{ARGON_HASH}"}}
-apis: [Slow, Open]
-"""
-    return (PORT, api_yaml("Slow", "/slow", url, extra=identify), api_yaml("Open", "/open", url), app)
+    app = basic_app({"bee": BCRYPT_HASH, "argo": ARGON_HASH}, apis="[Slow, Open]")
+    return (PORT, api_yaml("Slow", "/slow", url, extra=IDENTIFY_BASIC), api_yaml("Open", "/open", url), app)
 
 
 def test_bcrypt_and_argon2_users_log_in_off_the_event_loop(tmp_path, monkeypatch):
@@ -95,17 +95,7 @@ def test_validate_warns_about_fast_digests_and_refuses_broken_hashes(tmp_path):
     """A `sha256:` basic password is WSG251 (a fast hash); a truncated bcrypt hash is WSG181; good bcrypt and
     argon2 hashes are neither, nor WSG200 (plain text)."""
     digest = "sha256:" + hashlib.sha256(b"pw").hexdigest()
-    app = f"""\
-kind: Application
-name: app
-identifiers:
-  basic:
-    - {{username: a, password: "{digest}"}}
-    - {{username: b, password: "{BCRYPT_HASH[:-5]}"}}
-    - {{username: c, password: "{BCRYPT_HASH}"}}
-    - {{username: d, password: "{ARGON_HASH}"}}
-apis: [Slow]
-"""
+    app = basic_app({"a": digest, "b": BCRYPT_HASH[:-5], "c": BCRYPT_HASH, "d": ARGON_HASH})
     root = tmp_path / "config"
     root.mkdir()
     (root / "g.yaml").write_text(PORT + "---\n" + api_yaml("Slow", "/slow", "ws://127.0.0.1:9/") + "---\n" + app)
@@ -132,16 +122,7 @@ def test_unknown_and_fast_hashed_users_cost_one_slow_verification_like_known_one
         return real(stored, password)
 
     monkeypatch.setattr(gateway.apps, "verify_slow_hash", counting)
-    identify = "policies:\n  - type: identify\n    by: [basic]\n"
-    app = f"""\
-kind: Application
-name: app
-identifiers:
-  basic:
-    - {{username: bee, password: "{quick_hash}"}}
-    - {{username: fast, password: "sha256:{hashlib.sha256(fast_password.encode()).hexdigest()}"}}
-apis: [Slow]
-"""
+    app = basic_app({"bee": quick_hash, "fast": f"sha256:{hashlib.sha256(fast_password.encode()).hexdigest()}"})
 
     async def status(gw, user: str, password: str) -> int:
         try:
@@ -154,7 +135,7 @@ apis: [Slow]
         out = []
         async with echo_backend() as backend:
             url = backend.url("/echo/")
-            config = write_config(tmp_path, PORT, api_yaml("Slow", "/slow", url, extra=identify), app)
+            config = write_config(tmp_path, PORT, api_yaml("Slow", "/slow", url, extra=IDENTIFY_BASIC), app)
             async with running_gateway(config) as gw:
                 for label, user, password in (("unknown", "nobody", "guess"), ("known, wrong", "bee", "guess"),
                                               ("known", "bee", BCRYPT_PASSWORD), ("fast, wrong", "fast", "guess"),
