@@ -101,7 +101,7 @@ def find_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[Diagnostic
         if root.is_dir():
             # Sorted by parts, as Path sorts, but comparing tuples of str (Path.__lt__ costs ~4 µs a call).
             found += sorted(_walk(root), key=lambda item: item[0].parts)
-        elif root.is_file():
+        elif root.exists():  # a file, or something posing as one (load_file refuses what is not a regular file)
             found.append((root, _identity(root)))
         else:
             problems.append(
@@ -138,7 +138,7 @@ def _walk(root: Path) -> Iterable[tuple[Path, tuple[int, int]]]:
                     st = os.stat(path)
                 except OSError:
                     continue  # a dangling symlink: not a file, as is_file() would say
-                if stat.S_ISREG(st.st_mode):
+                if not stat.S_ISDIR(st.st_mode):  # a FIFO or device named *.yaml is refused by load_file, loudly
                     yield path, (st.st_dev, st.st_ino)
 
 
@@ -148,21 +148,24 @@ def load(paths: Iterable[str | Path], cache: CheckCache | None = None) -> LoadRe
     With a ``cache``, a file whose content is unchanged since the cache's last check is not parsed again.
     """
     result = LoadResult()
+    paths = list(paths)
     files, problems = find_files(paths)
     result.diagnostics += problems
+    roots = tree_roots(paths)
     yaml = new_yaml()
     for path in files:
-        load_file(path, result, yaml, cache)
+        load_file(path, result, yaml, cache, roots=roots)
     return result
 
 
-def load_file(path: Path, result: LoadResult, yaml: YAML | None = None, cache: CheckCache | None = None) -> None:
+def load_file(path: Path, result: LoadResult, yaml: YAML | None = None, cache: CheckCache | None = None,
+              *, roots: Sequence[str] | None = None) -> None:
+    """Read one config file into ``result``; with ``roots`` (real paths), a file whose real path is outside all
+    of them is refused unread (see :func:`read_guarded`)."""
     name = str(path)
     result.files.append(name)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        result.diagnostics.append(error("WSG003", f"cannot read {name}: {exc.strerror or exc}", Location(name, 1, 1)))
+    raw = read_guarded(path, roots, result.diagnostics)
+    if raw is None:
         return
     try:
         text = raw.decode("utf-8-sig")
@@ -186,6 +189,95 @@ def load_file(path: Path, result: LoadResult, yaml: YAML | None = None, cache: C
     result.documents += stored.documents
     result.diagnostics += stored.diagnostics
     result.sources[name] = stored.lines
+
+
+# ------------------------------------------------------------- guarded reading
+
+# Real paths under these are the kernel's views of processes and devices, never config: /proc/self/environ is a
+# "regular file" to stat(), and reading it would put the process environment into a diagnostic (issue 21).
+SPECIAL_ROOTS = ("/proc", "/sys", "/dev")
+
+
+def tree_roots(paths: Iterable[str | Path]) -> list[str]:
+    """The real paths of the config tree's roots: a directory argument, or the directory of a file argument."""
+    out: list[str] = []
+    for p in paths:
+        p = Path(p)
+        out.append(os.path.realpath(p if p.is_dir() else os.path.dirname(os.path.abspath(p))))
+    return out
+
+
+def inside(real: str, root: str) -> bool:
+    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _kind_of(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return "not a regular file"
+
+
+def file_refusal(path: Path, roots: Sequence[str] | None) -> tuple[str, str, str] | None:
+    """Why ``path`` must not be read, as (code, summary, hint), or None. Never opens the file.
+
+    WSG011: its real path (links resolved) leaves every root. WSG012: it is not a regular file, or its real path
+    is under /proc, /sys or /dev.
+    """
+    real = os.path.realpath(path)
+    special = next((s for s in SPECIAL_ROOTS if inside(real, s)), None)
+    if special is not None:
+        return ("WSG012", f"{path} is a special file (its real path is under {special})",
+                "config and the files it names are regular files in the config tree")
+    if roots is not None and not any(inside(real, root) for root in roots):
+        return ("WSG011", f"{path} links outside the config tree (to {real})",
+                "copy the file into the config tree, or point at the file itself rather than a link to it")
+    try:
+        mode = os.stat(real).st_mode
+    except OSError:
+        return None  # missing or unreadable: the reader says so
+    if not stat.S_ISREG(mode):
+        return ("WSG012", f"{path} is {_kind_of(mode)}, not a regular file",
+                "config and the files it names are regular files in the config tree")
+    return None
+
+
+def read_guarded(path: Path, roots: Sequence[str] | None, out: list[Diagnostic]) -> bytes | None:
+    """The bytes of a config file, or None with a diagnostic in ``out`` that quotes nothing of it.
+
+    The real path is checked (:func:`file_refusal`), then opened without following a link (a link swapped in
+    after the check fails the open) and without blocking (a FIFO swapped in does not hang the check), and
+    checked again to be a regular file by the open descriptor.
+    """
+    name = str(path)
+    refusal = file_refusal(path, roots)
+    if refusal is not None:
+        code, summary, hint = refusal
+        out.append(error(code, summary, Location(name, 1, 1), hint=hint))
+        return None
+    try:
+        fd = os.open(os.path.realpath(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        out.append(error("WSG003", f"cannot read {name}: {exc.strerror or exc}", Location(name, 1, 1)))
+        return None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            out.append(error("WSG012", f"{name} is {_kind_of(mode)}, not a regular file", Location(name, 1, 1),
+                             hint="config and the files it names are regular files in the config tree"))
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    except OSError as exc:
+        out.append(error("WSG003", f"cannot read {name}: {exc.strerror or exc}", Location(name, 1, 1)))
+        return None
+    finally:
+        os.close(fd)
 
 
 def new_yaml() -> YAML:
