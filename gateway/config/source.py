@@ -158,6 +158,15 @@ def load(paths: Iterable[str | Path], cache: CheckCache | None = None) -> LoadRe
     return result
 
 
+def load_one(path: Path) -> LoadResult:
+    """One YAML or JSON file (not a config tree: `wsgate import`'s description) through the guards a config file
+    gets: no special file, nesting past ``MAX_DEPTH`` refused before parsing, aliases expanding past
+    ``MAX_NODES`` refused while converting. A link is followed: the operator named this file."""
+    result = LoadResult()
+    load_file(path, result, new_yaml(), roots=None)
+    return result
+
+
 def load_file(path: Path, result: LoadResult, yaml: YAML | None = None, cache: CheckCache | None = None,
               *, roots: Sequence[str] | None = None) -> None:
     """Read one config file into ``result``; with ``roots`` (real paths), a file whose real path is outside all
