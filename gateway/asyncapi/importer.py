@@ -28,11 +28,11 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
-from .config import cut_long_quotes, with_source_lines
-from .config.diagnostics import Diagnostic, warning
-from .config.message_schemas import DATA_KEYWORDS, SCHEMA_MAPS
-from .config.models import API
-from .config.source import Document, load_one
+from ..config import cut_long_quotes, with_source_lines
+from ..config.diagnostics import Diagnostic, warning
+from ..config.message_schemas import DATA_KEYWORDS, SCHEMA_MAPS
+from ..config.models import API
+from ..config.source import Document, load_one
 
 MAX_SIZE_EXTENSION = "x-wsgate-max-size"
 # The largest description import reads; the biggest public AsyncAPI documents are a few hundred KB.
