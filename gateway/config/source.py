@@ -92,7 +92,8 @@ class LoadResult:
 def find_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[Diagnostic]]:
     """Every YAML file under ``paths`` (directories walked recursively, sorted), and missing paths.
 
-    Hidden files and directories (a leading '.') are skipped; symlinked directories are not followed.
+    Hidden files and directories (a leading '.') are skipped; symlinked directories are not followed. Entries
+    that are not regular files (a FIFO named ``x.yaml``) are listed: ``load_file`` refuses them with a diagnostic.
     """
     found: list[tuple[Path, tuple[int, int] | Path]] = []
     problems: list[Diagnostic] = []
@@ -152,9 +153,10 @@ def load(paths: Iterable[str | Path], cache: CheckCache | None = None) -> LoadRe
     files, problems = find_files(paths)
     result.diagnostics += problems
     roots = tree_roots(paths)
+    real_dirs = RealPaths()
     yaml = new_yaml()
     for path in files:
-        load_file(path, result, yaml, cache, roots=roots)
+        load_file(path, result, yaml, cache, roots=roots, real_dirs=real_dirs)
     return result
 
 
@@ -168,12 +170,12 @@ def load_one(path: Path) -> LoadResult:
 
 
 def load_file(path: Path, result: LoadResult, yaml: YAML | None = None, cache: CheckCache | None = None,
-              *, roots: Sequence[str] | None = None) -> None:
+              *, roots: Sequence[str] | None = None, real_dirs: RealPaths | None = None) -> None:
     """Read one config file into ``result``; with ``roots`` (real paths), a file whose real path is outside all
     of them is refused unread (see :func:`read_guarded`)."""
     name = str(path)
     result.files.append(name)
-    raw = read_guarded(path, roots, result.diagnostics)
+    raw = read_guarded(path, roots, result.diagnostics, real_dirs)
     if raw is None:
         return
     try:
@@ -238,7 +240,11 @@ def file_refusal(path: Path, roots: Sequence[str] | None) -> tuple[str, str, str
     WSG011: its real path (links resolved) leaves every root. WSG012: it is not a regular file, or its real path
     is under /proc, /sys or /dev.
     """
-    real = os.path.realpath(path)
+    return _refusal(path, os.path.realpath(path), roots)
+
+
+def _refusal(path: Path, real: str, roots: Sequence[str] | None, *, stat_it: bool = True
+             ) -> tuple[str, str, str] | None:
     special = next((s for s in SPECIAL_ROOTS if inside(real, s)), None)
     if special is not None:
         return ("WSG012", f"{path} is a special file (its real path is under {special})",
@@ -246,6 +252,8 @@ def file_refusal(path: Path, roots: Sequence[str] | None) -> tuple[str, str, str
     if roots is not None and not any(inside(real, root) for root in roots):
         return ("WSG011", f"{path} links outside the config tree (to {real})",
                 "copy the file into the config tree, or point at the file itself rather than a link to it")
+    if not stat_it:
+        return None
     try:
         mode = os.stat(real).st_mode
     except OSError:
@@ -256,32 +264,61 @@ def file_refusal(path: Path, roots: Sequence[str] | None) -> tuple[str, str, str
     return None
 
 
-def read_guarded(path: Path, roots: Sequence[str] | None, out: list[Diagnostic]) -> bytes | None:
+class RealPaths:
+    """Real paths of files, resolving each directory once (``os.path.realpath`` costs ~100 µs a file: an lstat
+    and Python per component). Lives for one load: a directory swapped for a link is seen by the next."""
+
+    def __init__(self) -> None:
+        self._dirs: dict[str, str] = {}
+
+    def of(self, path: Path) -> str:
+        name = str(path)
+        try:
+            if stat.S_ISLNK(os.lstat(name).st_mode):
+                return os.path.realpath(name)
+        except OSError:
+            return os.path.realpath(name)
+        parent, base = os.path.split(os.path.abspath(name))
+        real_dir = self._dirs.get(parent)
+        if real_dir is None:
+            real_dir = self._dirs[parent] = os.path.realpath(parent)
+        return os.path.join(real_dir, base)
+
+
+def read_guarded(path: Path, roots: Sequence[str] | None, out: list[Diagnostic],
+                 real_dirs: RealPaths | None = None) -> bytes | None:
     """The bytes of a config file, or None with a diagnostic in ``out`` that quotes nothing of it.
 
-    The real path is checked (:func:`file_refusal`), then opened without following a link (a link swapped in
-    after the check fails the open) and without blocking (a FIFO swapped in does not hang the check), and
-    checked again to be a regular file by the open descriptor.
+    The real path is resolved once and checked (:func:`file_refusal`), then that path is opened without following
+    a link (a link swapped in after the check fails the open) and without blocking (a FIFO swapped in does not
+    hang the check), and checked again to be a regular file by the open descriptor. A directory of the real path
+    replaced by a link between check and open is not caught: that takes write access to the tree's directories
+    while the check runs.
     """
     name = str(path)
-    refusal = file_refusal(path, roots)
+    real = (real_dirs or RealPaths()).of(path)  # resolved once: the path checked is the path opened
+    refusal = _refusal(path, real, roots, stat_it=False)  # the open descriptor tells a FIFO, without a stat
     if refusal is not None:
         code, summary, hint = refusal
         out.append(error(code, summary, Location(name, 1, 1), hint=hint))
         return None
     try:
-        fd = os.open(os.path.realpath(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         out.append(error("WSG003", f"cannot read {name}: {exc.strerror or exc}", Location(name, 1, 1)))
         return None
     try:
-        mode = os.fstat(fd).st_mode
+        opened = os.fstat(fd)
+        mode = opened.st_mode
         if not stat.S_ISREG(mode):
             out.append(error("WSG012", f"{name} is {_kind_of(mode)}, not a regular file", Location(name, 1, 1),
                              hint="config and the files it names are regular files in the config tree"))
             return None
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            return f.read()
+        chunks = []
+        size = opened.st_size + 1  # one read for a file that does not grow meanwhile
+        while chunk := os.read(fd, max(size, 1 << 16)):
+            chunks.append(chunk)
+        return b"".join(chunks)
     except OSError as exc:
         out.append(error("WSG003", f"cannot read {name}: {exc.strerror or exc}", Location(name, 1, 1)))
         return None
