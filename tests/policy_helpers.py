@@ -16,7 +16,7 @@ from gateway.config.models import API, Application, Identifiers
 from gateway.config.tree import Config, Loaded, Location
 from gateway.policies.base import ConnectionContext, PolicyBuild, UpgradeRequest
 from gateway.policies.state import PolicyState
-from gateway.upstream import strip_api_key
+from gateway.redaction import forwarded_query
 
 HERE = Path(__file__).parent
 
@@ -63,7 +63,7 @@ def connection(api: str = "Echo", query: str = "", peer: tuple[str, int] = ("127
                path: str = "/echo") -> ConnectionContext:
     """A context built like the listener builds it (API key stripped from the metadata query)."""
     return ConnectionContext(api=api, api_version="1.0", port_name="public", peer=peer, path=path,
-                             metadata={"path": path, "query": strip_api_key(query), "peer": peer[0]})
+                             metadata={"path": path, "query": forwarded_query(query), "peer": peer[0]})
 
 
 def settle(result: Any) -> Any:

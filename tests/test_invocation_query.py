@@ -18,12 +18,12 @@ MARK = "qmark" + secrets.token_hex(6)
 
 # Spellings identify does not read (it takes exactly `x-Gateway-APIKey`, any case, `&`-separated).
 ODD_QUERIES = [
-    f"a=1;x-Gateway-APIKey={MARK};b=2",
+    f"a=1;x-Gateway-APIKey={MARK}&b=2",
     f"a=1&X-GATEWAY-APIKEY+={MARK}&b=2",
     f"a=1&x%2DGateway%2DAPIKey={MARK}&b=2",
     f"a=1&%2578-gateway-apikey={MARK}&b=2",
     f"a=1&x_gateway_apikey={MARK}&b=2",
-    f"a=1&api_key={MARK};b=2",
+    f"a=1&b=2;api_key={MARK}",
     f"a=1&access%5Ftoken={MARK}&b=2",
     f"a=1&x-Gateway-APIKey:{MARK}&b=2",
 ]
@@ -81,8 +81,10 @@ def disguised(draw: st.DrawFn) -> str:
 @settings(max_examples=200, deadline=None)
 @given(name=disguised(), separator=st.sampled_from(["&", ";"]), before=st.booleans())
 def test_no_spelling_of_a_key_name_survives(name, separator, before):
-    """Random case, `+`, percent escapes and either separator: the value never survives redaction."""
+    """Random case, `+`, percent escapes and either separator: the value never survives redaction; a parameter
+    after the key and `;` goes too (to the gateway's `&`-only parser it is part of the key's value)."""
     parameter = f"{name}={MARK}"
     query = f"{parameter}{separator}room=1" if before else f"room=1{separator}{parameter}"
     redacted = redact_query(query)
-    assert MARK not in redacted and "room=1" in redacted
+    assert MARK not in redacted
+    assert ("room=1" in redacted) == (not before or separator == "&")
