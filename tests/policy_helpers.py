@@ -7,14 +7,13 @@ import inspect
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
 
 from websockets.datastructures import Headers
 
 from gateway.apps import AppIndex
 from gateway.config.models import API, Application, Identifiers
 from gateway.config.tree import Config, Loaded, Location
-from gateway.policies.base import ConnectionContext, PolicyBuild, UpgradeRequest
+from gateway.policies.base import ConnectionContext, PolicyBuild, UpgradeRequest, parse_query
 from gateway.policies.state import PolicyState
 from gateway.redaction import forwarded_query
 
@@ -55,7 +54,7 @@ def app_index(*apps: Loaded[Application], env: Mapping[str, str] | None = None) 
 
 def upgrade_request(query: str = "", headers: Iterable[tuple[str, str]] = (),
                     peer: tuple[str, int] = ("127.0.0.1", 50000), path: str = "/echo") -> UpgradeRequest:
-    return UpgradeRequest(path=path, query=parse_qs(query, keep_blank_values=True), headers=Headers(list(headers)),
+    return UpgradeRequest(path=path, query=parse_query(query), headers=Headers(list(headers)),
                           peer=peer, port_name="public", secure=False)
 
 
