@@ -169,7 +169,8 @@ async def test_an_api_key_header_in_another_spelling_is_not_forwarded(tmp_path):
 @pytest.mark.parametrize("name", ["Forwarded", "X-Real-IP"])
 def test_forwarding_headers_cannot_be_configured(tmp_path, name):
     """`upstream.headers` may not set Forwarded or X-Real-IP: the gateway writes them."""
-    api = api_yaml("A", "/a", "ws://127.0.0.1:9/").replace("upstream:\n", f"upstream:\n  headers:\n    {name}: {{env: X}}\n", 1)
+    headers = f"upstream:\n  headers:\n    {name}: {{env: X}}\n"
+    api = api_yaml("A", "/a", "ws://127.0.0.1:9/").replace("upstream:\n", headers, 1)
     write(tmp_path, "gateway.yaml", PORT + api)
     result = run_check(tmp_path)
     assert result.config is None
