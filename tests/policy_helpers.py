@@ -10,12 +10,12 @@ from typing import Any
 
 from websockets.datastructures import Headers
 
-from gateway.apps import AppIndex
+from gateway.build.apps import AppIndex
+from gateway.common.redaction import forwarded_query
 from gateway.config.models import API, Application, Identifiers
 from gateway.config.tree import Config, Loaded, Location
 from gateway.policies.base import ConnectionContext, PolicyBuild, UpgradeRequest, parse_query
 from gateway.policies.state import PolicyState
-from gateway.redaction import forwarded_query
 
 HERE = Path(__file__).parent
 

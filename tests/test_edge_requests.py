@@ -13,8 +13,8 @@ from config_helpers import run_check, write
 from support import PORT, TIMEOUT, api_yaml, recording_backend, running_gateway, upgrade_request, write_config
 from websockets.asyncio.client import connect
 
-from gateway.request_head import has_dot_segment
-from gateway.routes import MalformedHost, request_host
+from gateway.build.routes import MalformedHost, request_host
+from gateway.edge.request_head import has_dot_segment
 
 # Every spelling of a dot segment an upstream (or a normalising proxy behind it) might resolve.
 DOTTED = [

@@ -14,9 +14,9 @@ from support import PORT, api_yaml, gw_url, logged, recording_backend, run, runn
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from gateway.common.redaction import credential_like, forwarded_query, redact_query
 from gateway.policies.base import parse_query
 from gateway.policies.identify import presented_keys
-from gateway.redaction import credential_like, forwarded_query, redact_query
 
 MARK = "qmark" + secrets.token_hex(6)
 

@@ -33,7 +33,7 @@ from support import (  # noqa: E402
 )
 from websockets.asyncio.client import connect  # noqa: E402
 
-from gateway.tracing import wanted  # noqa: E402
+from gateway.operations.tracing import wanted  # noqa: E402
 
 KEY = "tracing-test-key"
 APP = app_yaml(KEY)

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qs
 
 if TYPE_CHECKING:  # type-only: importing this module must not load the config models (pydantic)
-    from ..apps import AppIndex
+    from ..build.apps import AppIndex
     from ..config.models import API
     from ..config.tree import Loaded
     from .state import PolicyState
