@@ -15,14 +15,33 @@ passes the message and records the violation: in the API's invocation log
 (the first log-invocation policy's file) when it has one, in the gateway log
 otherwise; both at most ``LOGGED_PER_CONNECTION`` times per connection. Every
 violation is counted for ``/metrics``.
+
+A text payload the validator cannot read is a ``schema`` violation like any
+other (the configured mode handles it, ``log`` never closes): not JSON, JSON
+nested deeper than the parser goes (Python's recursion limit, ~1,000 levels),
+or an object with a duplicate key. Python keeps the last value of a duplicate
+key while other parsers keep the first, and the message is forwarded as the
+text it came in as: an upstream that keeps the first would act on a value
+nobody validated.
+
+A text payload longer than ``offload_above`` is parsed and checked in one
+worker thread, not on the event loop: a 2 MB JSON message costs ~60 ms to
+parse and validate, which every other connection of the process would wait
+for. The relay holds the connection's later messages of that direction until
+the answer is in, so their order is kept. The thread still takes the GIL: the
+parse (which calls back into Python for each object) gives it up every switch
+interval, jsonschema-rs's validation does not, so another connection can still
+wait for one validation of the biggest messages (see docs/security.md).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,7 +68,29 @@ log = structlog.get_logger("wsgate.policies")
 
 CLOSE_CODES = {"type": 1007, "size": 1009, "schema": 1008}
 LOGGED_PER_CONNECTION = 10  # violations recorded per connection; the counter keeps counting past it
-_loads = json.loads
+
+
+class DuplicateKey(ValueError):
+    """A JSON object names the same key twice."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook``: the object as a dict, unless a key repeats (one dict and one len per object)."""
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKey(key)
+            seen.add(key)
+    return document
+
+
+_loads = json.JSONDecoder(object_pairs_hook=_unique_object).decode
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +134,9 @@ class Matcher:
         # Shortcuts decided once: most APIs have no max_size anywhere, or a schema on every text definition.
         self.sized = any(d.max_size is not None for d, _ in compiled)
         self.schemaless_text = any(d.schema is None for d in self.text)
+        # Whether a text message may be parsed as JSON: what is worth checking off the event loop.
+        self.parses = not self.any_text and (bool(self.discriminator and self.text)
+                                             or any(d.schema is not None for d in self.text))
         self.by_value: dict[Any, list[_Definition]] = {}
         self.unkeyed: list[_Definition] = []
         if discriminator:
@@ -117,11 +161,8 @@ class Matcher:
             return Violation("type", f"no {kind} message is declared in this direction")
         document: Any = _UNPARSED
         if is_text and self.discriminator:
-            try:
-                document = _loads(payload)
-            except ValueError:
-                document = _NOT_JSON
-            if isinstance(document, dict):
+            document = _parse(payload)
+            if type(document) is dict:
                 value = document.get(self.discriminator)
                 keyed = self.by_value.get(value, _NONE) if _hashable(value) else _NONE
                 definitions = [*keyed, *self.unkeyed] if self.unkeyed else keyed
@@ -137,22 +178,38 @@ class Matcher:
         if not is_text or (self.schemaless_text and any(d.schema is None for d in fitting)):
             return None
         if document is _UNPARSED:
-            try:
-                document = _loads(payload)
-            except ValueError:
-                document = _NOT_JSON
+            document = _parse(payload)
         if document is _NOT_JSON:
             return Violation("schema", "not JSON, and every declared text message has a JSON Schema")
-        for d in fitting:
-            if d.schema.is_valid(document):  # type: ignore[union-attr]
-                return None
-        first = fitting[0]
-        return Violation("schema", f"not a valid '{first.name}' message {first.schema.explain(document)}")  # type: ignore[union-attr]
+        if type(document) is Violation:
+            return document
+        try:
+            for d in fitting:
+                if d.schema.is_valid(document):  # type: ignore[union-attr]
+                    return None
+            first = fitting[0]
+            explained = first.schema.explain(document)  # type: ignore[union-attr]
+        except RecursionError:  # jsonschema (without jsonschema-rs) walks a deep document recursively
+            return Violation("schema", "JSON nested too deep to check")
+        return Violation("schema", f"not a valid '{first.name}' message {explained}")
 
 
 _NONE: list[_Definition] = []  # never mutated
 _UNPARSED = object()
 _NOT_JSON = object()
+
+
+def _parse(payload: str | bytes) -> Any:
+    """The JSON document; ``_NOT_JSON``; or the Violation of a JSON text no schema may read (a duplicate key,
+    a nesting deeper than the parser goes). A definition without a schema still accepts it, as any text."""
+    try:
+        return _loads(payload if isinstance(payload, str) else payload.decode())  # text messages carry a str
+    except DuplicateKey as exc:
+        return Violation("schema", f"JSON object with a duplicate key {_short(exc.key)}")
+    except RecursionError:
+        return Violation("schema", "JSON nested too deep to check")
+    except ValueError:
+        return _NOT_JSON
 
 
 def _hashable(value: Any) -> bool:
@@ -172,9 +229,23 @@ def _invocation_log(build: PolicyBuild) -> tuple[LogWriter | None, bool]:
     return None, False
 
 
+_offload: ThreadPoolExecutor | None = None
+
+
+def _offload_executor() -> ThreadPoolExecutor:
+    """The one thread big payloads are checked in, for every policy of the process (made on first use).
+
+    One thread, not a pool: the work holds the GIL, so more threads would not check more at once, only
+    contend with the event loop for it more often.
+    """
+    global _offload
+    if _offload is None:
+        _offload = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsgate-validate")
+    return _offload
+
+
 class ValidateMessages(Policy):
     type = "validate-messages"
-    sync_messages = True
 
     def __init__(self, spec: ValidateMessagesPolicy, build: PolicyBuild) -> None:
         self.spec = spec
@@ -192,12 +263,32 @@ class ValidateMessages(Policy):
         self._echo = record_dict if echo else None
         self._reply = Reply(spec.error_message) if spec.error_message is not None else None
         self._logged: Counter[ConnectionContext] = Counter()
+        # Only a direction whose text is parsed is worth a thread; without one, on_message never awaits (the
+        # relay then skips its per-message awaitable check).
+        self._offload_above = spec.offload_above
+        self.sync_messages = spec.offload_above is None or not any(m.parses for m in self.matchers.values())
 
-    def on_message(self, message: Message, conn: ConnectionContext) -> MessageDecision:
-        direction = message.direction
-        violation = self.matchers[direction].check(message.is_text, message.payload)
+    def on_message(self, message: Message, conn: ConnectionContext) -> MessageDecision | Awaitable[MessageDecision]:
+        matcher = self.matchers[message.direction]
+        payload = message.payload
+        if self._offload_above is not None and len(payload) > self._offload_above and message.is_text \
+                and matcher.parses:
+            return self._check_off_loop(matcher, message, conn)
+        violation = matcher.check(message.is_text, payload)
         if violation is None:
             return message
+        return self._violated(message, conn, violation)
+
+    async def _check_off_loop(self, matcher: Matcher, message: Message, conn: ConnectionContext) -> MessageDecision:
+        """``check`` in the validation thread; the verdict's bookkeeping back on the loop."""
+        loop = asyncio.get_running_loop()
+        violation = await loop.run_in_executor(_offload_executor(), matcher.check, True, message.payload)
+        if violation is None:
+            return message
+        return self._violated(message, conn, violation)
+
+    def _violated(self, message: Message, conn: ConnectionContext, violation: Violation) -> MessageDecision:
+        direction = message.direction
         mode = self.modes[direction]
         action = "log" if mode == "log" else self.spec.on_violation
         self.violations[(self.api, direction, violation.kind, action)] += 1
