@@ -81,7 +81,7 @@ class LogWriter:
         self._wake = threading.Event()
         self._failed = 0  # records that failed to encode since the last transaction_records_failed line
         self._failure: BaseException | None = None  # the last of them
-        self._failure_logged_at = -self.FAILURE_LOG_INTERVAL
+        self._failure_logged_at = -float("inf")
         self._thread = threading.Thread(
             target=self._run, name=f"wsgate-log-{path.name if path else 'stdout'}", daemon=True)
         self._thread.start()
@@ -186,6 +186,8 @@ class LogWriter:
                         if file is not None:
                             file.flush()
                         if item is None:
+                            if self._failed:
+                                self._log_failures(force=True)  # closing: the count not yet logged, now
                             return
                         item.set()
                         continue
@@ -224,11 +226,11 @@ class LogWriter:
                 file.close()
             self._release_flushes()
 
-    def _log_failures(self) -> None:
+    def _log_failures(self, force: bool = False) -> None:
         """One ``transaction_records_failed`` line per ``FAILURE_LOG_INTERVAL`` at most, with the number of
         records that failed since the last one and the last failure's traceback (in the writer's thread)."""
         now = time.monotonic()
-        if now - self._failure_logged_at < self.FAILURE_LOG_INTERVAL:
+        if not force and now - self._failure_logged_at < self.FAILURE_LOG_INTERVAL:
             return
         failed, failure = self._failed, self._failure
         self._failed, self._failure, self._failure_logged_at = 0, None, now
