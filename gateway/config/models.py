@@ -406,7 +406,7 @@ class ValidateMessagesPolicy(PolicyBase):
     offload_above: PositiveInt | None = Field(
         65536,
         description="Text messages longer than this (characters; bytes for ASCII) are parsed and checked in a "
-        "worker thread, not on the event loop, so one big message does not hold up every other connection; the "
+        "worker process, not on the event loop, so one big message does not hold up every other connection; the "
         "connection's later messages wait, in order. `null`: every message is checked on the event loop.",
     )
 

@@ -24,24 +24,30 @@ key while other parsers keep the first, and the message is forwarded as the
 text it came in as: an upstream that keeps the first would act on a value
 nobody validated.
 
-A text payload longer than ``offload_above`` is parsed and checked in one
-worker thread, not on the event loop: a 2 MB JSON message costs ~60 ms to
-parse and validate, which every other connection of the process would wait
-for. The relay holds the connection's later messages of that direction until
-the answer is in, so their order is kept. The thread still takes the GIL: the
-parse (which calls back into Python for each object) gives it up every switch
-interval, jsonschema-rs's validation does not, so another connection can still
-wait for one validation of the biggest messages (see docs/security.md).
+A text payload longer than ``offload_above`` is parsed and checked in a worker
+process, not on the event loop: a 1.7 MB JSON message costs 40-140 ms to parse
+and validate, and every other connection of the process would wait for it. A
+thread does not help: json's parser and jsonschema-rs hold the GIL for the
+whole call, and the loop then waits for the GIL instead (measured with
+``benchmarks/message_relay_micro.py --big-neighbour``). The payload crosses a
+pipe (pickled in the executor's feeder thread, not on the loop); the worker
+compiles each direction's definitions once (keyed by their JSON). The relay
+holds the connection's later messages of that direction until the answer is
+in, so their order is kept. If the worker dies, it is replaced and the message
+is checked on the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import multiprocessing
 import time
 from collections import Counter
 from collections.abc import Awaitable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
@@ -229,19 +235,53 @@ def _invocation_log(build: PolicyBuild) -> tuple[LogWriter | None, bool]:
     return None, False
 
 
-_offload: ThreadPoolExecutor | None = None
+# ----------------------------------------------------------------- the worker process
+
+_worker: ProcessPoolExecutor | None = None  # this process's one validation worker, made on first use
+_worker_matchers: dict[str, Matcher] = {}  # in the worker: the matchers it compiled, by their key
+_WORKER_MATCHERS = 256
 
 
-def _offload_executor() -> ThreadPoolExecutor:
-    """The one thread big payloads are checked in, for every policy of the process (made on first use).
+def _worker_pool() -> ProcessPoolExecutor:
+    """The process big payloads are checked in, for every policy of this gateway process.
 
-    One thread, not a pool: the work holds the GIL, so more threads would not check more at once, only
-    contend with the event loop for it more often.
+    One process: enough to take the work off the loop (the loop checked one message at a time before). A
+    fork server, not a fork: this process has threads (log writers, executors), which a fork copies mid-step.
     """
-    global _offload
-    if _offload is None:
-        _offload = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsgate-validate")
-    return _offload
+    global _worker
+    if _worker is None:
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        _worker = ProcessPoolExecutor(max_workers=1, mp_context=context)
+    return _worker
+
+
+def _replace_worker(broken: ProcessPoolExecutor) -> None:
+    global _worker
+    if _worker is broken:
+        _worker = None
+        broken.shutdown(wait=False, cancel_futures=True)
+
+
+def _check_in_worker(key: str, definitions: tuple[MessageDefinition, ...], discriminator: str | None,
+                     payload: str | bytes) -> Violation | None:
+    """``Matcher.check`` of a text payload, in the worker (``key`` names the matcher it keeps)."""
+    matcher = _worker_matchers.get(key)
+    if matcher is None:
+        if len(_worker_matchers) >= _WORKER_MATCHERS:
+            _worker_matchers.clear()  # reloads changed the definitions many times: start over
+        matcher = _worker_matchers[key] = Matcher(definitions, discriminator)
+    return matcher.check(True, payload)
+
+
+def _ready() -> bool:
+    return True
+
+
+def _matcher_key(definitions: Sequence[MessageDefinition], discriminator: str | None) -> str:
+    dumped = [d.model_dump(mode="json", by_alias=True) for d in definitions]
+    text = json.dumps([dumped, discriminator], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class ValidateMessages(Policy):
@@ -254,19 +294,26 @@ class ValidateMessages(Policy):
         writer, echo = _invocation_log(build)
         self.modes: dict[str, str] = {"client": spec.client, "server": spec.server}
         self.message_stages = frozenset(d for d in ("client", "server") if self.modes[d] != "off")
-        self.matchers = {
-            direction: Matcher([d for d in definitions if d.origin == direction], spec.discriminator)
-            for direction in self.message_stages
-        }
+        by_direction = {direction: tuple(d for d in definitions if d.origin == direction)
+                        for direction in self.message_stages}
+        self.matchers = {direction: Matcher(by_direction[direction], spec.discriminator)
+                         for direction in self.message_stages}
         self.violations = build.state.violations
         self.writer = writer
         self._echo = record_dict if echo else None
         self._reply = Reply(spec.error_message) if spec.error_message is not None else None
         self._logged: Counter[ConnectionContext] = Counter()
-        # Only a direction whose text is parsed is worth a thread; without one, on_message never awaits (the
+        # Only a direction whose text is parsed is worth the worker; without one, on_message never awaits (the
         # relay then skips its per-message awaitable check).
         self._offload_above = spec.offload_above
         self.sync_messages = spec.offload_above is None or not any(m.parses for m in self.matchers.values())
+        # What the worker needs to build the same matcher: the definitions, and a key it keeps it under.
+        self._for_worker = {direction: (_matcher_key(defs, spec.discriminator), defs, spec.discriminator)
+                            for direction, defs in by_direction.items()}
+
+    def activate(self) -> None:
+        if not self.sync_messages:
+            _worker_pool().submit(_ready)  # start the worker now, not on the first big message
 
     def on_message(self, message: Message, conn: ConnectionContext) -> MessageDecision | Awaitable[MessageDecision]:
         matcher = self.matchers[message.direction]
@@ -280,9 +327,16 @@ class ValidateMessages(Policy):
         return self._violated(message, conn, violation)
 
     async def _check_off_loop(self, matcher: Matcher, message: Message, conn: ConnectionContext) -> MessageDecision:
-        """``check`` in the validation thread; the verdict's bookkeeping back on the loop."""
-        loop = asyncio.get_running_loop()
-        violation = await loop.run_in_executor(_offload_executor(), matcher.check, True, message.payload)
+        """``check`` in the worker process; the verdict's bookkeeping back on the loop."""
+        key, definitions, discriminator = self._for_worker[message.direction]
+        pool = _worker_pool()
+        try:
+            violation = await asyncio.wrap_future(
+                pool.submit(_check_in_worker, key, definitions, discriminator, message.payload))
+        except BrokenProcessPool:  # the worker died (killed, out of memory): a new one for the next message
+            log.warning("validation_worker_failed", api=self.api, policy=self.type, connection=conn.id)
+            _replace_worker(pool)
+            violation = matcher.check(True, message.payload)
         if violation is None:
             return message
         return self._violated(message, conn, violation)
