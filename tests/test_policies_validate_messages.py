@@ -302,11 +302,42 @@ async def test_messages_over_offload_above_are_checked_in_a_thread_in_order(tmp_
             assert validator.sync_messages is False  # the relay awaits its long-message answers
             long_ok = json.dumps({"type": "subscribe", "channel": "c" * 150})
             long_bad = json.dumps({"type": "subscribe", "channel": 5, "pad": "p" * 150})
-            sent = [long_ok, '{"type": "ping", "id": 1}', long_bad, '{"type": "ping", "id": 2}', long_ok]
+            sent = [long_ok, '{"type": "ping", "id": 1}', long_bad, '{"type": "ping", "id": 2}', DEEP, long_ok]
             for text in sent:
                 await ws.send(text)
             got = [await ws.recv() for _ in sent]
-            assert got.count("refused") == 1  # the answer to long_bad skips the backend: it may overtake echoes
+            assert got.count("refused") == 2  # the answers skip the backend: they may overtake echoes
             assert [text for text in got if text != "refused"] == [
                 long_ok, '{"type": "ping", "id": 1}', '{"type": "ping", "id": 2}', long_ok]
-            assert violations(gw) == {("schema", "drop"): 1}
+            assert violations(gw) == {("schema", "drop"): 2}
+
+
+async def test_a_dead_validation_worker_is_replaced_and_the_message_still_checked(tmp_path: Path):
+    """With the worker process killed, the next long message is checked on the loop (a violation still refused),
+    `validation_worker_failed` is logged, and a new worker checks the one after."""
+    import os
+    import signal
+
+    from support import logged
+
+    from gateway.policies import validate_messages
+
+    async with echo_backend() as backend:
+        policy = "offload_above: 100\non_violation: drop\nerror_message: refused"
+        config = write_config(tmp_path, PORT, validated_api(backend.url("/echo/"), policy, *CLIENT_DEFS))
+        long_ok = json.dumps({"type": "subscribe", "channel": "c" * 150})
+        long_bad = json.dumps({"type": "subscribe", "channel": 5, "pad": "p" * 150})
+        async with running_gateway(config) as gw, connect(gw_url(gw, "/echo")) as ws:
+            await ws.send(long_ok)
+            assert await ws.recv() == long_ok  # the worker is up
+            pool = validate_messages._worker
+            assert pool is not None
+            for pid in list(pool._processes):
+                os.kill(pid, signal.SIGKILL)
+            with logged() as events:
+                await ws.send(long_bad)
+                assert await ws.recv() == "refused"
+                await events.first("validation_worker_failed")
+            await ws.send(long_ok)
+            assert await ws.recv() == long_ok
+            assert validate_messages._worker is not None and validate_messages._worker is not pool
