@@ -19,7 +19,7 @@ from websockets.http11 import Request, Response
 
 from gateway.config.models import EchoContext, EchoServer
 from gateway.config.tree import Config
-from gateway.signals import stop_requested
+from gateway.serving.signals import stop_requested
 
 from .control import (
     CONTROL_PATHS,

@@ -11,12 +11,12 @@ from urllib.parse import parse_qs
 
 from websockets.datastructures import Headers
 
-from gateway.apps import AppIndex
+from gateway.build.apps import AppIndex
 from gateway.config.models import API, Application, Identifiers
 from gateway.config.tree import Config, Loaded, Location
+from gateway.edge.upstream import strip_api_key
 from gateway.policies.base import ConnectionContext, PolicyBuild, UpgradeRequest
 from gateway.policies.state import PolicyState
-from gateway.upstream import strip_api_key
 
 HERE = Path(__file__).parent
 

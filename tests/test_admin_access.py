@@ -12,7 +12,7 @@ import trustme
 from support import PORT, TIMEOUT, api_yaml, http_request, run, running_gateway, write_config
 
 from gateway.config import check
-from gateway.runtime import Gateway
+from gateway.serving.runtime import Gateway
 
 TOKEN = "admin-token-" + "7" * 20
 PROTECTED = [("GET", "/config"), ("GET", "/connections"), ("GET", "/metrics"), ("GET", "/reload"),
@@ -189,7 +189,7 @@ def test_config_shows_no_key_or_password_nor_their_digests(tmp_path):
     text = json.dumps(body["documents"])  # the config's own digest, beside them, is a digest of the whole tree
     assert LITERAL_KEY not in text and HASHED_KEY not in text and "sha256:" not in text
     app = next(d for d in body["documents"] if d["kind"] == "Application")
-    from gateway.credentials import api_key_fingerprint, basic_fingerprint
+    from gateway.build.credentials import api_key_fingerprint, basic_fingerprint
 
     alice = f"sha256:{hashlib.sha256(b'pw').hexdigest()}"
     assert app["identifiers"]["api_keys"] == [f"redacted:{api_key_fingerprint(LITERAL_KEY)[:16]}",

@@ -12,7 +12,7 @@ from support import PORT, api_yaml, gw_url, recording_backend, run, running_gate
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from gateway.redaction import redact_query
+from gateway.common.redaction import redact_query
 
 MARK = "qmark" + secrets.token_hex(6)
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:  # type-only: importing this module must not load the config models (pydantic)
-    from ..apps import AppIndex
+    from ..build.apps import AppIndex
     from ..config.models import API
     from ..config.tree import Loaded
     from .state import PolicyState

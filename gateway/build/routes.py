@@ -26,15 +26,15 @@ from websockets.uri import WebSocketURI, parse_uri
 
 from .apps import AppIndex
 from .balance import SmoothWeightedRoundRobin, least_connections_order, rendezvous_order
-from .build_counts import count
-from .config.models import API, Port, RoutingPolicy, prefix_matches
-from .config.tree import Config, Loaded
-from .policies.base import ConnectionContext, Policy, UpgradeRequest
-from .policies.registry import build_chain as default_build_chain
-from .policies.state import PolicyState
+from ..common.build_counts import count
+from ..config.models import API, Port, RoutingPolicy, prefix_matches
+from ..config.tree import Config, Loaded
+from ..policies.base import ConnectionContext, Policy, UpgradeRequest
+from ..policies.registry import build_chain as default_build_chain
+from ..policies.state import PolicyState
 
 if TYPE_CHECKING:
-    from .health import EndpointHealth, HealthRegistry
+    from ..serving.health import EndpointHealth, HealthRegistry
 
 log = structlog.get_logger("wsgate.routes")
 
@@ -205,7 +205,7 @@ class CompiledAPI:
     def build(cls, loaded: Loaded[API], chain: list[Policy], health: HealthRegistry | None = None,
               env: Mapping[str, str] | None = None,
               upstream_tls: Mapping[str, ssl.SSLContext | None] | None = None) -> CompiledAPI:
-        """``upstream_tls``: the client contexts ``gateway.build`` made for this config (else made here)."""
+        """``upstream_tls``: the client contexts ``gateway.build.pipeline`` made for this config (else made here)."""
         api = loaded.model
         routing = RoutingPolicy(type="routing")
         for spec in api.policies:
@@ -300,8 +300,8 @@ class RouteTable:
                 upstream_tls: Mapping[str, ssl.SSLContext | None] | None = None) -> RouteTable:
         """Build every enabled route of ``config``; policies come from ``build_chain``
         (default: ``gateway.policies.build_chain``), endpoint health from ``health`` (default: a fresh registry),
-        upstream TLS contexts from ``upstream_tls`` (``gateway.build.Artefacts``; default: made here)."""
-        from .health import HealthRegistry  # the probe it runs imports the websockets client; keep it lazy
+        upstream TLS contexts from ``upstream_tls`` (``gateway.build.pipeline.Artefacts``; default: made here)."""
+        from ..serving.health import HealthRegistry  # the probe it runs imports the websockets client; keep it lazy
 
         build_chain = build_chain or default_build_chain
         health = health if health is not None else HealthRegistry()

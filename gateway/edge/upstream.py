@@ -23,9 +23,9 @@ from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS, Response
 from websockets.typing import Subprotocol
 from websockets.utils import accept_key, generate_key
 
+from ..build.routes import CompiledAPI, Endpoint, NoEndpoint
 from .connect import open_connection
 from .request_head import HEADER_TOKEN, HEADER_VALUE, header_field
-from .routes import CompiledAPI, Endpoint, NoEndpoint
 
 log = structlog.get_logger("wsgate.upstream")
 

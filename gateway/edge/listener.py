@@ -36,22 +36,22 @@ from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 from websockets.utils import accept_key
 
-from .policies.base import ConnectionContext, Rejection, UpgradeRequest
-from .redaction import redact_query
-from .relay.fast import ByteRelay
-from .relay.message import MessageRelay
+from ..build.routes import request_host
+from ..build.tls import client_certificate
+from ..common.redaction import redact_query
+from ..policies.base import ConnectionContext, Rejection, UpgradeRequest
+from ..relay.fast import ByteRelay
+from ..relay.message import MessageRelay
 from .request_head import plain_upgrade
-from .routes import request_host
-from .tls import client_certificate
 from .upstream import UpstreamError, _quiet, open_with_failover, prepare_upgrade, strip_api_key
 
 if TYPE_CHECKING:
-    from .connections import ConnectionRegistry
-    from .metrics import Metrics
-    from .relay.base import Relay
-    from .relay.keepalive import KeepaliveSweeper
-    from .routes import CompiledAPI, RouteTable
-    from .tracing import ConnectionSpan, ConnectionTracer
+    from ..build.routes import CompiledAPI, RouteTable
+    from ..operations.metrics import Metrics
+    from ..operations.tracing import ConnectionSpan, ConnectionTracer
+    from ..relay.base import Relay
+    from ..relay.keepalive import KeepaliveSweeper
+    from ..serving.connections import ConnectionRegistry
 
 log = structlog.get_logger("wsgate.listener")
 
