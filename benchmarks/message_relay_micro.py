@@ -237,7 +237,7 @@ async def _big_neighbour(args: argparse.Namespace) -> None:
     import json
 
     from gateway.config import check
-    from gateway.runtime import Gateway
+    from gateway.serving.runtime import Gateway
 
     _configure_logging(args.log_level)
     backend = _spawn("backend", args)
