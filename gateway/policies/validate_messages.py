@@ -45,7 +45,7 @@ import json
 import multiprocessing
 import time
 from collections import Counter
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -96,7 +96,8 @@ def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return document
 
 
-_loads = json.JSONDecoder(object_pairs_hook=_unique_object).decode
+# Takes the payload of a text message, a str (Message: "str when is_text").
+_loads: Callable[[str | bytes], Any] = json.JSONDecoder(object_pairs_hook=_unique_object).decode  # type: ignore[assignment]
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +168,12 @@ class Matcher:
             return Violation("type", f"no {kind} message is declared in this direction")
         document: Any = _UNPARSED
         if is_text and self.discriminator:
-            document = _parse(payload)
+            try:  # inlined (here and below): a function call is a tenth of a small message's parse
+                document = _loads(payload)
+            except ValueError as exc:
+                document = _unparsed(exc)
+            except RecursionError:
+                document = _TOO_DEEP
             if type(document) is dict:
                 value = document.get(self.discriminator)
                 keyed = self.by_value.get(value, _NONE) if _hashable(value) else _NONE
@@ -184,7 +190,12 @@ class Matcher:
         if not is_text or (self.schemaless_text and any(d.schema is None for d in fitting)):
             return None
         if document is _UNPARSED:
-            document = _parse(payload)
+            try:
+                document = _loads(payload)
+            except ValueError as exc:
+                document = _unparsed(exc)
+            except RecursionError:
+                document = _TOO_DEEP
         if document is _NOT_JSON:
             return Violation("schema", "not JSON, and every declared text message has a JSON Schema")
         if type(document) is Violation:
@@ -205,17 +216,15 @@ _UNPARSED = object()
 _NOT_JSON = object()
 
 
-def _parse(payload: str | bytes) -> Any:
-    """The JSON document; ``_NOT_JSON``; or the Violation of a JSON text no schema may read (a duplicate key,
-    a nesting deeper than the parser goes). A definition without a schema still accepts it, as any text."""
-    try:
-        return _loads(payload if isinstance(payload, str) else payload.decode())  # text messages carry a str
-    except DuplicateKey as exc:
+_TOO_DEEP = Violation("schema", "JSON nested too deep to check")
+
+
+def _unparsed(exc: ValueError) -> Any:
+    """What a failed parse leaves: the Violation of a JSON text no schema may read (a duplicate key), or
+    ``_NOT_JSON``. A definition without a schema still accepts it, as any text."""
+    if isinstance(exc, DuplicateKey):
         return Violation("schema", f"JSON object with a duplicate key {_short(exc.key)}")
-    except RecursionError:
-        return Violation("schema", "JSON nested too deep to check")
-    except ValueError:
-        return _NOT_JSON
+    return _NOT_JSON
 
 
 def _hashable(value: Any) -> bool:
