@@ -424,10 +424,10 @@ def _policy_costs(gateway: object, args: argparse.Namespace, n: int = 200_000) -
         conn = ConnectionContext(api="tutorial", api_version="1.0", port_name="micro", peer=("127.0.0.1", 1), path="/")
         message = Message("client", True, payload)
         on_message = policy.on_message
-        start = time.perf_counter()
+        start = time.thread_time()  # CPU time: on a busy machine wall time counts the other processes' turns
         for _ in range(n):
             on_message(message, conn)
-        costs.append((policy.type, (time.perf_counter() - start) / n * 1e6))
+        costs.append((policy.type, (time.thread_time() - start) / n * 1e6))
         conn.release()
     return costs
 
