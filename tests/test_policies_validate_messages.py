@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed
 
 from gateway.config import check
 from gateway.config.models import MessageDefinition
-from gateway.policies.validate_messages import Matcher
+from gateway.policies.message_matcher import Matcher
 
 SUBSCRIBE = {
     "type": "object",
@@ -320,7 +320,7 @@ async def test_a_dead_validation_worker_is_replaced_and_the_message_still_checke
 
     from support import logged
 
-    from gateway.policies import validate_messages
+    from gateway.policies import validation_worker
 
     async with echo_backend() as backend:
         policy = "offload_above: 100\non_violation: drop\nerror_message: refused"
@@ -330,7 +330,7 @@ async def test_a_dead_validation_worker_is_replaced_and_the_message_still_checke
         async with running_gateway(config) as gw, connect(gw_url(gw, "/echo")) as ws:
             await ws.send(long_ok)
             assert await ws.recv() == long_ok  # the worker is up
-            pool = validate_messages._worker
+            pool = validation_worker._worker
             assert pool is not None
             for pid in list(pool._processes):
                 os.kill(pid, signal.SIGKILL)
@@ -340,4 +340,4 @@ async def test_a_dead_validation_worker_is_replaced_and_the_message_still_checke
                 await events.first("validation_worker_failed")
             await ws.send(long_ok)
             assert await ws.recv() == long_ok
-            assert validate_messages._worker is not None and validate_messages._worker is not pool
+            assert validation_worker._worker is not None and validation_worker._worker is not pool
