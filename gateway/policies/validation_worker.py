@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
+import signal
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 
@@ -35,8 +36,14 @@ def worker_pool() -> ProcessPoolExecutor:
     if _worker is None:
         methods = multiprocessing.get_all_start_methods()
         context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-        _worker = ProcessPoolExecutor(max_workers=1, mp_context=context)
+        _worker = ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_in_worker)
     return _worker
+
+
+def _in_worker() -> None:
+    """The worker's start: a Ctrl-C reaches the whole process group, and the gateway decides how to stop (its
+    exit ends the worker); without this the worker would print a KeyboardInterrupt traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def replace_worker(broken: ProcessPoolExecutor) -> None:
