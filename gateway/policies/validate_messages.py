@@ -87,8 +87,9 @@ class ValidateMessages(Policy):
         self._offload_above = spec.offload_above
         self.sync_messages = spec.offload_above is None or not any(m.parses for m in self.matchers.values())
         # What the worker needs to build the same matcher: the definitions, and a key it keeps it under.
-        self._for_worker = {direction: (matcher_key(defs, spec.discriminator), defs, spec.discriminator)
-                            for direction, defs in by_direction.items()}
+        self._for_worker = {} if self.sync_messages else {
+            direction: (matcher_key(defs, spec.discriminator), defs, spec.discriminator)
+            for direction, defs in by_direction.items()}
 
     def activate(self) -> None:
         if not self.sync_messages:
