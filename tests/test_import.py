@@ -108,7 +108,7 @@ def test_imported_schemas_stand_alone_and_validate_without_dangling_refs(tmp_pat
 def test_nested_oneof_allof_and_recursive_refs_are_bundled_and_enforceable(tmp_path):
     """The market feed's recursive filter and oneOf/allOf envelope survive import and still accept and refuse."""
     from gateway.config.models import MessageDefinition
-    from gateway.policies.validate_messages import Matcher
+    from gateway.policies.message_matcher import Matcher
 
     api = imported(tmp_path, str(DATA / "market-feed.asyncapi.yaml"))
     assert api["upstream"]["endpoints"] == [{"url": "wss://stream.exchange.test/ws/v2/markets/btcusd"}]  # {symbol}
