@@ -121,7 +121,7 @@ def load_keys(settings: JWTSettings, base_dir: Path, env: Mapping[str, str]) -> 
         if not value:
             return []  # an unset secret verifies nothing: every token is refused (validate warns)
         return [VerifyingKey(value.encode("utf-8"), HMAC_ALGORITHMS)]
-    raise KeyMaterialError("no key source: set one of jwks_file, public_key_file or secret")
+    raise KeyMaterialError("no key source: set one of jwks_file, public_key_file, secret or jwks_url")
 
 
 def _read(base_dir: Path, relative: str) -> bytes:
