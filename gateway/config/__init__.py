@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
-from . import redact, rules
+from . import redact, rules, rules_authz  # noqa: F401 - rules_authz registers its rules
 from .cache import CheckCache
 from .diagnostics import Diagnostic, cut_long_quotes, error, quotable
 from .document_checks import check_api_version, check_kind, check_lossy_numbers, check_model, check_schema

@@ -1,0 +1,196 @@
+"""Cross-field rules of the connect-time authorizer, remote JWKS, limits per application and conditioned routes.
+
+Registered with the other rules (``rules.rule``) when ``gateway.config`` imports this module, and run with them.
+Codes (docs/diagnostics.md): WSG190-WSG193 (errors), WSG270-WSG274 (warnings).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+from .diagnostics import Related, error, warning
+from .document_checks import suggestion
+from .models import is_loopback
+from .rules import Entry, RuleContext, _must_exist, rule
+from .tree import Location
+
+LIMIT_TYPES = ("throttle", "rate-limit")
+
+
+# -------------------------------------------------------------- authorizer and JWKS URLs
+
+
+def _url_problem(ctx: RuleContext, e: Entry, at: tuple, url: str, what: str) -> None:
+    """An authorizer or JWKS URL: HTTPS, or plain HTTP to this machine only (warned: tests and local sidecars)."""
+    loc = e.doc.value_at(at)
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        parts.port  # noqa: B018 - raises for a port that is not a number
+    except ValueError as exc:
+        ctx.out.append(error("WSG193", f"{what} {url!r} is not a URL: {exc}", loc,
+                             hint="write it as https://host[:port]/path"))
+        return
+    if parts.scheme == "https" and host:
+        return
+    if parts.scheme == "http" and host and is_loopback(host):
+        ctx.out.append(warning("WSG270", f"{what} is plain http:// (allowed only to this machine)", loc,
+                               hint="use https:// anywhere but a local test or sidecar"))
+        return
+    ctx.out.append(error(
+        "WSG193", f"{what} must be https:// (plain http:// only to 127.0.0.1 or localhost): {url!r}", loc,
+        hint="what it answers decides who gets in: it must come over TLS"))
+
+
+def _identify_policies(e: Entry) -> Iterator[tuple[int, Any]]:
+    for i, policy in enumerate(e.model.policies):
+        if policy.type == "identify":
+            yield i, policy
+
+
+@rule
+def identify_authorizer(ctx: RuleContext) -> None:
+    """`by: [authorizer]` needs its block and stands alone; the block's URL and files; a block never used."""
+    for e in ctx.of("API"):
+        for i, policy in _identify_policies(e):
+            at: tuple = ("policies", i)
+            uses = "authorizer" in policy.by
+            if uses and policy.authorizer is None:
+                ctx.out.append(error(
+                    "WSG190", "`by` lists authorizer but the identify policy has no `authorizer:` block",
+                    e.doc.value_at(at + ("by", policy.by.index("authorizer"))),
+                    hint="add `authorizer: {url: https://...}`"))
+            if uses and len(policy.by) > 1:
+                ctx.out.append(error(
+                    "WSG190", "the authorizer decides alone: `by` cannot list it with other methods",
+                    e.doc.value_at(at + ("by",)),
+                    hint="write `by: [authorizer]` and forward the credentials it reads (`forward_credentials`)"))
+            settings = policy.authorizer
+            if settings is None:
+                continue
+            block = at + ("authorizer",)
+            if not uses:
+                ctx.out.append(warning(
+                    "WSG274", "an `authorizer:` block but `by` does not list authorizer: it is never asked",
+                    e.doc.key_at(block), hint="add authorizer to `by`, or delete the block"))
+            _url_problem(ctx, e, block + ("url",), settings.url, "the authorizer URL")
+            for field_name, what in (("ca_file", "CA file"), ("cert", "certificate file"), ("key", "key file")):
+                value = getattr(settings, field_name)
+                if value is not None:
+                    _must_exist(ctx, e, block + (field_name,), value, what)
+
+
+@rule
+def identify_jwks_url(ctx: RuleContext) -> None:
+    """A `jwt.jwks_url`: HTTPS (loopback http warned) and its CA file."""
+    for e in ctx.of("API"):
+        for i, policy in _identify_policies(e):
+            settings = policy.jwt
+            if settings is None:
+                continue
+            at: tuple = ("policies", i, "jwt")
+            if settings.jwks_url is not None:
+                _url_problem(ctx, e, at + ("jwks_url",), settings.jwks_url, "the JWKS URL")
+            if settings.jwks_ca_file is not None:
+                _must_exist(ctx, e, at + ("jwks_ca_file",), settings.jwks_ca_file, "CA file")
+
+
+# -------------------------------------------------------------- limits per application
+
+
+def _limit_applications(policy: Any) -> Iterator[tuple[tuple, str, str | None]]:
+    """Every application a throttle or rate-limit names: (path under the policy, name, its tier or None)."""
+    for j, name in enumerate(policy.applications):
+        yield ("applications", j), name, None
+    for tier_name, tier in policy.tiers.items():
+        for j, name in enumerate(tier.applications):
+            yield ("tiers", tier_name, "applications", j), name, tier_name
+
+
+@rule
+def limits_per_application(ctx: RuleContext) -> None:
+    """Applications named by a limit: declared (WSG191), in one tier only (WSG192), registered to the API
+    (WSG272); and an identify policy before the limit (WSG271), else every connection is anonymous there."""
+    apps = ctx.firsts("Application")
+    known = set(apps) | ctx.known.get("Application", set())
+    for e in ctx.of("API"):
+        identify_at = next((i for i, _ in _identify_policies(e)), None)
+        for i, policy in enumerate(e.model.policies):
+            if policy.type not in LIMIT_TYPES or not (policy.applications or policy.tiers):
+                continue
+            at: tuple = ("policies", i)
+            if identify_at is None or identify_at > i:
+                field_name = "applications" if policy.applications else "tiers"
+                ctx.out.append(warning(
+                    "WSG271",
+                    f"a {policy.type} for named applications "
+                    + ("before the identify policy" if identify_at is not None else "on an API that identifies none")
+                    + ": every connection is the anonymous application there, so it never applies",
+                    e.doc.key_at(at + (field_name,)),
+                    hint="put the identify policy before it in `policies`"))
+            tier_of: dict[str, tuple[str, Location]] = {}
+            for path, name, tier in _limit_applications(policy):
+                loc = e.doc.value_at(at + path)
+                if name not in known:
+                    ctx.out.append(error(
+                        "WSG191", f"{policy.type} names an unknown application '{name}'", loc,
+                        hint=suggestion(name, sorted(known), listing="known applications")
+                        or "declare it with `kind: Application`"))
+                    continue
+                if tier is not None:
+                    if name in tier_of and tier_of[name][0] != tier:
+                        ctx.out.append(error(
+                            "WSG192", f"application '{name}' is in tiers '{tier_of[name][0]}' and '{tier}'", loc,
+                            related=(Related(tier_of[name][1], f"first in tier '{tier_of[name][0]}' here"),),
+                            hint="an application gets one tier's numbers: keep it in one"))
+                        continue
+                    tier_of.setdefault(name, (tier, loc))
+                app = apps.get(name)
+                if app is not None and e.name not in app.model.apis:
+                    ctx.out.append(warning(
+                        "WSG272", f"application '{name}' is not registered to API '{e.name}': this limit never "
+                        "applies to it", loc, hint=f"add {e.name} to its `apis`, or drop it here"))
+
+
+# -------------------------------------------------------------- conditioned routes
+
+
+def _compatible(a: Any, b: Any) -> bool:
+    """Whether one request can meet both APIs' conditions (no header or parameter wanted with two values)."""
+    wanted: dict[tuple[str, str], str] = {}
+    for kind, name, value in (*a.match_conditions(), *b.match_conditions()):
+        if wanted.setdefault((kind, name), value) != value:
+            return False
+    return True
+
+
+@rule
+def route_condition_ties(ctx: RuleContext) -> None:
+    """Two APIs of one port, host and path with as many conditions, different but compatible: a request meeting
+    both goes to the first by name, which is seldom what was meant (WSG273). Identical ones are WSG111's."""
+    seen: dict[tuple[str, str | None, str, str], list[Entry]] = {}
+    warned: set[tuple[str, str]] = set()
+    for e in ctx.of("API"):
+        model = e.model
+        for port in dict.fromkeys(model.ports):
+            for host in dict.fromkeys([*model.hosts] or [None]):
+                group = seen.setdefault((port, host, model.match, model.path), [])
+                for other in group:
+                    a, b = other.model, model
+                    pair = tuple(sorted((other.name, e.name)))
+                    if (pair in warned or a.match_conditions() == b.match_conditions()
+                            or len(a.match_conditions()) != len(b.match_conditions()) or not _compatible(a, b)):
+                        continue
+                    warned.add(pair)  # type: ignore[arg-type]
+                    winner = min(other.name, e.name)
+                    ctx.out.append(warning(
+                        "WSG273",
+                        f"APIs '{other.name}' and '{e.name}' both match a request that meets the conditions of "
+                        f"each ({model.path} on port '{port}'): '{winner}' gets it, by name",
+                        e.doc.key_at(("match_headers",) if model.match_headers else ("match_query",)),
+                        related=(Related(other.doc.value_at(("path",)), f"'{other.name}' is declared here"),),
+                        hint="add a condition to the one that should win, or make them exclusive (one header "
+                        "with two values)"))
+                group.append(e)
