@@ -9,8 +9,16 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from aiohttp import web
-from support import PORT, api_yaml, gw_url, http_request, recording_backend, running_gateway, upgrade_request, \
-    write_config
+from support import (
+    PORT,
+    api_yaml,
+    gw_url,
+    http_request,
+    recording_backend,
+    running_gateway,
+    upgrade_request,
+    write_config,
+)
 from test_policies_jwt import AUDIENCE, ISSUER, jwks, other_rsa_key, rsa_key, token
 from websockets.asyncio.client import connect
 from websockets.datastructures import Headers

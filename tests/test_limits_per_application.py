@@ -5,8 +5,17 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 
 from config_helpers import found, run_check, write
-from support import PORT, api_yaml, app_yaml, gw_url, http_request, recording_backend, running_gateway, \
-    upgrade_request, write_config
+from support import (
+    PORT,
+    api_yaml,
+    app_yaml,
+    gw_url,
+    http_request,
+    recording_backend,
+    running_gateway,
+    upgrade_request,
+    write_config,
+)
 from websockets.asyncio.client import connect
 
 KEYS = {"acme": "acme-key-0123456789", "other": "other-key-0123456789", "third": "third-key-0123456789"}

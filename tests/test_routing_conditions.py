@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from config_helpers import PORT as CONFIG_PORT
 from config_helpers import found, run_check, write
-from support import PORT, api_yaml, gw_url, http_request, recording_backend, running_gateway, upgrade_request, \
-    write_config
+from support import (
+    PORT,
+    api_yaml,
+    gw_url,
+    http_request,
+    recording_backend,
+    running_gateway,
+    upgrade_request,
+    write_config,
+)
 from websockets.asyncio.client import connect
 
 

@@ -142,7 +142,7 @@ JWTAlgorithm = Literal[
 
 
 class JWTSettings(Strict):
-    """How `by: [jwt]` validates bearer tokens. Exactly one key source: jwks_file, public_key_file, secret or jwks_url."""
+    """How `by: [jwt]` validates bearer tokens. One key source: jwks_file, public_key_file, secret or jwks_url."""
 
     issuer: str = Field(min_length=1, description="Required `iss` claim: tokens from any other issuer are refused.")
     audience: list[str] = Field(

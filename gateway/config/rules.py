@@ -1275,7 +1275,8 @@ def identify_jwt(ctx: RuleContext) -> None:
                         "WSG128",
                         "`by` lists jwt but the identify policy has no `jwt:` block",
                         e.doc.value_at(at + ("by", p.by.index("jwt"))),
-                        hint="add `jwt:` with `issuer` and one key source: jwks_file, public_key_file, secret or jwks_url",
+                        hint="add `jwt:` with `issuer` and one key source: jwks_file, public_key_file, secret "
+                        "or jwks_url",
                     )
                 )
             if p.jwt is None:
