@@ -12,6 +12,7 @@ from aiohttp import web
 from support import (
     PORT,
     api_yaml,
+    eventually,
     gw_url,
     http_request,
     recording_backend,
@@ -242,16 +243,19 @@ def bearer(value: str) -> dict[str, str]:
 
 
 async def test_jwks_rotation_is_picked_up_without_a_reload(tmp_path):
-    """Keys fetched at start verify a token; after the issuer rotates to a new kid, a token signed with the new key
-    is accepted at once (one more fetch, no reload) and the old kid is refused."""
+    """Keys fetched when the gateway starts (before any upgrade) verify a token; after the issuer rotates to a
+    new kid, a token signed with the new key is accepted at once (one more fetch, no reload) and the old kid is
+    refused."""
     server = JWKSServer(jwks(rsa_key(), kid="k1"))
     async with http_server(server.handle, "/jwks.json") as (url, _), recording_backend() as backend:
         config = jwks_config(tmp_path, backend.url + "/native", url)
         async with running_gateway(config) as gw:
+            await eventually(lambda: server.fetches == 1)  # fetched when the config started serving
             async with connect(gw_url(gw, "/echo"), additional_headers=bearer(token(kid="k1"))) as ws:
                 await ws.send("hi")
                 assert await ws.recv() == "hi"
             before = server.fetches
+            assert before == 1  # the first upgrade found the keys fetched at start
             server.document = jwks(other_rsa_key(), kid="k2")
             async with connect(gw_url(gw, "/echo"), additional_headers=bearer(token(other_rsa_key(), kid="k2"))):
                 pass

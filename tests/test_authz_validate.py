@@ -6,6 +6,7 @@ from pathlib import Path
 
 from config_helpers import APP, PORT, found, run_check, write
 
+from gateway.build.pipeline import build
 from gateway.changes.plan import diff
 from gateway.config import check
 
@@ -110,3 +111,22 @@ def test_plan_shows_new_fields_and_disturbs_nobody(tmp_path, monkeypatch):
     assert "match_headers.x-version" in paths
     assert "policies[throttle per api].tiers.partner.max_connections" in paths
     assert change.action == "update" and not change.disruptive
+
+
+def test_authorizer_ca_file_that_does_not_load_is_a_build_error(tmp_path):
+    """A `ca_file` that exists but is not PEM fails the build step as `run` would load it: WSG171 at the field."""
+    api = API_HEAD + """\
+policies:
+  - type: identify
+    by: [authorizer]
+    authorizer:
+      url: https://auth.example/check
+      ca_file: ca.pem
+"""
+    write(tmp_path, "ports.yaml", PORT)
+    write(tmp_path, "apis/echo.yaml", api)
+    write(tmp_path, "apps/demo.yaml", APP)
+    write(tmp_path, "apis/ca.pem", "not a certificate\n")
+    result = build([tmp_path], env={})
+    assert result.config is None
+    assert found(result) == [("WSG171", "echo.yaml", 13, 16)]
