@@ -113,17 +113,17 @@ def admin_start_access(config: Config, address: tuple[str, int] | None,
     host, port = address
     try:
         return admin_access(config, host, env)
-    except ValueError as exc:  # beyond loopback without a token
-        raise StartError(f"the admin listener on {host}:{port} is refused: {exc}",
-                         "set `admin.token` (or `admin.token_file`) in the Gateway resource, or keep the admin on "
-                         "loopback (--admin 127.0.0.1:PORT)") from exc
-    except (OSError, UnicodeDecodeError) as exc:  # a token file or certificate that cannot be read (ssl.SSLError too)
+    except (OSError, UnicodeError) as exc:  # a token file or certificate that cannot be read (ssl.SSLError too)
         # The error's class and the file it names only: a decode error's text quotes a byte of the file.
         filename = getattr(exc, "filename", None)
         where = f" ({filename})" if filename else ""
         raise StartError(f"the admin listener's token file or certificate cannot be loaded{where}: "
                          f"{type(exc).__name__}",
                          "check `admin.token_file` and `admin.tls` in the Gateway resource") from exc
+    except ValueError as exc:  # beyond loopback without a token (after UnicodeError, a ValueError too)
+        raise StartError(f"the admin listener on {host}:{port} is refused: {exc}",
+                         "set `admin.token` (or `admin.token_file`) in the Gateway resource, or keep the admin on "
+                         "loopback (--admin 127.0.0.1:PORT)") from exc
 
 
 class Gateway(ReloadStatus):

@@ -126,7 +126,7 @@ class ScriptLine:
         # one is disconnected here and the send below connects afresh. Never a resend after a send: a take
         # Redis may have applied is not sent twice.
         try:
-            if await connection.can_read_destructive():  # bytes nobody asked for: never read them as an answer
+            if await connection.can_read():  # bytes nobody asked for: never read them as an answer
                 await connection.disconnect(nowait=True)
         except ConnectionError:  # closed by the server
             await connection.disconnect(nowait=True)
