@@ -373,7 +373,7 @@ def _echo_main(args: argparse.Namespace) -> None:
 async def _start_gateway(config_dir: Path) -> tuple[Any, dict[str, int]]:
     """Start the gateway runtime on the generated config; return it and the ports it bound by Port name."""
     from gateway.config import check
-    from gateway.runtime import Gateway
+    from gateway.serving.runtime import Gateway
 
     result = check([config_dir])
     if result.config is None:
@@ -392,7 +392,7 @@ def _gateway_main(args: argparse.Namespace) -> None:
         runtime, ports = await _start_gateway(Path(args.config))
         handle["runtime"] = runtime
         if not os.environ.get("WSGATE_BENCH_NO_FREEZE"):  # as `wsgate run` does after start-up
-            from gateway.runtime import freeze_startup_heap
+            from gateway.serving.runtime import freeze_startup_heap
 
             freeze_startup_heap()
         return {"ports": ports}
@@ -427,7 +427,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", help="gateway: run under cProfile and write the stats to this file on stop")
     args = parser.parse_args(argv)
     if args.log_json:
-        from gateway.log import configure_logging
+        from gateway.common.log import configure_logging
 
         configure_logging("json", args.log_level)
     else:

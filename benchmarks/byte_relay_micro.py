@@ -245,7 +245,7 @@ class _Gateway:
         self.sweeper = KeepaliveSweeper(asyncio.get_running_loop())
         self.metrics: Any = None
         if mode == "metered":
-            from gateway.metrics import Metrics
+            from gateway.operations.metrics import Metrics
 
             self.metrics = Metrics()
         self.conns: list = []

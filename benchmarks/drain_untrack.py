@@ -21,8 +21,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from gateway.connections import ConnectionRegistry  # noqa: E402
-from gateway.listener import Connection, PortListener  # noqa: E402
+from gateway.edge.listener import Connection, PortListener  # noqa: E402
+from gateway.serving.connections import ConnectionRegistry  # noqa: E402
 
 
 class _Route:

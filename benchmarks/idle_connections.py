@@ -127,7 +127,7 @@ async def _gateway_main(config_dir: str, profile: str | None) -> None:
     import structlog
 
     from gateway.config import check
-    from gateway.runtime import Gateway
+    from gateway.serving.runtime import Gateway
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
                         logger_factory=structlog.PrintLoggerFactory(sys.stderr))

@@ -4,7 +4,7 @@
                                              [--log-level info] [--profile]
                                              [--with rate-limit,validate-messages] [--json]
 
-This process is the gateway: the real runtime (``gateway.runtime.Gateway``) on a
+This process is the gateway: the real runtime (``gateway.serving.runtime.Gateway``) on a
 generated config whose API has the tutorial's chain (identify by API key, the
 tutorial's client-stage transform, log-invocation storing client and server
 payloads to a file, throttle). Logging is configured as ``wsgate run`` does it
@@ -175,7 +175,7 @@ def _config(directory: Path, backend_port: int, extra: tuple[str, ...] = ()) -> 
 def _configure_logging(level: str) -> None:
     import structlog
 
-    from gateway.log import configure_logging
+    from gateway.common.log import configure_logging
 
     configure_logging("json", level)
     sink = open(os.devnull, "w")  # noqa: SIM115 - the log sink stays open until the process exits
@@ -249,7 +249,7 @@ def _profile_log_writers() -> cProfile.Profile:
 
 async def _main(args: argparse.Namespace) -> None:
     from gateway.config import check
-    from gateway.runtime import Gateway
+    from gateway.serving.runtime import Gateway
 
     _configure_logging(args.log_level)
     writer_profiler = _profile_log_writers() if args.profile else None

@@ -18,10 +18,10 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
-from gateway.accept import AcceptLoop
 from gateway.config.models import EchoContext, EchoServer
 from gateway.config.tree import Config
-from gateway.signals import stop_requested
+from gateway.edge.accept import AcceptLoop
+from gateway.serving.signals import stop_requested
 
 from .control import (
     CONTROL_PATHS,

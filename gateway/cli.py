@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import NoReturn, TextIO
 
 from . import __version__
-from .build import Built, build
+from .build.pipeline import Built, build
 from .config import CheckCache, CheckResult, Config
 from .config import diagnostics as diag
 from .config import schema as schemas
@@ -167,7 +167,7 @@ def _probe(result: CheckResult, paths: Sequence[str], timeout: float, fmt: str, 
     in text each 101 is listed too, so the report says what every URL answered."""
     import asyncio
 
-    from .probe import probe_config, probe_diagnostics
+    from .edge.probe import probe_config, probe_diagnostics
 
     if result.config is None:
         return result
@@ -230,7 +230,7 @@ def _checkout_revision(path: Path, revision: str, into: Path) -> Path | None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from .plan import diff, render
+    from .changes.plan import diff, render
 
     desired: CheckResult = build([args.path])
     if not desired.ok:
@@ -278,8 +278,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def _plan_from_live(args: argparse.Namespace, desired: Config) -> int:
     """Diff against what a running gateway serves; each disruption shows the live connections it closes."""
-    from .live import config_from_documents, drift_of, fetch_json, live_counter, redacted_credentials
-    from .plan import diff, render
+    from .changes.plan import diff, render
+    from .operations.live import config_from_documents, drift_of, fetch_json, live_counter, redacted_credentials
 
     try:
         loaded = fetch_json(args.source, "/config")
@@ -288,8 +288,8 @@ def _plan_from_live(args: argparse.Namespace, desired: Config) -> int:
     except (OSError, ValueError, KeyError) as exc:
         sys.stderr.write(f"wsgate plan: cannot read the running config from {args.source}: {exc}\n")
         return EXIT_INVALID
-    from .apps import AppIndex
-    from .impact import Impact
+    from .build.apps import AppIndex
+    from .changes.impact import Impact
 
     desired_apps = AppIndex.build(desired)  # from the tree as written: the credential entries' fingerprints
     desired = redacted_credentials(desired)
@@ -335,7 +335,7 @@ def cmd_schemas(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from .importer import DescriptionError, api_from_asyncapi, load_description, render_yaml
+    from .asyncapi.importer import DescriptionError, api_from_asyncapi, load_description, render_yaml
 
     try:
         document = load_description(args.description)
@@ -355,7 +355,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .exporter import ExportError, asyncapi_document, render
+    from .asyncapi.exporter import ExportError, asyncapi_document, render
 
     result = _checked_or_report(args.config)
     if not result.ok or result.config is None:
@@ -394,7 +394,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not result.ok:
         return EXIT_INVALID
     if args.log_format is not None:
-        from .log import configure_logging
+        from .common.log import configure_logging
 
         configure_logging(args.log_format)
     if args.workers > 1:
@@ -402,7 +402,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         assert result.config is not None
         return supervisor.run(result.config, args.workers, args, check_cache=cache)
-    from . import runtime
+    from .serving import runtime
 
     assert result.config is not None  # result.ok
     return runtime.run(result.config, args, check_cache=cache, artefacts=result.artefacts)
@@ -412,7 +412,7 @@ def cmd_echo(args: argparse.Namespace) -> int:
     result = _checked_or_report(args.path)
     if not result.ok:
         return EXIT_INVALID
-    from .log import configure_logging
+    from .common.log import configure_logging
 
     assert result.config is not None  # result.ok
     configure_logging(args.log_format or result.config.settings.log_format)

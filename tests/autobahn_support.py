@@ -35,7 +35,7 @@ from websockets.exceptions import ConnectionClosed
 from echo.server import EchoService
 from gateway.config import check
 from gateway.config.models import EchoContext, EchoServer
-from gateway.runtime import Gateway
+from gateway.serving.runtime import Gateway
 
 # Group 9 sends messages of up to 16 MiB; every hop must accept them.
 MAX_MESSAGE = 32 * 2**20

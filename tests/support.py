@@ -38,7 +38,7 @@ from gateway.config.models import EchoContext, EchoServer
 from gateway.config.tree import Config
 from gateway.relay.fast import ByteRelay
 from gateway.relay.message import MessageRelay
-from gateway.runtime import Gateway
+from gateway.serving.runtime import Gateway
 
 T = TypeVar("T")
 

@@ -12,7 +12,7 @@ import trustme
 from support import PORT, TIMEOUT, api_yaml, http_request, run, running_gateway, write_config
 
 from gateway.config import check
-from gateway.runtime import Gateway, StartError
+from gateway.serving.runtime import Gateway, StartError
 
 TOKEN = "admin-token-" + "7" * 20
 PROTECTED = [("GET", "/config"), ("GET", "/connections"), ("GET", "/metrics"), ("GET", "/reload"),
@@ -62,6 +62,26 @@ def test_a_token_guards_everything_but_the_probes(tmp_path):
                     assert answer.json()["error"] == "unauthorized"
                 answer = await http_request(admin, request(method, path, TOKEN))
                 assert answer.status == 200, (method, path, answer.body)
+
+    run(scenario())
+
+
+def test_one_rule_for_everything_under_dashboard(tmp_path):
+    """With a token set, every path under /dashboard answers the same with the token as without (its files 200,
+    other paths 404); a path that only starts like it (/dashboardx) still wants the token."""
+
+    async def scenario():
+        config = config_for(tmp_path, "  token: {env: ADMIN_TOKEN}\n")
+        async with running_gateway(config, env={"ADMIN_TOKEN": TOKEN, "APP_KEY": "k", "BOB_PASSWORD": "p"}) as gw:
+            admin = f"http://127.0.0.1:{gw.admin.port}"
+            for path, status in (("/dashboard", 200), ("/dashboard/", 200), ("/dashboard/index.html", 200),
+                                 ("/dashboard/dashboard.js", 200), ("/dashboard/nothing-here", 404)):
+                answers = [await http_request(admin, request("GET", path, token)) for token in (None, TOKEN, "x")]
+                assert [a.status for a in answers] == [status] * 3, path
+                assert len({a.body for a in answers}) == 1, path
+            index = await http_request(admin, request("GET", "/dashboard/index.html"))
+            assert index.body == (await http_request(admin, request("GET", "/dashboard/"))).body
+            assert (await http_request(admin, request("GET", "/dashboardx"))).status == 401
 
     run(scenario())
 
@@ -191,7 +211,7 @@ def test_config_shows_no_key_or_password_nor_their_digests(tmp_path):
     text = json.dumps(body["documents"])  # the config's own digest, beside them, is a digest of the whole tree
     assert LITERAL_KEY not in text and HASHED_KEY not in text and "sha256:" not in text
     app = next(d for d in body["documents"] if d["kind"] == "Application")
-    from gateway.credentials import api_key_fingerprint, basic_fingerprint
+    from gateway.build.credentials import api_key_fingerprint, basic_fingerprint
 
     alice = f"sha256:{hashlib.sha256(b'pw').hexdigest()}"
     assert app["identifiers"]["api_keys"] == [f"redacted:{api_key_fingerprint(LITERAL_KEY)[:16]}",

@@ -14,14 +14,14 @@ import jwt
 from support import PORT, TIMEOUT, api_yaml, gw_url, http_request, recording_backend, running_gateway, write_config
 from websockets.asyncio.client import ClientConnection, connect
 
-from gateway.config.models import EnvKey
-from gateway.credentials import (
+from gateway.build.credentials import (
     api_key_fingerprint,
     basic_digest,
     entry_fingerprint,
     jwt_client_digest,
     key_digest,
 )
+from gateway.config.models import EnvKey
 
 PLAIN_KEY = "plain-key-written-in-the-file"
 HASHED_KEY = "key-whose-sha256-is-in-the-file"

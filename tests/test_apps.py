@@ -6,8 +6,8 @@ import hashlib
 
 from policy_helpers import app_index, application
 
+from gateway.build.credentials import configured_digest, key_digest
 from gateway.config.models import EnvKey
-from gateway.credentials import configured_digest, key_digest
 
 
 def sha(key: str) -> str:

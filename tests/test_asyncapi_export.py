@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
+from gateway.asyncapi.exporter import asyncapi_document
+from gateway.asyncapi.importer import api_from_asyncapi, load_description
 from gateway.cli import main
 from gateway.config import check
-from gateway.exporter import asyncapi_document
-from gateway.importer import api_from_asyncapi, load_description
 
 HERE = Path(__file__).parent
 REPO = HERE.parent

@@ -15,7 +15,7 @@ from support import PORT, api_yaml, gw_url, run, running_gateway, write_config
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-import gateway.apps
+import gateway.build.apps
 from gateway.config import check
 
 BCRYPT_PASSWORD = "bcrypt pass phrase"
@@ -49,7 +49,7 @@ def test_bcrypt_and_argon2_users_log_in_off_the_event_loop(tmp_path, monkeypatch
     from support import TIMEOUT, echo_backend, eventually
 
     checks: list[str] = []
-    real = gateway.apps.verify_slow_hash
+    real = gateway.build.apps.verify_slow_hash
     echoed = threading.Event()
 
     def counting(stored: str, password: str) -> bool:
@@ -58,7 +58,7 @@ def test_bcrypt_and_argon2_users_log_in_off_the_event_loop(tmp_path, monkeypatch
             assert echoed.wait(TIMEOUT), "the echo never came back while the password was being checked"
         return real(stored, password)
 
-    monkeypatch.setattr(gateway.apps, "verify_slow_hash", counting)
+    monkeypatch.setattr(gateway.build.apps, "verify_slow_hash", counting)
 
     async def scenario():
         async with echo_backend() as backend:
@@ -115,13 +115,13 @@ def test_unknown_and_fast_hashed_users_cost_one_slow_verification_like_known_one
     quick_hash = bcrypt.hashpw(BCRYPT_PASSWORD.encode(), bcrypt.gensalt(4)).decode()
     fast_password = "digest pass phrase"
     checks: list[str] = []
-    real = gateway.apps.verify_slow_hash
+    real = gateway.build.apps.verify_slow_hash
 
     def counting(stored: str, password: str) -> bool:
         checks.append(stored)
         return real(stored, password)
 
-    monkeypatch.setattr(gateway.apps, "verify_slow_hash", counting)
+    monkeypatch.setattr(gateway.build.apps, "verify_slow_hash", counting)
     app = basic_app({"bee": quick_hash, "fast": f"sha256:{hashlib.sha256(fast_password.encode()).hexdigest()}"})
 
     async def status(gw, user: str, password: str) -> int:
@@ -159,7 +159,7 @@ def test_unknown_and_fast_hashed_users_cost_one_slow_verification_like_known_one
 def test_the_dummy_hash_takes_the_most_common_scheme_and_cost():
     """The dummy an unknown user is checked against has the scheme and cost most configured hashes use, is well
     formed, and matches no password; with no slow hash configured there is none."""
-    from gateway.hashes import cost_of, dummy_hash, slow_hash_problem, verify_slow_hash
+    from gateway.build.hashes import cost_of, dummy_hash, slow_hash_problem, verify_slow_hash
 
     quick = [bcrypt.hashpw(b"x", bcrypt.gensalt(4)).decode() for _ in range(2)]
     dummy = dummy_hash([ARGON_HASH, *quick, "sha256:" + "0" * 64])

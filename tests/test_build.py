@@ -5,7 +5,7 @@ from __future__ import annotations
 import trustme
 from config_helpers import API, PORT, base, found, write
 
-from gateway.build import build
+from gateway.build.pipeline import build
 from gateway.cli import main
 
 WSS_API = API.replace("ws://backend.internal:8765/api/demo/", "wss://backend.internal:8765/api/demo/")

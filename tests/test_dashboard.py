@@ -73,7 +73,7 @@ class Scene:
         from echo.server import EchoService
         from gateway.config import check
         from gateway.config.models import EchoServer
-        from gateway.runtime import Gateway
+        from gateway.serving.runtime import Gateway
 
         self.backend = EchoService(EchoServer(kind="EchoServer", name="backend", port=8765,
                                               contexts=[{"path": "/echo/", "mode": "echo"}]), port=0)

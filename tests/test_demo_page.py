@@ -172,7 +172,7 @@ def tutorial_gateway(servers: LoopThread, echo_service: EchoService, tmp_path_fa
     from support import tutorial_tree
 
     from gateway.config import check
-    from gateway.runtime import Gateway
+    from gateway.serving.runtime import Gateway
 
     root = tutorial_tree(tmp_path_factory.mktemp("tutorial"), echo_service.port)
     config = check([root]).config

@@ -17,8 +17,8 @@ from support import (
 )
 from websockets.asyncio.client import connect
 
+from gateway.build.routes import RouteTable
 from gateway.config.tree import Config
-from gateway.routes import RouteTable
 
 
 async def test_exact_path_routes_and_trailing_slash_counts(tmp_path):

@@ -25,7 +25,7 @@ from support import (
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from gateway.runtime import Gateway
+from gateway.serving.runtime import Gateway
 
 
 @pytest.mark.parametrize("compression", [False, True], ids=["fast", "message"])

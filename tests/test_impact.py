@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from support import PORT, api_yaml, write_config
 
-from gateway.apps import AppIndex
-from gateway.credentials import key_digest
-from gateway.impact import Accepted, Action, decide
-from gateway.plan import diff
+from gateway.build.apps import AppIndex
+from gateway.build.credentials import key_digest
+from gateway.changes.impact import Accepted, Action, decide
+from gateway.changes.plan import diff
 
 KEY = "alpha-secret-key-1"
 APP = f"kind: Application\nname: alpha\nidentifiers:\n  api_keys: [{KEY}]\n  ips: [10.0.0.0/8]\napis: [Echo]\n"

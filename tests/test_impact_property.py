@@ -8,12 +8,12 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.apps import AppIndex
+from gateway.build.apps import AppIndex
+from gateway.build.credentials import key_digest
+from gateway.changes.impact import Accepted, Action, Impact
+from gateway.changes.plan import diff
 from gateway.config.models import API, Application, Port
 from gateway.config.tree import Config, Loaded, Location
-from gateway.credentials import key_digest
-from gateway.impact import Accepted, Action, Impact
-from gateway.plan import diff
 
 PORTS = ("p1", "p2")
 APIS = ("A", "B", "C")

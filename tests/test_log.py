@@ -10,7 +10,7 @@ from pathlib import Path
 import structlog
 import structlog.testing
 
-from gateway.log import REDACTED, configure_logging, redact_credentials
+from gateway.common.log import REDACTED, configure_logging, redact_credentials
 
 
 def test_redaction_of_credential_keys_nested_and_in_header_lists():

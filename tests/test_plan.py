@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from config_helpers import API, APP, PORT, write
 
+from gateway.changes.impact import Action, Disruption
+from gateway.changes.plan import diff, render_json, render_text
 from gateway.config import check
-from gateway.impact import Action, Disruption
-from gateway.plan import diff, render_json, render_text
 
 GOLDEN = Path(__file__).parent / "golden"
 KEY_A = "sha256:434f4cad53d8c1fcbb91e478d081844b190f84c8a9ac3975e671aa6c9e7cc93c"

@@ -21,10 +21,10 @@ from support import (
 )
 from websockets.asyncio.client import connect
 
-from gateway.apps import AppIndex
+from gateway.build.apps import AppIndex
+from gateway.changes.impact import Accepted, Action, decide
 from gateway.config import check
 from gateway.config.tree import Config
-from gateway.impact import Accepted, Action, decide
 
 HASHED_PASSWORD = "correct horse battery staple"
 ENV_PASSWORD = "env-password-42"
@@ -228,8 +228,8 @@ apis: [Echo]
 def test_admin_config_and_plan_never_show_a_password(tmp_path):
     """The admin's /config shows basic passwords as placeholders, not even digests; a plan marks them sensitive
     and counts the revocation."""
-    from gateway.live import config_from_documents, redacted_credentials
-    from gateway.plan import diff, render
+    from gateway.changes.plan import diff, render
+    from gateway.operations.live import config_from_documents, redacted_credentials
 
     async def scenario():
         config = write_config(tmp_path, *documents("ws://127.0.0.1:9/x"))

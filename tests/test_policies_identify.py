@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from policy_helpers import app_index, application, connection, policy_build, settle, upgrade_request
 
+from gateway.build.credentials import key_digest
 from gateway.config.models import IdentifyPolicy
-from gateway.credentials import key_digest
 from gateway.policies.base import ApplicationRef, Rejection
 from gateway.policies.identify import Identify
 

@@ -13,7 +13,7 @@ import pytest
 import structlog.testing
 from policy_helpers import app_index, application, connection, loaded, policy_build, upgrade_request
 
-from gateway.apps import AppIndex
+from gateway.build.apps import AppIndex
 from gateway.config.models import API, IdentifyPolicy, LogInvocationPolicy
 from gateway.policies.base import ApplicationRef, Message
 from gateway.policies.identify import Identify

@@ -305,8 +305,8 @@ def test_validate_refuses_a_byte_burst_below_the_largest_message(tmp_path: Path)
 
 def test_plan_shows_a_changed_limit_as_a_non_disruptive_update(tmp_path: Path):
     """`plan` lists the changed burst as `old → new` and disturbs no live connection."""
+    from gateway.changes.plan import diff, render_text
     from gateway.config import check
-    from gateway.plan import diff, render_text
 
     configs = []
     for burst in (10, 2):

@@ -27,7 +27,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from gateway.config import check
-from gateway.watch import ConfigWatcher
+from gateway.serving.watch import ConfigWatcher
 
 SECOND_PORT = "kind: Port\nname: second\nport: 0\nhost: 127.0.0.1\n"
 KEY_A = "alpha-secret-key-1"
@@ -395,7 +395,7 @@ async def test_admin_reports_config_reload_and_triggers_reload(tmp_path):
             text = json.dumps(body)
             assert KEY_A not in text
             app = next(d for d in body["documents"] if d["kind"] == "Application")
-            from gateway.credentials import api_key_fingerprint, key_digest
+            from gateway.build.credentials import api_key_fingerprint, key_digest
             assert app["identifiers"]["api_keys"] == [f"redacted:{api_key_fingerprint(KEY_A)[:16]}"]
             assert key_digest(KEY_A) not in text
             save(root, *docs[:3], application("alpha", KEY_A, "[]"))

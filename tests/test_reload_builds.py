@@ -1,6 +1,6 @@
-"""One build per reload: the runtime serves with what ``gateway.build`` compiled, and decides disruptions once.
+"""One build per reload: the runtime serves with what ``gateway.build.pipeline`` compiled, and decides disruptions once.
 
-The counts come from ``gateway.build_counts`` (a counter bumped wherever an
+The counts come from ``gateway.common.build_counts`` (a counter bumped wherever an
 artefact is made from a config), read as a difference across one step.
 """
 
@@ -15,8 +15,8 @@ import trustme
 from support import PORT, api_yaml, echo_backend, gw_url, running_gateway
 from websockets.asyncio.client import connect
 
-from gateway.build import build
-from gateway.build_counts import built
+from gateway.build.pipeline import build
+from gateway.common.build_counts import built
 from gateway.config import check
 
 TLS_PORT = "kind: Port\nname: {name}\nport: 0\nhost: 127.0.0.1\ntls:\n  cert: {dir}/gw.pem\n  key: {dir}/gw.key\n"

@@ -1,4 +1,4 @@
-"""The one-pass upgrade head reader (gateway/request_head.py) takes only what websockets would accept, alike."""
+"""The one-pass upgrade head reader (gateway/edge/request_head.py) takes only what websockets would accept, alike."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
-from gateway.request_head import plain_upgrade
-from gateway.upstream import _quiet
+from gateway.edge.request_head import plain_upgrade
+from gateway.edge.upstream import _quiet
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 PLAIN = (

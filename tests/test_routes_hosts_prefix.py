@@ -19,8 +19,8 @@ from support import (
 )
 from websockets.asyncio.client import connect
 
+from gateway.build.routes import request_host
 from gateway.config.models import prefix_matches
-from gateway.routes import request_host
 
 
 def via(gw, host: str, path: str, scheme: str = "ws", **kwargs):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from config_helpers import base, found, run_check, write
 
+from gateway.changes.plan import diff, render_json, render_text
 from gateway.config import check
-from gateway.plan import diff, render_json, render_text
 
 
 def gateway(state: str) -> str:

@@ -33,7 +33,7 @@ from support import (  # noqa: E402
 )
 from websockets.asyncio.client import connect  # noqa: E402
 
-from gateway.tracing import wanted  # noqa: E402
+from gateway.operations.tracing import wanted  # noqa: E402
 
 KEY = "tracing-test-key"
 APP = app_yaml(KEY)
@@ -134,8 +134,8 @@ def test_the_otel_environment_switches_tracing_on():
 OFF = textwrap.dedent("""
     import asyncio, sys
     from gateway.config import check
-    from gateway.log import configure_logging
-    from gateway.runtime import Gateway
+    from gateway.common.log import configure_logging
+    from gateway.serving.runtime import Gateway
 
     async def main():
         configure_logging("json")

@@ -9,7 +9,7 @@ import pytest
 from support import PORT, TIMEOUT, api_yaml, echo_backend, gw_url, running_gateway, write_config
 from websockets.asyncio.client import connect
 
-from gateway import connect as upstream_connect
+from gateway.edge import connect as upstream_connect
 
 
 @pytest.fixture(autouse=True)

@@ -9,8 +9,8 @@ import structlog
 from support import PORT, api_yaml, gw_url, http_request, recording_backend, run, running_gateway, write_config
 from websockets.asyncio.client import connect
 
+from gateway.changes.plan import diff, render
 from gateway.config import check
-from gateway.plan import diff, render
 
 URL_PASSWORD = "urlpw0secret0marker"
 HEADER_SECRET = "Bearer hdr0secret0marker"
@@ -88,7 +88,7 @@ def test_gateway_owned_and_literal_upstream_headers_are_refused(tmp_path):
 
 def test_the_log_redacts_url_userinfo_whoever_logs_it():
     """Defence in depth: the log's redaction step cuts the userinfo of a URL in any field, nested ones too."""
-    from gateway.log import redact_credentials
+    from gateway.common.log import redact_credentials
 
     event = {"event": "e", "where": f"ws://u:{URL_PASSWORD}@h:1/p", "nested": {"url": f"wss://{URL_PASSWORD}@h/"}}
     out = redact_credentials(None, "info", event)

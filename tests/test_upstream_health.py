@@ -23,9 +23,9 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from gateway.balance import SmoothWeightedRoundRobin, least_connections_order, rendezvous_order
+from gateway.build.balance import SmoothWeightedRoundRobin, least_connections_order, rendezvous_order
 from gateway.config.tree import Config
-from gateway.runtime import Gateway
+from gateway.serving.runtime import Gateway
 
 EAGER_PASSIVE = "  passive:\n    failures: 1\n"
 FAST_CHECKS = """\
@@ -430,7 +430,7 @@ async def test_health_probes_carry_the_urls_credentials_and_reports_do_not(tmp_p
     logs nor a --probe report show the password."""
     from support import recording_backend
 
-    from gateway.probe import shown
+    from gateway.edge.probe import shown
 
     assert shown("ws://user:s3cret@host:80/ws") == "ws://host:80/ws"
 

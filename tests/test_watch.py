@@ -9,7 +9,7 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
-from gateway.watch import ConfigWatcher
+from gateway.serving.watch import ConfigWatcher
 
 DEADLINE = float(os.environ.get("WSGATE_TEST_TIMEOUT", "10"))
 

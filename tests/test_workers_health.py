@@ -22,8 +22,8 @@ from support import (
 )
 from websockets.asyncio.client import connect
 
-from gateway.health import HealthRegistry
-from gateway.probe import ProbeResult
+from gateway.edge.probe import ProbeResult
+from gateway.serving.health import HealthRegistry
 
 CHECKS = """\
   health_check:

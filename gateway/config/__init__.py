@@ -61,7 +61,7 @@ def check(
 
     A ``cache`` (see ``cache.py``) kept between checks of the same tree skips the files that did not change.
     Transform callables are checked statically (no code from the tree runs) unless ``import_transforms``.
-    ``gateway.build.build`` adds the compile step; validate, plan, run and the reload call that.
+    ``gateway.build.pipeline.build`` adds the compile step; validate, plan, run and the reload call that.
     """
     if cache is None:
         with _collection_paused():

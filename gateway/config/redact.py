@@ -29,7 +29,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from ..redaction import REDACTED
+from ..common.redaction import REDACTED
 from .diagnostics import Diagnostic, Related
 from .source import Document
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
-from ..hashes import slow_hash_kind, slow_hash_problem
+from ..build.hashes import slow_hash_kind, slow_hash_problem
 from .diagnostics import Diagnostic, Related, error, warning
 from .document_checks import did_you_mean, suggestion
 from .models import SHA256_PATTERN, EnvKey, is_loopback, prefix_matches
@@ -1305,7 +1305,7 @@ def _check_jwt(ctx: RuleContext, e: Entry, at: tuple, settings: Any, used: bool)
 def _check_key_file(ctx: RuleContext, e: Entry, at: tuple, field_name: str, relative: str,
                     algorithms: set[str] | None) -> None:
     """The key file exists and parses; with ``algorithms``, some key in it can verify one of them."""
-    from ..jwt_keys import KeyMaterialError, parse_jwks, parse_public_key  # PyJWT only for configs that use it
+    from ..build.jwt_keys import KeyMaterialError, parse_jwks, parse_public_key  # PyJWT only for configs that use it
 
     what = "JWKS file" if field_name == "jwks_file" else "public key file"
     path = Path(relative) if Path(relative).is_absolute() else e.doc.base_dir / relative

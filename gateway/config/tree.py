@@ -88,7 +88,8 @@ class Config:
                 if tls.client_certificates is not None:
                     out[f"Port/{name}/tls.client_certificates.ca_file"] = port.resolve(tls.client_certificates.ca_file)
         if self.gateway is not None:
-            # The admin's token file and certificate: a reload re-reads them when they change (gateway/admin.py).
+            # The admin's token file and certificate: a reload re-reads them when they change
+            # (gateway/operations/admin.py).
             admin, name = self.gateway.model.admin, self.gateway.model.name
             if admin.token_file is not None:
                 out[f"Gateway/{name}/admin.token_file"] = self.gateway.resolve(admin.token_file)

@@ -16,8 +16,8 @@ import asyncio
 import base64
 import binascii
 
+from ..build.credentials import jwt_client_digest, key_digest
 from ..config.models import IdentifyPolicy
-from ..credentials import jwt_client_digest, key_digest
 from .base import ApplicationRef, ConnectionContext, Policy, PolicyBuild, Rejection, UpgradeRequest
 
 API_KEY_NAME = "x-gateway-apikey"
@@ -209,7 +209,7 @@ class Identify(Policy):
     def _identified(self, conn: ConnectionContext, digest: str) -> None:
         """Remember what identified ``conn``: the credential's digest, for the reload's revocation (it stays in
         the process; never the key, password or token), and the fingerprint of the configuration entry it
-        matched, which is all the admin's ``/connections`` shows of it (gateway/credentials.py)."""
+        matched, which is all the admin's ``/connections`` shows of it (gateway/build/credentials.py)."""
         conn.metadata["key_digest"] = digest
         fingerprint = self.apps.entry_fingerprint(digest)
         if fingerprint is not None:
@@ -219,7 +219,7 @@ class Identify(Policy):
         """(problem, None, None) for an unacceptable token, else ("", client id, expiry)."""
         if self._verifier is None:  # `by: [jwt]` without a `jwt:` block; validate refuses such a config
             return "bearer tokens are not configured for this API", None, None
-        from ..jwt_keys import TokenError
+        from ..build.jwt_keys import TokenError
 
         try:
             client, expires = self._verifier.verify(token)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..apps import AppIndex
+from ..build.apps import AppIndex
 from ..config.models import API
 from ..config.tree import Config, Loaded
 from .base import Policy, PolicyBuild

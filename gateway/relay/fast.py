@@ -41,8 +41,8 @@ from gateway.relay.frames import (
 from gateway.relay.keepalive import PING_PREFIX
 
 if TYPE_CHECKING:
+    from gateway.build.routes import CompiledAPI
     from gateway.relay.keepalive import KeepaliveSweeper
-    from gateway.routes import CompiledAPI
 
 log = structlog.get_logger("wsgate.relay.fast")
 

@@ -39,12 +39,12 @@ from websockets.frames import (
 from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
 
+from ..edge.upstream import _quiet
 from ..policies.base import DROP, Close, ConnectionContext, Delay, Message, Policy, Reply
-from ..upstream import _quiet
 from .base import peer_close
 
 if TYPE_CHECKING:
-    from ..routes import CompiledAPI
+    from ..build.routes import CompiledAPI
     from .keepalive import KeepaliveSweeper
 
 log = structlog.get_logger("wsgate.relay")

@@ -24,7 +24,7 @@ compile the routes a probe needs (TLS contexts, upstream headers).
 Metrics: prometheus_client's multiprocess mode. The supervisor creates
 ``PROMETHEUS_MULTIPROC_DIR`` for the workers (unless the operator set one),
 marks dead workers' files with ``mark_process_dead``, and serves ``/metrics``
-as the aggregation of every worker's files (``gateway.metrics``), after asking
+as the aggregation of every worker's files (``gateway.operations.metrics``), after asking
 each worker to flush its batches.
 """
 
@@ -45,17 +45,17 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from ..admin import AdminServer, PlainText, dashboard_routes, healthz
 from ..config.cache import CheckCache
 from ..config.tree import Config
-from ..reloader import Reloader, ReloadStatus
-from ..signals import stop_requested
+from ..operations.admin import AdminServer, PlainText, dashboard_routes, healthz
+from ..serving.reloader import Reloader, ReloadStatus
+from ..serving.signals import stop_requested
 from . import control
 from .ports import PortHold, hold_port
 
 if TYPE_CHECKING:
-    from ..build import Built
-    from ..metrics import ReloadMetrics
+    from ..build.pipeline import Built
+    from ..operations.metrics import ReloadMetrics
 
 log = structlog.get_logger("wsgate.supervisor")
 
@@ -161,7 +161,7 @@ class Supervisor(ReloadStatus):
     def reserve_ports(self, config: Config) -> dict[str, int]:
         """A number for every enabled port, held for the workers (``hold_port``: a configured one probed and
         locked, a 0 one given a fresh number); raises StartError when another process holds one."""
-        from ..runtime import StartError
+        from ..serving.runtime import StartError
 
         numbers: dict[str, int] = {}
         keep: dict[tuple[str, int, str], PortHold] = {}
@@ -322,13 +322,13 @@ class Supervisor(ReloadStatus):
     # ----------------------------------------------------------------- reload
     async def reload(self, trigger: str = "manual") -> dict[str, Any]:
         """Build the tree once (the same build as validate, transforms imported); hand a changed config to every
-        worker as the next generation (``gateway.reloader``: the sequence a single gateway runs too)."""
+        worker as the next generation (``gateway.serving.reloader``: the sequence a single gateway runs too)."""
         return await self.reloader.reload(trigger)
 
     async def _hand_out(self, result: Built, trigger: str, _generation: int | None) -> dict[str, Any]:
         """The supervisor's apply: every worker gets the config as the next generation (each decides what it
         does to its own connections); not one taking it keeps the last good config for new workers."""
-        from ..runtime import StartError
+        from ..serving.runtime import StartError
 
         new = result.config
         assert new is not None
@@ -400,7 +400,7 @@ class Supervisor(ReloadStatus):
         return 200, total or {"total": 0, "upgrading": 0}
 
     async def metrics(self, _: Any) -> tuple[int, Any]:
-        from ..metrics import CONTENT_TYPE, render_directory
+        from ..operations.metrics import CONTENT_TYPE, render_directory
 
         await self._statuses()  # each worker flushes its batches into the shared directory as it answers
         assert self.metrics_dir is not None
@@ -432,7 +432,7 @@ class Supervisor(ReloadStatus):
                      "apis": {api: list(endpoints.values()) for api, endpoints in sorted(apis.items())}}
 
     def config_answer(self, _: Any) -> tuple[int, Any]:
-        from ..admin import _redacted
+        from ..operations.admin import _redacted
 
         resources = sorted(self.config.resources().items())
         names: dict[str, list[str]] = {}
@@ -443,8 +443,8 @@ class Supervisor(ReloadStatus):
 
     # -------------------------------------------------------------- lifecycle
     async def run(self) -> int:
-        from ..runtime import StartError, admin_start_access, start_echo_servers
-        from ..watch import ConfigWatcher
+        from ..serving.runtime import StartError, admin_start_access, start_echo_servers
+        from ..serving.watch import ConfigWatcher
 
         settings = self.config.settings
         if len(self.workers) > 1 and settings.state.backend == "memory":
@@ -529,7 +529,7 @@ class Supervisor(ReloadStatus):
         them (once per reload; its workers count none)."""
         from prometheus_client import CollectorRegistry, values
 
-        from ..metrics import ReloadMetrics
+        from ..operations.metrics import ReloadMetrics
 
         if values.ValueClass is values.MutexValue:
             # prometheus_client picks its value class when first imported, and this process imported it before
@@ -570,8 +570,8 @@ def _add_counts(total: dict[str, Any], counts: Mapping[str, Any]) -> None:
 
 def run(config: Config, count: int, args: Any, check_cache: CheckCache | None = None) -> int:
     """``wsgate run PATH --workers N`` (N > 1) after the config was checked."""
-    from ..log import configure_logging
-    from ..runtime import parse_address
+    from ..common.log import configure_logging
+    from ..serving.runtime import parse_address
 
     log_format = getattr(args, "log_format", None) or config.settings.log_format
     configure_logging(log_format)

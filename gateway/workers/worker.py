@@ -15,9 +15,9 @@ from typing import Any
 
 import structlog
 
-from ..admin import upstreams
-from ..runtime import Gateway, freeze_startup_heap
-from ..signals import StopRequest, stop_requested
+from ..operations.admin import upstreams
+from ..serving.runtime import Gateway, freeze_startup_heap
+from ..serving.signals import StopRequest, stop_requested
 from . import control
 
 log = structlog.get_logger("wsgate.worker")
@@ -28,7 +28,7 @@ async def serve(fd: int, index: int) -> int:
     hello = await control.receive(reader)
     if hello is None or hello.get("op") != "start":
         return 1
-    from ..log import configure_logging
+    from ..common.log import configure_logging
 
     configure_logging(hello["log_format"])
     structlog.contextvars.bind_contextvars(worker=index)
@@ -106,7 +106,7 @@ def status(gateway: Gateway) -> dict[str, Any]:
 
 def main() -> int:
     fd, index = int(sys.argv[1]), int(sys.argv[2])
-    from ..listener import raise_open_files_limit
+    from ..edge.listener import raise_open_files_limit
 
     raise_open_files_limit()
     return asyncio.run(serve(fd, index))

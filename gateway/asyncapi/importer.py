@@ -24,8 +24,8 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from .config.message_schemas import DATA_KEYWORDS, SCHEMA_MAPS
-from .config.models import API
+from ..config.message_schemas import DATA_KEYWORDS, SCHEMA_MAPS
+from ..config.models import API
 
 MAX_SIZE_EXTENSION = "x-wsgate-max-size"  # a message's `max_size`, as `wsgate export asyncapi` writes it
 

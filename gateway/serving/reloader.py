@@ -33,13 +33,13 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from .admin import RELOAD_HISTORY
-from .config.cache import CheckCache
+from ..config.cache import CheckCache
+from ..operations.admin import RELOAD_HISTORY
 
 if TYPE_CHECKING:
-    from .build import Built
-    from .config.tree import Config
-    from .metrics import ReloadMetrics
+    from ..build.pipeline import Built
+    from ..config.tree import Config
+    from ..operations.metrics import ReloadMetrics
 
 log = structlog.get_logger("wsgate.reload")
 
@@ -116,7 +116,7 @@ class Reloader:
         return self.last
 
     async def _run(self, trigger: str, checked: Config | None, generation: int | None) -> dict[str, Any]:
-        from .build import Built, build
+        from ..build.pipeline import Built, build
 
         if checked is None:
             # The same build as validate, but transforms are imported: the new chain runs them anyway.

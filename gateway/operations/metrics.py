@@ -50,10 +50,10 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 
 if TYPE_CHECKING:
-    from .config.tree import Config
-    from .health import HealthRegistry
-    from .policies.base import ConnectionContext
-    from .policies.state import PolicyState
+    from ..config.tree import Config
+    from ..policies.base import ConnectionContext
+    from ..policies.state import PolicyState
+    from ..serving.health import HealthRegistry
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -79,7 +79,7 @@ def multiprocess_dir() -> str | None:
 
 
 def version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return __version__
 

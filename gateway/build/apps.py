@@ -10,8 +10,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .build_counts import count
-from .config.tree import Config
+from ..common.build_counts import count
+from ..config.tree import Config
 from .credentials import (
     api_key_fingerprint,
     basic_digest,
@@ -51,7 +51,7 @@ class AppIndex:
     verifiers: Mapping[str, Any] = field(default_factory=dict)  # API -> jwt_keys.JWTVerifier of its identify policy
     certificates: Mapping[str, str] = field(default_factory=dict)  # CertificateIdentifier.key() -> app
     verified: VerifiedCache = field(default_factory=VerifiedCache)  # recent bcrypt/argon2 successes
-    # What leaves the process instead of a digest (gateway/credentials.py): the fingerprint of the configuration
+    # What leaves the process instead of a digest (gateway/build/credentials.py): the fingerprint of the configuration
     # entry each credential digest came from, and app -> the fingerprints of all its entries (`{env: ...}` ones
     # whether their variable is set or not: plan --from decides with them on a machine without those variables).
     entries: Mapping[str, str] = field(default_factory=dict)  # credential digest -> entry fingerprint

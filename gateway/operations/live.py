@@ -8,7 +8,7 @@ written in the config is ``redacted:`` and a prefix of its entry fingerprint,
 compared in the same form (``redacted_credentials``), so such a plan sees keys
 added, removed, moved to the environment or replaced in place. ``/connections``
 shows the credential of each live connection only as the fingerprint of the
-configuration entry it matched (gateway/credentials.py), which the desired
+configuration entry it matched (gateway/build/credentials.py), which the desired
 tree yields too: whether the plan revokes a connection is decided by that.
 """
 
@@ -21,13 +21,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config.models import API, Application, EchoServer, EnvKey, Gateway, Port
-from .config.tree import Config, Loaded, Location
-from .impact import Disruption
-from .plan import Drift
+from ..changes.impact import Disruption
+from ..changes.plan import Drift
+from ..config.models import API, Application, EchoServer, EnvKey, Gateway, Port
+from ..config.tree import Config, Loaded, Location
 
 if TYPE_CHECKING:
-    from .impact import Impact
+    from ..changes.impact import Impact
 
 MODELS: dict[str, type[Port | API | Application | EchoServer | Gateway]] = {
     "Port": Port, "API": API, "Application": Application, "EchoServer": EchoServer, "Gateway": Gateway,
@@ -64,11 +64,11 @@ REDACTED_PREFIX = "redacted:"
 
 def redacted_application(model: Application) -> Application:
     """``model`` with every key and basic password written in the config replaced by ``redacted:`` and the first
-    16 hex digits of its entry fingerprint (gateway/credentials.py: what ``/connections`` shows, computed from the
+    16 hex digits of its entry fingerprint (gateway/build/credentials.py: what ``/connections`` shows, computed from the
     entry's git form, so it tells a reader nothing git does not): a key replaced by another in place shows as a
     change, the same key written in plain text or as its ``sha256:`` form does not."""
-    from .credentials import api_key_fingerprint, basic_fingerprint
-    from .hashes import slow_hash_kind
+    from ..build.credentials import api_key_fingerprint, basic_fingerprint
+    from ..build.hashes import slow_hash_kind
 
     identifiers = model.identifiers
     keys = [entry if isinstance(entry, EnvKey) else f"{REDACTED_PREFIX}{api_key_fingerprint(entry)[:16]}"
@@ -96,7 +96,7 @@ def live_counter(counts: Mapping[str, Any], impact: Impact) -> Callable[[Disrupt
     ``impact.new_apps`` is built from the tree as written, so the fingerprints of its credential entries can be
     compared with those ``/connections`` shows.
     """
-    from .impact import Accepted, Action
+    from ..changes.impact import Accepted, Action
 
     records = counts.get("connections")
     if not isinstance(records, list):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 
-from .config.models import EnvKey
+from ..config.models import EnvKey
 
 SHA256_PREFIX = "sha256:"
 # Domain separation: a fingerprint is never the plain SHA-256 of anything a client sends or a file holds.

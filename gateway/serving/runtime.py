@@ -2,8 +2,8 @@
 
 ``Gateway`` is the in-process object (tests and ``run`` use it); ``run`` is
 what ``wsgate run PATH`` calls after the config was checked. The live
-connections are kept by ``gateway.connections.ConnectionRegistry``; what a
-change does to one of them is decided by ``gateway.impact``.
+connections are kept by ``gateway.serving.connections.ConnectionRegistry``; what a
+change does to one of them is decided by ``gateway.changes.impact``.
 """
 
 from __future__ import annotations
@@ -19,30 +19,30 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from .accept import AcceptLoop
-from .admin import AdminServer, admin_access
-from .apps import AppIndex
-from .build import Artefacts, Built
-from .config.cache import CheckCache
-from .config.tree import Config, Loaded
+from ..build.apps import AppIndex
+from ..build.pipeline import Artefacts, Built
+from ..build.routes import RouteTable
+from ..build.tls import ServerTLS
+from ..changes.impact import Action, Impact, accepted_from, listener_change
+from ..config.cache import CheckCache
+from ..config.tree import Config, Loaded
+from ..edge.accept import AcceptLoop
+from ..edge.listener import ListenerServices, PortListener, raise_open_files_limit
+from ..operations.admin import AdminServer, admin_access
+from ..operations.metrics import FLUSH_INTERVAL, Metrics
+from ..policies.state import PolicyState
+from ..relay.keepalive import KeepaliveSweeper
 from .connections import ConnectionRegistry
 from .health import HealthRegistry
-from .impact import Action, Impact, accepted_from, listener_change
-from .listener import ListenerServices, PortListener, raise_open_files_limit
-from .metrics import FLUSH_INTERVAL, Metrics
-from .policies.state import PolicyState
-from .relay.keepalive import KeepaliveSweeper
 from .reloader import Reloader, ReloadStatus
-from .routes import RouteTable
 from .signals import stop_requested
-from .tls import ServerTLS
 
 if TYPE_CHECKING:
     from echo.server import EchoService
 
-    from .config.models import API, Port
-    from .policies.base import Policy
-    from .tracing import ConnectionTracer
+    from ..config.models import API, Port
+    from ..operations.tracing import ConnectionTracer
+    from ..policies.base import Policy
 
 log = structlog.get_logger("wsgate.runtime")
 
@@ -131,7 +131,7 @@ class Gateway(ReloadStatus):
 
     ``admin``: None uses the config's Gateway resource settings; ``False``
     disables the admin listener; ``(host, port)`` overrides it.
-    ``artefacts``: what ``gateway.build`` compiled from ``config`` (TLS
+    ``artefacts``: what ``gateway.build.pipeline`` compiled from ``config`` (TLS
     contexts, the application index), served as they are; without them
     ``start`` builds them once. ``decides_reloads``: False for a worker,
     whose supervisor decides (and counts) reloads and hands them over.
@@ -180,11 +180,11 @@ class Gateway(ReloadStatus):
         # Tracing: an OTel TracerProvider given (tests), else the OTEL_* environment decides; None is off.
         self.tracer: ConnectionTracer | None = None
         if tracer_provider is not None:
-            from .tracing import ConnectionTracer
+            from ..operations.tracing import ConnectionTracer
 
             self.tracer = ConnectionTracer(tracer_provider)
         else:
-            from .tracing import from_environment
+            from ..operations.tracing import from_environment
 
             self.tracer = from_environment(os.environ)
         self._flusher: asyncio.TimerHandle | None = None
@@ -239,7 +239,7 @@ class Gateway(ReloadStatus):
         """Load → check → compile → swap; a failure changes nothing. Returns the outcome (``last_reload``).
 
         ``checked``: a config the caller already checked (a worker's supervisor did), applied as generation
-        ``generation``. See ``gateway.reloader`` for the sequence, shared with the supervisor's.
+        ``generation``. See ``gateway.serving.reloader`` for the sequence, shared with the supervisor's.
         """
         return await self.reloader.reload(trigger, checked, generation)
 
@@ -254,7 +254,7 @@ class Gateway(ReloadStatus):
 
     async def _apply(self, result: Built, trigger: str, generation: int | None) -> dict[str, Any]:
         """Decide what the change does to live connections (once), compile, listen, swap, settle, log."""
-        from .plan import diff, render_text
+        from ..changes.plan import diff, render_text
 
         new = result.config
         assert new is not None and self.state is not None
@@ -369,7 +369,7 @@ class Gateway(ReloadStatus):
         return "; ".join(problems) or None
 
     def _settle_connections(self, impact: Impact) -> dict[str, int]:
-        """Drain (1001 after the grace) or revoke (1008 now) what ``gateway.impact`` says; leave the rest alone."""
+        """Drain (1001 after the grace) or revoke (1008 now) as ``gateway.changes.impact`` says; the rest stay."""
         drained = revoked = 0
         for record in list(self.registry.live):
             accepted = accepted_from(record)
@@ -566,7 +566,7 @@ async def serve(config: Config, admin: tuple[str, int] | None = None,
 def run(config: Config, args: Any = None, check_cache: CheckCache | None = None,
         artefacts: Artefacts | None = None) -> int:
     """``wsgate run PATH`` after the config was built: serve (and follow PATH) until a signal; 0 on a clean stop."""
-    from .log import configure_logging
+    from ..common.log import configure_logging
 
     configure_logging(getattr(args, "log_format", None) or config.settings.log_format)
     raise_open_files_limit()  # each proxied connection holds two files

@@ -3,7 +3,7 @@
 ``diff`` is a pure function of two checked configs. A :class:`Plan` lists
 resource changes (create, update with per-field ``old -> new``, destroy) and,
 for each, the :class:`~gateway.impact.Disruption` s it causes to live
-connections, as :mod:`gateway.impact` (the one owner of that decision, which
+connections, as :mod:`gateway.changes.impact` (the one owner of that decision, which
 the reload follows too) says. A caller that knows the live gateway fills in
 ``live_connections`` (see :meth:`Plan.with_live_counts`) and the renderers
 show the counts.
@@ -25,10 +25,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from .config.tree import Config, Loaded, Location
+from ..common.redaction import redact_url, redact_urls
+from ..config.tree import Config, Loaded, Location
 from .impact import Action as DisruptionAction
 from .impact import Disruption, disruptions
-from .redaction import redact_url, redact_urls
 
 Action = Literal["create", "update", "destroy"]
 KIND_ORDER = {"Gateway": 0, "Port": 1, "EchoServer": 2, "API": 3, "Application": 4}
@@ -399,7 +399,7 @@ def render_json(plan: Plan) -> str:
 
 def render_github(plan: Plan) -> str:
     """The text plan, then one GitHub ``::warning`` annotation per disruption, on the line that causes it."""
-    from .config.diagnostics import escape_data, escape_property
+    from ..config.diagnostics import escape_data, escape_property
 
     out = [render_text(plan)]
     for c in plan.changes:

@@ -25,7 +25,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from .config.models import JWTSettings
+from ..config.models import JWTSettings
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 # Which algorithms a key of each type may verify.

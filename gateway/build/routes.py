@@ -26,15 +26,15 @@ from websockets.uri import WebSocketURI, parse_uri
 
 from .apps import AppIndex
 from .balance import SmoothWeightedRoundRobin, least_connections_order, rendezvous_order
-from .build_counts import count
-from .config.models import API, Port, RoutingPolicy, prefix_matches
-from .config.tree import Config, Loaded
-from .policies.base import ConnectionContext, Policy, UpgradeRequest
-from .policies.registry import build_chain as default_build_chain
-from .policies.state import PolicyState
+from ..common.build_counts import count
+from ..config.models import API, Port, RoutingPolicy, prefix_matches
+from ..config.tree import Config, Loaded
+from ..policies.base import ConnectionContext, Policy, UpgradeRequest
+from ..policies.registry import build_chain as default_build_chain
+from ..policies.state import PolicyState
 
 if TYPE_CHECKING:
-    from .health import EndpointHealth, HealthRegistry
+    from ..serving.health import EndpointHealth, HealthRegistry
 
 log = structlog.get_logger("wsgate.routes")
 
@@ -205,7 +205,7 @@ class CompiledAPI:
     def build(cls, loaded: Loaded[API], chain: list[Policy], health: HealthRegistry | None = None,
               env: Mapping[str, str] | None = None,
               upstream_tls: Mapping[str, ssl.SSLContext | None] | None = None) -> CompiledAPI:
-        """``upstream_tls``: the client contexts ``gateway.build`` made for this config (else made here)."""
+        """``upstream_tls``: the client contexts ``gateway.build.pipeline`` made for this config (else made here)."""
         api = loaded.model
         routing = RoutingPolicy(type="routing")
         for spec in api.policies:
@@ -250,14 +250,38 @@ def upstream_headers(api: API, env: Mapping[str, str]) -> tuple[tuple[str, str],
     return tuple(headers)
 
 
+class MalformedHost(ValueError):
+    """A ``Host`` header that names no host: an empty label (``a..example``, ``.a.example``, ``a.example..``),
+    an unclosed IPv6 bracket, or a port that is not a number. The upgrade gets 400."""
+
+
 def request_host(value: str | None) -> str | None:
-    """The host name of a ``Host`` header, lowercased, without port or trailing dot (None when absent)."""
+    """The host name of a ``Host`` header, lowercased, without port or its one trailing dot (None when absent).
+
+    Raises :class:`MalformedHost`: stripping every trailing dot made ``a.example..`` route like ``a.example``,
+    a name no resolver would give the same answer for.
+    """
     if not value:
         return None
     value = value.strip().lower()
     if value.startswith("["):  # an IPv6 literal: [::1]:8080
-        return value[: value.find("]") + 1] or None
-    return value.rpartition(":")[0] if ":" in value else value.rstrip(".") or None
+        end = value.find("]")
+        if end < 0 or not _port_ok(value[end + 1:]):
+            raise MalformedHost("malformed Host header: an unclosed IPv6 literal or a bad port")
+        return value[: end + 1]
+    name, colon, port = value.partition(":")
+    if not _port_ok(colon + port):
+        raise MalformedHost("malformed Host header: the port is not a number")
+    if name.endswith("."):  # the fully qualified form names the same host
+        name = name[:-1]
+    if not name or "" in name.split("."):
+        raise MalformedHost("malformed Host header: an empty label")
+    return name
+
+
+def _port_ok(rest: str) -> bool:
+    """Whether what follows a host is nothing, or ``:`` and an optional decimal port (RFC 3986, 3.2.3)."""
+    return not rest or (rest[0] == ":" and (rest[1:] == "" or (rest[1:].isascii() and rest[1:].isdigit())))
 
 
 @dataclass(slots=True)
@@ -300,8 +324,8 @@ class RouteTable:
                 upstream_tls: Mapping[str, ssl.SSLContext | None] | None = None) -> RouteTable:
         """Build every enabled route of ``config``; policies come from ``build_chain``
         (default: ``gateway.policies.build_chain``), endpoint health from ``health`` (default: a fresh registry),
-        upstream TLS contexts from ``upstream_tls`` (``gateway.build.Artefacts``; default: made here)."""
-        from .health import HealthRegistry  # the probe it runs imports the websockets client; keep it lazy
+        upstream TLS contexts from ``upstream_tls`` (``gateway.build.pipeline.Artefacts``; default: made here)."""
+        from ..serving.health import HealthRegistry  # the probe it runs imports the websockets client; keep it lazy
 
         build_chain = build_chain or default_build_chain
         health = health if health is not None else HealthRegistry()

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import CheckCache, CheckResult, check, redact, with_source_lines
-from .config.diagnostics import Diagnostic, error
-from .config.tree import Config
+from ..config import CheckCache, CheckResult, check, redact, with_source_lines
+from ..config.diagnostics import Diagnostic, error
+from ..config.tree import Config
 
 if TYPE_CHECKING:
     from .apps import AppIndex
@@ -88,7 +88,7 @@ def _compile(config: Config, env: Mapping[str, str], *,
              raise_first: bool = False) -> tuple[Artefacts | None, list[Diagnostic]]:
     """The artefacts of ``config`` (None if one fails) and a diagnostic per failure (``raise_first``: raise it)."""
     from .apps import AppIndex
-    from .policies.origin import origin_pattern
+    from ..policies.origin import origin_pattern
     from .routes import Endpoint, upstream_ssl_context
     from .tls import ServerTLS
 

@@ -24,9 +24,9 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
-from .config.message_schemas import DATA_KEYWORDS, SCHEMA_MAPS
-from .config.models import API, IdentifyPolicy, MessageDefinition
-from .config.tree import Config
+from ..config.message_schemas import DATA_KEYWORDS, SCHEMA_MAPS
+from ..config.models import API, IdentifyPolicy, MessageDefinition
+from ..config.tree import Config
 from .importer import MAX_SIZE_EXTENSION
 
 ASYNCAPI_VERSION = "3.0.0"

@@ -17,8 +17,8 @@ from typing import Any
 
 import structlog
 
-from .build_counts import count
-from .policies.base import ClientCertificate
+from ..common.build_counts import count
+from ..policies.base import ClientCertificate
 
 log = structlog.get_logger("wsgate.tls")
 

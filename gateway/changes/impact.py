@@ -38,12 +38,12 @@ from dataclasses import InitVar, dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from .build_counts import count
+from ..common.build_counts import count
 
 if TYPE_CHECKING:
-    from .apps import AppIndex
-    from .config.models import API, Application, EchoServer
-    from .config.tree import Config
+    from ..build.apps import AppIndex
+    from ..config.models import API, Application, EchoServer
+    from ..config.tree import Config
 
 DRAIN_CODE = 1001
 REVOKE_CODE = 1008
@@ -71,7 +71,7 @@ class Accepted:
     key_digest: str | None = None
     peer_ip: str = ""
     hostname: str | None = None  # the reverse-DNS name it was identified by
-    # The fingerprint of the configuration entry the credential matched (gateway/credentials.py): what the
+    # The fingerprint of the configuration entry the credential matched (gateway/build/credentials.py): what the
     # admin's /connections shows instead of the digest, and what plan --from decides by.
     entry_fingerprint: str | None = None
 

@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from .accept import AcceptLoop
+from ..edge.accept import AcceptLoop
 
 if TYPE_CHECKING:
-    from .config.tree import Config
-    from .runtime import Gateway
+    from ..config.tree import Config
+    from ..serving.runtime import Gateway
 
 log = structlog.get_logger("wsgate.admin")
 
@@ -62,7 +62,7 @@ def admin_access(config: Config, host: str, env: Mapping[str, str] | None = None
     A token variable that is unset locks the protected endpoints (logged); a listener beyond loopback without
     any token configured raises ValueError (validate reports it as WSG180; a ``--admin`` address skips that).
     """
-    from .config.models import is_loopback
+    from ..config.models import is_loopback
 
     settings = config.settings.admin
     gateway = config.gateway
@@ -92,13 +92,13 @@ def read_token_file(path: Path) -> str | None:
 def _redacted(model: Any) -> dict[str, Any]:
     """A resource as JSON: an application's keys and basic passwords as ``redacted:<fingerprint prefix>`` (env ones
     stay variable names), and any URL's userinfo cut."""
-    from .config.models import Application
+    from ..common.redaction import redact_urls
+    from ..config.models import Application
     from .live import redacted_application
-    from .redaction import redact_urls
 
     if isinstance(model, Application):
         model = redacted_application(model)
-    # Any URL's userinfo (an upstream's, the Redis state URL's) is cut: one owner, gateway/redaction.py.
+    # Any URL's userinfo (an upstream's, the Redis state URL's) is cut: one owner, gateway/common/redaction.py.
     return redact_urls(model.model_dump(mode="json", by_alias=True))
 
 
@@ -130,8 +130,8 @@ async def reload_now(gateway: Gateway) -> tuple[int, Any]:
 def connections(gateway: Gateway) -> tuple[int, Any]:
     """Counts, and what each relayed connection was accepted with: ``plan --from`` decides each as a reload would.
     A credential shows only as the fingerprint of the configuration entry it matched, never a digest of the
-    secret (gateway/credentials.py)."""
-    from .impact import accepted_from
+    secret (gateway/build/credentials.py)."""
+    from ..changes.impact import accepted_from
 
     accepted = [accepted_from(record) for record in gateway.registry.live if record.relay is not None]
     return 200, {**gateway.registry.counts(), "connections": [a.to_dict() for a in accepted if a is not None]}
@@ -150,6 +150,7 @@ def metrics(gateway: Gateway) -> tuple[int, Any]:
 
 DASHBOARD_FILES = {"/dashboard": ("index.html", "text/html; charset=utf-8"),
                    "/dashboard/": ("index.html", "text/html; charset=utf-8"),
+                   "/dashboard/index.html": ("index.html", "text/html; charset=utf-8"),
                    "/dashboard/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
                    "/dashboard/dashboard.css": ("dashboard.css", "text/css; charset=utf-8")}
 
@@ -161,9 +162,16 @@ def dashboard_file(path: str) -> Handler:
     def serve(gateway: Gateway) -> tuple[int, Any]:
         from importlib.resources import files
 
-        return 200, PlainText((files("gateway") / "dashboard" / name).read_text(encoding="utf-8"), content_type)
+        page = (files("gateway.operations") / "dashboard" / name).read_text(encoding="utf-8")
+        return 200, PlainText(page, content_type)
 
     return serve
+
+
+def _dashboard_path(path: str) -> bool:
+    """Whether ``path`` lies under ``/dashboard``: one rule for all of it, token or not (a file there is 200, any
+    other path 404). Its static files hold no data; the page sends the token for what it reads."""
+    return path == "/dashboard" or path.startswith("/dashboard/")
 
 
 def dashboard_routes() -> dict[str, Handler]:
@@ -217,7 +225,7 @@ class AdminServer:
             return asyncio.StreamReaderProtocol(asyncio.StreamReader(limit=MAX_HEAD), self._serve)
 
         # Its own accept loop with a reserved descriptor: probes are answered while the client listeners are
-        # paused for lack of descriptors (gateway/accept.py).
+        # paused for lack of descriptors (gateway/edge/accept.py).
         self._server = await AcceptLoop.open("admin", protocol, self.host, self.port, backlog=128,
                                              ssl_context=self._ssl, ssl_handshake_timeout=5 if self._ssl else None,
                                              on_error=self._count_accept_error,
@@ -298,8 +306,7 @@ class AdminServer:
             path = target.split("?", 1)[0]
             table = self.post_routes if method == "POST" else self.routes if method == "GET" else {}
             handler = table.get(path)
-            # The dashboard's static files hold no data (the page sends the token for what it reads).
-            if path not in OPEN_PATHS and path not in DASHBOARD_FILES and not self._authorized(head):
+            if path not in OPEN_PATHS and not _dashboard_path(path) and not self._authorized(head):
                 status, body = 401, {"error": "unauthorized", "reason": "this admin endpoint needs the bearer token"}
             elif handler is None and path not in self.routes and path not in self.post_routes:
                 status, body = 404, {"error": "not_found", "reason": f"no admin endpoint {path}"}

@@ -21,13 +21,13 @@ from urllib.parse import urlsplit
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 
-from .config.diagnostics import Diagnostic, error
-from .config.source import load
-from .config.tree import Location
+from ..config.diagnostics import Diagnostic, error
+from ..config.source import load
+from ..config.tree import Location
 from .upstream import _quiet  # websockets logs every open and close at INFO
 
 if TYPE_CHECKING:
-    from .config.tree import Config
+    from ..config.tree import Config
 
 
 
@@ -106,7 +106,7 @@ async def probe_config(config: Config, paths: Sequence[str | Path], timeout: flo
     its URL's line; the TLS settings (CA, client certificate, SNI name) are
     the ones the runtime would use.
     """
-    from .routes import upstream_headers, upstream_ssl_context
+    from ..build.routes import upstream_headers, upstream_ssl_context
 
     loaded = load([Path(p) for p in paths])
     docs = {doc.data.get("name"): doc for doc in loaded.documents

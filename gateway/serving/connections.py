@@ -12,7 +12,7 @@ scan of every live connection each time one ends (draining 10,000 connections
 after a reload was ~10^8 steps on the event loop).
 
 Nothing here decides *which* connections a change touches (that is
-``gateway.impact``); the registry only carries out what it is told.
+``gateway.changes.impact``); the registry only carries out what it is told.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 if TYPE_CHECKING:
-    from .listener import Connection, PortListener
-    from .routes import CompiledAPI, RouteTable
+    from ..build.routes import CompiledAPI, RouteTable
+    from ..edge.listener import Connection, PortListener
 
 log = structlog.get_logger("wsgate.connections")
 

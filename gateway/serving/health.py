@@ -33,11 +33,11 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from .probe import ProbeResult, probe
+from ..edge.probe import ProbeResult, probe
 
 if TYPE_CHECKING:
-    from .config.models import ActiveHealthCheck, PassiveHealthCheck
-    from .routes import CompiledAPI, Endpoint, RouteTable
+    from ..build.routes import CompiledAPI, Endpoint, RouteTable
+    from ..config.models import ActiveHealthCheck, PassiveHealthCheck
 
 log = structlog.get_logger("wsgate.health")
 

@@ -1,0 +1,1 @@
+"""AsyncAPI in and out: ``wsgate import`` and ``wsgate export asyncapi``."""

@@ -1,0 +1,1 @@
+"""Leaves every part may use: redaction of credentials, logging setup, build counters."""

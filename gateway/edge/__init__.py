@@ -1,0 +1,1 @@
+"""The edge: accepting sockets, the upgrade stage, the upstream connect and handshake."""
