@@ -15,6 +15,7 @@ from support import (
     eventually,
     gw_url,
     http_request,
+    logged,
     recording_backend,
     running_gateway,
     upgrade_request,
@@ -149,17 +150,21 @@ async def test_authorizer_naming_an_unregistered_application_is_refused(tmp_path
 
 async def test_authorizer_outage_refuses_within_its_timeout(tmp_path):
     """An authorizer that never answers, then one that is gone, each give the configured 503 (Retry-After), not a
-    hang: the upgrade is answered although the authorizer never is."""
+    hang: the upgrade is answered although the authorizer never is, and the log never holds the credential."""
     auth = Authorizer()
     auth.hang.set()
     async with recording_backend() as backend:
         async with http_server(auth.handle) as (url, runner):
             config = authorizer_config(tmp_path, backend.url + "/native", url)
             async with running_gateway(config) as gw:
-                hung = await http_request(gw_url(gw, "/echo"),
-                                          upgrade_request("/echo", extra="Authorization: Bearer good\r\n"))
+                with logged() as events:
+                    hung = await http_request(gw_url(gw, "/echo"),
+                                              upgrade_request("/echo", extra="Authorization: Bearer good\r\n"))
+                    outage = await events.first("authorizer_unavailable")
                 assert hung.status == 503 and hung.headers.get("retry-after") == "5"
                 assert len(auth.seen) == 1
+                assert "good" not in repr(events.entries)  # the log names the credential by digest only
+                assert outage["credential"] and len(outage["credential"]) == 12
                 auth.release.set()
                 await runner.cleanup()  # the authorizer goes away
                 gone = await http_request(gw_url(gw, "/echo"),
@@ -283,3 +288,15 @@ async def test_jwks_server_down_keeps_the_last_good_keys(tmp_path):
             async with connect(gw_url(gw, "/echo"), additional_headers=bearer(token(kid="k1"))) as ws:
                 await ws.send("still")
                 assert await ws.recv() == "still"
+
+
+async def test_authorizer_expiry_closes_the_connection(tmp_path):
+    """An allow with `expires_in` closes the connection with 1008 once it passes."""
+    auth = Authorizer()
+    auth.answers["Bearer brief"] = (200, {"expires_in": 0.2})
+    async with http_server(auth.handle) as (url, _), recording_backend() as backend:
+        config = authorizer_config(tmp_path, backend.url + "/native", url)
+        async with running_gateway(config) as gw:
+            async with connect(gw_url(gw, "/echo"), additional_headers={"Authorization": "Bearer brief"}) as ws:
+                await ws.wait_closed()
+                assert (ws.close_code, ws.close_reason) == (1008, "credential expired")
