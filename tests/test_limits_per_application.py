@@ -163,3 +163,15 @@ def test_validate_per_application_limit_before_identify(tmp_path):
   - type: identify
 """)
     assert diagnostics == [("WSG271", "api.yaml", 11, 5)]
+
+
+def test_validate_rate_limit_tier_bursts(tmp_path):
+    """A tier's burst without a rate anywhere is WSG194; a tier's byte burst below the largest message is WSG140."""
+    diagnostics = check_policies(tmp_path, """\
+  - type: identify
+  - type: rate-limit
+    messages_per_second: 5
+    tiers:
+      gold: {applications: [acme], burst_bytes: 10}
+""")
+    assert diagnostics == [("WSG140", "api.yaml", 13, 49), ("WSG194", "api.yaml", 13, 49)]

@@ -1,7 +1,7 @@
 """Cross-field rules of the connect-time authorizer, remote JWKS, limits per application and conditioned routes.
 
 Registered with the other rules (``rules.rule``) when ``gateway.config`` imports this module, and run with them.
-Codes (docs/diagnostics.md): WSG190-WSG193 (errors), WSG270-WSG274 (warnings).
+Codes (docs/diagnostics.md): WSG190-WSG194 (errors; WSG140 for a tier's byte burst), WSG270-WSG274 (warnings).
 """
 
 from __future__ import annotations
@@ -194,3 +194,31 @@ def route_condition_ties(ctx: RuleContext) -> None:
                         hint="add a condition to the one that should win, or make them exclusive (one header "
                         "with two values)"))
                 group.append(e)
+
+
+@rule
+def rate_limit_tier_numbers(ctx: RuleContext) -> None:
+    """A rate-limit tier's numbers, merged with the policy's as the runtime merges them: a burst needs a rate
+    (WSG194), and a byte burst below the API's largest message lets such a message never pass (WSG140)."""
+    for e in ctx.of("API"):
+        largest = e.model.limits.max_message_size
+        for i, policy in enumerate(e.model.policies):
+            if policy.type != "rate-limit":
+                continue
+            for name, tier in policy.tiers.items():
+                at: tuple = ("policies", i, "tiers", name)
+                for burst, rate in (("burst_messages", "messages_per_second"), ("burst_bytes", "bytes_per_second")):
+                    if getattr(tier, burst) is not None and getattr(tier, rate) is None \
+                            and getattr(policy, rate) is None:
+                        ctx.out.append(error(
+                            "WSG194", f"tier '{name}' sets `{burst}` but neither it nor the policy sets `{rate}`",
+                            e.doc.value_at(at + (burst,)), hint=f"add `{rate}` to the tier or the policy"))
+                burst_bytes = tier.burst_bytes if tier.burst_bytes is not None else (
+                    policy.burst_bytes if tier.bytes_per_second is None else None)
+                if largest is not None and tier.burst_bytes is not None and burst_bytes is not None \
+                        and burst_bytes < largest:
+                    ctx.out.append(error(
+                        "WSG140", f"tier '{name}' burst_bytes {burst_bytes} is below one message of the API's "
+                        f"largest size ({largest} bytes): such a message could never pass",
+                        e.doc.value_at(at + ("burst_bytes",)),
+                        hint=f"set `burst_bytes` to at least {largest}, or lower `limits.max_message_size`"))
