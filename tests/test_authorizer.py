@@ -228,7 +228,7 @@ class JWKSServer:
         return web.Response(text=self.document, content_type="application/json")
 
 
-def jwks_config(tmp_path, backend_url: str, jwks_url: str) -> Any:
+def jwks_config(tmp_path, backend_url: str, jwks_url: str, interval: float = 0) -> Any:
     policies = f"""\
 policies:
   - type: identify
@@ -237,7 +237,7 @@ policies:
       issuer: {ISSUER}
       audience: [{AUDIENCE}]
       jwks_url: {jwks_url}
-      jwks_min_refresh_interval: 0
+      jwks_min_refresh_interval: {interval}
 """
     app = "kind: Application\nname: dashboard\nidentifiers:\n  jwt_clients: [dash-client]\napis: [Echo]\n"
     return write_config(tmp_path, PORT, api_yaml("Echo", "/echo", backend_url, extra=policies), app)
@@ -300,3 +300,21 @@ async def test_authorizer_expiry_closes_the_connection(tmp_path):
             async with connect(gw_url(gw, "/echo"), additional_headers={"Authorization": "Bearer brief"}) as ws:
                 await ws.wait_closed()
                 assert (ws.close_code, ws.close_reason) == (1008, "credential expired")
+
+
+async def test_unknown_kids_within_the_refresh_interval_fetch_nothing(tmp_path):
+    """Right after the fetch at start, tokens with made-up kids are refused with 401 without another fetch: the
+    refresh interval bounds what a flood of unknown kids costs the issuer."""
+    server = JWKSServer(jwks(rsa_key(), kid="k1"))
+    async with http_server(server.handle, "/jwks.json") as (url, _), recording_backend() as backend:
+        config = jwks_config(tmp_path, backend.url + "/native", url, interval=3600)
+        async with running_gateway(config) as gw:
+            await eventually(lambda: server.fetches == 1)
+            async with connect(gw_url(gw, "/echo"), additional_headers=bearer(token(kid="k1"))):
+                pass
+            for kid in ("k7", "k8", "k9"):
+                made_up = token(other_rsa_key(), kid=kid)
+                response = await http_request(gw_url(gw, "/echo"), upgrade_request(
+                    "/echo", extra=f"Authorization: Bearer {made_up}\r\n"))
+                assert (response.status, response.json()["reason"]) == (401, "invalid token: unknown signing key")
+            assert server.fetches == 1

@@ -175,3 +175,16 @@ def test_validate_rate_limit_tier_bursts(tmp_path):
       gold: {applications: [acme], burst_bytes: 10}
 """)
     assert diagnostics == [("WSG140", "api.yaml", 13, 49), ("WSG194", "api.yaml", 13, 49)]
+
+
+def test_validate_named_application_not_registered_to_the_api(tmp_path):
+    """A tier naming an application registered to another API only: WSG272 (the limit never applies to it)."""
+    write(tmp_path, "more.yaml", "kind: Application\nname: elsewhere\napis: [Other]\n")
+    diagnostics = check_policies(tmp_path, """\
+  - type: identify
+  - type: throttle
+    max_connections: 1
+    tiers:
+      gold: {applications: [elsewhere], max_connections: 3}
+""")
+    assert [d for d in diagnostics if d[0] == "WSG272"] == [("WSG272", "api.yaml", 13, 29)]
