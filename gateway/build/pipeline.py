@@ -90,7 +90,7 @@ def _compile(config: Config, env: Mapping[str, str], *,
     from .apps import AppIndex
     from ..policies.origin import origin_pattern
     from .routes import Endpoint, upstream_ssl_context
-    from .tls import ServerTLS
+    from .tls import CertificatePairError, ServerTLS
 
     out: list[Diagnostic] = []
     server_tls: dict[str, ServerTLS] = {}
@@ -102,6 +102,12 @@ def _compile(config: Config, env: Mapping[str, str], *,
         try:
             # The default certificate, the SNI ones and the client CA bundle, as the listener serves them.
             server_tls[name] = ServerTLS(name, port)
+        except CertificatePairError as exc:
+            if raise_first:
+                raise
+            out.append(error("WSG170", f"port '{name}': {exc}", port.locate(exc.at + ("cert",)),
+                             hint="the key must be the private key of that certificate (its pair); check both "
+                                  "paths"))
         except _BUILD_ERRORS as exc:
             if raise_first:
                 raise

@@ -192,8 +192,9 @@ def _check(paths: Sequence[str | Path], env: Mapping[str, str] | None, cache: Ch
                        unversioned)
 
 
-# Rules that complain about something missing: in a salvaged document the schema already reported why it is.
-_ABSENCE_CODES = frozenset({"WSG201", "WSG204"})
+# Rules that complain about something missing, or a setting another one overrides or lacks: in a salvaged document
+# the cut may be what made it so (a cut routing policy leaves weights unread), and the schema already said why.
+_ABSENCE_CODES = frozenset({"WSG201", "WSG204", "WSG230", "WSG231"})
 
 
 def _about_a_cut(d: Diagnostic, cut_short: list[Document]) -> bool:

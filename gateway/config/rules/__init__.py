@@ -22,6 +22,7 @@ from . import (  # noqa: F401 - imported for their @rule registrations
     applications,
     echo,
     gateway,
+    ineffective,
     names,
     ports,
 )

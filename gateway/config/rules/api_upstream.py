@@ -12,7 +12,7 @@ from ..diagnostics import Related, error, warning
 from ..document_checks import suggestion
 from ..models import prefix_matches
 from ..tree import Location
-from .base import Entry, RuleContext, cert_and_key_must_exist, must_exist, rule
+from .base import Entry, RuleContext, cert_and_key_must_exist, must_exist, rule, written_endpoints
 
 # Hosts that reach this machine whatever the port's own host: an upstream on one of them may be the gateway.
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "0.0.0.0", "::1", "::", ""})
@@ -228,7 +228,8 @@ def _context_loc(echo: Entry, path: str) -> Location:
 def upstream_tls(ctx: RuleContext) -> None:
     for e in ctx.of("API"):
         tls = e.model.upstream.tls
-        if not tls.verify:
+        speaks_tls = any(ep.url.lower().startswith("wss:") for ep in e.model.upstream.endpoints)
+        if not tls.verify and speaks_tls:  # on ws:// only, WSG208 says the setting is never used
             ctx.out.append(
                 warning(
                     "WSG206",
@@ -240,7 +241,7 @@ def upstream_tls(ctx: RuleContext) -> None:
         if tls.ca_file is not None:
             must_exist(ctx, e, ("upstream", "tls", "ca_file"), tls.ca_file, "CA file")
         cert_and_key_must_exist(ctx, e, ("upstream", "tls"), tls.cert, tls.key)
-        if len(e.model.upstream.endpoints) == 1:
+        if written_endpoints(e) == 1:
             for i, p in enumerate(e.model.policies):
                 if p.type == "routing" and p.strategy == "round-robin":
                     ctx.out.append(

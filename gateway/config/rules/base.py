@@ -122,3 +122,11 @@ def cert_and_key_must_exist(ctx: RuleContext, e: Entry, at: tuple, cert: str | N
         must_exist(ctx, e, at + ("cert",), cert, "certificate file")
     if key is not None:
         must_exist(ctx, e, at + ("key",), key, "key file")
+
+
+def written_endpoints(e: Entry) -> int:
+    """How many endpoints the document lists: a salvaged model may have lost one to a schema error (`weight: 0`),
+    and "a single endpoint" must not be said of two."""
+    upstream = e.doc.data.get("upstream") if isinstance(e.doc.data, dict) else None
+    endpoints = upstream.get("endpoints") if isinstance(upstream, dict) else None
+    return len(endpoints) if isinstance(endpoints, list) else len(e.model.upstream.endpoints)
