@@ -63,6 +63,12 @@ def _probe_arguments(p: argparse.ArgumentParser) -> None:
                    help="how long each probe may take (default: 5; all run at once)")
 
 
+def _values_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--values", action="append", default=[], metavar="FILE",
+                   help="an environment's values for `{value: NAME}` in the tree (repeatable; later files win; "
+                        "WSGATE_VALUE_NAME in the environment wins over both)")
+
+
 def _workers(text: str) -> int:
     from .workers.supervisor import worker_count
 
@@ -85,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--import-transforms", action="store_true",
                    help="import transform modules to check them (runs their code; default: a static check)")
     _probe_arguments(p)
+    _values_argument(p)
 
     p = sub.add_parser("plan", help="show what changes between a config and another version of it")
     p.add_argument("path", nargs="?", default=".", metavar="PATH", help="the desired config (default: .)")
@@ -96,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("text", "json", "github"), default="text",
                    help="github: the text plan, plus an annotation on each line that disturbs live connections")
     _probe_arguments(p)
+    _values_argument(p)
 
     p = sub.add_parser("schemas", help="regenerate the JSON Schemas in schemas/ from the models")
     p.add_argument("--check", action="store_true", help="fail if the committed schemas are stale; write nothing")
@@ -107,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", nargs="?", default=".", metavar="PATH")
     p.add_argument("--log-format", choices=("json", "console", "auto"), default=None)
     p.add_argument("--admin", type=_address, default=None, metavar="HOST:PORT", help="admin endpoint address")
+    _values_argument(p)
     p.add_argument("--workers", type=_workers, default=1, metavar="N|auto",
                    help="worker processes serving every port (auto: one per CPU core; default 1: no supervisor)")
 
@@ -128,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("echo", help="check the config, then serve only its echo servers")
     p.add_argument("path", nargs="?", default=".", metavar="PATH")
+    _values_argument(p)
     p.add_argument("--log-format", choices=("json", "console", "auto"), default=None)
     return parser
 
@@ -154,12 +164,27 @@ def _report(result: CheckResult, fmt: str, out: TextIO) -> None:
     if fmt == "text":
         n_files = len(result.files)
         verdict = "valid" if result.ok else "invalid"
+        if result.foreign:
+            count = sum(result.foreign.values())
+            formats = ", ".join(sorted(result.foreign))
+            out.write(f"note: {count} document{'s' if count != 1 else ''} of other formats skipped (apiVersion "
+                      f"{formats}); list such files in .wsgateignore to skip them silently\n")
+        if result.values is not None and result.values.files:
+            out.write(f"note: {_values_line(result)}\n")
         if result.unversioned:
             count = result.unversioned
             out.write(f"note: {count} document{'s' if count != 1 else ''} without apiVersion, read as "
                       f"{API_VERSION} (add `apiVersion: {API_VERSION}` to pin the format; docs/config-versions.md)\n")
         files = f"{n_files} file{'s' if n_files != 1 else ''}"
         out.write(f"{verdict}: {diag.summary_line(result.diagnostics)} in {files}\n")
+
+
+def _values_line(result: CheckResult) -> str:
+    """Which values the tree was resolved with (they are settings, never secrets: those stay `{env: ...}`)."""
+    assert result.values is not None
+    files = ", ".join(str(f) for f in result.values.files)
+    used = sorted(result.values.used)
+    return f"values from {files}" + (f": {', '.join(used)}" if used else "")
 
 
 def _probe(result: CheckResult, paths: Sequence[str], timeout: float, fmt: str, out: TextIO) -> CheckResult:
@@ -185,7 +210,7 @@ def _probe(result: CheckResult, paths: Sequence[str], timeout: float, fmt: str, 
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    result: CheckResult = build(args.paths, import_transforms=args.import_transforms)
+    result: CheckResult = build(args.paths, import_transforms=args.import_transforms, values=args.values)
     if args.probe:
         result = _probe(result, args.paths, args.probe_timeout, args.format, sys.stdout)
     _report(result, args.format, sys.stdout)
@@ -232,7 +257,7 @@ def _checkout_revision(path: Path, revision: str, into: Path) -> Path | None:
 def cmd_plan(args: argparse.Namespace) -> int:
     from .changes.plan import diff, render
 
-    desired: CheckResult = build([args.path])
+    desired: CheckResult = build([args.path], values=args.values)
     if not desired.ok:
         sys.stderr.write(diag.render(desired.diagnostics, "text"))
         sys.stderr.write(f"wsgate plan: the desired config {args.path} is invalid; nothing planned\n")
@@ -262,13 +287,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
             label = f"{args.source}:{args.path}"
         current = None
         if current_path is not None:
-            result = build([current_path])
+            result = build([current_path], values=args.values)  # the same environment on both sides
             if not result.ok:
                 sys.stderr.write(diag.render(result.diagnostics, "text"))
                 sys.stderr.write(f"wsgate plan: the current config ({label}) is invalid; cannot diff against it\n")
                 return EXIT_INVALID
             current = result.config
         plan = diff(current, desired.config)
+        if args.format == "text" and args.values:
+            sys.stdout.write(f"Resolved with {_values_line(desired)}\n\n")
         sys.stdout.write(render(plan, args.format))
         return EXIT_OK if plan.empty else EXIT_PLAN_CHANGES
     finally:
@@ -379,10 +406,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------ run, echo
 
 
-def _checked_or_report(path: str, cache: CheckCache | None = None) -> Built:
+def _checked_or_report(path: str, cache: CheckCache | None = None, values: Sequence[str] = ()) -> Built:
     """The same build and diagnostics as ``validate`` (transforms imported: they are about to run); printed to
     stderr (stdout may carry logs)."""
-    result = build([path], cache=cache, import_transforms=True)
+    result = build([path], cache=cache, import_transforms=True, values=values)
     if result.diagnostics:
         _report(result, "text", sys.stderr)
     return result
@@ -390,7 +417,7 @@ def _checked_or_report(path: str, cache: CheckCache | None = None) -> Built:
 
 def cmd_run(args: argparse.Namespace) -> int:
     cache = CheckCache()  # the gateway's first reload then re-reads only the files changed since start
-    result = _checked_or_report(args.path, cache)
+    result = _checked_or_report(args.path, cache, args.values)
     if not result.ok:
         return EXIT_INVALID
     if args.log_format is not None:
@@ -409,7 +436,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_echo(args: argparse.Namespace) -> int:
-    result = _checked_or_report(args.path)
+    result = _checked_or_report(args.path, values=args.values)
     if not result.ok:
         return EXIT_INVALID
     from .common.log import configure_logging

@@ -67,10 +67,12 @@ class Built(CheckResult):
 
 
 def build(paths: Sequence[str | Path], *, env: Mapping[str, str] | None = None, cache: CheckCache | None = None,
-          import_transforms: bool = False) -> Built:
-    """Check the tree under ``paths`` and compile it without sockets; the config only when both succeed."""
-    result = check(paths, env=env, cache=cache, import_transforms=import_transforms)
-    fields = (result.diagnostics, result.files, result.sources, result.documents, result.unversioned)
+          import_transforms: bool = False, values: Sequence[str | Path] = ()) -> Built:
+    """Check the tree under ``paths`` (resolved with the ``values`` files) and compile it without sockets; the
+    config only when both succeed."""
+    result = check(paths, env=env, cache=cache, import_transforms=import_transforms, values=values)
+    fields = (result.diagnostics, result.files, result.sources, result.documents, result.unversioned,
+              result.foreign, result.values)
     if result.config is None:
         return Built(None, *fields)
     artefacts, found = _compile(result.config, os.environ if env is None else env)

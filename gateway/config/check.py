@@ -23,9 +23,12 @@ from . import redact, rules
 from .cache import CheckCache
 from .diagnostics import Diagnostic, error
 from .document_checks import check_api_version, check_kind, check_lossy_numbers, check_model, check_schema
+from .models import KINDS
 from .salvage import salvage
 from .source import Document, load
 from .tree import Config, Loaded
+from .values import ValueSet, read_values
+from .values import apply as apply_values
 
 __all__ = ["CheckResult", "check", "with_source_lines"]
 
@@ -39,6 +42,8 @@ class CheckResult:
     # What the diagnostics of a later stage (the compile in gateway.build) are scrubbed against.
     documents: Sequence[Document] = field(default_factory=tuple, repr=False)
     unversioned: int = 0  # documents without `apiVersion` (read as wsgate/v1; validate says so in a note)
+    foreign: Mapping[str, int] = field(default_factory=dict)  # skipped documents of other formats, by apiVersion
+    values: ValueSet | None = None  # the environment's values the tree was resolved with (values.py)
 
     @property
     def ok(self) -> bool:
@@ -55,9 +60,12 @@ class CheckResult:
 
 def check(
     paths: Sequence[str | Path], *, env: Mapping[str, str] | None = None, cache: CheckCache | None = None,
-    import_transforms: bool = False,
+    import_transforms: bool = False, values: Sequence[str | Path] = (),
 ) -> CheckResult:
     """Check the YAML tree under ``paths``; ``env`` (default: ``os.environ``) resolves `{env: ...}` keys.
+
+    ``values`` are the environment's values files (``--values``): `{value: NAME}` nodes are resolved from them,
+    from ``WSGATE_VALUE_*`` in ``env`` and from the tree's defaults before anything is checked (values.py).
 
     A ``cache`` (see ``cache.py``) kept between checks of the same tree skips the files that did not change.
     Transform callables are checked statically (no code from the tree runs) unless ``import_transforms``.
@@ -65,11 +73,11 @@ def check(
     """
     if cache is None:
         with _collection_paused():
-            return _check(paths, env, None, import_transforms)
+            return _check(paths, env, None, import_transforms, values)
     cache.begin()
     try:
         with _collection_paused():
-            return _check(paths, env, cache, import_transforms)
+            return _check(paths, env, cache, import_transforms, values)
     finally:
         cache.end()
 
@@ -110,9 +118,27 @@ class _Verdict:
     partial: rules.Entry | None = None
     salvaged: bool = False  # the entry is what is left of a document that failed its schema (salvage.py)
     versioned: bool = True  # names its apiVersion (validate notes those that do not)
+    foreign: str | None = None  # the apiVersion of another format's document (skipped; validate notes how many)
+
+
+def _foreign_format(doc: Document) -> str | None:
+    """The apiVersion of another tool's document (`apps/v1` Deployment, `v1` ConfigMap); None for ours.
+
+    A kind of ours under a bare version (`apiVersion: v1`, `kind: API`) is a wsgate document with a wrong
+    version (WSG010 says so); under a group (`gateway.networking.k8s.io/v1`, `kind: Gateway`) it is not ours."""
+    data = doc.data
+    version = data.get("apiVersion") if isinstance(data, dict) else None
+    if not isinstance(version, str) or not version or version.startswith("wsgate/"):
+        return None
+    if data.get("kind") in KINDS and "/" not in version:
+        return None
+    return version
 
 
 def _check_document(doc: Document, lines: list[str]) -> _Verdict:
+    foreign = _foreign_format(doc)
+    if foreign is not None:  # a Kubernetes or Prometheus document beside the config: not ours, not checked
+        return _Verdict(None, None, [], foreign=foreign)
     kind, problems = check_kind(doc)
     if kind is None:
         return _Verdict(None, None, problems)
@@ -139,11 +165,16 @@ def _check_document(doc: Document, lines: list[str]) -> _Verdict:
 
 
 def _check(paths: Sequence[str | Path], env: Mapping[str, str] | None, cache: CheckCache | None,
-           import_transforms: bool) -> CheckResult:
+           import_transforms: bool, values_files: Sequence[str | Path]) -> CheckResult:
     env = os.environ if env is None else env
     roots = [Path(p) for p in paths] or [Path(".")]
     loaded = load(roots, cache)
     diagnostics = list(loaded.diagnostics)
+    values = read_values(values_files)
+    # Resolved copies of the documents that use `{value: ...}`; the others (and the cache's verdicts) unchanged.
+    documents, problems = apply_values(loaded.documents, values, env)
+    diagnostics += problems
+    foreign: dict[str, int] = {}
     entries: list[rules.Entry] = []
     partials: list[rules.Entry] = []  # documents that failed their schema: only their references are checked
     known: dict[str, set[str]] = {}
@@ -153,7 +184,7 @@ def _check(paths: Sequence[str | Path], env: Mapping[str, str] | None, cache: Ch
     def check_one(doc: Document) -> _Verdict:
         return _check_document(doc, loaded.sources.get(doc.file, []))
 
-    for doc in loaded.documents:
+    for doc in documents:
         verdict = cache.verdict(doc, check_one) if cache is not None else check_one(doc)
         diagnostics += verdict.diagnostics
         if verdict.kind is not None and verdict.name is not None:
@@ -165,8 +196,10 @@ def _check(paths: Sequence[str | Path], env: Mapping[str, str] | None, cache: Ch
         if verdict.salvaged and verdict.entry is not None:
             cut_short.append(verdict.entry.doc)
         unversioned += verdict.kind is not None and not verdict.versioned
+        if verdict.foreign is not None:
+            foreign[verdict.foreign] = foreign.get(verdict.foreign, 0) + 1
 
-    if not loaded.documents and not any(d.is_error for d in diagnostics):
+    if len(documents) == sum(foreign.values()) and not any(d.is_error for d in diagnostics):
         diagnostics.append(
             error(
                 "WSG006",
@@ -182,14 +215,14 @@ def _check(paths: Sequence[str | Path], env: Mapping[str, str] | None, cache: Ch
         ports = [e for e in entries if e.kind == "Port"]
         diagnostics += rules.run(ports + partials, known=known, env=env, roots=dirs, sources=loaded.sources,
                                  only=(rules.api_port_references, rules.application_api_references))
-    diagnostics = [d for d in diagnostics if not _about_a_cut(d, cut_short)]
-    diagnostics = redact.scrub(with_source_lines(diagnostics, loaded.sources), loaded.documents)
+    diagnostics = [d for d in diagnostics if not _about_a_cut(d, cut_short) and not _inside_a_failed_value(d, values)]
+    diagnostics = redact.scrub(with_source_lines(diagnostics, loaded.sources), documents)
     diagnostics.sort(key=Diagnostic.sort_key)
 
     if any(d.is_error for d in diagnostics):
-        return CheckResult(None, diagnostics, loaded.files, loaded.sources, loaded.documents, unversioned)
-    return CheckResult(_build(dirs[0], entries), diagnostics, loaded.files, loaded.sources, loaded.documents,
-                       unversioned)
+        return CheckResult(None, diagnostics, loaded.files, loaded.sources, documents, unversioned, foreign, values)
+    return CheckResult(_build(dirs[0], entries, values.files), diagnostics, loaded.files, loaded.sources, documents,
+                       unversioned, foreign, values)
 
 
 # Rules that complain about something missing, or a setting another one overrides or lacks: in a salvaged document
@@ -206,6 +239,11 @@ def _about_a_cut(d: Diagnostic, cut_short: list[Document]) -> bool:
         if d.location.file == doc.file and min(lines) <= d.location.line <= max(lines):
             return True
     return False
+
+
+def _inside_a_failed_value(d: Diagnostic, values: ValueSet) -> bool:
+    """Whether ``d`` is the schema's word on a `{value: ...}` left unresolved (WSG011/WSG013 said why)."""
+    return d.location in values.unresolved and d.code not in ("WSG011", "WSG012", "WSG013")
 
 
 # The reference lists a document that failed its schema can still be checked: one run of validate should
@@ -276,7 +314,7 @@ def with_source_lines(diagnostics: list[Diagnostic], sources: Mapping[str, list[
     return out
 
 
-def _build(root: Path, entries: list[rules.Entry]) -> Config:
+def _build(root: Path, entries: list[rules.Entry], values_files: tuple[Path, ...]) -> Config:
     kinds = ("Port", "API", "Application", "EchoServer", "Gateway")
     groups: dict[str, dict[str, Loaded]] = {kind: {} for kind in kinds}
     for e in entries:
@@ -289,6 +327,7 @@ def _build(root: Path, entries: list[rules.Entry]) -> Config:
         applications=groups["Application"],
         echo_servers=groups["EchoServer"],
         gateway=gateways[0] if gateways else None,
+        values_files=values_files,
     )
     _ = config.file_fingerprints  # read the referenced files now, as they are when the tree is checked
     return config

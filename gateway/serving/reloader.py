@@ -53,9 +53,10 @@ class Reloader:
     def __init__(self, paths: Sequence[str | Path], apply: Apply, serving: Callable[[], tuple[str, int]], *,
                  stopping: Callable[[], bool], env: Mapping[str, str] | None = None,
                  cache: CheckCache | None = None, describe: Callable[[], dict[str, Any]] | None = None,
-                 metrics: ReloadMetrics | None = None) -> None:
+                 metrics: ReloadMetrics | None = None, values: Sequence[str | Path] = ()) -> None:
         self.paths = [Path(p) for p in paths]
         self.env = env
+        self.values = [Path(v) for v in values]  # `--values` files: re-read on every reload, as the tree is
         # Only the files changed since the last check are parsed again; handed the cache of the check that
         # produced the serving config, even the first reload is.
         self.cache = cache if cache is not None else CheckCache()
@@ -121,7 +122,7 @@ class Reloader:
         if checked is None:
             # The same build as validate, but transforms are imported: the new chain runs them anyway.
             result = await asyncio.to_thread(build, self.paths, env=self.env, cache=self.cache,
-                                             import_transforms=True)
+                                             import_transforms=True, values=self.values)
         else:
             result = Built(checked)
         if self._stopping():

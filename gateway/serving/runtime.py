@@ -141,7 +141,7 @@ class Gateway(ReloadStatus):
         self.loaded_at = time.time()
         self.metrics = Metrics(counts_reloads=decides_reloads)
         self.reloader = Reloader(self.paths, self._apply, self._serving, stopping=lambda: self.stopping, env=env,
-                                 cache=check_cache, metrics=self.metrics.reloads)
+                                 cache=check_cache, metrics=self.metrics.reloads, values=config.values_files)
         self.health = HealthRegistry()  # endpoint health, kept across reloads
         # Tracing: an OTel TracerProvider given (tests), else the OTEL_* environment decides; None is off.
         self.tracer: ConnectionTracer | None = None

@@ -149,7 +149,8 @@ class Supervisor(ReloadStatus):
         # The reload sequence a single gateway runs too; here applying hands the config to every worker as the
         # next generation. Its metrics come with the workers' metrics directory (run).
         self.reloader = Reloader(self.paths, self._hand_out, lambda: (self.config.digest(), self.generation),
-                                 stopping=lambda: self.stopping, cache=check_cache, describe=self.split)
+                                 stopping=lambda: self.stopping, cache=check_cache, describe=self.split,
+                                 values=config.values_files)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.metrics_dir: str | None = None  # PROMETHEUS_MULTIPROC_DIR of the workers
         self._own_metrics_dir = False
