@@ -21,7 +21,7 @@ import tarfile
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn, TextIO
+from typing import Any, NoReturn, TextIO
 
 from . import __version__
 from .build.pipeline import Built, build
@@ -96,9 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="show what changes between a config and another version of it")
     p.add_argument("path", nargs="?", default=".", metavar="PATH", help="the desired config (default: .)")
     p.add_argument(
-        "--from", dest="source", required=True, metavar="OTHER",
+        "--from", dest="sources", required=True, metavar="OTHER", action="append",
         help="the current config: a directory, a git revision of the repository holding PATH, "
-        "or a running gateway's admin address (http://HOST:PORT)",
+        "or a running gateway's admin address (http://HOST:PORT); repeat with several admin addresses to "
+        "compare a fleet with the tree and with each other",
     )
     p.add_argument("--format", choices=("text", "json", "github"), default="text",
                    help="github: the text plan, plus an annotation on each line that disturbs live connections")
@@ -127,9 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--upstream", help="native endpoint URL (default: the description's ws/wss server)")
     p.add_argument("-o", "--output", type=Path, help="write the YAML here instead of stdout")
 
-    p = sub.add_parser("export", help="describe an API for its clients (AsyncAPI 3.0)")
-    p.add_argument("format", choices=("asyncapi",), help="the description format")
-    p.add_argument("api", metavar="API_NAME", help="the API to describe")
+    p = sub.add_parser("export", help="describe an API for its clients (AsyncAPI 3.0), or dump a live gateway's "
+                                      "config as YAML (config --from URL)")
+    p.add_argument("format", choices=("asyncapi", "config"), help="asyncapi: an API's description; config: what a "
+                   "running gateway serves, as a config tree (secrets as references or placeholders, never values)")
+    p.add_argument("api", metavar="API_NAME", nargs="?", help="the API to describe (asyncapi)")
+    p.add_argument("--from", dest="source", metavar="URL", help="config: the gateway's admin address (http://HOST:PORT)")
     p.add_argument("--config", default=".", metavar="PATH", help="the config tree (default: .)")
     p.add_argument("--version", help="the document's info.version (default: the API's version)")
     p.add_argument("--host", help="the host name clients use (default: each Port's bind address)")
@@ -269,6 +273,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
             sys.stderr.write(f"wsgate plan: an upstream of {args.path} failed its probe; nothing planned\n")
             return EXIT_INVALID
     assert desired.config is not None  # desired.ok
+    if len(args.sources) > 1:
+        if not all(s.startswith(("http://", "https://")) for s in args.sources):
+            sys.stderr.write("wsgate plan: several --from must all be running gateways (http://HOST:PORT)\n")
+            return EXIT_USAGE
+        return _plan_fleet(args, desired.config)
+    args.source = args.sources[0]
     if args.source.startswith(("http://", "https://")):
         return _plan_from_live(args, desired.config)
     source = Path(args.source)
@@ -293,7 +303,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 sys.stderr.write(f"wsgate plan: the current config ({label}) is invalid; cannot diff against it\n")
                 return EXIT_INVALID
             current = result.config
-        plan = diff(current, desired.config)
+        target = desired.config
+        if current is not None and _has_placeholders(current):
+            # An exported tree (`export config`): its credentials are redacted placeholders; compare in that form.
+            from .operations.live import redacted_credentials
+
+            target = redacted_credentials(target)
+        plan = diff(current, target)
         if args.format == "text" and args.values:
             sys.stdout.write(f"Resolved with {_values_line(desired)}\n\n")
         sys.stdout.write(render(plan, args.format))
@@ -301,6 +317,70 @@ def cmd_plan(args: argparse.Namespace) -> int:
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _has_placeholders(config: Config) -> bool:
+    from .common.redaction import CREDENTIAL_PLACEHOLDER
+
+    for loaded in config.applications.values():
+        ids = loaded.model.identifiers
+        written = [*ids.api_keys, *(user.password for user in ids.basic)]
+        if any(isinstance(w, str) and w.startswith(CREDENTIAL_PLACEHOLDER) for w in written):
+            return True
+    return False
+
+
+def _plan_fleet(args: argparse.Namespace, desired: Config) -> int:
+    """Several live gateways: which serve the tree's config, which differ (and from whom), and why a reload
+    failed where one did; then the plan from each distinct config that differs from the tree."""
+    from .operations.live import fetch_json
+
+    want = desired.digest()
+    rows: list[tuple[str, dict[str, Any] | None, str]] = []
+    for source in args.sources:
+        try:
+            served = fetch_json(source, "/reload").get("config") or {}
+            served.setdefault("digest", fetch_json(source, "/config").get("digest"))
+            rows.append((source, served, ""))
+        except (OSError, ValueError) as exc:
+            rows.append((source, None, str(exc)))
+    groups: dict[str, list[str]] = {}
+    for source, served, _ in rows:
+        if served is not None:
+            groups.setdefault(str(served.get("digest")), []).append(source)
+    out = sys.stdout
+    out.write(f"Fleet: {len(rows)} gateways; the tree's config is {want[:19]}\n\n")
+    differ = 0
+    for source, served, problem in rows:
+        if served is None:
+            out.write(f"  ? {source}: unreachable ({problem})\n")
+            differ += 1
+            continue
+        digest = str(served.get("digest"))
+        same = [s for s in groups[digest] if s != source]
+        mark = "=" if digest == want else "~"
+        differ += digest != want
+        commit = served.get("commit")
+        line = (f"  {mark} {source}: {digest[:19]} generation {served.get('generation')}"
+                + (f", commit {str(commit)[:12]}" if commit else "")
+                + (" (the tree's config)" if digest == want else " (differs from the tree)")
+                + (f", as {', '.join(same)}" if same else ", unlike every other" if len(rows) > 1 else ""))
+        out.write(line + "\n")
+        last = served.get("last_reload") or {}
+        if last and not last.get("ok", True):
+            out.write(f"      last reload failed: {last.get('error')}\n")
+    out.write(f"\n{len(rows) - differ} of {len(rows)} serve the tree's config; "
+              f"{len(groups)} distinct config{'s' if len(groups) != 1 else ''} in the fleet.\n")
+    status = EXIT_OK
+    for digest, sources in sorted(groups.items()):
+        if digest == want:
+            continue
+        out.write(f"\n# Plan for {', '.join(sources)}\n")
+        args.source = sources[0]
+        status = max(status, _plan_from_live(args, desired))
+    if any(served is None for _, served, _ in rows):
+        return EXIT_INVALID
+    return EXIT_PLAN_CHANGES if differ else status
 
 
 def _plan_from_live(args: argparse.Namespace, desired: Config) -> int:
@@ -384,6 +464,12 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .asyncapi.exporter import ExportError, asyncapi_document, render
 
+    if args.format == "config":
+        return _export_config(args)
+    if args.api is None:
+        sys.stderr.write("wsgate export asyncapi: name the API to describe\n")
+        return EXIT_USAGE
+
     result = _checked_or_report(args.config)
     if not result.ok or result.config is None:
         return EXIT_INVALID
@@ -400,6 +486,28 @@ def cmd_export(args: argparse.Namespace) -> int:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(text, encoding="utf-8")
         sys.stderr.write(f"wrote {args.output}: AsyncAPI {document['asyncapi']} for API {args.api}\n")
+    return EXIT_OK
+
+
+def _export_config(args: argparse.Namespace) -> int:
+    from .operations.export import export_documents
+    from .operations.live import fetch_json
+
+    if not args.source or not args.source.startswith(("http://", "https://")):
+        sys.stderr.write("wsgate export config: give the gateway's admin address with --from http://HOST:PORT\n")
+        return EXIT_USAGE
+    try:
+        served = fetch_json(args.source, "/config")
+        text = export_documents(served["documents"], args.source, str(served.get("digest")))
+    except (OSError, ValueError, KeyError) as exc:
+        sys.stderr.write(f"wsgate export config: cannot read the running config from {args.source}: {exc}\n")
+        return EXIT_INVALID
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text, encoding="utf-8")
+        sys.stderr.write(f"wrote {args.output}: {len(served['documents'])} resources served by {args.source}\n")
     return EXIT_OK
 
 

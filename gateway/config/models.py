@@ -763,6 +763,10 @@ class Admin(Strict):
         "declaring file. Read at start."
     )
     tls: TLSFiles | None = Field(None, description="Serve the admin endpoints over HTTPS with this certificate.")
+    unready_after_failed_reload: bool = Field(
+        False, description="`/readyz` answers 503 while the last reload failed (the last good config keeps serving): "
+        "a rollout then sees a replica stuck on an old config. Off: a failed reload shows in `/readyz`'s body "
+        "and `wsgate_config_info` only.")
 
     @model_validator(mode="after")
     def _one_token_source(self) -> Admin:

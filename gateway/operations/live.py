@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..changes.impact import Disruption
 from ..changes.plan import Drift
+from ..common.redaction import CREDENTIAL_PLACEHOLDER
 from ..config.models import API, Application, EchoServer, EnvKey, Gateway, Port
 from ..config.tree import Config, Loaded, Location
 
@@ -59,7 +60,7 @@ def config_from_documents(documents: list[Mapping[str, Any]], origin: str) -> Co
                   echo_servers=groups["EchoServer"], gateway=gateway)
 
 
-REDACTED_PREFIX = "redacted:"
+REDACTED_PREFIX = CREDENTIAL_PLACEHOLDER
 
 
 def redacted_application(model: Application) -> Application:

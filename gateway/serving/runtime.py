@@ -207,7 +207,10 @@ class Gateway(ReloadStatus):
         ``checked``: a config the caller already checked (a worker's supervisor did), applied as generation
         ``generation``. See ``gateway.serving.reloader`` for the sequence, shared with the supervisor's.
         """
-        return await self.reloader.reload(trigger, checked, generation)
+        outcome = await self.reloader.reload(trigger, checked, generation)
+        served = self.reloader.status()
+        self.metrics.config_served(served["digest"], served["commit"], failed=not outcome["ok"])
+        return outcome
 
     async def wait_reload(self, count: int, timeout: float | None = None) -> dict[str, Any]:
         """Wait until ``count`` reloads have finished; the last outcome."""
@@ -394,6 +397,7 @@ class Gateway(ReloadStatus):
         self.keepalive = KeepaliveSweeper()
         self._services = ListenerServices(self.registry, lambda: self.table, self.metrics, self.keepalive, self.tracer)
         self.metrics.declare(self.config, 1, self._table.digest)
+        self.metrics.config_served(self._table.digest, self.reloader.commit, failed=False)
         if self.metrics.reloads is not None:
             self.metrics.reloads.loaded()
         self._start_flushing()

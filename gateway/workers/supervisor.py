@@ -379,7 +379,9 @@ class Supervisor(ReloadStatus):
         """Ready while not stopping and some worker serves; each worker's generation and live connections."""
         serving = [w for w in self.workers if w.ready]
         status = "stopping" if self.stopping else "ready" if serving else "starting"
-        body = {"status": status, "generation": self.generation, **self.split()}
+        if status == "ready" and self.reload_failing and self.config.settings.admin.unready_after_failed_reload:
+            status = "reload-failed"
+        body = {"status": status, "generation": self.generation, "config": self.config_status, **self.split()}
         answers = await asyncio.gather(*(w.request({"op": "status"}, timeout=5.0) for w in self.workers))
         for entry, answer in zip(body["workers"], answers, strict=True):
             if "connections" in answer:
@@ -388,7 +390,7 @@ class Supervisor(ReloadStatus):
 
     def last_reload_answer(self, _: Any) -> tuple[int, Any]:
         return 200, {"reloads": self.reload_count, "last_reload": self.last_reload, "generation": self.generation,
-                     "history": list(self.reload_history), **self.split()}
+                     "history": list(self.reload_history), "config": self.config_status, **self.split()}
 
     async def reload_answer(self, _: Any) -> tuple[int, Any]:
         outcome = await self.reload("admin")

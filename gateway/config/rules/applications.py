@@ -8,6 +8,7 @@ import ipaddress
 from collections.abc import Mapping
 
 from ...build.hashes import slow_hash_kind, slow_hash_problem
+from ...common.redaction import CREDENTIAL_PLACEHOLDER
 from ..diagnostics import Related, error, warning
 from ..models import SHA256_PATTERN, EnvKey
 from ..tree import Location
@@ -60,6 +61,9 @@ def application_keys(ctx: RuleContext) -> None:
                             hint=f"the key is unusable until the gateway runs with {key.env} set",
                         )
                     )
+            elif key.startswith(CREDENTIAL_PLACEHOLDER):
+                _placeholder(ctx, loc)
+                continue
             elif key.startswith("sha256:") and not SHA256_PATTERN.match(key):
                 ctx.out.append(
                     error(
@@ -151,6 +155,8 @@ def application_basic_and_jwt_clients(ctx: RuleContext) -> None:
                             hint=f"user '{user.username}' cannot log in until the gateway runs with {password.env} set",
                         )
                     )
+            elif password.startswith(CREDENTIAL_PLACEHOLDER):
+                _placeholder(ctx, ploc)
             elif slow_hash_kind(password) is not None:
                 problem = slow_hash_problem(password)
                 if problem is not None:
@@ -233,3 +239,9 @@ def _claim_once(ctx: RuleContext, e: Entry, value: str, loc: Location, mine: set
         )
     else:
         claimed.setdefault(value, (e.name, loc))
+
+
+def _placeholder(ctx: RuleContext, loc: Location) -> None:
+    ctx.out.append(warning(
+        "WSG252", "a credential placeholder (redacted:..., from `wsgate export config`): it matches no client",
+        loc, hint="replace it with the credential's `{env: VARIABLE}` or its hash (bcrypt/argon2 for passwords)"))
