@@ -28,6 +28,7 @@ from .build.pipeline import Built, build
 from .config import CheckCache, CheckResult, Config
 from .config import diagnostics as diag
 from .config import schema as schemas
+from .config import selector as selection
 from .config.models import API_VERSION
 
 # Terraform's -detailed-exitcode: 0 nothing to do, 1 an error (a usage error too), 2 plan has changes.
@@ -63,6 +64,11 @@ def _probe_arguments(p: argparse.ArgumentParser) -> None:
                    help="how long each probe may take (default: 5; all run at once)")
 
 
+def _selector_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--selector", action="append", default=[], metavar="KEY=VALUE",
+                   help="only resources whose labels hold these pairs (team=payments; comma-separated or repeated)")
+
+
 def _values_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--values", action="append", default=[], metavar="FILE",
                    help="an environment's values for `{value: NAME}` in the tree (repeatable; later files win; "
@@ -92,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="import transform modules to check them (runs their code; default: a static check)")
     _probe_arguments(p)
     _values_argument(p)
+    _selector_argument(p)
 
     p = sub.add_parser("plan", help="show what changes between a config and another version of it")
     p.add_argument("path", nargs="?", default=".", metavar="PATH", help="the desired config (default: .)")
@@ -105,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="github: the text plan, plus an annotation on each line that disturbs live connections")
     _probe_arguments(p)
     _values_argument(p)
+    _selector_argument(p)
 
     p = sub.add_parser("schemas", help="regenerate the JSON Schemas in schemas/ from the models")
     p.add_argument("--check", action="store_true", help="fail if the committed schemas are stale; write nothing")
@@ -167,7 +175,7 @@ def _report(result: CheckResult, fmt: str, out: TextIO) -> None:
     out.write(diag.render(result.diagnostics, fmt))
     if fmt == "text":
         n_files = len(result.files)
-        verdict = "valid" if result.ok else "invalid"
+        verdict = "invalid" if any(d.is_error for d in result.diagnostics) else "valid"
         if result.foreign:
             count = sum(result.foreign.values())
             formats = ", ".join(sorted(result.foreign))
@@ -217,6 +225,22 @@ def cmd_validate(args: argparse.Namespace) -> int:
     result: CheckResult = build(args.paths, import_transforms=args.import_transforms, values=args.values)
     if args.probe:
         result = _probe(result, args.paths, args.probe_timeout, args.format, sys.stdout)
+    if args.selector:
+        try:
+            selector = selection.parse(args.selector)
+        except ValueError as exc:
+            sys.stderr.write(f"wsgate validate: {exc}\n")
+            return EXIT_USAGE
+        kept, selected = selection.diagnostics_of_selected(result.diagnostics, result.documents, selector)
+        if args.format == "text":
+            sys.stdout.write(f"note: --selector {', '.join(f'{k}={v}' for k, v in selector.items())}: {selected} of "
+                             f"{len(result.documents)} documents; {len(result.diagnostics) - len(kept)} problems "
+                             "outside them not shown\n")
+        result = dataclasses.replace(result, diagnostics=kept)
+        _report(result, args.format, sys.stdout)
+        if any(d.is_error for d in kept):
+            return EXIT_INVALID
+        return EXIT_INVALID if args.strict and result.warnings else EXIT_OK
     _report(result, args.format, sys.stdout)
     if not result.ok:
         return EXIT_INVALID
@@ -304,6 +328,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 return EXIT_INVALID
             current = result.config
         target = desired.config
+        if args.selector:  # only the resources the selector picks, on both sides
+            picked = selection.parse(args.selector)
+            target = selection.selected_config(target, picked)
+            current = selection.selected_config(current, picked) if current is not None else None
         if current is not None and _has_placeholders(current):
             # An exported tree (`export config`): its credentials are redacted placeholders; compare in that form.
             from .operations.live import redacted_credentials

@@ -36,6 +36,11 @@ API_VERSION = "wsgate/v1"
 API_VERSIONS = (API_VERSION,)
 
 
+LABEL_KEY_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,62}[A-Za-z0-9])?$"
+LabelKey = Annotated[str, Field(pattern=LABEL_KEY_PATTERN)]
+LabelValue = Annotated[str, Field(max_length=63)]
+
+
 class Versioned(Strict):
     """Base for every resource document: the optional format version comes first."""
 
@@ -44,6 +49,10 @@ class Versioned(Strict):
     api_version: Literal["wsgate/v1"] | None = Field(
         None, alias="apiVersion", exclude=True,
         description="The config format, `wsgate/v1`. Optional today; documents without it are read as wsgate/v1.")
+    labels: dict[LabelKey, LabelValue] = Field(
+        default_factory=dict,
+        description="Free-form `key: value` tags (`team: payments`): `validate`/`plan --selector team=payments` "
+        "work on the resources that carry them, and organisation `requirements` can select APIs by them.")
 
 
 class PolicyBase(Strict):
@@ -801,6 +810,28 @@ class RedisState(Strict):
 StateSettings = Annotated[MemoryState | RedisState, Field(discriminator="backend")]
 
 
+class Requirement(Strict):
+    """An organisation rule: what every API it applies to must have."""
+
+    name: Name = Field(description="The rule's name, shown in each error (`identified`, `tls-only`).")
+    description: str = ""
+    selector: dict[LabelKey, str] = Field(
+        default_factory=dict, description="Only APIs with these labels must meet it; empty: every API.")
+    policies: list[Literal["identify", "throttle", "transform", "log-invocation", "routing", "origin", "rate-limit",
+                           "validate-messages"]] = Field(
+        default_factory=list, description="Policy types each API's chain must hold (`[identify, log-invocation]`).")
+    tls_ports: bool = Field(False, description="Every port of the API serves TLS (wss://).")
+    labels: list[LabelKey] = Field(default_factory=list, description="Label keys each API must carry (`[team]`).")
+    max_message_size: PositiveInt | None = Field(
+        None, description="`limits.max_message_size` must be set and at most this many bytes.")
+
+    @model_validator(mode="after")
+    def _requires_something(self) -> Requirement:
+        if not (self.policies or self.tls_ports or self.labels or self.max_message_size):
+            raise ValueError("a requirement needs `policies`, `tls_ports`, `labels` or `max_message_size`")
+        return self
+
+
 class Gateway(Versioned):
     """Process-wide settings; at most one per config."""
 
@@ -820,6 +851,10 @@ class Gateway(Versioned):
         "relative to this file). Without them, log files must stay inside the config tree.",
     )
     log_format: Literal["json", "console", "auto"] = "auto"
+    requirements: list[Requirement] = Field(
+        default_factory=list,
+        description="Organisation rules every API (or every API a `selector` picks) must meet; `validate` reports "
+        "each API that breaks one as an error naming the rule (WSG135).")
 
 
 Resource = Annotated[Port | API | Application | EchoServer | Gateway, Field(discriminator="kind")]

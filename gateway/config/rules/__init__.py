@@ -25,6 +25,7 @@ from . import (  # noqa: F401 - imported for their @rule registrations
     ineffective,
     names,
     ports,
+    requirements,
 )
 from .api_routes import api_port_references
 from .applications import application_api_references
