@@ -596,6 +596,11 @@ class API(Versioned):
 
     kind: Literal["API"]
     name: Name
+    previous_names: list[Name] = Field(
+        default_factory=list,
+        description="Names this API had before, oldest first: a reload that finds the old name gone and this "
+        "one new is a rename (`plan`: renamed, no connection disrupted), not a removal and a creation. Its live "
+        "connections, and the throttle counts (kept under the oldest name), carry over.")
     version: str = Field("1.0", description="Version label, shown in logs and the plan.")
     description: str = ""
     path: str = Field(pattern=r"^/\S*$", description="Gateway path, e.g. `/websocket/EchoWS/1.0`. Trailing `/` counts.")
@@ -710,6 +715,11 @@ class Application(Versioned):
 
     kind: Literal["Application"]
     name: Name
+    previous_names: list[Name] = Field(
+        default_factory=list,
+        description="Names this application had before, oldest first: a reload that finds the old name gone and this "
+        "one new is a rename (`plan`: renamed, no connection disrupted), not a removal and a creation. Its live "
+        "connections, identified by the same credentials, carry over.")
     description: str = ""
     identifiers: Identifiers = Identifiers()
     apis: list[Name] = Field(default_factory=list, description="Names of the APIs this application may use.")

@@ -137,7 +137,7 @@ def connections(gateway: Gateway) -> tuple[int, Any]:
     secret (gateway/build/credentials.py)."""
     from ..changes.impact import accepted_from
 
-    accepted = [accepted_from(record) for record in gateway.registry.live if record.relay is not None]
+    accepted = [accepted_from(record, gateway.names) for record in gateway.registry.live if record.relay is not None]
     return 200, {**gateway.registry.counts(), "connections": [a.to_dict() for a in accepted if a is not None]}
 
 

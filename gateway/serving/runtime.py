@@ -129,6 +129,9 @@ class Gateway(ReloadStatus):
         self._table: RouteTable | None = None
         self.keepalive: KeepaliveSweeper | None = None
         self.registry = ConnectionRegistry()
+        # (kind, a name a live connection was accepted under) -> that resource's name now, after renames
+        # (`previous_names`): a renamed API's connections are decided, counted and listed under its new name.
+        self.names: dict[tuple[str, str], str] = {}
         self._services: ListenerServices | None = None  # made by start(), with the keepalive sweeper
         self.servers: dict[str, AcceptLoop] = {}
         self.listeners: dict[str, PortListener] = {}
@@ -264,6 +267,7 @@ class Gateway(ReloadStatus):
         if self.admin is not None:
             problems += self.admin.refresh(new)  # its token file and certificate, re-read
         closed = self._settle_connections(impact)
+        self._follow_renames(impact.moved)
         if self._start_echo:
             problems += await self._follow_echo_servers(new)
         self.registry.retire(old_table)
@@ -337,11 +341,23 @@ class Gateway(ReloadStatus):
         problems = server_tls.renew(dict(old.file_fingerprints), dict(new.file_fingerprints))
         return "; ".join(problems) or None
 
+    def _follow_renames(self, moved: dict[tuple[str, str], str]) -> None:
+        """After a swap: every name a live connection knows a renamed resource by now means its new name."""
+        for key, current in list(self.names.items()):
+            self.names[key] = moved.get((key[0], current), current)
+        for (kind, old), new in moved.items():
+            self.names[(kind, old)] = new
+            log.info("resource_renamed", kind=kind, old=old, new=new,
+                     live_connections=sum(1 for r in self.registry.live if r.conn is not None and (
+                         (kind == "API" and self.names.get(("API", r.conn.api), r.conn.api) == new)
+                         or (kind == "Application" and r.conn.application is not None and self.names.get(
+                             ("Application", r.conn.application.name), r.conn.application.name) == new))))
+
     def _settle_connections(self, impact: Impact) -> dict[str, int]:
         """Drain (1001 after the grace) or revoke (1008 now) as ``gateway.changes.impact`` says; the rest stay."""
         drained = revoked = 0
         for record in list(self.registry.live):
-            accepted = accepted_from(record)
+            accepted = accepted_from(record, self.names)
             if accepted is None:
                 continue
             decision = impact.decide(accepted)
