@@ -376,6 +376,7 @@ class Gateway(ReloadStatus):
         return {"drained": drained, "revoked": revoked}
 
     async def _follow_echo_servers(self, new: Config) -> list[str]:
+        from echo.link import gateway_link
         from echo.server import EchoService
 
         problems: list[str] = []
@@ -399,6 +400,8 @@ class Gateway(ReloadStatus):
                 problems.append(f"echo server {name}: {exc}")
         for service in current.values():
             await service.stop()
+        for service in kept:
+            service.gateway = gateway_link(new, service.model)  # the demo page's "Use gateway" follows the config
         self.echo_services = kept
         return problems
 
