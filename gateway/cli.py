@@ -414,7 +414,14 @@ def _plan_fleet(args: argparse.Namespace, desired: Config) -> int:
 def _plan_from_live(args: argparse.Namespace, desired: Config) -> int:
     """Diff against what a running gateway serves; each disruption shows the live connections it closes."""
     from .changes.plan import diff, render
-    from .operations.live import config_from_documents, drift_of, fetch_json, live_counter, redacted_credentials
+    from .operations.live import (
+        config_from_documents,
+        drift_of,
+        ended_first,
+        fetch_json,
+        live_counter,
+        redacted_credentials,
+    )
 
     try:
         loaded = fetch_json(args.source, "/config")
@@ -429,7 +436,8 @@ def _plan_from_live(args: argparse.Namespace, desired: Config) -> int:
     desired_apps = AppIndex.build(desired)  # from the tree as written: the credential entries' fingerprints
     desired = redacted_credentials(desired)
     impact = Impact(current, desired, desired_apps)  # the disruptions, worked out once for the diff and the counts
-    plan = diff(current, desired, found=impact.all).with_live_counts(live_counter(counts, impact))
+    plan = diff(current, desired, found=impact.all).with_live_counts(live_counter(counts, impact),
+                                                                     ended_first(counts, impact))
     plan = dataclasses.replace(plan, old_digest=loaded.get("digest"), new_digest=desired.digest(),
                                drift=drift_of(loaded))
     sys.stdout.write(render(plan, args.format))

@@ -104,3 +104,35 @@ def test_an_exported_placeholder_is_never_a_key(tmp_path):
     assert config is not None
     index = AppIndex.build(config)
     assert index.by_api_key(placeholder) is None
+
+
+async def test_plan_from_counts_each_live_connection_once_with_the_reason_that_applies_first(tmp_path, capsys):
+    """A port change while two connections are on it counts them under the port; when the same plan also
+    revokes their key, they count under the revocation and the port's line says so instead of a bare 0."""
+    from support import echo_backend, gw_url
+    from websockets.asyncio.client import connect
+
+    key = "count-once-key"
+    async with echo_backend() as backend:
+        api = api_yaml("Echo", "/echo", backend.url("/echo/"), extra="policies:\n  - type: identify\n")
+        docs = (PORT, api.removeprefix("---\n"), app_yaml(key))
+        root = tree(tmp_path / "live", *docs)
+        config = check([root]).config
+        assert config is not None
+        async with running_gateway(config, paths=[root]) as gw:
+            url = f"http://127.0.0.1:{gw.admin.port}"  # type: ignore[union-attr]
+            headers = {"x-Gateway-APIKey": key}
+            async with connect(gw_url(gw, "/echo"), additional_headers=headers), \
+                    connect(gw_url(gw, "/echo"), additional_headers=headers):
+                moved = tree(tmp_path / "moved", PORT.replace("port: 0", "port: 1"), *docs[1:])
+                capsys.readouterr()
+                assert await asyncio.to_thread(main, ["plan", str(moved), "--from", url]) == 2
+                out = capsys.readouterr().out
+                assert "port number changed (drained, then closed with 1001, 2 live connections)" in out
+                revoked = tree(tmp_path / "revoked", PORT.replace("port: 0", "port: 1"), docs[1],
+                               app_yaml("another-key"))
+                assert await asyncio.to_thread(main, ["plan", str(revoked), "--from", url]) == 2
+                out = capsys.readouterr().out
+                assert "API key revoked (closed at once with 1008, 2 live connections)" in out
+                assert ("port number changed (drained, then closed with 1001, 0 live connections (2 more closed "
+                        "first by: API key revoked))") in out

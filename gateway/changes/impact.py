@@ -114,6 +114,9 @@ class Disruption:
     field: str | None = None
     identifier: str | None = None
     live_connections: int | None = None
+    # Live connections this change reaches that an earlier one ends first (one connection, one line): by the
+    # reason of the change that ends them, so a plan never shows "0 live connections" without saying why.
+    ended_first_by: tuple[tuple[str, int], ...] = ()
 
     @property
     def close_code(self) -> int:
@@ -333,13 +336,16 @@ class Impact:
 
     def decide(self, accepted: Accepted) -> Decision:
         """Keep, drain or revoke one connection: the first disruption that reaches it (revocations come first)."""
-        identified = accepted.identified_by not in (None, "anonymous")  # no identity, nothing to revoke
         for d in self.all:
-            if d.action is Action.KEEP or (d.action is Action.REVOKE and not identified):
-                continue
-            if d.selects(accepted) and (d.identifier is None or self._credential_gone(accepted)):
+            if d.action is not Action.KEEP and self.reaches(d, accepted):
                 return Decision(d.action, d.reason, d)
         return KEEP
+
+    def reaches(self, d: Disruption, accepted: Accepted) -> bool:
+        """Whether ``d`` applies to ``accepted`` (whichever disruption applies to it first)."""
+        if d.action is Action.REVOKE and accepted.identified_by in (None, "anonymous"):
+            return False  # no identity, nothing to revoke
+        return d.selects(accepted) and (d.identifier is None or self._credential_gone(accepted))
 
     def _credential_gone(self, accepted: Accepted) -> bool:
         """Whether the identifier ``accepted`` came in with no longer names its application."""

@@ -98,12 +98,17 @@ class Plan:
     def disruptive(self) -> bool:
         return any(c.disruptive for c in self.changes)
 
-    def with_live_counts(self, count: Callable[[Disruption], int | None]) -> Plan:
-        """A copy with ``live_connections`` filled in by ``count`` (e.g. from a running gateway's admin API)."""
+    def with_live_counts(self, count: Callable[[Disruption], int | None],
+                         ended_first: Callable[[Disruption], tuple[tuple[str, int], ...]] | None = None) -> Plan:
+        """A copy with ``live_connections`` filled in by ``count`` (e.g. from a running gateway's admin API), and
+        ``ended_first_by`` by ``ended_first``: the connections a change reaches that another ends first."""
         return replace(
             self,
             changes=tuple(
-                replace(c, disruptions=tuple(replace(d, live_connections=count(d)) for d in c.disruptions))
+                replace(c, disruptions=tuple(
+                    replace(d, live_connections=count(d),
+                            ended_first_by=ended_first(d) if ended_first is not None else ())
+                    for d in c.disruptions))
                 for c in self.changes
             ),
         )
@@ -318,7 +323,8 @@ def _live(d: Disruption) -> str:
     if d.live_connections is None:
         return ""
     n = d.live_connections
-    return f", {n} live connection{'s' if n != 1 else ''}"
+    first = "; ".join(f"{k} more closed first by: {reason}" for reason, k in d.ended_first_by)
+    return f", {n} live connection{'s' if n != 1 else ''}" + (f" ({first})" if first else "")
 
 
 def _drift_lines(plan: Plan) -> list[str]:
@@ -402,6 +408,8 @@ def to_dict(plan: Plan) -> dict:
                         "selector": dict(d.selector),
                         "close_code": d.close_code,
                         "live_connections": d.live_connections,
+                        **({"ended_first_by": [{"reason": r, "live_connections": k} for r, k in d.ended_first_by]}
+                           if d.ended_first_by else {}),
                         "field": d.field,
                         "location": str(loc) if loc is not None else None,
                     }

@@ -88,6 +88,27 @@ def redacted_credentials(config: Config) -> Config:
                   echo_servers=config.echo_servers, gateway=config.gateway)
 
 
+def ended_first(counts: Mapping[str, Any], impact: Impact) -> Callable[[Disruption], tuple[tuple[str, int], ...]]:
+    """For each disruption, the live connections it reaches that another disruption ends first, by that one's
+    reason: each connection is counted once (under the reason that applies first), and said where it is not."""
+    from ..changes.impact import Accepted, Action
+
+    records = counts.get("connections")
+    accepted = [Accepted.from_dict(r) for r in records if isinstance(r, dict)] if isinstance(records, list) else []
+    ends = [impact.decide(a).disruption for a in accepted]
+
+    def elsewhere(disruption: Disruption) -> tuple[tuple[str, int], ...]:
+        if disruption.action is Action.KEEP or "echo" in disruption.selector:
+            return ()
+        out: dict[str, int] = {}
+        for a, end in zip(accepted, ends, strict=True):
+            if end is not None and end != disruption and impact.reaches(disruption, a):
+                out[end.reason] = out.get(end.reason, 0) + 1
+        return tuple(sorted(out.items()))
+
+    return elsewhere
+
+
 def live_counter(counts: Mapping[str, Any], impact: Impact) -> Callable[[Disruption], int | None]:
     """A ``Plan.with_live_counts`` callback from the admin's ``/connections`` answer.
 
