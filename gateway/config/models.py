@@ -25,6 +25,9 @@ PositiveInt = Annotated[int, Field(ge=1)]
 SHA256_PATTERN = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
+HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"  # an HTTP header name (a token, RFC 9110)
+
+
 class Strict(BaseModel):
     """Base for every config object: unknown fields are errors, not silently dropped."""
 
@@ -265,6 +268,30 @@ class MaskRule(Strict):
         return self
 
 
+class SyslogDestination(Strict):
+    """Invocation records to syslog: RFC 5424 messages whose text is the JSON record (masked as in the file)."""
+
+    address: str = Field(
+        "/dev/log", pattern=r"^(/\S+|unix:///\S+|udp://[^/\s]+|tcp://[^/\s]+)$",
+        description="A unix datagram socket (`/dev/log`, `unix:///run/syslog.sock`), `udp://HOST:PORT` or "
+        "`tcp://HOST:PORT` (octet-counted frames).")
+    facility: Literal["user", "daemon", "auth", "local0", "local1", "local2", "local3", "local4", "local5", "local6",
+                      "local7"] = "local0"
+    app_name: str = Field("wsgate", pattern=r"^[!-~]{1,48}$", description="The APP-NAME field of each message.")
+    timeout: Seconds = Field(2.0, description="Seconds a send may take; a batch that fails is dropped (counted).")
+
+
+class OTLPLogs(Strict):
+    """Invocation records as OpenTelemetry log records over OTLP/HTTP (JSON), e.g. to a collector."""
+
+    endpoint: str = Field(pattern=r"^https?://\S+$",
+                          description="The collector's logs URL, e.g. `http://otel-collector:4318/v1/logs`.")
+    headers: dict[Annotated[str, Field(pattern=HEADER_NAME_PATTERN)], EnvKey] = Field(
+        default_factory=dict, description="Headers sent with each export, each `{env: VARIABLE}` (an API token).")
+    service_name: str = Field("wsgate", description="The `service.name` resource attribute.")
+    timeout: Seconds = Field(5.0, description="Seconds an export may take; a batch that fails is dropped (counted).")
+
+
 class LogInvocationPolicy(PolicyBase):
     """Transaction records of upgrades, messages and closes."""
 
@@ -287,8 +314,14 @@ class LogInvocationPolicy(PolicyBase):
     stdout: bool | None = Field(
         None,
         description="Also emit every record through the gateway's structured log. Default: only when `file` is "
-        "unset; with a file, `true` costs gateway CPU per record.",
+        "unset, `syslog` and `otlp` too; with a destination, `true` costs gateway CPU per record.",
     )
+    syslog: SyslogDestination | None = Field(
+        None, description="Also send each record to syslog (same masking and truncation as the file; a bounded "
+        "queue, so a syslog that is down drops records, counted, and never slows the relay).")
+    otlp: OTLPLogs | None = Field(
+        None, description="Also export each record as an OpenTelemetry log record over OTLP/HTTP (same masking; "
+        "bounded like `syslog`).")
 
 
 class RoutingPolicy(PolicyBase):
@@ -500,7 +533,6 @@ RESERVED_UPSTREAM_HEADERS = frozenset({
     "host", "upgrade", "connection", "content-length", "transfer-encoding", "x-forwarded-for", "x-forwarded-proto",
     "x-forwarded-host", "x-gateway-application",
 })
-HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
 
 
 class Upstream(Strict):
