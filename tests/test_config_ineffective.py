@@ -270,3 +270,30 @@ def test_sni_certificate_with_the_wrong_key_names_the_pair(tmp_path):
     assert [f for f in found(result) if f[0] == "WSG170"] == [("WSG170", "ports.yaml", 9, 13)]
     summary = next(d.summary for d in result.diagnostics if d.code == "WSG170")
     assert "SNI certificate 1 (b.example)" in summary and "b.pem" in summary and "c.key" in summary
+
+
+def test_message_records_under_on_failure_and_a_ca_file_with_verification_off(tmp_path):
+    """`store_client_messages` under `frequency: on-failure` (no message record is written), and a `ca_file`
+    with `verify: false` on a wss upstream: WSG230 at each."""
+    api = API + "  - type: log-invocation\n    frequency: on-failure\n    store_client_messages: true\n"
+    base(tmp_path, api=api)
+    result = run_check(tmp_path)
+    assert warned(result, "WSG230") == [("WSG230", "echo.yaml", 12, 5)]
+    assert result.diagnostics[0].related[0].location.line == 11
+    write(tmp_path, "apis/ca.pem", "unused\n")
+    wss = API.replace("ws://backend.internal", "wss://backend.internal").replace(
+        "policies:", "  tls:\n    ca_file: ca.pem\n    verify: false\npolicies:")
+    base(tmp_path, api=wss)
+    assert warned(run_check(tmp_path), "WSG230") == [("WSG230", "echo.yaml", 9, 5)]
+
+
+def test_message_max_size_above_the_api_limit(tmp_path):
+    """A definition allowing 2 MiB on an API that closes at 64 KiB (written), and one above the 1 MiB default:
+    WSG230 at `max_size`."""
+    messages = "messages:\n  - name: blob\n    origin: client\n    max_size: 2097152\n"
+    base(tmp_path, api=messages + API + "limits:\n  max_message_size: 65536\n")
+    result = run_check(tmp_path)
+    assert warned(result, "WSG230") == [("WSG230", "echo.yaml", 4, 5)]
+    assert result.diagnostics[0].related[0].location.line == 15
+    base(tmp_path, api=messages + API)
+    assert warned(run_check(tmp_path), "WSG230") == [("WSG230", "echo.yaml", 4, 5)]

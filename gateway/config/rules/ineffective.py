@@ -140,7 +140,12 @@ def upstream_settings(ctx: RuleContext) -> None:
             _ignored(ctx, e, ("keepalive", "timeout"), "`keepalive.timeout` waits for a pong, but pings are off",
                      ("keepalive", "interval"), "pings turned off here",
                      "set `keepalive.interval`, or delete `keepalive.timeout`")
-        if any(ep.url.lower().startswith("wss:") for ep in up.endpoints) or not up.endpoints:
+        speaks_tls = any(ep.url.lower().startswith("wss:") for ep in up.endpoints)
+        if up.tls.ca_file is not None and not up.tls.verify and speaks_tls:  # on ws:// only: WSG208
+            _ignored(ctx, e, ("upstream", "tls", "ca_file"), "`ca_file` verifies nothing: verification is off",
+                     ("upstream", "tls", "verify"), "turned off here",
+                     "delete `verify: false` (the CA file is what makes verification work), or delete `ca_file`")
+        if speaks_tls or not up.endpoints:
             continue
         for name in ("server_hostname", "cert", "verify"):
             if _written(up.tls, name):  # ca_file: upstream_urls says so already (WSG208)
@@ -204,6 +209,12 @@ def policy_settings(ctx: RuleContext) -> None:
 
 
 def _log_settings(ctx: RuleContext, e: Entry, at: tuple, p: Any) -> None:
+    if p.frequency == "on-failure":
+        for name in ("store_client_messages", "store_server_messages"):
+            if getattr(p, name):
+                _ignored(ctx, e, at + (name,), f"`{name}` stores nothing under `frequency: on-failure`: message "
+                         "records are never written there", at + ("frequency",), "on-failure here",
+                         "set `frequency: always` to keep messages, or delete it")
     if not (p.store_client_messages or p.store_server_messages):
         for name in ("compress", "max_payload_bytes", "mask"):
             if _written(p, name) and (name != "compress" or p.compress):
@@ -238,6 +249,19 @@ def binary_message_schemas(ctx: RuleContext) -> None:
                          "applied: only text messages are checked against a JSON Schema",
                          ("messages", i, "type"), "declared binary here",
                          "make it `type: text` if it carries JSON, or delete `schema` (keep `max_size`)")
+
+
+@rule
+def message_sizes_over_the_api_limit(ctx: RuleContext) -> None:
+    """A message definition's `max_size` above the API's `limits.max_message_size`: the API closes with 1009 first."""
+    for e in ctx.of("API"):
+        limit = e.model.limits.max_message_size
+        for i, m in enumerate(e.model.messages):
+            if limit is not None and m.max_size is not None and m.max_size > limit:
+                _ignored(ctx, e, ("messages", i, "max_size"), f"message '{m.name}' allows {m.max_size} bytes, but the "
+                         f"API closes any message over {limit} bytes (1009) before validation sees it",
+                         ("limits", "max_message_size"), f"the API's limit, {limit} bytes",
+                         f"lower `max_size` to at most {limit}, or raise `limits.max_message_size`")
 
 
 @rule
