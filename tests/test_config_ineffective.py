@@ -297,3 +297,14 @@ def test_message_max_size_above_the_api_limit(tmp_path):
     assert result.diagnostics[0].related[0].location.line == 15
     base(tmp_path, api=messages + API)
     assert warned(run_check(tmp_path), "WSG230") == [("WSG230", "echo.yaml", 4, 5)]
+
+
+def test_model_errors_point_at_the_field_they_name(tmp_path):
+    """An upstream `cert` without `key` is reported at `cert`; an admin `token_file` beside `token` at
+    `token_file` (each model check names its field first, and the diagnostic goes there)."""
+    base(tmp_path, api=API.replace("policies:", "  tls:\n    cert: c.pem\npolicies:"))
+    assert found(run_check(tmp_path)) == [("WSG108", "echo.yaml", 9, 11)]
+    base(tmp_path)
+    write(tmp_path, "gateway.yaml", GATEWAY + "admin:\n  token: {env: T}\n  token_file: t.txt\n")
+    assert [f for f in found(run_check(tmp_path, env={"T": "x"})) if f[0] == "WSG108"] == [
+        ("WSG108", "gateway.yaml", 5, 15)]

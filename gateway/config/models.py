@@ -480,7 +480,8 @@ class UpstreamTLS(Strict):
     @model_validator(mode="after")
     def _cert_and_key(self) -> UpstreamTLS:
         if (self.cert is None) != (self.key is None):
-            raise ValueError("an upstream client certificate needs both `cert` and `key`")
+            given, missing = ("cert", "key") if self.key is None else ("key", "cert")
+            raise ValueError(f"`{given}` needs `{missing}`: an upstream client certificate needs both")
         return self
 
 
@@ -822,7 +823,7 @@ class Admin(Strict):
     @model_validator(mode="after")
     def _one_token_source(self) -> Admin:
         if self.token is not None and self.token_file is not None:
-            raise ValueError("an admin token comes from `token` or `token_file`, not both")
+            raise ValueError("`token_file` and `token` both set: an admin token comes from one of them")
         return self
 
 
