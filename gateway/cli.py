@@ -285,6 +285,11 @@ def _checkout_revision(path: Path, revision: str, into: Path) -> Path | None:
 def cmd_plan(args: argparse.Namespace) -> int:
     from .changes.plan import diff, render
 
+    try:
+        selection.parse(args.selector)
+    except ValueError as exc:
+        sys.stderr.write(f"wsgate plan: {exc}\n")
+        return EXIT_USAGE
     desired: CheckResult = build([args.path], values=args.values)
     if not desired.ok:
         sys.stderr.write(diag.render(desired.diagnostics, "text"))
@@ -435,6 +440,9 @@ def _plan_from_live(args: argparse.Namespace, desired: Config) -> int:
 
     desired_apps = AppIndex.build(desired)  # from the tree as written: the credential entries' fingerprints
     desired = redacted_credentials(desired)
+    if getattr(args, "selector", None):  # only the resources the selector picks, on both sides
+        picked = selection.parse(args.selector)
+        desired, current = selection.selected_config(desired, picked), selection.selected_config(current, picked)
     impact = Impact(current, desired, desired_apps)  # the disruptions, worked out once for the diff and the counts
     plan = diff(current, desired, found=impact.all).with_live_counts(live_counter(counts, impact),
                                                                      ended_first(counts, impact))
