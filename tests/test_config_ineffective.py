@@ -159,6 +159,12 @@ def test_discriminator_fixed_by_a_schema_is_fine(tmp_path):
                 "    schema: {type: object, properties: {type: {const: hello}}}\n")
     base(tmp_path, api=messages + API + "  - type: validate-messages\n    discriminator: type\n")
     assert warned(run_check(tmp_path), "WSG230") == []
+    # Through a bundled `$ref` (as `wsgate import` writes AsyncAPI schemas), to the schema or to the property.
+    for schema in ("{$ref: '#/$defs/Hello', $defs: {Hello: {type: object, properties: {type: {const: hello}}}}}",
+                   "{type: object, properties: {type: {$ref: '#/$defs/T'}}, $defs: {T: {enum: [hello]}}}"):
+        messages = f"messages:\n  - name: hello\n    origin: client\n    schema: {schema}\n"
+        base(tmp_path, api=messages + API + "  - type: validate-messages\n    discriminator: type\n")
+        assert warned(run_check(tmp_path), "WSG230") == [], schema
 
 
 def test_json_schema_on_a_binary_message(tmp_path):

@@ -229,14 +229,32 @@ def _log_settings(ctx: RuleContext, e: Entry, at: tuple, p: Any) -> None:
                          "set `file:`, or delete it")
 
 
-def _fixes(schema: Any, field: str) -> bool:
-    """Whether a message schema fixes the top-level ``field`` to one value (what a discriminator reads)."""
-    if not isinstance(schema, dict):
+def _fixes(schema: Any, field: str, root: Any = None, depth: int = 0) -> bool:
+    """Whether a message schema fixes the top-level ``field`` to one value (what a discriminator reads), through
+    `allOf`/`oneOf`/`anyOf` and local `$ref`s (`#/$defs/...`, as `wsgate import` bundles them)."""
+    root = schema if root is None else root
+    schema = _resolved(schema, root)
+    if not isinstance(schema, dict) or depth > 16:
         return False
-    prop = schema.get("properties", {}).get(field) if isinstance(schema.get("properties"), dict) else None
+    props = schema.get("properties")
+    prop = _resolved(props.get(field), root) if isinstance(props, dict) else None
     if isinstance(prop, dict) and ("const" in prop or (isinstance(prop.get("enum"), list) and len(prop["enum"]) == 1)):
         return True
-    return any(_fixes(s, field) for key in ("allOf", "oneOf", "anyOf") for s in schema.get(key, []) or [])
+    return any(_fixes(s, field, root, depth + 1) for key in ("allOf", "oneOf", "anyOf")
+               for s in schema.get(key, []) or [])
+
+
+def _resolved(node: Any, root: Any) -> Any:
+    """``node``, or what its local `$ref` points at (a few hops at most)."""
+    for _ in range(8):
+        ref = node.get("$ref") if isinstance(node, dict) else None
+        if not isinstance(ref, str) or not ref.startswith("#/"):
+            return node
+        target: Any = root
+        for part in ref[2:].split("/"):
+            target = target.get(part.replace("~1", "/").replace("~0", "~")) if isinstance(target, dict) else None
+        node = target
+    return node
 
 
 @rule
