@@ -324,7 +324,14 @@ class Supervisor(ReloadStatus):
     async def reload(self, trigger: str = "manual") -> dict[str, Any]:
         """Build the tree once (the same build as validate, transforms imported); hand a changed config to every
         worker as the next generation (``gateway.serving.reloader``: the sequence a single gateway runs too)."""
-        return await self.reloader.reload(trigger)
+        outcome = await self.reloader.reload(trigger)
+        # Every worker's wsgate_config_info says whether the reload failed (a failed one never reaches them).
+        served = self.reloader.status()
+        message = {"op": "served", "digest": served["digest"], "commit": served["commit"], "failed": not outcome["ok"]}
+        for worker in self.workers:
+            if worker.writer is not None and worker.ready:
+                control.send(worker.writer, message)
+        return outcome
 
     async def _hand_out(self, result: Built, trigger: str, _generation: int | None) -> dict[str, Any]:
         """The supervisor's apply: every worker gets the config as the next generation (each decides what it
