@@ -49,30 +49,30 @@ def test_values_files_in_order_then_the_environment(tmp_path):
 
 
 def test_a_value_nobody_sets_is_an_error_at_its_use(tmp_path):
-    """A template naming a value without file, variable or default is WSG011 where it is written, did-you-mean."""
+    """A template naming a value without file, variable or default is WSG013 where it is written, did-you-mean."""
     base(tmp_path, api=TEMPLATE_API)
     write(tmp_path, "vals.yaml", "backend: b.internal\nbackend_prot: 1\n")
     result = check([tmp_path / "ports.yaml", tmp_path / "apis", tmp_path / "apps"], env={},
                    values=[tmp_path / "vals.yaml"])
-    assert found(result)[0] == ("WSG011", "echo.yaml", 7, 20)  # no wrong-type error besides
-    assert next(d for d in result.diagnostics if d.code == "WSG011").hint == "did you mean 'backend_prot'?"
+    assert found(result)[0] == ("WSG013", "echo.yaml", 7, 20)  # no wrong-type error besides
+    assert next(d for d in result.diagnostics if d.code == "WSG013").hint == "did you mean 'backend_prot'?"
     # The misspelt name in the values file is a warning at its line there.
     assert ("WSG219", "vals.yaml", 2, 15) in found(result)
 
 
 def test_a_value_in_a_credential_field_is_refused(tmp_path):
-    """`api_keys: [{value: key}]` would put a secret in a values file and a plan: WSG013 at the reference."""
+    """`api_keys: [{value: key}]` would put a secret in a values file and a plan: WSG015 at the reference."""
     base(tmp_path, app=APP.replace("    - sha256:434f4cad53d8c1fcbb91e478d081844b190f84c8a9ac3975e671aa6c9e7cc93c",
                                    "    - {value: key, default: abc}"))
     result = check([tmp_path], env={})
-    assert not result.ok and found(result) == [("WSG013", "demo.yaml", 5, 15)]
+    assert not result.ok and found(result) == [("WSG015", "demo.yaml", 5, 15)]
 
 
 def test_two_different_defaults_for_one_name(tmp_path):
-    """Two uses of a name with different defaults is WSG012 at the second, noting the first."""
+    """Two uses of a name with different defaults is WSG014 at the second, noting the first."""
     base(tmp_path, port=TEMPLATE_PORT + "---\nkind: Port\nname: other\nport: {value: gateway_port, default: 9}\n")
     result = check([tmp_path], env={})
-    assert ("WSG012", "ports.yaml", 7, 38) in found(result)
+    assert ("WSG014", "ports.yaml", 7, 38) in found(result)
 
 
 def test_plan_shows_resolved_values_and_never_secrets(tmp_path, capsys, monkeypatch):

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from .cache import CheckCache
 from .check import CheckResult, check, with_source_lines
-from .diagnostics import Diagnostic
+from .diagnostics import Diagnostic, cut_long_quotes
 from .tree import Config, Loaded, Location
 
-__all__ = ["CheckCache", "CheckResult", "Config", "Diagnostic", "Loaded", "Location", "check", "with_source_lines"]
+__all__ = ["CheckCache", "CheckResult", "Config", "Diagnostic", "Loaded", "Location", "check", "cut_long_quotes",
+           "with_source_lines"]

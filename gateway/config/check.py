@@ -21,7 +21,7 @@ from types import SimpleNamespace
 
 from . import redact, rules
 from .cache import CheckCache
-from .diagnostics import Diagnostic, error
+from .diagnostics import Diagnostic, cut_long_quotes, error, quotable
 from .document_checks import check_api_version, check_kind, check_lossy_numbers, check_model, check_schema
 from .models import KINDS
 from .salvage import salvage
@@ -216,7 +216,7 @@ def _check(paths: Sequence[str | Path], env: Mapping[str, str] | None, cache: Ch
         diagnostics += rules.run(ports + partials, known=known, env=env, roots=dirs, sources=loaded.sources,
                                  only=(rules.api_port_references, rules.application_api_references))
     diagnostics = [d for d in diagnostics if not _about_a_cut(d, cut_short) and not _inside_a_failed_value(d, values)]
-    diagnostics = redact.scrub(with_source_lines(diagnostics, loaded.sources), documents)
+    diagnostics = cut_long_quotes(redact.scrub(with_source_lines(diagnostics, loaded.sources), documents))
     diagnostics.sort(key=Diagnostic.sort_key)
 
     if any(d.is_error for d in diagnostics):
@@ -242,8 +242,8 @@ def _about_a_cut(d: Diagnostic, cut_short: list[Document]) -> bool:
 
 
 def _inside_a_failed_value(d: Diagnostic, values: ValueSet) -> bool:
-    """Whether ``d`` is the schema's word on a `{value: ...}` left unresolved (WSG011/WSG013 said why)."""
-    return d.location in values.unresolved and d.code not in ("WSG011", "WSG012", "WSG013")
+    """Whether ``d`` is the schema's word on a `{value: ...}` left unresolved (WSG013/WSG015 said why)."""
+    return d.location in values.unresolved and d.code not in ("WSG013", "WSG014", "WSG015")
 
 
 # The reference lists a document that failed its schema can still be checked: one run of validate should
@@ -309,7 +309,9 @@ def with_source_lines(diagnostics: list[Diagnostic], sources: Mapping[str, list[
                     cut = _credential_part(lines, loc.line - 1)
                     if cut is not None:
                         line = line[:cut] + " [redacted]"
-                d = dataclasses.replace(d, source_line=line)
+                quoted = quotable(line)
+                if quoted is not None:  # a line with control characters is not quoted at all
+                    d = dataclasses.replace(d, source_line=quoted)
         out.append(d)
     return out
 

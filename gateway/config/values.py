@@ -5,15 +5,15 @@ document is checked, so the schema, the models, the rules, ``plan`` and the runt
 template ``{value: "ws://localhost:{echo_port}/api/demo/"}`` fills each ``{name}`` into text. The mapping form is
 the one ``{env: NAME}`` already has; the difference is deliberate: ``{env: ...}`` names a *secret* that stays a
 reference (never resolved into the model, a plan or a diagnostic), ``{value: ...}`` a plain setting that differs
-per environment. A value inside a credential field is refused (WSG013): secrets come from ``{env: ...}`` only.
+per environment. A value inside a credential field is refused (WSG015): secrets come from ``{env: ...}`` only.
 
 Where a value comes from, first match wins:
 1. the environment variable ``WSGATE_VALUE_<NAME>`` (upper case; its text is read as a number or true/false when
    it is one);
 2. the values files given with ``--values FILE`` (repeatable; a later file overrides an earlier one);
 3. the ``default`` written next to any use of the name in the tree (one default per name: two that differ are an
-   error, WSG012).
-A name with none of these is an error at its use (WSG011), so ``validate --values prod.yaml`` in CI checks the
+   error, WSG014).
+A name with none of these is an error at its use (WSG013), so ``validate --values prod.yaml`` in CI checks the
 tree as each environment will run it.
 """
 
@@ -66,7 +66,7 @@ def read_values(files: Sequence[str | Path]) -> ValueSet:
         out.diagnostics += loaded.diagnostics
         for doc in loaded.documents:
             if not isinstance(doc.data, dict) or not all(isinstance(k, str) and NAME.match(k) for k in doc.data):
-                out.diagnostics.append(error("WSG012", f"values file {path} is not a mapping of names to values",
+                out.diagnostics.append(error("WSG014", f"values file {path} is not a mapping of names to values",
                                              doc.start, hint="write `name: value` lines, e.g. `gateway_port: 9082`"))
                 continue
             for name, value in doc.data.items():
@@ -105,7 +105,7 @@ def apply(documents: Sequence[Document], values: ValueSet, env: Mapping[str, str
             loc = doc.value_at(path + ("default",))
             if name in defaults and defaults[name][0] != node["default"]:
                 problems.append(error(
-                    "WSG012", f"value '{name}' has two different defaults", loc,
+                    "WSG014", f"value '{name}' has two different defaults", loc,
                     related=(Related(defaults[name][1], "the other default"),),
                     hint="write the default once (the other uses can leave `default` out)"))
             defaults.setdefault(name, (node["default"], loc))
@@ -125,7 +125,7 @@ def apply(documents: Sequence[Document], values: ValueSet, env: Mapping[str, str
             values.origin.setdefault(name, "default")
             return True, defaults[name][0]
         problems.append(error(
-            "WSG011", f"value '{name}' is not set", loc,
+            "WSG013", f"value '{name}' is not set", loc,
             hint=suggestion(name, sorted(known), listing="known values")
             or f"pass --values FILE with `{name}: ...`, set {env_name}, or write `default:` next to it"))
         return False, None
@@ -135,7 +135,7 @@ def apply(documents: Sequence[Document], values: ValueSet, env: Mapping[str, str
         loc = doc.value_at(path + ("value",))
         if _in_credential(path):
             problems.append(error(
-                "WSG013", f"`{{value: {node['value']}}}` in a credential field", loc,
+                "WSG015", f"`{{value: {node['value']}}}` in a credential field", loc,
                 hint="a secret must not sit in a values file (nor in a plan): write `{env: VARIABLE}`"))
             values.unresolved |= _positions(doc, path)
             continue
@@ -150,7 +150,7 @@ def apply(documents: Sequence[Document], values: ValueSet, env: Mapping[str, str
             resolved: Any = _fill(name, filled)
         else:
             if not NAME.match(name):
-                problems.append(error("WSG011", f"'{name}' is not a value name", loc,
+                problems.append(error("WSG013", f"'{name}' is not a value name", loc,
                                       hint="names are letters, digits, '_' and '-'; a template writes them "
                                            "in braces: `{value: \"ws://{host}:{port}/\"}`"))
                 values.unresolved |= _positions(doc, path)

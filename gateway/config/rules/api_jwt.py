@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..diagnostics import error, warning
-from .base import Entry, RuleContext, must_exist, rule
+from .base import Entry, RuleContext, must_exist, named_file_refusal, rule
 
 # -------------------------------------------------------------- JWT keys
 
@@ -104,7 +104,7 @@ def _check_key_file(ctx: RuleContext, e: Entry, at: tuple, field_name: str, rela
 
     what = "JWKS file" if field_name == "jwks_file" else "public key file"
     path = Path(relative) if Path(relative).is_absolute() else e.doc.base_dir / relative
-    if not path.is_file():
+    if not path.is_file() or named_file_refusal(ctx.roots, path) is not None:
         must_exist(ctx, e, at + (field_name,), relative, what)
         return
     loc = e.doc.value_at(at + (field_name,))

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..diagnostics import error
 from ..document_checks import did_you_mean
-from .base import Entry, RuleContext, rule
+from .base import Entry, RuleContext, refused, rule
 
 
 def _config_root_for(ctx: RuleContext, e: Entry) -> Path:
@@ -95,6 +95,13 @@ def _under(file: str | None, root: Path) -> bool:
         return False
 
 
+def transform_module_file(spec: str, root: Path) -> Path | None:
+    """The file in the config tree ``root`` that holds ``package.module:function``'s module, if there is one."""
+    relative = Path(*spec.partition(":")[0].split("."))
+    candidates = (root / relative.with_suffix(".py"), root / relative / "__init__.py")
+    return next((c for c in candidates if c.is_file()), None)
+
+
 def static_callable_problem(spec: str, root: Path) -> tuple[str, str] | None:
     """Check ``package.module:function`` without running it: None if fine, else (summary, hint).
 
@@ -102,9 +109,7 @@ def static_callable_problem(spec: str, root: Path) -> tuple[str, str] | None:
     its top level as a function that can be called with one argument (the message).
     """
     module_name, _, attr = spec.partition(":")
-    relative = Path(*module_name.split("."))
-    candidates = (root / relative.with_suffix(".py"), root / relative / "__init__.py")
-    path = next((c for c in candidates if c.is_file()), None)
+    path = transform_module_file(spec, root)
     opt_in = "or run `wsgate validate --import-transforms` to import it (that runs its code)"
     if path is None:
         return (f"module '{module_name}' is not a file in the config tree {root}",
@@ -146,6 +151,9 @@ def transform_callables(ctx: RuleContext) -> None:
             if p.type != "transform":
                 continue
             key = (_config_root_for(ctx, e), p.callable)
+            module = transform_module_file(p.callable, key[0])
+            if module is not None and refused(ctx, e, ("policies", i, "callable"), module):
+                continue
             if key not in seen:
                 seen[key] = check(p.callable, key[0])
             problem = seen[key]

@@ -3,6 +3,7 @@ kinds use (reference lists, files that must exist)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 from ..diagnostics import Diagnostic, error, warning
 from ..document_checks import suggestion
-from ..source import Document
+from ..source import Document, file_refusal, inside
 from ..tree import Location
 
 
@@ -103,8 +104,41 @@ def unknown_reference(ctx: RuleContext, code: str, summary: str, loc: Location |
 
 
 
+def named_file_refusal(roots: Iterable[Path], path: Path) -> tuple[str, str, str] | None:
+    """Why a file the config names must not be read, as (code, summary, hint), or None (issue 21).
+
+    Never: a special file (under /proc, /sys, /dev, or not a regular file: a FIFO, a device, a directory), and a
+    path written inside the config tree whose real path leaves it (a link out, which hides where the file is).
+    A path written outside the tree (absolute, or with `..`), such as a mounted secret, is read: a reviewer
+    sees it in the YAML.
+    """
+    refusal = file_refusal(path, None)
+    if refusal is not None:
+        return refusal
+    written = os.path.normpath(os.path.abspath(path))
+    lexical = [os.path.normpath(os.path.abspath(r)) for r in roots]
+    if any(inside(written, r) for r in lexical):
+        real = os.path.realpath(path)
+        if not any(inside(real, os.path.realpath(r)) for r in lexical):
+            return ("WSG011", f"{path.name} in the config tree links outside it (to {real})",
+                    "copy the file into the config tree, or write the path of the file itself")
+    return None
+
+
+def refused(ctx: RuleContext, e: Entry, at: tuple, path: Path) -> bool:
+    """Report and say whether the named file at ``path`` must not be read (see :func:`named_file_refusal`)."""
+    refusal = named_file_refusal(ctx.roots, path)
+    if refusal is None:
+        return False
+    code, summary, hint = refusal
+    ctx.out.append(error(code, summary, e.doc.value_at(at), hint=hint))
+    return True
+
+
 def must_exist(ctx: RuleContext, e: Entry, at: tuple, relative: str, what: str) -> None:
     path = Path(relative) if Path(relative).is_absolute() else e.doc.base_dir / relative
+    if refused(ctx, e, at, path):
+        return
     if not path.is_file():
         ctx.out.append(
             error(
