@@ -10,16 +10,24 @@ matches everything under that directory (anywhere below, or from the directory w
 from __future__ import annotations
 
 import fnmatch
+import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
 IGNORE_FILE = ".wsgateignore"
+MAX_BYTES = 64 * 1024
 
 
 def matcher(root: Path) -> Callable[[Path], bool] | None:
     """Whether a file under ``root`` is ignored, per ``root/.wsgateignore``; None when there is no such file."""
+    path = root / IGNORE_FILE
     try:
-        text = (root / IGNORE_FILE).read_text(encoding="utf-8")
+        # Only a regular file of reasonable size (a FIFO or /dev/zero behind the name must not hang the check).
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        with open(path, "rb") as file:
+            text = file.read(MAX_BYTES).decode("utf-8")
     except (OSError, UnicodeDecodeError):
         return None
     patterns = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
