@@ -155,14 +155,18 @@ def test_validate_overlapping_tiers(tmp_path):
 
 
 def test_validate_per_application_limit_before_identify(tmp_path):
-    """A throttle naming applications before the identify policy: WSG271 (every connection is anonymous there)."""
+    """A throttle naming applications before the identify policy: WSG231 (every connection is anonymous there); a
+    rate-limit before it is fine (it counts after every upgrade step)."""
     diagnostics = check_policies(tmp_path, """\
   - type: throttle
     max_connections: 1
     applications: [acme]
+  - type: rate-limit
+    messages_per_second: 5
+    applications: [acme]
   - type: identify
 """)
-    assert diagnostics == [("WSG271", "api.yaml", 11, 5)]
+    assert diagnostics == [("WSG231", "api.yaml", 11, 5)]
 
 
 def test_validate_rate_limit_tier_bursts(tmp_path):

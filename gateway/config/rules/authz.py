@@ -1,7 +1,7 @@
-"""Cross-field rules of the connect-time authorizer, remote JWKS, limits per application and conditioned routes.
+"""Rules of the connect-time authorizer, remote JWKS, limits per application and conditioned routes (issue 24).
 
-Registered with the other rules (``rules.rule``) when ``gateway.config`` imports this module, and run with them.
-Codes (docs/diagnostics.md): WSG190-WSG194 (errors; WSG140 for a tier's byte burst), WSG270-WSG274 (warnings).
+Codes (docs/diagnostics.md): WSG190-WSG194 (errors; WSG140 for a tier's byte burst), WSG270 and WSG272-WSG274
+(warnings; WSG231 shared with rules/ineffective.py).
 """
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
-from .diagnostics import Related, error, warning
-from .document_checks import suggestion
-from .models import is_loopback
-from .rules import Entry, RuleContext, _must_exist, rule
-from .tree import Location
+from ..diagnostics import Related, error, warning
+from ..document_checks import suggestion
+from ..models import is_loopback
+from ..tree import Location
+from .base import Entry, RuleContext, must_exist, rule
 
 LIMIT_TYPES = ("throttle", "rate-limit")
 
@@ -79,7 +79,7 @@ def identify_authorizer(ctx: RuleContext) -> None:
             for field_name, what in (("ca_file", "CA file"), ("cert", "certificate file"), ("key", "key file")):
                 value = getattr(settings, field_name)
                 if value is not None:
-                    _must_exist(ctx, e, block + (field_name,), value, what)
+                    must_exist(ctx, e, block + (field_name,), value, what)
 
 
 @rule
@@ -94,7 +94,7 @@ def identify_jwks_url(ctx: RuleContext) -> None:
             if settings.jwks_url is not None:
                 _url_problem(ctx, e, at + ("jwks_url",), settings.jwks_url, "the JWKS URL")
             if settings.jwks_ca_file is not None:
-                _must_exist(ctx, e, at + ("jwks_ca_file",), settings.jwks_ca_file, "CA file")
+                must_exist(ctx, e, at + ("jwks_ca_file",), settings.jwks_ca_file, "CA file")
 
 
 # -------------------------------------------------------------- limits per application
@@ -112,7 +112,7 @@ def _limit_applications(policy: Any) -> Iterator[tuple[tuple, str, str | None]]:
 @rule
 def limits_per_application(ctx: RuleContext) -> None:
     """Applications named by a limit: declared (WSG191), in one tier only (WSG192), registered to the API
-    (WSG272); and an identify policy before the limit (WSG271), else every connection is anonymous there."""
+    (WSG272); and an identify policy before the limit (WSG231), else every connection is anonymous there."""
     apps = ctx.firsts("Application")
     known = set(apps) | ctx.known.get("Application", set())
     for e in ctx.of("API"):
@@ -121,15 +121,19 @@ def limits_per_application(ctx: RuleContext) -> None:
             if policy.type not in LIMIT_TYPES or not (policy.applications or policy.tiers):
                 continue
             at: tuple = ("policies", i)
-            if identify_at is None or identify_at > i:
+            # As WSG231 (rules/ineffective.py), which already reports `per: application`: a throttle decides at
+            # the upgrade, in chain order; a rate-limit counts messages, after every upgrade step.
+            anonymous = identify_at is None or (policy.type == "throttle" and identify_at > i)
+            if anonymous and policy.per != "application":
                 field_name = "applications" if policy.applications else "tiers"
                 ctx.out.append(warning(
-                    "WSG271",
+                    "WSG231",
                     f"a {policy.type} for named applications "
                     + ("before the identify policy" if identify_at is not None else "on an API that identifies none")
                     + ": every connection is the anonymous application there, so it never applies",
                     e.doc.key_at(at + (field_name,)),
-                    hint="put the identify policy before it in `policies`"))
+                    hint="move identify before it in `policies`" if identify_at is not None
+                    else "add an identify policy before it"))
             tier_of: dict[str, tuple[str, Location]] = {}
             for path, name, tier in _limit_applications(policy):
                 loc = e.doc.value_at(at + path)
