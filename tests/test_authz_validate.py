@@ -144,3 +144,23 @@ policies:
 """
     write(tmp_path, "apps/partner.yaml", "kind: Application\nname: partner\napis: [EchoWS]\n")
     assert tree(tmp_path, api) == []
+
+
+def test_settings_that_never_take_effect(tmp_path):
+    """`cache_ttl` without forwarded credentials and `jwks_timeout` without `jwks_url` are WSG230 at their keys."""
+    api = API_HEAD + """\
+policies:
+  - type: identify
+    by: [authorizer]
+    authorizer:
+      url: https://auth.example/check
+      cache_ttl: 30
+    jwt:
+      issuer: https://idp.example
+      audience: [echo]
+      secret: {env: JWT_SECRET}
+      algorithms: [HS256]
+      jwks_timeout: 5
+"""
+    codes = [d for d in tree(tmp_path, api) if d[0] == "WSG230"]
+    assert codes == [("WSG230", "echo.yaml", 13, 7), ("WSG230", "echo.yaml", 19, 7)]

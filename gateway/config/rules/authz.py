@@ -226,3 +226,29 @@ def rate_limit_tier_numbers(ctx: RuleContext) -> None:
                         f"largest size ({largest} bytes): such a message could never pass",
                         e.doc.value_at(at + ("burst_bytes",)),
                         hint=f"set `burst_bytes` to at least {largest}, or lower `limits.max_message_size`"))
+
+
+@rule
+def ineffective_authz_settings(ctx: RuleContext) -> None:
+    """WSG230 (a setting that can never take effect; only written ones): an authorizer's `cache_ttl` when it is
+    forwarded no credential (nothing is cached then), `jwks_*` tuning without `jwks_url`."""
+    for e in ctx.of("API"):
+        for i, policy in _identify_policies(e):
+            at: tuple = ("policies", i)
+            settings = policy.authorizer
+            if settings is not None and "cache_ttl" in settings.model_fields_set and not settings.forward_credentials:
+                ctx.out.append(warning(
+                    "WSG230", "`cache_ttl` never takes effect: the authorizer is forwarded no credential, and "
+                    "answers are cached per credential", e.doc.key_at(at + ("authorizer", "cache_ttl")),
+                    related=(Related(e.doc.key_at(at + ("authorizer",)), "no `forward_credentials` here"),),
+                    hint="list the credentials it decides on under `forward_credentials`, or delete `cache_ttl`"))
+            jwt = policy.jwt
+            if jwt is None or jwt.jwks_url is not None:
+                continue
+            for name in ("jwks_timeout", "jwks_max_age", "jwks_min_refresh_interval", "jwks_ca_file"):
+                if name in jwt.model_fields_set:
+                    ctx.out.append(warning(
+                        "WSG230", f"`{name}` never takes effect: the keys do not come from a `jwks_url`",
+                        e.doc.key_at(at + ("jwt", name)),
+                        related=(Related(e.doc.key_at(at + ("jwt",)), "the key source is set here"),),
+                        hint=f"delete `{name}`, or take the keys from `jwks_url`"))
