@@ -235,6 +235,17 @@ def gateway_rss(pids: list[int]) -> int:
     return sum(_rss_kib(pid, "gateway") for pid in pids)
 
 
+def gateway_pss(pids: list[int]) -> int:
+    """Proportional set size summed (KiB): pages the workers share (the interpreter, imported modules, the
+    pre-fork heap) counted once overall rather than once per process, as RSS does."""
+    total = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                total += int(line.split()[1])
+    return total
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     limit = raise_open_files_limit()
     size = sizing(args.conns, limit, args.workers)
@@ -270,6 +281,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             time.sleep(0.1)  # polling the child's log under a deadline
         pids = [gateway.pid, *workers]
         figures["rss_idle_mib"] = gateway_rss(pids) / 1024
+        figures["pss_idle_mib"] = gateway_pss(pids) / 1024
         say(f"gateway up: workers {workers}, RSS {figures['rss_idle_mib']:.0f} MiB; opening {args.conns}...")
 
         # 3. open them
@@ -301,6 +313,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         figures.update(opened=opened, open_seconds=seconds, upgrades_per_s=opened / seconds, curve=curve)
         time.sleep(2.0)  # the last upstream handshakes and the first keepalive timers settle
         figures["rss_mib"] = gateway_rss(pids) / 1024
+        figures["pss_mib"] = gateway_pss(pids) / 1024
         figures["rss_per_worker_mib"] = [_rss_kib(pid, "worker") / 1024 for pid in workers]
         figures["kib_per_conn"] = (figures["rss_mib"] - figures["rss_idle_mib"]) * 1024 / max(opened, 1)
         say(f"opened {opened} in {seconds:.1f} s ({opened / seconds:.0f}/s); gateway RSS {figures['rss_mib']:.0f} MiB")
@@ -374,7 +387,8 @@ def render(f: dict[str, Any]) -> str:
         f"| upgrades/s on the way up (mean) | {f['upgrades_per_s']:.0f} ({f['open_seconds']:.1f} s) |",
         f"| gateway RSS total (supervisor + workers) | {f['rss_mib']:.0f} MiB "
         f"(idle {f['rss_idle_mib']:.0f} MiB; workers {', '.join(f'{w:.0f}' for w in f['rss_per_worker_mib'])}) |",
-        f"| KiB per connection | {f['kib_per_conn']:.1f} |",
+        f"| gateway PSS total (shared pages counted once) | {f['pss_mib']:.0f} MiB (idle {f['pss_idle_mib']:.0f} MiB) |",
+        f"| KiB per connection (RSS growth) | {f['kib_per_conn']:.1f} |",
         f"| extrapolated RSS at 100,000 | {extrapolated / 1024:.2f} GiB |",
         f"| reload under them | applied by {f['reload_applied']} workers in {f['reload_seconds']:.2f} s, "
         f"{f['lost_in_reload']} lost, {f['open_after_reload']} open after |",

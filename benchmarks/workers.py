@@ -1,6 +1,7 @@
 """One process against ``--workers 2`` (issue 26): CPU per message and per upgrade, interleaved A/B rounds.
 
-    python benchmarks/workers.py [--rounds 3] [--seconds 4] [--only messages,upgrades] [--py-spy DIR]
+    python benchmarks/workers.py [--rounds 3] [--seconds 4] [--only messages,upgrades] [--syscalls] [--py-spy DIR]
+    python benchmarks/workers.py --gateway-cpus 0-1 --load-cpus 2-7      # the gateway on cores of its own
 
 Rows, each a fresh ``wsgate run`` on the byte relay (an API without message-stage policies; a throttle for
 the upgrades), measured in turn within every round so the machine's other load spreads over all of them:
@@ -63,6 +64,24 @@ def _py_spy(gateway: Wsgate, out: Path, seconds: float) -> list[subprocess.Popen
              "-f", "raw", "-o", str(out.with_name(f"{out.name}-{pid}.txt"))],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     return spies
+
+
+def cpu_list(text: str) -> set[int]:
+    """``0-1,4`` → {0, 1, 4} (taskset's syntax)."""
+    cpus: set[int] = set()
+    for part in filter(None, text.split(",")):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
+def pin(gateway: Wsgate, cpus: set[int] | None) -> None:
+    """Every thread of the gateway's processes (supervisor and workers) on ``cpus``."""
+    if cpus is None:
+        return
+    for pid in {gateway.proc.pid, *gateway.workers}:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            os.sched_setaffinity(int(tid), cpus)
 
 
 def _spies(args: argparse.Namespace, gateway: Wsgate, row: str, what: str,
@@ -132,6 +151,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0, help="measuring window of each run")
     parser.add_argument("--upgrade-conns", type=int, default=16, help="concurrent upgrade loops")
     parser.add_argument("--only", default="messages,upgrades")
+    parser.add_argument("--gateway-cpus", type=cpu_list, help="pin the gateway's processes to these cores (0-1)")
+    parser.add_argument("--load-cpus", type=cpu_list,
+                        help="pin this script, the load generator and the echo backend to these cores (2-7)")
     parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated subset of the rows")
     parser.add_argument("--syscalls", action="store_true",
                         help="also count syscalls and context switches per message/upgrade (perf stat, as root)")
@@ -139,6 +161,8 @@ def main() -> None:
     args = parser.parse_args()
     only = set(args.only.split(","))
     rows = [row for row in ROWS if row in args.rows.split(",")]
+    if args.load_cpus:
+        os.sched_setaffinity(0, args.load_cpus)  # inherited by the generator and the backend
     built = ensure_go(allowed=False)
     if built is None:
         raise SystemExit("the Go load generator and echo backend could not be built (Debian's golang-go)")
@@ -157,6 +181,7 @@ def main() -> None:
                 index += 1
                 gateway = start(row, tmp, backend_port, index)
                 try:
+                    pin(gateway, args.gateway_cpus)
                     if "messages" in only:
                         spies = _spies(args, gateway, row, "messages", round_)
                         result, cpu = measured(gateway.cpu_seconds, lambda mark, g=gateway: load.run(
