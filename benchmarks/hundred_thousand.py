@@ -387,7 +387,8 @@ def render(f: dict[str, Any]) -> str:
         f"| upgrades/s on the way up (mean) | {f['upgrades_per_s']:.0f} ({f['open_seconds']:.1f} s) |",
         f"| gateway RSS total (supervisor + workers) | {f['rss_mib']:.0f} MiB "
         f"(idle {f['rss_idle_mib']:.0f} MiB; workers {', '.join(f'{w:.0f}' for w in f['rss_per_worker_mib'])}) |",
-        f"| gateway PSS total (shared pages counted once) | {f['pss_mib']:.0f} MiB (idle {f['pss_idle_mib']:.0f} MiB) |",
+        f"| gateway PSS total (shared pages counted once) | {f['pss_mib']:.0f} MiB "
+        f"(idle {f['pss_idle_mib']:.0f} MiB) |",
         f"| KiB per connection (RSS growth) | {f['kib_per_conn']:.1f} |",
         f"| extrapolated RSS at 100,000 | {extrapolated / 1024:.2f} GiB |",
         f"| reload under them | applied by {f['reload_applied']} workers in {f['reload_seconds']:.2f} s, "
