@@ -31,6 +31,7 @@ import math
 import os
 import resource
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -49,6 +50,7 @@ from idle_connections import _backend_main, _frame, _request  # noqa: E402
 RESERVE = 400  # files a process keeps besides connections (libraries, logs, listeners, pipes)
 SOURCE_PORTS = 28_000  # ephemeral ports towards one destination from one source address (32768-60999)
 CONNECT_BATCH = 200  # handshakes in flight per client process
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux 4.2+
 
 
 def say(text: str) -> None:
@@ -110,7 +112,8 @@ class Client(asyncio.Protocol):
 
 async def _client_main(port: int, path: str, conns: int, source: str) -> None:
     loop = asyncio.get_running_loop()
-    stats = {"pings": 0, "lost": 0, "ended": 0, "close_frames": 0, "opened": 0}
+    stats = {"pings": 0, "lost": 0, "ended": 0, "close_frames": 0, "opened": 0, "connect_failed": 0,
+             "refused": 0}
     clients: list[Client] = []
     sem = asyncio.Semaphore(CONNECT_BATCH)
 
@@ -118,10 +121,19 @@ async def _client_main(port: int, path: str, conns: int, source: str) -> None:
         async with sem:
             opened = loop.create_future()
             client = Client(opened, stats)
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             try:
-                transport, _ = await loop.create_connection(lambda: client, "127.0.0.1", port,
-                                                            local_addr=(source, 0))
+                # The port is picked at connect(), per destination, rather than reserved at bind(): bound ports
+                # are taken from the ephemeral range for everyone, and 100,000 of them left the gateway's own
+                # upstream connects none (EADDRNOTAVAIL).
+                sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                sock.bind((source, 0))
+                sock.setblocking(False)
+                await loop.sock_connect(sock, ("127.0.0.1", port))
+                transport, _ = await loop.create_connection(lambda: client, sock=sock)
             except OSError:
+                sock.close()
+                stats["connect_failed"] += 1
                 return
             transport.write(_request(port, path))
             try:
@@ -131,6 +143,8 @@ async def _client_main(port: int, path: str, conns: int, source: str) -> None:
             if ok:
                 clients.append(client)
                 stats["opened"] += 1
+            else:
+                stats["refused"] += 1  # not answered 101 (e.g. 502: the upstream connect failed) or timed out
 
     async def progress() -> None:
         while True:
@@ -140,7 +154,8 @@ async def _client_main(port: int, path: str, conns: int, source: str) -> None:
     reporter = asyncio.create_task(progress())
     await asyncio.gather(*(one() for _ in range(conns)))
     reporter.cancel()
-    print(json.dumps({"ready": stats["opened"], "t": time.monotonic()}), flush=True)
+    print(json.dumps({"ready": stats["opened"], "refused": stats["refused"],
+                      "connect_failed": stats["connect_failed"], "t": time.monotonic()}), flush=True)
     while (command := await loop.run_in_executor(None, sys.stdin.readline)).strip() != "release":
         if not command:
             return
@@ -210,11 +225,12 @@ class LogTail:
         raise RuntimeError(f"no {event!r} in the gateway log within {timeout:.0f} s")
 
 
-def config_text(backends: list[int], grace: float, extra_api: bool) -> str:
+def config_text(backends: list[int], grace: float, extra_api: bool, keepalive: float) -> str:
     endpoints = "".join(f"    - url: ws://127.0.0.1:{port}/\n" for port in backends)
     text = (f"kind: Gateway\nname: hundred-thousand\nadmin:\n  host: 127.0.0.1\n  port: 0\nshutdown_grace: {grace}\n"
             "---\nkind: Port\nname: bench\nport: 0\nhost: 127.0.0.1\n"
-            "---\nkind: API\nname: idle\npath: /idle\nports: [bench]\nupstream:\n  endpoints:\n" + endpoints)
+            f"---\nkind: API\nname: idle\npath: /idle\nports: [bench]\nkeepalive:\n  interval: {keepalive}\n"
+            f"  timeout: {keepalive}\nupstream:\n  endpoints:\n" + endpoints)
     if extra_api:  # the reload's change: an API added, nothing the live connections use
         text += ("---\nkind: API\nname: added\npath: /added\nports: [bench]\nupstream:\n  endpoints:\n"
                  f"    - url: ws://127.0.0.1:{backends[0]}/\n")
@@ -259,7 +275,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         ports = [b.line()["port"] for b in backends]
         (tmp / "config").mkdir()
-        (tmp / "config" / "gateway.yaml").write_text(config_text(ports, args.grace, extra_api=False))
+        (tmp / "config" / "gateway.yaml").write_text(config_text(ports, args.grace, False, args.keepalive))
         log_file = tmp / "gateway.log"
         with open(log_file, "wb") as out:
             gateway = subprocess.Popen(
@@ -302,6 +318,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if "ready" in line:
                     done[i] = line["ready"]
                     progress[i] = line["ready"]
+                    figures["refused"] = figures.get("refused", 0) + line["refused"]
+                    figures["connect_failed"] = figures.get("connect_failed", 0) + line["connect_failed"]
                 else:
                     progress[i] = line["progress"]
             now = time.monotonic()
@@ -319,7 +337,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         say(f"opened {opened} in {seconds:.1f} s ({opened / seconds:.0f}/s); gateway RSS {figures['rss_mib']:.0f} MiB")
 
         # 4. reload under them
-        (tmp / "config" / "gateway.yaml").write_text(config_text(ports, args.grace, extra_api=True))
+        (tmp / "config" / "gateway.yaml").write_text(config_text(ports, args.grace, True, args.keepalive))
         started = time.monotonic()
         gateway.send_signal(signal.SIGHUP)
         record = tail.wait_for("reload_handed_out", 120)
@@ -361,6 +379,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             proc.stop()
     figures["load_average_after"] = os.getloadavg()[0]
     figures["grace"] = args.grace
+    figures["keepalive"] = args.keepalive
     return figures
 
 
@@ -378,19 +397,22 @@ def render(f: dict[str, Any]) -> str:
     extrapolated = f["rss_idle_mib"] + f["kib_per_conn"] * 100_000 / 1024
     return "\n".join([
         f"{f['opened']} of {f['conns']} connections; open-files limit {f['limit']} per process → "
-        f"{f['workers']} workers, {f['clients']} client processes, {f['backends']} backends; "
+        f"{f['workers']} workers, {f['clients']} client processes, {f['backends']} backends; keepalive "
+        f"{f['keepalive']:g} s; "
         f"{os.cpu_count()} cores, load average {f['load_average_before']:.1f} before, "
         f"{f['load_average_after']:.1f} after",
         "",
         "| figure | value |",
         "| --- | --- |",
-        f"| upgrades/s on the way up (mean) | {f['upgrades_per_s']:.0f} ({f['open_seconds']:.1f} s) |",
+        f"| upgrades/s on the way up (mean) | {f['upgrades_per_s']:.0f} ({f['open_seconds']:.1f} s; "
+        f"{f.get('refused', 0)} not answered 101, {f.get('connect_failed', 0)} connects failed) |",
         f"| gateway RSS total (supervisor + workers) | {f['rss_mib']:.0f} MiB "
         f"(idle {f['rss_idle_mib']:.0f} MiB; workers {', '.join(f'{w:.0f}' for w in f['rss_per_worker_mib'])}) |",
         f"| gateway PSS total (shared pages counted once) | {f['pss_mib']:.0f} MiB "
         f"(idle {f['pss_idle_mib']:.0f} MiB) |",
         f"| KiB per connection (RSS growth) | {f['kib_per_conn']:.1f} |",
-        f"| extrapolated RSS at 100,000 | {extrapolated / 1024:.2f} GiB |",
+        f"| extrapolated RSS at 100,000 ({f['workers']} workers, idle RSS + KiB per connection) | "
+        f"{extrapolated / 1024:.2f} GiB |",
         f"| reload under them | applied by {f['reload_applied']} workers in {f['reload_seconds']:.2f} s, "
         f"{f['lost_in_reload']} lost, {f['open_after_reload']} open after |",
         f"| plan --from the running gateway | {f['plan_seconds']:.2f} s (exit {f['plan_exit']}) |",
@@ -404,6 +426,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--conns", type=int, default=100_000, help="connections to hold (default 100000)")
     parser.add_argument("--workers", type=int, help="gateway workers (default: from the open-files limit)")
     parser.add_argument("--grace", type=float, default=60.0, help="the gateway's shutdown_grace (default 60)")
+    parser.add_argument("--keepalive", type=float, default=20.0,
+                        help="the API's keepalive interval and pong timeout, seconds (default 20, as by default); "
+                        "on a machine whose cores the clients share, a longer one keeps slow clients from being "
+                        "closed as dead")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--role", choices=["backend", "client"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
