@@ -230,7 +230,8 @@ def config_text(backends: list[int], grace: float, extra_api: bool, keepalive: f
     text = (f"kind: Gateway\nname: hundred-thousand\nadmin:\n  host: 127.0.0.1\n  port: 0\nshutdown_grace: {grace}\n"
             "---\nkind: Port\nname: bench\nport: 0\nhost: 127.0.0.1\n"
             f"---\nkind: API\nname: idle\npath: /idle\nports: [bench]\nkeepalive:\n  interval: {keepalive}\n"
-            f"  timeout: {keepalive}\nupstream:\n  endpoints:\n" + endpoints)
+            f"  timeout: {keepalive}\npolicies:\n  - type: routing\n    strategy: round-robin\n"  # over every backend
+            "upstream:\n  endpoints:\n" + endpoints)
     if extra_api:  # the reload's change: an API added, nothing the live connections use
         text += ("---\nkind: API\nname: added\npath: /added\nports: [bench]\nupstream:\n  endpoints:\n"
                  f"    - url: ws://127.0.0.1:{backends[0]}/\n")
