@@ -123,9 +123,9 @@ async def _client_main(port: int, path: str, conns: int, source: str) -> None:
             client = Client(opened, stats)
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             try:
-                # The port is picked at connect(), per destination, rather than reserved at bind(): bound ports
-                # are taken from the ephemeral range for everyone, and 100,000 of them left the gateway's own
-                # upstream connects none (EADDRNOTAVAIL).
+                # The port is picked at connect(), per destination, rather than reserved at bind(): a port bound
+                # with bind() is withheld from every other connect()'s ephemeral choice, the gateway's upstream
+                # connects included, and 100,000 of them would crowd the 28,000-port range.
                 sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
                 sock.bind((source, 0))
                 sock.setblocking(False)
