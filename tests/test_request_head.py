@@ -1,4 +1,4 @@
-"""The one-pass upgrade head reader (gateway/edge/request_head.py) takes only what websockets would accept, alike."""
+"""The one-pass upgrade head reader (gateway/wire/request_head.py) takes only what websockets would accept, alike."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
-from gateway.edge.request_head import plain_upgrade
+from gateway.wire.request_head import plain_upgrade
 from gateway.edge.upstream import _quiet
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="

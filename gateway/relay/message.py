@@ -39,8 +39,8 @@ from websockets.frames import (
 from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
 
-from ..edge.upstream import _quiet
 from ..policies.base import DROP, Close, ConnectionContext, Delay, Message, Policy, Reply
+from ..wire.protocols import QUIET as _quiet
 from .base import peer_close
 
 if TYPE_CHECKING:
