@@ -16,15 +16,26 @@ import struct
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.client import ClientProtocol
-from websockets.frames import Frame
+from websockets.exceptions import ProtocolError
+from websockets.frames import Frame, apply_mask
 from websockets.http11 import Request, Response
 from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
+from websockets.streams import StreamReader
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 from websockets.utils import accept_key
 
-from gateway.wire.frames import CONTROL, DONE, OP_CLOSE, VIOLATION, FrameScanner, parse_close
+from gateway.wire.frames import (
+    CONTROL,
+    DONE,
+    OP_CLOSE,
+    VIOLATION,
+    FrameScanner,
+    head_violation,
+    parse_close,
+    read_head,
+)
 from gateway.wire.protocols import QUIET
 from gateway.wire.request_head import plain_upgrade
 from gateway.wire.upstream_response import Invalid101, check_101, plain_101
@@ -179,7 +190,8 @@ def frame_streams(draw: st.DrawFn, masked: bool) -> bytes:
         elif opcode == 0x1:
             payload = draw(st.text(max_size=40)).encode()
         else:
-            payload = draw(st.binary(max_size=300))
+            size = draw(st.sampled_from([None, None, 125, 126, 127, 300]))  # around the length encodings' edges
+            payload = draw(st.binary(max_size=60) if size is None else st.binary(min_size=size, max_size=size))
         right_mask = draw(st.integers(0, 15)) > 0
         mask = draw(st.binary(min_size=4, max_size=4)) if masked == right_mask else None
         rsv = draw(st.sampled_from([0] * 12 + [1, 2, 4]))
@@ -258,3 +270,48 @@ def completed_frame(stream: bytes, at: int) -> bytes | None:
     size += 4 if stream[at + 1] & 0x80 else 0
     payload = stream[at + size:at + size + length]
     return stream[:at + size] + payload + bytes(length - len(payload))
+
+
+def websockets_frame(data: bytes, masked: bool) -> Frame | str | None:
+    """websockets' reading of the one frame at the start of ``data``: the frame, why it is refused, or None
+    while incomplete."""
+    reader = StreamReader()
+    reader.feed_data(data)
+    parser = Frame.parse(reader.read_exact, mask=masked, max_size=None, extensions=None)
+    try:
+        next(parser)
+    except StopIteration as done:
+        frame: Frame = done.value
+        return frame
+    except ProtocolError as exc:
+        return str(exc)
+    return None
+
+
+@SETTINGS
+@given(st.data(), st.booleans())
+def test_the_message_relay_reads_frame_heads_as_websockets_does(data: st.DataObject, masked: bool) -> None:
+    """``read_head`` finds the opcode, FIN, length and payload websockets' Frame.parse reads from the same bytes,
+    and every head ``head_violation`` refuses websockets refuses too (the relay hands the rest to websockets)."""
+    stream = data.draw(frame_streams(masked))
+    head = read_head(stream, 0, len(stream))
+    theirs = websockets_frame(stream, masked)
+    if head is None:
+        assert theirs is None
+        return
+    b0, is_masked, length, at = head
+    why = head_violation(b0, is_masked, masked)
+    if why is not None:
+        assert isinstance(theirs, str) or (theirs is None and at + length > len(stream)), why
+        return
+    if at + length > len(stream):
+        assert theirs is None  # the payload has not all arrived
+        return
+    payload = stream[at:at + length]
+    if is_masked:
+        payload = apply_mask(payload, stream[at - 4:at])
+    if isinstance(theirs, str):
+        assert b0 & 0x0F >= 0x8, theirs  # only a control frame's own rules (length, FIN) are left to websockets
+        return
+    assert theirs is not None
+    assert (int(theirs.opcode), theirs.fin, bytes(theirs.data)) == (b0 & 0x0F, bool(b0 & 0x80), payload)
