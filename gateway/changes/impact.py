@@ -337,16 +337,18 @@ def accepted_from(record: Any) -> Accepted | None:
     conn = record.conn
     if conn is None:
         return None
-    application = conn.application
+    identity = conn.identity
+    if identity is None:
+        return Accepted(port=record.port_name, api=conn.api, peer_ip=conn.peer[0] if conn.peer else "")
     return Accepted(
         port=record.port_name,
         api=conn.api,
-        application=application.name if application is not None else None,
-        identified_by=application.identified_by if application is not None else None,
-        key_digest=conn.metadata.get("key_digest"),
+        application=identity.application.name,
+        identified_by=identity.application.identified_by,
+        key_digest=identity.key_digest,
         peer_ip=conn.peer[0] if conn.peer else "",
-        hostname=conn.metadata.get("hostname"),
-        entry_fingerprint=conn.metadata.get("entry_fingerprint"),
+        hostname=identity.hostname,
+        entry_fingerprint=identity.entry_fingerprint,
     )
 
 

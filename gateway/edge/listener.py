@@ -372,7 +372,7 @@ class ClientHandshake(asyncio.Protocol):
             record.relay = relay
             relay.start()  # takes both transports over and resumes reading them
             relayed = True
-            expires_at = conn.metadata.get("expires_at")
+            expires_at = conn.identity.expires_at if conn.identity is not None else None
             if expires_at is not None:
                 record.expiry = asyncio.get_running_loop().call_later(
                     max(0.0, expires_at - time.time()), record.close, 1008, "credential expired")
