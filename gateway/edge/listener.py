@@ -24,7 +24,7 @@ import structlog
 from websockets.extensions.base import Extension
 
 from ..build.tls import client_certificate
-from ..common.http_response import Header
+from ..common.http_response import Header, switching_protocols
 from ..common.redaction import forwarded_query
 from ..policies.base import ConnectionContext, UpgradeRequest
 from ..relay.fast import ByteRelay
@@ -278,13 +278,14 @@ class ClientHandshake(asyncio.Protocol):
             record.span = tracer.start(accepted.headers.raw_items(), api=route.name, port=listener.name,
                                        path=accepted.path)
         record.task = asyncio.get_running_loop().create_task(
-            self._upgrade(route, conn, upgrade, accepted.extensions, accepted,
+            # Only what the 101 needs goes on, not the Accept: the parsed request is freed while the upstream answers.
+            self._upgrade(route, conn, upgrade, accepted.extensions, accepted.accept, accepted.extensions_header,
                           forwarded_query(accepted.query),  # no part of a credential the gateway consumes
                           accepted.offered_subprotocols(), accepted.suffix)
         )
 
     async def _upgrade(self, route: CompiledAPI, conn: ConnectionContext, upgrade: UpgradeRequest,
-                       extensions: list[Extension], accepted: Accept, query: str,
+                       extensions: list[Extension], accept: str, extensions_header: str | None, query: str,
                        offered: list[Subprotocol], suffix: str = "") -> None:
         record = self.record
         assert record is not None
@@ -348,7 +349,7 @@ class ClientHandshake(asyncio.Protocol):
             if health is not None:  # least-connections counts it until the connection ends
                 health.open += 1
                 conn.defer(health.closed_one)
-            self.transport.write(accepted.response(leg.subprotocol))
+            self.transport.write(switching_protocols(accept, extensions_header, leg.subprotocol))
             self._outcome(route, conn, 101, None, None)
             metrics.stage(conn.api, "total", time.monotonic() - began)
             metrics.opened(self.listener.name, conn.api, application or "")
