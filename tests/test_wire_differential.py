@@ -41,7 +41,8 @@ from gateway.wire.protocols import QUIET
 from gateway.wire.request_head import plain_upgrade
 from gateway.wire.upstream_response import Invalid101, check_101, plain_101
 
-SETTINGS = settings(max_examples=int(os.environ.get("WSGATE_DIFFERENTIAL_EXAMPLES", "200")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+EXAMPLES = int(os.environ.get("WSGATE_DIFFERENTIAL_EXAMPLES", "200"))  # more for a deeper run
+SETTINGS = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 URI = parse_uri("ws://upstream.test/chat")
 NOISE = st.sampled_from([b" ", b"\t", b"\n", b"\r", b":", b",", b"\x00", b"\x7f", b"\xff", b"A", b"=", b"/", b"?",
