@@ -19,7 +19,7 @@ from setuptools import setup
 
 # The modules compiled, each measured before/after (docs/performance.md); keep this list short and measured.
 COMPILED = [
-    "gateway/relay/frames.py",
+    "gateway/wire/frames.py",
     "gateway/relay/fast.py",
     "gateway/relay/message.py",
     "gateway/relay/keepalive.py",

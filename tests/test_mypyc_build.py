@@ -15,7 +15,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 HAVE_COMPILER = bool(shutil.which("cc") or shutil.which("gcc"))
 HAVE_MYPYC = importlib.util.find_spec("mypyc") is not None
-COMPILED = ("frames", "fast", "message", "keepalive")
+COMPILED = ("wire.frames", "relay.fast", "relay.message", "relay.keepalive")
 
 
 def _copy_tree(target: Path) -> None:
@@ -42,7 +42,7 @@ def test_compiled_relay_passes_the_byte_relay_tests(tmp_path: Path) -> None:
     assert build.returncode == 0, build.stdout[-2000:] + build.stderr[-2000:]
     assert list(tmp_path.glob("gateway__mypyc*.so")), "the shared mypyc runtime module was not built"
     check = subprocess.run(
-        [sys.executable, "-c", "import importlib; print(' '.join(importlib.import_module('gateway.relay.' + m)"
+        [sys.executable, "-c", "import importlib; print(' '.join(importlib.import_module('gateway.' + m)"
          f".__file__ for m in {COMPILED!r}))"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stderr
     assert all(path.endswith(".so") and path.startswith(str(tmp_path)) for path in check.stdout.split()), check.stdout
