@@ -288,7 +288,7 @@ class HTTPResponse:
 
 
 async def http_request(url: str, request: bytes | None = None, path: str = "/", ssl: Any = None) -> HTTPResponse:
-    """Send one raw HTTP request (default: a plain GET of ``path``) and read the response until close."""
+    """Send one raw HTTP request (default: a plain GET of ``path``) and read one response."""
     scheme, _, rest = url.partition("://")
     hostport = rest.split("/", 1)[0]
     host, _, port = hostport.rpartition(":")
@@ -296,15 +296,21 @@ async def http_request(url: str, request: bytes | None = None, path: str = "/", 
     if request is None:
         request = f"GET {path} HTTP/1.1\r\nHost: {hostport}\r\n\r\n".encode()
     writer.write(request)
-    data = await reader.read()  # until the server closes
-    writer.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError as exc:  # closed early: what it sent, if anything (fails to parse below)
+        head = exc.partial
+    lines = head.decode("latin-1").rstrip("\r\n").split("\r\n")
     headers = {}
     for line in lines[1:]:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
-    return HTTPResponse(int(lines[0].split(" ")[1]), headers, body)
+    status = int(lines[0].split(" ")[1])
+    # A keep-alive server (the admin) leaves the connection open: read what Content-Length says, else until close.
+    length = headers.get("content-length")
+    body = await reader.readexactly(int(length)) if length is not None else await reader.read()
+    writer.close()
+    return HTTPResponse(status, headers, body)
 
 
 class Scrape:

@@ -132,7 +132,7 @@ def test_a_reload_rereads_the_token_file_and_the_certificate(tmp_path):
             (root / "admin-token").write_text(new_token + "\n")
             second_ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(root / "admin.pem"))
             outcome = await gw.reload("test")
-            assert outcome["ok"] and not outcome["problems"], outcome
+            assert outcome.ok and not outcome.problems, outcome
             assert await status(gw, TOKEN, second_client) == 401
             assert await status(gw, new_token, second_client) == 200
             with pytest.raises(ssl.SSLCertVerificationError):
@@ -141,7 +141,7 @@ def test_a_reload_rereads_the_token_file_and_the_certificate(tmp_path):
             (root / "admin.pem").write_text("-----BEGIN CERTIFICATE-----\nnot a certificate\n")
             with capture_logs() as logs:
                 outcome = await gw.reload("test")
-            assert outcome["ok"] and len(outcome["problems"]) == 2, outcome
+            assert outcome.ok and len(outcome.problems) == 2, outcome
             assert {e["event"] for e in logs if e["log_level"] == "warning"} >= {
                 "admin_token_reload_failed", "admin_certificate_reload_failed"}
             assert new_token not in repr(logs) and TOKEN not in repr(logs)

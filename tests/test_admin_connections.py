@@ -150,7 +150,7 @@ async def test_plan_from_predicts_which_credentials_are_revoked_and_the_reload_a
             assert "JWT client revoked (closed at once with 1008, 1 live connection)" in out
             (tmp_path / "config" / "gateway.yaml").write_text((desired / "gateway.yaml").read_text())
             outcome = await gw.reload("test")
-            assert outcome["ok"] and outcome["revoked"] == 4
+            assert outcome.ok and outcome.revoked == 4
             for name in ("plain", "env", "alice", "client-a"):
                 async with asyncio.timeout(TIMEOUT):
                     await connections[name].wait_closed()

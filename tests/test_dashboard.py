@@ -13,6 +13,8 @@ import pytest
 from browser_support import CHROMIUM, TIMEOUT, LoopThread, chromium
 from support import app_yaml
 
+from gateway.serving.view import ReloadOutcome
+
 pytestmark = pytest.mark.browser
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -99,7 +101,7 @@ class Scene:
             await self.client.recv()
             await asyncio.sleep(0.02)
 
-    async def failed_reload(self) -> dict[str, Any]:
+    async def failed_reload(self) -> ReloadOutcome:
         """Break the tree (an API on an undeclared port), reload, and put the good tree back."""
         path = self.root / "gateway.yaml"
         good = path.read_text()
@@ -154,7 +156,7 @@ def open_page(browser: Browser, url: str, viewport: dict[str, int], init: str | 
 def test_dashboard_shows_apis_rates_upstreams_reloads_and_the_config(browser: Browser, scene: Scene) -> None:
     """Live connections per application, a moving message rate, upstream health and failures, a failed reload."""
     outcome = scene.loop.run(scene.failed_reload())
-    assert not outcome["ok"]
+    assert not outcome.ok
     page = open_page(browser, scene.url, DESKTOP)
     try:
         expect(page.locator("#generation")).to_have_text("1")

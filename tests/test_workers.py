@@ -179,12 +179,12 @@ def test_split_is_reported_when_workers_serve_different_generations():
     supervisor.generation = 2
     for worker, generation in zip(supervisor.workers, (2, 2), strict=True):
         worker.ready, worker.generation = True, generation
-    assert supervisor.split()["split"] is False
+    assert supervisor.split()[0] is False
     supervisor.workers[1].generation = 1
-    assert supervisor.split()["split"] is True
+    assert supervisor.split()[0] is True
     supervisor.workers[1].ready = False  # a worker being restarted is not serving: no split, but listed
-    view = supervisor.split()
-    assert view["split"] is False and [w["ready"] for w in view["workers"]] == [True, False]
+    split, workers = supervisor.split()
+    assert split is False and [w.ready for w in workers] == [True, False]
 
 
 async def test_supervisor_reload_reads_only_changed_files(tmp_path):
@@ -200,7 +200,7 @@ async def test_supervisor_reload_reads_only_changed_files(tmp_path):
     assert config is not None
     supervisor = Supervisor(config, 2, paths=[root], check_cache=cache)
     outcome = await supervisor.reload("test")
-    assert outcome["ok"] and outcome["noop"]
+    assert outcome.ok and outcome.noop
     assert (cache.parsed, cache.checked) == (0, 0)
 
 

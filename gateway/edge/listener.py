@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 import re
 import time
 from collections.abc import Callable
@@ -38,6 +37,7 @@ from websockets.utils import accept_key
 
 from ..build.routes import request_host
 from ..build.tls import client_certificate
+from ..common.http_responses import refusal_bytes
 from ..common.redaction import redact_query
 from ..policies.base import ConnectionContext, Rejection, UpgradeRequest
 from ..relay.fast import ByteRelay
@@ -61,20 +61,6 @@ LINGER = 2.0  # seconds a refused client's further bytes are read and dropped, s
 # A port at its max_connections answers 503 with this Retry-After: the same 5 s the throttle's and the upstream's
 # 503s default to, so a client backs off alike whichever limit refused it.
 PORT_FULL_RETRY_AFTER = (("Retry-After", "5"),)
-REASONS = {
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    426: "Upgrade Required",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-    504: "Gateway Timeout",
-    505: "HTTP Version Not Supported",
-}
 METADATA_HEADERS = ("User-Agent", "Origin")
 # Headers RFC 9110/6455 define with one value: a request carrying one of them twice is malformed (400), and
 # refusing it here means no later stage (the upstream request, the log) meets two values where it reads one.
@@ -105,21 +91,6 @@ def raise_open_files_limit() -> tuple[int, int]:
         return (soft, soft)
     log.info("open_files_limit_raised", soft_before=soft, soft=hard, max_connections_about=hard // 2)
     return (soft, hard)
-
-
-def refusal_bytes(status: int, error: str, reason: str, headers: tuple[tuple[str, str], ...] = ()) -> bytes:
-    """An HTTP refusal: a short JSON body and ``Connection: close``."""
-    body = json.dumps({"error": error, "reason": reason}).encode()
-    lines = [
-        f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}",
-        "Content-Type: application/json",
-        f"Content-Length: {len(body)}",
-        "Connection: close",
-    ]
-    lines += [f"{name}: {value}" for name, value in headers]
-    if status == 426:
-        lines.append("Upgrade: websocket")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
 class Connection:

@@ -25,16 +25,17 @@ single further reload (it re-reads the tree, so it sees them all).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import structlog
 
 from ..config.cache import CheckCache
-from ..operations.admin import RELOAD_HISTORY
+from .view import ReloadOutcome, WorkerState
 
 if TYPE_CHECKING:
     from ..build.pipeline import Built
@@ -43,8 +44,10 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("wsgate.reload")
 
-# (the build to apply, the trigger, the generation a supervisor chose or None) -> the outcome's fields (``ok``...)
-Apply = Callable[["Built", str, "int | None"], Awaitable[dict[str, Any]]]
+RELOAD_HISTORY = 20  # reload outcomes GET /reload (and the dashboard) shows
+# (the build to apply, the trigger, the generation a supervisor chose or None) -> the outcome's fields that apply
+# knows (``ok``, ``error``, ``problems``, ``plan``...); the sequence fills in the rest.
+Apply = Callable[["Built", str, "int | None"], Awaitable[ReloadOutcome]]
 
 
 class Reloader:
@@ -52,7 +55,8 @@ class Reloader:
 
     def __init__(self, paths: Sequence[str | Path], apply: Apply, serving: Callable[[], tuple[str, int]], *,
                  stopping: Callable[[], bool], env: Mapping[str, str] | None = None,
-                 cache: CheckCache | None = None, describe: Callable[[], dict[str, Any]] | None = None,
+                 cache: CheckCache | None = None,
+                 describe: Callable[[], tuple[bool, tuple[WorkerState, ...]]] | None = None,
                  metrics: ReloadMetrics | None = None) -> None:
         self.paths = [Path(p) for p in paths]
         self.env = env
@@ -64,8 +68,8 @@ class Reloader:
         self._serving = serving
         self._stopping = stopping
         self._describe = describe
-        self.last: dict[str, Any] | None = None
-        self.history: deque[dict[str, Any]] = deque(maxlen=RELOAD_HISTORY)  # newest last
+        self.last: ReloadOutcome | None = None
+        self.history: deque[ReloadOutcome] = deque(maxlen=RELOAD_HISTORY)  # newest last
         self.count = 0  # finished reload attempts (applied, skipped or failed)
         self.finished = asyncio.Condition()  # notified after every outcome
         self._lock = asyncio.Lock()
@@ -74,7 +78,7 @@ class Reloader:
         self.started = 0.0  # when the reload in progress began reading the tree (monotonic), for apply's log
 
     async def reload(self, trigger: str = "manual", checked: Config | None = None,
-                     generation: int | None = None) -> dict[str, Any]:
+                     generation: int | None = None) -> ReloadOutcome:
         """Build → check → apply; a failure changes nothing. Returns the outcome.
 
         ``checked``: a config the caller already built and decided to apply (a worker's supervisor did), applied
@@ -91,23 +95,24 @@ class Reloader:
                 fields = await self._run(trigger, checked, generation)
             except Exception as exc:  # a bug, not a bad config: keep serving and say so
                 log.exception("reload_crashed", trigger=trigger)
-                fields = {"ok": False, "error": f"internal error: {exc.__class__.__name__}"}
+                fields = ReloadOutcome(ok=False, error=f"internal error: {exc.__class__.__name__}")
             digest, serving_generation = self._serving()
-            outcome = {"ok": False, "trigger": trigger, "at": time.time(), "generation": serving_generation,
-                       "digest": digest, "noop": False, **fields}
+            outcome = dataclasses.replace(fields, trigger=trigger, at=time.time(), generation=serving_generation,
+                                          digest=digest)
             if self._describe is not None:
-                outcome.update(self._describe())
+                split, workers = self._describe()
+                outcome = dataclasses.replace(outcome, split=split, workers=workers)
             self.last = outcome
             self.history.append(outcome)
             self.count += 1
             if self.metrics is not None:
-                self.metrics.reloaded("failed" if not outcome["ok"] else "unchanged" if outcome["noop"] else "applied",
+                self.metrics.reloaded("failed" if not outcome.ok else "unchanged" if outcome.noop else "applied",
                                       time.monotonic() - started)
             async with self.finished:
                 self.finished.notify_all()
             return outcome
 
-    async def wait(self, count: int, timeout: float | None = None) -> dict[str, Any]:
+    async def wait(self, count: int, timeout: float | None = None) -> ReloadOutcome:
         """Wait until ``count`` reloads have finished; the last outcome."""
         async with asyncio.timeout(timeout):
             async with self.finished:
@@ -115,7 +120,7 @@ class Reloader:
         assert self.last is not None
         return self.last
 
-    async def _run(self, trigger: str, checked: Config | None, generation: int | None) -> dict[str, Any]:
+    async def _run(self, trigger: str, checked: Config | None, generation: int | None) -> ReloadOutcome:
         from ..build.pipeline import Built, build
 
         if checked is None:
@@ -125,7 +130,7 @@ class Reloader:
         else:
             result = Built(checked)
         if self._stopping():
-            return {"ok": False, "error": "gateway is stopping"}
+            return ReloadOutcome(ok=False, error="gateway is stopping")
         digest, serving_generation = self._serving()
         if result.config is None:
             for d in result.diagnostics:
@@ -135,10 +140,10 @@ class Reloader:
                               code=d.code, summary=d.summary, hint=d.hint or None, diagnostic=d.headline())
             log.error("reload_failed", trigger=trigger, errors=len(result.errors),
                       kept_generation=serving_generation, kept_digest=digest)
-            return {"ok": False, "diagnostics": [d.to_dict() for d in result.diagnostics]}
+            return ReloadOutcome(ok=False, diagnostics=tuple(result.diagnostics))
         if result.config.digest() == digest:
             log.info("reload_skipped", trigger=trigger, digest=digest, generation=serving_generation)
-            return {"ok": True, "noop": True}
+            return ReloadOutcome(ok=True, noop=True)
         return await self._apply(result, trigger, generation)
 
 
@@ -154,11 +159,11 @@ class ReloadStatus:
         return self.reloader.cache
 
     @property
-    def last_reload(self) -> dict[str, Any] | None:
+    def last_reload(self) -> ReloadOutcome | None:
         return self.reloader.last
 
     @property
-    def reload_history(self) -> deque[dict[str, Any]]:
+    def reload_history(self) -> deque[ReloadOutcome]:
         return self.reloader.history
 
     @property

@@ -36,6 +36,17 @@ from .connections import ConnectionRegistry
 from .health import HealthRegistry
 from .reloader import Reloader, ReloadStatus
 from .signals import stop_requested
+from .view import (
+    ConfigSnapshot,
+    ConnectionsSnapshot,
+    EndpointState,
+    PlanCounts,
+    Readiness,
+    ReloadOutcome,
+    ReloadStatusSnapshot,
+    Status,
+    UpstreamsSnapshot,
+)
 
 if TYPE_CHECKING:
     from echo.server import EchoService
@@ -201,7 +212,7 @@ class Gateway(ReloadStatus):
         return self.reloader.finished
 
     async def reload(self, trigger: str = "manual", checked: Config | None = None,
-                     generation: int | None = None) -> dict[str, Any]:
+                     generation: int | None = None) -> ReloadOutcome:
         """Load → check → compile → swap; a failure changes nothing. Returns the outcome (``last_reload``).
 
         ``checked``: a config the caller already checked (a worker's supervisor did), applied as generation
@@ -209,7 +220,7 @@ class Gateway(ReloadStatus):
         """
         return await self.reloader.reload(trigger, checked, generation)
 
-    async def wait_reload(self, count: int, timeout: float | None = None) -> dict[str, Any]:
+    async def wait_reload(self, count: int, timeout: float | None = None) -> ReloadOutcome:
         """Wait until ``count`` reloads have finished; the last outcome."""
         return await self.reloader.wait(count, timeout)
 
@@ -218,7 +229,7 @@ class Gateway(ReloadStatus):
             return self.config.digest(), 0
         return self._table.digest, self._table.generation
 
-    async def _apply(self, result: Built, trigger: str, generation: int | None) -> dict[str, Any]:
+    async def _apply(self, result: Built, trigger: str, generation: int | None) -> ReloadOutcome:
         """Decide what the change does to live connections (once), compile, listen, swap, settle, log."""
         from ..changes.plan import diff, render_text
 
@@ -235,7 +246,7 @@ class Gateway(ReloadStatus):
             if switched:
                 await self.state.revert_shared()
             log.error("reload_failed", trigger=trigger, error=f"compile failed: {exc}", exc_info=True)
-            return {"ok": False, "error": f"compile failed: {exc}"}
+            return ReloadOutcome(ok=False, error=f"compile failed: {exc}")
         # The one decision of what this change does to live connections: the plan the log shows and the
         # closes below both read it.
         impact = Impact(old_config, new, table.apps)
@@ -247,7 +258,7 @@ class Gateway(ReloadStatus):
             if switched:
                 await self.state.revert_shared()
             log.error("reload_failed", trigger=trigger, error=f"cannot listen: {exc}")
-            return {"ok": False, "error": f"cannot listen: {exc}"}
+            return ReloadOutcome(ok=False, error=f"cannot listen: {exc}")
         # The swap: from here on new upgrades use the new table.
         self._table, self.config = table, new
         if switched:
@@ -271,9 +282,9 @@ class Gateway(ReloadStatus):
                                       if old_config.file_fingerprints.get(k) != v),
                  drained=closed["drained"], revoked=closed["revoked"],
                  seconds=round(time.monotonic() - self.reloader.started, 4))
-        return {"ok": True, "old_digest": old_table.digest, "problems": problems,
-                "plan": {"add": plan.count("create"), "change": plan.count("update"),
-                         "destroy": plan.count("destroy")}, **closed}
+        return ReloadOutcome(ok=True, old_digest=old_table.digest, problems=tuple(problems),
+                             plan=PlanCounts(plan.count("create"), plan.count("update"), plan.count("destroy")),
+                             drained=closed["drained"], revoked=closed["revoked"])
 
     async def _start_new_ports(self, table: RouteTable, artefacts: Artefacts) -> list[str]:
         """Listen on ports that are new or newly enabled (before the swap; on failure close them and raise)."""
@@ -382,6 +393,40 @@ class Gateway(ReloadStatus):
             await service.stop()
         self.echo_services = kept
         return problems
+
+    # ------------------------------------------------------------------- view
+    # The admin reads this gateway through ``gateway.serving.view.GatewayView``, as it reads a supervisor's.
+
+    def readiness(self) -> Readiness:
+        # A state backend that is down does not make the gateway unready: each throttle's on_state_error decides.
+        state = self.state.shared.health() if self.state is not None else None
+        status: Status = "ready" if self.ready else "stopping" if self.stopping else "starting"
+        generation = self._table.generation if self._table is not None else 0
+        return Readiness(status, generation, state)
+
+    def config_snapshot(self) -> ConfigSnapshot:
+        table = self.table
+        drift = {service.model.name: service.drift() for service in self.echo_services}
+        return ConfigSnapshot(table.config, table.digest, table.generation, self.loaded_at,
+                              {name: changes for name, changes in drift.items() if changes})
+
+    async def connections_snapshot(self) -> ConnectionsSnapshot:
+        accepted = (accepted_from(record) for record in self.registry.live if record.relay is not None)
+        return ConnectionsSnapshot(self.registry.counts(), tuple(a for a in accepted if a is not None))
+
+    async def upstreams_snapshot(self) -> UpstreamsSnapshot:
+        return UpstreamsSnapshot({api: tuple(EndpointState(**e) for e in endpoints)
+                                  for api, endpoints in self.health.snapshot().items()})
+
+    async def metrics_text(self) -> bytes:
+        return self.scrape()
+
+    def reload_status(self) -> ReloadStatusSnapshot:
+        return ReloadStatusSnapshot(self.reload_count, self.last_reload, tuple(self.reload_history),
+                                    self._serving()[1])
+
+    def accept_error(self, listener: str) -> None:
+        self.metrics.accept_error(listener)
 
     # -------------------------------------------------------------- lifecycle
     async def start(self, generation: int = 1) -> None:
