@@ -91,6 +91,9 @@ class WorkerStartError(RuntimeError):
     """A worker process exited, or answered an error, before it served: the supervisor's start fails with one line."""
 
 
+# Where the workers' metrics directory goes when the temporary directory is not usable (a read-only root
+# filesystem): a memory filesystem of its own in containers.
+METRICS_DIR_FALLBACKS: tuple[str, ...] = ("/dev/shm",)
 REQUEST_TIMEOUT = 30.0  # seconds a worker has to answer a status or apply request
 YOUNG = 10.0  # a worker that dies younger than this counts as failing again: the backoff grows
 
@@ -568,7 +571,7 @@ class Supervisor(ReloadStatus):
                                  "emptyDir volume), or unset it")
             return
         tried: list[str] = []
-        for parent in (None, "/dev/shm"):
+        for parent in (None, *METRICS_DIR_FALLBACKS):
             try:
                 self.metrics_dir = tempfile.mkdtemp(prefix="wsgate-metrics-", dir=parent)
             except OSError as exc:  # FileNotFoundError: no usable temporary directory at all
