@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 from process_support import admin_json, start_wsgate
-from support import PORT, TIMEOUT, Scrape, api_yaml, echo_backend, http_request, write_config
+from support import PORT, TIMEOUT, Scrape, api_yaml, echo_backend, http_request, running_gateway, write_config
 from websockets.asyncio.client import connect
 
 from gateway.serving.runtime import StartError
@@ -151,3 +152,57 @@ def test_no_usable_temporary_directory_falls_back_to_dev_shm(tmp_path, monkeypat
     monkeypatch.setattr(supervisor_module, "METRICS_DIR_FALLBACKS", (str(blocker / "shm"),))
     with pytest.raises(StartError, match="no writable directory"):
         supervisor._metrics_dir()
+
+
+async def exchange(port: int, data: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send raw bytes to the admin; the first answer's status, headers and body."""
+    response = await http_request(f"http://127.0.0.1:{port}", data)
+    return response.status, response.headers, response.body
+
+
+async def test_every_admin_refusal_is_a_short_json_body(tmp_path, monkeypatch):
+    """404, 405 (with Allow), a malformed request and an over-long header line (400), and a route that fails (500,
+    logged): each a JSON body with an error word and a reason, never aiohttp's page or a plain-text error."""
+    from structlog.testing import capture_logs
+
+    config = write_config(tmp_path, PORT, api_yaml("A", "/a", "ws://127.0.0.1:9/"))
+    async with running_gateway(config) as gw:
+        port = gw.admin.port
+        refusals = {
+            "not_found": b"GET /nothing HTTP/1.1\r\nHost: a\r\n\r\n",
+            "method_not_allowed": b"DELETE /reload HTTP/1.1\r\nHost: a\r\n\r\n",
+            "bad_request": b"NOT HTTP AT ALL\r\n\r\n",
+            "bad_request ": b"GET /healthz HTTP/1.1\r\nHost: a\r\nX-Long: " + b"x" * 9000 + b"\r\n\r\n",
+        }
+        for word, data in refusals.items():
+            status, headers, body = await exchange(port, data)
+            assert headers["content-type"].startswith("application/json"), (word, headers)
+            assert json.loads(body)["error"] == word.strip() and json.loads(body)["reason"], (word, body)
+            assert status in (400, 404, 405)
+            if word == "method_not_allowed":
+                assert headers["allow"] == "GET, POST"
+
+        def broken() -> None:
+            raise RuntimeError("a bug in the view")
+
+        monkeypatch.setattr(gw, "config_snapshot", broken)
+        with capture_logs() as logs:
+            status, headers, body = await exchange(port, b"GET /config HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert status == 500 and json.loads(body) == {"error": "internal_error", "reason": "see the gateway log"}
+        assert [e["event"] for e in logs if e["log_level"] == "error"] == ["admin_handler_failed"]
+
+
+async def test_the_admin_keeps_a_connection_alive_between_requests(tmp_path):
+    """Two requests on one connection get two answers (aiohttp's keep-alive), the second after the first."""
+    config = write_config(tmp_path, PORT, api_yaml("A", "/a", "ws://127.0.0.1:9/"))
+    async with running_gateway(config) as gw:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.admin.port)
+        try:
+            for path in ("/healthz", "/readyz"):
+                writer.write(f"GET {path} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length")))
+                assert head.startswith(b"HTTP/1.1 200 OK") and json.loads(await reader.readexactly(length))
+        finally:
+            writer.close()

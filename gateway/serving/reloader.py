@@ -30,7 +30,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
@@ -40,9 +40,14 @@ from .view import ReloadOutcome, WorkerState
 if TYPE_CHECKING:
     from ..build.pipeline import Built
     from ..config.tree import Config
-    from ..operations.metrics import ReloadMetrics
 
 log = structlog.get_logger("wsgate.reload")
+
+class ReloadCounter(Protocol):
+    """Where reloads are counted (``gateway.operations.metrics.ReloadMetrics``; this layer does not import it)."""
+
+    def reloaded(self, outcome: str, seconds: float) -> None: ...
+
 
 RELOAD_HISTORY = 20  # reload outcomes GET /reload (and the dashboard) shows
 # (the build to apply, the trigger, the generation a supervisor chose or None) -> the outcome's fields that apply
@@ -57,7 +62,7 @@ class Reloader:
                  stopping: Callable[[], bool], env: Mapping[str, str] | None = None,
                  cache: CheckCache | None = None,
                  describe: Callable[[], tuple[bool, tuple[WorkerState, ...]]] | None = None,
-                 metrics: ReloadMetrics | None = None) -> None:
+                 metrics: ReloadCounter | None = None) -> None:
         self.paths = [Path(p) for p in paths]
         self.env = env
         # Only the files changed since the last check are parsed again; handed the cache of the check that

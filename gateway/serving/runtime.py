@@ -39,7 +39,6 @@ from .signals import stop_requested
 from .view import (
     ConfigSnapshot,
     ConnectionsSnapshot,
-    EndpointState,
     PlanCounts,
     Readiness,
     ReloadOutcome,
@@ -415,8 +414,7 @@ class Gateway(ReloadStatus):
         return ConnectionsSnapshot(self.registry.counts(), tuple(a for a in accepted if a is not None))
 
     async def upstreams_snapshot(self) -> UpstreamsSnapshot:
-        return UpstreamsSnapshot({api: tuple(EndpointState(**e) for e in endpoints)
-                                  for api, endpoints in self.health.snapshot().items()})
+        return UpstreamsSnapshot(self.health.snapshot())
 
     async def metrics_text(self) -> bytes:
         return self.scrape()

@@ -76,6 +76,7 @@ from ..serving.view import (
     WorkerEndpoint,
     WorkerState,
 )
+from ..serving.watch import ConfigWatcher
 from . import control
 from .ports import PortHold, hold_port
 
@@ -492,7 +493,6 @@ class Supervisor(ReloadStatus):
 
     # -------------------------------------------------------------- lifecycle
     async def run(self) -> int:
-        from ..serving.watch import ConfigWatcher
 
         settings = self.config.settings
         if len(self.workers) > 1 and settings.state.backend == "memory":
