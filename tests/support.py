@@ -36,6 +36,7 @@ from echo.server import EchoService
 from gateway.config import check
 from gateway.config.models import EchoContext, EchoServer
 from gateway.config.tree import Config
+from gateway.operations.admin import admin_server
 from gateway.relay.fast import ByteRelay
 from gateway.relay.message import MessageRelay
 from gateway.serving.runtime import Gateway
@@ -103,6 +104,7 @@ def write_config(tmp_path: Path, *documents: str, name: str = "gateway.yaml") ->
 async def running_gateway(config: Config, **kwargs: Any) -> AsyncIterator[Gateway]:
     """A started gateway (admin on a free loopback port, no echo servers unless asked); stopped after."""
     kwargs.setdefault("admin", ("127.0.0.1", 0))
+    kwargs.setdefault("admin_server", admin_server)
     kwargs.setdefault("echo", False)
     gateway = Gateway(config, **kwargs)
     await gateway.start()

@@ -14,6 +14,7 @@ from process_support import start_wsgate
 from support import PORT, TIMEOUT, api_yaml, http_request, run, write_config
 
 from gateway.config import check
+from gateway.operations.admin import admin_server
 from gateway.serving.runtime import Gateway
 
 TOKEN = "admin-token-" + "7" * 20
@@ -189,7 +190,7 @@ def test_run_refuses_a_public_admin_address_without_a_token(tmp_path):
     config = write_config(tmp_path, PORT)
 
     async def scenario():
-        gateway = Gateway(config, admin=("0.0.0.0", 0), echo=False)
+        gateway = Gateway(config, admin=("0.0.0.0", 0), echo=False, admin_server=admin_server)
         with pytest.raises(ValueError, match="needs a token"):
             await gateway.start()
         assert all(not server.sockets for server in gateway.servers.values())  # what had started was stopped

@@ -138,7 +138,7 @@ def test_no_usable_temporary_directory_falls_back_to_dev_shm(tmp_path, monkeypat
         pytest.skip("/dev/shm is not writable here")
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")  # unset for the supervisor; restored after the test
     monkeypatch.setattr("tempfile.tempdir", str(blocker / "tmp"))
     supervisor = Supervisor.__new__(Supervisor)
     supervisor._own_metrics_dir = False
@@ -148,7 +148,7 @@ def test_no_usable_temporary_directory_falls_back_to_dev_shm(tmp_path, monkeypat
         assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == supervisor.metrics_dir
     finally:
         os.rmdir(supervisor.metrics_dir)
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")
     monkeypatch.setattr(supervisor_module, "METRICS_DIR_FALLBACKS", (str(blocker / "shm"),))
     with pytest.raises(StartError, match="no writable directory"):
         supervisor._metrics_dir()

@@ -75,6 +75,7 @@ class Scene:
         from echo.server import EchoService
         from gateway.config import check
         from gateway.config.models import EchoServer
+        from gateway.operations.admin import admin_server
         from gateway.serving.runtime import Gateway
 
         self.backend = EchoService(EchoServer(kind="EchoServer", name="backend", port=8765,
@@ -88,7 +89,8 @@ class Scene:
         (self.root / "gateway.yaml").write_text(TREE.format(echo=echo, dead=dead))
         config = check([self.root]).config
         assert config is not None
-        self.gateway = Gateway(config, admin=("127.0.0.1", 0), echo=False, paths=[self.root])
+        self.gateway = Gateway(config, admin=("127.0.0.1", 0), echo=False, paths=[self.root],
+                               admin_server=admin_server)
         await self.gateway.start()
         host, port = self.gateway.addresses["default"]
         self.client = await connect(f"ws://{host}:{port}/echo", additional_headers={"x-Gateway-APIKey": KEY})

@@ -221,12 +221,13 @@ WORKER = textwrap.dedent("""
     import asyncio, sys
     from gateway.config import check
     from gateway.common.log import configure_logging
+    from gateway.operations.admin import admin_server
     from gateway.serving.runtime import Gateway
 
     async def main():
         configure_logging("json")  # to stderr: stdout tells the test the ports
         config = check([sys.argv[1]]).config
-        gateway = Gateway(config, admin=("127.0.0.1", 0), echo=False)
+        gateway = Gateway(config, admin=("127.0.0.1", 0), echo=False, admin_server=admin_server)
         await gateway.start()
         print(gateway.addresses["default"][1], gateway.admin.port, flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)

@@ -204,6 +204,13 @@ def read_token_file(path: Path) -> str | None:
 
 
 
+def admin_server(view: GatewayView, host: str, port: int, config: Config,
+                 env: Mapping[str, str] | None = None) -> AdminServer:
+    """The admin listener of a gateway, with its Gateway resource's token and TLS (also for a ``--admin`` address):
+    the ``admin_server`` a ``gateway.serving.runtime.Gateway`` is given."""
+    return AdminServer(view, host, port, **admin_access(config, host, env))
+
+
 class _AdminRequestHandler(RequestHandler):
     """aiohttp's connection protocol, with its error pages replaced by our JSON refusals and its logging by ours."""
 

@@ -28,7 +28,6 @@ from ..config.cache import CheckCache
 from ..config.tree import Config, Loaded
 from ..edge.accept import AcceptLoop
 from ..edge.listener import ListenerServices, PortListener, raise_open_files_limit
-from ..operations.admin import AdminServer, admin_access
 from ..operations.metrics import FLUSH_INTERVAL, Metrics
 from ..policies.state import PolicyState
 from ..relay.keepalive import KeepaliveSweeper
@@ -37,6 +36,8 @@ from .health import HealthRegistry
 from .reloader import Reloader, ReloadStatus
 from .signals import stop_requested
 from .view import (
+    AdminFactory,
+    AdminListener,
     ConfigSnapshot,
     ConnectionsSnapshot,
     PlanCounts,
@@ -106,7 +107,9 @@ class Gateway(ReloadStatus):
     """Every listener of one config, and the route table they read.
 
     ``admin``: None uses the config's Gateway resource settings; ``False``
-    disables the admin listener; ``(host, port)`` overrides it.
+    disables the admin listener; ``(host, port)`` overrides it. ``admin_server``
+    makes the listener (``gateway.operations.admin.admin_server``: passed in by
+    whoever runs the gateway, since the admin is a layer above this one).
     ``artefacts``: what ``gateway.build.pipeline`` compiled from ``config`` (TLS
     contexts, the application index), served as they are; without them
     ``start`` builds them once. ``decides_reloads``: False for a worker,
@@ -121,7 +124,7 @@ class Gateway(ReloadStatus):
                  paths: Sequence[str | Path] | None = None, check_cache: CheckCache | None = None,
                  reuse_port: bool = False, port_numbers: Mapping[str, int] | None = None,
                  tracer_provider: Any = None, artefacts: Artefacts | None = None,
-                 decides_reloads: bool = True) -> None:
+                 decides_reloads: bool = True, admin_server: AdminFactory | None = None) -> None:
         self.config = config
         # Workers of one supervisor each listen on every port with SO_REUSEPORT (the kernel spreads connections);
         # port_numbers holds the numbers the supervisor reserved for ports configured as 0.
@@ -133,6 +136,7 @@ class Gateway(ReloadStatus):
         self.drain_grace = config.settings.drain_grace
         self.shutdown_timeout = config.settings.shutdown_timeout
         self._admin_override = admin
+        self._admin_server = admin_server
         self._start_echo = echo
         self._build_chain = build_chain  # None: gateway.policies.build_chain
         self.state: PolicyState | None = None
@@ -145,7 +149,7 @@ class Gateway(ReloadStatus):
         self.addresses: dict[str, tuple[str, int]] = {}
         self.tls_contexts: dict[str, ServerTLS] = {}
         self.echo_services: list[EchoService] = []
-        self.admin: AdminServer | None = None
+        self.admin: AdminListener | None = None
         self.ready = False
         self.stopping = False
         self.loaded_at = time.time()
@@ -454,7 +458,9 @@ class Gateway(ReloadStatus):
             elif isinstance(self._admin_override, tuple):
                 address = self._admin_override
             if address is not None:
-                self.admin = self._admin_server(*address)
+                if self._admin_server is None:
+                    raise ValueError("an admin listener is configured but no admin_server was given to make it")
+                self.admin = self._admin_server(self, *address, self.config, self.env)
                 try:
                     await self.admin.start()
                 except OSError as exc:
@@ -464,10 +470,6 @@ class Gateway(ReloadStatus):
             await self.stop()
             raise
         self.ready = True
-
-    def _admin_server(self, host: str, port: int) -> AdminServer:
-        """The admin listener with the Gateway resource's token and TLS (also for a ``--admin`` address)."""
-        return AdminServer(self, host, port, **admin_access(self.config, host, self.env))
 
     async def _start_port(self, name: str, loaded: Loaded[Port], artefacts: Artefacts) -> None:
         port = loaded.model
@@ -543,11 +545,13 @@ def freeze_startup_heap() -> None:
 
 async def serve(config: Config, admin: tuple[str, int] | None = None,
                 paths: Sequence[str | Path] | None = None, watch: bool = True,
-                check_cache: CheckCache | None = None, artefacts: Artefacts | None = None) -> int:
+                check_cache: CheckCache | None = None, artefacts: Artefacts | None = None,
+                admin_server: AdminFactory | None = None) -> int:
     """Run a gateway until SIGINT or SIGTERM, reloading when the tree under ``paths`` changes or on SIGHUP."""
     from .watch import ConfigWatcher
 
-    gateway = Gateway(config, admin=admin, paths=paths, check_cache=check_cache, artefacts=artefacts)
+    gateway = Gateway(config, admin=admin, paths=paths, check_cache=check_cache, artefacts=artefacts,
+                      admin_server=admin_server)
     watcher: ConfigWatcher | None = None
     async with stop_requested() as stopping:
         try:
@@ -571,7 +575,7 @@ async def serve(config: Config, admin: tuple[str, int] | None = None,
 
 
 def run(config: Config, args: Any = None, check_cache: CheckCache | None = None,
-        artefacts: Artefacts | None = None) -> int:
+        artefacts: Artefacts | None = None, admin_server: AdminFactory | None = None) -> int:
     """``wsgate run PATH`` after the config was built: serve (and follow PATH) until a signal; 0 on a clean stop."""
     from ..common.log import configure_logging
 
@@ -581,4 +585,4 @@ def run(config: Config, args: Any = None, check_cache: CheckCache | None = None,
     admin = parse_address(admin_text) if isinstance(admin_text, str) else admin_text
     path = getattr(args, "path", None)
     return asyncio.run(serve(config, admin, [path] if isinstance(path, str) else None, check_cache=check_cache,
-                             artefacts=artefacts))
+                             artefacts=artefacts, admin_server=admin_server))

@@ -12,7 +12,7 @@ Each record's ``to_dict`` is its JSON answer: keys present whether or not the fi
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -220,3 +220,22 @@ class GatewayView(Protocol):
     def accept_error(self, listener: str) -> None:
         """Count a failed accept on the admin's listener (out of descriptors)."""
         ...
+
+
+class AdminListener(Protocol):
+    """The admin listener as the gateway serving it sees it (``gateway.operations.admin.AdminServer``): the
+    serving layer starts, stops and refreshes it, and never imports it."""
+
+    port: int
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def refresh(self, config: Config) -> list[str]:
+        """Re-read its token file and certificate after a reload; problems as text (the last good ones stay)."""
+        ...
+
+
+# (the view it serves, host, port, the config whose Gateway resource holds its token and TLS, the environment)
+AdminFactory = Callable[[GatewayView, str, int, Config, Mapping[str, str] | None], AdminListener]

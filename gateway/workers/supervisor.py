@@ -58,7 +58,7 @@ from ..changes.plan import diff
 from ..common.log import LogFormat, configure_logging
 from ..config.cache import CheckCache
 from ..config.tree import Config
-from ..operations.admin import AdminServer, admin_access
+from ..operations.admin import AdminServer, admin_server
 from ..operations.metrics import MULTIPROC_ENV, ReloadMetrics, render_directory, render_processes
 from ..serving.reloader import Reloader, ReloadStatus
 from ..serving.runtime import StartError, parse_address
@@ -522,7 +522,7 @@ class Supervisor(ReloadStatus):
                     return 1
                 host, port = self.admin_address or (settings.admin.host, settings.admin.port)
                 if self.admin_address is not None or settings.admin.enabled:
-                    self.admin = AdminServer(self, host, port, **admin_access(self.config, host))
+                    self.admin = admin_server(self, host, port, self.config)
                     try:
                         await self.admin.start()
                     except OSError as exc:
