@@ -88,7 +88,8 @@ async def test_every_admin_answer_has_one_shape_with_and_without_workers(tmp_pat
 
 async def test_readyz_answers_503_while_the_workers_drain(tmp_path):
     """SIGTERM to a supervisor whose worker holds a connection through a long grace: /readyz answers 503
-    ("stopping") while that connection is still open and relaying, from what the supervisor holds."""
+    ("stopping") while that connection is still open and relaying, from what the supervisor holds; /connections
+    still counts it (the draining worker answers)."""
     async with echo_backend() as backend:
         write_config(tmp_path, PORT, "kind: Gateway\nname: g\nshutdown_grace: 60\n",
                      api_yaml("A", "/a", backend.url("/echo/")))
@@ -107,6 +108,8 @@ async def test_readyz_answers_503_while_the_workers_drain(tmp_path):
                 # The draining connection is still open and relayed: the answer did not wait for the drain.
                 await ws.send("still here")
                 assert await ws.recv() == "still here"
+                # The draining worker still answers what the supervisor asks: /connections shows the drain.
+                assert (await admin_json(admin, "/connections"))["total"] == 1
                 print(f"/readyz answered 503 in {took * 1000:.1f} ms after the supervisor logged `stopping`")
         finally:
             await gateway.kill()

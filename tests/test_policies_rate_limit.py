@@ -244,7 +244,7 @@ def test_tightened_limit_applies_to_a_live_connection_without_closing_it(tmp_pat
                 await eventually(lambda: exceeded(gw) == 1)
                 await ws.send("still open")
                 await eventually(lambda: exceeded(gw) == 2)
-                assert json.loads(json.dumps(outcome))["ok"]
+                assert json.loads(json.dumps(outcome.to_dict()))["ok"]
 
     run(scenario(), timeout=3 * TIMEOUT)
 

@@ -203,7 +203,6 @@ def read_token_file(path: Path) -> str | None:
     return path.read_text(encoding="utf-8").strip() or None
 
 
-
 def admin_server(view: GatewayView, host: str, port: int, config: Config,
                  env: Mapping[str, str] | None = None) -> AdminServer:
     """The admin listener of a gateway, with its Gateway resource's token and TLS (also for a ``--admin`` address):

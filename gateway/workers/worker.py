@@ -66,9 +66,13 @@ async def serve(fd: int, index: int) -> int:
         try:
             await stopping.wait()
         finally:
-            commands.cancel()
-            reports.cancel()
-            await gateway.stop(gateway.config.settings.shutdown_grace, stopping.hurry)
+            # Still answering and reporting while connections drain: the supervisor's /connections and /metrics
+            # show the drain (its /readyz never asks).
+            try:
+                await gateway.stop(gateway.config.settings.shutdown_grace, stopping.hurry)
+            finally:
+                commands.cancel()
+                reports.cancel()
     return 0
 
 
