@@ -117,9 +117,10 @@ async def clients_on_every_worker(url: str, admin: str) -> list[ClientConnection
 
 
 async def worker_totals(admin: str) -> list[int]:
-    """Live connections per worker, from the supervisor's per-worker status."""
-    status = await admin_json(admin, "/readyz")
-    return [w.get("connections", 0) for w in status["workers"]]
+    """Live connections per worker on API A's one endpoint, asked of the workers now (``/upstreams``; the
+    per-worker count in ``/readyz`` is the workers' last report, up to a second old)."""
+    endpoint = (await admin_json(admin, "/upstreams"))["apis"]["A"][0]
+    return [w["open"] for w in sorted(endpoint["workers"], key=lambda w: w["index"])]
 
 
 async def test_each_reload_is_counted_once_by_the_supervisor(tmp_path):
