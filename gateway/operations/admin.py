@@ -42,7 +42,7 @@ from ..common.redaction import redact_urls
 from ..config.models import Application, is_loopback
 from ..config.tree import Config
 from ..edge.accept import AcceptLoop
-from ..serving.view import ConfigSnapshot, GatewayView
+from ..serving.view import ConfigSnapshot, GatewayView, StartError
 from .live import redacted_application
 from .metrics import CONTENT_TYPE
 
@@ -205,9 +205,25 @@ def read_token_file(path: Path) -> str | None:
 
 def admin_server(view: GatewayView, host: str, port: int, config: Config,
                  env: Mapping[str, str] | None = None) -> AdminServer:
-    """The admin listener of a gateway, with its Gateway resource's token and TLS (also for a ``--admin`` address):
-    the ``admin_server`` a ``gateway.serving.runtime.Gateway`` is given."""
-    return AdminServer(view, host, port, **admin_access(config, host, env))
+    """The admin listener of a gateway (not started), with its Gateway resource's token and TLS (also for a
+    ``--admin`` address): the ``admin_server`` a ``gateway.serving.runtime.Gateway`` is given, and what the
+    workers' supervisor makes. Called before any listener binds: a start the admin settings refuse (beyond
+    loopback without a token, a token file or certificate that cannot be read) is one StartError, never a
+    traceback after the ports said ``listening``."""
+    try:
+        access = admin_access(config, host, env)
+    except (OSError, UnicodeError) as exc:  # a token file or certificate that cannot be read (ssl.SSLError too)
+        # The error's class and the file it names only: a decode error's text quotes a byte of the file.
+        filename = getattr(exc, "filename", None)
+        where = f" ({filename})" if filename else ""
+        raise StartError(f"the admin listener's token file or certificate cannot be loaded{where}: "
+                         f"{type(exc).__name__}",
+                         "check `admin.token_file` and `admin.tls` in the Gateway resource") from exc
+    except ValueError as exc:  # beyond loopback without a token (after UnicodeError, a ValueError too)
+        raise StartError(f"the admin listener on {host}:{port} is refused: {exc}",
+                         "set `admin.token` (or `admin.token_file`) in the Gateway resource, or keep the admin on "
+                         "loopback (--admin 127.0.0.1:PORT)") from exc
+    return AdminServer(view, host, port, **access)
 
 
 class _AdminRequestHandler(RequestHandler):
@@ -261,8 +277,9 @@ class AdminServer:
                                              on_error=partial(self.view.accept_error, "admin"), reserve=True)
         self._http = http
         self.port = self._server.sockets[0].getsockname()[1]
+        # Whether a token guards it, never the token: a key named "token" would be redacted whatever its value.
         log.info("listening", name="admin", host=self.host, port=self.port, tls=self._ssl is not None,
-                 token=self._protected)
+                 auth="token" if self._protected else "none")
 
     def _authorized(self, request: web.BaseRequest) -> bool:
         """Whether the request carries the bearer token (constant-time compare; any request if none is set)."""

@@ -44,6 +44,7 @@ from .view import (
     Readiness,
     ReloadOutcome,
     ReloadStatusSnapshot,
+    StartError,
     Status,
     UpstreamsSnapshot,
 )
@@ -82,25 +83,15 @@ def parse_address(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-class StartError(Exception):
-    """A listener the config asks for cannot be opened: one log line for the operator, not a traceback."""
+async def start_echo_servers(config: Config) -> list[EchoService]:
+    """The config's echo servers (``echo.server``); one that cannot bind is a StartError naming it."""
+    from echo.server import serve_echo_servers
 
-    def __init__(self, message: str, hint: str) -> None:
-        super().__init__(message)
-        self.hint = hint
-
-    @classmethod
-    def cannot_listen(cls, name: str, host: str, number: int, exc: OSError) -> StartError:
-        """A Port's address is taken or not this machine's (a single gateway's bind, a supervisor's hold)."""
-        return cls(f"port '{name}' cannot listen on {host}:{number}: {exc.strerror or exc}",
-                   "another process holds that address, or the host is not one of this machine's: "
-                   "stop the other process or change `port`/`host` in the Port resource")
-
-    @classmethod
-    def admin_cannot_listen(cls, host: str, number: int, exc: OSError) -> StartError:
-        """The admin listener's address is taken (a single gateway's, or a workers' supervisor's)."""
-        return cls(f"the admin listener cannot listen on {host}:{number}: {exc.strerror or exc}",
-                   "stop the other process, or change `admin.port` in the Gateway resource (or --admin)")
+    try:
+        return await serve_echo_servers(config)
+    except OSError as exc:
+        raise StartError(f"{exc.strerror or exc}",
+                         "stop the other process, or change `port`/`host` in the EchoServer resource") from exc
 
 
 class Gateway(ReloadStatus):
@@ -295,7 +286,7 @@ class Gateway(ReloadStatus):
         try:
             for name, loaded in table.enabled_ports().items():
                 if name not in self.servers:
-                    await self._start_port(name, loaded, artefacts)
+                    await self._start_port(name, loaded, artefacts, announce=True)
                     started.append(name)
         except BaseException:
             for name in started:
@@ -326,7 +317,7 @@ class Gateway(ReloadStatus):
             elif name in old.ports and listener_change(old, new, name):
                 self._stop_port(name)
                 try:
-                    await self._start_port(name, loaded, artefacts)
+                    await self._start_port(name, loaded, artefacts, announce=True)
                 except Exception as exc:
                     log.error("port_restart_failed", name=name, error=str(exc))
                     problems.append(f"port {name}: {exc}")
@@ -431,8 +422,28 @@ class Gateway(ReloadStatus):
         self.metrics.accept_error(listener)
 
     # -------------------------------------------------------------- lifecycle
+    def admin_address(self) -> tuple[str, int] | None:
+        """Where the admin listens: the ``admin`` override, else the Gateway resource's (None: no admin)."""
+        settings = self.config.settings.admin
+        if self._admin_override is None:
+            return (settings.host, settings.port) if settings.enabled else None
+        return self._admin_override if isinstance(self._admin_override, tuple) else None
+
+    def _make_admin(self, address: tuple[str, int] | None) -> AdminListener | None:
+        """The admin listener for ``address`` (not started), made by ``admin_server``: a start its settings refuse
+        (beyond loopback without a token, a token file or certificate that cannot be read) is a StartError here,
+        before any listener binds."""
+        if address is None:
+            return None
+        if self._admin_server is None:
+            raise ValueError("an admin listener is configured but no admin_server was given to make it")
+        return self._admin_server(self, *address, self.config, self.env)
+
     async def start(self, generation: int = 1) -> None:
-        """Start echo servers, then listeners and admin; on failure stop what started and raise."""
+        """Check what can be checked before binding (StartError), then start echo servers, listeners and admin;
+        the ports say ``listening`` once every listener is bound. On failure stop what started and raise."""
+        address = self.admin_address()
+        admin = self._make_admin(address)  # its settings checked before anything binds or connects
         self.state = await _policy_state(self.config, self.env)
         artefacts = self._artefacts or Artefacts.of(self.config, self.env)
         self._artefacts = None  # served from now on; a reload brings its own
@@ -446,21 +457,11 @@ class Gateway(ReloadStatus):
         self._start_flushing()
         try:
             if self._start_echo and self.config.echo_servers:
-                from echo.server import serve_echo_servers
-
-                self.echo_services = await serve_echo_servers(self.config)
+                self.echo_services = await start_echo_servers(self.config)
             for name, loaded in self.table.enabled_ports().items():
                 await self._start_port(name, loaded, artefacts)
-            admin_settings = self.config.settings.admin
-            address: tuple[str, int] | None = None
-            if self._admin_override is None and admin_settings.enabled:
-                address = (admin_settings.host, admin_settings.port)
-            elif isinstance(self._admin_override, tuple):
-                address = self._admin_override
-            if address is not None:
-                if self._admin_server is None:
-                    raise ValueError("an admin listener is configured but no admin_server was given to make it")
-                self.admin = self._admin_server(self, *address, self.config, self.env)
+            if admin is not None and address is not None:
+                self.admin = admin
                 try:
                     await self.admin.start()
                 except OSError as exc:
@@ -469,9 +470,12 @@ class Gateway(ReloadStatus):
         except BaseException:
             await self.stop()
             raise
+        for name, (host, bound) in self.addresses.items():
+            log.info("listening", name=name, host=host, port=bound, tls=name in self.tls_contexts)
         self.ready = True
 
-    async def _start_port(self, name: str, loaded: Loaded[Port], artefacts: Artefacts) -> None:
+    async def _start_port(self, name: str, loaded: Loaded[Port], artefacts: Artefacts, announce: bool = False) -> None:
+        """Bind one port; ``announce``: log ``listening`` now (a reload), else ``start`` does once all are bound."""
         port = loaded.model
         context = None
         if port.tls is not None:
@@ -495,7 +499,8 @@ class Gateway(ReloadStatus):
         self.listeners[name] = listener
         host, bound = server.sockets[0].getsockname()[:2]
         self.addresses[name] = (host, bound)
-        log.info("listening", name=name, host=host, port=bound, tls=context is not None)
+        if announce:
+            log.info("listening", name=name, host=host, port=bound, tls=context is not None)
 
     async def stop(self, grace: float = 0.0, hurry: asyncio.Event | None = None) -> None:
         """Unready at once, stop accepting, let live connections go on for ``grace`` seconds (or until ``hurry``

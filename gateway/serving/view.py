@@ -222,6 +222,29 @@ class GatewayView(Protocol):
         ...
 
 
+class StartError(Exception):
+    """A start the config or the machine refuses (a listener that cannot be opened, admin settings that do not
+    hold): one log line for the operator, not a traceback. Raised by the runtime, the supervisor and an
+    ``AdminFactory``."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+    @classmethod
+    def cannot_listen(cls, name: str, host: str, number: int, exc: OSError) -> StartError:
+        """A Port's address is taken or not this machine's (a single gateway's bind, a supervisor's hold)."""
+        return cls(f"port '{name}' cannot listen on {host}:{number}: {exc.strerror or exc}",
+                   "another process holds that address, or the host is not one of this machine's: "
+                   "stop the other process or change `port`/`host` in the Port resource")
+
+    @classmethod
+    def admin_cannot_listen(cls, host: str, number: int, exc: OSError) -> StartError:
+        """The admin listener's address is taken (a single gateway's, or a workers' supervisor's)."""
+        return cls(f"the admin listener cannot listen on {host}:{number}: {exc.strerror or exc}",
+                   "stop the other process, or change `admin.port` in the Gateway resource (or --admin)")
+
+
 class AdminListener(Protocol):
     """The admin listener as the gateway serving it sees it (``gateway.operations.admin.AdminServer``): the
     serving layer starts, stops and refreshes it, and never imports it."""
@@ -237,5 +260,6 @@ class AdminListener(Protocol):
         ...
 
 
-# (the view it serves, host, port, the config whose Gateway resource holds its token and TLS, the environment)
+# (the view it serves, host, port, the config whose Gateway resource holds its token and TLS, the environment) ->
+# the listener, not started; raises StartError when the admin settings refuse the start.
 AdminFactory = Callable[[GatewayView, str, int, Config, Mapping[str, str] | None], AdminListener]

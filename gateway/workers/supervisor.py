@@ -61,7 +61,7 @@ from ..config.tree import Config
 from ..operations.admin import AdminServer, admin_server
 from ..operations.metrics import MULTIPROC_ENV, ReloadMetrics, render_directory, render_processes
 from ..serving.reloader import Reloader, ReloadStatus
-from ..serving.runtime import StartError, parse_address
+from ..serving.runtime import StartError, parse_address, start_echo_servers
 from ..serving.signals import stop_requested
 from ..serving.view import (
     ConfigSnapshot,
@@ -493,7 +493,6 @@ class Supervisor(ReloadStatus):
 
     # -------------------------------------------------------------- lifecycle
     async def run(self) -> int:
-
         settings = self.config.settings
         if len(self.workers) > 1 and settings.state.backend == "memory":
             log.warning("limits_per_worker", workers=len(self.workers),
@@ -502,17 +501,18 @@ class Supervisor(ReloadStatus):
         watcher: ConfigWatcher | None = None
         async with stop_requested() as stopping:
             try:
-                try:
+                host, port = self.admin_address or (settings.admin.host, settings.admin.port)
+                wanted = self.admin_address is not None or settings.admin.enabled
+                try:  # as a single gateway's start: one line, exit 1, before anything listens or a worker starts
                     self._metrics_dir()
                     self.reloader.metrics = self._reload_metrics()
+                    admin = admin_server(self, host, port, self.config) if wanted else None
                     self.reserve_ports(self.config)
-                except StartError as exc:  # as a single gateway's bind: one line, exit 1, no worker started
+                    if self.config.echo_servers:
+                        self.echo_services = await start_echo_servers(self.config)
+                except StartError as exc:
                     log.error("start_failed", error=str(exc), hint=exc.hint)
                     return 1
-                if self.config.echo_servers:
-                    from echo.server import serve_echo_servers
-
-                    self.echo_services = await serve_echo_servers(self.config)
                 try:
                     await asyncio.gather(*(self.spawn(w) for w in self.workers))
                 except WorkerStartError as exc:  # e.g. a port taken between the hold and the workers' bind
@@ -520,9 +520,8 @@ class Supervisor(ReloadStatus):
                               hint="the worker's own error is quoted; for a port in use, stop the other process or "
                                    "change `port`/`host` in the Port resource")
                     return 1
-                host, port = self.admin_address or (settings.admin.host, settings.admin.port)
-                if self.admin_address is not None or settings.admin.enabled:
-                    self.admin = admin_server(self, host, port, self.config)
+                if admin is not None:
+                    self.admin = admin
                     try:
                         await self.admin.start()
                     except OSError as exc:
