@@ -5,6 +5,9 @@
 implement it. The admin takes a view and nothing else: one route table, and every answer has the same shape
 with or without workers, because both sides build it from the records below and their ``to_dict``.
 
+The admin listener itself is made by whoever runs the gateway (``AdminFactory``; the serving layer knows it only
+as an ``AdminListener``), which raises ``StartError`` when the admin settings refuse a start.
+
 Each record's ``to_dict`` is its JSON answer: keys present whether or not the field applies here (``null``,
 ``[]`` or ``false`` when it does not), so a client reads one shape.
 """
