@@ -35,7 +35,9 @@ from typing import TYPE_CHECKING, Protocol
 import structlog
 
 from ..config.cache import CheckCache
-from .view import ReloadOutcome, WorkerState
+from ..config.diagnostics import Diagnostic
+from .provenance import tree_commit
+from .view import ConfigStatus, LastReload, ReloadOutcome, WorkerState
 
 if TYPE_CHECKING:
     from ..build.pipeline import Built
@@ -62,9 +64,11 @@ class Reloader:
                  stopping: Callable[[], bool], env: Mapping[str, str] | None = None,
                  cache: CheckCache | None = None,
                  describe: Callable[[], tuple[bool, tuple[WorkerState, ...]]] | None = None,
-                 metrics: ReloadCounter | None = None) -> None:
+                 metrics: ReloadCounter | None = None, values: Sequence[str | Path] = ()) -> None:
         self.paths = [Path(p) for p in paths]
         self.env = env
+        self.values = [Path(v) for v in values]  # `--values` files: re-read on every reload, as the tree is
+        self.commit = tree_commit(self.paths)  # the git commit the serving config was read at (None: no checkout)
         # Only the files changed since the last check are parsed again; handed the cache of the check that
         # produced the serving config, even the first reload is.
         self.cache = cache if cache is not None else CheckCache()
@@ -101,6 +105,8 @@ class Reloader:
             except Exception as exc:  # a bug, not a bad config: keep serving and say so
                 log.exception("reload_crashed", trigger=trigger)
                 fields = ReloadOutcome(ok=False, error=f"internal error: {exc.__class__.__name__}")
+            if fields.ok:
+                self.commit = tree_commit(self.paths)  # the tree now serving (applied, or the same as before)
             digest, serving_generation = self._serving()
             outcome = dataclasses.replace(fields, trigger=trigger, at=time.time(), generation=serving_generation,
                                           digest=digest)
@@ -117,6 +123,21 @@ class Reloader:
                 self.finished.notify_all()
             return outcome
 
+    def status(self) -> ConfigStatus:
+        """The config serving now and whether the last reload failed, and why: what ``/readyz``, ``/reload`` and
+        ``wsgate_config_info`` report, so a rollout can see a replica stuck on an old config."""
+        digest, generation = self._serving()
+        last = self.last
+        summary: LastReload | None = None
+        if last is not None:
+            why: str | None = None
+            if not last.ok:
+                errors = [d for d in last.diagnostics if d.is_error]
+                why = (_headline(errors[0]) + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
+                       if errors else last.error or "failed")
+            summary = LastReload(last.ok, last.at, last.trigger, why)
+        return ConfigStatus(digest, generation, self.commit, tuple(str(v) for v in self.values), summary)
+
     async def wait(self, count: int, timeout: float | None = None) -> ReloadOutcome:
         """Wait until ``count`` reloads have finished; the last outcome."""
         async with asyncio.timeout(timeout):
@@ -131,7 +152,7 @@ class Reloader:
         if checked is None:
             # The same build as validate, but transforms are imported: the new chain runs them anyway.
             result = await asyncio.to_thread(build, self.paths, env=self.env, cache=self.cache,
-                                             import_transforms=True)
+                                             import_transforms=True, values=self.values)
         else:
             result = Built(checked)
         if self._stopping():
@@ -152,6 +173,13 @@ class Reloader:
         return await self._apply(result, trigger, generation)
 
 
+def _headline(d: Diagnostic) -> str:
+    """``file:line:col: CODE: summary`` (the diagnostic's headline without its severity: it is an error)."""
+    loc = d.location
+    where = f"{loc.file}:{loc.line}:{loc.col}: " if loc is not None else ""
+    return f"{where}{d.code}: {d.summary}"
+
+
 class ReloadStatus:
     """What the admin and the watcher read about reloads, from the ``reloader`` of whoever decides them (a
     ``Gateway``, or the supervisor of ``--workers N``)."""
@@ -170,6 +198,16 @@ class ReloadStatus:
     @property
     def reload_history(self) -> deque[ReloadOutcome]:
         return self.reloader.history
+
+    @property
+    def config_status(self) -> ConfigStatus:
+        """The served config (digest, generation, git commit, values files) and the last reload's failure."""
+        return self.reloader.status()
+
+    @property
+    def reload_failing(self) -> bool:
+        """Whether the last reload attempt failed (the previous config keeps serving)."""
+        return self.reloader.last is not None and not self.reloader.last.ok
 
     @property
     def reload_count(self) -> int:

@@ -23,7 +23,9 @@ from ..changes.impact import Accepted
 from ..config.diagnostics import Diagnostic
 from ..config.tree import Config
 
-Status = Literal["ready", "starting", "stopping"]
+# "reload-failed": serving, but the last reload failed and the Gateway resource's
+# admin.unready_after_failed_reload asks to be taken out of rotation for it.
+Status = Literal["ready", "starting", "stopping", "reload-failed"]
 Counts = Mapping[str, Any]  # the registry's counts: total, upgrading, and per port/API/application maps of ints
 
 
@@ -44,6 +46,33 @@ class WorkerState:
 
 
 @dataclass(frozen=True)
+class LastReload:
+    """The last reload attempt in short: whether it failed and why (the first error, and how many more)."""
+
+    ok: bool
+    at: float
+    trigger: str
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ConfigStatus:
+    """What this gateway serves (digest, generation, the git commit of the tree, ``--values`` files) and whether
+    its last reload failed: in ``/readyz`` and ``/reload``, so a rollout sees a replica stuck on an old config."""
+
+    digest: str
+    generation: int
+    commit: str | None
+    values: tuple[str, ...] = ()
+    last_reload: LastReload | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"digest": self.digest, "generation": self.generation, "commit": self.commit,
+                "values": list(self.values),
+                "last_reload": dataclasses.asdict(self.last_reload) if self.last_reload is not None else None}
+
+
+@dataclass(frozen=True)
 class Readiness:
     """``/readyz``: whether to send traffic here, from state the view holds (answers while workers drain)."""
 
@@ -52,6 +81,7 @@ class Readiness:
     state: Mapping[str, Any] | None = None  # the shared-state backend's health (None before it is open)
     split: bool = False  # workers serve different generations
     workers: tuple[WorkerState, ...] = ()
+    config: ConfigStatus | None = None
 
     @property
     def ready(self) -> bool:
@@ -60,6 +90,7 @@ class Readiness:
     def to_dict(self) -> dict[str, Any]:
         return {"status": self.status, "generation": self.generation,
                 "state": dict(self.state) if self.state is not None else None,
+                "config": self.config.to_dict() if self.config is not None else None,
                 "split": self.split, "workers": [w.to_dict() for w in self.workers]}
 
 
@@ -120,11 +151,13 @@ class ReloadStatusSnapshot:
     generation: int
     split: bool = False
     workers: tuple[WorkerState, ...] = ()
+    config: ConfigStatus | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"reloads": self.reloads,
                 "last_reload": self.last_reload.to_dict() if self.last_reload is not None else None,
                 "history": [o.to_dict() for o in self.history], "generation": self.generation,
+                "config": self.config.to_dict() if self.config is not None else None,
                 "split": self.split, "workers": [w.to_dict() for w in self.workers]}
 
 

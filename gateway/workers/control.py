@@ -8,10 +8,11 @@ listed in ``MESSAGES`` and ``Start`` carries ``VERSION``, which a worker of anot
 
 Supervisor → worker: ``Start`` once (the checked config, its generation, the port numbers, whether it probes, the
 current active verdicts), then requests: ``Apply`` (a new config as the next generation), ``StatusRequest``,
-``TakeProbing`` (the prober died: probe from now on); and ``Verdict`` (the prober changed an endpoint's active
-verdict; no reply). Worker → supervisor: ``Started`` or ``Failed`` once; one reply per request carrying its
-``id`` (``Applied``, ``Status``, ``ProbingTaken``, or ``RequestFailed``); unasked, ``Verdict`` on each of its
-probes' transitions and ``Report`` every ``REPORT_INTERVAL`` (what ``/readyz`` answers from without asking).
+``TakeProbing`` (the prober died: probe from now on); and, with no reply, ``Verdict`` (the prober changed an
+endpoint's active verdict) and ``Served`` (a reload's outcome, for ``wsgate_config_info``).
+Worker → supervisor: ``Started`` or ``Failed`` once; one reply per request carrying its ``id`` (``Applied``,
+``Status``, ``ProbingTaken``, or ``RequestFailed``); unasked, ``Verdict`` on each of its probes' transitions and
+``Report`` every ``REPORT_INTERVAL`` (what ``/readyz`` answers from without asking).
 """
 
 from __future__ import annotations
@@ -74,6 +75,16 @@ class StatusRequest:
 @dataclass(frozen=True)
 class TakeProbing:
     id: int = 0
+
+
+@dataclass(frozen=True)
+class Served:
+    """The supervisor's reload outcome, for the worker's ``wsgate_config_info`` (no reply): a failed reload never
+    reaches the workers otherwise."""
+
+    digest: str
+    commit: str | None
+    failed: bool
 
 
 Request = Apply | StatusRequest | TakeProbing
@@ -143,9 +154,9 @@ class RequestFailed:
 
 Reply = Applied | Status | ProbingTaken | RequestFailed
 
-MESSAGES = (Start, Apply, StatusRequest, TakeProbing, Verdict, Started, Failed, Report, Applied, Status,
+MESSAGES = (Start, Apply, StatusRequest, TakeProbing, Served, Verdict, Started, Failed, Report, Applied, Status,
             ProbingTaken, RequestFailed)
-Message = (Start | Apply | StatusRequest | TakeProbing | Verdict | Started | Failed | Report | Applied | Status
+Message = (Start | Apply | StatusRequest | TakeProbing | Served | Verdict | Started | Failed | Report | Applied | Status
            | ProbingTaken | RequestFailed)
 
 

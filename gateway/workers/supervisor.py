@@ -184,7 +184,8 @@ class Supervisor(ReloadStatus):
         # The reload sequence a single gateway runs too; here applying hands the config to every worker as the
         # next generation. Its metrics come with the workers' metrics directory (run).
         self.reloader = Reloader(self.paths, self._hand_out, lambda: (self.config.digest(), self.generation),
-                                 stopping=lambda: self.stopping, cache=check_cache, describe=self.split)
+                                 stopping=lambda: self.stopping, cache=check_cache, describe=self.split,
+                                 values=config.values_files)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.metrics_dir: str | None = None  # PROMETHEUS_MULTIPROC_DIR of the workers
         self._own_metrics_dir = False
@@ -360,7 +361,14 @@ class Supervisor(ReloadStatus):
     async def reload(self, trigger: str = "manual") -> ReloadOutcome:
         """Build the tree once (the same build as validate, transforms imported); hand a changed config to every
         worker as the next generation (``gateway.serving.reloader``: the sequence a single gateway runs too)."""
-        return await self.reloader.reload(trigger)
+        outcome = await self.reloader.reload(trigger)
+        # Every worker's wsgate_config_info says whether the reload failed (a failed one never reaches them).
+        served = self.reloader.status()
+        message = control.Served(served.digest, served.commit, failed=not outcome.ok)
+        for worker in self.workers:
+            if worker.writer is not None and worker.ready:
+                control.send(worker.writer, message)
+        return outcome
 
     async def _hand_out(self, result: Built, trigger: str, _generation: int | None) -> ReloadOutcome:
         """The supervisor's apply: every worker gets the config as the next generation (each decides what it
@@ -424,8 +432,10 @@ class Supervisor(ReloadStatus):
         """From what the supervisor holds: never waits on a worker (they may be draining, or gone)."""
         serving = [w for w in self.workers if w.ready]
         status: Status = "stopping" if self.stopping else "ready" if serving else "starting"
+        if status == "ready" and self.reload_failing and self.config.settings.admin.unready_after_failed_reload:
+            status = "reload-failed"
         split, workers = self.split()
-        return Readiness(status, self.generation, self._state_health(), split, workers)
+        return Readiness(status, self.generation, self._state_health(), split, workers, self.config_status)
 
     def _state_health(self) -> Mapping[str, Any] | None:
         """The shared-state backend's health as the workers last reported it: an unhealthy one's if any worker
@@ -486,7 +496,7 @@ class Supervisor(ReloadStatus):
     def reload_status(self) -> ReloadStatusSnapshot:
         split, workers = self.split()
         return ReloadStatusSnapshot(self.reload_count, self.last_reload, tuple(self.reload_history), self.generation,
-                                    split, workers)
+                                    split, workers, self.config_status)
 
     def accept_error(self, listener: str) -> None:
         """The admin's failed accepts are not counted with workers: the series lives in the workers' files."""

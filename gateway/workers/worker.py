@@ -94,6 +94,9 @@ async def _commands(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
         if isinstance(message, control.Verdict):  # the prober's news, handed on: no reply
             gateway.health.apply_verdict(message.api, message.url, message.active_ok, message.reason)
             continue
+        if isinstance(message, control.Served):  # the supervisor's reload outcome: wsgate_config_info (no reply)
+            gateway.metrics.config_served(message.digest, message.commit, failed=message.failed)
+            continue
         if not isinstance(message, control.Apply | control.StatusRequest | control.TakeProbing):
             continue
         reply: control.Reply
