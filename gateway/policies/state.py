@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 
 from ..state.base import SharedState
-from .rate_limit import RateLimits
+from .rate_buckets import RateLimits
 
 log = structlog.get_logger("wsgate.policies")
 transactions = structlog.get_logger("wsgate.transactions")
