@@ -87,8 +87,8 @@ def build(paths: Sequence[str | Path], *, env: Mapping[str, str] | None = None, 
 def _compile(config: Config, env: Mapping[str, str], *,
              raise_first: bool = False) -> tuple[Artefacts | None, list[Diagnostic]]:
     """The artefacts of ``config`` (None if one fails) and a diagnostic per failure (``raise_first``: raise it)."""
-    from .apps import AppIndex
     from ..policies.origin import origin_pattern
+    from .apps import AppIndex
     from .routes import Endpoint, upstream_ssl_context
     from .tls import ServerTLS
 
