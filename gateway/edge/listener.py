@@ -15,9 +15,9 @@ import inspect
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs
 
 import structlog
@@ -38,20 +38,18 @@ from websockets.utils import accept_key
 
 from ..build.routes import request_host
 from ..build.tls import client_certificate
+from ..common.log import PROTOCOL_LOG
 from ..common.redaction import redact_query
 from ..policies.base import ConnectionContext, Rejection, UpgradeRequest
 from ..relay.fast import ByteRelay
 from ..relay.message import MessageRelay
 from .request_head import plain_upgrade
-from .upstream import UpstreamError, _quiet, open_with_failover, prepare_upgrade, strip_api_key
+from .upstream import UpstreamError, open_with_failover, prepare_upgrade, strip_api_key
 
 if TYPE_CHECKING:
     from ..build.routes import CompiledAPI, RouteTable
-    from ..operations.metrics import Metrics
-    from ..operations.tracing import ConnectionSpan, ConnectionTracer
     from ..relay.base import Relay
     from ..relay.keepalive import KeepaliveSweeper
-    from ..serving.connections import ConnectionRegistry
 
 log = structlog.get_logger("wsgate.listener")
 
@@ -154,13 +152,43 @@ class Connection:
             self.upstream.abort()
 
 
+# What the listener reports to. The connection registry (serving), the metrics and the tracer (operations) sit
+# above the edge, so the edge names them by the calls it makes: gateway.serving.connections.ConnectionRegistry,
+# gateway.operations.metrics.Metrics and gateway.operations.tracing.ConnectionTracer are the implementations.
+class Registry(Protocol):
+    def track(self, record: Connection) -> None: ...
+    def untrack(self, record: Connection) -> None: ...
+    def routed(self, record: Connection, route: CompiledAPI) -> None: ...
+    def open_on(self, listener: PortListener) -> int: ...
+
+
+class UpgradeMetrics(Protocol):
+    def upgrade(self, port: str, api: str, status: int, reason: str | None = None) -> None: ...
+    def stage(self, api: str, stage: str, seconds: float) -> None: ...
+    def upstream_failed(self, api: str, url: str, status: int, reason: str) -> None: ...
+    def opened(self, port: str, api: str, application: str) -> None: ...
+    def closed(self, port: str, conn: ConnectionContext, code: int | None, seconds: float) -> None: ...
+
+
+class ConnectionSpan(Protocol):
+    def begin(self, name: str) -> None: ...
+    def upstream_headers(self) -> list[tuple[str, str]]: ...
+    def accepted(self, application: str | None) -> None: ...
+    def refused(self, status: int, error: str | None, application: str | None) -> None: ...
+    def closed(self, code: int | None) -> None: ...
+
+
+class ConnectionTracer(Protocol):
+    def start(self, headers: Iterable[tuple[str, str]], *, api: str, port: str, path: str) -> ConnectionSpan: ...
+
+
 @dataclass(frozen=True, slots=True)
 class ListenerServices:
     """What every port's client handshakes share: where to register, what to route by, what to count."""
 
-    registry: ConnectionRegistry
+    registry: Registry
     table: Callable[[], RouteTable]  # the route table new upgrades use (swapped by a reload)
-    metrics: Metrics
+    metrics: UpgradeMetrics
     keepalive: KeepaliveSweeper | None
     tracer: ConnectionTracer | None = None  # tracing on: starts each upgrade's span
 
@@ -324,7 +352,7 @@ class ClientHandshake(asyncio.Protocol):
         """Any head ``plain_upgrade`` does not take: websockets parses and checks it and the refusal is worded
         from its exception."""
         listener = self.listener
-        ws = ServerProtocol(max_size=None, logger=_quiet)
+        ws = ServerProtocol(max_size=None, logger=PROTOCOL_LOG)
         ws.receive_data(head)
         events = ws.events_received()
         if not events or not isinstance(events[0], Request):

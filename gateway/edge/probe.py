@@ -21,10 +21,10 @@ from urllib.parse import urlsplit
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 
+from ..common.log import PROTOCOL_LOG
 from ..config.diagnostics import Diagnostic, error
 from ..config.source import load
 from ..config.tree import Location
-from .upstream import _quiet  # websockets logs every open and close at INFO
 
 if TYPE_CHECKING:
     from ..config.tree import Config
@@ -61,7 +61,7 @@ async def probe(url: str, *, timeout: float, ssl_context: ssl.SSLContext | None 
                 return ProbeResult(True, "connected")
             kwargs = {"server_hostname": server_hostname} if secure and server_hostname else {}
             async with connect(url, ssl=context, open_timeout=None, close_timeout=timeout, compression=None,
-                               additional_headers=list(headers) or None, logger=_quiet, **kwargs):  # type: ignore[arg-type]
+                               additional_headers=list(headers) or None, logger=PROTOCOL_LOG, **kwargs):  # type: ignore[arg-type]
                 return ProbeResult(True, "101 Switching Protocols", 101)
     except InvalidStatus as exc:
         response = exc.response

@@ -10,7 +10,6 @@ handed to the relay untouched.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
@@ -24,6 +23,7 @@ from websockets.typing import Subprotocol
 from websockets.utils import accept_key, generate_key
 
 from ..build.routes import CompiledAPI, Endpoint, NoEndpoint
+from ..common.log import PROTOCOL_LOG
 from .connect import open_connection
 from .request_head import HEADER_TOKEN, HEADER_VALUE, header_field
 
@@ -59,10 +59,6 @@ HOP_BY_HOP = frozenset(
 )
 
 # The sans-I/O protocols log at INFO on every open and close; keep that off the hot path.
-_quiet = logging.getLogger("wsgate.wsproto")
-_quiet.setLevel(logging.WARNING)
-
-
 class UpstreamError(Exception):
     """The upstream did not complete the handshake: the client gets ``status`` (502, 503 or 504).
 
@@ -373,7 +369,8 @@ async def open_upstream(route: CompiledAPI, prepared: UpstreamRequest, timeout: 
         return UpstreamLeg(transport, bytes(reader.buffer), subprotocol, url)  # type: ignore[arg-type]
     # Anything unusual: the sans-I/O client checks the 101 (Upgrade, Connection, Sec-WebSocket-Accept for our
     # key, subprotocol) and words the refusal.
-    protocol = ClientProtocol(uri, subprotocols=prepared.offer or None, extensions=None, max_size=None, logger=_quiet)
+    protocol = ClientProtocol(uri, subprotocols=prepared.offer or None, extensions=None, max_size=None,
+                              logger=PROTOCOL_LOG)
     protocol.key = prepared.key
     protocol.receive_data(head)
     events = protocol.events_received()

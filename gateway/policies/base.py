@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..build.tls import ClientCertificate as ClientCertificate
+
 # The decisions are base's vocabulary: every policy imports them from here.
 from .decisions import DROP as DROP
 from .decisions import Close as Close
@@ -71,23 +73,6 @@ class UpgradeRequest:
     port_name: str
     secure: bool  # arrived over TLS
     client_cert: ClientCertificate | None = None  # verified by the TLS layer (mTLS ports only)
-
-
-@dataclass(frozen=True, slots=True)
-class ClientCertificate:
-    """What identify reads from a verified client certificate."""
-
-    subject: str | None  # the subject's common name
-    sans: tuple[str, ...]  # subjectAltName values, lowercased
-    fingerprint: str  # SHA-256 of the DER form, lowercase hex
-
-    def keys(self) -> list[str]:
-        """Every identifier form this certificate matches (see ``CertificateIdentifier.key``): fingerprint first."""
-        out = [f"sha256:{self.fingerprint}"]
-        if self.subject:
-            out.append(f"subject:{self.subject}")
-        out += [f"san:{san}" for san in self.sans]
-        return out
 
 
 _connection_ids = itertools.count(1)

@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-import re
-
+from ..build.origins import origin_pattern
 from ..config.models import OriginPolicy
 from .base import ConnectionContext, Policy, PolicyBuild, Rejection, UpgradeRequest
-
-
-def origin_pattern(allowed: str) -> re.Pattern[str]:
-    """``https://*.example.com`` -> one DNS label or more in place of ``*``, nothing else loosened."""
-    escaped = re.escape(allowed.rstrip("/").lower()).replace(r"\*", r"[a-z0-9-]+(?:\.[a-z0-9-]+)*")
-    return re.compile(f"^{escaped}$")
 
 
 class Origin(Policy):

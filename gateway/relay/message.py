@@ -39,7 +39,7 @@ from websockets.frames import (
 from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
 
-from ..edge.upstream import _quiet
+from ..common.log import PROTOCOL_LOG
 from ..policies.base import DROP, Close, ConnectionContext, Delay, Message, Policy, Reply
 from .base import peer_close
 
@@ -230,10 +230,10 @@ class MessageRelay:
         api = route.api
         loop = asyncio.get_running_loop()
         max_size = api.limits.max_message_size
-        server = ServerProtocol(state=OPEN, max_size=max_size, logger=_quiet)
+        server = ServerProtocol(state=OPEN, max_size=max_size, logger=PROTOCOL_LOG)
         server.extensions = list(client_extensions)
         uri = route.endpoints[0].uri
-        upstream_ws = ClientProtocol(uri, state=OPEN, max_size=max_size, logger=_quiet)
+        upstream_ws = ClientProtocol(uri, state=OPEN, max_size=max_size, logger=PROTOCOL_LOG)
         max_fragments = api.limits.max_fragments
         self.client = _Leg(self, client, server, True, route.client_policies, max_fragments)
         self.upstream = _Leg(self, upstream, upstream_ws, False, route.server_policies, max_fragments)
