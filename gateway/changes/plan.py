@@ -26,6 +26,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from ..common.redaction import redact_url, redact_urls
+from ..config.diagnostics import escape_data, escape_property
 from ..config.tree import Config, Loaded, Location
 from .impact import Action as DisruptionAction
 from .impact import Disruption, disruptions
@@ -399,8 +400,6 @@ def render_json(plan: Plan) -> str:
 
 def render_github(plan: Plan) -> str:
     """The text plan, then one GitHub ``::warning`` annotation per disruption, on the line that causes it."""
-    from ..config.diagnostics import escape_data, escape_property
-
     out = [render_text(plan)]
     for c in plan.changes:
         for d, loc in zip(c.disruptions, c.disruption_locations or (None,) * len(c.disruptions), strict=True):

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 
+from ..build.routes import upstream_headers, upstream_ssl_context
 from ..common.log import PROTOCOL_LOG
 from ..config.diagnostics import Diagnostic, error
 from ..config.source import load
@@ -106,8 +107,6 @@ async def probe_config(config: Config, paths: Sequence[str | Path], timeout: flo
     its URL's line; the TLS settings (CA, client certificate, SNI name) are
     the ones the runtime would use.
     """
-    from ..build.routes import upstream_headers, upstream_ssl_context
-
     loaded = load([Path(p) for p in paths])
     docs = {doc.data.get("name"): doc for doc in loaded.documents
             if isinstance(doc.data, dict) and doc.data.get("kind") == "API"}

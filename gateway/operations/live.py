@@ -21,7 +21,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..changes.impact import Disruption
+from ..build.credentials import api_key_fingerprint, basic_fingerprint
+from ..build.hashes import slow_hash_kind
+from ..changes.impact import Accepted, Action, Disruption
 from ..changes.plan import Drift
 from ..config.models import API, Application, EchoServer, EnvKey, Gateway, Port
 from ..config.tree import Config, Loaded, Location
@@ -67,9 +69,6 @@ def redacted_application(model: Application) -> Application:
     16 hex digits of its entry fingerprint (gateway/build/credentials.py: what ``/connections`` shows, computed from the
     entry's git form, so it tells a reader nothing git does not): a key replaced by another in place shows as a
     change, the same key written in plain text or as its ``sha256:`` form does not."""
-    from ..build.credentials import api_key_fingerprint, basic_fingerprint
-    from ..build.hashes import slow_hash_kind
-
     identifiers = model.identifiers
     keys = [entry if isinstance(entry, EnvKey) else f"{REDACTED_PREFIX}{api_key_fingerprint(entry)[:16]}"
             for entry in identifiers.api_keys]
@@ -96,8 +95,6 @@ def live_counter(counts: Mapping[str, Any], impact: Impact) -> Callable[[Disrupt
     ``impact.new_apps`` is built from the tree as written, so the fingerprints of its credential entries can be
     compared with those ``/connections`` shows.
     """
-    from ..changes.impact import Accepted, Action
-
     records = counts.get("connections")
     if not isinstance(records, list):
         return lambda disruption: None

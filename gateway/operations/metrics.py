@@ -49,6 +49,8 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from .. import __version__
+
 if TYPE_CHECKING:
     from ..config.tree import Config
     from ..policies.base import ConnectionContext
@@ -79,8 +81,6 @@ def multiprocess_dir() -> str | None:
 
 
 def version() -> str:
-    from .. import __version__
-
     return __version__
 
 

@@ -21,7 +21,9 @@ from typing import Any
 
 import structlog
 
+from ..state import open_state
 from ..state.base import SharedState
+from ..state.memory import MemoryStore
 from .rate_buckets import RateLimits
 
 log = structlog.get_logger("wsgate.policies")
@@ -342,8 +344,6 @@ class PolicyState:
 
     def __init__(self, shared: SharedState | None = None) -> None:
         if shared is None:
-            from ..state.memory import MemoryStore
-
             shared = MemoryStore()
         self.shared: SharedState = shared
         self.shared_settings: Any = None  # the Gateway resource's `state` that built ``shared`` (None: the default)
@@ -367,8 +367,6 @@ class PolicyState:
         """
         if settings == self.shared_settings or (self.shared_settings is None and settings.backend == "memory"):
             return False
-        from ..state import open_state
-
         self.commit_shared()  # a switch neither reverted nor committed (its reload crashed after the swap) stays
         shared = open_state(settings, env, ca_file=ca_file)
         await shared.start()
