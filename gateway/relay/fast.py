@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from gateway.policies.base import ConnectionContext
-from gateway.relay.base import peer_close
+from gateway.relay.base import CLOSE_TIMEOUT, peer_close
 from gateway.relay.frames import (
     BOUNDARY,
     CONTROL,
@@ -49,7 +49,6 @@ log = structlog.get_logger("wsgate.relay.fast")
 _monotonic = time.monotonic
 
 ABNORMAL = 1006
-CLOSE_TIMEOUT = 3.0  # seconds a closing connection waits for its peers before aborting them
 
 # close_state of a leg: has the gateway written a close frame to it?
 _NONE, _QUEUED, _WRITTEN = 0, 1, 2

@@ -41,7 +41,7 @@ from websockets.server import ServerProtocol
 
 from ..common.log import PROTOCOL_LOG
 from ..policies.base import DROP, Close, ConnectionContext, Delay, Message, Policy, Reply
-from .base import peer_close
+from .base import CLOSE_TIMEOUT, peer_close
 
 if TYPE_CHECKING:
     from ..build.routes import CompiledAPI
@@ -50,7 +50,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger("wsgate.relay")
 
 TEXT, BINARY, CONT, CLOSE = Opcode.TEXT, Opcode.BINARY, Opcode.CONT, Opcode.CLOSE
-CLOSE_TIMEOUT = 5.0  # seconds both peers get to finish a closing handshake before the gateway aborts
 
 
 class _Masks:
@@ -655,7 +654,13 @@ class MessageRelay:
             self.vanished(leg)
         peer = leg.peer
         if not peer.lost:
-            # The peer may still be waiting for a close handshake; give it the deadline.
+            # The peer may still be waiting for a close handshake; give it the deadline. Its reading may be paused
+            # because this leg read slowly (backpressure): resume it, or its close reply and its EOF are never read
+            # and the deadline always runs out (as the byte relay does: _lost unpauses the peer).
+            if peer.pauses:
+                peer.pauses = 0
+                if not peer.transport.is_closing():
+                    peer.transport.resume_reading()
             self._arm_deadline()
             return
         self._finish()
