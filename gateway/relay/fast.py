@@ -347,7 +347,7 @@ class ByteRelay:
     def _violation(self, leg: _Leg, code: int, reason: str) -> None:
         log.info(
             "relay_protocol_violation",
-            conn=self.conn.id,
+            connection=self.conn.id,
             side="client" if leg.is_client else "upstream",
             code=code,
             reason=reason,
@@ -360,7 +360,7 @@ class ByteRelay:
         self._progress()
 
     def _dead(self, leg: _Leg) -> None:
-        log.info("relay_keepalive_timeout", conn=self.conn.id, side="client" if leg.is_client else "upstream")
+        log.info("relay_keepalive_timeout", connection=self.conn.id, side="client" if leg.is_client else "upstream")
         leg.silenced = True
         self._abort(leg)
 
@@ -393,7 +393,7 @@ class ByteRelay:
     def _deadline(self) -> None:
         for leg in (self._client, self._upstream):
             if not leg.lost:
-                log.info("relay_close_timeout", conn=self.conn.id, side="client" if leg.is_client else "upstream")
+                log.info("relay_close_timeout", connection=self.conn.id, side="client" if leg.is_client else "upstream")
                 self._abort(leg)
 
     def _progress(self) -> None:
@@ -422,7 +422,7 @@ class ByteRelay:
         try:
             self._on_closed(code, reason)
         except Exception:
-            log.exception("relay_on_closed_failed", conn=self.conn.id)
+            log.exception("relay_on_closed_failed", connection=self.conn.id)
         finally:
             if self._done is not None and not self._done.done():
                 self._done.set_result(None)
