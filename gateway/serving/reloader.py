@@ -107,14 +107,6 @@ class Reloader:
                 self.finished.notify_all()
             return outcome
 
-    async def wait(self, count: int, timeout: float | None = None) -> dict[str, Any]:
-        """Wait until ``count`` reloads have finished; the last outcome."""
-        async with asyncio.timeout(timeout):
-            async with self.finished:
-                await self.finished.wait_for(lambda: self.count >= count)
-        assert self.last is not None
-        return self.last
-
     async def _run(self, trigger: str, checked: Config | None, generation: int | None) -> dict[str, Any]:
         from ..build.pipeline import Built, build
 

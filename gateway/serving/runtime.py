@@ -209,10 +209,6 @@ class Gateway(ReloadStatus):
         """
         return await self.reloader.reload(trigger, checked, generation)
 
-    async def wait_reload(self, count: int, timeout: float | None = None) -> dict[str, Any]:
-        """Wait until ``count`` reloads have finished; the last outcome."""
-        return await self.reloader.wait(count, timeout)
-
     def _serving(self) -> tuple[str, int]:
         if self._table is None:
             return self.config.digest(), 0
