@@ -496,19 +496,17 @@ def freeze_startup_heap() -> None:
 
 async def serve(config: Config, admin: tuple[str, int] | None = None,
                 paths: Sequence[str | Path] | None = None, watch: bool = True,
-                check_cache: CheckCache | None = None, artefacts: Artefacts | None = None) -> int:
-    """Run a gateway until SIGINT or SIGTERM, reloading when the tree under ``paths`` changes or on SIGHUP."""
+                check_cache: CheckCache | None = None, artefacts: Artefacts | None = None) -> None:
+    """Run a gateway until SIGINT or SIGTERM, reloading when the tree under ``paths`` changes or on SIGHUP.
+
+    Raises :class:`StartError` when a listener cannot be opened (the CLI logs it and picks the exit status)."""
     from .watch import ConfigWatcher
 
     gateway = Gateway(config, admin=admin, paths=paths, check_cache=check_cache, artefacts=artefacts)
     watcher: ConfigWatcher | None = None
     async with stop_requested() as stopping:
         try:
-            try:
-                await gateway.start()
-            except StartError as exc:
-                log.error("start_failed", error=str(exc), hint=exc.hint)
-                return 1
+            await gateway.start()
             if watch:
                 watcher = ConfigWatcher(gateway.paths, gateway.reload)
                 await watcher.start()
@@ -520,12 +518,12 @@ async def serve(config: Config, admin: tuple[str, int] | None = None,
             await gateway.stop(gateway.config.settings.shutdown_grace, stopping.hurry)
             if watcher is not None:
                 await watcher.stop()
-    return 0
 
 
 def run(config: Config, args: Any = None, check_cache: CheckCache | None = None,
-        artefacts: Artefacts | None = None) -> int:
-    """``wsgate run PATH`` after the config was built: serve (and follow PATH) until a signal; 0 on a clean stop."""
+        artefacts: Artefacts | None = None) -> None:
+    """``wsgate run PATH`` after the config was built: serve (and follow PATH) until a signal; raises
+    :class:`StartError` when a listener cannot be opened."""
     from ..common.log import configure_logging
 
     configure_logging(getattr(args, "log_format", None) or config.settings.log_format)
@@ -533,5 +531,5 @@ def run(config: Config, args: Any = None, check_cache: CheckCache | None = None,
     admin_text = getattr(args, "admin", None)
     admin = parse_address(admin_text) if isinstance(admin_text, str) else admin_text
     path = getattr(args, "path", None)
-    return asyncio.run(serve(config, admin, [path] if isinstance(path, str) else None, check_cache=check_cache,
-                             artefacts=artefacts))
+    asyncio.run(serve(config, admin, [path] if isinstance(path, str) else None, check_cache=check_cache,
+                      artefacts=artefacts))

@@ -442,7 +442,8 @@ class Supervisor(ReloadStatus):
                      "documents": [_redacted(model) for _, model in resources]}
 
     # -------------------------------------------------------------- lifecycle
-    async def run(self) -> int:
+    async def run(self) -> None:
+        """Serve until a signal; raises ``StartError`` when a port, a worker or the admin listener cannot start."""
         from ..serving.runtime import StartError
         from ..serving.watch import ConfigWatcher
 
@@ -456,11 +457,7 @@ class Supervisor(ReloadStatus):
             try:
                 self._metrics_dir()
                 self.reloader.metrics = self._reload_metrics()
-                try:
-                    self.reserve_ports(self.config)
-                except StartError as exc:  # as a single gateway's bind: one line, exit 1, no worker started
-                    log.error("start_failed", error=str(exc), hint=exc.hint)
-                    return 1
+                self.reserve_ports(self.config)  # StartError as a single gateway's bind: no worker started
                 if self.config.echo_servers:
                     from echo.server import serve_echo_servers
 
@@ -468,10 +465,8 @@ class Supervisor(ReloadStatus):
                 try:
                     await asyncio.gather(*(self.spawn(w) for w in self.workers))
                 except WorkerStartError as exc:  # e.g. a port taken between the hold and the workers' bind
-                    log.error("start_failed", error=str(exc),
-                              hint="the worker's own error is quoted; for a port in use, stop the other process or "
-                                   "change `port`/`host` in the Port resource")
-                    return 1
+                    raise StartError(str(exc), "the worker's own error is quoted; for a port in use, stop the other "
+                                     "process or change `port`/`host` in the Port resource") from exc
                 host, port = self.admin_address or (settings.admin.host, settings.admin.port)
                 if self.admin_address is not None or settings.admin.enabled:
                     self.admin = AdminServer(self, host, port, routes={
@@ -483,10 +478,8 @@ class Supervisor(ReloadStatus):
                     try:
                         await self.admin.start()
                     except OSError as exc:
-                        error = StartError.admin_cannot_listen(host, port, exc)
-                        log.error("start_failed", error=str(error), hint=error.hint)
                         self.admin = None
-                        return 1
+                        raise StartError.admin_cannot_listen(host, port, exc) from exc
                 for name, number in self.port_numbers.items():
                     log.info("listening", name=name, host=self.config.ports[name].model.host, port=number,
                              tls=self.config.ports[name].model.tls is not None, workers=len(self.workers))
@@ -513,7 +506,6 @@ class Supervisor(ReloadStatus):
                 for task in list(self._tasks):
                     task.cancel()
         log.info("stopped")
-        return 0
 
     def _metrics_dir(self) -> None:
         """The directory prometheus_client's multiprocess mode shares between workers: the operator's
@@ -568,8 +560,9 @@ def _add_counts(total: dict[str, Any], counts: Mapping[str, Any]) -> None:
             total[key] = total.get(key, 0) + value
 
 
-def run(config: Config, count: int, args: Any, check_cache: CheckCache | None = None) -> int:
-    """``wsgate run PATH --workers N`` (N > 1) after the config was checked."""
+def run(config: Config, count: int, args: Any, check_cache: CheckCache | None = None) -> None:
+    """``wsgate run PATH --workers N`` (N > 1) after the config was checked; raises ``StartError`` (see
+    ``Supervisor.run``)."""
     from ..common.log import configure_logging
     from ..serving.runtime import parse_address
 
@@ -580,4 +573,4 @@ def run(config: Config, count: int, args: Any, check_cache: CheckCache | None = 
     supervisor = Supervisor(config, count, paths=[path] if isinstance(path, str) else None,
                             admin=parse_address(admin_text) if isinstance(admin_text, str) else None,
                             log_format=log_format, check_cache=check_cache)
-    return asyncio.run(supervisor.run())
+    asyncio.run(supervisor.run())
