@@ -223,6 +223,7 @@ def test_plan_from_a_protected_admin_sends_the_token(tmp_path, monkeypatch, caps
     run(scenario())
 
 
+@pytest.mark.slow
 async def test_the_worker_supervisors_admin_wants_the_token_too(tmp_path, monkeypatch):
     """`wsgate run --workers 2`: the supervisor's admin (one for all workers) guards the same endpoints with the
     same token and leaves the probes open."""
@@ -245,6 +246,7 @@ async def test_the_worker_supervisors_admin_wants_the_token_too(tmp_path, monkey
         await gateway.kill()
 
 
+@pytest.mark.slow
 async def test_the_worker_supervisors_reload_rereads_the_token_file(tmp_path, monkeypatch):
     """`wsgate run --workers 2`: after a reload the supervisor's admin wants the token file's new token."""
     from process_support import start_wsgate

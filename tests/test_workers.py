@@ -26,6 +26,7 @@ def test_worker_count_parses_auto_and_numbers():
         worker_count("0")
 
 
+@pytest.mark.slow
 async def test_workers_share_the_port_answer_as_one_and_reload_together(tmp_path):
     """Two workers serve one port: connections land on both, /connections is their sum, /readyz lists each
     worker's generation, and an edited config reaches both as the next generation (not split)."""
@@ -74,6 +75,7 @@ async def test_workers_share_the_port_answer_as_one_and_reload_together(tmp_path
                 assert await gateway.exit_code() == 0, "".join(gateway.output)
 
 
+@pytest.mark.slow
 async def test_a_killed_worker_is_restarted_and_the_others_connections_are_untouched(tmp_path):
     """SIGKILL of one worker: its clients lose their connection, every other client keeps relaying, the
     supervisor logs the death and starts a new process in the slot, which serves the current generation."""
@@ -122,6 +124,7 @@ async def worker_totals(admin: str) -> list[int]:
     return [w.get("connections", 0) for w in status["workers"]]
 
 
+@pytest.mark.slow
 async def test_each_reload_is_counted_once_by_the_supervisor(tmp_path):
     """With two workers /metrics counts every reload once, failed ones included (the supervisor decides them;
     the workers only apply what it hands over), and a failed reload keeps both workers on the last good
@@ -151,6 +154,7 @@ async def test_each_reload_is_counted_once_by_the_supervisor(tmp_path):
             assert after.value("wsgate_reload_failing") == 0
 
 
+@pytest.mark.slow
 async def test_a_revoked_key_closes_its_connections_in_every_worker(tmp_path):
     """Connections of one application spread over two workers: removing its key on reload closes every one of
     them with 1008, whichever worker holds it."""
@@ -204,6 +208,7 @@ async def test_supervisor_reload_reads_only_changed_files(tmp_path):
     assert (cache.parsed, cache.checked) == (0, 0)
 
 
+@pytest.mark.slow
 async def test_a_second_gateway_with_workers_on_the_same_port_fails_to_start(tmp_path):
     """A second `wsgate run --workers 2` on a port the first one's workers serve exits 1 with start_failed (as
     without workers) instead of splitting the port's connections with it; the first keeps serving all of them."""
@@ -234,6 +239,7 @@ async def test_a_second_gateway_with_workers_on_the_same_port_fails_to_start(tmp
                 await ws.close()
 
 
+@pytest.mark.slow
 async def test_a_taken_admin_address_fails_the_start_with_one_line_and_no_traceback(tmp_path):
     """`wsgate run --workers 2` whose admin address another process holds exits 1 with one start_failed line and its
     hint (as a single gateway does), stopping the workers it had started, and prints no traceback."""
