@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import re
 from pathlib import Path
@@ -50,24 +51,30 @@ SNAKE_CASE = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*")
 SOURCE_ROOTS = [Path(__file__).resolve().parent.parent / name for name in ("gateway", "echo")]
 
 
+@functools.cache
+def _parsed() -> list[tuple[Path, ast.Module]]:
+    """Every module of the package code, parsed once for the tests that scan its log calls."""
+    return [(path, ast.parse(path.read_text(encoding="utf-8"))) for root in SOURCE_ROOTS
+            for path in sorted(root.rglob("*.py"))]
+
+
 def log_events(keys: bool = False) -> list[tuple[str, int, str]]:
     """(file, line, event) of every log call with a literal event name in the package code; with ``keys``,
     (file, line, key) of every keyword those calls pass instead."""
     found = []
-    for root in SOURCE_ROOTS:
-        for path in sorted(root.rglob("*.py")):
-            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-                if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                        and node.func.attr in LOG_LEVELS and node.args):
-                    continue
-                receiver = node.func.value
-                name = receiver.id if isinstance(receiver, ast.Name) else getattr(receiver, "attr", "")
-                first = node.args[0]
-                if "log" in name.lower() and isinstance(first, ast.Constant) and isinstance(first.value, str):
-                    if keys:
-                        found += [(path.name, node.lineno, k.arg) for k in node.keywords if k.arg is not None]
-                    else:
-                        found.append((path.name, node.lineno, first.value))
+    for path, tree in _parsed():
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in LOG_LEVELS and node.args):
+                continue
+            receiver = node.func.value
+            name = receiver.id if isinstance(receiver, ast.Name) else getattr(receiver, "attr", "")
+            first = node.args[0]
+            if "log" in name.lower() and isinstance(first, ast.Constant) and isinstance(first.value, str):
+                if keys:
+                    found += [(path.name, node.lineno, k.arg) for k in node.keywords if k.arg is not None]
+                else:
+                    found.append((path.name, node.lineno, first.value))
     return found
 
 
