@@ -66,6 +66,26 @@ def test_a_token_guards_everything_but_the_probes(tmp_path):
     run(scenario())
 
 
+def test_one_rule_for_everything_under_dashboard(tmp_path):
+    """With a token set, every path under /dashboard answers the same with the token as without (its files 200,
+    other paths 404); a path that only starts like it (/dashboardx) still wants the token."""
+
+    async def scenario():
+        config = config_for(tmp_path, "  token: {env: ADMIN_TOKEN}\n")
+        async with running_gateway(config, env={"ADMIN_TOKEN": TOKEN, "APP_KEY": "k", "BOB_PASSWORD": "p"}) as gw:
+            admin = f"http://127.0.0.1:{gw.admin.port}"
+            for path, status in (("/dashboard", 200), ("/dashboard/", 200), ("/dashboard/index.html", 200),
+                                 ("/dashboard/dashboard.js", 200), ("/dashboard/nothing-here", 404)):
+                answers = [await http_request(admin, request("GET", path, token)) for token in (None, TOKEN, "x")]
+                assert [a.status for a in answers] == [status] * 3, path
+                assert len({a.body for a in answers}) == 1, path
+            index = await http_request(admin, request("GET", "/dashboard/index.html"))
+            assert index.body == (await http_request(admin, request("GET", "/dashboard/"))).body
+            assert (await http_request(admin, request("GET", "/dashboardx"))).status == 401
+
+    run(scenario())
+
+
 def test_an_unset_token_variable_locks_the_admin(tmp_path):
     """`token: {env: X}` with X unset: the protected endpoints refuse every request (fail closed), the probes
     still answer."""

@@ -150,6 +150,7 @@ def metrics(gateway: Gateway) -> tuple[int, Any]:
 
 DASHBOARD_FILES = {"/dashboard": ("index.html", "text/html; charset=utf-8"),
                    "/dashboard/": ("index.html", "text/html; charset=utf-8"),
+                   "/dashboard/index.html": ("index.html", "text/html; charset=utf-8"),
                    "/dashboard/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
                    "/dashboard/dashboard.css": ("dashboard.css", "text/css; charset=utf-8")}
 
@@ -165,6 +166,12 @@ def dashboard_file(path: str) -> Handler:
         return 200, PlainText(page, content_type)
 
     return serve
+
+
+def _dashboard_path(path: str) -> bool:
+    """Whether ``path`` lies under ``/dashboard``: one rule for all of it, token or not (a file there is 200, any
+    other path 404). Its static files hold no data; the page sends the token for what it reads."""
+    return path == "/dashboard" or path.startswith("/dashboard/")
 
 
 def dashboard_routes() -> dict[str, Handler]:
@@ -298,8 +305,7 @@ class AdminServer:
             path = target.split("?", 1)[0]
             table = self.post_routes if method == "POST" else self.routes if method == "GET" else {}
             handler = table.get(path)
-            # The dashboard's static files hold no data (the page sends the token for what it reads).
-            if path not in OPEN_PATHS and path not in DASHBOARD_FILES and not self._authorized(head):
+            if path not in OPEN_PATHS and not _dashboard_path(path) and not self._authorized(head):
                 status, body = 401, {"error": "unauthorized", "reason": "this admin endpoint needs the bearer token"}
             elif handler is None and path not in self.routes and path not in self.post_routes:
                 status, body = 404, {"error": "not_found", "reason": f"no admin endpoint {path}"}
