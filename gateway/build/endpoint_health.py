@@ -11,7 +11,6 @@ serving part that runs the probes.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 
 class EndpointHealth:
@@ -41,9 +40,3 @@ class EndpointHealth:
     @property
     def healthy(self) -> bool:
         return self.active_ok and time.monotonic() >= self.passive_until
-
-    def snapshot(self) -> dict[str, Any]:
-        cool_down = max(0.0, self.passive_until - time.monotonic())
-        return {"url": self.url, "healthy": self.healthy, "active_ok": self.active_ok,
-                "passive_cool_down": round(cool_down, 3), "pending": self.pending, "open": self.open,
-                "since": self.changed_at, "reason": self.reason, "last_probe": self.last_probe}

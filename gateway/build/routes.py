@@ -338,7 +338,7 @@ class RouteTable:
                 upstream_tls: Mapping[str, ssl.SSLContext | None] | None = None) -> RouteTable:
         """Build every enabled route of ``config``; policies come from ``build_chain``
         (default: ``gateway.policies.build_chain``), endpoint health from ``health`` (the gateway's registry;
-        None: endpoints without health, as validate compiles),
+        None: endpoints without a health record),
         upstream TLS contexts from ``upstream_tls`` (``gateway.build.pipeline.Artefacts``; default: made here)."""
         build_chain = build_chain or default_build_chain
         enabled = {name for name, port in config.ports.items() if port.model.enabled}

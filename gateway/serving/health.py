@@ -45,6 +45,14 @@ log = structlog.get_logger("wsgate.health")
 Key = tuple[str, str]  # (API name, endpoint URL)
 
 
+def _snapshot(health: EndpointHealth) -> dict[str, Any]:
+    """One endpoint as ``/upstreams`` shows it (the record itself knows no answer format)."""
+    cool_down = max(0.0, health.passive_until - time.monotonic())
+    return {"url": health.url, "healthy": health.healthy, "active_ok": health.active_ok,
+            "passive_cool_down": round(cool_down, 3), "pending": health.pending, "open": health.open,
+            "since": health.changed_at, "reason": health.reason, "last_probe": health.last_probe}
+
+
 @dataclass(eq=False)
 class _Checker:
     """The active probe loop of one endpoint; ``sync`` updates its target in place."""
@@ -89,7 +97,7 @@ class HealthRegistry:
     def snapshot(self) -> dict[str, list[dict[str, Any]]]:
         out: dict[str, list[dict[str, Any]]] = {}
         for (api, _), health in sorted(self.endpoints.items()):
-            out.setdefault(api, []).append(health.snapshot())
+            out.setdefault(api, []).append(_snapshot(health))
         return out
 
     # ------------------------------------------------------------ verdicts
