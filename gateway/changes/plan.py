@@ -2,7 +2,7 @@
 
 ``diff`` is a pure function of two checked configs. A :class:`Plan` lists
 resource changes (create, update with per-field ``old -> new``, destroy) and,
-for each, the :class:`~gateway.impact.Disruption` s it causes to live
+for each, the :class:`~gateway.changes.impact.Disruption` s it causes to live
 connections, as :mod:`gateway.changes.impact` (the one owner of that decision, which
 the reload follows too) says. A caller that knows the live gateway fills in
 ``live_connections`` (see :meth:`Plan.with_live_counts`) and the renderers

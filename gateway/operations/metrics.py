@@ -196,7 +196,7 @@ class Metrics:
         self.state_backend_up = Gauge(
             "wsgate_state_backend_up", "1 while the shared state backend answers (memory always).", ["backend"],
             registry=registry, multiprocess_mode="livemin")
-        # Endpoint health (gateway.health), read at each batch: an endpoint down in any worker shows down.
+        # Endpoint health (gateway.serving.health), read at each batch: an endpoint down in any worker shows down.
         self.upstream_healthy = Gauge(
             "wsgate_upstream_healthy", "Whether an upstream endpoint takes new connections (1) or not (0).",
             ["api", "endpoint"], registry=registry, multiprocess_mode="livemin")
@@ -288,7 +288,7 @@ class Metrics:
         self.upstream_failures.labels(api, endpoint_label(url), kind).inc()
 
     def accept_error(self, listener: str) -> None:
-        """A listener's accept failed (gateway.accept counts it; the listener pauses)."""
+        """A listener's accept failed (gateway.edge.accept counts it; the listener pauses)."""
         self.accept_errors.labels(listener).inc()
 
     # ------------------------------------------------------- connections

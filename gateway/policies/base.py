@@ -78,7 +78,7 @@ class UpgradeRequest:
 
 def parse_query(query: str) -> dict[str, list[str]]:
     """``UpgradeRequest.query`` from a raw query string: how every policy reads parameters (the API key among
-    them). Only ``&`` separates; ``gateway.redaction`` drops credentials with that in mind."""
+    them). Only ``&`` separates; ``gateway.common.redaction`` drops credentials with that in mind."""
     return parse_qs(query, keep_blank_values=True)
 
 
@@ -91,7 +91,7 @@ class Counters:
     messages_out: int = 0  # server -> client
     bytes_in: int = 0
     bytes_out: int = 0
-    # What the metrics already hold of the above (they take the difference in batches, see gateway.metrics).
+    # What the metrics already hold of the above (they take the difference in batches, see gateway.operations.metrics).
     reported_messages_in: int = 0
     reported_messages_out: int = 0
     reported_bytes_in: int = 0
