@@ -19,13 +19,7 @@ from ..common.reverse_dns import HostnameResolver
 from ..state import open_state
 from ..state.base import SharedState
 from ..state.memory import MemoryStore
-
-# LogWriter, encode_record and record_dict are imported from here by log-invocation and validate-messages:
-# re-exported until their imports name log_writer (kept for the security branch's changes to those modules).
-from .log_writer import LogWriter as LogWriter
 from .log_writer import LogWriters
-from .log_writer import encode_record as encode_record
-from .log_writer import record_dict as record_dict
 from .rate_buckets import RateLimits
 
 log = structlog.get_logger("wsgate.policies")
