@@ -31,8 +31,13 @@ LAZY_PENDING = {
     "gateway/serving/reloader.py": "the GatewayView",
     "gateway/workers/supervisor.py": "the GatewayView (the supervisor is a view)",
     "gateway/workers/worker.py": "the GatewayView",
-    "gateway/config/rules.py": "the split of config/rules.py per resource kind",
+    "gateway/config/rules.py": "the split of config/rules.py per resource kind (also covers a rules/ package)",
 }
+
+
+def _pending(file: str) -> bool:
+    """``file`` is named in LAZY_PENDING, or lies in the package a named module is being split into."""
+    return any(file == name or file.startswith(name.removesuffix(".py") + "/") for name in LAZY_PENDING)
 
 
 def _absolute(module: str, is_package: bool, node: ast.ImportFrom) -> str:
@@ -74,7 +79,7 @@ def test_no_function_level_imports_of_our_modules_outside_the_allowed_seams():
     found = function_level_imports()
     unexplained = sorted(
         (file, name) for file, name in found
-        if file not in LAZY_FILES and file not in LAZY_PENDING and (file, name) not in LAZY_ALLOWED
+        if file not in LAZY_FILES and not _pending(file) and (file, name) not in LAZY_ALLOWED
     )
     assert unexplained == []
     assert sorted(set(LAZY_ALLOWED) - found) == []  # an allowance nothing uses any more goes
