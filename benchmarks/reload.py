@@ -103,6 +103,7 @@ async def bench(args: argparse.Namespace) -> dict:
     port: int | None = None
     warmup_applied = 0
     watching = asyncio.Event()
+    admin_up = asyncio.Event()
     applied: list[dict] = []
 
     async def read_logs() -> None:
@@ -114,6 +115,8 @@ async def bench(args: argparse.Namespace) -> dict:
             if event.get("event") == "listening" and event.get("name") == "default":
                 port = event["port"]
             if event.get("event") == "listening" and event.get("name") == "admin":
+                admin_up.set()
+            if port is not None and admin_up.is_set():  # the admin may log its line before the ports do
                 watching.set()
             if event.get("event") == "reload_applied":
                 applied.append(event)

@@ -19,17 +19,15 @@ import os
 import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..build.credentials import api_key_fingerprint, basic_fingerprint
 from ..build.hashes import slow_hash_kind
-from ..changes.impact import Accepted, Action, Disruption
+from ..changes.impact import Accepted, Action, Disruption, Impact
 from ..changes.plan import Drift
+from ..common.redaction import CREDENTIAL_PLACEHOLDER
 from ..config.models import API, Application, EchoServer, EnvKey, Gateway, Port
 from ..config.tree import Config, Loaded, Location
-
-if TYPE_CHECKING:
-    from ..changes.impact import Impact
 
 MODELS: dict[str, type[Port | API | Application | EchoServer | Gateway]] = {
     "Port": Port, "API": API, "Application": Application, "EchoServer": EchoServer, "Gateway": Gateway,
@@ -61,7 +59,7 @@ def config_from_documents(documents: list[Mapping[str, Any]], origin: str) -> Co
                   echo_servers=groups["EchoServer"], gateway=gateway)
 
 
-REDACTED_PREFIX = "redacted:"
+REDACTED_PREFIX = CREDENTIAL_PLACEHOLDER
 
 
 def redacted_application(model: Application) -> Application:
@@ -84,6 +82,25 @@ def redacted_credentials(config: Config) -> Config:
                     for name, loaded in config.applications.items()}
     return Config(root=config.root, ports=config.ports, apis=config.apis, applications=applications,
                   echo_servers=config.echo_servers, gateway=config.gateway)
+
+
+def ended_first(counts: Mapping[str, Any], impact: Impact) -> Callable[[Disruption], tuple[tuple[str, int], ...]]:
+    """For each disruption, the live connections it reaches that another disruption ends first, by that one's
+    reason: each connection is counted once (under the reason that applies first), and said where it is not."""
+    records = counts.get("connections")
+    accepted = [Accepted.from_dict(r) for r in records if isinstance(r, dict)] if isinstance(records, list) else []
+    ends = [impact.decide(a).disruption for a in accepted]
+
+    def elsewhere(disruption: Disruption) -> tuple[tuple[str, int], ...]:
+        if disruption.action is Action.KEEP or "echo" in disruption.selector:
+            return ()
+        out: dict[str, int] = {}
+        for a, end in zip(accepted, ends, strict=True):
+            if end is not None and end != disruption and impact.reaches(disruption, a):
+                out[end.reason] = out.get(end.reason, 0) + 1
+        return tuple(sorted(out.items()))
+
+    return elsewhere
 
 
 def live_counter(counts: Mapping[str, Any], impact: Impact) -> Callable[[Disruption], int | None]:
