@@ -590,7 +590,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         from .common.log import configure_logging
 
         configure_logging(args.log_format)
+    from .operations import admin
     from .serving import runtime
+    from .serving.view import StartError
 
     assert result.config is not None  # result.ok
     try:
@@ -599,8 +601,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
             supervisor.run(result.config, args.workers, args, check_cache=cache)
         else:
-            runtime.run(result.config, args, check_cache=cache, artefacts=result.artefacts)
-    except runtime.StartError as exc:  # one log line for the operator, not a traceback
+            runtime.run(result.config, args, check_cache=cache, artefacts=result.artefacts,
+                        admin_server=admin.admin_server)
+    except StartError as exc:  # one log line for the operator, not a traceback
         log.error("start_failed", error=str(exc), hint=exc.hint)
         return EXIT_START_FAILED
     return EXIT_OK

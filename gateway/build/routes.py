@@ -17,16 +17,18 @@ import os
 import ssl
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote
 
 import structlog
+from websockets.datastructures import Headers
 from websockets.headers import build_host
 from websockets.uri import WebSocketURI, parse_uri
 
 from ..common.build_counts import count
 from ..config.models import API, PassiveHealthCheck, Port, RoutingPolicy, prefix_matches
+from ..config.models import Policy as PolicySpec
 from ..config.tree import Config, Loaded
 from ..policies.base import ConnectionContext, Policy, UpgradeRequest
 from ..policies.registry import build_chain as default_build_chain
@@ -109,6 +111,32 @@ class Endpoint:
         return self.uri.path
 
 
+@dataclass(frozen=True, slots=True)
+class CompiledRoute:
+    """One API as ``build()`` compiles it, with no live state: what validate checked and run serves.
+
+    ``CompiledAPI.build`` binds it (policy objects, the endpoints' shared health, the environment's upstream
+    headers) when a route table is made from it; nothing here is parsed again there.
+    """
+
+    loaded: Loaded[API]
+    endpoints: tuple[Endpoint, ...]  # parsed, not yet bound to their health
+    routing: RoutingPolicy  # the chain's routing spec (the default when it has none)
+    chain: tuple[PolicySpec, ...]  # the policy specs, in chain order
+    ssl_context: ssl.SSLContext | None  # the client context of its wss:// endpoints
+
+    @classmethod
+    def compile(cls, loaded: Loaded[API], ssl_context: ssl.SSLContext | None,
+                endpoints: tuple[Endpoint, ...] | None = None) -> CompiledRoute:
+        """``endpoints``: already parsed (``build()`` parses each to locate a failure); else parsed here."""
+        count("routes")
+        api = loaded.model
+        routing = next((spec for spec in api.policies if isinstance(spec, RoutingPolicy)), None)
+        if endpoints is None:
+            endpoints = tuple(Endpoint.parse(e.url, e.weight) for e in api.upstream.endpoints)
+        return cls(loaded, endpoints, routing or RoutingPolicy(type="routing"), tuple(api.policies), ssl_context)
+
+
 def _pending(endpoint: Endpoint) -> int:
     return endpoint.health.pending if endpoint.health is not None else 0
 
@@ -143,6 +171,18 @@ class CompiledAPI:
     upstream_headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     # Upgrades waiting for a pending-handshake slot of this route's endpoints, oldest first (see upstream.py).
     slot_waiters: deque[asyncio.Future[None]] = field(default_factory=deque, repr=False)
+    # `match_headers` and `match_query` as sorted (kind, name, value): every one must hold for the route to match.
+    conditions: tuple[tuple[str, str, str], ...] = ()
+
+    def matches(self, headers: Headers | None, query: Mapping[str, list[str]] | None) -> bool:
+        """Whether the request's headers (any of a header's values) and query parameters meet every condition."""
+        for kind, name, value in self.conditions:
+            if kind == "header":
+                if headers is None or value not in headers.get_all(name):
+                    return False
+            elif query is None or value not in query.get(name, ()):
+                return False
+        return True
 
     @property
     def api(self) -> API:
@@ -218,19 +258,22 @@ class CompiledAPI:
     @classmethod
     def build(cls, loaded: Loaded[API], chain: list[Policy], health: PassiveHealth | None = None,
               env: Mapping[str, str] | None = None,
-              upstream_tls: Mapping[str, ssl.SSLContext | None] | None = None) -> CompiledAPI:
-        """``upstream_tls``: the client contexts ``gateway.build.pipeline`` made for this config (else made here)."""
+              upstream_tls: Mapping[str, ssl.SSLContext | None] | None = None,
+              compiled: CompiledRoute | None = None) -> CompiledAPI:
+        """Bind ``compiled`` (what ``gateway.build.pipeline`` compiled for this API; else compiled here, with the
+        client context from ``upstream_tls`` when given) to ``chain`` and the endpoints' ``health``."""
         api = loaded.model
-        routing = RoutingPolicy(type="routing")
-        for spec in api.policies:
-            if spec.type == "routing":
-                routing = spec
+        if compiled is None:
+            context = (upstream_tls[api.name] if upstream_tls is not None and api.name in upstream_tls
+                       else upstream_ssl_context(loaded))
+            compiled = CompiledRoute.compile(loaded, context)
         if not api.upstream.tls.verify and any(e.url.startswith("wss://") for e in api.upstream.endpoints):
             log.warning("upstream_tls_verification_off", api=api.name)
         client = tuple(p for p in chain if "client" in p.message_stages)
         server = tuple(p for p in chain if "server" in p.message_stages)
-        state = (lambda url: health.get(api.name, url)) if health is not None else None
-        endpoints = tuple(Endpoint.parse(e.url, e.weight, state) for e in api.upstream.endpoints)
+        endpoints = compiled.endpoints
+        if health is not None:  # the live part: each endpoint's counters and state, shared across reloads
+            endpoints = tuple(replace(e, health=health.get(api.name, e.url)) for e in endpoints)
         return cls(
             loaded=loaded,
             chain=tuple(chain),
@@ -238,13 +281,13 @@ class CompiledAPI:
             client_policies=client,
             server_policies=server,
             endpoints=endpoints,
-            routing=routing,
-            ssl_context=upstream_tls[api.name] if upstream_tls is not None and api.name in upstream_tls
-            else upstream_ssl_context(loaded),
+            routing=compiled.routing,
+            ssl_context=compiled.ssl_context,
             fast_path=not client and not server and not api.compression,
             balancer=SmoothWeightedRoundRobin(len(endpoints)),
             health=health,
             upstream_headers=upstream_headers(api, os.environ if env is None else env),
+            conditions=api.match_conditions(),
         )
 
 
@@ -298,20 +341,51 @@ def _port_ok(rest: str) -> bool:
     return not rest or (rest[0] == ":" and (rest[1:] == "" or (rest[1:].isascii() and rest[1:].isdigit())))
 
 
+def _specificity(route: CompiledAPI) -> tuple[int, str]:
+    """Order among routes of one path: more header/query conditions first, then by API name (deterministic)."""
+    return (-len(route.conditions), route.name)
+
+
+class _Query:
+    """The request's query, parsed once and only when a route has a query condition."""
+
+    __slots__ = ("text", "parsed")
+
+    def __init__(self, text: str | None) -> None:
+        self.text = text
+        self.parsed: Mapping[str, list[str]] | None = None
+
+    def get(self) -> Mapping[str, list[str]] | None:
+        if self.parsed is None and self.text is not None:
+            self.parsed = parse_qs(self.text, keep_blank_values=True)
+        return self.parsed
+
+
 @dataclass(slots=True)
 class PortRoutes:
     """The routes of one port for one host claim (a host name, a ``*.`` pattern, or any host): exact paths and
-    prefixes, longest first."""
+    prefixes, longest first; routes of one path (or prefix) most conditions first."""
 
-    exact: dict[str, CompiledAPI] = field(default_factory=dict)
+    exact: dict[str, list[CompiledAPI]] = field(default_factory=dict)
     prefixes: list[tuple[str, CompiledAPI]] = field(default_factory=list)
 
-    def match(self, path: str) -> tuple[CompiledAPI, str] | None:
-        route = self.exact.get(path)
-        if route is not None:
-            return route, ""
+    def add_exact(self, path: str, route: CompiledAPI) -> None:
+        routes = self.exact.setdefault(path, [])
+        if all(other.conditions != route.conditions for other in routes):  # the same twice: the first stays
+            routes.append(route)
+            routes.sort(key=_specificity)
+
+    def sort(self) -> None:
+        self.prefixes.sort(key=lambda item: (-len(item[0]), *_specificity(item[1])))  # the longest prefix wins
+
+    def match(self, path: str, headers: Headers | None = None,
+              query: str | None = None) -> tuple[CompiledAPI, str] | None:
+        parsed = _Query(query)
+        for route in self.exact.get(path, ()):
+            if not route.conditions or route.matches(headers, parsed.get()):
+                return route, ""
         for prefix, route in self.prefixes:
-            if prefix_matches(prefix, path):
+            if prefix_matches(prefix, path) and (not route.conditions or route.matches(headers, parsed.get())):
                 return route, path[len(prefix):] if route.api.strip_prefix else path
         return None
 
@@ -335,11 +409,12 @@ class RouteTable:
     def compile(cls, config: Config, apps: AppIndex, state: PolicyState, *, generation: int = 1,
                 build_chain: Callable[[Loaded[API], Config, AppIndex, PolicyState], list[Policy]] | None = None,
                 health: PassiveHealth | None = None, env: Mapping[str, str] | None = None,
-                upstream_tls: Mapping[str, ssl.SSLContext | None] | None = None) -> RouteTable:
-        """Build every enabled route of ``config``; policies come from ``build_chain``
-        (default: ``gateway.policies.build_chain``), endpoint health from ``health`` (the gateway's registry;
-        None: endpoints without a health record),
-        upstream TLS contexts from ``upstream_tls`` (``gateway.build.pipeline.Artefacts``; default: made here)."""
+                upstream_tls: Mapping[str, ssl.SSLContext | None] | None = None,
+                compiled_routes: Mapping[str, CompiledRoute] | None = None) -> RouteTable:
+        """Bind every enabled route of ``config``: the ``compiled_routes`` (``gateway.build.pipeline.Artefacts``;
+        default: compiled here, with the contexts of ``upstream_tls`` when given) to policies from
+        ``build_chain`` (default: ``gateway.policies.build_chain``) and endpoint health from ``health``
+        (the gateway's registry; None: endpoints without a health record)."""
         build_chain = build_chain or default_build_chain
         enabled = {name for name, port in config.ports.items() if port.model.enabled}
         apis: dict[str, CompiledAPI] = {}
@@ -348,7 +423,8 @@ class RouteTable:
         try:
             for name, loaded in config.apis.items():
                 compiled = CompiledAPI.build(loaded, build_chain(loaded, config, apps, state), health, env,
-                                             upstream_tls)
+                                             upstream_tls,
+                                             compiled_routes.get(name) if compiled_routes is not None else None)
                 apis[name] = compiled
                 api = loaded.model
                 for port_name in api.ports:
@@ -360,7 +436,7 @@ class RouteTable:
                         if api.match == "prefix":
                             group.prefixes.append((api.path, compiled))
                         else:
-                            group.exact.setdefault(api.path, compiled)
+                            group.add_exact(api.path, compiled)
         except BaseException:
             for compiled in apis.values():
                 compiled.close()
@@ -368,17 +444,21 @@ class RouteTable:
                 release_state()
             raise
         for group in routes.values():
-            group.prefixes.sort(key=lambda item: len(item[0]), reverse=True)  # the longest prefix wins
+            group.sort()
         with_hosts = frozenset(port for port, host in routes if host is not None)
         return cls(config=config, digest=config.digest(), generation=generation, apps=apps, routes=routes,
                    apis=apis, hosts=with_hosts, release_state=release_state)
 
-    def match(self, port_name: str, path: str, host: str | None = None) -> tuple[CompiledAPI, str] | None:
+    def match(self, port_name: str, path: str, host: str | None = None, headers: Headers | None = None,
+              query: str | None = None) -> tuple[CompiledAPI, str] | None:
         """The API for a request, and the path part the upstream URL gets (see ``API.strip_prefix``).
 
         Routes claiming the request's host (exact name, then ``*.`` pattern)
         come first; then routes for any host. Within each: the exact path,
-        then the longest prefix. No query; the trailing slash counts.
+        then the longest prefix; among routes of one path, the one with the
+        most `match_headers`/`match_query` conditions that all hold (ties by
+        API name). ``path`` has no query (``query`` is the raw query string);
+        the trailing slash counts.
         """
         if host is not None and port_name in self.hosts:
             claims: list[str] = [host]
@@ -386,11 +466,11 @@ class RouteTable:
                 claims.append("*." + host.split(".", 1)[1])
             for claim in claims:
                 group = self.routes.get((port_name, claim))
-                found = group.match(path) if group is not None else None
+                found = group.match(path, headers, query) if group is not None else None
                 if found is not None:
                     return found
         group = self.routes.get((port_name, None))
-        return group.match(path) if group is not None else None
+        return group.match(path, headers, query) if group is not None else None
 
     def lookup(self, port_name: str, path: str, host: str | None = None) -> CompiledAPI | None:
         """The API served at ``path`` (no query; the trailing slash counts) on a port."""

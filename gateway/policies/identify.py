@@ -17,8 +17,10 @@ import base64
 import binascii
 
 from ..build.credentials import jwt_client_digest, key_digest
+from ..build.remote_keys import RemoteKeySet
 from ..config.models import IdentifyPolicy
-from .base import ApplicationRef, ConnectionContext, Policy, PolicyBuild, Rejection, UpgradeRequest
+from .authorizer import Authorizer
+from .base import ApplicationRef, ConnectionContext, Identity, Policy, PolicyBuild, Rejection, UpgradeRequest
 
 API_KEY_NAME = "x-gateway-apikey"
 TOKEN_PARAMETER = "access_token"  # RFC 6750, 2.3
@@ -81,15 +83,53 @@ class Identify(Policy):
         )
         self._verifier = self.apps.verifier(self.api) if "jwt" in spec.by else None
         self._token_in_query = spec.jwt is not None and spec.jwt.query_parameter
+        # `by: [authorizer]` stands alone (validate refuses it beside other methods): the endpoint decides.
+        self._authorizer = (Authorizer.build(spec.authorizer, self.api, self.apps, build.state.http, build.api.resolve)
+                            if "authorizer" in spec.by and spec.authorizer is not None else None)
+        self._remote: RemoteKeySet | None = None
+        jwt = spec.jwt
+        if self._verifier is not None and jwt is not None and jwt.jwks_url is not None:
+            cafile = str(build.api.resolve(jwt.jwks_ca_file)) if jwt.jwks_ca_file else None
+            self._remote = build.state.jwks(jwt.jwks_url, cafile, jwt.jwks_timeout, jwt.jwks_max_age,
+                                            jwt.jwks_min_refresh_interval, self._verifier.parse_document)
+
+    def activate(self) -> None:
+        remote, jwt = self._remote, self.spec.jwt
+        if remote is not None and jwt is not None:
+            remote.configure(jwt.jwks_timeout, jwt.jwks_max_age, jwt.jwks_min_refresh_interval)
+            remote.prefetch()  # off the upgrades' path: the first one finds keys
 
     def on_upgrade(self, request: UpgradeRequest, conn: ConnectionContext):
+        if self._authorizer is not None:
+            return self._authorizer.decide(request, conn)
         # Taken before any decision, so a credential meant for the gateway is gone from the
         # upstream request whichever identifier ends up naming the application.
         auth = take_authorization(request, self._schemes) if self._schemes else {}
         slow = self._slow_basic(auth)
-        if self._needs_lookup or slow is not None:
-            return self._identify_async(request, conn, auth, slow)
+        fetch_keys = self._remote is not None and self._must_fetch_keys(request, auth)
+        if self._needs_lookup or slow is not None or fetch_keys:
+            return self._identify_async(request, conn, auth, slow, fetch_keys)
         return self._decide(request, conn, None, auth)
+
+    def _tokens(self, request: UpgradeRequest, auth: dict[str, list[str]]) -> list[str]:
+        """Every bearer token presented: the Authorization header's, then the query parameter's (when allowed)."""
+        tokens = auth.get("bearer", [])
+        if self._token_in_query:
+            tokens = tokens + [v for name, values in request.query.items()
+                               if name.lower() == TOKEN_PARAMETER for v in values]
+        return tokens
+
+    def _must_fetch_keys(self, request: UpgradeRequest, auth: dict[str, list[str]]) -> bool:
+        """Whether this upgrade waits for the JWKS URL: its token's ``kid`` is unknown (a rotation, or no keys
+        yet) and the refresh rate limit allows a fetch. Stale keys are refetched without waiting."""
+        remote, verifier = self._remote, self._verifier
+        assert remote is not None and verifier is not None
+        remote.refresh_in_background()
+        tokens = self._tokens(request, auth)
+        if len(tokens) != 1 or not tokens[0]:
+            return False
+        found, kid = verifier.kid_of(tokens[0])
+        return found and not remote.knows(kid) and remote.may_refresh()
 
     def _slow_basic(self, auth: dict[str, list[str]]) -> tuple[str, str] | None:
         """The (user, password) presented, when checking it costs a bcrypt/argon2 verification (any user name,
@@ -103,7 +143,10 @@ class Identify(Policy):
         return pair
 
     async def _identify_async(self, request: UpgradeRequest, conn: ConnectionContext,
-                              auth: dict[str, list[str]], slow: tuple[str, str] | None) -> Rejection | None:
+                              auth: dict[str, list[str]], slow: tuple[str, str] | None,
+                              fetch_keys: bool = False) -> Rejection | None:
+        if fetch_keys and self._remote is not None:
+            await self._remote.refresh()  # at most jwks_timeout; a failure keeps the last good keys
         hostname = None
         if self._needs_lookup:
             hostname = await self.resolver.lookup(request.peer[0], self.spec.hostname_lookup_timeout)
@@ -118,6 +161,9 @@ class Identify(Policy):
         found: tuple[str, str] | None = None
         problems: list[str] = []
         bad_token = False
+        digest: str | None = None  # of the credential that identified the connection
+        named: str | None = None  # the hostname that did
+        expires_at: float | None = None
         for method in self.spec.by:
             if method == "api_key":
                 keys = presented_keys(request, self.spec.api_key_header)
@@ -127,7 +173,7 @@ class Identify(Policy):
                     app = self.apps.by_api_key(keys[0])
                     if app is not None:
                         found = (app, "api_key")
-                        self._identified(conn, key_digest(keys[0]))
+                        digest = key_digest(keys[0])
                     else:
                         problems.append("unknown API key")
                 else:
@@ -138,13 +184,9 @@ class Identify(Policy):
             elif method == "hostname" and hostname:
                 app = self.apps.by_hostname(hostname)
                 found = (app, "hostname") if app else None
-                if app:
-                    conn.metadata["hostname"] = hostname  # what a reload checks to revoke it
+                named = hostname if app else None  # what a reload checks to revoke it
             elif method == "jwt":
-                tokens = auth.get("bearer", [])
-                if self._token_in_query:
-                    tokens = tokens + [v for name, values in request.query.items()
-                                       if name.lower() == TOKEN_PARAMETER for v in values]
+                tokens = self._tokens(request, auth)
                 if len(tokens) > 1:
                     return self._refuse("more than one bearer token presented")
                 if not tokens or not tokens[0]:
@@ -160,9 +202,9 @@ class Identify(Policy):
                     problems.append("unknown client")
                     continue
                 found = (app, "jwt")
-                self._identified(conn, jwt_client_digest(client))
+                digest = jwt_client_digest(client)
                 if expires is not None and self.spec.jwt is not None and self.spec.jwt.close_at_expiry:
-                    conn.metadata["expires_at"] = expires + self.spec.jwt.leeway  # the relay closes it then
+                    expires_at = expires + self.spec.jwt.leeway  # the listener closes it then
             elif method == "basic":
                 presented = auth.get("basic", [])
                 if len(presented) > 1:
@@ -176,7 +218,7 @@ class Identify(Policy):
                     problems.append("bad credentials")
                     continue
                 found = (matched[0], "basic")
-                self._identified(conn, matched[1])  # digest of user and stored password digest
+                digest = matched[1]  # digest of user and stored password digest
             elif method == "certificate":
                 if request.client_cert is None:
                     problems.append("missing client certificate")
@@ -186,7 +228,7 @@ class Identify(Policy):
                     problems.append("unknown client certificate")
                     continue
                 found = (matched[0], "certificate")
-                self._identified(conn, matched[1])  # the matched identifier's digest
+                digest = matched[1]  # the matched identifier's digest
             if found:
                 break
         if found is None:
@@ -203,17 +245,24 @@ class Identify(Policy):
         app, identified_by = found
         if not self.apps.is_registered(app, self.api):
             return self._refuse(f"application {app} is not registered to API {self.api}")
-        conn.application = ApplicationRef(app, identified_by)
+        # The credential's digest is kept for the reload's revocation (it stays in the process; never the key,
+        # password or token), and the fingerprint of the configuration entry it matched, which is all the
+        # admin's /connections shows of it (gateway/build/credentials.py).
+        identity = Identity(
+            ApplicationRef(app, identified_by),
+            key_digest=digest,
+            entry_fingerprint=self.apps.entry_fingerprint(digest) if digest is not None else None,
+            hostname=named,
+            expires_at=expires_at,
+        )
+        conn.identity = identity
+        # Transforms see the digest and the entry's fingerprint in their context's metadata (docs/policies.md);
+        # the gateway itself reads them from the Identity only.
+        if identity.key_digest is not None:
+            conn.metadata["key_digest"] = identity.key_digest
+        if identity.entry_fingerprint is not None:
+            conn.metadata["entry_fingerprint"] = identity.entry_fingerprint
         return None
-
-    def _identified(self, conn: ConnectionContext, digest: str) -> None:
-        """Remember what identified ``conn``: the credential's digest, for the reload's revocation (it stays in
-        the process; never the key, password or token), and the fingerprint of the configuration entry it
-        matched, which is all the admin's ``/connections`` shows of it (gateway/build/credentials.py)."""
-        conn.metadata["key_digest"] = digest
-        fingerprint = self.apps.entry_fingerprint(digest)
-        if fingerprint is not None:
-            conn.metadata["entry_fingerprint"] = fingerprint
 
     def _verify(self, token: str) -> tuple[str, str | None, float | None]:
         """(problem, None, None) for an unacceptable token, else ("", client id, expiry)."""
@@ -222,7 +271,7 @@ class Identify(Policy):
         from ..build.jwt_keys import TokenError
 
         try:
-            client, expires = self._verifier.verify(token)
+            client, expires = self._verifier.verify(token, self._remote.keys if self._remote is not None else ())
         except TokenError as exc:
             return f"invalid token: {exc.reason}", None, None
         return "", client, expires

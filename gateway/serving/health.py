@@ -35,6 +35,7 @@ import structlog
 
 from ..build.endpoint_health import EndpointHealth
 from ..edge.probe import ProbeResult, probe
+from .view import EndpointState
 
 if TYPE_CHECKING:
     from ..build.routes import CompiledAPI, Endpoint, RouteTable
@@ -45,12 +46,11 @@ log = structlog.get_logger("wsgate.health")
 Key = tuple[str, str]  # (API name, endpoint URL)
 
 
-def _snapshot(health: EndpointHealth) -> dict[str, Any]:
+def _snapshot(health: EndpointHealth) -> EndpointState:
     """One endpoint as ``/upstreams`` shows it (the record itself knows no answer format)."""
     cool_down = max(0.0, health.passive_until - time.monotonic())
-    return {"url": health.url, "healthy": health.healthy, "active_ok": health.active_ok,
-            "passive_cool_down": round(cool_down, 3), "pending": health.pending, "open": health.open,
-            "since": health.changed_at, "reason": health.reason, "last_probe": health.last_probe}
+    return EndpointState(health.url, health.healthy, health.active_ok, health.changed_at, health.reason,
+                         health.last_probe, round(cool_down, 3), health.pending, health.open)
 
 
 @dataclass(eq=False)
@@ -94,11 +94,12 @@ class HealthRegistry:
         """Every endpoint's active verdict, as ``on_verdict`` reports one: a supervisor's starting point."""
         return [(api, url, health.active_ok, health.reason) for (api, url), health in sorted(self.endpoints.items())]
 
-    def snapshot(self) -> dict[str, list[dict[str, Any]]]:
-        out: dict[str, list[dict[str, Any]]] = {}
+    def snapshot(self) -> dict[str, tuple[EndpointState, ...]]:
+        """Every API's endpoints as ``/upstreams`` shows them."""
+        out: dict[str, list[EndpointState]] = {}
         for (api, _), health in sorted(self.endpoints.items()):
             out.setdefault(api, []).append(_snapshot(health))
-        return out
+        return {api: tuple(endpoints) for api, endpoints in out.items()}
 
     # ------------------------------------------------------------ verdicts
     def probe_result(self, health: EndpointHealth, result: ProbeResult, settings: ActiveHealthCheck) -> None:
