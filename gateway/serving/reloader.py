@@ -34,13 +34,13 @@ from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
+from ..build.pipeline import Built, build
 from ..config.cache import CheckCache
 from ..config.diagnostics import Diagnostic
 from .provenance import tree_commit
 from .view import ConfigStatus, LastReload, ReloadOutcome, WorkerState
 
 if TYPE_CHECKING:
-    from ..build.pipeline import Built
     from ..config.tree import Config
 
 log = structlog.get_logger("wsgate.reload")
@@ -139,8 +139,6 @@ class Reloader:
         return ConfigStatus(digest, generation, self.commit, tuple(str(v) for v in self.values), summary)
 
     async def _run(self, trigger: str, checked: Config | None, generation: int | None) -> ReloadOutcome:
-        from ..build.pipeline import Built, build
-
         if checked is None:
             # The same build as validate, but transforms are imported: the new chain runs them anyway.
             result = await asyncio.to_thread(build, self.paths, env=self.env, cache=self.cache,

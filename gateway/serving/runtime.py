@@ -24,11 +24,14 @@ from ..build.pipeline import Artefacts, Built
 from ..build.routes import RouteTable
 from ..build.tls import ServerTLS
 from ..changes.impact import Action, Impact, accepted_from, listener_change
+from ..changes.plan import diff, render_text
+from ..common.log import configure_logging
 from ..config.cache import CheckCache
 from ..config.tree import Config, Loaded
 from ..edge.accept import AcceptLoop
 from ..edge.listener import ListenerServices, PortListener, raise_open_files_limit
 from ..operations.metrics import FLUSH_INTERVAL, Metrics
+from ..operations.tracing import ConnectionTracer, from_environment
 from ..policies.state import PolicyState
 from ..relay.keepalive import KeepaliveSweeper
 from .connections import ConnectionRegistry
@@ -48,12 +51,12 @@ from .view import (
     Status,
     UpstreamsSnapshot,
 )
+from .watch import ConfigWatcher
 
 if TYPE_CHECKING:
     from echo.server import EchoService
 
     from ..config.models import API, Port
-    from ..operations.tracing import ConnectionTracer
     from ..policies.base import Policy
 
 log = structlog.get_logger("wsgate.runtime")
@@ -154,12 +157,8 @@ class Gateway(ReloadStatus):
         # Tracing: an OTel TracerProvider given (tests), else the OTEL_* environment decides; None is off.
         self.tracer: ConnectionTracer | None = None
         if tracer_provider is not None:
-            from ..operations.tracing import ConnectionTracer
-
             self.tracer = ConnectionTracer(tracer_provider)
         else:
-            from ..operations.tracing import from_environment
-
             self.tracer = from_environment(os.environ)
         self._flusher: asyncio.TimerHandle | None = None
 
@@ -227,8 +226,6 @@ class Gateway(ReloadStatus):
 
     async def _apply(self, result: Built, trigger: str, generation: int | None) -> ReloadOutcome:
         """Decide what the change does to live connections (once), compile, listen, swap, settle, log."""
-        from ..changes.plan import diff, render_text
-
         new = result.config
         assert new is not None and self.state is not None
         old_config, old_table = self.config, self.table
@@ -576,8 +573,6 @@ async def serve(config: Config, admin: tuple[str, int] | None = None,
     """Run a gateway until SIGINT or SIGTERM, reloading when the tree under ``paths`` changes or on SIGHUP.
 
     Raises :class:`StartError` when a listener cannot be opened (the CLI logs it and picks the exit status)."""
-    from .watch import ConfigWatcher
-
     gateway = Gateway(config, admin=admin, paths=paths, check_cache=check_cache, artefacts=artefacts,
                       admin_server=admin_server)
     watcher: ConfigWatcher | None = None
@@ -601,8 +596,6 @@ def run(config: Config, args: Any = None, check_cache: CheckCache | None = None,
         artefacts: Artefacts | None = None, admin_server: AdminFactory | None = None) -> None:
     """``wsgate run PATH`` after the config was built: serve (and follow PATH) until a signal; raises
     :class:`StartError` when a listener cannot be opened."""
-    from ..common.log import configure_logging
-
     configure_logging(getattr(args, "log_format", None) or config.settings.log_format)
     raise_open_files_limit()  # each proxied connection holds two files
     admin_text = getattr(args, "admin", None)
