@@ -186,7 +186,8 @@ async def test_serve_raises_start_error_for_a_taken_port_and_returns_no_status(t
     not log and return an exit status itself."""
     import socket
 
-    from gateway.serving.runtime import StartError, serve
+    from gateway.serving.runtime import serve
+    from gateway.serving.view import StartError
 
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))

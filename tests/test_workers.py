@@ -307,7 +307,7 @@ def test_port_holds_keep_other_gateways_out_and_let_the_workers_in():
 def test_supervisor_keeps_its_own_ports_across_reloads_and_a_second_supervisor_out(tmp_path):
     """A port renamed or moved from 0 to its number on reload stays held without tripping over the supervisor's
     own hold; a second supervisor on that address fails with start_failed's StartError naming it."""
-    from gateway.serving.runtime import StartError
+    from gateway.serving.view import StartError
     from gateway.workers.supervisor import Supervisor
 
     backend = "ws://127.0.0.1:9/"
