@@ -186,6 +186,7 @@ async def test_serve_raises_start_error_for_a_taken_port_and_returns_no_status(t
     not log and return an exit status itself."""
     import socket
 
+    from gateway.operations.admin import admin_server
     from gateway.serving.runtime import serve
     from gateway.serving.view import StartError
 
@@ -196,5 +197,5 @@ async def test_serve_raises_start_error_for_a_taken_port_and_returns_no_status(t
         config = write_config(tmp_path, PORT.replace("port: 0", f"port: {taken}"),
                               api_yaml("A", "/a", "ws://127.0.0.1:9/"))
         with logged() as events, pytest.raises(StartError, match=f"127.0.0.1:{taken}"):
-            await serve(config, admin=("127.0.0.1", 0), watch=False)
+            await serve(config, admin=("127.0.0.1", 0), watch=False, admin_server=admin_server)
     assert [e for e in events.entries if e["event"] == "start_failed"] == []

@@ -33,7 +33,7 @@ import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -244,8 +244,9 @@ class Authorizer:
         else:
             conn.application = ApplicationRef("anonymous", "authorizer")
         conn.groups = list(answer.groups)
-        if answer.expires_at is not None:
-            conn.metadata["expires_at"] = answer.expires_at  # the relay closes it with 1008 then
+        if answer.expires_at is not None:  # the listener closes it with 1008 then
+            assert conn.identity is not None  # set just above
+            conn.identity = replace(conn.identity, expires_at=answer.expires_at)
         return None
 
     def _unavailable(self) -> Rejection:
