@@ -549,7 +549,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", help="gateway: the generated config directory")
     parser.add_argument("--log-level", default="warning")
     parser.add_argument("--log-json", action="store_true",
-                        help="gateway: log as `wsgate run` does (gateway.log's JSON lines) at --log-level")
+                        help="gateway: log as `wsgate run` does (gateway.common.log's JSON lines) at --log-level")
     parser.add_argument("--profile", help="gateway: run under cProfile and write the stats to this file on stop")
     args = parser.parse_args(argv)
     if args.log_json:

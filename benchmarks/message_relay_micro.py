@@ -434,15 +434,15 @@ def _policy_costs(gateway: object, args: argparse.Namespace, n: int = 200_000) -
 
 def _profile_log_writers() -> cProfile.Profile:
     """Run every LogWriter thread started from now on under one CPU-time profiler."""
-    from gateway.policies import state
+    from gateway.policies import log_writer
 
     profiler = cProfile.Profile(time.thread_time)
-    run = state.LogWriter._run
+    run = log_writer.LogWriter._run
 
-    def profiled(self: state.LogWriter) -> None:
+    def profiled(self: log_writer.LogWriter) -> None:
         profiler.runcall(run, self)
 
-    state.LogWriter._run = profiled  # type: ignore[method-assign]
+    log_writer.LogWriter._run = profiled  # type: ignore[method-assign]
     return profiler
 
 

@@ -274,11 +274,9 @@ async def serve_echo_servers(config: Config) -> list[EchoService]:
     return services
 
 
-async def serve_until_signal(config: Config) -> int:
-    """Run the config's echo servers until SIGINT or SIGTERM, then stop them cleanly."""
-    if not config.echo_servers:
-        log.error("no_echo_server", root=str(config.root))
-        return 1
+async def serve_until_signal(config: Config) -> None:
+    """Run the config's echo servers (the caller checked there is one) until SIGINT or SIGTERM, then stop them
+    cleanly."""
     async with stop_requested() as stopping:
         services = await serve_echo_servers(config)
         try:
@@ -286,9 +284,8 @@ async def serve_until_signal(config: Config) -> int:
             log.info("echo_servers_stopping")
         finally:
             await asyncio.gather(*(s.stop() for s in services))
-    return 0
 
 
-def run(config: Config, args: object = None) -> int:
-    """``wsgate echo PATH``: serve the config's echo servers until a signal; 0 on a clean stop."""
-    return asyncio.run(serve_until_signal(config))
+def run(config: Config, args: object = None) -> None:
+    """``wsgate echo PATH``: serve the config's echo servers until a signal."""
+    asyncio.run(serve_until_signal(config))

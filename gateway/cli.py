@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
+import structlog
+
 from . import __version__
 from .build.pipeline import Built, build
 from .config import CheckCache, CheckResult, Config
@@ -32,10 +34,13 @@ from .config import selector as selection
 from .config.models import API_VERSION
 
 # Terraform's -detailed-exitcode: 0 nothing to do, 1 an error (a usage error too), 2 plan has changes.
+log = structlog.get_logger("wsgate.cli")  # what `run` and `echo` report once logging is set up
+
 EXIT_OK = 0
 EXIT_INVALID = 1
 EXIT_USAGE = 1
 EXIT_PLAN_CHANGES = 2
+EXIT_START_FAILED = 1  # `run`/`echo`: a listener could not be opened, or nothing to serve
 
 
 class _Parser(argparse.ArgumentParser):
@@ -585,17 +590,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         from .common.log import configure_logging
 
         configure_logging(args.log_format)
-    if args.workers > 1:
-        from .workers import supervisor
-
-        assert result.config is not None
-        return supervisor.run(result.config, args.workers, args, check_cache=cache)
     from .operations import admin
     from .serving import runtime
+    from .serving.view import StartError
 
     assert result.config is not None  # result.ok
-    return runtime.run(result.config, args, check_cache=cache, artefacts=result.artefacts,
-                       admin_server=admin.admin_server)
+    try:
+        if args.workers > 1:
+            from .workers import supervisor
+
+            supervisor.run(result.config, args.workers, args, check_cache=cache)
+        else:
+            runtime.run(result.config, args, check_cache=cache, artefacts=result.artefacts,
+                        admin_server=admin.admin_server)
+    except StartError as exc:  # one log line for the operator, not a traceback
+        log.error("start_failed", error=str(exc), hint=exc.hint)
+        return EXIT_START_FAILED
+    return EXIT_OK
 
 
 def cmd_echo(args: argparse.Namespace) -> int:
@@ -606,6 +617,10 @@ def cmd_echo(args: argparse.Namespace) -> int:
 
     assert result.config is not None  # result.ok
     configure_logging(args.log_format or result.config.settings.log_format)
+    if not result.config.echo_servers:
+        log.error("no_echo_server", root=str(result.config.root))
+        return EXIT_START_FAILED
     from echo import server
 
-    return server.run(result.config, args)
+    server.run(result.config, args)
+    return EXIT_OK

@@ -41,6 +41,13 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     return True
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Browser tests are slow tests too (a Chromium start each): the everyday `-m "not slow"` run leaves them out."""
+    for item in items:
+        if item.get_closest_marker("browser") is not None:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(params=PATHS)
 def path_kind(request: pytest.FixtureRequest) -> str:
     """Which relay a test API goes through: the byte relay ("fast") or the message relay ("message")."""

@@ -29,6 +29,7 @@ from websockets.utils import accept_key, generate_key
 
 from gateway.config.models import API
 from gateway.policies.base import ConnectionContext
+from gateway.relay.base import CLOSE_TIMEOUT
 from gateway.relay.fast import ByteRelay
 from gateway.relay.keepalive import KeepaliveSweeper
 
@@ -281,7 +282,7 @@ class MiniGateway:
         backend_port: int,
         api: API,
         *,
-        close_timeout: float = 3.0,
+        close_timeout: float = CLOSE_TIMEOUT,
         upstream_rcvbuf: int | None = None,
         client_sndbuf: int | None = None,
     ) -> None:

@@ -279,6 +279,11 @@ class _Recording:
         self._received.append(data)
         return data
 
+    async def readexactly(self, n: int) -> bytes:
+        data = await self._reader.readexactly(n)
+        self._received.append(data)
+        return data
+
 
 @dataclass
 class HTTPResponse:

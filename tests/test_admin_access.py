@@ -15,7 +15,8 @@ from support import PORT, TIMEOUT, api_yaml, http_request, run, running_gateway,
 
 from gateway.config import check
 from gateway.operations.admin import admin_server
-from gateway.serving.runtime import Gateway, StartError
+from gateway.serving.runtime import Gateway
+from gateway.serving.view import StartError
 
 TOKEN = "admin-token-" + "7" * 20
 PROTECTED = [("GET", "/config"), ("GET", "/connections"), ("GET", "/metrics"), ("GET", "/reload"),

@@ -16,7 +16,7 @@ from process_support import admin_json, start_wsgate
 from support import PORT, TIMEOUT, Scrape, api_yaml, echo_backend, http_request, running_gateway, write_config
 from websockets.asyncio.client import connect
 
-from gateway.serving.runtime import StartError
+from gateway.serving.view import StartError
 from gateway.workers import supervisor as supervisor_module
 from gateway.workers.supervisor import Supervisor
 

@@ -63,6 +63,7 @@ def config_with_imports(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_the_asyncapi_parser_accepts_the_export_of_every_example_api(tmp_path, asyncapi_parser):
     """Each example API and each imported description, exported, parses with no error and all its messages."""
     root = config_with_imports(tmp_path)

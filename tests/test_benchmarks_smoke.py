@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # the benchmarks' and the soak's own harnesses: minutes of CPU
+
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--quick", "--seconds", "0.3", "--warmup", "0.1", "--conns", "4", "--wide", "8", "--idle-conns", "20"]
 PYTHON_ONLY = ["--loadgen", "python", "--backend", "python", "--no-nginx", "--no-caddy", "--no-install"]

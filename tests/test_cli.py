@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import structlog
 from config_helpers import API, APP, PORT, write
 
 from gateway.cli import main
@@ -156,6 +157,18 @@ def test_run_refuses_an_invalid_config(tmp_path, capsys):
     assert main(["run", str(tmp_path)]) == 1
     assert "error WSG100: unknown field 'hots'" in capsys.readouterr().err
     assert main(["echo", str(tmp_path)]) == 1
+
+
+def test_echo_without_an_echo_server_exits_1_with_one_line(tmp_path, capsys):
+    """`wsgate echo` on a valid config that declares no echo server exits 1 with one `no_echo_server` line: the
+    CLI picks the status (the echo server's loop returns none)."""
+    tree(tmp_path)
+    try:
+        assert main(["echo", str(tmp_path), "--log-format", "json"]) == 1
+    finally:
+        structlog.reset_defaults()  # main configured logging onto capsys's stderr
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    assert [line["event"] for line in lines if line.get("level") == "error"] == ["no_echo_server"]
 
 
 def test_run_admin_must_be_host_port(tmp_path):

@@ -41,6 +41,7 @@ LEGS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(1800 if FULL else 300)
 @pytest.mark.parametrize(("leg", "path", "cases", "expected"), LEGS)
 def test_autobahn_cases(tmp_path, leg, path, cases, expected):

@@ -92,6 +92,7 @@ async def refused(url: str, **kwargs) -> tuple[int, bytes]:
     return response.status_code, response.body
 
 
+@pytest.mark.slow
 def test_api_key_never_appears_in_any_output(tmp_path):
     """Whatever happens to a connection, neither the right nor a wrong API key shows up in logs, transaction
     records, error bodies, upstream requests or admin answers, while all of those did record the traffic."""

@@ -424,3 +424,45 @@ async def test_frames_and_fin_sent_with_the_101_reach_the_client(tmp_path, path_
                     with pytest.raises(ConnectionClosed) as closed:
                         await ws.recv()
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 4001
+
+
+async def test_a_client_vanishing_under_a_flood_ends_the_message_relay_with_the_upstreams_close_reply(tmp_path,
+                                                                                                      monkeypatch):
+    """A client reads nothing while its upstream floods (the relay stops reading the upstream), then vanishes: the
+    upstream gets 1001 and its close reply ends the connection; the relay does not wait out its close deadline."""
+    monkeypatch.setattr("gateway.relay.message.CLOSE_TIMEOUT", 100 * TIMEOUT)  # only the close reply can end it
+    told: list[int] = []
+
+    async def flood_then_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        key = next(line.split(":", 1)[1].strip() for line in head.split("\r\n")
+                   if line.lower().startswith("sec-websocket-key:"))
+        writer.write(f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     f"Sec-WebSocket-Accept: {accept_key(key)}\r\n\r\n".encode())
+        frame = bytes((0x82, 126)) + struct.pack("!H", 16384) + bytes(16384)
+
+        async def flood() -> None:
+            while True:
+                writer.write(frame)
+                await writer.drain()
+
+        flooding = asyncio.get_running_loop().create_task(flood())
+        try:
+            close = await reader.readexactly(8)  # the gateway's close frame: masked, a 2-byte code
+        finally:
+            flooding.cancel()
+        told.append(struct.unpack("!H", bytes(b ^ m for b, m in zip(close[6:], close[2:4], strict=True)))[0])
+        writer.write(bytes((0x88, 2)) + struct.pack("!H", 1001))
+        await writer.drain()
+
+    async with raw_backend(flood_then_answer) as (url, _):
+        config = write_config(tmp_path, PORT, path_api(tmp_path, "message", url + "/ws"))
+        async with running_gateway(config) as gw:
+            host, port = gw.addresses["default"]
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(upgrade_request("/f"))
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+            await eventually(lambda: relay_of(gw).upstream.pauses > 0)  # type: ignore[attr-defined]
+            writer.transport.abort()
+            assert await gw.registry.wait_idle(TIMEOUT)
+    assert told == [1001]

@@ -16,6 +16,7 @@ from support import (
     api_yaml,
     eventually,
     gw_url,
+    logged,
     recording_backend,
     running_gateway,
     tutorial_tree,
@@ -178,3 +179,23 @@ async def test_run_on_a_taken_port_says_so_in_one_line_and_exits_1(tmp_path):
     assert "Traceback" not in output
     failed = [json.loads(line) for line in output.splitlines() if '"start_failed"' in line]
     assert len(failed) == 1 and f"127.0.0.1:{taken}" in failed[0]["error"], output
+
+
+async def test_serve_raises_start_error_for_a_taken_port_and_returns_no_status(tmp_path):
+    """The runtime raises StartError for a port it cannot listen on (the CLI logs it and picks exit 1); it does
+    not log and return an exit status itself."""
+    import socket
+
+    from gateway.operations.admin import admin_server
+    from gateway.serving.runtime import serve
+    from gateway.serving.view import StartError
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        config = write_config(tmp_path, PORT.replace("port: 0", f"port: {taken}"),
+                              api_yaml("A", "/a", "ws://127.0.0.1:9/"))
+        with logged() as events, pytest.raises(StartError, match=f"127.0.0.1:{taken}"):
+            await serve(config, admin=("127.0.0.1", 0), watch=False, admin_server=admin_server)
+    assert [e for e in events.entries if e["event"] == "start_failed"] == []

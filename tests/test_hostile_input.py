@@ -319,6 +319,7 @@ def test_thousands_of_tiny_fragments(tmp_path, path_kind):
     frame_scenario(tmp_path, path_kind, act)
 
 
+@pytest.mark.slow
 def test_tiny_fragments_cost_no_more_memory_than_their_message(tmp_path):
     """On the message relay, 400,000 one-byte fragments (2.8 MB on the wire, a 400 kB message) grow peak RSS
     by a few MiB, not by the ~40 bytes per fragment a list of fragments held (~55 MiB here, 135 MiB for a

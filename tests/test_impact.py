@@ -1,4 +1,4 @@
-"""gateway.impact: keep, drain (1001) or revoke (1008), from plain configs and values; the plan predicts the reload."""
+"""gateway.changes.impact: keep, drain (1001) or revoke (1008), from plain configs; the plan predicts the reload."""
 
 from __future__ import annotations
 

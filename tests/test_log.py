@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import re
 from pathlib import Path
@@ -50,19 +51,29 @@ SNAKE_CASE = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*")
 SOURCE_ROOTS = [Path(__file__).resolve().parent.parent / name for name in ("gateway", "echo")]
 
 
-def log_events() -> list[tuple[str, int, str]]:
-    """(file, line, event) of every log call with a literal event name in the package code."""
+@functools.cache
+def _parsed() -> list[tuple[Path, ast.Module]]:
+    """Every module of the package code, parsed once for the tests that scan its log calls."""
+    return [(path, ast.parse(path.read_text(encoding="utf-8"))) for root in SOURCE_ROOTS
+            for path in sorted(root.rglob("*.py"))]
+
+
+def log_events(keys: bool = False) -> list[tuple[str, int, str]]:
+    """(file, line, event) of every log call with a literal event name in the package code; with ``keys``,
+    (file, line, key) of every keyword those calls pass instead."""
     found = []
-    for root in SOURCE_ROOTS:
-        for path in sorted(root.rglob("*.py")):
-            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-                if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                        and node.func.attr in LOG_LEVELS and node.args):
-                    continue
-                receiver = node.func.value
-                name = receiver.id if isinstance(receiver, ast.Name) else getattr(receiver, "attr", "")
-                first = node.args[0]
-                if "log" in name.lower() and isinstance(first, ast.Constant) and isinstance(first.value, str):
+    for path, tree in _parsed():
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in LOG_LEVELS and node.args):
+                continue
+            receiver = node.func.value
+            name = receiver.id if isinstance(receiver, ast.Name) else getattr(receiver, "attr", "")
+            first = node.args[0]
+            if "log" in name.lower() and isinstance(first, ast.Constant) and isinstance(first.value, str):
+                if keys:
+                    found += [(path.name, node.lineno, k.arg) for k in node.keywords if k.arg is not None]
+                else:
                     found.append((path.name, node.lineno, first.value))
     return found
 
@@ -72,6 +83,13 @@ def test_every_log_event_name_is_snake_case():
     events = log_events()
     assert len(events) > 50  # the scan sees the code's log calls
     assert [e for e in events if not SNAKE_CASE.fullmatch(e[2])] == []
+
+
+def test_a_connection_is_named_by_one_log_key():
+    """Log lines name a connection as `connection=<id>` everywhere (one key to filter on), never `conn=`."""
+    keys = log_events(keys=True)
+    assert sum(key == "connection" for *_, key in keys) > 10  # the scan sees the connection keys
+    assert [k for k in keys if k[2] in ("conn", "conn_id", "connection_id")] == []
 
 
 def test_reload_failure_log_lines_carry_the_hints_get_reload_shows(tmp_path):

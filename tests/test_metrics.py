@@ -11,6 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from structlog.testing import capture_logs
 from support import (
     PORT,
@@ -237,6 +238,7 @@ WORKER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_multiprocess_mode_aggregates_the_workers_series(tmp_path):
     """Two gateway processes sharing PROMETHEUS_MULTIPROC_DIR: either one's /metrics sums both (livesum gauges too)."""
 

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import gateway
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,6 +33,7 @@ def _run(code: str) -> str:
     return done.stdout
 
 
+@pytest.mark.slow
 def test_every_module_imports_first_in_a_fresh_interpreter():
     """Each module of gateway/ and echo/ imports as the first one loaded, so no import cycle depends on order."""
     # One interpreter, emptied of our packages before each import: an import cycle shows up as the

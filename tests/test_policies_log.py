@@ -344,7 +344,7 @@ def test_writer_failures_are_logged_once_per_interval_with_a_count(tmp_path):
     """300 records whose encoding fails within one interval give one `transaction_records_failed` line at once (with
     a traceback) and the rest of the count when the writer closes, not a line per record; the good records around
     them are written."""
-    from gateway.policies.state import LogWriter, encode_record
+    from gateway.policies.log_writer import LogWriter, encode_record
 
     def broken(item: tuple) -> bytes:
         raise RuntimeError("encoder bug")

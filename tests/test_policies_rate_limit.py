@@ -25,7 +25,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from gateway.config.models import RateLimitPolicy
-from gateway.policies.rate_limit import Bucket, Limit
+from gateway.policies.rate_buckets import REFILL_SECONDS, Bucket, Limit, SharedBucket
 
 KEY_A = "rate-alpha-key-1"
 KEY_B = "rate-beta-key-1"
@@ -359,8 +359,6 @@ class SyncMemoryBudget(AsyncMemoryBudget):
 
 def test_shared_bucket_takes_only_what_the_shared_budget_grants():
     """Two instances' buckets on one budget admit the burst between them, then answer "exceeded" from memory."""
-    from gateway.policies.rate_limit import REFILL_SECONDS, SharedBucket
-
     budget = SyncMemoryBudget()
     settings = limit(messages_per_second=SLOW, burst_messages=5)
     one, two = SharedBucket(settings, budget, "k"), SharedBucket(settings, budget, "k")

@@ -568,6 +568,7 @@ async def test_concurrent_reload_requests_coalesce(tmp_path):
             assert outcomes[2] is outcomes[1]
 
 
+@pytest.mark.slow
 def test_reload_benchmark_runs_end_to_end(tmp_path):
     """The reload benchmark runs in a tiny configuration and reports no lost message (no timing assertions)."""
     import subprocess

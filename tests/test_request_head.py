@@ -8,7 +8,7 @@ import pytest
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
-from gateway.wire.protocols import QUIET as _quiet
+from gateway.common.log import PROTOCOL_LOG
 from gateway.wire.request_head import plain_upgrade
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
@@ -28,7 +28,7 @@ PLAIN = (
 
 def websockets_view(head: bytes) -> tuple[str, list[tuple[str, str]], str] | None:
     """What websockets' parser and handshake checks make of ``head``: target, headers, key; None if refused."""
-    ws = ServerProtocol(max_size=None, logger=_quiet)
+    ws = ServerProtocol(max_size=None, logger=PROTOCOL_LOG)
     ws.receive_data(head)
     events = ws.events_received()
     if not events or not isinstance(events[0], Request):

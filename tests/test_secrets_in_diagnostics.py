@@ -92,6 +92,7 @@ def rendered(tmp_path, docs) -> tuple[str, bool]:
     return "\n".join(render(result.diagnostics, fmt) for fmt in ("text", "json", "github")), not result.ok
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=misshapen())
 def test_no_misshapen_credential_reaches_a_diagnostic(tmp_path, case):
@@ -119,6 +120,7 @@ ISSUE_CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(ISSUE_CASES))
 def test_the_issues_cases_through_the_validate_command(tmp_path, case):
     """`wsgate validate --format text|json|github` reports each of the issue's cases as an error, without

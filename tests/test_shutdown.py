@@ -28,6 +28,7 @@ async def wait_unready(admin: str) -> None:
             await asyncio.sleep(0.02)
 
 
+@pytest.mark.slow
 async def test_sigterm_gives_live_connections_the_grace_then_closes_the_rest_with_1001(tmp_path):
     """After SIGTERM: /readyz is 503 and new connections are refused at once; a client that finishes within the
     grace keeps relaying and closes normally (1000); one that does not is closed with 1001; the exit code is 0."""

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # the benchmarks' and the soak's own harnesses: minutes of CPU
+
 REPO = Path(__file__).resolve().parent.parent
 
 

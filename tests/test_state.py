@@ -171,6 +171,7 @@ async def test_three_instances_share_a_limit(tmp_path, redis_server):
             await third.close()
 
 
+@pytest.mark.slow
 async def test_fifty_simultaneous_upgrades_over_three_instances_admit_exactly_ten(tmp_path, redis_server):
     """50 upgrades at once, spread over 3 `wsgate run` processes on one Redis, against a limit of 10: exactly 10
     are admitted, 40 get 503, and Redis counts 10."""

@@ -1,4 +1,4 @@
-"""The upstream TCP connect (gateway.connect): addresses tried in turn, hostnames resolved once per TTL."""
+"""The upstream TCP connect (gateway.edge.connect): addresses tried in turn, hostnames resolved once per TTL."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Property tests: whatever YAML comes in, check() returns diagnostics or a config, never raises."""
+"""Property tests: whatever YAML comes in, build() (what validate, plan, run and reload call) answers with a config and
+its artefacts or with located diagnostics; it never raises."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.config import check
+from gateway.build.pipeline import build
 from gateway.config.diagnostics import render_github, render_json, render_text
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -17,19 +18,33 @@ YAML_BITS = [
     ":", "- ", "---\n", "\t", "  ", "\n", "{", "}", "[", "]", "&a ", "*a", "!!binary ", "<<: ", "? ", "'", '"',
     "kind: API\n", "kind: Port\n", "null", "~", "1.10", "0x1F", "yes", "2024-01-01", "#", "|\n", ">-\n", "\x00", "é",
 ]
+TREE_CODES = {"WSG006"}  # no resources in the tree
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def run(text: str) -> None:
+    """Build a tree of one file holding ``text`` and assert what every answer must be."""
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "a.yaml").write_text(text, encoding="utf-8", errors="surrogatepass")
-        (Path(tmp) / "transforms").mkdir()
-        (Path(tmp) / "transforms" / "tutorial.py").write_text("def client_transformation(m):\n    return m.payload\n")
-        result = check([tmp], env={})
-        assert result.ok == (result.config is not None)
-        assert result.ok == (not any(d.is_error for d in result.diagnostics))
+        root = Path(tmp)
+        (root / "a.yaml").write_text(text, encoding="utf-8", errors="surrogatepass")
+        (root / "transforms").mkdir()
+        (root / "transforms" / "tutorial.py").write_text("def client_transformation(m):\n    return m.payload\n")
+        result = build([tmp], env={})  # anything but a Built is an exception, which fails the property
+        errors = [d for d in result.diagnostics if d.is_error]
+        assert (result.config is not None) == (not errors) == (result.artefacts is not None)
+        lines = len(text.splitlines()) + 1  # a problem may point just past the last line (end of file)
         for d in result.diagnostics:
             assert d.code.startswith("WSG") and d.summary
+            if d.location is None:
+                assert d.code in TREE_CODES, d  # only a problem of the whole tree has no place in a file
+                continue
+            where = Path(d.location.file)
+            where = where if where.is_absolute() else root / where
+            assert where.is_file(), d
+            assert d.location.line >= 1 and d.location.col >= 1, d
+            if where == root / "a.yaml":
+                assert d.location.line <= lines, d
+        assert len({(d.code, d.summary, d.location) for d in result.diagnostics}) == len(result.diagnostics)
         render_text(result.diagnostics)
         render_json(result.diagnostics)
         render_github(result.diagnostics)
@@ -38,7 +53,7 @@ def run(text: str) -> None:
 @SETTINGS
 @given(st.lists(st.sampled_from(YAML_BITS + list("abcxyz019 -_/.")), max_size=120).map("".join))
 def test_random_yaml_never_raises(text):
-    """Random YAML-ish text gives diagnostics or success, never an exception."""
+    """Random YAML-ish text builds or gives located diagnostics, never an exception."""
     run(text)
 
 
@@ -68,7 +83,7 @@ def mutated(draw):
 @SETTINGS
 @given(mutated())
 def test_mutated_examples_never_raise(text):
-    """The tutorial's files, mutated (characters inserted, deleted, lines swapped), never crash check()."""
+    """The tutorial's files, mutated (characters inserted, deleted, lines swapped), never crash build()."""
     run(text)
 
 
@@ -81,7 +96,7 @@ def test_mutated_examples_never_raise(text):
     max_leaves=20,
 ).map(lambda value: {"kind": "API", "name": "a", **value} if isinstance(value, dict) else value))
 def test_structured_documents_never_raise(value):
-    """Documents with the right keys and wrong shapes give diagnostics, not exceptions."""
+    """Documents with the right keys and wrong shapes give located diagnostics, not exceptions."""
     import json
 
     run(json.dumps(value))

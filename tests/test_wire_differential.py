@@ -27,6 +27,7 @@ from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 from websockets.utils import accept_key
 
+from gateway.common.log import PROTOCOL_LOG
 from gateway.wire.frames import (
     CONTROL,
     DONE,
@@ -37,7 +38,6 @@ from gateway.wire.frames import (
     parse_close,
     read_head,
 )
-from gateway.wire.protocols import QUIET
 from gateway.wire.request_head import plain_upgrade
 from gateway.wire.upstream_response import Invalid101, check_101, plain_101
 
@@ -84,7 +84,7 @@ REQUEST = [
 
 def websockets_request(head: bytes) -> tuple[str, list[tuple[str, str]], str] | None:
     """What websockets' parser and handshake checks make of ``head``: target, headers, key; None if refused."""
-    ws = ServerProtocol(max_size=None, logger=QUIET)
+    ws = ServerProtocol(max_size=None, logger=PROTOCOL_LOG)
     ws.receive_data(head)
     events = ws.events_received()
     if not events or not isinstance(events[0], Request):
@@ -130,7 +130,7 @@ OFFERS = st.sampled_from([[], [Subprotocol("chat")], [Subprotocol("superchat"), 
 
 def websockets_101(head: bytes, offer: list[Subprotocol]) -> Subprotocol | None | bool:
     """websockets' client verdict on ``head``: the chosen subprotocol (or None), False when it refuses."""
-    protocol = ClientProtocol(URI, subprotocols=offer or None, extensions=None, max_size=None, logger=QUIET)
+    protocol = ClientProtocol(URI, subprotocols=offer or None, extensions=None, max_size=None, logger=PROTOCOL_LOG)
     protocol.key = KEY
     protocol.receive_data(head)
     events = protocol.events_received()
@@ -208,9 +208,9 @@ def websockets_frames(stream: bytes, masked: bool) -> tuple[list[tuple[int, bool
     """The frames websockets' protocol reads from ``stream`` and the close code it fails the connection with."""
     protocol: ServerProtocol | ClientProtocol
     if masked:
-        protocol = ServerProtocol(state=OPEN, max_size=None, logger=QUIET)
+        protocol = ServerProtocol(state=OPEN, max_size=None, logger=PROTOCOL_LOG)
     else:
-        protocol = ClientProtocol(URI, state=OPEN, max_size=None, logger=QUIET)
+        protocol = ClientProtocol(URI, state=OPEN, max_size=None, logger=PROTOCOL_LOG)
     protocol.receive_data(stream)
     frames = [(int(f.opcode), f.fin, bytes(f.data)) for f in protocol.events_received() if isinstance(f, Frame)]
     failed = protocol.close_sent.code if protocol.close_sent is not None and protocol.close_rcvd is None else None

@@ -26,6 +26,7 @@ def test_worker_count_parses_auto_and_numbers():
         worker_count("0")
 
 
+@pytest.mark.slow
 async def test_workers_share_the_port_answer_as_one_and_reload_together(tmp_path):
     """Two workers serve one port: connections land on both, /connections is their sum, /readyz lists each
     worker's generation, and an edited config reaches both as the next generation (not split)."""
@@ -74,6 +75,7 @@ async def test_workers_share_the_port_answer_as_one_and_reload_together(tmp_path
                 assert await gateway.exit_code() == 0, "".join(gateway.output)
 
 
+@pytest.mark.slow
 async def test_a_killed_worker_is_restarted_and_the_others_connections_are_untouched(tmp_path):
     """SIGKILL of one worker: its clients lose their connection, every other client keeps relaying, the
     supervisor logs the death and starts a new process in the slot, which serves the current generation."""
@@ -123,6 +125,7 @@ async def worker_totals(admin: str) -> list[int]:
     return [w["open"] for w in sorted(endpoint["workers"], key=lambda w: w["index"])]
 
 
+@pytest.mark.slow
 async def test_each_reload_is_counted_once_by_the_supervisor(tmp_path):
     """With two workers /metrics counts every reload once, failed ones included (the supervisor decides them;
     the workers only apply what it hands over), and a failed reload keeps both workers on the last good
@@ -164,6 +167,7 @@ async def test_each_reload_is_counted_once_by_the_supervisor(tmp_path):
             assert after.value("wsgate_reload_failing") == 0
 
 
+@pytest.mark.slow
 async def test_a_revoked_key_closes_its_connections_in_every_worker(tmp_path):
     """Connections of one application spread over two workers: removing its key on reload closes every one of
     them with 1008, whichever worker holds it."""
@@ -217,6 +221,7 @@ async def test_supervisor_reload_reads_only_changed_files(tmp_path):
     assert (cache.parsed, cache.checked) == (0, 0)
 
 
+@pytest.mark.slow
 async def test_a_second_gateway_with_workers_on_the_same_port_fails_to_start(tmp_path):
     """A second `wsgate run --workers 2` on a port the first one's workers serve exits 1 with start_failed (as
     without workers) instead of splitting the port's connections with it; the first keeps serving all of them."""
@@ -247,6 +252,7 @@ async def test_a_second_gateway_with_workers_on_the_same_port_fails_to_start(tmp
                 await ws.close()
 
 
+@pytest.mark.slow
 async def test_a_taken_admin_address_fails_the_start_with_one_line_and_no_traceback(tmp_path):
     """`wsgate run --workers 2` whose admin address another process holds exits 1 with one start_failed line and its
     hint (as a single gateway does), stopping the workers it had started, and prints no traceback."""
@@ -301,7 +307,7 @@ def test_port_holds_keep_other_gateways_out_and_let_the_workers_in():
 def test_supervisor_keeps_its_own_ports_across_reloads_and_a_second_supervisor_out(tmp_path):
     """A port renamed or moved from 0 to its number on reload stays held without tripping over the supervisor's
     own hold; a second supervisor on that address fails with start_failed's StartError naming it."""
-    from gateway.serving.runtime import StartError
+    from gateway.serving.view import StartError
     from gateway.workers.supervisor import Supervisor
 
     backend = "ws://127.0.0.1:9/"

@@ -8,6 +8,7 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from health_support import backends, health_api
 from process_support import admin_json, two_workers
 from support import (
@@ -48,6 +49,7 @@ def transitions(metrics: Scrape, state: str) -> float:
                if s.name == "wsgate_upstream_transitions_total" and s.labels.get("state") == state)
 
 
+@pytest.mark.slow
 async def test_two_workers_probe_once_per_interval_and_refuse_a_down_endpoint_together(tmp_path):
     """With two workers an endpoint gets about the probes of a single gateway (not twice), goes down once in
     /upstreams and in the metrics when its backend stops, both workers then answer 503, and it comes back up."""
@@ -93,6 +95,7 @@ async def test_two_workers_probe_once_per_interval_and_refuse_a_down_endpoint_to
             assert not [r for r in gateway.records if r.get("event") == "endpoint_unhealthy" and r.get("worker") == 1]
 
 
+@pytest.mark.slow
 async def test_killing_the_prober_worker_hands_probing_to_another(tmp_path):
     """SIGKILL of the probing worker: the supervisor tells the other worker to probe, and probes go on."""
     async with backends("b") as (backend,):

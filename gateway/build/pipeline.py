@@ -26,17 +26,16 @@ import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..common.http_client import client_ssl_context
 from ..config import CheckCache, CheckResult, check, cut_long_quotes, redact, with_source_lines
 from ..config.diagnostics import Diagnostic, error
 from ..config.tree import Config
-
-if TYPE_CHECKING:
-    from .apps import AppIndex
-    from .routes import CompiledRoute
-    from .tls import ServerTLS
+from .apps import AppIndex
+from .origins import origin_pattern
+from .routes import CompiledRoute, Endpoint, upstream_ssl_context
+from .tls import CertificatePairError, ServerTLS
 
 # Failures a broken artefact raises: OpenSSL, the file system, parsers.
 _BUILD_ERRORS = (ssl.SSLError, OSError, ValueError, TypeError, LookupError)
@@ -94,11 +93,6 @@ def build(paths: Sequence[str | Path], *, env: Mapping[str, str] | None = None, 
 def _compile(config: Config, env: Mapping[str, str], *,
              raise_first: bool = False) -> tuple[Artefacts | None, list[Diagnostic]]:
     """The artefacts of ``config`` (None if one fails) and a diagnostic per failure (``raise_first``: raise it)."""
-    from .apps import AppIndex
-    from .origins import origin_pattern
-    from .routes import CompiledRoute, Endpoint, upstream_ssl_context
-    from .tls import CertificatePairError, ServerTLS
-
     out: list[Diagnostic] = []
     server_tls: dict[str, ServerTLS] = {}
     upstream_tls: dict[str, ssl.SSLContext | None] = {}

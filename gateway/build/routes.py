@@ -6,7 +6,8 @@ the ``CompiledAPI`` it was accepted with; a reload compiles a new table and
 the runtime swaps the reference, so nothing here is ever mutated after
 compile (except the balancer's round-robin credit, which is only a hint).
 Endpoint health lives outside the table, in the gateway's
-:class:`~gateway.health.HealthRegistry`, so it survives the swap.
+:class:`~gateway.serving.health.HealthRegistry` (which the table knows only as
+:class:`PassiveHealth`), so it survives the swap.
 """
 
 from __future__ import annotations
@@ -15,31 +16,43 @@ import asyncio
 import os
 import ssl
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import Protocol
 from urllib.parse import parse_qs, quote
 
 import structlog
+from websockets.datastructures import Headers
 from websockets.headers import build_host
 from websockets.uri import WebSocketURI, parse_uri
 
-from .apps import AppIndex
-from .balance import SmoothWeightedRoundRobin, least_connections_order, rendezvous_order
 from ..common.build_counts import count
-from ..config.models import API, Port, RoutingPolicy, prefix_matches
+from ..config.models import API, PassiveHealthCheck, Port, RoutingPolicy, prefix_matches
 from ..config.models import Policy as PolicySpec
 from ..config.tree import Config, Loaded
 from ..policies.base import ConnectionContext, Policy, UpgradeRequest
 from ..policies.registry import build_chain as default_build_chain
 from ..policies.state import PolicyState
-
-if TYPE_CHECKING:
-    from websockets.datastructures import Headers
-
-    from ..serving.health import EndpointHealth, HealthRegistry
+from .apps import AppIndex
+from .balance import SmoothWeightedRoundRobin, least_connections_order, rendezvous_order
+from .endpoint_health import EndpointHealth
 
 log = structlog.get_logger("wsgate.routes")
+
+
+class PassiveHealth(Protocol):
+    """The endpoint-health registry as routes use it (``gateway.serving.health.HealthRegistry`` is the one).
+
+    Compile takes each endpoint's record from it (``get``: created healthy on first sight, kept across reloads);
+    the upstream connect reports each upgrade's outcome to it. Probes, verdicts and their logs stay in serving.
+    """
+
+    def get(self, api: str, url: str) -> EndpointHealth: ...
+
+    def upgrade_failed(self, health: EndpointHealth, reason: str, passive: PassiveHealthCheck,
+                       siblings: Sequence[EndpointHealth] = ()) -> None: ...
+
+    def upgrade_succeeded(self, health: EndpointHealth) -> None: ...
 
 
 def _overrides(policy: Policy, name: str) -> bool:
@@ -152,7 +165,7 @@ class CompiledAPI:
     ssl_context: ssl.SSLContext | None
     fast_path: bool
     balancer: SmoothWeightedRoundRobin
-    health: HealthRegistry | None = None  # where failed upgrades are reported (passive checks)
+    health: PassiveHealth | None = None  # where failed upgrades are reported (passive checks)
     # (name, value) added to every upstream request, values read from the environment when compiled: what
     # upstream credentials look like inside the gateway. Never logged; no repr shows them.
     upstream_headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
@@ -243,7 +256,7 @@ class CompiledAPI:
                 log.exception("policy_close_failed", api=self.name, policy=policy.type)
 
     @classmethod
-    def build(cls, loaded: Loaded[API], chain: list[Policy], health: HealthRegistry | None = None,
+    def build(cls, loaded: Loaded[API], chain: list[Policy], health: PassiveHealth | None = None,
               env: Mapping[str, str] | None = None,
               upstream_tls: Mapping[str, ssl.SSLContext | None] | None = None,
               compiled: CompiledRoute | None = None) -> CompiledAPI:
@@ -395,17 +408,14 @@ class RouteTable:
     @classmethod
     def compile(cls, config: Config, apps: AppIndex, state: PolicyState, *, generation: int = 1,
                 build_chain: Callable[[Loaded[API], Config, AppIndex, PolicyState], list[Policy]] | None = None,
-                health: HealthRegistry | None = None, env: Mapping[str, str] | None = None,
+                health: PassiveHealth | None = None, env: Mapping[str, str] | None = None,
                 upstream_tls: Mapping[str, ssl.SSLContext | None] | None = None,
                 compiled_routes: Mapping[str, CompiledRoute] | None = None) -> RouteTable:
         """Bind every enabled route of ``config``: the ``compiled_routes`` (``gateway.build.pipeline.Artefacts``;
         default: compiled here, with the contexts of ``upstream_tls`` when given) to policies from
         ``build_chain`` (default: ``gateway.policies.build_chain``) and endpoint health from ``health``
-        (default: a fresh registry)."""
-        from ..serving.health import HealthRegistry  # the probe it runs imports the websockets client; keep it lazy
-
+        (the gateway's registry; None: endpoints without a health record)."""
         build_chain = build_chain or default_build_chain
-        health = health if health is not None else HealthRegistry()
         enabled = {name for name, port in config.ports.items() if port.model.enabled}
         apis: dict[str, CompiledAPI] = {}
         routes: dict[tuple[str, str | None], PortRoutes] = {}

@@ -18,7 +18,6 @@ from typing import Any
 import structlog
 
 from ..common.build_counts import count
-from ..policies.base import ClientCertificate
 
 log = structlog.get_logger("wsgate.tls")
 
@@ -105,6 +104,23 @@ class ServerTLS:
                 continue
             log.info("certificate_renewed", name=self.name, certificate=entry.where)
         return problems
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCertificate:
+    """What identify reads from a verified client certificate."""
+
+    subject: str | None  # the subject's common name
+    sans: tuple[str, ...]  # subjectAltName values, lowercased
+    fingerprint: str  # SHA-256 of the DER form, lowercase hex
+
+    def keys(self) -> list[str]:
+        """Every identifier form this certificate matches (see ``CertificateIdentifier.key``): fingerprint first."""
+        out = [f"sha256:{self.fingerprint}"]
+        if self.subject:
+            out.append(f"subject:{self.subject}")
+        out += [f"san:{san}" for san in self.sans]
+        return out
 
 
 def client_certificate(transport: Any) -> ClientCertificate | None:

@@ -2,7 +2,7 @@
 
 ``diff`` is a pure function of two checked configs. A :class:`Plan` lists
 resource changes (create, update with per-field ``old -> new``, destroy) and,
-for each, the :class:`~gateway.impact.Disruption` s it causes to live
+for each, the :class:`~gateway.changes.impact.Disruption` s it causes to live
 connections, as :mod:`gateway.changes.impact` (the one owner of that decision, which
 the reload follows too) says. A caller that knows the live gateway fills in
 ``live_connections`` (see :meth:`Plan.with_live_counts`) and the renderers
@@ -26,6 +26,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from ..common.redaction import redact_url, redact_urls
+from ..config.diagnostics import escape_data, escape_property
 from ..config.tree import Config, Loaded, Location
 from .impact import Action as DisruptionAction
 from .impact import Disruption, disruptions, renames
@@ -428,8 +429,6 @@ def render_json(plan: Plan) -> str:
 
 def render_github(plan: Plan) -> str:
     """The text plan, then one GitHub ``::warning`` annotation per disruption, on the line that causes it."""
-    from ..config.diagnostics import escape_data, escape_property
-
     out = [render_text(plan)]
     for c in plan.changes:
         for d, loc in zip(c.disruptions, c.disruption_locations or (None,) * len(c.disruptions), strict=True):

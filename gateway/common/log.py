@@ -26,6 +26,11 @@ _SENSITIVE_KEY = re.compile(
 )
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
+# The stdlib logger websockets' protocol objects get (listener, upstream handshake, message relay, probes):
+# websockets logs every open and close at INFO, which per connection is noise; warnings still show.
+PROTOCOL_LOG = logging.getLogger("wsgate.wsproto")
+PROTOCOL_LOG.setLevel(logging.WARNING)
+
 
 _KEY_VERDICTS: dict[str, bool] = {}  # key -> names a credential; log keys are a small, fixed vocabulary
 

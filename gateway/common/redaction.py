@@ -134,14 +134,6 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{shown}@{host}"))
 
 
-def has_userinfo(url: str) -> bool:
-    """Whether ``url`` carries ``user[:password]@`` before its host."""
-    try:
-        return "@" in urlsplit(url).netloc
-    except ValueError:
-        return "@" in url.split("//", 1)[-1].split("/", 1)[0]
-
-
 def redact_urls(value: Any) -> Any:
     """``value`` (JSON-like) with the userinfo of every URL string in it redacted: what plan and admin show."""
     if isinstance(value, str):

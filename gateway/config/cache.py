@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from .diagnostics import Diagnostic
-    from .source import Document
+    from .document import Document
 
 V = TypeVar("V")
 

@@ -143,8 +143,15 @@ def check_schema(doc: Document, kind: str) -> list[Diagnostic]:
     if passes(kind, doc.data):
         return []
     out: list[Diagnostic] = []
+    seen: set[tuple[str, str, object]] = set()
     for err in validator(kind).iter_errors(doc.data):
-        out += _translate(err, doc)
+        for diagnostic in _translate(err, doc):
+            # jsonschema raises one `required` error per missing field, and each translates to every missing field
+            # of its list: say each problem once.
+            key = (diagnostic.code, diagnostic.summary, diagnostic.location)
+            if key not in seen:
+                seen.add(key)
+                out.append(diagnostic)
     return out
 
 

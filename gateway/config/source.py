@@ -41,6 +41,7 @@ except ImportError:  # no ruamel.yaml.clib (e.g. PyPy): ruamel's pure parser
 from . import ignore
 from .cache import CheckCache, FileResult, digest
 from .diagnostics import Diagnostic, Related, error
+from .document import Document, PathT
 from .tree import Location
 
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -50,37 +51,6 @@ MAX_NODES = 200_000
 MAX_DEPTH = 100
 MERGE_TAG = "tag:yaml.org,2002:merge"
 _DOC_SEPARATOR = re.compile(r"^---(\s|$)")
-
-PathT = tuple  # a JSON-pointer-like path: ("policies", 0, "type")
-
-
-@dataclass
-class Document:
-    """One YAML document as plain data, with where each of its nodes was written."""
-
-    file: str
-    index: int
-    data: Any
-    base_dir: Path
-    start: Location
-    values: dict[PathT, Location] = field(default_factory=dict)
-    keys: dict[PathT, Location] = field(default_factory=dict)
-
-    def value_at(self, path: Sequence[Any]) -> Location:
-        """The position of the value at ``path``, or of its nearest ancestor that exists."""
-        path = tuple(path)
-        while path:
-            loc = self.values.get(path)
-            if loc is not None:
-                return loc
-            path = path[:-1]
-        return self.values.get((), self.start)
-
-    def key_at(self, path: Sequence[Any]) -> Location:
-        """The position of the mapping key that ends ``path`` (the value's for list items)."""
-        loc = self.keys.get(tuple(path))
-        return loc if loc is not None else self.value_at(path)
-
 
 @dataclass
 class LoadResult:

@@ -100,7 +100,6 @@ class AcceptLoop:
         self._make_transport: Callable[..., object] | None = (
             None if ssl_context is not None else getattr(self._loop, "_make_socket_transport", None))
         self._reserve: int | None = None
-        self._reserve_wanted = reserve
         self._reserve_timer: asyncio.TimerHandle | None = None
         if reserve:
             self._take_reserve()

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 from websockets.extensions.base import Extension
@@ -47,11 +47,8 @@ if TYPE_CHECKING:
     from websockets.typing import Subprotocol
 
     from ..build.routes import CompiledAPI, RouteTable
-    from ..operations.metrics import Metrics
-    from ..operations.tracing import ConnectionSpan, ConnectionTracer
     from ..relay.base import Relay
     from ..relay.keepalive import KeepaliveSweeper
-    from ..serving.connections import ConnectionRegistry
 
 log = structlog.get_logger("wsgate.listener")
 
@@ -115,13 +112,43 @@ class Connection:
             self.upstream.abort()
 
 
+# What the listener reports to. The connection registry (serving), the metrics and the tracer (operations) sit
+# above the edge, so the edge names them by the calls it makes: gateway.serving.connections.ConnectionRegistry,
+# gateway.operations.metrics.Metrics and gateway.operations.tracing.ConnectionTracer are the implementations.
+class Registry(Protocol):
+    def track(self, record: Connection) -> None: ...
+    def untrack(self, record: Connection) -> None: ...
+    def routed(self, record: Connection, route: CompiledAPI) -> None: ...
+    def open_on(self, listener: PortListener) -> int: ...
+
+
+class UpgradeMetrics(Protocol):
+    def upgrade(self, port: str, api: str, status: int, reason: str | None = None) -> None: ...
+    def stage(self, api: str, stage: str, seconds: float) -> None: ...
+    def upstream_failed(self, api: str, url: str, status: int, reason: str) -> None: ...
+    def opened(self, port: str, api: str, application: str) -> None: ...
+    def closed(self, port: str, conn: ConnectionContext, code: int | None, seconds: float) -> None: ...
+
+
+class ConnectionSpan(Protocol):
+    def begin(self, name: str) -> None: ...
+    def upstream_headers(self) -> list[tuple[str, str]]: ...
+    def accepted(self, application: str | None) -> None: ...
+    def refused(self, status: int, error: str | None, application: str | None) -> None: ...
+    def closed(self, code: int | None) -> None: ...
+
+
+class ConnectionTracer(Protocol):
+    def start(self, headers: Iterable[tuple[str, str]], *, api: str, port: str, path: str) -> ConnectionSpan: ...
+
+
 @dataclass(frozen=True, slots=True)
 class ListenerServices:
     """What every port's client handshakes share: where to register, what to route by, what to count."""
 
-    registry: ConnectionRegistry
+    registry: Registry
     table: Callable[[], RouteTable]  # the route table new upgrades use (swapped by a reload)
-    metrics: Metrics
+    metrics: UpgradeMetrics
     keepalive: KeepaliveSweeper | None
     tracer: ConnectionTracer | None = None  # tracing on: starts each upgrade's span
 

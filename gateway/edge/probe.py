@@ -21,10 +21,11 @@ from urllib.parse import urlsplit
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 
+from ..build.routes import upstream_headers, upstream_ssl_context
+from ..common.log import PROTOCOL_LOG
 from ..config.diagnostics import Diagnostic, error
 from ..config.source import load
 from ..config.tree import Location
-from .upstream import _quiet  # websockets logs every open and close at INFO
 
 if TYPE_CHECKING:
     from ..config.tree import Config
@@ -61,7 +62,7 @@ async def probe(url: str, *, timeout: float, ssl_context: ssl.SSLContext | None 
                 return ProbeResult(True, "connected")
             kwargs = {"server_hostname": server_hostname} if secure and server_hostname else {}
             async with connect(url, ssl=context, open_timeout=None, close_timeout=timeout, compression=None,
-                               additional_headers=list(headers) or None, logger=_quiet, **kwargs):  # type: ignore[arg-type]
+                               additional_headers=list(headers) or None, logger=PROTOCOL_LOG, **kwargs):  # type: ignore[arg-type]
                 return ProbeResult(True, "101 Switching Protocols", 101)
     except InvalidStatus as exc:
         response = exc.response
@@ -106,8 +107,6 @@ async def probe_config(config: Config, paths: Sequence[str | Path], timeout: flo
     its URL's line; the TLS settings (CA, client certificate, SNI name) are
     the ones the runtime would use.
     """
-    from ..build.routes import upstream_headers, upstream_ssl_context
-
     loaded = load([Path(p) for p in paths])
     docs = {doc.data.get("name"): doc for doc in loaded.documents
             if isinstance(doc.data, dict) and doc.data.get("kind") == "API"}

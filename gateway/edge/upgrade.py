@@ -40,9 +40,9 @@ from websockets.utils import accept_key
 
 from ..build.routes import CompiledAPI, MalformedHost, RouteTable, request_host
 from ..common.http_response import Header, refusal, switching_protocols
+from ..common.log import PROTOCOL_LOG
 from ..common.redaction import redact_query
 from ..policies.base import ClientCertificate, ConnectionContext, Policy, Rejection, UpgradeRequest, parse_query
-from ..wire.protocols import QUIET
 from ..wire.request_head import has_dot_segment, plain_upgrade
 
 MAX_REQUEST_HEAD = 16 * 1024
@@ -139,7 +139,7 @@ def decide(head: bytes, port: str, table: RouteTable) -> Accept | Refuse:
 
 def _decide_unusual(head: bytes, port: str, table: RouteTable) -> Accept | Refuse:
     """Any head ``plain_upgrade`` does not take: websockets parses and checks it."""
-    ws = ServerProtocol(max_size=None, logger=QUIET)
+    ws = ServerProtocol(max_size=None, logger=PROTOCOL_LOG)
     ws.receive_data(head)
     events = ws.events_received()
     if not events or not isinstance(events[0], Request):

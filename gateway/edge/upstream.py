@@ -22,7 +22,6 @@ from websockets.utils import generate_key
 
 from ..build.routes import CompiledAPI, Endpoint, NoEndpoint
 from ..common.redaction import api_key_like
-from ..wire.protocols import QUIET
 from ..wire.upstream_response import Invalid101, check_101, response_status
 from .connect import open_connection
 
@@ -57,8 +56,6 @@ HOP_BY_HOP = frozenset(
         "x-gateway-application",
     }
 )
-
-_quiet = QUIET  # the name the listener and older tests know it by
 
 
 class UpstreamError(Exception):

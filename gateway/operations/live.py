@@ -19,16 +19,15 @@ import os
 import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..changes.impact import Disruption
+from ..build.credentials import api_key_fingerprint, basic_fingerprint
+from ..build.hashes import slow_hash_kind
+from ..changes.impact import Accepted, Action, Disruption, Impact
 from ..changes.plan import Drift
 from ..common.redaction import CREDENTIAL_PLACEHOLDER
 from ..config.models import API, Application, EchoServer, EnvKey, Gateway, Port
 from ..config.tree import Config, Loaded, Location
-
-if TYPE_CHECKING:
-    from ..changes.impact import Impact
 
 MODELS: dict[str, type[Port | API | Application | EchoServer | Gateway]] = {
     "Port": Port, "API": API, "Application": Application, "EchoServer": EchoServer, "Gateway": Gateway,
@@ -68,9 +67,6 @@ def redacted_application(model: Application) -> Application:
     16 hex digits of its entry fingerprint (gateway/build/credentials.py: what ``/connections`` shows, computed from the
     entry's git form, so it tells a reader nothing git does not): a key replaced by another in place shows as a
     change, the same key written in plain text or as its ``sha256:`` form does not."""
-    from ..build.credentials import api_key_fingerprint, basic_fingerprint
-    from ..build.hashes import slow_hash_kind
-
     identifiers = model.identifiers
     keys = [entry if isinstance(entry, EnvKey) else f"{REDACTED_PREFIX}{api_key_fingerprint(entry)[:16]}"
             for entry in identifiers.api_keys]
@@ -91,8 +87,6 @@ def redacted_credentials(config: Config) -> Config:
 def ended_first(counts: Mapping[str, Any], impact: Impact) -> Callable[[Disruption], tuple[tuple[str, int], ...]]:
     """For each disruption, the live connections it reaches that another disruption ends first, by that one's
     reason: each connection is counted once (under the reason that applies first), and said where it is not."""
-    from ..changes.impact import Accepted, Action
-
     records = counts.get("connections")
     accepted = [Accepted.from_dict(r) for r in records if isinstance(r, dict)] if isinstance(records, list) else []
     ends = [impact.decide(a).disruption for a in accepted]
@@ -118,8 +112,6 @@ def live_counter(counts: Mapping[str, Any], impact: Impact) -> Callable[[Disrupt
     ``impact.new_apps`` is built from the tree as written, so the fingerprints of its credential entries can be
     compared with those ``/connections`` shows.
     """
-    from ..changes.impact import Accepted, Action
-
     records = counts.get("connections")
     if not isinstance(records, list):
         return lambda disruption: None

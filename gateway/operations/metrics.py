@@ -55,6 +55,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from .. import __version__
+
 if TYPE_CHECKING:
     from ..config.tree import Config
     from ..policies.base import ConnectionContext
@@ -106,8 +108,6 @@ if multiprocess_dir() is not None:
 
 
 def version() -> str:
-    from .. import __version__
-
     return __version__
 
 
@@ -223,7 +223,7 @@ class Metrics:
         self.state_backend_up = Gauge(
             "wsgate_state_backend_up", "1 while the shared state backend answers (memory always).", ["backend"],
             registry=registry, multiprocess_mode="livemin")
-        # Endpoint health (gateway.health), read at each batch: an endpoint down in any worker shows down.
+        # Endpoint health (gateway.serving.health), read at each batch: an endpoint down in any worker shows down.
         self.upstream_healthy = Gauge(
             "wsgate_upstream_healthy", "Whether an upstream endpoint takes new connections (1) or not (0).",
             ["api", "endpoint"], registry=registry, multiprocess_mode="livemin")
@@ -322,7 +322,7 @@ class Metrics:
         self.upstream_failures.labels(api, endpoint_label(url), kind).inc()
 
     def accept_error(self, listener: str) -> None:
-        """A listener's accept failed (gateway.accept counts it; the listener pauses)."""
+        """A listener's accept failed (gateway.edge.accept counts it; the listener pauses)."""
         self.accept_errors.labels(listener).inc()
 
     # ------------------------------------------------------- connections

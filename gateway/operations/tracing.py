@@ -25,6 +25,8 @@ from typing import Any
 
 import structlog
 
+from .metrics import version
+
 log = structlog.get_logger("wsgate.tracing")
 
 PROPAGATED = ("traceparent", "tracestate")  # the W3C Trace Context headers
@@ -84,8 +86,6 @@ class ConnectionTracer:
 
     def __init__(self, provider: Any, *, owned: bool = False) -> None:
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
-        from .metrics import version
 
         self.provider = provider
         self.owned = owned  # built here from the environment: flushed and shut down with the gateway

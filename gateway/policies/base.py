@@ -29,80 +29,29 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from websockets.datastructures import Headers
+
+from ..build.tls import ClientCertificate as ClientCertificate
+
+# The decisions are base's vocabulary: every policy imports them from here.
+from .decisions import DROP as DROP
+from .decisions import Close as Close
+from .decisions import Delay as Delay
+from .decisions import Direction as Direction
+from .decisions import Message as Message
+from .decisions import MessageDecision as MessageDecision
+from .decisions import Rejection as Rejection
+from .decisions import Reply as Reply
+from .decisions import wire_size as wire_size
 
 if TYPE_CHECKING:  # type-only: importing this module must not load the config models (pydantic)
     from ..build.apps import AppIndex
     from ..config.models import API
     from ..config.tree import Loaded
     from .state import PolicyState
-
-Direction = Literal["client", "server"]  # who sent the message
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    """Refuse the upgrade with this HTTP status; ``reason`` goes into the JSON body and the logs."""
-
-    status: int
-    error: str  # short machine word: "unauthorized", "throttled", "forbidden", ...
-    reason: str  # one sentence for people; never includes credentials
-    headers: tuple[tuple[str, str], ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Close:
-    """Close the connection (both legs) with this code and reason."""
-
-    code: int
-    reason: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """Drop the message and send ``text`` back to its sender as a text message (an error in a declared format)."""
-
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class Delay:
-    """Not yet: the relay stops reading the sender for ``seconds``, then offers the message to the same policy
-    again. Nothing is lost; what the sender already wrote waits in the relay's backlog, in order."""
-
-    seconds: float
-
-
-class _Drop:
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "DROP"
-
-
-DROP = _Drop()
-"""Returned by a message-stage policy to swallow a message."""
-
-
-@dataclass(slots=True)
-class Message:
-    direction: Direction
-    is_text: bool
-    payload: str | bytes  # str when is_text, bytes otherwise
-
-    def size(self) -> int:
-        """The payload's size on the wire (see :func:`wire_size`)."""
-        return wire_size(self.is_text, self.payload)
-
-
-def wire_size(is_text: bool, payload: str | bytes) -> int:
-    """A payload's size on the wire: UTF-8 bytes for text. isascii() is O(1) on CPython's str, so only non-ASCII
-    text pays for an encode."""
-    return len(payload) if not is_text or payload.isascii() else len(payload.encode())  # type: ignore[union-attr]
-
 
 @dataclass(frozen=True, slots=True)
 class ApplicationRef:
@@ -148,25 +97,8 @@ class UpgradeRequest:
 
 def parse_query(query: str) -> dict[str, list[str]]:
     """``UpgradeRequest.query`` from a raw query string: how every policy reads parameters (the API key among
-    them). Only ``&`` separates; ``gateway.redaction`` drops credentials with that in mind."""
+    them). Only ``&`` separates; ``gateway.common.redaction`` drops credentials with that in mind."""
     return parse_qs(query, keep_blank_values=True)
-
-
-@dataclass(frozen=True, slots=True)
-class ClientCertificate:
-    """What identify reads from a verified client certificate."""
-
-    subject: str | None  # the subject's common name
-    sans: tuple[str, ...]  # subjectAltName values, lowercased
-    fingerprint: str  # SHA-256 of the DER form, lowercase hex
-
-    def keys(self) -> list[str]:
-        """Every identifier form this certificate matches (see ``CertificateIdentifier.key``): fingerprint first."""
-        out = [f"sha256:{self.fingerprint}"]
-        if self.subject:
-            out.append(f"subject:{self.subject}")
-        out += [f"san:{san}" for san in self.sans]
-        return out
 
 
 _connection_ids = itertools.count(1)
@@ -178,7 +110,7 @@ class Counters:
     messages_out: int = 0  # server -> client
     bytes_in: int = 0
     bytes_out: int = 0
-    # What the metrics already hold of the above (they take the difference in batches, see gateway.metrics).
+    # What the metrics already hold of the above (they take the difference in batches, see gateway.operations.metrics).
     reported_messages_in: int = 0
     reported_messages_out: int = 0
     reported_bytes_in: int = 0
@@ -226,8 +158,6 @@ class ConnectionContext:
         for callback in reversed(callbacks):
             callback()
 
-
-MessageDecision = Message | _Drop | Close | Reply | Delay
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,8 +23,8 @@ from typing import Any
 from ..config.models import LogInvocationPolicy
 from .base import ConnectionContext, Direction, Message, Policy, PolicyBuild
 from .log_sinks import sinks_for
+from .log_writer import LogWriter, encode_record, record_dict
 from .masking import Masker, Unmaskable
-from .state import LogWriter, encode_record, record_dict
 
 NORMAL_CLOSES = frozenset({1000, 1001})
 

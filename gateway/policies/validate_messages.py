@@ -45,8 +45,8 @@ from .base import (
     Reply,
 )
 from .log_invocation import writer_for
+from .log_writer import LogWriter, encode_record, record_dict
 from .message_matcher import Matcher, Violation
-from .state import LogWriter, encode_record, record_dict
 from .validation_worker import check_in_worker, matcher_key, ready, replace_worker, worker_pool
 
 log = structlog.get_logger("wsgate.policies")

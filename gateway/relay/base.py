@@ -16,6 +16,11 @@ if TYPE_CHECKING:
     from gateway.policies.base import ConnectionContext
 
 
+# Seconds a closing connection gives its peers to finish the closing handshake (answer the close frame, close
+# TCP) before the relay aborts them: both relays, on every close (a peer's, a vanished leg's, a drain's).
+CLOSE_TIMEOUT = 5.0
+
+
 def peer_close(failed_is_client: bool) -> tuple[int, str]:
     """What the other leg is told when one leg failed or vanished: a vanished client's upstream goes away (1001);
     a client whose upstream failed is told the gateway's upstream broke (1014)."""

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from gateway.policies.base import ConnectionContext
-from gateway.relay.base import peer_close
+from gateway.relay.base import CLOSE_TIMEOUT, peer_close
 from gateway.relay.keepalive import PING_PREFIX
 from gateway.wire.frames import (
     BOUNDARY,
@@ -49,7 +49,6 @@ log = structlog.get_logger("wsgate.relay.fast")
 _monotonic = time.monotonic
 
 ABNORMAL = 1006
-CLOSE_TIMEOUT = 3.0  # seconds a closing connection waits for its peers before aborting them
 
 # close_state of a leg: has the gateway written a close frame to it?
 _NONE, _QUEUED, _WRITTEN = 0, 1, 2
@@ -348,7 +347,7 @@ class ByteRelay:
     def _violation(self, leg: _Leg, code: int, reason: str) -> None:
         log.info(
             "relay_protocol_violation",
-            conn=self.conn.id,
+            connection=self.conn.id,
             side="client" if leg.is_client else "upstream",
             code=code,
             reason=reason,
@@ -361,7 +360,7 @@ class ByteRelay:
         self._progress()
 
     def _dead(self, leg: _Leg) -> None:
-        log.info("relay_keepalive_timeout", conn=self.conn.id, side="client" if leg.is_client else "upstream")
+        log.info("relay_keepalive_timeout", connection=self.conn.id, side="client" if leg.is_client else "upstream")
         leg.silenced = True
         self._abort(leg)
 
@@ -394,7 +393,7 @@ class ByteRelay:
     def _deadline(self) -> None:
         for leg in (self._client, self._upstream):
             if not leg.lost:
-                log.info("relay_close_timeout", conn=self.conn.id, side="client" if leg.is_client else "upstream")
+                log.info("relay_close_timeout", connection=self.conn.id, side="client" if leg.is_client else "upstream")
                 self._abort(leg)
 
     def _progress(self) -> None:
@@ -423,7 +422,7 @@ class ByteRelay:
         try:
             self._on_closed(code, reason)
         except Exception:
-            log.exception("relay_on_closed_failed", conn=self.conn.id)
+            log.exception("relay_on_closed_failed", connection=self.conn.id)
         finally:
             if self._done is not None and not self._done.done():
                 self._done.set_result(None)

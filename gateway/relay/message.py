@@ -40,10 +40,10 @@ from websockets.frames import (
 from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
 
+from ..common.log import PROTOCOL_LOG
 from ..policies.base import DROP, Close, ConnectionContext, Delay, Message, Policy, Reply
 from ..wire.frames import RESERVED_OPCODES, head_violation, read_head
-from ..wire.protocols import QUIET as _quiet
-from .base import peer_close
+from .base import CLOSE_TIMEOUT, peer_close
 
 if TYPE_CHECKING:
     from ..build.routes import CompiledAPI
@@ -52,7 +52,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger("wsgate.relay")
 
 TEXT, BINARY, CONT, CLOSE = Opcode.TEXT, Opcode.BINARY, Opcode.CONT, Opcode.CLOSE
-CLOSE_TIMEOUT = 5.0  # seconds both peers get to finish a closing handshake before the gateway aborts
 
 
 class _Masks:
@@ -220,10 +219,10 @@ class MessageRelay:
         api = route.api
         loop = asyncio.get_running_loop()
         max_size = api.limits.max_message_size
-        server = ServerProtocol(state=OPEN, max_size=max_size, logger=_quiet)
+        server = ServerProtocol(state=OPEN, max_size=max_size, logger=PROTOCOL_LOG)
         server.extensions = list(client_extensions)
         uri = route.endpoints[0].uri
-        upstream_ws = ClientProtocol(uri, state=OPEN, max_size=max_size, logger=_quiet)
+        upstream_ws = ClientProtocol(uri, state=OPEN, max_size=max_size, logger=PROTOCOL_LOG)
         max_fragments = api.limits.max_fragments
         self.client = _Leg(self, client, server, True, route.client_policies, max_fragments)
         self.upstream = _Leg(self, upstream, upstream_ws, False, route.server_policies, max_fragments)
@@ -633,7 +632,13 @@ class MessageRelay:
             self.vanished(leg)
         peer = leg.peer
         if not peer.lost:
-            # The peer may still be waiting for a close handshake; give it the deadline.
+            # The peer may still be waiting for a close handshake; give it the deadline. Its reading may be paused
+            # because this leg read slowly (backpressure): resume it, or its close reply and its EOF are never read
+            # and the deadline always runs out (as the byte relay does: _lost unpauses the peer).
+            if peer.pauses:
+                peer.pauses = 0
+                if not peer.transport.is_closing():
+                    peer.transport.resume_reading()
             self._arm_deadline()
             return
         self._finish()

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from ..build.endpoint_health import EndpointHealth
 from ..edge.probe import ProbeResult, probe
 from .view import EndpointState
 
@@ -45,38 +46,11 @@ log = structlog.get_logger("wsgate.health")
 Key = tuple[str, str]  # (API name, endpoint URL)
 
 
-class EndpointHealth:
-    """The health and load of one endpoint of one API; outlives reloads that keep the endpoint."""
-
-    __slots__ = ("api", "url", "active_ok", "passive_until", "successes", "failures", "passive_failures",
-                 "pending", "open", "reported", "changed_at", "reason", "last_probe")
-
-    def __init__(self, api: str, url: str) -> None:
-        self.api = api
-        self.url = url
-        self.active_ok = True  # optimistic at start: a gateway must serve before its first probe round
-        self.passive_until = 0.0  # monotonic time until which a passive mark keeps it out
-        self.successes = 0  # consecutive active probe successes / failures
-        self.failures = 0
-        self.passive_failures = 0  # consecutive failed upgrades
-        self.pending = 0  # upstream handshakes in flight (the circuit breaker counts these)
-        self.open = 0  # relayed connections on this endpoint (least-connections counts these and pending)
-        self.reported = True  # the health last logged: transitions are changes of this
-        self.changed_at = time.time()
-        self.reason = "initial"
-        self.last_probe: str | None = None
-
-    def closed_one(self) -> None:
-        self.open -= 1
-
-    @property
-    def healthy(self) -> bool:
-        return self.active_ok and time.monotonic() >= self.passive_until
-
-    def snapshot(self) -> EndpointState:
-        cool_down = max(0.0, self.passive_until - time.monotonic())
-        return EndpointState(self.url, self.healthy, self.active_ok, self.changed_at, self.reason, self.last_probe,
-                             round(cool_down, 3), self.pending, self.open)
+def _snapshot(health: EndpointHealth) -> EndpointState:
+    """One endpoint as ``/upstreams`` shows it (the record itself knows no answer format)."""
+    cool_down = max(0.0, health.passive_until - time.monotonic())
+    return EndpointState(health.url, health.healthy, health.active_ok, health.changed_at, health.reason,
+                         health.last_probe, round(cool_down, 3), health.pending, health.open)
 
 
 @dataclass(eq=False)
@@ -124,7 +98,7 @@ class HealthRegistry:
         """Every API's endpoints as ``/upstreams`` shows them."""
         out: dict[str, list[EndpointState]] = {}
         for (api, _), health in sorted(self.endpoints.items()):
-            out.setdefault(api, []).append(health.snapshot())
+            out.setdefault(api, []).append(_snapshot(health))
         return {api: tuple(endpoints) for api, endpoints in out.items()}
 
     # ------------------------------------------------------------ verdicts

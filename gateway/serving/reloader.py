@@ -34,13 +34,13 @@ from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
+from ..build.pipeline import Built, build
 from ..config.cache import CheckCache
 from ..config.diagnostics import Diagnostic
 from .provenance import tree_commit
 from .view import ConfigStatus, LastReload, ReloadOutcome, WorkerState
 
 if TYPE_CHECKING:
-    from ..build.pipeline import Built
     from ..config.tree import Config
 
 log = structlog.get_logger("wsgate.reload")
@@ -138,17 +138,7 @@ class Reloader:
             summary = LastReload(last.ok, last.at, last.trigger, why)
         return ConfigStatus(digest, generation, self.commit, tuple(str(v) for v in self.values), summary)
 
-    async def wait(self, count: int, timeout: float | None = None) -> ReloadOutcome:
-        """Wait until ``count`` reloads have finished; the last outcome."""
-        async with asyncio.timeout(timeout):
-            async with self.finished:
-                await self.finished.wait_for(lambda: self.count >= count)
-        assert self.last is not None
-        return self.last
-
     async def _run(self, trigger: str, checked: Config | None, generation: int | None) -> ReloadOutcome:
-        from ..build.pipeline import Built, build
-
         if checked is None:
             # The same build as validate, but transforms are imported: the new chain runs them anyway.
             result = await asyncio.to_thread(build, self.paths, env=self.env, cache=self.cache,

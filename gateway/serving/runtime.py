@@ -24,11 +24,14 @@ from ..build.pipeline import Artefacts, Built
 from ..build.routes import RouteTable
 from ..build.tls import ServerTLS
 from ..changes.impact import Action, Impact, accepted_from, listener_change
+from ..changes.plan import diff, render_text
+from ..common.log import configure_logging
 from ..config.cache import CheckCache
 from ..config.tree import Config, Loaded
 from ..edge.accept import AcceptLoop
 from ..edge.listener import ListenerServices, PortListener, raise_open_files_limit
 from ..operations.metrics import FLUSH_INTERVAL, Metrics
+from ..operations.tracing import ConnectionTracer, from_environment
 from ..policies.state import PolicyState
 from ..relay.keepalive import KeepaliveSweeper
 from .connections import ConnectionRegistry
@@ -48,12 +51,12 @@ from .view import (
     Status,
     UpstreamsSnapshot,
 )
+from .watch import ConfigWatcher
 
 if TYPE_CHECKING:
     from echo.server import EchoService
 
     from ..config.models import API, Port
-    from ..operations.tracing import ConnectionTracer
     from ..policies.base import Policy
 
 log = structlog.get_logger("wsgate.runtime")
@@ -154,12 +157,8 @@ class Gateway(ReloadStatus):
         # Tracing: an OTel TracerProvider given (tests), else the OTEL_* environment decides; None is off.
         self.tracer: ConnectionTracer | None = None
         if tracer_provider is not None:
-            from ..operations.tracing import ConnectionTracer
-
             self.tracer = ConnectionTracer(tracer_provider)
         else:
-            from ..operations.tracing import from_environment
-
             self.tracer = from_environment(os.environ)
         self._flusher: asyncio.TimerHandle | None = None
 
@@ -220,10 +219,6 @@ class Gateway(ReloadStatus):
         self.metrics.config_served(served.digest, served.commit, failed=not outcome.ok)
         return outcome
 
-    async def wait_reload(self, count: int, timeout: float | None = None) -> ReloadOutcome:
-        """Wait until ``count`` reloads have finished; the last outcome."""
-        return await self.reloader.wait(count, timeout)
-
     def _serving(self) -> tuple[str, int]:
         if self._table is None:
             return self.config.digest(), 0
@@ -231,8 +226,6 @@ class Gateway(ReloadStatus):
 
     async def _apply(self, result: Built, trigger: str, generation: int | None) -> ReloadOutcome:
         """Decide what the change does to live connections (once), compile, listen, swap, settle, log."""
-        from ..changes.plan import diff, render_text
-
         new = result.config
         assert new is not None and self.state is not None
         old_config, old_table = self.config, self.table
@@ -576,20 +569,16 @@ def freeze_startup_heap() -> None:
 async def serve(config: Config, admin: tuple[str, int] | None = None,
                 paths: Sequence[str | Path] | None = None, watch: bool = True,
                 check_cache: CheckCache | None = None, artefacts: Artefacts | None = None,
-                admin_server: AdminFactory | None = None) -> int:
-    """Run a gateway until SIGINT or SIGTERM, reloading when the tree under ``paths`` changes or on SIGHUP."""
-    from .watch import ConfigWatcher
+                admin_server: AdminFactory | None = None) -> None:
+    """Run a gateway until SIGINT or SIGTERM, reloading when the tree under ``paths`` changes or on SIGHUP.
 
+    Raises :class:`StartError` when a listener cannot be opened (the CLI logs it and picks the exit status)."""
     gateway = Gateway(config, admin=admin, paths=paths, check_cache=check_cache, artefacts=artefacts,
                       admin_server=admin_server)
     watcher: ConfigWatcher | None = None
     async with stop_requested() as stopping:
         try:
-            try:
-                await gateway.start()
-            except StartError as exc:
-                log.error("start_failed", error=str(exc), hint=exc.hint)
-                return 1
+            await gateway.start()
             if watch:
                 watcher = ConfigWatcher(gateway.paths, gateway.reload)
                 await watcher.start()
@@ -601,18 +590,16 @@ async def serve(config: Config, admin: tuple[str, int] | None = None,
             await gateway.stop(gateway.config.settings.shutdown_grace, stopping.hurry)
             if watcher is not None:
                 await watcher.stop()
-    return 0
 
 
 def run(config: Config, args: Any = None, check_cache: CheckCache | None = None,
-        artefacts: Artefacts | None = None, admin_server: AdminFactory | None = None) -> int:
-    """``wsgate run PATH`` after the config was built: serve (and follow PATH) until a signal; 0 on a clean stop."""
-    from ..common.log import configure_logging
-
+        artefacts: Artefacts | None = None, admin_server: AdminFactory | None = None) -> None:
+    """``wsgate run PATH`` after the config was built: serve (and follow PATH) until a signal; raises
+    :class:`StartError` when a listener cannot be opened."""
     configure_logging(getattr(args, "log_format", None) or config.settings.log_format)
     raise_open_files_limit()  # each proxied connection holds two files
     admin_text = getattr(args, "admin", None)
     admin = parse_address(admin_text) if isinstance(admin_text, str) else admin_text
     path = getattr(args, "path", None)
-    return asyncio.run(serve(config, admin, [path] if isinstance(path, str) else None, check_cache=check_cache,
-                             artefacts=artefacts, admin_server=admin_server))
+    asyncio.run(serve(config, admin, [path] if isinstance(path, str) else None, check_cache=check_cache,
+                      artefacts=artefacts, admin_server=admin_server))

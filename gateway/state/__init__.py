@@ -2,8 +2,9 @@
 
 One small interface (:class:`SharedState`, in ``base``) and two backends:
 ``memory`` (one process, the default) and ``redis`` (every worker and every
-instance pointed at the same Redis). Importing this package loads neither
-backend; :func:`open_state` picks one from the Gateway resource's ``state``.
+instance pointed at the same Redis). Importing this package does not load the
+Redis backend (the redis client is an optional dependency): :func:`open_state`
+does, when the Gateway resource's ``state`` names it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from .base import UNAVAILABLE, OnStateError, SharedState, Taken
+from .memory import MemoryStore
 
 if TYPE_CHECKING:
     from ..config.models import MemoryState, RedisState
@@ -21,9 +23,8 @@ def open_state(settings: MemoryState | RedisState, env: Mapping[str, str], *, ca
                instance: str | None = None) -> SharedState:
     """The backend the settings name, not started yet (``await state.start()``)."""
     if settings.backend == "memory":
-        from .memory import MemoryStore
-
         return MemoryStore()
+    # The optional dependency's seam: the Redis backend (and the redis client it loads) only for `backend: redis`.
     from .redis import RedisStore, connection_options
 
     return RedisStore(connection_options(settings, env, ca_file), heartbeat=settings.heartbeat,

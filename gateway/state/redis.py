@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from ..config.models import EnvKey
 from .base import UNAVAILABLE, OnStateError, Taken
 from .memory import LocalBuckets, LocalSlots
 from .redis_batch import ScriptLine, SlotBatch, Take
@@ -103,8 +104,6 @@ return granted
 
 def connection_options(settings: RedisState, env: Mapping[str, str], ca_file: str | None) -> dict[str, Any]:
     """What ``RedisStore`` connects with: the URL (None when its variable is unset) and client keywords."""
-    from ..config.models import EnvKey
-
     url = env.get(settings.url.env) if isinstance(settings.url, EnvKey) else settings.url
     options: dict[str, Any] = {"url": url or None, "missing": settings.url.env if isinstance(settings.url, EnvKey)
                                else None}

@@ -14,7 +14,7 @@ from websockets.typing import Subprotocol
 from websockets.uri import WebSocketURI
 from websockets.utils import accept_key
 
-from .protocols import QUIET
+from ..common.log import PROTOCOL_LOG
 from .request_head import HEADER_TOKEN, HEADER_VALUE, header_field
 
 
@@ -99,7 +99,7 @@ def check_101(head: bytes, uri: WebSocketURI, key: str, offer: list[Subprotocol]
     if chosen is not False:
         # mypy does not narrow `Subprotocol | None | bool` by `is not False` (True is never returned).
         return chosen  # type: ignore[return-value]
-    protocol = ClientProtocol(uri, subprotocols=offer or None, extensions=None, max_size=None, logger=QUIET)
+    protocol = ClientProtocol(uri, subprotocols=offer or None, extensions=None, max_size=None, logger=PROTOCOL_LOG)
     protocol.key = key
     protocol.receive_data(head)
     events = protocol.events_received()

@@ -61,7 +61,7 @@ from ..config.tree import Config
 from ..operations.admin import AdminServer, admin_server
 from ..operations.metrics import MULTIPROC_ENV, ReloadMetrics, render_directory, render_processes
 from ..serving.reloader import Reloader, ReloadStatus
-from ..serving.runtime import StartError, parse_address, start_echo_servers
+from ..serving.runtime import parse_address, start_echo_servers
 from ..serving.signals import stop_requested
 from ..serving.view import (
     ConfigSnapshot,
@@ -71,6 +71,7 @@ from ..serving.view import (
     Readiness,
     ReloadOutcome,
     ReloadStatusSnapshot,
+    StartError,
     Status,
     UpstreamsSnapshot,
     WorkerEndpoint,
@@ -502,7 +503,8 @@ class Supervisor(ReloadStatus):
         """The admin's failed accepts are not counted with workers: the series lives in the workers' files."""
 
     # -------------------------------------------------------------- lifecycle
-    async def run(self) -> int:
+    async def run(self) -> None:
+        """Serve until a signal; raises ``StartError`` when a port, a worker or the admin listener cannot start."""
         settings = self.config.settings
         if len(self.workers) > 1 and settings.state.backend == "memory":
             log.warning("limits_per_worker", workers=len(self.workers),
@@ -513,32 +515,25 @@ class Supervisor(ReloadStatus):
             try:
                 host, port = self.admin_address or (settings.admin.host, settings.admin.port)
                 wanted = self.admin_address is not None or settings.admin.enabled
-                try:  # as a single gateway's start: one line, exit 1, before anything listens or a worker starts
-                    self._metrics_dir()
-                    self.reloader.metrics = self._reload_metrics()
-                    admin = admin_server(self, host, port, self.config) if wanted else None
-                    self.reserve_ports(self.config)
-                    if self.config.echo_servers:
-                        self.echo_services = await start_echo_servers(self.config)
-                except StartError as exc:
-                    log.error("start_failed", error=str(exc), hint=exc.hint)
-                    return 1
+                # As a single gateway's start: a StartError before anything listens or a worker starts.
+                self._metrics_dir()
+                self.reloader.metrics = self._reload_metrics()
+                admin = admin_server(self, host, port, self.config) if wanted else None
+                self.reserve_ports(self.config)
+                if self.config.echo_servers:
+                    self.echo_services = await start_echo_servers(self.config)
                 try:
                     await asyncio.gather(*(self.spawn(w) for w in self.workers))
                 except WorkerStartError as exc:  # e.g. a port taken between the hold and the workers' bind
-                    log.error("start_failed", error=str(exc),
-                              hint="the worker's own error is quoted; for a port in use, stop the other process or "
-                                   "change `port`/`host` in the Port resource")
-                    return 1
+                    raise StartError(str(exc), "the worker's own error is quoted; for a port in use, stop the other "
+                                     "process or change `port`/`host` in the Port resource") from exc
                 if admin is not None:
                     self.admin = admin
                     try:
                         await self.admin.start()
                     except OSError as exc:
-                        error = StartError.admin_cannot_listen(host, port, exc)
-                        log.error("start_failed", error=str(error), hint=error.hint)
                         self.admin = None
-                        return 1
+                        raise StartError.admin_cannot_listen(host, port, exc) from exc
                 for name, number in self.port_numbers.items():
                     log.info("listening", name=name, host=self.config.ports[name].model.host, port=number,
                              tls=self.config.ports[name].model.tls is not None, workers=len(self.workers))
@@ -565,7 +560,6 @@ class Supervisor(ReloadStatus):
                 for task in list(self._tasks):
                     task.cancel()
         log.info("stopped")
-        return 0
 
     def _metrics_dir(self) -> None:
         """The directory prometheus_client's multiprocess mode shares between workers: the operator's
@@ -634,8 +628,9 @@ def _add_counts(total: dict[str, Any], counts: Mapping[str, Any]) -> None:
             total[key] = total.get(key, 0) + value
 
 
-def run(config: Config, count: int, args: Any, check_cache: CheckCache | None = None) -> int:
-    """``wsgate run PATH --workers N`` (N > 1) after the config was checked."""
+def run(config: Config, count: int, args: Any, check_cache: CheckCache | None = None) -> None:
+    """``wsgate run PATH --workers N`` (N > 1) after the config was checked; raises ``StartError`` (see
+    ``Supervisor.run``)."""
 
     log_format = getattr(args, "log_format", None) or config.settings.log_format
     configure_logging(log_format)
@@ -644,4 +639,4 @@ def run(config: Config, count: int, args: Any, check_cache: CheckCache | None = 
     supervisor = Supervisor(config, count, paths=[path] if isinstance(path, str) else None,
                             admin=parse_address(admin_text) if isinstance(admin_text, str) else None,
                             log_format=log_format, check_cache=check_cache)
-    return asyncio.run(supervisor.run())
+    asyncio.run(supervisor.run())
