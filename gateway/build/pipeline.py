@@ -119,7 +119,7 @@ def _compile(config: Config, env: Mapping[str, str], *,
                              hint="a PEM bundle of the CA certificates that sign the native server's certificate"))
         if raise_first:
             continue  # the rest only checks: the runtime parses endpoints and patterns as it compiles routes
-        for i, endpoint in enumerate(api.model.upstream.endpoints):
+        for i, endpoint in enumerate(api.model.upstream.endpoints if api.model.upstream is not None else ()):
             try:
                 Endpoint.parse(endpoint.url)
             except Exception as exc:  # websockets raises its own InvalidURI  # noqa: BLE001

@@ -15,7 +15,7 @@ import asyncio
 import os
 import ssl
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import quote
@@ -25,12 +25,14 @@ from websockets.headers import build_host
 from websockets.uri import WebSocketURI, parse_uri
 
 from .apps import AppIndex
+from .message_routes import CompiledRoutes, compile_routes, env_headers
 from .balance import SmoothWeightedRoundRobin, least_connections_order, rendezvous_order
 from ..common.build_counts import count
-from ..config.models import API, Port, RoutingPolicy, prefix_matches
+from ..config.models import API, Port, RoutingPolicy, Upstream, prefix_matches
 from ..config.tree import Config, Loaded
 from ..policies.base import ConnectionContext, Policy, UpgradeRequest
 from ..policies.registry import build_chain as default_build_chain
+from ..policies.registry import build_route_chains
 from ..policies.state import PolicyState
 
 if TYPE_CHECKING:
@@ -46,7 +48,7 @@ def _overrides(policy: Policy, name: str) -> bool:
 def upstream_ssl_context(loaded: Loaded[API]) -> ssl.SSLContext | None:
     """The client-side TLS context for an API's wss:// endpoints (None when all are ws://)."""
     api = loaded.model
-    if not any(e.url.startswith("wss://") for e in api.upstream.endpoints):
+    if api.upstream is None or not any(e.url.startswith("wss://") for e in api.upstream.endpoints):
         return None
     count("upstream_tls")
     tls = api.upstream.tls
@@ -129,6 +131,8 @@ class CompiledAPI:
     upstream_headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     # Upgrades waiting for a pending-handshake slot of this route's endpoints, oldest first (see upstream.py).
     slot_waiters: deque[asyncio.Future[None]] = field(default_factory=deque, repr=False)
+    # Message routes (an API with `routes` instead of an `upstream`): relayed by the router, never the byte relay.
+    routes: CompiledRoutes | None = None
 
     @property
     def api(self) -> API:
@@ -137,6 +141,14 @@ class CompiledAPI:
     @property
     def name(self) -> str:
         return self.loaded.model.name
+
+    @property
+    def upstream(self) -> Upstream:
+        """The API's native upstream; only APIs without message routes have one (and only they connect to it)."""
+        upstream = self.loaded.model.upstream
+        if upstream is None:
+            raise LookupError(f"API '{self.name}' has message routes, not an upstream")
+        return upstream
 
     def hash_key(self, request: UpgradeRequest, conn: ConnectionContext) -> str | None:
         """What consistent hashing keys this upgrade on (None: no key, e.g. an absent header)."""
@@ -159,7 +171,7 @@ class CompiledAPI:
         raises :class:`NoEndpoint` when that leaves none.
         """
         endpoints = self.endpoints
-        cap = self.api.upstream.max_pending
+        cap = self.upstream.max_pending
         healthy = [i for i, e in enumerate(endpoints) if e.health is None or e.health.healthy]
         if not healthy:
             raise NoEndpoint("no healthy upstream endpoint")
@@ -188,14 +200,21 @@ class CompiledAPI:
         """The endpoint the next upgrade would try first."""
         return self.candidates()[0]
 
+    @property
+    def all_policies(self) -> list[Policy]:
+        """The API's chain and every message route's own policies."""
+        return [*self.chain, *(self.routes.policies if self.routes is not None else ())]
+
     def activate(self) -> None:
         """The route serves new upgrades from now on: let its policies apply shared settings."""
-        for policy in self.chain:
+        for policy in self.all_policies:
             policy.activate()
 
     def close(self) -> None:
         """The route is gone for good: let its policies release files and tasks."""
-        for policy in self.chain:
+        if self.routes is not None and self.routes.http_client is not None:
+            self.routes.http_client.close_soon()  # the keep-alive pool of its HTTP integrations
+        for policy in self.all_policies:
             try:
                 policy.close()
             except Exception:
@@ -204,19 +223,23 @@ class CompiledAPI:
     @classmethod
     def build(cls, loaded: Loaded[API], chain: list[Policy], health: HealthRegistry | None = None,
               env: Mapping[str, str] | None = None,
-              upstream_tls: Mapping[str, ssl.SSLContext | None] | None = None) -> CompiledAPI:
-        """``upstream_tls``: the client contexts ``gateway.build.pipeline`` made for this config (else made here)."""
+              upstream_tls: Mapping[str, ssl.SSLContext | None] | None = None,
+              route_chains: Mapping[str, Sequence[Policy]] | None = None) -> CompiledAPI:
+        """``upstream_tls``: the client contexts ``gateway.build.pipeline`` made for this config (else made here);
+        ``route_chains``: each message route's own policies by route key."""
         api = loaded.model
         routing = RoutingPolicy(type="routing")
         for spec in api.policies:
             if spec.type == "routing":
                 routing = spec
-        if not api.upstream.tls.verify and any(e.url.startswith("wss://") for e in api.upstream.endpoints):
+        upstream = api.upstream
+        if upstream is not None and not upstream.tls.verify and any(e.url.startswith("wss://")
+                                                                    for e in upstream.endpoints):
             log.warning("upstream_tls_verification_off", api=api.name)
         client = tuple(p for p in chain if "client" in p.message_stages)
         server = tuple(p for p in chain if "server" in p.message_stages)
         state = (lambda url: health.get(api.name, url)) if health is not None else None
-        endpoints = tuple(Endpoint.parse(e.url, e.weight, state) for e in api.upstream.endpoints)
+        endpoints = tuple(Endpoint.parse(e.url, e.weight, state) for e in (upstream.endpoints if upstream else ()))
         return cls(
             loaded=loaded,
             chain=tuple(chain),
@@ -227,27 +250,18 @@ class CompiledAPI:
             routing=routing,
             ssl_context=upstream_tls[api.name] if upstream_tls is not None and api.name in upstream_tls
             else upstream_ssl_context(loaded),
-            fast_path=not client and not server and not api.compression,
+            fast_path=not client and not server and not api.compression and not api.routes,
             balancer=SmoothWeightedRoundRobin(len(endpoints)),
             health=health,
             upstream_headers=upstream_headers(api, os.environ if env is None else env),
+            routes=compile_routes(loaded, route_chains or {}, env),
         )
 
 
 def upstream_headers(api: API, env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
     """The API's ``upstream.headers`` with their values from ``env``: unset ones left out (validate warned,
     WSG203), and a value holding a line break never sent (it would smuggle further headers upstream)."""
-    headers = []
-    for name, value in api.upstream.headers.items():
-        text = env.get(value.env)
-        if not text:
-            continue
-        if any(ch in text for ch in "\r\n\0"):
-            log.warning("upstream_header_not_sent", reason="its variable holds a line break", api=api.name, header=name,
-                        variable=value.env)
-            continue
-        headers.append((name, text))
-    return tuple(headers)
+    return env_headers(api.upstream.headers if api.upstream is not None else {}, env, api.name)
 
 
 class MalformedHost(ValueError):
@@ -336,7 +350,7 @@ class RouteTable:
         try:
             for name, loaded in config.apis.items():
                 compiled = CompiledAPI.build(loaded, build_chain(loaded, config, apps, state), health, env,
-                                             upstream_tls)
+                                             upstream_tls, build_route_chains(loaded, config, apps, state))
                 apis[name] = compiled
                 api = loaded.model
                 for port_name in api.ports:

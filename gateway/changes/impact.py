@@ -186,7 +186,11 @@ def _api(name: str, a: API, b: API | None) -> Iterable[Disruption]:
         return
     if a.path != b.path:
         yield Disruption(Action.DRAIN, "API path changed", {"api": name}, cause, "path")
-    if a.upstream.live_identity() != b.upstream.live_identity():  # health checks etc. only steer new ones
+    if a.upstream is None or b.upstream is None:
+        if (a.upstream is None) != (b.upstream is None):
+            yield Disruption(Action.DRAIN, "API switched between upstream and routes", {"api": name}, cause,
+                             "upstream" if b.upstream is not None else "routes")
+    elif a.upstream.live_identity() != b.upstream.live_identity():  # health checks etc. only steer new ones
         first = next((f for f in ("endpoints", "connect_timeout", "tls")
                       if getattr(a.upstream, f) != getattr(b.upstream, f)), "endpoints")
         yield Disruption(Action.DRAIN, "API upstream changed", {"api": name}, cause, f"upstream.{first}")

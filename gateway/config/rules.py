@@ -275,6 +275,8 @@ def upstream_urls(ctx: RuleContext) -> None:
             if pname in ports:
                 routes_by_number[ports[pname].model.port][a.model.path] = (a.name, pname)
     for e in ctx.of("API"):
+        if e.model.upstream is None:
+            continue  # message routes: rules_routes checks their URLs
         for i, endpoint in enumerate(e.model.upstream.endpoints):
             at = ("upstream", "endpoints", i, "url")
             loc = e.doc.value_at(at)
@@ -431,6 +433,8 @@ def _context_loc(echo: Entry, path: str) -> Location:
 @rule
 def upstream_tls(ctx: RuleContext) -> None:
     for e in ctx.of("API"):
+        if e.model.upstream is None:
+            continue
         tls = e.model.upstream.tls
         if not tls.verify:
             ctx.out.append(
@@ -905,7 +909,7 @@ def admin_access(ctx: RuleContext) -> None:
 @rule
 def upstream_header_variables(ctx: RuleContext) -> None:
     for e in ctx.of("API"):
-        for name, value in e.model.upstream.headers.items():
+        for name, value in (e.model.upstream.headers if e.model.upstream is not None else {}).items():
             if value.env not in ctx.env:
                 ctx.out.append(
                     warning(

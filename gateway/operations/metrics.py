@@ -257,7 +257,7 @@ class Metrics:
                 self.upgrade_duration.labels(api_name, stage)
             self.connection_duration.labels(api_name)
             self.closes.labels(api_name, "1000")
-            for endpoint in api.upstream.endpoints:
+            for endpoint in api.upstream.endpoints if api.upstream is not None else ():
                 for reason in UPSTREAM_FAILURES:
                     self.upstream_failures.labels(api_name, endpoint_label(endpoint.url), reason)
         for key in declared:
