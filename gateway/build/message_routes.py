@@ -11,7 +11,6 @@ relay's router (gateway/relay/routes.py) does, with what this module holds.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import ssl
@@ -59,7 +58,7 @@ def route_key_of(value: Any) -> str | None:
     return None
 
 
-def select(path: tuple[str, ...], payload: str) -> str | None:
+def select(path: tuple[str, ...], payload: str | bytes) -> str | None:
     """The route key of one text message (None: not JSON, not an object, or no such field)."""
     try:
         document = json.loads(payload)
@@ -138,15 +137,13 @@ class CompiledRoutes:
     no_route: str  # "drop" or "close"
     error_message: str | None
     max_http_requests: int
-    # In flight HTTP requests of this API (per process); made on first use, inside the running loop.
-    http_slots: asyncio.Semaphore | None = None
     # The keep-alive pool of the API's HTTP integrations (an aiohttp session), made on first use by the relay.
     http_client: Any = None
 
     def route_for(self, payload: str | bytes, is_text: bool) -> CompiledRoute | None:
         """The route of one client message: one parse and one dict lookup; ``$default`` when none matches."""
         if is_text:
-            key = select(self.path, payload if isinstance(payload, str) else payload.decode())
+            key = select(self.path, payload)
             if key is not None:
                 route = self.by_key.get(key)
                 if route is not None:
@@ -161,11 +158,6 @@ class CompiledRoutes:
         out = list(self.by_key.values())
         out += [r for r in (self.default, self.connect, self.disconnect) if r is not None]
         return out
-
-    def slots(self) -> asyncio.Semaphore:
-        if self.http_slots is None:
-            self.http_slots = asyncio.Semaphore(self.max_http_requests)
-        return self.http_slots
 
 
 def compile_routes(loaded: Loaded[API], chains: Mapping[str, Sequence[Policy]],

@@ -26,6 +26,7 @@ from websockets.exceptions import (
     InvalidMethod,
     InvalidProtocol,
     InvalidUpgrade,
+    InvalidURI,
     RequestLineTooLong,
     SecurityError,
 )
@@ -40,11 +41,14 @@ from ..build.tls import client_certificate
 from ..common.redaction import forwarded_query, redact_query
 from ..policies.base import ConnectionContext, Rejection, UpgradeRequest, parse_query
 from ..relay.fast import ByteRelay
+from ..relay.integrations import close_upstream, connect_event, disconnect_event, open_route_upstream
 from ..relay.message import MessageRelay
+from ..relay.routed import RoutedRelay
 from .request_head import has_dot_segment, plain_upgrade
 from .upstream import UpstreamError, _quiet, open_with_failover, prepare_upgrade
 
 if TYPE_CHECKING:
+    from ..build.message_routes import CompiledRoutes
     from ..build.routes import CompiledAPI, RouteTable
     from ..operations.metrics import Metrics
     from ..operations.tracing import ConnectionSpan, ConnectionTracer
@@ -443,6 +447,11 @@ class ClientHandshake(asyncio.Protocol):
             connecting = time.monotonic()
             metrics.stage(conn.api, "policies", connecting - began)
             application = conn.application.name if conn.application else None
+            if route.routes is not None:
+                del upgrade
+                relayed = await self._upgrade_routed(route, route.routes, conn, accept, extensions,
+                                                     extensions_header, began)
+                return
             trace_headers: list[tuple[str, str]] = []
             if span is not None:
                 span.begin("upstream connect")
@@ -537,6 +546,81 @@ class ClientHandshake(asyncio.Protocol):
                 conn.release()
                 self.listener.services.registry.untrack(record)
 
+    async def _upgrade_routed(self, route: CompiledAPI, routes: CompiledRoutes, conn: ConnectionContext, accept: str,
+                              extensions: list[Any], extensions_header: str | None, began: float) -> bool:
+        """The upgrade of an API with message routes: ``$connect``, the routes opened at the upgrade, the 101 and
+        the routed relay. True once the relay runs."""
+        record = self.record
+        assert record is not None
+        metrics = self.listener.services.metrics
+        connecting = time.monotonic()
+        if routes.connect is not None and routes.connect.http is not None:
+            answer = await connect_event(routes, conn)
+            if answer is not None:
+                metrics.integration_error(conn.api, "$connect", answer.error or f"status_{answer.status}")
+                status = routes.connect.http.refuse_status
+                why = answer.error or f"the $connect backend answered {answer.status}"
+                self._refuse(route, conn, status, "connect_refused", why)
+                return False
+        opened: dict[str, Any] = {}
+        try:
+            for compiled in routes.all():
+                ws = compiled.websocket
+                if ws is None or ws.connect != "at-upgrade":
+                    continue
+                keepalive = route.api.keepalive
+                try:
+                    opened[compiled.key] = await open_route_upstream(
+                        compiled, conn, max_size=route.api.limits.max_message_size,
+                        ping_interval=keepalive.interval, ping_timeout=keepalive.timeout)
+                except TimeoutError:
+                    metrics.integration_error(conn.api, compiled.key, "timeout")
+                    self._refuse(route, conn, 504, "gateway_timeout", f"route {compiled.key}: upstream timed out")
+                    raise _Refused() from None
+                except (OSError, InvalidHandshake, InvalidURI) as exc:
+                    metrics.integration_error(conn.api, compiled.key, "unreachable")
+                    self._refuse(route, conn, 502, "bad_gateway",
+                                 f"route {compiled.key}: upstream failed: {exc.__class__.__name__}")
+                    raise _Refused() from None
+        except _Refused:
+            for upstream in opened.values():
+                close_upstream(upstream)
+            return False
+        except BaseException:  # cancelled: the client went away
+            for upstream in opened.values():
+                close_upstream(upstream)
+            raise
+        metrics.stage(conn.api, "upstream_connect", time.monotonic() - connecting)
+        if self.lost:
+            for upstream in opened.values():
+                close_upstream(upstream)
+            self._outcome(route, conn, 499, "client_gone", "client went away during the upgrade")
+            return False
+        lines = ["HTTP/1.1 101 Switching Protocols", "Upgrade: websocket", "Connection: Upgrade",
+                 f"Sec-WebSocket-Accept: {accept}"]
+        if extensions_header:
+            lines.append(f"Sec-WebSocket-Extensions: {extensions_header}")
+        self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        self._outcome(route, conn, 101, None, None)
+        metrics.stage(conn.api, "total", time.monotonic() - began)
+        application = conn.application.name if conn.application else None
+        metrics.opened(self.listener.name, conn.api, application or "")
+        log.debug("upgrade_accepted", status=101, api=conn.api, app=application, peer=conn.peer[0],
+                  connection=conn.id, upstream="routes")
+        services = self.listener.services
+        closed = _Closer(services, record, route, conn, "routes", None)
+        relay = RoutedRelay(client=self.transport, client_pending=bytes(self.buffer), route=route, conn=conn,
+                            on_closed=closed, keepalive=services.keepalive, client_extensions=extensions,
+                            on_error=metrics.integration_error, opened=opened)
+        self.buffer = bytearray()
+        record.relay = relay
+        relay.start()
+        expires_at = conn.metadata.get("expires_at")
+        if expires_at is not None:
+            record.expiry = asyncio.get_running_loop().call_later(
+                max(0.0, expires_at - time.time()), record.close, 1008, "credential expired")
+        return True
+
     def _refuse(self, route: CompiledAPI, conn: ConnectionContext, status: int, error: str, reason: str,
                 headers: tuple[tuple[str, str], ...] = ()) -> None:
         self._outcome(route, conn, status, error, reason)
@@ -563,6 +647,10 @@ class ClientHandshake(asyncio.Protocol):
                 policy.on_outcome(conn, status, error, reason)
             except Exception:
                 log.error("policy_failed", api=conn.api, policy=policy.type, connection=conn.id, exc_info=True)
+
+
+class _Refused(Exception):
+    """A route's upstream could not be opened at the upgrade; the refusal is written already."""
 
 
 def _tokens(value: str) -> list[str]:
@@ -600,10 +688,15 @@ class _Closer:
                  code=code, reason=reason,
                  duration=round(time.monotonic() - conn.started, 3), messages_in=counters.messages_in,
                  messages_out=counters.messages_out, bytes_in=counters.bytes_in, bytes_out=counters.bytes_out)
-        for policy in self.route.chain:
+        for policy in self.route.all_policies:
             try:
                 policy.on_close(conn, code, reason)
             except Exception:
                 log.error("policy_failed", api=conn.api, policy=policy.type, connection=conn.id, exc_info=True)
+        routes = self.route.routes
+        if routes is not None and routes.disconnect is not None:
+            metrics = self.services.metrics
+            disconnect_event(routes, conn, code, reason,
+                             on_failed=lambda why: metrics.integration_error(conn.api, "$disconnect", why))
         conn.release()
         self.services.registry.untrack(record)

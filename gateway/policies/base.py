@@ -181,7 +181,15 @@ class ConnectionContext:
     counters: Counters = field(default_factory=Counters)
     # Request metadata safe to show to transforms and logs (credentials removed).
     metadata: dict[str, Any] = field(default_factory=dict)
+    # The message routes this connection has used (APIs with `routes`): a removed route drains only these.
+    routes: set[str] | None = None
     _deferred: list[Callable[[], None]] = field(default_factory=list)
+
+    def used_route(self, key: str) -> None:
+        """The connection sent a message to route ``key`` (once per route: the router asks on a new lane)."""
+        if self.routes is None:
+            self.routes = set()
+        self.routes.add(key)
 
     def defer(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` once when this connection ends, however it ends."""

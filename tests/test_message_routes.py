@@ -1,0 +1,265 @@
+"""Message routes on a live gateway: real WebSocket upstreams (websockets) and a real HTTP backend (aiohttp.web)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from support import PORT, TIMEOUT, eventually, gw_url, http_request, recording_backend, running_gateway, scrape, \
+    upgrade_request, write_config
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+
+@dataclass
+class HTTPBackend:
+    """What a test HTTP backend saw: (path, headers, body) per request."""
+
+    url: str = ""
+    requests: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def on(self, path: str) -> list[tuple[str, dict[str, str], bytes]]:
+        return [r for r in self.requests if r[0] == path]
+
+
+Handler = Callable[[web.Request, bytes], Awaitable[web.StreamResponse]]
+
+
+@asynccontextmanager
+async def http_backend(handler: Handler | None = None) -> AsyncIterator[HTTPBackend]:
+    """An aiohttp.web server on 127.0.0.1:0 that records every request; answers as ``handler`` says (default:
+    200 with ``echo:`` and the body, as text)."""
+    backend = HTTPBackend()
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        backend.requests.append((request.path, dict(request.headers), body))
+        backend.arrived.set()
+        if handler is not None:
+            return await handler(request, body)
+        return web.Response(text="echo:" + body.decode(), content_type="text/plain")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    backend.url = f"http://127.0.0.1:{port}"
+    try:
+        yield backend
+    finally:
+        await runner.cleanup()
+
+
+def routed_api(routes: str, extra: str = "") -> str:
+    return f"""---
+kind: API
+name: Chat
+path: /chat
+ports: [default]
+route_selection:
+  expression: action
+{extra}routes:
+{routes}"""
+
+
+async def tagged(tag: str, ws: ServerConnection) -> None:
+    """A WebSocket upstream that answers each message with ``tag:`` and the message."""
+    async for message in ws:
+        await ws.send(f"{tag}:{message}")
+
+
+async def test_three_actions_reach_three_backends_in_order_and_default_catches_the_rest(tmp_path):
+    """join and leave go to two WebSocket upstreams, say to an HTTP backend, anything else to $default; each
+    route's answers come back in the order its messages were sent."""
+    async with recording_backend(lambda ws: tagged("A", ws)) as a, \
+            recording_backend(lambda ws: tagged("B", ws)) as b, \
+            recording_backend(lambda ws: tagged("D", ws)) as d, http_backend() as h:
+        routes = f"""  - key: join
+    integration: {{websocket: {{url: "{a.url}/a"}}}}
+  - key: leave
+    integration: {{websocket: {{url: "{b.url}/b"}}}}
+  - key: say
+    integration: {{http: {{url: "{h.url}/say"}}}}
+  - key: $default
+    integration: {{websocket: {{url: "{d.url}/d"}}}}
+"""
+        config = write_config(tmp_path, PORT, routed_api(routes))
+        async with running_gateway(config) as gw:
+            async with connect(gw_url(gw, "/chat")) as ws:
+                sent = {"join": [], "leave": [], "say": [], "other": []}
+                for i in range(5):
+                    for action in ("join", "leave", "say", "other"):
+                        message = json.dumps({"action": action, "n": i})
+                        sent[action].append(message)
+                        await ws.send(message)
+                await ws.send("not json")
+                got: list[str] = []
+                async with asyncio.timeout(TIMEOUT):
+                    while len(got) < 21:
+                        got.append(await ws.recv())
+            assert [m for m in got if m.startswith("A:")] == [f"A:{m}" for m in sent["join"]]
+            assert [m for m in got if m.startswith("B:")] == [f"B:{m}" for m in sent["leave"]]
+            assert [m for m in got if m.startswith("echo:")] == [f"echo:{m}" for m in sent["say"]]
+            assert [m for m in got if m.startswith("D:")] == [f"D:{m}" for m in sent["other"]] + ["D:not json"]
+            # One upstream connection per route and client connection, opened when first needed.
+            assert len(a.requests) == len(b.requests) == len(d.requests) == 1
+            path, headers, _ = h.requests[0]
+            assert path == "/say"
+            assert headers["X-Gateway-Route"] == "say" and headers["X-Gateway-API"] == "Chat"
+            assert headers["X-Gateway-Connection-Id"] == a.headers["X-Gateway-Connection-Id"]
+            assert headers["Content-Type"].startswith("text/plain")
+
+
+async def test_no_route_without_default_is_dropped_with_the_configured_answer(tmp_path):
+    """Without a $default route, a message no route takes gets `error_message` back and the connection stays."""
+    async with recording_backend(lambda ws: tagged("A", ws)) as a:
+        routes = f"""  - key: join
+    integration: {{websocket: {{url: "{a.url}/a"}}}}
+"""
+        extra = "  error_message: '{\"error\": \"no route\"}'\n"
+        config = write_config(tmp_path, PORT, routed_api(routes, extra))
+        async with running_gateway(config) as gw:
+            async with connect(gw_url(gw, "/chat")) as ws:
+                await ws.send(json.dumps({"action": "nope"}))
+                assert await ws.recv() == '{"error": "no route"}'
+                await ws.send(json.dumps({"action": "join"}))
+                assert await ws.recv() == 'A:{"action": "join"}'
+            counts = await scrape(gw)
+            assert counts.value("wsgate_integration_errors_total", api="Chat", reason="no_route") == 1
+
+
+async def test_http_500_replies_and_timeout_closes_as_configured(tmp_path):
+    """A 500 from one HTTP route sends the configured error message (the connection goes on); a timeout on
+    another closes the connection with the configured code; both are counted."""
+    release = asyncio.Event()
+
+    async def answer(request: web.Request, body: bytes) -> web.StreamResponse:
+        if request.path == "/fail":
+            return web.Response(status=500, text="boom")
+        await release.wait()  # /slow: never answers in time
+        return web.Response(text="late")
+
+    async with http_backend(answer) as h:
+        routes = f"""  - key: fail
+    integration:
+      http:
+        url: {h.url}/fail
+        on_error: {{action: reply, message: '{{"error": "backend", "status": {{status}}}}'}}
+  - key: slow
+    integration:
+      http:
+        url: {h.url}/slow
+        timeout: 0.2
+        on_error: {{action: close, close_code: 4504}}
+"""
+        config = write_config(tmp_path, PORT, routed_api(routes))
+        async with running_gateway(config) as gw:
+            async with connect(gw_url(gw, "/chat")) as ws:
+                await ws.send(json.dumps({"action": "fail"}))
+                assert json.loads(await ws.recv()) == {"error": "backend", "status": 500}
+                await ws.send(json.dumps({"action": "slow"}))
+                try:
+                    async with asyncio.timeout(TIMEOUT):
+                        await ws.recv()
+                except ConnectionClosed:
+                    pass
+                assert ws.close_code == 4504
+            release.set()
+            counts = await scrape(gw)
+            assert counts.value("wsgate_integration_errors_total", api="Chat", route="fail", reason="status_500") == 1
+            assert counts.value("wsgate_integration_errors_total", api="Chat", route="slow", reason="timeout") == 1
+
+
+async def test_http_answer_is_sent_back_as_binary_per_content_type(tmp_path):
+    """A 2xx answer with a binary content type reaches the client as a binary message; an empty 2xx body sends
+    nothing."""
+
+    async def answer(request: web.Request, body: bytes) -> web.StreamResponse:
+        if request.path == "/empty":
+            return web.Response(status=204)
+        return web.Response(body=b"\x00\x01" + body[-3:], content_type="application/octet-stream")
+
+    async with http_backend(answer) as h:
+        routes = f"""  - key: bin
+    integration: {{http: {{url: "{h.url}/bin"}}}}
+  - key: empty
+    integration: {{http: {{url: "{h.url}/empty"}}}}
+"""
+        config = write_config(tmp_path, PORT, routed_api(routes))
+        async with running_gateway(config) as gw:
+            async with connect(gw_url(gw, "/chat")) as ws:
+                await ws.send(json.dumps({"action": "empty"}))
+                await ws.send(json.dumps({"action": "bin"}))
+                assert await ws.recv() == b'\x00\x01n"}'
+            assert [r[0] for r in h.requests] == ["/empty", "/bin"]
+
+
+async def test_connect_and_disconnect_events_carry_the_connection_id(tmp_path):
+    """$connect is POSTed before the 101 and $disconnect after the close, both with the connection id; a refused
+    $connect refuses the upgrade with the configured status."""
+
+    async def answer(request: web.Request, body: bytes) -> web.StreamResponse:
+        if request.path == "/connect" and json.loads(body)["query"] == "deny=1":
+            return web.Response(status=401)
+        return web.Response(status=200)
+
+    async with recording_backend(lambda ws: tagged("A", ws)) as a, http_backend(answer) as h:
+        routes = f"""  - key: $connect
+    integration: {{http: {{url: "{h.url}/connect", refuse_status: 401}}}}
+  - key: $disconnect
+    integration: {{http: {{url: "{h.url}/disconnect"}}}}
+  - key: $default
+    integration: {{websocket: {{url: "{a.url}/a", connect: at-upgrade}}}}
+"""
+        config = write_config(tmp_path, PORT, routed_api(routes))
+        async with running_gateway(config) as gw:
+            async with connect(gw_url(gw, "/chat")) as ws:
+                # at-upgrade: the route's upstream is open before the client sends anything.
+                assert len(a.requests) == 1
+                connect_id = a.headers["X-Gateway-Connection-Id"]
+                await ws.send("hello")
+                assert await ws.recv() == "A:hello"
+            await eventually(lambda: bool(h.on("/disconnect")))
+            (_, connect_headers, connect_body), = h.on("/connect")
+            (_, disconnect_headers, disconnect_body), = h.on("/disconnect")
+            assert connect_headers["X-Gateway-Connection-Id"] == connect_id
+            assert json.loads(connect_body)["connection_id"] == connect_id
+            assert disconnect_headers["X-Gateway-Connection-Id"] == connect_id
+            event = json.loads(disconnect_body)
+            assert event["event"] == "disconnect" and event["connection_id"] == connect_id and event["code"] == 1000
+            response = await http_request(gw_url(gw, "/chat"), upgrade_request("/chat?deny=1"))
+            assert response.status == 401
+            assert response.json()["error"] == "connect_refused"
+            assert len(a.requests) == 1  # the refused upgrade opened no route upstream
+
+
+async def test_route_upstream_closing_leaves_the_client_and_reopens(tmp_path):
+    """A route's upstream that closes does not close the client; the next message to it opens a new one."""
+
+    async def once(ws: ServerConnection) -> None:
+        message = await ws.recv()
+        await ws.send(f"once:{message}")
+        await ws.close(1000)
+
+    async with recording_backend(once) as a:
+        routes = f"""  - key: $default
+    integration: {{websocket: {{url: "{a.url}/a"}}}}
+"""
+        config = write_config(tmp_path, PORT, routed_api(routes))
+        async with running_gateway(config) as gw:
+            async with connect(gw_url(gw, "/chat")) as ws:
+                await ws.send("one")
+                assert await ws.recv() == "once:one"
+                await eventually(lambda: len(a.closes) == 1)
+                await ws.send("two")
+                assert await ws.recv() == "once:two"
+            assert len(a.requests) == 2
