@@ -9,8 +9,18 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from aiohttp import web
-from support import PORT, TIMEOUT, eventually, gw_url, http_request, recording_backend, running_gateway, scrape, \
-    upgrade_request, write_config
+from support import (
+    PORT,
+    TIMEOUT,
+    eventually,
+    gw_url,
+    http_request,
+    recording_backend,
+    running_gateway,
+    scrape,
+    upgrade_request,
+    write_config,
+)
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
