@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
-from . import redact, rules
+from . import redact, rules, rules_routes  # noqa: F401 - rules_routes registers its rules
 from .cache import CheckCache
 from .diagnostics import Diagnostic, error
 from .document_checks import check_api_version, check_kind, check_lossy_numbers, check_model, check_schema
