@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
+
+import trustme
 
 from aiohttp import web
 from support import (
@@ -15,6 +19,7 @@ from support import (
     eventually,
     gw_url,
     http_request,
+    logged,
     recording_backend,
     running_gateway,
     scrape,
@@ -42,7 +47,7 @@ Handler = Callable[[web.Request, bytes], Awaitable[web.StreamResponse]]
 
 
 @asynccontextmanager
-async def http_backend(handler: Handler | None = None) -> AsyncIterator[HTTPBackend]:
+async def http_backend(handler: Handler | None = None, tls: Any = None) -> AsyncIterator[HTTPBackend]:
     """An aiohttp.web server on 127.0.0.1:0 that records every request; answers as ``handler`` says (default:
     200 with ``echo:`` and the body, as text)."""
     backend = HTTPBackend()
@@ -59,10 +64,10 @@ async def http_backend(handler: Handler | None = None) -> AsyncIterator[HTTPBack
     app.router.add_route("*", "/{tail:.*}", handle)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    backend.url = f"http://127.0.0.1:{port}"
+    backend.url = f"https://localhost:{port}" if tls else f"http://127.0.0.1:{port}"
     try:
         yield backend
     finally:
@@ -273,3 +278,64 @@ async def test_route_upstream_closing_leaves_the_client_and_reopens(tmp_path):
                 await ws.send("two")
                 assert await ws.recv() == "once:two"
             assert len(a.requests) == 2
+
+
+async def test_route_policies_run_after_the_apis_on_that_route_only(tmp_path):
+    """A route's own validate-messages drops (with its error message) what the route's schema refuses; the other
+    route, without that policy, passes the same shape."""
+    async with recording_backend(lambda ws: tagged("A", ws)) as a, http_backend() as h:
+        routes = f"""  - key: join
+    integration: {{websocket: {{url: "{a.url}/a"}}}}
+  - key: say
+    integration: {{http: {{url: "{h.url}/say"}}}}
+    policies:
+      - type: validate-messages
+        on_violation: drop
+        error_message: '{{"error": "say needs text"}}'
+"""
+        extra = """messages:
+  - name: say
+    origin: client
+    schema: {type: object, required: [action, text], properties: {action: {const: say}, text: {type: string}}}
+  - name: join
+    origin: client
+    schema: {type: object, properties: {action: {const: join}}}
+"""
+        config = write_config(tmp_path, PORT, routed_api(routes).replace("routes:\n", extra + "routes:\n"))
+        async with running_gateway(config) as gw:
+            async with connect(gw_url(gw, "/chat")) as ws:
+                await ws.send('{"action": "say"}')
+                assert await ws.recv() == '{"error": "say needs text"}'
+                await ws.send('{"action": "say", "text": "hi"}')
+                assert await ws.recv() == 'echo:{"action": "say", "text": "hi"}'
+                await ws.send('{"action": "join"}')
+                assert await ws.recv() == 'A:{"action": "join"}'
+            assert [body for _, _, body in h.requests] == [b'{"action": "say", "text": "hi"}']
+
+
+async def test_https_integration_with_configured_ca_and_credentials_from_the_environment(tmp_path, monkeypatch):
+    """An https:// backend is verified against the route's CA file, gets the `{env: ...}` header's value, and that
+    value appears in no log record."""
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(context)
+    (tmp_path / "config").mkdir()
+    ca.cert_pem.write_to_path(str(tmp_path / "config" / "ca.pem"))
+    secret = "route-secret-token-42"
+    monkeypatch.setenv("SAY_TOKEN", secret)
+    async with http_backend(tls=context) as h:
+        routes = f"""  - key: say
+    integration:
+      http:
+        url: "{h.url}/say"
+        tls: {{ca_file: ca.pem}}
+        headers: {{Authorization: {{env: SAY_TOKEN}}}}
+"""
+        config = write_config(tmp_path, PORT, routed_api(routes))
+        with logged() as events:
+            async with running_gateway(config) as gw:
+                async with connect(gw_url(gw, "/chat")) as ws:
+                    await ws.send('{"action": "say"}')
+                    assert await ws.recv() == 'echo:{"action": "say"}'
+        assert h.requests[0][1]["Authorization"] == secret
+        assert events.entries and secret not in repr(events.entries)
