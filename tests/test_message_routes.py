@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import trustme
-
 from aiohttp import web
 from support import (
     PORT,

@@ -127,3 +127,11 @@ def test_route_selection_without_routes_is_warned(tmp_path):
     """`route_selection` on an API without routes is never used: WSG242."""
     base(tmp_path, api=API + "route_selection: {expression: action}\n")
     assert found(run_check(tmp_path)) == [("WSG242", "echo.yaml", 10, 1)]
+
+
+def test_integration_tls_verification_off_is_warned(tmp_path):
+    """`tls.verify: false` on a route's integration is warned (WSG206) at the field."""
+    api = ROUTED.replace('    integration: {http: {url: "https://chat.internal/say"}}\n',
+                         '    integration: {http: {url: "https://chat.internal/say", tls: {verify: false}}}\n')
+    base(tmp_path, api=api)
+    assert found(run_check(tmp_path)) == [("WSG206", "echo.yaml", 20, 74)]

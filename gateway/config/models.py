@@ -596,7 +596,7 @@ class HTTPIntegration(Strict):
     refuse_status: int = Field(
         403, ge=400, le=599,
         description="`$connect` only: the HTTP status the client's upgrade gets when the backend does not answer "
-        "2xx (its own 4xx status is passed on when it sends one).")
+        "2xx in time.")
 
 
 class WebSocketIntegration(Strict):

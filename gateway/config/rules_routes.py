@@ -176,6 +176,11 @@ def _integration(ctx: RuleContext, e: Entry, i: int, route: Any) -> None:
             + (f" (a {kind} integration; for a {better}:// backend use `{'websocket' if kind == 'http' else 'http'}`)"
                if better else "")))
     tls_at = at + ("integration", kind, "tls")
+    if not target.tls.verify:
+        ctx.out.append(warning(
+            "WSG206", f"route '{route.key}' does not verify its backend's TLS certificate",
+            e.doc.value_at(tls_at + ("verify",)),
+            hint="anyone on the path can impersonate the backend; set a `ca_file` instead"))
     if target.tls.ca_file is not None:
         _must_exist(ctx, e, tls_at + ("ca_file",), target.tls.ca_file, "CA file")
     _cert_and_key_must_exist(ctx, e, tls_at, target.tls.cert, target.tls.key)
