@@ -403,6 +403,12 @@ class ValidateMessagesPolicy(PolicyBase):
     error_message: str | None = Field(
         None, description="With `on_violation: drop`: a text message sent back to the sender of each dropped message."
     )
+    offload_above: PositiveInt | None = Field(
+        65536,
+        description="Text messages longer than this (characters; bytes for ASCII) are parsed and checked in a "
+        "worker process, not on the event loop, so one big message does not hold up every other connection; the "
+        "connection's later messages wait, in order. `null`: every message is checked on the event loop.",
+    )
 
     @model_validator(mode="after")
     def _reply_only_on_drop(self) -> ValidateMessagesPolicy:
