@@ -338,3 +338,62 @@ async def test_https_integration_with_configured_ca_and_credentials_from_the_env
                     assert await ws.recv() == 'echo:{"action": "say"}'
         assert h.requests[0][1]["Authorization"] == secret
         assert events.entries and secret not in repr(events.entries)
+
+
+async def test_http_requests_in_flight_are_bounded_per_api(tmp_path):
+    """With `limits.max_http_requests: 1`, a second connection's request waits for the first to finish: the
+    backend never sees two at once, and both get their answers."""
+    release = asyncio.Event()
+    in_flight = peak = 0
+
+    async def answer(request: web.Request, body: bytes) -> web.StreamResponse:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await release.wait()
+        in_flight -= 1
+        return web.Response(text="ok:" + body.decode())
+
+    async with http_backend(answer) as h:
+        routes = f"""  - key: $default
+    integration: {{http: {{url: "{h.url}/hold"}}}}
+"""
+        config = write_config(tmp_path, PORT, routed_api(routes, "limits: {max_http_requests: 1}\n"))
+        async with running_gateway(config) as gw:
+            async with connect(gw_url(gw, "/chat")) as first, connect(gw_url(gw, "/chat")) as second:
+                await first.send("one")
+                await eventually(lambda: len(h.requests) == 1)
+                await second.send("two")
+                pool = gw.table.apis["Chat"].routes.http_client
+                await eventually(lambda: bool(pool.slots._waiters))  # the second request waits for a slot
+                assert len(h.requests) == 1
+                release.set()
+                assert await first.recv() == "ok:one"
+                assert await second.recv() == "ok:two"
+            assert peak == 1
+
+
+async def test_disconnect_event_is_retried_until_the_backend_takes_it(tmp_path):
+    """A $disconnect answered 503 twice is sent again (retries: 2) and the third attempt is taken; the failures
+    are not the client's concern (its close was clean)."""
+    attempts: list[int] = []
+
+    async def answer(request: web.Request, body: bytes) -> web.StreamResponse:
+        attempts.append(1)
+        return web.Response(status=503 if len(attempts) < 3 else 200)
+
+    async with recording_backend(lambda ws: tagged("A", ws)) as a, http_backend(answer) as h:
+        routes = f"""  - key: $disconnect
+    integration: {{http: {{url: "{h.url}/disconnect", retries: 2}}}}
+  - key: $default
+    integration: {{websocket: {{url: "{a.url}/a"}}}}
+"""
+        config = write_config(tmp_path, PORT, routed_api(routes))
+        async with running_gateway(config) as gw:
+            async with connect(gw_url(gw, "/chat")) as ws:
+                await ws.send("bye")
+                assert await ws.recv() == "A:bye"
+            assert ws.close_code == 1000
+            await eventually(lambda: len(attempts) == 3)
+            ids = {headers["X-Gateway-Connection-Id"] for _, headers, _ in h.requests}
+            assert len(ids) == 1 and all(json.loads(body)["event"] == "disconnect" for _, _, body in h.requests)

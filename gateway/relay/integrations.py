@@ -208,6 +208,17 @@ async def open_route_upstream(route: CompiledRoute, conn: ConnectionContext, *, 
     )
 
 
+async def settle(timeout: float) -> None:
+    """Let the fire-and-forget work finish (``$disconnect`` events, closing handshakes of route upstreams, pools
+    closing), up to ``timeout`` seconds; what is left then is cancelled. The gateway's stop calls it last."""
+    pending = set(_background)
+    if not pending:
+        return
+    _done, left = await asyncio.wait(pending, timeout=timeout)
+    for task in left:
+        task.cancel()
+
+
 def close_upstream(upstream: ClientConnection, code: int = 1000, reason: str = "") -> None:
     """Close a route's upstream in the background (its closing handshake is bounded by websockets)."""
     _spawn(upstream.close(code, reason))

@@ -35,10 +35,9 @@ from websockets.frames import Close as CloseFrame
 from websockets.protocol import CLOSED, OPEN
 from websockets.server import ServerProtocol
 
-from ..edge.upstream import _quiet
 from ..policies.base import DROP, Close, ConnectionContext, Delay, Message, Policy, Reply
 from .integrations import close_upstream, open_route_upstream, post_message
-from .message import MessageRelay, _Leg
+from .message import MessageRelay, _Leg, _quiet
 
 if TYPE_CHECKING:
     from ..build.message_routes import CompiledRoute, CompiledRoutes
