@@ -397,3 +397,26 @@ async def test_disconnect_event_is_retried_until_the_backend_takes_it(tmp_path):
             await eventually(lambda: len(attempts) == 3)
             ids = {headers["X-Gateway-Connection-Id"] for _, headers, _ in h.requests}
             assert len(ids) == 1 and all(json.loads(body)["event"] == "disconnect" for _, _, body in h.requests)
+
+
+async def test_http_answer_over_the_message_size_limit_is_a_failure(tmp_path):
+    """An HTTP answer larger than the API's max_message_size is not sent on (nor read past the limit): the
+    route's on_error reply goes to the client instead (status 0: no answer the client could get)."""
+
+    async def answer(request: web.Request, body: bytes) -> web.StreamResponse:
+        return web.Response(text="x" * 5000)
+
+    async with http_backend(answer) as h:
+        routes = f"""  - key: $default
+    integration:
+      http:
+        url: "{h.url}/big"
+        on_error: {{action: reply, message: 'failed {{status}}'}}
+"""
+        config = write_config(tmp_path, PORT, routed_api(routes, "limits: {max_message_size: 1000}\n"))
+        async with running_gateway(config) as gw:
+            async with connect(gw_url(gw, "/chat")) as ws:
+                await ws.send("big please")
+                assert await ws.recv() == "failed 0"
+            counts = await scrape(gw)
+            assert counts.value("wsgate_integration_errors_total", api="Chat", reason="too_large") == 1

@@ -6,7 +6,7 @@ path the expression reads (``action``, ``/a/b``, ``$request.body.a.b`` all
 become a tuple of keys), the route of each key (one dict lookup per message,
 never a scan), each route's own policy chains, the integration's headers
 from the environment and its TLS context. Nothing here opens a socket; the
-relay's router (gateway/relay/routes.py) does, with what this module holds.
+relay's router (gateway/relay/routed.py) does, with what this module holds.
 """
 
 from __future__ import annotations
@@ -137,6 +137,7 @@ class CompiledRoutes:
     no_route: str  # "drop" or "close"
     error_message: str | None
     max_http_requests: int
+    max_answer: int | None  # the API's max_message_size: a larger HTTP answer is a failure, never read whole
     # The keep-alive pool of the API's HTTP integrations (an aiohttp session), made on first use by the relay.
     http_client: Any = None
 
@@ -183,6 +184,7 @@ def compile_routes(loaded: Loaded[API], chains: Mapping[str, Sequence[Policy]],
         no_route=selection.no_route if selection is not None else "drop",
         error_message=selection.error_message if selection is not None else None,
         max_http_requests=api.limits.max_http_requests,
+        max_answer=api.limits.max_message_size,
     )
 
 

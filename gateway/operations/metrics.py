@@ -168,7 +168,8 @@ class Metrics:
             ["api", "endpoint", "reason"], registry=registry)
         self.integration_errors = Counter(
             "wsgate_integration_errors", "Message-route integrations that failed, by API, route and reason "
-            "(status_NNN, timeout, unreachable, closed, no_route).", ["api", "route", "reason"], registry=registry)
+            "(status_NNN, timeout, unreachable, closed, too_large, no_route).", ["api", "route", "reason"],
+            registry=registry)
         self.accept_errors = Counter(
             "wsgate_accept_errors", "Accepts that failed, mostly for lack of file descriptors (the listener pauses).",
             ["listener"], registry=registry)

@@ -80,20 +80,21 @@ def _spawn(coroutine: Any) -> None:
 class HTTPPool:
     """An API's HTTP integrations' keep-alive pool and in-flight bound (one per API and process)."""
 
-    __slots__ = ("session", "slots")
+    __slots__ = ("session", "slots", "max_answer")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, max_answer: int | None = None) -> None:
         # Connections per host are bounded by the semaphore below, not by the connector's own limit of 100.
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
         self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                              skip_auto_headers=("User-Agent",))
         self.slots = asyncio.Semaphore(limit)
+        self.max_answer = max_answer
 
     @classmethod
     def of(cls, routes: CompiledRoutes) -> HTTPPool:
         pool = routes.http_client
         if pool is None:
-            pool = routes.http_client = cls(routes.max_http_requests)
+            pool = routes.http_client = cls(routes.max_http_requests, routes.max_answer)
         return pool
 
     async def post(self, route: CompiledRoute, body: bytes, content_type: str,
@@ -106,13 +107,29 @@ class HTTPPool:
                 async with asyncio.timeout(http.timeout):
                     async with self.session.post(http.url, data=body, headers=sent, ssl=route.ssl_context or True,
                                                  allow_redirects=False) as response:
-                        data = await response.read()
+                        data = await self._body(response)
+                        if data is None:
+                            return Answer(0, error="answer too large")
                         kind = response.headers.get("Content-Type", "").lower()
                         return Answer(response.status, data, kind.startswith(TEXT_TYPES) or not kind)
             except TimeoutError:
                 return Answer(0, error="timeout")
             except (aiohttp.ClientError, OSError) as exc:
                 return Answer(0, error=f"connection failed: {exc.__class__.__name__}")
+
+    async def _body(self, response: aiohttp.ClientResponse) -> bytes | None:
+        """The answer's body, or None past the API's message size limit (read no further than that)."""
+        limit = self.max_answer
+        if limit is None:
+            return await response.read()
+        if response.content_length is not None and response.content_length > limit:
+            return None
+        body = bytearray()
+        async for chunk in response.content.iter_chunked(65536):
+            body += chunk
+            if len(body) > limit:
+                return None
+        return bytes(body)
 
     def close_soon(self) -> None:
         """The API's table is gone: close the pool once the loop gets to it (nothing if no loop runs)."""

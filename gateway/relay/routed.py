@@ -332,8 +332,7 @@ class _Lane:
         """The integration failed: what its ``on_error`` says, and counted."""
         router = self.router
         on_error = self.route.on_error
-        router.report(self.route.key, "timeout" if reason == "timeout" else
-                      f"status_{status}" if status else "unreachable" if "connect" in reason else "closed")
+        router.report(self.route.key, _error_label(status, reason))
         log.info("integration_failed", api=router.conn.api, route=self.route.key, connection=router.conn.id,
                  status=status, reason=reason)
         if on_error.action == "close":
@@ -351,6 +350,17 @@ class _Lane:
                            reason)
             self.upstream = None
         self.queue.clear()
+
+
+def _error_label(status: int, reason: str) -> str:
+    """The metric's ``reason`` label of an integration failure: few values, never the backend's text."""
+    if status:
+        return f"status_{status}"
+    if reason == "timeout":
+        return "timeout"
+    if "too large" in reason:
+        return "too_large"
+    return "unreachable" if "connect" in reason else "closed"
 
 
 async def _decide(policy: Policy, message: Message, conn: ConnectionContext, router: Router) -> Any:
