@@ -135,3 +135,18 @@ def test_integration_tls_verification_off_is_warned(tmp_path):
                          '    integration: {http: {url: "https://chat.internal/say", tls: {verify: false}}}\n')
     base(tmp_path, api=api)
     assert found(run_check(tmp_path)) == [("WSG206", "echo.yaml", 20, 74)]
+
+
+def test_field_level_problems_are_located(tmp_path):
+    """Schema and model checks of the new fields: a malformed expression and an unknown `no_route` (WSG103), a
+    timeout of 0 and a close code below 1000 (WSG105), an unknown on_error action (WSG103), an integration with
+    both kinds (WSG108), each at its value."""
+    base(tmp_path, api=ROUTED.replace("routes:\n", "route_selection: {expression: 'a b', no_route: reject}\nroutes:\n"))
+    assert found(run_check(tmp_path)) == [("WSG103", "echo.yaml", 16, 31), ("WSG103", "echo.yaml", 16, 48)]
+    say = '{http: {url: "https://chat.internal/say"}}'
+    base(tmp_path, api=ROUTED.replace(say, say[:-2] + ', timeout: 0, on_error: {action: explode, close_code: 999}}}'))
+    assert found(run_check(tmp_path)) == [("WSG105", "echo.yaml", 20, 69), ("WSG103", "echo.yaml", 20, 91),
+                                          ("WSG105", "echo.yaml", 20, 112)]
+    base(tmp_path, api=ROUTED.replace('{websocket: {url: "ws://rooms.internal:9000/join"}}',
+                                      '{websocket: {url: "ws://rooms.internal:9000/join"}, http: {url: "http://x/"}}'))
+    assert found(run_check(tmp_path)) == [("WSG108", "echo.yaml", 18, 18)]
