@@ -207,7 +207,7 @@ class ThrottlePolicy(PolicyBase):
     retry_after: PositiveInt = Field(5, description="Seconds sent in the Retry-After header of a 503.")
     on_state_error: Literal["allow", "refuse"] = Field(
         "allow", description="While the shared state backend (Redis) is unreachable: `allow` counts in this process "
-        "against the same limit until it is back, `refuse` answers 503.")
+        "against the same limit until it is back, `refuse` answers 503 `state_unavailable`.")
 
 
 class TransformPolicy(PolicyBase):

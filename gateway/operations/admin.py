@@ -231,8 +231,9 @@ class AdminServer:
                                              on_error=self._count_accept_error,
                                              reserve=True)
         self.port = self._server.sockets[0].getsockname()[1]
+        # Whether a token guards it, never the token: a key named "token" would be redacted whatever its value.
         log.info("listening", name="admin", host=self.host, port=self.port, tls=self._ssl is not None,
-                 token=self._protected)
+                 auth="token" if self._protected else "none")
 
     def _count_accept_error(self) -> None:
         # A gateway counts into its metrics; a worker supervisor (whose `metrics` is a handler) does not count.
