@@ -15,6 +15,7 @@ from aiohttp import web
 from support import (
     PORT,
     TIMEOUT,
+    app_yaml,
     eventually,
     gw_url,
     http_request,
@@ -420,3 +421,27 @@ async def test_http_answer_over_the_message_size_limit_is_a_failure(tmp_path):
                 assert await ws.recv() == "failed 0"
             counts = await scrape(gw)
             assert counts.value("wsgate_integration_errors_total", api="Chat", reason="too_large") == 1
+
+
+async def test_integrations_name_the_application_and_never_see_its_key(tmp_path):
+    """With identify by API key, $connect and a routed message carry X-Gateway-Application; the key the client
+    sent in the query is in neither the $connect body nor any header the backend gets."""
+    key = "routes-app-key-0042"
+    async with http_backend() as h:
+        routes = f"""  - key: $connect
+    integration: {{http: {{url: "{h.url}/connect"}}}}
+  - key: $default
+    integration: {{http: {{url: "{h.url}/default"}}}}
+"""
+        api = routed_api(routes).replace("ports: [default]\n", "ports: [default]\npolicies:\n  - type: identify\n")
+        config = write_config(tmp_path, PORT, api, app_yaml(key, apis="[Chat]"))
+        async with running_gateway(config) as gw:
+            async with connect(gw_url(gw, f"/chat?room=1&x-Gateway-APIKey={key}")) as ws:
+                await ws.send("hi")
+                assert await ws.recv() == "echo:hi"
+        (_, connect_headers, connect_body), = h.on("/connect")
+        (_, message_headers, _), = h.on("/default")
+        assert connect_headers["X-Gateway-Application"] == message_headers["X-Gateway-Application"] == "acme"
+        assert json.loads(connect_body)["application"] == "acme"
+        assert key not in repr(h.requests)
+        assert json.loads(connect_body)["query"].startswith("room=1")
