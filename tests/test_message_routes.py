@@ -445,3 +445,41 @@ async def test_integrations_name_the_application_and_never_see_its_key(tmp_path)
         assert json.loads(connect_body)["application"] == "acme"
         assert key not in repr(h.requests)
         assert json.loads(connect_body)["query"].startswith("room=1")
+
+
+async def test_server_stage_reply_is_not_routed_as_a_client_message(tmp_path):
+    """An API's validate-messages dropping a route upstream's bad message (with an error_message) sends that reply
+    nowhere: it is not taken for a client message and routed back to an upstream."""
+    received: list[str] = []
+
+    async def upstream(ws: ServerConnection) -> None:
+        async for message in ws:
+            received.append(str(message))
+            if message == "go":
+                await ws.send("not json")
+                await ws.send('{"kind": "good"}')
+            else:
+                await ws.send(json.dumps({"kind": "good", "seen": received}))
+
+    async with recording_backend(upstream) as a:
+        routes = f"""  - key: $default
+    integration: {{websocket: {{url: "{a.url}/a"}}}}
+"""
+        extra = """policies:
+  - type: validate-messages
+    client: off
+    server: enforce
+    on_violation: drop
+    error_message: 'bad message'
+messages:
+  - name: good
+    origin: server
+    schema: {type: object, required: [kind], properties: {kind: {const: good}}}
+"""
+        config = write_config(tmp_path, PORT, routed_api(routes).replace("routes:\n", extra + "routes:\n"))
+        async with running_gateway(config) as gw:
+            async with connect(gw_url(gw, "/chat")) as ws:
+                await ws.send("go")
+                assert json.loads(await ws.recv()) == {"kind": "good"}
+                await ws.send("again")
+                assert json.loads(await ws.recv()) == {"kind": "good", "seen": ["go", "again"]}

@@ -473,6 +473,13 @@ class RoutedRelay(MessageRelay):
         self._send(self.client, True, text.encode())
         self.flush(self.client)
 
+    def _reply(self, leg: _Leg, text: str) -> None:
+        if leg is self.upstream:
+            # A server-stage policy answering what a route sent: there is no one upstream to answer, and the
+            # router would take the reply for a client message. The route's message is dropped, as asked.
+            return
+        super()._reply(leg, text)
+
     def policy_failed(self, policy: Policy, returned: Any) -> None:
         self._policy_failed(policy, returned)
 
