@@ -256,15 +256,21 @@ class _Lane:
         self.failed(answer.status, answer.error or f"status {answer.status}")
 
     async def _send(self, is_text: bool, payload: bytes) -> None:
-        upstream = self.upstream
-        if upstream is None:
-            upstream = await self.open()
+        data = payload.decode() if is_text else payload
+        for _attempt in (1, 2):
+            upstream = self.upstream
             if upstream is None:
+                upstream = await self.open()
+                if upstream is None:
+                    return
+            try:
+                await upstream.send(data)
                 return
-        try:
-            await upstream.send(payload.decode() if is_text else payload)
-        except ConnectionClosed:
-            self.failed(0, "upstream closed")
+            except ConnectionClosed:
+                # It closed since the last message (its reader may not have noticed yet): one new connection.
+                if self.upstream is upstream:
+                    self.upstream = None
+        self.failed(0, "upstream closed")
 
     async def open(self) -> ClientConnection | None:
         router = self.router
