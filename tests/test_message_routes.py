@@ -27,7 +27,7 @@ from support import (
     write_config,
 )
 from websockets.asyncio.client import connect
-from websockets.asyncio.server import ServerConnection
+from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 
@@ -483,3 +483,48 @@ messages:
                 assert json.loads(await ws.recv()) == {"kind": "good"}
                 await ws.send("again")
                 assert json.loads(await ws.recv()) == {"kind": "good", "seen": ["go", "again"]}
+
+
+async def test_no_route_close_closes_with_1008(tmp_path):
+    """With `no_route: close` and no $default route, a binary message (which no named route can take) closes the
+    connection with 1008."""
+    async with recording_backend(lambda ws: tagged("A", ws)) as a:
+        routes = f"""  - key: join
+    integration: {{websocket: {{url: "{a.url}/a"}}}}
+"""
+        config = write_config(tmp_path, PORT, routed_api(routes, "  no_route: close\n"))
+        async with running_gateway(config) as gw:
+            async with connect(gw_url(gw, "/chat")) as ws:
+                await ws.send(json.dumps({"action": "join"}))
+                assert await ws.recv() == 'A:{"action": "join"}'
+                await ws.send(b"\x01\x02")
+                try:
+                    async with asyncio.timeout(TIMEOUT):
+                        await ws.recv()
+                except ConnectionClosed:
+                    pass
+            assert (ws.close_code, ws.close_reason) == (1008, "no route for this message")
+            await eventually(lambda: len(a.closes) == 1)  # the route's upstream is closed with the client
+
+
+async def test_at_upgrade_route_that_cannot_open_refuses_the_upgrade_with_502(tmp_path):
+    """A route opened at the upgrade whose upstream refuses its handshake fails the client's upgrade with 502;
+    the other at-upgrade route, opened alongside, is closed again."""
+
+    def refuse(connection: ServerConnection, request: Any) -> Any:
+        return connection.respond(403, "no\n")
+
+    async with recording_backend(lambda ws: tagged("A", ws)) as a, \
+            serve(lambda ws: ws.wait_closed(), "127.0.0.1", 0, process_request=refuse) as refusing:
+        port = refusing.sockets[0].getsockname()[1]
+        routes = f"""  - key: join
+    integration: {{websocket: {{url: "{a.url}/a", connect: at-upgrade}}}}
+  - key: leave
+    integration: {{websocket: {{url: "ws://127.0.0.1:{port}/b", connect: at-upgrade}}}}
+"""
+        config = write_config(tmp_path, PORT, routed_api(routes))
+        async with running_gateway(config) as gw:
+            response = await http_request(gw_url(gw, "/chat"), upgrade_request("/chat"))
+            assert response.status == 502
+            assert "route leave" in response.json()["reason"]
+            await eventually(lambda: len(a.closes) == 1)

@@ -562,34 +562,42 @@ class ClientHandshake(asyncio.Protocol):
                 why = answer.error or f"the $connect backend answered {answer.status}"
                 self._refuse(route, conn, status, "connect_refused", why)
                 return False
-        opened: dict[str, Any] = {}
+        # Routes opened at the upgrade (`connect: at-upgrade`), all at once: the 101 waits for the slowest only.
+        wanted = [c for c in routes.all() if c.websocket is not None and c.websocket.connect == "at-upgrade"]
+        keepalive = route.api.keepalive
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(open_route_upstream(c, conn, max_size=route.api.limits.max_message_size,
+                                                      ping_interval=keepalive.interval, ping_timeout=keepalive.timeout))
+                 for c in wanted]
         try:
-            for compiled in routes.all():
-                ws = compiled.websocket
-                if ws is None or ws.connect != "at-upgrade":
-                    continue
-                keepalive = route.api.keepalive
-                try:
-                    opened[compiled.key] = await open_route_upstream(
-                        compiled, conn, max_size=route.api.limits.max_message_size,
-                        ping_interval=keepalive.interval, ping_timeout=keepalive.timeout)
-                except TimeoutError:
-                    metrics.integration_error(conn.api, compiled.key, "timeout")
-                    self._refuse(route, conn, 504, "gateway_timeout", f"route {compiled.key}: upstream timed out")
-                    raise _Refused() from None
-                except (OSError, InvalidHandshake, InvalidURI) as exc:
-                    metrics.integration_error(conn.api, compiled.key, "unreachable")
-                    self._refuse(route, conn, 502, "bad_gateway",
-                                 f"route {compiled.key}: upstream failed: {exc.__class__.__name__}")
-                    raise _Refused() from None
-        except _Refused:
-            for upstream in opened.values():
-                close_upstream(upstream)
-            return False
-        except BaseException:  # cancelled: the client went away
-            for upstream in opened.values():
-                close_upstream(upstream)
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+        except BaseException:  # cancelled (the client went away): none of them may outlive the upgrade
+            for task in tasks:
+                if not task.done():
+                    task.cancel()
+                elif not task.cancelled() and task.exception() is None:
+                    close_upstream(task.result())
             raise
+        opened: dict[str, Any] = {}
+        failed: tuple[str, BaseException] | None = None
+        for compiled, result in zip(wanted, results, strict=True):
+            if isinstance(result, BaseException):
+                failed = failed or (compiled.key, result)
+            else:
+                opened[compiled.key] = result
+        if failed is not None:
+            for upstream in opened.values():
+                close_upstream(upstream)
+            key, exc = failed
+            if not isinstance(exc, (OSError, TimeoutError, InvalidHandshake, InvalidURI)):
+                raise exc  # cancelled (the client went away) or a bug: the caller's handlers answer it
+            timeout = isinstance(exc, TimeoutError)
+            metrics.integration_error(conn.api, key, "timeout" if timeout else "unreachable")
+            if timeout:
+                self._refuse(route, conn, 504, "gateway_timeout", f"route {key}: upstream timed out")
+            else:
+                self._refuse(route, conn, 502, "bad_gateway", f"route {key}: upstream failed: {exc.__class__.__name__}")
+            return False
         metrics.stage(conn.api, "upstream_connect", time.monotonic() - connecting)
         if self.lost:
             for upstream in opened.values():
@@ -647,10 +655,6 @@ class ClientHandshake(asyncio.Protocol):
                 policy.on_outcome(conn, status, error, reason)
             except Exception:
                 log.error("policy_failed", api=conn.api, policy=policy.type, connection=conn.id, exc_info=True)
-
-
-class _Refused(Exception):
-    """A route's upstream could not be opened at the upgrade; the refusal is written already."""
 
 
 def _tokens(value: str) -> list[str]:
