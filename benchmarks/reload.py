@@ -103,6 +103,7 @@ async def bench(args: argparse.Namespace) -> dict:
     port: int | None = None
     warmup_applied = 0
     watching = asyncio.Event()
+    seen: set[str] = set()
     applied: list[dict] = []
 
     async def read_logs() -> None:
@@ -111,10 +112,13 @@ async def bench(args: argparse.Namespace) -> dict:
             if not line.startswith("{"):
                 continue
             event = json.loads(line)
-            if event.get("event") == "listening" and event.get("name") == "default":
-                port = event["port"]
-            if event.get("event") == "listening" and event.get("name") == "admin":
-                watching.set()
+            if event.get("event") == "listening" and event.get("name") in ("default", "admin"):
+                # The admin may announce itself before the ports do (they log once all are bound): wait for both.
+                seen.add(event["name"])
+                if event["name"] == "default":
+                    port = event["port"]
+                if seen == {"default", "admin"}:
+                    watching.set()
             if event.get("event") == "reload_applied":
                 applied.append(event)
 
