@@ -103,7 +103,7 @@ async def bench(args: argparse.Namespace) -> dict:
     port: int | None = None
     warmup_applied = 0
     watching = asyncio.Event()
-    seen: set[str] = set()
+    admin_up = asyncio.Event()
     applied: list[dict] = []
 
     async def read_logs() -> None:
@@ -112,13 +112,12 @@ async def bench(args: argparse.Namespace) -> dict:
             if not line.startswith("{"):
                 continue
             event = json.loads(line)
-            if event.get("event") == "listening" and event.get("name") in ("default", "admin"):
-                # The admin may announce itself before the ports do (they log once all are bound): wait for both.
-                seen.add(event["name"])
-                if event["name"] == "default":
-                    port = event["port"]
-                if seen == {"default", "admin"}:
-                    watching.set()
+            if event.get("event") == "listening" and event.get("name") == "default":
+                port = event["port"]
+            if event.get("event") == "listening" and event.get("name") == "admin":
+                admin_up.set()
+            if port is not None and admin_up.is_set():  # the admin may log its line before the ports do
+                watching.set()
             if event.get("event") == "reload_applied":
                 applied.append(event)
 

@@ -67,10 +67,12 @@ class Built(CheckResult):
 
 
 def build(paths: Sequence[str | Path], *, env: Mapping[str, str] | None = None, cache: CheckCache | None = None,
-          import_transforms: bool = False) -> Built:
-    """Check the tree under ``paths`` and compile it without sockets; the config only when both succeed."""
-    result = check(paths, env=env, cache=cache, import_transforms=import_transforms)
-    fields = (result.diagnostics, result.files, result.sources, result.documents, result.unversioned)
+          import_transforms: bool = False, values: Sequence[str | Path] = ()) -> Built:
+    """Check the tree under ``paths`` (resolved with the ``values`` files) and compile it without sockets; the
+    config only when both succeed."""
+    result = check(paths, env=env, cache=cache, import_transforms=import_transforms, values=values)
+    fields = (result.diagnostics, result.files, result.sources, result.documents, result.unversioned,
+              result.foreign, result.values)
     if result.config is None:
         return Built(None, *fields)
     artefacts, found = _compile(result.config, os.environ if env is None else env)
@@ -90,7 +92,7 @@ def _compile(config: Config, env: Mapping[str, str], *,
     from .apps import AppIndex
     from ..policies.origin import origin_pattern
     from .routes import Endpoint, upstream_ssl_context
-    from .tls import ServerTLS
+    from .tls import CertificatePairError, ServerTLS
 
     out: list[Diagnostic] = []
     server_tls: dict[str, ServerTLS] = {}
@@ -102,6 +104,12 @@ def _compile(config: Config, env: Mapping[str, str], *,
         try:
             # The default certificate, the SNI ones and the client CA bundle, as the listener serves them.
             server_tls[name] = ServerTLS(name, port)
+        except CertificatePairError as exc:
+            if raise_first:
+                raise
+            out.append(error("WSG170", f"port '{name}': {exc}", port.locate(exc.at + ("cert",)),
+                             hint="the key must be the private key of that certificate (its pair); check both "
+                                  "paths"))
         except _BUILD_ERRORS as exc:
             if raise_first:
                 raise

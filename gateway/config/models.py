@@ -25,6 +25,9 @@ PositiveInt = Annotated[int, Field(ge=1)]
 SHA256_PATTERN = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
+HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"  # an HTTP header name (a token, RFC 9110)
+
+
 class Strict(BaseModel):
     """Base for every config object: unknown fields are errors, not silently dropped."""
 
@@ -36,6 +39,11 @@ API_VERSION = "wsgate/v1"
 API_VERSIONS = (API_VERSION,)
 
 
+LABEL_KEY_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,62}[A-Za-z0-9])?$"
+LabelKey = Annotated[str, Field(pattern=LABEL_KEY_PATTERN)]
+LabelValue = Annotated[str, Field(max_length=63)]
+
+
 class Versioned(Strict):
     """Base for every resource document: the optional format version comes first."""
 
@@ -44,6 +52,10 @@ class Versioned(Strict):
     api_version: Literal["wsgate/v1"] | None = Field(
         None, alias="apiVersion", exclude=True,
         description="The config format, `wsgate/v1`. Optional today; documents without it are read as wsgate/v1.")
+    labels: dict[LabelKey, LabelValue] = Field(
+        default_factory=dict,
+        description="Free-form `key: value` tags (`team: payments`): `validate`/`plan --selector team=payments` "
+        "work on the resources that carry them, and organisation `requirements` can select APIs by them.")
 
 
 class PolicyBase(Strict):
@@ -256,6 +268,30 @@ class MaskRule(Strict):
         return self
 
 
+class SyslogDestination(Strict):
+    """Invocation records to syslog: RFC 5424 messages whose text is the JSON record (masked as in the file)."""
+
+    address: str = Field(
+        "/dev/log", pattern=r"^(/\S+|unix:///\S+|udp://[^/\s]+|tcp://[^/\s]+)$",
+        description="A unix datagram socket (`/dev/log`, `unix:///run/syslog.sock`), `udp://HOST:PORT` or "
+        "`tcp://HOST:PORT` (octet-counted frames).")
+    facility: Literal["user", "daemon", "auth", "local0", "local1", "local2", "local3", "local4", "local5", "local6",
+                      "local7"] = "local0"
+    app_name: str = Field("wsgate", pattern=r"^[!-~]{1,48}$", description="The APP-NAME field of each message.")
+    timeout: Seconds = Field(2.0, description="Seconds a send may take; a batch that fails is dropped (counted).")
+
+
+class OTLPLogs(Strict):
+    """Invocation records as OpenTelemetry log records over OTLP/HTTP (JSON), e.g. to a collector."""
+
+    endpoint: str = Field(pattern=r"^https?://\S+$",
+                          description="The collector's logs URL, e.g. `http://otel-collector:4318/v1/logs`.")
+    headers: dict[Annotated[str, Field(pattern=HEADER_NAME_PATTERN)], EnvKey] = Field(
+        default_factory=dict, description="Headers sent with each export, each `{env: VARIABLE}` (an API token).")
+    service_name: str = Field("wsgate", description="The `service.name` resource attribute.")
+    timeout: Seconds = Field(5.0, description="Seconds an export may take; a batch that fails is dropped (counted).")
+
+
 class LogInvocationPolicy(PolicyBase):
     """Transaction records of upgrades, messages and closes."""
 
@@ -278,8 +314,14 @@ class LogInvocationPolicy(PolicyBase):
     stdout: bool | None = Field(
         None,
         description="Also emit every record through the gateway's structured log. Default: only when `file` is "
-        "unset; with a file, `true` costs gateway CPU per record.",
+        "unset, `syslog` and `otlp` too; with a destination, `true` costs gateway CPU per record.",
     )
+    syslog: SyslogDestination | None = Field(
+        None, description="Also send each record to syslog (same masking and truncation as the file; a bounded "
+        "queue, so a syslog that is down drops records, counted, and never slows the relay).")
+    otlp: OTLPLogs | None = Field(
+        None, description="Also export each record as an OpenTelemetry log record over OTLP/HTTP (same masking; "
+        "bounded like `syslog`).")
 
 
 class RoutingPolicy(PolicyBase):
@@ -444,7 +486,8 @@ class UpstreamTLS(Strict):
     @model_validator(mode="after")
     def _cert_and_key(self) -> UpstreamTLS:
         if (self.cert is None) != (self.key is None):
-            raise ValueError("an upstream client certificate needs both `cert` and `key`")
+            given, missing = ("cert", "key") if self.key is None else ("key", "cert")
+            raise ValueError(f"`{given}` needs `{missing}`: an upstream client certificate needs both")
         return self
 
 
@@ -497,7 +540,6 @@ RESERVED_UPSTREAM_HEADERS = frozenset({
     "host", "upgrade", "connection", "content-length", "transfer-encoding", "x-forwarded-for", "x-forwarded-proto",
     "x-forwarded-host", "x-real-ip", "forwarded", "x-gateway-application",
 })
-HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
 
 
 class Upstream(Strict):
@@ -715,6 +757,11 @@ class API(Versioned):
 
     kind: Literal["API"]
     name: Name
+    previous_names: list[Name] = Field(
+        default_factory=list,
+        description="Names this API had before, oldest first: a reload that finds the old name gone and this "
+        "one new is a rename (`plan`: renamed, no connection disrupted), not a removal and a creation. Its live "
+        "connections, and the throttle counts (kept under the oldest name), carry over.")
     version: str = Field("1.0", description="Version label, shown in logs and the plan.")
     description: str = ""
     path: str = Field(pattern=r"^/\S*$", description="Gateway path, e.g. `/websocket/EchoWS/1.0`. Trailing `/` counts.")
@@ -852,6 +899,11 @@ class Application(Versioned):
 
     kind: Literal["Application"]
     name: Name
+    previous_names: list[Name] = Field(
+        default_factory=list,
+        description="Names this application had before, oldest first: a reload that finds the old name gone and this "
+        "one new is a rename (`plan`: renamed, no connection disrupted), not a removal and a creation. Its live "
+        "connections, identified by the same credentials, carry over.")
     description: str = ""
     identifiers: Identifiers = Identifiers()
     apis: list[Name] = Field(default_factory=list, description="Names of the APIs this application may use.")
@@ -914,11 +966,15 @@ class Admin(Strict):
         "declaring file. Read at start."
     )
     tls: TLSFiles | None = Field(None, description="Serve the admin endpoints over HTTPS with this certificate.")
+    unready_after_failed_reload: bool = Field(
+        False, description="`/readyz` answers 503 while the last reload failed (the last good config keeps serving): "
+        "a rollout then sees a replica stuck on an old config. Off: a failed reload shows in `/readyz`'s body "
+        "and `wsgate_config_info` only.")
 
     @model_validator(mode="after")
     def _one_token_source(self) -> Admin:
         if self.token is not None and self.token_file is not None:
-            raise ValueError("an admin token comes from `token` or `token_file`, not both")
+            raise ValueError("`token_file` and `token` both set: an admin token comes from one of them")
         return self
 
 
@@ -948,6 +1004,28 @@ class RedisState(Strict):
 StateSettings = Annotated[MemoryState | RedisState, Field(discriminator="backend")]
 
 
+class Requirement(Strict):
+    """An organisation rule: what every API it applies to must have."""
+
+    name: Name = Field(description="The rule's name, shown in each error (`identified`, `tls-only`).")
+    description: str = ""
+    selector: dict[LabelKey, str] = Field(
+        default_factory=dict, description="Only APIs with these labels must meet it; empty: every API.")
+    policies: list[Literal["identify", "throttle", "transform", "log-invocation", "routing", "origin", "rate-limit",
+                           "validate-messages"]] = Field(
+        default_factory=list, description="Policy types each API's chain must hold (`[identify, log-invocation]`).")
+    tls_ports: bool = Field(False, description="Every port of the API serves TLS (wss://).")
+    labels: list[LabelKey] = Field(default_factory=list, description="Label keys each API must carry (`[team]`).")
+    max_message_size: PositiveInt | None = Field(
+        None, description="`limits.max_message_size` must be set and at most this many bytes.")
+
+    @model_validator(mode="after")
+    def _requires_something(self) -> Requirement:
+        if not (self.policies or self.tls_ports or self.labels or self.max_message_size):
+            raise ValueError("a requirement needs `policies`, `tls_ports`, `labels` or `max_message_size`")
+        return self
+
+
 class Gateway(Versioned):
     """Process-wide settings; at most one per config."""
 
@@ -967,6 +1045,10 @@ class Gateway(Versioned):
         "relative to this file). Without them, log files must stay inside the config tree.",
     )
     log_format: Literal["json", "console", "auto"] = "auto"
+    requirements: list[Requirement] = Field(
+        default_factory=list,
+        description="Organisation rules every API (or every API a `selector` picks) must meet; `validate` reports "
+        "each API that breaks one as an error naming the rule (WSG135).")
 
 
 Resource = Annotated[Port | API | Application | EchoServer | Gateway, Field(discriminator="kind")]

@@ -277,7 +277,9 @@ class RateLimit(Policy):
         # Which of the API's rate limits this is: with the API's name, what keeps its buckets across reloads.
         position = [i for i, p in enumerate(p for p in build.api.model.policies if p.type == spec.type)
                     if p is spec][0]
-        self.key: LimitKey = (api, spec.direction, spec.per, position)
+        # Under the API's oldest name (`previous_names`, oldest first): a rename keeps its buckets and limits.
+        previous = build.api.model.previous_names
+        self.key: LimitKey = (previous[0] if previous else api, spec.direction, spec.per, position)
         self.settings = Limit()
         self.settings.update(spec, build.api.model.limits.max_message_size)
         self.limits = limits = build.state.rate_limits

@@ -29,6 +29,10 @@ class Throttle(Policy):
     def __init__(self, spec: ThrottlePolicy, build: PolicyBuild) -> None:
         self.spec = spec
         self.api = build.api_name
+        # Counted under the API's oldest name (`previous_names`, oldest first): a rename neither resets the count
+        # nor splits it between the connections accepted before and after.
+        previous = build.api.model.previous_names
+        self.counted_as = previous[0] if previous else self.api
         self.shared = build.state.shared
         self._retry = (("Retry-After", str(spec.retry_after)),)
 
@@ -38,7 +42,7 @@ class Throttle(Policy):
             who = conn.application.name if conn.application else ANONYMOUS
         else:
             who = WHOLE_API
-        key = slot_key(self.api, who)
+        key = slot_key(self.counted_as, who)
         taken = self.shared.acquire(key, self.spec.max_connections, self.spec.on_state_error)
         if inspect.isawaitable(taken):
             return self._settle(taken, key, who, conn)

@@ -1,7 +1,6 @@
-"""Cross-field rules of message routes (``API.routes``, ``route_selection``): what the model alone cannot show.
+"""API rules about message routes (``API.routes``, ``route_selection``): what the model alone cannot show.
 
-Registered with the other rules (``rules.rule``) when ``gateway.config`` imports this module, and run with them.
-Codes: WSG130-WSG136 (errors) and WSG241-WSG242 (warnings), listed in docs/diagnostics.md.
+Codes: WSG190-WSG195 (errors) and WSG241-WSG242 (warnings), listed in docs/diagnostics.md.
 """
 
 from __future__ import annotations
@@ -9,9 +8,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .diagnostics import Related, error, warning
-from .document_checks import suggestion
-from .rules import Entry, RuleContext, _cert_and_key_must_exist, _must_exist, _split, rule
+from ..diagnostics import Related, error, warning
+from ..document_checks import suggestion
+from .api_upstream import _split
+from .base import Entry, RuleContext, cert_and_key_must_exist, must_exist, rule
 
 SPECIAL = ("$default", "$connect", "$disconnect")
 EVENTS = ("$connect", "$disconnect")
@@ -103,7 +103,7 @@ def _route_keys(ctx: RuleContext, e: Entry) -> None:
     for i, route in enumerate(api.routes):
         if route.key in first:
             ctx.out.append(error(
-                "WSG132", f"two routes with the key '{route.key}'", e.doc.value_at(("routes", i, "key")),
+                "WSG192", f"two routes with the key '{route.key}'", e.doc.value_at(("routes", i, "key")),
                 related=(Related(e.doc.value_at(("routes", first[route.key], "key")), "first one here"),),
                 hint="keep one route per key: merge their settings"))
         else:
@@ -112,7 +112,7 @@ def _route_keys(ctx: RuleContext, e: Entry) -> None:
     expression = _expression(api)
     if named and expression is None:
         ctx.out.append(error(
-            "WSG133", f"API '{e.name}' has routes but no selection expression: no message can choose one",
+            "WSG193", f"API '{e.name}' has routes but no selection expression: no message can choose one",
             e.doc.key_at(("routes",)),
             hint="add `route_selection: {expression: action}` (the JSON field holding the route key), or a "
             "validate-messages `discriminator`"))
@@ -133,7 +133,7 @@ def _route_keys(ctx: RuleContext, e: Entry) -> None:
                     hint="declare the text messages that select it, or remove the route"))
                 continue
             ctx.out.append(error(
-                "WSG130", f"no client message of API '{e.name}' has {field} = '{route.key}': route "
+                "WSG190", f"no client message of API '{e.name}' has {field} = '{route.key}': route "
                 f"'{route.key}' can never be chosen", e.doc.value_at(("routes", i, "key")),
                 hint=suggestion(route.key, sorted(keys), listing="the declared messages select")
                 or f"declare a client message whose schema fixes `{field}` to '{route.key}' (`const`)"))
@@ -153,13 +153,13 @@ def _integration(ctx: RuleContext, e: Entry, i: int, route: Any) -> None:
     integration = route.integration
     if integration is None:
         ctx.out.append(error(
-            "WSG131", f"route '{route.key}' has no integration: its messages would go nowhere",
+            "WSG191", f"route '{route.key}' has no integration: its messages would go nowhere",
             e.doc.value_at(at + ("key",)),
             hint="add `integration: {http: {url: https://...}}` or `integration: {websocket: {url: wss://...}}`"))
         return
     if route.key in EVENTS and integration.websocket is not None:
         ctx.out.append(error(
-            "WSG135", f"route '{route.key}' is an event: it calls an HTTP backend, not a WebSocket upstream",
+            "WSG195", f"route '{route.key}' is an event: it calls an HTTP backend, not a WebSocket upstream",
             e.doc.key_at(at + ("integration", "websocket")), hint="write `integration: {http: {url: ...}}`"))
         return
     kind = "http" if integration.http is not None else "websocket"
@@ -170,7 +170,7 @@ def _integration(ctx: RuleContext, e: Entry, i: int, route: Any) -> None:
     if parts is None or not parts.hostname or parts.scheme.lower() not in schemes or parts.fragment:
         better = {"ws": "http", "wss": "https", "http": "ws", "https": "wss"}.get(parts.scheme.lower() if parts else "")
         ctx.out.append(error(
-            "WSG134", f"route '{route.key}': {target.url!r} is not a {' or '.join(s + '://' for s in schemes)} URL",
+            "WSG194", f"route '{route.key}': {target.url!r} is not a {' or '.join(s + '://' for s in schemes)} URL",
             e.doc.value_at(url_at),
             hint=f"write it as {schemes[0]}://host:port/path"
             + (f" (a {kind} integration; for a {better}:// backend use `{'websocket' if kind == 'http' else 'http'}`)"
@@ -182,8 +182,8 @@ def _integration(ctx: RuleContext, e: Entry, i: int, route: Any) -> None:
             e.doc.value_at(tls_at + ("verify",)),
             hint="anyone on the path can impersonate the backend; set a `ca_file` instead"))
     if target.tls.ca_file is not None:
-        _must_exist(ctx, e, tls_at + ("ca_file",), target.tls.ca_file, "CA file")
-    _cert_and_key_must_exist(ctx, e, tls_at, target.tls.cert, target.tls.key)
+        must_exist(ctx, e, tls_at + ("ca_file",), target.tls.ca_file, "CA file")
+    cert_and_key_must_exist(ctx, e, tls_at, target.tls.cert, target.tls.key)
     for name, value in target.headers.items():
         if value.env not in ctx.env:
             ctx.out.append(warning(
