@@ -36,24 +36,24 @@ def test_routed_api_is_clean(tmp_path):
 
 
 def test_route_key_no_message_produces(tmp_path):
-    """A route key no declared client message selects: WSG190 at the key, with a did-you-mean."""
+    """A route key no declared client message selects: WSG143 at the key, with a did-you-mean."""
     base(tmp_path, api=ROUTED.replace("  - key: say\n", "  - key: sya\n"))
     result = run_check(tmp_path)
-    assert found(result) == [("WSG190", "echo.yaml", 19, 10)]
+    assert found(result) == [("WSG143", "echo.yaml", 19, 10)]
     assert result.diagnostics[0].hint == "did you mean 'say'?"
 
 
 def test_route_without_integration(tmp_path):
-    """A route with no integration: WSG191 at its key."""
+    """A route with no integration: WSG144 at its key."""
     base(tmp_path, api=ROUTED.replace('    integration: {http: {url: "https://chat.internal/say"}}\n', ""))
-    assert found(run_check(tmp_path)) == [("WSG191", "echo.yaml", 19, 10)]
+    assert found(run_check(tmp_path)) == [("WSG144", "echo.yaml", 19, 10)]
 
 
 def test_two_routes_with_one_key(tmp_path):
-    """Two routes with the key join: WSG192 at the second, noting the first."""
+    """Two routes with the key join: WSG145 at the second, noting the first."""
     base(tmp_path, api=ROUTED.replace("  - key: say\n", "  - key: join\n"))
     result = run_check(tmp_path)
-    assert found(result) == [("WSG192", "echo.yaml", 19, 10)]
+    assert found(result) == [("WSG145", "echo.yaml", 19, 10)]
     related = result.diagnostics[0].related[0].location
     assert (related.line, related.col) == (17, 10)
 
@@ -68,9 +68,9 @@ def test_default_route_that_can_never_be_chosen_is_a_warning(tmp_path):
 
 
 def test_routes_without_selection_expression(tmp_path):
-    """Named routes with neither `route_selection.expression` nor a discriminator: WSG193 at `routes`."""
+    """Named routes with neither `route_selection.expression` nor a discriminator: WSG146 at `routes`."""
     base(tmp_path, api=ROUTED.replace("    discriminator: action\n", ""))
-    assert found(run_check(tmp_path)) == [("WSG193", "echo.yaml", 15, 1)]
+    assert found(run_check(tmp_path)) == [("WSG146", "echo.yaml", 15, 1)]
 
 
 def test_selection_expression_forms(tmp_path):
@@ -81,13 +81,13 @@ def test_selection_expression_forms(tmp_path):
 
 
 def test_integration_urls_and_events(tmp_path):
-    """An http integration with a ws:// URL is WSG194 at the URL; a $connect event on a WebSocket upstream is
-    WSG195 at `websocket`."""
+    """An http integration with a ws:// URL is WSG147 at the URL; a $connect event on a WebSocket upstream is
+    WSG148 at `websocket`."""
     api = ROUTED.replace("https://chat.internal/say", "ws://chat.internal/say") + (
         '  - key: $connect\n    integration: {websocket: {url: "ws://auth.internal/"}}\n')
     base(tmp_path, api=api)
     result = run_check(tmp_path)
-    assert found(result) == [("WSG194", "echo.yaml", 20, 31), ("WSG195", "echo.yaml", 22, 19)]
+    assert found(result) == [("WSG147", "echo.yaml", 20, 31), ("WSG148", "echo.yaml", 22, 19)]
     assert "`websocket`" in (result.diagnostics[0].hint or "")
 
 

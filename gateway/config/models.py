@@ -23,6 +23,8 @@ Name = Annotated[str, Field(pattern=NAME_PATTERN, description="A unique name: le
 Seconds = Annotated[float, Field(gt=0, description="A duration in seconds.")]
 PositiveInt = Annotated[int, Field(ge=1)]
 SHA256_PATTERN = re.compile(r"^sha256:[0-9a-f]{64}$")
+HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
+HeaderName = Annotated[str, Field(pattern=HEADER_NAME_PATTERN)]
 
 
 HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"  # an HTTP header name (a token, RFC 9110)
@@ -144,7 +146,7 @@ class EnvKey(Strict):
 
 
 # Asymmetric algorithms verify with public keys (safe in git); HS* need a shared secret from the environment.
-IdentifyMethod = Literal["api_key", "hostname", "ip", "jwt", "basic", "certificate"]
+IdentifyMethod = Literal["api_key", "hostname", "ip", "jwt", "basic", "certificate", "authorizer"]
 JWTAlgorithm = Literal[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
     "HS256", "HS384", "HS512",
@@ -152,7 +154,7 @@ JWTAlgorithm = Literal[
 
 
 class JWTSettings(Strict):
-    """How `by: [jwt]` validates bearer tokens. Exactly one key source: jwks_file, public_key_file or secret."""
+    """How `by: [jwt]` validates bearer tokens. One key source: jwks_file, public_key_file, secret or jwks_url."""
 
     issuer: str = Field(min_length=1, description="Required `iss` claim: tokens from any other issuer are refused.")
     audience: list[str] = Field(
@@ -174,6 +176,25 @@ class JWTSettings(Strict):
     secret: EnvKey | None = Field(
         None, description="`{env: VARIABLE}` holding the HMAC secret for HS* algorithms; never a literal."
     )
+    jwks_url: str | None = Field(
+        None,
+        description="HTTPS URL of the issuer's JWKS document (`http://` only to 127.0.0.1 or localhost, warned). "
+        "Fetched when the config starts serving, kept, refetched in the background past `jwks_max_age` and at "
+        "once for a token whose `kid` it does not know; the last good keys stay when a fetch fails.",
+    )
+    jwks_timeout: Seconds = Field(
+        2.0, description="Seconds a JWKS fetch may take; an upgrade waiting for one waits no longer."
+    )
+    jwks_max_age: Seconds = Field(300.0, description="Seconds fetched keys are used before a background refetch.")
+    jwks_min_refresh_interval: float = Field(
+        10.0, ge=0,
+        description="Seconds between two fetches asked for by tokens with an unknown `kid` (a flood of made-up "
+        "kids costs the issuer one fetch per interval); such tokens are refused meanwhile.",
+    )
+    jwks_ca_file: str | None = Field(
+        None, description="CA bundle that verifies the JWKS server, relative to the declaring file (default: the "
+        "system's CAs)."
+    )
     application_claim: str | None = Field(
         None,
         min_length=1,
@@ -193,6 +214,49 @@ class JWTSettings(Strict):
     )
 
 
+AuthorizerCredential = Literal["authorization", "cookie", "api_key", "access_token"]
+
+
+class AuthorizerSettings(Strict):
+    """How `by: [authorizer]` asks an HTTP endpoint at the upgrade (docs/integrations.md)."""
+
+    url: str = Field(
+        description="Where the gateway POSTs each upgrade's path, query, headers and peer as JSON: `https://`, or "
+        "`http://` to 127.0.0.1 or localhost only (warned)."
+    )
+    timeout: Seconds = Field(
+        2.0, description="Seconds the answer may take; past it the authorizer counts as down (`unavailable_status`)."
+    )
+    forward_credentials: list[AuthorizerCredential] = Field(
+        default_factory=list,
+        description="Credentials the authorizer gets: `authorization` (the header), `cookie`, `api_key` (the "
+        "`x-Gateway-APIKey` header and query parameter), `access_token` (the query parameter). The others are "
+        "removed from what it is sent. What is forwarded is also the cache key (its digest).",
+    )
+    cache_ttl: float = Field(
+        60.0, ge=0,
+        description="Seconds an answer (allow or refusal) is reused for the same forwarded credentials; 0: ask "
+        "every time. An answer's own `expires_in` shortens it. Requests forwarding no credential are not cached.",
+    )
+    unavailable_status: Literal[401, 503] = Field(
+        503,
+        description="What the client gets while the authorizer cannot answer (refused, timed out, 5xx, not JSON): "
+        "503 (try again later, with Retry-After) or 401. The gateway never lets a client in without an answer.",
+    )
+    ca_file: str | None = Field(
+        None, description="CA bundle that verifies the authorizer, relative to the declaring file (default: the "
+        "system's CAs)."
+    )
+    cert: str | None = Field(None, description="Client certificate chain (PEM) the gateway presents (mTLS).")
+    key: str | None = Field(None, description="Private key (PEM) of `cert`.")
+
+    @model_validator(mode="after")
+    def _cert_and_key(self) -> AuthorizerSettings:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("`cert` and `key` go together: the client certificate needs its private key")
+        return self
+
+
 class IdentifyPolicy(PolicyBase):
     """Identify & authorize application: only applications registered to the API get in (else 401)."""
 
@@ -208,6 +272,16 @@ class IdentifyPolicy(PolicyBase):
         False, description="Let unidentified clients in as the anonymous application instead of refusing with 401."
     )
     jwt: JWTSettings | None = Field(None, description="Bearer token validation; required when `by` lists `jwt`.")
+    authorizer: AuthorizerSettings | None = Field(
+        None, description="The HTTP endpoint that decides each upgrade; required when `by` lists `authorizer`."
+    )
+
+
+class ThrottleTier(Strict):
+    """Applications that get their own connection limit on this API (like a Kong consumer group)."""
+
+    applications: list[Name] = Field(min_length=1, description="The tier's applications (each in one tier only).")
+    max_connections: PositiveInt = Field(description="Active connections allowed, counted as the policy's `per`.")
 
 
 class ThrottlePolicy(PolicyBase):
@@ -220,6 +294,16 @@ class ThrottlePolicy(PolicyBase):
     on_state_error: Literal["allow", "refuse"] = Field(
         "allow", description="While the shared state backend (Redis) is unreachable: `allow` counts in this process "
         "against the same limit until it is back, `refuse` answers 503 `state_unavailable`.")
+    applications: list[Name] = Field(
+        default_factory=list,
+        description="Only these applications are limited by `max_connections` (empty: every application, the "
+        "anonymous one included). Needs an identify policy before it.",
+    )
+    tiers: dict[Name, ThrottleTier] = Field(
+        default_factory=dict,
+        description="Named groups of applications with their own `max_connections` on this API, e.g. "
+        "`partner: {applications: [acme], max_connections: 100}`. With `per: api` a tier shares one count.",
+    )
 
 
 class TransformPolicy(PolicyBase):
@@ -362,6 +446,16 @@ class OriginPolicy(PolicyBase):
     allow_missing: bool = Field(False, description="Let in clients that send no Origin header (non-browsers).")
 
 
+class RateLimitTier(Strict):
+    """Applications that get their own rate on this API; unset numbers are the policy's."""
+
+    applications: list[Name] = Field(min_length=1, description="The tier's applications (each in one tier only).")
+    messages_per_second: float | None = Field(None, gt=0, description="The tier's sustained messages per second.")
+    burst_messages: PositiveInt | None = Field(None, description="The tier's message burst.")
+    bytes_per_second: float | None = Field(None, gt=0, description="The tier's sustained payload bytes per second.")
+    burst_bytes: PositiveInt | None = Field(None, description="The tier's byte burst.")
+
+
 class RateLimitPolicy(PolicyBase):
     """Messages and bytes per second in one direction: a token bucket with a burst, per connection,
     application or API. Several may stack (all must have room)."""
@@ -399,6 +493,16 @@ class RateLimitPolicy(PolicyBase):
         None,
         description="With `drop`: a text message sent back to the sender of each dropped message, e.g. "
         "`{\"type\": \"error\", \"reason\": \"rate limit\"}` (declare it in `messages` to document it).",
+    )
+    applications: list[Name] = Field(
+        default_factory=list,
+        description="Only these applications are limited by the policy's numbers (empty: every application). "
+        "Needs an identify policy before it.",
+    )
+    tiers: dict[Name, RateLimitTier] = Field(
+        default_factory=dict,
+        description="Named groups of applications with their own numbers on this API, counted as the policy's "
+        "`per`, e.g. `partner: {applications: [acme], messages_per_second: 100}`.",
     )
 
     @model_validator(mode="after")
@@ -781,6 +885,17 @@ class API(Versioned):
         description="Host names this API answers for (the `Host` header, without port; `*.example.com` matches "
         "one label). Empty: any host. Several APIs can share a port and a path when their hosts differ.",
     )
+    match_headers: dict[HeaderName, str] = Field(
+        default_factory=dict,
+        description="Request headers this API requires, name (any case) to exact value, e.g. `{X-Version: \"2\"}`. "
+        "Several APIs can share a port, host and path when these differ; the one with the most conditions that "
+        "all hold wins.",
+    )
+    match_query: dict[Annotated[str, Field(min_length=1)], str] = Field(
+        default_factory=dict,
+        description="Query parameters this API requires, name to exact value, e.g. `{v: \"2\"}`; counted with "
+        "`match_headers` when the most specific route is picked.",
+    )
     ports: list[Name] = Field(min_length=1, description="Names of the Ports this API is served on.")
     upstream: Upstream | None = Field(
         None, description="The native WebSocket server. Required unless the API declares `routes`.")
@@ -818,6 +933,21 @@ class API(Versioned):
     @classmethod
     def _hosts(cls, value: list[str]) -> list[str]:
         return _host_names(value)
+
+    @field_validator("match_headers")
+    @classmethod
+    def _header_names_lower(cls, value: dict[str, str]) -> dict[str, str]:
+        lowered: dict[str, str] = {}
+        for name, wanted in value.items():
+            if name.lower() in lowered:
+                raise ValueError(f"header {name!r} is required twice (header names are case-insensitive)")
+            lowered[name.lower()] = wanted
+        return lowered
+
+    def match_conditions(self) -> tuple[tuple[str, str, str], ...]:
+        """Header and query conditions as sorted (kind, name, value): equal tuples always match the same requests."""
+        return tuple(sorted([("header", n, v) for n, v in self.match_headers.items()]
+                            + [("query", n, v) for n, v in self.match_query.items()]))
 
     @model_validator(mode="after")
     def _strip_needs_prefix(self) -> API:

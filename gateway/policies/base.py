@@ -107,7 +107,7 @@ class ApplicationRef:
     """The identified application, as it travels with a connection."""
 
     name: str
-    identified_by: str  # "api_key", "ip", "hostname", "jwt", "basic", "certificate" or "anonymous"
+    identified_by: str  # "api_key", "ip", "hostname", "jwt", "basic", "certificate", "authorizer" or "anonymous"
 
 
 @dataclass(slots=True)
@@ -183,6 +183,9 @@ class ConnectionContext:
     metadata: dict[str, Any] = field(default_factory=dict)
     # The message routes this connection has used (APIs with `routes`): a removed route drains only these.
     routes: set[str] | None = None
+    # Groups the connect-time authorizer named for this connection (identify `by: [authorizer]`): what push
+    # group rules may join it to.
+    groups: list[str] = field(default_factory=list)
     _deferred: list[Callable[[], None]] = field(default_factory=list)
 
     def used_route(self, key: str) -> None:

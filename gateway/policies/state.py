@@ -21,6 +21,8 @@ from typing import Any
 
 import structlog
 
+from ..build.remote_keys import RemoteKeySet, jwks_ssl_context
+from ..common.http_client import SharedHTTPClient
 from ..state.base import SharedState
 from .log_sinks import Sink
 from .rate_limit import RateLimits
@@ -395,6 +397,19 @@ class PolicyState:
         self.violations: Counter[tuple[str, str, str, str]] = Counter()
         self.log_writers = LogWriters()
         self.resolver = HostnameResolver()
+        # The process's HTTP client (authorizer, remote JWKS): its keep-alive pool outlives reloads.
+        self.http = SharedHTTPClient()
+        self._jwks: dict[tuple[str, str | None], RemoteKeySet] = {}  # (url, CA file) -> its keys, across reloads
+
+    def jwks(self, url: str, cafile: str | None, timeout: float, max_age: float, min_refresh_interval: float,
+             parse: Callable[[str], list[Any]]) -> RemoteKeySet:
+        """The process's key set of a JWKS URL: one per URL and CA, so a reload keeps the keys fetched so far."""
+        found = self._jwks.get((url, cafile))
+        if found is None:
+            found = RemoteKeySet(url, self.http, jwks_ssl_context(url, cafile), timeout, max_age, min_refresh_interval,
+                                 parse)
+            self._jwks[(url, cafile)] = found
+        return found
 
     async def use_shared(self, settings: Any, env: Mapping[str, str], ca_file: str | None = None) -> bool:
         """Count in the backend ``settings`` names from now on; False if it is the one in use.
@@ -482,6 +497,7 @@ class PolicyState:
         self._switched_from = None
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
+        await self.http.aclose()
         self.close()
 
     def close(self) -> None:

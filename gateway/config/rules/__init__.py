@@ -20,6 +20,7 @@ from . import (  # noqa: F401 - imported for their @rule registrations
     api_transforms,
     api_upstream,
     applications,
+    authz,
     echo,
     gateway,
     ineffective,

@@ -10,7 +10,7 @@ from .base import Entry, RuleContext, must_exist, named_file_refusal, rule
 
 # -------------------------------------------------------------- JWT keys
 
-JWT_KEY_SOURCES = ("jwks_file", "public_key_file", "secret")
+JWT_KEY_SOURCES = ("jwks_file", "public_key_file", "secret", "jwks_url")
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 
 
@@ -27,7 +27,8 @@ def identify_jwt(ctx: RuleContext) -> None:
                         "WSG128",
                         "`by` lists jwt but the identify policy has no `jwt:` block",
                         e.doc.value_at(at + ("by", p.by.index("jwt"))),
-                        hint="add `jwt:` with `issuer` and one key source: jwks_file, public_key_file or secret",
+                        hint="add `jwt:` with `issuer` and one key source: jwks_file, public_key_file, secret "
+                        "or jwks_url",
                     )
                 )
             if p.jwt is None:
@@ -53,8 +54,8 @@ def _check_jwt(ctx: RuleContext, e: Entry, at: tuple, settings: Any, used: bool)
                 "the `jwt:` block has no key source" if not sources else f"the `jwt:` block has {len(sources)} key "
                 f"sources ({', '.join(sources)})",
                 e.doc.key_at(at) if not sources else e.doc.key_at(at + (sources[1],)),
-                hint="give exactly one of jwks_file (a JWKS document), public_key_file (PEM) or "
-                "secret ({env: VARIABLE}, for HS256)",
+                hint="give exactly one of jwks_file (a JWKS document), public_key_file (PEM), "
+                "secret ({env: VARIABLE}, for HS256) or jwks_url (the issuer's published keys)",
             )
         )
         return
@@ -83,7 +84,7 @@ def _check_jwt(ctx: RuleContext, e: Entry, at: tuple, settings: Any, used: bool)
                     hint=f"every token is refused until the gateway runs with {settings.secret.env} set",
                 )
             )
-    else:
+    elif settings.jwks_url is None:  # a URL is checked by rules/authz.py and fetched only at run time
         # The file is checked even when the allowlist is wrong: every problem in one run.
         _check_key_file(ctx, e, at, sources[0], getattr(settings, sources[0]), algorithms if problem is None else None)
     if not settings.audience:

@@ -48,31 +48,33 @@ def api_paths(ctx: RuleContext) -> None:
 
 @rule
 def route_claims(ctx: RuleContext) -> None:
-    """Two APIs claiming the same route: port, host (or any host), match kind and path.
+    """Two APIs claiming the same route: port, host (or any host), match kind, path and header/query conditions.
 
     Everything else is ordered, not ambiguous: a claimed host before any host,
     an exact path before a prefix, the longest prefix first.
     """
-    served: dict[tuple[str, str | None, str, str], Entry] = {}
+    served: dict[tuple[str, str | None, str, str, tuple[tuple[str, str, str], ...]], Entry] = {}
     reported: set[tuple[str, str]] = set()  # one error per pair of APIs, however many ports and hosts they share
     for e in ctx.of("API"):
         model = e.model
         for port in dict.fromkeys(model.ports):
             claims: list[str | None] = [*model.hosts] or [None]
             for host in dict.fromkeys(claims):
-                key = (port, host, model.match, model.path)
+                key = (port, host, model.match, model.path, model.match_conditions())
                 first = served.setdefault(key, e)
                 if first.name == e.name or (first.name, e.name) in reported:
                     continue
                 reported.add((first.name, e.name))
                 what = f"{model.path}{' (prefix)' if model.match == 'prefix' else ''} on port '{port}'"
                 where = f" for host {host}" if host else ""
+                if model.match_conditions():  # the same header/query conditions: they always match the same requests
+                    where += " with the same match_headers and match_query"
                 ctx.out.append(
                     error(
                         "WSG111",
                         f"APIs '{first.name}' and '{e.name}' both claim {what}{where}",
                         e.doc.value_at(("path",)),
                         related=(Related(first.doc.value_at(("path",)), f"'{first.name}' claims it here"),),
-                        hint="give one of them another path, port or `hosts` entry",
+                        hint="give one of them another path, port, `hosts` entry or `match_headers`/`match_query`",
                     )
                 )

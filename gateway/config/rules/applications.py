@@ -112,6 +112,9 @@ def application_addresses(ctx: RuleContext) -> None:
 
 @rule
 def unreachable_applications(ctx: RuleContext) -> None:
+    # An authorizer names applications itself: one registered to such an API needs no identifiers of its own.
+    authorized = {a.name for a in ctx.of("API")
+                  if any(p.type == "identify" and "authorizer" in p.by for p in a.model.policies)}
     for e in ctx.of("Application"):
         ids = e.model.identifiers
         if not e.model.apis:
@@ -123,7 +126,8 @@ def unreachable_applications(ctx: RuleContext) -> None:
                     hint="add the APIs it may use under `apis:`",
                 )
             )
-        elif not (ids.api_keys or ids.hostnames or ids.ips or ids.jwt_clients or ids.basic or ids.certificates):
+        elif not (ids.api_keys or ids.hostnames or ids.ips or ids.jwt_clients or ids.basic or ids.certificates
+                  or authorized.intersection(e.model.apis)):
             ctx.out.append(
                 warning(
                     "WSG204",

@@ -1,6 +1,6 @@
 """API rules about message routes (``API.routes``, ``route_selection``): what the model alone cannot show.
 
-Codes: WSG190-WSG195 (errors) and WSG241-WSG242 (warnings), listed in docs/diagnostics.md.
+Codes: WSG143-WSG148 (errors) and WSG241-WSG242 (warnings), listed in docs/diagnostics.md.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def _route_keys(ctx: RuleContext, e: Entry) -> None:
     for i, route in enumerate(api.routes):
         if route.key in first:
             ctx.out.append(error(
-                "WSG192", f"two routes with the key '{route.key}'", e.doc.value_at(("routes", i, "key")),
+                "WSG145", f"two routes with the key '{route.key}'", e.doc.value_at(("routes", i, "key")),
                 related=(Related(e.doc.value_at(("routes", first[route.key], "key")), "first one here"),),
                 hint="keep one route per key: merge their settings"))
         else:
@@ -112,7 +112,7 @@ def _route_keys(ctx: RuleContext, e: Entry) -> None:
     expression = _expression(api)
     if named and expression is None:
         ctx.out.append(error(
-            "WSG193", f"API '{e.name}' has routes but no selection expression: no message can choose one",
+            "WSG146", f"API '{e.name}' has routes but no selection expression: no message can choose one",
             e.doc.key_at(("routes",)),
             hint="add `route_selection: {expression: action}` (the JSON field holding the route key), or a "
             "validate-messages `discriminator`"))
@@ -133,7 +133,7 @@ def _route_keys(ctx: RuleContext, e: Entry) -> None:
                     hint="declare the text messages that select it, or remove the route"))
                 continue
             ctx.out.append(error(
-                "WSG190", f"no client message of API '{e.name}' has {field} = '{route.key}': route "
+                "WSG143", f"no client message of API '{e.name}' has {field} = '{route.key}': route "
                 f"'{route.key}' can never be chosen", e.doc.value_at(("routes", i, "key")),
                 hint=suggestion(route.key, sorted(keys), listing="the declared messages select")
                 or f"declare a client message whose schema fixes `{field}` to '{route.key}' (`const`)"))
@@ -153,13 +153,13 @@ def _integration(ctx: RuleContext, e: Entry, i: int, route: Any) -> None:
     integration = route.integration
     if integration is None:
         ctx.out.append(error(
-            "WSG191", f"route '{route.key}' has no integration: its messages would go nowhere",
+            "WSG144", f"route '{route.key}' has no integration: its messages would go nowhere",
             e.doc.value_at(at + ("key",)),
             hint="add `integration: {http: {url: https://...}}` or `integration: {websocket: {url: wss://...}}`"))
         return
     if route.key in EVENTS and integration.websocket is not None:
         ctx.out.append(error(
-            "WSG195", f"route '{route.key}' is an event: it calls an HTTP backend, not a WebSocket upstream",
+            "WSG148", f"route '{route.key}' is an event: it calls an HTTP backend, not a WebSocket upstream",
             e.doc.key_at(at + ("integration", "websocket")), hint="write `integration: {http: {url: ...}}`"))
         return
     kind = "http" if integration.http is not None else "websocket"
@@ -170,7 +170,7 @@ def _integration(ctx: RuleContext, e: Entry, i: int, route: Any) -> None:
     if parts is None or not parts.hostname or parts.scheme.lower() not in schemes or parts.fragment:
         better = {"ws": "http", "wss": "https", "http": "ws", "https": "wss"}.get(parts.scheme.lower() if parts else "")
         ctx.out.append(error(
-            "WSG194", f"route '{route.key}': {target.url!r} is not a {' or '.join(s + '://' for s in schemes)} URL",
+            "WSG147", f"route '{route.key}': {target.url!r} is not a {' or '.join(s + '://' for s in schemes)} URL",
             e.doc.value_at(url_at),
             hint=f"write it as {schemes[0]}://host:port/path"
             + (f" (a {kind} integration; for a {better}:// backend use `{'websocket' if kind == 'http' else 'http'}`)"
