@@ -77,7 +77,7 @@ async def test_reload_drains_the_users_of_a_removed_route_only(tmp_path):
                 text = "".join("---\n" + d for d in (*docs, routed(("say", a.url + "/s"))))
                 (Path(root) / "gateway.yaml").write_text(text)
                 outcome = await gw.reload("test")
-                assert outcome["drained"] == 1
+                assert outcome.drained == 1
                 try:
                     async with asyncio.timeout(TIMEOUT):
                         await joiner.recv()

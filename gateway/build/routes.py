@@ -16,7 +16,7 @@ import os
 import ssl
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, quote
 
@@ -25,10 +25,11 @@ from websockets.headers import build_host
 from websockets.uri import WebSocketURI, parse_uri
 
 from .apps import AppIndex
-from .message_routes import CompiledRoutes, compile_routes, env_headers
 from .balance import SmoothWeightedRoundRobin, least_connections_order, rendezvous_order
+from .message_routes import CompiledRoutes, compile_routes, env_headers
 from ..common.build_counts import count
 from ..config.models import API, Port, RoutingPolicy, Upstream, prefix_matches
+from ..config.models import Policy as PolicySpec
 from ..config.tree import Config, Loaded
 from ..policies.base import ConnectionContext, Policy, UpgradeRequest
 from ..policies.registry import build_chain as default_build_chain
@@ -99,6 +100,32 @@ class Endpoint:
         return self.uri.path
 
 
+@dataclass(frozen=True, slots=True)
+class CompiledRoute:
+    """One API as ``build()`` compiles it, with no live state: what validate checked and run serves.
+
+    ``CompiledAPI.build`` binds it (policy objects, the endpoints' shared health, the environment's upstream
+    headers) when a route table is made from it; nothing here is parsed again there.
+    """
+
+    loaded: Loaded[API]
+    endpoints: tuple[Endpoint, ...]  # parsed, not yet bound to their health
+    routing: RoutingPolicy  # the chain's routing spec (the default when it has none)
+    chain: tuple[PolicySpec, ...]  # the policy specs, in chain order
+    ssl_context: ssl.SSLContext | None  # the client context of its wss:// endpoints
+
+    @classmethod
+    def compile(cls, loaded: Loaded[API], ssl_context: ssl.SSLContext | None,
+                endpoints: tuple[Endpoint, ...] | None = None) -> CompiledRoute:
+        """``endpoints``: already parsed (``build()`` parses each to locate a failure); else parsed here."""
+        count("routes")
+        api = loaded.model
+        routing = next((spec for spec in api.policies if isinstance(spec, RoutingPolicy)), None)
+        if endpoints is None:
+            endpoints = tuple(Endpoint.parse(e.url, e.weight) for e in (api.upstream.endpoints if api.upstream else ()))
+        return cls(loaded, endpoints, routing or RoutingPolicy(type="routing"), tuple(api.policies), ssl_context)
+
+
 def _pending(endpoint: Endpoint) -> int:
     return endpoint.health.pending if endpoint.health is not None else 0
 
@@ -133,10 +160,10 @@ class CompiledAPI:
     upstream_headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     # Upgrades waiting for a pending-handshake slot of this route's endpoints, oldest first (see upstream.py).
     slot_waiters: deque[asyncio.Future[None]] = field(default_factory=deque, repr=False)
-    # Message routes (an API with `routes` instead of an `upstream`): relayed by the router, never the byte relay.
-    routes: CompiledRoutes | None = None
     # `match_headers` and `match_query` as sorted (kind, name, value): every one must hold for the route to match.
     conditions: tuple[tuple[str, str, str], ...] = ()
+    # Message routes (an API with `routes` instead of an `upstream`): relayed by the router, never the byte relay.
+    routes: CompiledRoutes | None = None
 
     def matches(self, headers: Headers | None, query: Mapping[str, list[str]] | None) -> bool:
         """Whether the request's headers (any of a header's values) and query parameters meet every condition."""
@@ -238,22 +265,25 @@ class CompiledAPI:
     def build(cls, loaded: Loaded[API], chain: list[Policy], health: HealthRegistry | None = None,
               env: Mapping[str, str] | None = None,
               upstream_tls: Mapping[str, ssl.SSLContext | None] | None = None,
+              compiled: CompiledRoute | None = None,
               route_chains: Mapping[str, Sequence[Policy]] | None = None) -> CompiledAPI:
-        """``upstream_tls``: the client contexts ``gateway.build.pipeline`` made for this config (else made here);
+        """Bind ``compiled`` (what ``gateway.build.pipeline`` compiled for this API; else compiled here, with the
+        client context from ``upstream_tls`` when given) to ``chain`` and the endpoints' ``health``;
         ``route_chains``: each message route's own policies by route key."""
         api = loaded.model
-        routing = RoutingPolicy(type="routing")
-        for spec in api.policies:
-            if spec.type == "routing":
-                routing = spec
+        if compiled is None:
+            context = (upstream_tls[api.name] if upstream_tls is not None and api.name in upstream_tls
+                       else upstream_ssl_context(loaded))
+            compiled = CompiledRoute.compile(loaded, context)
         upstream = api.upstream
         if upstream is not None and not upstream.tls.verify and any(e.url.startswith("wss://")
                                                                     for e in upstream.endpoints):
             log.warning("upstream_tls_verification_off", api=api.name)
         client = tuple(p for p in chain if "client" in p.message_stages)
         server = tuple(p for p in chain if "server" in p.message_stages)
-        state = (lambda url: health.get(api.name, url)) if health is not None else None
-        endpoints = tuple(Endpoint.parse(e.url, e.weight, state) for e in (upstream.endpoints if upstream else ()))
+        endpoints = compiled.endpoints
+        if health is not None:  # the live part: each endpoint's counters and state, shared across reloads
+            endpoints = tuple(replace(e, health=health.get(api.name, e.url)) for e in endpoints)
         return cls(
             loaded=loaded,
             chain=tuple(chain),
@@ -261,15 +291,14 @@ class CompiledAPI:
             client_policies=client,
             server_policies=server,
             endpoints=endpoints,
-            routing=routing,
-            ssl_context=upstream_tls[api.name] if upstream_tls is not None and api.name in upstream_tls
-            else upstream_ssl_context(loaded),
+            routing=compiled.routing,
+            ssl_context=compiled.ssl_context,
             fast_path=not client and not server and not api.compression and not api.routes,
             balancer=SmoothWeightedRoundRobin(len(endpoints)),
             health=health,
             upstream_headers=upstream_headers(api, os.environ if env is None else env),
-            routes=compile_routes(loaded, route_chains or {}, env),
             conditions=api.match_conditions(),
+            routes=compile_routes(loaded, route_chains or {}, env),
         )
 
 
@@ -381,10 +410,12 @@ class RouteTable:
     def compile(cls, config: Config, apps: AppIndex, state: PolicyState, *, generation: int = 1,
                 build_chain: Callable[[Loaded[API], Config, AppIndex, PolicyState], list[Policy]] | None = None,
                 health: HealthRegistry | None = None, env: Mapping[str, str] | None = None,
-                upstream_tls: Mapping[str, ssl.SSLContext | None] | None = None) -> RouteTable:
-        """Build every enabled route of ``config``; policies come from ``build_chain``
-        (default: ``gateway.policies.build_chain``), endpoint health from ``health`` (default: a fresh registry),
-        upstream TLS contexts from ``upstream_tls`` (``gateway.build.pipeline.Artefacts``; default: made here)."""
+                upstream_tls: Mapping[str, ssl.SSLContext | None] | None = None,
+                compiled_routes: Mapping[str, CompiledRoute] | None = None) -> RouteTable:
+        """Bind every enabled route of ``config``: the ``compiled_routes`` (``gateway.build.pipeline.Artefacts``;
+        default: compiled here, with the contexts of ``upstream_tls`` when given) to policies from
+        ``build_chain`` (default: ``gateway.policies.build_chain``) and endpoint health from ``health``
+        (default: a fresh registry)."""
         from ..serving.health import HealthRegistry  # the probe it runs imports the websockets client; keep it lazy
 
         build_chain = build_chain or default_build_chain
@@ -396,7 +427,9 @@ class RouteTable:
         try:
             for name, loaded in config.apis.items():
                 compiled = CompiledAPI.build(loaded, build_chain(loaded, config, apps, state), health, env,
-                                             upstream_tls, build_route_chains(loaded, config, apps, state))
+                                             upstream_tls,
+                                             compiled_routes.get(name) if compiled_routes is not None else None,
+                                             build_route_chains(loaded, config, apps, state))
                 apis[name] = compiled
                 api = loaded.model
                 for port_name in api.ports:
