@@ -496,6 +496,26 @@ def _echo_main(args: argparse.Namespace) -> None:
     asyncio.run(_serve(start, service.stop, args.report_fd))
 
 
+def _http_main(args: argparse.Namespace) -> None:
+    """An HTTP backend for message routes: every POST is answered 200 with its body, as text/plain."""
+    from aiohttp import web
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.Response(body=await request.read(), content_type="text/plain")
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", echo)
+    runner = web.AppRunner(app, access_log=None)
+
+    async def start() -> dict[str, Any]:
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
+        await site.start()
+        return {"port": site._server.sockets[0].getsockname()[1]}  # type: ignore[union-attr]
+
+    asyncio.run(_serve(start, runner.cleanup, args.report_fd))
+
+
 async def _start_gateway(config_dir: Path) -> tuple[Any, dict[str, int]]:
     """Start the gateway runtime on the generated config; return it and the ports it bound by Port name."""
     from gateway.config import check
@@ -544,7 +564,7 @@ def _gateway_main(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("role", choices=["echo", "gateway"])
+    parser.add_argument("role", choices=["echo", "http", "gateway"])
     parser.add_argument("--report-fd", type=int, required=True)
     parser.add_argument("--config", help="gateway: the generated config directory")
     parser.add_argument("--log-level", default="warning")
@@ -563,6 +583,8 @@ def main(argv: list[str] | None = None) -> None:
     sys.path.insert(0, str(HERE))
     if args.role == "echo":
         _echo_main(args)
+    elif args.role == "http":
+        _http_main(args)
     else:
         _gateway_main(args)
 

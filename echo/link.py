@@ -22,7 +22,7 @@ def gateway_link(config: Config, echo: EchoServer) -> dict[str, Any] | None:
     contexts = {c.path for c in echo.contexts}
     for name, loaded in sorted(config.apis.items(), key=lambda item: (item[0] != "EchoWS", item[0])):
         api = loaded.model
-        for endpoint in api.upstream.endpoints:
+        for endpoint in api.upstream.endpoints if api.upstream is not None else ():
             try:
                 parts = urlsplit(endpoint.url)
                 number = parts.port or (443 if parts.scheme == "wss" else 80)

@@ -120,3 +120,75 @@ def test_export_describes_the_gateway_server_security_and_operations(tmp_path, c
         ("receiveChat", "receive"), ("sendEchoed", "send")]
     assert main(["export", "asyncapi", "Nope", "--config", str(root)]) == 1
     assert "no API named 'Nope'" in capsys.readouterr().err
+
+
+ROUTED = """\
+kind: API
+name: Chat
+path: /chat
+ports: [default]
+policies:
+  - type: validate-messages
+    discriminator: action
+messages:
+  - name: join
+    origin: client
+    schema: {type: object, properties: {action: {const: join}, room: {type: string}}}
+  - name: say
+    origin: client
+    schema: {type: object, properties: {action: {const: say}, text: {type: string}}}
+  - name: ping
+    origin: client
+    schema: {type: object, properties: {action: {const: ping}}}
+  - name: said
+    origin: server
+routes:
+  - key: join
+    integration: {websocket: {url: "ws://rooms.internal:9000/"}}
+  - key: say
+    integration: {http: {url: "https://chat.internal/say"}}
+  - key: $default
+    integration: {http: {url: "https://chat.internal/other"}}
+  - key: $connect
+    integration: {http: {url: "https://chat.internal/connect"}}
+"""
+
+
+def routed_config(tmp_path: Path) -> Path:
+    root = tmp_path / "config"
+    root.mkdir()
+    (root / "gateway.yaml").write_text("---\n" + PORT + "---\n" + ROUTED)
+    return root
+
+
+def test_export_shows_message_routes_as_operations(tmp_path):
+    """Each message route is a receive operation listing the messages that select it ($default the rest), with
+    its key and kind of backend; no backend URL appears; import reads the messages back once each."""
+    root = routed_config(tmp_path)
+    config = check([root]).config
+    assert config is not None
+    document = asyncapi_document(config, "Chat")
+    routes = {key: op for key, op in document["operations"].items() if "x-wsgate-route" in op}
+    assert list(routes) == ["routeJoin", "routeSay", "routeDefault"]
+    assert [m["$ref"].rsplit("/", 1)[1] for m in routes["routeJoin"]["messages"]] == ["join"]
+    assert [m["$ref"].rsplit("/", 1)[1] for m in routes["routeSay"]["messages"]] == ["say"]
+    assert [m["$ref"].rsplit("/", 1)[1] for m in routes["routeDefault"]["messages"]] == ["ping"]
+    assert routes["routeSay"]["x-wsgate-route"] == {"key": "say", "selection": "action", "integration": "http"}
+    assert routes["routeJoin"]["x-wsgate-route"]["integration"] == "websocket"
+    assert all(op["action"] == "receive" for op in routes.values())
+    assert "internal" not in json.dumps(document)
+    exported = tmp_path / "chat.json"
+    exported.write_text(json.dumps(document))
+    imported = api_from_asyncapi(load_description(exported), port="default", upstream="ws://127.0.0.1:1/")
+    assert [(m.name, m.origin) for m in imported.messages] == [
+        ("join", "client"), ("say", "client"), ("ping", "client"), ("said", "server")]
+
+
+def test_the_asyncapi_parser_accepts_an_export_with_routes(tmp_path, asyncapi_parser):
+    """A routed API's export, route operations included, parses with no error and all its messages."""
+    root = routed_config(tmp_path)
+    out = tmp_path / "out" / "chat.yaml"
+    assert main(["export", "asyncapi", "Chat", "--config", str(root), "-o", str(out)]) == 0
+    verdict = parse(asyncapi_parser, out)["chat.yaml"]
+    assert verdict["errors"] == [] and verdict["parsed"], verdict
+    assert verdict["messages"] == 4

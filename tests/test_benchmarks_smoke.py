@@ -157,6 +157,25 @@ def test_upgrades_benchmark_rows(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(120)
+def test_routes_benchmark_measures_the_three_rows(tmp_path: Path) -> None:
+    """benchmarks/routes.py measures the byte relay, a WebSocket route and an HTTP route, then stops its children."""
+    proc = run_benchmark("routes.py", "--conns", "2", "--seconds", "0.3", "--latency", "20", cwd=tmp_path,
+                         timeout=110)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _rows(proc.stdout) == ["row", "WebSocket upstream (byte relay)", "message routed to a WebSocket upstream",
+                                  "message routed to an HTTP backend"]
+
+
+@pytest.mark.timeout(120)
+def test_http_clients_benchmark_measures_aiohttp(tmp_path: Path) -> None:
+    """benchmarks/http_clients.py measures aiohttp (and httpx when installed) against its own HTTP backend."""
+    proc = run_benchmark("http_clients.py", "--requests", "50", "--repeat", "1", "--concurrency", "2",
+                         cwd=tmp_path, timeout=110)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "aiohttp" in _rows(proc.stdout)
+
+
+@pytest.mark.timeout(120)
 def test_big_neighbour_measures_every_phase():
     """``message_relay_micro.py --big-neighbour``: the probe's round trips in each phase and big messages relayed
     (and checked: a changed echo fails the run) on every API that has a big sender."""

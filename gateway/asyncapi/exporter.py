@@ -24,10 +24,11 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
+from ..build.message_routes import route_key_of, selection_expression, selection_path
 from ..config.message_schemas import DATA_KEYWORDS, SCHEMA_MAPS
 from ..config.models import API, IdentifyPolicy, MessageDefinition
 from ..config.tree import Config
-from .importer import MAX_SIZE_EXTENSION
+from .importer import MAX_SIZE_EXTENSION, ROUTE_EXTENSION
 
 ASYNCAPI_VERSION = "3.0.0"
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
@@ -91,6 +92,7 @@ def asyncapi_document(config: Config, api_name: str, *, version: str | None = No
             "summary": f"A client sends {m.name}" if m.origin == "client" else f"Clients receive {m.name}",
             "messages": [{"$ref": f"#/channels/{channel}/messages/{key}"}],
         }
+    operations.update(_route_operations(api, channel, keys))
     info: dict[str, Any] = {"title": api.name, "version": version or api.version}
     if api.description:
         info["description"] = api.description
@@ -110,6 +112,60 @@ def asyncapi_document(config: Config, api_name: str, *, version: str | None = No
         "operations": operations,
         "components": components,
     }
+
+
+def _route_operations(api: API, channel: str, keys: dict[tuple[str, str], str]) -> dict[str, Any]:
+    """One ``receive`` operation per message route: the client messages that select it (by the schema's fixed
+    value of the selection field; `$default` takes those no other route does), and which kind of backend it
+    reaches. Backend URLs stay out: they are the operator's, not the clients'."""
+    routes = api.message_routes
+    if not routes:
+        return {}
+    expression = selection_expression(api)
+    path = selection_path(expression) if expression else ()
+    field = ".".join(path)
+    selected: dict[str, list[str]] = {}
+    for m in api.messages:
+        if m.origin != "client":
+            continue
+        value = _fixed_at(m.json_schema, path) if m.type == "text" and path else _NO_VALUE
+        key = route_key_of(value) if value is not _NO_VALUE else None
+        named = key is not None and any(r.key == key for r in routes)
+        selected.setdefault(key if named and key is not None else "$default", []).append(keys[(m.name, m.origin)])
+    out: dict[str, Any] = {}
+    for route in routes:
+        integration = route.integration
+        kind = "http" if integration is not None and integration.http is not None else "websocket"
+        name = "route" + "".join(part[:1].upper() + part[1:] for part in re.split(r"[^\w]+", route.key) if part)
+        if route.key == "$default":
+            summary = "Messages no other route takes" + (f" (no or another `{field}`)" if field else "")
+        else:
+            summary = f"Messages with `{field}` = {route.key!r}"
+        out[_key(name if name != "route" else "routeDefault")] = {
+            "action": "receive",
+            "channel": {"$ref": f"#/channels/{channel}"},
+            "summary": f"{summary}, routed to {'an HTTP backend' if kind == 'http' else 'a WebSocket upstream'}",
+            "messages": [{"$ref": f"#/channels/{channel}/messages/{key}"} for key in selected.get(route.key, [])],
+            ROUTE_EXTENSION: {"key": route.key, "selection": expression, "integration": kind},
+        }
+    return out
+
+
+_NO_VALUE = object()
+
+
+def _fixed_at(schema: dict[str, Any] | None, path: tuple[str, ...]) -> Any:
+    """The value ``schema`` fixes at ``path`` (``const`` or a one-value ``enum``), else _NO_VALUE."""
+    node: Any = schema or {}
+    for part in path:
+        props = node.get("properties") if isinstance(node, dict) else None
+        node = props.get(part) if isinstance(props, dict) else None
+        if not isinstance(node, dict):
+            return _NO_VALUE
+    if "const" in node:
+        return node["const"]
+    enum = node.get("enum")
+    return enum[0] if isinstance(enum, list) and len(enum) == 1 else _NO_VALUE
 
 
 def render(document: dict[str, Any], fmt: str = "yaml") -> str:

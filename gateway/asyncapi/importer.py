@@ -34,9 +34,10 @@ from ..config.message_schemas import DATA_KEYWORDS, SCHEMA_MAPS
 from ..config.models import API
 from ..config.source import Document, load_one
 
-MAX_SIZE_EXTENSION = "x-wsgate-max-size"
+MAX_SIZE_EXTENSION = "x-wsgate-max-size"  # a message's `max_size`, as `wsgate export asyncapi` writes it
+ROUTE_EXTENSION = "x-wsgate-route"  # an operation that describes a message route (key, selection, integration)
 # The largest description import reads; the biggest public AsyncAPI documents are a few hundred KB.
-MAX_DESCRIPTION_BYTES = 16 * 2**20  # a message's `max_size`, as `wsgate export asyncapi` writes it
+MAX_DESCRIPTION_BYTES = 16 * 2**20
 
 
 class DescriptionError(ValueError):
@@ -275,7 +276,9 @@ def _operation_messages(operation: dict[str, Any], origin: str, document: dict[s
                         components: dict[str, Any]) -> Iterable[dict]:
     """An operation's (or reply's) messages: those it lists, else every message of its channel."""
     channel = _resolve(operation.get("channel"), document) or {}
-    refs = operation.get("messages") or list(((channel or {}).get("messages") or {}).values())
+    refs = operation.get("messages")
+    if refs is None or (not refs and ROUTE_EXTENSION not in operation):  # a route may take no declared message
+        refs = list(((channel or {}).get("messages") or {}).values())
     for message in refs:
         yield from _definitions(message, origin, document, components)
 

@@ -126,7 +126,7 @@ def _compile(config: Config, env: Mapping[str, str], *,
                              api.locate(("upstream", "tls", "ca_file")),
                              hint="a PEM bundle of the CA certificates that sign the native server's certificate"))
         endpoints: list[Endpoint] = []
-        for i, endpoint in enumerate(api.model.upstream.endpoints):
+        for i, endpoint in enumerate(api.model.upstream.endpoints if api.model.upstream is not None else ()):
             try:
                 endpoints.append(Endpoint.parse(endpoint.url, endpoint.weight))
             except Exception as exc:  # websockets raises its own InvalidURI  # noqa: BLE001
@@ -135,7 +135,7 @@ def _compile(config: Config, env: Mapping[str, str], *,
                 out.append(error("WSG172", f"upstream URL cannot be used: {_why(exc)}",
                                  api.locate(("upstream", "endpoints", i, "url")),
                                  hint="ws://HOST[:PORT]/PATH or wss://HOST[:PORT]/PATH"))
-        if name in upstream_tls and len(endpoints) == len(api.model.upstream.endpoints):
+        if name in upstream_tls and len(endpoints) == len(api.model.upstream.endpoints if api.model.upstream else ()):
             routes[name] = CompiledRoute.compile(api, upstream_tls[name], tuple(endpoints))
         for i, policy in enumerate(api.model.policies):
             if policy.type == "origin":

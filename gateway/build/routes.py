@@ -27,15 +27,17 @@ from websockets.headers import build_host
 from websockets.uri import WebSocketURI, parse_uri
 
 from ..common.build_counts import count
-from ..config.models import API, PassiveHealthCheck, Port, RoutingPolicy, prefix_matches
+from ..config.models import API, PassiveHealthCheck, Port, RoutingPolicy, Upstream, prefix_matches
 from ..config.models import Policy as PolicySpec
 from ..config.tree import Config, Loaded
 from ..policies.base import ConnectionContext, Policy, UpgradeRequest
 from ..policies.registry import build_chain as default_build_chain
+from ..policies.registry import build_route_chains
 from ..policies.state import PolicyState
 from .apps import AppIndex
 from .balance import SmoothWeightedRoundRobin, least_connections_order, rendezvous_order
 from .endpoint_health import EndpointHealth
+from .message_routes import CompiledRoutes, compile_routes, env_headers
 
 log = structlog.get_logger("wsgate.routes")
 
@@ -62,7 +64,7 @@ def _overrides(policy: Policy, name: str) -> bool:
 def upstream_ssl_context(loaded: Loaded[API]) -> ssl.SSLContext | None:
     """The client-side TLS context for an API's wss:// endpoints (None when all are ws://)."""
     api = loaded.model
-    if not any(e.url.startswith("wss://") for e in api.upstream.endpoints):
+    if api.upstream is None or not any(e.url.startswith("wss://") for e in api.upstream.endpoints):
         return None
     count("upstream_tls")
     tls = api.upstream.tls
@@ -133,7 +135,7 @@ class CompiledRoute:
         api = loaded.model
         routing = next((spec for spec in api.policies if isinstance(spec, RoutingPolicy)), None)
         if endpoints is None:
-            endpoints = tuple(Endpoint.parse(e.url, e.weight) for e in api.upstream.endpoints)
+            endpoints = tuple(Endpoint.parse(e.url, e.weight) for e in (api.upstream.endpoints if api.upstream else ()))
         return cls(loaded, endpoints, routing or RoutingPolicy(type="routing"), tuple(api.policies), ssl_context)
 
 
@@ -173,6 +175,8 @@ class CompiledAPI:
     slot_waiters: deque[asyncio.Future[None]] = field(default_factory=deque, repr=False)
     # `match_headers` and `match_query` as sorted (kind, name, value): every one must hold for the route to match.
     conditions: tuple[tuple[str, str, str], ...] = ()
+    # Message routes (an API with `routes` instead of an `upstream`): relayed by the router, never the byte relay.
+    routes: CompiledRoutes | None = None
 
     def matches(self, headers: Headers | None, query: Mapping[str, list[str]] | None) -> bool:
         """Whether the request's headers (any of a header's values) and query parameters meet every condition."""
@@ -191,6 +195,14 @@ class CompiledAPI:
     @property
     def name(self) -> str:
         return self.loaded.model.name
+
+    @property
+    def upstream(self) -> Upstream:
+        """The API's native upstream; only APIs without message routes have one (and only they connect to it)."""
+        upstream = self.loaded.model.upstream
+        if upstream is None:
+            raise LookupError(f"API '{self.name}' has message routes, not an upstream")
+        return upstream
 
     def hash_key(self, request: UpgradeRequest, conn: ConnectionContext) -> str | None:
         """What consistent hashing keys this upgrade on (None: no key, e.g. an absent header)."""
@@ -213,7 +225,7 @@ class CompiledAPI:
         raises :class:`NoEndpoint` when that leaves none.
         """
         endpoints = self.endpoints
-        cap = self.api.upstream.max_pending
+        cap = self.upstream.max_pending
         healthy = [i for i, e in enumerate(endpoints) if e.health is None or e.health.healthy]
         if not healthy:
             raise NoEndpoint("no healthy upstream endpoint")
@@ -242,14 +254,21 @@ class CompiledAPI:
         """The endpoint the next upgrade would try first."""
         return self.candidates()[0]
 
+    @property
+    def all_policies(self) -> list[Policy]:
+        """The API's chain and every message route's own policies."""
+        return [*self.chain, *(self.routes.policies if self.routes is not None else ())]
+
     def activate(self) -> None:
         """The route serves new upgrades from now on: let its policies apply shared settings."""
-        for policy in self.chain:
+        for policy in self.all_policies:
             policy.activate()
 
     def close(self) -> None:
         """The route is gone for good: let its policies release files and tasks."""
-        for policy in self.chain:
+        if self.routes is not None and self.routes.http_client is not None:
+            self.routes.http_client.close_soon()  # the keep-alive pool of its HTTP integrations
+        for policy in self.all_policies:
             try:
                 policy.close()
             except Exception:
@@ -259,15 +278,19 @@ class CompiledAPI:
     def build(cls, loaded: Loaded[API], chain: list[Policy], health: PassiveHealth | None = None,
               env: Mapping[str, str] | None = None,
               upstream_tls: Mapping[str, ssl.SSLContext | None] | None = None,
-              compiled: CompiledRoute | None = None) -> CompiledAPI:
+              compiled: CompiledRoute | None = None,
+              route_chains: Mapping[str, Sequence[Policy]] | None = None) -> CompiledAPI:
         """Bind ``compiled`` (what ``gateway.build.pipeline`` compiled for this API; else compiled here, with the
-        client context from ``upstream_tls`` when given) to ``chain`` and the endpoints' ``health``."""
+        client context from ``upstream_tls`` when given) to ``chain`` and the endpoints' ``health``;
+        ``route_chains``: each message route's own policies by route key."""
         api = loaded.model
         if compiled is None:
             context = (upstream_tls[api.name] if upstream_tls is not None and api.name in upstream_tls
                        else upstream_ssl_context(loaded))
             compiled = CompiledRoute.compile(loaded, context)
-        if not api.upstream.tls.verify and any(e.url.startswith("wss://") for e in api.upstream.endpoints):
+        upstream = api.upstream
+        if upstream is not None and not upstream.tls.verify and any(e.url.startswith("wss://")
+                                                                    for e in upstream.endpoints):
             log.warning("upstream_tls_verification_off", api=api.name)
         client = tuple(p for p in chain if "client" in p.message_stages)
         server = tuple(p for p in chain if "server" in p.message_stages)
@@ -283,28 +306,19 @@ class CompiledAPI:
             endpoints=endpoints,
             routing=compiled.routing,
             ssl_context=compiled.ssl_context,
-            fast_path=not client and not server and not api.compression,
+            fast_path=not client and not server and not api.compression and not api.routes,
             balancer=SmoothWeightedRoundRobin(len(endpoints)),
             health=health,
             upstream_headers=upstream_headers(api, os.environ if env is None else env),
             conditions=api.match_conditions(),
+            routes=compile_routes(loaded, route_chains or {}, env),
         )
 
 
 def upstream_headers(api: API, env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
     """The API's ``upstream.headers`` with their values from ``env``: unset ones left out (validate warned,
     WSG203), and a value holding a line break never sent (it would smuggle further headers upstream)."""
-    headers = []
-    for name, value in api.upstream.headers.items():
-        text = env.get(value.env)
-        if not text:
-            continue
-        if any(ch in text for ch in "\r\n\0"):
-            log.warning("upstream_header_not_sent", reason="its variable holds a line break", api=api.name, header=name,
-                        variable=value.env)
-            continue
-        headers.append((name, text))
-    return tuple(headers)
+    return env_headers(api.upstream.headers if api.upstream is not None else {}, env, api.name)
 
 
 class MalformedHost(ValueError):
@@ -424,7 +438,8 @@ class RouteTable:
             for name, loaded in config.apis.items():
                 compiled = CompiledAPI.build(loaded, build_chain(loaded, config, apps, state), health, env,
                                              upstream_tls,
-                                             compiled_routes.get(name) if compiled_routes is not None else None)
+                                             compiled_routes.get(name) if compiled_routes is not None else None,
+                                             build_route_chains(loaded, config, apps, state))
                 apis[name] = compiled
                 api = loaded.model
                 for port_name in api.ports:

@@ -77,11 +77,14 @@ class Accepted:
     # The fingerprint of the configuration entry the credential matched (gateway/build/credentials.py): what the
     # admin's /connections shows instead of the digest, and what plan --from decides by.
     entry_fingerprint: str | None = None
+    # The message routes it has used (APIs with `routes`): a removed or changed route drains only these.
+    routes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """As the admin's ``/connections`` lists it: everything but the credential's digest."""
         data = dataclasses.asdict(self)
         del data["key_digest"]
+        data["routes"] = list(self.routes)
         return data
 
     @classmethod
@@ -94,7 +97,8 @@ class Accepted:
 
         return cls(port=text("port") or "", api=text("api") or "", application=text("application"),
                    identified_by=text("identified_by"), peer_ip=text("peer_ip") or "",
-                   hostname=text("hostname"), entry_fingerprint=text("entry_fingerprint"))
+                   hostname=text("hostname"), entry_fingerprint=text("entry_fingerprint"),
+                   routes=tuple(r for r in data.get("routes") or () if isinstance(r, str)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,9 +106,9 @@ class Disruption:
     """Live connections one change ends: those matching ``selector`` (and, for ``identifier``, whose credential
     of that kind is gone).
 
-    ``selector`` keys: port, api, application, identified_by (gateway connections), echo, context (clients of
-    the echo servers). ``cause`` is the (kind, name) of the changed resource, ``field`` the field that causes
-    it (None when the whole resource goes).
+    ``selector`` keys: port, api, application, identified_by (gateway connections), route (connections that used
+    that message route), echo, context (clients of the echo servers). ``cause`` is the (kind, name) of the
+    changed resource, ``field`` the field that causes it (None when the whole resource goes).
     """
 
     action: Action
@@ -131,7 +135,8 @@ class Disruption:
 
     def selects(self, accepted: Accepted) -> bool:
         """Whether ``accepted`` is among the connections the selector names (ignoring the identifier check)."""
-        return all(getattr(accepted, key, None) == value for key, value in self.selector.items())
+        return all(value in accepted.routes if key == "route" else getattr(accepted, key, None) == value
+                   for key, value in self.selector.items())
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,14 +214,47 @@ def _api(name: str, a: API, b: API | None, cause_name: str | None = None) -> Ite
         return
     if a.path != b.path:
         yield Disruption(Action.DRAIN, "API path changed", {"api": name}, cause, "path")
-    if a.upstream.live_identity() != b.upstream.live_identity():  # health checks etc. only steer new ones
+    if a.upstream is None or b.upstream is None:
+        if (a.upstream is None) != (b.upstream is None):
+            yield Disruption(Action.DRAIN, "API switched between upstream and routes", {"api": name}, cause,
+                             "upstream" if b.upstream is not None else "routes")
+    elif a.upstream.live_identity() != b.upstream.live_identity():  # health checks etc. only steer new ones
         first = next((f for f in ("endpoints", "connect_timeout", "tls")
                       if getattr(a.upstream, f) != getattr(b.upstream, f)), "endpoints")
         yield Disruption(Action.DRAIN, "API upstream changed", {"api": name}, cause, f"upstream.{first}")
+    yield from _routes(name, a, b)
     for port in a.ports:
         if port not in b.ports:
             yield Disruption(Action.DRAIN, f"API removed from port '{port}'", {"api": name, "port": port}, cause,
                              "ports")
+
+
+def _integration_identity(route: Any) -> tuple[object, ...]:
+    """What a connection that used a route depends on: where its messages go (kind, URL, TLS)."""
+    integration = route.integration
+    target = None if integration is None else (integration.http or integration.websocket)
+    if target is None:
+        return (None,)
+    return ("http" if integration.http is not None else "websocket", target.url, target.tls)
+
+
+def _routes(name: str, a: API, b: API) -> Iterable[Disruption]:
+    """A message route removed or pointed elsewhere drains the connections that used it, and only those; new
+    routes, policies of a route and `$connect`/`$disconnect` steer what comes next and disturb no one."""
+    cause = ("API", name)
+    after = {r.key: r for r in b.routes}
+    seen: set[str] = set()
+    for route in a.message_routes:
+        if route.key in seen:
+            continue
+        seen.add(route.key)
+        now = after.get(route.key)
+        selector = {"api": name, "route": route.key}
+        if now is None:
+            yield Disruption(Action.DRAIN, f"route '{route.key}' removed", selector, cause, "routes")
+        elif _integration_identity(route) != _integration_identity(now):
+            yield Disruption(Action.DRAIN, f"route '{route.key}' integration changed", selector, cause,
+                             f"routes[{route.key}].integration")
 
 
 def _entries(values: Iterable[Any]) -> set[str]:
@@ -380,8 +418,9 @@ def accepted_from(record: Any, names: Mapping[tuple[str, str], str] | None = Non
     names = names or {}
     identity = conn.identity
     api = names.get(("API", conn.api), conn.api)
+    routes = tuple(sorted(conn.routes)) if conn.routes else ()
     if identity is None:
-        return Accepted(port=record.port_name, api=api, peer_ip=conn.peer[0] if conn.peer else "")
+        return Accepted(port=record.port_name, api=api, peer_ip=conn.peer[0] if conn.peer else "", routes=routes)
     app_name = identity.application.name
     return Accepted(
         port=record.port_name,
@@ -392,6 +431,7 @@ def accepted_from(record: Any, names: Mapping[tuple[str, str], str] | None = Non
         peer_ip=conn.peer[0] if conn.peer else "",
         hostname=identity.hostname,
         entry_fingerprint=identity.entry_fingerprint,
+        routes=routes,
     )
 
 

@@ -123,6 +123,9 @@ def _dump(model: BaseModel, *, defaults: bool = True) -> dict:
     if isinstance(data.get("policies"), list):
         # Keyed by identity, so a policy added at the top does not shift every other one.
         data["policies"] = _policies_by_identity(model, defaults)
+    if isinstance(data.get("routes"), list):
+        # Message routes keyed by their key, like policies: `routes[join].integration.http.url`.
+        data["routes"] = {route.key: _Whole(route) for route in getattr(model, "routes", [])}
     return data
 
 
@@ -169,7 +172,7 @@ def _flatten(value: Any, prefix: str = "", *, added: bool = False) -> dict[str, 
         if not value and prefix:
             out[prefix] = {}
         for key, sub in value.items():
-            if prefix.endswith(".policies") or prefix == "policies":
+            if prefix.endswith(".policies") or prefix in ("policies", "routes"):
                 path = f"{prefix}[{key}]"
             else:
                 path = f"{prefix}.{key}" if prefix else str(key)
@@ -188,7 +191,9 @@ def _flatten(value: Any, prefix: str = "", *, added: bool = False) -> dict[str, 
 
 
 def _policy_prefix(path: str) -> str | None:
-    if path.startswith("policies["):
+    """The policy or message route a path is in (``policies[identify]``, ``routes[join]``): one that appears or
+    goes shows only its fields not at their defaults."""
+    if path.startswith(("policies[", "routes[")):
         return path[: path.index("]") + 1]
     return None
 
@@ -247,10 +252,24 @@ def _loaded(config: Config | None) -> dict[tuple[str, str], Loaded[Any]]:
 def _cause_location(d: Disruption, before: Loaded[Any] | None, after: Loaded[Any] | None) -> Location | None:
     """Where the change that causes ``d`` was written: the field in the new file, else the removed resource."""
     if after is not None and d.field is not None:
-        return after.locate(tuple(d.field.split(".")))
+        return after.locate(_model_path(d.field, after.model))
     if before is not None:
         return before.location
     return None
+
+
+def _model_path(dotted: str, model: Any) -> tuple[object, ...]:
+    """A disruption's field as a path into the document: ``routes[join].integration`` -> ('routes', 2,
+    'integration'), the route's index found by its key."""
+    out: list[object] = []
+    for part in dotted.split("."):
+        name, _, key = part.partition("[")
+        out.append(name)
+        if key and name == "routes":
+            keys = [route.key for route in getattr(model, "routes", [])]
+            if key[:-1] in keys:
+                out.append(keys.index(key[:-1]))
+    return tuple(out)
 
 
 def diff(old: Config | None, new: Config, found: tuple[Disruption, ...] | None = None) -> Plan:

@@ -227,7 +227,8 @@ def _check(paths: Sequence[str | Path], env: Mapping[str, str] | None, cache: Ch
 
 # Rules that complain about something missing, or a setting another one overrides or lacks: in a salvaged document
 # the cut may be what made it so (a cut routing policy leaves weights unread), and the schema already said why.
-_ABSENCE_CODES = frozenset({"WSG201", "WSG204", "WSG230", "WSG231"})
+# A cut route integration, selection expression or message definition makes WSG143/WSG144/WSG146 the cut's doing.
+_ABSENCE_CODES = frozenset({"WSG201", "WSG204", "WSG230", "WSG231", "WSG143", "WSG144", "WSG146"})
 
 
 def _about_a_cut(d: Diagnostic, cut_short: list[Document]) -> bool:

@@ -686,6 +686,125 @@ class Upstream(Strict):
         return (tuple(e.url for e in self.endpoints), self.connect_timeout, self.tls)
 
 
+# ------------------------------------------------------------ message routes
+
+
+RouteKey = Annotated[str, Field(min_length=1, max_length=128, description="The value the selection expression "
+                                "must yield, or `$default`, `$connect`, `$disconnect`.")]
+SPECIAL_ROUTE_KEYS = ("$default", "$connect", "$disconnect")
+
+
+class RouteSelection(Strict):
+    """How a client message picks its route: a field of JSON text messages, looked up once per message."""
+
+    expression: str | None = Field(
+        None,
+        pattern=r"^(\$request\.body\.[^.\s]+(\.[^.\s]+)*|/\S*|[^$/.\s][^.\s]*(\.[^.\s]+)*)$",
+        description="The field whose value is the route key: a simple path (`action`, `meta.kind`), a JSON "
+        "Pointer (`/action`) or AWS's form (`$request.body.action`). Default: the API's validate-messages "
+        "`discriminator`.",
+    )
+    no_route: Literal["drop", "close"] = Field(
+        "drop",
+        description="A message no route matches when there is no `$default` route (binary, not JSON, no such "
+        "key): `drop` it (and send `error_message` back) or `close` the connection with 1008.",
+    )
+    error_message: str | None = Field(
+        None, description="With `no_route: drop`: a text message sent back for each message no route takes.")
+
+
+class IntegrationErrors(Strict):
+    """What a failed integration (HTTP status outside 2xx, timeout, a route upstream that cannot be reached)
+    does to the client connection. Counted in `wsgate_integration_errors_total` either way."""
+
+    action: Literal["reply", "close", "ignore"] = Field(
+        "reply",
+        description="`reply`: send `message` to the client; `close`: close the connection with `close_code`; "
+        "`ignore`: nothing (the message is lost).",
+    )
+    message: str = Field(
+        '{"error": "integration failed"}',
+        description="With `reply`: the text message the client gets. `{status}` is replaced by the HTTP status "
+        "(0 for a timeout or a connection failure).",
+    )
+    close_code: int = Field(1011, ge=1000, le=4999, description="With `close`: the close code.")
+
+
+class HTTPIntegration(Strict):
+    """POST each routed message to an HTTP backend; a 2xx answer's body goes back to the client."""
+
+    url: str = Field(description="`http://` or `https://` URL the messages are POSTed to.")
+    timeout: Seconds = Field(10.0, description="Seconds one request may take, connect included.")
+    tls: UpstreamTLS = Field(default_factory=lambda: UpstreamTLS(),
+                             description="CA, verification and client certificate for `https://`.")
+    headers: dict[Annotated[str, Field(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")], EnvKey] = Field(
+        default_factory=dict,
+        description="Headers added to every request, each `{env: VARIABLE}` (credentials; never logged).",
+    )
+    on_error: IntegrationErrors = IntegrationErrors()
+    retries: int = Field(
+        2, ge=0, le=10,
+        description="`$disconnect` only: further attempts after a failed one (the event is fire-and-forget).")
+    refuse_status: int = Field(
+        403, ge=400, le=599,
+        description="`$connect` only: the HTTP status the client's upgrade gets when the backend does not answer "
+        "2xx in time.")
+
+
+class WebSocketIntegration(Strict):
+    """Relay the route's messages to a WebSocket upstream opened for each client connection."""
+
+    url: str = Field(description="`ws://` or `wss://` URL of the route's native server.")
+    connect: Literal["on-demand", "at-upgrade"] = Field(
+        "on-demand",
+        description="`on-demand`: opened when the connection's first message for this route arrives (again after "
+        "it closed); `at-upgrade`: opened before the client's 101 (the upgrade fails with 502/504 if it cannot be).",
+    )
+    connect_timeout: Seconds = Field(10.0, description="Seconds to connect and complete the handshake.")
+    close_client: bool = Field(
+        False, description="The route's upstream closing closes the client too (1014); by default only that route "
+        "is closed, and reopened by the next message to it.")
+    tls: UpstreamTLS = Field(default_factory=lambda: UpstreamTLS(),
+                             description="CA, verification and client certificate for `wss://`.")
+    headers: dict[Annotated[str, Field(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")], EnvKey] = Field(
+        default_factory=dict,
+        description="Headers added to the upstream request, each `{env: VARIABLE}` (credentials; never logged).",
+    )
+    on_error: IntegrationErrors = IntegrationErrors()
+
+
+class Integration(Strict):
+    """Where a route's messages go: exactly one of `http` or `websocket`."""
+
+    http: HTTPIntegration | None = None
+    websocket: WebSocketIntegration | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Integration:
+        if (self.http is None) == (self.websocket is None):
+            raise ValueError("an integration has exactly one of `http` or `websocket`")
+        return self
+
+
+RoutePolicy = Annotated[
+    TransformPolicy | LogInvocationPolicy | RateLimitPolicy | ValidateMessagesPolicy,
+    Field(discriminator="type"),
+]
+
+
+class MessageRoute(Strict):
+    """One route: the messages whose selection value is `key`, and where they go."""
+
+    key: RouteKey
+    description: str = ""
+    integration: Integration | None = Field(None, description="Where the route's messages go (required).")
+    policies: list[RoutePolicy] = Field(
+        default_factory=list,
+        description="Message-stage policies of this route only (validate-messages, rate-limit, transform, "
+        "log-invocation), run after the API's on messages to the route and before them on its answers.",
+    )
+
+
 class Keepalive(Strict):
     interval: Seconds | None = Field(20.0, description="Seconds of silence before a ping; null turns pings off.")
     timeout: Seconds = Field(20.0, description="Seconds to wait for a pong before closing the leg.")
@@ -702,6 +821,9 @@ class APILimits(Strict):
     )
     max_queue: PositiveInt = Field(
         16, description="Messages buffered per direction before the gateway stops reading the sender."
+    )
+    max_http_requests: PositiveInt = Field(
+        64, description="HTTP integration requests of this API in flight at once (per process); more wait."
     )
     write_buffer: PositiveInt = Field(
         256 * 1024, description="Bytes buffered toward a slow reader before the gateway stops reading its peer."
@@ -775,7 +897,8 @@ class API(Versioned):
         "`match_headers` when the most specific route is picked.",
     )
     ports: list[Name] = Field(min_length=1, description="Names of the Ports this API is served on.")
-    upstream: Upstream
+    upstream: Upstream | None = Field(
+        None, description="The native WebSocket server. Required unless the API declares `routes`.")
     compression: bool = Field(
         False, description="Offer permessage-deflate to clients (the gateway then relays message by message)."
     )
@@ -783,6 +906,28 @@ class API(Versioned):
     limits: APILimits = APILimits()
     messages: list[MessageDefinition] = Field(default_factory=list)
     policies: list[Policy] = Field(default_factory=list, description="The policy chain, applied in order.")
+    route_selection: RouteSelection | None = Field(
+        None, description="How client messages pick one of `routes` (docs/routing.md, \"Message routes\").")
+    routes: list[MessageRoute] = Field(
+        default_factory=list,
+        description="Message routes: each client message goes to the integration of the route its selection "
+        "value names (`$default` for the rest); `$connect` and `$disconnect` call HTTP backends at the upgrade "
+        "and after the close. An API with routes has no `upstream`.",
+    )
+
+    @model_validator(mode="after")
+    def _upstream_or_routes(self) -> API:
+        if self.routes and self.upstream is not None:
+            raise ValueError("an API has `upstream` or `routes`, not both: with routes, each route names its "
+                             "integration")
+        if not self.routes and self.upstream is None:
+            raise ValueError("an API needs an `upstream` (or `routes`)")
+        return self
+
+    @property
+    def message_routes(self) -> list[MessageRoute]:
+        """The routes client messages can take (all but `$connect` and `$disconnect`)."""
+        return [r for r in self.routes if r.key not in ("$connect", "$disconnect")]
 
     @field_validator("hosts")
     @classmethod

@@ -99,11 +99,18 @@ class Config:
                 out[f"Gateway/{name}/admin.tls.cert"] = self.gateway.resolve(admin.tls.cert)
                 out[f"Gateway/{name}/admin.tls.key"] = self.gateway.resolve(admin.tls.key)
         for name, api in self.apis.items():
-            upstream_tls = api.model.upstream.tls
-            for attr in ("ca_file", "cert", "key"):
-                value = getattr(upstream_tls, attr)
-                if value:
-                    out[f"API/{name}/upstream.tls.{attr}"] = api.resolve(value)
+            # The API's upstream and each route's integration: their TLS files are part of the config.
+            tls_blocks = [("upstream.tls", api.model.upstream.tls)] if api.model.upstream is not None else []
+            for route in api.model.routes:
+                integration = route.integration
+                target = None if integration is None else (integration.http or integration.websocket)
+                if target is not None:
+                    tls_blocks.append((f"routes[{route.key}].tls", target.tls))
+            for where, upstream_tls in tls_blocks:
+                for attr in ("ca_file", "cert", "key"):
+                    value = getattr(upstream_tls, attr)
+                    if value:
+                        out[f"API/{name}/{where}.{attr}"] = api.resolve(value)
             for i, policy in enumerate(api.model.policies):
                 # The fields of this policy type, looked up in its __dict__: getattr of a name a pydantic model
                 # lacks goes through __getattr__ and an exception (a third of this method at 10,000 APIs).

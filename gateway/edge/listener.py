@@ -18,9 +18,10 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
+from websockets.exceptions import InvalidHandshake, InvalidURI
 from websockets.extensions.base import Extension
 
 from ..build.tls import client_certificate
@@ -28,7 +29,9 @@ from ..common.http_response import Header, switching_protocols
 from ..common.redaction import forwarded_query
 from ..policies.base import ConnectionContext, UpgradeRequest
 from ..relay.fast import ByteRelay
+from ..relay.integrations import close_upstream, connect_event, disconnect_event, open_route_upstream
 from ..relay.message import MessageRelay
+from ..relay.routed import RoutedRelay
 from .upgrade import (
     MALFORMED,
     Accept,
@@ -46,6 +49,7 @@ from .upstream import UpstreamError, open_with_failover, prepare_upgrade
 if TYPE_CHECKING:
     from websockets.typing import Subprotocol
 
+    from ..build.message_routes import CompiledRoutes
     from ..build.routes import CompiledAPI, RouteTable
     from ..relay.base import Relay
     from ..relay.keepalive import KeepaliveSweeper
@@ -128,6 +132,7 @@ class UpgradeMetrics(Protocol):
     def upstream_failed(self, api: str, url: str, status: int, reason: str) -> None: ...
     def opened(self, port: str, api: str, application: str) -> None: ...
     def closed(self, port: str, conn: ConnectionContext, code: int | None, seconds: float) -> None: ...
+    def integration_error(self, api: str, route: str, reason: str) -> None: ...
 
 
 class ConnectionSpan(Protocol):
@@ -341,6 +346,11 @@ class ClientHandshake(asyncio.Protocol):
             connecting = time.monotonic()
             metrics.stage(conn.api, "policies", connecting - began)
             application = conn.application.name if conn.application else None
+            if route.routes is not None:
+                del upgrade
+                relayed = await self._upgrade_routed(route, route.routes, conn, accept, extensions,
+                                                     extensions_header, began)
+                return
             trace_headers: list[tuple[str, str]] = []
             if span is not None:
                 span.begin("upstream connect")
@@ -425,6 +435,85 @@ class ClientHandshake(asyncio.Protocol):
                 conn.release()
                 self.listener.services.registry.untrack(record)
 
+    async def _upgrade_routed(self, route: CompiledAPI, routes: CompiledRoutes, conn: ConnectionContext, accept: str,
+                              extensions: list[Extension], extensions_header: str | None, began: float) -> bool:
+        """The upgrade of an API with message routes: ``$connect``, the routes opened at the upgrade, the 101 and
+        the routed relay. True once the relay runs."""
+        record = self.record
+        assert record is not None
+        metrics = self.listener.services.metrics
+        connecting = time.monotonic()
+        if routes.connect is not None and routes.connect.http is not None:
+            answer = await connect_event(routes, conn)
+            if answer is not None:
+                metrics.integration_error(conn.api, "$connect", answer.error or f"status_{answer.status}")
+                status = routes.connect.http.refuse_status
+                why = answer.error or f"the $connect backend answered {answer.status}"
+                self._refuse(route, conn, status, "connect_refused", why)
+                return False
+        # Routes opened at the upgrade (`connect: at-upgrade`), all at once: the 101 waits for the slowest only.
+        wanted = [c for c in routes.all() if c.websocket is not None and c.websocket.connect == "at-upgrade"]
+        keepalive = route.api.keepalive
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(open_route_upstream(c, conn, max_size=route.api.limits.max_message_size,
+                                                      ping_interval=keepalive.interval, ping_timeout=keepalive.timeout))
+                 for c in wanted]
+        try:
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+        except BaseException:  # cancelled (the client went away): none of them may outlive the upgrade
+            for task in tasks:
+                if not task.done():
+                    task.cancel()
+                elif not task.cancelled() and task.exception() is None:
+                    close_upstream(task.result())
+            raise
+        opened: dict[str, Any] = {}
+        failed: tuple[str, BaseException] | None = None
+        for compiled, result in zip(wanted, results, strict=True):
+            if isinstance(result, BaseException):
+                failed = failed or (compiled.key, result)
+            else:
+                opened[compiled.key] = result
+        if failed is not None:
+            for upstream in opened.values():
+                close_upstream(upstream)
+            key, exc = failed
+            if not isinstance(exc, (OSError, TimeoutError, InvalidHandshake, InvalidURI)):
+                raise exc  # cancelled (the client went away) or a bug: the caller's handlers answer it
+            timeout = isinstance(exc, TimeoutError)
+            metrics.integration_error(conn.api, key, "timeout" if timeout else "unreachable")
+            if timeout:
+                self._refuse(route, conn, 504, "gateway_timeout", f"route {key}: upstream timed out")
+            else:
+                self._refuse(route, conn, 502, "bad_gateway", f"route {key}: upstream failed: {exc.__class__.__name__}")
+            return False
+        metrics.stage(conn.api, "upstream_connect", time.monotonic() - connecting)
+        if self.lost:
+            for upstream in opened.values():
+                close_upstream(upstream)
+            self._outcome(route, conn, 499, "client_gone", "client went away during the upgrade")
+            return False
+        self.transport.write(switching_protocols(accept, extensions_header, None))
+        self._outcome(route, conn, 101, None, None)
+        metrics.stage(conn.api, "total", time.monotonic() - began)
+        application = conn.application.name if conn.application else None
+        metrics.opened(self.listener.name, conn.api, application or "")
+        log.debug("upgrade_accepted", status=101, api=conn.api, app=application, peer=conn.peer[0],
+                  connection=conn.id, upstream="routes")
+        services = self.listener.services
+        closed = _Closer(services, record, route, conn, "routes", None)
+        relay = RoutedRelay(client=self.transport, client_pending=bytes(self.buffer), route=route, conn=conn,
+                            on_closed=closed, keepalive=services.keepalive, client_extensions=extensions,
+                            on_error=metrics.integration_error, opened=opened)
+        self.buffer = bytearray()
+        record.relay = relay
+        relay.start()
+        expires_at = conn.identity.expires_at if conn.identity is not None else None
+        if expires_at is not None:
+            record.expiry = asyncio.get_running_loop().call_later(
+                max(0.0, expires_at - time.time()), record.close, 1008, "credential expired")
+        return True
+
     def _refuse(self, route: CompiledAPI, conn: ConnectionContext, status: int, error: str, reason: str,
                 headers: tuple[Header, ...] = ()) -> None:
         self._outcome(route, conn, status, error, reason)
@@ -484,10 +573,15 @@ class _Closer:
                  code=code, reason=reason,
                  duration=round(time.monotonic() - conn.started, 3), messages_in=counters.messages_in,
                  messages_out=counters.messages_out, bytes_in=counters.bytes_in, bytes_out=counters.bytes_out)
-        for policy in self.route.chain:
+        for policy in self.route.all_policies:
             try:
                 policy.on_close(conn, code, reason)
             except Exception:
                 log.error("policy_failed", api=conn.api, policy=policy.type, connection=conn.id, exc_info=True)
+        routes = self.route.routes
+        if routes is not None and routes.disconnect is not None:
+            metrics = self.services.metrics
+            disconnect_event(routes, conn, code, reason,
+                             on_failed=lambda why: metrics.integration_error(conn.api, "$disconnect", why))
         conn.release()
         self.services.registry.untrack(record)

@@ -112,6 +112,8 @@ async def probe_config(config: Config, paths: Sequence[str | Path], timeout: flo
             if isinstance(doc.data, dict) and doc.data.get("kind") == "API"}
     targets = []
     for name, api in sorted(config.apis.items()):
+        if api.model.upstream is None:
+            continue  # message routes: their integrations are not probed (yet)
         context = upstream_ssl_context(api)
         hostname = api.model.upstream.tls.server_hostname
         headers = upstream_headers(api.model, os.environ)

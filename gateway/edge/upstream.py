@@ -278,7 +278,7 @@ async def open_upstream(route: CompiledAPI, prepared: UpstreamRequest, timeout: 
     Raises :class:`UpstreamError` (502 refused or invalid answer, 504 timeout).
     """
     uri, url = prepared.endpoint.uri, prepared.endpoint.url
-    upstream = route.api.upstream
+    upstream = route.upstream
     loop = asyncio.get_running_loop()
     head_future: asyncio.Future[tuple[bytes, bytes]] = loop.create_future()
     reader = _HandshakeReader(head_future)
@@ -330,7 +330,7 @@ async def _candidates(route: CompiledAPI, hash_key: str | None, deadline: float)
     handshake in flight to end, until ``deadline``. A reconnect storm then queues behind the cap instead of
     getting 503s; only an upgrade still waiting at the deadline, or one with no healthy endpoint, gets 503."""
     loop = asyncio.get_running_loop()
-    retry_after = (("Retry-After", str(route.api.upstream.retry_after)),)
+    retry_after = (("Retry-After", str(route.upstream.retry_after)),)
     while True:
         try:
             return route.candidates(hash_key)
@@ -376,7 +376,7 @@ async def open_with_failover(route: CompiledAPI, prepared: PreparedUpgrade, hash
     503 with Retry-After when no endpoint may take a connection, else the
     last attempt's 502 or 504. ``on_failure`` hears of every failed attempt (the metrics count them per endpoint).
     """
-    upstream = route.api.upstream
+    upstream = route.upstream
     budget = upstream.failover.budget or upstream.connect_timeout
     deadline = asyncio.get_running_loop().time() + budget
     candidates = await _candidates(route, hash_key, deadline)

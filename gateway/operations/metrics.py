@@ -193,6 +193,10 @@ class Metrics:
         self.upstream_failures = Counter(
             "wsgate_upstream_connect_failures", "Upstream handshakes that failed, by endpoint and reason.",
             ["api", "endpoint", "reason"], registry=registry)
+        self.integration_errors = Counter(
+            "wsgate_integration_errors", "Message-route integrations that failed, by API, route and reason "
+            "(status_NNN, timeout, unreachable, closed, too_large, no_route).", ["api", "route", "reason"],
+            registry=registry)
         self.accept_errors = Counter(
             "wsgate_accept_errors", "Accepts that failed, mostly for lack of file descriptors (the listener pauses).",
             ["listener"], registry=registry)
@@ -285,7 +289,7 @@ class Metrics:
                 self.upgrade_duration.labels(api_name, stage)
             self.connection_duration.labels(api_name)
             self.closes.labels(api_name, "1000")
-            for endpoint in api.upstream.endpoints:
+            for endpoint in api.upstream.endpoints if api.upstream is not None else ():
                 for reason in UPSTREAM_FAILURES:
                     self.upstream_failures.labels(api_name, endpoint_label(endpoint.url), reason)
         for key in declared:
@@ -320,6 +324,11 @@ class Metrics:
     def upstream_failed(self, api: str, url: str, status: int, reason: str) -> None:
         kind = "timeout" if status == 504 else "refused" if "connection failed" in reason else "bad_response"
         self.upstream_failures.labels(api, endpoint_label(url), kind).inc()
+
+    def integration_error(self, api: str, route: str, reason: str) -> None:
+        """A message route's integration failed (a non-2xx status, a timeout, an unreachable upstream) or a message
+        matched no route (route ``""``)."""
+        self.integration_errors.labels(api, route, reason).inc()
 
     def accept_error(self, listener: str) -> None:
         """A listener's accept failed (gateway.edge.accept counts it; the listener pauses)."""

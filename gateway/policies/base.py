@@ -132,10 +132,18 @@ class ConnectionContext:
     counters: Counters = field(default_factory=Counters)
     # Request metadata safe to show to transforms and logs (credentials removed).
     metadata: dict[str, Any] = field(default_factory=dict)
+    # The message routes this connection has used (APIs with `routes`): a removed route drains only these.
+    routes: set[str] | None = None
     # Groups the connect-time authorizer named for this connection (identify `by: [authorizer]`): what push
     # group rules may join it to.
     groups: list[str] = field(default_factory=list)
     _deferred: list[Callable[[], None]] = field(default_factory=list)
+
+    def used_route(self, key: str) -> None:
+        """The connection sent a message to route ``key`` (once per route: the router asks on a new lane)."""
+        if self.routes is None:
+            self.routes = set()
+        self.routes.add(key)
 
     @property
     def application(self) -> ApplicationRef | None:

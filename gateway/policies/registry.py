@@ -40,3 +40,12 @@ def build_chain(api: Loaded[API], config: Config, apps: AppIndex, state: PolicyS
     build = PolicyBuild(api=api, apps=apps, state=state, root=config.root)
     return [BUILDERS[spec.type](spec, build) for spec in api.model.policies]
 
+
+def build_route_chains(api: Loaded[API], config: Config, apps: AppIndex, state: PolicyState) -> dict[str, list[Policy]]:
+    """Each message route's own policy objects, by route key (the first route of a key: a second is an error)."""
+    build = PolicyBuild(api=api, apps=apps, state=state, root=config.root)
+    out: dict[str, list[Policy]] = {}
+    for route in api.model.routes:
+        out.setdefault(route.key, [BUILDERS[spec.type](spec, build) for spec in route.policies])
+    return out
+

@@ -466,7 +466,7 @@ class MessageRelay:
         if kind is Close:
             self.close(decision.code, decision.reason)
         elif kind is Reply:
-            self._send(leg, True, decision.text.encode())
+            self._reply(leg, decision.text)
         elif kind is Delay:
             self._hand_off(leg, decision, index, message)  # the task waits out the delay with the sender unread
         else:
@@ -533,7 +533,7 @@ class MessageRelay:
                 self.close(decision.code, decision.reason)
                 return False
             if kind is Reply:
-                self._send(leg, True, decision.text.encode())
+                self._reply(leg, decision.text)
                 self.flush(leg)
                 return True
             if kind is not Message:
@@ -543,6 +543,10 @@ class MessageRelay:
         self._deliver(leg, message)
         self.flush(leg.peer)
         return True
+
+    def _reply(self, leg: _Leg, text: str) -> None:
+        """A policy's :class:`Reply`: a text message back to the sender ``leg`` (the routed relay overrides it)."""
+        self._send(leg, True, text.encode())
 
     def _deliver(self, leg: _Leg, message: Message) -> None:
         payload = message.payload

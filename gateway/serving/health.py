@@ -220,7 +220,7 @@ class HealthRegistry:
             for endpoint in compiled.endpoints:
                 key = (compiled.name, endpoint.url)
                 health = endpoint.health or self.get(*key)
-                wanted[key] = (health, compiled.api.upstream.health_check, endpoint, compiled)
+                wanted[key] = (health, compiled.upstream.health_check, endpoint, compiled)
         for key in list(self.endpoints):
             if key not in wanted:
                 del self.endpoints[key]
@@ -268,7 +268,7 @@ class HealthRegistry:
             endpoint, route = checker.endpoint, checker.route
             try:
                 result = await probe(endpoint.probe_url, timeout=settings.timeout, ssl_context=route.ssl_context,
-                                     server_hostname=route.api.upstream.tls.server_hostname,
+                                     server_hostname=route.upstream.tls.server_hostname,
                                      tcp_only=settings.type == "tcp", headers=route.upstream_headers)
             except Exception as exc:  # a bug in the probe must not end the checks
                 log.exception("health_probe_failed", api=checker.health.api, endpoint=endpoint.url)

@@ -33,6 +33,7 @@ from ..edge.listener import ListenerServices, PortListener, raise_open_files_lim
 from ..operations.metrics import FLUSH_INTERVAL, Metrics
 from ..operations.tracing import ConnectionTracer, from_environment
 from ..policies.state import PolicyState
+from ..relay.integrations import settle as settle_integrations
 from ..relay.keepalive import KeepaliveSweeper
 from .connections import ConnectionRegistry
 from .health import HealthRegistry
@@ -548,6 +549,7 @@ class Gateway(ReloadStatus):
             self._flusher = None
         if self._table is not None:
             self._table.close()
+        await settle_integrations(self.shutdown_timeout)  # $disconnect events, route upstreams, HTTP pools
         if self.state is not None:
             await self.state.aclose()
         if self.tracer is not None:

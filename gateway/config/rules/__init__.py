@@ -24,6 +24,7 @@ from . import (  # noqa: F401 - imported for their @rule registrations
     echo,
     gateway,
     ineffective,
+    message_routes,
     names,
     ports,
     requirements,

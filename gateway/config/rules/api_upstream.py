@@ -58,7 +58,7 @@ def upstream_urls(ctx: RuleContext) -> None:
     """Each endpoint URL: its form, a loop back into the gateway, and the context of an echo server it points at."""
     routes = _routes(ctx)
     echoes = ctx.of("EchoServer")
-    for e in ctx.of("API"):
+    for e in ctx.with_upstream():
         for i, endpoint in enumerate(e.model.upstream.endpoints):
             loc = e.doc.value_at(("upstream", "endpoints", i, "url"))
             parts = _url_form(ctx, e, i, endpoint.url, loc)
@@ -226,7 +226,7 @@ def _context_loc(echo: Entry, path: str) -> Location:
 
 @rule
 def upstream_tls(ctx: RuleContext) -> None:
-    for e in ctx.of("API"):
+    for e in ctx.with_upstream():
         tls = e.model.upstream.tls
         speaks_tls = any(ep.url.lower().startswith("wss:") for ep in e.model.upstream.endpoints)
         if not tls.verify and speaks_tls:  # on ws:// only, WSG208 says the setting is never used
@@ -258,7 +258,7 @@ def upstream_tls(ctx: RuleContext) -> None:
 
 @rule
 def upstream_header_variables(ctx: RuleContext) -> None:
-    for e in ctx.of("API"):
+    for e in ctx.with_upstream():
         for name, value in e.model.upstream.headers.items():
             if value.env not in ctx.env:
                 ctx.out.append(

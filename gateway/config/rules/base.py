@@ -38,6 +38,10 @@ class RuleContext:
     def of(self, kind: str) -> list[Entry]:
         return [e for e in self.entries if e.kind == kind]
 
+    def with_upstream(self) -> list[Entry]:
+        """The APIs that have an `upstream` (an API with message routes has none: rules/message_routes.py)."""
+        return [e for e in self.entries if e.kind == "API" and e.model.upstream is not None]
+
     def firsts(self, kind: str) -> dict[str, Entry]:
         """The first resource of each name (duplicates are reported separately)."""
         out: dict[str, Entry] = {}

@@ -66,7 +66,7 @@ def glob_paths(ctx: RuleContext) -> None:
 @rule
 def health_check_timing(ctx: RuleContext) -> None:
     """A probe timeout as long as its interval: a hanging endpoint is probed back to back, never at the interval."""
-    for e in ctx.of("API"):
+    for e in ctx.with_upstream():
         hc = e.model.upstream.health_check
         if hc is None or hc.timeout < hc.interval:
             continue
@@ -91,7 +91,7 @@ def _routing(e: Entry) -> tuple[int | None, Any]:
 @rule
 def routing_settings(ctx: RuleContext) -> None:
     """Hash settings under another strategy or another hash input; weights no strategy reads."""
-    for e in ctx.of("API"):
+    for e in ctx.with_upstream():
         index, policy = _routing(e)
         endpoints = e.model.upstream.endpoints
         strategy = policy.strategy if policy is not None else "straight-through"
@@ -123,7 +123,7 @@ def routing_settings(ctx: RuleContext) -> None:
 def upstream_settings(ctx: RuleContext) -> None:
     """Failover with nowhere to fail over to, passive-check tuning with passive checks off, keepalive timeout
     without pings, TLS settings on an upstream that never speaks TLS."""
-    for e in ctx.of("API"):
+    for e in ctx.with_upstream():
         up = e.model.upstream
         if written_endpoints(e) == 1 and _written(up.failover, "retries") and up.failover.retries > 0:
             _ignored(ctx, e, ("upstream", "failover", "retries"),
