@@ -12,7 +12,7 @@ from ...common.redaction import CREDENTIAL_PLACEHOLDER
 from ..diagnostics import Related, error, warning
 from ..models import SHA256_PATTERN, EnvKey
 from ..tree import Location
-from .base import Entry, RuleContext, listed_once, rule, unknown_reference
+from .base import Entry, RuleContext, declared_references, env_must_be_set, rule
 
 
 @rule
@@ -20,10 +20,9 @@ def application_api_references(ctx: RuleContext) -> None:
     apis = ctx.firsts("API")
     known = set(apis) | ctx.known.get("API", set())
     for e in ctx.of("Application"):
-        for name, loc in listed_once(ctx, e, "apis", "API"):
-            if name not in known:
-                unknown_reference(ctx, "WSG113", f"application '{e.name}' is registered to an unknown API '{name}'",
-                                  loc, name, known, "declared APIs", "declare an API with this name")
+        declared_references(ctx, e, "apis", "API", known, "WSG113",
+                            lambda app, name: f"application '{app}' is registered to an unknown API '{name}'",
+                            "declared APIs", "declare an API with this name")
 
 
 
@@ -52,15 +51,8 @@ def application_keys(ctx: RuleContext) -> None:
             at = ("identifiers", "api_keys", i)
             loc = e.doc.value_at(at)
             if isinstance(key, EnvKey):
-                if key.env not in ctx.env:
-                    ctx.out.append(
-                        warning(
-                            "WSG203",
-                            f"environment variable {key.env} is not set",
-                            e.doc.value_at(at + ("env",)),
-                            hint=f"the key is unusable until the gateway runs with {key.env} set",
-                        )
-                    )
+                env_must_be_set(ctx, key.env, e.doc.value_at(at + ("env",)),
+                                f"the key is unusable until the gateway runs with {key.env} set")
             elif key.startswith(CREDENTIAL_PLACEHOLDER):
                 _placeholder(ctx, loc)
                 continue
@@ -150,15 +142,8 @@ def application_basic_and_jwt_clients(ctx: RuleContext) -> None:
             password = user.password
             ploc = e.doc.value_at(at + ("password",))
             if isinstance(password, EnvKey):
-                if password.env not in ctx.env:
-                    ctx.out.append(
-                        warning(
-                            "WSG203",
-                            f"environment variable {password.env} is not set",
-                            e.doc.value_at(at + ("password", "env")),
-                            hint=f"user '{user.username}' cannot log in until the gateway runs with {password.env} set",
-                        )
-                    )
+                env_must_be_set(ctx, password.env, e.doc.value_at(at + ("password", "env")),
+                                f"user '{user.username}' cannot log in until the gateway runs with {password.env} set")
             elif password.startswith(CREDENTIAL_PLACEHOLDER):
                 _placeholder(ctx, ploc)
             elif slow_hash_kind(password) is not None:

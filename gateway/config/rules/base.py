@@ -104,6 +104,28 @@ def unknown_reference(ctx: RuleContext, code: str, summary: str, loc: Location |
 
 
 
+def declared_references(
+    ctx: RuleContext, entry: Entry, field_name: str, what: str, known: set[str], code: str,
+    summary: Callable[[str, str], str], listing: str, otherwise: str,
+) -> list[tuple[str, Location]]:
+    """The names of a reference list that some resource declares, each with its location: a repeated name is
+    warned about (``listed_once``), an unknown one refused with ``code`` and ``summary(entry's name, name)``;
+    both are left out."""
+    declared = []
+    for name, loc in listed_once(ctx, entry, field_name, what):
+        if name in known:
+            declared.append((name, loc))
+        else:
+            unknown_reference(ctx, code, summary(entry.name, name), loc, name, known, listing, otherwise)
+    return declared
+
+
+def env_must_be_set(ctx: RuleContext, env: str, loc: Location | None, hint: str) -> None:
+    """WSG203 when the environment variable a setting names is not set (``hint``: what fails until it is)."""
+    if env not in ctx.env:
+        ctx.out.append(warning("WSG203", f"environment variable {env} is not set", loc, hint=hint))
+
+
 def named_file_refusal(roots: Iterable[Path], path: Path) -> tuple[str, str, str] | None:
     """Why a file the config names must not be read, as (code, summary, hint), or None (issue 21).
 
