@@ -16,24 +16,21 @@ HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 
 @rule
 def identify_jwt(ctx: RuleContext) -> None:
-    for e in ctx.of("API"):
-        for i, p in enumerate(e.model.policies):
-            if p.type != "identify":
-                continue
-            at: tuple = ("policies", i)
-            if "jwt" in p.by and p.jwt is None:
-                ctx.out.append(
-                    error(
-                        "WSG128",
-                        "`by` lists jwt but the identify policy has no `jwt:` block",
-                        e.doc.value_at(at + ("by", p.by.index("jwt"))),
-                        hint="add `jwt:` with `issuer` and one key source: jwks_file, public_key_file, secret "
-                        "or jwks_url",
-                    )
+    for e, i, p in ctx.policies("identify"):
+        at: tuple = ("policies", i)
+        if "jwt" in p.by and p.jwt is None:
+            ctx.out.append(
+                error(
+                    "WSG128",
+                    "`by` lists jwt but the identify policy has no `jwt:` block",
+                    e.doc.value_at(at + ("by", p.by.index("jwt"))),
+                    hint="add `jwt:` with `issuer` and one key source: jwks_file, public_key_file, secret "
+                    "or jwks_url",
                 )
-            if p.jwt is None:
-                continue
-            _check_jwt(ctx, e, at + ("jwt",), p.jwt, "jwt" in p.by)
+            )
+        if p.jwt is None:
+            continue
+        _check_jwt(ctx, e, at + ("jwt",), p.jwt, "jwt" in p.by)
 
 
 def _check_jwt(ctx: RuleContext, e: Entry, at: tuple, settings: Any, used: bool) -> None:

@@ -45,6 +45,13 @@ class RuleContext:
             out.setdefault(e.name, e)
         return out
 
+    def policies(self, type_: str) -> Iterable[tuple[Entry, int, Any]]:
+        """Every policy of type ``type_`` in every API's chain: its API, its index in the chain, its config."""
+        for e in self.of("API"):
+            for i, p in enumerate(e.model.policies):
+                if p.type == type_:
+                    yield e, i, p
+
     def column_of(self, loc: Location, value: str, index: int) -> Location:
         """The position of ``value[index]`` when the scalar is written plainly or quoted on its line."""
         lines = self.sources.get(loc.file, [])
