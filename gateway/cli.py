@@ -538,12 +538,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     json_out = args.output is not None and args.output.suffix == ".json"
     text = render(document, "json" if json_out else "yaml")
-    if args.output is None:
-        sys.stdout.write(text)
-    else:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text, encoding="utf-8")
-        sys.stderr.write(f"wrote {args.output}: AsyncAPI {document['asyncapi']} for API {args.api}\n")
+    _write_export(args.output, text, f"AsyncAPI {document['asyncapi']} for API {args.api}")
     return EXIT_OK
 
 
@@ -560,13 +555,18 @@ def _export_config(args: argparse.Namespace) -> int:
     except (OSError, ValueError, KeyError) as exc:
         sys.stderr.write(f"wsgate export config: cannot read the running config from {args.source}: {exc}\n")
         return EXIT_INVALID
-    if args.output is None:
+    _write_export(args.output, text, f"{len(served['documents'])} resources served by {args.source}")
+    return EXIT_OK
+
+
+def _write_export(output: Path | None, text: str, what: str) -> None:
+    """An export's text to stdout, or to ``output`` (its folder made) with a ``wrote FILE: what`` line on stderr."""
+    if output is None:
         sys.stdout.write(text)
     else:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text, encoding="utf-8")
-        sys.stderr.write(f"wrote {args.output}: {len(served['documents'])} resources served by {args.source}\n")
-    return EXIT_OK
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text, encoding="utf-8")
+        sys.stderr.write(f"wrote {output}: {what}\n")
 
 
 # ------------------------------------------------------------ run, echo

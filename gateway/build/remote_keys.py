@@ -23,6 +23,7 @@ import asyncio
 import ssl
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import structlog
@@ -37,24 +38,25 @@ log = structlog.get_logger("wsgate.jwks")
 MAX_JWKS_BYTES = 1024 * 1024
 
 
+@dataclass(eq=False)  # one per URL and settings, compared by identity
 class RemoteKeySet:
-    """The keys published at one JWKS URL (see the module docstring)."""
+    """The keys published at one JWKS URL (see the module docstring).
 
-    def __init__(self, url: str, http: SharedHTTPClient, ssl_context: ssl.SSLContext | None, timeout: float,
-                 max_age: float, min_refresh_interval: float, parse: Callable[[str], list[VerifyingKey]]) -> None:
-        """``parse``: ``jwt_keys.parse_jwks`` (raises ValueError for a document it cannot use)."""
-        self.url = url
-        self.parse = parse
-        self.http = http
-        self.ssl_context = ssl_context
-        self.timeout = timeout
-        self.max_age = max_age
-        self.min_refresh_interval = min_refresh_interval
-        self.keys: tuple[VerifyingKey, ...] = ()
-        self.fetched_at: float | None = None  # monotonic time of the last good fetch
-        self.attempted_at: float | None = None  # monotonic time the last fetch began
-        self.fetches = 0  # fetches begun (the tests count them)
-        self._inflight: asyncio.Task[bool] | None = None
+    ``parse``: ``jwt_keys.parse_jwks`` (raises ValueError for a document it cannot use).
+    """
+
+    url: str
+    http: SharedHTTPClient
+    ssl_context: ssl.SSLContext | None
+    timeout: float
+    max_age: float
+    min_refresh_interval: float
+    parse: Callable[[str], list[VerifyingKey]]
+    keys: tuple[VerifyingKey, ...] = field(default=(), init=False)
+    fetched_at: float | None = field(default=None, init=False)  # monotonic time of the last good fetch
+    attempted_at: float | None = field(default=None, init=False)  # monotonic time the last fetch began
+    fetches: int = field(default=0, init=False)  # fetches begun (the tests count them)
+    _inflight: asyncio.Task[bool] | None = field(default=None, init=False, repr=False)
 
     def configure(self, timeout: float, max_age: float, min_refresh_interval: float) -> None:
         """A reload's settings for the same URL (the keys stay)."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 from ..changes.impact import Accepted
 from ..config.diagnostics import Diagnostic
@@ -29,8 +29,15 @@ Status = Literal["ready", "starting", "stopping", "reload-failed"]
 Counts = Mapping[str, Any]  # the registry's counts: total, upgrading, and per port/API/application maps of ints
 
 
+class _FieldsRecord:
+    """Base of a record whose JSON answer is its fields as they are."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(cast(Any, self))
+
+
 @dataclass(frozen=True)
-class WorkerState:
+class WorkerState(_FieldsRecord):
     """One worker of a supervisor, as the supervisor last heard from it (never asked while an answer waits)."""
 
     index: int
@@ -40,9 +47,6 @@ class WorkerState:
     restarts: int = 0
     error: str | None = None
     connections: int | None = None  # relayed connections it last reported
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -186,7 +190,7 @@ class ConnectionsSnapshot:
 
 
 @dataclass(frozen=True)
-class WorkerEndpoint:
+class WorkerEndpoint(_FieldsRecord):
     """One worker's own view of an endpoint: its passive mark and its load."""
 
     index: int
@@ -194,9 +198,6 @@ class WorkerEndpoint:
     passive_cool_down: float
     pending: int
     open: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,23 @@ def header_field(line: bytes) -> tuple[bytes, bytes] | None:
     return name, value
 
 
+def header_fields(lines: list[bytes], max_line: int) -> list[tuple[bytes, bytes]] | None:
+    """The (name, value) fields of a head split at CRLF (request or status line first, the two empty strings
+    its CRLF CRLF leaves last); None for more lines than websockets reads, a line longer than ``max_line``
+    or a malformed field. The request and the upstream 101 checks both read their headers through this."""
+    if len(lines) > MAX_NUM_HEADERS + 3 or lines[-2:] != [b"", b""]:
+        return None
+    fields = []
+    for line in lines[1:-2]:
+        if len(line) > max_line:
+            return None
+        field = header_field(line)
+        if field is None:
+            return None
+        fields.append(field)
+    return fields
+
+
 class PlainUpgrade(NamedTuple):
     """An ordinary upgrade request: its target (path and query), its headers, its Sec-WebSocket-Key."""
 
@@ -55,8 +72,9 @@ class PlainUpgrade(NamedTuple):
 def plain_upgrade(head: bytes) -> PlainUpgrade | None:
     """The request in ``head`` (ending in CRLF CRLF) if it is an ordinary, valid upgrade; else None."""
     lines = head.split(b"\r\n")
-    # The head ends in CRLF CRLF: the split leaves two empty strings at the end.
-    if len(lines) > MAX_NUM_HEADERS + 3 or lines[-1] or lines[-2]:
+    # A line counts with its CRLF against websockets' limit.
+    fields = header_fields(lines, MAX_LINE_LENGTH - 2)
+    if fields is None:
         return None
     request_line = lines[0]
     if len(request_line) + 2 > MAX_LINE_LENGTH or not request_line.startswith(b"GET "):
@@ -68,13 +86,7 @@ def plain_upgrade(head: bytes) -> PlainUpgrade | None:
     pairs: list[tuple[str, str]] = []
     key = version = upgrade = None
     connection_upgrade = False
-    for line in lines[1:-2]:
-        if len(line) + 2 > MAX_LINE_LENGTH:
-            return None
-        field = header_field(line)
-        if field is None:
-            return None
-        raw_name, raw_value = field
+    for raw_name, raw_value in fields:
         lower = raw_name.lower()
         if lower in seen or lower in _UNUSUAL:
             return None

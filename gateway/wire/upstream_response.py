@@ -9,13 +9,13 @@ through websockets, which accepts it or words the refusal. Pure functions of the
 from __future__ import annotations
 
 from websockets.client import ClientProtocol
-from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS, Response
+from websockets.http11 import MAX_LINE_LENGTH, Response
 from websockets.typing import Subprotocol
 from websockets.uri import WebSocketURI
 from websockets.utils import accept_key
 
 from ..common.log import PROTOCOL_LOG
-from .request_head import HEADER_TOKEN, HEADER_VALUE, header_field
+from .request_head import HEADER_TOKEN, HEADER_VALUE, header_fields
 
 
 class Invalid101(ValueError):
@@ -41,7 +41,8 @@ def plain_101(head: bytes, key: str, offer: list[Subprotocol]) -> Subprotocol | 
     through websockets, which accepts or words the refusal.
     """
     lines = head.split(b"\r\n")
-    if len(lines) > MAX_NUM_HEADERS + 3 or lines[-2:] != [b"", b""]:
+    fields = header_fields(lines, MAX_LINE_LENGTH)
+    if fields is None:
         return False
     status = lines[0]
     if (not status.startswith(b"HTTP/1.1 101 ") or len(status) > MAX_LINE_LENGTH
@@ -49,13 +50,7 @@ def plain_101(head: bytes, key: str, offer: list[Subprotocol]) -> Subprotocol | 
         return False
     upgrade = accept = protocol = None
     upgrade_named = False
-    for line in lines[1:-2]:
-        if len(line) > MAX_LINE_LENGTH:
-            return False
-        field = header_field(line)
-        if field is None:
-            return False
-        name, value = field
+    for name, value in fields:
         lower = name.lower()
         if lower == b"upgrade":
             if upgrade is not None:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..diagnostics import error, warning
-from .base import Entry, RuleContext, must_exist, named_file_refusal, rule
+from .base import Entry, RuleContext, env_must_be_set, must_exist, named_file_refusal, rule
 
 # -------------------------------------------------------------- JWT keys
 
@@ -16,24 +16,21 @@ HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 
 @rule
 def identify_jwt(ctx: RuleContext) -> None:
-    for e in ctx.of("API"):
-        for i, p in enumerate(e.model.policies):
-            if p.type != "identify":
-                continue
-            at: tuple = ("policies", i)
-            if "jwt" in p.by and p.jwt is None:
-                ctx.out.append(
-                    error(
-                        "WSG128",
-                        "`by` lists jwt but the identify policy has no `jwt:` block",
-                        e.doc.value_at(at + ("by", p.by.index("jwt"))),
-                        hint="add `jwt:` with `issuer` and one key source: jwks_file, public_key_file, secret "
-                        "or jwks_url",
-                    )
+    for e, i, p in ctx.policies("identify"):
+        at: tuple = ("policies", i)
+        if "jwt" in p.by and p.jwt is None:
+            ctx.out.append(
+                error(
+                    "WSG128",
+                    "`by` lists jwt but the identify policy has no `jwt:` block",
+                    e.doc.value_at(at + ("by", p.by.index("jwt"))),
+                    hint="add `jwt:` with `issuer` and one key source: jwks_file, public_key_file, secret "
+                    "or jwks_url",
                 )
-            if p.jwt is None:
-                continue
-            _check_jwt(ctx, e, at + ("jwt",), p.jwt, "jwt" in p.by)
+            )
+        if p.jwt is None:
+            continue
+        _check_jwt(ctx, e, at + ("jwt",), p.jwt, "jwt" in p.by)
 
 
 def _check_jwt(ctx: RuleContext, e: Entry, at: tuple, settings: Any, used: bool) -> None:
@@ -75,15 +72,8 @@ def _check_jwt(ctx: RuleContext, e: Entry, at: tuple, settings: Any, used: bool)
     if problem is not None:
         ctx.out.append(error("WSG130", problem[0], algs_loc, hint=problem[1]))
     if settings.secret is not None:
-        if settings.secret.env not in ctx.env:
-            ctx.out.append(
-                warning(
-                    "WSG203",
-                    f"environment variable {settings.secret.env} is not set",
-                    e.doc.value_at(at + ("secret", "env")),
-                    hint=f"every token is refused until the gateway runs with {settings.secret.env} set",
-                )
-            )
+        env_must_be_set(ctx, settings.secret.env, e.doc.value_at(at + ("secret", "env")),
+                        f"every token is refused until the gateway runs with {settings.secret.env} set")
     elif settings.jwks_url is None:  # a URL is checked by rules/authz.py and fetched only at run time
         # The file is checked even when the allowlist is wrong: every problem in one run.
         _check_key_file(ctx, e, at, sources[0], getattr(settings, sources[0]), algorithms if problem is None else None)

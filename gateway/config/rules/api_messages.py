@@ -44,21 +44,18 @@ def message_schemas(ctx: RuleContext) -> None:
 @rule
 def message_validation(ctx: RuleContext) -> None:
     """Validation switched on for a direction with no message declared in it refuses every message."""
-    for e in ctx.of("API"):
-        for i, p in enumerate(e.model.policies):
-            if p.type != "validate-messages":
+    for e, i, p in ctx.policies("validate-messages"):
+        for direction in ("client", "server"):
+            mode = getattr(p, direction)
+            if mode == "off" or any(m.origin == direction for m in e.model.messages):
                 continue
-            for direction in ("client", "server"):
-                mode = getattr(p, direction)
-                if mode == "off" or any(m.origin == direction for m in e.model.messages):
-                    continue
-                ctx.out.append(
-                    warning(
-                        "WSG240",
-                        f"validate-messages is `{mode}` for {direction} messages, but API '{e.name}' declares "
-                        f"none from the {direction}: every one is a violation",
-                        e.doc.value_at(("policies", i, direction)),
-                        hint=f"declare the {direction}'s messages under `messages` (origin: {direction}), "
-                        f"or set `{direction}: off`",
-                    )
+            ctx.out.append(
+                warning(
+                    "WSG240",
+                    f"validate-messages is `{mode}` for {direction} messages, but API '{e.name}' declares "
+                    f"none from the {direction}: every one is a violation",
+                    e.doc.value_at(("policies", i, direction)),
+                    hint=f"declare the {direction}'s messages under `messages` (origin: {direction}), "
+                    f"or set `{direction}: off`",
                 )
+            )

@@ -98,29 +98,28 @@ def log_file_paths(ctx: RuleContext) -> None:
             allowed_extra.append(Path(os.path.normpath(g.doc.base_dir / d)).resolve())
     roots = [r.resolve() for r in ctx.roots]
     outside: dict[tuple[Path, str], bool] = {}  # (declaring directory, file) -> escapes; resolve() costs a syscall
-    for e in ctx.of("API"):
-        for i, p in enumerate(e.model.policies):
-            if p.type != "log-invocation" or not p.file:
-                continue
-            key = (e.doc.base_dir, p.file)
-            if key not in outside:
-                target = Path(os.path.normpath(e.doc.base_dir / p.file)).resolve()  # `..` and symlinks resolved
-                mine = Path(os.path.normpath(e.doc.base_dir)).resolve()
-                root = next((r for r in roots if mine.is_relative_to(r)), mine)
-                outside[key] = not any(target.is_relative_to(d) for d in [root, *allowed_extra])
-            if not outside[key]:
-                continue
-            root = next((r for r in roots if Path(e.doc.base_dir).resolve().is_relative_to(r)), e.doc.base_dir)
-            what = "an absolute path" if Path(p.file).is_absolute() else f"outside the config tree {root}"
-            ctx.out.append(
-                error(
-                    "WSG132",
-                    f"log file {p.file} is {what}",
-                    e.doc.value_at(("policies", i, "file")),
-                    hint="write it under the config tree (e.g. `logs/api.jsonl`), or declare its directory in the "
-                    "Gateway resource's `log_directories`",
-                )
+    for e, i, p in ctx.policies("log-invocation"):
+        if not p.file:
+            continue
+        key = (e.doc.base_dir, p.file)
+        if key not in outside:
+            target = Path(os.path.normpath(e.doc.base_dir / p.file)).resolve()  # `..` and symlinks resolved
+            mine = Path(os.path.normpath(e.doc.base_dir)).resolve()
+            root = next((r for r in roots if mine.is_relative_to(r)), mine)
+            outside[key] = not any(target.is_relative_to(d) for d in [root, *allowed_extra])
+        if not outside[key]:
+            continue
+        root = next((r for r in roots if Path(e.doc.base_dir).resolve().is_relative_to(r)), e.doc.base_dir)
+        what = "an absolute path" if Path(p.file).is_absolute() else f"outside the config tree {root}"
+        ctx.out.append(
+            error(
+                "WSG132",
+                f"log file {p.file} is {what}",
+                e.doc.value_at(("policies", i, "file")),
+                hint="write it under the config tree (e.g. `logs/api.jsonl`), or declare its directory in the "
+                "Gateway resource's `log_directories`",
             )
+        )
 
 
 

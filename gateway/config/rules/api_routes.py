@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..diagnostics import Related, error, warning
-from .base import Entry, RuleContext, listed_once, rule, unknown_reference
+from .base import Entry, RuleContext, declared_references, rule
 
 
 @rule
@@ -11,11 +11,10 @@ def api_port_references(ctx: RuleContext) -> None:
     ports = ctx.firsts("Port")
     known = set(ports) | ctx.known.get("Port", set())
     for e in ctx.of("API"):
-        for name, loc in listed_once(ctx, e, "ports", "port"):
-            if name not in known:
-                unknown_reference(ctx, "WSG112", f"API '{e.name}' refers to an unknown port '{name}'", loc, name,
-                                  known, "declared ports", "declare a Port resource with this name")
-            elif name in ports and not ports[name].model.enabled:
+        for name, loc in declared_references(ctx, e, "ports", "port", known, "WSG112",
+                                             lambda api, name: f"API '{api}' refers to an unknown port '{name}'",
+                                             "declared ports", "declare a Port resource with this name"):
+            if name in ports and not ports[name].model.enabled:
                 ctx.out.append(
                     warning(
                         "WSG202",

@@ -146,17 +146,14 @@ def transform_callables(ctx: RuleContext) -> None:
     # Cached per run only: a reload after the operator fixes the module must check it afresh.
     seen: dict[tuple[Path, str], tuple[str, str] | None] = {}
     check = check_callable if ctx.import_transforms else static_callable_problem
-    for e in ctx.of("API"):
-        for i, p in enumerate(e.model.policies):
-            if p.type != "transform":
-                continue
-            key = (_config_root_for(ctx, e), p.callable)
-            module = transform_module_file(p.callable, key[0])
-            if module is not None and refused(ctx, e, ("policies", i, "callable"), module):
-                continue
-            if key not in seen:
-                seen[key] = check(p.callable, key[0])
-            problem = seen[key]
-            if problem is not None:
-                at = e.doc.value_at(("policies", i, "callable"))
-                ctx.out.append(error("WSG117", problem[0], at, hint=problem[1]))
+    for e, i, p in ctx.policies("transform"):
+        key = (_config_root_for(ctx, e), p.callable)
+        module = transform_module_file(p.callable, key[0])
+        if module is not None and refused(ctx, e, ("policies", i, "callable"), module):
+            continue
+        if key not in seen:
+            seen[key] = check(p.callable, key[0])
+        problem = seen[key]
+        if problem is not None:
+            at = e.doc.value_at(("policies", i, "callable"))
+            ctx.out.append(error("WSG117", problem[0], at, hint=problem[1]))

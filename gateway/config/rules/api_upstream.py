@@ -12,7 +12,7 @@ from ..diagnostics import Related, error, warning
 from ..document_checks import suggestion
 from ..models import prefix_matches
 from ..tree import Location
-from .base import Entry, RuleContext, cert_and_key_must_exist, must_exist, rule, written_endpoints
+from .base import Entry, RuleContext, cert_and_key_must_exist, env_must_be_set, must_exist, rule, written_endpoints
 
 # Hosts that reach this machine whatever the port's own host: an upstream on one of them may be the gateway.
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "0.0.0.0", "::1", "::", ""})
@@ -260,12 +260,5 @@ def upstream_tls(ctx: RuleContext) -> None:
 def upstream_header_variables(ctx: RuleContext) -> None:
     for e in ctx.with_upstream():
         for name, value in e.model.upstream.headers.items():
-            if value.env not in ctx.env:
-                ctx.out.append(
-                    warning(
-                        "WSG203",
-                        f"environment variable {value.env} is not set",
-                        e.doc.value_at(("upstream", "headers", name, "env")),
-                        hint=f"the upstream gets no {name} header until the gateway runs with {value.env} set",
-                    )
-                )
+            env_must_be_set(ctx, value.env, e.doc.value_at(("upstream", "headers", name, "env")),
+                            f"the upstream gets no {name} header until the gateway runs with {value.env} set")

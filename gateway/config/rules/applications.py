@@ -12,7 +12,7 @@ from ...common.redaction import CREDENTIAL_PLACEHOLDER
 from ..diagnostics import Related, error, warning
 from ..models import SHA256_PATTERN, EnvKey
 from ..tree import Location
-from .base import Entry, RuleContext, listed_once, rule, unknown_reference
+from .base import Entry, RuleContext, declared_references, env_must_be_set, rule
 
 
 @rule
@@ -20,10 +20,9 @@ def application_api_references(ctx: RuleContext) -> None:
     apis = ctx.firsts("API")
     known = set(apis) | ctx.known.get("API", set())
     for e in ctx.of("Application"):
-        for name, loc in listed_once(ctx, e, "apis", "API"):
-            if name not in known:
-                unknown_reference(ctx, "WSG113", f"application '{e.name}' is registered to an unknown API '{name}'",
-                                  loc, name, known, "declared APIs", "declare an API with this name")
+        declared_references(ctx, e, "apis", "API", known, "WSG113",
+                            lambda app, name: f"application '{app}' is registered to an unknown API '{name}'",
+                            "declared APIs", "declare an API with this name")
 
 
 
@@ -45,22 +44,14 @@ def key_fingerprint(key: str | EnvKey, env: Mapping[str, str]) -> str | None:
 
 @rule
 def application_keys(ctx: RuleContext) -> None:
-    claimed: dict[str, tuple[str, Location]] = {}
+    claims = _Claims()
     for e in ctx.of("Application"):
-        mine: set[str] = set()
         for i, key in enumerate(e.model.identifiers.api_keys):
             at = ("identifiers", "api_keys", i)
             loc = e.doc.value_at(at)
             if isinstance(key, EnvKey):
-                if key.env not in ctx.env:
-                    ctx.out.append(
-                        warning(
-                            "WSG203",
-                            f"environment variable {key.env} is not set",
-                            e.doc.value_at(at + ("env",)),
-                            hint=f"the key is unusable until the gateway runs with {key.env} set",
-                        )
-                    )
+                env_must_be_set(ctx, key.env, e.doc.value_at(at + ("env",)),
+                                f"the key is unusable until the gateway runs with {key.env} set")
             elif key.startswith(CREDENTIAL_PLACEHOLDER):
                 _placeholder(ctx, loc)
                 continue
@@ -89,8 +80,8 @@ def application_keys(ctx: RuleContext) -> None:
             if fp is None:
                 continue
             # Named by its fingerprint only: the key itself must not appear in a diagnostic.
-            _claim_once(ctx, e, fp, loc, mine, claimed, "an API key", code="WSG116", secret=True,
-                        hint="a key must identify one application; give each its own key")
+            claims.claim(ctx, e, fp, loc, "an API key", code="WSG116", secret=True,
+                         hint="a key must identify one application; give each its own key")
 
 
 @rule
@@ -118,47 +109,28 @@ def unreachable_applications(ctx: RuleContext) -> None:
     for e in ctx.of("Application"):
         ids = e.model.identifiers
         if not e.model.apis:
-            ctx.out.append(
-                warning(
-                    "WSG204",
-                    f"application '{e.name}' is registered to no API",
-                    e.doc.value_at(("name",)),
-                    hint="add the APIs it may use under `apis:`",
-                )
-            )
+            why, hint = "is registered to no API", "add the APIs it may use under `apis:`"
         elif not (ids.api_keys or ids.hostnames or ids.ips or ids.jwt_clients or ids.basic or ids.certificates
                   or authorized.intersection(e.model.apis)):
-            ctx.out.append(
-                warning(
-                    "WSG204",
-                    f"application '{e.name}' has no identifiers and can never be identified",
-                    e.doc.value_at(("name",)),
-                    hint="add `identifiers:` with api_keys, hostnames, ips, jwt_clients, basic or certificates",
-                )
-            )
+            why = "has no identifiers and can never be identified"
+            hint = "add `identifiers:` with api_keys, hostnames, ips, jwt_clients, basic or certificates"
+        else:
+            continue
+        ctx.out.append(warning("WSG204", f"application '{e.name}' {why}", e.doc.value_at(("name",)), hint=hint))
 
 
 @rule
 def application_basic_and_jwt_clients(ctx: RuleContext) -> None:
-    users: dict[str, tuple[str, Location]] = {}
-    clients: dict[str, tuple[str, Location]] = {}
+    users, clients = _Claims(), _Claims()
     for e in ctx.of("Application"):
         ids = e.model.identifiers
-        mine: set[str] = set()
         for i, user in enumerate(ids.basic):
             at = ("identifiers", "basic", i)
             password = user.password
             ploc = e.doc.value_at(at + ("password",))
             if isinstance(password, EnvKey):
-                if password.env not in ctx.env:
-                    ctx.out.append(
-                        warning(
-                            "WSG203",
-                            f"environment variable {password.env} is not set",
-                            e.doc.value_at(at + ("password", "env")),
-                            hint=f"user '{user.username}' cannot log in until the gateway runs with {password.env} set",
-                        )
-                    )
+                env_must_be_set(ctx, password.env, e.doc.value_at(at + ("password", "env")),
+                                f"user '{user.username}' cannot log in until the gateway runs with {password.env} set")
             elif password.startswith(CREDENTIAL_PLACEHOLDER):
                 _placeholder(ctx, ploc)
             elif slow_hash_kind(password) is not None:
@@ -197,52 +169,56 @@ def application_basic_and_jwt_clients(ctx: RuleContext) -> None:
                         "`{env: VARIABLE}`",
                     )
                 )
-            _claim_once(ctx, e, user.username, e.doc.value_at(at + ("username",)), mine, users,
+            users.claim(ctx, e, user.username, e.doc.value_at(at + ("username",)),
                         f"basic user name '{user.username}'")
-        mine = set()
         for i, client in enumerate(ids.jwt_clients):
-            _claim_once(ctx, e, client, e.doc.value_at(("identifiers", "jwt_clients", i)), mine, clients,
-                        f"JWT client '{client}'")
+            clients.claim(ctx, e, client, e.doc.value_at(("identifiers", "jwt_clients", i)), f"JWT client '{client}'")
 
 
 @rule
 def application_certificates(ctx: RuleContext) -> None:
     """A client certificate identifier claimed by two applications (WSG131), like basic users and JWT clients."""
-    claimed: dict[str, tuple[str, Location]] = {}
+    claims = _Claims()
     for e in ctx.of("Application"):
-        mine: set[str] = set()
         for i, identifier in enumerate(e.model.identifiers.certificates):
-            _claim_once(ctx, e, identifier.key(), e.doc.value_at(("identifiers", "certificates", i)), mine, claimed,
-                        f"client certificate {identifier.key()}", code="WSG131")
+            claims.claim(ctx, e, identifier.key(), e.doc.value_at(("identifiers", "certificates", i)),
+                         f"client certificate {identifier.key()}", code="WSG131")
 
 
 
 
-def _claim_once(ctx: RuleContext, e: Entry, value: str, loc: Location, mine: set[str],
-                claimed: dict[str, tuple[str, Location]], what: str, *, code: str = "WSG131", secret: bool = False,
-                hint: str = "an identifier must name one application; give each its own") -> None:
-    """An identifier names one application: warn about a repetition, refuse a second owner.
+class _Claims:
+    """Who claims each identifier of one kind (API keys, basic users, JWT clients, certificates): an identifier
+    names one application, so a repetition within an application is warned about and a second owner refused."""
 
-    ``what`` is how diagnostics name the identifier ("JWT client 'x'", or "an API key" for secrets).
-    """
-    if value in mine:
-        ctx.out.append(warning("WSG205", f"{what} is listed twice", loc, hint="delete the repetition",
-                               at_credential=secret))
-        return
-    mine.add(value)
-    if value in claimed and claimed[value][0] != e.name:
-        ctx.out.append(
-            error(
-                code,
-                f"application '{e.name}' uses {what} that application '{claimed[value][0]}' also uses",
-                loc,
-                related=(Related(claimed[value][1], f"'{claimed[value][0]}' claims it here"),),
-                hint=hint,
-                at_credential=secret,
+    def __init__(self) -> None:
+        self.first: dict[str, tuple[str, Location]] = {}  # identifier -> (application, where it claims it)
+        # (entry, identifier) already listed: by entry, as two documents naming one application are reported apart.
+        self.listed: set[tuple[int, str]] = set()
+
+    def claim(self, ctx: RuleContext, e: Entry, value: str, loc: Location, what: str, *, code: str = "WSG131",
+              secret: bool = False, hint: str = "an identifier must name one application; give each its own") -> None:
+        """``e`` lists ``value`` at ``loc``; ``what`` is how diagnostics name it ("JWT client 'x'", or "an API key"
+        for secrets)."""
+        if (id(e), value) in self.listed:
+            ctx.out.append(warning("WSG205", f"{what} is listed twice", loc, hint="delete the repetition",
+                                   at_credential=secret))
+            return
+        self.listed.add((id(e), value))
+        first = self.first.get(value)
+        if first is not None and first[0] != e.name:
+            ctx.out.append(
+                error(
+                    code,
+                    f"application '{e.name}' uses {what} that application '{first[0]}' also uses",
+                    loc,
+                    related=(Related(first[1], f"'{first[0]}' claims it here"),),
+                    hint=hint,
+                    at_credential=secret,
+                )
             )
-        )
-    else:
-        claimed.setdefault(value, (e.name, loc))
+        else:
+            self.first.setdefault(value, (e.name, loc))
 
 
 def _placeholder(ctx: RuleContext, loc: Location) -> None:

@@ -49,6 +49,13 @@ class RuleContext:
             out.setdefault(e.name, e)
         return out
 
+    def policies(self, type_: str) -> Iterable[tuple[Entry, int, Any]]:
+        """Every policy of type ``type_`` in every API's chain: its API, its index in the chain, its config."""
+        for e in self.of("API"):
+            for i, p in enumerate(e.model.policies):
+                if p.type == type_:
+                    yield e, i, p
+
     def column_of(self, loc: Location, value: str, index: int) -> Location:
         """The position of ``value[index]`` when the scalar is written plainly or quoted on its line."""
         lines = self.sources.get(loc.file, [])
@@ -106,6 +113,28 @@ def unknown_reference(ctx: RuleContext, code: str, summary: str, loc: Location |
     """A reference to a resource nobody declares: "did you mean" among ``known``, else how to declare it."""
     ctx.out.append(error(code, summary, loc, hint=suggestion(name, sorted(known), listing=listing) or otherwise))
 
+
+
+def declared_references(
+    ctx: RuleContext, entry: Entry, field_name: str, what: str, known: set[str], code: str,
+    summary: Callable[[str, str], str], listing: str, otherwise: str,
+) -> list[tuple[str, Location]]:
+    """The names of a reference list that some resource declares, each with its location: a repeated name is
+    warned about (``listed_once``), an unknown one refused with ``code`` and ``summary(entry's name, name)``;
+    both are left out."""
+    declared = []
+    for name, loc in listed_once(ctx, entry, field_name, what):
+        if name in known:
+            declared.append((name, loc))
+        else:
+            unknown_reference(ctx, code, summary(entry.name, name), loc, name, known, listing, otherwise)
+    return declared
+
+
+def env_must_be_set(ctx: RuleContext, env: str, loc: Location | None, hint: str) -> None:
+    """WSG203 when the environment variable a setting names is not set (``hint``: what fails until it is)."""
+    if env not in ctx.env:
+        ctx.out.append(warning("WSG203", f"environment variable {env} is not set", loc, hint=hint))
 
 
 def named_file_refusal(roots: Iterable[Path], path: Path) -> tuple[str, str, str] | None:

@@ -6,7 +6,7 @@ from urllib.parse import urlsplit
 
 from ..diagnostics import error, warning
 from ..models import EnvKey, is_loopback
-from .base import RuleContext, cert_and_key_must_exist, must_exist, rule
+from .base import RuleContext, cert_and_key_must_exist, env_must_be_set, must_exist, rule
 
 # ------------------------------------------------------------ shared state
 
@@ -97,15 +97,9 @@ def admin_access(ctx: RuleContext) -> None:
                     hint="add `token: {env: WSGATE_ADMIN_TOKEN}` (or `token_file`) under `admin`, or bind 127.0.0.1",
                 )
             )
-        if admin.token is not None and admin.token.env not in ctx.env:
-            ctx.out.append(
-                warning(
-                    "WSG203",
-                    f"environment variable {admin.token.env} is not set",
-                    e.doc.value_at(("admin", "token", "env")),
-                    hint="every protected admin endpoint answers 401 until the gateway runs with it set",
-                )
-            )
+        if admin.token is not None:
+            env_must_be_set(ctx, admin.token.env, e.doc.value_at(("admin", "token", "env")),
+                            "every protected admin endpoint answers 401 until the gateway runs with it set")
         if admin.token_file is not None:
             must_exist(ctx, e, ("admin", "token_file"), admin.token_file, "admin token file")
         if admin.tls is not None:
