@@ -489,7 +489,7 @@ class Failover(Strict):
 # Headers the gateway writes itself on the upstream request: a configured header may not replace them.
 RESERVED_UPSTREAM_HEADERS = frozenset({
     "host", "upgrade", "connection", "content-length", "transfer-encoding", "x-forwarded-for", "x-forwarded-proto",
-    "x-forwarded-host", "x-gateway-application",
+    "x-forwarded-host", "x-gateway-application", "x-gateway-connection-id",
 })
 HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
 

@@ -76,6 +76,7 @@ REASONS = {
     505: "HTTP Version Not Supported",
 }
 METADATA_HEADERS = ("User-Agent", "Origin")
+CONNECTION_ID_HEADER = "X-Gateway-Connection-Id"
 # Headers RFC 9110/6455 define with one value: a request carrying one of them twice is malformed (400), and
 # refusing it here means no later stage (the upstream request, the log) meets two values where it reads one.
 # Authorization and x-Gateway-APIKey are not here: the identify policy reads every value and answers two sets
@@ -399,7 +400,8 @@ class ClientHandshake(asyncio.Protocol):
         listener.services.registry.routed(record, route)  # holds the route's table until the connection ends
         tracer = listener.services.tracer
         if tracer is not None:
-            record.span = tracer.start(headers.raw_items(), api=route.name, port=listener.name, path=path)
+            record.span = tracer.start(headers.raw_items(), api=route.name, port=listener.name, path=path,
+                                       connection=conn.id)
         offered = [Subprotocol(p) for value in headers.get_all("Sec-WebSocket-Protocol") for p in _tokens(value)]
         record.task = asyncio.get_running_loop().create_task(
             self._upgrade(route, conn, upgrade, extensions, accept, extensions_header, safe_query, offered, suffix)
@@ -443,8 +445,9 @@ class ClientHandshake(asyncio.Protocol):
                 secure=upgrade.secure,
                 application=application,
                 suffix=suffix,
-                # The API's headers, and the gateway's traceparent when tracing: both replace the client's.
-                configured=(*route.upstream_headers, *trace_headers),
+                # The API's headers, the gateway's traceparent when tracing and the connection's id (what the
+                # upstream names it by in the push API): all replace the client's.
+                configured=(*route.upstream_headers, *trace_headers, (CONNECTION_ID_HEADER, conn.id)),
             )
             hash_key = route.hash_key(upgrade, conn)
             # The parsed client request is not needed past this point: free it while the upstream answers.

@@ -24,12 +24,13 @@ open connection closes with 1011, and the log names the policy.
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+
+from ..common.connection_ids import ids
 
 if TYPE_CHECKING:  # type-only: importing this module must not load the config models (pydantic)
     from ..build.apps import AppIndex
@@ -143,9 +144,6 @@ class ClientCertificate:
         return out
 
 
-_connection_ids = itertools.count(1)
-
-
 @dataclass(slots=True)
 class Counters:
     messages_in: int = 0  # client -> server
@@ -168,7 +166,8 @@ class ConnectionContext:
     port_name: str
     peer: tuple[str, int]
     path: str
-    id: str = field(default_factory=lambda: f"c{next(_connection_ids)}")
+    # ``<instance>.<worker>.<counter>``: unique across the cluster, names its owner (gateway/common/connection_ids.py).
+    id: str = field(default_factory=ids.next)
     application: ApplicationRef | None = None
     started: float = field(default_factory=time.monotonic)
     counters: Counters = field(default_factory=Counters)

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from ..common.connection_ids import INSTANCE_ENV, instance_from_environment
 from ..config.cache import CheckCache
 from ..config.tree import Config
 from ..operations.admin import AdminServer, PlainText, admin_access, dashboard_routes, healthz
@@ -156,6 +157,8 @@ class Supervisor(ReloadStatus):
         self.prober: int | None = None  # the index of the worker running the gateway's active health checks
         # The prober's active verdicts, (api, url) -> active_ok, reason, since: handed to every (re)started worker.
         self.verdicts: dict[tuple[str, str], dict[str, Any]] = {}
+        # One instance id for every worker: their connection ids say this instance (gateway/common/connection_ids).
+        self.instance = instance_from_environment()
 
     # ------------------------------------------------------------------ ports
     def reserve_ports(self, config: Config) -> dict[str, int]:
@@ -203,7 +206,7 @@ class Supervisor(ReloadStatus):
         try:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "gateway.workers.worker", str(child.fileno()), str(worker.index),
-                pass_fds=[child.fileno()], start_new_session=True)
+                pass_fds=[child.fileno()], start_new_session=True, env={**os.environ, INSTANCE_ENV: self.instance})
         finally:
             child.close()
         reader, writer = await asyncio.open_unix_connection(sock=parent, limit=control.LIMIT)

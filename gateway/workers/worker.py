@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from ..common.connection_ids import ids
 from ..operations.admin import upstreams
 from ..serving.runtime import Gateway, freeze_startup_heap
 from ..serving.signals import StopRequest, stop_requested
@@ -32,6 +33,7 @@ async def serve(fd: int, index: int) -> int:
 
     configure_logging(hello["log_format"])
     structlog.contextvars.bind_contextvars(worker=index)
+    ids.as_worker(index)  # connection ids name this worker: <instance>.<index>-<pid>.<n>
     config = control.unpack_config(hello["config"])
     # The supervisor decides (and counts) reloads; this gateway applies what it hands over.
     gateway = Gateway(config, admin=False, echo=False, paths=hello["paths"], reuse_port=True,
