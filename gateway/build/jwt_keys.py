@@ -157,6 +157,11 @@ class JWTVerifier:
 
     def verify(self, token: str) -> tuple[str, float | None]:
         """(client id, expiry as epoch seconds) of a valid token; raises TokenError with a reason safe to show."""
+        client, expires, _ = self.decode(token)
+        return client, expires
+
+    def decode(self, token: str) -> tuple[str, float | None, Mapping[str, Any]]:
+        """Like :meth:`verify`, with the verified claims (push group rules read one: gateway/push/groups.py)."""
         if len(token) > MAX_TOKEN_LENGTH:
             raise TokenError("malformed")
         try:
@@ -196,7 +201,7 @@ class JWTVerifier:
         if claims is None:
             raise TokenError("bad signature")
         exp = claims.get("exp")
-        return self._client(claims), float(exp) if isinstance(exp, (int, float)) else None
+        return self._client(claims), float(exp) if isinstance(exp, (int, float)) else None, claims
 
     def _client(self, claims: Mapping[str, Any]) -> str:
         for name in self.claims:

@@ -227,7 +227,9 @@ class CompiledAPI:
             routing=routing,
             ssl_context=upstream_tls[api.name] if upstream_tls is not None and api.name in upstream_tls
             else upstream_ssl_context(loaded),
-            fast_path=not client and not server and not api.compression,
+            # A push enters the server-to-client stage of the message relay: an API with push is never relayed as
+            # bytes, even with no message-stage policy (docs/push.md).
+            fast_path=not client and not server and not api.compression and api.push is None,
             balancer=SmoothWeightedRoundRobin(len(endpoints)),
             health=health,
             upstream_headers=upstream_headers(api, os.environ if env is None else env),

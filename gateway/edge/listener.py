@@ -40,6 +40,7 @@ from ..build.routes import request_host
 from ..build.tls import client_certificate
 from ..common.redaction import redact_query
 from ..policies.base import ConnectionContext, Rejection, UpgradeRequest
+from ..push.groups import join_at_upgrade
 from ..relay.fast import ByteRelay
 from ..relay.message import MessageRelay
 from .request_head import plain_upgrade
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from ..build.routes import CompiledAPI, RouteTable
     from ..operations.metrics import Metrics
     from ..operations.tracing import ConnectionSpan, ConnectionTracer
+    from ..push.hub import PushHub
     from ..relay.base import Relay
     from ..relay.keepalive import KeepaliveSweeper
     from ..serving.connections import ConnectionRegistry
@@ -164,6 +166,7 @@ class ListenerServices:
     metrics: Metrics
     keepalive: KeepaliveSweeper | None
     tracer: ConnectionTracer | None = None  # tracing on: starts each upgrade's span
+    push: PushHub | None = None  # the connections of APIs with `push`, for the push API
 
 
 class PortListener:
@@ -430,6 +433,13 @@ class ClientHandshake(asyncio.Protocol):
                 if decision is not None:
                     self._refuse(route, conn, decision.status, decision.error, decision.reason, decision.headers)
                     return
+            groups: tuple[str, ...] = ()
+            if route.api.push is not None:  # groups joined at the upgrade: a bad value is refused like any field
+                joined = join_at_upgrade(route.api.push, upgrade, conn)
+                if isinstance(joined, Rejection):
+                    self._refuse(route, conn, joined.status, joined.error, joined.reason)
+                    return
+                groups = joined
             connecting = time.monotonic()
             metrics.stage(conn.api, "policies", connecting - began)
             application = conn.application.name if conn.application else None
@@ -503,6 +513,8 @@ class ClientHandshake(asyncio.Protocol):
             record.relay = relay
             relay.start()  # takes both transports over and resumes reading them
             relayed = True
+            if route.api.push is not None and services.push is not None and isinstance(relay, MessageRelay):
+                services.push.opened(conn, relay, route.api.push, groups)
             expires_at = conn.metadata.get("expires_at")
             if expires_at is not None:
                 record.expiry = asyncio.get_running_loop().call_later(

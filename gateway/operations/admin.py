@@ -128,13 +128,20 @@ async def reload_now(gateway: Gateway) -> tuple[int, Any]:
 
 
 def connections(gateway: Gateway) -> tuple[int, Any]:
-    """Counts, and what each relayed connection was accepted with: ``plan --from`` decides each as a reload would.
+    """Counts, and what each relayed connection was accepted with (``plan --from`` decides each as a reload
+    would), its id and its push groups.
     A credential shows only as the fingerprint of the configuration entry it matched, never a digest of the
     secret (gateway/build/credentials.py)."""
     from ..changes.impact import accepted_from
 
-    accepted = [accepted_from(record) for record in gateway.registry.live if record.relay is not None]
-    return 200, {**gateway.registry.counts(), "connections": [a.to_dict() for a in accepted if a is not None]}
+    listed = []
+    for record in gateway.registry.live:
+        accepted = accepted_from(record) if record.relay is not None else None
+        if accepted is not None and record.conn is not None:
+            # Its id (what the push API and the logs name it by) and the push groups it is in.
+            connection = record.conn.id
+            listed.append({**accepted.to_dict(), "id": connection, "groups": gateway.push.hub.groups_of(connection)})
+    return 200, {**gateway.registry.counts(), "connections": listed}
 
 
 def upstreams(gateway: Gateway) -> tuple[int, Any]:

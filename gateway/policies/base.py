@@ -173,6 +173,8 @@ class ConnectionContext:
     counters: Counters = field(default_factory=Counters)
     # Request metadata safe to show to transforms and logs (credentials removed).
     metadata: dict[str, Any] = field(default_factory=dict)
+    # The verified JWT's claims (identify by jwt), for push group rules (`from: claim`); never logged.
+    claims: Mapping[str, Any] | None = None
     _deferred: list[Callable[[], None]] = field(default_factory=list)
 
     def defer(self, callback: Callable[[], None]) -> None:

@@ -31,6 +31,7 @@ from ..edge.listener import ListenerServices, PortListener, raise_open_files_lim
 from ..operations.admin import AdminServer, admin_access
 from ..operations.metrics import FLUSH_INTERVAL, Metrics
 from ..policies.state import PolicyState
+from ..push.service import PushService
 from ..relay.keepalive import KeepaliveSweeper
 from .connections import ConnectionRegistry
 from .health import HealthRegistry
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from ..config.models import API, Port
     from ..operations.tracing import ConnectionTracer
     from ..policies.base import Policy
+    from ..push.dispatch import Remote
 
 log = structlog.get_logger("wsgate.runtime")
 
@@ -111,7 +113,7 @@ class Gateway(ReloadStatus):
                  paths: Sequence[str | Path] | None = None, check_cache: CheckCache | None = None,
                  reuse_port: bool = False, port_numbers: Mapping[str, int] | None = None,
                  tracer_provider: Any = None, artefacts: Artefacts | None = None,
-                 decides_reloads: bool = True) -> None:
+                 decides_reloads: bool = True, push_remote: Remote | None = None) -> None:
         self.config = config
         # Workers of one supervisor each listen on every port with SO_REUSEPORT (the kernel spreads connections);
         # port_numbers holds the numbers the supervisor reserved for ports configured as 0.
@@ -154,6 +156,8 @@ class Gateway(ReloadStatus):
 
             self.tracer = from_environment(os.environ)
         self._flusher: asyncio.TimerHandle | None = None
+        # The push API (gateway/push): the connections of APIs with `push`, and the listener backends call.
+        self.push = PushService(lambda: self.table, env=env, remote=push_remote)
 
     # ------------------------------------------------------------------ table
     @property
@@ -392,7 +396,8 @@ class Gateway(ReloadStatus):
         self._table = self.compile(self.config, generation, artefacts)
         self._table.activate()
         self.keepalive = KeepaliveSweeper()
-        self._services = ListenerServices(self.registry, lambda: self.table, self.metrics, self.keepalive, self.tracer)
+        self._services = ListenerServices(self.registry, lambda: self.table, self.metrics, self.keepalive, self.tracer,
+                                          push=self.push.hub)
         self.metrics.declare(self.config, 1, self._table.digest)
         if self.metrics.reloads is not None:
             self.metrics.reloads.loaded()
@@ -416,6 +421,7 @@ class Gateway(ReloadStatus):
                     await self.admin.start()
                 except OSError as exc:
                     raise StartError.admin_cannot_listen(*address, exc) from exc
+            await self.push.start(self.config, self.port_numbers, self.reuse_port, self.state)
             self.health.sync(self.table)  # probes start once the config's own echo servers listen
         except BaseException:
             await self.stop()
@@ -461,6 +467,7 @@ class Gateway(ReloadStatus):
         self.ready = False
         for server in self.servers.values():
             server.close()
+        await self.push.stop()  # backends get no answer from a stopping gateway; their clients are closing
         live = self.registry.live
         if grace > 0 and live and not (hurry is not None and hurry.is_set()):
             log.info("shutdown_grace", connections=len(live), grace=grace)
