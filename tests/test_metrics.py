@@ -222,8 +222,8 @@ def test_labels_never_hold_a_connection_id_a_client_address_or_a_key(tmp_path):
 WORKER = textwrap.dedent("""
     import asyncio, sys
     from gateway.config import check
-    from gateway.log import configure_logging
-    from gateway.runtime import Gateway
+    from gateway.common.log import configure_logging
+    from gateway.serving.runtime import Gateway
 
     async def main():
         configure_logging("json")  # to stderr: stdout tells the test the ports

@@ -134,8 +134,8 @@ def test_the_otel_environment_switches_tracing_on():
 OFF = textwrap.dedent("""
     import asyncio, sys
     from gateway.config import check
-    from gateway.log import configure_logging
-    from gateway.runtime import Gateway
+    from gateway.common.log import configure_logging
+    from gateway.serving.runtime import Gateway
 
     async def main():
         configure_logging("json")
