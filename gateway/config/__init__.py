@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
-from . import redact, rules
+from . import redact, rules, rules_push
 from .cache import CheckCache
 from .diagnostics import Diagnostic, error
 from .document_checks import check_api_version, check_kind, check_lossy_numbers, check_model, check_schema
@@ -178,6 +178,7 @@ def _check(paths: Sequence[str | Path], env: Mapping[str, str] | None, cache: Ch
     dirs = [r if r.is_dir() else r.parent for r in roots]
     diagnostics += rules.run(entries, known=known, env=env, roots=dirs, sources=loaded.sources,
                              import_transforms=import_transforms)
+    diagnostics += rules_push.run(entries, env)
     if partials:
         ports = [e for e in entries if e.kind == "Port"]
         diagnostics += rules.run(ports + partials, known=known, env=env, roots=dirs, sources=loaded.sources,
