@@ -63,13 +63,13 @@ def _api(e: Entry, env: Mapping[str, str], listener_on: bool) -> list[Diagnostic
                                "clients; write `sha256:<hash>` or `{env: VARIABLE}`"))
     identify = next((p for p in e.model.policies if p.type == "identify"), None)
     for i, group in enumerate(push.groups):
-        at = ("push", "groups", i, "from")
+        source_at = ("push", "groups", i, "from")
         if group.source == "claim" and (identify is None or "jwt" not in identify.by):
             out.append(error("WSG134", f"group rule reads JWT claim '{group.name}' but API '{e.name}' does not "
-                             "identify clients by JWT", e.doc.value_at(at),
+                             "identify clients by JWT", e.doc.value_at(source_at),
                              hint="add `jwt` to the identify policy's `by`, or read a query parameter or header"))
         elif group.source == "application" and identify is None:
             out.append(warning("WSG267", f"group rule reads the application but API '{e.name}' has no identify "
-                               "policy: no connection joins", e.doc.value_at(at),
+                               "policy: no connection joins", e.doc.value_at(source_at),
                                hint="add an identify policy, or read a query parameter or header"))
     return out
