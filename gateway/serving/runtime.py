@@ -181,6 +181,7 @@ class Gateway(ReloadStatus):
         """Bring the series up to date: live connections' message counts, policy counts, endpoint and state health."""
         self.metrics.flush(self.relayed())
         self.metrics.flush_state(self.state)
+        self.metrics.flush_push(self.push.hub)
         self.metrics.flush_health(self.health)
 
     def scrape(self) -> bytes:

@@ -49,6 +49,7 @@ from ..common.connection_ids import INSTANCE_ENV, instance_from_environment
 from ..config.cache import CheckCache
 from ..config.tree import Config
 from ..operations.admin import AdminServer, PlainText, admin_access, dashboard_routes, healthz
+from ..push.service import PUSH_PORT_KEY
 from ..serving.reloader import Reloader, ReloadStatus
 from ..serving.signals import stop_requested
 from . import control
@@ -183,6 +184,17 @@ class Supervisor(ReloadStatus):
                         raise StartError.cannot_listen(name, model.host, model.port, exc) from exc
                 keep[key] = held
                 numbers[name] = held.number
+            push = config.settings.push
+            if push is not None and push.enabled:  # every worker serves the push API too (gateway/push)
+                key = (push.host, push.port, "" if push.port else PUSH_PORT_KEY)
+                held = keep.get(key) or self.holders.get(key)
+                if held is None:
+                    try:
+                        held = hold_port(push.host, push.port, probe=push.port not in self.served)
+                    except OSError as exc:
+                        raise StartError.cannot_listen("push", push.host, push.port, exc) from exc
+                keep[key] = held
+                numbers[PUSH_PORT_KEY] = held.number
         except BaseException:
             for key, held in keep.items():
                 if self.holders.get(key) is not held:
@@ -491,6 +503,8 @@ class Supervisor(ReloadStatus):
                         self.admin = None
                         return 1
                 for name, number in self.port_numbers.items():
+                    if name == PUSH_PORT_KEY:  # the workers say where the push API listens
+                        continue
                     log.info("listening", name=name, host=self.config.ports[name].model.host, port=number,
                              tls=self.config.ports[name].model.tls is not None, workers=len(self.workers))
                 if self.watch:
