@@ -49,6 +49,7 @@ from ..common.connection_ids import INSTANCE_ENV, instance_from_environment
 from ..config.cache import CheckCache
 from ..config.tree import Config
 from ..operations.admin import AdminServer, PlainText, admin_access, dashboard_routes, healthz
+from ..push import forward as push_forward
 from ..push.service import PUSH_PORT_KEY
 from ..serving.reloader import Reloader, ReloadStatus
 from ..serving.signals import stop_requested
@@ -250,6 +251,9 @@ class Supervisor(ReloadStatus):
         while (message := await control.receive(reader)) is not None:
             if message.get("op") == "verdict":
                 self._verdict(worker, message["api"], message["url"], message["active_ok"], message["reason"])
+            elif message.get("op") in push_forward.OPS:  # a push for a sibling worker (gateway/push/forward.py)
+                self._spawn_task(push_forward.supervise(message, worker, self.workers, self.instance,
+                                                        self._send_to), "wsgate-push-forward")
             else:
                 worker.answered(message)
         code = await process.wait()
@@ -278,6 +282,11 @@ class Supervisor(ReloadStatus):
                 delay = min(0.25 * 2 ** (worker.failures - 1), 30.0)
                 log.error("worker_restart_failed", worker=worker.index, error=str(exc), restart_in=delay)
                 await asyncio.sleep(delay)
+
+    @staticmethod
+    def _send_to(worker: Any, message: dict[str, Any]) -> None:
+        if worker.writer is not None:
+            control.send(worker.writer, message)
 
     # ----------------------------------------------------------------- health
     def _verdict(self, source: Worker, api: str, url: str, active_ok: bool, reason: str) -> None:

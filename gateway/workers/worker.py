@@ -17,6 +17,7 @@ import structlog
 
 from ..common.connection_ids import ids
 from ..operations.admin import upstreams
+from ..push.forward import SupervisorRemote
 from ..serving.runtime import Gateway, freeze_startup_heap
 from ..serving.signals import StopRequest, stop_requested
 from . import control
@@ -36,8 +37,11 @@ async def serve(fd: int, index: int) -> int:
     ids.as_worker(index)  # connection ids name this worker: <instance>.<index>-<pid>.<n>
     config = control.unpack_config(hello["config"])
     # The supervisor decides (and counts) reloads; this gateway applies what it hands over.
+    # Pushes for a sibling's connections go through the supervisor unless Redis carries them (gateway/push).
+    remote = SupervisorRemote(lambda message: control.send(writer, message), lambda: ids.owner)
     gateway = Gateway(config, admin=False, echo=False, paths=hello["paths"], reuse_port=True,
-                      port_numbers=hello["ports"], decides_reloads=False)
+                      port_numbers=hello["ports"], decides_reloads=False, push_remote=remote)
+    remote.bind(gateway.push.hub)
     # One worker probes for the gateway (the supervisor says which); the others take its verdicts, starting with
     # the current ones, before their routes are compiled.
     gateway.health.probing = bool(hello.get("probe", True))
@@ -56,7 +60,7 @@ async def serve(fd: int, index: int) -> int:
         gateway.health.on_verdict = lambda api, url, ok, reason: control.send(
             writer, {"op": "verdict", "api": api, "url": url, "active_ok": ok, "reason": reason})
         freeze_startup_heap()  # a worker is a process entry point too, like `wsgate run`
-        commands = asyncio.create_task(_commands(reader, writer, gateway, stopping))
+        commands = asyncio.create_task(_commands(reader, writer, gateway, stopping, remote))
         try:
             await stopping.wait()
         finally:
@@ -66,8 +70,10 @@ async def serve(fd: int, index: int) -> int:
 
 
 async def _commands(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, gateway: Gateway,
-                    stopping: StopRequest) -> None:
+                    stopping: StopRequest, remote: SupervisorRemote) -> None:
     while (message := await control.receive(reader)) is not None:
+        if remote.takes(message):  # push messages for this worker's connections (gateway/push/forward.py)
+            continue
         if message["op"] == "verdict":  # the prober's news, handed on: no reply
             gateway.health.apply_verdict(message["api"], message["url"], message["active_ok"], message["reason"])
             continue
