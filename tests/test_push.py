@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
+
 from push_support import (
     KEY,
     OTHER_KEY,
@@ -14,7 +16,7 @@ from push_support import (
     push_api,
     push_client,
 )
-from support import PORT, TIMEOUT, gw_url, http_request, running_gateway, write_config
+from support import PORT, TIMEOUT, gw_url, http_request, running_gateway, scrape, write_config
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -163,3 +165,51 @@ async def test_admin_lists_ids_and_groups(tmp_path) -> None:
                 host, port = "127.0.0.1", gw.admin.port if gw.admin else 0
                 listed = (await http_request(f"http://{host}:{port}", path="/connections")).json()["connections"]
                 assert [(c["id"], c["groups"]) for c in listed] == [(conn, ["shipment:Z9"])]
+
+
+@pytest.mark.parametrize("action", ["drop", "close"])
+async def test_slow_consumer_is_bounded(tmp_path, action) -> None:
+    """A client that stops reading: pushes queue up to `push.queue`, then the next is dropped (429, counted) or the
+    connection closed with 1013 (its queue discarded: at most once); what arrives is what was accepted, in order."""
+    async with id_backend() as backend:
+        api = push_api("Track", "/track", backend, push_extra=f"queue: 4\non_overflow: {action}\n")
+        config = write_config(tmp_path, PORT, PUSH_GATEWAY, api)
+        async with running_gateway(config) as gw, push_client(gw.push.port) as push:
+            # max_queue=1: the client stops reading its socket once one message waits unread.
+            async with connect(gw_url(gw, "/track"), max_queue=1, max_size=None) as ws:
+                conn = await connection_id(ws)
+                chunk = "x" * 65536
+                accepted: list[int] = []
+                queued: list[int] = []
+                overflow = None
+                for n in range(2000):  # the socket buffers fill after a few MB at most
+                    status, body = await push.send("Track", conn, f"{n:06d}{chunk}")
+                    if status == 429:
+                        overflow = body
+                        break
+                    assert status in (200, 202)
+                    accepted.append(n)
+                    if status == 202:
+                        queued.append(n)
+                assert overflow is not None and overflow["result"] == ("dropped" if action == "drop" else "closed")
+                if action == "drop":
+                    status, info = await push.get("Track", conn)
+                    assert status == 200 and info["queued"] == 4  # bounded: the queue never grows past it
+                    assert (await push.send("Track", conn, "late"))[0] == 429
+                if action == "close":  # what waited in the queue went with the connection
+                    assert len(queued) == 4
+                    accepted = [n for n in accepted if n not in queued]
+                received = []
+                try:
+                    async with asyncio.timeout(TIMEOUT):
+                        while len(received) < len(accepted):
+                            received.append(int((await ws.recv())[:6]))
+                        if action == "close":
+                            await ws.recv()
+                except ConnectionClosed:
+                    pass
+                assert received == accepted
+                if action == "close":
+                    assert ws.close_code == 1013
+            text = (await scrape(gw)).text
+            assert f'wsgate_push_overflows_total{{action="{action}",api="Track"}}' in text
