@@ -43,6 +43,7 @@ from ..policies.base import ConnectionContext, Rejection, UpgradeRequest
 from ..push.groups import join_at_upgrade
 from ..relay.fast import ByteRelay
 from ..relay.message import MessageRelay
+from . import lifetime
 from .request_head import plain_upgrade
 from .upstream import UpstreamError, _quiet, open_with_failover, prepare_upgrade, strip_api_key
 
@@ -515,6 +516,8 @@ class ClientHandshake(asyncio.Protocol):
             relayed = True
             if route.api.push is not None and services.push is not None and isinstance(relay, MessageRelay):
                 services.push.opened(conn, relay, route.api.push, groups)
+            limits = route.api.limits
+            lifetime.watch(conn, record.close, limits.idle_timeout, limits.max_lifetime)
             expires_at = conn.metadata.get("expires_at")
             if expires_at is not None:
                 record.expiry = asyncio.get_running_loop().call_later(
