@@ -6,7 +6,6 @@ import asyncio
 import json
 
 import pytest
-
 from push_support import (
     KEY,
     OTHER_KEY,
