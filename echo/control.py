@@ -30,7 +30,9 @@ START, STOP = "/startDemoAPI", "/stopDemoAPI"
 CONTROL_PATHS = frozenset({START, STOP})
 
 # File name → content type of what the demo page is made of.
-STATIC_FILES = {"demo.html": "text/html; charset=utf-8", "demo.css": "text/css", "demo.js": "text/javascript"}
+STATIC_FILES = {"demo.html": "text/html; charset=utf-8", "demo.css": "text/css", "demo.js": "text/javascript",
+                # The shipment tracking page of the push example (examples/push/, docs/push.md).
+                "track.html": "text/html; charset=utf-8", "track.js": "text/javascript"}
 PAGE_PATHS = {"/": "demo.html", **{f"/{name}": name for name in STATIC_FILES}}
 
 # The page's inline config block; the server fills in the live contexts.

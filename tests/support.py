@@ -395,6 +395,8 @@ def tutorial_tree(tmp_path: Path, echo_port: int) -> Path:
     (root / "gateway" / "echo.yaml").unlink()  # the test runs its own echo server on a free port
     ports = root / "gateway" / "ports.yaml"
     ports.write_text(ports.read_text().replace("port: 8082", "port: 0").replace("host: 0.0.0.0", "host: 127.0.0.1"))
+    gateway = root / "gateway" / "gateway.yaml"
+    gateway.write_text(gateway.read_text().replace("port: 9910", "port: 0"))  # the push listener
     for api in (root / "apis").glob("*.yaml"):
         api.write_text(api.read_text().replace("localhost:8765", f"127.0.0.1:{echo_port}"))
     return root
