@@ -4,7 +4,8 @@ Loopback by default (the Gateway resource's ``admin`` settings). One request
 per connection, JSON answers. GET: ``/healthz``, ``/readyz``, ``/config``
 (digest, generation, resources; API keys and basic passwords never, not even
 as digests), ``/connections``, ``/upstreams``, ``/metrics``, ``/reload`` (the
-last reload's outcome). POST ``/reload`` reloads now.
+last reload's outcome). POST ``/reload`` reloads now; POST ``/connections/close?id=ID`` closes one connection
+(1008, the dashboard's button).
 
 Access (docs/security.md): with a bearer token configured, every endpoint but
 ``/healthz`` and ``/readyz`` (what probes call) wants ``Authorization: Bearer
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hmac
 import inspect
 import json
@@ -24,6 +26,7 @@ import ssl
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
 import structlog
 
@@ -144,6 +147,22 @@ def connections(gateway: Gateway) -> tuple[int, Any]:
     return 200, {**gateway.registry.counts(), "connections": listed}
 
 
+# The query of the request being answered: handlers take the gateway only, and closing one connection needs its id.
+request_query: contextvars.ContextVar[Mapping[str, list[str]] | None] = contextvars.ContextVar("admin_query",
+                                                                                             default=None)
+
+
+def close_connection(gateway: Gateway) -> tuple[int, Any]:
+    """``POST /connections/close?id=ID``: close one relayed connection with 1008 (the dashboard's button)."""
+    wanted = (request_query.get() or {}).get("id", [""])[0]
+    for record in list(gateway.registry.live):
+        if record.relay is not None and record.conn is not None and record.conn.id == wanted:
+            log.info("connection_closed_by_operator", connection=wanted, api=record.conn.api)
+            record.close(1008, "closed by an operator")
+            return 200, {"connection": wanted, "result": "closing"}
+    return 404, {"error": "not_found", "reason": "no such connection in this process"}
+
+
 def upstreams(gateway: Gateway) -> tuple[int, Any]:
     """Every API's endpoints: healthy or not, why since when, handshakes pending, connections open."""
     return 200, {"apis": gateway.health.snapshot()}
@@ -217,7 +236,8 @@ class AdminServer:
             "/reload": last_reload,
             **dashboard_routes(),
         }
-        self.post_routes: dict[str, Callable[[Any], Any]] = post_routes or {"/reload": reload_now}
+        self.post_routes: dict[str, Callable[[Any], Any]] = post_routes or {"/reload": reload_now,
+                                                                            "/connections/close": close_connection}
         self._server: AcceptLoop | None = None
 
     async def start(self) -> None:
@@ -302,7 +322,8 @@ class AdminServer:
             async with asyncio.timeout(5):
                 head = await reader.readuntil(b"\r\n\r\n")
             method, target, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
-            path = target.split("?", 1)[0]
+            path, _, query = target.partition("?")
+            request_query.set(parse_qs(query))
             table = self.post_routes if method == "POST" else self.routes if method == "GET" else {}
             handler = table.get(path)
             # The dashboard's static files hold no data (the page sends the token for what it reads).
