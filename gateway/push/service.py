@@ -19,7 +19,9 @@ import structlog
 
 from ..build.tls import ServerTLS
 from ..common.connection_ids import ids
+from ..state.redis import connection_options
 from .api import PushAPI
+from .cluster import RedisCluster
 from .dispatch import Dispatcher, Remote
 from .hub import PushHub
 
@@ -52,7 +54,7 @@ class PushService:
         self.dispatcher = Dispatcher(self.hub, lambda: ids.owner, remote)
         self.api = PushAPI(self.dispatcher, table, env=env)
         self.env = env
-        self.cluster: Any = None  # the Redis transport, when it is this process's remote
+        self.cluster: RedisCluster | None = None  # the Redis transport, when it is this process's remote
         self.listening = False
 
     @property
@@ -64,9 +66,6 @@ class PushService:
         settings = config.settings
         has_push = any(loaded.model.push is not None for loaded in config.apis.values())
         if settings.state.backend == "redis" and has_push:
-            from ..state.redis import connection_options
-            from .cluster import RedisCluster
-
             gateway = config.gateway
             ca = getattr(settings.state, "ca", None)
             ca_file = str(gateway.resolve(ca)) if ca and gateway is not None else None
