@@ -156,7 +156,8 @@ class Proc:
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(list(args), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, preexec_fn=raise_open_files_limit)
+                                     stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                                     preexec_fn=raise_open_files_limit)
         self.lines: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.reader: asyncio.Task[None] | None = None
 

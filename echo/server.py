@@ -16,9 +16,11 @@ import structlog
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.server import ServerProtocol
 
 from gateway.config.models import EchoContext, EchoServer
 from gateway.config.tree import Config
+from gateway.edge.accept import AcceptLoop
 from gateway.serving.signals import stop_requested
 
 from .control import (
@@ -54,14 +56,21 @@ class EchoService:
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        self._server = await serve(
-            self._handle,
-            self.model.host,
-            self._bind_port,
-            process_request=self._process_request,
-            compression=None,  # deflate costs throughput and memory; nothing here needs it
-            max_size=self.model.max_message_size,
-        )
+        # websockets' Server (handshake, process_request, close with 1001) on the gateway's bounded accept loop,
+        # not on loop.create_server's, which logs a traceback per failed accept when descriptors run out
+        # (gateway/accept.py). Not awaited: a Server given its listener never calls create_server.
+        server = serve(self._handle, self.model.host, self._bind_port, process_request=self._process_request,
+                       compression=None,  # deflate costs throughput and memory; nothing here needs it
+                       max_size=self.model.max_message_size)
+        max_size = self.model.max_message_size
+
+        def protocol() -> ServerConnection:
+            return ServerConnection(ServerProtocol(max_size=max_size, logger=server.logger), server)
+
+        listener = await AcceptLoop.open(f"echo:{self.model.name}", protocol, self.model.host, self._bind_port,
+                                         backlog=1024)
+        server.server = listener  # type: ignore[assignment]  # the asyncio.Server surface websockets uses
+        self._server = server
         log.info(
             "echo_server_listening",
             server=self.model.name,
@@ -248,7 +257,12 @@ async def serve_echo_servers(config: Config) -> list[EchoService]:
     try:
         for loaded in config.echo_servers.values():
             service = EchoService(loaded.model)
-            await service.start()
+            try:
+                await service.start()
+            except OSError as exc:  # named, so that the caller's one line says which server and address
+                model = loaded.model
+                raise OSError(exc.errno, f"echo server '{model.name}' cannot listen on {model.host}:{model.port}: "
+                                         f"{exc.strerror or exc}") from exc
             services.append(service)
     except BaseException:
         await asyncio.gather(*(s.stop() for s in services))

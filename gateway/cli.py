@@ -335,14 +335,23 @@ def cmd_schemas(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from .asyncapi.importer import DescriptionError, api_from_asyncapi, load_description, render_yaml
+    from .asyncapi.importer import (
+        DescriptionError,
+        api_from_asyncapi,
+        read_description,
+        render_yaml,
+        unresolved_references,
+    )
 
     try:
-        document = load_description(args.description)
-        api = api_from_asyncapi(document, name=args.name, path=args.path, port=args.port, upstream=args.upstream)
+        description = read_description(args.description)
+        api = api_from_asyncapi(description.data, name=args.name, path=args.path, port=args.port,
+                                upstream=args.upstream)
     except DescriptionError as exc:
+        sys.stderr.write(diag.render_text(exc.diagnostics))
         sys.stderr.write(f"wsgate import: {exc}\n")
         return EXIT_INVALID
+    sys.stderr.write(diag.render_text(unresolved_references(description)))
     text = render_yaml(api, args.description.name)
     if args.output is None:
         sys.stdout.write(text)

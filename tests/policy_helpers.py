@@ -7,15 +7,14 @@ import inspect
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
 
 from websockets.datastructures import Headers
 
 from gateway.build.apps import AppIndex
+from gateway.common.redaction import forwarded_query
 from gateway.config.models import API, Application, Identifiers
 from gateway.config.tree import Config, Loaded, Location
-from gateway.edge.upstream import strip_api_key
-from gateway.policies.base import ConnectionContext, PolicyBuild, UpgradeRequest
+from gateway.policies.base import ConnectionContext, PolicyBuild, UpgradeRequest, parse_query
 from gateway.policies.state import PolicyState
 
 HERE = Path(__file__).parent
@@ -55,7 +54,7 @@ def app_index(*apps: Loaded[Application], env: Mapping[str, str] | None = None) 
 
 def upgrade_request(query: str = "", headers: Iterable[tuple[str, str]] = (),
                     peer: tuple[str, int] = ("127.0.0.1", 50000), path: str = "/echo") -> UpgradeRequest:
-    return UpgradeRequest(path=path, query=parse_qs(query, keep_blank_values=True), headers=Headers(list(headers)),
+    return UpgradeRequest(path=path, query=parse_query(query), headers=Headers(list(headers)),
                           peer=peer, port_name="public", secure=False)
 
 
@@ -63,7 +62,7 @@ def connection(api: str = "Echo", query: str = "", peer: tuple[str, int] = ("127
                path: str = "/echo") -> ConnectionContext:
     """A context built like the listener builds it (API key stripped from the metadata query)."""
     return ConnectionContext(api=api, api_version="1.0", port_name="public", peer=peer, path=path,
-                             metadata={"path": path, "query": strip_api_key(query), "peer": peer[0]})
+                             metadata={"path": path, "query": forwarded_query(query), "peer": peer[0]})
 
 
 def settle(result: Any) -> Any:

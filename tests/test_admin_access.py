@@ -12,7 +12,7 @@ import trustme
 from support import PORT, TIMEOUT, api_yaml, http_request, run, running_gateway, write_config
 
 from gateway.config import check
-from gateway.serving.runtime import Gateway
+from gateway.serving.runtime import Gateway, StartError
 
 TOKEN = "admin-token-" + "7" * 20
 PROTECTED = [("GET", "/config"), ("GET", "/connections"), ("GET", "/metrics"), ("GET", "/reload"),
@@ -62,6 +62,26 @@ def test_a_token_guards_everything_but_the_probes(tmp_path):
                     assert answer.json()["error"] == "unauthorized"
                 answer = await http_request(admin, request(method, path, TOKEN))
                 assert answer.status == 200, (method, path, answer.body)
+
+    run(scenario())
+
+
+def test_one_rule_for_everything_under_dashboard(tmp_path):
+    """With a token set, every path under /dashboard answers the same with the token as without (its files 200,
+    other paths 404); a path that only starts like it (/dashboardx) still wants the token."""
+
+    async def scenario():
+        config = config_for(tmp_path, "  token: {env: ADMIN_TOKEN}\n")
+        async with running_gateway(config, env={"ADMIN_TOKEN": TOKEN, "APP_KEY": "k", "BOB_PASSWORD": "p"}) as gw:
+            admin = f"http://127.0.0.1:{gw.admin.port}"
+            for path, status in (("/dashboard", 200), ("/dashboard/", 200), ("/dashboard/index.html", 200),
+                                 ("/dashboard/dashboard.js", 200), ("/dashboard/nothing-here", 404)):
+                answers = [await http_request(admin, request("GET", path, token)) for token in (None, TOKEN, "x")]
+                assert [a.status for a in answers] == [status] * 3, path
+                assert len({a.body for a in answers}) == 1, path
+            index = await http_request(admin, request("GET", "/dashboard/index.html"))
+            assert index.body == (await http_request(admin, request("GET", "/dashboard/"))).body
+            assert (await http_request(admin, request("GET", "/dashboardx"))).status == 401
 
     run(scenario())
 
@@ -162,14 +182,16 @@ def test_validate_refuses_a_public_admin_without_a_token(tmp_path):
 
 
 def test_run_refuses_a_public_admin_address_without_a_token(tmp_path):
-    """`wsgate run --admin 0.0.0.0:PORT` bypasses validate's view of the Gateway resource: start refuses it."""
+    """`wsgate run --admin 0.0.0.0:PORT` bypasses validate's view of the Gateway resource: start refuses it with a
+    StartError (the CLI's one start_failed line) before any listener binds."""
     config = write_config(tmp_path, PORT)
 
     async def scenario():
         gateway = Gateway(config, admin=("0.0.0.0", 0), echo=False)
-        with pytest.raises(ValueError, match="needs a token"):
+        with pytest.raises(StartError, match="needs a token") as refused:
             await gateway.start()
-        assert all(not server.sockets for server in gateway.servers.values())  # what had started was stopped
+        assert "admin.token" in refused.value.hint
+        assert gateway.servers == {} and gateway.admin is None  # refused before anything was bound
 
     run(scenario())
 
@@ -267,3 +289,24 @@ async def test_the_worker_supervisors_reload_rereads_the_token_file(tmp_path, mo
         assert (await http_request(admin, request("GET", "/config", new_token))).status == 200
     finally:
         await gateway.kill()
+
+
+@pytest.mark.parametrize(("admin", "auth"),
+                         [("  token: {env: ADMIN_TOKEN}\n", "token"), ("  host: 127.0.0.1\n", "none")],
+                         ids=["token", "none"])
+def test_the_admin_start_line_says_whether_a_token_guards_it_never_the_token(tmp_path, admin, auth):
+    """The admin's `listening` line says `auth: token` or `auth: none` and carries no `token` field at all (it
+    read `"token": "[redacted]"` either way)."""
+    from structlog.testing import capture_logs
+
+    async def scenario():
+        config = config_for(tmp_path, admin)
+        with capture_logs() as logs:
+            async with running_gateway(config, env={"ADMIN_TOKEN": TOKEN, "APP_KEY": "k", "BOB_PASSWORD": "p"}):
+                pass
+        return logs
+
+    logs = run(scenario())
+    line = [r for r in logs if r["event"] == "listening" and r.get("name") == "admin"]
+    assert len(line) == 1 and line[0]["auth"] == auth
+    assert "token" not in line[0] and TOKEN not in json.dumps(logs, default=str)

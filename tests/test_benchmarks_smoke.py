@@ -135,3 +135,18 @@ def test_upgrades_benchmark_rows(tmp_path: Path) -> None:
     assert set(rows) == {"nginx", "fast", "tutorial"}
     assert all(row["per_s"] > 0 and row["failed"] == 0 and row["cpu_us"] is not None for row in rows.values())
     assert "| wsgate tutorial chain |" in proc.stdout
+
+
+@pytest.mark.timeout(120)
+def test_big_neighbour_measures_every_phase():
+    """``message_relay_micro.py --big-neighbour``: the probe's round trips in each phase and big messages relayed
+    (and checked: a changed echo fails the run) on every API that has a big sender."""
+    proc = run_benchmark("message_relay_micro.py", "--big-neighbour", "--seconds", "0.5", "--warmup", "0.1",
+                         "--rounds", "1", "--big-size", "200000", cwd=REPO, timeout=110)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.strip() for line in proc.stdout.splitlines()[1:]]
+    assert [row.partition(": probe round trip")[0] for row in rows] == [
+        "no big sender", "big sender, message relay without a schema (the relay's own share)",
+        "big sender, checked on the loop (offload_above: null)",
+        "big sender, checked in the worker process (offload_above: 65536)"]
+    assert all("big messages/s" in row for row in rows[1:])

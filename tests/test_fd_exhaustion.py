@@ -96,3 +96,81 @@ def test_out_of_descriptors_pauses_accepting_and_recovers(tmp_path):
     other = [r for r in records if r["event"] not in per_client]
     assert len(other) < 30, [r["event"] for r in other]
     assert len(lines) < 4 * CLIENTS, f"{len(lines)} log lines"
+
+
+def flood(port: int, request: bytes | None = None) -> list[socket.socket]:
+    """``CLIENTS`` connections to ``port`` that stay open (each sends ``request`` first, if given)."""
+    clients = []
+    for _ in range(CLIENTS):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        if request is not None:
+            sock.sendall(request)
+        clients.append(sock)
+    return clients
+
+
+def assert_short_log(text: str, listener: str) -> None:
+    """No traceback, and a few ``accept_paused`` lines of ``listener`` standing for all its failed accepts."""
+    assert "Traceback" not in text and "out of system resource" not in text, text[-3000:]
+    records = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    paused = [r for r in records if r["event"] == "accept_paused"]
+    assert listener in {r["listener"] for r in paused}, paused  # (the admin's too, once its reserve is used)
+    assert sum(r["failed_accepts"] for r in paused) >= len(paused)  # one line stands for many failures
+    assert len(text.splitlines()) < 60, f"{len(text.splitlines())} log lines"
+
+
+def test_the_embedded_echo_server_pauses_accepting_without_a_traceback(tmp_path):
+    """The echo server `wsgate run` embeds, flooded past the file limit, goes through the bounded accept loop:
+    no traceback (asyncio's own loop printed one per failed accept), a few `accept_paused` lines naming its
+    listener, and it serves a client again once the flood has left."""
+    # An EchoServer's port is fixed (>= 1): a number the kernel just handed out and nobody listens on.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        number = probe.getsockname()[1]
+    echo = f"kind: EchoServer\nname: backend\nhost: 127.0.0.1\nport: {number}\ncontexts:\n  - path: /demo/\n"
+    write_config(tmp_path, PORT, "kind: Gateway\nname: fd\nlog_format: json\nshutdown_timeout: 1\n", echo,
+                 api_yaml("Echo", "/echo", "ws://127.0.0.1:9/"))
+    with gateway_process(tmp_path / "config", tmp_path / "stderr.log", preexec_fn=low_file_limit) as gateway:
+        port = number
+        clients = flood(port)
+        try:
+            gateway.wait_for(lambda: any(r.get("event") == "accept_paused" for r in gateway.records()))
+            assert admin_get(gateway, "/healthz")[0] == 200
+        finally:
+            for sock in clients:
+                sock.close()
+
+        def served() -> bool:
+            try:
+                with connect(f"ws://127.0.0.1:{port}/demo/", open_timeout=TIMEOUT):
+                    return True
+            except Exception:
+                return False
+
+        gateway.wait_for(served)
+        text = gateway.stderr()
+    assert_short_log(text, "echo:backend")
+
+
+def test_the_admin_listener_pauses_accepting_without_a_traceback(tmp_path):
+    """The admin listener, flooded past the file limit by idle connections, pauses on the bounded accept loop
+    (no traceback, a few `accept_paused` lines naming it) and answers `/healthz` once they have left."""
+    write_config(tmp_path, PORT, "kind: Gateway\nname: fd\nlog_format: json\nshutdown_timeout: 1\n",
+                 api_yaml("Echo", "/echo", "ws://127.0.0.1:9/"))
+    with gateway_process(tmp_path / "config", tmp_path / "stderr.log", preexec_fn=low_file_limit) as gateway:
+        clients = flood(gateway.ports["admin"])
+        try:
+            gateway.wait_for(lambda: any(r.get("event") == "accept_paused" for r in gateway.records()))
+        finally:
+            for sock in clients:
+                sock.close()
+
+        def answers() -> bool:
+            try:
+                return admin_get(gateway, "/healthz")[0] == 200
+            except OSError:
+                return False
+
+        gateway.wait_for(answers)
+        text = gateway.stderr()
+    assert_short_log(text, "admin")

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from ruamel.yaml import YAML
+from support import TIMEOUT
 
 from gateway.cli import main
 from gateway.config import check
@@ -105,7 +108,7 @@ def test_imported_schemas_stand_alone_and_validate_without_dangling_refs(tmp_pat
 def test_nested_oneof_allof_and_recursive_refs_are_bundled_and_enforceable(tmp_path):
     """The market feed's recursive filter and oneOf/allOf envelope survive import and still accept and refuse."""
     from gateway.config.models import MessageDefinition
-    from gateway.policies.validate_messages import Matcher
+    from gateway.policies.message_matcher import Matcher
 
     api = imported(tmp_path, str(DATA / "market-feed.asyncapi.yaml"))
     assert api["upstream"]["endpoints"] == [{"url": "wss://stream.exchange.test/ws/v2/markets/btcusd"}]  # {symbol}
@@ -150,3 +153,82 @@ def test_validate_locates_a_reference_left_outside_the_schema(tmp_path):
         next(x for x in out.read_text().splitlines() if "#/components/schemas/channelId" in x))
     result = check([tmp_path / "config"])
     assert [(d.code, d.location.line) for d in result.diagnostics if d.severity == "error"] == [("WSG142", line)]
+
+
+def _import_subprocess(*args: str) -> subprocess.CompletedProcess[str]:
+    # A subprocess: before the guard, the bomb grew to gigabytes and the deep document crashed the interpreter.
+    return subprocess.run([sys.executable, "-m", "gateway", "import", *args], capture_output=True, text=True,
+                          timeout=TIMEOUT * 6, stdin=subprocess.DEVNULL)
+
+
+ALIAS_BOMB = "".join(
+    f"{name}: &{name} [{', '.join([f'*{previous}'] * 9)}]\n"
+    for previous, name in zip("abcdefgh", "bcdefghi", strict=True)
+)
+
+
+def test_import_refuses_an_alias_bomb_with_a_located_diagnostic(tmp_path):
+    """An alias bomb (9^9 nodes from ~600 bytes) is refused by the loader validate uses (WSG005), nothing written."""
+    source = tmp_path / "bomb.yaml"
+    source.write_text("asyncapi: 3.0.0\na: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + ALIAS_BOMB)
+    out = tmp_path / "out.yaml"
+    done = _import_subprocess(str(source), "-o", str(out))
+    assert done.returncode == 1, done.stderr
+    assert f"{source}:" in done.stderr and "WSG005" in done.stderr and "aliases expand" in done.stderr
+    assert not out.exists()
+
+
+def test_import_refuses_a_100000_deep_document_with_a_located_diagnostic(tmp_path):
+    """A 100,000-deep flow document is refused before parsing (WSG007) instead of crashing the process."""
+    source = tmp_path / "deep.json"
+    source.write_text('{"asyncapi": "3.0.0", "x": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    done = _import_subprocess(str(source))
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert f"{source}:1:" in done.stderr and "WSG007" in done.stderr and "nesting deeper than 100" in done.stderr
+
+
+def test_import_refuses_a_special_file(tmp_path):
+    """A description that is /proc/self/environ (through a link) is refused unread (WSG012)."""
+    link = tmp_path / "api.yaml"
+    link.symlink_to("/proc/self/environ")
+    done = _import_subprocess(str(link))
+    assert done.returncode == 1 and "WSG012" in done.stderr
+    assert "PATH=" not in done.stderr
+
+
+REFS = """\
+asyncapi: 3.0.0
+info: {title: Refs, version: '1.0'}
+servers:
+  s: {host: 'h:1', protocol: ws}
+channels:
+  c:
+    address: /x
+    messages:
+      a: {$ref: 'other.yaml#/components/messages/A'}
+      b: {$ref: '#/components/messages/Missing'}
+      l: {$ref: '#/components/messages/Loop1'}
+      ok: {$ref: '#/components/messages/Ok'}
+      u: {$ref: 'https://example.com/asyncapi.yaml#/components/messages/U'}
+operations:
+  r: {action: receive, channel: {$ref: '#/channels/c'}}
+components:
+  messages:
+    Loop1: {$ref: '#/components/messages/Loop2'}
+    Loop2: {$ref: '#/components/messages/Loop1'}
+    Ok: {name: ok, payload: {type: string}}
+"""
+
+
+def test_import_reports_every_ref_it_cannot_follow_where_it_is_written(tmp_path, capsys):
+    """References to another file or a URL (WSG260), to nothing (WSG261) and cycles (WSG262) are located
+    warnings on stderr; the message that resolves is still imported."""
+    source = tmp_path / "refs.yaml"
+    source.write_text(REFS)
+    api = imported(tmp_path, str(source))
+    assert "ok" in [m["name"] for m in api["messages"]]
+    warnings = [line for line in capsys.readouterr().err.splitlines() if ": warning WSG" in line]
+    located = [(line.split(": warning ")[0].removeprefix(f"{source}:"), line.split(" ")[2].rstrip(":"))
+               for line in warnings]
+    assert located == [("9:17", "WSG260"), ("10:17", "WSG261"), ("11:17", "WSG262"), ("13:17", "WSG260"),
+                       ("18:19", "WSG262"), ("19:19", "WSG262")]

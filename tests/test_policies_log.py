@@ -316,3 +316,51 @@ async def test_lines_past_max_pending_are_dropped_and_counted(state, tmp_path):
     conn = connection()
     policy.on_message(Message("client", True, "one"), conn)
     assert writer.dropped == 1 and not writer._batch
+
+
+DEEP_SECRET = '{"password": "hunter2", "data": ' + "[" * 1000 + "]" * 1000 + "}"  # nested past the parser's limit
+
+
+def test_a_payload_masking_cannot_reach_is_stored_withheld_not_dropped(state, tmp_path):
+    """A JSON payload nested too deep to mask keeps its record (file and structlog echo alike), with the payload
+    withheld and the reason; the secret in it is stored nowhere and the next record is still written."""
+    policy = log_policy(state, tmp_path, store_client_messages=True, mask=[{"json_field": "password"}], stdout=True)
+    conn = connection()
+    with structlog.testing.capture_logs() as logs:
+        for text in (DEEP_SECRET, '{"password": "hunter3"}'):
+            message = Message("client", True, text)
+            assert policy.on_message(message, conn) is message
+        withheld, masked = [r for r in records(policy) if r["record"] == "message"]
+    assert withheld["payload"] is None and withheld["payload_withheld"] == "unmaskable: nesting too deep"
+    assert withheld["size"] == len(DEEP_SECRET) and withheld["encoding"] == "text"
+    assert json.loads(masked["payload"]) == {"password": "***"} and "payload_withheld" not in masked
+    echoed = [e for e in logs if e["event"] == "message"]
+    assert [e.get("payload_withheld") for e in echoed] == ["unmaskable: nesting too deep", None]
+    assert not [e for e in logs if e["event"] == "transaction_records_failed"]
+    assert "hunter" not in policy.writer.path.read_text() and "hunter" not in repr(logs)
+
+
+def test_writer_failures_are_logged_once_per_interval_with_a_count(tmp_path):
+    """300 records whose encoding fails within one interval give one `transaction_records_failed` line at once (with
+    a traceback) and the rest of the count when the writer closes, not a line per record; the good records around
+    them are written."""
+    from gateway.policies.state import LogWriter, encode_record
+
+    def broken(item: tuple) -> bytes:
+        raise RuntimeError("encoder bug")
+
+    writer = LogWriter(tmp_path / "t.jsonl", 1 << 20, 1)
+    writer.FAILURE_LOG_INTERVAL = 3600.0  # the whole test is one interval, however slow the machine
+    with structlog.testing.capture_logs() as logs:
+        try:
+            writer.write((encode_record, None, {"record": "first"}))
+            for _ in range(300):
+                writer.write((broken, None))
+            writer.write((encode_record, None, {"record": "last"}))
+            assert writer.flush()
+            (first,) = [e for e in logs if e["event"] == "transaction_records_failed"]
+            assert first["failed"] == 1 and isinstance(first["exc_info"], RuntimeError)
+        finally:
+            writer.close()
+    assert [e["failed"] for e in logs if e["event"] == "transaction_records_failed"] == [1, 299]
+    assert [json.loads(line)["record"] for line in writer.path.read_text().splitlines()] == ["first", "last"]

@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed
 
 from gateway.config import check
 from gateway.config.models import MessageDefinition
-from gateway.policies.validate_messages import Matcher
+from gateway.policies.message_matcher import Matcher
 
 SUBSCRIBE = {
     "type": "object",
@@ -234,3 +234,110 @@ def test_both_validators_agree_on_a_recursive_schema():
         schema = CompiledSchema(tree, compiled=compiled)
         assert schema.is_valid(good) and not schema.is_valid(bad)
         assert "/children/0/children/0/value" in schema.explain(bad)
+
+
+# ------------------------------------------------------- unreadable JSON, duplicate keys, big messages
+
+DEEP = '{"type": "ping", "id": ' + "[" * 1000 + "]" * 1000 + "}"  # ~2 KB, deeper than Python's parser goes
+
+
+def test_matcher_calls_deep_nesting_and_duplicate_keys_schema_violations():
+    """JSON nested past the parser's limit and an object naming a key twice (at any depth) are schema violations."""
+    for discriminator in (None, "type"):
+        matcher = Matcher([definition("subscribe", schema=SUBSCRIBE), definition("ping", schema=PING)], discriminator)
+        deep = matcher.check(True, DEEP)
+        assert deep is not None and (deep.kind, deep.detail) == ("schema", "JSON nested too deep to check")
+        for text, key in (('{"type": "ping", "id": 1, "id": "x"}', '"id"'),
+                          ('{"type": "ping", "type": "subscribe", "id": 1}', '"type"'),
+                          ('{"type": "subscribe", "channel": "a", "x": {"k": 1, "k": 2}}', '"k"')):
+            duplicate = matcher.check(True, text)
+            assert duplicate is not None and duplicate.kind == "schema", text
+            assert duplicate.detail == f"JSON object with a duplicate key {key}"
+        assert matcher.check(True, '{"type": "ping", "id": 1, "x": {"id": 2}}') is None  # same key, other object
+
+
+async def test_deep_nesting_is_a_counted_violation_in_every_mode(tmp_path: Path):
+    """A 1,000-deep JSON message closes with 1008 under enforce/close, is answered and dropped under drop, and is
+    forwarded under log; never a 1011, and each is counted as a schema violation."""
+    modes = (
+        ("on_violation: close", ("schema", "close")),
+        ("on_violation: drop\nerror_message: refused", ("schema", "drop")),
+        ("client: log", ("schema", "log")),
+    )
+    async with echo_backend() as backend:
+        for policy, counted in modes:
+            api = validated_api(backend.url("/echo/"), "discriminator: type\n" + policy, *CLIENT_DEFS)
+            (tmp_path / counted[1]).mkdir()
+            config = write_config(tmp_path / counted[1], PORT, api)
+            async with running_gateway(config) as gw, connect(gw_url(gw, "/echo")) as ws:
+                await ws.send(DEEP)
+                if counted[1] == "close":
+                    assert await closed_with(ws) == (1008, "message violates its definition (schema)")
+                else:
+                    assert await ws.recv() == ("refused" if counted[1] == "drop" else DEEP)
+                    await ws.send('{"type": "ping", "id": 7}')  # the connection goes on
+                    assert await ws.recv() == '{"type": "ping", "id": 7}'
+                assert violations(gw) == {counted: 1}
+
+
+async def test_duplicate_keys_close_under_enforce(tmp_path: Path):
+    """A message whose object names `id` twice (valid by its last value) closes with 1008 and is counted."""
+    async with echo_backend() as backend:
+        config = write_config(tmp_path, PORT, validated_api(backend.url("/echo/"), "client: enforce", *CLIENT_DEFS))
+        async with running_gateway(config) as gw, connect(gw_url(gw, "/echo")) as ws:
+            await ws.send('{"type": "ping", "id": "admin", "id": 1}')
+            assert (await closed_with(ws))[0] == 1008
+            assert violations(gw) == {("schema", "close"): 1}
+
+
+async def test_messages_over_offload_above_are_checked_in_a_thread_in_order(tmp_path: Path):
+    """With `offload_above: 100`, long and short messages sent back to back are echoed in the order sent, and a long
+    violating one among them is still refused (dropped, the error message answered at once)."""
+    async with echo_backend() as backend:
+        policy = "offload_above: 100\non_violation: drop\nerror_message: refused"
+        config = write_config(tmp_path, PORT, validated_api(backend.url("/echo/"), policy, *CLIENT_DEFS))
+        async with running_gateway(config) as gw, connect(gw_url(gw, "/echo")) as ws:
+            (route,) = [api for api in gw.table.apis.values()]
+            (validator,) = [p for p in route.client_policies if p.type == "validate-messages"]
+            assert validator.sync_messages is False  # the relay awaits its long-message answers
+            long_ok = json.dumps({"type": "subscribe", "channel": "c" * 150})
+            long_bad = json.dumps({"type": "subscribe", "channel": 5, "pad": "p" * 150})
+            sent = [long_ok, '{"type": "ping", "id": 1}', long_bad, '{"type": "ping", "id": 2}', DEEP, long_ok]
+            for text in sent:
+                await ws.send(text)
+            got = [await ws.recv() for _ in sent]
+            assert got.count("refused") == 2  # the answers skip the backend: they may overtake echoes
+            assert [text for text in got if text != "refused"] == [
+                long_ok, '{"type": "ping", "id": 1}', '{"type": "ping", "id": 2}', long_ok]
+            assert violations(gw) == {("schema", "drop"): 2}
+
+
+async def test_a_dead_validation_worker_is_replaced_and_the_message_still_checked(tmp_path: Path):
+    """With the worker process killed, the next long message is checked on the loop (a violation still refused),
+    `validation_worker_failed` is logged, and a new worker checks the one after."""
+    import os
+    import signal
+
+    from support import logged
+
+    from gateway.policies import validation_worker
+
+    async with echo_backend() as backend:
+        policy = "offload_above: 100\non_violation: drop\nerror_message: refused"
+        config = write_config(tmp_path, PORT, validated_api(backend.url("/echo/"), policy, *CLIENT_DEFS))
+        long_ok = json.dumps({"type": "subscribe", "channel": "c" * 150})
+        long_bad = json.dumps({"type": "subscribe", "channel": 5, "pad": "p" * 150})
+        async with running_gateway(config) as gw, connect(gw_url(gw, "/echo")) as ws:
+            await ws.send(long_ok)
+            assert await ws.recv() == long_ok  # the worker is up
+            pool = validation_worker._worker
+            assert pool is not None
+            for pid in list(pool._processes):
+                os.kill(pid, signal.SIGKILL)
+            with logged() as events:
+                await ws.send(long_bad)
+                assert await ws.recv() == "refused"
+                await events.first("validation_worker_failed")
+            await ws.send(long_ok)
+            assert await ws.recv() == long_ok
+            assert validation_worker._worker is not None and validation_worker._worker is not pool

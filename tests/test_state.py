@@ -564,3 +564,87 @@ async def test_a_redis_that_lost_the_script_gets_it_again(redis_server):
         assert sum(slot_counts(redis_server, "F/<api>").values()) == 1
     finally:
         await store.close()
+
+
+async def refusal(url: str) -> tuple[int, dict]:
+    """Open a connection expected to be refused: its HTTP status and JSON body (an opened one fails the test)."""
+    import json
+
+    try:
+        ws = await connect(url, open_timeout=TIMEOUT)
+    except InvalidStatus as exc:
+        return exc.response.status_code, json.loads(exc.response.body or b"{}")
+    await ws.close()
+    raise AssertionError(f"{url} was admitted")
+
+
+def kill(server: RedisServer) -> None:
+    """SIGKILL the redis-server (no goodbye to its clients); ``server.start(server.port)`` brings an empty one."""
+    assert server.process is not None
+    server.signal(signal.SIGKILL)
+    server.process.wait()
+    server.stop()
+
+
+async def test_the_first_upgrade_after_a_redis_restart_is_decided_by_redis(tmp_path, redis_server):
+    """Three instances (`on_state_error: refuse`, limit 4) each hold one connection that keeps relaying while
+    Redis is killed (until every instance has seen it gone) and started empty on the same port; once each has
+    logged `state_backend_recovered`, the
+    first upgrade of every instance is Redis's decision (the 4th slot admitted, then two 503 `throttled` naming
+    the limit), never a fall-back to `on_state_error` on a connection kept from before the restart."""
+    async with recording_backend() as backend:
+        config = write_config(tmp_path, PORT, gateway_doc(redis_server), throttled_api(backend.url, 4, "refuse"))
+        async with running_gateway(config) as g1, running_gateway(config) as g2, running_gateway(config) as g3:
+            gateways = (g1, g2, g3)
+            held = [await connect(gw_url(g, "/a")) for g in gateways]  # each instance's slot line is connected
+            assert sum(slot_counts(redis_server, "A/<api>").values()) == 3
+            with capture_logs() as logs:
+                kill(redis_server)
+                await eventually(lambda: not any(g.state.shared.healthy for g in gateways), timeout=TIMEOUT)
+                for i, ws in enumerate(held):  # traffic goes on meanwhile
+                    await ws.send(f"during {i}")
+                    assert await ws.recv() == f"during {i}"
+                redis_server.start(redis_server.port)
+                # Every instance saw the outage and is back: its live slot re-asserted under a fresh owner.
+                await eventually(lambda: sum(e["event"] == "state_backend_recovered" for e in logs) == 3
+                                 and all(g.state.shared.healthy for g in gateways), timeout=2 * TIMEOUT)
+            assert sum(slot_counts(redis_server, "A/<api>").values()) == 3
+            admitted = await connect(gw_url(g1, "/a"), open_timeout=TIMEOUT)  # refuse mode: only Redis admits
+            for g in (g2, g3):
+                status, body = await refusal(gw_url(g, "/a"))
+                assert (status, body["error"]) == (503, "throttled"), body
+                assert "4 active connections, the limit" in body["reason"]
+            assert all(g.state.shared.healthy for g in gateways)  # no take failed on a dead connection
+            for ws in (*held, admitted):
+                await ws.close()
+            await eventually(lambda: slot_counts(redis_server, "A/<api>") == {})
+
+
+async def test_a_refusal_during_a_redis_outage_says_the_backend_is_unavailable(tmp_path, redis_server):
+    """While Redis is down, `on_state_error: refuse` answers 503 saying `state backend unavailable` (error
+    `state_unavailable`) in the body, the log and the refusals metric, not "has N active connections, the limit"
+    on an instance that holds none; a full limit still says `throttled`."""
+    from support import http_request
+
+    async with recording_backend() as backend:
+        config = write_config(tmp_path, PORT, gateway_doc(redis_server), throttled_api(backend.url, 2, "refuse"))
+        async with running_gateway(config) as gw:
+            admin = f"http://127.0.0.1:{gw.admin.port}"
+            redis_server.stop()
+            await eventually(lambda: not gw.state.shared.healthy, timeout=TIMEOUT)
+            with capture_logs() as logs:
+                status, body = await refusal(gw_url(gw, "/a"))
+            assert (status, body["error"]) == (503, "state_unavailable")
+            assert "state backend unavailable" in body["reason"] and "the limit" not in body["reason"]
+            refused = [e for e in logs if e["event"] == "upgrade_refused"]
+            assert [e["error"] for e in refused] == ["state_unavailable"]
+            assert "state backend unavailable" in refused[0]["reason"]
+            metrics = (await http_request(admin, path="/metrics")).body.decode()
+            assert 'reason="state_unavailable"' in metrics and 'reason="throttled"' not in metrics
+            redis_server.start(redis_server.port)
+            await eventually(lambda: gw.state.shared.healthy, timeout=2 * TIMEOUT)
+            held = [await connect(gw_url(gw, "/a")) for _ in range(2)]
+            status, body = await refusal(gw_url(gw, "/a"))
+            assert (status, body["error"]) == (503, "throttled") and "the limit" in body["reason"]
+            for ws in held:
+                await ws.close()

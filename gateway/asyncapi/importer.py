@@ -9,41 +9,131 @@ Message schemas come out standalone: every schema a payload refers to in the
 description (``#/components/schemas/...`` and any other local pointer) is
 copied under the payload's ``$defs`` and the reference rewritten to point
 there, recursively; a cycle becomes a ``$defs`` entry that refers to itself.
-References to other files are left as they are (``validate`` reports them).
+References to other files are left as they are (``validate`` reports them), and import warns about every
+reference it cannot follow (``unresolved_references``). The description is read through validate's guarded
+loader (``gateway.config.source.load_one``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
+import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
-from ruamel.yaml.error import YAMLError
 
+from ..config import cut_long_quotes, with_source_lines
+from ..config.diagnostics import Diagnostic, warning
 from ..config.message_schemas import DATA_KEYWORDS, SCHEMA_MAPS
 from ..config.models import API
+from ..config.source import Document, load_one
 
-MAX_SIZE_EXTENSION = "x-wsgate-max-size"  # a message's `max_size`, as `wsgate export asyncapi` writes it
+MAX_SIZE_EXTENSION = "x-wsgate-max-size"
+# The largest description import reads; the biggest public AsyncAPI documents are a few hundred KB.
+MAX_DESCRIPTION_BYTES = 16 * 2**20  # a message's `max_size`, as `wsgate export asyncapi` writes it
 
 
 class DescriptionError(ValueError):
-    """The description cannot be turned into an API; the message says why and what to pass instead."""
+    """The description cannot be turned into an API; the message says why and what to pass instead.
+
+    ``diagnostics`` are the located problems of a description the guarded loader refused (see ``read_description``).
+    """
+
+    def __init__(self, message: str, diagnostics: Sequence[Diagnostic] = ()) -> None:
+        super().__init__(message)
+        self.diagnostics = list(diagnostics)
+
+
+@dataclass(frozen=True)
+class Description:
+    """An AsyncAPI document as plain data, with where each of its nodes was written (for located warnings)."""
+
+    data: dict[str, Any]
+    source: Document
+    warnings: tuple[Diagnostic, ...] = ()  # what the loader noticed (a key written twice)
+
+
+def read_description(path: Path) -> Description:
+    """Read a description through validate's guarded loader: no special file, nesting past 100 levels refused
+    before parsing (a 100,000-deep document crashed the parser), aliases expanding past 200,000 nodes refused
+    (an 873-byte alias bomb grew to gigabytes), a file larger than ``MAX_DESCRIPTION_BYTES`` refused unread."""
+    try:
+        size = os.stat(path).st_size
+    except OSError as exc:
+        raise DescriptionError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if size > MAX_DESCRIPTION_BYTES:
+        raise DescriptionError(f"{path} is {size} bytes, more than the {MAX_DESCRIPTION_BYTES} an API description "
+                               "may have")
+    loaded = load_one(path)
+    # A key written twice is the description's author's slip, not a reason to refuse it: YAML keeps the first.
+    found = [dataclasses.replace(d, severity="warning") if d.code == "WSG002" else d for d in loaded.diagnostics]
+    shown = cut_long_quotes(with_source_lines(found, loaded.sources))
+    if any(d.is_error for d in shown):
+        raise DescriptionError(f"{path} cannot be imported", shown)
+    docs = loaded.documents
+    if len(docs) != 1 or not isinstance(docs[0].data, dict) or "asyncapi" not in docs[0].data:
+        raise DescriptionError(f"{path} is not an AsyncAPI document (no top-level `asyncapi` field)")
+    return Description(docs[0].data, docs[0], tuple(shown))
 
 
 def load_description(path: Path) -> dict[str, Any]:
-    try:
-        document = YAML(typ="safe").load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DescriptionError(f"cannot read {path}: {exc}") from None
-    except YAMLError as exc:
-        raise DescriptionError(f"{path} is not YAML or JSON: {str(exc).splitlines()[0]}") from None
-    if not isinstance(document, dict) or "asyncapi" not in document:
-        raise DescriptionError(f"{path} is not an AsyncAPI document (no top-level `asyncapi` field)")
-    return document
+    """The description at ``path`` as plain data (see ``read_description``)."""
+    return read_description(path).data
+
+
+def unresolved_references(description: Description) -> list[Diagnostic]:
+    """A located warning for every ``$ref`` the import cannot follow: another file or a URL (WSG260), a local
+    pointer to nothing (WSG261), a chain of references that comes back to itself (WSG262). What such a reference
+    names is left out of the imported API (a message) or left as written (a schema: validate reports it)."""
+    data, source = description.data, description.source
+    out: list[Diagnostic] = list(description.warnings)
+    for where, ref in _references(data, ()):
+        loc = source.value_at(where + ("$ref",))
+        shown = repr(ref if len(ref) <= 200 else ref[:200] + "…")
+        if not ref.startswith("#"):
+            out.append(warning("WSG260", f"$ref {shown} names another file or a URL, which import does not fetch",
+                               loc, hint="copy what it names into the description's components and point there"))
+        elif ref != "#" and _pointer(data, ref) is _MISSING:
+            out.append(warning("WSG261", f"$ref {shown} points at nothing in this description", loc,
+                               hint="check the pointer's spelling against the description's components"))
+        elif _chain_cycles(data, ref):
+            out.append(warning("WSG262", f"$ref {shown} is a cycle of references that never reaches a definition",
+                               loc, hint="make one reference of the cycle point at the definition itself"))
+    return out
+
+
+def _references(node: Any, where: tuple) -> Iterable[tuple[tuple, str]]:
+    # Iterative: a description is at most 100 levels deep (the loader's guard), but recursion is not needed.
+    stack = [(node, where)]
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str):
+                yield where, ref
+            stack.extend((value, where + (key,)) for key, value in reversed(list(node.items())))
+        elif isinstance(node, list):
+            stack.extend((value, where + (i,)) for i, value in reversed(list(enumerate(node))))
+
+
+def _chain_cycles(document: dict[str, Any], ref: str) -> bool:
+    """Whether following ``ref`` through nodes that are only references comes back to a pointer already seen."""
+    seen = set()
+    while ref.startswith("#/"):
+        if ref in seen:
+            return True
+        seen.add(ref)
+        target = _pointer(document, ref)
+        if not (isinstance(target, dict) and isinstance(target.get("$ref"), str)):
+            return False
+        ref = target["$ref"]
+    return False
 
 
 def api_from_asyncapi(document: dict[str, Any], *, name: str | None = None, path: str | None = None,

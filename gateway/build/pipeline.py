@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..config import CheckCache, CheckResult, check, redact, with_source_lines
+from ..config import CheckCache, CheckResult, check, cut_long_quotes, redact, with_source_lines
 from ..config.diagnostics import Diagnostic, error
 from ..config.tree import Config
 
@@ -75,7 +75,7 @@ def build(paths: Sequence[str | Path], *, env: Mapping[str, str] | None = None, 
         return Built(None, *fields)
     artefacts, found = _compile(result.config, os.environ if env is None else env)
     # Scrubbed like check()'s own: a quoted upstream URL line may carry userinfo.
-    problems = redact.scrub(with_source_lines(found, result.sources), result.documents)
+    problems = cut_long_quotes(redact.scrub(with_source_lines(found, result.sources), result.documents))
     if not problems:
         return Built(result.config, *fields, artefacts=artefacts)
     diagnostics = sorted(result.diagnostics + problems, key=Diagnostic.sort_key)

@@ -252,14 +252,38 @@ def upstream_headers(api: API, env: Mapping[str, str]) -> tuple[tuple[str, str],
     return tuple(headers)
 
 
+class MalformedHost(ValueError):
+    """A ``Host`` header that names no host: an empty label (``a..example``, ``.a.example``, ``a.example..``),
+    an unclosed IPv6 bracket, or a port that is not a number. The upgrade gets 400."""
+
+
 def request_host(value: str | None) -> str | None:
-    """The host name of a ``Host`` header, lowercased, without port or trailing dot (None when absent)."""
+    """The host name of a ``Host`` header, lowercased, without port or its one trailing dot (None when absent).
+
+    Raises :class:`MalformedHost`: stripping every trailing dot made ``a.example..`` route like ``a.example``,
+    a name no resolver would give the same answer for.
+    """
     if not value:
         return None
     value = value.strip().lower()
     if value.startswith("["):  # an IPv6 literal: [::1]:8080
-        return value[: value.find("]") + 1] or None
-    return value.rpartition(":")[0] if ":" in value else value.rstrip(".") or None
+        end = value.find("]")
+        if end < 0 or not _port_ok(value[end + 1:]):
+            raise MalformedHost("malformed Host header: an unclosed IPv6 literal or a bad port")
+        return value[: end + 1]
+    name, colon, port = value.partition(":")
+    if not _port_ok(colon + port):
+        raise MalformedHost("malformed Host header: the port is not a number")
+    if name.endswith("."):  # the fully qualified form names the same host
+        name = name[:-1]
+    if not name or "" in name.split("."):
+        raise MalformedHost("malformed Host header: an empty label")
+    return name
+
+
+def _port_ok(rest: str) -> bool:
+    """Whether what follows a host is nothing, or ``:`` and an optional decimal port (RFC 3986, 3.2.3)."""
+    return not rest or (rest[0] == ":" and (rest[1:] == "" or (rest[1:].isascii() and rest[1:].isdigit())))
 
 
 @dataclass(slots=True)

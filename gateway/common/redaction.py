@@ -20,7 +20,8 @@ REDACTED_USERINFO = "***"  # stands for a URL's password (or a user name that ma
 # A query parameter whose name, lower-cased and stripped of everything but letters and digits, contains one of
 # these is a credential for the log, whatever separator, case, `+` or percent-encoding the client used.
 _CREDENTIAL_NAME_PARTS = ("apikey", "accesstoken", "token", "secret", "password", "passwd", "auth", "key")
-_SEPARATORS = re.compile(r"([&;])")
+# The parameters the gateway itself consumes, in the same normalised form: never forwarded upstream.
+_GATEWAY_CREDENTIALS = ("gatewayapikey", "accesstoken")
 _NOT_ALNUM = re.compile(r"[^a-z0-9]")
 
 
@@ -34,31 +35,82 @@ def _normalised_name(part: str) -> str:
     return _NOT_ALNUM.sub("", name.lower())
 
 
+def _named_like(part: str, fragments: tuple[str, ...]) -> bool:
+    name = _normalised_name(part)
+    return any(fragment in name for fragment in fragments)
+
+
 def credential_like(name_part: str) -> bool:
     """Whether a query parameter (``name=value`` or a bare name) is named like a credential."""
-    name = _normalised_name(name_part)
-    return any(fragment in name for fragment in _CREDENTIAL_NAME_PARTS)
+    return _named_like(name_part, _CREDENTIAL_NAME_PARTS)
 
 
-def redact_query(query: str) -> str:
-    """``query`` minus every parameter named like a credential (both `&` and `;` separate parameters).
+def api_key_like(name: str) -> bool:
+    """Whether a header name is the gateway's API key header in another spelling (``X_Gateway_APIKey``, which
+    some servers read as ``X-Gateway-APIKey``)."""
+    return "gatewayapikey" in _normalised_name(name)
 
-    What log-invocation stores and the log shows: a key sent in a form the
-    identify policy does not read (``;`` separators, odd case, ``+``, percent
-    escapes) is still a key, and is dropped with its value.
+
+def drop_credential_parts(query: str, fragments: tuple[str, ...]) -> str:
+    """``query`` minus every part that could belong to a parameter named like a credential: its name,
+    normalised as ``_normalised_name`` does, contains one of ``fragments``.
+
+    The gateway reads a key with ``parse_qs``, which splits on ``&`` only; an
+    upstream or a log reader may split on ``;`` too. So within an
+    ``&``-separated segment, everything from the first ``;``-piece named like a
+    credential to the segment's end goes (``k;=KEY``, ``k=AB;CD``: to the
+    gateway's parser that is all one value), and the pieces before it stay
+    (``a=1;k=KEY`` keeps ``a=1``). A credential written without its value
+    attached (``k&=KEY``, ``k=&KEY``, ``k=AB&CD``) takes the segments after it
+    that have no name of their own (no ``=``, or nothing alphanumeric before
+    it) with it. What is kept is verbatim, with the client's separators.
     """
     if not query:
         return query
-    pieces = _SEPARATORS.split(query)
+    if "%" not in query:
+        # Without escapes no name can hide a fragment, and no fragment anywhere means none in a name: the
+        # common query costs one pass instead of one per parameter.
+        flat = _NOT_ALNUM.sub("", query.lower())
+        if not any(fragment in flat for fragment in fragments):
+            return query
     kept: list[str] = []
-    for index in range(0, len(pieces), 2):
-        part = pieces[index]
-        if credential_like(part):
+    dropping = False  # the last segment ended in a credential: nameless segments after it may be its value
+    for segment in query.split("&"):
+        if dropping and _nameless(segment.split(";", 1)[0]):
             continue
-        if kept:
-            kept.append(pieces[index - 1])  # the separator before it, as the client wrote it
-        kept.append(part)
-    return "".join(kept)
+        pieces = segment.split(";")
+        for index, piece in enumerate(pieces):
+            if _named_like(piece, fragments):
+                dropping = True
+                if index:
+                    kept.append(";".join(pieces[:index]))
+                break
+        else:
+            dropping = False
+            kept.append(segment)
+    return "&".join(kept)
+
+
+def _nameless(piece: str) -> bool:
+    return "=" not in piece or not _normalised_name(piece)
+
+
+def redact_query(query: str) -> str:
+    """``query`` minus every part that could belong to a parameter named like a credential
+    (see :func:`drop_credential_parts`).
+
+    What log-invocation stores and the log shows: a key sent in a form the
+    identify policy does not read (``;`` separators, odd case, ``+``, percent
+    escapes, a stray ``&``) is still a key, and is dropped with its value.
+    """
+    return drop_credential_parts(query, _CREDENTIAL_NAME_PARTS)
+
+
+def forwarded_query(query: str) -> str:
+    """``query`` as the upstream gets it: minus every part that could belong to a credential the gateway
+    consumes, in any spelling (its API key ``x-Gateway-APIKey``, an RFC 6750 ``access_token``); the upstream's
+    own parameters, credential-like or not, are kept verbatim."""
+    return drop_credential_parts(query, _GATEWAY_CREDENTIALS)
 
 
 def redact_url(url: str) -> str:

@@ -21,13 +21,14 @@ from types import SimpleNamespace
 
 from . import redact, rules, rules_push
 from .cache import CheckCache
-from .diagnostics import Diagnostic, error
+from .diagnostics import Diagnostic, cut_long_quotes, error, quotable
 from .document_checks import check_api_version, check_kind, check_lossy_numbers, check_model, check_schema
 from .salvage import salvage
 from .source import Document, load
 from .tree import Config, Loaded, Location
 
-__all__ = ["CheckCache", "CheckResult", "Config", "Diagnostic", "Loaded", "Location", "check", "with_source_lines"]
+__all__ = ["CheckCache", "CheckResult", "Config", "Diagnostic", "Loaded", "Location", "check", "cut_long_quotes",
+           "with_source_lines"]
 
 
 @dataclass
@@ -184,7 +185,7 @@ def _check(paths: Sequence[str | Path], env: Mapping[str, str] | None, cache: Ch
         diagnostics += rules.run(ports + partials, known=known, env=env, roots=dirs, sources=loaded.sources,
                                  only=(rules.api_port_references, rules.application_api_references))
     diagnostics = [d for d in diagnostics if not _about_a_cut(d, cut_short)]
-    diagnostics = redact.scrub(with_source_lines(diagnostics, loaded.sources), loaded.documents)
+    diagnostics = cut_long_quotes(redact.scrub(with_source_lines(diagnostics, loaded.sources), loaded.documents))
     diagnostics.sort(key=Diagnostic.sort_key)
 
     if any(d.is_error for d in diagnostics):
@@ -271,7 +272,9 @@ def with_source_lines(diagnostics: list[Diagnostic], sources: Mapping[str, list[
                     cut = _credential_part(lines, loc.line - 1)
                     if cut is not None:
                         line = line[:cut] + " [redacted]"
-                d = dataclasses.replace(d, source_line=line)
+                quoted = quotable(line)
+                if quoted is not None:  # a line with control characters is not quoted at all
+                    d = dataclasses.replace(d, source_line=quoted)
         out.append(d)
     return out
 

@@ -11,6 +11,7 @@ and YAML, ``WSG1xx`` errors, ``WSG2xx`` warnings.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -74,6 +75,31 @@ class Diagnostic:
         }
 
 
+# A quoted source line is cut to this many characters: a 200 KB line is a file, not a line to show (issue 21).
+QUOTE_WIDTH = 200
+CUT_MARKER = " …[cut]"
+
+
+def quotable(line: str) -> str | None:
+    """``line`` if a diagnostic may quote it, or None when it holds control characters (a NUL, an escape): such
+    a line is not config text (``/proc/self/environ`` is NUL-separated), and terminals act on them."""
+    line = line.rstrip("\r\n")
+    if any((ch < " " and ch != "\t") or ch == "\x7f" for ch in line):
+        return None
+    return line
+
+
+def cut_long_quotes(diagnostics: Iterable[Diagnostic]) -> list[Diagnostic]:
+    """Every quoted source line cut to ``QUOTE_WIDTH`` characters with a marker. Runs after redaction, which needs
+    the whole line to find the secrets on it."""
+    out = []
+    for d in diagnostics:
+        if d.source_line is not None and len(d.source_line) > QUOTE_WIDTH:
+            d = dataclasses.replace(d, source_line=d.source_line[:QUOTE_WIDTH] + CUT_MARKER)
+        out.append(d)
+    return out
+
+
 def error(code: str, summary: str, location: Location | None = None, **kw) -> Diagnostic:
     return Diagnostic("error", code, summary, location, **kw)
 
@@ -111,8 +137,9 @@ def _caret_block(d: Diagnostic) -> list[str]:
     line = d.source_line.rstrip("\r\n")
     number = str(d.location.line)
     gutter = " " * len(number)
-    # Tabs before the column keep their width in the caret line so the caret lines up.
-    prefix = "".join(ch if ch == "\t" else " " for ch in line[: max(d.location.col - 1, 0)])
+    # Tabs before the column keep their width in the caret line so the caret lines up; past a cut, the caret
+    # stands at the cut.
+    prefix = "".join(ch if ch == "\t" else " " for ch in line[: min(max(d.location.col - 1, 0), QUOTE_WIDTH)])
     return [f" {number} | {line}", f" {gutter} | {prefix}^"]
 
 

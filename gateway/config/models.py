@@ -207,7 +207,7 @@ class ThrottlePolicy(PolicyBase):
     retry_after: PositiveInt = Field(5, description="Seconds sent in the Retry-After header of a 503.")
     on_state_error: Literal["allow", "refuse"] = Field(
         "allow", description="While the shared state backend (Redis) is unreachable: `allow` counts in this process "
-        "against the same limit until it is back, `refuse` answers 503.")
+        "against the same limit until it is back, `refuse` answers 503 `state_unavailable`.")
 
 
 class TransformPolicy(PolicyBase):
@@ -403,6 +403,12 @@ class ValidateMessagesPolicy(PolicyBase):
     error_message: str | None = Field(
         None, description="With `on_violation: drop`: a text message sent back to the sender of each dropped message."
     )
+    offload_above: PositiveInt | None = Field(
+        65536,
+        description="Text messages longer than this (characters; bytes for ASCII) are parsed and checked in a "
+        "worker process, not on the event loop, so one big message does not hold up every other connection; the "
+        "connection's later messages wait, in order. `null`: every message is checked on the event loop.",
+    )
 
     @model_validator(mode="after")
     def _reply_only_on_drop(self) -> ValidateMessagesPolicy:
@@ -489,7 +495,7 @@ class Failover(Strict):
 # Headers the gateway writes itself on the upstream request: a configured header may not replace them.
 RESERVED_UPSTREAM_HEADERS = frozenset({
     "host", "upgrade", "connection", "content-length", "transfer-encoding", "x-forwarded-for", "x-forwarded-proto",
-    "x-forwarded-host", "x-gateway-application", "x-gateway-connection-id",
+    "x-forwarded-host", "x-real-ip", "forwarded", "x-gateway-application", "x-gateway-connection-id",
 })
 HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
 

@@ -27,7 +27,7 @@ from ..build.hashes import slow_hash_kind, slow_hash_problem
 from .diagnostics import Diagnostic, Related, error, warning
 from .document_checks import did_you_mean, suggestion
 from .models import SHA256_PATTERN, EnvKey, is_loopback, prefix_matches
-from .source import Document
+from .source import Document, file_refusal, inside
 from .tree import Location
 
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "0.0.0.0", "::1", "::", ""})
@@ -669,6 +669,13 @@ def _under(file: str | None, root: Path) -> bool:
         return False
 
 
+def transform_module_file(spec: str, root: Path) -> Path | None:
+    """The file in the config tree ``root`` that holds ``package.module:function``'s module, if there is one."""
+    relative = Path(*spec.partition(":")[0].split("."))
+    candidates = (root / relative.with_suffix(".py"), root / relative / "__init__.py")
+    return next((c for c in candidates if c.is_file()), None)
+
+
 def static_callable_problem(spec: str, root: Path) -> tuple[str, str] | None:
     """Check ``package.module:function`` without running it: None if fine, else (summary, hint).
 
@@ -676,9 +683,7 @@ def static_callable_problem(spec: str, root: Path) -> tuple[str, str] | None:
     its top level as a function that can be called with one argument (the message).
     """
     module_name, _, attr = spec.partition(":")
-    relative = Path(*module_name.split("."))
-    candidates = (root / relative.with_suffix(".py"), root / relative / "__init__.py")
-    path = next((c for c in candidates if c.is_file()), None)
+    path = transform_module_file(spec, root)
     opt_in = "or run `wsgate validate --import-transforms` to import it (that runs its code)"
     if path is None:
         return (f"module '{module_name}' is not a file in the config tree {root}",
@@ -720,6 +725,9 @@ def transform_callables(ctx: RuleContext) -> None:
             if p.type != "transform":
                 continue
             key = (_config_root_for(ctx, e), p.callable)
+            module = transform_module_file(p.callable, key[0])
+            if module is not None and _refused(ctx, e, ("policies", i, "callable"), module):
+                continue
             if key not in seen:
                 seen[key] = check(p.callable, key[0])
             problem = seen[key]
@@ -838,8 +846,41 @@ def log_file_paths(ctx: RuleContext) -> None:
 # ------------------------------------------------------------- listeners
 
 
+def named_file_refusal(roots: Iterable[Path], path: Path) -> tuple[str, str, str] | None:
+    """Why a file the config names must not be read, as (code, summary, hint), or None (issue 21).
+
+    Never: a special file (under /proc, /sys, /dev, or not a regular file: a FIFO, a device, a directory), and a
+    path written inside the config tree whose real path leaves it (a link out, which hides where the file is).
+    A path written outside the tree (absolute, or with `..`), such as a mounted secret, is read: a reviewer
+    sees it in the YAML.
+    """
+    refusal = file_refusal(path, None)
+    if refusal is not None:
+        return refusal
+    written = os.path.normpath(os.path.abspath(path))
+    lexical = [os.path.normpath(os.path.abspath(r)) for r in roots]
+    if any(inside(written, r) for r in lexical):
+        real = os.path.realpath(path)
+        if not any(inside(real, os.path.realpath(r)) for r in lexical):
+            return ("WSG011", f"{path.name} in the config tree links outside it (to {real})",
+                    "copy the file into the config tree, or write the path of the file itself")
+    return None
+
+
+def _refused(ctx: RuleContext, e: Entry, at: tuple, path: Path) -> bool:
+    """Report and say whether the named file at ``path`` must not be read (see :func:`named_file_refusal`)."""
+    refusal = named_file_refusal(ctx.roots, path)
+    if refusal is None:
+        return False
+    code, summary, hint = refusal
+    ctx.out.append(error(code, summary, e.doc.value_at(at), hint=hint))
+    return True
+
+
 def _must_exist(ctx: RuleContext, e: Entry, at: tuple, relative: str, what: str) -> None:
     path = Path(relative) if Path(relative).is_absolute() else e.doc.base_dir / relative
+    if _refused(ctx, e, at, path):
+        return
     if not path.is_file():
         ctx.out.append(
             error(
@@ -1309,7 +1350,7 @@ def _check_key_file(ctx: RuleContext, e: Entry, at: tuple, field_name: str, rela
 
     what = "JWKS file" if field_name == "jwks_file" else "public key file"
     path = Path(relative) if Path(relative).is_absolute() else e.doc.base_dir / relative
-    if not path.is_file():
+    if not path.is_file() or named_file_refusal(ctx.roots, path) is not None:
         _must_exist(ctx, e, at + (field_name,), relative, what)
         return
     loc = e.doc.value_at(at + (field_name,))

@@ -22,7 +22,7 @@ def run(entries: list[Entry], env: Mapping[str, str]) -> list[Diagnostic]:
             out += _api(e, env, listener_on=listener is not None and listener.enabled)
     for e in gateways[:1]:
         if listener is not None and listener.tls is None and not is_loopback(listener.host):
-            out.append(warning("WSG262", "push listener beyond loopback without TLS: backends' keys travel in "
+            out.append(warning("WSG271", "push listener beyond loopback without TLS: backends' keys travel in "
                                "clear", e.doc.value_at(("push", "host")),
                                hint="add `push.tls` (with `client_certificates` for mTLS), or bind it to 127.0.0.1"))
     return out
@@ -32,11 +32,11 @@ def _api(e: Entry, env: Mapping[str, str], listener_on: bool) -> list[Diagnostic
     out: list[Diagnostic] = []
     push = e.model.push
     if not listener_on:
-        out.append(warning("WSG263", f"API '{e.name}' has `push` but the Gateway has no enabled push listener",
+        out.append(warning("WSG272", f"API '{e.name}' has `push` but the Gateway has no enabled push listener",
                            e.doc.key_at(("push",)),
                            hint="add `push: {host: 127.0.0.1, port: 9910}` to the Gateway resource"))
     if not push.credentials:
-        out.append(warning("WSG264", f"API '{e.name}' has `push` without credentials: no backend can use it",
+        out.append(warning("WSG273", f"API '{e.name}' has `push` without credentials: no backend can use it",
                            e.doc.key_at(("push",)), hint="add `push.credentials` with a key from `{env: ...}`"))
     seen: dict[str, int] = {}
     for i, credential in enumerate(push.credentials):
@@ -58,7 +58,7 @@ def _api(e: Entry, env: Mapping[str, str], listener_on: bool) -> list[Diagnostic
             out.append(error("WSG125", "malformed key hash: expected 'sha256:' and 64 lowercase hex digits",
                              e.doc.value_at(at + ("key",)), hint="compute it with `printf %s 'KEY' | sha256sum`"))
         elif not key.startswith("sha256:"):
-            out.append(warning("WSG260", "push credential in plain text", e.doc.value_at(at + ("key",)),
+            out.append(warning("WSG270", "push credential in plain text", e.doc.value_at(at + ("key",)),
                                at_credential=True, hint="anyone who can read this file can push to this API's "
                                "clients; write `sha256:<hash>` or `{env: VARIABLE}`"))
     identify = next((p for p in e.model.policies if p.type == "identify"), None)
@@ -69,7 +69,7 @@ def _api(e: Entry, env: Mapping[str, str], listener_on: bool) -> list[Diagnostic
                              "identify clients by JWT", e.doc.value_at(source_at),
                              hint="add `jwt` to the identify policy's `by`, or read a query parameter or header"))
         elif group.source == "application" and identify is None:
-            out.append(warning("WSG267", f"group rule reads the application but API '{e.name}' has no identify "
+            out.append(warning("WSG274", f"group rule reads the application but API '{e.name}' has no identify "
                                "policy: no connection joins", e.doc.value_at(source_at),
                                hint="add an identify policy, or read a query parameter or header"))
     return out

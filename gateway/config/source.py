@@ -92,7 +92,8 @@ class LoadResult:
 def find_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[Diagnostic]]:
     """Every YAML file under ``paths`` (directories walked recursively, sorted), and missing paths.
 
-    Hidden files and directories (a leading '.') are skipped; symlinked directories are not followed.
+    Hidden files and directories (a leading '.') are skipped; symlinked directories are not followed. Entries
+    that are not regular files (a FIFO named ``x.yaml``) are listed: ``load_file`` refuses them with a diagnostic.
     """
     found: list[tuple[Path, tuple[int, int] | Path]] = []
     problems: list[Diagnostic] = []
@@ -101,7 +102,7 @@ def find_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[Diagnostic
         if root.is_dir():
             # Sorted by parts, as Path sorts, but comparing tuples of str (Path.__lt__ costs ~4 µs a call).
             found += sorted(_walk(root), key=lambda item: item[0].parts)
-        elif root.is_file():
+        elif root.exists():  # a file, or something posing as one (load_file refuses what is not a regular file)
             found.append((root, _identity(root)))
         else:
             problems.append(
@@ -138,7 +139,7 @@ def _walk(root: Path) -> Iterable[tuple[Path, tuple[int, int]]]:
                     st = os.stat(path)
                 except OSError:
                     continue  # a dangling symlink: not a file, as is_file() would say
-                if stat.S_ISREG(st.st_mode):
+                if not stat.S_ISDIR(st.st_mode):  # a FIFO or device named *.yaml is refused by load_file, loudly
                     yield path, (st.st_dev, st.st_ino)
 
 
@@ -148,21 +149,34 @@ def load(paths: Iterable[str | Path], cache: CheckCache | None = None) -> LoadRe
     With a ``cache``, a file whose content is unchanged since the cache's last check is not parsed again.
     """
     result = LoadResult()
+    paths = list(paths)
     files, problems = find_files(paths)
     result.diagnostics += problems
+    roots = tree_roots(paths)
+    real_dirs = RealPaths()
     yaml = new_yaml()
     for path in files:
-        load_file(path, result, yaml, cache)
+        load_file(path, result, yaml, cache, roots=roots, real_dirs=real_dirs)
     return result
 
 
-def load_file(path: Path, result: LoadResult, yaml: YAML | None = None, cache: CheckCache | None = None) -> None:
+def load_one(path: Path) -> LoadResult:
+    """One YAML or JSON file (not a config tree: `wsgate import`'s description) through the guards a config file
+    gets: no special file, nesting past ``MAX_DEPTH`` refused before parsing, aliases expanding past
+    ``MAX_NODES`` refused while converting. A link is followed: the operator named this file."""
+    result = LoadResult()
+    load_file(path, result, new_yaml(), roots=None)
+    return result
+
+
+def load_file(path: Path, result: LoadResult, yaml: YAML | None = None, cache: CheckCache | None = None,
+              *, roots: Sequence[str] | None = None, real_dirs: RealPaths | None = None) -> None:
+    """Read one config file into ``result``; with ``roots`` (real paths), a file whose real path is outside all
+    of them is refused unread (see :func:`read_guarded`)."""
     name = str(path)
     result.files.append(name)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        result.diagnostics.append(error("WSG003", f"cannot read {name}: {exc.strerror or exc}", Location(name, 1, 1)))
+    raw = read_guarded(path, roots, result.diagnostics, real_dirs)
+    if raw is None:
         return
     try:
         text = raw.decode("utf-8-sig")
@@ -186,6 +200,130 @@ def load_file(path: Path, result: LoadResult, yaml: YAML | None = None, cache: C
     result.documents += stored.documents
     result.diagnostics += stored.diagnostics
     result.sources[name] = stored.lines
+
+
+# ------------------------------------------------------------- guarded reading
+
+# Real paths under these are the kernel's views of processes and devices, never config: /proc/self/environ is a
+# "regular file" to stat(), and reading it would put the process environment into a diagnostic (issue 21).
+SPECIAL_ROOTS = ("/proc", "/sys", "/dev")
+
+
+def tree_roots(paths: Iterable[str | Path]) -> list[str]:
+    """The real paths of the config tree's roots: a directory argument, or the directory of a file argument."""
+    out: list[str] = []
+    for p in paths:
+        p = Path(p)
+        out.append(os.path.realpath(p if p.is_dir() else os.path.dirname(os.path.abspath(p))))
+    return out
+
+
+def inside(real: str, root: str) -> bool:
+    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _kind_of(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return "not a regular file"
+
+
+def file_refusal(path: Path, roots: Sequence[str] | None) -> tuple[str, str, str] | None:
+    """Why ``path`` must not be read, as (code, summary, hint), or None. Never opens the file.
+
+    WSG011: its real path (links resolved) leaves every root. WSG012: it is not a regular file, or its real path
+    is under /proc, /sys or /dev.
+    """
+    return _refusal(path, os.path.realpath(path), roots)
+
+
+def _refusal(path: Path, real: str, roots: Sequence[str] | None, *, stat_it: bool = True
+             ) -> tuple[str, str, str] | None:
+    special = next((s for s in SPECIAL_ROOTS if inside(real, s)), None)
+    if special is not None:
+        return ("WSG012", f"{path} is a special file (its real path is under {special})",
+                "config and the files it names are regular files in the config tree")
+    if roots is not None and not any(inside(real, root) for root in roots):
+        return ("WSG011", f"{path} links outside the config tree (to {real})",
+                "copy the file into the config tree, or point at the file itself rather than a link to it")
+    if not stat_it:
+        return None
+    try:
+        mode = os.stat(real).st_mode
+    except OSError:
+        return None  # missing or unreadable: the reader says so
+    if not stat.S_ISREG(mode):
+        return ("WSG012", f"{path} is {_kind_of(mode)}, not a regular file",
+                "config and the files it names are regular files in the config tree")
+    return None
+
+
+class RealPaths:
+    """Real paths of files, resolving each directory once (``os.path.realpath`` costs ~100 µs a file: an lstat
+    and Python per component). Lives for one load: a directory swapped for a link is seen by the next."""
+
+    def __init__(self) -> None:
+        self._dirs: dict[str, str] = {}
+
+    def of(self, path: Path) -> str:
+        name = str(path)
+        try:
+            if stat.S_ISLNK(os.lstat(name).st_mode):
+                return os.path.realpath(name)
+        except OSError:
+            return os.path.realpath(name)
+        parent, base = os.path.split(os.path.abspath(name))
+        real_dir = self._dirs.get(parent)
+        if real_dir is None:
+            real_dir = self._dirs[parent] = os.path.realpath(parent)
+        return os.path.join(real_dir, base)
+
+
+def read_guarded(path: Path, roots: Sequence[str] | None, out: list[Diagnostic],
+                 real_dirs: RealPaths | None = None) -> bytes | None:
+    """The bytes of a config file, or None with a diagnostic in ``out`` that quotes nothing of it.
+
+    The real path is resolved once and checked (:func:`file_refusal`), then that path is opened without following
+    a link (a link swapped in after the check fails the open) and without blocking (a FIFO swapped in does not
+    hang the check), and checked again to be a regular file by the open descriptor. A directory of the real path
+    replaced by a link between check and open is not caught: that takes write access to the tree's directories
+    while the check runs.
+    """
+    name = str(path)
+    real = (real_dirs or RealPaths()).of(path)  # resolved once: the path checked is the path opened
+    refusal = _refusal(path, real, roots, stat_it=False)  # the open descriptor tells a FIFO, without a stat
+    if refusal is not None:
+        code, summary, hint = refusal
+        out.append(error(code, summary, Location(name, 1, 1), hint=hint))
+        return None
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        out.append(error("WSG003", f"cannot read {name}: {exc.strerror or exc}", Location(name, 1, 1)))
+        return None
+    try:
+        opened = os.fstat(fd)
+        mode = opened.st_mode
+        if not stat.S_ISREG(mode):
+            out.append(error("WSG012", f"{name} is {_kind_of(mode)}, not a regular file", Location(name, 1, 1),
+                             hint="config and the files it names are regular files in the config tree"))
+            return None
+        chunks = []
+        size = opened.st_size + 1  # one read for a file that does not grow meanwhile
+        while chunk := os.read(fd, max(size, 1 << 16)):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError as exc:
+        out.append(error("WSG003", f"cannot read {name}: {exc.strerror or exc}", Location(name, 1, 1)))
+        return None
+    finally:
+        os.close(fd)
 
 
 def new_yaml() -> YAML:

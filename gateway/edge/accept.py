@@ -128,6 +128,21 @@ class AcceptLoop:
             os.close(self._reserve)
             self._reserve = None
 
+    # ------------------------------------- the asyncio.Server surface websockets' Server uses
+    # So that a websockets server (the echo server) can run on this loop instead of loop.create_server's
+    # (``echo.server``): websockets closes it, asks whether it serves, and waits for its own handlers itself.
+    def is_serving(self) -> bool:
+        return not self._closed
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    async def start_serving(self) -> None:
+        """Already serving from the constructor on."""
+
+    async def wait_closed(self) -> None:
+        """Nothing to wait for: ``close`` closes the sockets at once, and accepted connections are the owner's."""
+
     # ------------------------------------------------------------ reading
     def _start_reading(self) -> None:
         if self._closed or self._reading:

@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs
 
 import structlog
 from websockets.datastructures import Headers
@@ -36,16 +35,16 @@ from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 from websockets.utils import accept_key
 
-from ..build.routes import request_host
+from ..build.routes import MalformedHost, request_host
 from ..build.tls import client_certificate
-from ..common.redaction import redact_query
-from ..policies.base import ConnectionContext, Rejection, UpgradeRequest
+from ..common.redaction import forwarded_query, redact_query
+from ..policies.base import ConnectionContext, Rejection, UpgradeRequest, parse_query
 from ..push.groups import join_at_upgrade
 from ..relay.fast import ByteRelay
 from ..relay.message import MessageRelay
 from . import lifetime
-from .request_head import plain_upgrade
-from .upstream import UpstreamError, _quiet, open_with_failover, prepare_upgrade, strip_api_key
+from .request_head import has_dot_segment, plain_upgrade
+from .upstream import UpstreamError, _quiet, open_with_failover, prepare_upgrade
 
 if TYPE_CHECKING:
     from ..build.routes import CompiledAPI, RouteTable
@@ -308,16 +307,31 @@ class ClientHandshake(asyncio.Protocol):
             self.timer.cancel()
         self.timer = asyncio.get_running_loop().call_later(LINGER, transport.abort)
 
+    def _route(self, path: str, host: str | None) -> tuple[CompiledAPI, str] | None:
+        """The route for ``path`` on this port and ``host``, and the path part the upstream gets; None when the
+        request was refused: 400 for a dot segment or a malformed Host, 404 for no route."""
+        if has_dot_segment(path):
+            self._refuse_early(400, "bad_request", "the path holds a '.' or '..' segment", path)
+            return None
+        try:
+            name = request_host(host)
+        except MalformedHost as exc:
+            self._refuse_early(400, "bad_request", str(exc), path)
+            return None
+        listener = self.listener
+        found = listener.services.table().match(listener.name, path, name)
+        if found is None:
+            self._refuse_early(404, "not_found", "no API at this path", path)
+        return found
+
     def _handle_head(self, head: bytes) -> None:
         plain = plain_upgrade(head)
         if plain is None:
             self._handle_unusual_head(head)
             return
-        listener = self.listener
         path, _, query = plain.target.partition("?")
-        found = listener.services.table().match(listener.name, path, request_host(plain.headers.get("Host")))
+        found = self._route(path, plain.headers.get("Host"))
         if found is None:
-            self._refuse_early(404, "not_found", "no API at this path", path)
             return
         route, suffix = found
         if route.api.compression and "Sec-WebSocket-Extensions" in plain.headers:
@@ -328,7 +342,6 @@ class ClientHandshake(asyncio.Protocol):
     def _handle_unusual_head(self, head: bytes) -> None:
         """Any head ``plain_upgrade`` does not take: websockets parses and checks it and the refusal is worded
         from its exception."""
-        listener = self.listener
         ws = ServerProtocol(max_size=None, logger=_quiet)
         ws.receive_data(head)
         events = ws.events_received()
@@ -345,9 +358,8 @@ class ClientHandshake(asyncio.Protocol):
                 return
         path, _, query = request.path.partition("?")
         # More than one Host (RFC 9112, 3.2) was refused above with the other single-valued headers.
-        found = listener.services.table().match(listener.name, path, request_host(request.headers.get("Host")))
+        found = self._route(path, request.headers.get("Host"))
         if found is None:
-            self._refuse_early(404, "not_found", "no API at this path", path)
             return
         route, suffix = found
         if route.api.compression:
@@ -374,7 +386,7 @@ class ClientHandshake(asyncio.Protocol):
         """A valid upgrade to ``route``: build its context and run its policies and upstream connect."""
         listener = self.listener
         peer = self._peer()
-        safe_query = strip_api_key(query)
+        safe_query = forwarded_query(query)  # no part of a credential the gateway consumes
         conn = ConnectionContext(
             api=route.name,
             api_version=route.api.version,
@@ -391,7 +403,7 @@ class ClientHandshake(asyncio.Protocol):
         )
         upgrade = UpgradeRequest(
             path=path,
-            query=parse_qs(query, keep_blank_values=True),
+            query=parse_query(query),
             headers=headers,
             peer=peer,
             port_name=listener.name,

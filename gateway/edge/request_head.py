@@ -8,6 +8,9 @@ refusal (400, 405, 426, 431, 505). The invariant: this module accepts a subset o
 with the same result (path, headers, key), so it may only make an upgrade cheaper, never change its outcome.
 Conservative on purpose: any header name seen twice, any byte outside the header grammar, a body, a
 transfer coding or a line near websockets' limits sends the head the long way.
+
+``has_dot_segment`` is the path rule both ways share: a path with a ``.`` or ``..`` segment in any spelling is
+refused (400) before any route is looked up.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import binascii
 import re
 from base64 import b64decode
 from typing import NamedTuple
+from urllib.parse import unquote
 
 from websockets.datastructures import Headers
 from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS
@@ -101,3 +105,31 @@ def plain_upgrade(head: bytes) -> PlainUpgrade | None:
     for name, value in pairs:
         headers[name] = value  # Headers appends: a plain head has each name once
     return PlainUpgrade(target.decode("ascii"), headers, key.decode("ascii"))
+
+
+_DOT_SEGMENTS = frozenset({".", ".."})
+_DECODE_ROUNDS = 3  # %252e is "%2e" decoded once and "." twice: an upstream may decode more than once
+
+
+def has_dot_segment(path: str) -> bool:
+    """Whether ``path`` holds a ``.`` or ``..`` segment in any spelling an upstream might resolve.
+
+    Checked on the raw path and on each percent-decoding of it (``%2e%2e``, ``%2E.``, ``%252e%252e``), with
+    ``\\`` taken as a separator like ``/`` (``..\\x``, ``..%5c``), an escaped separator splitting segments too
+    (``..%2f``), and ``;`` parameters ignored (``..;x``, which Tomcat-style servers resolve as ``..``). Such a
+    path is refused rather than normalised: a client has no reason to send one (browsers and websockets
+    resolve dot segments before sending), and an upstream that resolves it again after a ``strip_prefix``
+    join would serve a path above the base the operator exposed.
+    """
+    if "." not in path and "%" not in path:
+        return False  # the common case: nothing that is, or decodes to, a dot
+    text = path
+    for _ in range(_DECODE_ROUNDS + 1):
+        for segment in text.replace("\\", "/").split("/"):
+            if segment.split(";", 1)[0] in _DOT_SEGMENTS:
+                return True
+        decoded = unquote(text)  # not unquote_plus: a '+' in a path is a plus
+        if decoded == text:
+            return False
+        text = decoded
+    return False

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from urllib.parse import unquote_plus
 
 import structlog
 from websockets.client import ClientProtocol
@@ -24,14 +24,13 @@ from websockets.typing import Subprotocol
 from websockets.utils import accept_key, generate_key
 
 from ..build.routes import CompiledAPI, Endpoint, NoEndpoint
+from ..common.redaction import api_key_like
 from .connect import open_connection
 from .request_head import HEADER_TOKEN, HEADER_VALUE, header_field
 
 log = structlog.get_logger("wsgate.upstream")
 
 API_KEY_NAME = "x-gateway-apikey"
-# Query parameters that carry credentials (the API key; an RFC 6750 bearer token): never forwarded, never logged.
-CONSUMED_QUERY = frozenset({API_KEY_NAME, "access_token"})
 MAX_RESPONSE_HEAD = 64 * 1024
 MAX_EARLY_FRAMES = 256 * 1024  # bytes past the upstream's 101 read before the relay takes over; more pauses reading
 
@@ -50,10 +49,13 @@ HOP_BY_HOP = frozenset(
         "host",
         "content-length",
         API_KEY_NAME,
-        # Set by the gateway only; a client must not be able to spoof them.
+        # Set by the gateway only; a client must not be able to spoof them (X-Forwarded-For and Forwarded keep
+        # the client's earlier hops, with the gateway's own appended last: see forwarded_headers).
         "x-forwarded-for",
         "x-forwarded-proto",
         "x-forwarded-host",
+        "x-real-ip",
+        "forwarded",
         "x-gateway-application",
     }
 )
@@ -92,21 +94,6 @@ class UpstreamLeg:
     endpoint: Endpoint | None = None  # the endpoint that answered (failover may have moved past others)
 
 
-def strip_api_key(query: str) -> str:
-    """The raw query string minus every ``x-Gateway-APIKey`` and ``access_token`` parameter (others kept verbatim)."""
-    if not query:
-        return query
-    kept = [part for part in query.split("&") if _query_name(part) not in CONSUMED_QUERY]
-    return "&".join(kept)
-
-
-def _query_name(part: str) -> str:
-    name = part.partition("=")[0]
-    if "%" in name or "+" in name:
-        name = unquote_plus(name)
-    return name.lower()
-
-
 def forwarded_headers(
     client_headers: Headers,
     *,
@@ -114,25 +101,61 @@ def forwarded_headers(
     secure: bool,
     application: str | None,
 ) -> list[tuple[str, str]]:
-    """The headers the upstream gets from the client's request, plus X-Forwarded-* and the application."""
+    """The headers the upstream gets from the client's request, plus the forwarding headers and the application.
+
+    The gateway trusts no proxy in front of it, so what it vouches for is
+    always the last entry: X-Forwarded-For and ``Forwarded`` (RFC 7239) keep
+    the hops the client claims and get the gateway's own appended;
+    X-Forwarded-Proto, X-Forwarded-Host and X-Real-IP hold only what the
+    gateway saw. A client's ``Forwarded`` that does not parse is dropped: an
+    open quote in it would swallow the gateway's element.
+    """
     named_in_connection: set[str] = set()
     for value in client_headers.get_all("Connection"):
         named_in_connection.update(token.strip().lower() for token in value.split(","))
     out: list[tuple[str, str]] = []
     for name, value in client_headers.raw_items():
         lower = name.lower()
-        if lower in HOP_BY_HOP or lower in named_in_connection or lower.startswith("sec-websocket-"):
+        if (lower in HOP_BY_HOP or lower in named_in_connection or lower.startswith("sec-websocket-")
+                or api_key_like(lower)):  # an API key header in another spelling (X_Gateway_APIKey)
             continue
         out.append((name, value))
     prior = ", ".join(client_headers.get_all("X-Forwarded-For"))
     out.append(("X-Forwarded-For", f"{prior}, {peer_ip}" if prior else peer_ip))
-    out.append(("X-Forwarded-Proto", "wss" if secure else "ws"))
+    proto = "wss" if secure else "ws"
+    out.append(("X-Forwarded-Proto", proto))
     host = client_headers.get("Host")
     if host:
         out.append(("X-Forwarded-Host", host))
+    out.append(("X-Real-IP", peer_ip))
+    element = f"for={_forwarded_node(peer_ip)};proto={proto}" + (f";host={_forwarded_value(host)}" if host else "")
+    earlier = [value for value in client_headers.get_all("Forwarded") if _FORWARDED.fullmatch(value)]
+    out.append(("Forwarded", ", ".join([*earlier, element])))
     if application:
         out.append(("X-Gateway-Application", application))
     return out
+
+
+# RFC 7239, 4: Forwarded = 1#forwarded-element; forwarded-element = [ forwarded-pair ] *( ";" [ forwarded-pair ] );
+# forwarded-pair = token "=" value; value = token / quoted-string. (Whitespace allowed around list commas only.)
+_TOKEN = r"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
+_QUOTED = r'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+_PAIR = rf"{_TOKEN}=(?:{_TOKEN}|{_QUOTED})"
+_ELEMENT = rf"(?:{_PAIR})?(?:;(?:{_PAIR})?)*"
+_FORWARDED = re.compile(rf"{_ELEMENT}(?:[ \t]*,[ \t]*{_ELEMENT})*")
+_TOKEN_VALUE = re.compile(_TOKEN)
+
+
+def _forwarded_value(value: str) -> str:
+    """``value`` as a Forwarded parameter value: a token as is, anything else a quoted-string."""
+    if _TOKEN_VALUE.fullmatch(value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _forwarded_node(ip: str) -> str:
+    """A peer address as a Forwarded ``for=`` node: an IPv6 address bracketed and quoted (RFC 7239, 6)."""
+    return f'"[{ip}]"' if ":" in ip else _forwarded_value(ip)
 
 
 class _HandshakeReader(asyncio.Protocol):

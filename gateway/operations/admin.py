@@ -176,6 +176,7 @@ def metrics(gateway: Gateway) -> tuple[int, Any]:
 
 DASHBOARD_FILES = {"/dashboard": ("index.html", "text/html; charset=utf-8"),
                    "/dashboard/": ("index.html", "text/html; charset=utf-8"),
+                   "/dashboard/index.html": ("index.html", "text/html; charset=utf-8"),
                    "/dashboard/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
                    "/dashboard/dashboard.css": ("dashboard.css", "text/css; charset=utf-8")}
 
@@ -191,6 +192,12 @@ def dashboard_file(path: str) -> Handler:
         return 200, PlainText(page, content_type)
 
     return serve
+
+
+def _dashboard_path(path: str) -> bool:
+    """Whether ``path`` lies under ``/dashboard``: one rule for all of it, token or not (a file there is 200, any
+    other path 404). Its static files hold no data; the page sends the token for what it reads."""
+    return path == "/dashboard" or path.startswith("/dashboard/")
 
 
 def dashboard_routes() -> dict[str, Handler]:
@@ -251,8 +258,9 @@ class AdminServer:
                                              on_error=self._count_accept_error,
                                              reserve=True)
         self.port = self._server.sockets[0].getsockname()[1]
+        # Whether a token guards it, never the token: a key named "token" would be redacted whatever its value.
         log.info("listening", name="admin", host=self.host, port=self.port, tls=self._ssl is not None,
-                 token=self._protected)
+                 auth="token" if self._protected else "none")
 
     def _count_accept_error(self) -> None:
         # A gateway counts into its metrics; a worker supervisor (whose `metrics` is a handler) does not count.
@@ -326,8 +334,7 @@ class AdminServer:
             request_query.set(parse_qs(query))
             table = self.post_routes if method == "POST" else self.routes if method == "GET" else {}
             handler = table.get(path)
-            # The dashboard's static files hold no data (the page sends the token for what it reads).
-            if path not in OPEN_PATHS and path not in DASHBOARD_FILES and not self._authorized(head):
+            if path not in OPEN_PATHS and not _dashboard_path(path) and not self._authorized(head):
                 status, body = 401, {"error": "unauthorized", "reason": "this admin endpoint needs the bearer token"}
             elif handler is None and path not in self.routes and path not in self.post_routes:
                 status, body = 404, {"error": "not_found", "reason": f"no admin endpoint {path}"}

@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import parse_qs
 
 from ..common.connection_ids import ids
 
@@ -125,6 +126,12 @@ class UpgradeRequest:
     port_name: str
     secure: bool  # arrived over TLS
     client_cert: ClientCertificate | None = None  # verified by the TLS layer (mTLS ports only)
+
+
+def parse_query(query: str) -> dict[str, list[str]]:
+    """``UpgradeRequest.query`` from a raw query string: how every policy reads parameters (the API key among
+    them). Only ``&`` separates; ``gateway.redaction`` drops credentials with that in mind."""
+    return parse_qs(query, keep_blank_values=True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..config.models import LogInvocationPolicy
 from .base import ConnectionContext, Direction, Message, Policy, PolicyBuild
-from .masking import Masker
+from .masking import Masker, Unmaskable
 from .state import LogWriter, encode_record, record_dict
 
 NORMAL_CLOSES = frozenset({1000, 1001})
@@ -144,9 +144,11 @@ class LogInvocation(Policy):
     def _encode_message(self, item: tuple[Any, ...]) -> bytes:
         """The message record as compact JSON, byte for byte what ``json.dumps`` makes of ``_message_dict``."""
         _, _, _, ts, direction, is_text, payload, prefix = item
-        size, text, encoding = self._payload(is_text, payload)
+        size, text, encoding, withheld = self._payload(is_text, payload)
         head = (f'{{"record":"message","ts":{ts!r}{prefix}{_json_str(direction)},'
                 f'"type":"{"text" if is_text else "binary"}","size":{size},"payload":')
+        if withheld is not None:
+            return f'{head}null,"encoding":"{encoding}","payload_withheld":{_json_str(withheld)}}}'.encode("ascii")
         tail = f',"encoding":"{encoding}"}}'
         if len(text) >= _LONG and text.isascii():
             raw = text.encode("ascii")
@@ -157,8 +159,8 @@ class LogInvocation(Policy):
 
     def _message_dict(self, item: tuple[Any, ...]) -> dict[str, Any]:
         _, _, conn, ts, direction, is_text, payload, _ = item
-        size, text, encoding = self._payload(is_text, payload)
-        return {
+        size, text, encoding, withheld = self._payload(is_text, payload)
+        record: dict[str, Any] = {
             "record": "message",
             "ts": ts,
             "api": self.api,
@@ -169,24 +171,31 @@ class LogInvocation(Policy):
             "direction": direction,
             "type": "text" if is_text else "binary",
             "size": size,
-            "payload": text,
+            "payload": text if withheld is None else None,
             "encoding": encoding,
         }
+        if withheld is not None:
+            record["payload_withheld"] = withheld
+        return record
 
-    def _payload(self, is_text: bool, payload: str | bytes) -> tuple[int, str, str]:
-        """(full size in bytes, payload as stored, encoding): masked, truncated, compressed as configured."""
+    def _payload(self, is_text: bool, payload: str | bytes) -> tuple[int, str, str, str | None]:
+        """(full size in bytes, payload as stored, encoding, why it is withheld): masked, truncated, compressed
+        as configured. A payload that cannot be masked is withheld (stored as null, with the reason)."""
         limit = self.spec.max_payload_bytes
         text = payload if isinstance(payload, str) else None  # text messages always carry a str
         if text is not None and not self._mask and not self.spec.compress and text.isascii() and len(text) <= limit:
-            return len(text), text, "text"  # the common case: nothing to do
+            return len(text), text, "text", None  # the common case: nothing to do
         raw = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
         size = len(raw)
         if text is not None and self._mask:
-            raw = self._mask(text).encode("utf-8")
+            try:
+                raw = self._mask(text).encode("utf-8")
+            except Unmaskable as exc:
+                return size, "", "text", f"unmaskable: {exc.reason}"
         truncated = "+truncated" if len(raw) > limit else ""
         raw = raw[:limit]
         if self.spec.compress:
-            return size, base64.b64encode(gzip.compress(raw, 6)).decode("ascii"), "gzip+base64" + truncated
+            return size, base64.b64encode(gzip.compress(raw, 6)).decode("ascii"), "gzip+base64" + truncated, None
         if is_text:
-            return size, raw.decode("utf-8", "replace"), "text" + truncated
-        return size, base64.b64encode(raw).decode("ascii"), "base64" + truncated
+            return size, raw.decode("utf-8", "replace"), "text" + truncated, None
+        return size, base64.b64encode(raw).decode("ascii"), "base64" + truncated, None

@@ -1,7 +1,10 @@
 """Data masking for stored payloads: JSON field values and pattern matches replaced before a record is written.
 
 Runs in the log writer thread (see log_invocation.py), so its JSON parsing never
-costs the relay anything.
+costs the relay anything. A JSON payload it cannot mask (nested deeper than the
+parser goes) raises ``Unmaskable``: the record is then stored without its
+payload, never with the unmasked one, and never dropped (a client must not be
+able to choose holes in the audit trail).
 """
 
 from __future__ import annotations
@@ -12,6 +15,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..config.models import MaskRule
+
+
+class Unmaskable(Exception):
+    """The payload cannot be masked; ``reason`` says why, for the record (never quoting the payload)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class Masker:
@@ -35,8 +46,12 @@ class Masker:
         return bool(self._fields or self._patterns)
 
     def __call__(self, text: str) -> str:
+        """``text`` masked; raises ``Unmaskable`` when its JSON fields cannot be reached."""
         if self._fields:
-            text = self._mask_fields(text)
+            try:
+                text = self._mask_fields(text)
+            except RecursionError:  # parsing, walking or re-encoding a document nested ~1,000 deep
+                raise Unmaskable("nesting too deep") from None
         for pattern, replacement in self._patterns:
             text = pattern.sub(replacement, text)
         return text

@@ -59,6 +59,8 @@ class LogWriter:
     HANDOFF_LINES = 8192
     HANDOFF_BYTES = 2 * 1024 * 1024
     HANDOFF_DELAY = 0.05  # seconds a started batch waits on the loop at most: how stale the file may be
+    FAILURE_LOG_INTERVAL = 1.0  # seconds between two transaction_records_failed lines (a failure per record
+    # would let one client write a traceback per message it sends)
 
     def __init__(self, path: Path | None, max_bytes: int, backups: int, max_pending: int = 200_000) -> None:
         self.path = path
@@ -77,6 +79,9 @@ class LogWriter:
         self._handoff: asyncio.TimerHandle | None = None
         self._sleeping = False
         self._wake = threading.Event()
+        self._failed = 0  # records that failed to encode since the last transaction_records_failed line
+        self._failure: BaseException | None = None  # the last of them
+        self._failure_logged_at = -float("inf")
         self._thread = threading.Thread(
             target=self._run, name=f"wsgate-log-{path.name if path else 'stdout'}", daemon=True)
         self._thread.start()
@@ -156,7 +161,8 @@ class LogWriter:
                 if not pending:
                     self._sleeping = True
                     if not pending:  # re-checked after the flag: an append in between sent no wakeup
-                        self._wake.wait()
+                        # Failures not yet logged: wake up to log them even if no record comes.
+                        self._wake.wait(self.FAILURE_LOG_INTERVAL if self._failed else None)
                     self._sleeping = False
                     self._wake.clear()
                 last = pending[-1] if pending else None
@@ -180,6 +186,8 @@ class LogWriter:
                         if file is not None:
                             file.flush()
                         if item is None:
+                            if self._failed:
+                                self._log_failures(force=True)  # closing: the count not yet logged, now
                             return
                         item.set()
                         continue
@@ -191,8 +199,10 @@ class LogWriter:
                         if self.path is None:
                             continue
                         line = item[0](item)
-                    except Exception:
-                        log.exception("transaction_record_failed", file=str(self.path))
+                    except Exception as exc:
+                        self._failed += 1
+                        self._failure = exc
+                        self._log_failures()
                         continue
                     lines.append(line)
                     chunk += len(line) + 1
@@ -207,12 +217,24 @@ class LogWriter:
                     dropped, self.dropped = self.dropped, 0
                     log.warning("transaction_records_dropped", reason="the writer fell behind", file=str(self.path),
                                 dropped=dropped)
+                if self._failed:
+                    self._log_failures()
         except Exception:
             log.exception("transaction_log_writer_failed", file=str(self.path))
         finally:
             if file is not None:
                 file.close()
             self._release_flushes()
+
+    def _log_failures(self, force: bool = False) -> None:
+        """One ``transaction_records_failed`` line per ``FAILURE_LOG_INTERVAL`` at most, with the number of
+        records that failed since the last one and the last failure's traceback (in the writer's thread)."""
+        now = time.monotonic()
+        if not force and now - self._failure_logged_at < self.FAILURE_LOG_INTERVAL:
+            return
+        failed, failure = self._failed, self._failure
+        self._failed, self._failure, self._failure_logged_at = 0, None, now
+        log.error("transaction_records_failed", file=str(self.path), failed=failed, exc_info=failure)
 
     def _write_out(self, file: Any, size: int, lines: list[bytes]) -> tuple[Any, int, list[bytes], int]:
         """Write ``lines``, rotating after the line that reaches ``max_bytes`` (so no file grows past

@@ -10,6 +10,7 @@ import inspect
 from collections.abc import Awaitable
 
 from ..config.models import ThrottlePolicy
+from ..state.base import UNAVAILABLE, Taken
 from .base import ConnectionContext, Policy, PolicyBuild, Rejection, UpgradeRequest
 
 # No application name can look like this (names are [A-Za-z0-9._-]), so it never clashes with one.
@@ -43,12 +44,16 @@ class Throttle(Policy):
             return self._settle(taken, key, who, conn)
         return self._decided(taken, key, who, conn)
 
-    async def _settle(self, taken: Awaitable[bool], key: str, who: str, conn: ConnectionContext) -> Rejection | None:
+    async def _settle(self, taken: Awaitable[Taken], key: str, who: str, conn: ConnectionContext) -> Rejection | None:
         return self._decided(await taken, key, who, conn)
 
-    def _decided(self, taken: bool, key: str, who: str, conn: ConnectionContext) -> Rejection | None:
+    def _decided(self, taken: Taken, key: str, who: str, conn: ConnectionContext) -> Rejection | None:
         if not taken:
             scope = f"API {self.api}" if who == WHOLE_API else f"application {who} on API {self.api}"
+            if taken is UNAVAILABLE:  # an outage, not a full limit: the operator must be able to tell them apart
+                return Rejection(503, "state_unavailable",
+                                 f"{scope}: state backend unavailable, connections refused (on_state_error: refuse)",
+                                 self._retry)
             return Rejection(503, "throttled", f"{scope} has {self.spec.max_connections} active connections, the limit",
                              self._retry)
         released = False

@@ -1,12 +1,7 @@
 """Validate messages: each message is checked against the API's `messages` definitions for its direction.
 
-A message matches when any definition of its direction (``origin``) does: the
-same type (text or binary), within the definition's ``max_size``, and for a
-definition with a schema, a JSON text payload the schema accepts. Schemas are
-compiled once, when the policy is built (every reload). With a
-``discriminator`` field, a JSON message's value for it picks the definitions
-whose schema fixes that value (``const`` or a one-value ``enum``): one lookup,
-not a scan; definitions that fix no value are tried as well.
+Matching (type, size, schema, discriminator, unreadable JSON, duplicate keys)
+is ``message_matcher.Matcher``'s; this module decides what a violation does.
 
 A violation has a kind, and the kind gives the close code under ``enforce``
 with ``on_violation: close``: ``type`` (no definition of that type) 1007,
@@ -15,21 +10,29 @@ passes the message and records the violation: in the API's invocation log
 (the first log-invocation policy's file) when it has one, in the gateway log
 otherwise; both at most ``LOGGED_PER_CONNECTION`` times per connection. Every
 violation is counted for ``/metrics``.
+
+A text payload the matcher cannot read (not JSON, nested too deep, a
+duplicate key) is a ``schema`` violation like any other: the configured mode
+handles it (``log`` never closes) and the metric counts it.
+
+A text payload longer than ``offload_above`` is parsed and checked in the
+validation worker process (``validation_worker``), not on the event loop. The
+relay holds the connection's later messages of that direction until the answer
+is in, so their order is kept. If the worker dies, it is replaced and the
+message is checked on the loop.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import time
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Awaitable
+from concurrent.futures.process import BrokenProcessPool
 
 import structlog
 
-from ..config.message_schemas import CompiledSchema
-from ..config.models import MessageDefinition, ValidateMessagesPolicy
+from ..config.models import ValidateMessagesPolicy
 from .base import (
     DROP,
     Close,
@@ -40,128 +43,16 @@ from .base import (
     Policy,
     PolicyBuild,
     Reply,
-    wire_size,
 )
 from .log_invocation import writer_for
+from .message_matcher import Matcher, Violation
 from .state import LogWriter, encode_record, record_dict
+from .validation_worker import check_in_worker, matcher_key, ready, replace_worker, worker_pool
 
 log = structlog.get_logger("wsgate.policies")
 
 CLOSE_CODES = {"type": 1007, "size": 1009, "schema": 1008}
 LOGGED_PER_CONNECTION = 10  # violations recorded per connection; the counter keeps counting past it
-_loads = json.loads
-
-
-@dataclass(frozen=True, slots=True)
-class Violation:
-    kind: str  # "type", "size" or "schema"
-    detail: str  # one sentence for people; never the payload
-
-
-class _Definition:
-    __slots__ = ("name", "is_text", "max_size", "schema")
-
-    def __init__(self, model: MessageDefinition) -> None:
-        self.name = model.name
-        self.is_text = model.type == "text"
-        self.max_size = model.max_size
-        self.schema = CompiledSchema(model.json_schema) if model.json_schema is not None and self.is_text else None
-
-
-def _fixed_value(schema: dict[str, Any] | None, field: str) -> tuple[bool, Any]:
-    """(True, value) when ``schema`` fixes ``field`` of a JSON object to one value."""
-    prop = ((schema or {}).get("properties") or {}).get(field)
-    if isinstance(prop, dict):
-        if "const" in prop:
-            return True, prop["const"]
-        enum = prop.get("enum")
-        if isinstance(enum, list) and len(enum) == 1:
-            return True, enum[0]
-    return False, None
-
-
-class Matcher:
-    """The definitions of one direction; ``check`` says why a message matches none of them (or None)."""
-
-    def __init__(self, definitions: Sequence[MessageDefinition], discriminator: str | None = None) -> None:
-        compiled = [(_Definition(d), d.json_schema) for d in definitions]
-        self.text = [d for d, _ in compiled if d.is_text]
-        self.binary = [d for d, _ in compiled if not d.is_text]
-        self.discriminator = discriminator
-        # A text definition with no size limit and no schema accepts every text message.
-        self.any_text = any(d.max_size is None and d.schema is None for d in self.text)
-        # Shortcuts decided once: most APIs have no max_size anywhere, or a schema on every text definition.
-        self.sized = any(d.max_size is not None for d, _ in compiled)
-        self.schemaless_text = any(d.schema is None for d in self.text)
-        self.by_value: dict[Any, list[_Definition]] = {}
-        self.unkeyed: list[_Definition] = []
-        if discriminator:
-            for d, schema in compiled:
-                if not d.is_text:
-                    continue
-                fixed, value = _fixed_value(schema, discriminator)
-                if fixed and _hashable(value):
-                    self.by_value.setdefault(value, []).append(d)
-                else:
-                    self.unkeyed.append(d)
-
-    def check(self, is_text: bool, payload: str | bytes) -> Violation | None:
-        if is_text:
-            if self.any_text:
-                return None
-            definitions = self.text
-        else:
-            definitions = self.binary
-        kind = "text" if is_text else "binary"
-        if not definitions:
-            return Violation("type", f"no {kind} message is declared in this direction")
-        document: Any = _UNPARSED
-        if is_text and self.discriminator:
-            try:
-                document = _loads(payload)
-            except ValueError:
-                document = _NOT_JSON
-            if isinstance(document, dict):
-                value = document.get(self.discriminator)
-                keyed = self.by_value.get(value, _NONE) if _hashable(value) else _NONE
-                definitions = [*keyed, *self.unkeyed] if self.unkeyed else keyed
-                if not definitions:
-                    return Violation("schema", f"no message is declared with {self.discriminator} = {_short(value)}")
-        fitting = definitions
-        if self.sized:
-            size = wire_size(is_text, payload)
-            fitting = [d for d in definitions if d.max_size is None or size <= d.max_size]
-            if not fitting:
-                largest = max(d.max_size or 0 for d in definitions)
-                return Violation("size", f"{size} bytes, over the largest declared {kind} message ({largest} bytes)")
-        if not is_text or (self.schemaless_text and any(d.schema is None for d in fitting)):
-            return None
-        if document is _UNPARSED:
-            try:
-                document = _loads(payload)
-            except ValueError:
-                document = _NOT_JSON
-        if document is _NOT_JSON:
-            return Violation("schema", "not JSON, and every declared text message has a JSON Schema")
-        for d in fitting:
-            if d.schema.is_valid(document):  # type: ignore[union-attr]
-                return None
-        first = fitting[0]
-        return Violation("schema", f"not a valid '{first.name}' message {first.schema.explain(document)}")  # type: ignore[union-attr]
-
-
-_NONE: list[_Definition] = []  # never mutated
-_UNPARSED = object()
-_NOT_JSON = object()
-
-
-def _hashable(value: Any) -> bool:
-    return isinstance(value, (str, int, float, bool)) or value is None
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _invocation_log(build: PolicyBuild) -> tuple[LogWriter | None, bool]:
@@ -174,7 +65,6 @@ def _invocation_log(build: PolicyBuild) -> tuple[LogWriter | None, bool]:
 
 class ValidateMessages(Policy):
     type = "validate-messages"
-    sync_messages = True
 
     def __init__(self, spec: ValidateMessagesPolicy, build: PolicyBuild) -> None:
         self.spec = spec
@@ -183,21 +73,56 @@ class ValidateMessages(Policy):
         writer, echo = _invocation_log(build)
         self.modes: dict[str, str] = {"client": spec.client, "server": spec.server}
         self.message_stages = frozenset(d for d in ("client", "server") if self.modes[d] != "off")
-        self.matchers = {
-            direction: Matcher([d for d in definitions if d.origin == direction], spec.discriminator)
-            for direction in self.message_stages
-        }
+        by_direction = {direction: tuple(d for d in definitions if d.origin == direction)
+                        for direction in self.message_stages}
+        self.matchers = {direction: Matcher(by_direction[direction], spec.discriminator)
+                         for direction in self.message_stages}
         self.violations = build.state.violations
         self.writer = writer
         self._echo = record_dict if echo else None
         self._reply = Reply(spec.error_message) if spec.error_message is not None else None
         self._logged: Counter[ConnectionContext] = Counter()
+        # Only a direction whose text is parsed is worth the worker; without one, on_message never awaits (the
+        # relay then skips its per-message awaitable check).
+        self._offload_above = spec.offload_above
+        self.sync_messages = spec.offload_above is None or not any(m.parses for m in self.matchers.values())
+        # What the worker needs to build the same matcher: the definitions, and a key it keeps it under.
+        self._for_worker = {} if self.sync_messages else {
+            direction: (matcher_key(defs, spec.discriminator), defs, spec.discriminator)
+            for direction, defs in by_direction.items()}
 
-    def on_message(self, message: Message, conn: ConnectionContext) -> MessageDecision:
-        direction = message.direction
-        violation = self.matchers[direction].check(message.is_text, message.payload)
+    def activate(self) -> None:
+        if not self.sync_messages:
+            worker_pool().submit(ready)  # start the worker now, not on the first big message
+
+    def on_message(self, message: Message, conn: ConnectionContext) -> MessageDecision | Awaitable[MessageDecision]:
+        matcher = self.matchers[message.direction]
+        payload = message.payload
+        if self._offload_above is not None and len(payload) > self._offload_above and message.is_text \
+                and matcher.parses:
+            return self._check_off_loop(matcher, message, conn)
+        violation = matcher.check(message.is_text, payload)
         if violation is None:
             return message
+        return self._violated(message, conn, violation)
+
+    async def _check_off_loop(self, matcher: Matcher, message: Message, conn: ConnectionContext) -> MessageDecision:
+        """``check`` in the worker process; the verdict's bookkeeping back on the loop."""
+        key, definitions, discriminator = self._for_worker[message.direction]
+        pool = worker_pool()
+        try:
+            violation = await asyncio.wrap_future(
+                pool.submit(check_in_worker, key, definitions, discriminator, message.payload))
+        except BrokenProcessPool:  # the worker died (killed, out of memory): a new one for the next message
+            log.warning("validation_worker_failed", api=self.api, policy=self.type, connection=conn.id)
+            replace_worker(pool)
+            violation = matcher.check(True, message.payload)
+        if violation is None:
+            return message
+        return self._violated(message, conn, violation)
+
+    def _violated(self, message: Message, conn: ConnectionContext, violation: Violation) -> MessageDecision:
+        direction = message.direction
         mode = self.modes[direction]
         action = "log" if mode == "log" else self.spec.on_violation
         self.violations[(self.api, direction, violation.kind, action)] += 1

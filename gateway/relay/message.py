@@ -490,15 +490,16 @@ class MessageRelay:
             except Exception:
                 self._policy_failed(policy)
                 return
+            if type(decision) is Message:  # the common answer first: the awaitable check costs ~0.4 µs
+                message = decision
+                continue
+            if decision is DROP:
+                return
             if may_await and inspect.isawaitable(decision):
                 self._hand_off(leg, decision, index, message)
                 return
-            if decision is DROP:
-                return
-            if type(decision) is not Message:
-                self._decided(leg, policy, decision, index, message)
-                return
-            message = decision  # `type(x) is not Message` (cheaper than isinstance here) narrows it
+            self._decided(leg, policy, decision, index, message)
+            return
         if message is original and message.payload is payload and message.is_text is is_text:
             self._send(leg.peer, is_text, data)
         else:

@@ -94,6 +94,40 @@ class StartError(Exception):
                    "stop the other process, or change `admin.port` in the Gateway resource (or --admin)")
 
 
+async def start_echo_servers(config: Config) -> list[EchoService]:
+    """The config's echo servers (``echo.server``); one that cannot bind is a StartError naming it."""
+    from echo.server import serve_echo_servers
+
+    try:
+        return await serve_echo_servers(config)
+    except OSError as exc:
+        raise StartError(f"{exc.strerror or exc}",
+                         "stop the other process, or change `port`/`host` in the EchoServer resource") from exc
+
+
+def admin_start_access(config: Config, address: tuple[str, int] | None,
+                       env: Mapping[str, str] | None = None) -> dict[str, Any] | None:
+    """The admin listener's access keywords (``admin_access``), checked before any listener binds: a start the
+    admin settings refuse (beyond loopback without a token, a token file or certificate that cannot be read)
+    is one StartError, never a traceback after the ports said ``listening``. None: no admin listener."""
+    if address is None:
+        return None
+    host, port = address
+    try:
+        return admin_access(config, host, env)
+    except (OSError, UnicodeError) as exc:  # a token file or certificate that cannot be read (ssl.SSLError too)
+        # The error's class and the file it names only: a decode error's text quotes a byte of the file.
+        filename = getattr(exc, "filename", None)
+        where = f" ({filename})" if filename else ""
+        raise StartError(f"the admin listener's token file or certificate cannot be loaded{where}: "
+                         f"{type(exc).__name__}",
+                         "check `admin.token_file` and `admin.tls` in the Gateway resource") from exc
+    except ValueError as exc:  # beyond loopback without a token (after UnicodeError, a ValueError too)
+        raise StartError(f"the admin listener on {host}:{port} is refused: {exc}",
+                         "set `admin.token` (or `admin.token_file`) in the Gateway resource, or keep the admin on "
+                         "loopback (--admin 127.0.0.1:PORT)") from exc
+
+
 class Gateway(ReloadStatus):
     """Every listener of one config, and the route table they read.
 
@@ -286,7 +320,7 @@ class Gateway(ReloadStatus):
         try:
             for name, loaded in table.enabled_ports().items():
                 if name not in self.servers:
-                    await self._start_port(name, loaded, artefacts)
+                    await self._start_port(name, loaded, artefacts, announce=True)
                     started.append(name)
         except BaseException:
             for name in started:
@@ -317,7 +351,7 @@ class Gateway(ReloadStatus):
             elif name in old.ports and listener_change(old, new, name):
                 self._stop_port(name)
                 try:
-                    await self._start_port(name, loaded, artefacts)
+                    await self._start_port(name, loaded, artefacts, announce=True)
                 except Exception as exc:
                     log.error("port_restart_failed", name=name, error=str(exc))
                     problems.append(f"port {name}: {exc}")
@@ -389,8 +423,18 @@ class Gateway(ReloadStatus):
         return problems
 
     # -------------------------------------------------------------- lifecycle
+    def admin_address(self) -> tuple[str, int] | None:
+        """Where the admin listens: the ``admin`` override, else the Gateway resource's (None: no admin)."""
+        settings = self.config.settings.admin
+        if self._admin_override is None:
+            return (settings.host, settings.port) if settings.enabled else None
+        return self._admin_override if isinstance(self._admin_override, tuple) else None
+
     async def start(self, generation: int = 1) -> None:
-        """Start echo servers, then listeners and admin; on failure stop what started and raise."""
+        """Check what can be checked before binding (StartError), then start echo servers, listeners and admin;
+        the ports say ``listening`` once every listener is bound. On failure stop what started and raise."""
+        address = self.admin_address()
+        access = admin_start_access(self.config, address, self.env)  # before anything binds or connects
         self.state = await _policy_state(self.config, self.env)
         artefacts = self._artefacts or Artefacts.of(self.config, self.env)
         self._artefacts = None  # served from now on; a reload brings its own
@@ -405,19 +449,11 @@ class Gateway(ReloadStatus):
         self._start_flushing()
         try:
             if self._start_echo and self.config.echo_servers:
-                from echo.server import serve_echo_servers
-
-                self.echo_services = await serve_echo_servers(self.config)
+                self.echo_services = await start_echo_servers(self.config)
             for name, loaded in self.table.enabled_ports().items():
                 await self._start_port(name, loaded, artefacts)
-            admin_settings = self.config.settings.admin
-            address: tuple[str, int] | None = None
-            if self._admin_override is None and admin_settings.enabled:
-                address = (admin_settings.host, admin_settings.port)
-            elif isinstance(self._admin_override, tuple):
-                address = self._admin_override
-            if address is not None:
-                self.admin = self._admin_server(*address)
+            if address is not None and access is not None:
+                self.admin = AdminServer(self, *address, **access)
                 try:
                     await self.admin.start()
                 except OSError as exc:
@@ -427,13 +463,12 @@ class Gateway(ReloadStatus):
         except BaseException:
             await self.stop()
             raise
+        for name, (host, bound) in self.addresses.items():
+            log.info("listening", name=name, host=host, port=bound, tls=name in self.tls_contexts)
         self.ready = True
 
-    def _admin_server(self, host: str, port: int) -> AdminServer:
-        """The admin listener with the Gateway resource's token and TLS (also for a ``--admin`` address)."""
-        return AdminServer(self, host, port, **admin_access(self.config, host, self.env))
-
-    async def _start_port(self, name: str, loaded: Loaded[Port], artefacts: Artefacts) -> None:
+    async def _start_port(self, name: str, loaded: Loaded[Port], artefacts: Artefacts, announce: bool = False) -> None:
+        """Bind one port; ``announce``: log ``listening`` now (a reload), else ``start`` does once all are bound."""
         port = loaded.model
         context = None
         if port.tls is not None:
@@ -457,7 +492,8 @@ class Gateway(ReloadStatus):
         self.listeners[name] = listener
         host, bound = server.sockets[0].getsockname()[:2]
         self.addresses[name] = (host, bound)
-        log.info("listening", name=name, host=host, port=bound, tls=context is not None)
+        if announce:
+            log.info("listening", name=name, host=host, port=bound, tls=context is not None)
 
     async def stop(self, grace: float = 0.0, hurry: asyncio.Event | None = None) -> None:
         """Unready at once, stop accepting, let live connections go on for ``grace`` seconds (or until ``hurry``

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from .base import OnStateError, SharedState
+from .base import UNAVAILABLE, OnStateError, SharedState, Taken
 
 if TYPE_CHECKING:
     from ..config.models import MemoryState, RedisState
@@ -30,4 +30,4 @@ def open_state(settings: MemoryState | RedisState, env: Mapping[str, str], *, ca
                       timeout=settings.timeout, prefix=settings.key_prefix, instance=instance)
 
 
-__all__ = ["OnStateError", "SharedState", "open_state"]
+__all__ = ["UNAVAILABLE", "OnStateError", "SharedState", "Taken", "open_state"]

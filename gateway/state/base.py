@@ -14,7 +14,8 @@ Two kinds of shared counts, each keyed by a string the caller builds:
 When the backend cannot answer (Redis unreachable), ``on_error`` decides:
 ``allow`` counts in this process's memory against the same limit until the
 backend is back (then this process's slots are re-asserted there), ``refuse``
-answers "no" meanwhile. Neither raises: a state fault never ends a connection.
+answers "no" meanwhile (a take answers ``UNAVAILABLE``, not ``False``).
+Neither raises: a state fault never ends a connection.
 
 ``acquire`` and ``take_budget`` answer at once in memory and return an
 awaitable from a remote backend (check with ``inspect.isawaitable``): the
@@ -29,6 +30,23 @@ from typing import Any, Literal, Protocol
 OnStateError = Literal["allow", "refuse"]
 
 
+class Undecided:
+    """The answer of a take the backend could not decide, refused by ``on_error: refuse``: falsy as a refusal
+    is, yet it says why, so that a throttle tells an outage from a full limit (body, log, metric label)."""
+
+    __slots__ = ()
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "UNAVAILABLE"
+
+
+UNAVAILABLE = Undecided()
+Taken = bool | Undecided  # True: a slot is taken; False: the limit is reached; UNAVAILABLE: see Undecided
+
+
 class SharedState(Protocol):
     backend: str
     expiry_bound: float  # seconds after its process dies until a slot is free again (0: dies with the process)
@@ -39,8 +57,9 @@ class SharedState(Protocol):
     async def close(self) -> None:
         """Give back every slot still held and disconnect."""
 
-    def acquire(self, key: str, limit: int, on_error: OnStateError = "allow") -> bool | Awaitable[bool]:
-        """Take one slot of ``key`` if fewer than ``limit`` are taken (the memory backend answers at once)."""
+    def acquire(self, key: str, limit: int, on_error: OnStateError = "allow") -> Taken | Awaitable[Taken]:
+        """Take one slot of ``key`` if fewer than ``limit`` are taken (the memory backend answers at once);
+        ``UNAVAILABLE`` when the backend could not decide and ``on_error`` refuses."""
 
     def release(self, key: str) -> None:
         """Give back one slot of ``key`` (never blocks; a remote backend sends it in the background)."""

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from .base import OnStateError
+from .base import UNAVAILABLE, OnStateError, Taken
 from .memory import LocalBuckets, LocalSlots
 from .redis_batch import ScriptLine, SlotBatch, Take
 
@@ -218,18 +218,19 @@ class RedisStore:
     def _slot_key(self, key: str) -> str:
         return f"{self._tag}:slots:{key}"
 
-    def acquire(self, key: str, limit: int, on_error: OnStateError = "allow") -> bool | Awaitable[bool]:
+    def acquire(self, key: str, limit: int, on_error: OnStateError = "allow") -> Taken | Awaitable[Taken]:
         """Healthy: the answer of the next batch (every take of this loop turn shares one script call).
-        Degraded: ``on_error``'s answer at once."""
+        Degraded: ``on_error``'s answer at once (``UNAVAILABLE`` for ``refuse``)."""
         self._known.add(key)
         if not self.healthy or self._flusher is None or self._closed:
             return self._degraded_take(key, limit, on_error)
         return self._take(key, limit, on_error)
 
-    async def _take(self, key: str, limit: int, on_error: OnStateError) -> bool:
+    async def _take(self, key: str, limit: int, on_error: OnStateError) -> Taken:
         # Queued only once awaited: an upgrade cancelled before it awaits asks for nothing. Cancelled while
-        # waiting, its answer's future is cancelled too, and a slot granted meanwhile goes back (``_answer``).
-        answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        # queued, its answer's future is cancelled too and the batch leaves it out (``_send_batch``); cancelled
+        # in flight, a slot granted meanwhile goes back (``_answer``).
+        answer: asyncio.Future[Taken] = asyncio.get_running_loop().create_future()
         self._batch.takes.append(Take(key, limit, on_error, answer))
         self._due.set()
         try:
@@ -239,9 +240,9 @@ class RedisStore:
                 self.release(key)  # answered yes, cancelled before it could read the answer
             raise
 
-    def _degraded_take(self, key: str, limit: int, on_error: OnStateError) -> bool:
+    def _degraded_take(self, key: str, limit: int, on_error: OnStateError) -> Taken:
         if on_error == "refuse":
-            return False
+            return UNAVAILABLE  # not False: the limit was not reached, Redis could not be asked
         return self.local.acquire(key, limit)
 
     def release(self, key: str) -> None:
@@ -275,6 +276,9 @@ class RedisStore:
         assert self._reasserting is not None
         async with self._reasserting:  # never in flight during a re-assert: the owner cannot change under it
             batch, self._batch = self._batch, SlotBatch()
+            # A take cancelled while queued (its client left) is not sent: sent anyway, it would hold a slot in
+            # Redis until its give-back, and refuse a take behind it in the same batch at the limit.
+            batch.takes = [take for take in batch.takes if not take.answer.cancelled()]
             if not batch:
                 return
             owner = self.owner
@@ -333,7 +337,7 @@ class RedisStore:
         for take in takes:
             self._answer(take, False if closing else self._degraded_take(take.key, take.limit, take.on_error))
 
-    def _answer(self, take: Take, taken: bool) -> None:
+    def _answer(self, take: Take, taken: Taken) -> None:
         if not take.answer.cancelled():
             take.answer.set_result(taken)
         elif taken:
@@ -385,6 +389,8 @@ class RedisStore:
         async with self._reasserting:
             if stale is not None and self.owner != stale and self.healthy:
                 return  # another task re-asserted while this one waited
+            if not self.healthy and self._connected:
+                await self._renew_connections()
             old = self.owner
             self.epoch += 1
             owner = f"{self.instance}.{self.epoch}"
@@ -410,6 +416,15 @@ class RedisStore:
                 self.healthy = True
                 self.since = time.time()
                 self.last_error = None
+
+    async def _renew_connections(self) -> None:
+        """Every connection this store holds starts afresh after an outage: the script line's (no batch is in
+        flight: the caller holds the re-assert lock) and the pool's idle ones (one in use by a budget call
+        fails or succeeds on its own; the pool checks every connection it hands out anyway)."""
+        if self._line is not None:
+            await self._line.renew()
+        if self.redis is not None:
+            await self.redis.connection_pool.disconnect(inuse_connections=False)
 
     async def _keep_alive(self) -> None:
         backoff = min(0.1, self.heartbeat)

@@ -23,7 +23,7 @@ import hashlib
 from collections.abc import Callable
 from typing import Any
 
-from .base import OnStateError
+from .base import OnStateError, Taken
 
 # KEYS[1] owners zset, KEYS[2..] slot hashes; ARGV[1] owner, ARGV[2..#KEYS] give-backs per hash (in KEYS order),
 # then one (hash index from 1, limit) pair per take. -1: owner unknown or expired; else one 1/0 per take.
@@ -73,7 +73,7 @@ class Take:
 
     __slots__ = ("key", "limit", "on_error", "answer", "attempts")
 
-    def __init__(self, key: str, limit: int, on_error: OnStateError, answer: asyncio.Future[bool]) -> None:
+    def __init__(self, key: str, limit: int, on_error: OnStateError, answer: asyncio.Future[Taken]) -> None:
         self.key = key
         self.limit = limit
         self.on_error = on_error  # what the take's throttle answers while Redis cannot be reached
@@ -116,11 +116,20 @@ class ScriptLine:
         self.connection: Any = None
 
     async def run(self, keys: list[str], args: list[Any]) -> Any:
-        from redis.exceptions import NoScriptError
+        from redis.exceptions import ConnectionError, NoScriptError
 
         if self.connection is None:
             self.connection = await self.client.connection_pool.get_connection()
         connection = self.connection
+        # Kept outside the pool, the line misses the pool's check of a connection it hands out: one the server
+        # closed (a Redis restart) would fail this call. Its end of stream is seen without a syscall; a closed
+        # one is disconnected here and the send below connects afresh. Never a resend after a send: a take
+        # Redis may have applied is not sent twice.
+        try:
+            if await connection.can_read():  # bytes nobody asked for: never read them as an answer
+                await connection.disconnect(nowait=True)
+        except ConnectionError:  # closed by the server
+            await connection.disconnect(nowait=True)
         try:
             await connection.send_packed_command(
                 connection.pack_command("EVALSHA", SYNC_SHA, len(keys), *keys, *args), check_health=False)
@@ -133,6 +142,12 @@ class ScriptLine:
             # A reply still on its way (a timeout, a cancel) must never be read as the next call's answer.
             await connection.disconnect(nowait=True)
             raise
+
+    async def renew(self) -> None:
+        """Drop the kept connection (the next call connects afresh): after an outage it is dead whatever it
+        looks like, and the first take after recovery must be decided by Redis, not fail on it."""
+        if self.connection is not None:
+            await self.connection.disconnect(nowait=True)
 
     async def close(self) -> None:
         if self.connection is not None:

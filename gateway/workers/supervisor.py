@@ -48,7 +48,7 @@ import structlog
 from ..common.connection_ids import INSTANCE_ENV, instance_from_environment
 from ..config.cache import CheckCache
 from ..config.tree import Config
-from ..operations.admin import AdminServer, PlainText, admin_access, dashboard_routes, healthz
+from ..operations.admin import AdminServer, PlainText, dashboard_routes, healthz
 from ..push import forward as push_forward
 from ..push.service import PUSH_PORT_KEY
 from ..serving.reloader import Reloader, ReloadStatus
@@ -467,7 +467,7 @@ class Supervisor(ReloadStatus):
 
     # -------------------------------------------------------------- lifecycle
     async def run(self) -> int:
-        from ..serving.runtime import StartError
+        from ..serving.runtime import StartError, admin_start_access, start_echo_servers
         from ..serving.watch import ConfigWatcher
 
         settings = self.config.settings
@@ -480,15 +480,16 @@ class Supervisor(ReloadStatus):
             try:
                 self._metrics_dir()
                 self.reloader.metrics = self._reload_metrics()
-                try:
+                host, port = self.admin_address or (settings.admin.host, settings.admin.port)
+                admin = self.admin_address is not None or settings.admin.enabled
+                try:  # as a single gateway's start: one line, exit 1, before anything listens or a worker starts
+                    access = admin_start_access(self.config, (host, port) if admin else None)
                     self.reserve_ports(self.config)
-                except StartError as exc:  # as a single gateway's bind: one line, exit 1, no worker started
+                    if self.config.echo_servers:
+                        self.echo_services = await start_echo_servers(self.config)
+                except StartError as exc:
                     log.error("start_failed", error=str(exc), hint=exc.hint)
                     return 1
-                if self.config.echo_servers:
-                    from echo.server import serve_echo_servers
-
-                    self.echo_services = await serve_echo_servers(self.config)
                 try:
                     await asyncio.gather(*(self.spawn(w) for w in self.workers))
                 except WorkerStartError as exc:  # e.g. a port taken between the hold and the workers' bind
@@ -496,14 +497,13 @@ class Supervisor(ReloadStatus):
                               hint="the worker's own error is quoted; for a port in use, stop the other process or "
                                    "change `port`/`host` in the Port resource")
                     return 1
-                host, port = self.admin_address or (settings.admin.host, settings.admin.port)
-                if self.admin_address is not None or settings.admin.enabled:
+                if access is not None:
                     self.admin = AdminServer(self, host, port, routes={
                         "/healthz": healthz, "/readyz": self.readyz, "/config": self.config_answer,
                         "/connections": self.connections, "/metrics": self.metrics, "/upstreams": self.upstreams,
                         "/reload": self.last_reload_answer, **dashboard_routes()},
                         post_routes={"/reload": self.reload_answer},
-                        **admin_access(self.config, host))
+                        **access)
                     try:
                         await self.admin.start()
                     except OSError as exc:
