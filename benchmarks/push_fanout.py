@@ -124,6 +124,8 @@ class _Members:
 
     def opened(self) -> None:
         self.open += 1
+        if self.open % 1000 == 0:
+            print(f"{self.open} open", file=sys.stderr, flush=True)
         if self.open == self.conns:
             self.ready.set()
 
@@ -279,7 +281,7 @@ async def _members(targets: list[tuple[int, str]], conns: int) -> list[Proc]:
     for client in clients:
         client.start_reading()
     for client in clients:
-        await client.next("ready", timeout=300)
+        await client.next("ready", timeout=1200)  # a busy 2-core machine upgrades a few hundred per second
     return clients
 
 
