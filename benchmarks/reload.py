@@ -105,8 +105,10 @@ async def bench(args: argparse.Namespace) -> dict:
     watching = asyncio.Event()
     applied: list[dict] = []
 
+    admin_up = False
+
     async def read_logs() -> None:
-        nonlocal port
+        nonlocal port, admin_up
         while line := (await process.stdout.readline()).decode():  # type: ignore[union-attr]
             if not line.startswith("{"):
                 continue
@@ -114,6 +116,8 @@ async def bench(args: argparse.Namespace) -> dict:
             if event.get("event") == "listening" and event.get("name") == "default":
                 port = event["port"]
             if event.get("event") == "listening" and event.get("name") == "admin":
+                admin_up = True
+            if admin_up and port is not None:  # the admin says `listening` before the ports do
                 watching.set()
             if event.get("event") == "reload_applied":
                 applied.append(event)

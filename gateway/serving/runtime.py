@@ -452,13 +452,13 @@ class Gateway(ReloadStatus):
                 self.echo_services = await start_echo_servers(self.config)
             for name, loaded in self.table.enabled_ports().items():
                 await self._start_port(name, loaded, artefacts)
+            await self.push.start(self.config, self.port_numbers, self.reuse_port, self.state)
             if address is not None and access is not None:
                 self.admin = AdminServer(self, *address, **access)
                 try:
                     await self.admin.start()
                 except OSError as exc:
                     raise StartError.admin_cannot_listen(*address, exc) from exc
-            await self.push.start(self.config, self.port_numbers, self.reuse_port, self.state)
             self.health.sync(self.table)  # probes start once the config's own echo servers listen
         except BaseException:
             await self.stop()
