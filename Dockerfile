@@ -8,8 +8,10 @@ COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 COPY echo ./echo
 COPY schemas ./schemas
-# The README's install command, with the redis extra for shared state.
-RUN python3 -m venv .venv && .venv/bin/pip install -q -e '.[redis]' && rm -rf /root/.cache \
+# The README's install command with every runtime extra: shared state (redis), bcrypt/argon2 passwords (hashes),
+# tracing (otel), the compiled message validator (fast-validation). tests/test_image_extras.py checks the list
+# against pyproject.toml and that each feature's modules import.
+RUN python3 -m venv .venv && .venv/bin/pip install -q -e '.[redis,hashes,otel,fast-validation]' && rm -rf /root/.cache \
     && useradd --system --uid 10001 --no-create-home wsgate
 ENV PATH=/opt/wsgate/.venv/bin:$PATH PYTHONUNBUFFERED=1
 

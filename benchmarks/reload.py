@@ -103,12 +103,11 @@ async def bench(args: argparse.Namespace) -> dict:
     port: int | None = None
     warmup_applied = 0
     watching = asyncio.Event()
+    admin_up = asyncio.Event()
     applied: list[dict] = []
 
-    admin_up = False
-
     async def read_logs() -> None:
-        nonlocal port, admin_up
+        nonlocal port
         while line := (await process.stdout.readline()).decode():  # type: ignore[union-attr]
             if not line.startswith("{"):
                 continue
@@ -116,8 +115,8 @@ async def bench(args: argparse.Namespace) -> dict:
             if event.get("event") == "listening" and event.get("name") == "default":
                 port = event["port"]
             if event.get("event") == "listening" and event.get("name") == "admin":
-                admin_up = True
-            if admin_up and port is not None:  # the admin says `listening` before the ports do
+                admin_up.set()
+            if port is not None and admin_up.is_set():  # the admin may log its line before the ports do
                 watching.set()
             if event.get("event") == "reload_applied":
                 applied.append(event)

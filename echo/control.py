@@ -27,13 +27,17 @@ from websockets.http11 import Response
 from .rooms import Room, published_paths
 
 START, STOP = "/startDemoAPI", "/stopDemoAPI"
-CONTROL_PATHS = frozenset({START, STOP})
+# The tutorial's own URLs (webMethods' service invocation form) answer as the short ones.
+CONTROL_ALIASES = {"/invoke/websocketDemo:startDemoAPI": START, "/invoke/websocketDemo:stopDemoAPI": STOP}
+CONTROL_PATHS = frozenset({START, STOP, *CONTROL_ALIASES})
 
 # File name → content type of what the demo page is made of.
 STATIC_FILES = {"demo.html": "text/html; charset=utf-8", "demo.css": "text/css", "demo.js": "text/javascript",
                 # The shipment tracking page of the push example (examples/push/, docs/push.md).
                 "track.html": "text/html; charset=utf-8", "track.js": "text/javascript"}
-PAGE_PATHS = {"/": "demo.html", **{f"/{name}": name for name in STATIC_FILES}}
+# The page at / and where the tutorial opens it (/websocketDemoPackage/demo.html, with its relative assets).
+PAGE_PATHS = {"/": "demo.html", **{f"/{name}": name for name in STATIC_FILES},
+              **{f"/websocketDemoPackage/{name}": name for name in STATIC_FILES}}
 
 # The page's inline config block; the server fills in the live contexts.
 CONFIG_MARKER = b'<script id="echo-config" type="application/json">{}</script>'
@@ -67,12 +71,13 @@ def load_static() -> dict[str, bytes]:
     return {name: (folder / name).read_bytes() for name in STATIC_FILES}
 
 
-def page_response(name: str, static: Mapping[str, bytes], rooms: Iterable[Room]) -> Response:
+def page_response(name: str, static: Mapping[str, bytes], rooms: Iterable[Room],
+                  gateway: Mapping[str, Any] | None = None) -> Response:
     body = static[name]
     if name == "demo.html":
         contexts = [{"path": r.path, "mode": r.context.mode, "published": r.published} for r in rooms]
         # "</" inside a <script> block would end it early; "<\/" is the same JSON string.
-        blob = json.dumps({"contexts": contexts}).replace("</", "<\\/").encode()
+        blob = json.dumps({"contexts": contexts, "gateway": gateway}).replace("</", "<\\/").encode()
         body = body.replace(CONFIG_MARKER, CONFIG_MARKER.replace(b"{}", blob))
     return response(200, body, STATIC_FILES[name], [("Content-Security-Policy", CSP)])
 
@@ -96,6 +101,7 @@ def control_response(
     ``start_undeclared`` creates a context the config does not declare (None when full); without it an
     unknown ``relativeURI`` is a 404.
     """
+    path = CONTROL_ALIASES.get(path, path)
     wanted = query.get("relativeURI", [])
     if wanted:
         uri = wanted[0]

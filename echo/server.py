@@ -32,6 +32,7 @@ from .control import (
     page_response,
     response,
 )
+from .link import gateway_link
 from .rooms import Client, Room
 
 log = structlog.get_logger("wsgate.echo")
@@ -52,6 +53,8 @@ class EchoService:
         self.rooms: dict[str, Room] = {c.path: Room(c) for c in model.contexts}
         self._static = load_static()
         self._server: Server | None = None
+        # The gateway route the demo page's "Use gateway" button opens (echo/link.py), from the serving config.
+        self.gateway: dict[str, object] | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -207,7 +210,7 @@ class EchoService:
                 query = parse_qs(url.query)
                 return control_response(path, query, self.rooms, self.publish, self.unpublish, self.start_undeclared)
             if path in PAGE_PATHS:
-                return page_response(PAGE_PATHS[path], self._static, self.rooms.values())
+                return page_response(PAGE_PATHS[path], self._static, self.rooms.values(), self.gateway)
             if published:
                 return None  # websockets answers a plain GET with 426 Upgrade Required
         if not published:
@@ -257,6 +260,7 @@ async def serve_echo_servers(config: Config) -> list[EchoService]:
     try:
         for loaded in config.echo_servers.values():
             service = EchoService(loaded.model)
+            service.gateway = gateway_link(config, loaded.model)
             try:
                 await service.start()
             except OSError as exc:  # named, so that the caller's one line says which server and address

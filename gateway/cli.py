@@ -21,13 +21,14 @@ import tarfile
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn, TextIO
+from typing import Any, NoReturn, TextIO
 
 from . import __version__
 from .build.pipeline import Built, build
 from .config import CheckCache, CheckResult, Config
 from .config import diagnostics as diag
 from .config import schema as schemas
+from .config import selector as selection
 from .config.models import API_VERSION
 
 # Terraform's -detailed-exitcode: 0 nothing to do, 1 an error (a usage error too), 2 plan has changes.
@@ -63,6 +64,17 @@ def _probe_arguments(p: argparse.ArgumentParser) -> None:
                    help="how long each probe may take (default: 5; all run at once)")
 
 
+def _selector_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--selector", action="append", default=[], metavar="KEY=VALUE",
+                   help="only resources whose labels hold these pairs (team=payments; comma-separated or repeated)")
+
+
+def _values_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--values", action="append", default=[], metavar="FILE",
+                   help="an environment's values for `{value: NAME}` in the tree (repeatable; later files win; "
+                        "WSGATE_VALUE_NAME in the environment wins over both)")
+
+
 def _workers(text: str) -> int:
     from .workers.supervisor import worker_count
 
@@ -85,17 +97,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--import-transforms", action="store_true",
                    help="import transform modules to check them (runs their code; default: a static check)")
     _probe_arguments(p)
+    _values_argument(p)
+    _selector_argument(p)
 
     p = sub.add_parser("plan", help="show what changes between a config and another version of it")
     p.add_argument("path", nargs="?", default=".", metavar="PATH", help="the desired config (default: .)")
     p.add_argument(
-        "--from", dest="source", required=True, metavar="OTHER",
+        "--from", dest="sources", required=True, metavar="OTHER", action="append",
         help="the current config: a directory, a git revision of the repository holding PATH, "
-        "or a running gateway's admin address (http://HOST:PORT)",
+        "or a running gateway's admin address (http://HOST:PORT); repeat with several admin addresses to "
+        "compare a fleet with the tree and with each other",
     )
     p.add_argument("--format", choices=("text", "json", "github"), default="text",
                    help="github: the text plan, plus an annotation on each line that disturbs live connections")
     _probe_arguments(p)
+    _values_argument(p)
+    _selector_argument(p)
 
     p = sub.add_parser("schemas", help="regenerate the JSON Schemas in schemas/ from the models")
     p.add_argument("--check", action="store_true", help="fail if the committed schemas are stale; write nothing")
@@ -107,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", nargs="?", default=".", metavar="PATH")
     p.add_argument("--log-format", choices=("json", "console", "auto"), default=None)
     p.add_argument("--admin", type=_address, default=None, metavar="HOST:PORT", help="admin endpoint address")
+    _values_argument(p)
     p.add_argument("--workers", type=_workers, default=1, metavar="N|auto",
                    help="worker processes serving every port (auto: one per CPU core; default 1: no supervisor)")
 
@@ -118,9 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--upstream", help="native endpoint URL (default: the description's ws/wss server)")
     p.add_argument("-o", "--output", type=Path, help="write the YAML here instead of stdout")
 
-    p = sub.add_parser("export", help="describe an API for its clients (AsyncAPI 3.0)")
-    p.add_argument("format", choices=("asyncapi",), help="the description format")
-    p.add_argument("api", metavar="API_NAME", help="the API to describe")
+    p = sub.add_parser("export", help="describe an API for its clients (AsyncAPI 3.0), or dump a live gateway's "
+                                      "config as YAML (config --from URL)")
+    p.add_argument("format", choices=("asyncapi", "config"), help="asyncapi: an API's description; config: what a "
+                   "running gateway serves, as a config tree (secrets as references or placeholders, never values)")
+    p.add_argument("api", metavar="API_NAME", nargs="?", help="the API to describe (asyncapi)")
+    p.add_argument("--from", dest="source", metavar="URL", help="config: the gateway's admin address (http://HOST:PORT)")
     p.add_argument("--config", default=".", metavar="PATH", help="the config tree (default: .)")
     p.add_argument("--version", help="the document's info.version (default: the API's version)")
     p.add_argument("--host", help="the host name clients use (default: each Port's bind address)")
@@ -128,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("echo", help="check the config, then serve only its echo servers")
     p.add_argument("path", nargs="?", default=".", metavar="PATH")
+    _values_argument(p)
     p.add_argument("--log-format", choices=("json", "console", "auto"), default=None)
     return parser
 
@@ -153,13 +175,28 @@ def _report(result: CheckResult, fmt: str, out: TextIO) -> None:
     out.write(diag.render(result.diagnostics, fmt))
     if fmt == "text":
         n_files = len(result.files)
-        verdict = "valid" if result.ok else "invalid"
+        verdict = "invalid" if any(d.is_error for d in result.diagnostics) else "valid"
+        if result.foreign:
+            count = sum(result.foreign.values())
+            formats = ", ".join(sorted(result.foreign))
+            out.write(f"note: {count} document{'s' if count != 1 else ''} of other formats skipped (apiVersion "
+                      f"{formats}); list such files in .wsgateignore to skip them silently\n")
+        if result.values is not None and result.values.files:
+            out.write(f"note: {_values_line(result)}\n")
         if result.unversioned:
             count = result.unversioned
             out.write(f"note: {count} document{'s' if count != 1 else ''} without apiVersion, read as "
                       f"{API_VERSION} (add `apiVersion: {API_VERSION}` to pin the format; docs/config-versions.md)\n")
         files = f"{n_files} file{'s' if n_files != 1 else ''}"
         out.write(f"{verdict}: {diag.summary_line(result.diagnostics)} in {files}\n")
+
+
+def _values_line(result: CheckResult) -> str:
+    """Which values the tree was resolved with (they are settings, never secrets: those stay `{env: ...}`)."""
+    assert result.values is not None
+    files = ", ".join(str(f) for f in result.values.files)
+    used = sorted(result.values.used)
+    return f"values from {files}" + (f": {', '.join(used)}" if used else "")
 
 
 def _probe(result: CheckResult, paths: Sequence[str], timeout: float, fmt: str, out: TextIO) -> CheckResult:
@@ -185,9 +222,25 @@ def _probe(result: CheckResult, paths: Sequence[str], timeout: float, fmt: str, 
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    result: CheckResult = build(args.paths, import_transforms=args.import_transforms)
+    result: CheckResult = build(args.paths, import_transforms=args.import_transforms, values=args.values)
     if args.probe:
         result = _probe(result, args.paths, args.probe_timeout, args.format, sys.stdout)
+    if args.selector:
+        try:
+            selector = selection.parse(args.selector)
+        except ValueError as exc:
+            sys.stderr.write(f"wsgate validate: {exc}\n")
+            return EXIT_USAGE
+        kept, selected = selection.diagnostics_of_selected(result.diagnostics, result.documents, selector)
+        if args.format == "text":
+            sys.stdout.write(f"note: --selector {', '.join(f'{k}={v}' for k, v in selector.items())}: {selected} of "
+                             f"{len(result.documents)} documents; {len(result.diagnostics) - len(kept)} problems "
+                             "outside them not shown\n")
+        result = dataclasses.replace(result, diagnostics=kept)
+        _report(result, args.format, sys.stdout)
+        if any(d.is_error for d in kept):
+            return EXIT_INVALID
+        return EXIT_INVALID if args.strict and result.warnings else EXIT_OK
     _report(result, args.format, sys.stdout)
     if not result.ok:
         return EXIT_INVALID
@@ -232,7 +285,12 @@ def _checkout_revision(path: Path, revision: str, into: Path) -> Path | None:
 def cmd_plan(args: argparse.Namespace) -> int:
     from .changes.plan import diff, render
 
-    desired: CheckResult = build([args.path])
+    try:
+        selection.parse(args.selector)
+    except ValueError as exc:
+        sys.stderr.write(f"wsgate plan: {exc}\n")
+        return EXIT_USAGE
+    desired: CheckResult = build([args.path], values=args.values)
     if not desired.ok:
         sys.stderr.write(diag.render(desired.diagnostics, "text"))
         sys.stderr.write(f"wsgate plan: the desired config {args.path} is invalid; nothing planned\n")
@@ -244,6 +302,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
             sys.stderr.write(f"wsgate plan: an upstream of {args.path} failed its probe; nothing planned\n")
             return EXIT_INVALID
     assert desired.config is not None  # desired.ok
+    if len(args.sources) > 1:
+        if not all(s.startswith(("http://", "https://")) for s in args.sources):
+            sys.stderr.write("wsgate plan: several --from must all be running gateways (http://HOST:PORT)\n")
+            return EXIT_USAGE
+        return _plan_fleet(args, desired.config)
+    args.source = args.sources[0]
     if args.source.startswith(("http://", "https://")):
         return _plan_from_live(args, desired.config)
     source = Path(args.source)
@@ -262,13 +326,25 @@ def cmd_plan(args: argparse.Namespace) -> int:
             label = f"{args.source}:{args.path}"
         current = None
         if current_path is not None:
-            result = build([current_path])
+            result = build([current_path], values=args.values)  # the same environment on both sides
             if not result.ok:
                 sys.stderr.write(diag.render(result.diagnostics, "text"))
                 sys.stderr.write(f"wsgate plan: the current config ({label}) is invalid; cannot diff against it\n")
                 return EXIT_INVALID
             current = result.config
-        plan = diff(current, desired.config)
+        target = desired.config
+        if args.selector:  # only the resources the selector picks, on both sides
+            picked = selection.parse(args.selector)
+            target = selection.selected_config(target, picked)
+            current = selection.selected_config(current, picked) if current is not None else None
+        if current is not None and _has_placeholders(current):
+            # An exported tree (`export config`): its credentials are redacted placeholders; compare in that form.
+            from .operations.live import redacted_credentials
+
+            target = redacted_credentials(target)
+        plan = diff(current, target)
+        if args.format == "text" and args.values:
+            sys.stdout.write(f"Resolved with {_values_line(desired)}\n\n")
         sys.stdout.write(render(plan, args.format))
         return EXIT_OK if plan.empty else EXIT_PLAN_CHANGES
     finally:
@@ -276,10 +352,81 @@ def cmd_plan(args: argparse.Namespace) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _has_placeholders(config: Config) -> bool:
+    from .common.redaction import CREDENTIAL_PLACEHOLDER
+
+    for loaded in config.applications.values():
+        ids = loaded.model.identifiers
+        written = [*ids.api_keys, *(user.password for user in ids.basic)]
+        if any(isinstance(w, str) and w.startswith(CREDENTIAL_PLACEHOLDER) for w in written):
+            return True
+    return False
+
+
+def _plan_fleet(args: argparse.Namespace, desired: Config) -> int:
+    """Several live gateways: which serve the tree's config, which differ (and from whom), and why a reload
+    failed where one did; then the plan from each distinct config that differs from the tree."""
+    from .operations.live import fetch_json
+
+    want = desired.digest()
+    rows: list[tuple[str, dict[str, Any] | None, str]] = []
+    for source in args.sources:
+        try:
+            served = fetch_json(source, "/reload").get("config") or {}
+            served.setdefault("digest", fetch_json(source, "/config").get("digest"))
+            rows.append((source, served, ""))
+        except (OSError, ValueError) as exc:
+            rows.append((source, None, str(exc)))
+    groups: dict[str, list[str]] = {}
+    for source, served, _ in rows:
+        if served is not None:
+            groups.setdefault(str(served.get("digest")), []).append(source)
+    out = sys.stdout
+    out.write(f"Fleet: {len(rows)} gateways; the tree's config is {want[:19]}\n\n")
+    differ = 0
+    for source, served, problem in rows:
+        if served is None:
+            out.write(f"  ? {source}: unreachable ({problem})\n")
+            differ += 1
+            continue
+        digest = str(served.get("digest"))
+        same = [s for s in groups[digest] if s != source]
+        mark = "=" if digest == want else "~"
+        differ += digest != want
+        commit = served.get("commit")
+        line = (f"  {mark} {source}: {digest[:19]} generation {served.get('generation')}"
+                + (f", commit {str(commit)[:12]}" if commit else "")
+                + (" (the tree's config)" if digest == want else " (differs from the tree)")
+                + (f", as {', '.join(same)}" if same else ", unlike every other" if len(rows) > 1 else ""))
+        out.write(line + "\n")
+        last = served.get("last_reload") or {}
+        if last and not last.get("ok", True):
+            out.write(f"      last reload failed: {last.get('error')}\n")
+    out.write(f"\n{len(rows) - differ} of {len(rows)} serve the tree's config; "
+              f"{len(groups)} distinct config{'s' if len(groups) != 1 else ''} in the fleet.\n")
+    status = EXIT_OK
+    for digest, sources in sorted(groups.items()):
+        if digest == want:
+            continue
+        out.write(f"\n# Plan for {', '.join(sources)}\n")
+        args.source = sources[0]
+        status = max(status, _plan_from_live(args, desired))
+    if any(served is None for _, served, _ in rows):
+        return EXIT_INVALID
+    return EXIT_PLAN_CHANGES if differ else status
+
+
 def _plan_from_live(args: argparse.Namespace, desired: Config) -> int:
     """Diff against what a running gateway serves; each disruption shows the live connections it closes."""
     from .changes.plan import diff, render
-    from .operations.live import config_from_documents, drift_of, fetch_json, live_counter, redacted_credentials
+    from .operations.live import (
+        config_from_documents,
+        drift_of,
+        ended_first,
+        fetch_json,
+        live_counter,
+        redacted_credentials,
+    )
 
     try:
         loaded = fetch_json(args.source, "/config")
@@ -293,8 +440,12 @@ def _plan_from_live(args: argparse.Namespace, desired: Config) -> int:
 
     desired_apps = AppIndex.build(desired)  # from the tree as written: the credential entries' fingerprints
     desired = redacted_credentials(desired)
+    if getattr(args, "selector", None):  # only the resources the selector picks, on both sides
+        picked = selection.parse(args.selector)
+        desired, current = selection.selected_config(desired, picked), selection.selected_config(current, picked)
     impact = Impact(current, desired, desired_apps)  # the disruptions, worked out once for the diff and the counts
-    plan = diff(current, desired, found=impact.all).with_live_counts(live_counter(counts, impact))
+    plan = diff(current, desired, found=impact.all).with_live_counts(live_counter(counts, impact),
+                                                                     ended_first(counts, impact))
     plan = dataclasses.replace(plan, old_digest=loaded.get("digest"), new_digest=desired.digest(),
                                drift=drift_of(loaded))
     sys.stdout.write(render(plan, args.format))
@@ -366,6 +517,12 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .asyncapi.exporter import ExportError, asyncapi_document, render
 
+    if args.format == "config":
+        return _export_config(args)
+    if args.api is None:
+        sys.stderr.write("wsgate export asyncapi: name the API to describe\n")
+        return EXIT_USAGE
+
     result = _checked_or_report(args.config)
     if not result.ok or result.config is None:
         return EXIT_INVALID
@@ -385,13 +542,35 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _export_config(args: argparse.Namespace) -> int:
+    from .operations.export import export_documents
+    from .operations.live import fetch_json
+
+    if not args.source or not args.source.startswith(("http://", "https://")):
+        sys.stderr.write("wsgate export config: give the gateway's admin address with --from http://HOST:PORT\n")
+        return EXIT_USAGE
+    try:
+        served = fetch_json(args.source, "/config")
+        text = export_documents(served["documents"], args.source, str(served.get("digest")))
+    except (OSError, ValueError, KeyError) as exc:
+        sys.stderr.write(f"wsgate export config: cannot read the running config from {args.source}: {exc}\n")
+        return EXIT_INVALID
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text, encoding="utf-8")
+        sys.stderr.write(f"wrote {args.output}: {len(served['documents'])} resources served by {args.source}\n")
+    return EXIT_OK
+
+
 # ------------------------------------------------------------ run, echo
 
 
-def _checked_or_report(path: str, cache: CheckCache | None = None) -> Built:
+def _checked_or_report(path: str, cache: CheckCache | None = None, values: Sequence[str] = ()) -> Built:
     """The same build and diagnostics as ``validate`` (transforms imported: they are about to run); printed to
     stderr (stdout may carry logs)."""
-    result = build([path], cache=cache, import_transforms=True)
+    result = build([path], cache=cache, import_transforms=True, values=values)
     if result.diagnostics:
         _report(result, "text", sys.stderr)
     return result
@@ -399,7 +578,7 @@ def _checked_or_report(path: str, cache: CheckCache | None = None) -> Built:
 
 def cmd_run(args: argparse.Namespace) -> int:
     cache = CheckCache()  # the gateway's first reload then re-reads only the files changed since start
-    result = _checked_or_report(args.path, cache)
+    result = _checked_or_report(args.path, cache, args.values)
     if not result.ok:
         return EXIT_INVALID
     if args.log_format is not None:
@@ -418,7 +597,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_echo(args: argparse.Namespace) -> int:
-    result = _checked_or_report(args.path)
+    result = _checked_or_report(args.path, values=args.values)
     if not result.ok:
         return EXIT_INVALID
     from .common.log import configure_logging

@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import textwrap
@@ -394,9 +395,12 @@ def tutorial_tree(tmp_path: Path, echo_port: int) -> Path:
     shutil.copytree(EXAMPLES, root)
     (root / "gateway" / "echo.yaml").unlink()  # the test runs its own echo server on a free port
     ports = root / "gateway" / "ports.yaml"
-    ports.write_text(ports.read_text().replace("port: 8082", "port: 0").replace("host: 0.0.0.0", "host: 127.0.0.1"))
+    ports.write_text(ports.read_text().replace("default: 8082", "default: 0")
+                     .replace("host: 0.0.0.0", "host: 127.0.0.1"))
     gateway = root / "gateway" / "gateway.yaml"
     gateway.write_text(gateway.read_text().replace("port: 9910", "port: 0"))  # the push listener
     for api in (root / "apis").glob("*.yaml"):
-        api.write_text(api.read_text().replace("localhost:8765", f"127.0.0.1:{echo_port}"))
+        # `{value: "ws://localhost:{echo_port}/..."}` (docs/environments.md) becomes the test server's plain URL.
+        api.write_text(re.sub(r'\{value: "ws://localhost:\{echo_port\}(/[^"]*)"\}', rf"ws://127.0.0.1:{echo_port}\1",
+                              api.read_text()))
     return root

@@ -16,6 +16,8 @@ from support import api_yaml, echo_backend, running_gateway, write_config
 from gateway.config import CheckCache, check
 from gateway.config.schema import passes, validator
 from gateway.config.source import load
+from gateway.config.values import apply as apply_values
+from gateway.config.values import read_values
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -139,7 +141,8 @@ async def test_reload_of_a_running_gateway_parses_only_what_changed(tmp_path):
 
 # ---------------------------------------------- compiled schema agreement
 
-SEED_DOCUMENTS = [(d.data["kind"], d.data) for d in load([EXAMPLES]).documents]
+# The examples as the check sees them: `{value: ...}` resolved with the tree's defaults (docs/environments.md).
+SEED_DOCUMENTS = [(d.data["kind"], d.data) for d in apply_values(load([EXAMPLES]).documents, read_values([]), {})[0]]
 ODD_VALUES = [None, True, 0, -1, 1.5, "", "x", "/p", [], ["a"], {}, {"a": 1}, 2**40, "ws://h:1/", "sha256:ab"]
 
 

@@ -298,7 +298,8 @@ def test_echo_context_declared_twice(tmp_path):
 def test_invalid_ip(tmp_path):
     """An identifier that is no address or network is WSG126."""
     base(tmp_path, app=APP.replace("apis:", "  ips: [10.0.0.0/8, 10.0.0.300]\napis:"))
-    assert found(run_check(tmp_path)) == [("WSG126", "demo.yaml", 6, 21)]
+    # WSG230 too: the API identifies by api_key only, so no address is ever compared.
+    assert found(run_check(tmp_path)) == [("WSG230", "demo.yaml", 6, 3), ("WSG126", "demo.yaml", 6, 21)]
 
 
 def test_application_never_usable_warns(tmp_path):

@@ -137,6 +137,19 @@ def test_gateway_button_uses_the_gateway_override(open_demo_page: Callable[..., 
     expect(page.locator("#uri")).to_have_value("ws://127.0.0.1:18082/websocket/EchoWS/1.0")
 
 
+def test_gateway_button_uses_the_port_of_the_echo_servers_config(open_demo_page: Callable[..., Page],
+                                                                   echo_service: EchoService) -> None:
+    """Without ?gateway=, 'Use gateway' opens the route the echo server's config gives (echo/link.py), not 8082."""
+    echo_service.gateway = {"api": "Chat", "scheme": "ws", "port": 19082, "path": "/chat"}
+    try:
+        page = open_demo_page()
+        expect(page.locator("#use-gateway")).to_have_text("Use gateway Chat")
+        page.click("#use-gateway")
+        expect(page.locator("#uri")).to_have_value("ws://127.0.0.1:19082/chat")
+    finally:
+        echo_service.gateway = None
+
+
 def test_refused_upgrade_is_explained(open_demo_page: Callable[..., Page], echo_service: EchoService) -> None:
     """An upgrade refused with an HTTP error shows the 'refused before opening (close code 1006)' message."""
     page = open_demo_page(ws_url=echo_service.url("/not-a-context/"))

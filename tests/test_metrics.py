@@ -210,7 +210,7 @@ def test_labels_never_hold_a_connection_id_a_client_address_or_a_key(tmp_path):
         names = {name for s in wsgate for name in s.labels}
         assert names <= {"port", "api", "application", "status", "reason", "stage", "endpoint", "code",
                          "direction", "outcome", "digest", "version", "python", "le", "backend", "action", "kind",
-                         "listener"}
+                         "listener", "commit", "last_reload"}
         values = {value for s in wsgate for value in s.labels.values()}
         assert KEY not in result.text and "wrong-key" not in result.text
         assert not any(parse_connection_id(value) for value in values)  # connection ids: <instance>.<worker>.<n>

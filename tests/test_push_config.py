@@ -34,10 +34,10 @@ def test_push_rules_name_file_line_and_column(tmp_path) -> None:
     codes = _codes(root)
     lines = (root / "gateway.yaml").read_text().splitlines()
     line_of = {code: line for code, line, _ in codes}
-    assert {"WSG270", "WSG272", "WSG133", "WSG134", "WSG203"} <= set(line_of)
-    assert "key: push-key-for-tests" in lines[line_of["WSG270"] - 1]
-    assert "- name: backend" in lines[line_of["WSG133"] - 1] and line_of["WSG133"] > line_of["WSG270"]
-    assert "from: claim" in lines[line_of["WSG134"] - 1]
+    assert {"WSG280", "WSG282", "WSG136", "WSG137", "WSG203"} <= set(line_of)
+    assert "key: push-key-for-tests" in lines[line_of["WSG280"] - 1]
+    assert "- name: backend" in lines[line_of["WSG136"] - 1] and line_of["WSG136"] > line_of["WSG280"]
+    assert "from: claim" in lines[line_of["WSG137"] - 1]
     assert check([root], env={}).config is None  # errors refuse the config
 
 

@@ -10,6 +10,8 @@ from jsonschema import Draft202012Validator
 from gateway.cli import main
 from gateway.config import schema
 from gateway.config.source import load
+from gateway.config.values import apply as apply_values
+from gateway.config.values import read_values
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMAS = REPO / "schemas"
@@ -36,7 +38,8 @@ def test_one_schema_per_kind_plus_resource():
 def test_examples_point_at_their_schema_and_pass_it():
     """Every example starts with a yaml-language-server line naming an existing schema that accepts it."""
     resource = Draft202012Validator(json.loads((SCHEMAS / "resource.schema.json").read_text()))
-    for doc in load([REPO / "examples"]).documents:
+    # `{value: ...}` nodes are resolved before the schema (docs/environments.md): with the tree's defaults here.
+    for doc in apply_values(load([REPO / "examples"]).documents, read_values([]), {})[0]:
         first = Path(doc.file).read_text().splitlines()[0]
         assert first.startswith("# yaml-language-server: $schema=")
         target = (Path(doc.file).parent / first.split("=", 1)[1]).resolve()

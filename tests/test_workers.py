@@ -139,6 +139,18 @@ async def test_each_reload_is_counted_once_by_the_supervisor(tmp_path):
             assert [w["generation"] for w in failed.json()["workers"]] == [1, 1]
             failing = Scrape((await http_request(admin, path="/metrics")).body.decode())
             assert failing.value("wsgate_reload_failing") == 1
+            # Every worker's wsgate_config_info says so too (the supervisor tells them), and /readyz says why.
+
+            async def info_failed() -> bool:
+                text = (await http_request(admin, path="/metrics")).body.decode()
+                return any(line.startswith("wsgate_config_info{") and 'last_reload="failed"' in line
+                           and line.endswith(" 1.0") for line in text.splitlines())
+
+            async with asyncio.timeout(TIMEOUT):
+                while not await info_failed():
+                    await asyncio.sleep(0.05)
+            ready = (await http_request(admin, path="/readyz")).json()
+            assert ready["config"]["last_reload"]["ok"] is False and ready["config"]["generation"] == 1
             (root / "broken.yaml").write_text(api_yaml("B", "/b", backend.url + "/"))
             applied = (await http_request(admin, post)).json()
             assert applied["ok"] and [w["generation"] for w in applied["workers"]] == [2, 2]

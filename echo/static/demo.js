@@ -7,9 +7,13 @@
   const params = new URLSearchParams(location.search);
   const config = readConfig();
 
-  // The gateway's base URL: ?gateway=ws://host:port overrides the tutorial's port 8082.
-  const gatewayBase = (params.get("gateway") || `ws://${location.hostname || "localhost"}:8082`).replace(/\/+$/, "");
-  const gatewayEchoWS = `${gatewayBase}/websocket/EchoWS/1.0`;
+  // The gateway route from the config the echo server was started with (echo/link.py); ?gateway=ws://host:port
+  // overrides its address. Without either, the tutorial's 8082.
+  const link = config.gateway || { scheme: "ws", port: 8082, path: "/websocket/EchoWS/1.0", api: "EchoWS" };
+  const gatewayBase = (params.get("gateway") ||
+    `${link.scheme}://${location.hostname || "localhost"}:${link.port}`).replace(/\/+$/, "");
+  const gatewayEchoWS = `${gatewayBase}${link.path}`;
+  $("use-gateway").textContent = `Use gateway ${link.api}`;
   const rooms = config.contexts.filter((c) => c.mode === "room" && c.published);
   const echoPath = (rooms[0] || config.contexts[0] || { path: "/api/demo/" }).path;
   const echoURI = `ws://${location.host || "localhost:8765"}${echoPath}`;
@@ -40,9 +44,10 @@
   function readConfig() {
     try {
       const parsed = JSON.parse($("echo-config").textContent);
-      return { contexts: Array.isArray(parsed.contexts) ? parsed.contexts : [] };
+      const gateway = parsed.gateway && typeof parsed.gateway === "object" ? parsed.gateway : null;
+      return { contexts: Array.isArray(parsed.contexts) ? parsed.contexts : [], gateway };
     } catch (e) {
-      return { contexts: [] };
+      return { contexts: [], gateway: null };
     }
   }
 

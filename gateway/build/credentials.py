@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 
+from ..common.redaction import CREDENTIAL_PLACEHOLDER
 from ..config.models import EnvKey
 
 SHA256_PREFIX = "sha256:"
@@ -34,6 +35,8 @@ def configured_digest(entry: str | EnvKey, env: Mapping[str, str]) -> str | None
     if isinstance(entry, EnvKey):
         value = env.get(entry.env)
         return key_digest(value) if value else None
+    if entry.startswith(CREDENTIAL_PLACEHOLDER):
+        return None  # an exported placeholder (redacted:...): no client may present it as a key
     if entry.startswith(SHA256_PREFIX):
         return entry[len(SHA256_PREFIX):].lower()
     return key_digest(entry)

@@ -114,12 +114,14 @@ def load_keys(settings: JWTSettings, base_dir: Path, env: Mapping[str, str]) -> 
         return parse_jwks(_read(base_dir, settings.jwks_file).decode("utf-8", errors="replace"))
     if settings.public_key_file is not None:
         return [parse_public_key(_read(base_dir, settings.public_key_file))]
+    if settings.jwks_url is not None:
+        return []  # fetched when the config starts serving (gateway/build/remote_keys.py), never while building
     if settings.secret is not None:
         value = env.get(settings.secret.env)
         if not value:
             return []  # an unset secret verifies nothing: every token is refused (validate warns)
         return [VerifyingKey(value.encode("utf-8"), HMAC_ALGORITHMS)]
-    raise KeyMaterialError("no key source: set one of jwks_file, public_key_file or secret")
+    raise KeyMaterialError("no key source: set one of jwks_file, public_key_file, secret or jwks_url")
 
 
 def _read(base_dir: Path, relative: str) -> bytes:
@@ -142,6 +144,10 @@ class JWTVerifier:
     claims: tuple[str, ...]  # where the application's client id is looked up, in order
     leeway: float
 
+    # How a `jwks_url`'s documents are read (gateway/build/remote_keys.py gets it from here, so that module
+    # does not load PyJWT for configs without tokens).
+    parse_document = staticmethod(parse_jwks)
+
     @classmethod
     def build(cls, settings: JWTSettings, base_dir: Path, env: Mapping[str, str]) -> JWTVerifier:
         algorithms = frozenset(settings.algorithms)
@@ -155,12 +161,24 @@ class JWTVerifier:
         claims = (settings.application_claim,) if settings.application_claim else DEFAULT_APPLICATION_CLAIMS
         return cls(settings.issuer, tuple(settings.audience), algorithms, tuple(keys), claims, settings.leeway)
 
-    def verify(self, token: str) -> tuple[str, float | None]:
-        """(client id, expiry as epoch seconds) of a valid token; raises TokenError with a reason safe to show."""
-        client, expires, _ = self.decode(token)
+    def kid_of(self, token: str) -> tuple[bool, str | None]:
+        """(True, the ``kid`` of the token's header or None), or (False, None) for a token that is not a JWT."""
+        if len(token) > MAX_TOKEN_LENGTH:
+            return False, None
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.PyJWTError:
+            return False, None
+        return True, kid if isinstance(kid, str) else None
+
+    def verify(self, token: str, remote: tuple[VerifyingKey, ...] = ()) -> tuple[str, float | None]:
+        """(client id, expiry as epoch seconds) of a valid token; raises TokenError with a reason safe to show.
+
+        ``remote``: the keys of a ``jwks_url`` as last fetched, tried beside the configured ones."""
+        client, expires, _ = self.decode(token, remote)
         return client, expires
 
-    def decode(self, token: str) -> tuple[str, float | None, Mapping[str, Any]]:
+    def decode(self, token: str, remote: tuple[VerifyingKey, ...] = ()) -> tuple[str, float | None, Mapping[str, Any]]:
         """Like :meth:`verify`, with the verified claims (push group rules read one: gateway/push/groups.py)."""
         if len(token) > MAX_TOKEN_LENGTH:
             raise TokenError("malformed")
@@ -172,7 +190,8 @@ class JWTVerifier:
         if not isinstance(alg, str) or alg not in self.algorithms:
             raise TokenError("algorithm not allowed")
         kid = header.get("kid")
-        candidates = [k for k in self.keys if alg in k.algorithms and (kid is None or k.kid in (None, kid))]
+        keys = self.keys + tuple(k for k in remote if k.algorithms & self.algorithms) if remote else self.keys
+        candidates = [k for k in keys if alg in k.algorithms and (kid is None or k.kid in (None, kid))]
         if kid is not None and any(k.kid == kid for k in candidates):
             candidates = [k for k in candidates if k.kid == kid]
         if not candidates:

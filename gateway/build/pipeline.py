@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..common.http_client import client_ssl_context
 from ..config import CheckCache, CheckResult, check, cut_long_quotes, redact, with_source_lines
 from ..config.diagnostics import Diagnostic, error
 from ..config.tree import Config
@@ -67,10 +68,12 @@ class Built(CheckResult):
 
 
 def build(paths: Sequence[str | Path], *, env: Mapping[str, str] | None = None, cache: CheckCache | None = None,
-          import_transforms: bool = False) -> Built:
-    """Check the tree under ``paths`` and compile it without sockets; the config only when both succeed."""
-    result = check(paths, env=env, cache=cache, import_transforms=import_transforms)
-    fields = (result.diagnostics, result.files, result.sources, result.documents, result.unversioned)
+          import_transforms: bool = False, values: Sequence[str | Path] = ()) -> Built:
+    """Check the tree under ``paths`` (resolved with the ``values`` files) and compile it without sockets; the
+    config only when both succeed."""
+    result = check(paths, env=env, cache=cache, import_transforms=import_transforms, values=values)
+    fields = (result.diagnostics, result.files, result.sources, result.documents, result.unversioned,
+              result.foreign, result.values)
     if result.config is None:
         return Built(None, *fields)
     artefacts, found = _compile(result.config, os.environ if env is None else env)
@@ -87,10 +90,10 @@ def build(paths: Sequence[str | Path], *, env: Mapping[str, str] | None = None, 
 def _compile(config: Config, env: Mapping[str, str], *,
              raise_first: bool = False) -> tuple[Artefacts | None, list[Diagnostic]]:
     """The artefacts of ``config`` (None if one fails) and a diagnostic per failure (``raise_first``: raise it)."""
-    from .apps import AppIndex
     from ..policies.origin import origin_pattern
+    from .apps import AppIndex
     from .routes import Endpoint, upstream_ssl_context
-    from .tls import ServerTLS
+    from .tls import CertificatePairError, ServerTLS
 
     out: list[Diagnostic] = []
     server_tls: dict[str, ServerTLS] = {}
@@ -102,6 +105,12 @@ def _compile(config: Config, env: Mapping[str, str], *,
         try:
             # The default certificate, the SNI ones and the client CA bundle, as the listener serves them.
             server_tls[name] = ServerTLS(name, port)
+        except CertificatePairError as exc:
+            if raise_first:
+                raise
+            out.append(error("WSG170", f"port '{name}': {exc}", port.locate(exc.at + ("cert",)),
+                             hint="the key must be the private key of that certificate (its pair); check both "
+                                  "paths"))
         except _BUILD_ERRORS as exc:
             if raise_first:
                 raise
@@ -134,6 +143,8 @@ def _compile(config: Config, env: Mapping[str, str], *,
                     except Exception as exc:  # noqa: BLE001
                         out.append(error("WSG172", f"origin pattern cannot be compiled: {_why(exc)}",
                                          api.locate(("policies", i, "allow", j)), hint="https://HOST or https://*.DOMAIN"))
+            elif policy.type == "identify":
+                out += _client_tls_problems(api, i, policy)
             elif policy.type == "log-invocation" and policy.file:
                 problem = _log_target_problem(api.resolve(policy.file))
                 if problem:
@@ -150,6 +161,31 @@ def _compile(config: Config, env: Mapping[str, str], *,
     if apps is None or any(d.is_error for d in out):
         return None, out
     return Artefacts(config, server_tls, upstream_tls, apps), out
+
+
+def _client_tls_problems(api: Any, i: int, policy: Any) -> list[Diagnostic]:
+    """The authorizer's and the JWKS URL's TLS files load as the running gateway loads them (WSG171)."""
+    out: list[Diagnostic] = []
+    settings = policy.authorizer
+    if settings is not None and (settings.ca_file or settings.cert):
+        try:
+            client_ssl_context(str(api.resolve(settings.ca_file)) if settings.ca_file else None,
+                               str(api.resolve(settings.cert)) if settings.cert else None,
+                               str(api.resolve(settings.key)) if settings.key else None)
+        except _BUILD_ERRORS as exc:
+            field_name = "ca_file" if settings.ca_file else "cert"
+            out.append(error("WSG171", f"the authorizer's TLS files cannot be loaded: {_why(exc)}",
+                             api.locate(("policies", i, "authorizer", field_name)),
+                             hint="a PEM CA bundle in `ca_file`; a PEM certificate chain in `cert`, its key in `key`"))
+    jwt = policy.jwt
+    if jwt is not None and jwt.jwks_ca_file:
+        try:
+            client_ssl_context(str(api.resolve(jwt.jwks_ca_file)))
+        except _BUILD_ERRORS as exc:
+            out.append(error("WSG171", f"the JWKS CA file cannot be loaded: {_why(exc)}",
+                             api.locate(("policies", i, "jwt", "jwks_ca_file")),
+                             hint="a PEM bundle of the CA certificates that sign the JWKS server's certificate"))
+    return out
 
 
 def _why(exc: BaseException) -> str:

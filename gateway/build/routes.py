@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote
 
 import structlog
 from websockets.headers import build_host
@@ -34,6 +34,8 @@ from ..policies.registry import build_chain as default_build_chain
 from ..policies.state import PolicyState
 
 if TYPE_CHECKING:
+    from websockets.datastructures import Headers
+
     from ..serving.health import EndpointHealth, HealthRegistry
 
 log = structlog.get_logger("wsgate.routes")
@@ -129,6 +131,18 @@ class CompiledAPI:
     upstream_headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     # Upgrades waiting for a pending-handshake slot of this route's endpoints, oldest first (see upstream.py).
     slot_waiters: deque[asyncio.Future[None]] = field(default_factory=deque, repr=False)
+    # `match_headers` and `match_query` as sorted (kind, name, value): every one must hold for the route to match.
+    conditions: tuple[tuple[str, str, str], ...] = ()
+
+    def matches(self, headers: Headers | None, query: Mapping[str, list[str]] | None) -> bool:
+        """Whether the request's headers (any of a header's values) and query parameters meet every condition."""
+        for kind, name, value in self.conditions:
+            if kind == "header":
+                if headers is None or value not in headers.get_all(name):
+                    return False
+            elif query is None or value not in query.get(name, ()):
+                return False
+        return True
 
     @property
     def api(self) -> API:
@@ -233,6 +247,7 @@ class CompiledAPI:
             balancer=SmoothWeightedRoundRobin(len(endpoints)),
             health=health,
             upstream_headers=upstream_headers(api, os.environ if env is None else env),
+            conditions=api.match_conditions(),
         )
 
 
@@ -286,20 +301,51 @@ def _port_ok(rest: str) -> bool:
     return not rest or (rest[0] == ":" and (rest[1:] == "" or (rest[1:].isascii() and rest[1:].isdigit())))
 
 
+def _specificity(route: CompiledAPI) -> tuple[int, str]:
+    """Order among routes of one path: more header/query conditions first, then by API name (deterministic)."""
+    return (-len(route.conditions), route.name)
+
+
+class _Query:
+    """The request's query, parsed once and only when a route has a query condition."""
+
+    __slots__ = ("text", "parsed")
+
+    def __init__(self, text: str | None) -> None:
+        self.text = text
+        self.parsed: Mapping[str, list[str]] | None = None
+
+    def get(self) -> Mapping[str, list[str]] | None:
+        if self.parsed is None and self.text is not None:
+            self.parsed = parse_qs(self.text, keep_blank_values=True)
+        return self.parsed
+
+
 @dataclass(slots=True)
 class PortRoutes:
     """The routes of one port for one host claim (a host name, a ``*.`` pattern, or any host): exact paths and
-    prefixes, longest first."""
+    prefixes, longest first; routes of one path (or prefix) most conditions first."""
 
-    exact: dict[str, CompiledAPI] = field(default_factory=dict)
+    exact: dict[str, list[CompiledAPI]] = field(default_factory=dict)
     prefixes: list[tuple[str, CompiledAPI]] = field(default_factory=list)
 
-    def match(self, path: str) -> tuple[CompiledAPI, str] | None:
-        route = self.exact.get(path)
-        if route is not None:
-            return route, ""
+    def add_exact(self, path: str, route: CompiledAPI) -> None:
+        routes = self.exact.setdefault(path, [])
+        if all(other.conditions != route.conditions for other in routes):  # the same twice: the first stays
+            routes.append(route)
+            routes.sort(key=_specificity)
+
+    def sort(self) -> None:
+        self.prefixes.sort(key=lambda item: (-len(item[0]), *_specificity(item[1])))  # the longest prefix wins
+
+    def match(self, path: str, headers: Headers | None = None,
+              query: str | None = None) -> tuple[CompiledAPI, str] | None:
+        parsed = _Query(query)
+        for route in self.exact.get(path, ()):
+            if not route.conditions or route.matches(headers, parsed.get()):
+                return route, ""
         for prefix, route in self.prefixes:
-            if prefix_matches(prefix, path):
+            if prefix_matches(prefix, path) and (not route.conditions or route.matches(headers, parsed.get())):
                 return route, path[len(prefix):] if route.api.strip_prefix else path
         return None
 
@@ -350,7 +396,7 @@ class RouteTable:
                         if api.match == "prefix":
                             group.prefixes.append((api.path, compiled))
                         else:
-                            group.exact.setdefault(api.path, compiled)
+                            group.add_exact(api.path, compiled)
         except BaseException:
             for compiled in apis.values():
                 compiled.close()
@@ -358,17 +404,21 @@ class RouteTable:
                 release_state()
             raise
         for group in routes.values():
-            group.prefixes.sort(key=lambda item: len(item[0]), reverse=True)  # the longest prefix wins
+            group.sort()
         with_hosts = frozenset(port for port, host in routes if host is not None)
         return cls(config=config, digest=config.digest(), generation=generation, apps=apps, routes=routes,
                    apis=apis, hosts=with_hosts, release_state=release_state)
 
-    def match(self, port_name: str, path: str, host: str | None = None) -> tuple[CompiledAPI, str] | None:
+    def match(self, port_name: str, path: str, host: str | None = None, headers: Headers | None = None,
+              query: str | None = None) -> tuple[CompiledAPI, str] | None:
         """The API for a request, and the path part the upstream URL gets (see ``API.strip_prefix``).
 
         Routes claiming the request's host (exact name, then ``*.`` pattern)
         come first; then routes for any host. Within each: the exact path,
-        then the longest prefix. No query; the trailing slash counts.
+        then the longest prefix; among routes of one path, the one with the
+        most `match_headers`/`match_query` conditions that all hold (ties by
+        API name). ``path`` has no query (``query`` is the raw query string);
+        the trailing slash counts.
         """
         if host is not None and port_name in self.hosts:
             claims: list[str] = [host]
@@ -376,11 +426,11 @@ class RouteTable:
                 claims.append("*." + host.split(".", 1)[1])
             for claim in claims:
                 group = self.routes.get((port_name, claim))
-                found = group.match(path) if group is not None else None
+                found = group.match(path, headers, query) if group is not None else None
                 if found is not None:
                     return found
         group = self.routes.get((port_name, None))
-        return group.match(path) if group is not None else None
+        return group.match(path, headers, query) if group is not None else None
 
     def lookup(self, port_name: str, path: str, host: str | None = None) -> CompiledAPI | None:
         """The API served at ``path`` (no query; the trailing slash counts) on a port."""

@@ -31,6 +31,16 @@ class _Certificate:
     context: ssl.SSLContext
 
 
+class CertificatePairError(ValueError):
+    """One certificate/key pair of a listener cannot be loaded; ``at`` is its place in the Port (("tls",) or
+    ("tls", "sni", i)) so the diagnostic points at that pair, not the default certificate."""
+
+    def __init__(self, at: tuple[str | int, ...], what: str, cause: BaseException) -> None:
+        super().__init__(f"{what}: {str(cause).strip() or type(cause).__name__}")
+        self.at = at
+        self.what = what
+
+
 class ServerTLS:
     """The TLS contexts one listener serves; ``context`` is the one the server socket gets."""
 
@@ -42,13 +52,20 @@ class ServerTLS:
         self._ca = loaded.resolve(self._client.ca_file) if self._client is not None else None
         self.certificates: list[_Certificate] = []
         self.by_host: dict[str, ssl.SSLContext] = {}
-        self.context = self._add(f"Port/{name}/tls", loaded.resolve(tls.cert), loaded.resolve(tls.key))
+        self.context = self._pair(("tls",), "the default certificate", f"Port/{name}/tls", loaded, tls)
         for i, sni in enumerate(tls.sni):
-            context = self._add(f"Port/{name}/tls.sni[{i}]", loaded.resolve(sni.cert), loaded.resolve(sni.key))
+            what = f"SNI certificate {i + 1} ({', '.join(sni.hosts)})"
+            context = self._pair(("tls", "sni", i), what, f"Port/{name}/tls.sni[{i}]", loaded, sni)
             for host in sni.hosts:
                 self.by_host.setdefault(host, context)
         if self.by_host:
             self.context.sni_callback = self._pick
+
+    def _pair(self, at: tuple[str | int, ...], what: str, where: str, loaded: Any, files: Any) -> ssl.SSLContext:
+        try:
+            return self._add(where, loaded.resolve(files.cert), loaded.resolve(files.key))
+        except (ssl.SSLError, OSError) as exc:
+            raise CertificatePairError(at, f"{what}: cert {files.cert} with key {files.key}", exc) from exc
 
     def _add(self, where: str, cert: Path, key: Path) -> ssl.SSLContext:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

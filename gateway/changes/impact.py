@@ -20,6 +20,9 @@ The rules:
   removed, deregistered from an API that stays, or the very identifier the
   connection was accepted with (API key, IP, hostname, basic user, JWT
   client) is gone. A connection identified otherwise keeps going.
+- **renamed** (``previous_names`` on an API or Application): the resource is compared with itself under its
+  new name, so a rename alone disturbs no one; live connections are then known by the new name (the runtime
+  maps the names they were accepted under, ``accepted_from(record, names)``).
 - everything else keeps the connection (policy settings apply to new upgrades).
   A kept connection may still be worth a line in the plan: a new shared-state
   backend starts its throttle counts from zero, so live connections are not
@@ -111,6 +114,9 @@ class Disruption:
     field: str | None = None
     identifier: str | None = None
     live_connections: int | None = None
+    # Live connections this change reaches that an earlier one ends first (one connection, one line): by the
+    # reason of the change that ends them, so a plan never shows "0 live connections" without saying why.
+    ended_first_by: tuple[tuple[str, int], ...] = ()
 
     @property
     def close_code(self) -> int:
@@ -179,8 +185,25 @@ def _port(name: str, old: Config, new: Config) -> Iterable[Disruption]:
             yield Disruption(Action.DRAIN, reason, {"port": name}, cause, first)
 
 
-def _api(name: str, a: API, b: API | None) -> Iterable[Disruption]:
-    cause = ("API", name)
+def renames(old: Config | None, new: Config) -> dict[tuple[str, str], str]:
+    """(kind, old name) -> new name: an API or Application of ``new`` whose `previous_names` lists a resource
+    of ``old`` that ``new`` no longer has is that resource, renamed (its connections carry over)."""
+    if old is None:
+        return {}
+    out: dict[tuple[str, str], str] = {}
+    for kind, before, after in (("API", old.apis, new.apis), ("Application", old.applications, new.applications)):
+        for name, loaded in after.items():
+            if name in before:
+                continue
+            for previous in loaded.model.previous_names:
+                if previous in before and previous not in after and (kind, previous) not in out:
+                    out[(kind, previous)] = name
+                    break
+    return out
+
+
+def _api(name: str, a: API, b: API | None, cause_name: str | None = None) -> Iterable[Disruption]:
+    cause = ("API", cause_name or name)
     if b is None:
         yield Disruption(Action.DRAIN, "API removed", {"api": name}, cause)
         return
@@ -211,15 +234,18 @@ _IDENTIFIERS = {
 }
 
 
-def _application(name: str, a: Application, b: Application | None, new_apis: Mapping[str, Any]) -> Iterable[Disruption]:
-    cause = ("Application", name)
+def _application(name: str, a: Application, b: Application | None, new_apis: Mapping[str, Any],
+                 moved_apis: Mapping[str, str] | None = None, cause_name: str | None = None) -> Iterable[Disruption]:
+    cause = ("Application", cause_name or name)
+    moved_apis = moved_apis or {}
     if b is None:
         yield Disruption(Action.REVOKE, "application removed", {"application": name}, cause)
         return
     for api in a.apis:
-        if api in b.apis:
+        now = moved_apis.get(api, api)  # a registration to a renamed API is the same registration
+        if now in b.apis:
             continue
-        if api not in new_apis:
+        if now not in new_apis:
             continue  # the API itself goes: its removal drains these connections
         yield Disruption(Action.REVOKE, f"application deregistered from API '{api}'",
                          {"application": name, "api": api}, cause, "apis")
@@ -266,13 +292,19 @@ def disruptions(old: Config | None, new: Config) -> tuple[Disruption, ...]:
         return ()
     count("disruptions")
     out: list[Disruption] = list(_state(old, new))
+    # A renamed resource is compared with itself under its new name; selectors keep the old name (the one
+    # its live connections were accepted under), causes name the new one (where plan shows the change).
+    moved = renames(old, new)
+    moved_apis = {old_name: new_name for (kind, old_name), new_name in moved.items() if kind == "API"}
     for name in old.ports:
         out += _port(name, old, new)
     for name, api in old.apis.items():
-        out += _api(name, api.model, new.apis[name].model if name in new.apis else None)
+        target = moved_apis.get(name, name)
+        out += _api(name, api.model, new.apis[target].model if target in new.apis else None, target)
     for name, app in old.applications.items():
-        out += _application(name, app.model, new.applications[name].model if name in new.applications else None,
-                            new.apis)
+        target = moved.get(("Application", name), name)
+        out += _application(name, app.model, new.applications[target].model if target in new.applications else None,
+                            new.apis, moved_apis, target)
     for name, echo in old.echo_servers.items():
         out += _echo(name, echo.model, new.echo_servers[name].model if name in new.echo_servers else None)
     out.sort(key=lambda d: d.action is not Action.REVOKE)  # stable: revocations first, else as listed
@@ -300,20 +332,25 @@ class Impact:
 
     def __post_init__(self, known: tuple[Disruption, ...] | None) -> None:
         self.all = disruptions(self.old, self.new) if known is None else known
+        self.moved = renames(self.old, self.new)  # (kind, old name) -> new name: connections carried over
 
     def decide(self, accepted: Accepted) -> Decision:
         """Keep, drain or revoke one connection: the first disruption that reaches it (revocations come first)."""
-        identified = accepted.identified_by not in (None, "anonymous")  # no identity, nothing to revoke
         for d in self.all:
-            if d.action is Action.KEEP or (d.action is Action.REVOKE and not identified):
-                continue
-            if d.selects(accepted) and (d.identifier is None or self._credential_gone(accepted)):
+            if d.action is not Action.KEEP and self.reaches(d, accepted):
                 return Decision(d.action, d.reason, d)
         return KEEP
+
+    def reaches(self, d: Disruption, accepted: Accepted) -> bool:
+        """Whether ``d`` applies to ``accepted`` (whichever disruption applies to it first)."""
+        if d.action is Action.REVOKE and accepted.identified_by in (None, "anonymous"):
+            return False  # no identity, nothing to revoke
+        return d.selects(accepted) and (d.identifier is None or self._credential_gone(accepted))
 
     def _credential_gone(self, accepted: Accepted) -> bool:
         """Whether the identifier ``accepted`` came in with no longer names its application."""
         app = accepted.application or ""
+        app = self.moved.get(("Application", app), app)  # renamed: its credentials are looked up under the new name
         apps = self.new_apps
         method = accepted.identified_by
         if method in ("api_key", "basic", "jwt", "certificate"):
@@ -332,16 +369,21 @@ class Impact:
         return False
 
 
-def accepted_from(record: Any) -> Accepted | None:
-    """The ``Accepted`` view of a ``listener.Connection`` (None before its route is known)."""
+def accepted_from(record: Any, names: Mapping[tuple[str, str], str] | None = None) -> Accepted | None:
+    """The ``Accepted`` view of a ``listener.Connection`` (None before its route is known).
+
+    ``names``: (kind, name accepted under) -> the name the serving config has for it now, after renames
+    (``previous_names``): a connection is decided, counted and listed under the API's current name."""
     conn = record.conn
     if conn is None:
         return None
+    names = names or {}
     application = conn.application
+    app_name = application.name if application is not None else None
     return Accepted(
         port=record.port_name,
-        api=conn.api,
-        application=application.name if application is not None else None,
+        api=names.get(("API", conn.api), conn.api),
+        application=names.get(("Application", app_name), app_name) if app_name is not None else None,
         identified_by=application.identified_by if application is not None else None,
         key_digest=conn.metadata.get("key_digest"),
         peer_ip=conn.peer[0] if conn.peer else "",

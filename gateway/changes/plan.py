@@ -28,7 +28,7 @@ from pydantic import BaseModel
 from ..common.redaction import redact_url, redact_urls
 from ..config.tree import Config, Loaded, Location
 from .impact import Action as DisruptionAction
-from .impact import Disruption, disruptions
+from .impact import Disruption, disruptions, renames
 
 Action = Literal["create", "update", "destroy"]
 KIND_ORDER = {"Gateway": 0, "Port": 1, "EchoServer": 2, "API": 3, "Application": 4}
@@ -58,6 +58,7 @@ class ResourceChange:
     location: str | None = None  # file:line:col of the desired resource (or of the old one, for destroy)
     # Where each disruption's cause was written (same order as ``disruptions``): GitHub annotations go there.
     disruption_locations: tuple[Location | None, ...] = ()
+    renamed_from: str | None = None  # an update that is also a rename (`previous_names`): the old name
 
     @property
     def address(self) -> str:
@@ -97,12 +98,17 @@ class Plan:
     def disruptive(self) -> bool:
         return any(c.disruptive for c in self.changes)
 
-    def with_live_counts(self, count: Callable[[Disruption], int | None]) -> Plan:
-        """A copy with ``live_connections`` filled in by ``count`` (e.g. from a running gateway's admin API)."""
+    def with_live_counts(self, count: Callable[[Disruption], int | None],
+                         ended_first: Callable[[Disruption], tuple[tuple[str, int], ...]] | None = None) -> Plan:
+        """A copy with ``live_connections`` filled in by ``count`` (e.g. from a running gateway's admin API), and
+        ``ended_first_by`` by ``ended_first``: the connections a change reaches that another ends first."""
         return replace(
             self,
             changes=tuple(
-                replace(c, disruptions=tuple(replace(d, live_connections=count(d)) for d in c.disruptions))
+                replace(c, disruptions=tuple(
+                    replace(d, live_connections=count(d),
+                            ended_first_by=ended_first(d) if ended_first is not None else ())
+                    for d in c.disruptions))
                 for c in self.changes
             ),
         )
@@ -252,13 +258,17 @@ def diff(old: Config | None, new: Config, found: tuple[Disruption, ...] | None =
     ``found``: the disruptions of this change when the caller has them already (a reload's ``Impact``).
     """
     before, after = _loaded(old), _loaded(new)
+    moved = renames(old, new)  # (kind, old name) -> new name: one renamed resource, not a destroy and a create
+    origin = {(kind, new_name): (kind, old_name) for (kind, old_name), new_name in moved.items()}
     by_cause: dict[tuple[str, str], list[Disruption]] = {}
     for d in disruptions(old, new) if found is None else found:
         by_cause.setdefault(d.cause, []).append(d)
     changes: list[ResourceChange] = []
     for key in sorted(set(before) | set(after), key=lambda k: (KIND_ORDER.get(k[0], 9), k[1])):
         kind, name = key
-        a, b = before.get(key), after.get(key)
+        if key in moved:
+            continue  # shown under its new name
+        a, b = before.get(origin.get(key, key)), after.get(key)
         found = tuple(by_cause.get(key, ()))
         where = tuple(_cause_location(d, a, b) for d in found)
         if a is None:
@@ -268,12 +278,22 @@ def diff(old: Config | None, new: Config, found: tuple[Disruption, ...] | None =
             changes.append(ResourceChange("create", kind, name, fields, found, str(b.location), where))
         elif b is None:
             changes.append(ResourceChange("destroy", kind, name, (), found, str(a.location), where))
+        elif key in origin:
+            fields = _field_changes(_renamed(_dump(a.model)), _renamed(_dump(b.model)),
+                                    tuple(d.field for d in found if d.field))
+            changes.append(ResourceChange("update", kind, name, fields, found, str(b.location), where,
+                                          renamed_from=origin[key][1]))
         elif a.model != b.model:
             fields = _field_changes(_dump(a.model), _dump(b.model), tuple(d.field for d in found if d.field))
             if not fields and not found:
                 continue
             changes.append(ResourceChange("update", kind, name, fields, found, str(b.location), where))
     return Plan(tuple(changes), old.digest() if old is not None else None, new.digest())
+
+
+def _renamed(data: dict) -> dict:
+    """A renamed resource's fields as compared: its name and `previous_names` are the rename itself."""
+    return {k: v for k, v in data.items() if k not in ("name", "previous_names")}
 
 
 # ------------------------------------------------------------- rendering
@@ -303,7 +323,8 @@ def _live(d: Disruption) -> str:
     if d.live_connections is None:
         return ""
     n = d.live_connections
-    return f", {n} live connection{'s' if n != 1 else ''}"
+    first = "; ".join(f"{k} more closed first by: {reason}" for reason, k in d.ended_first_by)
+    return f", {n} live connection{'s' if n != 1 else ''}" + (f" ({first})" if first else "")
 
 
 def _drift_lines(plan: Plan) -> list[str]:
@@ -321,10 +342,15 @@ def render_text(plan: Plan) -> str:
         return "\n".join(_drift_lines(plan) + ["No changes. The config matches.", ""])
     lines = _drift_lines(plan) + ["wsgate will perform the following actions:", ""]
     for c in plan.changes:
-        lines.append(f"  # {c.kind} \"{c.name}\" {_VERB[c.action]}" + (f" ({c.location})" if c.location else ""))
+        verb = _VERB[c.action]
+        if c.renamed_from is not None:
+            verb = f"will be renamed from \"{c.renamed_from}\"" + (
+                ", no connection disrupted" if not c.disruptive else "") + (" and updated in place" if c.fields else "")
+        lines.append(f"  # {c.kind} \"{c.name}\" {verb}" + (f" ({c.location})" if c.location else ""))
         for d in c.disruptions:
             lines.append(f"  # ! disrupts live connections: {d.reason} ({_HOW[d.action]}{_live(d)})")
-        lines.append(f"  {_SYMBOL[c.action]} {c.kind} \"{c.name}\"")
+        old_name = f"\"{c.renamed_from}\" → " if c.renamed_from is not None else ""
+        lines.append(f"  {_SYMBOL[c.action]} {c.kind} {old_name}\"{c.name}\"")
         width = max((len(f.path) for f in c.fields), default=0)
         for f in c.fields:
             mark = "  !" if f.disruptive else ""
@@ -372,6 +398,7 @@ def to_dict(plan: Plan) -> dict:
                 "action": c.action,
                 "kind": c.kind,
                 "name": c.name,
+                **({"renamed_from": c.renamed_from} if c.renamed_from is not None else {}),
                 "location": c.location,
                 "fields": [field_dict(f) for f in c.fields],
                 "disruptions": [
@@ -381,6 +408,8 @@ def to_dict(plan: Plan) -> dict:
                         "selector": dict(d.selector),
                         "close_code": d.close_code,
                         "live_connections": d.live_connections,
+                        **({"ended_first_by": [{"reason": r, "live_connections": k} for r, k in d.ended_first_by]}
+                           if d.ended_first_by else {}),
                         "field": d.field,
                         "location": str(loc) if loc is not None else None,
                     }

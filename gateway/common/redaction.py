@@ -15,6 +15,9 @@ from typing import Any
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 REDACTED = "[redacted]"
+# What `/config` and `wsgate export config` write for a credential the config holds (a key, a basic password):
+# "redacted:" and a fingerprint prefix. It stands for no key: the credential index never accepts it.
+CREDENTIAL_PLACEHOLDER = "redacted:"
 REDACTED_USERINFO = "***"  # stands for a URL's password (or a user name that may be a token)
 
 # A query parameter whose name, lower-cased and stripped of everything but letters and digits, contains one of

@@ -333,10 +333,25 @@ def check_model(doc: Document, kind: str) -> tuple[BaseModel | None, list[Diagno
         out = []
         for item in exc.errors(include_url=False):
             path = _data_path(doc.data, item.get("loc", ()))
-            out.append(
-                error("WSG108", f"{describe_path(path)}: {item.get('msg', 'invalid value')}", doc.value_at(path))
-            )
+            message = item.get("msg", "invalid value").removeprefix("Value error, ")
+            path = _named_field(doc.data, path, message)
+            out.append(error("WSG108", f"{describe_path(path)}: {message}", doc.value_at(path)))
         return None, out
+
+
+# A model validator's message names the field it refuses first, in backticks (`strip_prefix` needs ...):
+# pydantic locates such an error at the mapping, so the diagnostic is moved onto that field when it is written.
+_FIRST_FIELD = re.compile(r"^`([A-Za-z_][\w]*)(?::[^`]*)?`")
+
+
+def _named_field(data: Any, path: tuple, message: str) -> tuple:
+    match = _FIRST_FIELD.match(message)
+    node = data
+    for part in path:
+        node = node[part]
+    if match is None or not isinstance(node, dict) or match.group(1) not in node:
+        return path
+    return path + (match.group(1),)
 
 
 def _data_path(data: Any, loc: Sequence[Any]) -> tuple:

@@ -23,6 +23,11 @@ Name = Annotated[str, Field(pattern=NAME_PATTERN, description="A unique name: le
 Seconds = Annotated[float, Field(gt=0, description="A duration in seconds.")]
 PositiveInt = Annotated[int, Field(ge=1)]
 SHA256_PATTERN = re.compile(r"^sha256:[0-9a-f]{64}$")
+HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
+HeaderName = Annotated[str, Field(pattern=HEADER_NAME_PATTERN)]
+
+
+HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"  # an HTTP header name (a token, RFC 9110)
 
 
 class Strict(BaseModel):
@@ -36,6 +41,11 @@ API_VERSION = "wsgate/v1"
 API_VERSIONS = (API_VERSION,)
 
 
+LABEL_KEY_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,62}[A-Za-z0-9])?$"
+LabelKey = Annotated[str, Field(pattern=LABEL_KEY_PATTERN)]
+LabelValue = Annotated[str, Field(max_length=63)]
+
+
 class Versioned(Strict):
     """Base for every resource document: the optional format version comes first."""
 
@@ -44,6 +54,10 @@ class Versioned(Strict):
     api_version: Literal["wsgate/v1"] | None = Field(
         None, alias="apiVersion", exclude=True,
         description="The config format, `wsgate/v1`. Optional today; documents without it are read as wsgate/v1.")
+    labels: dict[LabelKey, LabelValue] = Field(
+        default_factory=dict,
+        description="Free-form `key: value` tags (`team: payments`): `validate`/`plan --selector team=payments` "
+        "work on the resources that carry them, and organisation `requirements` can select APIs by them.")
 
 
 class PolicyBase(Strict):
@@ -132,7 +146,7 @@ class EnvKey(Strict):
 
 
 # Asymmetric algorithms verify with public keys (safe in git); HS* need a shared secret from the environment.
-IdentifyMethod = Literal["api_key", "hostname", "ip", "jwt", "basic", "certificate"]
+IdentifyMethod = Literal["api_key", "hostname", "ip", "jwt", "basic", "certificate", "authorizer"]
 JWTAlgorithm = Literal[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
     "HS256", "HS384", "HS512",
@@ -140,7 +154,7 @@ JWTAlgorithm = Literal[
 
 
 class JWTSettings(Strict):
-    """How `by: [jwt]` validates bearer tokens. Exactly one key source: jwks_file, public_key_file or secret."""
+    """How `by: [jwt]` validates bearer tokens. One key source: jwks_file, public_key_file, secret or jwks_url."""
 
     issuer: str = Field(min_length=1, description="Required `iss` claim: tokens from any other issuer are refused.")
     audience: list[str] = Field(
@@ -162,6 +176,25 @@ class JWTSettings(Strict):
     secret: EnvKey | None = Field(
         None, description="`{env: VARIABLE}` holding the HMAC secret for HS* algorithms; never a literal."
     )
+    jwks_url: str | None = Field(
+        None,
+        description="HTTPS URL of the issuer's JWKS document (`http://` only to 127.0.0.1 or localhost, warned). "
+        "Fetched when the config starts serving, kept, refetched in the background past `jwks_max_age` and at "
+        "once for a token whose `kid` it does not know; the last good keys stay when a fetch fails.",
+    )
+    jwks_timeout: Seconds = Field(
+        2.0, description="Seconds a JWKS fetch may take; an upgrade waiting for one waits no longer."
+    )
+    jwks_max_age: Seconds = Field(300.0, description="Seconds fetched keys are used before a background refetch.")
+    jwks_min_refresh_interval: float = Field(
+        10.0, ge=0,
+        description="Seconds between two fetches asked for by tokens with an unknown `kid` (a flood of made-up "
+        "kids costs the issuer one fetch per interval); such tokens are refused meanwhile.",
+    )
+    jwks_ca_file: str | None = Field(
+        None, description="CA bundle that verifies the JWKS server, relative to the declaring file (default: the "
+        "system's CAs)."
+    )
     application_claim: str | None = Field(
         None,
         min_length=1,
@@ -181,6 +214,49 @@ class JWTSettings(Strict):
     )
 
 
+AuthorizerCredential = Literal["authorization", "cookie", "api_key", "access_token"]
+
+
+class AuthorizerSettings(Strict):
+    """How `by: [authorizer]` asks an HTTP endpoint at the upgrade (docs/integrations.md)."""
+
+    url: str = Field(
+        description="Where the gateway POSTs each upgrade's path, query, headers and peer as JSON: `https://`, or "
+        "`http://` to 127.0.0.1 or localhost only (warned)."
+    )
+    timeout: Seconds = Field(
+        2.0, description="Seconds the answer may take; past it the authorizer counts as down (`unavailable_status`)."
+    )
+    forward_credentials: list[AuthorizerCredential] = Field(
+        default_factory=list,
+        description="Credentials the authorizer gets: `authorization` (the header), `cookie`, `api_key` (the "
+        "`x-Gateway-APIKey` header and query parameter), `access_token` (the query parameter). The others are "
+        "removed from what it is sent. What is forwarded is also the cache key (its digest).",
+    )
+    cache_ttl: float = Field(
+        60.0, ge=0,
+        description="Seconds an answer (allow or refusal) is reused for the same forwarded credentials; 0: ask "
+        "every time. An answer's own `expires_in` shortens it. Requests forwarding no credential are not cached.",
+    )
+    unavailable_status: Literal[401, 503] = Field(
+        503,
+        description="What the client gets while the authorizer cannot answer (refused, timed out, 5xx, not JSON): "
+        "503 (try again later, with Retry-After) or 401. The gateway never lets a client in without an answer.",
+    )
+    ca_file: str | None = Field(
+        None, description="CA bundle that verifies the authorizer, relative to the declaring file (default: the "
+        "system's CAs)."
+    )
+    cert: str | None = Field(None, description="Client certificate chain (PEM) the gateway presents (mTLS).")
+    key: str | None = Field(None, description="Private key (PEM) of `cert`.")
+
+    @model_validator(mode="after")
+    def _cert_and_key(self) -> AuthorizerSettings:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("`cert` and `key` go together: the client certificate needs its private key")
+        return self
+
+
 class IdentifyPolicy(PolicyBase):
     """Identify & authorize application: only applications registered to the API get in (else 401)."""
 
@@ -196,6 +272,16 @@ class IdentifyPolicy(PolicyBase):
         False, description="Let unidentified clients in as the anonymous application instead of refusing with 401."
     )
     jwt: JWTSettings | None = Field(None, description="Bearer token validation; required when `by` lists `jwt`.")
+    authorizer: AuthorizerSettings | None = Field(
+        None, description="The HTTP endpoint that decides each upgrade; required when `by` lists `authorizer`."
+    )
+
+
+class ThrottleTier(Strict):
+    """Applications that get their own connection limit on this API (like a Kong consumer group)."""
+
+    applications: list[Name] = Field(min_length=1, description="The tier's applications (each in one tier only).")
+    max_connections: PositiveInt = Field(description="Active connections allowed, counted as the policy's `per`.")
 
 
 class ThrottlePolicy(PolicyBase):
@@ -208,6 +294,16 @@ class ThrottlePolicy(PolicyBase):
     on_state_error: Literal["allow", "refuse"] = Field(
         "allow", description="While the shared state backend (Redis) is unreachable: `allow` counts in this process "
         "against the same limit until it is back, `refuse` answers 503 `state_unavailable`.")
+    applications: list[Name] = Field(
+        default_factory=list,
+        description="Only these applications are limited by `max_connections` (empty: every application, the "
+        "anonymous one included). Needs an identify policy before it.",
+    )
+    tiers: dict[Name, ThrottleTier] = Field(
+        default_factory=dict,
+        description="Named groups of applications with their own `max_connections` on this API, e.g. "
+        "`partner: {applications: [acme], max_connections: 100}`. With `per: api` a tier shares one count.",
+    )
 
 
 class TransformPolicy(PolicyBase):
@@ -256,6 +352,30 @@ class MaskRule(Strict):
         return self
 
 
+class SyslogDestination(Strict):
+    """Invocation records to syslog: RFC 5424 messages whose text is the JSON record (masked as in the file)."""
+
+    address: str = Field(
+        "/dev/log", pattern=r"^(/\S+|unix:///\S+|udp://[^/\s]+|tcp://[^/\s]+)$",
+        description="A unix datagram socket (`/dev/log`, `unix:///run/syslog.sock`), `udp://HOST:PORT` or "
+        "`tcp://HOST:PORT` (octet-counted frames).")
+    facility: Literal["user", "daemon", "auth", "local0", "local1", "local2", "local3", "local4", "local5", "local6",
+                      "local7"] = "local0"
+    app_name: str = Field("wsgate", pattern=r"^[!-~]{1,48}$", description="The APP-NAME field of each message.")
+    timeout: Seconds = Field(2.0, description="Seconds a send may take; a batch that fails is dropped (counted).")
+
+
+class OTLPLogs(Strict):
+    """Invocation records as OpenTelemetry log records over OTLP/HTTP (JSON), e.g. to a collector."""
+
+    endpoint: str = Field(pattern=r"^https?://\S+$",
+                          description="The collector's logs URL, e.g. `http://otel-collector:4318/v1/logs`.")
+    headers: dict[Annotated[str, Field(pattern=HEADER_NAME_PATTERN)], EnvKey] = Field(
+        default_factory=dict, description="Headers sent with each export, each `{env: VARIABLE}` (an API token).")
+    service_name: str = Field("wsgate", description="The `service.name` resource attribute.")
+    timeout: Seconds = Field(5.0, description="Seconds an export may take; a batch that fails is dropped (counted).")
+
+
 class LogInvocationPolicy(PolicyBase):
     """Transaction records of upgrades, messages and closes."""
 
@@ -278,8 +398,14 @@ class LogInvocationPolicy(PolicyBase):
     stdout: bool | None = Field(
         None,
         description="Also emit every record through the gateway's structured log. Default: only when `file` is "
-        "unset; with a file, `true` costs gateway CPU per record.",
+        "unset, `syslog` and `otlp` too; with a destination, `true` costs gateway CPU per record.",
     )
+    syslog: SyslogDestination | None = Field(
+        None, description="Also send each record to syslog (same masking and truncation as the file; a bounded "
+        "queue, so a syslog that is down drops records, counted, and never slows the relay).")
+    otlp: OTLPLogs | None = Field(
+        None, description="Also export each record as an OpenTelemetry log record over OTLP/HTTP (same masking; "
+        "bounded like `syslog`).")
 
 
 class RoutingPolicy(PolicyBase):
@@ -320,6 +446,16 @@ class OriginPolicy(PolicyBase):
     allow_missing: bool = Field(False, description="Let in clients that send no Origin header (non-browsers).")
 
 
+class RateLimitTier(Strict):
+    """Applications that get their own rate on this API; unset numbers are the policy's."""
+
+    applications: list[Name] = Field(min_length=1, description="The tier's applications (each in one tier only).")
+    messages_per_second: float | None = Field(None, gt=0, description="The tier's sustained messages per second.")
+    burst_messages: PositiveInt | None = Field(None, description="The tier's message burst.")
+    bytes_per_second: float | None = Field(None, gt=0, description="The tier's sustained payload bytes per second.")
+    burst_bytes: PositiveInt | None = Field(None, description="The tier's byte burst.")
+
+
 class RateLimitPolicy(PolicyBase):
     """Messages and bytes per second in one direction: a token bucket with a burst, per connection,
     application or API. Several may stack (all must have room)."""
@@ -357,6 +493,16 @@ class RateLimitPolicy(PolicyBase):
         None,
         description="With `drop`: a text message sent back to the sender of each dropped message, e.g. "
         "`{\"type\": \"error\", \"reason\": \"rate limit\"}` (declare it in `messages` to document it).",
+    )
+    applications: list[Name] = Field(
+        default_factory=list,
+        description="Only these applications are limited by the policy's numbers (empty: every application). "
+        "Needs an identify policy before it.",
+    )
+    tiers: dict[Name, RateLimitTier] = Field(
+        default_factory=dict,
+        description="Named groups of applications with their own numbers on this API, counted as the policy's "
+        "`per`, e.g. `partner: {applications: [acme], messages_per_second: 100}`.",
     )
 
     @model_validator(mode="after")
@@ -444,7 +590,8 @@ class UpstreamTLS(Strict):
     @model_validator(mode="after")
     def _cert_and_key(self) -> UpstreamTLS:
         if (self.cert is None) != (self.key is None):
-            raise ValueError("an upstream client certificate needs both `cert` and `key`")
+            given, missing = ("cert", "key") if self.key is None else ("key", "cert")
+            raise ValueError(f"`{given}` needs `{missing}`: an upstream client certificate needs both")
         return self
 
 
@@ -497,7 +644,6 @@ RESERVED_UPSTREAM_HEADERS = frozenset({
     "host", "upgrade", "connection", "content-length", "transfer-encoding", "x-forwarded-for", "x-forwarded-proto",
     "x-forwarded-host", "x-real-ip", "forwarded", "x-gateway-application", "x-gateway-connection-id",
 })
-HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
 
 
 class Upstream(Strict):
@@ -670,6 +816,11 @@ class API(Versioned):
 
     kind: Literal["API"]
     name: Name
+    previous_names: list[Name] = Field(
+        default_factory=list,
+        description="Names this API had before, oldest first: a reload that finds the old name gone and this "
+        "one new is a rename (`plan`: renamed, no connection disrupted), not a removal and a creation. Its live "
+        "connections, and the throttle counts (kept under the oldest name), carry over.")
     version: str = Field("1.0", description="Version label, shown in logs and the plan.")
     description: str = ""
     path: str = Field(pattern=r"^/\S*$", description="Gateway path, e.g. `/websocket/EchoWS/1.0`. Trailing `/` counts.")
@@ -689,6 +840,17 @@ class API(Versioned):
         description="Host names this API answers for (the `Host` header, without port; `*.example.com` matches "
         "one label). Empty: any host. Several APIs can share a port and a path when their hosts differ.",
     )
+    match_headers: dict[HeaderName, str] = Field(
+        default_factory=dict,
+        description="Request headers this API requires, name (any case) to exact value, e.g. `{X-Version: \"2\"}`. "
+        "Several APIs can share a port, host and path when these differ; the one with the most conditions that "
+        "all hold wins.",
+    )
+    match_query: dict[Annotated[str, Field(min_length=1)], str] = Field(
+        default_factory=dict,
+        description="Query parameters this API requires, name to exact value, e.g. `{v: \"2\"}`; counted with "
+        "`match_headers` when the most specific route is picked.",
+    )
     ports: list[Name] = Field(min_length=1, description="Names of the Ports this API is served on.")
     upstream: Upstream
     compression: bool = Field(
@@ -706,6 +868,21 @@ class API(Versioned):
     @classmethod
     def _hosts(cls, value: list[str]) -> list[str]:
         return _host_names(value)
+
+    @field_validator("match_headers")
+    @classmethod
+    def _header_names_lower(cls, value: dict[str, str]) -> dict[str, str]:
+        lowered: dict[str, str] = {}
+        for name, wanted in value.items():
+            if name.lower() in lowered:
+                raise ValueError(f"header {name!r} is required twice (header names are case-insensitive)")
+            lowered[name.lower()] = wanted
+        return lowered
+
+    def match_conditions(self) -> tuple[tuple[str, str, str], ...]:
+        """Header and query conditions as sorted (kind, name, value): equal tuples always match the same requests."""
+        return tuple(sorted([("header", n, v) for n, v in self.match_headers.items()]
+                            + [("query", n, v) for n, v in self.match_query.items()]))
 
     @model_validator(mode="after")
     def _strip_needs_prefix(self) -> API:
@@ -787,6 +964,11 @@ class Application(Versioned):
 
     kind: Literal["Application"]
     name: Name
+    previous_names: list[Name] = Field(
+        default_factory=list,
+        description="Names this application had before, oldest first: a reload that finds the old name gone and this "
+        "one new is a rename (`plan`: renamed, no connection disrupted), not a removal and a creation. Its live "
+        "connections, identified by the same credentials, carry over.")
     description: str = ""
     identifiers: Identifiers = Identifiers()
     apis: list[Name] = Field(default_factory=list, description="Names of the APIs this application may use.")
@@ -849,11 +1031,15 @@ class Admin(Strict):
         "declaring file. Read at start."
     )
     tls: TLSFiles | None = Field(None, description="Serve the admin endpoints over HTTPS with this certificate.")
+    unready_after_failed_reload: bool = Field(
+        False, description="`/readyz` answers 503 while the last reload failed (the last good config keeps serving): "
+        "a rollout then sees a replica stuck on an old config. Off: a failed reload shows in `/readyz`'s body "
+        "and `wsgate_config_info` only.")
 
     @model_validator(mode="after")
     def _one_token_source(self) -> Admin:
         if self.token is not None and self.token_file is not None:
-            raise ValueError("an admin token comes from `token` or `token_file`, not both")
+            raise ValueError("`token_file` and `token` both set: an admin token comes from one of them")
         return self
 
 
@@ -893,6 +1079,28 @@ class RedisState(Strict):
 StateSettings = Annotated[MemoryState | RedisState, Field(discriminator="backend")]
 
 
+class Requirement(Strict):
+    """An organisation rule: what every API it applies to must have."""
+
+    name: Name = Field(description="The rule's name, shown in each error (`identified`, `tls-only`).")
+    description: str = ""
+    selector: dict[LabelKey, str] = Field(
+        default_factory=dict, description="Only APIs with these labels must meet it; empty: every API.")
+    policies: list[Literal["identify", "throttle", "transform", "log-invocation", "routing", "origin", "rate-limit",
+                           "validate-messages"]] = Field(
+        default_factory=list, description="Policy types each API's chain must hold (`[identify, log-invocation]`).")
+    tls_ports: bool = Field(False, description="Every port of the API serves TLS (wss://).")
+    labels: list[LabelKey] = Field(default_factory=list, description="Label keys each API must carry (`[team]`).")
+    max_message_size: PositiveInt | None = Field(
+        None, description="`limits.max_message_size` must be set and at most this many bytes.")
+
+    @model_validator(mode="after")
+    def _requires_something(self) -> Requirement:
+        if not (self.policies or self.tls_ports or self.labels or self.max_message_size):
+            raise ValueError("a requirement needs `policies`, `tls_ports`, `labels` or `max_message_size`")
+        return self
+
+
 class Gateway(Versioned):
     """Process-wide settings; at most one per config."""
 
@@ -914,6 +1122,10 @@ class Gateway(Versioned):
         "relative to this file). Without them, log files must stay inside the config tree.",
     )
     log_format: Literal["json", "console", "auto"] = "auto"
+    requirements: list[Requirement] = Field(
+        default_factory=list,
+        description="Organisation rules every API (or every API a `selector` picks) must meet; `validate` reports "
+        "each API that breaks one as an error naming the rule (WSG135).")
 
 
 Resource = Annotated[Port | API | Application | EchoServer | Gateway, Field(discriminator="kind")]

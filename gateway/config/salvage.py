@@ -52,8 +52,12 @@ def salvage(doc: Document, kind: str) -> tuple[Document, BaseModel] | None:
 
 
 def _cut_for(data: Any, path: tuple, required: bool) -> tuple | None:
-    """What to cut for an error at ``path``: the innermost list item holding it, else the field itself
-    (unless a field is missing there: then its mapping would have to go, and that is the document)."""
+    """What to cut for an error at ``path``: the field itself when the error is in its value (an endpoint keeps
+    its place without its `weight: 0`; a field it cannot do without is then missing, and the next round cuts the
+    item), else the innermost list item holding it (unless a field is missing outside any list: then its mapping
+    would have to go, and that is the document)."""
+    if not required and path and isinstance(path[-1], str):
+        return path
     for i in range(len(path) - 1, -1, -1):
         if isinstance(path[i], int) and isinstance(_at(data, path[:i]), list):
             return path[: i + 1]

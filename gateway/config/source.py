@@ -38,6 +38,7 @@ try:
 except ImportError:  # no ruamel.yaml.clib (e.g. PyPy): ruamel's pure parser
     CParser = None
 
+from . import ignore
 from .cache import CheckCache, FileResult, digest
 from .diagnostics import Diagnostic, Related, error
 from .tree import Location
@@ -101,7 +102,8 @@ def find_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[Diagnostic
         root = Path(root)
         if root.is_dir():
             # Sorted by parts, as Path sorts, but comparing tuples of str (Path.__lt__ costs ~4 µs a call).
-            found += sorted(_walk(root), key=lambda item: item[0].parts)
+            skip = ignore.matcher(root)  # `.wsgateignore`: files of other tools kept beside the config
+            found += sorted((f for f in _walk(root) if skip is None or not skip(f[0])), key=lambda item: item[0].parts)
         elif root.exists():  # a file, or something posing as one (load_file refuses what is not a regular file)
             found.append((root, _identity(root)))
         else:

@@ -58,6 +58,8 @@ class Config:
     applications: Mapping[str, Loaded[Application]] = field(default_factory=dict)
     echo_servers: Mapping[str, Loaded[EchoServer]] = field(default_factory=dict)
     gateway: Loaded[Gateway] | None = None
+    # The values files (`--values`) the tree was resolved with: a reload resolves it with the same ones.
+    values_files: tuple[Path, ...] = field(default=(), compare=False)
 
     def resources(self) -> dict[tuple[str, str], BaseModel]:
         """Every resource keyed by (kind, name): what ``plan`` diffs."""

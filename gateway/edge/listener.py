@@ -307,19 +307,20 @@ class ClientHandshake(asyncio.Protocol):
             self.timer.cancel()
         self.timer = asyncio.get_running_loop().call_later(LINGER, transport.abort)
 
-    def _route(self, path: str, host: str | None) -> tuple[CompiledAPI, str] | None:
-        """The route for ``path`` on this port and ``host``, and the path part the upstream gets; None when the
-        request was refused: 400 for a dot segment or a malformed Host, 404 for no route."""
+    def _route(self, path: str, headers: Headers, query: str) -> tuple[CompiledAPI, str] | None:
+        """The route for ``path`` on this port (by Host, then `match_headers`/`match_query`), and the path part the
+        upstream gets; None when the request was refused: 400 for a dot segment or a malformed Host, 404 for no
+        route."""
         if has_dot_segment(path):
             self._refuse_early(400, "bad_request", "the path holds a '.' or '..' segment", path)
             return None
         try:
-            name = request_host(host)
+            name = request_host(headers.get("Host"))
         except MalformedHost as exc:
             self._refuse_early(400, "bad_request", str(exc), path)
             return None
         listener = self.listener
-        found = listener.services.table().match(listener.name, path, name)
+        found = listener.services.table().match(listener.name, path, name, headers, query)
         if found is None:
             self._refuse_early(404, "not_found", "no API at this path", path)
         return found
@@ -330,7 +331,7 @@ class ClientHandshake(asyncio.Protocol):
             self._handle_unusual_head(head)
             return
         path, _, query = plain.target.partition("?")
-        found = self._route(path, plain.headers.get("Host"))
+        found = self._route(path, plain.headers, query)
         if found is None:
             return
         route, suffix = found
@@ -358,7 +359,7 @@ class ClientHandshake(asyncio.Protocol):
                 return
         path, _, query = request.path.partition("?")
         # More than one Host (RFC 9112, 3.2) was refused above with the other single-valued headers.
-        found = self._route(path, request.headers.get("Host"))
+        found = self._route(path, request.headers, query)
         if found is None:
             return
         route, suffix = found

@@ -54,9 +54,13 @@ def healthz(gateway: Gateway) -> tuple[int, Any]:
 def readyz(gateway: Gateway) -> tuple[int, Any]:
     # A state backend that is down does not make the gateway unready: each throttle's on_state_error decides.
     state = gateway.state.shared.health() if gateway.state is not None else None
+    # "config": what this replica serves (digest, generation, git commit) and whether its last reload failed.
+    served = gateway.config_status
+    if gateway.ready and gateway.reload_failing and gateway.config.settings.admin.unready_after_failed_reload:
+        return 503, {"status": "reload-failed", "state": state, "config": served}
     if gateway.ready:
-        return 200, {"status": "ready", "state": state}
-    return 503, {"status": "starting" if not gateway.stopping else "stopping", "state": state}
+        return 200, {"status": "ready", "state": state, "config": served}
+    return 503, {"status": "starting" if not gateway.stopping else "stopping", "state": state, "config": served}
 
 
 def admin_access(config: Config, host: str, env: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -122,7 +126,7 @@ def config(gateway: Gateway) -> tuple[int, Any]:
 def last_reload(gateway: Gateway) -> tuple[int, Any]:
     # "history": the last reload outcomes, oldest first (failures with their diagnostics).
     return 200, {"reloads": gateway.reload_count, "last_reload": gateway.last_reload,
-                 "history": list(gateway.reload_history)}
+                 "history": list(gateway.reload_history), "config": gateway.config_status}
 
 
 async def reload_now(gateway: Gateway) -> tuple[int, Any]:
@@ -139,7 +143,7 @@ def connections(gateway: Gateway) -> tuple[int, Any]:
 
     listed = []
     for record in gateway.registry.live:
-        accepted = accepted_from(record) if record.relay is not None else None
+        accepted = accepted_from(record, gateway.names) if record.relay is not None else None
         if accepted is not None and record.conn is not None:
             # Its id (what the push API and the logs name it by) and the push groups it is in.
             connection = record.conn.id

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..changes.impact import Disruption
 from ..changes.plan import Drift
+from ..common.redaction import CREDENTIAL_PLACEHOLDER
 from ..config.models import API, Application, EchoServer, EnvKey, Gateway, Port
 from ..config.tree import Config, Loaded, Location
 
@@ -59,7 +60,7 @@ def config_from_documents(documents: list[Mapping[str, Any]], origin: str) -> Co
                   echo_servers=groups["EchoServer"], gateway=gateway)
 
 
-REDACTED_PREFIX = "redacted:"
+REDACTED_PREFIX = CREDENTIAL_PLACEHOLDER
 
 
 def redacted_application(model: Application) -> Application:
@@ -85,6 +86,27 @@ def redacted_credentials(config: Config) -> Config:
                     for name, loaded in config.applications.items()}
     return Config(root=config.root, ports=config.ports, apis=config.apis, applications=applications,
                   echo_servers=config.echo_servers, gateway=config.gateway)
+
+
+def ended_first(counts: Mapping[str, Any], impact: Impact) -> Callable[[Disruption], tuple[tuple[str, int], ...]]:
+    """For each disruption, the live connections it reaches that another disruption ends first, by that one's
+    reason: each connection is counted once (under the reason that applies first), and said where it is not."""
+    from ..changes.impact import Accepted, Action
+
+    records = counts.get("connections")
+    accepted = [Accepted.from_dict(r) for r in records if isinstance(r, dict)] if isinstance(records, list) else []
+    ends = [impact.decide(a).disruption for a in accepted]
+
+    def elsewhere(disruption: Disruption) -> tuple[tuple[str, int], ...]:
+        if disruption.action is Action.KEEP or "echo" in disruption.selector:
+            return ()
+        out: dict[str, int] = {}
+        for a, end in zip(accepted, ends, strict=True):
+            if end is not None and end != disruption and impact.reaches(disruption, a):
+                out[end.reason] = out.get(end.reason, 0) + 1
+        return tuple(sorted(out.items()))
+
+    return elsewhere
 
 
 def live_counter(counts: Mapping[str, Any], impact: Impact) -> Callable[[Disruption], int | None]:

@@ -235,13 +235,14 @@ class Metrics:
             "wsgate_config_generation", "Generation of the config serving now (1 at start, +1 per applied reload).",
             registry=registry, multiprocess_mode="livemin")
         self.config_info = Gauge(
-            "wsgate_config_info", "The digest of the config serving now (value 1).", ["digest"],
-            registry=registry, multiprocess_mode="livemax")
+            "wsgate_config_info", "The config serving now (value 1): its digest, the git commit of the tree (empty "
+            "when not a checkout), and `last_reload` ok or failed (then the previous config keeps serving).",
+            ["digest", "commit", "last_reload"], registry=registry, multiprocess_mode="livemax")
         self.build_info = Gauge(
             "wsgate_build_info", "wsgate and Python versions (value 1).", ["version", "python"],
             registry=registry, multiprocess_mode="livemax")
         self.build_info.labels(version(), platform.python_version()).set(1)
-        self._digest: str | None = None
+        self._info: tuple[str, str, str] | None = None  # wsgate_config_info's labels now
         # The hot path's children (per upgrade, per close, per batch of messages), by label values.
         self._upgrades = _Children(self.upgrades)
         self._stages = _Children(self.upgrade_duration)
@@ -288,12 +289,18 @@ class Metrics:
             self._forget_if_idle(key)
         self._declared = declared
         self.generation.set(generation)
-        if digest != self._digest:
-            if self._digest is not None:
-                self.config_info.labels(self._digest).set(0)  # multiprocess files keep the old value: make it 0
-                self.config_info.remove(self._digest)
-            self.config_info.labels(digest).set(1)
-            self._digest = digest
+        self.config_served(digest, self._info[1] if self._info is not None else None, failed=False)
+
+    def config_served(self, digest: str, commit: str | None, *, failed: bool) -> None:
+        """``wsgate_config_info``: one series at 1, for the config serving now and the last reload's outcome."""
+        labels = (digest, commit or "", "failed" if failed else "ok")
+        if labels == self._info:
+            return
+        if self._info is not None:
+            self.config_info.labels(*self._info).set(0)  # multiprocess files keep the old value: make it 0
+            self.config_info.remove(*self._info)
+        self.config_info.labels(*labels).set(1)
+        self._info = labels
 
     # ---------------------------------------------------------- upgrades
     def upgrade(self, port: str, api: str, status: int, reason: str | None = None) -> None:

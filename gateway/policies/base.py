@@ -108,7 +108,7 @@ class ApplicationRef:
     """The identified application, as it travels with a connection."""
 
     name: str
-    identified_by: str  # "api_key", "ip", "hostname", "jwt", "basic", "certificate" or "anonymous"
+    identified_by: str  # "api_key", "ip", "hostname", "jwt", "basic", "certificate", "authorizer" or "anonymous"
 
 
 @dataclass(slots=True)
@@ -180,6 +180,9 @@ class ConnectionContext:
     counters: Counters = field(default_factory=Counters)
     # Request metadata safe to show to transforms and logs (credentials removed).
     metadata: dict[str, Any] = field(default_factory=dict)
+    # Groups the connect-time authorizer named for this connection (identify `by: [authorizer]`): what push
+    # group rules may join it to.
+    groups: list[str] = field(default_factory=list)
     # The verified JWT's claims (identify by jwt), for push group rules (`from: claim`); never logged.
     claims: Mapping[str, Any] | None = None
     _deferred: list[Callable[[], None]] = field(default_factory=list)

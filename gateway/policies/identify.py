@@ -19,7 +19,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..build.credentials import jwt_client_digest, key_digest
+from ..build.remote_keys import RemoteKeySet
 from ..config.models import IdentifyPolicy
+from .authorizer import Authorizer
 from .base import ApplicationRef, ConnectionContext, Policy, PolicyBuild, Rejection, UpgradeRequest
 
 API_KEY_NAME = "x-gateway-apikey"
@@ -83,15 +85,53 @@ class Identify(Policy):
         )
         self._verifier = self.apps.verifier(self.api) if "jwt" in spec.by else None
         self._token_in_query = spec.jwt is not None and spec.jwt.query_parameter
+        # `by: [authorizer]` stands alone (validate refuses it beside other methods): the endpoint decides.
+        self._authorizer = (Authorizer.build(spec.authorizer, self.api, self.apps, build.state.http, build.api.resolve)
+                            if "authorizer" in spec.by and spec.authorizer is not None else None)
+        self._remote: RemoteKeySet | None = None
+        jwt = spec.jwt
+        if self._verifier is not None and jwt is not None and jwt.jwks_url is not None:
+            cafile = str(build.api.resolve(jwt.jwks_ca_file)) if jwt.jwks_ca_file else None
+            self._remote = build.state.jwks(jwt.jwks_url, cafile, jwt.jwks_timeout, jwt.jwks_max_age,
+                                            jwt.jwks_min_refresh_interval, self._verifier.parse_document)
+
+    def activate(self) -> None:
+        remote, jwt = self._remote, self.spec.jwt
+        if remote is not None and jwt is not None:
+            remote.configure(jwt.jwks_timeout, jwt.jwks_max_age, jwt.jwks_min_refresh_interval)
+            remote.prefetch()  # off the upgrades' path: the first one finds keys
 
     def on_upgrade(self, request: UpgradeRequest, conn: ConnectionContext):
+        if self._authorizer is not None:
+            return self._authorizer.decide(request, conn)
         # Taken before any decision, so a credential meant for the gateway is gone from the
         # upstream request whichever identifier ends up naming the application.
         auth = take_authorization(request, self._schemes) if self._schemes else {}
         slow = self._slow_basic(auth)
-        if self._needs_lookup or slow is not None:
-            return self._identify_async(request, conn, auth, slow)
+        fetch_keys = self._remote is not None and self._must_fetch_keys(request, auth)
+        if self._needs_lookup or slow is not None or fetch_keys:
+            return self._identify_async(request, conn, auth, slow, fetch_keys)
         return self._decide(request, conn, None, auth)
+
+    def _tokens(self, request: UpgradeRequest, auth: dict[str, list[str]]) -> list[str]:
+        """Every bearer token presented: the Authorization header's, then the query parameter's (when allowed)."""
+        tokens = auth.get("bearer", [])
+        if self._token_in_query:
+            tokens = tokens + [v for name, values in request.query.items()
+                               if name.lower() == TOKEN_PARAMETER for v in values]
+        return tokens
+
+    def _must_fetch_keys(self, request: UpgradeRequest, auth: dict[str, list[str]]) -> bool:
+        """Whether this upgrade waits for the JWKS URL: its token's ``kid`` is unknown (a rotation, or no keys
+        yet) and the refresh rate limit allows a fetch. Stale keys are refetched without waiting."""
+        remote, verifier = self._remote, self._verifier
+        assert remote is not None and verifier is not None
+        remote.refresh_in_background()
+        tokens = self._tokens(request, auth)
+        if len(tokens) != 1 or not tokens[0]:
+            return False
+        found, kid = verifier.kid_of(tokens[0])
+        return found and not remote.knows(kid) and remote.may_refresh()
 
     def _slow_basic(self, auth: dict[str, list[str]]) -> tuple[str, str] | None:
         """The (user, password) presented, when checking it costs a bcrypt/argon2 verification (any user name,
@@ -105,7 +145,10 @@ class Identify(Policy):
         return pair
 
     async def _identify_async(self, request: UpgradeRequest, conn: ConnectionContext,
-                              auth: dict[str, list[str]], slow: tuple[str, str] | None) -> Rejection | None:
+                              auth: dict[str, list[str]], slow: tuple[str, str] | None,
+                              fetch_keys: bool = False) -> Rejection | None:
+        if fetch_keys and self._remote is not None:
+            await self._remote.refresh()  # at most jwks_timeout; a failure keeps the last good keys
         hostname = None
         if self._needs_lookup:
             hostname = await self.resolver.lookup(request.peer[0], self.spec.hostname_lookup_timeout)
@@ -143,10 +186,7 @@ class Identify(Policy):
                 if app:
                     conn.metadata["hostname"] = hostname  # what a reload checks to revoke it
             elif method == "jwt":
-                tokens = auth.get("bearer", [])
-                if self._token_in_query:
-                    tokens = tokens + [v for name, values in request.query.items()
-                                       if name.lower() == TOKEN_PARAMETER for v in values]
+                tokens = self._tokens(request, auth)
                 if len(tokens) > 1:
                     return self._refuse("more than one bearer token presented")
                 if not tokens or not tokens[0]:
@@ -225,7 +265,8 @@ class Identify(Policy):
         from ..build.jwt_keys import TokenError
 
         try:
-            client, expires, claims = self._verifier.decode(token)
+            remote = self._remote.keys if self._remote is not None else ()
+            client, expires, claims = self._verifier.decode(token, remote)
         except TokenError as exc:
             return f"invalid token: {exc.reason}", None, None, None
         return "", client, expires, claims

@@ -15,12 +15,14 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import os
 import time
 from json.encoder import encode_basestring_ascii as _json_str
 from typing import Any
 
 from ..config.models import LogInvocationPolicy
 from .base import ConnectionContext, Direction, Message, Policy, PolicyBuild
+from .log_sinks import sinks_for
 from .masking import Masker, Unmaskable
 from .state import LogWriter, encode_record, record_dict
 
@@ -28,11 +30,15 @@ NORMAL_CLOSES = frozenset({1000, 1001})
 
 
 def writer_for(spec: LogInvocationPolicy, build: PolicyBuild) -> tuple[LogWriter, bool]:
-    """The transaction-file writer of a log-invocation policy, and whether its records also go to the
-    structured log: without a file that is where they go; with one, only when asked (it costs per record)."""
+    """The transaction-file writer of a log-invocation policy (with its syslog and OTLP sinks), and whether its
+    records also go to the structured log: without any destination that is where they go; with one, only when
+    asked (it costs per record)."""
     path = build.api.resolve(spec.file) if spec.file else None
-    echo = spec.stdout if spec.stdout is not None else not spec.file
-    return build.state.log_writers.get(path, spec.max_file_bytes, spec.backups), echo
+    echo = spec.stdout if spec.stdout is not None else not (spec.file or spec.syslog or spec.otlp)
+    destinations = json.dumps([d.model_dump(mode="json") if d is not None else None for d in (spec.syslog, spec.otlp)])
+    writer = build.state.log_writers.get(path, spec.max_file_bytes, spec.backups, destinations,
+                                         lambda: sinks_for(spec, os.environ))
+    return writer, echo
 _JSON_ESCAPED = bytes(range(0x20)) + b'"\\\x7f'  # what json.dumps escapes in ASCII text
 _LONG = 256  # from this length on, checking for nothing to escape beats escaping character by character
 _PREFIX_CACHE_LIMIT = 4096  # live connections whose constant record fields stay pre-encoded (on_close forgets one)

@@ -277,29 +277,52 @@ class RateLimit(Policy):
         # Which of the API's rate limits this is: with the API's name, what keeps its buckets across reloads.
         position = [i for i, p in enumerate(p for p in build.api.model.policies if p.type == spec.type)
                     if p is spec][0]
-        self.key: LimitKey = (api, spec.direction, spec.per, position)
+        # Under the API's oldest name (`previous_names`, oldest first): a rename keeps its buckets and limits.
+        previous = build.api.model.previous_names
+        self.key: LimitKey = (previous[0] if previous else api, spec.direction, spec.per, position)
         self.settings = Limit()
         self.settings.update(spec, build.api.model.limits.max_message_size)
         self.limits = limits = build.state.rate_limits
         self.limit = limits.limit(self.key, self.settings)
         self._buckets: dict[ConnectionContext, Bucket | SharedBucket] = {}
         self._exceeded: set[ConnectionContext] = set()  # connections already logged as exceeding
+        # Limits per application: whom the policy's numbers apply to (empty: everyone), and each tier's own
+        # numbers (the policy's where the tier sets none), kept across reloads like the policy's own.
+        self._applies = frozenset(spec.applications)
+        self._exempt: set[ConnectionContext] = set()  # connections of applications this limit is not for
+        self._tier_of = {app: name for name, tier in spec.tiers.items() for app in tier.applications}
+        self._tier_settings: dict[str, tuple[LimitKey, Limit, Limit]] = {}  # tier -> (key, settings, shared)
+        for name, tier in spec.tiers.items():
+            merged = spec.model_copy(update={field: value for field, value in tier.model_dump().items()
+                                             if field != "applications" and value is not None})
+            settings = Limit()
+            settings.update(merged, build.api.model.limits.max_message_size)
+            key: LimitKey = (api, spec.direction, f"{spec.per}:tier:{name}", position)
+            self._tier_settings[name] = (key, settings, limits.limit(key, settings))
 
     def activate(self) -> None:
         if self.limit is not self.settings:
             self.limit.assign(self.settings)  # live connections of older tables get the new limit too
+        for _, settings, shared in self._tier_settings.values():
+            if shared is not settings:
+                shared.assign(settings)
 
     def on_message(self, message: Message, conn: ConnectionContext) -> MessageDecision:
         bucket = self._buckets.get(conn)
         if bucket is None:
-            bucket = self._open(conn)
+            if conn in self._exempt:
+                return message
+            opened = self._open(conn)
+            if opened is None:
+                return message
+            bucket = opened
         size = message.size()
         wait = bucket.take(size, monotonic())
         if not wait:
             return message
         if wait < 0.0:  # PENDING: the shared budget is being asked; decide when it answered
             return Delay(ASK_POLL)
-        limit = self.limit
+        limit = bucket.limit  # the tier's, or the policy's own
         action = limit.action
         if action == "delay":
             return Delay(wait)
@@ -312,17 +335,25 @@ class RateLimit(Policy):
             return RATE_LIMIT_CLOSE
         return limit.reply or DROP
 
-    def _open(self, conn: ConnectionContext) -> Bucket | SharedBucket:
-        """The connection's bucket: its own, or the one its application or the API shares."""
+    def _open(self, conn: ConnectionContext) -> Bucket | SharedBucket | None:
+        """The connection's bucket: its own, or the one its application, its tier or the API shares (None: this
+        limit is not for its application)."""
         per = self.spec.per
+        app = conn.application.name if conn.application is not None else None
+        tier = self._tier_of.get(app) if app is not None and self._tier_of else None
+        if tier is None and self._applies and app not in self._applies:
+            self._exempt.add(conn)
+            conn.defer(lambda: self._exempt.discard(conn))
+            return None
+        key, limit = (self._tier_settings[tier][0], self._tier_settings[tier][2]) if tier is not None \
+            else (self.key, self.limit)
         bucket: Bucket | SharedBucket
         if per == "connection":
-            bucket = Bucket(self.limit, monotonic())
+            bucket = Bucket(limit, monotonic())
         elif per == "application":
-            who = conn.application.name if conn.application is not None else ANONYMOUS
-            bucket = self.limits.bucket(self.key, who, self.limit)
+            bucket = self.limits.bucket(key, app if app is not None else ANONYMOUS, limit)
         else:
-            bucket = self.limits.bucket(self.key, "", self.limit)
+            bucket = self.limits.bucket(key, "", limit)
         self._buckets[conn] = bucket
 
         def forget() -> None:

@@ -15,13 +15,16 @@ import socket
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from ..build.remote_keys import RemoteKeySet, jwks_ssl_context
+from ..common.http_client import SharedHTTPClient
 from ..state.base import SharedState
+from .log_sinks import Sink
 from .rate_limit import RateLimits
 
 log = structlog.get_logger("wsgate.policies")
@@ -62,8 +65,11 @@ class LogWriter:
     FAILURE_LOG_INTERVAL = 1.0  # seconds between two transaction_records_failed lines (a failure per record
     # would let one client write a traceback per message it sends)
 
-    def __init__(self, path: Path | None, max_bytes: int, backups: int, max_pending: int = 200_000) -> None:
+    def __init__(self, path: Path | None, max_bytes: int, backups: int, max_pending: int = 200_000,
+                 sinks: Sequence[Sink] = ()) -> None:
         self.path = path
+        # Syslog and OTLP destinations (log_sinks.py): each gets every encoded line, masked as for the file.
+        self.sinks = tuple(sinks)
         self.max_bytes = max_bytes
         self.backups = backups
         self.max_pending = max_pending
@@ -144,13 +150,15 @@ class LogWriter:
         done = threading.Event()
         self._pending.append(done)
         self._wake.set()
-        return done.wait(timeout)
+        return done.wait(timeout) and all(sink.flush(timeout) for sink in self.sinks)
 
     def close(self) -> None:
         self._hand_off()
         self._pending.append(None)
         self._wake.set()
         self._thread.join(timeout=5)
+        for sink in self.sinks:
+            sink.close()
 
     def _run(self) -> None:
         file = None
@@ -174,6 +182,8 @@ class LogWriter:
                     item = pending.popleft()
                     if type(item) is list:  # lines the event loop encoded
                         self._taken += len(item)
+                        for sink in self.sinks:
+                            sink.send(item)
                         lines += item
                         chunk += sum(map(len, item)) + len(item)
                         if size + chunk >= self.max_bytes or chunk >= self.YIELD_BYTES:
@@ -196,13 +206,17 @@ class LogWriter:
                         if item[1] is not None:
                             record = item[1](item)
                             transactions.info(record.get("record", "transaction"), **record)
-                        if self.path is None:
+                        if self.path is None and not self.sinks:
                             continue
                         line = item[0](item)
                     except Exception as exc:
                         self._failed += 1
                         self._failure = exc
                         self._log_failures()
+                        continue
+                    for sink in self.sinks:
+                        sink.send((line,))
+                    if self.path is None:
                         continue
                     lines.append(line)
                     chunk += len(line) + 1
@@ -301,14 +315,18 @@ class LogWriters:
     """One writer per absolute file path (or one for no file), shared by every route that logs there."""
 
     def __init__(self) -> None:
-        self._writers: dict[Path | None, LogWriter] = {}
+        self._writers: dict[tuple[Path | None, str], LogWriter] = {}
 
-    def get(self, path: Path | None, max_bytes: int, backups: int) -> LogWriter:
+    def get(self, path: Path | None, max_bytes: int, backups: int, destinations: str = "",
+            sinks: Callable[[], Sequence[Sink]] = tuple) -> LogWriter:
+        """The writer of ``path`` with the remote ``destinations`` (their settings as text: routes that log to
+        the same file and destinations share one writer; ``sinks`` makes them for a new writer)."""
         if path is not None:
             path = path.resolve()
-        writer = self._writers.get(path)
+        key = (path, destinations)
+        writer = self._writers.get(key)
         if writer is None:
-            writer = self._writers[path] = LogWriter(path, max_bytes, backups)
+            writer = self._writers[key] = LogWriter(path, max_bytes, backups, sinks=sinks())
         return writer
 
     def flush(self) -> None:
@@ -379,6 +397,19 @@ class PolicyState:
         self.violations: Counter[tuple[str, str, str, str]] = Counter()
         self.log_writers = LogWriters()
         self.resolver = HostnameResolver()
+        # The process's HTTP client (authorizer, remote JWKS): its keep-alive pool outlives reloads.
+        self.http = SharedHTTPClient()
+        self._jwks: dict[tuple[str, str | None], RemoteKeySet] = {}  # (url, CA file) -> its keys, across reloads
+
+    def jwks(self, url: str, cafile: str | None, timeout: float, max_age: float, min_refresh_interval: float,
+             parse: Callable[[str], list[Any]]) -> RemoteKeySet:
+        """The process's key set of a JWKS URL: one per URL and CA, so a reload keeps the keys fetched so far."""
+        found = self._jwks.get((url, cafile))
+        if found is None:
+            found = RemoteKeySet(url, self.http, jwks_ssl_context(url, cafile), timeout, max_age, min_refresh_interval,
+                                 parse)
+            self._jwks[(url, cafile)] = found
+        return found
 
     async def use_shared(self, settings: Any, env: Mapping[str, str], ca_file: str | None = None) -> bool:
         """Count in the backend ``settings`` names from now on; False if it is the one in use.
@@ -466,6 +497,7 @@ class PolicyState:
         self._switched_from = None
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
+        await self.http.aclose()
         self.close()
 
     def close(self) -> None:

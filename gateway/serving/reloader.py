@@ -35,6 +35,7 @@ import structlog
 
 from ..config.cache import CheckCache
 from ..operations.admin import RELOAD_HISTORY
+from .provenance import tree_commit
 
 if TYPE_CHECKING:
     from ..build.pipeline import Built
@@ -53,9 +54,11 @@ class Reloader:
     def __init__(self, paths: Sequence[str | Path], apply: Apply, serving: Callable[[], tuple[str, int]], *,
                  stopping: Callable[[], bool], env: Mapping[str, str] | None = None,
                  cache: CheckCache | None = None, describe: Callable[[], dict[str, Any]] | None = None,
-                 metrics: ReloadMetrics | None = None) -> None:
+                 metrics: ReloadMetrics | None = None, values: Sequence[str | Path] = ()) -> None:
         self.paths = [Path(p) for p in paths]
         self.env = env
+        self.values = [Path(v) for v in values]  # `--values` files: re-read on every reload, as the tree is
+        self.commit = tree_commit(self.paths)  # the git commit the serving config was read at (None: no checkout)
         # Only the files changed since the last check are parsed again; handed the cache of the check that
         # produced the serving config, even the first reload is.
         self.cache = cache if cache is not None else CheckCache()
@@ -92,6 +95,8 @@ class Reloader:
             except Exception as exc:  # a bug, not a bad config: keep serving and say so
                 log.exception("reload_crashed", trigger=trigger)
                 fields = {"ok": False, "error": f"internal error: {exc.__class__.__name__}"}
+            if fields.get("ok"):
+                self.commit = tree_commit(self.paths)  # the tree now serving (applied, or the same as before)
             digest, serving_generation = self._serving()
             outcome = {"ok": False, "trigger": trigger, "at": time.time(), "generation": serving_generation,
                        "digest": digest, "noop": False, **fields}
@@ -107,6 +112,22 @@ class Reloader:
                 self.finished.notify_all()
             return outcome
 
+    def status(self) -> dict[str, Any]:
+        """The config serving now and whether the last reload failed, and why: what ``/readyz``, ``/reload`` and
+        ``wsgate_config_info`` report, so a rollout can see a replica stuck on an old config."""
+        digest, generation = self._serving()
+        last = self.last
+        failed = last is not None and not last.get("ok", False)
+        why: str | None = None
+        if failed and last is not None:
+            errors = [d for d in last.get("diagnostics", []) if d.get("severity") == "error"]
+            why = (_headline(errors[0]) + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
+                   if errors else str(last.get("error", "failed")))
+        return {"digest": digest, "generation": generation, "commit": self.commit,
+                "values": [str(v) for v in self.values],
+                "last_reload": None if last is None else {"ok": not failed, "at": last.get("at"),
+                                                          "trigger": last.get("trigger"), "error": why}}
+
     async def wait(self, count: int, timeout: float | None = None) -> dict[str, Any]:
         """Wait until ``count`` reloads have finished; the last outcome."""
         async with asyncio.timeout(timeout):
@@ -121,7 +142,7 @@ class Reloader:
         if checked is None:
             # The same build as validate, but transforms are imported: the new chain runs them anyway.
             result = await asyncio.to_thread(build, self.paths, env=self.env, cache=self.cache,
-                                             import_transforms=True)
+                                             import_transforms=True, values=self.values)
         else:
             result = Built(checked)
         if self._stopping():
@@ -142,6 +163,11 @@ class Reloader:
         return await self._apply(result, trigger, generation)
 
 
+def _headline(d: dict[str, Any]) -> str:
+    where = f"{d['file']}:{d['line']}:{d['col']}: " if d.get("file") else ""
+    return f"{where}{d.get('code', '')}: {d.get('summary', '')}"
+
+
 class ReloadStatus:
     """What the admin and the watcher read about reloads, from the ``reloader`` of whoever decides them (a
     ``Gateway``, or the supervisor of ``--workers N``)."""
@@ -160,6 +186,16 @@ class ReloadStatus:
     @property
     def reload_history(self) -> deque[dict[str, Any]]:
         return self.reloader.history
+
+    @property
+    def config_status(self) -> dict[str, Any]:
+        """The served config (digest, generation, git commit, values files) and the last reload's failure."""
+        return self.reloader.status()
+
+    @property
+    def reload_failing(self) -> bool:
+        """Whether the last reload attempt failed (the previous config keeps serving)."""
+        return self.reloader.last is not None and not self.reloader.last.get("ok", False)
 
     @property
     def reload_count(self) -> int:

@@ -165,6 +165,9 @@ class Gateway(ReloadStatus):
         self._table: RouteTable | None = None
         self.keepalive: KeepaliveSweeper | None = None
         self.registry = ConnectionRegistry()
+        # (kind, a name a live connection was accepted under) -> that resource's name now, after renames
+        # (`previous_names`): a renamed API's connections are decided, counted and listed under its new name.
+        self.names: dict[tuple[str, str], str] = {}
         self._services: ListenerServices | None = None  # made by start(), with the keepalive sweeper
         self.servers: dict[str, AcceptLoop] = {}
         self.listeners: dict[str, PortListener] = {}
@@ -177,7 +180,7 @@ class Gateway(ReloadStatus):
         self.loaded_at = time.time()
         self.metrics = Metrics(counts_reloads=decides_reloads)
         self.reloader = Reloader(self.paths, self._apply, self._serving, stopping=lambda: self.stopping, env=env,
-                                 cache=check_cache, metrics=self.metrics.reloads)
+                                 cache=check_cache, metrics=self.metrics.reloads, values=config.values_files)
         self.health = HealthRegistry()  # endpoint health, kept across reloads
         # Tracing: an OTel TracerProvider given (tests), else the OTEL_* environment decides; None is off.
         self.tracer: ConnectionTracer | None = None
@@ -246,7 +249,10 @@ class Gateway(ReloadStatus):
         ``checked``: a config the caller already checked (a worker's supervisor did), applied as generation
         ``generation``. See ``gateway.serving.reloader`` for the sequence, shared with the supervisor's.
         """
-        return await self.reloader.reload(trigger, checked, generation)
+        outcome = await self.reloader.reload(trigger, checked, generation)
+        served = self.reloader.status()
+        self.metrics.config_served(served["digest"], served["commit"], failed=not outcome["ok"])
+        return outcome
 
     async def wait_reload(self, count: int, timeout: float | None = None) -> dict[str, Any]:
         """Wait until ``count`` reloads have finished; the last outcome."""
@@ -300,6 +306,7 @@ class Gateway(ReloadStatus):
         if self.admin is not None:
             problems += self.admin.refresh(new)  # its token file and certificate, re-read
         closed = self._settle_connections(impact)
+        self._follow_renames(impact.moved)
         if self._start_echo:
             problems += await self._follow_echo_servers(new)
         self.registry.retire(old_table)
@@ -373,11 +380,23 @@ class Gateway(ReloadStatus):
         problems = server_tls.renew(dict(old.file_fingerprints), dict(new.file_fingerprints))
         return "; ".join(problems) or None
 
+    def _follow_renames(self, moved: dict[tuple[str, str], str]) -> None:
+        """After a swap: every name a live connection knows a renamed resource by now means its new name."""
+        for key, current in list(self.names.items()):
+            self.names[key] = moved.get((key[0], current), current)
+        for (kind, old), new in moved.items():
+            self.names[(kind, old)] = new
+            log.info("resource_renamed", kind=kind, old=old, new=new,
+                     live_connections=sum(1 for r in self.registry.live if r.conn is not None and (
+                         (kind == "API" and self.names.get(("API", r.conn.api), r.conn.api) == new)
+                         or (kind == "Application" and r.conn.application is not None and self.names.get(
+                             ("Application", r.conn.application.name), r.conn.application.name) == new))))
+
     def _settle_connections(self, impact: Impact) -> dict[str, int]:
         """Drain (1001 after the grace) or revoke (1008 now) as ``gateway.changes.impact`` says; the rest stay."""
         drained = revoked = 0
         for record in list(self.registry.live):
-            accepted = accepted_from(record)
+            accepted = accepted_from(record, self.names)
             if accepted is None:
                 continue
             decision = impact.decide(accepted)
@@ -396,6 +415,7 @@ class Gateway(ReloadStatus):
         return {"drained": drained, "revoked": revoked}
 
     async def _follow_echo_servers(self, new: Config) -> list[str]:
+        from echo.link import gateway_link
         from echo.server import EchoService
 
         problems: list[str] = []
@@ -419,6 +439,8 @@ class Gateway(ReloadStatus):
                 problems.append(f"echo server {name}: {exc}")
         for service in current.values():
             await service.stop()
+        for service in kept:
+            service.gateway = gateway_link(new, service.model)  # the demo page's "Use gateway" follows the config
         self.echo_services = kept
         return problems
 
@@ -444,6 +466,7 @@ class Gateway(ReloadStatus):
         self._services = ListenerServices(self.registry, lambda: self.table, self.metrics, self.keepalive, self.tracer,
                                           push=self.push.hub)
         self.metrics.declare(self.config, 1, self._table.digest)
+        self.metrics.config_served(self._table.digest, self.reloader.commit, failed=False)
         if self.metrics.reloads is not None:
             self.metrics.reloads.loaded()
         self._start_flushing()

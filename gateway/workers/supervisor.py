@@ -152,7 +152,8 @@ class Supervisor(ReloadStatus):
         # The reload sequence a single gateway runs too; here applying hands the config to every worker as the
         # next generation. Its metrics come with the workers' metrics directory (run).
         self.reloader = Reloader(self.paths, self._hand_out, lambda: (self.config.digest(), self.generation),
-                                 stopping=lambda: self.stopping, cache=check_cache, describe=self.split)
+                                 stopping=lambda: self.stopping, cache=check_cache, describe=self.split,
+                                 values=config.values_files)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.metrics_dir: str | None = None  # PROMETHEUS_MULTIPROC_DIR of the workers
         self._own_metrics_dir = False
@@ -347,7 +348,14 @@ class Supervisor(ReloadStatus):
     async def reload(self, trigger: str = "manual") -> dict[str, Any]:
         """Build the tree once (the same build as validate, transforms imported); hand a changed config to every
         worker as the next generation (``gateway.serving.reloader``: the sequence a single gateway runs too)."""
-        return await self.reloader.reload(trigger)
+        outcome = await self.reloader.reload(trigger)
+        # Every worker's wsgate_config_info says whether the reload failed (a failed one never reaches them).
+        served = self.reloader.status()
+        message = {"op": "served", "digest": served["digest"], "commit": served["commit"], "failed": not outcome["ok"]}
+        for worker in self.workers:
+            if worker.writer is not None and worker.ready:
+                control.send(worker.writer, message)
+        return outcome
 
     async def _hand_out(self, result: Built, trigger: str, _generation: int | None) -> dict[str, Any]:
         """The supervisor's apply: every worker gets the config as the next generation (each decides what it
@@ -402,7 +410,9 @@ class Supervisor(ReloadStatus):
         """Ready while not stopping and some worker serves; each worker's generation and live connections."""
         serving = [w for w in self.workers if w.ready]
         status = "stopping" if self.stopping else "ready" if serving else "starting"
-        body = {"status": status, "generation": self.generation, **self.split()}
+        if status == "ready" and self.reload_failing and self.config.settings.admin.unready_after_failed_reload:
+            status = "reload-failed"
+        body = {"status": status, "generation": self.generation, "config": self.config_status, **self.split()}
         answers = await asyncio.gather(*(w.request({"op": "status"}, timeout=5.0) for w in self.workers))
         for entry, answer in zip(body["workers"], answers, strict=True):
             if "connections" in answer:
@@ -411,7 +421,7 @@ class Supervisor(ReloadStatus):
 
     def last_reload_answer(self, _: Any) -> tuple[int, Any]:
         return 200, {"reloads": self.reload_count, "last_reload": self.last_reload, "generation": self.generation,
-                     "history": list(self.reload_history), **self.split()}
+                     "history": list(self.reload_history), "config": self.config_status, **self.split()}
 
     async def reload_answer(self, _: Any) -> tuple[int, Any]:
         outcome = await self.reload("admin")

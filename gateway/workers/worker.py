@@ -77,6 +77,9 @@ async def _commands(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
         if message["op"] == "verdict":  # the prober's news, handed on: no reply
             gateway.health.apply_verdict(message["api"], message["url"], message["active_ok"], message["reason"])
             continue
+        if message["op"] == "served":  # the supervisor's reload outcome: wsgate_config_info says it (no reply)
+            gateway.metrics.config_served(message["digest"], message["commit"], failed=message["failed"])
+            continue
         reply: dict[str, Any] = {"id": message.get("id")}
         try:
             if message["op"] == "probe":  # the prober died: this worker probes for the gateway from now on
