@@ -42,7 +42,9 @@ def _value(rule: GroupRule, request: UpgradeRequest, conn: ConnectionContext) ->
 
 def join_at_upgrade(push: APIPush, request: UpgradeRequest, conn: ConnectionContext) -> tuple[str, ...] | Rejection:
     """The groups ``request`` joins, in rule order without repeats, or the refusal of a bad or missing value."""
-    groups: list[str] = []
+    # Groups a connect-time authorizer named (identify `by: [authorizer]`) are joined as they are: the authorizer
+    # is the operator's own code and already decided them.
+    groups: list[str] = [group for group in conn.groups if group]
     for rule in push.groups:
         value = _value(rule, request, conn)
         where = "application" if rule.source == "application" else f"{rule.source} {rule.name!r}"
