@@ -283,6 +283,132 @@ class Nginx:
         return self.proc.returncode
 
 
+CADDYFILE = """\
+{{
+\tadmin off
+\tauto_https off
+\tstorage file_system {tmp}/data
+}}
+:0 {{
+\tbind 127.0.0.1
+\trespond /bench-ready 204
+\treverse_proxy 127.0.0.1:{backend_port}
+}}
+"""
+
+
+def caddy_binary() -> str | None:
+    return shutil.which("caddy") or ("/usr/bin/caddy" if os.access("/usr/bin/caddy", os.X_OK) else None)
+
+
+def caddy_version(binary: str) -> str:
+    proc = subprocess.run([binary, "version"], capture_output=True, text=True, timeout=10)
+    return proc.stdout.strip().split()[0] if proc.stdout.strip() else "unknown"
+
+
+class Caddy:
+    """Caddy in front of the backend: its ``reverse_proxy`` (WebSocket upgrades pass through), one core.
+
+    ``GOMAXPROCS`` (default 1) is Caddy's counterpart of nginx's one worker: the Go runtime runs Go code on
+    that many threads. Caddy listens on port 0 (``bind 127.0.0.1``); the port the system picked is read
+    from the process's own listening socket in /proc, so nothing can take it between bind and start.
+    """
+
+    role = "caddy"
+
+    def __init__(self, binary: str, tmp: Path, backend_port: int, log_file: Path, gomaxprocs: int = 1) -> None:
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.log_file = log_file
+        conf = tmp / "Caddyfile"
+        conf.write_text(CADDYFILE.format(tmp=tmp, backend_port=backend_port))
+        self._log = open(log_file, "ab")  # noqa: SIM115 - the child writes to it until stop()
+        env = {**os.environ, "GOMAXPROCS": str(gomaxprocs), "HOME": str(tmp),
+               "XDG_DATA_HOME": str(tmp / "data"), "XDG_CONFIG_HOME": str(tmp / "config")}
+        self.proc = subprocess.Popen(
+            [binary, "run", "--config", str(conf), "--adapter", "caddyfile"],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=tmp,
+            preexec_fn=_raise_limit_and_ignore_sigint,
+        )
+        self.port = 0
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait_ready(self, timeout: float) -> None:
+        """Until Caddy listens and answers its readiness path, with a deadline."""
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ChildError(f"caddy exited with {self.proc.returncode}{self._tail()}")
+            self.port = self.port or listening_port(self.pid)
+            if self.port:
+                try:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1.0)
+                    conn.request("GET", "/bench-ready")
+                    status = conn.getresponse().status
+                    conn.close()
+                    if status == 204:
+                        return
+                except OSError as exc:
+                    last = exc
+            time.sleep(0.05)  # polling a server we cannot otherwise observe, under a deadline
+        raise ChildError(f"caddy not ready within {timeout:.0f} s: {last!r}{self._tail()}")
+
+    def _tail(self) -> str:
+        self._log.flush()
+        try:
+            text = self.log_file.read_text(errors="replace").strip().splitlines()[-10:]
+        except OSError:
+            return ""
+        return ("\n  " + "\n  ".join(text)) if text else ""
+
+    def cpu_seconds(self) -> float:
+        return _cpu_seconds(self.pid)
+
+    def rss_kib(self) -> int:
+        return _rss_kib(self.pid, self.role)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM (Caddy's graceful stop), then SIGKILL, each with a deadline."""
+        if self.proc.poll() is None:
+            for step, wait in ((self.proc.terminate, timeout), (self.proc.kill, 3.0)):
+                step()
+                try:
+                    self.proc.wait(wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        self._log.close()
+        return self.proc.returncode
+
+
+def listening_port(pid: int) -> int:
+    """The TCP port ``pid`` listens on (its first listening socket in /proc/net/tcp{,6}), or 0 if none yet."""
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    except OSError:
+        return 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                return int(fields[1].rsplit(":", 1)[1], 16)
+    return 0
+
+
 def _raise_limit_and_ignore_sigint() -> None:
     raise_open_files_limit()
     signal.signal(signal.SIGINT, signal.SIG_IGN)

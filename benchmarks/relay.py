@@ -21,6 +21,8 @@ Python worker processes when Go is not there):
 * the load generator's and backend's own CPU µs per message, to show who is the ceiling.
 
 Rows: direct, nginx (1 worker; installed with apt-get when missing; generated config),
+Caddy (Debian's ``caddy``, its ``reverse_proxy`` with GOMAXPROCS=1: one core, as nginx's one worker;
+installed with apt-get when missing; skipped with a warning when it cannot be),
 wsgate fast path (an API without message-stage policies: the byte relay) and wsgate with
 the tutorial's EchoWS chain (identify by API key, throttle, client transform, log-invocation
 of client and server payloads to a file). Each wsgate row has a gateway process of its own.
@@ -64,7 +66,7 @@ from _harness import (  # noqa: E402
     write_gateway_config,
 )
 from _load import GoLoad, LoadError, LoadPool, LoadResult, build_go, go_binary  # noqa: E402
-from _servers import Child, Nginx, nginx_binary, nginx_version  # noqa: E402
+from _servers import Caddy, Child, Nginx, caddy_binary, caddy_version, nginx_binary, nginx_version  # noqa: E402
 
 log = structlog.get_logger("wsgate.bench")
 
@@ -77,10 +79,12 @@ CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "wsgate
 TARGETS = {  # option -> row label (nginx's gets its version)
     "direct": "direct",
     "nginx": "nginx",
+    "caddy": "Caddy",
     "fast": "wsgate fast path",
     "tutorial": "wsgate tutorial chain",
 }
 APT_NGINX = (["nginx-light"], ["nginx"])
+APT_CADDY = (["caddy"],)
 APT_GO = ["golang-go", "golang-github-gorilla-websocket-dev"]
 
 
@@ -229,6 +233,13 @@ def ensure_nginx(allowed: bool) -> str | None:
     binary = nginx_binary()
     if binary is None and apt_install(APT_NGINX, allowed):
         binary = nginx_binary()
+    return binary
+
+
+def ensure_caddy(allowed: bool) -> str | None:
+    binary = caddy_binary()
+    if binary is None and apt_install(APT_CADDY, allowed):
+        binary = caddy_binary()
     return binary
 
 
@@ -590,7 +601,7 @@ def cpu_bound_estimate(figures: Figures | None, cores: int | None = None) -> flo
     return min(limits) if limits else None
 
 
-def machine(nginx: str | None, loadgen: str, backend: str) -> dict[str, str]:
+def machine(nginx: str | None, loadgen: str, backend: str, caddy: str | None = None) -> dict[str, str]:
     model = cpu_model()
     go = go_binary()
     go_version = subprocess.run([go, "version"], capture_output=True, text=True).stdout.split()[2] if go else "–"
@@ -600,6 +611,7 @@ def machine(nginx: str | None, loadgen: str, backend: str) -> dict[str, str]:
         "kernel": f"Linux {platform.release()}",
         "python": platform.python_version(),
         "nginx": nginx or "not measured",
+        "caddy": caddy or "not measured",
         "go": go_version,
         "loadgen": loadgen,
         "backend": backend,
@@ -610,7 +622,7 @@ def describe(report: Report) -> str:
     m, s = report.machine, report.settings
     return (
         f"wsgate relay benchmark, {report.date}; {m['cores']} cores ({m['cpu']}), {m['kernel']}, "
-        f"Python {m['python']}, nginx {m['nginx']}, {m['go']}\n"
+        f"Python {m['python']}, nginx {m['nginx']}, Caddy {m.get('caddy', 'not measured')}, {m['go']}\n"
         f"load generator: {m['loadgen']}; echo backend: {m['backend']}"
         + (
             ""
@@ -644,6 +656,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="Go generator and backend write all the messages a read answered in one write (bulk relaying)",
     )
     parser.add_argument("--no-nginx", action="store_true", help="skip the nginx row")
+    parser.add_argument("--no-caddy", action="store_true", help="skip the Caddy row")
     parser.add_argument("--no-install", action="store_true", help="never run apt-get (missing tools are skipped)")
     parser.add_argument(
         "--targets", default=",".join(TARGETS), help=f"comma-separated rows, of {', '.join(TARGETS)} (default: all)"
@@ -676,6 +689,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--targets: unknown {sorted(unknown)}; choose from {', '.join(TARGETS)}")
     if args.no_nginx and "nginx" in args.targets:
         args.targets.remove("nginx")
+    if args.no_caddy and "caddy" in args.targets:
+        args.targets.remove("caddy")
     args.seconds = args.seconds or (1.0 if args.quick else 3.0)
     args.warmup = args.warmup if args.warmup is not None else (0.3 if args.quick else 1.0)
     args.idle_conns = args.idle_conns or (300 if args.quick else 1000)
@@ -755,10 +770,15 @@ def run(args: argparse.Namespace) -> Report:
         if "nginx" in args.targets and nginx_bin is None:
             log.warning("nginx is not available: no nginx row")
             args.targets.remove("nginx")
+        caddy_bin = ensure_caddy(not args.no_install) if "caddy" in args.targets else None
+        if "caddy" in args.targets and caddy_bin is None:
+            log.warning("caddy is not available: no Caddy row")
+            args.targets.remove("caddy")
         backend, backend_name = start_backend(args, stack, tmp, built)
         report = Report(
             date=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            machine=machine(nginx_version(nginx_bin) if nginx_bin else None, loadgen_name, backend_name),
+            machine=machine(nginx_version(nginx_bin) if nginx_bin else None, loadgen_name, backend_name,
+                            caddy_version(caddy_bin) if caddy_bin else None),
             settings={k: getattr(args, k) for k in SETTINGS},
         )
         report.pids["echo"] = [backend.pid]
@@ -773,7 +793,7 @@ def run(args: argparse.Namespace) -> Report:
             if key not in args.targets:
                 continue
             with ExitStack() as one:  # one proxy at a time, stopped before the next starts
-                target = start_target(args, one, tmp, key, backend_port, direct, nginx_bin, report)
+                target = start_target(args, one, tmp, key, backend_port, direct, (nginx_bin, caddy_bin), report)
                 bench.target(target)
             if key == args.profile_target and args.profile is not None and not args.py_spy:
                 report.profile = profile_summary(args.profile)
@@ -788,9 +808,10 @@ def start_target(
     key: str,
     backend_port: int,
     direct: str,
-    nginx_bin: str | None,
+    binaries: tuple[str | None, str | None],
     report: Report,
 ) -> Target:
+    nginx_bin, caddy_bin = binaries
     report.labels[key] = TARGETS[key]
     if key == "direct":
         return Target(key, direct, direct)
@@ -804,6 +825,16 @@ def start_target(
         report.labels[key] = f"nginx {report.machine['nginx'].removeprefix('nginx/')}, 1 worker"
         url = f"ws://127.0.0.1:{nginx.port}/echo/"
         return Target(key, url, url, nginx)
+    if key == "caddy":
+        assert caddy_bin is not None
+        log.info("starting caddy...")
+        caddy = Caddy(caddy_bin, tmp / "caddy", backend_port, tmp / "caddy.log")
+        stack.callback(caddy.stop)
+        caddy.wait_ready(START_TIMEOUT)
+        report.pids["caddy"] = [caddy.pid]
+        report.labels[key] = f"Caddy {report.machine['caddy'].removeprefix('v')}, GOMAXPROCS=1"
+        url = f"ws://127.0.0.1:{caddy.port}/echo/"
+        return Target(key, url, url, caddy)
     profile = args.profile if key == args.profile_target and not args.py_spy else None
     gateway, port = start_gateway(stack, tmp, backend_port, key, profile)
     report.pids.setdefault("gateway", []).append(gateway.pid)

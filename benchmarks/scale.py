@@ -61,11 +61,11 @@ def redis_state(server: RedisServer, heartbeat: float = 2.0) -> str:
 class Wsgate:
     """`wsgate run` as a child process, with its ports and worker pids read from its JSON log."""
 
-    def __init__(self, config: Path, log_file: Path, *extra: str) -> None:
+    def __init__(self, config: Path, log_file: Path, *extra: str, env: dict[str, str] | None = None) -> None:
         self.log = open(log_file, "w+b")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "run", str(config), "--log-format", "json", *extra],
-            stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         self.ports: dict[str, int] = {}
         self.workers: list[int] = []
         deadline = time.monotonic() + 30
@@ -77,7 +77,9 @@ class Wsgate:
                     record = json.loads(line)
                     if record.get("event") == "listening":
                         self.ports[record["name"]] = record["port"]
-                    if record.get("event") == "worker_started":
+                    # The whole log is read again on every poll: each worker once (a duplicate pid counted
+                    # its CPU twice, which made --workers 2 look 2-5× dearer per message than it is).
+                    if record.get("event") == "worker_started" and record["pid"] not in self.workers:
                         self.workers.append(record["pid"])
             time.sleep(0.05)  # polling the child's log file under a deadline
 

@@ -2,7 +2,7 @@
 
 The names exported here are the API that operator code (transform callables)
 may import. They are loaded on first use, so that importing one inner module
-(``gateway.relay.frames``) does not load the config models (pydantic,
+(``gateway.wire.frames``) does not load the config models (pydantic,
 jsonschema, ruamel.yaml) with the package.
 """
 

@@ -13,10 +13,11 @@ from redis_support import needs_redis
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--quick", "--seconds", "0.3", "--warmup", "0.1", "--conns", "4", "--wide", "8", "--idle-conns", "20"]
-PYTHON_ONLY = ["--loadgen", "python", "--backend", "python", "--no-nginx", "--no-install"]
+PYTHON_ONLY = ["--loadgen", "python", "--backend", "python", "--no-nginx", "--no-caddy", "--no-install"]
 GORILLA = Path("/usr/share/gocode/src/github.com/gorilla/websocket")
 HAVE_NGINX = bool(shutil.which("nginx") or Path("/usr/sbin/nginx").exists())
 HAVE_GO_AND_NGINX = bool(shutil.which("go") and GORILLA.is_dir() and HAVE_NGINX)
+HAVE_CADDY = bool(shutil.which("caddy") or Path("/usr/bin/caddy").exists())
 
 
 def run_benchmark(script: str, *args: str, cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
@@ -89,7 +90,7 @@ def test_idle_hold_samples_the_gateway_rss(tmp_path: Path) -> None:
 @pytest.mark.skipif(not HAVE_GO_AND_NGINX, reason="needs Debian's golang-go, gorilla/websocket and nginx")
 def test_go_generator_and_nginx_rows(tmp_path: Path) -> None:
     """With Go and nginx installed, the compiled generator and backend measure all four rows, upgrades included."""
-    proc, report = _run(tmp_path, *TINY, "--upgrade-conns", "2", "--no-install")
+    proc, report = _run(tmp_path, *TINY, "--upgrade-conns", "2", "--no-install", "--no-caddy")
     rows = _rows(proc.stdout)
     assert rows[1] == "direct" and rows[2].startswith("nginx ")
     assert rows[3:] == ["wsgate fast path", "wsgate tutorial chain"]
@@ -99,6 +100,22 @@ def test_go_generator_and_nginx_rows(tmp_path: Path) -> None:
         assert report["rows"][key]["main 64 B"]["proxy_cpu_us"] is not None
         assert report["rss_kib_per_idle_conn"][key] is not None
     assert "Issue 7's targets in this run:" in proc.stdout and "Issue 17's targets in this run:" in proc.stdout
+    assert not [pid for pid in _started(report) if _alive(pid)]
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(not HAVE_GO_AND_NGINX, reason="needs Debian's golang-go, gorilla/websocket and nginx")
+@pytest.mark.skipif(not HAVE_CADDY, reason="needs Debian's caddy package (apt-get install caddy), as .ci/run installs")
+def test_caddy_row_beside_nginx(tmp_path: Path) -> None:
+    """With caddy installed, the table has a Caddy row beside nginx, measured like it (msgs/s, CPU, RSS, upgrades)."""
+    proc, report = _run(tmp_path, *TINY, "--upgrade-conns", "2", "--no-install", "--targets", "nginx,caddy")
+    rows = _rows(proc.stdout)
+    assert rows[1].startswith("nginx ") and rows[2].startswith("Caddy ") and "GOMAXPROCS=1" in rows[2]
+    caddy = report["rows"]["caddy"]
+    assert caddy["main 64 B"]["rate"] > 0 and caddy["main 64 B"]["proxy_cpu_us"] is not None
+    assert caddy["upgrades"]["rate"] > 0
+    assert report["rss_kib_per_idle_conn"]["caddy"] is not None
+    assert report["machine"]["caddy"].lstrip("v").startswith("2.")
     assert not [pid for pid in _started(report) if _alive(pid)]
 
 

@@ -14,7 +14,7 @@ from support import PORT, TIMEOUT, api_yaml, recording_backend, running_gateway,
 from websockets.asyncio.client import connect
 
 from gateway.build.routes import MalformedHost, request_host
-from gateway.edge.request_head import has_dot_segment
+from gateway.wire.request_head import has_dot_segment
 
 # Every spelling of a dot segment an upstream (or a normalising proxy behind it) might resolve.
 DOTTED = [

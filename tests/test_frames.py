@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from relay_harness import make_frame
 from websockets.frames import Close, Frame, Opcode
 
-from gateway.relay.frames import (
+from gateway.wire.frames import (
     BOUNDARY,
     CONTROL,
     DONE,

@@ -97,8 +97,8 @@ def test_no_import_cycles_among_module_level_imports():
 
 
 def test_the_frame_scanner_loads_no_config_libraries():
-    """`import gateway.relay.frames` loads neither pydantic, jsonschema nor ruamel.yaml."""
-    code = "import sys, json, gateway.relay.frames; print(json.dumps(sorted(sys.modules)))"
+    """`import gateway.wire.frames` loads neither pydantic, jsonschema nor ruamel.yaml."""
+    code = "import sys, json, gateway.wire.frames; print(json.dumps(sorted(sys.modules)))"
     loaded = {name.split(".")[0] for name in json.loads(_run(code))}
     assert loaded.isdisjoint(HEAVY), sorted(loaded & set(HEAVY))
 

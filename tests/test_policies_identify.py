@@ -114,9 +114,11 @@ def test_allow_anonymous():
     assert conn.application == ApplicationRef("anonymous", "anonymous")
 
 
-def test_key_digest_in_metadata_never_the_key():
-    """An identified key leaves its digest in the metadata, and the key appears nowhere in it."""
+def test_key_digest_in_the_identity_never_the_key():
+    """An identified key leaves its digest in the connection's Identity, and the key appears nowhere in it or
+    in the metadata."""
     conn = connection(query=f"x-Gateway-APIKey={KEY}&room=1")
     assert identify().on_upgrade(upgrade_request(query=f"x-Gateway-APIKey={KEY}&room=1"), conn) is None
-    assert conn.metadata["key_digest"] == key_digest(KEY)
-    assert KEY not in repr(conn.metadata)
+    assert conn.identity is not None and conn.identity.key_digest == key_digest(KEY)
+    assert conn.identity.application == ApplicationRef("alpha", "api_key")
+    assert KEY not in repr(conn.identity) and KEY not in repr(conn.metadata)

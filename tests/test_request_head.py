@@ -1,15 +1,15 @@
-"""The one-pass upgrade head reader (gateway/edge/request_head.py) takes only what websockets would accept, alike."""
+"""The one-pass upgrade head reader (gateway/wire/request_head.py) takes only what websockets would accept, alike.
+
+Examples here; the differential property on random heads is in tests/test_wire_differential.py."""
 
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
-from gateway.edge.request_head import plain_upgrade
-from gateway.edge.upstream import _quiet
+from gateway.wire.protocols import QUIET as _quiet
+from gateway.wire.request_head import plain_upgrade
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 PLAIN = (
@@ -80,29 +80,3 @@ def test_a_head_at_the_header_limit_goes_the_long_way():
     """More headers than websockets allows is websockets' 431 to give, not this reader's to accept."""
     many = b"".join(f"X-H{i}: v\r\n".encode() for i in range(200))
     assert plain_upgrade(PLAIN.replace(b"\r\n\r\n", b"\r\n" + many + b"\r\n")) is None
-
-
-LINES = [line + b"\r\n" for line in PLAIN.split(b"\r\n")[:-2]]
-NOISE = st.sampled_from([b" ", b"\t", b"\n", b"\r", b":", b",", b"\x00", b"\xff", b"A", b"=", b"/", b"?", b"%"])
-
-
-@settings(max_examples=400, deadline=None)
-@given(
-    line=st.integers(0, len(LINES) - 1),
-    at=st.integers(0, 60),
-    noise=st.lists(NOISE, min_size=1, max_size=3),
-    drop=st.booleans(),
-)
-def test_whatever_it_accepts_websockets_accepts_alike(line, at, noise, drop):
-    """Mutated heads: whenever the one-pass reader takes one, websockets takes it too, with the same result."""
-    lines = list(LINES)
-    if drop and line > 0:
-        del lines[line]
-    else:
-        text = lines[line]
-        cut = min(at, len(text) - 2)
-        lines[line] = text[:cut] + b"".join(noise) + text[cut:]
-    head = b"".join(lines) + b"\r\n"
-    plain = plain_upgrade(head)
-    if plain is not None:
-        assert (plain.target, list(plain.headers.raw_items()), plain.key) == websockets_view(head)

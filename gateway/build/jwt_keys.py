@@ -25,6 +25,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from ..common.build_counts import count
 from ..config.models import JWTSettings
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
@@ -110,6 +111,7 @@ def parse_public_key(data: bytes) -> VerifyingKey:
 
 def load_keys(settings: JWTSettings, base_dir: Path, env: Mapping[str, str]) -> list[VerifyingKey]:
     """The keys of the configured source (files resolve against ``base_dir``); raises KeyMaterialError."""
+    count("jwt_keys")
     if settings.jwks_file is not None:
         return parse_jwks(_read(base_dir, settings.jwks_file).decode("utf-8", errors="replace"))
     if settings.public_key_file is not None:

@@ -5,14 +5,16 @@ runs :func:`gateway.config.check` (YAML, schema, models, rules), then builds
 every artefact the runtime builds from a config, with the very functions the
 runtime uses, short of opening sockets: listener TLS contexts (certificate and
 key pairs, SNI certificates, client CA bundles), upstream TLS contexts (CA
-bundles, client certificates), upstream endpoints, origin
-patterns, JWT verifiers (key files) and log targets. An artefact that fails
+bundles, client certificates), the compiled routes (parsed upstream endpoints,
+chain and routing specs), origin patterns, JWT verifiers (key files) and log targets. An artefact that fails
 becomes a diagnostic at the field that names it, so nothing that passes
 ``validate`` fails when ``run`` or a reload compiles it.
 
-The costly artefacts (the TLS contexts and the application index) come back
-in :class:`Artefacts`, and the runtime serves with those very objects: a
-config is built once per process, not once to check and again to serve. A
+The artefacts (the TLS contexts, the compiled routes, the application index
+with its JWT keys; origin patterns through ``gateway.build.origins``) come back
+in :class:`Artefacts`, and the runtime binds those very objects to live state
+(policy objects, endpoint health): a config is built once per process, not once
+to check and again to serve (tests/test_reload_builds.py counts it). A
 process handed a config without them (a worker of ``--workers N``: SSL
 contexts do not cross processes) builds them once with :meth:`Artefacts.of`.
 """
@@ -33,6 +35,7 @@ from ..config.tree import Config
 
 if TYPE_CHECKING:
     from .apps import AppIndex
+    from .routes import CompiledRoute
     from .tls import ServerTLS
 
 # Failures a broken artefact raises: OpenSSL, the file system, parsers.
@@ -46,7 +49,8 @@ class Artefacts:
     config: Config
     server_tls: Mapping[str, ServerTLS]  # port -> its TLS contexts (ports with `tls` only)
     upstream_tls: Mapping[str, ssl.SSLContext | None]  # API -> the client context of its wss:// endpoints
-    apps: AppIndex
+    apps: AppIndex  # the application index, with the JWT verifiers and their keys
+    routes: Mapping[str, CompiledRoute]  # API -> its parsed endpoints, chain and routing specs, client context
 
     @classmethod
     def of(cls, config: Config, env: Mapping[str, str] | None = None) -> Artefacts:
@@ -90,14 +94,15 @@ def build(paths: Sequence[str | Path], *, env: Mapping[str, str] | None = None, 
 def _compile(config: Config, env: Mapping[str, str], *,
              raise_first: bool = False) -> tuple[Artefacts | None, list[Diagnostic]]:
     """The artefacts of ``config`` (None if one fails) and a diagnostic per failure (``raise_first``: raise it)."""
-    from ..policies.origin import origin_pattern
     from .apps import AppIndex
-    from .routes import Endpoint, upstream_ssl_context
+    from .origins import origin_pattern
+    from .routes import CompiledRoute, Endpoint, upstream_ssl_context
     from .tls import CertificatePairError, ServerTLS
 
     out: list[Diagnostic] = []
     server_tls: dict[str, ServerTLS] = {}
     upstream_tls: dict[str, ssl.SSLContext | None] = {}
+    routes: dict[str, CompiledRoute] = {}
     apps: AppIndex | None = None
     for name, port in config.ports.items():
         if port.model.tls is None:
@@ -126,25 +131,32 @@ def _compile(config: Config, env: Mapping[str, str], *,
             out.append(error("WSG171", f"API '{name}': the upstream CA file cannot be loaded: {_why(exc)}",
                              api.locate(("upstream", "tls", "ca_file")),
                              hint="a PEM bundle of the CA certificates that sign the native server's certificate"))
-        if raise_first:
-            continue  # the rest only checks: the runtime parses endpoints and patterns as it compiles routes
+        endpoints: list[Endpoint] = []
         for i, endpoint in enumerate(api.model.upstream.endpoints):
             try:
-                Endpoint.parse(endpoint.url)
+                endpoints.append(Endpoint.parse(endpoint.url, endpoint.weight))
             except Exception as exc:  # websockets raises its own InvalidURI  # noqa: BLE001
+                if raise_first:
+                    raise
                 out.append(error("WSG172", f"upstream URL cannot be used: {_why(exc)}",
                                  api.locate(("upstream", "endpoints", i, "url")),
                                  hint="ws://HOST[:PORT]/PATH or wss://HOST[:PORT]/PATH"))
+        if name in upstream_tls and len(endpoints) == len(api.model.upstream.endpoints):
+            routes[name] = CompiledRoute.compile(api, upstream_tls[name], tuple(endpoints))
         for i, policy in enumerate(api.model.policies):
             if policy.type == "origin":
                 for j, allowed in enumerate(policy.allow):
                     try:
-                        origin_pattern(allowed)
+                        origin_pattern(allowed)  # the policies of the route table get these compiled objects
                     except Exception as exc:  # noqa: BLE001
+                        if raise_first:
+                            raise
                         out.append(error("WSG172", f"origin pattern cannot be compiled: {_why(exc)}",
                                          api.locate(("policies", i, "allow", j)), hint="https://HOST or https://*.DOMAIN"))
             elif policy.type == "identify":
                 out += _client_tls_problems(api, i, policy)
+            elif raise_first:
+                continue  # the log targets were checked where this config was built
             elif policy.type == "log-invocation" and policy.file:
                 problem = _log_target_problem(api.resolve(policy.file))
                 if problem:
@@ -160,7 +172,7 @@ def _compile(config: Config, env: Mapping[str, str], *,
                          _first_jwt(config), hint="fix the JWT key source named here"))
     if apps is None or any(d.is_error for d in out):
         return None, out
-    return Artefacts(config, server_tls, upstream_tls, apps), out
+    return Artefacts(config, server_tls, upstream_tls, apps, routes), out
 
 
 def _client_tls_problems(api: Any, i: int, policy: Any) -> list[Diagnostic]:

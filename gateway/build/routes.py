@@ -16,7 +16,7 @@ import os
 import ssl
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, quote
 
@@ -28,6 +28,7 @@ from .apps import AppIndex
 from .balance import SmoothWeightedRoundRobin, least_connections_order, rendezvous_order
 from ..common.build_counts import count
 from ..config.models import API, Port, RoutingPolicy, prefix_matches
+from ..config.models import Policy as PolicySpec
 from ..config.tree import Config, Loaded
 from ..policies.base import ConnectionContext, Policy, UpgradeRequest
 from ..policies.registry import build_chain as default_build_chain
@@ -95,6 +96,32 @@ class Endpoint:
     @property
     def path(self) -> str:
         return self.uri.path
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRoute:
+    """One API as ``build()`` compiles it, with no live state: what validate checked and run serves.
+
+    ``CompiledAPI.build`` binds it (policy objects, the endpoints' shared health, the environment's upstream
+    headers) when a route table is made from it; nothing here is parsed again there.
+    """
+
+    loaded: Loaded[API]
+    endpoints: tuple[Endpoint, ...]  # parsed, not yet bound to their health
+    routing: RoutingPolicy  # the chain's routing spec (the default when it has none)
+    chain: tuple[PolicySpec, ...]  # the policy specs, in chain order
+    ssl_context: ssl.SSLContext | None  # the client context of its wss:// endpoints
+
+    @classmethod
+    def compile(cls, loaded: Loaded[API], ssl_context: ssl.SSLContext | None,
+                endpoints: tuple[Endpoint, ...] | None = None) -> CompiledRoute:
+        """``endpoints``: already parsed (``build()`` parses each to locate a failure); else parsed here."""
+        count("routes")
+        api = loaded.model
+        routing = next((spec for spec in api.policies if isinstance(spec, RoutingPolicy)), None)
+        if endpoints is None:
+            endpoints = tuple(Endpoint.parse(e.url, e.weight) for e in api.upstream.endpoints)
+        return cls(loaded, endpoints, routing or RoutingPolicy(type="routing"), tuple(api.policies), ssl_context)
 
 
 def _pending(endpoint: Endpoint) -> int:
@@ -218,19 +245,22 @@ class CompiledAPI:
     @classmethod
     def build(cls, loaded: Loaded[API], chain: list[Policy], health: HealthRegistry | None = None,
               env: Mapping[str, str] | None = None,
-              upstream_tls: Mapping[str, ssl.SSLContext | None] | None = None) -> CompiledAPI:
-        """``upstream_tls``: the client contexts ``gateway.build.pipeline`` made for this config (else made here)."""
+              upstream_tls: Mapping[str, ssl.SSLContext | None] | None = None,
+              compiled: CompiledRoute | None = None) -> CompiledAPI:
+        """Bind ``compiled`` (what ``gateway.build.pipeline`` compiled for this API; else compiled here, with the
+        client context from ``upstream_tls`` when given) to ``chain`` and the endpoints' ``health``."""
         api = loaded.model
-        routing = RoutingPolicy(type="routing")
-        for spec in api.policies:
-            if spec.type == "routing":
-                routing = spec
+        if compiled is None:
+            context = (upstream_tls[api.name] if upstream_tls is not None and api.name in upstream_tls
+                       else upstream_ssl_context(loaded))
+            compiled = CompiledRoute.compile(loaded, context)
         if not api.upstream.tls.verify and any(e.url.startswith("wss://") for e in api.upstream.endpoints):
             log.warning("upstream_tls_verification_off", api=api.name)
         client = tuple(p for p in chain if "client" in p.message_stages)
         server = tuple(p for p in chain if "server" in p.message_stages)
-        state = (lambda url: health.get(api.name, url)) if health is not None else None
-        endpoints = tuple(Endpoint.parse(e.url, e.weight, state) for e in api.upstream.endpoints)
+        endpoints = compiled.endpoints
+        if health is not None:  # the live part: each endpoint's counters and state, shared across reloads
+            endpoints = tuple(replace(e, health=health.get(api.name, e.url)) for e in endpoints)
         return cls(
             loaded=loaded,
             chain=tuple(chain),
@@ -238,9 +268,8 @@ class CompiledAPI:
             client_policies=client,
             server_policies=server,
             endpoints=endpoints,
-            routing=routing,
-            ssl_context=upstream_tls[api.name] if upstream_tls is not None and api.name in upstream_tls
-            else upstream_ssl_context(loaded),
+            routing=compiled.routing,
+            ssl_context=compiled.ssl_context,
             # A push enters the server-to-client stage of the message relay: an API with push is never relayed as
             # bytes, even with no message-stage policy (docs/push.md).
             fast_path=not client and not server and not api.compression and api.push is None,
@@ -369,10 +398,12 @@ class RouteTable:
     def compile(cls, config: Config, apps: AppIndex, state: PolicyState, *, generation: int = 1,
                 build_chain: Callable[[Loaded[API], Config, AppIndex, PolicyState], list[Policy]] | None = None,
                 health: HealthRegistry | None = None, env: Mapping[str, str] | None = None,
-                upstream_tls: Mapping[str, ssl.SSLContext | None] | None = None) -> RouteTable:
-        """Build every enabled route of ``config``; policies come from ``build_chain``
-        (default: ``gateway.policies.build_chain``), endpoint health from ``health`` (default: a fresh registry),
-        upstream TLS contexts from ``upstream_tls`` (``gateway.build.pipeline.Artefacts``; default: made here)."""
+                upstream_tls: Mapping[str, ssl.SSLContext | None] | None = None,
+                compiled_routes: Mapping[str, CompiledRoute] | None = None) -> RouteTable:
+        """Bind every enabled route of ``config``: the ``compiled_routes`` (``gateway.build.pipeline.Artefacts``;
+        default: compiled here, with the contexts of ``upstream_tls`` when given) to policies from
+        ``build_chain`` (default: ``gateway.policies.build_chain``) and endpoint health from ``health``
+        (default: a fresh registry)."""
         from ..serving.health import HealthRegistry  # the probe it runs imports the websockets client; keep it lazy
 
         build_chain = build_chain or default_build_chain
@@ -384,7 +415,8 @@ class RouteTable:
         try:
             for name, loaded in config.apis.items():
                 compiled = CompiledAPI.build(loaded, build_chain(loaded, config, apps, state), health, env,
-                                             upstream_tls)
+                                             upstream_tls,
+                                             compiled_routes.get(name) if compiled_routes is not None else None)
                 apis[name] = compiled
                 api = loaded.model
                 for port_name in api.ports:

@@ -378,17 +378,20 @@ def accepted_from(record: Any, names: Mapping[tuple[str, str], str] | None = Non
     if conn is None:
         return None
     names = names or {}
-    application = conn.application
-    app_name = application.name if application is not None else None
+    identity = conn.identity
+    api = names.get(("API", conn.api), conn.api)
+    if identity is None:
+        return Accepted(port=record.port_name, api=api, peer_ip=conn.peer[0] if conn.peer else "")
+    app_name = identity.application.name
     return Accepted(
         port=record.port_name,
-        api=names.get(("API", conn.api), conn.api),
-        application=names.get(("Application", app_name), app_name) if app_name is not None else None,
-        identified_by=application.identified_by if application is not None else None,
-        key_digest=conn.metadata.get("key_digest"),
+        api=api,
+        application=names.get(("Application", app_name), app_name),
+        identified_by=identity.application.identified_by,
+        key_digest=identity.key_digest,
         peer_ip=conn.peer[0] if conn.peer else "",
-        hostname=conn.metadata.get("hostname"),
-        entry_fingerprint=conn.metadata.get("entry_fingerprint"),
+        hostname=identity.hostname,
+        entry_fingerprint=identity.entry_fingerprint,
     )
 
 

@@ -6,47 +6,48 @@ upgrade (426/400) -> the API's policies in chain order (their Rejection) ->
 the upstream handshake (502/504) -> only then 101 to the client. Bytes the
 client sent after its head stay here, unread by anyone, until both
 handshakes succeeded: nothing is smuggled to the upstream ahead of a 101.
+
+This module is the driver: what to answer is decided without I/O in
+gateway/edge/upgrade.py (the head, the route, the refusal, the policies' verdicts, the 101's bytes);
+here are the socket, the timers, the awaits a policy asks for, the upstream connect, and the hand-over to a relay.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
-import json
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import structlog
-from websockets.datastructures import Headers
-from websockets.exceptions import (
-    InvalidHandshake,
-    InvalidMethod,
-    InvalidProtocol,
-    InvalidUpgrade,
-    RequestLineTooLong,
-    SecurityError,
-)
-from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
-from websockets.http11 import Request
-from websockets.server import ServerProtocol
-from websockets.typing import Subprotocol
-from websockets.utils import accept_key
+from websockets.extensions.base import Extension
 
-from ..build.routes import MalformedHost, request_host
 from ..build.tls import client_certificate
-from ..common.redaction import forwarded_query, redact_query
-from ..policies.base import ConnectionContext, Rejection, UpgradeRequest, parse_query
+from ..common.http_response import Header, switching_protocols
+from ..common.redaction import forwarded_query
+from ..policies.base import ConnectionContext, Rejection, UpgradeRequest
 from ..push.groups import join_at_upgrade
 from ..relay.fast import ByteRelay
 from ..relay.message import MessageRelay
 from . import lifetime
-from .request_head import has_dot_segment, plain_upgrade
-from .upstream import UpstreamError, _quiet, open_with_failover, prepare_upgrade
+from .upgrade import (
+    MALFORMED,
+    Accept,
+    Pending,
+    PolicyChain,
+    PolicyFailed,
+    Refuse,
+    connection_context,
+    decide,
+    head_end,
+    upgrade_request,
+)
+from .upstream import UpstreamError, open_with_failover, prepare_upgrade
 
 if TYPE_CHECKING:
+    from websockets.typing import Subprotocol
+
     from ..build.routes import CompiledAPI, RouteTable
     from ..operations.metrics import Metrics
     from ..operations.tracing import ConnectionSpan, ConnectionTracer
@@ -57,36 +58,12 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("wsgate.listener")
 
-MAX_REQUEST_HEAD = 16 * 1024
 MAX_PIPELINED = 64 * 1024  # bytes read past the head before the 101; more pauses reading
 LINGER = 2.0  # seconds a refused client's further bytes are read and dropped, so it gets the answer, not a RST
 # A port at its max_connections answers 503 with this Retry-After: the same 5 s the throttle's and the upstream's
 # 503s default to, so a client backs off alike whichever limit refused it.
-PORT_FULL_RETRY_AFTER = (("Retry-After", "5"),)
-REASONS = {
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    426: "Upgrade Required",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-    504: "Gateway Timeout",
-    505: "HTTP Version Not Supported",
-}
-METADATA_HEADERS = ("User-Agent", "Origin")
+PORT_FULL = Refuse(503, "unavailable", "too many connections on this port", (("Retry-After", "5"),))
 CONNECTION_ID_HEADER = "X-Gateway-Connection-Id"
-# Headers RFC 9110/6455 define with one value: a request carrying one of them twice is malformed (400), and
-# refusing it here means no later stage (the upstream request, the log) meets two values where it reads one.
-# Authorization and x-Gateway-APIKey are not here: the identify policy reads every value and answers two sets
-# of credentials itself (401 with its challenge).
-SINGLE_VALUED_HEADERS = (
-    "Host", "User-Agent", "Origin", "Upgrade", "Content-Length", "Sec-WebSocket-Key", "Sec-WebSocket-Version",
-)
-_BARE_LF = re.compile(rb"(?<!\r)\n")
 
 
 def raise_open_files_limit() -> tuple[int, int]:
@@ -108,21 +85,6 @@ def raise_open_files_limit() -> tuple[int, int]:
         return (soft, soft)
     log.info("open_files_limit_raised", soft_before=soft, soft=hard, max_connections_about=hard // 2)
     return (soft, hard)
-
-
-def refusal_bytes(status: int, error: str, reason: str, headers: tuple[tuple[str, str], ...] = ()) -> bytes:
-    """An HTTP refusal: a short JSON body and ``Connection: close``."""
-    body = json.dumps({"error": error, "reason": reason}).encode()
-    lines = [
-        f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}",
-        "Content-Type: application/json",
-        f"Content-Length: {len(body)}",
-        "Connection: close",
-    ]
-    lines += [f"{name}: {value}" for name, value in headers]
-    if status == 426:
-        lines.append("Upgrade: websocket")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
 class Connection:
@@ -213,8 +175,7 @@ class ClientHandshake(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         listener = self.listener
         if listener.max_connections is not None and listener.count >= listener.max_connections:
-            self._refuse_early(503, "unavailable", "too many connections on this port", linger=False,
-                               headers=PORT_FULL_RETRY_AFTER)
+            self._refuse_early(PORT_FULL, linger=False)
             return
         self.record = Connection(listener, self.transport)
         listener.services.registry.track(self.record)
@@ -232,33 +193,32 @@ class ClientHandshake(asyncio.Protocol):
             if len(buffer) > MAX_PIPELINED:
                 self.transport.pause_reading()
             return
-        end = buffer.find(b"\r\n\r\n")
-        # A line ending in a bare LF is malformed: answer now rather than wait for a CRLF CRLF that may
-        # never come (the handshake timeout).
-        bare = _BARE_LF.search(buffer, scanned, len(buffer) if end < 0 else end + 4)
-        if bare is not None:
-            self._refuse_early(400, "bad_request", "malformed HTTP request: a line ends in a bare LF")
+        end = head_end(buffer, scanned)
+        if end is None:
             return
-        if end < 0:
-            if len(buffer) > MAX_REQUEST_HEAD:
-                self._refuse_early(431, "request_too_large", "request head too large")
+        if isinstance(end, Refuse):
+            self._refuse_early(end)
             return
         self.head_done = True
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        end += 4
         head = bytes(buffer[:end])
         del buffer[:end]
+        listener = self.listener
         try:
-            self._handle_head(head)
+            decision = decide(head, listener.name, listener.services.table())
+            if isinstance(decision, Refuse):
+                self._refuse_early(decision)
+            else:
+                self._start_upgrade(decision)
         except Exception as exc:
-            # A head that gets past the parser and the checks above but trips the code reading it is still a
+            # A head that gets past the parser and the checks but trips the code reading it is still a
             # bad request from the client's side: answer 400, never a dropped connection. The log keeps the
             # exception's class and text (no traceback: a client can trigger this at will).
-            log.warning("upgrade_head_failed", port=self.listener.name, error=f"{exc.__class__.__name__}: {exc}")
+            log.warning("upgrade_head_failed", port=listener.name, error=f"{exc.__class__.__name__}: {exc}")
             if self.record is not None and self.record.task is None and not self.transport.is_closing():
-                self._refuse_early(400, "bad_request", "malformed HTTP request")
+                self._refuse_early(MALFORMED)
 
     def eof_received(self) -> bool:
         return False
@@ -287,14 +247,13 @@ class ClientHandshake(asyncio.Protocol):
         peer = self.transport.get_extra_info("peername") or ("", 0)
         return (peer[0], peer[1])
 
-    def _refuse_early(self, status: int, error: str, reason: str, path: str | None = None,
-                      linger: bool = True, headers: tuple[tuple[str, str], ...] = ()) -> None:
+    def _refuse_early(self, refused: Refuse, linger: bool = True) -> None:
         """Refuse before any API is involved (no policies saw the request)."""
-        self.listener.services.metrics.upgrade(self.listener.name, "", status, error)
-        log.info("upgrade_refused", status=status, error=error, reason=reason, port=self.listener.name,
-                 path=path, peer=self._peer()[0])
+        self.listener.services.metrics.upgrade(self.listener.name, "", refused.status, refused.error)
+        log.info("upgrade_refused", status=refused.status, error=refused.error, reason=refused.reason,
+                 port=self.listener.name, path=refused.path, peer=self._peer()[0])
         transport = self.transport
-        transport.write(refusal_bytes(status, error, reason, headers))
+        transport.write(refused.response())
         if not linger or not transport.can_write_eof():  # past max_connections: free the socket at once
             transport.close()
             return
@@ -307,125 +266,31 @@ class ClientHandshake(asyncio.Protocol):
             self.timer.cancel()
         self.timer = asyncio.get_running_loop().call_later(LINGER, transport.abort)
 
-    def _route(self, path: str, headers: Headers, query: str) -> tuple[CompiledAPI, str] | None:
-        """The route for ``path`` on this port (by Host, then `match_headers`/`match_query`), and the path part the
-        upstream gets; None when the request was refused: 400 for a dot segment or a malformed Host, 404 for no
-        route."""
-        if has_dot_segment(path):
-            self._refuse_early(400, "bad_request", "the path holds a '.' or '..' segment", path)
-            return None
-        try:
-            name = request_host(headers.get("Host"))
-        except MalformedHost as exc:
-            self._refuse_early(400, "bad_request", str(exc), path)
-            return None
-        listener = self.listener
-        found = listener.services.table().match(listener.name, path, name, headers, query)
-        if found is None:
-            self._refuse_early(404, "not_found", "no API at this path", path)
-        return found
-
-    def _handle_head(self, head: bytes) -> None:
-        plain = plain_upgrade(head)
-        if plain is None:
-            self._handle_unusual_head(head)
-            return
-        path, _, query = plain.target.partition("?")
-        found = self._route(path, plain.headers, query)
-        if found is None:
-            return
-        route, suffix = found
-        if route.api.compression and "Sec-WebSocket-Extensions" in plain.headers:
-            self._handle_unusual_head(head)  # negotiating permessage-deflate is websockets' job
-            return
-        self._start_upgrade(route, suffix, path, query, plain.headers, [], accept_key(plain.key), None)
-
-    def _handle_unusual_head(self, head: bytes) -> None:
-        """Any head ``plain_upgrade`` does not take: websockets parses and checks it and the refusal is worded
-        from its exception."""
-        ws = ServerProtocol(max_size=None, logger=_quiet)
-        ws.receive_data(head)
-        events = ws.events_received()
-        if not events or not isinstance(events[0], Request):
-            if isinstance(ws.handshake_exc, (SecurityError, RequestLineTooLong)):
-                self._refuse_early(431, "request_too_large", "request line or headers too large or too many")
-            else:
-                self._refuse_early(400, "bad_request", "malformed HTTP request")
-            return
-        request: Request = events[0]
-        for name in SINGLE_VALUED_HEADERS:
-            if len(request.headers.get_all(name)) > 1:
-                self._refuse_early(400, "bad_request", f"malformed HTTP request: more than one {name} header")
-                return
-        path, _, query = request.path.partition("?")
-        # More than one Host (RFC 9112, 3.2) was refused above with the other single-valued headers.
-        found = self._route(path, request.headers, query)
-        if found is None:
-            return
-        route, suffix = found
-        if route.api.compression:
-            ws.available_extensions = [ServerPerMessageDeflateFactory()]
-        try:
-            accept, extensions_header, _ = ws.process_request(request)
-        except InvalidUpgrade:
-            self._refuse_early(426, "upgrade_required", "this path serves WebSocket upgrades only", path)
-            return
-        except InvalidMethod:
-            self._refuse_early(405, "method_not_allowed", "WebSocket upgrades use GET", path)
-            return
-        except InvalidProtocol:
-            self._refuse_early(505, "http_version_not_supported", "WebSocket upgrades use HTTP/1.1", path)
-            return
-        except InvalidHandshake as exc:
-            self._refuse_early(400, "bad_request", f"invalid WebSocket handshake: {exc}", path)
-            return
-        # Only the negotiated extensions outlive this call: the parser, request and response objects go now.
-        self._start_upgrade(route, suffix, path, query, request.headers, ws.extensions, accept, extensions_header)
-
-    def _start_upgrade(self, route: CompiledAPI, suffix: str, path: str, query: str, headers: Headers,
-                       extensions: list[Any], accept: str, extensions_header: str | None) -> None:
-        """A valid upgrade to ``route``: build its context and run its policies and upstream connect."""
+    def _start_upgrade(self, accepted: Accept) -> None:
+        """A valid upgrade: build its context and run its policies and upstream connect."""
         listener = self.listener
         peer = self._peer()
-        safe_query = forwarded_query(query)  # no part of a credential the gateway consumes
-        conn = ConnectionContext(
-            api=route.name,
-            api_version=route.api.version,
-            port_name=listener.name,
-            peer=peer,
-            path=path,
-            metadata={
-                "path": path,
-                "query": redact_query(query),  # what the logs and log-invocation keep: no key in any spelling
-                "peer": peer[0],
-                "secure": listener.secure,
-                "headers": {name: headers[name] for name in METADATA_HEADERS if name in headers},
-            },
-        )
-        upgrade = UpgradeRequest(
-            path=path,
-            query=parse_query(query),
-            headers=headers,
-            peer=peer,
-            port_name=listener.name,
-            secure=listener.secure,
-            client_cert=client_certificate(self.transport) if listener.secure else None,
-        )
+        route = accepted.route
+        conn = connection_context(accepted, listener.name, peer, listener.secure)
+        upgrade = upgrade_request(accepted, listener.name, peer, listener.secure,
+                                  client_certificate(self.transport) if listener.secure else None)
         record = self.record
         assert record is not None
         record.conn = conn
         listener.services.registry.routed(record, route)  # holds the route's table until the connection ends
         tracer = listener.services.tracer
         if tracer is not None:
-            record.span = tracer.start(headers.raw_items(), api=route.name, port=listener.name, path=path,
-                                       connection=conn.id)
-        offered = [Subprotocol(p) for value in headers.get_all("Sec-WebSocket-Protocol") for p in _tokens(value)]
+            record.span = tracer.start(accepted.headers.raw_items(), api=route.name, port=listener.name,
+                                       path=accepted.path, connection=conn.id)
         record.task = asyncio.get_running_loop().create_task(
-            self._upgrade(route, conn, upgrade, extensions, accept, extensions_header, safe_query, offered, suffix)
+            # Only what the 101 needs goes on, not the Accept: the parsed request is freed while the upstream answers.
+            self._upgrade(route, conn, upgrade, accepted.extensions, accepted.accept, accepted.extensions_header,
+                          forwarded_query(accepted.query),  # no part of a credential the gateway consumes
+                          accepted.offered_subprotocols(), accepted.suffix)
         )
 
     async def _upgrade(self, route: CompiledAPI, conn: ConnectionContext, upgrade: UpgradeRequest,
-                       extensions: list[Any], accept: str, extensions_header: str | None, query: str,
+                       extensions: list[Extension], accept: str, extensions_header: str | None, query: str,
                        offered: list[Subprotocol], suffix: str = "") -> None:
         record = self.record
         assert record is not None
@@ -436,17 +301,21 @@ class ClientHandshake(asyncio.Protocol):
         try:
             if span is not None:
                 span.begin("policies")
-            for policy in route.upgrade_policies:
+            chain = PolicyChain(route.upgrade_policies, upgrade, conn)
+            step = chain.run()
+            while isinstance(step, Pending):  # a verdict that needs I/O: await it here, the chain goes on
+                pending = step
                 try:
-                    decision = policy.on_upgrade(upgrade, conn)
-                    if inspect.isawaitable(decision):
-                        decision = await decision
-                except Exception:
-                    log.error("policy_failed", api=conn.api, policy=policy.type, connection=conn.id, exc_info=True)
-                    decision = Rejection(500, "internal_error", f"policy {policy.type} failed")
-                if decision is not None:
-                    self._refuse(route, conn, decision.status, decision.error, decision.reason, decision.headers)
-                    return
+                    step = chain.resume(await pending.verdict)
+                except Exception as exc:
+                    step = chain.failed(pending, exc)
+            if isinstance(step, PolicyFailed):
+                log.error("policy_failed", api=conn.api, policy=step.policy.type, connection=conn.id,
+                          exc_info=step.error)
+                step = step.rejection
+            if step is not None:
+                self._refuse(route, conn, step.status, step.error, step.reason, step.headers)
+                return
             groups: tuple[str, ...] = ()
             if route.api.push is not None:  # groups joined at the upgrade: a bad value is refused like any field
                 joined = join_at_upgrade(route.api.push, upgrade, conn)
@@ -493,17 +362,7 @@ class ClientHandshake(asyncio.Protocol):
             if health is not None:  # least-connections counts it until the connection ends
                 health.open += 1
                 conn.defer(health.closed_one)
-            lines = [
-                "HTTP/1.1 101 Switching Protocols",
-                "Upgrade: websocket",
-                "Connection: Upgrade",
-                f"Sec-WebSocket-Accept: {accept}",
-            ]
-            if extensions_header:
-                lines.append(f"Sec-WebSocket-Extensions: {extensions_header}")
-            if leg.subprotocol:
-                lines.append(f"Sec-WebSocket-Protocol: {leg.subprotocol}")
-            self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+            self.transport.write(switching_protocols(accept, extensions_header, leg.subprotocol))
             self._outcome(route, conn, 101, None, None)
             metrics.stage(conn.api, "total", time.monotonic() - began)
             metrics.opened(self.listener.name, conn.api, application or "")
@@ -531,7 +390,7 @@ class ClientHandshake(asyncio.Protocol):
                 services.push.opened(conn, relay, route.api.push, groups)
             limits = route.api.limits
             lifetime.watch(conn, record.close, limits.idle_timeout, limits.max_lifetime)
-            expires_at = conn.metadata.get("expires_at")
+            expires_at = conn.identity.expires_at if conn.identity is not None else None
             if expires_at is not None:
                 record.expiry = asyncio.get_running_loop().call_later(
                     max(0.0, expires_at - time.time()), record.close, 1008, "credential expired")
@@ -557,14 +416,14 @@ class ClientHandshake(asyncio.Protocol):
                 self.listener.services.registry.untrack(record)
 
     def _refuse(self, route: CompiledAPI, conn: ConnectionContext, status: int, error: str, reason: str,
-                headers: tuple[tuple[str, str], ...] = ()) -> None:
+                headers: tuple[Header, ...] = ()) -> None:
         self._outcome(route, conn, status, error, reason)
         # A refusal of the gateway's own making (upstream down, a failing policy) is an operator's concern.
         emit = log.warning if status >= 500 else log.info
         emit("upgrade_refused", status=status, error=error, reason=reason, api=conn.api,
              app=conn.application.name if conn.application else None, peer=conn.peer[0], connection=conn.id)
         if not self.lost:
-            self.transport.write(refusal_bytes(status, error, reason, headers))
+            self.transport.write(Refuse(status, error, reason, headers).response())
             self.transport.close()
 
     def _outcome(self, route: CompiledAPI, conn: ConnectionContext, status: int, error: str | None,
@@ -582,10 +441,6 @@ class ClientHandshake(asyncio.Protocol):
                 policy.on_outcome(conn, status, error, reason)
             except Exception:
                 log.error("policy_failed", api=conn.api, policy=policy.type, connection=conn.id, exc_info=True)
-
-
-def _tokens(value: str) -> list[str]:
-    return [token.strip() for token in value.split(",") if token.strip()]
 
 
 class _Closer:

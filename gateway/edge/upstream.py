@@ -10,23 +10,21 @@ handed to the relay untouched.
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import structlog
-from websockets.client import ClientProtocol
 from websockets.datastructures import Headers
 from websockets.headers import build_authorization_basic, build_subprotocol
-from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS, Response
 from websockets.typing import Subprotocol
-from websockets.utils import accept_key, generate_key
+from websockets.utils import generate_key
 
 from ..build.routes import CompiledAPI, Endpoint, NoEndpoint
 from ..common.redaction import api_key_like
+from ..wire.protocols import QUIET
+from ..wire.upstream_response import Invalid101, check_101, response_status
 from .connect import open_connection
-from .request_head import HEADER_TOKEN, HEADER_VALUE, header_field
 
 log = structlog.get_logger("wsgate.upstream")
 
@@ -60,9 +58,7 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-# The sans-I/O protocols log at INFO on every open and close; keep that off the hot path.
-_quiet = logging.getLogger("wsgate.wsproto")
-_quiet.setLevel(logging.WARNING)
+_quiet = QUIET  # the name the listener and older tests know it by
 
 
 class UpstreamError(Exception):
@@ -205,15 +201,6 @@ class _HandshakeReader(asyncio.Protocol):
             )
 
 
-def _status_line(head: bytes) -> tuple[int, str]:
-    line = head.split(b"\r\n", 1)[0].decode("latin-1")
-    parts = line.split(" ", 2)
-    # isascii: str.isdigit() also accepts Latin-1 superscripts ("1\xb21"), which int() refuses.
-    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not (parts[1].isascii() and parts[1].isdigit()):
-        raise UpstreamError(502, "bad_gateway", "upstream sent an invalid HTTP response")
-    return int(parts[1]), parts[2] if len(parts) > 2 else ""
-
-
 @dataclass(slots=True)
 class UpstreamRequest:
     """The upstream handshake, serialized before any await so that the client's parsed request can be freed."""
@@ -288,63 +275,6 @@ def prepare_upgrade(
     return PreparedUpgrade(query, list(subprotocols), tail, suffix, own_authorization="authorization" in replaced)
 
 
-def _plain_101(head: bytes, key: str, offer: list[Subprotocol]) -> Subprotocol | None | bool:
-    """The subprotocol of a plainly valid 101 answering ``key``; False for anything else.
-
-    A fast check for the common case: it accepts a subset of what websockets' client accepts
-    (same header grammar and limits, one Upgrade: websocket, Connection naming upgrade, the right
-    Sec-WebSocket-Accept, no extension, at most one offered subprotocol). False sends the head
-    through websockets, which accepts or words the refusal.
-    """
-    lines = head.split(b"\r\n")
-    if len(lines) > MAX_NUM_HEADERS + 3 or lines[-2:] != [b"", b""]:
-        return False
-    status = lines[0]
-    if (not status.startswith(b"HTTP/1.1 101 ") or len(status) > MAX_LINE_LENGTH
-            or not HEADER_VALUE.fullmatch(status, 13)):
-        return False
-    upgrade = accept = protocol = None
-    upgrade_named = False
-    for line in lines[1:-2]:
-        if len(line) > MAX_LINE_LENGTH:
-            return False
-        field = header_field(line)
-        if field is None:
-            return False
-        name, value = field
-        lower = name.lower()
-        if lower == b"upgrade":
-            if upgrade is not None:
-                return False
-            upgrade = value
-        elif lower == b"connection":
-            for token in value.split(b","):
-                token = token.strip(b" \t")
-                if not HEADER_TOKEN.fullmatch(token):
-                    return False
-                upgrade_named = upgrade_named or token.lower() == b"upgrade"
-        elif lower == b"sec-websocket-accept":
-            if accept is not None:
-                return False
-            accept = value
-        elif lower == b"sec-websocket-protocol":
-            if protocol is not None:
-                return False
-            protocol = value
-        elif lower == b"sec-websocket-extensions":
-            return False
-    if upgrade is None or upgrade.lower() != b"websocket" or not upgrade_named:
-        return False
-    if accept is None or accept != accept_key(key).encode():
-        return False
-    if protocol is None:
-        return None
-    if not HEADER_TOKEN.fullmatch(protocol):
-        return False
-    chosen = Subprotocol(protocol.decode())
-    return chosen if chosen in offer else False
-
-
 async def open_upstream(route: CompiledAPI, prepared: UpstreamRequest, timeout: float | None = None) -> UpstreamLeg:
     """Open the upstream connection and complete its handshake within ``timeout`` (the API's connect timeout).
 
@@ -381,30 +311,21 @@ async def open_upstream(route: CompiledAPI, prepared: UpstreamRequest, timeout: 
             raise UpstreamError(504, "gateway_timeout", "upstream did not complete the handshake in time") from exc
         raise
 
-    try:
-        status, phrase = _status_line(head)
-    except UpstreamError:
+    answered = response_status(head)
+    if answered is None:
         transport.abort()
-        raise
+        raise UpstreamError(502, "bad_gateway", "upstream sent an invalid HTTP response")
+    status, phrase = answered
     if status != 101:
         transport.abort()
         raise UpstreamError(502, "bad_gateway", f"upstream answered {status} {phrase}".rstrip(),
                             endpoint_fault=not 400 <= status < 500)
-    subprotocol = _plain_101(head, prepared.key, prepared.offer)
-    if subprotocol is not False:
-        # mypy does not narrow `Subprotocol | None | bool` by `is not False` (True is never returned).
-        return UpstreamLeg(transport, bytes(reader.buffer), subprotocol, url)  # type: ignore[arg-type]
-    # Anything unusual: the sans-I/O client checks the 101 (Upgrade, Connection, Sec-WebSocket-Accept for our
-    # key, subprotocol) and words the refusal.
-    protocol = ClientProtocol(uri, subprotocols=prepared.offer or None, extensions=None, max_size=None, logger=_quiet)
-    protocol.key = prepared.key
-    protocol.receive_data(head)
-    events = protocol.events_received()
-    if protocol.handshake_exc is not None or not events or not isinstance(events[0], Response):
+    try:
+        subprotocol = check_101(head, uri, prepared.key, prepared.offer)
+    except Invalid101 as exc:
         transport.abort()
-        detail = protocol.handshake_exc or "no response"
-        raise UpstreamError(502, "bad_gateway", f"upstream sent an invalid 101: {detail}")
-    return UpstreamLeg(transport, bytes(reader.buffer), protocol.subprotocol, url)
+        raise UpstreamError(502, "bad_gateway", f"upstream sent an invalid 101: {exc}") from None
+    return UpstreamLeg(transport, bytes(reader.buffer), subprotocol, url)
 
 
 async def _candidates(route: CompiledAPI, hash_key: str | None, deadline: float) -> list[Endpoint]:

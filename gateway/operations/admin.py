@@ -30,6 +30,7 @@ from urllib.parse import parse_qs
 
 import structlog
 
+from ..common.http_response import error_body, status_line
 from ..edge.accept import AcceptLoop
 
 if TYPE_CHECKING:
@@ -40,8 +41,6 @@ log = structlog.get_logger("wsgate.admin")
 
 MAX_HEAD = 8 * 1024
 RELOAD_HISTORY = 20  # reload outcomes GET /reload (and the dashboard) shows
-REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
-           422: "Unprocessable Content", 503: "Service Unavailable"}
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})  # probes carry no credentials
 
 Handler = Callable[["Gateway"], tuple[int, Any]]
@@ -339,28 +338,28 @@ class AdminServer:
             table = self.post_routes if method == "POST" else self.routes if method == "GET" else {}
             handler = table.get(path)
             if path not in OPEN_PATHS and not _dashboard_path(path) and not self._authorized(head):
-                status, body = 401, {"error": "unauthorized", "reason": "this admin endpoint needs the bearer token"}
+                status, body = 401, error_body("unauthorized", "this admin endpoint needs the bearer token")
             elif handler is None and path not in self.routes and path not in self.post_routes:
-                status, body = 404, {"error": "not_found", "reason": f"no admin endpoint {path}"}
+                status, body = 404, error_body("not_found", f"no admin endpoint {path}")
             elif handler is None:
                 allowed = "GET" if path in self.routes else "POST"
-                status, body = 405, {"error": "method_not_allowed", "reason": f"{allowed} only"}
+                status, body = 405, error_body("method_not_allowed", f"{allowed} only")
             else:
                 result = handler(self.gateway)
                 status, body = (await result) if inspect.isawaitable(result) else result
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError, ConnectionError,
                 ssl.SSLError):
-            status, body = 400, {"error": "bad_request", "reason": "malformed request"}
+            status, body = 400, error_body("bad_request", "malformed request")
         except Exception:
             log.exception("admin_handler_failed")
-            status, body = 500, {"error": "internal_error", "reason": "see the gateway log"}
+            status, body = 500, error_body("internal_error", "see the gateway log")
         if isinstance(body, PlainText):
             data, content_type = body.encode(), body.content_type
         else:
             data, content_type = json.dumps(body, sort_keys=True).encode(), "application/json"
         challenge = 'WWW-Authenticate: Bearer realm="wsgate admin"\r\n' if status == 401 else ""
         writer.write(
-            f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\nContent-Type: {content_type}\r\n"
+            f"{status_line(status)}\r\nContent-Type: {content_type}\r\n"
             f"Content-Length: {len(data)}\r\n{challenge}Connection: close\r\n\r\n".encode()
             + data
         )

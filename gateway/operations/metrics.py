@@ -47,6 +47,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client import values as prometheus_values
 from prometheus_client.multiprocess import MultiProcessCollector
 
 if TYPE_CHECKING:
@@ -77,6 +78,27 @@ disable_created_metrics()
 def multiprocess_dir() -> str | None:
     """The shared directory of multiprocess mode, or None (single process)."""
     return os.environ.get(MULTIPROC_ENV) or None
+
+
+class _ProcessId:
+    """This process's id, read once and again after a fork: what prometheus_client's multiprocess values ask on
+    every counter change (to notice a fork) is otherwise an ``os.getpid()`` system call each time, about twenty
+    per upgrade (measured with ``perf stat``: 69 → 49 system calls per upgrade; benchmarks/workers.py)."""
+
+    pid = os.getpid()
+
+    @classmethod
+    def forked(cls) -> None:
+        cls.pid = os.getpid()
+
+    @classmethod
+    def get(cls) -> int:
+        return cls.pid
+
+
+if multiprocess_dir() is not None:
+    os.register_at_fork(after_in_child=_ProcessId.forked)
+    prometheus_values.ValueClass = prometheus_values.MultiProcessValue(process_identifier=_ProcessId.get)
 
 
 def version() -> str:

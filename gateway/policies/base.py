@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qs
 
+from websockets.datastructures import Headers
+
 from ..common.connection_ids import ids
 
 if TYPE_CHECKING:  # type-only: importing this module must not load the config models (pydantic)
@@ -111,6 +113,23 @@ class ApplicationRef:
     identified_by: str  # "api_key", "ip", "hostname", "jwt", "basic", "certificate", "authorizer" or "anonymous"
 
 
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Everything the identify policy found out about who a connection is, set once at its upgrade.
+
+    Read by the listener (``expires_at``: close the connection when its credential expires), the reload's
+    impact (``key_digest``, ``hostname``: revoke it when the credential goes; ``entry_fingerprint`` from the
+    admin's ``/connections`` for ``plan --from``) and everything that names the application. Never a
+    credential: digests and fingerprints only.
+    """
+
+    application: ApplicationRef  # the application and the method that identified it
+    key_digest: str | None = None  # the presented credential's digest (gateway/build/credentials.py); in-process only
+    entry_fingerprint: str | None = None  # the configuration entry it matched: what /connections shows
+    hostname: str | None = None  # the reverse-resolved name that identified it (``by: [hostname]``)
+    expires_at: float | None = None  # wall-clock time the credential (a JWT) stops being valid, leeway included
+
+
 @dataclass(slots=True)
 class UpgradeRequest:
     """A read-only view of the client's HTTP upgrade request.
@@ -121,7 +140,7 @@ class UpgradeRequest:
 
     path: str
     query: Mapping[str, list[str]]
-    headers: Any  # websockets.datastructures.Headers
+    headers: Headers  # case-insensitive; identify removes the Authorization lines it consumes
     peer: tuple[str, int]
     port_name: str
     secure: bool  # arrived over TLS
@@ -175,7 +194,7 @@ class ConnectionContext:
     path: str
     # ``<instance>.<worker>.<counter>``: unique across the cluster, names its owner (gateway/common/connection_ids.py).
     id: str = field(default_factory=ids.next)
-    application: ApplicationRef | None = None
+    identity: Identity | None = None  # set by the identify policy
     started: float = field(default_factory=time.monotonic)
     counters: Counters = field(default_factory=Counters)
     # Request metadata safe to show to transforms and logs (credentials removed).
@@ -186,6 +205,17 @@ class ConnectionContext:
     # The verified JWT's claims (identify by jwt), for push group rules (`from: claim`); never logged.
     claims: Mapping[str, Any] | None = None
     _deferred: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def application(self) -> ApplicationRef | None:
+        """The identified application (None before identify ran, or with no identify policy)."""
+        identity = self.identity
+        return identity.application if identity is not None else None
+
+    @application.setter
+    def application(self, application: ApplicationRef | None) -> None:
+        # An application without further facts (tests, and policies that only name one).
+        self.identity = Identity(application) if application is not None else None
 
     def defer(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` once when this connection ends, however it ends."""

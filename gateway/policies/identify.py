@@ -22,7 +22,7 @@ from ..build.credentials import jwt_client_digest, key_digest
 from ..build.remote_keys import RemoteKeySet
 from ..config.models import IdentifyPolicy
 from .authorizer import Authorizer
-from .base import ApplicationRef, ConnectionContext, Policy, PolicyBuild, Rejection, UpgradeRequest
+from .base import ApplicationRef, ConnectionContext, Identity, Policy, PolicyBuild, Rejection, UpgradeRequest
 
 API_KEY_NAME = "x-gateway-apikey"
 TOKEN_PARAMETER = "access_token"  # RFC 6750, 2.3
@@ -163,6 +163,9 @@ class Identify(Policy):
         found: tuple[str, str] | None = None
         problems: list[str] = []
         bad_token = False
+        digest: str | None = None  # of the credential that identified the connection
+        named: str | None = None  # the hostname that did
+        expires_at: float | None = None
         for method in self.spec.by:
             if method == "api_key":
                 keys = presented_keys(request, self.spec.api_key_header)
@@ -172,7 +175,7 @@ class Identify(Policy):
                     app = self.apps.by_api_key(keys[0])
                     if app is not None:
                         found = (app, "api_key")
-                        self._identified(conn, key_digest(keys[0]))
+                        digest = key_digest(keys[0])
                     else:
                         problems.append("unknown API key")
                 else:
@@ -183,8 +186,7 @@ class Identify(Policy):
             elif method == "hostname" and hostname:
                 app = self.apps.by_hostname(hostname)
                 found = (app, "hostname") if app else None
-                if app:
-                    conn.metadata["hostname"] = hostname  # what a reload checks to revoke it
+                named = hostname if app else None  # what a reload checks to revoke it
             elif method == "jwt":
                 tokens = self._tokens(request, auth)
                 if len(tokens) > 1:
@@ -203,9 +205,9 @@ class Identify(Policy):
                     continue
                 found = (app, "jwt")
                 conn.claims = claims  # what push group rules may read (`from: claim`)
-                self._identified(conn, jwt_client_digest(client))
+                digest = jwt_client_digest(client)
                 if expires is not None and self.spec.jwt is not None and self.spec.jwt.close_at_expiry:
-                    conn.metadata["expires_at"] = expires + self.spec.jwt.leeway  # the relay closes it then
+                    expires_at = expires + self.spec.jwt.leeway  # the listener closes it then
             elif method == "basic":
                 presented = auth.get("basic", [])
                 if len(presented) > 1:
@@ -219,7 +221,7 @@ class Identify(Policy):
                     problems.append("bad credentials")
                     continue
                 found = (matched[0], "basic")
-                self._identified(conn, matched[1])  # digest of user and stored password digest
+                digest = matched[1]  # digest of user and stored password digest
             elif method == "certificate":
                 if request.client_cert is None:
                     problems.append("missing client certificate")
@@ -229,7 +231,7 @@ class Identify(Policy):
                     problems.append("unknown client certificate")
                     continue
                 found = (matched[0], "certificate")
-                self._identified(conn, matched[1])  # the matched identifier's digest
+                digest = matched[1]  # the matched identifier's digest
             if found:
                 break
         if found is None:
@@ -246,17 +248,24 @@ class Identify(Policy):
         app, identified_by = found
         if not self.apps.is_registered(app, self.api):
             return self._refuse(f"application {app} is not registered to API {self.api}")
-        conn.application = ApplicationRef(app, identified_by)
+        # The credential's digest is kept for the reload's revocation (it stays in the process; never the key,
+        # password or token), and the fingerprint of the configuration entry it matched, which is all the
+        # admin's /connections shows of it (gateway/build/credentials.py).
+        identity = Identity(
+            ApplicationRef(app, identified_by),
+            key_digest=digest,
+            entry_fingerprint=self.apps.entry_fingerprint(digest) if digest is not None else None,
+            hostname=named,
+            expires_at=expires_at,
+        )
+        conn.identity = identity
+        # Transforms see the digest and the entry's fingerprint in their context's metadata (docs/policies.md);
+        # the gateway itself reads them from the Identity only.
+        if identity.key_digest is not None:
+            conn.metadata["key_digest"] = identity.key_digest
+        if identity.entry_fingerprint is not None:
+            conn.metadata["entry_fingerprint"] = identity.entry_fingerprint
         return None
-
-    def _identified(self, conn: ConnectionContext, digest: str) -> None:
-        """Remember what identified ``conn``: the credential's digest, for the reload's revocation (it stays in
-        the process; never the key, password or token), and the fingerprint of the configuration entry it
-        matched, which is all the admin's ``/connections`` shows of it (gateway/build/credentials.py)."""
-        conn.metadata["key_digest"] = digest
-        fingerprint = self.apps.entry_fingerprint(digest)
-        if fingerprint is not None:
-            conn.metadata["entry_fingerprint"] = fingerprint
 
     def _verify(self, token: str) -> tuple[str, str | None, float | None, Mapping[str, Any] | None]:
         """(problem, None, None, None) for an unacceptable token, else ("", client id, expiry, claims)."""

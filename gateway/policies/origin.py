@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-import re
-
+from ..build.origins import origin_pattern
 from ..config.models import OriginPolicy
 from .base import ConnectionContext, Policy, PolicyBuild, Rejection, UpgradeRequest
-
-
-def origin_pattern(allowed: str) -> re.Pattern[str]:
-    """``https://*.example.com`` -> one DNS label or more in place of ``*``, nothing else loosened."""
-    escaped = re.escape(allowed.rstrip("/").lower()).replace(r"\*", r"[a-z0-9-]+(?:\.[a-z0-9-]+)*")
-    return re.compile(f"^{escaped}$")
 
 
 class Origin(Policy):
@@ -19,7 +12,7 @@ class Origin(Policy):
 
     def __init__(self, spec: OriginPolicy, build: PolicyBuild) -> None:
         self.spec = spec
-        self.patterns = tuple(origin_pattern(a) for a in spec.allow)
+        self.patterns = tuple(origin_pattern(a) for a in spec.allow)  # compiled by build(): the same objects
 
     def on_upgrade(self, request: UpgradeRequest, conn: ConnectionContext) -> Rejection | None:
         values = request.headers.get_all("Origin")

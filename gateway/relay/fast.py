@@ -2,7 +2,7 @@
 
 After both handshakes, client frames are already masked as the upstream needs
 and upstream frames unmasked as the client needs, so the relay forwards every
-received ``bytes`` object as is. A :class:`~gateway.relay.frames.FrameScanner`
+received ``bytes`` object as is. A :class:`~gateway.wire.frames.FrameScanner`
 per direction reads only frame heads (and ≤125-byte control frames) to count
 messages, enforce the size limit, check the protocol, follow the closing
 handshake and find the frame boundaries where the gateway may inject its own
@@ -26,7 +26,8 @@ import structlog
 
 from gateway.policies.base import ConnectionContext
 from gateway.relay.base import peer_close
-from gateway.relay.frames import (
+from gateway.relay.keepalive import PING_PREFIX
+from gateway.wire.frames import (
     BOUNDARY,
     CONTROL,
     DONE,
@@ -38,7 +39,6 @@ from gateway.relay.frames import (
     close_payload,
     parse_close,
 )
-from gateway.relay.keepalive import PING_PREFIX
 
 if TYPE_CHECKING:
     from gateway.build.routes import CompiledAPI

@@ -11,8 +11,9 @@ Nothing is logged per message.
 The per-frame work of the websockets protocol objects is the largest cost
 of this path, so on a leg without extensions the relay takes the common case
 itself: :meth:`MessageRelay.parse` reads final, unfragmented data frames
-(every other frame goes to the protocol whole, so its parser stays at a frame
-boundary), and :func:`_frame` serialises outgoing data frames straight into
+(their heads with ``gateway.wire.frames.read_head``, checked against websockets
+in tests/test_wire_differential.py; every other frame goes to the protocol
+whole, so its parser stays at a frame boundary), and :func:`_frame` serialises outgoing data frames straight into
 the protocol's write list, in order with its own frames. Writes go out once
 per read, whatever the number of messages in it.
 """
@@ -39,8 +40,9 @@ from websockets.frames import (
 from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
 
-from ..edge.upstream import _quiet
 from ..policies.base import DROP, Close, ConnectionContext, Delay, Message, Policy, Reply
+from ..wire.frames import RESERVED_OPCODES, head_violation, read_head
+from ..wire.protocols import QUIET as _quiet
 from .base import peer_close
 
 if TYPE_CHECKING:
@@ -93,18 +95,6 @@ def _frame(writes: list[bytes], opcode: int, data: bytes, masked: bool) -> None:
         writes.append(pack("!BBH", 0x80 | opcode, 126, length) if length < 65536
                        else pack("!BBQ", 0x80 | opcode, 127, length))
         writes.append(data)  # no copy of a large payload
-
-
-_BAD_OPCODES = frozenset((3, 4, 5, 6, 7, 11, 12, 13, 14, 15))
-
-
-def _head_violation(b0: int, masked: bool, masked_in: bool) -> str:
-    """Why a frame head that :meth:`MessageRelay.parse` refused breaks the protocol (the close reason)."""
-    if b0 & 0x70:
-        return "reserved bits must be 0"
-    if masked is not masked_in:
-        return "unmasked frame from client" if masked_in else "masked frame from server"
-    return f"invalid opcode {b0 & 0x0F:#x}"
 
 
 def _gone(leg: _Leg) -> CloseFrame:
@@ -340,30 +330,17 @@ class MessageRelay:
         while pos + 2 <= end:
             if leg.ended:
                 break  # closing or failed: the protocol takes the rest (it answers the peer's close frame)
-            b0 = data[pos]
-            b1 = data[pos + 1]
-            length = b1 & 0x7F
-            at = pos + 2
-            if length == 126:
-                if at + 2 > end:
-                    break
-                length = (data[at] << 8) | data[at + 1]
-                at += 2
-            elif length == 127:
-                if at + 8 > end:
-                    break
-                length = int.from_bytes(data[at:at + 8], "big")
-                at += 8
-            masked = b1 & 0x80
-            if masked:
-                at += 4
+            head = read_head(data, pos, end)
+            if head is None:
+                break
+            b0, masked, length, at = head
             if length > max_size:
                 too_big = True
                 break  # the protocol fails it from the head alone (1009)
-            if b0 & 0x70 or bool(masked) is not masked_in or (b0 & 0x0F) in _BAD_OPCODES:
+            if b0 & 0x70 or masked is not masked_in or (b0 & 0x0F) in RESERVED_OPCODES:
                 # Reserved bits on a leg without extensions, wrong masking or an unknown opcode: fail it from
                 # the head (websockets would wait for the payload first, which garbage may never complete).
-                self._fail(leg, 1002, _head_violation(b0, bool(masked), masked_in))
+                self._fail(leg, 1002, head_violation(b0, masked, masked_in) or "invalid frame")
                 break
             stop = at + length
             if stop > end:

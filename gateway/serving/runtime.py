@@ -207,7 +207,7 @@ class Gateway(ReloadStatus):
         assert self.state is not None, "the gateway is not started"
         return RouteTable.compile(config, artefacts.apps, self.state, generation=generation,
                                   build_chain=self._build_chain, health=self.health, env=self.env,
-                                  upstream_tls=artefacts.upstream_tls)
+                                  upstream_tls=artefacts.upstream_tls, compiled_routes=artefacts.routes)
 
     # ---------------------------------------------------------------- metrics
     def relayed(self) -> list[Any]:

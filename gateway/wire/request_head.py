@@ -24,7 +24,7 @@ from urllib.parse import unquote
 from websockets.datastructures import Headers
 from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS
 
-# RFC 9110 header grammar, shared with the upstream 101 check (gateway/edge/upstream.py).
+# RFC 9110 header grammar, shared with the upstream 101 check (gateway/wire/upstream_response.py).
 HEADER_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
 HEADER_VALUE = re.compile(rb"[\x09\x20-\x7e\x80-\xff]*")
 _TARGET = re.compile(rb"/[\x21-\x7e]*")  # origin-form: visible ASCII, no space or control byte

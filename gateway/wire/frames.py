@@ -267,3 +267,44 @@ def build_frame(opcode: int, payload: bytes, *, masked: bool) -> bytes:
         mask = os.urandom(4)
         return bytes((0x80 | opcode, 0x80 | len(payload))) + mask + apply_mask(payload, mask)
     return bytes((0x80 | opcode, len(payload))) + payload
+
+
+# The message relay's common-frame path (gateway/relay/message.py) reads heads with these two: it relays final
+# data frames itself and hands every other frame to websockets whole.
+RESERVED_OPCODES = frozenset((3, 4, 5, 6, 7, 11, 12, 13, 14, 15))
+
+
+def read_head(data: bytes | bytearray, pos: int, end: int) -> tuple[int, bool, int, int] | None:
+    """The frame head at ``data[pos:end]``: (first byte, masked, payload length, where the payload starts, past
+    the mask key); None while the length is not all there. The mask key itself may still be missing: the
+    payload's end (start + length) past ``end`` says the frame is incomplete."""
+    if pos + 2 > end:
+        return None
+    b1 = data[pos + 1]
+    length = b1 & 0x7F
+    at = pos + 2
+    if length == 126:
+        if at + 2 > end:
+            return None
+        length = (data[at] << 8) | data[at + 1]
+        at += 2
+    elif length == 127:
+        if at + 8 > end:
+            return None
+        length = int.from_bytes(data[at:at + 8], "big")
+        at += 8
+    masked = bool(b1 & 0x80)
+    return data[pos], masked, length, at + 4 if masked else at
+
+
+def head_violation(b0: int, masked: bool, masked_in: bool) -> str | None:
+    """Why a head breaks the protocol on a leg without extensions (the close reason), None if it does not:
+    reserved bits, a frame masked the wrong way (``masked_in``: the sender must mask), a reserved opcode."""
+    if b0 & 0x70:
+        return "reserved bits must be 0"
+    if masked is not masked_in:
+        return "unmasked frame from client" if masked_in else "masked frame from server"
+    if (b0 & 0x0F) in RESERVED_OPCODES:
+        return f"invalid opcode {b0 & 0x0F:#x}"
+    return None
+
