@@ -590,10 +590,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         assert result.config is not None
         return supervisor.run(result.config, args.workers, args, check_cache=cache)
+    from .operations import admin
     from .serving import runtime
 
     assert result.config is not None  # result.ok
-    return runtime.run(result.config, args, check_cache=cache, artefacts=result.artefacts)
+    return runtime.run(result.config, args, check_cache=cache, artefacts=result.artefacts,
+                       admin_server=admin.admin_server)
 
 
 def cmd_echo(args: argparse.Namespace) -> int:

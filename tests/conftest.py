@@ -60,3 +60,10 @@ def redis_server(tmp_path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(params=[(), ("--workers", "2")], ids=["one-process", "two-workers"])
+def process_args(request: pytest.FixtureRequest) -> tuple[str, ...]:
+    """The extra ``wsgate run`` arguments of a test that must hold for one process and for a supervisor with two
+    workers alike (``process_support.start_wsgate(config_dir, *process_args)``): one gateway view, one admin."""
+    return tuple(request.param)

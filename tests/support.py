@@ -37,6 +37,7 @@ from echo.server import EchoService
 from gateway.config import check
 from gateway.config.models import EchoContext, EchoServer
 from gateway.config.tree import Config
+from gateway.operations.admin import admin_server
 from gateway.relay.fast import ByteRelay
 from gateway.relay.message import MessageRelay
 from gateway.serving.runtime import Gateway
@@ -104,6 +105,7 @@ def write_config(tmp_path: Path, *documents: str, name: str = "gateway.yaml") ->
 async def running_gateway(config: Config, **kwargs: Any) -> AsyncIterator[Gateway]:
     """A started gateway (admin on a free loopback port, no echo servers unless asked); stopped after."""
     kwargs.setdefault("admin", ("127.0.0.1", 0))
+    kwargs.setdefault("admin_server", admin_server)
     kwargs.setdefault("echo", False)
     gateway = Gateway(config, **kwargs)
     await gateway.start()
@@ -289,7 +291,7 @@ class HTTPResponse:
 
 
 async def http_request(url: str, request: bytes | None = None, path: str = "/", ssl: Any = None) -> HTTPResponse:
-    """Send one raw HTTP request (default: a plain GET of ``path``) and read the response until close."""
+    """Send one raw HTTP request (default: a plain GET of ``path``) and read one response."""
     scheme, _, rest = url.partition("://")
     hostport = rest.split("/", 1)[0]
     host, _, port = hostport.rpartition(":")
@@ -297,15 +299,21 @@ async def http_request(url: str, request: bytes | None = None, path: str = "/", 
     if request is None:
         request = f"GET {path} HTTP/1.1\r\nHost: {hostport}\r\n\r\n".encode()
     writer.write(request)
-    data = await reader.read()  # until the server closes
-    writer.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError as exc:  # closed early: what it sent, if anything (fails to parse below)
+        head = exc.partial
+    lines = head.decode("latin-1").rstrip("\r\n").split("\r\n")
     headers = {}
     for line in lines[1:]:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
-    return HTTPResponse(int(lines[0].split(" ")[1]), headers, body)
+    status = int(lines[0].split(" ")[1])
+    # A keep-alive server (the admin) leaves the connection open: read what Content-Length says, else until close.
+    length = headers.get("content-length")
+    body = await reader.readexactly(int(length)) if length is not None else await reader.read()
+    writer.close()
+    return HTTPResponse(status, headers, body)
 
 
 class Scrape:

@@ -11,6 +11,7 @@ import time
 
 import bcrypt
 import jwt
+from process_support import start_wsgate
 from support import PORT, TIMEOUT, api_yaml, gw_url, http_request, recording_backend, running_gateway, write_config
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -70,15 +71,16 @@ def basic(user: str, password: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
-async def open_one_per_credential(gw) -> dict[str, ClientConnection]:
-    """One connection per credential of the application, by name; each has echoed a message."""
+async def open_one_per_credential(base: str) -> dict[str, ClientConnection]:
+    """One connection per credential of the application (``base``: the gateway's ws://host:port), by name; each
+    has echoed a message."""
     out = {}
     for name, key in (("plain", PLAIN_KEY), ("hashed", HASHED_KEY), ("env", ENV_KEY)):
-        out[name] = await connect(gw_url(gw, f"/echo?x-Gateway-APIKey={key}"))
-    out["alice"] = await connect(gw_url(gw, "/echo"), additional_headers=basic("alice", ALICE_PASSWORD))
-    out["bob"] = await connect(gw_url(gw, "/echo"), additional_headers=basic("bob", BOB_PASSWORD))
-    out["client-a"] = await connect(gw_url(gw, "/echo"), additional_headers=bearer("client-a"))
-    out["client-b"] = await connect(gw_url(gw, "/echo"), additional_headers=bearer("client-b"))
+        out[name] = await connect(f"{base}/echo?x-Gateway-APIKey={key}")
+    out["alice"] = await connect(f"{base}/echo", additional_headers=basic("alice", ALICE_PASSWORD))
+    out["bob"] = await connect(f"{base}/echo", additional_headers=basic("bob", BOB_PASSWORD))
+    out["client-a"] = await connect(f"{base}/echo", additional_headers=bearer("client-a"))
+    out["client-b"] = await connect(f"{base}/echo", additional_headers=bearer("client-b"))
     for ws in out.values():
         await ws.send("hello")
         async with asyncio.timeout(TIMEOUT):
@@ -94,16 +96,23 @@ def unsalted_hashes(secret: str) -> set[str]:
     return out | {h.upper() for h in out}
 
 
-async def test_connections_shows_entry_fingerprints_and_nothing_a_secret_can_be_checked_against(tmp_path):
-    """Connections by plain, sha256 and env API key, bcrypt basic user and JWT list an entry fingerprint each;
-    the body holds no secret, no unsalted hash of one, and none of the in-process digests."""
+async def test_connections_shows_entry_fingerprints_and_nothing_a_secret_can_be_checked_against(
+        tmp_path, monkeypatch, process_args):
+    """Connections by plain, sha256 and env API key, bcrypt basic user and JWT list an entry fingerprint each (from
+    one process, or gathered from every worker); the body holds no secret, no unsalted hash of one, and none of
+    the in-process digests."""
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
     async with recording_backend() as backend:
-        config = write_config(tmp_path, *documents(backend.url))
-        async with running_gateway(config, env=ENV) as gw:
-            connections = await open_one_per_credential(gw)
-            answer = await http_request(f"http://127.0.0.1:{gw.admin.port}", path="/connections")
+        write_config(tmp_path, *documents(backend.url))
+        gateway = await start_wsgate(tmp_path / "config", *process_args)
+        try:
+            connections = await open_one_per_credential(f"ws://127.0.0.1:{gateway.ports['default']}")
+            answer = await http_request(f"http://127.0.0.1:{gateway.ports['admin']}", path="/connections")
             for ws in connections.values():
                 await ws.close()
+        finally:
+            await gateway.kill()
     assert answer.status == 200
     text = answer.body.decode()
     listed = json.loads(text)["connections"]
@@ -123,25 +132,29 @@ async def test_connections_shows_entry_fingerprints_and_nothing_a_secret_can_be_
     assert not any(d in text for d in in_process)
 
 
-async def test_plan_from_predicts_which_credentials_are_revoked_and_the_reload_agrees(tmp_path, monkeypatch, capsys):
+async def test_plan_from_predicts_which_credentials_are_revoked_and_the_reload_agrees(
+        tmp_path, monkeypatch, capsys, process_args):
     """Removing the plain and env keys, basic user alice and JWT client-a: `plan --from` counts 2, 1 and 1 live
     connections revoked from `/connections` alone (the plan's machine has no API key variable); the reload then
-    closes exactly those four with 1008 and keeps the sha256 key's, bob's and client-b's open."""
+    closes exactly those four with 1008 and keeps the sha256 key's, bob's and client-b's open. One process, or
+    workers: the same answers."""
     from gateway.cli import main
 
     monkeypatch.delenv("WSGATE_ADMIN_TOKEN", raising=False)
-    monkeypatch.delenv("CREDFP_API_KEY", raising=False)
     monkeypatch.setenv("CREDFP_JWT_SECRET", JWT_SECRET)  # the desired tree's JWT verifier reads it
+    monkeypatch.setenv("CREDFP_API_KEY", ENV_KEY)  # for the gateway only: the plan runs without it
     async with recording_backend() as backend:
-        config = write_config(tmp_path, *documents(backend.url))
+        write_config(tmp_path, *documents(backend.url))
         desired = tmp_path / "desired"
         desired.mkdir()
         hashed_only = f'["sha256:{hashlib.sha256(HASHED_KEY.encode()).hexdigest()}"]'
         changed = documents(backend.url, keys=hashed_only, basic=BOB, clients="[client-b]")
         (desired / "gateway.yaml").write_text("".join(d if d.startswith("---") else "---\n" + d for d in changed))
-        async with running_gateway(config, env=ENV, paths=[tmp_path / "config"]) as gw:
-            connections = await open_one_per_credential(gw)
-            admin = f"http://127.0.0.1:{gw.admin.port}"
+        gateway = await start_wsgate(tmp_path / "config", *process_args)
+        try:
+            connections = await open_one_per_credential(f"ws://127.0.0.1:{gateway.ports['default']}")
+            admin = f"http://127.0.0.1:{gateway.ports['admin']}"
+            monkeypatch.delenv("CREDFP_API_KEY")
             capsys.readouterr()
             assert await asyncio.to_thread(main, ["plan", str(desired), "--from", admin]) == 2
             out = capsys.readouterr().out
@@ -149,8 +162,10 @@ async def test_plan_from_predicts_which_credentials_are_revoked_and_the_reload_a
             assert "basic credentials revoked (closed at once with 1008, 1 live connection)" in out
             assert "JWT client revoked (closed at once with 1008, 1 live connection)" in out
             (tmp_path / "config" / "gateway.yaml").write_text((desired / "gateway.yaml").read_text())
-            outcome = await gw.reload("test")
-            assert outcome["ok"] and outcome["revoked"] == 4
+            # The file watcher may reload first; either way one reload revokes the four.
+            await http_request(admin, b"POST /reload HTTP/1.1\r\nHost: a\r\n\r\n")
+            history = (await http_request(admin, path="/reload")).json()["history"]
+            assert sum(o["revoked"] for o in history) == 4 and all(o["ok"] for o in history), history
             for name in ("plain", "env", "alice", "client-a"):
                 async with asyncio.timeout(TIMEOUT):
                     await connections[name].wait_closed()
@@ -160,6 +175,8 @@ async def test_plan_from_predicts_which_credentials_are_revoked_and_the_reload_a
                 async with asyncio.timeout(TIMEOUT):
                     assert await connections[name].recv() == "still open", name
                 await connections[name].close()
+        finally:
+            await gateway.kill()
 
 
 def test_a_key_moved_from_plain_text_to_its_sha256_form_keeps_its_fingerprint():

@@ -116,7 +116,7 @@ async def test_authorizer_groups_reach_the_connection_context(tmp_path):
             assert await route.chain[0].on_upgrade(request, conn) is None
             assert conn.groups == ["room-1", "vip"]
             assert conn.application is not None and conn.application.identified_by == "authorizer"
-            assert conn.metadata["expires_at"] > 0
+            assert conn.identity is not None and conn.identity.expires_at is not None and conn.identity.expires_at > 0
             assert "Authorization" not in request.headers
 
 

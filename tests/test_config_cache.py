@@ -130,11 +130,11 @@ async def test_reload_of_a_running_gateway_parses_only_what_changed(tmp_path):
         config = check([root], cache=cache).config  # as `wsgate run` checks before it starts
         async with running_gateway(config, paths=[root], check_cache=cache) as gw:
             outcome = await gw.reload("test")
-            assert outcome["ok"] and outcome["noop"]
+            assert outcome.ok and outcome.noop
             assert (gw.check_cache.parsed, gw.check_cache.checked) == (0, 0)
             write(root, "other.yaml", api_yaml("Other", "/other2", backend.url("/other/")))
             outcome = await gw.reload("test")
-            assert outcome["ok"] and not outcome["noop"]
+            assert outcome.ok and not outcome.noop
             assert (gw.check_cache.parsed, gw.check_cache.checked) == (1, 1)
             assert gw.config.apis["Other"].model.path == "/other2"
 

@@ -124,7 +124,7 @@ async def test_a_reload_resolves_with_the_same_values_files(tmp_path):
         write(tmp_path, "config/apis/echo.yaml", API.replace("version", "description: now\nversion"))
         values.write_text("gateway_port: 0\n# re-read\n")
         outcome = await gw.reload("test")
-        assert outcome["ok"], outcome
+        assert outcome.ok, outcome
         assert gw.config.ports["default"].model.port == 0  # not the tree's default 1: the values file still applies
         assert gw.config.values_files == (values,)
     assert TIMEOUT > 0

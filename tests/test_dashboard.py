@@ -13,6 +13,8 @@ import pytest
 from browser_support import CHROMIUM, TIMEOUT, LoopThread, chromium
 from support import app_yaml
 
+from gateway.serving.view import ReloadOutcome
+
 pytestmark = pytest.mark.browser
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -73,6 +75,7 @@ class Scene:
         from echo.server import EchoService
         from gateway.config import check
         from gateway.config.models import EchoServer
+        from gateway.operations.admin import admin_server
         from gateway.serving.runtime import Gateway
 
         self.backend = EchoService(EchoServer(kind="EchoServer", name="backend", port=8765,
@@ -86,7 +89,8 @@ class Scene:
         (self.root / "gateway.yaml").write_text(TREE.format(echo=echo, dead=dead))
         config = check([self.root]).config
         assert config is not None
-        self.gateway = Gateway(config, admin=("127.0.0.1", 0), echo=False, paths=[self.root])
+        self.gateway = Gateway(config, admin=("127.0.0.1", 0), echo=False, paths=[self.root],
+                               admin_server=admin_server)
         await self.gateway.start()
         host, port = self.gateway.addresses["default"]
         self.client = await connect(f"ws://{host}:{port}/echo", additional_headers={"x-Gateway-APIKey": KEY})
@@ -99,7 +103,7 @@ class Scene:
             await self.client.recv()
             await asyncio.sleep(0.02)
 
-    async def failed_reload(self) -> dict[str, Any]:
+    async def failed_reload(self) -> ReloadOutcome:
         """Break the tree (an API on an undeclared port), reload, and put the good tree back."""
         path = self.root / "gateway.yaml"
         good = path.read_text()
@@ -154,7 +158,7 @@ def open_page(browser: Browser, url: str, viewport: dict[str, int], init: str | 
 def test_dashboard_shows_apis_rates_upstreams_reloads_and_the_config(browser: Browser, scene: Scene) -> None:
     """Live connections per application, a moving message rate, upstream health and failures, a failed reload."""
     outcome = scene.loop.run(scene.failed_reload())
-    assert not outcome["ok"]
+    assert not outcome.ok
     page = open_page(browser, scene.url, DESKTOP)
     try:
         expect(page.locator("#generation")).to_have_text("1")

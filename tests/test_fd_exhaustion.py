@@ -31,7 +31,7 @@ def low_file_limit() -> None:
 def admin_get(gateway: GatewayProcess, path: str) -> tuple[int, str]:
     """Status and body of a GET on the admin listener (the whole answer, read until it closes)."""
     with socket.create_connection(("127.0.0.1", gateway.ports["admin"]), timeout=TIMEOUT) as sock:
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n".encode())
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n".encode())
         data = b""
         while chunk := sock.recv(65536):
             data += chunk

@@ -40,7 +40,7 @@ async def test_three_replicas_one_with_a_broken_tree(tmp_path, capsys, monkeypat
             running_gateway(configs[2], paths=[roots[2]]) as c:
         (roots[2] / "gateway.yaml").write_text((roots[2] / "gateway.yaml").read_text().replace("port: 0", "port: x"))
         outcome = await c.reload("test")
-        assert not outcome["ok"]
+        assert not outcome.ok
         urls = [f"http://127.0.0.1:{g.admin.port}" for g in (a, b, c)]  # type: ignore[union-attr]
         ready = [await http_request(u, path="/readyz") for u in urls]
         assert [r.status for r in ready] == [200, 200, 503]

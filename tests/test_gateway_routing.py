@@ -196,7 +196,7 @@ async def test_reload_routes_new_upgrades_and_keeps_live_connections(tmp_path):
             async with connect(gw_url(gw, "/a")) as ws:
                 new = write_config(tmp_path, PORT, api_yaml("B", "/b", backend.url("/echo/")))
                 outcome = await gw.reload()
-                assert outcome["ok"] and outcome["generation"] == 2 and outcome["digest"] == new.digest()
+                assert outcome.ok and outcome.generation == 2 and outcome.digest == new.digest()
                 assert (await http_request(gw_url(gw, "/a"), upgrade_request("/a"))).status == 404
                 async with connect(gw_url(gw, "/b")) as other:
                     await other.send("new")

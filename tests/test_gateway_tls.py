@@ -106,7 +106,7 @@ async def test_renewed_certificate_is_served_after_reload_and_live_connections_s
             async with connect(url, ssl=client_context(old_ca)) as live:
                 install(new_ca)
                 outcome = await gw.reload("test")
-                assert outcome["ok"] and not outcome["noop"]
+                assert outcome.ok and not outcome.noop
                 async with connect(url, ssl=client_context(new_ca)) as fresh:
                     await fresh.send("new cert")
                     assert await fresh.recv() == "new cert"
@@ -117,8 +117,8 @@ async def test_renewed_certificate_is_served_after_reload_and_live_connections_s
 
                 key_path.write_text("not a key\n")  # a half-finished renewal: the build refuses it
                 outcome = await gw.reload("test")
-                assert not outcome["ok"]
-                assert [d["code"] for d in outcome["diagnostics"] if d["severity"] == "error"] == ["WSG170"]
+                assert not outcome.ok
+                assert [d.code for d in outcome.diagnostics if d.severity == "error"] == ["WSG170"]
                 async with connect(url, ssl=client_context(new_ca)) as fresh:
                     await fresh.send("kept")
                     assert await fresh.recv() == "kept"

@@ -87,8 +87,8 @@ def test_reload_failure_log_lines_carry_the_hints_get_reload_shows(tmp_path):
             return outcome, logs
 
     outcome, logs = run(scenario())
-    assert not outcome["ok"]
-    shown = {(d["code"], d["hint"]) for d in outcome["diagnostics"] if d["severity"] == "error"}
+    assert not outcome.ok
+    shown = {(d.code, d.hint or None) for d in outcome.diagnostics if d.severity == "error"}
     logged = {(e["code"], e["hint"]) for e in logs if e["event"] == "reload_failed" and "code" in e}
     assert shown and logged == shown
     assert any("did you mean 'default'" in (hint or "") for _, hint in logged)

@@ -74,7 +74,7 @@ def test_series_of_a_declared_api_exist_at_zero_from_startup_and_after_a_reload(
 
             broken = tmp_path / "config" / "broken.yaml"
             broken.write_text("kind: API\nname: Broken\n")
-            assert not (await gw.reload("test"))["ok"]
+            assert not (await gw.reload("test")).ok
             failing = await scrape(gw)
             assert failing.value("wsgate_reload_failing") == 1
             assert failing.value("wsgate_reloads_total", outcome="failed") == 1
@@ -85,7 +85,7 @@ def test_series_of_a_declared_api_exist_at_zero_from_startup_and_after_a_reload(
             with open(tmp_path / "config" / "gateway.yaml", "a") as f:
                 f.write(api_yaml("Chat", "/chat", "ws://127.0.0.1:9/chat/"))
             outcome = await gw.reload("test")
-            assert outcome["ok"] and not outcome["noop"]
+            assert outcome.ok and not outcome.noop
             second = await scrape(gw)
             assert second.value("wsgate_connections_active", port="default", api="Chat", application="") == 0
             assert second.value("wsgate_messages_total", api="Chat", direction="client") == 0
@@ -100,7 +100,7 @@ def test_series_of_a_declared_api_exist_at_zero_from_startup_and_after_a_reload(
             (tmp_path / "config" / "gateway.yaml").write_text(
                 (tmp_path / "config" / "gateway.yaml").read_text().replace("name: Echo\n", "name: Gone\n")
                 .replace("apis: [Echo]", "apis: [Gone]"))
-            assert (await gw.reload("test"))["ok"]
+            assert (await gw.reload("test")).ok
             third = await scrape(gw)
             assert third.value("wsgate_connections_active", api="Echo") is None
             assert third.value("wsgate_connections_active", port="default", api="Gone", application="acme") == 0
@@ -223,12 +223,13 @@ WORKER = textwrap.dedent("""
     import asyncio, sys
     from gateway.config import check
     from gateway.common.log import configure_logging
+    from gateway.operations.admin import admin_server
     from gateway.serving.runtime import Gateway
 
     async def main():
         configure_logging("json")  # to stderr: stdout tells the test the ports
         config = check([sys.argv[1]]).config
-        gateway = Gateway(config, admin=("127.0.0.1", 0), echo=False)
+        gateway = Gateway(config, admin=("127.0.0.1", 0), echo=False, admin_server=admin_server)
         await gateway.start()
         print(gateway.addresses["default"][1], gateway.admin.port, flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)

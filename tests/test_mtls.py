@@ -109,7 +109,7 @@ async def test_optional_client_certificate_and_revocation_on_reload(tmp_path):
                 write_config(tmp_path, pki.port("optional"), identified_api(backend.url),
                              application("alice", "    - subject: someone-else\n"))
                 outcome = await gw.reload("test")
-                assert outcome["ok"] and outcome["revoked"] == 1
+                assert outcome.ok and outcome.revoked == 1
                 with pytest.raises(ConnectionClosed):
                     await live.recv()
                 assert live.close_code == 1008

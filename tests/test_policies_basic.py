@@ -170,7 +170,7 @@ async def test_changed_password_revokes_the_connection_on_reload(tmp_path):
             text = "".join(d if d.startswith("---") else "---\n" + d for d in changed)
             (root / "gateway.yaml").write_text(text)
             outcome = await gw.reload("test")
-            assert (outcome["revoked"], outcome["drained"]) == (1, 0)
+            assert (outcome.revoked, outcome.drained) == (1, 0)
             async with asyncio.timeout(TIMEOUT):
                 await carol.wait_closed()
             assert carol.close_code == 1008

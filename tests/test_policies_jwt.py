@@ -261,7 +261,7 @@ async def test_removing_a_jwt_client_revokes_its_connections_on_reload(tmp_path)
             text = (root / "gateway.yaml").read_text().replace("jwt_clients: [dash-client]", "jwt_clients: []")
             (root / "gateway.yaml").write_text(text)
             outcome = await gw.reload("test")
-            assert outcome["revoked"] == 1
+            assert outcome.revoked == 1
             async with asyncio.timeout(TIMEOUT):
                 await ws.wait_closed()
             assert ws.close_code == 1008

@@ -237,14 +237,14 @@ def test_tightened_limit_applies_to_a_live_connection_without_closing_it(tmp_pat
                 assert await ws.recv() == "before"
                 save(root, PORT, rate_api(url, body.format(SLOW, 2)))
                 outcome = await gw.reload("test")
-                assert outcome["ok"] and (outcome["drained"], outcome["revoked"]) == (0, 0)
+                assert outcome.ok and (outcome.drained, outcome.revoked) == (0, 0)
                 for i in range(3):
                     await ws.send(f"m{i}")
                 assert await receive_all(ws, 2) == ["m0", "m1"]
                 await eventually(lambda: exceeded(gw) == 1)
                 await ws.send("still open")
                 await eventually(lambda: exceeded(gw) == 2)
-                assert json.loads(json.dumps(outcome))["ok"]
+                assert json.loads(json.dumps(outcome.to_dict()))["ok"]
 
     run(scenario(), timeout=3 * TIMEOUT)
 
@@ -264,12 +264,12 @@ async def test_a_failed_reload_leaves_live_limits_alone(tmp_path: Path):
             async with running_gateway(config, paths=[root]) as gw, connect(gw_url(gw, "/echo")) as ws:
                 save(root, PORT, busy, rate_api(url, body.format(SLOW, 2)).replace("[default]", "[default, busy]"))
                 outcome = await gw.reload("test")
-                assert not outcome["ok"] and "cannot listen" in outcome["error"]
+                assert not outcome.ok and "cannot listen" in outcome.error
                 for i in range(4):
                     await ws.send(f"m{i}")
                 assert await receive_all(ws, 4) == ["m0", "m1", "m2", "m3"]
                 save(root, PORT, rate_api(url, body.format(SLOW, 2)))
-                assert (await gw.reload("test"))["ok"]
+                assert (await gw.reload("test")).ok
                 for i in range(3):
                     await ws.send(f"n{i}")
                 assert await receive_all(ws, 2) == ["n0", "n1"]

@@ -96,8 +96,8 @@ async def test_unrelated_change_keeps_connections_and_new_route_serves_at_once(t
                 await roundtrip(ws, "before")
                 save(root, PORT, settings(), api_yaml("Echo", "/echo", url), api_yaml("Other", "/other", url))
                 outcome = await gw.reload("test")
-                assert outcome["ok"] and not outcome["noop"]
-                assert (outcome["generation"], outcome["drained"], outcome["revoked"]) == (2, 0, 0)
+                assert outcome.ok and not outcome.noop
+                assert (outcome.generation, outcome.drained, outcome.revoked) == (2, 0, 0)
                 await roundtrip(ws, "after")
                 async with connect(gw_url(gw, "/other")) as other:
                     await roundtrip(other, "new route")
@@ -113,7 +113,7 @@ async def test_identical_config_is_a_noop(tmp_path):
             save(root, "# a comment only\n" + docs[0], *docs[1:])
             with capture_logs() as logs:
                 outcome = await gw.reload("test")
-            assert outcome["ok"] and outcome["noop"] and outcome["generation"] == 1
+            assert outcome.ok and outcome.noop and outcome.generation == 1
             assert gw.table is table
             assert [e["event"] for e in logs if e["event"].startswith("reload_")] == ["reload_skipped"]
 
@@ -128,8 +128,8 @@ async def test_invalid_config_keeps_the_last_good_one_and_the_fix_applies(tmp_pa
                 save(root, PORT, settings(), broken, "kind: Nonsense\nname: x\n")
                 with capture_logs() as logs:
                     outcome = await gw.reload("test")
-                assert not outcome["ok"] and outcome["generation"] == 1
-                assert len(outcome["diagnostics"]) >= 2
+                assert not outcome.ok and outcome.generation == 1
+                assert len(outcome.diagnostics) >= 2
                 located = [e["location"] for e in logs if e["event"] == "reload_failed" and "location" in e]
                 assert len(located) >= 2
                 assert all(loc and loc.count(":") >= 2 and "gateway.yaml" in loc for loc in located)
@@ -139,7 +139,7 @@ async def test_invalid_config_keeps_the_last_good_one_and_the_fix_applies(tmp_pa
                 save(root, PORT, settings(), api_yaml("Echo", "/echo", url), api_yaml("New", "/new", url))
                 with capture_logs() as logs:
                     outcome = await gw.reload("test")
-                assert outcome["ok"] and outcome["generation"] == 2
+                assert outcome.ok and outcome.generation == 2
                 applied = [e for e in logs if e["event"] == "reload_applied"]
                 assert applied and applied[0]["generation"] == 2 and applied[0]["digest"] == gw.table.digest
                 assert any('+ API "New"' in line for line in applied[0]["plan"])
@@ -156,7 +156,7 @@ async def test_removed_api_drains_with_1001_after_the_grace(tmp_path):
             async with connect(gw_url(gw, "/echo")) as kept, connect(gw_url(gw, "/gone")) as gone:
                 save(root, PORT, settings(0.3), api_yaml("Echo", "/echo", url))
                 outcome = await gw.reload("test")
-                assert outcome["drained"] == 1 and outcome["revoked"] == 0
+                assert outcome.drained == 1 and outcome.revoked == 0
                 with pytest.raises(InvalidStatus) as refused:
                     await connect(gw_url(gw, "/gone"))
                 assert refused.value.response.status_code == 404
@@ -172,7 +172,7 @@ async def test_upstream_change_drains_and_new_upgrades_follow_the_new_definition
         ) as (gw, root):
             async with connect(gw_url(gw, "/echo")) as old:
                 save(root, PORT, settings(0.2), api_yaml("Echo", "/echo", backend.url("/v2/")))
-                assert (await gw.reload("test"))["drained"] == 1
+                assert (await gw.reload("test")).drained == 1
                 async with connect(gw_url(gw, "/echo")) as new:
                     await roundtrip(new, "via v2")
                     assert gw.table.lookup("default", "/echo").endpoints[0].path == "/v2/"
@@ -187,7 +187,7 @@ async def test_drain_timer_is_cancelled_when_the_connection_ends_first(tmp_path)
         async with reloadable_gateway(tmp_path, PORT, settings(30), api_yaml("Gone", "/gone", url)) as (gw, root):
             ws = await connect(gw_url(gw, "/gone"))
             save(root, PORT, settings(30), api_yaml("Echo", "/echo", url))
-            assert (await gw.reload("test"))["drained"] == 1
+            assert (await gw.reload("test")).drained == 1
             assert len(gw.registry.draining) == 1
             await ws.close()
             async with asyncio.timeout(TIMEOUT):
@@ -212,18 +212,18 @@ async def test_revoked_key_and_deregistered_application_close_with_1008_at_once(
             save(root, PORT, settings(30), api, other, application("alpha", "alpha-new-key", "[Echo, Other]"),
                  apps[1])
             outcome = await gw.reload("test")
-            assert (outcome["revoked"], outcome["drained"]) == (1, 0)
+            assert (outcome.revoked, outcome.drained) == (1, 0)
             assert await closed_code(a) == 1008
             await roundtrip(b, "b untouched")
             # beta deregistered from Other: only its Other connection is closed.
             save(root, PORT, settings(30), api, other, application("alpha", "alpha-new-key", "[Echo, Other]"),
                  application("beta", KEY_B, "[Echo]"))
-            assert (await gw.reload("test"))["revoked"] == 1
+            assert (await gw.reload("test")).revoked == 1
             assert await closed_frame(b_other) == (1008, "revoked: application deregistered from API 'Other'")
             await roundtrip(b, "b still untouched")
             # Removed altogether.
             save(root, PORT, settings(30), api, other, application("alpha", "alpha-new-key", "[Echo, Other]"))
-            assert (await gw.reload("test"))["revoked"] == 1
+            assert (await gw.reload("test")).revoked == 1
             assert await closed_code(b) == 1008
             with pytest.raises(InvalidStatus) as refused:
                 await connect(gw_url(gw, f"/echo?x-Gateway-APIKey={KEY_A}"))
@@ -242,7 +242,7 @@ async def test_api_removed_with_its_registrations_drains_instead_of_revoking(tmp
             on_other = await connect(gw_url(gw, f"/other?x-Gateway-APIKey={KEY_A}"))
             save(root, PORT, settings(0.2), other, application("alpha", KEY_A, "[Other]"))
             outcome = await gw.reload("test")
-            assert (outcome["drained"], outcome["revoked"]) == (1, 0)
+            assert (outcome.drained, outcome.revoked) == (1, 0)
             assert await closed_frame(on_echo) == (1001, "going away: API removed")
             await roundtrip(on_other, "kept")
 
@@ -258,7 +258,7 @@ async def test_lowered_throttle_closes_nobody_and_applies_to_new_upgrades(tmp_pa
             clients = [await connect(gw_url(gw, "/echo")) for _ in range(3)]
             save(root, PORT, settings(), api_yaml("Echo", "/echo", url, extra=throttle.format(1)))
             outcome = await gw.reload("test")
-            assert outcome["ok"] and (outcome["drained"], outcome["revoked"]) == (0, 0)
+            assert outcome.ok and (outcome.drained, outcome.revoked) == (0, 0)
             for i, ws in enumerate(clients):
                 await roundtrip(ws, f"still here {i}")
             with pytest.raises(InvalidStatus) as refused:
@@ -277,14 +277,14 @@ async def test_ports_added_removed_and_changed(tmp_path):
             async with connect(gw_url(gw, "/echo")) as on_default:
                 both = api_yaml("Echo", "/echo", url, ports="[default, second]")
                 save(root, PORT, SECOND_PORT, settings(0.2), both)
-                assert (await gw.reload("test"))["ok"]
+                assert (await gw.reload("test")).ok
                 assert gw.servers["default"] is default_server  # never re-bound
                 second = await connect(gw_url(gw, "/echo", port="second"))
                 await roundtrip(second, "on the new port")
                 address = gw.addresses["second"]
                 save(root, PORT, settings(0.2), api_yaml("Echo", "/echo", url))
                 outcome = await gw.reload("test")
-                assert outcome["drained"] == 1 and "second" not in gw.servers
+                assert outcome.drained == 1 and "second" not in gw.servers
                 with pytest.raises(OSError):
                     await asyncio.open_connection(*address)
                 assert await closed_code(second) == 1001
@@ -292,7 +292,7 @@ async def test_ports_added_removed_and_changed(tmp_path):
                 # A changed port (here: disabled) drains too.
                 disabled = PORT + "enabled: false\n"
                 save(root, disabled, settings(0.2), api_yaml("Echo", "/echo", url))
-                assert (await gw.reload("test"))["drained"] == 1
+                assert (await gw.reload("test")).drained == 1
                 assert await closed_code(on_default) == 1001
                 assert not gw.servers
 
@@ -354,9 +354,9 @@ async def test_100_connections_across_20_reloads_lose_nothing(tmp_path):
             stop.set()
             counts = await asyncio.gather(*tasks)
             assert len(outcomes) == 20
-            assert [o["ok"] for o in outcomes] == [True, True, False, True, True] * 4
-            assert [o["noop"] for o in outcomes] == [False, False, False, False, True] * 4
-            assert all(o.get("drained", 0) == 0 and o.get("revoked", 0) == 0 for o in outcomes)
+            assert [o.ok for o in outcomes] == [True, True, False, True, True] * 4
+            assert [o.noop for o in outcomes] == [False, False, False, False, True] * 4
+            assert all(o.drained == 0 and o.revoked == 0 for o in outcomes)
             assert gw.table.generation == 1 + 12
             assert all(c >= 20 for c in counts)
             assert not gw.registry.draining
@@ -375,7 +375,7 @@ async def test_watcher_follows_an_atomic_rename_save(tmp_path):
                 save(root, *docs)
                 await reloaded_to(gw, 2)
                 assert gw.table.generation == 2
-                assert gw.last_reload["trigger"] == "files"
+                assert gw.last_reload.trigger == "files"
                 async with connect(gw_url(gw, "/new")) as ws:
                     await roundtrip(ws, "via the watcher")
             finally:
@@ -519,13 +519,13 @@ async def test_echo_servers_follow_the_config(tmp_path):
         async with connect(service.url("/one/")) as one:
             await roundtrip(one, "one")
             save(root, PORT, settings(), echo + "  - path: /two/\n    mode: echo\n")
-            assert (await gw.reload("test"))["ok"]
+            assert (await gw.reload("test")).ok
             assert gw.echo_services == [service]
             async with connect(service.url("/two/")) as two:
                 await roundtrip(two, "two")
             await roundtrip(one, "one untouched")
             save(root, PORT, settings())
-            assert (await gw.reload("test"))["ok"]
+            assert (await gw.reload("test")).ok
             assert gw.echo_services == []
             assert await closed_code(one) == 1001
 
@@ -564,7 +564,7 @@ async def test_concurrent_reload_requests_coalesce(tmp_path):
         async with running_gateway(config, paths=[tmp_path / "config"]) as gw:
             outcomes = await asyncio.gather(*(gw.reload(f"t{i}") for i in range(3)))
             assert gw.reload_count == 2
-            assert all(o["ok"] and o["noop"] for o in outcomes)
+            assert all(o.ok and o.noop for o in outcomes)
             assert outcomes[2] is outcomes[1]
 
 
@@ -605,14 +605,14 @@ async def test_edited_transform_module_applies_on_reload_and_live_connections_ke
                 assert await old.recv() == "a v1"
                 transform(" v2")
                 outcome = await gw.reload("test")
-                assert outcome["ok"] and not outcome["noop"]
+                assert outcome.ok and not outcome.noop
                 async with connect(gw_url(gw, "/echo")) as new:
                     await new.send("b")
                     assert await new.recv() == "b v2"
                 await old.send("c")
                 assert await old.recv() == "c v1"
                 transform(" v2")
-                assert (await gw.reload("test"))["noop"]  # the same source again: nothing to do
+                assert (await gw.reload("test")).noop  # the same source again: nothing to do
 
 
 async def test_context_started_over_http_is_drift_kept_by_reloads_and_shown_by_plan(tmp_path, capsys):
@@ -636,7 +636,7 @@ async def test_context_started_over_http_is_drift_kept_by_reloads_and_shown_by_p
                 assert await ws.recv() == "Message Received from anonymous: hello"
                 # A reload of a changed tree keeps the drift the change does not touch.
                 save(root, PORT, settings(0.5), echo)
-                assert (await gw.reload("test"))["ok"]
+                assert (await gw.reload("test")).ok
                 await ws.send("still")
                 assert await ws.recv() == "Message Received from anonymous: still"
             desired = tmp_path / "desired"

@@ -69,7 +69,7 @@ async def test_run_serves_with_the_built_artefacts_and_a_reload_builds_each_once
             tree(root, ca, backend.url("/echo/"), second_port=True)
             before = built.copy()
             outcome = await gw.reload("test")
-            assert outcome["ok"] and not outcome["noop"], outcome
+            assert outcome.ok and not outcome.noop, outcome
             assert counted(before) == {"server_tls": 2, "upstream_tls": 1, "app_index": 1, "disruptions": 1,
                                        "routes": 2}
             assert gw.tls_contexts["secure2"] is not gw.tls_contexts["secure"]
@@ -96,7 +96,7 @@ async def test_a_config_applied_for_a_supervisor_is_built_once_in_the_worker(tmp
             assert newer is not None
             before = built.copy()
             outcome = await gw.reload("supervisor", checked=newer, generation=7)
-            assert outcome["ok"] and gw.table.generation == 7, outcome
+            assert outcome.ok and gw.table.generation == 7, outcome
             assert counted(before) == {"server_tls": 1, "upstream_tls": 1, "app_index": 1, "disruptions": 1,
                                        "routes": 3}
 

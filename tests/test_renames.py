@@ -59,8 +59,8 @@ async def test_a_rename_on_a_live_gateway_disrupts_no_connection(tmp_path):
                 renamed = documents(url, "Talk", "acme-corp", "Chat", "acme")
                 (root / "gateway.yaml").write_text("".join("---\n" + d.removeprefix("---\n") for d in renamed))
                 outcome = await gw.reload("test")
-                assert outcome["ok"], outcome
-                assert (outcome["drained"], outcome["revoked"]) == (0, 0)
+                assert outcome.ok, outcome
+                assert (outcome.drained, outcome.revoked) == (0, 0)
                 for ws in (one, two):
                     await ws.send("still here")
                     assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "still here"
@@ -75,4 +75,4 @@ async def test_a_rename_on_a_live_gateway_disrupts_no_connection(tmp_path):
                 # Removing the renamed API drains its connections: they are known by the new name.
                 (root / "gateway.yaml").write_text("---\n" + PORT)
                 outcome = await gw.reload("test")
-                assert outcome["ok"] and outcome["drained"] + outcome["revoked"] == 2
+                assert outcome.ok and outcome.drained + outcome.revoked == 2

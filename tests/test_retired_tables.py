@@ -29,7 +29,7 @@ async def test_retired_table_is_released_when_its_last_connection_ends(tmp_path)
             with capture_logs() as logs:
                 write_config(tmp_path, PORT, SETTINGS, api_yaml("Echo", "/echo", url), api_yaml("Other", "/o", url))
                 outcome = await gw.reload("test")
-                assert outcome["ok"] and (outcome["drained"], outcome["revoked"]) == (0, 0)
+                assert outcome.ok and (outcome.drained, outcome.revoked) == (0, 0)
                 retired = events(logs, "route_table_retired")
                 assert [(e["generation"], e["connections"]) for e in retired] == [(1, 2)]
                 async with connect(gw_url(gw, "/echo")) as third:  # accepted with generation 2's table
@@ -55,12 +55,12 @@ async def test_retired_table_without_connections_is_released_at_once_and_a_drain
             gone = await connect(gw_url(gw, "/gone"))
             with capture_logs() as logs:
                 write_config(tmp_path, PORT, SETTINGS, api_yaml("Echo", "/echo", url))
-                assert (await gw.reload("test"))["drained"] == 1
+                assert (await gw.reload("test")).drained == 1
                 assert [e["connections"] for e in events(logs, "route_table_retired")] == [1]
                 await gone.wait_closed()
                 assert gone.close_code == 1001
                 await eventually(lambda: not gw.registry.live, TIMEOUT)
                 assert [e["generation"] for e in events(logs, "route_table_released")] == [1]
                 write_config(tmp_path, PORT, SETTINGS, api_yaml("Echo", "/echo", url), api_yaml("New", "/new", url))
-                assert (await gw.reload("test"))["ok"]
+                assert (await gw.reload("test")).ok
                 assert [e["generation"] for e in events(logs, "route_table_released")] == [1, 2]

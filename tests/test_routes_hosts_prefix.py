@@ -113,7 +113,7 @@ async def test_sni_picks_each_hosts_certificate_and_renewal_works_per_host(tmp_p
 
             _issue(renewed_ca, tmp_path, "b", "b.example")
             outcome = await gw.reload("test")
-            assert outcome["ok"] and not outcome["noop"] and not outcome["problems"]
+            assert outcome.ok and not outcome.noop and not outcome.problems
             async with via(gw, "b.example", "/ws", scheme="wss", ssl=_trusting(renewed_ca)) as ws:
                 await ws.send("renewed")
                 assert await ws.recv() == "renewed"

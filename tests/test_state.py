@@ -306,10 +306,10 @@ async def test_reload_switches_the_state_backend_and_a_failed_reload_keeps_the_o
                 busy = f"---\nkind: Port\nname: busy\nport: {taken.getsockname()[1]}\nhost: 127.0.0.1\n"
                 write_config(tmp_path, PORT, gateway_doc(redis_server), api + busy)
                 outcome = await gw.reload("test")
-                assert not outcome["ok"] and "cannot listen" in outcome["error"]
+                assert not outcome.ok and "cannot listen" in outcome.error
                 assert gw.state.shared is memory
             write_config(tmp_path, PORT, gateway_doc(redis_server), api)
-            assert (await gw.reload("test"))["ok"]
+            assert (await gw.reload("test")).ok
             assert gw.state.shared.backend == "redis"
             after = await try_upgrade(gw_url(gw, "/a"))
             assert not isinstance(after, int)
@@ -345,7 +345,7 @@ async def test_a_retired_redis_backend_closes_when_its_last_connection_ends(tmp_
             before = await connect(gw_url(gw, "/a"))
             assert sum(slot_counts(redis_server, "A/<api>").values()) == 1
             write_config(tmp_path, PORT, "kind: Gateway\nname: g\n", api)
-            assert (await gw.reload("test"))["ok"]
+            assert (await gw.reload("test")).ok
             assert gw.state.shared.backend == "memory"
             assert not old.closed and old.instance in redis_client_names(redis_server)
             await before.close()

@@ -135,11 +135,12 @@ OFF = textwrap.dedent("""
     import asyncio, sys
     from gateway.config import check
     from gateway.common.log import configure_logging
+    from gateway.operations.admin import admin_server
     from gateway.serving.runtime import Gateway
 
     async def main():
         configure_logging("json")
-        gateway = Gateway(check([sys.argv[1]]).config, admin=("127.0.0.1", 0), echo=False)
+        gateway = Gateway(check([sys.argv[1]]).config, admin=("127.0.0.1", 0), echo=False, admin_server=admin_server)
         await gateway.start()
         on = gateway.tracer is not None
         await gateway.stop()

@@ -372,7 +372,7 @@ async def test_health_state_survives_a_reload_for_unchanged_endpoints(tmp_path):
             write_config(tmp_path, PORT, health_api(a.url, c.url, strategy="straight-through",
                                                     upstream=EAGER_PASSIVE))
             outcome = await gw.reload()
-            assert outcome["ok"] and not outcome["noop"]
+            assert outcome.ok and not outcome.noop
             assert gw.health.endpoints[("H", a.url)] is before and not state(gw, a.url)
             assert ("H", b.url) not in gw.health.endpoints
             assert await talk(gw) == "c:hi"
@@ -389,8 +389,8 @@ async def test_changing_health_checks_and_weights_does_not_drain_live_connection
                 changed = changed.replace(f"- url: {b.url}", f"- url: {b.url}\n      weight: 3")
                 write_config(tmp_path, PORT, changed)
                 outcome = await gw.reload()
-                assert outcome["ok"] and not outcome["noop"]
-                assert outcome["drained"] == 0
+                assert outcome.ok and not outcome.noop
+                assert outcome.drained == 0
                 await live.send("still")
                 assert str(await live.recv()).endswith(":still")
 
@@ -470,7 +470,7 @@ async def test_consistent_hash_keeps_keys_in_place_when_an_endpoint_is_removed_o
             before = await owners()
             assert set(before.values()) == {"a", "b", "c"}
             config_for(trio[0], trio[1])
-            assert (await gw.reload())["ok"]
+            assert (await gw.reload()).ok
             after = await owners()
             moved = {k for k in before if before[k] != after[k]}
             assert moved == {k for k in before if before[k] == "c"}

@@ -117,9 +117,10 @@ async def clients_on_every_worker(url: str, admin: str) -> list[ClientConnection
 
 
 async def worker_totals(admin: str) -> list[int]:
-    """Live connections per worker, from the supervisor's per-worker status."""
-    status = await admin_json(admin, "/readyz")
-    return [w.get("connections", 0) for w in status["workers"]]
+    """Live connections per worker on API A's one endpoint, asked of the workers now (``/upstreams``; the
+    per-worker count in ``/readyz`` is the workers' last report, up to a second old)."""
+    endpoint = (await admin_json(admin, "/upstreams"))["apis"]["A"][0]
+    return [w["open"] for w in sorted(endpoint["workers"], key=lambda w: w["index"])]
 
 
 async def test_each_reload_is_counted_once_by_the_supervisor(tmp_path):
@@ -191,12 +192,12 @@ def test_split_is_reported_when_workers_serve_different_generations():
     supervisor.generation = 2
     for worker, generation in zip(supervisor.workers, (2, 2), strict=True):
         worker.ready, worker.generation = True, generation
-    assert supervisor.split()["split"] is False
+    assert supervisor.split()[0] is False
     supervisor.workers[1].generation = 1
-    assert supervisor.split()["split"] is True
+    assert supervisor.split()[0] is True
     supervisor.workers[1].ready = False  # a worker being restarted is not serving: no split, but listed
-    view = supervisor.split()
-    assert view["split"] is False and [w["ready"] for w in view["workers"]] == [True, False]
+    split, workers = supervisor.split()
+    assert split is False and [w.ready for w in workers] == [True, False]
 
 
 async def test_supervisor_reload_reads_only_changed_files(tmp_path):
@@ -212,7 +213,7 @@ async def test_supervisor_reload_reads_only_changed_files(tmp_path):
     assert config is not None
     supervisor = Supervisor(config, 2, paths=[root], check_cache=cache)
     outcome = await supervisor.reload("test")
-    assert outcome["ok"] and outcome["noop"]
+    assert outcome.ok and outcome.noop
     assert (cache.parsed, cache.checked) == (0, 0)
 
 

@@ -136,11 +136,13 @@ def test_a_worker_that_does_not_probe_takes_the_verdicts_without_counting_them()
 def test_a_reload_forgets_the_verdicts_of_endpoints_the_prober_no_longer_has():
     """Plain values: after a reload the supervisor keeps the prober's verdicts only, so a removed endpoint's 'down'
     never reaches a worker started later, and an unchanged verdict keeps its time."""
+    from gateway.workers.control import Verdict
     from gateway.workers.supervisor import Supervisor
 
     supervisor = Supervisor.__new__(Supervisor)
     supervisor.verdicts = {("A", "ws://gone/"): {"active_ok": False, "reason": "refused", "since": 1.0},
                            ("A", "ws://kept/"): {"active_ok": True, "reason": "initial", "since": 2.0}}
-    supervisor._replace_verdicts([["A", "ws://kept/", True, "initial"], ["B", "ws://new/", True, "initial"]])
+    supervisor._replace_verdicts([Verdict("A", "ws://kept/", True, "initial"),
+                                  Verdict("B", "ws://new/", True, "initial")])
     assert sorted(supervisor.verdicts) == [("A", "ws://kept/"), ("B", "ws://new/")]
     assert supervisor.verdicts[("A", "ws://kept/")]["since"] == 2.0

@@ -32,10 +32,15 @@ def error_body(error: str, reason: str) -> dict[str, str]:
     return {"error": error, "reason": reason}
 
 
+def error_json(error: str, reason: str) -> bytes:
+    """``error_body`` as the bytes a response carries (the admin's refusals, through aiohttp)."""
+    return json.dumps(error_body(error, reason)).encode()
+
+
 def refusal(status: int, error: str, reason: str, headers: tuple[Header, ...] = ()) -> bytes:
     """A whole HTTP refusal: the JSON error body, ``Connection: close``, ``headers`` (a Retry-After, an
     authentication challenge), and ``Upgrade: websocket`` on a 426 (RFC 9110, 15.5.22)."""
-    body = json.dumps(error_body(error, reason)).encode()
+    body = error_json(error, reason)
     lines = [
         status_line(status),
         "Content-Type: application/json",

@@ -1,65 +1,188 @@
-"""The admin listener: a tiny HTTP/1.1 server for health, readiness, the loaded config and live counts.
+"""The admin listener: health, readiness, the loaded config, live counts, upstreams, reloads and metrics of a
+gateway, over aiohttp's HTTP server.
 
-Loopback by default (the Gateway resource's ``admin`` settings). One request
-per connection, JSON answers. GET: ``/healthz``, ``/readyz``, ``/config``
-(digest, generation, resources; API keys and basic passwords never, not even
-as digests), ``/connections``, ``/upstreams``, ``/metrics``, ``/reload`` (the
-last reload's outcome). POST ``/reload`` reloads now; POST ``/connections/close?id=ID`` closes one connection
-(1008, the dashboard's button).
+It reads a ``gateway.serving.view.GatewayView`` and nothing else: one process and a supervisor with workers are
+two implementations of that view, and this module's one route table serves both, so every answer has one shape.
+GET: ``/healthz``, ``/readyz``, ``/config`` (digest, generation, resources; API keys and basic passwords never,
+not even as digests), ``/connections``, ``/upstreams``, ``/metrics``, ``/reload`` (the recent reloads' outcomes),
+``/dashboard/`` (the ops page's static files). POST ``/reload`` reloads now; POST ``/connections/close?id=ID``
+closes one relayed connection with 1008 (the dashboard's button; with workers, the one that holds it).
 
-Access (docs/security.md): with a bearer token configured, every endpoint but
-``/healthz`` and ``/readyz`` (what probes call) wants ``Authorization: Bearer
-TOKEN``, compared in constant time; without one the listener must be on
-loopback (validate refuses anything else). TLS is optional.
+HTTP is aiohttp's (``web.Server``, the low-level server: keep-alive, a parser that refuses malformed requests),
+served on connections our own accept loop accepted (``gateway.edge.accept``: it pauses instead of spinning
+when descriptors run out, and keeps one in reserve so the probes are answered even then). aiohttp's own error
+pages are replaced: every refusal is a short JSON body (``gateway.common.http_response``).
+
+Access (docs/security.md): with a bearer token configured, every path but ``/healthz``, ``/readyz`` (what probes
+call) and the dashboard's files (``/dashboard`` and anything under ``/dashboard/``, one rule for the whole path:
+they hold no data, the page sends the token for what it reads) wants ``Authorization: Bearer TOKEN``, compared
+in constant time; without one the listener must be on loopback (validate refuses anything else). TLS is optional.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import contextvars
 import hmac
-import inspect
 import json
 import os
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
+from http import HTTPStatus
+from importlib.resources import files
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs
+from typing import Any
 
 import structlog
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
-from ..common.http_response import error_body, status_line
+from ..common.http_response import error_json
+from ..common.redaction import redact_urls
+from ..config.models import Application, is_loopback
+from ..config.tree import Config
 from ..edge.accept import AcceptLoop
-
-if TYPE_CHECKING:
-    from ..config.tree import Config
-    from ..serving.runtime import Gateway
+from ..serving.view import ConfigSnapshot, GatewayView, StartError
+from .live import redacted_application
+from .metrics import CONTENT_TYPE
 
 log = structlog.get_logger("wsgate.admin")
 
-MAX_HEAD = 8 * 1024
-RELOAD_HISTORY = 20  # reload outcomes GET /reload (and the dashboard) shows
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})  # probes carry no credentials
+DASHBOARD_PREFIX = "/dashboard"
+DASHBOARD_FILES = {"/dashboard": ("index.html", "text/html; charset=utf-8"),
+                   "/dashboard/": ("index.html", "text/html; charset=utf-8"),
+                   "/dashboard/index.html": ("index.html", "text/html; charset=utf-8"),
+                   "/dashboard/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
+                   "/dashboard/dashboard.css": ("dashboard.css", "text/css; charset=utf-8")}
+KEEPALIVE = 5.0  # seconds an idle connection (or one that sends no request at all) stays open
+MAX_LINE = 8190  # request line and each header line: aiohttp answers 400 beyond
+MAX_HEADERS = 64
+JSON = partial(json.dumps, sort_keys=True)
 
-Handler = Callable[["Gateway"], tuple[int, Any]]
+
+@dataclass(frozen=True)
+class Answer:
+    """What a route answers: a status and a JSON body, or a text body with its content type."""
+
+    status: HTTPStatus
+    body: Mapping[str, Any] | str
+    content_type: str = "application/json"
 
 
-def healthz(gateway: Gateway) -> tuple[int, Any]:
-    return 200, {"status": "ok"}
+Query = Mapping[str, str]  # the request's query parameters (the last value of each)
+Route = Callable[[GatewayView, Query], Awaitable[Answer]]
 
 
-def readyz(gateway: Gateway) -> tuple[int, Any]:
-    # A state backend that is down does not make the gateway unready: each throttle's on_state_error decides.
-    state = gateway.state.shared.health() if gateway.state is not None else None
-    # "config": what this replica serves (digest, generation, git commit) and whether its last reload failed.
-    served = gateway.config_status
-    if gateway.ready and gateway.reload_failing and gateway.config.settings.admin.unready_after_failed_reload:
-        return 503, {"status": "reload-failed", "state": state, "config": served}
-    if gateway.ready:
-        return 200, {"status": "ready", "state": state, "config": served}
-    return 503, {"status": "starting" if not gateway.stopping else "stopping", "state": state, "config": served}
+# ------------------------------------------------------------------ routes
+
+
+async def healthz(view: GatewayView, query: Query) -> Answer:
+    return Answer(HTTPStatus.OK, {"status": "ok"})
+
+
+async def readyz(view: GatewayView, query: Query) -> Answer:
+    readiness = view.readiness()
+    return Answer(HTTPStatus.OK if readiness.ready else HTTPStatus.SERVICE_UNAVAILABLE, readiness.to_dict())
+
+
+def _redacted(model: Any) -> dict[str, Any]:
+    """A resource as JSON: an application's keys and basic passwords as ``redacted:<fingerprint prefix>`` (env ones
+    stay variable names), and any URL's userinfo cut."""
+    if isinstance(model, Application):
+        model = redacted_application(model)
+    # Any URL's userinfo (an upstream's, the Redis state URL's) is cut: one owner, gateway/common/redaction.py.
+    return redact_urls(model.model_dump(mode="json", by_alias=True))
+
+
+def config_answer(snapshot: ConfigSnapshot) -> dict[str, Any]:
+    """``/config``: "resources" lists names by kind, "documents" holds each resource as JSON with its keys redacted,
+    "drift" where the running echo servers differ from the config (contexts started or stopped over HTTP)."""
+    names: dict[str, list[str]] = {}
+    documents: list[dict[str, Any]] = []
+    for (kind, name), model in sorted(snapshot.config.resources().items()):
+        names.setdefault(kind, []).append(name)
+        documents.append(_redacted(model))
+    return {"digest": snapshot.digest, "generation": snapshot.generation, "loaded_at": snapshot.loaded_at,
+            "resources": names, "documents": documents, "drift": dict(snapshot.drift)}
+
+
+async def config(view: GatewayView, query: Query) -> Answer:
+    return Answer(HTTPStatus.OK, config_answer(view.config_snapshot()))
+
+
+async def connections(view: GatewayView, query: Query) -> Answer:
+    """Counts, and what each relayed connection was accepted with: ``plan --from`` decides each as a reload would.
+    A credential shows only as the fingerprint of the configuration entry it matched, never a digest of the
+    secret (gateway/build/credentials.py)."""
+    return Answer(HTTPStatus.OK, (await view.connections_snapshot()).to_dict())
+
+
+async def upstreams(view: GatewayView, query: Query) -> Answer:
+    """Every API's endpoints: healthy or not, why since when, handshakes pending, connections open."""
+    return Answer(HTTPStatus.OK, (await view.upstreams_snapshot()).to_dict())
+
+
+async def metrics(view: GatewayView, query: Query) -> Answer:
+    return Answer(HTTPStatus.OK, (await view.metrics_text()).decode(), CONTENT_TYPE)
+
+
+async def last_reload(view: GatewayView, query: Query) -> Answer:
+    return Answer(HTTPStatus.OK, view.reload_status().to_dict())
+
+
+async def reload_now(view: GatewayView, query: Query) -> Answer:
+    outcome = await view.reload("admin")
+    return Answer(HTTPStatus.OK if outcome.ok else HTTPStatus.UNPROCESSABLE_ENTITY, outcome.to_dict())
+
+
+async def close_connection(view: GatewayView, query: Query) -> Answer:
+    """``POST /connections/close?id=ID``: close one relayed connection with 1008 (the dashboard's button)."""
+    wanted = query.get("id", "")
+    if not wanted:
+        return Answer(HTTPStatus.BAD_REQUEST, {"error": "bad_request", "reason": "give the connection as ?id=ID"})
+    if await view.close_connection(wanted, 1008, "closed by an operator"):
+        return Answer(HTTPStatus.OK, {"connection": wanted, "result": "closing"})
+    return Answer(HTTPStatus.NOT_FOUND, {"error": "not_found", "reason": "no such connection in this gateway"})
+
+
+def dashboard_file(path: str) -> Route:
+    """A static file of the ops dashboard (package data; the page reads the JSON endpoints and /metrics)."""
+    name, content_type = DASHBOARD_FILES[path]
+
+    async def serve(view: GatewayView, query: Query) -> Answer:
+        page = (files("gateway.operations") / "dashboard" / name).read_text(encoding="utf-8")
+        return Answer(HTTPStatus.OK, page, content_type)
+
+    return serve
+
+
+# The one route table: (method, path) -> route, whatever implements the view.
+ROUTES: dict[tuple[str, str], Route] = {
+    ("GET", "/healthz"): healthz,
+    ("GET", "/readyz"): readyz,
+    ("GET", "/config"): config,
+    ("GET", "/connections"): connections,
+    ("GET", "/upstreams"): upstreams,
+    ("GET", "/metrics"): metrics,
+    ("GET", "/reload"): last_reload,
+    ("POST", "/reload"): reload_now,
+    ("POST", "/connections/close"): close_connection,
+    **{("GET", path): dashboard_file(path) for path in DASHBOARD_FILES},
+}
+PATHS = {path: sorted(m for m, p in ROUTES if p == path) for _, path in ROUTES}
+
+
+def is_open(path: str) -> bool:
+    """Whether ``path`` (as the request wrote it, undecoded) is answered without the token: the probes, and the
+    dashboard's whole path (its files hold no data; an unknown name under it is a 404 either way)."""
+    return path in OPEN_PATHS or path == DASHBOARD_PREFIX or path.startswith(DASHBOARD_PREFIX + "/")
+
+
+def error(status: HTTPStatus, word: str, reason: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=error_json(word, reason), content_type="application/json",
+                        headers=headers)
 
 
 def admin_access(config: Config, host: str, env: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -68,8 +191,6 @@ def admin_access(config: Config, host: str, env: Mapping[str, str] | None = None
     A token variable that is unset locks the protected endpoints (logged); a listener beyond loopback without
     any token configured raises ValueError (validate reports it as WSG180; a ``--admin`` address skips that).
     """
-    from ..config.models import is_loopback
-
     settings = config.settings.admin
     gateway = config.gateway
     token: str | None = None
@@ -95,196 +216,120 @@ def read_token_file(path: Path) -> str | None:
     return path.read_text(encoding="utf-8").strip() or None
 
 
-def _redacted(model: Any) -> dict[str, Any]:
-    """A resource as JSON: an application's keys and basic passwords as ``redacted:<fingerprint prefix>`` (env ones
-    stay variable names), and any URL's userinfo cut."""
-    from ..common.redaction import redact_urls
-    from ..config.models import Application
-    from .live import redacted_application
-
-    if isinstance(model, Application):
-        model = redacted_application(model)
-    # Any URL's userinfo (an upstream's, the Redis state URL's) is cut: one owner, gateway/common/redaction.py.
-    return redact_urls(model.model_dump(mode="json", by_alias=True))
-
-
-def config(gateway: Gateway) -> tuple[int, Any]:
-    table = gateway.table
-    names: dict[str, list[str]] = {}
-    documents: list[dict[str, Any]] = []
-    for (kind, name), model in sorted(table.config.resources().items()):
-        names.setdefault(kind, []).append(name)
-        documents.append(_redacted(model))
-    # "resources" lists names by kind (as before); "documents" holds each resource as JSON, keys redacted.
-    # "drift": where the running echo servers differ from this config (contexts started or stopped over HTTP).
-    drift = {service.model.name: service.drift() for service in gateway.echo_services}
-    return 200, {"digest": table.digest, "generation": table.generation, "loaded_at": gateway.loaded_at,
-                 "resources": names, "documents": documents, "drift": {k: v for k, v in drift.items() if v}}
+def admin_server(view: GatewayView, host: str, port: int, config: Config,
+                 env: Mapping[str, str] | None = None) -> AdminServer:
+    """The admin listener of a gateway (not started), with its Gateway resource's token and TLS (also for a
+    ``--admin`` address): the ``admin_server`` a ``gateway.serving.runtime.Gateway`` is given, and what the
+    workers' supervisor makes. Called before any listener binds: a start the admin settings refuse (beyond
+    loopback without a token, a token file or certificate that cannot be read) is one StartError, never a
+    traceback after the ports said ``listening``."""
+    try:
+        access = admin_access(config, host, env)
+    except (OSError, UnicodeError) as exc:  # a token file or certificate that cannot be read (ssl.SSLError too)
+        # The error's class and the file it names only: a decode error's text quotes a byte of the file.
+        filename = getattr(exc, "filename", None)
+        where = f" ({filename})" if filename else ""
+        raise StartError(f"the admin listener's token file or certificate cannot be loaded{where}: "
+                         f"{type(exc).__name__}",
+                         "check `admin.token_file` and `admin.tls` in the Gateway resource") from exc
+    except ValueError as exc:  # beyond loopback without a token (after UnicodeError, a ValueError too)
+        raise StartError(f"the admin listener on {host}:{port} is refused: {exc}",
+                         "set `admin.token` (or `admin.token_file`) in the Gateway resource, or keep the admin on "
+                         "loopback (--admin 127.0.0.1:PORT)") from exc
+    return AdminServer(view, host, port, **access)
 
 
-def last_reload(gateway: Gateway) -> tuple[int, Any]:
-    # "history": the last reload outcomes, oldest first (failures with their diagnostics).
-    return 200, {"reloads": gateway.reload_count, "last_reload": gateway.last_reload,
-                 "history": list(gateway.reload_history), "config": gateway.config_status}
+class _AdminRequestHandler(RequestHandler):
+    """aiohttp's connection protocol, with its error pages replaced by our JSON refusals and its logging by ours."""
 
-
-async def reload_now(gateway: Gateway) -> tuple[int, Any]:
-    outcome = await gateway.reload("admin")
-    return (200 if outcome["ok"] else 422), outcome
-
-
-def connections(gateway: Gateway) -> tuple[int, Any]:
-    """Counts, and what each relayed connection was accepted with (``plan --from`` decides each as a reload
-    would), its id and its push groups.
-    A credential shows only as the fingerprint of the configuration entry it matched, never a digest of the
-    secret (gateway/build/credentials.py)."""
-    from ..changes.impact import accepted_from
-
-    listed = []
-    for record in gateway.registry.live:
-        accepted = accepted_from(record, gateway.names) if record.relay is not None else None
-        if accepted is not None and record.conn is not None:
-            # Its id (what the push API and the logs name it by) and the push groups it is in.
-            connection = record.conn.id
-            listed.append({**accepted.to_dict(), "id": connection, "groups": gateway.push.hub.groups_of(connection)})
-    return 200, {**gateway.registry.counts(), "connections": listed}
-
-
-# The query of the request being answered: handlers take the gateway only, and closing one connection needs its id.
-request_query: contextvars.ContextVar[Mapping[str, list[str]] | None] = contextvars.ContextVar("admin_query",
-                                                                                             default=None)
-
-
-def close_connection(gateway: Gateway) -> tuple[int, Any]:
-    """``POST /connections/close?id=ID``: close one relayed connection with 1008 (the dashboard's button)."""
-    wanted = (request_query.get() or {}).get("id", [""])[0]
-    for record in list(gateway.registry.live):
-        if record.relay is not None and record.conn is not None and record.conn.id == wanted:
-            log.info("connection_closed_by_operator", connection=wanted, api=record.conn.api)
-            record.close(1008, "closed by an operator")
-            return 200, {"connection": wanted, "result": "closing"}
-    return 404, {"error": "not_found", "reason": "no such connection in this process"}
-
-
-def upstreams(gateway: Gateway) -> tuple[int, Any]:
-    """Every API's endpoints: healthy or not, why since when, handshakes pending, connections open."""
-    return 200, {"apis": gateway.health.snapshot()}
-
-
-def metrics(gateway: Gateway) -> tuple[int, Any]:
-    from .metrics import CONTENT_TYPE
-
-    return 200, PlainText(gateway.scrape().decode(), CONTENT_TYPE)
-
-
-DASHBOARD_FILES = {"/dashboard": ("index.html", "text/html; charset=utf-8"),
-                   "/dashboard/": ("index.html", "text/html; charset=utf-8"),
-                   "/dashboard/index.html": ("index.html", "text/html; charset=utf-8"),
-                   "/dashboard/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
-                   "/dashboard/dashboard.css": ("dashboard.css", "text/css; charset=utf-8")}
-
-
-def dashboard_file(path: str) -> Handler:
-    """A static file of the ops dashboard (package data; the page reads the JSON endpoints and /metrics)."""
-    name, content_type = DASHBOARD_FILES[path]
-
-    def serve(gateway: Gateway) -> tuple[int, Any]:
-        from importlib.resources import files
-
-        page = (files("gateway.operations") / "dashboard" / name).read_text(encoding="utf-8")
-        return 200, PlainText(page, content_type)
-
-    return serve
-
-
-def _dashboard_path(path: str) -> bool:
-    """Whether ``path`` lies under ``/dashboard``: one rule for all of it, token or not (a file there is 200, any
-    other path 404). Its static files hold no data; the page sends the token for what it reads."""
-    return path == "/dashboard" or path.startswith("/dashboard/")
-
-
-def dashboard_routes() -> dict[str, Handler]:
-    """The dashboard's static files, for any admin listener (a gateway's, a worker supervisor's)."""
-    return {path: dashboard_file(path) for path in DASHBOARD_FILES}
-
-
-class PlainText(str):
-    """A handler's body served as is, with its content type, instead of as JSON."""
-
-    content_type: str
-
-    def __new__(cls, text: str, content_type: str) -> PlainText:
-        self = super().__new__(cls, text)
-        self.content_type = content_type
-        return self
+    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        # A malformed request (aiohttp's parser refused it) or, never expected, a failure outside our handler.
+        if status >= 500:
+            log.error("admin_request_failed", error=exc.__class__.__name__ if exc else None)
+            response = error(HTTPStatus.INTERNAL_SERVER_ERROR, "internal_error", "see the gateway log")
+        else:
+            log.debug("admin_bad_request", status=status, error=exc.__class__.__name__ if exc else None)
+            response = error(HTTPStatus(status), "bad_request", "malformed request")
+        response.force_close()
+        return response
 
 
 class AdminServer:
-    """Serves ``routes`` (path -> handler) on one address.
+    """Serves ``ROUTES`` over ``view`` on one address.
 
-    ``gateway``: what the handlers get; a worker supervisor passes itself with its own routes.
-    ``token``: the bearer token the protected endpoints want; ``protected`` with no token (its variable is
-    unset) refuses them all: an admin meant to be locked never opens by accident.
+    ``token``: the bearer token the protected paths want; ``protected`` with no token (its variable is unset)
+    refuses them all: an admin meant to be locked never opens by accident.
     """
 
-    def __init__(self, gateway: Any, host: str, port: int, routes: dict[str, Callable[[Any], Any]] | None = None,
-                 post_routes: dict[str, Callable[[Any], Any]] | None = None, *, token: str | None = None,
+    def __init__(self, view: GatewayView, host: str, port: int, *, token: str | None = None,
                  protected: bool = False, ssl_context: ssl.SSLContext | None = None) -> None:
-        self.gateway = gateway
+        self.view = view
         self.host = host
         self.port = port
         self._token = token.encode() if token else None
         self._protected = protected or token is not None
         self._ssl = ssl_context
-        self.routes: dict[str, Callable[[Any], Any]] = routes or {
-            "/healthz": healthz,
-            "/readyz": readyz,
-            "/config": config,
-            "/connections": connections,
-            "/upstreams": upstreams,
-            "/metrics": metrics,
-            "/reload": last_reload,
-            **dashboard_routes(),
-        }
-        self.post_routes: dict[str, Callable[[Any], Any]] = post_routes or {"/reload": reload_now,
-                                                                            "/connections/close": close_connection}
         self._server: AcceptLoop | None = None
+        self._http: web.Server | None = None
 
     async def start(self) -> None:
-        def protocol() -> asyncio.StreamReaderProtocol:
-            return asyncio.StreamReaderProtocol(asyncio.StreamReader(limit=MAX_HEAD), self._serve)
+        loop = asyncio.get_running_loop()
+        http = web.Server(self._handle)
 
-        # Its own accept loop with a reserved descriptor: probes are answered while the client listeners are
-        # paused for lack of descriptors (gateway/edge/accept.py).
+        def protocol() -> RequestHandler:
+            # access_log=None: no access log (aiohttp documents None; its annotation says Logger).
+            return _AdminRequestHandler(http, loop=loop, access_log=None,  # type: ignore[arg-type]
+                                        keepalive_timeout=KEEPALIVE,
+                                        max_line_size=MAX_LINE, max_field_size=MAX_LINE, max_headers=MAX_HEADERS)
+
+        # aiohttp's HTTP on connections our accept loop accepted, with a reserved descriptor: probes are answered
+        # while the client listeners are paused for lack of descriptors (gateway/edge/accept.py).
         self._server = await AcceptLoop.open("admin", protocol, self.host, self.port, backlog=128,
                                              ssl_context=self._ssl, ssl_handshake_timeout=5 if self._ssl else None,
-                                             on_error=self._count_accept_error,
-                                             reserve=True)
+                                             on_error=partial(self.view.accept_error, "admin"), reserve=True)
+        self._http = http
         self.port = self._server.sockets[0].getsockname()[1]
         # Whether a token guards it, never the token: a key named "token" would be redacted whatever its value.
         log.info("listening", name="admin", host=self.host, port=self.port, tls=self._ssl is not None,
                  auth="token" if self._protected else "none")
 
-    def _count_accept_error(self) -> None:
-        # A gateway counts into its metrics; a worker supervisor (whose `metrics` is a handler) does not count.
-        count = getattr(getattr(self.gateway, "metrics", None), "accept_error", None)
-        if count is not None:
-            count("admin")
-
-    def _authorized(self, head: bytes) -> bool:
+    def _authorized(self, request: web.BaseRequest) -> bool:
         """Whether the request carries the bearer token (constant-time compare; any request if none is set)."""
         if not self._protected:
             return True
         if self._token is None:
             return False
         presented = b""
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"authorization":
-                scheme, _, credentials = value.strip().partition(b" ")
-                if scheme.lower() == b"bearer":
-                    presented = credentials.strip()
+        for value in request.headers.getall("Authorization", ()):
+            scheme, _, credentials = value.strip().partition(" ")
+            if scheme.lower() == "bearer":
+                presented = credentials.strip().encode("utf-8", "surrogateescape")
         return hmac.compare_digest(presented, self._token)
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        # The path exactly as the request wrote it (no decoding, no dot segments resolved): the access rule and
+        # the route table read the same string, so no spelling reaches a route the rule did not check.
+        path = request.raw_path.split("?", 1)[0]
+        if not is_open(path) and not self._authorized(request):
+            return error(HTTPStatus.UNAUTHORIZED, "unauthorized", "this admin endpoint needs the bearer token",
+                         {"WWW-Authenticate": 'Bearer realm="wsgate admin"'})
+        route = ROUTES.get((request.method, path))
+        if route is None:
+            allowed = PATHS.get(path)
+            if not allowed:
+                return error(HTTPStatus.NOT_FOUND, "not_found", f"no admin endpoint {path}")
+            return error(HTTPStatus.METHOD_NOT_ALLOWED, "method_not_allowed", f"{' or '.join(allowed)} only",
+                         {"Allow": ", ".join(allowed)})
+        try:
+            answer = await route(self.view, {key: value for key, value in request.query.items()})
+        except Exception:
+            log.exception("admin_handler_failed", path=path)
+            return error(HTTPStatus.INTERNAL_SERVER_ERROR, "internal_error", "see the gateway log")
+        if isinstance(answer.body, str):
+            return web.Response(status=answer.status, text=answer.body,
+                                headers={"Content-Type": answer.content_type})
+        return web.json_response(answer.body, status=answer.status, dumps=JSON)
 
     def refresh(self, config: Config) -> list[str]:
         """Re-read the Gateway resource's admin ``token_file`` and TLS certificate (called by a reload): the next
@@ -324,45 +369,10 @@ class AdminServer:
         return problems
 
     async def stop(self) -> None:
+        """Stop accepting, then close the open (keep-alive) connections once their request is answered."""
         if self._server is not None:
             self._server.close()
             self._server = None
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            async with asyncio.timeout(5):
-                head = await reader.readuntil(b"\r\n\r\n")
-            method, target, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
-            path, _, query = target.partition("?")
-            request_query.set(parse_qs(query))
-            table = self.post_routes if method == "POST" else self.routes if method == "GET" else {}
-            handler = table.get(path)
-            if path not in OPEN_PATHS and not _dashboard_path(path) and not self._authorized(head):
-                status, body = 401, error_body("unauthorized", "this admin endpoint needs the bearer token")
-            elif handler is None and path not in self.routes and path not in self.post_routes:
-                status, body = 404, error_body("not_found", f"no admin endpoint {path}")
-            elif handler is None:
-                allowed = "GET" if path in self.routes else "POST"
-                status, body = 405, error_body("method_not_allowed", f"{allowed} only")
-            else:
-                result = handler(self.gateway)
-                status, body = (await result) if inspect.isawaitable(result) else result
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError, ConnectionError,
-                ssl.SSLError):
-            status, body = 400, error_body("bad_request", "malformed request")
-        except Exception:
-            log.exception("admin_handler_failed")
-            status, body = 500, error_body("internal_error", "see the gateway log")
-        if isinstance(body, PlainText):
-            data, content_type = body.encode(), body.content_type
-        else:
-            data, content_type = json.dumps(body, sort_keys=True).encode(), "application/json"
-        challenge = 'WWW-Authenticate: Bearer realm="wsgate admin"\r\n' if status == 401 else ""
-        writer.write(
-            f"{status_line(status)}\r\nContent-Type: {content_type}\r\n"
-            f"Content-Length: {len(data)}\r\n{challenge}Connection: close\r\n\r\n".encode()
-            + data
-        )
-        with contextlib.suppress(ConnectionError):
-            await writer.drain()
-        writer.close()
+        if self._http is not None:
+            await self._http.shutdown(1.0)
+            self._http = None

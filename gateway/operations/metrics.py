@@ -24,8 +24,10 @@ Multiprocess mode: with ``PROMETHEUS_MULTIPROC_DIR`` set (before this module
 is imported), every worker writes its values to files in that directory and
 ``/metrics`` serves the ``MultiProcessCollector`` aggregation of all of them.
 Gauges declare how workers combine (``livesum`` for active connections).
-The ``process_*`` metrics are per process and only served in single-process
-mode (prometheus_client does not aggregate them).
+The ``process_*`` metrics are per process: a single process serves its own;
+the supervisor of ``--workers N`` serves its own and each worker's, read from
+``/proc`` and labelled ``worker`` (``render_processes``), since
+prometheus_client's multiprocess mode has none.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ import os
 import platform
 import time
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
@@ -48,7 +51,9 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client import values as prometheus_values
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from ..config.tree import Config
@@ -460,6 +465,34 @@ def render_directory(directory: str) -> bytes:
     supervisor serves as ``/metrics`` once each worker has flushed."""
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=directory)
+    return generate_latest(registry)
+
+
+class LabelledProcesses(Collector):
+    """The ``process_*`` series of several processes (``/proc/PID``), each sample labelled ``worker=NAME``: the
+    alert on open descriptors and the dashboard's panels read every worker, and the supervisor, alike."""
+
+    def __init__(self, pids: Mapping[str, int]) -> None:
+        self.pids = dict(pids)
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        for name, pid in self.pids.items():
+            # A process gone meanwhile has no /proc entry: prometheus_client yields nothing for it.
+            for family in ProcessCollector(pid=partial(int, pid), registry=None).collect():
+                merged = families.get(family.name)
+                if merged is None:
+                    merged = families[family.name] = Metric(family.name, family.documentation, family.type)
+                for sample in family.samples:
+                    merged.add_sample(sample.name, {**sample.labels, "worker": name}, sample.value)
+        yield from families.values()
+
+
+def render_processes(pids: Mapping[str, int]) -> bytes:
+    """``process_*`` of every process in ``pids`` (name -> pid), labelled by name, and this one's ``python_info``."""
+    registry = CollectorRegistry()
+    registry.register(LabelledProcesses(pids))
+    PlatformCollector(registry=registry)
     return generate_latest(registry)
 
 

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from ..common.http_client import SharedHTTPClient, client_ssl_context
-from .base import ApplicationRef, ConnectionContext, Rejection, UpgradeRequest
+from .base import ApplicationRef, ConnectionContext, Identity, Rejection, UpgradeRequest
 
 if TYPE_CHECKING:
     from ..build.apps import AppIndex
@@ -240,12 +240,12 @@ class Authorizer:
             if not self.apps.is_registered(answer.application, self.api):
                 return Rejection(403, "forbidden",
                                  f"application {answer.application} is not registered to API {self.api}")
-            conn.application = ApplicationRef(answer.application, "authorizer")
+            application = ApplicationRef(answer.application, "authorizer")
         else:
-            conn.application = ApplicationRef("anonymous", "authorizer")
+            application = ApplicationRef("anonymous", "authorizer")
+        # The listener closes the connection with 1008 at the Identity's expires_at, as for an expiring JWT.
+        conn.identity = Identity(application, expires_at=answer.expires_at)
         conn.groups = list(answer.groups)
-        if answer.expires_at is not None:
-            conn.metadata["expires_at"] = answer.expires_at  # the relay closes it with 1008 then
         return None
 
     def _unavailable(self) -> Rejection:

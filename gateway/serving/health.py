@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from ..edge.probe import ProbeResult, probe
+from .view import EndpointState
 
 if TYPE_CHECKING:
     from ..build.routes import CompiledAPI, Endpoint, RouteTable
@@ -72,11 +73,10 @@ class EndpointHealth:
     def healthy(self) -> bool:
         return self.active_ok and time.monotonic() >= self.passive_until
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> EndpointState:
         cool_down = max(0.0, self.passive_until - time.monotonic())
-        return {"url": self.url, "healthy": self.healthy, "active_ok": self.active_ok,
-                "passive_cool_down": round(cool_down, 3), "pending": self.pending, "open": self.open,
-                "since": self.changed_at, "reason": self.reason, "last_probe": self.last_probe}
+        return EndpointState(self.url, self.healthy, self.active_ok, self.changed_at, self.reason, self.last_probe,
+                             round(cool_down, 3), self.pending, self.open)
 
 
 @dataclass(eq=False)
@@ -120,11 +120,12 @@ class HealthRegistry:
         """Every endpoint's active verdict, as ``on_verdict`` reports one: a supervisor's starting point."""
         return [(api, url, health.active_ok, health.reason) for (api, url), health in sorted(self.endpoints.items())]
 
-    def snapshot(self) -> dict[str, list[dict[str, Any]]]:
-        out: dict[str, list[dict[str, Any]]] = {}
+    def snapshot(self) -> dict[str, tuple[EndpointState, ...]]:
+        """Every API's endpoints as ``/upstreams`` shows them."""
+        out: dict[str, list[EndpointState]] = {}
         for (api, _), health in sorted(self.endpoints.items()):
             out.setdefault(api, []).append(health.snapshot())
-        return out
+        return {api: tuple(endpoints) for api, endpoints in out.items()}
 
     # ------------------------------------------------------------ verdicts
     def probe_result(self, health: EndpointHealth, result: ProbeResult, settings: ActiveHealthCheck) -> None:

@@ -25,27 +25,36 @@ single further reload (it re-reads the tree, so it sees them all).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
 from ..config.cache import CheckCache
-from ..operations.admin import RELOAD_HISTORY
+from ..config.diagnostics import Diagnostic
 from .provenance import tree_commit
+from .view import ConfigStatus, LastReload, ReloadOutcome, WorkerState
 
 if TYPE_CHECKING:
     from ..build.pipeline import Built
     from ..config.tree import Config
-    from ..operations.metrics import ReloadMetrics
 
 log = structlog.get_logger("wsgate.reload")
 
-# (the build to apply, the trigger, the generation a supervisor chose or None) -> the outcome's fields (``ok``...)
-Apply = Callable[["Built", str, "int | None"], Awaitable[dict[str, Any]]]
+class ReloadCounter(Protocol):
+    """Where reloads are counted (``gateway.operations.metrics.ReloadMetrics``; this layer does not import it)."""
+
+    def reloaded(self, outcome: str, seconds: float) -> None: ...
+
+
+RELOAD_HISTORY = 20  # reload outcomes GET /reload (and the dashboard) shows
+# (the build to apply, the trigger, the generation a supervisor chose or None) -> the outcome's fields that apply
+# knows (``ok``, ``error``, ``problems``, ``plan``...); the sequence fills in the rest.
+Apply = Callable[["Built", str, "int | None"], Awaitable[ReloadOutcome]]
 
 
 class Reloader:
@@ -53,8 +62,9 @@ class Reloader:
 
     def __init__(self, paths: Sequence[str | Path], apply: Apply, serving: Callable[[], tuple[str, int]], *,
                  stopping: Callable[[], bool], env: Mapping[str, str] | None = None,
-                 cache: CheckCache | None = None, describe: Callable[[], dict[str, Any]] | None = None,
-                 metrics: ReloadMetrics | None = None, values: Sequence[str | Path] = ()) -> None:
+                 cache: CheckCache | None = None,
+                 describe: Callable[[], tuple[bool, tuple[WorkerState, ...]]] | None = None,
+                 metrics: ReloadCounter | None = None, values: Sequence[str | Path] = ()) -> None:
         self.paths = [Path(p) for p in paths]
         self.env = env
         self.values = [Path(v) for v in values]  # `--values` files: re-read on every reload, as the tree is
@@ -67,8 +77,8 @@ class Reloader:
         self._serving = serving
         self._stopping = stopping
         self._describe = describe
-        self.last: dict[str, Any] | None = None
-        self.history: deque[dict[str, Any]] = deque(maxlen=RELOAD_HISTORY)  # newest last
+        self.last: ReloadOutcome | None = None
+        self.history: deque[ReloadOutcome] = deque(maxlen=RELOAD_HISTORY)  # newest last
         self.count = 0  # finished reload attempts (applied, skipped or failed)
         self.finished = asyncio.Condition()  # notified after every outcome
         self._lock = asyncio.Lock()
@@ -77,7 +87,7 @@ class Reloader:
         self.started = 0.0  # when the reload in progress began reading the tree (monotonic), for apply's log
 
     async def reload(self, trigger: str = "manual", checked: Config | None = None,
-                     generation: int | None = None) -> dict[str, Any]:
+                     generation: int | None = None) -> ReloadOutcome:
         """Build → check → apply; a failure changes nothing. Returns the outcome.
 
         ``checked``: a config the caller already built and decided to apply (a worker's supervisor did), applied
@@ -94,41 +104,41 @@ class Reloader:
                 fields = await self._run(trigger, checked, generation)
             except Exception as exc:  # a bug, not a bad config: keep serving and say so
                 log.exception("reload_crashed", trigger=trigger)
-                fields = {"ok": False, "error": f"internal error: {exc.__class__.__name__}"}
-            if fields.get("ok"):
+                fields = ReloadOutcome(ok=False, error=f"internal error: {exc.__class__.__name__}")
+            if fields.ok:
                 self.commit = tree_commit(self.paths)  # the tree now serving (applied, or the same as before)
             digest, serving_generation = self._serving()
-            outcome = {"ok": False, "trigger": trigger, "at": time.time(), "generation": serving_generation,
-                       "digest": digest, "noop": False, **fields}
+            outcome = dataclasses.replace(fields, trigger=trigger, at=time.time(), generation=serving_generation,
+                                          digest=digest)
             if self._describe is not None:
-                outcome.update(self._describe())
+                split, workers = self._describe()
+                outcome = dataclasses.replace(outcome, split=split, workers=workers)
             self.last = outcome
             self.history.append(outcome)
             self.count += 1
             if self.metrics is not None:
-                self.metrics.reloaded("failed" if not outcome["ok"] else "unchanged" if outcome["noop"] else "applied",
+                self.metrics.reloaded("failed" if not outcome.ok else "unchanged" if outcome.noop else "applied",
                                       time.monotonic() - started)
             async with self.finished:
                 self.finished.notify_all()
             return outcome
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> ConfigStatus:
         """The config serving now and whether the last reload failed, and why: what ``/readyz``, ``/reload`` and
         ``wsgate_config_info`` report, so a rollout can see a replica stuck on an old config."""
         digest, generation = self._serving()
         last = self.last
-        failed = last is not None and not last.get("ok", False)
-        why: str | None = None
-        if failed and last is not None:
-            errors = [d for d in last.get("diagnostics", []) if d.get("severity") == "error"]
-            why = (_headline(errors[0]) + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
-                   if errors else str(last.get("error", "failed")))
-        return {"digest": digest, "generation": generation, "commit": self.commit,
-                "values": [str(v) for v in self.values],
-                "last_reload": None if last is None else {"ok": not failed, "at": last.get("at"),
-                                                          "trigger": last.get("trigger"), "error": why}}
+        summary: LastReload | None = None
+        if last is not None:
+            why: str | None = None
+            if not last.ok:
+                errors = [d for d in last.diagnostics if d.is_error]
+                why = (_headline(errors[0]) + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
+                       if errors else last.error or "failed")
+            summary = LastReload(last.ok, last.at, last.trigger, why)
+        return ConfigStatus(digest, generation, self.commit, tuple(str(v) for v in self.values), summary)
 
-    async def wait(self, count: int, timeout: float | None = None) -> dict[str, Any]:
+    async def wait(self, count: int, timeout: float | None = None) -> ReloadOutcome:
         """Wait until ``count`` reloads have finished; the last outcome."""
         async with asyncio.timeout(timeout):
             async with self.finished:
@@ -136,7 +146,7 @@ class Reloader:
         assert self.last is not None
         return self.last
 
-    async def _run(self, trigger: str, checked: Config | None, generation: int | None) -> dict[str, Any]:
+    async def _run(self, trigger: str, checked: Config | None, generation: int | None) -> ReloadOutcome:
         from ..build.pipeline import Built, build
 
         if checked is None:
@@ -146,7 +156,7 @@ class Reloader:
         else:
             result = Built(checked)
         if self._stopping():
-            return {"ok": False, "error": "gateway is stopping"}
+            return ReloadOutcome(ok=False, error="gateway is stopping")
         digest, serving_generation = self._serving()
         if result.config is None:
             for d in result.diagnostics:
@@ -156,16 +166,18 @@ class Reloader:
                               code=d.code, summary=d.summary, hint=d.hint or None, diagnostic=d.headline())
             log.error("reload_failed", trigger=trigger, errors=len(result.errors),
                       kept_generation=serving_generation, kept_digest=digest)
-            return {"ok": False, "diagnostics": [d.to_dict() for d in result.diagnostics]}
+            return ReloadOutcome(ok=False, diagnostics=tuple(result.diagnostics))
         if result.config.digest() == digest:
             log.info("reload_skipped", trigger=trigger, digest=digest, generation=serving_generation)
-            return {"ok": True, "noop": True}
+            return ReloadOutcome(ok=True, noop=True)
         return await self._apply(result, trigger, generation)
 
 
-def _headline(d: dict[str, Any]) -> str:
-    where = f"{d['file']}:{d['line']}:{d['col']}: " if d.get("file") else ""
-    return f"{where}{d.get('code', '')}: {d.get('summary', '')}"
+def _headline(d: Diagnostic) -> str:
+    """``file:line:col: CODE: summary`` (the diagnostic's headline without its severity: it is an error)."""
+    loc = d.location
+    where = f"{loc.file}:{loc.line}:{loc.col}: " if loc is not None else ""
+    return f"{where}{d.code}: {d.summary}"
 
 
 class ReloadStatus:
@@ -180,22 +192,22 @@ class ReloadStatus:
         return self.reloader.cache
 
     @property
-    def last_reload(self) -> dict[str, Any] | None:
+    def last_reload(self) -> ReloadOutcome | None:
         return self.reloader.last
 
     @property
-    def reload_history(self) -> deque[dict[str, Any]]:
+    def reload_history(self) -> deque[ReloadOutcome]:
         return self.reloader.history
 
     @property
-    def config_status(self) -> dict[str, Any]:
+    def config_status(self) -> ConfigStatus:
         """The served config (digest, generation, git commit, values files) and the last reload's failure."""
         return self.reloader.status()
 
     @property
     def reload_failing(self) -> bool:
         """Whether the last reload attempt failed (the previous config keeps serving)."""
-        return self.reloader.last is not None and not self.reloader.last.get("ok", False)
+        return self.reloader.last is not None and not self.reloader.last.ok
 
     @property
     def reload_count(self) -> int:

@@ -28,7 +28,6 @@ from ..config.cache import CheckCache
 from ..config.tree import Config, Loaded
 from ..edge.accept import AcceptLoop
 from ..edge.listener import ListenerServices, PortListener, raise_open_files_limit
-from ..operations.admin import AdminServer, admin_access
 from ..operations.metrics import FLUSH_INTERVAL, Metrics
 from ..policies.state import PolicyState
 from ..push.service import PushService
@@ -37,6 +36,20 @@ from .connections import ConnectionRegistry
 from .health import HealthRegistry
 from .reloader import Reloader, ReloadStatus
 from .signals import stop_requested
+from .view import (
+    AdminFactory,
+    AdminListener,
+    ConfigSnapshot,
+    ConnectionsSnapshot,
+    ListedConnection,
+    PlanCounts,
+    Readiness,
+    ReloadOutcome,
+    ReloadStatusSnapshot,
+    StartError,
+    Status,
+    UpstreamsSnapshot,
+)
 
 if TYPE_CHECKING:
     from echo.server import EchoService
@@ -73,27 +86,6 @@ def parse_address(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-class StartError(Exception):
-    """A listener the config asks for cannot be opened: one log line for the operator, not a traceback."""
-
-    def __init__(self, message: str, hint: str) -> None:
-        super().__init__(message)
-        self.hint = hint
-
-    @classmethod
-    def cannot_listen(cls, name: str, host: str, number: int, exc: OSError) -> StartError:
-        """A Port's address is taken or not this machine's (a single gateway's bind, a supervisor's hold)."""
-        return cls(f"port '{name}' cannot listen on {host}:{number}: {exc.strerror or exc}",
-                   "another process holds that address, or the host is not one of this machine's: "
-                   "stop the other process or change `port`/`host` in the Port resource")
-
-    @classmethod
-    def admin_cannot_listen(cls, host: str, number: int, exc: OSError) -> StartError:
-        """The admin listener's address is taken (a single gateway's, or a workers' supervisor's)."""
-        return cls(f"the admin listener cannot listen on {host}:{number}: {exc.strerror or exc}",
-                   "stop the other process, or change `admin.port` in the Gateway resource (or --admin)")
-
-
 async def start_echo_servers(config: Config) -> list[EchoService]:
     """The config's echo servers (``echo.server``); one that cannot bind is a StartError naming it."""
     from echo.server import serve_echo_servers
@@ -105,34 +97,13 @@ async def start_echo_servers(config: Config) -> list[EchoService]:
                          "stop the other process, or change `port`/`host` in the EchoServer resource") from exc
 
 
-def admin_start_access(config: Config, address: tuple[str, int] | None,
-                       env: Mapping[str, str] | None = None) -> dict[str, Any] | None:
-    """The admin listener's access keywords (``admin_access``), checked before any listener binds: a start the
-    admin settings refuse (beyond loopback without a token, a token file or certificate that cannot be read)
-    is one StartError, never a traceback after the ports said ``listening``. None: no admin listener."""
-    if address is None:
-        return None
-    host, port = address
-    try:
-        return admin_access(config, host, env)
-    except (OSError, UnicodeError) as exc:  # a token file or certificate that cannot be read (ssl.SSLError too)
-        # The error's class and the file it names only: a decode error's text quotes a byte of the file.
-        filename = getattr(exc, "filename", None)
-        where = f" ({filename})" if filename else ""
-        raise StartError(f"the admin listener's token file or certificate cannot be loaded{where}: "
-                         f"{type(exc).__name__}",
-                         "check `admin.token_file` and `admin.tls` in the Gateway resource") from exc
-    except ValueError as exc:  # beyond loopback without a token (after UnicodeError, a ValueError too)
-        raise StartError(f"the admin listener on {host}:{port} is refused: {exc}",
-                         "set `admin.token` (or `admin.token_file`) in the Gateway resource, or keep the admin on "
-                         "loopback (--admin 127.0.0.1:PORT)") from exc
-
-
 class Gateway(ReloadStatus):
     """Every listener of one config, and the route table they read.
 
     ``admin``: None uses the config's Gateway resource settings; ``False``
-    disables the admin listener; ``(host, port)`` overrides it.
+    disables the admin listener; ``(host, port)`` overrides it. ``admin_server``
+    makes the listener (``gateway.operations.admin.admin_server``: passed in by
+    whoever runs the gateway, since the admin is a layer above this one).
     ``artefacts``: what ``gateway.build.pipeline`` compiled from ``config`` (TLS
     contexts, the application index), served as they are; without them
     ``start`` builds them once. ``decides_reloads``: False for a worker,
@@ -147,7 +118,8 @@ class Gateway(ReloadStatus):
                  paths: Sequence[str | Path] | None = None, check_cache: CheckCache | None = None,
                  reuse_port: bool = False, port_numbers: Mapping[str, int] | None = None,
                  tracer_provider: Any = None, artefacts: Artefacts | None = None,
-                 decides_reloads: bool = True, push_remote: Remote | None = None) -> None:
+                 decides_reloads: bool = True, admin_server: AdminFactory | None = None,
+                 push_remote: Remote | None = None) -> None:
         self.config = config
         # Workers of one supervisor each listen on every port with SO_REUSEPORT (the kernel spreads connections);
         # port_numbers holds the numbers the supervisor reserved for ports configured as 0.
@@ -159,6 +131,7 @@ class Gateway(ReloadStatus):
         self.drain_grace = config.settings.drain_grace
         self.shutdown_timeout = config.settings.shutdown_timeout
         self._admin_override = admin
+        self._admin_server = admin_server
         self._start_echo = echo
         self._build_chain = build_chain  # None: gateway.policies.build_chain
         self.state: PolicyState | None = None
@@ -174,7 +147,7 @@ class Gateway(ReloadStatus):
         self.addresses: dict[str, tuple[str, int]] = {}
         self.tls_contexts: dict[str, ServerTLS] = {}
         self.echo_services: list[EchoService] = []
-        self.admin: AdminServer | None = None
+        self.admin: AdminListener | None = None
         self.ready = False
         self.stopping = False
         self.loaded_at = time.time()
@@ -243,7 +216,7 @@ class Gateway(ReloadStatus):
         return self.reloader.finished
 
     async def reload(self, trigger: str = "manual", checked: Config | None = None,
-                     generation: int | None = None) -> dict[str, Any]:
+                     generation: int | None = None) -> ReloadOutcome:
         """Load → check → compile → swap; a failure changes nothing. Returns the outcome (``last_reload``).
 
         ``checked``: a config the caller already checked (a worker's supervisor did), applied as generation
@@ -251,10 +224,10 @@ class Gateway(ReloadStatus):
         """
         outcome = await self.reloader.reload(trigger, checked, generation)
         served = self.reloader.status()
-        self.metrics.config_served(served["digest"], served["commit"], failed=not outcome["ok"])
+        self.metrics.config_served(served.digest, served.commit, failed=not outcome.ok)
         return outcome
 
-    async def wait_reload(self, count: int, timeout: float | None = None) -> dict[str, Any]:
+    async def wait_reload(self, count: int, timeout: float | None = None) -> ReloadOutcome:
         """Wait until ``count`` reloads have finished; the last outcome."""
         return await self.reloader.wait(count, timeout)
 
@@ -263,7 +236,7 @@ class Gateway(ReloadStatus):
             return self.config.digest(), 0
         return self._table.digest, self._table.generation
 
-    async def _apply(self, result: Built, trigger: str, generation: int | None) -> dict[str, Any]:
+    async def _apply(self, result: Built, trigger: str, generation: int | None) -> ReloadOutcome:
         """Decide what the change does to live connections (once), compile, listen, swap, settle, log."""
         from ..changes.plan import diff, render_text
 
@@ -280,7 +253,7 @@ class Gateway(ReloadStatus):
             if switched:
                 await self.state.revert_shared()
             log.error("reload_failed", trigger=trigger, error=f"compile failed: {exc}", exc_info=True)
-            return {"ok": False, "error": f"compile failed: {exc}"}
+            return ReloadOutcome(ok=False, error=f"compile failed: {exc}")
         # The one decision of what this change does to live connections: the plan the log shows and the
         # closes below both read it.
         impact = Impact(old_config, new, table.apps)
@@ -292,7 +265,7 @@ class Gateway(ReloadStatus):
             if switched:
                 await self.state.revert_shared()
             log.error("reload_failed", trigger=trigger, error=f"cannot listen: {exc}")
-            return {"ok": False, "error": f"cannot listen: {exc}"}
+            return ReloadOutcome(ok=False, error=f"cannot listen: {exc}")
         # The swap: from here on new upgrades use the new table.
         self._table, self.config = table, new
         if switched:
@@ -317,9 +290,9 @@ class Gateway(ReloadStatus):
                                       if old_config.file_fingerprints.get(k) != v),
                  drained=closed["drained"], revoked=closed["revoked"],
                  seconds=round(time.monotonic() - self.reloader.started, 4))
-        return {"ok": True, "old_digest": old_table.digest, "problems": problems,
-                "plan": {"add": plan.count("create"), "change": plan.count("update"),
-                         "destroy": plan.count("destroy")}, **closed}
+        return ReloadOutcome(ok=True, old_digest=old_table.digest, problems=tuple(problems),
+                             plan=PlanCounts(plan.count("create"), plan.count("update"), plan.count("destroy")),
+                             drained=closed["drained"], revoked=closed["revoked"])
 
     async def _start_new_ports(self, table: RouteTable, artefacts: Artefacts) -> list[str]:
         """Listen on ports that are new or newly enabled (before the swap; on failure close them and raise)."""
@@ -444,6 +417,54 @@ class Gateway(ReloadStatus):
         self.echo_services = kept
         return problems
 
+    # ------------------------------------------------------------------- view
+    # The admin reads this gateway through ``gateway.serving.view.GatewayView``, as it reads a supervisor's.
+
+    def readiness(self) -> Readiness:
+        # A state backend that is down does not make the gateway unready: each throttle's on_state_error decides.
+        state = self.state.shared.health() if self.state is not None else None
+        status: Status = "ready" if self.ready else "stopping" if self.stopping else "starting"
+        if status == "ready" and self.reload_failing and self.config.settings.admin.unready_after_failed_reload:
+            status = "reload-failed"  # the operator asked to leave rotation while the last reload failed
+        generation = self._table.generation if self._table is not None else 0
+        return Readiness(status, generation, state, config=self.config_status)
+
+    def config_snapshot(self) -> ConfigSnapshot:
+        table = self.table
+        drift = {service.model.name: service.drift() for service in self.echo_services}
+        return ConfigSnapshot(table.config, table.digest, table.generation, self.loaded_at,
+                              {name: changes for name, changes in drift.items() if changes})
+
+    async def connections_snapshot(self) -> ConnectionsSnapshot:
+        listed: list[ListedConnection] = []
+        for record in self.registry.live:
+            accepted = accepted_from(record, self.names) if record.relay is not None else None
+            if accepted is not None and record.conn is not None:
+                connection = record.conn.id
+                listed.append(ListedConnection(accepted, connection, tuple(self.push.hub.groups_of(connection))))
+        return ConnectionsSnapshot(self.registry.counts(), tuple(listed))
+
+    async def close_connection(self, id: str, code: int, reason: str) -> bool:
+        for record in list(self.registry.live):
+            if record.relay is not None and record.conn is not None and record.conn.id == id:
+                log.info("connection_closed_by_operator", connection=id, api=record.conn.api, code=code)
+                record.close(code, reason)
+                return True
+        return False
+
+    async def upstreams_snapshot(self) -> UpstreamsSnapshot:
+        return UpstreamsSnapshot(self.health.snapshot())
+
+    async def metrics_text(self) -> bytes:
+        return self.scrape()
+
+    def reload_status(self) -> ReloadStatusSnapshot:
+        return ReloadStatusSnapshot(self.reload_count, self.last_reload, tuple(self.reload_history),
+                                    self._serving()[1], config=self.config_status)
+
+    def accept_error(self, listener: str) -> None:
+        self.metrics.accept_error(listener)
+
     # -------------------------------------------------------------- lifecycle
     def admin_address(self) -> tuple[str, int] | None:
         """Where the admin listens: the ``admin`` override, else the Gateway resource's (None: no admin)."""
@@ -452,11 +473,21 @@ class Gateway(ReloadStatus):
             return (settings.host, settings.port) if settings.enabled else None
         return self._admin_override if isinstance(self._admin_override, tuple) else None
 
+    def _make_admin(self, address: tuple[str, int] | None) -> AdminListener | None:
+        """The admin listener for ``address`` (not started), made by ``admin_server``: a start its settings refuse
+        (beyond loopback without a token, a token file or certificate that cannot be read) is a StartError here,
+        before any listener binds."""
+        if address is None:
+            return None
+        if self._admin_server is None:
+            raise ValueError("an admin listener is configured but no admin_server was given to make it")
+        return self._admin_server(self, *address, self.config, self.env)
+
     async def start(self, generation: int = 1) -> None:
         """Check what can be checked before binding (StartError), then start echo servers, listeners and admin;
         the ports say ``listening`` once every listener is bound. On failure stop what started and raise."""
         address = self.admin_address()
-        access = admin_start_access(self.config, address, self.env)  # before anything binds or connects
+        admin = self._make_admin(address)  # its settings checked before anything binds or connects
         self.state = await _policy_state(self.config, self.env)
         artefacts = self._artefacts or Artefacts.of(self.config, self.env)
         self._artefacts = None  # served from now on; a reload brings its own
@@ -475,9 +506,11 @@ class Gateway(ReloadStatus):
                 self.echo_services = await start_echo_servers(self.config)
             for name, loaded in self.table.enabled_ports().items():
                 await self._start_port(name, loaded, artefacts)
+            # The push listener starts before the admin: the admin's /connections/close reaches connections
+            # through the same hub the push listener serves.
             await self.push.start(self.config, self.port_numbers, self.reuse_port, self.state)
-            if address is not None and access is not None:
-                self.admin = AdminServer(self, *address, **access)
+            if admin is not None and address is not None:
+                self.admin = admin
                 try:
                     await self.admin.start()
                 except OSError as exc:
@@ -567,11 +600,13 @@ def freeze_startup_heap() -> None:
 
 async def serve(config: Config, admin: tuple[str, int] | None = None,
                 paths: Sequence[str | Path] | None = None, watch: bool = True,
-                check_cache: CheckCache | None = None, artefacts: Artefacts | None = None) -> int:
+                check_cache: CheckCache | None = None, artefacts: Artefacts | None = None,
+                admin_server: AdminFactory | None = None) -> int:
     """Run a gateway until SIGINT or SIGTERM, reloading when the tree under ``paths`` changes or on SIGHUP."""
     from .watch import ConfigWatcher
 
-    gateway = Gateway(config, admin=admin, paths=paths, check_cache=check_cache, artefacts=artefacts)
+    gateway = Gateway(config, admin=admin, paths=paths, check_cache=check_cache, artefacts=artefacts,
+                      admin_server=admin_server)
     watcher: ConfigWatcher | None = None
     async with stop_requested() as stopping:
         try:
@@ -595,7 +630,7 @@ async def serve(config: Config, admin: tuple[str, int] | None = None,
 
 
 def run(config: Config, args: Any = None, check_cache: CheckCache | None = None,
-        artefacts: Artefacts | None = None) -> int:
+        artefacts: Artefacts | None = None, admin_server: AdminFactory | None = None) -> int:
     """``wsgate run PATH`` after the config was built: serve (and follow PATH) until a signal; 0 on a clean stop."""
     from ..common.log import configure_logging
 
@@ -605,4 +640,4 @@ def run(config: Config, args: Any = None, check_cache: CheckCache | None = None,
     admin = parse_address(admin_text) if isinstance(admin_text, str) else admin_text
     path = getattr(args, "path", None)
     return asyncio.run(serve(config, admin, [path] if isinstance(path, str) else None, check_cache=check_cache,
-                             artefacts=artefacts))
+                             artefacts=artefacts, admin_server=admin_server))

@@ -183,7 +183,7 @@ function renderConnections(answer) {
   });
   const body = document.querySelector("#connections tbody");
   body.replaceChildren(...(rows.length ? rows : [el("tr", { class: "empty" }, el("td", { colspan: "5" },
-    answer && answer.connections ? "no connection" : "listed per worker: close one through the push API"))]));
+    answer && answer.connections ? "no connection" : "not answered"))]));
 }
 
 function when(seconds) { return new Date(seconds * 1000).toLocaleTimeString(); }
