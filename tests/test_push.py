@@ -166,6 +166,33 @@ async def test_admin_lists_ids_and_groups(tmp_path) -> None:
                 assert [(c["id"], c["groups"]) for c in listed] == [(conn, ["shipment:Z9"])]
 
 
+def _post(port: int, path: str) -> bytes:
+    return f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\n\r\n".encode()
+
+
+async def test_admin_closes_one_connection_by_id(tmp_path) -> None:
+    """``POST /connections/close?id=`` closes that connection with 1008 and no other; an unknown id is 404, none 400."""
+    async with id_backend() as backend:
+        config = write_config(tmp_path, PORT, PUSH_GATEWAY, push_api("Track", "/track", backend))
+        async with running_gateway(config) as gw:
+            assert gw.admin is not None
+            admin = f"http://127.0.0.1:{gw.admin.port}"
+            async with connect(gw_url(gw, "/track")) as ws, connect(gw_url(gw, "/track")) as other:
+                conn = await connection_id(ws)
+                await connection_id(other)
+                answer = await http_request(admin, _post(gw.admin.port, f"/connections/close?id={conn}"))
+                assert answer.status == 200 and answer.json() == {"connection": conn, "result": "closing"}
+                async with asyncio.timeout(TIMEOUT):
+                    await ws.wait_closed()
+                assert ws.close_code == 1008 and ws.close_reason == "closed by an operator"
+                await other.ping()  # the other connection is untouched
+                unknown = await http_request(admin, _post(gw.admin.port, f"/connections/close?id={conn}x"))
+                assert unknown.status == 404 and unknown.json()["error"] == "not_found"
+                missing = await http_request(admin, _post(gw.admin.port, "/connections/close"))
+                assert missing.status == 400
+                assert (await http_request(admin, path="/connections/close")).status == 405
+
+
 @pytest.mark.parametrize("action", ["drop", "close"])
 async def test_slow_consumer_is_bounded(tmp_path, action) -> None:
     """A client that stops reading: pushes queue up to `push.queue`, then the next is dropped (429, counted) or the
