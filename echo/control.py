@@ -32,7 +32,9 @@ CONTROL_ALIASES = {"/invoke/websocketDemo:startDemoAPI": START, "/invoke/websock
 CONTROL_PATHS = frozenset({START, STOP, *CONTROL_ALIASES})
 
 # File name → content type of what the demo page is made of.
-STATIC_FILES = {"demo.html": "text/html; charset=utf-8", "demo.css": "text/css", "demo.js": "text/javascript"}
+STATIC_FILES = {"demo.html": "text/html; charset=utf-8", "demo.css": "text/css", "demo.js": "text/javascript",
+                # The shipment tracking page of the push example (examples/push/, docs/push.md).
+                "track.html": "text/html; charset=utf-8", "track.js": "text/javascript"}
 # The page at / and where the tutorial opens it (/websocketDemoPackage/demo.html, with its relative assets).
 PAGE_PATHS = {"/": "demo.html", **{f"/{name}": name for name in STATIC_FILES},
               **{f"/websocketDemoPackage/{name}": name for name in STATIC_FILES}}

@@ -410,6 +410,8 @@ def tutorial_tree(tmp_path: Path, echo_port: int) -> Path:
     ports = root / "gateway" / "ports.yaml"
     ports.write_text(ports.read_text().replace("default: 8082", "default: 0")
                      .replace("host: 0.0.0.0", "host: 127.0.0.1"))
+    gateway = root / "gateway" / "gateway.yaml"
+    gateway.write_text(gateway.read_text().replace("port: 9910", "port: 0"))  # the push listener
     for api in (root / "apis").glob("*.yaml"):
         # `{value: "ws://localhost:{echo_port}/..."}` (docs/environments.md) becomes the test server's plain URL.
         api.write_text(re.sub(r'\{value: "ws://localhost:\{echo_port\}(/[^"]*)"\}', rf"ws://127.0.0.1:{echo_port}\1",

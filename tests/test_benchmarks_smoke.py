@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from redis_support import needs_redis
 
 pytestmark = pytest.mark.slow  # the benchmarks' and the soak's own harnesses: minutes of CPU
 
@@ -188,3 +189,15 @@ def test_big_neighbour_measures_every_phase():
         "big sender, checked on the loop (offload_above: null)",
         "big sender, checked in the worker process (offload_above: 65536)"]
     assert all("big messages/s" in row for row in rows[1:])
+
+
+@pytest.mark.slow
+@needs_redis
+def test_push_fanout_reaches_every_member_in_both_modes(tmp_path: Path) -> None:
+    """The push fan-out benchmark runs tiny: every member of both modes gets every publish (no timing)."""
+    proc = run_benchmark("push_fanout.py", "--conns", "20", "--publishes", "2", cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout[proc.stdout.index("{"):])
+    for mode in ("push_two_instances", "echo_native_one_process"):
+        assert report[mode]["members"] == report[mode]["expected_members"] == 20
+        assert report[mode]["publishes"] == 2

@@ -24,17 +24,19 @@ def tree(root: Path, *, port: str = PORT, api: str = API, app: str = APP) -> Pat
 
 
 def test_validate_examples_passes_with_warnings(capsys, monkeypatch):
-    """`wsgate validate examples/` exits 0 and shows the two expected warnings."""
+    """`wsgate validate examples/` exits 0 and shows the three expected warnings (two unset variables)."""
     monkeypatch.delenv("DEMO_APP_KEY", raising=False)
+    monkeypatch.delenv("TRACKING_PUSH_KEY", raising=False)
     assert main(["validate", str(EXAMPLES)]) == 0
     out = capsys.readouterr().out
-    assert "warning WSG200" in out and "warning WSG203" in out
-    assert out.splitlines()[-1] == "valid: 0 errors, 2 warnings in 7 files"
+    assert "warning WSG200" in out and "warning WSG203" in out and "TRACKING_PUSH_KEY" in out
+    assert out.splitlines()[-1] == "valid: 0 errors, 3 warnings in 8 files"
 
 
 def test_validate_strict_fails_on_warnings(monkeypatch):
     """`--strict` turns warnings into a failing exit."""
     monkeypatch.delenv("DEMO_APP_KEY", raising=False)
+    monkeypatch.delenv("TRACKING_PUSH_KEY", raising=False)
     assert main(["validate", "--strict", str(EXAMPLES)]) == 1
 
 

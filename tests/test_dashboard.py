@@ -232,3 +232,31 @@ def test_dashboard_sends_the_admin_token_it_was_given(browser: Browser, scene: S
         assert page.evaluate("sessionStorage.getItem('wsgate-admin-token')") == "s3cret"
     finally:
         page.close()
+
+
+def test_dashboard_closes_one_connection(browser: Browser, scene: Scene) -> None:
+    """The connections panel lists each connection's id; its close button closes that one with 1008."""
+
+    async def second_client() -> Any:
+        from websockets.asyncio.client import connect
+
+        host, port = scene.gateway.addresses["default"]
+        return await connect(f"ws://{host}:{port}/echo", additional_headers={"x-Gateway-APIKey": KEY})
+
+    async def closed(ws: Any) -> tuple[int | None, str | None]:
+        async with asyncio.timeout(TIMEOUT):
+            await ws.wait_closed()
+        return ws.close_code, ws.close_reason
+
+    ws = scene.loop.run(second_client())
+    ids = {r.conn.id for r in scene.gateway.registry.live if r.relay is not None and r.conn is not None}
+    page = open_page(browser, scene.url, DESKTOP)
+    try:
+        expect(page.locator("#connections tbody tr")).to_have_count(len(ids))
+        mine = max(ids, key=lambda i: int(i.rsplit(".", 1)[1]))  # the newest id: its counter is the largest
+        row = page.locator("#connections tr", has_text=mine)
+        row.locator("button").click()
+        assert scene.loop.run(closed(ws)) == (1008, "closed by an operator")
+        expect(page.locator("#connections tr", has_text=mine)).to_have_count(0)  # gone at the next poll
+    finally:
+        page.close()

@@ -31,6 +31,8 @@ from support import (
 )
 from websockets.asyncio.client import connect
 
+from gateway.common.connection_ids import parse as parse_connection_id
+
 KEY = "metrics-test-key-7f3a"
 APP = app_yaml(KEY)
 
@@ -212,7 +214,7 @@ def test_labels_never_hold_a_connection_id_a_client_address_or_a_key(tmp_path):
                          "listener", "commit", "last_reload"}
         values = {value for s in wsgate for value in s.labels.values()}
         assert KEY not in result.text and "wrong-key" not in result.text
-        assert not any(value.startswith("c") and value[1:].isdigit() for value in values)  # connection ids: c1, c2
+        assert not any(parse_connection_id(value) for value in values)  # connection ids: <instance>.<worker>.<n>
         assert "127.0.0.1" not in {v for s in wsgate for k, v in s.labels.items() if k != "endpoint"}
 
     run(scenario())

@@ -177,6 +177,11 @@ class JWTVerifier:
         """(client id, expiry as epoch seconds) of a valid token; raises TokenError with a reason safe to show.
 
         ``remote``: the keys of a ``jwks_url`` as last fetched, tried beside the configured ones."""
+        client, expires, _ = self.decode(token, remote)
+        return client, expires
+
+    def decode(self, token: str, remote: tuple[VerifyingKey, ...] = ()) -> tuple[str, float | None, Mapping[str, Any]]:
+        """Like :meth:`verify`, with the verified claims (push group rules read one: gateway/push/groups.py)."""
         if len(token) > MAX_TOKEN_LENGTH:
             raise TokenError("malformed")
         try:
@@ -217,7 +222,7 @@ class JWTVerifier:
         if claims is None:
             raise TokenError("bad signature")
         exp = claims.get("exp")
-        return self._client(claims), float(exp) if isinstance(exp, (int, float)) else None
+        return self._client(claims), float(exp) if isinstance(exp, (int, float)) else None, claims
 
     def _client(self, claims: Mapping[str, Any]) -> str:
         for name in self.claims:

@@ -306,7 +306,9 @@ class CompiledAPI:
             endpoints=endpoints,
             routing=compiled.routing,
             ssl_context=compiled.ssl_context,
-            fast_path=not client and not server and not api.compression and not api.routes,
+            # A push enters the server-to-client stage of the message relay: an API with push is never relayed as
+            # bytes, even with no message-stage policy (docs/push.md).
+            fast_path=not client and not server and not api.compression and not api.routes and api.push is None,
             balancer=SmoothWeightedRoundRobin(len(endpoints)),
             health=health,
             upstream_headers=upstream_headers(api, os.environ if env is None else env),

@@ -33,7 +33,7 @@ from .impact import Disruption, disruptions, renames
 
 Action = Literal["create", "update", "destroy"]
 KIND_ORDER = {"Gateway": 0, "Port": 1, "EchoServer": 2, "API": 3, "Application": 4}
-SENSITIVE_FIELDS = ("identifiers.api_keys", "identifiers.basic")
+SENSITIVE_FIELDS = ("identifiers.api_keys", "identifiers.basic", "push.credentials")
 
 __all__ = ["Disruption", "FieldChange", "Plan", "ResourceChange", "diff", "render"]
 

@@ -642,7 +642,7 @@ class Failover(Strict):
 # Headers the gateway writes itself on the upstream request: a configured header may not replace them.
 RESERVED_UPSTREAM_HEADERS = frozenset({
     "host", "upgrade", "connection", "content-length", "transfer-encoding", "x-forwarded-for", "x-forwarded-proto",
-    "x-forwarded-host", "x-real-ip", "forwarded", "x-gateway-application",
+    "x-forwarded-host", "x-real-ip", "forwarded", "x-gateway-application", "x-gateway-connection-id",
 })
 
 
@@ -828,6 +828,12 @@ class APILimits(Strict):
     write_buffer: PositiveInt = Field(
         256 * 1024, description="Bytes buffered toward a slow reader before the gateway stops reading its peer."
     )
+    idle_timeout: Seconds | None = Field(
+        None, description="Close a connection with 1001 after this many seconds without a data message either way "
+        "(pings and pongs do not count): zombie tabs are reaped. Null: never.")
+    max_lifetime: Seconds | None = Field(
+        None, description="Close a connection with 1001 this many seconds after its upgrade, whatever it does, so "
+        "long-lived connections rebalance after a scale-out. Null: never.")
 
 
 class MessageDefinition(Strict):
@@ -847,6 +853,77 @@ class MessageDefinition(Strict):
     )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+# -------------------------------------------------------------------- push
+
+
+class PushCredential(Strict):
+    """A backend's key to this API's connections in the push API (docs/push.md); it reaches no other API's."""
+
+    name: Name = Field(description="A label for plan and the logs (never the key).")
+    key: str | EnvKey = Field(
+        description="`{env: VARIABLE}` holding the key, `sha256:<64 hex digits>` (the key's hash) or plain "
+        "text (example only: warned). Backends send it as `Authorization: Bearer KEY`.")
+
+
+GROUP_VALUE_PATTERN = r"^[A-Za-z0-9._:@-]{1,128}$"
+
+
+class GroupRule(Strict):
+    """Join a group at the upgrade, named from a fact of the request (the application, a query parameter, a
+    header or a verified JWT claim)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    source: Literal["application", "query", "header", "claim"] = Field(
+        alias="from", description="Where the value comes from: the identified application's name, a query "
+        "parameter, a request header or a claim of the verified JWT (`identify: by: [jwt]`).")
+    name: str | None = Field(
+        None, min_length=1, description="The query parameter, header or claim; not used with `from: application`.")
+    group: str | None = Field(
+        None, description="The group's name, `{value}` standing for the value; default `<name>:{value}` "
+        "(`application:{value}` with `from: application`).")
+    pattern: str = Field(
+        GROUP_VALUE_PATTERN, description="A regular expression every value must match in full; an upgrade with "
+        "another value is refused with 400.")
+    required: bool = Field(False, description="Refuse (400) an upgrade that brings no value.")
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _named(self) -> GroupRule:
+        if self.source != "application" and self.name is None:
+            raise ValueError(f"`from: {self.source}` needs `name`: the {self.source} to read")
+        if self.group is not None and "{value}" not in self.group:
+            raise ValueError("`group` must contain `{value}`: otherwise every connection joins the same group")
+        return self
+
+    def group_of(self, value: str) -> str:
+        """The group a connection with ``value`` joins."""
+        template = self.group or ("application:{value}" if self.source == "application" else f"{self.name}:{{value}}")
+        return template.replace("{value}", value)
+
+
+class APIPush(Strict):
+    """Backends reach this API's connections through the push API: send, close, groups, publish."""
+
+    credentials: list[PushCredential] = Field(
+        default_factory=list, description="The backends' keys; each reaches this API's connections only.")
+    groups: list[GroupRule] = Field(default_factory=list, description="Groups joined at the upgrade.")
+    queue: PositiveInt = Field(
+        256, description="Pushed messages waiting per connection while its client reads slowly; past it "
+        "`on_overflow` happens (and is counted).")
+    on_overflow: Literal["close", "drop"] = Field(
+        "close", description="A push to a full queue: `close` the connection with 1013 (try again later) or `drop` "
+        "the message (the push answers 429).")
 
 
 def prefix_matches(prefix: str, path: str) -> bool:
@@ -928,6 +1005,9 @@ class API(Versioned):
     def message_routes(self) -> list[MessageRoute]:
         """The routes client messages can take (all but `$connect` and `$disconnect`)."""
         return [r for r in self.routes if r.key not in ("$connect", "$disconnect")]
+    push: APIPush | None = Field(
+        None, description="Let backends push to this API's connections through the Gateway's push listener "
+        "(docs/push.md). Pushes run through the server-to-client stage like upstream messages.")
 
     @field_validator("hosts")
     @classmethod
@@ -1108,6 +1188,16 @@ class Admin(Strict):
         return self
 
 
+class PushListener(Strict):
+    """The push API's listener: backends send to, close and group the clients' connections (docs/push.md)."""
+
+    host: str = Field("127.0.0.1", description="Address to bind.")
+    port: int = Field(9910, ge=0, le=65535)
+    enabled: bool = True
+    tls: TLSFiles | None = Field(
+        None, description="Serve HTTPS; with `client_certificates`, backends need a certificate too (mTLS).")
+
+
 class MemoryState(Strict):
     """Counts kept in each process: one process, nothing to reach (the default)."""
 
@@ -1169,6 +1259,8 @@ class Gateway(Versioned):
     drain_grace: Seconds = Field(30.0, description="Seconds a connection of a removed route may finish on reload.")
     state: StateSettings = Field(MemoryState(), description="Where throttle counts live: `memory` (each process) "
                                  "or `redis` (shared by every worker and instance).")
+    push: PushListener | None = Field(
+        None, description="Where the push API listens; APIs opt in with their own `push:` block.")
     log_directories: list[str] = Field(
         default_factory=list,
         description="Directories outside the config tree where log-invocation files may be written (absolute, or "

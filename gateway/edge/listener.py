@@ -27,11 +27,13 @@ from websockets.extensions.base import Extension
 from ..build.tls import client_certificate
 from ..common.http_response import Header, switching_protocols
 from ..common.redaction import forwarded_query
-from ..policies.base import ConnectionContext, UpgradeRequest
+from ..policies.base import ConnectionContext, Rejection, UpgradeRequest
+from ..push.groups import join_at_upgrade
 from ..relay.fast import ByteRelay
 from ..relay.integrations import close_upstream, connect_event, disconnect_event, open_route_upstream
 from ..relay.message import MessageRelay
 from ..relay.routed import RoutedRelay
+from . import lifetime
 from .upgrade import (
     MALFORMED,
     Accept,
@@ -51,6 +53,7 @@ if TYPE_CHECKING:
 
     from ..build.message_routes import CompiledRoutes
     from ..build.routes import CompiledAPI, RouteTable
+    from ..push.hub import PushHub
     from ..relay.base import Relay
     from ..relay.keepalive import KeepaliveSweeper
 
@@ -61,6 +64,7 @@ LINGER = 2.0  # seconds a refused client's further bytes are read and dropped, s
 # A port at its max_connections answers 503 with this Retry-After: the same 5 s the throttle's and the upstream's
 # 503s default to, so a client backs off alike whichever limit refused it.
 PORT_FULL = Refuse(503, "unavailable", "too many connections on this port", (("Retry-After", "5"),))
+CONNECTION_ID_HEADER = "X-Gateway-Connection-Id"
 
 
 def raise_open_files_limit() -> tuple[int, int]:
@@ -144,7 +148,8 @@ class ConnectionSpan(Protocol):
 
 
 class ConnectionTracer(Protocol):
-    def start(self, headers: Iterable[tuple[str, str]], *, api: str, port: str, path: str) -> ConnectionSpan: ...
+    def start(self, headers: Iterable[tuple[str, str]], *, api: str, port: str, path: str,
+              connection: str = "") -> ConnectionSpan: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +161,7 @@ class ListenerServices:
     metrics: UpgradeMetrics
     keepalive: KeepaliveSweeper | None
     tracer: ConnectionTracer | None = None  # tracing on: starts each upgrade's span
+    push: PushHub | None = None  # the connections of APIs with `push`, for the push API
 
 
 class PortListener:
@@ -308,7 +314,7 @@ class ClientHandshake(asyncio.Protocol):
         tracer = listener.services.tracer
         if tracer is not None:
             record.span = tracer.start(accepted.headers.raw_items(), api=route.name, port=listener.name,
-                                       path=accepted.path)
+                                       path=accepted.path, connection=conn.id)
         record.task = asyncio.get_running_loop().create_task(
             # Only what the 101 needs goes on, not the Accept: the parsed request is freed while the upstream answers.
             self._upgrade(route, conn, upgrade, accepted.extensions, accepted.accept, accepted.extensions_header,
@@ -343,6 +349,13 @@ class ClientHandshake(asyncio.Protocol):
             if step is not None:
                 self._refuse(route, conn, step.status, step.error, step.reason, step.headers)
                 return
+            groups: tuple[str, ...] = ()
+            if route.api.push is not None:  # groups joined at the upgrade: a bad value is refused like any field
+                joined = join_at_upgrade(route.api.push, upgrade, conn)
+                if isinstance(joined, Rejection):
+                    self._refuse(route, conn, joined.status, joined.error, joined.reason)
+                    return
+                groups = joined
             connecting = time.monotonic()
             metrics.stage(conn.api, "policies", connecting - began)
             application = conn.application.name if conn.application else None
@@ -363,8 +376,9 @@ class ClientHandshake(asyncio.Protocol):
                 secure=upgrade.secure,
                 application=application,
                 suffix=suffix,
-                # The API's headers, and the gateway's traceparent when tracing: both replace the client's.
-                configured=(*route.upstream_headers, *trace_headers),
+                # The API's headers, the gateway's traceparent when tracing and the connection's id (what the
+                # upstream names it by in the push API): all replace the client's.
+                configured=(*route.upstream_headers, *trace_headers, (CONNECTION_ID_HEADER, conn.id)),
             )
             hash_key = route.hash_key(upgrade, conn)
             # The parsed client request is not needed past this point: free it while the upstream answers.
@@ -410,6 +424,10 @@ class ClientHandshake(asyncio.Protocol):
             record.relay = relay
             relay.start()  # takes both transports over and resumes reading them
             relayed = True
+            if route.api.push is not None and services.push is not None and isinstance(relay, MessageRelay):
+                services.push.opened(conn, relay, route.api.push, groups)
+            limits = route.api.limits
+            lifetime.watch(conn, record.close, limits.idle_timeout, limits.max_lifetime)
             expires_at = conn.identity.expires_at if conn.identity is not None else None
             if expires_at is not None:
                 record.expiry = asyncio.get_running_loop().call_later(

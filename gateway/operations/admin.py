@@ -5,7 +5,8 @@ It reads a ``gateway.serving.view.GatewayView`` and nothing else: one process an
 two implementations of that view, and this module's one route table serves both, so every answer has one shape.
 GET: ``/healthz``, ``/readyz``, ``/config`` (digest, generation, resources; API keys and basic passwords never,
 not even as digests), ``/connections``, ``/upstreams``, ``/metrics``, ``/reload`` (the recent reloads' outcomes),
-``/dashboard/`` (the ops page's static files). POST ``/reload`` reloads now.
+``/dashboard/`` (the ops page's static files). POST ``/reload`` reloads now; POST ``/connections/close?id=ID``
+closes one relayed connection with 1008 (the dashboard's button; with workers, the one that holds it).
 
 HTTP is aiohttp's (``web.Server``, the low-level server: keep-alive, a parser that refuses malformed requests),
 served on connections our own accept loop accepted (``gateway.edge.accept``: it pauses instead of spinning
@@ -70,17 +71,18 @@ class Answer:
     content_type: str = "application/json"
 
 
-Route = Callable[[GatewayView], Awaitable[Answer]]
+Query = Mapping[str, str]  # the request's query parameters (the last value of each)
+Route = Callable[[GatewayView, Query], Awaitable[Answer]]
 
 
 # ------------------------------------------------------------------ routes
 
 
-async def healthz(view: GatewayView) -> Answer:
+async def healthz(view: GatewayView, query: Query) -> Answer:
     return Answer(HTTPStatus.OK, {"status": "ok"})
 
 
-async def readyz(view: GatewayView) -> Answer:
+async def readyz(view: GatewayView, query: Query) -> Answer:
     readiness = view.readiness()
     return Answer(HTTPStatus.OK if readiness.ready else HTTPStatus.SERVICE_UNAVAILABLE, readiness.to_dict())
 
@@ -106,40 +108,50 @@ def config_answer(snapshot: ConfigSnapshot) -> dict[str, Any]:
             "resources": names, "documents": documents, "drift": dict(snapshot.drift)}
 
 
-async def config(view: GatewayView) -> Answer:
+async def config(view: GatewayView, query: Query) -> Answer:
     return Answer(HTTPStatus.OK, config_answer(view.config_snapshot()))
 
 
-async def connections(view: GatewayView) -> Answer:
+async def connections(view: GatewayView, query: Query) -> Answer:
     """Counts, and what each relayed connection was accepted with: ``plan --from`` decides each as a reload would.
     A credential shows only as the fingerprint of the configuration entry it matched, never a digest of the
     secret (gateway/build/credentials.py)."""
     return Answer(HTTPStatus.OK, (await view.connections_snapshot()).to_dict())
 
 
-async def upstreams(view: GatewayView) -> Answer:
+async def upstreams(view: GatewayView, query: Query) -> Answer:
     """Every API's endpoints: healthy or not, why since when, handshakes pending, connections open."""
     return Answer(HTTPStatus.OK, (await view.upstreams_snapshot()).to_dict())
 
 
-async def metrics(view: GatewayView) -> Answer:
+async def metrics(view: GatewayView, query: Query) -> Answer:
     return Answer(HTTPStatus.OK, (await view.metrics_text()).decode(), CONTENT_TYPE)
 
 
-async def last_reload(view: GatewayView) -> Answer:
+async def last_reload(view: GatewayView, query: Query) -> Answer:
     return Answer(HTTPStatus.OK, view.reload_status().to_dict())
 
 
-async def reload_now(view: GatewayView) -> Answer:
+async def reload_now(view: GatewayView, query: Query) -> Answer:
     outcome = await view.reload("admin")
     return Answer(HTTPStatus.OK if outcome.ok else HTTPStatus.UNPROCESSABLE_ENTITY, outcome.to_dict())
+
+
+async def close_connection(view: GatewayView, query: Query) -> Answer:
+    """``POST /connections/close?id=ID``: close one relayed connection with 1008 (the dashboard's button)."""
+    wanted = query.get("id", "")
+    if not wanted:
+        return Answer(HTTPStatus.BAD_REQUEST, {"error": "bad_request", "reason": "give the connection as ?id=ID"})
+    if await view.close_connection(wanted, 1008, "closed by an operator"):
+        return Answer(HTTPStatus.OK, {"connection": wanted, "result": "closing"})
+    return Answer(HTTPStatus.NOT_FOUND, {"error": "not_found", "reason": "no such connection in this gateway"})
 
 
 def dashboard_file(path: str) -> Route:
     """A static file of the ops dashboard (package data; the page reads the JSON endpoints and /metrics)."""
     name, content_type = DASHBOARD_FILES[path]
 
-    async def serve(view: GatewayView) -> Answer:
+    async def serve(view: GatewayView, query: Query) -> Answer:
         page = (files("gateway.operations") / "dashboard" / name).read_text(encoding="utf-8")
         return Answer(HTTPStatus.OK, page, content_type)
 
@@ -156,6 +168,7 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", "/metrics"): metrics,
     ("GET", "/reload"): last_reload,
     ("POST", "/reload"): reload_now,
+    ("POST", "/connections/close"): close_connection,
     **{("GET", path): dashboard_file(path) for path in DASHBOARD_FILES},
 }
 PATHS = {path: sorted(m for m, p in ROUTES if p == path) for _, path in ROUTES}
@@ -309,7 +322,7 @@ class AdminServer:
             return error(HTTPStatus.METHOD_NOT_ALLOWED, "method_not_allowed", f"{' or '.join(allowed)} only",
                          {"Allow": ", ".join(allowed)})
         try:
-            answer = await route(self.view)
+            answer = await route(self.view, {key: value for key, value in request.query.items()})
         except Exception:
             log.exception("admin_handler_failed", path=path)
             return error(HTTPStatus.INTERNAL_SERVER_ERROR, "internal_error", "see the gateway log")

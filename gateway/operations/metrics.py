@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from ..config.tree import Config
     from ..policies.base import ConnectionContext
     from ..policies.state import PolicyState
+    from ..push.hub import PushHub
     from ..serving.health import HealthRegistry
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -238,6 +239,27 @@ class Metrics:
             "wsgate_upstream_transitions", "Endpoint health changes, by the new state.",
             ["api", "endpoint", "state"], registry=registry)
         self._health_series: set[tuple[str, str]] = set()
+        # Push (gateway/push): counted in the hub's plain PushStats, moved here in batches (flush_push).
+        self.push_requests = Counter(
+            "wsgate_push_requests", "Push API requests answered, by operation and HTTP status.",
+            ["api", "operation", "status"], registry=registry)
+        self.push_deliveries = Counter(
+            "wsgate_push_deliveries", "Pushed messages handed to a connection (sends and group members).", ["api"],
+            registry=registry)
+        self.push_dropped = Counter(
+            "wsgate_push_overflows", "Pushes to a full connection queue, by the action taken (drop or close).",
+            ["api", "action"], registry=registry)
+        self.push_cluster_errors = Counter(
+            "wsgate_push_cluster_errors", "Push requests the cluster (Redis, the supervisor) could not carry.",
+            ["operation"], registry=registry)
+        self.push_queued = Gauge(
+            "wsgate_push_queued", "Pushed messages waiting in connection queues now.", registry=registry,
+            multiprocess_mode="livesum")
+        self.push_groups = Gauge(
+            "wsgate_push_groups", "Groups with members now, and memberships (kind: groups, members, largest).",
+            ["api", "kind"], registry=registry, multiprocess_mode="livesum")
+        self._reported_push: dict[str, dict[Any, int]] = {}
+        self._push_group_series: set[tuple[str, str]] = set()
         # Reloads are counted by whoever decides them: this gateway, or (a worker) its supervisor.
         self.reloads: ReloadMetrics | None = ReloadMetrics(registry) if counts_reloads else None
         self.generation = Gauge(
@@ -394,6 +416,28 @@ class Metrics:
                 if delta > 0:
                     family.labels(*key).inc(delta)
                     reported[key] = total
+
+    def flush_push(self, hub: PushHub) -> None:
+        """Move the push hub's counts since the last batch into the series; show queue depth and group sizes."""
+        stats = hub.stats
+        sources = ((stats.requests, self.push_requests), (stats.deliveries, self.push_deliveries),
+                   (stats.dropped, self.push_dropped), (stats.cluster_errors, self.push_cluster_errors))
+        for source, family in sources:
+            reported = self._reported_push.setdefault(family._name, {})
+            for key, total in list(source.items()):
+                delta = total - reported.get(key, 0)
+                if delta > 0:
+                    family.labels(*(key if isinstance(key, tuple) else (key,))).inc(delta)
+                    reported[key] = total
+        self.push_queued.set(stats.queued)
+        series: set[tuple[str, str]] = set()
+        for api, sizes in hub.group_sizes().items():
+            for kind, value in sizes.items():
+                self.push_groups.labels(api, kind).set(value)
+                series.add((api, kind))
+        for gone in self._push_group_series - series:
+            self.push_groups.labels(*gone).set(0)
+        self._push_group_series = series
 
     def flush_health(self, health: HealthRegistry | None) -> None:
         """Show every endpoint's health and pending handshakes now, and count the transitions since the last batch."""

@@ -92,14 +92,16 @@ class ConnectionTracer:
         self.tracer = provider.get_tracer("wsgate", version())
         self.propagator = TraceContextTextMapPropagator()
 
-    def start(self, headers: Iterable[tuple[str, str]], *, api: str, port: str, path: str) -> ConnectionSpan:
+    def start(self, headers: Iterable[tuple[str, str]], *, api: str, port: str, path: str,
+              connection: str = "") -> ConnectionSpan:
         """The span of one upgrade, a child of the client's ``traceparent`` when it sent a valid one."""
         from opentelemetry.trace import SpanKind
 
         carrier = {name.lower(): value for name, value in headers if name.lower() in PROPAGATED}
         parent = self.propagator.extract(carrier) if carrier else None
         span = self.tracer.start_span(f"GET {path}", context=parent, kind=SpanKind.SERVER,
-                                      attributes={"wsgate.api": api, "wsgate.port": port, "url.path": path})
+                                      attributes={"wsgate.api": api, "wsgate.port": port, "url.path": path,
+                                                  "wsgate.connection": connection})
         return ConnectionSpan(self, span)
 
     def shutdown(self) -> None:

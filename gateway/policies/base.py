@@ -24,7 +24,6 @@ open connection closes with 1011, and the log names the policy.
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from urllib.parse import parse_qs
 from websockets.datastructures import Headers
 
 from ..build.tls import ClientCertificate as ClientCertificate
+from ..common.connection_ids import ids
 
 # The decisions are base's vocabulary: every policy imports them from here.
 from .decisions import DROP as DROP
@@ -101,7 +101,6 @@ def parse_query(query: str) -> dict[str, list[str]]:
     return parse_qs(query, keep_blank_values=True)
 
 
-_connection_ids = itertools.count(1)
 
 
 @dataclass(slots=True)
@@ -126,7 +125,8 @@ class ConnectionContext:
     port_name: str
     peer: tuple[str, int]
     path: str
-    id: str = field(default_factory=lambda: f"c{next(_connection_ids)}")
+    # ``<instance>.<worker>.<counter>``: unique across the cluster, names its owner (gateway/common/connection_ids.py).
+    id: str = field(default_factory=ids.next)
     identity: Identity | None = None  # set by the identify policy
     started: float = field(default_factory=time.monotonic)
     counters: Counters = field(default_factory=Counters)
@@ -137,6 +137,8 @@ class ConnectionContext:
     # Groups the connect-time authorizer named for this connection (identify `by: [authorizer]`): what push
     # group rules may join it to.
     groups: list[str] = field(default_factory=list)
+    # The verified JWT's claims (identify by jwt), for push group rules (`from: claim`); never logged.
+    claims: Mapping[str, Any] | None = None
     _deferred: list[Callable[[], None]] = field(default_factory=list)
 
     def used_route(self, key: str) -> None:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+from collections.abc import Mapping
+from typing import Any
 
 from ..build.credentials import jwt_client_digest, key_digest
 from ..build.remote_keys import RemoteKeySet
@@ -192,7 +194,7 @@ class Identify(Policy):
                 if not tokens or not tokens[0]:
                     problems.append("missing bearer token")
                     continue
-                problem, client, expires = self._verify(tokens[0])
+                problem, client, expires, claims = self._verify(tokens[0])
                 if client is None:
                     bad_token = problem != "unknown client"
                     problems.append(problem)
@@ -202,6 +204,7 @@ class Identify(Policy):
                     problems.append("unknown client")
                     continue
                 found = (app, "jwt")
+                conn.claims = claims  # what push group rules may read (`from: claim`)
                 digest = jwt_client_digest(client)
                 if expires is not None and self.spec.jwt is not None and self.spec.jwt.close_at_expiry:
                     expires_at = expires + self.spec.jwt.leeway  # the listener closes it then
@@ -264,17 +267,18 @@ class Identify(Policy):
             conn.metadata["entry_fingerprint"] = identity.entry_fingerprint
         return None
 
-    def _verify(self, token: str) -> tuple[str, str | None, float | None]:
-        """(problem, None, None) for an unacceptable token, else ("", client id, expiry)."""
+    def _verify(self, token: str) -> tuple[str, str | None, float | None, Mapping[str, Any] | None]:
+        """(problem, None, None, None) for an unacceptable token, else ("", client id, expiry, claims)."""
         if self._verifier is None:  # `by: [jwt]` without a `jwt:` block; validate refuses such a config
-            return "bearer tokens are not configured for this API", None, None
+            return "bearer tokens are not configured for this API", None, None, None
         from ..build.jwt_keys import TokenError
 
         try:
-            client, expires = self._verifier.verify(token, self._remote.keys if self._remote is not None else ())
+            remote = self._remote.keys if self._remote is not None else ()
+            client, expires, claims = self._verifier.decode(token, remote)
         except TokenError as exc:
-            return f"invalid token: {exc.reason}", None, None
-        return "", client, expires
+            return f"invalid token: {exc.reason}", None, None, None
+        return "", client, expires, claims
 
     def _refuse(self, reason: str, bad_token: bool = False) -> Rejection:
         return Rejection(401, "unauthorized", reason, self._challenges(bad_token))

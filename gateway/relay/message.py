@@ -201,7 +201,7 @@ class MessageRelay:
     """Relays messages between a client and an upstream; see the module docstring."""
 
     __slots__ = ("client", "upstream", "route", "conn", "on_closed", "keepalive", "done", "_pending",
-                 "_deadline", "_finished", "_tasks", "_max_queue")
+                 "_deadline", "_finished", "_tasks", "_max_queue", "on_writable")
 
     def __init__(
         self,
@@ -237,6 +237,8 @@ class MessageRelay:
         self._finished = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._max_queue = api.limits.max_queue
+        # Called when the server-to-client direction takes messages again (gateway/push/session.py's queue).
+        self.on_writable: Callable[[], None] | None = None
 
     # lifecycle ------------------------------------------------------------
     def start(self) -> None:
@@ -284,6 +286,25 @@ class MessageRelay:
         leg.pauses -= 1
         if leg.pauses == 0 and not leg.lost:
             leg.transport.resume_reading()
+        if leg.pauses == 0 and leg is self.upstream and self.on_writable is not None:
+            self.on_writable()
+
+    # pushed messages (gateway/push) --------------------------------------------
+    @property
+    def accepts_push(self) -> bool:
+        """Whether a pushed message would reach the client now: it is open and the server-to-client direction
+        is not held back (a full client write buffer or a policy's backlog pauses the upstream leg)."""
+        return self.upstream.pauses == 0 and not self.client.ended and self.client.ws.state is OPEN
+
+    @property
+    def client_open(self) -> bool:
+        return not self.client.ended and self.client.ws.state is OPEN
+
+    def inject(self, is_text: bool, data: bytes) -> None:
+        """A message the gateway pushes: through the server-to-client chain (transforms, validate-messages, rate
+        limits, log-invocation) and counters exactly as if the upstream had sent it, in order with its messages."""
+        self._message(self.upstream, is_text, data)
+        self.flush(self.client)
 
     # incoming --------------------------------------------------------------
     def parse(self, leg: _Leg, data: bytes | bytearray) -> None:

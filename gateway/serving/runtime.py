@@ -33,6 +33,7 @@ from ..edge.listener import ListenerServices, PortListener, raise_open_files_lim
 from ..operations.metrics import FLUSH_INTERVAL, Metrics
 from ..operations.tracing import ConnectionTracer, from_environment
 from ..policies.state import PolicyState
+from ..push.service import PushService
 from ..relay.integrations import settle as settle_integrations
 from ..relay.keepalive import KeepaliveSweeper
 from .connections import ConnectionRegistry
@@ -44,6 +45,7 @@ from .view import (
     AdminListener,
     ConfigSnapshot,
     ConnectionsSnapshot,
+    ListedConnection,
     PlanCounts,
     Readiness,
     ReloadOutcome,
@@ -59,6 +61,7 @@ if TYPE_CHECKING:
 
     from ..config.models import API, Port
     from ..policies.base import Policy
+    from ..push.dispatch import Remote
 
 log = structlog.get_logger("wsgate.runtime")
 
@@ -119,7 +122,8 @@ class Gateway(ReloadStatus):
                  paths: Sequence[str | Path] | None = None, check_cache: CheckCache | None = None,
                  reuse_port: bool = False, port_numbers: Mapping[str, int] | None = None,
                  tracer_provider: Any = None, artefacts: Artefacts | None = None,
-                 decides_reloads: bool = True, admin_server: AdminFactory | None = None) -> None:
+                 decides_reloads: bool = True, admin_server: AdminFactory | None = None,
+                 push_remote: Remote | None = None) -> None:
         self.config = config
         # Workers of one supervisor each listen on every port with SO_REUSEPORT (the kernel spreads connections);
         # port_numbers holds the numbers the supervisor reserved for ports configured as 0.
@@ -162,6 +166,8 @@ class Gateway(ReloadStatus):
         else:
             self.tracer = from_environment(os.environ)
         self._flusher: asyncio.TimerHandle | None = None
+        # The push API (gateway/push): the connections of APIs with `push`, and the listener backends call.
+        self.push = PushService(lambda: self.table, env=env, remote=push_remote)
 
     # ------------------------------------------------------------------ table
     @property
@@ -185,6 +191,7 @@ class Gateway(ReloadStatus):
         """Bring the series up to date: live connections' message counts, policy counts, endpoint and state health."""
         self.metrics.flush(self.relayed())
         self.metrics.flush_state(self.state)
+        self.metrics.flush_push(self.push.hub)
         self.metrics.flush_health(self.health)
 
     def scrape(self) -> bytes:
@@ -423,8 +430,21 @@ class Gateway(ReloadStatus):
                               {name: changes for name, changes in drift.items() if changes})
 
     async def connections_snapshot(self) -> ConnectionsSnapshot:
-        accepted = (accepted_from(record, self.names) for record in self.registry.live if record.relay is not None)
-        return ConnectionsSnapshot(self.registry.counts(), tuple(a for a in accepted if a is not None))
+        listed: list[ListedConnection] = []
+        for record in self.registry.live:
+            accepted = accepted_from(record, self.names) if record.relay is not None else None
+            if accepted is not None and record.conn is not None:
+                connection = record.conn.id
+                listed.append(ListedConnection(accepted, connection, tuple(self.push.hub.groups_of(connection))))
+        return ConnectionsSnapshot(self.registry.counts(), tuple(listed))
+
+    async def close_connection(self, id: str, code: int, reason: str) -> bool:
+        for record in list(self.registry.live):
+            if record.relay is not None and record.conn is not None and record.conn.id == id:
+                log.info("connection_closed_by_operator", connection=id, api=record.conn.api, code=code)
+                record.close(code, reason)
+                return True
+        return False
 
     async def upstreams_snapshot(self) -> UpstreamsSnapshot:
         return UpstreamsSnapshot(self.health.snapshot())
@@ -468,7 +488,8 @@ class Gateway(ReloadStatus):
         self._table = self.compile(self.config, generation, artefacts)
         self._table.activate()
         self.keepalive = KeepaliveSweeper()
-        self._services = ListenerServices(self.registry, lambda: self.table, self.metrics, self.keepalive, self.tracer)
+        self._services = ListenerServices(self.registry, lambda: self.table, self.metrics, self.keepalive, self.tracer,
+                                          push=self.push.hub)
         self.metrics.declare(self.config, 1, self._table.digest)
         self.metrics.config_served(self._table.digest, self.reloader.commit, failed=False)
         if self.metrics.reloads is not None:
@@ -479,6 +500,9 @@ class Gateway(ReloadStatus):
                 self.echo_services = await start_echo_servers(self.config)
             for name, loaded in self.table.enabled_ports().items():
                 await self._start_port(name, loaded, artefacts)
+            # The push listener starts before the admin: the admin's /connections/close reaches connections
+            # through the same hub the push listener serves.
+            await self.push.start(self.config, self.port_numbers, self.reuse_port, self.state)
             if admin is not None and address is not None:
                 self.admin = admin
                 try:
@@ -530,6 +554,7 @@ class Gateway(ReloadStatus):
         self.ready = False
         for server in self.servers.values():
             server.close()
+        await self.push.stop()  # backends get no answer from a stopping gateway; their clients are closing
         live = self.registry.live
         if grace > 0 and live and not (hurry is not None and hurry.is_set()):
             log.info("shutdown_grace", connections=len(live), grace=grace)

@@ -178,12 +178,26 @@ class ConfigSnapshot:
 
 
 @dataclass(frozen=True)
+class ListedConnection:
+    """One relayed connection as ``GET /connections`` lists it: what it was accepted with, its id (what the push
+    API, the logs and ``POST /connections/close`` name it by) and the push groups it is in."""
+
+    accepted: Accepted
+    id: str
+    groups: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.accepted.to_dict(), "id": self.id, "groups": list(self.groups)}
+
+
+@dataclass(frozen=True)
 class ConnectionsSnapshot:
     """``GET /connections``: counts per port, API and application, and what each relayed connection was
-    accepted with (``plan --from`` decides each as a reload would; credentials as entry fingerprints only)."""
+    accepted with (``plan --from`` decides each as a reload would; credentials as entry fingerprints only),
+    with its id and push groups."""
 
     counts: Counts
-    connections: tuple[Accepted, ...]
+    connections: tuple[ListedConnection, ...]
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.counts, "connections": [a.to_dict() for a in self.connections]}
@@ -243,6 +257,11 @@ class GatewayView(Protocol):
     def config_snapshot(self) -> ConfigSnapshot: ...
 
     async def connections_snapshot(self) -> ConnectionsSnapshot: ...
+
+    async def close_connection(self, id: str, code: int, reason: str) -> bool:
+        """Close the relayed connection ``id`` with ``code`` and ``reason`` (``POST /connections/close``): False
+        when no process of this gateway holds it."""
+        ...
 
     async def upstreams_snapshot(self) -> UpstreamsSnapshot: ...
 

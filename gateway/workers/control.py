@@ -8,11 +8,14 @@ listed in ``MESSAGES`` and ``Start`` carries ``VERSION``, which a worker of anot
 
 Supervisor → worker: ``Start`` once (the checked config, its generation, the port numbers, whether it probes, the
 current active verdicts), then requests: ``Apply`` (a new config as the next generation), ``StatusRequest``,
-``TakeProbing`` (the prober died: probe from now on); and, with no reply, ``Verdict`` (the prober changed an
-endpoint's active verdict) and ``Served`` (a reload's outcome, for ``wsgate_config_info``).
+``TakeProbing`` (the prober died: probe from now on), ``Close`` (the admin closes one connection); and, with no
+reply, ``Verdict`` (the prober changed an endpoint's active verdict) and ``Served`` (a reload's outcome, for
+``wsgate_config_info``).
 Worker → supervisor: ``Started`` or ``Failed`` once; one reply per request carrying its ``id`` (``Applied``,
-``Status``, ``ProbingTaken``, or ``RequestFailed``); unasked, ``Verdict`` on each of its probes' transitions and
-``Report`` every ``REPORT_INTERVAL`` (what ``/readyz`` answers from without asking).
+``Status``, ``ProbingTaken``, ``Closed``, or ``RequestFailed``); unasked, ``Verdict`` on each of its probes'
+transitions and ``Report`` every ``REPORT_INTERVAL`` (what ``/readyz`` answers from without asking).
+The push API's forwarding messages (``gateway.push.forward``: ``Forward``, ``FanOut`` up; ``Answer``, ``Handle``
+(a request answered by ``Handled``) and ``Deliver`` down) are listed in ``MESSAGES`` too.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 
 from ..common.log import LogFormat
 from ..config.tree import Config
+from ..push import forward as push
 from ..serving.view import ConnectionsSnapshot, ReloadOutcome, UpstreamsSnapshot
 
 VERSION = 1  # of these messages: a worker started from another installation refuses a Start it cannot read
@@ -87,7 +91,18 @@ class Served:
     failed: bool
 
 
-Request = Apply | StatusRequest | TakeProbing
+@dataclass(frozen=True)
+class Close:
+    """Close the relayed connection ``connection`` (the admin's ``POST /connections/close``), answered by
+    ``Closed``."""
+
+    connection: str
+    code: int
+    reason: str
+    id: int = 0
+
+
+Request = Apply | StatusRequest | TakeProbing | Close | push.Handle
 
 
 # --------------------------------------------------------------- worker → supervisor
@@ -152,12 +167,19 @@ class RequestFailed:
     generation: int = 0
 
 
-Reply = Applied | Status | ProbingTaken | RequestFailed
+@dataclass(frozen=True)
+class Closed:
+    id: int
+    found: bool  # whether this worker held the connection
 
-MESSAGES = (Start, Apply, StatusRequest, TakeProbing, Served, Verdict, Started, Failed, Report, Applied, Status,
-            ProbingTaken, RequestFailed)
-Message = (Start | Apply | StatusRequest | TakeProbing | Served | Verdict | Started | Failed | Report | Applied | Status
-           | ProbingTaken | RequestFailed)
+
+Reply = Applied | Status | ProbingTaken | Closed | RequestFailed | push.Handled
+
+# The push API's messages between workers (gateway/push/forward.py) ride on the same channel.
+MESSAGES = (Start, Apply, StatusRequest, TakeProbing, Close, Served, Verdict, Started, Failed, Report, Applied, Status,
+            ProbingTaken, Closed, RequestFailed, *push.MESSAGES)
+Message = (Start | Apply | StatusRequest | TakeProbing | Close | Served | Verdict | Started | Failed | Report | Applied
+           | Status | ProbingTaken | Closed | RequestFailed | push.Message)
 
 
 def send(writer: asyncio.StreamWriter, message: Message) -> None:

@@ -53,13 +53,16 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from ..changes.impact import Accepted
 from ..changes.plan import diff
+from ..common import connection_ids
+from ..common.connection_ids import INSTANCE_ENV, instance_from_environment
 from ..common.log import LogFormat, configure_logging
 from ..config.cache import CheckCache
 from ..config.tree import Config
 from ..operations.admin import AdminServer, admin_server
 from ..operations.metrics import MULTIPROC_ENV, ReloadMetrics, render_directory, render_processes
+from ..push import forward as push_forward
+from ..push.service import PUSH_PORT_KEY
 from ..serving.reloader import Reloader, ReloadStatus
 from ..serving.runtime import parse_address, start_echo_servers
 from ..serving.signals import stop_requested
@@ -67,6 +70,7 @@ from ..serving.view import (
     ConfigSnapshot,
     ConnectionsSnapshot,
     EndpointState,
+    ListedConnection,
     PlanCounts,
     Readiness,
     ReloadOutcome,
@@ -193,6 +197,8 @@ class Supervisor(ReloadStatus):
         self.prober: int | None = None  # the index of the worker running the gateway's active health checks
         # The prober's active verdicts, (api, url) -> active_ok, reason, since: handed to every (re)started worker.
         self.verdicts: dict[tuple[str, str], dict[str, Any]] = {}
+        # One instance id for every worker: their connection ids say this instance (gateway/common/connection_ids).
+        self.instance = instance_from_environment()
         self.pids: dict[int, int] = {}  # worker index -> the pid of its process now, for the process_* series
 
     # ------------------------------------------------------------------ ports
@@ -216,6 +222,17 @@ class Supervisor(ReloadStatus):
                         raise StartError.cannot_listen(name, model.host, model.port, exc) from exc
                 keep[key] = held
                 numbers[name] = held.number
+            push = config.settings.push
+            if push is not None and push.enabled:  # every worker serves the push API too (gateway/push)
+                key = (push.host, push.port, "" if push.port else PUSH_PORT_KEY)
+                held = keep.get(key) or self.holders.get(key)
+                if held is None:
+                    try:
+                        held = hold_port(push.host, push.port, probe=push.port not in self.served)
+                    except OSError as exc:
+                        raise StartError.cannot_listen("push", push.host, push.port, exc) from exc
+                keep[key] = held
+                numbers[PUSH_PORT_KEY] = held.number
         except BaseException:
             for key, held in keep.items():
                 if self.holders.get(key) is not held:
@@ -239,7 +256,7 @@ class Supervisor(ReloadStatus):
         try:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "gateway.workers.worker", str(child.fileno()), str(worker.index),
-                pass_fds=[child.fileno()], start_new_session=True)
+                pass_fds=[child.fileno()], start_new_session=True, env={**os.environ, INSTANCE_ENV: self.instance})
         finally:
             child.close()
         reader, writer = await asyncio.open_unix_connection(sock=parent, limit=control.LIMIT)
@@ -273,8 +290,11 @@ class Supervisor(ReloadStatus):
                 self._verdict(worker, message)
             elif isinstance(message, control.Report):
                 worker.report = message
-            elif isinstance(message, control.Applied | control.Status | control.ProbingTaken
-                            | control.RequestFailed):
+            elif isinstance(message, push_forward.Forward | push_forward.FanOut):  # for a sibling (gateway/push)
+                self._spawn_task(push_forward.supervise(message, worker, self.workers, self.instance,
+                                                        self._send_to), "wsgate-push-forward")
+            elif isinstance(message, control.Applied | control.Status | control.ProbingTaken | control.Closed
+                            | control.RequestFailed | push_forward.Handled):
                 worker.answered(message)
         code = await process.wait()
         worker.gone()
@@ -303,6 +323,11 @@ class Supervisor(ReloadStatus):
                 delay = min(0.25 * 2 ** (worker.failures - 1), 30.0)
                 log.error("worker_restart_failed", worker=worker.index, error=str(exc), restart_in=delay)
                 await asyncio.sleep(delay)
+
+    @staticmethod
+    def _send_to(worker: Any, message: push_forward.Answer | push_forward.Deliver) -> None:
+        if worker.writer is not None:
+            control.send(worker.writer, message)
 
     # ----------------------------------------------------------------- health
     def _verdict(self, source: Worker, verdict: control.Verdict) -> None:
@@ -457,11 +482,23 @@ class Supervisor(ReloadStatus):
     async def connections_snapshot(self) -> ConnectionsSnapshot:
         total: dict[str, Any] = {"total": 0, "upgrading": 0, "ports": {}, "apis": {}, "applications": {},
                                  "api_ports": {}, "api_applications": {}}
-        records: list[Accepted] = []
+        records: list[ListedConnection] = []
         for _, status in await self._statuses():
             _add_counts(total, status.connections.counts)
             records.extend(status.connections.connections)
         return ConnectionsSnapshot(total, tuple(records))
+
+    async def close_connection(self, id: str, code: int, reason: str) -> bool:
+        """Ask the worker the id names (its index and pid) to close it: a connection of a worker since restarted,
+        or of another instance, is held by no worker here."""
+        owner = connection_ids.parse(id)
+        if owner is None or owner.instance != self.instance:
+            return False
+        worker = next((w for w in self.workers if w.index == owner.index and w.pid == owner.pid), None)
+        if worker is None:
+            return False
+        reply = await worker.request(control.Close(id, code, reason))
+        return isinstance(reply, control.Closed) and reply.found
 
     async def metrics_text(self) -> bytes:
         await self._statuses()  # each worker flushes its batches into the shared directory as it answers
@@ -535,6 +572,8 @@ class Supervisor(ReloadStatus):
                         self.admin = None
                         raise StartError.admin_cannot_listen(host, port, exc) from exc
                 for name, number in self.port_numbers.items():
+                    if name == PUSH_PORT_KEY:  # the workers say where the push API listens
+                        continue
                     log.info("listening", name=name, host=self.config.ports[name].model.host, port=number,
                              tls=self.config.ports[name].model.tls is not None, workers=len(self.workers))
                 if self.watch:

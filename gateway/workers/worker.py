@@ -15,8 +15,11 @@ import sys
 
 import structlog
 
+from ..common.connection_ids import ids
 from ..common.log import configure_logging
 from ..edge.listener import raise_open_files_limit
+from ..push import forward as push_forward
+from ..push.forward import SupervisorRemote
 from ..serving.runtime import Gateway, freeze_startup_heap
 from ..serving.signals import StopRequest, stop_requested
 from . import control
@@ -40,9 +43,13 @@ async def serve(fd: int, index: int) -> int:
         return 1
     configure_logging(hello.log_format)
     structlog.contextvars.bind_contextvars(worker=index)
+    ids.as_worker(index)  # connection ids name this worker: <instance>.<index>-<pid>.<n>
     # The supervisor decides (and counts) reloads; this gateway applies what it hands over.
+    # Pushes for a sibling's connections go through the supervisor unless Redis carries them (gateway/push).
+    remote = SupervisorRemote(lambda message: control.send(writer, message), lambda: ids.owner)
     gateway = Gateway(hello.config, admin=False, echo=False, paths=list(hello.paths), reuse_port=True,
-                      port_numbers=hello.ports, decides_reloads=False)
+                      port_numbers=hello.ports, decides_reloads=False, push_remote=remote)
+    remote.bind(gateway.push.hub)
     # One worker probes for the gateway (the supervisor says which); the others take its verdicts, starting with
     # the current ones, before their routes are compiled.
     gateway.health.probing = hello.probe
@@ -61,7 +68,7 @@ async def serve(fd: int, index: int) -> int:
         gateway.health.on_verdict = lambda api, url, ok, reason: control.send(
             writer, control.Verdict(api, url, ok, reason))
         freeze_startup_heap()  # a worker is a process entry point too, like `wsgate run`
-        commands = asyncio.create_task(_commands(reader, writer, gateway, stopping))
+        commands = asyncio.create_task(_commands(reader, writer, gateway, stopping, remote))
         reports = asyncio.create_task(_report(writer, gateway))
         try:
             await stopping.wait()
@@ -89,15 +96,18 @@ async def _report(writer: asyncio.StreamWriter, gateway: Gateway) -> None:
 
 
 async def _commands(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, gateway: Gateway,
-                    stopping: StopRequest) -> None:
+                    stopping: StopRequest, remote: SupervisorRemote) -> None:
     while (message := await control.receive(reader)) is not None:
+        if isinstance(message, push_forward.Answer | push_forward.Handle | push_forward.Deliver):
+            remote.takes(message)  # push messages for this worker's connections (gateway/push/forward.py)
+            continue
         if isinstance(message, control.Verdict):  # the prober's news, handed on: no reply
             gateway.health.apply_verdict(message.api, message.url, message.active_ok, message.reason)
             continue
         if isinstance(message, control.Served):  # the supervisor's reload outcome: wsgate_config_info (no reply)
             gateway.metrics.config_served(message.digest, message.commit, failed=message.failed)
             continue
-        if not isinstance(message, control.Apply | control.StatusRequest | control.TakeProbing):
+        if not isinstance(message, control.Apply | control.StatusRequest | control.TakeProbing | control.Close):
             continue
         reply: control.Reply
         try:
@@ -116,6 +126,11 @@ async def answer(gateway: Gateway, request: control.Request) -> control.Reply:
         log.info("probing_taken_over")
         gateway.health.set_probing(True)
         return control.ProbingTaken(request.id, _verdicts(gateway))
+    if isinstance(request, control.Close):
+        return control.Closed(request.id, await gateway.close_connection(request.connection, request.code,
+                                                                         request.reason))
+    if isinstance(request, push_forward.Handle):  # the command loop hands these to the push remote
+        raise TypeError("a push Handle reached the command loop")
     if isinstance(request, control.Apply):
         gateway.port_numbers = request.ports
         outcome = await gateway.reload("supervisor", checked=request.config, generation=request.generation)

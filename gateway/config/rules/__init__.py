@@ -27,6 +27,7 @@ from . import (  # noqa: F401 - imported for their @rule registrations
     message_routes,
     names,
     ports,
+    push,
     requirements,
 )
 from .api_routes import api_port_references

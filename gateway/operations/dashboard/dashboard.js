@@ -158,6 +158,34 @@ function renderUpstreams(samples, upstreams) {
   fillTable("upstreams", rows, "no upstream endpoint");
 }
 
+// POST an admin action with the admin token; the answer's JSON (or throws with its reason).
+async function post(path) {
+  const headers = {};
+  if (token()) headers.Authorization = "Bearer " + token();
+  const response = await fetch(path, { method: "POST", headers, cache: "no-store" });
+  const answer = await response.json();
+  if (!response.ok) throw new Error(answer.reason || path + " answered " + response.status);
+  return answer;
+}
+
+function renderConnections(answer) {
+  const listed = (answer && answer.connections) || [];
+  const rows = listed.slice(0, 200).map((c) => {
+    const close = el("button", { type: "button", class: "link", title: "close with 1008" }, "close");
+    close.addEventListener("click", async () => {
+      close.disabled = true;
+      try { await post("/connections/close?id=" + encodeURIComponent(c.id)); close.textContent = "closing"; }
+      catch (error) { close.textContent = String(error.message || error); }
+    });
+    return el("tr", {}, el("td", { class: "mono" }, c.id || "–"), el("td", {}, c.api),
+      el("td", {}, c.application || "–"), el("td", { class: "mono" }, (c.groups || []).join(", ")),
+      el("td", {}, c.id ? close : null));
+  });
+  const body = document.querySelector("#connections tbody");
+  body.replaceChildren(...(rows.length ? rows : [el("tr", { class: "empty" }, el("td", { colspan: "5" },
+    answer && answer.connections ? "no connection" : "not answered"))]));
+}
+
 function when(seconds) { return new Date(seconds * 1000).toLocaleTimeString(); }
 
 function renderReloads(answer) {
@@ -186,12 +214,14 @@ function renderReloads(answer) {
 async function poll() {
   const status = document.getElementById("status");
   try {
-    const [text, reloads, upstreams] = await Promise.all([get("/metrics", "text"), get("/reload"), get("/upstreams")]);
+    const [text, reloads, upstreams, connections] = await Promise.all([get("/metrics", "text"), get("/reload"),
+      get("/upstreams"), get("/connections")]);
     const samples = parseMetrics(text);
     renderHeader(samples);
     renderApis(samples, Date.now());
     renderUpstreams(samples, upstreams);
     renderReloads(reloads);
+    renderConnections(connections);
     const last = reloads && reloads.last_reload;
     const failing = last && !last.ok;
     status.textContent = failing ? "last reload failed" : "serving";
