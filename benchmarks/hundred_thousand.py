@@ -45,7 +45,7 @@ sys.path.insert(0, str(HERE))
 
 from _harness import raise_open_files_limit  # noqa: E402
 from _servers import _rss_kib  # noqa: E402
-from idle_connections import _backend_main, _frame, _request  # noqa: E402
+from idle_connections import _backend_main, _frame, _IdleClient, _request  # noqa: E402
 
 RESERVE = 400  # files a process keeps besides connections (libraries, logs, listeners, pipes)
 SOURCE_PORTS = 28_000  # ephemeral ports towards one destination from one source address (32768-60999)
@@ -60,46 +60,18 @@ def say(text: str) -> None:
 # ------------------------------------------------------------------ client
 
 
-class Client(asyncio.Protocol):
+class Client(_IdleClient):
     """Upgrades, answers pings, answers a close frame; counts a loss when cut before release or a close frame."""
 
     def __init__(self, opened: asyncio.Future[bool], stats: dict[str, int]) -> None:
-        self.opened, self.stats = opened, stats
-        self.buf = b""
-        self.open = self.released = self.closed_by_frame = False
+        super().__init__(opened, stats)
+        self.closed_by_frame = False
 
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        buf = self.buf + data
-        if not self.open:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                self.buf = buf
-                return
-            ok = buf.startswith(b"HTTP/1.1 101")
-            if not self.opened.done():
-                self.opened.set_result(ok)
-            if not ok:
-                self.transport.close()
-                return
-            self.open = True
-            buf = buf[end + 4:]
-        while len(buf) >= 2:
-            length = buf[1] & 0x7F  # server frames: unmasked; only small control frames are expected
-            if length >= 126 or len(buf) < 2 + length:
-                break
-            opcode, payload = buf[0] & 0x0F, buf[2:2 + length]
-            buf = buf[2 + length:]
-            if opcode == 9:
-                self.stats["pings"] += 1
-                self.transport.write(_frame(0xA, payload, masked=True))
-            elif opcode == 8:
-                self.closed_by_frame = True
-                self.stats["close_frames"] += 1
-                self.transport.write(_frame(0x8, payload, masked=True))
-        self.buf = buf
+    def control_frame(self, opcode: int, payload: bytes) -> None:
+        if opcode == 8:
+            self.closed_by_frame = True
+            self.stats["close_frames"] += 1
+            self.transport.write(_frame(0x8, payload, masked=True))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.opened.done():

@@ -209,7 +209,12 @@ class _IdleClient(asyncio.Protocol):
             if opcode == 9:
                 self.stats["pings"] += 1
                 self.transport.write(_frame(0xA, payload, masked=True))
+            else:
+                self.control_frame(opcode, payload)
         self.buf = buf
+
+    def control_frame(self, opcode: int, payload: bytes) -> None:
+        """A server frame other than a ping: ignored here (benchmarks/hundred_thousand.py answers close frames)."""
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.opened.done():
