@@ -5,10 +5,8 @@ Examples here; the differential property on random heads is in tests/test_wire_d
 from __future__ import annotations
 
 import pytest
-from websockets.http11 import Request
-from websockets.server import ServerProtocol
+from wire_support import websockets_request
 
-from gateway.common.log import PROTOCOL_LOG
 from gateway.wire.request_head import plain_upgrade
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
@@ -26,26 +24,11 @@ PLAIN = (
 ).encode()
 
 
-def websockets_view(head: bytes) -> tuple[str, list[tuple[str, str]], str] | None:
-    """What websockets' parser and handshake checks make of ``head``: target, headers, key; None if refused."""
-    ws = ServerProtocol(max_size=None, logger=PROTOCOL_LOG)
-    ws.receive_data(head)
-    events = ws.events_received()
-    if not events or not isinstance(events[0], Request):
-        return None
-    request = events[0]
-    try:
-        ws.process_request(request)
-    except Exception:
-        return None
-    return request.path, list(request.headers.raw_items()), request.headers["Sec-WebSocket-Key"]
-
-
 def test_an_ordinary_head_is_read_as_websockets_reads_it():
     """A browser-like upgrade comes back with the same target, headers (order and case) and key as websockets'."""
     plain = plain_upgrade(PLAIN)
     assert plain is not None
-    assert (plain.target, list(plain.headers.raw_items()), plain.key) == websockets_view(PLAIN)
+    assert (plain.target, list(plain.headers.raw_items()), plain.key) == websockets_request(PLAIN)
     assert plain.headers["connection"] == "keep-alive, Upgrade"
 
 

@@ -19,13 +19,14 @@ from hypothesis import strategies as st
 from websockets.client import ClientProtocol
 from websockets.exceptions import ProtocolError
 from websockets.frames import Frame, apply_mask
-from websockets.http11 import Request, Response
+from websockets.http11 import Response
 from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 from websockets.utils import accept_key
+from wire_support import websockets_request
 
 from gateway.common.log import PROTOCOL_LOG
 from gateway.wire.frames import (
@@ -80,21 +81,6 @@ REQUEST = [
     b"User-Agent: test/1.0\r\n",
     b"Origin: https://app.example\r\n",
 ]
-
-
-def websockets_request(head: bytes) -> tuple[str, list[tuple[str, str]], str] | None:
-    """What websockets' parser and handshake checks make of ``head``: target, headers, key; None if refused."""
-    ws = ServerProtocol(max_size=None, logger=PROTOCOL_LOG)
-    ws.receive_data(head)
-    events = ws.events_received()
-    if not events or not isinstance(events[0], Request):
-        return None
-    request = events[0]
-    try:
-        ws.process_request(request)
-    except Exception:
-        return None
-    return request.path, list(request.headers.raw_items()), request.headers["Sec-WebSocket-Key"]
 
 
 @SETTINGS
