@@ -34,6 +34,15 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_KIB = 4
 
 
+def log_tail(path: Path, lines: int) -> str:
+    """The last ``lines`` lines of a child's log, indented under an error message ("" when there are none)."""
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()[-lines:]
+    except OSError:
+        return ""
+    return ("\n  " + "\n  ".join(text)) if text else ""
+
+
 class ChildError(RuntimeError):
     """A child process failed to start, report or stop."""
 
@@ -98,11 +107,7 @@ class Child:
 
     def _tail(self) -> str:
         self._log.flush()
-        try:
-            text = self.log_file.read_text(errors="replace").strip().splitlines()[-15:]
-        except OSError:
-            return ""
-        return ("\n  " + "\n  ".join(text)) if text else ""
+        return log_tail(self.log_file, 15)
 
     def cpu_seconds(self) -> float:
         return _cpu_seconds(self.pid)
@@ -256,11 +261,7 @@ class Nginx:
         return [int(child) for child in children]
 
     def _tail(self) -> str:
-        try:
-            text = self.error_log.read_text(errors="replace").strip().splitlines()[-10:]
-        except OSError:
-            return ""
-        return ("\n  " + "\n  ".join(text)) if text else ""
+        return log_tail(self.error_log, 10)
 
     def cpu_seconds(self) -> float:
         return sum(_cpu_seconds(pid) for pid in self.worker_pids)
@@ -362,11 +363,7 @@ class Caddy:
 
     def _tail(self) -> str:
         self._log.flush()
-        try:
-            text = self.log_file.read_text(errors="replace").strip().splitlines()[-10:]
-        except OSError:
-            return ""
-        return ("\n  " + "\n  ".join(text)) if text else ""
+        return log_tail(self.log_file, 10)
 
     def cpu_seconds(self) -> float:
         return _cpu_seconds(self.pid)
